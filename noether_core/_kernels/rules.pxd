@@ -1,0 +1,59 @@
+# cython: language_level=3
+"""The training loop's contract: one struct describes one whole run (raw pointers only),
+so a single run (``train``) and every grid point of a scan execute the same nogil code."""
+from numpy.random cimport bitgen_t
+from noether_core._kernels.potentials cimport grad_fn
+
+# rule kinds (noether_core/rules.py maps classes to these)
+cdef enum:
+    RULE_SGD = 0
+    RULE_RMSPROP = 1
+    RULE_ADAM = 2
+    RULE_SCALAR_RMSPROP = 3
+    RULE_MIRROR = 4
+
+# run status codes (noether_core/_train.py turns them into flags and warnings)
+cdef enum:
+    STATUS_OK = 0
+    STATUS_NONFINITE_LOSS = 1
+    STATUS_NONFINITE_GRAD = 2
+    STATUS_NONFINITE_PARAMS = 3
+    STATUS_INTERRUPTED = 4
+
+
+cdef struct RunSpec:
+    # the rule
+    int kind
+    const double* hp            # IN: hyper-parameters, layout per kind (rules.pyx)
+    double* vec                 # IN/OUT: per-coordinate state, (nvec, d) row-major
+    double* sca                 # IN/OUT: scalar state
+    const Py_ssize_t* pptr      # IN: partition of coordinates into parts (CSR) for rules
+    const Py_ssize_t* pidx      #     with per-part state (scalar RMSProp)
+    Py_ssize_t npart
+    # the potential
+    grad_fn fn
+    void* params                # workspace from Potential.new_params
+    Py_ssize_t d
+    Py_ssize_t n_data           # rows minibatches draw from (0: none)
+    Py_ssize_t batch_size       # 0: full batch
+    bitgen_t* rng               # NULL unless minibatching
+    Py_ssize_t* perm            # scratch (n_data)
+    # the trajectory
+    double* q                   # IN/OUT: q_0 in, q_steps out
+    double* g                   # scratch (d)
+    Py_ssize_t steps
+    Py_ssize_t record_every
+    const Py_ssize_t* bptr      # IN: named blocks (CSR) whose norm^2 is recorded
+    const Py_ssize_t* bidx
+    Py_ssize_t nb
+    double* rec_q               # OUT: (n_rec_max, d)
+    double* rec_loss            # OUT: (n_rec_max,)
+    double* rec_g2              # OUT: (n_rec_max,)
+    double* rec_bn2             # OUT: (n_rec_max, nb)
+    # results
+    int status
+    Py_ssize_t stop_step        # step at which a non-finite value was met (-1: none)
+    Py_ssize_t n_rec            # rows written
+
+
+cdef void run_loop(RunSpec* s) noexcept nogil

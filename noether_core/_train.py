@@ -1,0 +1,229 @@
+"""``train``: run a learning rule on a potential in one compiled call."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validation as V
+from ._kernels import rules as _kr
+from .errors import DivergenceWarning
+from .potentials import Potential
+from .rules import Rule, RuleState, MirrorDescent
+
+__all__ = ["train", "TrainResult"]
+
+_STATUS = {0: None, 1: "non-finite loss", 2: "non-finite gradient",
+           3: "non-finite parameters after the update", 4: "interrupted"}
+
+#: refuse recording requests above this many bytes (override with max_record_bytes=)
+DEFAULT_MAX_RECORD_BYTES = 4 * 2**30
+
+
+@dataclass(eq=False)
+class TrainResult:
+    """What one run returns.  Arrays are indexed by recorded row.
+
+    Attributes
+    ----------
+    steps : (R,) int array
+        Global step index n of each recorded row (q_0 is row 0; resumed runs continue the
+        count of the state they started from).
+    q : (R, d) array
+        Recorded parameters q_n.
+    loss : (R,) array
+        f(q_n) on the minibatch step n used (for the terminal row, where no step follows,
+        on the full data set).
+    grad_norm2 : (R,) array
+        |∇f(q_n)|² on the same rows as ``loss`` (no weight-decay term).
+    block_norm2 : dict[str, (R,) array]
+        |q_B|² per named block.
+    q_final : (d,) array
+        Parameters after the last step taken.
+    state : RuleState
+        The rule's state after the run; ``train(..., state=result.state)`` resumes.
+    diverged : bool
+        True if a non-finite value stopped the run early.
+    stop_step : int or None
+        Global step at which the non-finite value was met.
+    stop_reason : str or None
+        "non-finite loss", "non-finite gradient" or "non-finite parameters after the update",
+        with the first offending block where that can be told.
+    """
+
+    rule: Rule
+    potential: Potential
+    steps: np.ndarray
+    q: np.ndarray
+    loss: np.ndarray
+    grad_norm2: np.ndarray
+    block_norm2: dict
+    q_final: np.ndarray
+    state: RuleState
+    record_every: int
+    batch_size: int | None
+    diverged: bool = False
+    stop_step: int | None = None
+    stop_reason: str | None = None
+    extras: dict = field(default_factory=dict)
+
+    def norm2(self, block: str) -> np.ndarray:
+        """|q_B|² at the recorded rows for the named block."""
+        try:
+            return self.block_norm2[block]
+        except KeyError:
+            raise KeyError(f"no block {block!r}; blocks: {list(self.block_norm2)}") from None
+
+    def __repr__(self):
+        flag = f", diverged at step {self.stop_step}: {self.stop_reason}" if self.diverged else ""
+        return (f"TrainResult({type(self.rule).__name__}, rows={len(self.steps)}, "
+                f"last step={int(self.state.step)}{flag})")
+
+
+def _csr(parts):
+    ptr = np.zeros(len(parts) + 1, dtype=np.intp)
+    ptr[1:] = np.cumsum([len(p) for p in parts])
+    idx = (np.concatenate(parts).astype(np.intp) if parts else np.zeros(0, np.intp))
+    return ptr, np.ascontiguousarray(idx)
+
+
+def _make_rng(seed, state):
+    """The generator a minibatch run draws from (a Generator passed in is advanced)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None and state is not None and state.rng_state is not None:
+        bg_name = state.rng_state["bit_generator"]
+        bg_cls = getattr(np.random, bg_name, None)
+        if bg_cls is None:
+            raise ValueError(f"state.rng_state names an unknown bit generator {bg_name!r}")
+        bg = bg_cls()
+        bg.state = state.rng_state
+        return np.random.Generator(bg)
+    if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+        raise TypeError("seed must be None, an int, a SeedSequence or a numpy Generator, "
+                        f"got {type(seed).__name__}")
+    if isinstance(seed, (int, np.integer)) and seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=None,
+          state=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES) -> TrainResult:
+    """Run ``rule`` on ``potential`` from ``q0`` for ``steps`` steps in one compiled call.
+
+    Parameters
+    ----------
+    rule : Rule
+        E.g. ``SGD(lr=0.1, momentum=0.9, weight_decay=5e-4)``.
+    potential : Potential
+    q0 : (d,) array_like
+        Initial parameters (copied; float32 or non-contiguous input is converted).
+    steps : int ≥ 0
+    record_every : int ≥ 1
+        Record q_n, f, |g|², |q_B|² at n = 0, record_every, 2·record_every, … ≤ steps.
+        Memory is O(steps/record_every · d).
+    batch_size : int or None
+        Minibatch size for a data potential (None: full batch).  Each step draws that many
+        distinct rows uniformly (consuming ``batch_size`` doubles of the generator).
+    seed : None, int, SeedSequence or numpy.random.Generator
+        Source of the minibatch draws.  A Generator is advanced in place.  None with a
+        ``state`` that carries an RNG state continues that stream.
+    state : RuleState, optional
+        Start from this rule state (a previous run's ``result.state``, or one built with
+        e.g. ``SGD.with_buffer``).  Two runs of n/2 steps chained this way equal one run
+        of n steps bit for bit, minibatches included.
+    max_record_bytes : int
+        Refuse (MemoryError) a recording request larger than this.
+
+    Returns
+    -------
+    TrainResult
+
+    Notes
+    -----
+    The loop runs without the GIL and allocates nothing per step.  A non-finite loss,
+    gradient or parameter stops the run at that step: the rows recorded so far are kept,
+    ``result.diverged`` is set and a :class:`~noether_core.errors.DivergenceWarning` is
+    issued.  Results are bit-reproducible for the same inputs and seed.
+    """
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule must be a noether_core.rules.Rule, got {type(rule).__name__}")
+    if not isinstance(potential, Potential):
+        raise TypeError("potential must be a noether_core.potentials.Potential, got "
+                        f"{type(potential).__name__}")
+    d = potential.dim
+    q = V.as_float_array("q0", q0, shape=(d,))
+    steps = V.as_int("steps", steps, lo=0)
+    record_every = V.as_int("record_every", record_every, lo=1)
+    if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(q <= 0):
+        raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
+    if batch_size is not None:
+        if potential.n_data == 0:
+            raise ValueError(f"batch_size={batch_size!r} given, but {type(potential).__name__}"
+                             " has no data rows to draw from")
+        batch_size = V.as_int("batch_size", batch_size, lo=potential.min_batch,
+                              hi=potential.n_data)
+    if state is None:
+        state = rule.init_state(potential)
+    else:
+        rule._check_state(state, potential)
+        state = state.copy()
+    n_rec = steps // record_every + 1
+    need = n_rec * (d + 2 + len(potential.blocks)) * 8
+    if need > max_record_bytes:
+        raise MemoryError(f"recording {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
+                          f" MiB, above max_record_bytes={max_record_bytes} "
+                          f"({max_record_bytes / 2**20:.1f} MiB); raise record_every")
+
+    hp = rule._hp(potential)
+    if isinstance(rule, MirrorDescent):
+        vec = rule._vec(potential)
+    else:
+        vec = (np.stack([state.arrays[n] for n in rule.vec_names]) if rule.vec_names
+               else np.zeros((0, d)))
+        vec = np.ascontiguousarray(vec, dtype=np.float64)
+    sca = rule._pack_scalars(state, potential)
+    pptr, pidx = _csr(rule._partition(potential))
+    names = list(potential.blocks)
+    bptr, bidx = _csr([potential.blocks[n] for n in names])
+    rec_q = np.empty((n_rec, d))
+    rec_loss = np.empty(n_rec)
+    rec_g2 = np.empty(n_rec)
+    rec_bn2 = np.empty((n_rec, len(names)))
+
+    rng = None
+    if batch_size is not None:
+        rng = _make_rng(seed, state)
+    elif seed is not None:
+        _make_rng(seed, None)          # validate it all the same
+    status, stop, n_done = _kr.train_kernel(
+        rule.kind, hp, vec, sca, pptr, pidx, potential._kernel, q, steps, record_every,
+        None if rng is None else rng.bit_generator, 0 if batch_size is None else batch_size,
+        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2)
+
+    # steps actually applied: a non-finite parameter is met after its update
+    taken = steps if status == 0 else (stop + 1 if status == 3 else stop)
+    arrays = ({} if isinstance(rule, MirrorDescent)
+              else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
+    new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
+                          state.step + taken,
+                          None if rng is None else rng.bit_generator.state)
+    res = TrainResult(
+        rule=rule, potential=potential,
+        steps=state.step + record_every * np.arange(n_done),
+        q=rec_q[:n_done], loss=rec_loss[:n_done], grad_norm2=rec_g2[:n_done],
+        block_norm2={n: rec_bn2[:n_done, i] for i, n in enumerate(names)},
+        q_final=q, state=new_state, record_every=record_every, batch_size=batch_size)
+    if status != 0:
+        res.diverged = True
+        res.stop_step = int(state.step + stop)
+        reason = _STATUS.get(status, f"status {status}")
+        bad = np.flatnonzero(~np.isfinite(q))
+        if bad.size:
+            blk = next((n for n in names if np.isin(bad[0], potential.blocks[n])), None)
+            reason += f" (first in block {blk!r}, index {int(bad[0])})"
+        res.stop_reason = reason
+        warnings.warn(f"{type(rule).__name__} on {type(potential).__name__} stopped at step "
+                      f"{res.stop_step}: {reason}", DivergenceWarning, stacklevel=2)
+    return res

@@ -1,0 +1,107 @@
+"""Input validation done once, at the door (the kernels trust what passes here).
+
+Every function names the offending argument, the value it got and what is allowed.
+Non-contiguous, read-only or float32 input is converted (copied), never rejected.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = ["as_float_array", "as_scalar", "as_int", "as_bool", "as_index_array"]
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} and dtype {x.dtype}"
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
+                   allow_empty: bool = False, finite: bool = True,
+                   copy: bool = True) -> np.ndarray:
+    """Return ``x`` as a new C-contiguous float64 array, or raise naming ``name``.
+
+    ``shape`` may contain ``None`` for "any length".  Integers, bools and float32 are
+    promoted; complex, object and string data are refused.
+    """
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be an array of real numbers, got {_describe(x)}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(s is not None and s != a
+                                         for s, a in zip(shape, arr.shape)):
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    if arr.size == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    out = np.array(arr, dtype=np.float64, order="C", copy=copy)
+    if finite and not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))[0]
+        where = tuple(int(i) for i in bad)
+        raise ValueError(f"{name} must be finite, found {out[where]} at index "
+                         f"{where if len(where) != 1 else where[0]}")
+    return out
+
+
+def as_scalar(name: str, x, *, lo: float | None = None, hi: float | None = None,
+              lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real scalar in [lo, hi] (ends open when asked)."""
+    if isinstance(x, bool) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
+        if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf":
+            x = x.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {_describe(x)}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    bad = ((lo is not None and (v < lo or (lo_open and v == lo)))
+           or (hi is not None and (v > hi or (hi_open and v == hi))))
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ValueError(f"{name} must lie in {rng}, got {v}")
+    return v
+
+
+def as_int(name: str, x, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer (Python or NumPy, not bool, not float) in [lo, hi]."""
+    if isinstance(x, bool) or isinstance(x, float):
+        raise TypeError(f"{name} must be an integer, got {_describe(x)}")
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_describe(x)}") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must lie in [{'-inf' if lo is None else lo}, "
+                         f"{'inf' if hi is None else hi}], got {v}")
+    return v
+
+
+def as_bool(name: str, x) -> bool:
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    raise TypeError(f"{name} must be True or False, got {_describe(x)}")
+
+
+def as_index_array(name: str, x, n: int) -> np.ndarray:
+    """A 1-D array of integer indices into range(n) (negative indices refused)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise TypeError(f"{name} must be a 1-D integer array, got {_describe(x)}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{name} has indices outside [0, {n}), got range "
+                         f"[{arr.min()}, {arr.max()}]")
+    return np.array(arr, dtype=np.intp, order="C")

@@ -1,0 +1,443 @@
+"""Learning rules: torch.optim semantics, compiled loops (noether_core._kernels.rules).
+
+Each rule is an immutable, picklable description with torch's argument names and
+defaults; ``noether_core.train`` runs it.  A rule's *state* (momentum buffers, moment
+estimates, step counts) is a :class:`RuleState` value: every run returns its final state,
+and ``train(..., state=...)`` continues bit for bit.
+
+========================  ==============================================================
+rule                      update (g = ∇f(q_n), d = g + k q_n with weight decay k)
+========================  ==============================================================
+SGD                       v ← βv + (1−τ)d (v = d at the first step); q ← q − η(v or d+βv)
+RMSprop                   torch.optim.RMSprop (alpha, eps, weight_decay, momentum, centered)
+Adam / AdamW              torch.optim.Adam / AdamW (betas, eps, amsgrad; AdamW decays q)
+ScalarRMSProp             the paper's (Sec. 4): q_B ← q_B − η g_B/sqrt(G_B + ε),
+                          G_B ← ρG_B + (1−ρ)|g_B|², one scalar G per block
+MirrorDescent             ∇h(q_{n+1}) = ∇h(q_n) − η d for separable h (SPEC §1)
+========================  ==============================================================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from . import _validation as V
+
+__all__ = ["Rule", "SGD", "RMSprop", "Adam", "AdamW", "ScalarRMSProp", "MirrorDescent",
+           "RuleState"]
+
+# kinds, as in noether_core/_kernels/rules.pxd
+_SGD, _RMSPROP, _ADAM, _SCALAR_RMSPROP, _MIRROR = range(5)
+
+
+@dataclass(frozen=True, eq=False)
+class RuleState:
+    """The state of a learning rule between two steps (a first-class value).
+
+    Attributes
+    ----------
+    rule : str
+        Name of the rule class it belongs to.
+    arrays : dict[str, ndarray]
+        Per-coordinate buffers, each of length d (e.g. ``momentum_buffer``).
+    scalars : dict[str, float]
+        Scalar state (e.g. ``step`` for Adam, ``has_buffer`` for SGD, ``G`` values).
+    step : int
+        Steps taken since the state was created (global step index of the next step).
+    rng_state : dict or None
+        The bit generator's state after the run (``Generator.bit_generator.state``), so
+        a resumed minibatch run draws exactly the rows an unbroken run would.
+    """
+
+    rule: str
+    arrays: dict
+    scalars: dict
+    step: int = 0
+    rng_state: dict | None = field(default=None, repr=False)
+
+    def copy(self) -> "RuleState":
+        return RuleState(self.rule, {k: v.copy() for k, v in self.arrays.items()},
+                         dict(self.scalars), self.step,
+                         None if self.rng_state is None else _copy_rng_state(self.rng_state))
+
+    def __eq__(self, other):
+        if not isinstance(other, RuleState):
+            return NotImplemented
+        return (self.rule == other.rule and self.step == other.step
+                and self.scalars.keys() == other.scalars.keys()
+                and all(np.array_equal(self.scalars[k], other.scalars[k], equal_nan=True)
+                        for k in self.scalars)
+                and self.arrays.keys() == other.arrays.keys()
+                and all(np.array_equal(self.arrays[k], other.arrays[k])
+                        for k in self.arrays)
+                and self.rng_state == other.rng_state)
+
+
+def _copy_rng_state(st):
+    return {k: (_copy_rng_state(v) if isinstance(v, dict) else v) for k, v in st.items()}
+
+
+class Rule:
+    """Base class of learning rules (immutable; hyper-parameters validated on creation)."""
+
+    kind: int
+    vec_names: tuple = ()        # per-coordinate state buffers, in kernel order
+    sca_names: tuple = ()        # scalar state, in kernel order
+
+    def params(self) -> dict:
+        """Hyper-parameters as a dict (the keywords of the constructor)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def param_names(cls) -> tuple:
+        return tuple(f.name for f in fields(cls))
+
+    def replace(self, **changes) -> "Rule":
+        """A copy with some hyper-parameters changed (validated again)."""
+        unknown = set(changes) - set(self.param_names())
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no parameter(s) {sorted(unknown)}; "
+                            f"valid: {list(self.param_names())}")
+        return type(self)(**{**self.params(), **changes})
+
+    # -- kernel plumbing (used by noether_core._train) --------------------------------------
+    def _hp(self, potential) -> np.ndarray:
+        raise NotImplementedError
+
+    def _partition(self, potential) -> list:
+        """Parts of q with their own scalar state (only ScalarRMSProp uses several)."""
+        return [np.arange(potential.dim)]
+
+    def init_state(self, potential) -> RuleState:
+        """The state before the first step (torch's: zero buffers, step 0)."""
+        d = potential.dim
+        arrays = {name: np.zeros(d) for name in self.vec_names}
+        scalars = {name: 0.0 for name in self.sca_names}
+        return RuleState(type(self).__name__, arrays, scalars, 0, None)
+
+    def _check_state(self, state: RuleState, potential) -> None:
+        if not isinstance(state, RuleState):
+            raise TypeError(f"state must be a RuleState, got {type(state).__name__}")
+        if state.rule != type(self).__name__:
+            raise ValueError(f"state belongs to rule {state.rule}, not {type(self).__name__}")
+        for name in self.vec_names:
+            a = state.arrays.get(name)
+            if a is None or np.shape(a) != (potential.dim,):
+                raise ValueError(f"state.arrays[{name!r}] must have shape ({potential.dim},), "
+                                 f"got {None if a is None else np.shape(a)}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"state.arrays[{name!r}] holds non-finite values")
+
+    def _pack_scalars(self, state: RuleState, potential) -> np.ndarray:
+        return np.array([float(state.scalars[n]) for n in self.sca_names], dtype=np.float64)
+
+    def _unpack_scalars(self, sca: np.ndarray, potential) -> dict:
+        return {n: float(v) for n, v in zip(self.sca_names, sca)}
+
+
+def _lr(v):
+    return V.as_scalar("lr", v, lo=0.0, lo_open=True)
+
+
+def _unit(name, v):
+    return V.as_scalar(name, v, lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class SGD(Rule):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
+
+    Exactly ``torch.optim.SGD`` (single-tensor path)::
+
+        d = g + weight_decay * q
+        v = d (first step) or momentum * v + (1 - dampening) * d
+        q = q - lr * (d + momentum * v if nesterov else v)      (q - lr * d if momentum = 0)
+
+    Parameters
+    ----------
+    lr : float > 0
+        Learning rate η (the time step of the continuous models, t = nη).
+    momentum : float in [0, 1)
+        Heavy-ball β; mass m = η(1+β)/2 and friction μ = 1−β of Eq. 2.
+    dampening : float in [0, 1]
+    nesterov : bool
+        Needs momentum > 0 and dampening = 0 (as torch).
+    weight_decay : float ≥ 0
+        L2 coefficient k (the spring constant of Eq. 2).
+    """
+
+    lr: float = 1e-3
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    kind = _SGD
+    vec_names = ("momentum_buffer",)
+    sca_names = ("has_buffer",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _lr(self.lr))
+        object.__setattr__(self, "momentum", _unit("momentum", self.momentum))
+        object.__setattr__(self, "dampening",
+                           V.as_scalar("dampening", self.dampening, lo=0.0, hi=1.0))
+        object.__setattr__(self, "nesterov", V.as_bool("nesterov", self.nesterov))
+        object.__setattr__(self, "weight_decay",
+                           V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
+        if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening = 0, got "
+                             f"momentum={self.momentum}, dampening={self.dampening}")
+
+    def _hp(self, potential):
+        return np.array([self.lr, self.momentum, self.dampening, float(self.nesterov),
+                         self.weight_decay])
+
+    def with_buffer(self, potential, momentum_buffer) -> RuleState:
+        """A state whose momentum buffer is given (as if resumed mid-run)."""
+        buf = V.as_float_array("momentum_buffer", momentum_buffer, shape=(potential.dim,))
+        st = self.init_state(potential)
+        st.arrays["momentum_buffer"][:] = buf
+        st.scalars["has_buffer"] = 1.0
+        return st
+
+
+@dataclass(frozen=True)
+class RMSprop(Rule):
+    """``torch.optim.RMSprop``: square_avg ← α·square_avg + (1−α)d², q ← q − lr·d/(√· + eps).
+
+    Parameters as torch: lr (1e-2), alpha (0.99, in [0, 1)), eps (1e-8, ≥ 0),
+    weight_decay (0), momentum (0, in [0, 1)), centered (False).
+    """
+
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+
+    kind = _RMSPROP
+    vec_names = ("square_avg", "momentum_buffer", "grad_avg")
+    sca_names = ("step",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _lr(self.lr))
+        object.__setattr__(self, "alpha", _unit("alpha", self.alpha))
+        object.__setattr__(self, "eps", V.as_scalar("eps", self.eps, lo=0.0))
+        object.__setattr__(self, "weight_decay",
+                           V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
+        object.__setattr__(self, "momentum", _unit("momentum", self.momentum))
+        object.__setattr__(self, "centered", V.as_bool("centered", self.centered))
+
+    def _hp(self, potential):
+        return np.array([self.lr, self.alpha, self.eps, self.weight_decay, self.momentum,
+                         float(self.centered)])
+
+
+@dataclass(frozen=True)
+class Adam(Rule):
+    """``torch.optim.Adam`` (coupled L2 weight decay; ``amsgrad`` supported).
+
+    Parameters as torch: lr (1e-3), betas ((0.9, 0.999), each in [0, 1)), eps (1e-8),
+    weight_decay (0), amsgrad (False).
+    """
+
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+    kind = _ADAM
+    vec_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    sca_names = ("step",)
+    _decoupled = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _lr(self.lr))
+        b = self.betas
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {b!r}")
+        object.__setattr__(self, "betas", (_unit("betas[0]", b[0]), _unit("betas[1]", b[1])))
+        object.__setattr__(self, "eps", V.as_scalar("eps", self.eps, lo=0.0))
+        object.__setattr__(self, "weight_decay",
+                           V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
+        object.__setattr__(self, "amsgrad", V.as_bool("amsgrad", self.amsgrad))
+
+    def _hp(self, potential):
+        return np.array([self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                         float(self.amsgrad), float(self._decoupled)])
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled decay q ← q(1 − lr·weight_decay).
+
+    Defaults as torch: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
+    """
+
+    weight_decay: float = 1e-2
+    _decoupled = True
+
+
+@dataclass(frozen=True)
+class ScalarRMSProp(Rule):
+    """The paper's "norm" RMSProp (Sec. 4, Eq. 18–20), one scalar G per block::
+
+        q_B ← q_B − lr · d_B / sqrt(G_B + eps)
+        G_B ← rho · G_B + (1 − rho) · |d_B|²          (d = g + weight_decay · q)
+
+    The update keeps the gradient's direction within each block, so it keeps every
+    symmetry plain SGD keeps (docs/balance_laws.md).
+
+    Parameters
+    ----------
+    lr : float > 0
+    rho : float in [0, 1)
+    eps : float ≥ 0
+    G0 : float ≥ 0 or None
+        Initial G of every block; None uses the first step's |d_B|².
+    per_block : bool
+        True: one G per block carrying a scale symmetry, plus one for the remaining
+        coordinates; False: one G for all of q.
+    weight_decay : float ≥ 0
+    """
+
+    lr: float = 1e-2
+    rho: float = 0.99
+    eps: float = 1e-8
+    G0: float | None = None
+    per_block: bool = True
+    weight_decay: float = 0.0
+
+    kind = _SCALAR_RMSPROP
+    sca_names = ("initialised",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _lr(self.lr))
+        object.__setattr__(self, "rho", _unit("rho", self.rho))
+        object.__setattr__(self, "eps", V.as_scalar("eps", self.eps, lo=0.0))
+        if self.G0 is not None:
+            object.__setattr__(self, "G0", V.as_scalar("G0", self.G0, lo=0.0))
+        object.__setattr__(self, "per_block", V.as_bool("per_block", self.per_block))
+        object.__setattr__(self, "weight_decay",
+                           V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
+        if self.G0 == 0.0 and self.eps == 0.0:
+            raise ValueError("G0 = 0 with eps = 0 divides by zero at the first step")
+
+    def _hp(self, potential):
+        return np.array([self.lr, self.rho, self.eps,
+                         math.nan if self.G0 is None else self.G0, self.weight_decay])
+
+    def part_names(self, potential) -> list:
+        """Names of the parts that carry their own G (state.scalars['G'] order)."""
+        if not self.per_block:
+            return ["q"]
+        names = []
+        for s in potential.symmetries:
+            if s.family == "scale" and s.blocks[0] not in names:
+                names.append(s.blocks[0])
+        used = np.zeros(potential.dim, bool)
+        for n in names:
+            used[potential.blocks[n]] = True
+        if not used.all():
+            names.append("rest")
+        return names
+
+    def _partition(self, potential):
+        if not self.per_block:
+            return [np.arange(potential.dim)]
+        names = self.part_names(potential)
+        parts, used = [], np.zeros(potential.dim, bool)
+        for n in names:
+            if n == "rest":
+                parts.append(np.flatnonzero(~used))
+            else:
+                idx = potential.blocks[n]
+                if used[idx].any():
+                    raise ValueError(f"scale blocks of {potential!r} overlap at block {n!r}")
+                used[idx] = True
+                parts.append(idx)
+        return parts
+
+    def init_state(self, potential):
+        names = self.part_names(potential)
+        return RuleState("ScalarRMSProp", {}, {"initialised": 0.0,
+                                               "G": np.zeros(len(names))}, 0, None)
+
+    def _check_state(self, state, potential):
+        super()._check_state(state, potential)
+        n = len(self.part_names(potential))
+        G = np.asarray(state.scalars.get("G", ()), dtype=float)
+        if G.shape != (n,) or not np.all(np.isfinite(G)) or np.any(G < 0):
+            raise ValueError(f"state.scalars['G'] must hold {n} finite values >= 0")
+
+    def _pack_scalars(self, state, potential):
+        return np.concatenate([[float(state.scalars["initialised"])],
+                               np.asarray(state.scalars["G"], dtype=float)])
+
+    def _unpack_scalars(self, sca, potential):
+        return {"initialised": float(sca[0]), "G": sca[1:].copy()}
+
+
+_MAPS = ("euclidean", "diagonal", "pnorm", "entropy")
+
+
+@dataclass(frozen=True)
+class MirrorDescent(Rule):
+    """Mirror descent ∇h(q_{n+1}) = ∇h(q_n) − lr·(g + weight_decay·q) (SPEC §1).
+
+    Parameters
+    ----------
+    lr : float > 0
+    mirror : {"euclidean", "diagonal", "pnorm", "entropy"}
+        h(x) = ½|x|²;  ½ xᵀ diag(D) x;  (1/p) Σ|xᵢ|^p;  Σ xᵢ log xᵢ (needs q > 0).
+    D : (d,) array_like of positive numbers, for ``mirror="diagonal"``
+    p : float > 1, for ``mirror="pnorm"``
+    weight_decay : float ≥ 0
+    """
+
+    lr: float = 1e-2
+    mirror: str = "euclidean"
+    D: tuple | None = None
+    p: float | None = None
+    weight_decay: float = 0.0
+
+    kind = _MIRROR
+    vec_names = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _lr(self.lr))
+        if self.mirror not in _MAPS:
+            raise ValueError(f"mirror must be one of {_MAPS}, got {self.mirror!r}")
+        if self.mirror == "diagonal":
+            if self.D is None:
+                raise ValueError("mirror='diagonal' needs D (the positive diagonal of h)")
+            D = V.as_float_array("D", self.D, ndim=1)
+            if np.any(D <= 0):
+                raise ValueError("D must be positive")
+            object.__setattr__(self, "D", tuple(float(x) for x in D))
+        elif self.D is not None:
+            raise ValueError(f"D is only used with mirror='diagonal', not {self.mirror!r}")
+        if self.mirror == "pnorm":
+            if self.p is None:
+                raise ValueError("mirror='pnorm' needs p > 1")
+            object.__setattr__(self, "p", V.as_scalar("p", self.p, lo=1.0, lo_open=True))
+        elif self.p is not None:
+            raise ValueError(f"p is only used with mirror='pnorm', not {self.mirror!r}")
+        object.__setattr__(self, "weight_decay",
+                           V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
+
+    def _hp(self, potential):
+        if self.mirror == "diagonal" and len(self.D) != potential.dim:
+            raise ValueError(f"D has length {len(self.D)}, the potential has dim "
+                             f"{potential.dim}")
+        return np.array([self.lr, self.weight_decay, float(_MAPS.index(self.mirror)),
+                         1.0 if self.p is None else self.p])
+
+    def _vec(self, potential):
+        if self.mirror == "diagonal":
+            return np.array([self.D], dtype=np.float64)
+        return np.zeros((0, potential.dim))

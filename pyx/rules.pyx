@@ -1,0 +1,371 @@
+# cython: language_level=3
+"""Learning rules as compiled loops: ``q_n -> q_{n+1}`` for a whole run in one call.
+
+Design
+------
+* ``run_loop(RunSpec*)`` is the one training loop: draw a minibatch (if any), evaluate the
+  potential through the ABI, check the loss and gradient are finite, record every
+  ``record_every``-th state into preallocated rows, apply the rule's step.  It is
+  ``noexcept nogil`` and allocates nothing, so ``train`` and every grid point of a scan run
+  the same code.  Errors cross back as ``RunSpec.status`` codes.
+* Rules follow ``torch.optim`` (single-tensor CPU path) operation by operation, including
+  the order of floating-point operations where it matters; see docs/rules.md.
+* ``train_kernel`` (Python-visible, called only by noether_core/_train.py, which validated
+  everything) owns the scratch memory of one run, takes the bit generator's lock and
+  releases the GIL around ``run_loop``.
+* Minibatches: each step draws ``batch_size`` distinct rows by a partial Fisher-Yates
+  shuffle of the identity permutation, consuming exactly ``batch_size`` doubles
+  (``next_double``) of the caller's bit generator; python/noether_ref/rules.py replays the
+  same draws with ``Generator.random()``.
+
+Hyper-parameter layouts ``hp`` and state layouts (``vec`` rows, ``sca``) per rule kind:
+
+=============== ============================================ ============================ ======================
+kind            hp                                           vec rows                     sca
+=============== ============================================ ============================ ======================
+SGD             lr, momentum, dampening, nesterov, wd        momentum_buffer              has_buffer
+RMSPROP         lr, alpha, eps, wd, momentum, centered       square_avg, momentum_buffer, step
+                                                             grad_avg
+ADAM            lr, beta1, beta2, eps, wd, amsgrad,          exp_avg, exp_avg_sq,         step
+                decoupled                                    max_exp_avg_sq
+SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd   (none)                       initialised, G per part
+MIRROR          lr, wd, map (0 euclid, 1 diag, 2 pnorm,      D (diagonal of h, map 1)     (none)
+                3 entropy), p
+=============== ============================================ ============================ ======================
+"""
+from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
+from libc.stdlib cimport malloc, free
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+import numpy as np
+cimport numpy as cnp
+from numpy.random cimport bitgen_t
+
+from noether_core._kernels.potentials cimport Potential, set_batch
+
+cnp.import_array()
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+cdef inline double _lerp(double a, double b, double w) noexcept nogil:
+    """torch.lerp(a, b, w) as ATen's CPU kernel evaluates it."""
+    if w < 0.5:
+        return a + w * (b - a)
+    return b - (b - a) * (1.0 - w)
+
+
+cdef inline void _draw_batch(bitgen_t* rng, Py_ssize_t* perm, Py_ssize_t N,
+                             Py_ssize_t B) noexcept nogil:
+    """B distinct rows of N, uniformly: partial Fisher-Yates from the identity."""
+    cdef Py_ssize_t i, j, t
+    for i in range(N):
+        perm[i] = i
+    for i in range(B):
+        j = i + <Py_ssize_t> (rng.next_double(rng.state) * <double> (N - i))
+        if j >= N:
+            j = N - 1
+        t = perm[i]
+        perm[i] = perm[j]
+        perm[j] = t
+
+
+# ---------------------------------------------------------------------------------------
+# one step of each rule; q updated in place, g is the loss gradient (no weight decay)
+
+cdef inline void _step_sgd(RunSpec* s) noexcept nogil:
+    cdef double lr = s.hp[0], mom = s.hp[1], damp = s.hp[2], wd = s.hp[4]
+    cdef bint nesterov = s.hp[3] != 0.0
+    cdef bint first = s.sca[0] == 0.0
+    cdef double* buf = s.vec
+    cdef Py_ssize_t i
+    cdef double di
+    for i in range(s.d):
+        di = s.g[i]
+        if wd != 0.0:
+            di = di + wd * s.q[i]
+        if mom != 0.0:
+            if first:
+                buf[i] = di
+            else:
+                buf[i] = buf[i] * mom + (1.0 - damp) * di
+            if nesterov:
+                di = di + mom * buf[i]
+            else:
+                di = buf[i]
+        s.q[i] = s.q[i] + (-lr) * di
+    if mom != 0.0:
+        s.sca[0] = 1.0
+
+
+cdef inline void _step_rmsprop(RunSpec* s) noexcept nogil:
+    cdef double lr = s.hp[0], alpha = s.hp[1], eps = s.hp[2], wd = s.hp[3]
+    cdef double mom = s.hp[4]
+    cdef bint centered = s.hp[5] != 0.0
+    cdef double* sq = s.vec
+    cdef double* buf = s.vec + s.d
+    cdef double* ga = s.vec + 2 * s.d
+    cdef Py_ssize_t i
+    cdef double gi, avg
+    s.sca[0] += 1.0
+    for i in range(s.d):
+        gi = s.g[i]
+        if wd != 0.0:
+            gi = gi + wd * s.q[i]
+        sq[i] = sq[i] * alpha
+        sq[i] = sq[i] + ((1.0 - alpha) * gi) * gi
+        if centered:
+            ga[i] = _lerp(ga[i], gi, 1.0 - alpha)
+            avg = sqrt(sq[i] + (-1.0 * ga[i]) * ga[i])
+        else:
+            avg = sqrt(sq[i])
+        avg = avg + eps
+        if mom > 0.0:
+            buf[i] = buf[i] * mom + gi / avg
+            s.q[i] = s.q[i] + (-lr) * buf[i]
+        else:
+            s.q[i] = s.q[i] + ((-lr) * gi) / avg
+
+
+cdef inline void _step_adam(RunSpec* s) noexcept nogil:
+    cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
+    cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
+    cdef double* m1 = s.vec
+    cdef double* m2 = s.vec + s.d
+    cdef double* mx = s.vec + 2 * s.d
+    cdef Py_ssize_t i
+    cdef double gi, step, bc1, bc2, step_size, bc2_sqrt, den, decay
+    s.sca[0] += 1.0
+    step = s.sca[0]
+    bc1 = 1.0 - pow(b1, step)
+    bc2 = 1.0 - pow(b2, step)
+    step_size = lr / bc1
+    bc2_sqrt = sqrt(bc2)
+    decay = 1.0 - lr * wd
+    for i in range(s.d):
+        gi = s.g[i]
+        if wd != 0.0:
+            if decoupled:
+                s.q[i] = s.q[i] * decay
+            else:
+                gi = gi + wd * s.q[i]
+        m1[i] = _lerp(m1[i], gi, 1.0 - b1)
+        m2[i] = m2[i] * b2
+        m2[i] = m2[i] + ((1.0 - b2) * gi) * gi
+        if amsgrad:
+            if m2[i] > mx[i] or mx[i] != mx[i]:
+                mx[i] = m2[i]
+            den = sqrt(mx[i]) / bc2_sqrt + eps
+        else:
+            den = sqrt(m2[i]) / bc2_sqrt + eps
+        s.q[i] = s.q[i] + ((-step_size) * m1[i]) / den
+
+
+cdef inline void _step_scalar_rmsprop(RunSpec* s) noexcept nogil:
+    """The paper's RMSProp (Sec. 4): one scalar G per part P of the partition,
+    q_P <- q_P - lr g_P / sqrt(G_P + eps), then G_P <- rho G_P + (1 - rho)|g_P|^2."""
+    cdef double lr = s.hp[0], rho = s.hp[1], eps = s.hp[2], G0 = s.hp[3], wd = s.hp[4]
+    cdef Py_ssize_t p, k, i
+    cdef double gi, n2, scale
+    cdef double* G = s.sca + 1
+    for p in range(s.npart):
+        n2 = 0.0
+        for k in range(s.pptr[p], s.pptr[p + 1]):
+            i = s.pidx[k]
+            gi = s.g[i]
+            if wd != 0.0:
+                gi = gi + wd * s.q[i]
+            n2 = n2 + gi * gi
+        if s.sca[0] == 0.0:
+            G[p] = n2 if G0 != G0 else G0
+        scale = lr / sqrt(G[p] + eps)
+        for k in range(s.pptr[p], s.pptr[p + 1]):
+            i = s.pidx[k]
+            gi = s.g[i]
+            if wd != 0.0:
+                gi = gi + wd * s.q[i]
+            s.q[i] = s.q[i] - scale * gi
+        G[p] = rho * G[p] + (1.0 - rho) * n2
+    s.sca[0] = 1.0
+
+
+cdef inline void _step_mirror(RunSpec* s) noexcept nogil:
+    """grad h(q_{n+1}) = grad h(q_n) - lr (g_n + wd q_n) for a separable mirror map h."""
+    cdef double lr = s.hp[0], wd = s.hp[1], p = s.hp[3]
+    cdef int kind = <int> s.hp[2]
+    cdef double* D = s.vec
+    cdef Py_ssize_t i
+    cdef double di, y, a
+    for i in range(s.d):
+        di = s.g[i]
+        if wd != 0.0:
+            di = di + wd * s.q[i]
+        if kind == 0:
+            s.q[i] = s.q[i] - lr * di
+        elif kind == 1:
+            s.q[i] = s.q[i] - lr * di / D[i]
+        elif kind == 2:
+            a = fabs(s.q[i])
+            y = pow(a, p - 1.0)
+            if s.q[i] < 0.0:
+                y = -y
+            y = y - lr * di
+            a = pow(fabs(y), 1.0 / (p - 1.0))
+            s.q[i] = -a if y < 0.0 else a
+        else:
+            s.q[i] = s.q[i] * exp(-lr * di)
+
+
+cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
+    cdef Py_ssize_t j, b, k
+    cdef double acc, x
+    cdef double* row = s.rec_q + s.n_rec * s.d
+    for j in range(s.d):
+        row[j] = s.q[j]
+    s.rec_loss[s.n_rec] = f
+    s.rec_g2[s.n_rec] = g2
+    for b in range(s.nb):
+        acc = 0.0
+        for k in range(s.bptr[b], s.bptr[b + 1]):
+            x = s.q[s.bidx[k]]
+            acc = acc + x * x
+        s.rec_bn2[s.n_rec * s.nb + b] = acc
+    s.n_rec += 1
+
+
+cdef inline int _grad_checked(RunSpec* s, double* f, double* g2) noexcept nogil:
+    """Evaluate the potential; 0 if loss and gradient are finite, else a status code."""
+    cdef Py_ssize_t i
+    cdef double acc = 0.0, nan_probe = 0.0
+    f[0] = s.fn(s.q, s.g, s.d, s.params)
+    for i in range(s.d):
+        acc = acc + s.g[i] * s.g[i]
+        nan_probe = nan_probe + s.g[i] * 0.0     # NaN iff some g_i is NaN or inf
+    g2[0] = acc
+    if not isfinite(f[0]):
+        return STATUS_NONFINITE_LOSS
+    if nan_probe != 0.0 or nan_probe != nan_probe:
+        return STATUS_NONFINITE_GRAD
+    return STATUS_OK
+
+
+cdef void run_loop(RunSpec* s) noexcept nogil:
+    cdef Py_ssize_t n, i
+    cdef double f, g2, probe
+    cdef int st
+    cdef bint mini = s.batch_size > 0 and s.rng != NULL
+    s.status = STATUS_OK
+    s.stop_step = -1
+    s.n_rec = 0
+    for n in range(s.steps):
+        if mini:
+            _draw_batch(s.rng, s.perm, s.n_data, s.batch_size)
+            set_batch(s.params, s.perm, s.batch_size)
+        st = _grad_checked(s, &f, &g2)
+        if st != STATUS_OK:
+            s.status = st
+            s.stop_step = n
+            return
+        if n % s.record_every == 0:
+            _record(s, f, g2)
+        if s.kind == RULE_SGD:
+            _step_sgd(s)
+        elif s.kind == RULE_RMSPROP:
+            _step_rmsprop(s)
+        elif s.kind == RULE_ADAM:
+            _step_adam(s)
+        elif s.kind == RULE_SCALAR_RMSPROP:
+            _step_scalar_rmsprop(s)
+        else:
+            _step_mirror(s)
+        probe = 0.0
+        for i in range(s.d):
+            probe = probe + s.q[i] * 0.0
+        if probe != 0.0 or probe != probe:
+            s.status = STATUS_NONFINITE_PARAMS
+            s.stop_step = n
+            return
+    if s.steps % s.record_every == 0:
+        # the terminal state: evaluated on the full data set, consuming no draws, so a run
+        # resumed from here sees exactly the random stream an unbroken run would
+        if s.n_data > 0:
+            set_batch(s.params, NULL, 0)
+        st = _grad_checked(s, &f, &g2)
+        if st != STATUS_OK:
+            s.status = st
+            s.stop_step = s.steps
+            return
+        _record(s, f, g2)
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry point (facade-only: inputs were validated by noether_core/_train.py)
+
+def train_kernel(int kind,
+                 const double[::1] hp,              # IN
+                 double[:, ::1] vec,                # IN/OUT rule state (nvec, d)
+                 double[::1] sca,                   # IN/OUT scalar rule state
+                 const Py_ssize_t[::1] pptr,        # IN partition (CSR)
+                 const Py_ssize_t[::1] pidx,
+                 Potential pot,
+                 double[::1] q,                     # IN/OUT
+                 Py_ssize_t steps,
+                 Py_ssize_t record_every,
+                 object bit_generator,              # numpy BitGenerator or None
+                 Py_ssize_t batch_size,
+                 const Py_ssize_t[::1] bptr,        # IN recorded blocks (CSR)
+                 const Py_ssize_t[::1] bidx,
+                 double[:, ::1] rec_q,              # OUT
+                 double[::1] rec_loss,              # OUT
+                 double[::1] rec_g2,                # OUT
+                 double[:, ::1] rec_bn2):           # OUT
+    """Run one trajectory; returns ``(status, stop_step, n_recorded)``."""
+    cdef RunSpec s
+    cdef double dummy = 0.0
+    cdef Py_ssize_t dummy_i = 0
+    s.kind = kind
+    s.hp = &hp[0]
+    s.vec = &vec[0, 0] if vec.shape[0] > 0 else &dummy
+    s.sca = &sca[0] if sca.shape[0] > 0 else &dummy
+    s.pptr = &pptr[0]
+    s.pidx = &pidx[0] if pidx.shape[0] > 0 else &dummy_i
+    s.npart = pptr.shape[0] - 1
+    s.fn = pot.fn
+    s.d = pot.d
+    s.n_data = pot.n_data
+    s.batch_size = batch_size
+    s.q = &q[0]
+    s.steps = steps
+    s.record_every = record_every
+    s.bptr = &bptr[0]
+    s.bidx = &bidx[0] if bidx.shape[0] > 0 else &dummy_i
+    s.nb = bptr.shape[0] - 1
+    s.rec_q = &rec_q[0, 0]
+    s.rec_loss = &rec_loss[0]
+    s.rec_g2 = &rec_g2[0]
+    s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else &dummy
+    s.rng = NULL
+    s.perm = NULL
+    s.g = <double*> malloc(s.d * sizeof(double))
+    if s.g == NULL:
+        raise MemoryError("gradient scratch of train")
+    s.params = NULL
+    try:
+        s.params = pot.new_params()
+        if batch_size > 0:
+            s.perm = <Py_ssize_t*> malloc(s.n_data * sizeof(Py_ssize_t))
+            if s.perm == NULL:
+                raise MemoryError("minibatch scratch of train")
+            s.rng = <bitgen_t*> PyCapsule_GetPointer(bit_generator.capsule, "BitGenerator")
+            with bit_generator.lock, nogil:
+                run_loop(&s)
+        else:
+            with nogil:
+                run_loop(&s)
+    finally:
+        free(s.g)
+        free(s.perm)
+        if s.params != NULL:
+            pot.free_params(s.params)
+    return s.status, s.stop_step, s.n_rec

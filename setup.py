@@ -1,0 +1,79 @@
+"""Map pyx/*.pyx onto the extension modules ``noether_core._kernels.*``.
+
+Everything else (metadata, packages, extras) is in pyproject.toml.  Build options:
+
+* ``-O3``, never ``-ffast-math``: the library checks NaN/inf and exact identities, both
+  of which fast-math breaks.  ``-ffp-contract=off`` keeps a*b+c as two roundings, so the
+  kernels match the NumPy reference in python/ bit for bit where the operation order is
+  the same.
+* OpenMP (``-fopenmp``) when a compile probe succeeds; serial fallback otherwise.
+* ``NOETHER_DEBUG=1``: Cython bounds/wraparound checks on, ``-O0 -g``.
+"""
+import os
+import sys
+import tempfile
+import glob
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+DEBUG = os.environ.get("NOETHER_DEBUG", "0") not in ("", "0")
+
+
+def _has_openmp(compiler):
+    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as fh:
+            fh.write(src)
+        try:
+            objs = compiler.compile([path], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                     extra_postargs=["-fopenmp"])
+        except Exception:  # noqa: BLE001 - any failure means "no OpenMP"
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        omp = sys.platform != "win32" and _has_openmp(self.compiler)
+        if not omp:
+            print("noether_core: OpenMP not available, building serial kernels",
+                  file=sys.stderr)
+        for ext in self.extensions:
+            flags = ["-O0", "-g"] if DEBUG else ["-O3"]
+            flags += ["-ffp-contract=off", "-fno-math-errno"]
+            ext.extra_compile_args = flags + (["-fopenmp"] if omp else [])
+            ext.extra_link_args = ["-fopenmp"] if omp else []
+            ext.define_macros = list(ext.define_macros or []) + [
+                ("NOETHER_HAVE_OPENMP", "1" if omp else "0")]
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    exts = []
+    for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        exts.append(Extension(
+            f"noether_core._kernels.{name}", [path],
+            include_dirs=[np.get_include(), "pyx"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        ))
+    directives = {
+        "language_level": 3,
+        "boundscheck": DEBUG,
+        "wraparound": DEBUG,
+        "initializedcheck": DEBUG,
+        "cdivision": not DEBUG,
+        "embedsignature": True,
+    }
+    return cythonize(exts, compiler_directives=directives, include_path=[".", "pyx"],
+                     quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
