@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validation as V
+from . import charges as _charges
 from ._kernels import rules as _kr
 from .errors import DivergenceWarning
 from .potentials import Potential
@@ -50,6 +51,11 @@ class TrainResult:
     stop_reason : str or None
         "non-finite loss", "non-finite gradient" or "non-finite parameters after the update",
         with the first offending block where that can be told.
+    charges : dict[str, ChargeSeries]
+        Noether charges and balance-law residuals per tracked symmetry, keyed
+        ``"family:block"`` (noether_core.charges).  Empty with ``charges=False``.
+    untracked : list of (label, reason)
+        Declared symmetries that could not be tracked (e.g. rotation without omega).
     """
 
     rule: Rule
@@ -66,7 +72,33 @@ class TrainResult:
     diverged: bool = False
     stop_step: int | None = None
     stop_reason: str | None = None
-    extras: dict = field(default_factory=dict)
+    charges: dict = field(default_factory=dict)
+    untracked: list = field(default_factory=list)
+
+    def charge(self, family: str, block: str | None = None):
+        """The ChargeSeries of the symmetry of ``family`` acting on ``block``.
+
+        ``block`` may be omitted when the family has one tracked symmetry.
+        """
+        hits = [c for c in self.charges.values() if c.symmetry.family == family
+                and (block is None or block in c.symmetry.blocks)]
+        if len(hits) == 1:
+            return hits[0]
+        what = f"{family!r}" + ("" if block is None else f" on block {block!r}")
+        if not hits:
+            raise KeyError(f"no tracked {what} symmetry; tracked: {list(self.charges)}"
+                           + (f"; untracked: {self.untracked}" if self.untracked else ""))
+        raise KeyError(f"{len(hits)} tracked {what} symmetries, name the block: "
+                       f"{[c.label for c in hits][:8]}")
+
+    def balance_residual(self, law: str | None = "exact") -> float:
+        """Worst relative balance-law residual over the run and the tracked symmetries.
+
+        ``law="exact"`` (default) considers only the symmetries whose law is exact for this
+        rule and potential (round-off expected); ``None`` all of them.  0.0 if none.
+        """
+        vals = [c.worst for c in self.charges.values() if law is None or c.law == law]
+        return max(vals) if vals else 0.0
 
     def norm2(self, block: str) -> np.ndarray:
         """|q_B|² at the recorded rows for the named block."""
@@ -109,7 +141,8 @@ def _make_rng(seed, state):
 
 
 def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=None,
-          state=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES) -> TrainResult:
+          state=None, charges=True, omega=None,
+          max_record_bytes=DEFAULT_MAX_RECORD_BYTES) -> TrainResult:
     """Run ``rule`` on ``potential`` from ``q0`` for ``steps`` steps in one compiled call.
 
     Parameters
@@ -133,6 +166,13 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         Start from this rule state (a previous run's ``result.state``, or one built with
         e.g. ``SGD.with_buffer``).  Two runs of n/2 steps chained this way equal one run
         of n steps bit for bit, minibatches included.
+    charges : bool or list of Symmetry
+        Track Noether charges and the residual of the rule's exact discrete balance law at
+        every step, inside the compiled loop (noether_core.charges, SPEC §1.1): True for
+        every declared symmetry of the potential, a list for chosen ones, False for none
+        (the loop is then a little faster).
+    omega : (n, n) array or dict of block name -> array, optional
+        Skew matrix Ω of rotation symmetries declared for "every Ω" (e.g. ``Radial``).
     max_record_bytes : int
         Refuse (MemoryError) a recording request larger than this.
 
@@ -169,8 +209,9 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     else:
         rule._check_state(state, potential)
         state = state.copy()
+    chosen, untracked = _charges.select(potential, charges, omega)
     n_rec = steps // record_every + 1
-    need = n_rec * (d + 2 + len(potential.blocks)) * 8
+    need = n_rec * (d + 2 + len(potential.blocks) + 3 * len(chosen)) * 8
     if need > max_record_bytes:
         raise MemoryError(f"recording {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
                           f" MiB, above max_record_bytes={max_record_bytes} "
@@ -192,6 +233,7 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     rec_g2 = np.empty(n_rec)
     rec_bn2 = np.empty((n_rec, len(names)))
 
+    spec = _charges.kernel_spec(potential, chosen, n_rec, state) if chosen else None
     rng = None
     if batch_size is not None:
         rng = _make_rng(seed, state)
@@ -200,21 +242,31 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     status, stop, n_done = _kr.train_kernel(
         rule.kind, hp, vec, sca, pptr, pidx, potential._kernel, q, steps, record_every,
         None if rng is None else rng.bit_generator, 0 if batch_size is None else batch_size,
-        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2)
+        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2, spec)
 
     # steps actually applied: a non-finite parameter is met after its update
     taken = steps if status == 0 else (stop + 1 if status == 3 else stop)
     arrays = ({} if isinstance(rule, MirrorDescent)
               else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
+    if spec is not None:
+        last_delta, last_res = spec[8], spec[9]
+        last_residual = {_charges.symmetry_label(s): float(r)
+                         for (s, _), r in zip(chosen, last_res)}
+    else:
+        last_delta, last_residual = None, None
     new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
                           state.step + taken,
-                          None if rng is None else rng.bit_generator.state)
+                          None if rng is None else rng.bit_generator.state,
+                          last_delta, last_residual)
     res = TrainResult(
         rule=rule, potential=potential,
         steps=state.step + record_every * np.arange(n_done),
         q=rec_q[:n_done], loss=rec_loss[:n_done], grad_norm2=rec_g2[:n_done],
         block_norm2={n: rec_bn2[:n_done, i] for i, n in enumerate(names)},
-        q_final=q, state=new_state, record_every=record_every, batch_size=batch_size)
+        q_final=q, state=new_state, record_every=record_every, batch_size=batch_size,
+        charges=({} if spec is None else
+                 _charges.collect(rule, potential, chosen, spec, n_done, state.step)),
+        untracked=untracked)
     if status != 0:
         res.diverged = True
         res.stop_step = int(state.step + stop)

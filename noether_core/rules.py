@@ -49,6 +49,11 @@ class RuleState:
     rng_state : dict or None
         The bit generator's state after the run (``Generator.bit_generator.state``), so
         a resumed minibatch run draws exactly the rows an unbroken run would.
+    last_delta : ndarray or None
+        Δ_n = q_n − q_{n−1} of the last step taken (None before any step): the charges
+        J_n = ⟨Δ_n, ξ(q_n)⟩ of a resumed run continue from it.
+    last_residual : dict or None
+        Relative balance-law residual of the last step, per tracked symmetry label.
     """
 
     rule: str
@@ -56,11 +61,16 @@ class RuleState:
     scalars: dict
     step: int = 0
     rng_state: dict | None = field(default=None, repr=False)
+    last_delta: np.ndarray | None = field(default=None, repr=False)
+    last_residual: dict | None = field(default=None, repr=False)
 
     def copy(self) -> "RuleState":
         return RuleState(self.rule, {k: v.copy() for k, v in self.arrays.items()},
-                         dict(self.scalars), self.step,
-                         None if self.rng_state is None else _copy_rng_state(self.rng_state))
+                         {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                          for k, v in self.scalars.items()}, self.step,
+                         None if self.rng_state is None else _copy_rng_state(self.rng_state),
+                         None if self.last_delta is None else self.last_delta.copy(),
+                         None if self.last_residual is None else dict(self.last_residual))
 
     def __eq__(self, other):
         if not isinstance(other, RuleState):
@@ -72,7 +82,11 @@ class RuleState:
                 and self.arrays.keys() == other.arrays.keys()
                 and all(np.array_equal(self.arrays[k], other.arrays[k])
                         for k in self.arrays)
-                and self.rng_state == other.rng_state)
+                and self.rng_state == other.rng_state
+                and ((self.last_delta is None) == (other.last_delta is None))
+                and (self.last_delta is None
+                     or np.array_equal(self.last_delta, other.last_delta))
+                and self.last_residual == other.last_residual)
 
 
 def _copy_rng_state(st):
@@ -101,6 +115,16 @@ class Rule:
             raise TypeError(f"{type(self).__name__} has no parameter(s) {sorted(unknown)}; "
                             f"valid: {list(self.param_names())}")
         return type(self)(**{**self.params(), **changes})
+
+    def kinetic_symmetric(self, symmetry, potential) -> bool:
+        """Whether this rule's update respects ``symmetry`` (so its balance law is exact).
+
+        True when the update is linear in the current gradient along the generator with a
+        step the same on the symmetry's blocks (Euclidean kinetic energy): then the exact
+        discrete balance law holds to round-off.  False: the residual of the law measures
+        the rule's kinetic symmetry breaking (docs/balance_laws.md, Table 2).
+        """
+        return False
 
     # -- kernel plumbing (used by noether_core._train) --------------------------------------
     def _hp(self, potential) -> np.ndarray:
@@ -194,13 +218,24 @@ class SGD(Rule):
         return np.array([self.lr, self.momentum, self.dampening, float(self.nesterov),
                          self.weight_decay])
 
+    def kinetic_symmetric(self, symmetry, potential) -> bool:
+        return True
+
     def with_buffer(self, potential, momentum_buffer) -> RuleState:
-        """A state whose momentum buffer is given (as if resumed mid-run)."""
+        """A state whose momentum buffer is given (as if resumed mid-run).
+
+        The previous step is taken to be the heavy-ball step of that buffer,
+        Δ_0 = −lr·buffer (it sets the first recorded charge J_0 = ⟨Δ_0, ξ(q_0)⟩; the
+        dynamics depend only on the buffer).
+        """
+        if self.momentum == 0.0:
+            raise ValueError("with_buffer needs momentum > 0 (SGD without momentum keeps "
+                             "no buffer)")
         buf = V.as_float_array("momentum_buffer", momentum_buffer, shape=(potential.dim,))
         st = self.init_state(potential)
         st.arrays["momentum_buffer"][:] = buf
         st.scalars["has_buffer"] = 1.0
-        return st
+        return RuleState(st.rule, st.arrays, st.scalars, 0, None, -self.lr * buf, None)
 
 
 @dataclass(frozen=True)
@@ -331,6 +366,15 @@ class ScalarRMSProp(Rule):
         return np.array([self.lr, self.rho, self.eps,
                          math.nan if self.G0 is None else self.G0, self.weight_decay])
 
+    def kinetic_symmetric(self, symmetry, potential) -> bool:
+        """Exact when all blocks of the symmetry share one G (one step size)."""
+        parts = self._partition(potential)
+        owner = np.empty(potential.dim, dtype=np.intp)
+        for k, idx in enumerate(parts):
+            owner[idx] = k
+        idx = np.concatenate([potential.blocks[b] for b in symmetry.blocks])
+        return bool(np.all(owner[idx] == owner[idx[0]]))
+
     def part_names(self, potential) -> list:
         """Names of the parts that carry their own G (state.scalars['G'] order)."""
         if not self.per_block:
@@ -436,6 +480,9 @@ class MirrorDescent(Rule):
                              f"{potential.dim}")
         return np.array([self.lr, self.weight_decay, float(_MAPS.index(self.mirror)),
                          1.0 if self.p is None else self.p])
+
+    def kinetic_symmetric(self, symmetry, potential) -> bool:
+        return self.mirror == "euclidean"
 
     def _vec(self, potential):
         if self.mirror == "diagonal":

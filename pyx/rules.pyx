@@ -34,7 +34,8 @@ MIRROR          lr, wd, map (0 euclid, 1 diag, 2 pnorm,      D (diagonal of h, m
 =============== ============================================ ============================ ======================
 """
 from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import numpy as np
@@ -162,23 +163,37 @@ cdef inline void _step_adam(RunSpec* s) noexcept nogil:
         s.q[i] = s.q[i] + ((-step_size) * m1[i]) / den
 
 
+cdef inline double _part_norm2(RunSpec* s, Py_ssize_t p, double wd) noexcept nogil:
+    cdef Py_ssize_t k, i
+    cdef double gi, n2 = 0.0
+    for k in range(s.pptr[p], s.pptr[p + 1]):
+        i = s.pidx[k]
+        gi = s.g[i]
+        if wd != 0.0:
+            gi = gi + wd * s.q[i]
+        n2 = n2 + gi * gi
+    return n2
+
+
+cdef inline void _init_scalar_rmsprop(RunSpec* s) noexcept nogil:
+    """G_P of the first step: G0, or |d_P|^2 of the first step's d = g + wd q."""
+    cdef Py_ssize_t p
+    cdef double G0 = s.hp[3]
+    for p in range(s.npart):
+        s.sca[1 + p] = _part_norm2(s, p, s.hp[4]) if G0 != G0 else G0
+    s.sca[0] = 1.0
+
+
 cdef inline void _step_scalar_rmsprop(RunSpec* s) noexcept nogil:
     """The paper's RMSProp (Sec. 4): one scalar G per part P of the partition,
-    q_P <- q_P - lr g_P / sqrt(G_P + eps), then G_P <- rho G_P + (1 - rho)|g_P|^2."""
-    cdef double lr = s.hp[0], rho = s.hp[1], eps = s.hp[2], G0 = s.hp[3], wd = s.hp[4]
+    q_P <- q_P - lr d_P / sqrt(G_P + eps), then G_P <- rho G_P + (1 - rho)|d_P|^2.
+    G must have been initialised (_init_scalar_rmsprop) before the first step."""
+    cdef double lr = s.hp[0], rho = s.hp[1], eps = s.hp[2], wd = s.hp[4]
     cdef Py_ssize_t p, k, i
     cdef double gi, n2, scale
     cdef double* G = s.sca + 1
     for p in range(s.npart):
-        n2 = 0.0
-        for k in range(s.pptr[p], s.pptr[p + 1]):
-            i = s.pidx[k]
-            gi = s.g[i]
-            if wd != 0.0:
-                gi = gi + wd * s.q[i]
-            n2 = n2 + gi * gi
-        if s.sca[0] == 0.0:
-            G[p] = n2 if G0 != G0 else G0
+        n2 = _part_norm2(s, p, wd)
         scale = lr / sqrt(G[p] + eps)
         for k in range(s.pptr[p], s.pptr[p + 1]):
             i = s.pidx[k]
@@ -187,7 +202,6 @@ cdef inline void _step_scalar_rmsprop(RunSpec* s) noexcept nogil:
                 gi = gi + wd * s.q[i]
             s.q[i] = s.q[i] - scale * gi
         G[p] = rho * G[p] + (1.0 - rho) * n2
-    s.sca[0] = 1.0
 
 
 cdef inline void _step_mirror(RunSpec* s) noexcept nogil:
@@ -215,6 +229,191 @@ cdef inline void _step_mirror(RunSpec* s) noexcept nogil:
             s.q[i] = -a if y < 0.0 else a
         else:
             s.q[i] = s.q[i] * exp(-lr * di)
+
+
+cdef inline void _apply_step(RunSpec* s) noexcept nogil:
+    if s.kind == RULE_SGD:
+        _step_sgd(s)
+    elif s.kind == RULE_RMSPROP:
+        _step_rmsprop(s)
+    elif s.kind == RULE_ADAM:
+        _step_adam(s)
+    elif s.kind == RULE_SCALAR_RMSPROP:
+        _step_scalar_rmsprop(s)
+    else:
+        _step_mirror(s)
+
+
+# ---------------------------------------------------------------------------------------
+# Noether charges and exact discrete balance laws (docs/balance_laws.md)
+#
+# For a symmetry with generator xi, every rule moves the charge by the one-step transfer
+# <Delta_{n+1}, xi(q_n)>, Delta_{n+1} = q_{n+1} - q_n.  The rule's balance law says what
+# that transfer is *without* the current gradient: the "free" step, i.e. the same rule,
+# from the same state, with g_n = 0 (inertia of the buffers + weight decay).  For every rule
+# whose update is linear in g_n along xi (SGD with momentum/dampening/nesterov, the scalar
+# RMSProp on its blocks) the difference is -lr*c_n*<g_n, xi(q_n)>, which the symmetry makes
+# zero: the law is exact, and equals the closed forms of SPEC §1.1 (derived and tested).
+# For per-coordinate preconditioners (RMSprop, Adam) and non-Euclidean mirror maps the
+# difference is the measured kinetic symmetry breaking of the rule.  Per family:
+#   scale/rescale:  (A_{n+1} - A_n - |Delta_{n+1}|^2_xi) - 2 T_n = 0,  A = <q, xi(q)>
+#   translation:    (C_{n+1} - C_n) - T_n = 0,                         C = <q, n>
+#   rotation:       L_{n+1} - T_n = 0,                L_{n+1} = <q_{n+1}, Omega q_n>
+# with T_n = <Delta^free_{n+1}, xi(q_n)>.  Charges recorded at row n: the moment (A, C, or
+# L_n) and J_n = <Delta_n, xi(q_n)>.
+
+cdef inline void _omega_q(ChargeSpec* cs, Py_ssize_t j, const double* q) noexcept nogil:
+    """om_q[block j] = Omega_j q_B (rotation symmetries only)."""
+    cdef Py_ssize_t a, b, k0 = cs.ptr1[j], nbk = cs.ptr1[j + 1] - cs.ptr1[j]
+    cdef const double* om = cs.omega + cs.optr[j]
+    cdef double acc
+    for a in range(nbk):
+        acc = 0.0
+        for b in range(nbk):
+            acc = acc + om[a * nbk + b] * q[cs.idx1[k0 + b]]
+        cs.om_q[k0 + a] = acc
+
+
+cdef inline double _xi_dot(ChargeSpec* cs, Py_ssize_t j, const double* x, const double* y,
+                           const double* q) noexcept nogil:
+    """<x - y, xi_j(q)> (y may be NULL: <x, xi_j(q)>); rotation uses om_q = Omega q."""
+    cdef Py_ssize_t k, i
+    cdef int fam = cs.fam[j]
+    cdef double acc = 0.0, xi
+    for k in range(cs.ptr1[j], cs.ptr1[j + 1]):
+        i = cs.idx1[k]
+        xi = x[i] - (y[i] if y != NULL else 0.0)
+        if fam == FAM_TRANSLATION:
+            acc = acc + xi * cs.dirn[k]
+        elif fam == FAM_ROTATION:
+            acc = acc + xi * cs.om_q[k]
+        else:
+            acc = acc + xi * q[i]
+    if fam == FAM_RESCALE:
+        for k in range(cs.ptr2[j], cs.ptr2[j + 1]):
+            i = cs.idx2[k]
+            xi = x[i] - (y[i] if y != NULL else 0.0)
+            acc = acc - xi * q[i]
+    return acc
+
+
+cdef inline void _charges_prepare(RunSpec* s) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(s.cs.nsym):
+        if s.cs.fam[j] == FAM_ROTATION:
+            _omega_q(s.cs, j, s.q)
+
+
+cdef inline void _charges_record(RunSpec* s) noexcept nogil:
+    """Moment, charge J_n = <Delta_n, xi(q_n)> and last residual at the current row."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t j, row = s.n_rec * cs.nsym
+    cdef double J
+    for j in range(cs.nsym):
+        J = _xi_dot(cs, j, cs.last_delta, NULL, s.q)
+        cs.rec_charge[row + j] = J
+        if cs.fam[j] == FAM_ROTATION:
+            cs.rec_moment[row + j] = J          # L_n = <q_n, Omega q_{n-1}> = J_n
+        elif cs.fam[j] == FAM_TRANSLATION:
+            cs.rec_moment[row + j] = _xi_dot(cs, j, s.q, NULL, s.q)
+        else:
+            cs.rec_moment[row + j] = _xi_dot(cs, j, s.q, NULL, s.q)
+        cs.rec_resid[row + j] = cs.last_res[j]
+
+
+cdef inline void _charges_before(RunSpec* s) noexcept nogil:
+    """Save q_n and run the free step (g_n = 0) on copies of q and the rule state."""
+    cdef ChargeSpec* cs = s.cs
+    cdef RunSpec t = s[0]
+    cdef Py_ssize_t j
+    memcpy(cs.q_prev, s.q, s.d * sizeof(double))
+    memcpy(cs.q_free, s.q, s.d * sizeof(double))
+    if cs.nvec > 0:
+        memcpy(cs.vec_free, s.vec, cs.nvec * s.d * sizeof(double))
+    if cs.nsca > 0:
+        memcpy(cs.sca_free, s.sca, cs.nsca * sizeof(double))
+    t.q = cs.q_free
+    t.g = cs.zeros
+    t.vec = cs.vec_free
+    t.sca = cs.sca_free
+    _apply_step(&t)
+    for j in range(cs.nsym):
+        cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
+
+
+cdef inline void _block_sums(ChargeSpec* cs, const Py_ssize_t* ptr, const Py_ssize_t* idx,
+                             Py_ssize_t j, const double* q1, const double* q0,
+                             double* a1, double* a0, double* dd) noexcept nogil:
+    """|q1|^2, |q0|^2 and |q1 - q0|^2 over block j of the CSR (ptr, idx)."""
+    cdef Py_ssize_t k, i
+    cdef double x
+    a1[0] = 0.0
+    a0[0] = 0.0
+    dd[0] = 0.0
+    for k in range(ptr[j], ptr[j + 1]):
+        i = idx[k]
+        a1[0] += q1[i] * q1[i]
+        a0[0] += q0[i] * q0[i]
+        x = q1[i] - q0[i]
+        dd[0] += x * x
+
+
+cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
+    """Residual of each balance law for the step n -> n+1 just taken."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t j, k, i
+    cdef double R, sc, a1, a0, dd, b1, b0, de, T, c1, c0, m1, m0, qq, oo, ff, rel
+    for i in range(s.d):
+        cs.last_delta[i] = s.q[i] - cs.q_prev[i]
+    for j in range(cs.nsym):
+        T = cs.free_transfer[j]
+        if cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
+            _block_sums(cs, cs.ptr1, cs.idx1, j, s.q, cs.q_prev, &a1, &a0, &dd)
+            sc = a1 + a0 + dd
+            if cs.fam[j] == FAM_RESCALE:
+                _block_sums(cs, cs.ptr2, cs.idx2, j, s.q, cs.q_prev, &b1, &b0, &de)
+                sc = sc + b1 + b0 + de
+                a1 = a1 - b1
+                a0 = a0 - b0
+                dd = dd - de
+            R = (a1 - a0 - dd) - 2.0 * T
+            sc = sc + 2.0 * fabs(T)
+        elif cs.fam[j] == FAM_TRANSLATION:
+            c1 = 0.0
+            c0 = 0.0
+            m1 = 0.0
+            m0 = 0.0
+            for k in range(cs.ptr1[j], cs.ptr1[j + 1]):
+                i = cs.idx1[k]
+                c1 = c1 + s.q[i] * cs.dirn[k]
+                c0 = c0 + cs.q_prev[i] * cs.dirn[k]
+                m1 = m1 + fabs(s.q[i] * cs.dirn[k])
+                m0 = m0 + fabs(cs.q_prev[i] * cs.dirn[k])
+            R = (c1 - c0) - T
+            sc = m1 + m0 + fabs(T)
+        else:
+            c1 = 0.0
+            qq = 0.0
+            oo = 0.0
+            ff = 0.0
+            for k in range(cs.ptr1[j], cs.ptr1[j + 1]):
+                i = cs.idx1[k]
+                c1 = c1 + s.q[i] * cs.om_q[k]
+                qq = qq + s.q[i] * s.q[i]
+                oo = oo + cs.om_q[k] * cs.om_q[k]
+                ff = ff + (cs.q_free[i] - cs.q_prev[i]) * (cs.q_free[i] - cs.q_prev[i])
+            R = c1 - T
+            sc = (sqrt(qq) + sqrt(ff)) * sqrt(oo)
+        if sc > 0.0:
+            rel = fabs(R) / sc
+        else:
+            rel = 0.0 if R == 0.0 else 1.0
+        if rel != rel:
+            rel = 1.0
+        cs.last_res[j] = rel
+        if rel > cs.worst[j]:
+            cs.worst[j] = rel
+            cs.worst_step[j] = n
 
 
 cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
@@ -267,18 +466,19 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             s.status = st
             s.stop_step = n
             return
+        if s.kind == RULE_SCALAR_RMSPROP and s.sca[0] == 0.0:
+            _init_scalar_rmsprop(s)
+        if s.cs != NULL:
+            _charges_prepare(s)
         if n % s.record_every == 0:
+            if s.cs != NULL:
+                _charges_record(s)
             _record(s, f, g2)
-        if s.kind == RULE_SGD:
-            _step_sgd(s)
-        elif s.kind == RULE_RMSPROP:
-            _step_rmsprop(s)
-        elif s.kind == RULE_ADAM:
-            _step_adam(s)
-        elif s.kind == RULE_SCALAR_RMSPROP:
-            _step_scalar_rmsprop(s)
-        else:
-            _step_mirror(s)
+        if s.cs != NULL:
+            _charges_before(s)
+        _apply_step(s)
+        if s.cs != NULL:
+            _charges_after(s, n)
         probe = 0.0
         for i in range(s.d):
             probe = probe + s.q[i] * 0.0
@@ -296,11 +496,35 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             s.status = st
             s.stop_step = s.steps
             return
+        if s.cs != NULL:
+            _charges_prepare(s)
+            _charges_record(s)
         _record(s, f, g2)
 
 
 # ---------------------------------------------------------------------------------------
 # Python entry point (facade-only: inputs were validated by noether_core/_train.py)
+
+cdef class _Scratch:
+    """malloc'ed buffers of one run, freed together (GIL held)."""
+    cdef list ptrs
+
+    def __cinit__(self):
+        self.ptrs = []
+
+    cdef double* doubles(self, Py_ssize_t n, bint zero=False) except NULL:
+        cdef double* p = <double*> (calloc(n if n > 0 else 1, sizeof(double)) if zero
+                                    else malloc((n if n > 0 else 1) * sizeof(double)))
+        if p == NULL:
+            raise MemoryError(f"scratch of {n} doubles")
+        self.ptrs.append(<size_t> p)
+        return p
+
+    def __dealloc__(self):
+        cdef size_t p
+        for p in self.ptrs:
+            free(<void*> p)
+
 
 def train_kernel(int kind,
                  const double[::1] hp,              # IN
@@ -319,11 +543,26 @@ def train_kernel(int kind,
                  double[:, ::1] rec_q,              # OUT
                  double[::1] rec_loss,              # OUT
                  double[::1] rec_g2,                # OUT
-                 double[:, ::1] rec_bn2):           # OUT
-    """Run one trajectory; returns ``(status, stop_step, n_recorded)``."""
+                 double[:, ::1] rec_bn2,            # OUT
+                 tuple charges=None):
+    """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
+
+    ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
+    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step)`` of
+    C-contiguous arrays described by ``ChargeSpec`` in rules.pxd (built by _train.py).
+    """
     cdef RunSpec s
+    cdef ChargeSpec cs
+    cdef _Scratch scratch = _Scratch()
     cdef double dummy = 0.0
     cdef Py_ssize_t dummy_i = 0
+    cdef const int[::1] fam
+    cdef const Py_ssize_t[::1] ptr1, idx1, ptr2, idx2, optr
+    cdef const double[::1] dirn, omega
+    cdef double[::1] last_delta, last_res, worst
+    cdef double[:, ::1] rec_m, rec_c, rec_r
+    cdef Py_ssize_t[::1] worst_step
+    memset(&s, 0, sizeof(RunSpec))
     s.kind = kind
     s.hp = &hp[0]
     s.vec = &vec[0, 0] if vec.shape[0] > 0 else &dummy
@@ -345,11 +584,39 @@ def train_kernel(int kind,
     s.rec_loss = &rec_loss[0]
     s.rec_g2 = &rec_g2[0]
     s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else &dummy
-    s.rng = NULL
-    s.perm = NULL
-    s.g = <double*> malloc(s.d * sizeof(double))
-    if s.g == NULL:
-        raise MemoryError("gradient scratch of train")
+    s.g = scratch.doubles(s.d)
+    s.cs = NULL
+    if charges is not None:
+        (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, last_delta, last_res,
+         rec_m, rec_c, rec_r, worst, worst_step) = charges
+        memset(&cs, 0, sizeof(ChargeSpec))
+        cs.nsym = fam.shape[0]
+        if cs.nsym > 0:
+            cs.fam = &fam[0]
+            cs.ptr1 = &ptr1[0]
+            cs.idx1 = &idx1[0] if idx1.shape[0] > 0 else &dummy_i
+            cs.ptr2 = &ptr2[0]
+            cs.idx2 = &idx2[0] if idx2.shape[0] > 0 else &dummy_i
+            cs.dirn = &dirn[0] if dirn.shape[0] > 0 else &dummy
+            cs.optr = &optr[0]
+            cs.omega = &omega[0] if omega.shape[0] > 0 else &dummy
+            cs.nvec = vec.shape[0]
+            cs.nsca = sca.shape[0]
+            cs.last_delta = &last_delta[0]
+            cs.last_res = &last_res[0]
+            cs.rec_moment = &rec_m[0, 0]
+            cs.rec_charge = &rec_c[0, 0]
+            cs.rec_resid = &rec_r[0, 0]
+            cs.worst = &worst[0]
+            cs.worst_step = &worst_step[0]
+            cs.q_prev = scratch.doubles(s.d)
+            cs.q_free = scratch.doubles(s.d)
+            cs.vec_free = scratch.doubles(cs.nvec * s.d)
+            cs.sca_free = scratch.doubles(cs.nsca)
+            cs.zeros = scratch.doubles(s.d, True)
+            cs.om_q = scratch.doubles(idx1.shape[0])
+            cs.free_transfer = scratch.doubles(cs.nsym)
+            s.cs = &cs
     s.params = NULL
     try:
         s.params = pot.new_params()
@@ -364,7 +631,6 @@ def train_kernel(int kind,
             with nogil:
                 run_loop(&s)
     finally:
-        free(s.g)
         free(s.perm)
         if s.params != NULL:
             pot.free_params(s.params)

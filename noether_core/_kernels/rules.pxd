@@ -21,6 +21,44 @@ cdef enum:
     STATUS_INTERRUPTED = 4
 
 
+# symmetry families (noether_core.symmetry.FAMILIES order)
+cdef enum:
+    FAM_TRANSLATION = 0
+    FAM_SCALE = 1
+    FAM_RESCALE = 2
+    FAM_ROTATION = 3
+
+
+cdef struct ChargeSpec:
+    # Noether charges and the residual of each rule's exact discrete balance law, tracked
+    # at every step (rules.pyx, docs/balance_laws.md).  Owned by the caller of run_loop.
+    Py_ssize_t nsym
+    const int* fam              # IN: family of each tracked symmetry
+    const Py_ssize_t* ptr1      # IN: first block of each symmetry (CSR, nsym + 1)
+    const Py_ssize_t* idx1
+    const Py_ssize_t* ptr2      # IN: second block (rescale only; empty otherwise)
+    const Py_ssize_t* idx2
+    const double* dirn          # IN: translation directions, aligned with idx1
+    const Py_ssize_t* optr      # IN: offsets of each rotation's Omega in omega (nsym + 1)
+    const double* omega         # IN: |B| x |B| skew matrices, row-major
+    Py_ssize_t nvec             # rule state sizes (for the copies below)
+    Py_ssize_t nsca
+    double* last_delta          # IN/OUT (d): Delta_n = q_n - q_{n-1} of the last step
+    double* q_prev              # scratch (d)
+    double* q_free              # scratch (d): q_{n+1} of the step with zero gradient
+    double* vec_free            # scratch (nvec * d)
+    double* sca_free            # scratch (nsca)
+    double* zeros               # scratch (d), all zero
+    double* om_q                # scratch (len(idx1)): Omega q_n on each rotation block
+    double* free_transfer       # scratch (nsym)
+    double* last_res            # IN/OUT (nsym): relative residual of the last step
+    double* rec_moment          # OUT (n_rec_max, nsym)
+    double* rec_charge          # OUT (n_rec_max, nsym)
+    double* rec_resid           # OUT (n_rec_max, nsym)
+    double* worst               # IN/OUT (nsym): worst relative residual so far
+    Py_ssize_t* worst_step      # IN/OUT (nsym): step at which it occurred
+
+
 cdef struct RunSpec:
     # the rule
     int kind
@@ -50,6 +88,7 @@ cdef struct RunSpec:
     double* rec_loss            # OUT: (n_rec_max,)
     double* rec_g2              # OUT: (n_rec_max,)
     double* rec_bn2             # OUT: (n_rec_max, nb)
+    ChargeSpec* cs              # NULL: no charges tracked
     # results
     int status
     Py_ssize_t stop_step        # step at which a non-finite value was met (-1: none)

@@ -1,0 +1,85 @@
+"""Shared helpers of the benchmarks: timing, machine description, plain-C builds."""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.path.join(HERE, "_build")
+
+
+def best_time(fn, repeat=5, number=1):
+    """Best wall time of ``number`` calls, over ``repeat`` trials (seconds per call)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / number)
+    return best
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    import noether_core
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+            f"NumPy {np.__version__}, noether_core {noether_core.__version__}; "
+            f"load average {load:.2f} at start")
+
+
+def build_c(name: str, flags=("-O3", "-ffp-contract=off")) -> ctypes.CDLL:
+    """Compile benchmarks/<name>.c into a shared library with gcc and load it."""
+    os.makedirs(BUILD, exist_ok=True)
+    src = os.path.join(HERE, name + ".c")
+    out = os.path.join(BUILD, f"{name}.so")
+    cmd = ["gcc", *flags, "-shared", "-fPIC", src, "-o", out, "-lm"]
+    subprocess.run(cmd, check=True)
+    return ctypes.CDLL(out)
+
+
+def dptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def table(rows, header) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def update_results(section: str, body: str) -> None:
+    """Replace (or append) ``## section`` in benchmarks/RESULTS.md."""
+    path = os.path.join(HERE, "RESULTS.md")
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    head = f"## {section}"
+    lines = text.split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == head), None)
+    new = [head, "", body.rstrip(), ""]
+    if start is None:
+        lines = lines + [""] + new
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines = lines[:start] + new + lines[end:]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines).rstrip() + "\n")
+    print(f"wrote section {section!r} of {path}", file=sys.stderr)

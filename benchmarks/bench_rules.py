@@ -1,0 +1,98 @@
+"""Compiled training loop vs the NumPy reference loop vs a plain C loop, side by side.
+
+SGD(lr, momentum=0.9, weight_decay=5e-4), 10^4 steps, full batch, on
+* RayleighQuotient d = 8,
+* BatchNormUnit N = 256, D = 64;
+plus the peak memory of ``train`` with record_every = 100 (and = 1 for contrast).
+
+Usage: python benchmarks/bench_rules.py [--write]   (--write updates RESULTS.md)
+Targets (issue 2): ≥ 50× faster than the NumPy loop on d = 8; within 1.5× of plain C.
+"""
+import ctypes
+import sys
+import tracemalloc
+
+import numpy as np
+
+import noether_core as nc
+from noether_ref import potentials as P, rules as R
+
+from _common import best_time, build_c, dptr, machine, table, update_results
+
+STEPS = 10_000
+LR, MOM, WD = 0.05, 0.9, 5e-4
+
+
+def cases():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((8, 8))
+    A = a @ a.T / 8 + np.eye(8)
+    X = rng.standard_normal((256, 64))
+    y = np.tanh(X @ rng.standard_normal(64) / 8)
+    return [
+        ("RayleighQuotient d=8", nc.potentials.RayleighQuotient(A), rng.standard_normal(8),
+         lambda q, rows: P.rayleigh(q, A), 0, A, np.zeros(1), 0),
+        ("BatchNormUnit N=256 D=64", nc.potentials.BatchNormUnit(X, y),
+         rng.standard_normal(64), lambda q, rows: P.batchnorm_unit(q, X, y, rows=rows), 1,
+         X, y, 256),
+    ]
+
+
+def peak_bytes(fn):
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def main(write=False):
+    lib = build_c("plain_c_sgd")
+    lib.sgd_plain.restype = ctypes.c_double
+    lib.sgd_plain.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_long,
+                              ctypes.c_long, ctypes.c_double, ctypes.c_double,
+                              ctypes.c_double, ctypes.POINTER(ctypes.c_double),
+                              ctypes.POINTER(ctypes.c_double), ctypes.c_long]
+    rule = nc.rules.SGD(lr=LR, momentum=MOM, weight_decay=WD)
+    rows = []
+    for name, pot, q0, ref_grad, kind, d0, d1, N in cases():
+        d = len(q0)
+        run = lambda: nc.train(rule, pot, q0, STEPS, record_every=100)  # noqa: E731
+
+        def plain():
+            q = q0.copy()
+            lib.sgd_plain(kind, dptr(q), d, STEPS, LR, MOM, WD, dptr(d0), dptr(d1), N)
+            return q
+
+        t_comp = best_time(run, repeat=7)
+        t_c = best_time(plain, repeat=7)
+        ref = lambda: R.train({"name": "SGD", "lr": LR, "momentum": MOM,  # noqa: E731
+                               "weight_decay": WD}, ref_grad, q0, STEPS, record_every=100)
+        t_np = best_time(ref, repeat=1)
+        q_comp, q_c, q_np = run().q_final, plain(), ref()["q_final"]
+        dev_c = np.abs(q_comp - q_c).max() / np.abs(q_c).max()
+        dev_np = np.abs(q_comp - q_np).max() / np.abs(q_np).max()
+        mem100 = peak_bytes(lambda: nc.train(rule, pot, q0, STEPS, record_every=100))
+        mem1 = peak_bytes(lambda: nc.train(rule, pot, q0, STEPS, record_every=1))
+        rows.append([name, f"{t_comp * 1e3:.2f}", f"{t_c * 1e3:.2f}", f"{t_np * 1e3:.0f}",
+                     f"{t_np / t_comp:.0f}×", f"{t_comp / t_c:.2f}×",
+                     f"{mem100 / 1024:.0f} KiB", f"{mem1 / 1024:.0f} KiB",
+                     f"{dev_c:.1e} / {dev_np:.1e}"])
+    header = ["case (10^4 steps SGD m=0.9 wd=5e-4)", "compiled train [ms]", "plain C [ms]",
+              "NumPy loop [ms]", "NumPy / compiled", "compiled / plain C",
+              "peak mem re=100", "peak mem re=1", "rel. dev. vs C / NumPy"]
+    body = (f"Machine: {machine()}\n\n" + table(rows, header) + "\n\n"
+            "`compiled train` is the whole `noether_core.train` call (validation, "
+            "allocation, the nogil loop with its per-step finiteness checks, record_every="
+            "100); `plain C` is benchmarks/plain_c_sgd.c built with gcc -O3 "
+            "-ffp-contract=off, called through ctypes; the NumPy loop is "
+            "python/noether_ref/rules.py.  Best of 7 (NumPy: 1 run).  Peak memory is "
+            "traced Python/NumPy allocation of the call (tracemalloc).  Targets: ≥ 50× "
+            "NumPy on d = 8, ≤ 1.5× plain C.")
+    print(body)
+    if write:
+        update_results("Learning rules (issue 2)", body)
+
+
+if __name__ == "__main__":
+    main("--write" in sys.argv)

@@ -1,0 +1,189 @@
+"""Noether charges and the residuals of exact discrete balance laws along a run.
+
+``noether_core.train`` tracks, inside the compiled loop and at every step, each symmetry
+of the potential (SPEC §0) and the residual of the rule's exact discrete balance law
+(SPEC §1.1; derivations in docs/balance_laws.md).  This module turns what the kernel
+recorded into :class:`ChargeSeries` objects and builds the kernel's description of the
+symmetries.
+
+Per family, at recorded row n (Δ_n = q_n − q_{n−1}, ξ the generator):
+
+=============  ===================================  ============================
+family         moment                               charge J_n = ⟨Δ_n, ξ(q_n)⟩
+=============  ===================================  ============================
+scale          A_n = |q_B|²                          ⟨Δ_n, q_n⟩_B
+rescale        A_n = |q_B1|² − |q_B2|²               ⟨Δ_n, q_n⟩_B1 − ⟨Δ_n, q_n⟩_B2
+translation    C_n = ⟨q_B, n̂⟩                        C_n − C_{n−1}
+rotation       L_n = ⟨q_n, Ω q_{n−1}⟩                 L_n
+=============  ===================================  ============================
+
+The balance law of step n → n+1 says what the one-step transfer ⟨Δ_{n+1}, ξ(q_n)⟩ is
+without the current gradient (the "free" step: momentum inertia and weight decay); for SGD
+with momentum β and weight decay k this is the identity of SPEC §1.1,
+(A_{n+1} − A_n) − β(A_n − A_{n−1}) = |Δ_{n+1}|² + β|Δ_n|² − 2ηk A_n.  Residuals are
+relative to the size of the terms (round-off ~1e-16 when the law is exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .symmetry import FAMILIES, Symmetry
+
+__all__ = ["ChargeSeries", "symmetry_label"]
+
+
+def symmetry_label(sym: Symmetry) -> str:
+    """``"family:block"`` (``"rescale:B1/B2"``), the key of ``TrainResult.charges``."""
+    return f"{sym.family}:{'/'.join(sym.blocks)}"
+
+
+@dataclass(eq=False)
+class ChargeSeries:
+    """Charges of one symmetry along a run, at the recorded rows.
+
+    Attributes
+    ----------
+    symmetry : Symmetry
+    moment : (R,) array
+        A_n (scale, rescale), C_n (translation) or L_n (rotation) — see module docstring.
+    charge : (R,) array
+        J_n = ⟨Δ_n, ξ(q_n)⟩ (0 at the first row of a fresh run).
+    residual : (R,) array
+        Relative residual of the balance law of the step that produced row n (0 at the
+        first row of a fresh run).
+    worst : float
+        Worst relative residual over every step of the run (not only recorded ones).
+    worst_step : int
+        Global step index n of the step n → n+1 where ``worst`` occurred (-1: no step).
+    law : {"exact", "kinetic breaking", "potential breaking", "undeclared"}
+        "exact": rule and potential both have the symmetry, the residual is round-off;
+        "kinetic breaking": the rule's kinetic energy lacks it (Table 2), the residual
+        measures the breaking; "potential breaking": the potential only approximately has
+        it (e.g. BatchNorm with eps > 0); "undeclared": a symmetry the caller asked to
+        track that the potential does not declare (the residual tests whether it holds).
+    """
+
+    symmetry: Symmetry
+    moment: np.ndarray
+    charge: np.ndarray
+    residual: np.ndarray
+    worst: float
+    worst_step: int
+    law: str
+
+    @property
+    def label(self) -> str:
+        return symmetry_label(self.symmetry)
+
+    def __repr__(self):
+        return (f"ChargeSeries({self.label!r}, rows={len(self.moment)}, "
+                f"worst residual={self.worst:.2e} at step {self.worst_step}, law={self.law!r})")
+
+
+def _omega_for(sym, potential, omega):
+    if sym.omega is not None:
+        return np.asarray(sym.omega, dtype=float)
+    if omega is None:
+        return None
+    n = len(potential.blocks[sym.blocks[0]])
+    om = omega.get(sym.blocks[0]) if isinstance(omega, dict) else omega
+    if om is None:
+        return None
+    om = np.asarray(om, dtype=float)
+    if om.shape != (n, n):
+        raise ValueError(f"omega for block {sym.blocks[0]!r} must be {n} x {n}, got {om.shape}")
+    if not np.all(np.isfinite(om)) or not np.allclose(om, -om.T, rtol=0, atol=1e-14 *
+                                                      max(1.0, np.abs(om).max())):
+        raise ValueError("omega must be a finite skew-symmetric matrix")
+    return om
+
+
+def select(potential, charges, omega):
+    """The symmetries to track and their Ω; returns (list of (sym, omega), untracked)."""
+    if charges is None or charges is False:
+        return [], []
+    if charges is True:
+        syms = list(potential.symmetries)
+    else:
+        syms = list(charges)
+        for s in syms:
+            if not isinstance(s, Symmetry):
+                raise TypeError("charges must be True, False or a list of Symmetry objects, "
+                                f"got an element of type {type(s).__name__}")
+            for b in s.blocks:
+                if b not in potential.blocks:
+                    raise ValueError(f"charges: symmetry {s!r} names block {b!r}, which "
+                                     f"{type(potential).__name__} does not have; blocks: "
+                                     f"{list(potential.blocks)[:8]}")
+            if s.family == "translation":
+                dirn = np.asarray(s.direction, dtype=float) if s.direction is not None else None
+                if dirn is None or dirn.shape != (len(potential.blocks[s.blocks[0]]),):
+                    raise ValueError(f"charges: translation {s!r} needs a direction of the "
+                                     "block's length")
+    chosen, untracked = [], []
+    for s in syms:
+        om = _omega_for(s, potential, omega) if s.family == "rotation" else None
+        if s.family == "rotation" and om is None:
+            untracked.append((symmetry_label(s), "rotation without a fixed Omega: pass "
+                              "omega= (a skew matrix for the block) to track it"))
+            continue
+        chosen.append((s, om))
+    return chosen, untracked
+
+
+def kernel_spec(potential, chosen, n_rec, state):
+    """The arrays of the kernel's ChargeSpec (see noether_core/_kernels/rules.pxd)."""
+    fam, b1, b2, dirs, oms = [], [], [], [], []
+    for s, om in chosen:
+        fam.append(FAMILIES.index(s.family))
+        b1.append(potential.blocks[s.blocks[0]])
+        b2.append(potential.blocks[s.blocks[1]] if s.family == "rescale" else
+                  np.zeros(0, np.intp))
+        dirs.append(np.asarray(s.direction, dtype=float) if s.family == "translation"
+                    else np.zeros(len(b1[-1])))
+        oms.append(om.ravel() if om is not None else np.zeros(0))
+
+    def csr(parts):
+        ptr = np.zeros(len(parts) + 1, dtype=np.intp)
+        ptr[1:] = np.cumsum([len(p) for p in parts])
+        idx = np.concatenate(parts).astype(np.intp) if parts else np.zeros(0, np.intp)
+        return ptr, np.ascontiguousarray(idx)
+
+    ptr1, idx1 = csr(b1)
+    ptr2, idx2 = csr(b2)
+    optr = np.zeros(len(oms) + 1, dtype=np.intp)
+    optr[1:] = np.cumsum([len(o) for o in oms])
+    nsym = len(chosen)
+    d = potential.dim
+    last_delta = (np.zeros(d) if state.last_delta is None
+                  else np.array(state.last_delta, dtype=float))
+    prev = state.last_residual or {}
+    last_res = np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen])
+    return (np.array(fam, dtype=np.intc), ptr1, idx1, ptr2, idx2,
+            np.ascontiguousarray(np.concatenate(dirs) if dirs else np.zeros(0)),
+            optr, np.ascontiguousarray(np.concatenate(oms) if oms else np.zeros(0)),
+            last_delta, last_res,
+            np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)),
+            np.zeros(nsym), np.full(nsym, -1, dtype=np.intp))
+
+
+def collect(rule, potential, chosen, spec, n_done, step0):
+    """ChargeSeries per tracked symmetry from the kernel's outputs."""
+    *_, last_delta, last_res, rec_m, rec_c, rec_r, worst, worst_step = spec
+    out = {}
+    for j, (s, _) in enumerate(chosen):
+        if not any(s == t for t in potential.symmetries):
+            law = "undeclared"
+        elif not s.exact:
+            law = "potential breaking"
+        elif rule.kinetic_symmetric(s, potential):
+            law = "exact"
+        else:
+            law = "kinetic breaking"
+        ws = int(worst_step[j])
+        out[symmetry_label(s)] = ChargeSeries(
+            s, rec_m[:n_done, j].copy(), rec_c[:n_done, j].copy(), rec_r[:n_done, j].copy(),
+            float(worst[j]), step0 + ws if ws >= 0 else -1, law)
+    return out
