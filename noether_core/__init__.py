@@ -4,12 +4,13 @@ Learning rules as compiled loops matching ``torch.optim`` (``rules``), built-in 
 with known symmetries (``potentials``), and the conversions between discrete rules and the
 continuous Lagrangian models of Tanaka & Kunin (``conventions``).
 """
-from . import conventions, errors, potentials, rules, symmetry
+from . import charges, conventions, errors, mirror, potentials, rules, symmetry
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions",
+__all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
+           "mirror",
            "symmetry", "errors", "DivergenceWarning", "NoetherWarning", "__version__"]

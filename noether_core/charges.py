@@ -31,7 +31,7 @@ import numpy as np
 
 from .symmetry import FAMILIES, Symmetry
 
-__all__ = ["ChargeSeries", "symmetry_label"]
+__all__ = ["ChargeSeries", "ContinuumBalance", "continuum_balance", "symmetry_label"]
 
 
 def symmetry_label(sym: Symmetry) -> str:
@@ -187,3 +187,81 @@ def collect(rule, potential, chosen, spec, n_done, step0):
             s, rec_m[:n_done, j].copy(), rec_c[:n_done, j].copy(), rec_r[:n_done, j].copy(),
             float(worst[j]), step0 + ws if ws >= 0 else -1, law)
     return out
+
+
+@dataclass(eq=False)
+class ContinuumBalance:
+    """Eq. (6.1) of docs/balance_laws.md evaluated on a recorded run.
+
+    Attributes
+    ----------
+    t : (K,) array
+        Times t = nη of the interior rows where the balance is evaluated.
+    lhs, rhs : (K,) arrays
+        m d/dt⟨q̇, q⟩ + μ⟨q̇, q⟩ and m|q̇|² − k|q|² (finite differences in t).
+    residual : (K,) array
+        |lhs − rhs| / (|m d/dt⟨q̇,q⟩| + |μ⟨q̇,q⟩| + m|q̇|² + k|q|²).
+    m, mu, k : floats (the paper's convention, SPEC §0)
+    """
+
+    t: np.ndarray
+    lhs: np.ndarray
+    rhs: np.ndarray
+    residual: np.ndarray
+    m: float
+    mu: float
+    k: float
+
+
+def continuum_balance(run, block: str | None = None) -> ContinuumBalance:
+    """Evaluate the continuous-time scale balance on a recorded heavy-ball run.
+
+    ``m d/dt⟨q̇,q⟩ + μ⟨q̇,q⟩ = m|q̇|² − k|q|²`` (SPEC §1.1, the exact form of Eq. 16 before
+    the over-damped approximation), with the paper's m = η(1+β)/2, μ = 1−β, t = nη, and
+    q̇, d/dt by second-order central differences of the recorded rows.  On a discrete
+    trajectory the residual is O(η³) at fixed t: the central difference's O(η²) error
+    cancels the O(η²) term of the modified equation (docs/balance_laws.md §6).
+
+    Parameters
+    ----------
+    run : TrainResult
+        An SGD run (no nesterov, dampening 0) recorded with ``record_every=1``, at least
+        5 rows.
+    block : str, optional
+        A scale block of the potential (default: its only scale block).
+    """
+    from .rules import SGD
+
+    rule = run.rule
+    if not isinstance(rule, SGD) or rule.nesterov or rule.dampening != 0.0:
+        raise ValueError("continuum_balance needs an SGD run without nesterov and dampening "
+                         f"(the model of Eq. 2), got {rule!r}")
+    if run.record_every != 1 or len(run.q) < 5:
+        raise ValueError("continuum_balance needs a run recorded with record_every=1 and at "
+                         f"least 5 rows, got record_every={run.record_every}, "
+                         f"{len(run.q)} rows")
+    scale_blocks = [s.blocks[0] for s in run.potential.symmetries if s.family == "scale"]
+    if block is None:
+        if len(scale_blocks) != 1:
+            raise ValueError(f"name the scale block: the potential has {scale_blocks}")
+        block = scale_blocks[0]
+    elif block not in run.potential.blocks:
+        raise ValueError(f"block {block!r} not in {list(run.potential.blocks)[:8]}")
+    idx = run.potential.blocks[block]
+    eta, beta, k = rule.lr, rule.momentum, rule.weight_decay
+    m, mu = eta * (1.0 + beta) / 2.0, 1.0 - beta
+    q = run.q[:, idx]
+    qdot = (q[2:] - q[:-2]) / (2 * eta)                 # at rows 1 .. R-2
+    qc = q[1:-1]
+    S = np.einsum("ij,ij->i", qdot, qc)                 # <q̇, q>
+    dS = (S[2:] - S[:-2]) / (2 * eta)                   # at rows 2 .. R-3
+    S, qdot, qc = S[1:-1], qdot[1:-1], qc[1:-1]
+    v2 = np.einsum("ij,ij->i", qdot, qdot)
+    a = np.einsum("ij,ij->i", qc, qc)
+    lhs = m * dS + mu * S
+    rhs = m * v2 - k * a
+    scale = np.abs(m * dS) + np.abs(mu * S) + m * v2 + k * a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = np.where(scale > 0, np.abs(lhs - rhs) / scale, 0.0)
+    t = (run.steps[2:-2]) * eta
+    return ContinuumBalance(t, lhs, rhs, res, m, mu, k)
