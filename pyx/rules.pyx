@@ -37,6 +37,11 @@ from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
+cdef extern from "Python.h":
+    # declared without Cython's exception check: the loop returns a status and the
+    # caller re-raises what the signal handler left set (_reraise)
+    int _PyErr_CheckSignals "PyErr_CheckSignals"()
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 cimport numpy as cnp
@@ -449,6 +454,30 @@ cdef inline int _grad_checked(RunSpec* s, double* f, double* g2) noexcept nogil:
     return STATUS_OK
 
 
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef int _interrupted(RunSpec* s) noexcept nogil:
+    """Every 64 steps look at the clock; every ~50 ms take the GIL and run Python's signal
+    handlers.  Returns 1 if one raised (the exception stays set for the caller)."""
+    cdef double t = _now()
+    cdef int r = 0
+    if t < s.next_poll:
+        return 0
+    s.next_poll = t + 0.05
+    with gil:
+        r = _PyErr_CheckSignals()
+    return 1 if r != 0 else 0
+
+
+cdef int _reraise() except -1:
+    """Propagate the exception a signal handler left set during run_loop."""
+    return -1
+
+
 cdef void run_loop(RunSpec* s) noexcept nogil:
     cdef Py_ssize_t n, i
     cdef double f, g2, probe
@@ -457,7 +486,13 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
     s.status = STATUS_OK
     s.stop_step = -1
     s.n_rec = 0
+    if s.check_signals:
+        s.next_poll = _now() + 0.05
     for n in range(s.steps):
+        if s.check_signals and (n & 63) == 63 and _interrupted(s):
+            s.status = STATUS_INTERRUPTED
+            s.stop_step = n
+            return
         if mini:
             _draw_batch(s.rng, s.perm, s.n_data, s.batch_size)
             set_batch(s.params, s.perm, s.batch_size)
@@ -544,7 +579,8 @@ def train_kernel(int kind,
                  double[::1] rec_loss,              # OUT
                  double[::1] rec_g2,                # OUT
                  double[:, ::1] rec_bn2,            # OUT
-                 tuple charges=None):
+                 tuple charges=None,
+                 bint check_signals=True):
     """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
 
     ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
@@ -586,6 +622,7 @@ def train_kernel(int kind,
     s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else &dummy
     s.g = scratch.doubles(s.d)
     s.cs = NULL
+    s.check_signals = check_signals
     if charges is not None:
         (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, last_delta, last_res,
          rec_m, rec_c, rec_r, worst, worst_step) = charges
@@ -634,4 +671,6 @@ def train_kernel(int kind,
         free(s.perm)
         if s.params != NULL:
             pot.free_params(s.params)
+    if s.status == STATUS_INTERRUPTED:
+        _reraise()
     return s.status, s.stop_step, s.n_rec

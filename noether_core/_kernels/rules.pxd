@@ -89,6 +89,8 @@ cdef struct RunSpec:
     double* rec_g2              # OUT: (n_rec_max,)
     double* rec_bn2             # OUT: (n_rec_max, nb)
     ChargeSpec* cs              # NULL: no charges tracked
+    bint check_signals          # poll Python signals (Ctrl-C) ~every 50 ms; main thread only
+    double next_poll            # scratch: monotonic time of the next poll
     # results
     int status
     Py_ssize_t stop_step        # step at which a non-finite value was met (-1: none)
