@@ -271,3 +271,19 @@ def test_rule_state_pickles(rule):
     b = nc.train(rule, BN, first.q_final, 20, batch_size=6, state=first.state)
     np.testing.assert_array_equal(a.q, b.q)
     assert pickle.loads(pickle.dumps(rule)) == rule
+
+
+@pytest.mark.parametrize("rule", STATEFUL, ids=_id)
+def test_state_copy_is_independent(rule):
+    """RuleState.copy() is a deep copy: editing the copy's arrays or array-valued scalars
+    (ScalarRMSProp's per-part G) in place leaves the original untouched."""
+    state = nc.train(rule, BN, _q0(rule), 5, batch_size=6, seed=1).state
+    snapshot = pickle.loads(pickle.dumps(state))
+    c = state.copy()
+    assert_states_equal(c, state)
+    for v in c.arrays.values():
+        v += 1.0
+    for v in c.scalars.values():
+        if isinstance(v, np.ndarray):
+            v += 1.0
+    assert_states_equal(state, snapshot)
