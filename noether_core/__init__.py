@@ -4,7 +4,7 @@ Learning rules as compiled loops matching ``torch.optim`` (``rules``), built-in 
 with known symmetries (``potentials``), and the conversions between discrete rules and the
 continuous Lagrangian models of Tanaka & Kunin (``conventions``).
 """
-from . import conventions, errors, potentials, rules, symmetry
+from . import conventions, errors, potentials, rules, symmetry, theory
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
@@ -12,4 +12,4 @@ from .rules import RuleState
 __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions",
-           "symmetry", "errors", "DivergenceWarning", "NoetherWarning", "__version__"]
+           "symmetry", "theory", "errors", "DivergenceWarning", "NoetherWarning", "__version__"]
