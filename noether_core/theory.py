@@ -495,7 +495,7 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
         r2_disc = np.concatenate([a0[None, ...], y], axis=0)
         rate = 2.0 * k / (1.0 - beta)
         lam = float(np.exp(-rate * eta))
-        b = _zoh_weight(rate, eta) / ((1.0 - beta) * eta * eta)
+        b = _zoh_weight(rate, eta) / ((1.0 - beta) * eta)
         r2_cont = _ema(drive, lam, b, a0)
         return NormSchedule(steps, t, r2_cont, r2_disc, assumption, lam)
 
