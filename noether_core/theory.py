@@ -164,7 +164,7 @@ def measured_buffer_gain(delta_norm2, grad_norm2, lr):
                          f"{D.shape} and {g2.shape}")
     if (D < 0).any() or (g2 < 0).any():
         raise ValueError("delta_norm2 and grad_norm2 must be non-negative")
-    eta = float(_param("lr", lr, lo=0.0, lo_open=True))
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(g2 > 0, D / (eta * eta * np.where(g2 > 0, g2, 1.0)), np.inf)
 
@@ -437,7 +437,9 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
     Cost O(N·B); the continuous column and the "measured" recursion are IIR filters
     (scipy.signal.lfilter), the modelled recursion a loop over n vectorised over B.
     """
-    eta, beta, k = (float(v) for v in _hyper(lr, momentum, weight_decay))
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    k = V.as_scalar("weight_decay", weight_decay, lo=0.0)
     _check_assumption(assumption, ASSUMPTIONS + ("measured",))
     measured = assumption == "measured"
     if measured:
@@ -585,8 +587,8 @@ def rmsprop_scale(grad_norm2, lr, rho, G0):
     if g2.ndim not in (1, 2) or (g2 < 0).any():
         raise ValueError("grad_norm2 must be a non-negative (N,) or (N, B) array, got "
                          f"shape {g2.shape}")
-    eta = float(_param("lr", lr, lo=0.0, lo_open=True))
-    rho = float(_param("rho", rho, lo=0.0, hi=1.0, hi_open=True))
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    rho = V.as_scalar("rho", rho, lo=0.0, hi=1.0, hi_open=True)
     G0 = _param("G0", G0, lo=0.0)
     if G0.ndim > 1 or (G0.ndim == 1 and (g2.ndim != 2 or G0.shape[0] != g2.shape[1])):
         raise ValueError(f"G0 must be a scalar or one value per block, got shape {G0.shape}")
@@ -642,9 +644,13 @@ def equivalent_rmsprop(lr, momentum, weight_decay, r0, assumption="coherent"):
     >>> round(e.lr, 6), round(e.rho, 6)
     (0.007255, 0.998)
     """
-    eta, beta, k = (float(v) for v in _hyper(lr, momentum, weight_decay, k_positive=True,
-                                              why=" (RMSProp with rho = 1 is not defined)"))
-    r0 = float(_param("r0", r0, lo=0.0, lo_open=True))
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    try:
+        k = V.as_scalar("weight_decay", weight_decay, lo=0.0, lo_open=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (k = 0 gives rho = 1: no equivalent RMSProp)") from None
+    r0 = V.as_scalar("r0", r0, lo=0.0, lo_open=True)
     kappa = _gain(beta, _check_assumption(assumption))
     one_minus_rho = 4.0 * eta * k / (1.0 - beta)
     if one_minus_rho > 1.0:

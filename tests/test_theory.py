@@ -171,20 +171,23 @@ def test_equivalent_rmsprop_matches_effective_lr(lr, beta, k, r0, gh2, assumptio
     """SPEC §4: with (η', ρ, G0) = equivalent_rmsprop, RMSProp's η'/sqrt(G_n) equals SGD's
     η/((1−β) r_n²) at every n — for the continuous forms (Eq. 20 vs Eq. 17) and for the
     per-step Euler form of Eq. 17, r⁴_{n+1} = (1 − 4ηk/(1−β)) r⁴_n + 2(1+β)η²κ/(1−β)·|ĝ_n|²
-    vs RMSProp's own G recursion.  Round-off only: 1e-11."""
+    vs RMSProp's own G recursion.  Round-off only, but ρ near 1 carries 1−ρ with relative
+    error ε/(1−ρ) (ρ is stored, 1−ρ recomputed), which the decay then holds: tolerance
+    1e-11 + 10ε/(1−ρ)."""
     eq = T.equivalent_rmsprop(lr, beta, k, r0, assumption)
+    tol = 1e-11 + 10 * np.finfo(float).eps / (1 - eq.rho)
     g = np.array(gh2)
     sgd = T.norm_schedule(g, lr, beta, k, r0, assumption).r2_continuous
     rms = T.rmsprop_scale(g, eq.lr, eq.rho, eq.G0)
     np.testing.assert_allclose(eq.lr / rms.sqrt_G_continuous, lr / ((1 - beta) * sgd),
-                               rtol=1e-11)
+                               rtol=tol)
     kappa = gain_by_summation(beta, assumption)
     u, euler = r0 ** 4, [r0 ** 4]
     for v in gh2:
         u = (1 - 4 * lr * k / (1 - beta)) * u + 2 * (1 + beta) * lr * lr * kappa / (1 - beta) * v
         euler.append(u)
     np.testing.assert_allclose(eq.lr / rms.sqrt_G_discrete,
-                               lr / ((1 - beta) * np.sqrt(euler)), rtol=1e-11)
+                               lr / ((1 - beta) * np.sqrt(euler)), rtol=tol)
 
 
 def test_equivalent_rmsprop_coherent_values():
@@ -299,7 +302,7 @@ def _late_state(pot, lr, beta, k, steps, batch_size=None):
 
 
 @pytest.mark.parametrize("pot_name", ["rayleigh", "bn"])
-@pytest.mark.parametrize("beta", [0.0, 0.1])
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5])
 def test_full_batch_late_time_equilibrium(pot_name, beta):
     """Full batch, η = 0.1, k = 1e-3 (ηk = 1e-4), 6·10⁴ steps, late half.
 
@@ -311,8 +314,9 @@ def test_full_batch_late_time_equilibrium(pot_name, beta):
 
     Radius: the gradients at that limit cycle flip sign from step to step (period-2
     oscillation across the minimum), so "alternating" applies, r⁴ = η|ĝ|²/(2k(1+β)); the
-    paper's "coherent" r* is off by ((1+β)/(1−β))^{1/4} (1.05 at β = 0.1; all three
-    coincide at β = 0).  Tolerance 3% (measured ≤ 0.5%).  docs/theory.md §7."""
+    paper's "coherent" r* is off by ((1+β)/(1−β))^{1/2} in r (1.1 at β = 0.1, 1.7 at
+    β = 0.5; all three coincide at β = 0).  Tolerance 3% (measured ≤ 2.3%, at β = 0.5).
+    At β = 0.9 full batch there is no steady state (spikes): docs/theory.md §7."""
     pot = _bn() if pot_name == "bn" else _rayleigh()
     lr, k = 0.1, 1e-3
     chord, r, gh = _late_state(pot, lr, beta, k, 60000)
@@ -334,6 +338,35 @@ def test_minibatch_late_time_equilibrium_is_uncorrelated():
     assert abs(chord / T.steady_angular_update(lr, beta, k) - 1) < 0.02
     assert abs(r / T.steady_radius(lr, beta, k, gh, "uncorrelated") - 1) < 0.05
     assert r / T.steady_radius(lr, beta, k, gh, "coherent") < 0.6
+
+
+def test_measured_buffer_gain_identifies_the_assumption():
+    """measured κ_n = |Δ_{n+1}|²/(η²|g_n|²) (docs/theory.md §2): its median on a minibatch
+    β = 0.9 run lies within 10% of the uncorrelated 1/(1−β²) = 5.26 (measured 0.1%) and
+    far from coherent 100 and alternating 0.28."""
+    pot, lr, beta, k = _bn(), 0.1, 0.9, 1e-3
+    res = nc.train(nc.rules.SGD(lr=lr, momentum=beta, weight_decay=k), pot,
+                   np.random.default_rng(5).standard_normal(pot.dim), 20000, batch_size=16,
+                   seed=3)
+    kap = T.measured_buffer_gain(T.step_norm2(res.q)[10000:], res.grad_norm2[10000:-1], lr)
+    assert abs(np.median(kap) / T.buffer_gain(beta, "uncorrelated") - 1) < 0.1
+
+
+def test_norm_schedule_blocks_are_independent_columns():
+    """(N, B) input = B separate (N,) calls (vectorisation only), for every assumption."""
+    rng = np.random.default_rng(0)
+    gh2 = rng.uniform(0.1, 2.0, size=(50, 3))
+    D = rng.uniform(0.0, 1e-3, size=(50, 3))
+    r0 = np.array([0.5, 1.0, 2.0])
+    for a in T.ASSUMPTIONS + ("measured",):
+        kw = {"delta_norm2": D} if a == "measured" else {}
+        both = T.norm_schedule(gh2, 0.1, 0.9, 1e-3, r0, a, **kw)
+        for j in range(3):
+            kw = {"delta_norm2": D[:, j]} if a == "measured" else {}
+            one = T.norm_schedule(gh2[:, j], 0.1, 0.9, 1e-3, r0[j], a, **kw)
+            np.testing.assert_allclose(both.r2_discrete[:, j], one.r2_discrete, rtol=1e-14)
+            np.testing.assert_allclose(both.r2_continuous[:, j], one.r2_continuous,
+                                       rtol=1e-14)
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -368,6 +401,7 @@ def test_bad_input_value_errors(call, match):
     lambda: T.steady_angular_update("0.1", 0.9, 1e-3),
     lambda: T.steady_angular_update(True, 0.9, 1e-3),
     lambda: T.norm_schedule("abc", 0.1, 0.9, 1e-3, 1.0),
+    lambda: T.norm_schedule([1.0], [0.1, 0.2], 0.9, 1e-3, 1.0),
     lambda: T.intrinsic_lr(0.1, 0.9, 1e-3, per_step="yes"),
     lambda: T.norm_schedule(None, 0.1, 0.9, 1e-3, 1.0, "measured", delta_norm2=[1.0],
                             prev=1.0),
