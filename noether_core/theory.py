@@ -206,8 +206,9 @@ def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0
     exact at a strict fixed point of the exact balance (SPEC §1.1) — then it is the chord
     |q̂_{n+1} − q̂_n| itself, with no approximation — and, for the a-weighted mean square
     over a statistically stationary window, correct up to the radial share
-    ⟨(r_{n+1}−r_n)²⟩/⟨a⟩ = O(ηk) and a boundary term that decays as 1/window.  It does
-    not depend on the correlation assumption.
+    ⟨(r_{n+1}−r_n)²⟩/⟨a⟩ (O(ηk) while the radius drifts slowly) and a boundary term that
+    decays as 1/window.  It does not depend on the correlation assumption.  It fails where
+    the radius jumps: full-batch runs with large β relax in spikes (docs/theory.md §7).
 
     ``rule="nesterov"`` (torch's nesterov=True): the balance acquires a cross term
     ⟨Δ_n, g_{n−1}⟩, so the result depends on the correlation of successive gradients,
@@ -241,6 +242,7 @@ def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0
     0.007255
     """
     eta, beta, k = _hyper(lr, momentum, weight_decay)
+    _check_assumption(assumption)
     if rule not in ("sgd", "nesterov", "adamw"):
         raise ValueError(f"rule must be one of ('sgd', 'nesterov', 'adamw'), got {rule!r}")
     tau = _param("dampening", dampening, lo=0.0, hi=1.0)
@@ -251,7 +253,6 @@ def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0
         return _out(np.sqrt(2.0 * eta * k * (1.0 - tau) / (1.0 + beta)))
     if rule == "adamw":
         return _out(np.sqrt(2.0 * eta * k * (1.0 - beta) / (1.0 + beta)))
-    _check_assumption(assumption)
     return _out(np.sqrt(2.0 * eta * k / _nesterov_denominator(beta, assumption)))
 
 
@@ -387,8 +388,9 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
     Two forms side by side (docs/theory.md §4):
 
     * ``r2_continuous`` — the solution of the overdamped Eq. 16,
-      d(r⁴)/dt = −(4k/(1−β)) r⁴ + P |ĝ(t)|², P = 2(1+β)ηκ/(1−β) (coherent: the paper's
-      4m/μ³ = 2η(1+β)/(1−β)³, Eq. 17), with |ĝ(t)|² held constant over each step
+      d(r⁴)/dt = −(4k/(1−β)) r⁴ + P |ĝ(t)|², P = 2(1+β)ηκ/(1−β) per unit time
+      (coherent: the paper's 4m/μ³ = 2η(1+β)/(1−β)³ of Eq. 17; uncorrelated 2η/(1−β)²;
+      alternating 2η/((1−β)(1+β))), with |ĝ(t)|² held constant over each step
       [nη, (n+1)η).  Evaluated exactly for that input as an exponential moving average::
 
           r⁴_{n+1} = e^{−4ηk/(1−β)} r⁴_n + P·(1 − e^{−4ηk/(1−β)})(1−β)/(4k) · |ĝ_n|²
