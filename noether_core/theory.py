@@ -37,7 +37,8 @@ from scipy.signal import lfilter
 
 from . import _validation as V
 
-__all__ = ["ASSUMPTIONS", "buffer_gain", "measured_buffer_gain", "steady_angular_speed",
+__all__ = ["ASSUMPTIONS", "buffer_gain", "measured_buffer_gain", "nearest_assumption",
+           "steady_angular_speed",
            "steady_angular_update", "steady_radius", "intrinsic_lr", "norm_schedule",
            "NormSchedule", "rmsprop_scale", "RMSPropScale", "equivalent_rmsprop",
            "EquivalentRMSProp", "step_norm2", "angular_updates"]
@@ -167,6 +168,32 @@ def measured_buffer_gain(delta_norm2, grad_norm2, lr):
     eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(g2 > 0, D / (eta * eta * np.where(g2 > 0, g2, 1.0)), np.inf)
+
+
+def nearest_assumption(gain, momentum):
+    """The named assumption whose κ (:func:`buffer_gain`) is nearest ``gain`` in log scale.
+
+    Parameters
+    ----------
+    gain : float > 0
+        A measured buffer gain, e.g. the median of :func:`measured_buffer_gain` over a late
+        window.
+    momentum : float in (0, 1)
+        β (at β = 0 all assumptions coincide and the question has no answer).
+
+    Returns
+    -------
+    str
+        One of :data:`ASSUMPTIONS`.
+
+    Examples
+    --------
+    >>> nearest_assumption(5.0, 0.9)
+    'uncorrelated'
+    """
+    g = V.as_scalar("gain", gain, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    return min(ASSUMPTIONS, key=lambda a: abs(np.log(g / _gain(beta, a))))
 
 
 # -- equilibrium ------------------------------------------------------------------------------

@@ -350,6 +350,9 @@ def test_measured_buffer_gain_identifies_the_assumption():
                    seed=3)
     kap = T.measured_buffer_gain(T.step_norm2(res.q)[10000:], res.grad_norm2[10000:-1], lr)
     assert abs(np.median(kap) / T.buffer_gain(beta, "uncorrelated") - 1) < 0.1
+    assert T.nearest_assumption(np.median(kap), beta) == "uncorrelated"
+    for a in T.ASSUMPTIONS:
+        assert T.nearest_assumption(T.buffer_gain(beta, a), beta) == a
 
 
 def test_norm_schedule_blocks_are_independent_columns():
@@ -391,6 +394,8 @@ def test_norm_schedule_blocks_are_independent_columns():
     (lambda: T.equivalent_rmsprop(1.0, 0.9, 0.1, 1.0), "rho < 0"),
     (lambda: T.angular_updates(np.zeros((3, 2))), "zero norm"),
     (lambda: T.step_norm2(np.ones(3)), "at least 2 recorded rows"),
+    (lambda: T.nearest_assumption(1.0, 0.0), "momentum must lie in"),
+    (lambda: T.measured_buffer_gain([1.0], [1.0, 2.0], 0.1), "same shape"),
 ])
 def test_bad_input_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
