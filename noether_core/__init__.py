@@ -1,10 +1,12 @@
 """noether_core: Noether's learning dynamics, computable, fast and checked.
 
-Learning rules as compiled loops matching ``torch.optim`` (``rules``), built-in potentials
-with known symmetries (``potentials``), and the conversions between discrete rules and the
-continuous Lagrangian models of Tanaka & Kunin (``conventions``).
+Learning rules as compiled loops matching ``torch.optim`` (``rules``, ``train``), built-in
+potentials with known symmetries (``potentials``), Noether charges and exact discrete
+balance laws (``charges``), integrators of the continuous Lagrangian models (``models``,
+``integrate``), the closed forms of the paper's Sec. 4 (``theory``), and the conversions
+between discrete rules and continuous models (``conventions``).
 """
-from . import charges, conventions, errors, mirror, potentials, rules, symmetry
+from . import charges, conventions, errors, mirror, potentials, rules, symmetry, theory
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
@@ -12,5 +14,5 @@ from .rules import RuleState
 __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
-           "mirror",
-           "symmetry", "errors", "DivergenceWarning", "NoetherWarning", "__version__"]
+           "mirror", "symmetry", "theory", "errors", "DivergenceWarning", "NoetherWarning",
+           "__version__"]

@@ -1,0 +1,737 @@
+"""Closed-form theory of Sec. 4: equilibria, the norm schedule Eq. 17 and its RMSProp twin.
+
+Everything here concerns one block of parameters ``q`` on which the loss is
+scale-invariant (BatchNorm / LayerNorm / a Rayleigh quotient), trained by SGD with
+learning rate η, heavy-ball momentum β and L2 weight decay k (``torch.optim.SGD``
+semantics, dampening 0, no Nesterov unless said).  Notation (SPEC §0, paper Eq. 2–3):
+
+* ``a_n = |q_n|² = r_n²``, ``Δ_n = q_n − q_{n−1}``, ``q̂ = q/|q|``;
+* ``g_n = ∇f(q_n)`` and ``ĝ_n = ∇f(q̂_n)``; for a scale-invariant f, ``|ĝ| = |g|·|q|``;
+* mass and friction ``m = η(1+β)/2``, ``μ = 1−β``, continuous time ``t = nη``.
+
+Units: a quantity "per step" is per update n → n+1; "per unit time" is per unit of
+``t = nη`` (divide a per-step rate by η to get it).
+
+The one exact fact everything rests on is the discrete scale balance (SPEC §1.1)::
+
+    (a_{n+1} − a_n) − β (a_n − a_{n−1}) = |Δ_{n+1}|² + β|Δ_n|² − 2ηk a_n .
+
+The closed forms follow from it once ``|Δ_{n+1}|²`` is related to ``|g_n|²`` through the
+*buffer gain* ``κ = |Δ_{n+1}|²/(η²|g_n|²)``, which depends on how successive gradients
+are correlated (SPEC §4 "Caution").  Three named assumptions are offered:
+
+``"coherent"``      the paper's: the buffer sums equal gradients, κ = 1/(1−β)²;
+``"uncorrelated"``  minibatch noise, independent directions, κ = 1/(1−β²);
+``"alternating"``   successive gradients opposite (the period-2 oscillation of a run at the
+                    edge of stability, typical of full-batch late times), κ = 1/(1+β)².
+
+and, where a measured series exists, ``"measured"``: the exact identity driven by the run's
+own ``|Δ_n|²``.  Derivations: docs/theory.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import lfilter
+
+from . import _validation as V
+
+__all__ = ["ASSUMPTIONS", "buffer_gain", "measured_buffer_gain", "nearest_assumption",
+           "steady_angular_speed",
+           "steady_angular_update", "steady_radius", "intrinsic_lr", "norm_schedule",
+           "NormSchedule", "rmsprop_scale", "RMSPropScale", "equivalent_rmsprop",
+           "EquivalentRMSProp", "step_norm2", "angular_updates"]
+
+#: the named correlation assumptions (``"measured"`` is accepted where a series exists)
+ASSUMPTIONS = ("coherent", "uncorrelated", "alternating")
+
+
+# -- input handling ---------------------------------------------------------------------
+def _param(name, x, *, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A finite float array (0-d for a scalar) in the given range, or a clear error."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number or array, got {x!r}")
+    if np.ndim(x) == 0 and not isinstance(x, np.ndarray):
+        return np.asarray(V.as_scalar(name, x, lo=lo, hi=hi, lo_open=lo_open,
+                                      hi_open=hi_open))
+    arr = V.as_float_array(name, x)
+    bad = np.zeros(arr.shape, bool)
+    if lo is not None:
+        bad |= (arr <= lo) if lo_open else (arr < lo)
+    if hi is not None:
+        bad |= (arr >= hi) if hi_open else (arr > hi)
+    if bad.any():
+        i = tuple(int(j) for j in np.argwhere(bad)[0])
+        left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ValueError(f"{name} must lie in {rng}, found {arr[i]} at index "
+                         f"{i if len(i) != 1 else i[0]}")
+    return arr
+
+
+def _hyper(lr, momentum, weight_decay, *, k_positive=False, why=""):
+    eta = _param("lr", lr, lo=0.0, lo_open=True)
+    beta = _param("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    if k_positive:
+        try:
+            k = _param("weight_decay", weight_decay, lo=0.0, lo_open=True)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{why}") from None
+    else:
+        k = _param("weight_decay", weight_decay, lo=0.0)
+    return eta, beta, k
+
+
+def _out(x):
+    """A Python float for 0-d results, the array otherwise."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x) if x.ndim == 0 else x
+
+
+def _check_assumption(assumption, allowed=ASSUMPTIONS):
+    if not isinstance(assumption, str) or assumption not in allowed:
+        raise ValueError(f"assumption must be one of {allowed}, got {assumption!r}")
+    return assumption
+
+
+def _gain(beta, assumption):
+    if assumption == "coherent":
+        return 1.0 / (1.0 - beta) ** 2
+    if assumption == "uncorrelated":
+        return 1.0 / (1.0 - beta * beta)
+    return 1.0 / (1.0 + beta) ** 2
+
+
+_NO_STEADY = (" (without weight decay there is no steady state: |q| grows without bound, "
+              "Eq. 17 with k = 0)")
+
+
+# -- buffer gain --------------------------------------------------------------------------
+def buffer_gain(momentum, assumption="coherent"):
+    """Buffer gain κ = |Δ_{n+1}|²/(η²|g_n|²) of heavy ball under a correlation assumption.
+
+    Parameters
+    ----------
+    momentum : float or array in [0, 1)
+        Heavy-ball β.
+    assumption : {"coherent", "uncorrelated", "alternating"}
+        ``coherent`` (the paper's): 1/(1−β)²; ``uncorrelated``: 1/(1−β²);
+        ``alternating`` (period-2, gradients flip sign every step): 1/(1+β)².
+
+    Returns
+    -------
+    float or ndarray
+        κ, dimensionless.
+
+    Notes
+    -----
+    With Δ_{n+1} = −η Σ_j β^j g_{n−j} (the weight-decay part of the buffer is radial and
+    O(ηk) relative in a steady state) and a stationary gradient autocorrelation
+    C(l) = ⟨g_n, g_{n−l}⟩/|g|², κ = (1 + 2 Σ_{l≥1} β^l C(l))/(1−β²); the three cases are
+    C ≡ 1, C(l≥1) = 0 and C(l) = (−1)^l.  docs/theory.md §2.
+
+    Examples
+    --------
+    >>> round(buffer_gain(0.9, "coherent"), 9), round(buffer_gain(0.9, "uncorrelated"), 6)
+    (100.0, 5.263158)
+    """
+    beta = _param("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    return _out(_gain(beta, _check_assumption(assumption)))
+
+
+def measured_buffer_gain(delta_norm2, grad_norm2, lr):
+    """The measured κ_n = |Δ_{n+1}|²/(η²|g_n|²), step by step.
+
+    Compare with :func:`buffer_gain` to tell which assumption a run follows.
+
+    Parameters
+    ----------
+    delta_norm2 : (N, ...) array_like
+        ``|q_{n+1} − q_n|²`` for n = 0..N−1 (see :func:`step_norm2`).
+    grad_norm2 : (N, ...) array_like
+        ``|∇f(q_n)|²`` for the same n (the gradient used at step n, no weight decay).
+    lr : float > 0
+
+    Returns
+    -------
+    ndarray, shape of the inputs
+        κ_n (inf where the gradient vanishes exactly).
+    """
+    D = V.as_float_array("delta_norm2", delta_norm2)
+    g2 = V.as_float_array("grad_norm2", grad_norm2)
+    if D.shape != g2.shape:
+        raise ValueError(f"delta_norm2 and grad_norm2 must have the same shape, got "
+                         f"{D.shape} and {g2.shape}")
+    if (D < 0).any() or (g2 < 0).any():
+        raise ValueError("delta_norm2 and grad_norm2 must be non-negative")
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(g2 > 0, D / (eta * eta * np.where(g2 > 0, g2, 1.0)), np.inf)
+
+
+def nearest_assumption(gain, momentum):
+    """The named assumption whose κ (:func:`buffer_gain`) is nearest ``gain`` in log scale.
+
+    Parameters
+    ----------
+    gain : float > 0
+        A measured buffer gain, e.g. the median of :func:`measured_buffer_gain` over a late
+        window.
+    momentum : float in (0, 1)
+        β (at β = 0 all assumptions coincide and the question has no answer).
+
+    Returns
+    -------
+    str
+        One of :data:`ASSUMPTIONS`.
+
+    Examples
+    --------
+    >>> nearest_assumption(5.0, 0.9)
+    'uncorrelated'
+    """
+    g = V.as_scalar("gain", gain, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    return min(ASSUMPTIONS, key=lambda a: abs(np.log(g / _gain(beta, a))))
+
+
+# -- equilibrium ------------------------------------------------------------------------------
+def steady_angular_speed(lr, momentum, weight_decay):
+    """Steady angular speed |dq̂/dt|* = sqrt(k/m) = sqrt(2k/(η(1+β))), per unit time.
+
+    From the radial equation Eq. 14, m r̈ + μ ṙ = (m|q̂̇|² − k) r, at ṙ = r̈ = 0.
+
+    Parameters
+    ----------
+    lr, momentum, weight_decay : float or array (broadcast)
+        η > 0, β in [0, 1), k ≥ 0.
+
+    Returns
+    -------
+    float or ndarray
+        Radians per unit time t = nη.  Multiply by η for the per-step value, which is
+        :func:`steady_angular_update`.
+
+    Examples
+    --------
+    >>> round(steady_angular_speed(0.1, 0.9, 5e-4), 6)
+    0.072548
+    """
+    eta, beta, k = _hyper(lr, momentum, weight_decay)
+    return _out(np.sqrt(2.0 * k / (eta * (1.0 + beta))))
+
+
+def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0.0,
+                          assumption="coherent"):
+    """Steady per-step angular update |q̂_{n+1} − q̂_n|* of a scale-invariant block.
+
+    ``rule="sgd"`` (heavy ball, the paper's Sec. 4 result)::
+
+        |q̂_{n+1} − q̂_n|* = sqrt(2ηk(1−τ)/(1+β))        (τ = dampening)
+
+    exact at a strict fixed point of the exact balance (SPEC §1.1) — then it is the chord
+    |q̂_{n+1} − q̂_n| itself, with no approximation — and, for the a-weighted mean square
+    over a statistically stationary window, correct up to the radial share
+    ⟨(r_{n+1}−r_n)²⟩/⟨a⟩ (O(ηk) while the radius drifts slowly) and a boundary term that
+    decays as 1/window.  It does not depend on the correlation assumption.  It fails where
+    the radius jumps: full-batch runs with large β relax in spikes (docs/theory.md §7).
+
+    ``rule="nesterov"`` (torch's nesterov=True): the balance acquires a cross term
+    ⟨Δ_n, g_{n−1}⟩, so the result depends on the correlation of successive gradients,
+    sqrt(2ηk/(1+β+2βξ)) with ξ = η⟨Δ_n, g_{n−1}⟩/|Δ|² = −(1−β) (coherent),
+    −(1+β)/((1+β)² + β⁴/(1−β²)) (uncorrelated), −(1+β)/(1+2β) (alternating); pass
+    ``assumption``.  Leading order in ηk (docs/theory.md §6).
+
+    ``rule="adamw"`` (Kosson et al., "Rotational equilibrium"): sqrt(2ηk(1−β₁)/(1+β₁)),
+    with ``momentum`` = β₁, assuming uncorrelated gradients, ⟨q, update⟩ ≈ 0 and a
+    stationary second-moment estimate (heuristic, not an identity; docs/theory.md §6).
+
+    Parameters
+    ----------
+    lr, momentum, weight_decay : float or array (broadcast)
+        η > 0, β (β₁ for AdamW) in [0, 1), k ≥ 0 (decoupled for AdamW).
+    rule : {"sgd", "nesterov", "adamw"}
+    dampening : float in [0, 1]
+        SGD dampening τ (``rule="sgd"`` only).
+    assumption : {"coherent", "uncorrelated", "alternating"}
+        Used by ``rule="nesterov"`` only.
+
+    Returns
+    -------
+    float or ndarray
+        Per step (dimensionless chord on the unit sphere ≈ radians).  Equals
+        η · :func:`steady_angular_speed` for SGD.
+
+    Examples
+    --------
+    >>> round(steady_angular_update(0.1, 0.9, 5e-4), 6)
+    0.007255
+    """
+    eta, beta, k = _hyper(lr, momentum, weight_decay)
+    _check_assumption(assumption)
+    if rule not in ("sgd", "nesterov", "adamw"):
+        raise ValueError(f"rule must be one of ('sgd', 'nesterov', 'adamw'), got {rule!r}")
+    tau = _param("dampening", dampening, lo=0.0, hi=1.0)
+    if rule != "sgd" and np.any(tau != 0.0):
+        raise ValueError(f"dampening applies to rule='sgd' only, got dampening={dampening}"
+                         f" with rule={rule!r}")
+    if rule == "sgd":
+        return _out(np.sqrt(2.0 * eta * k * (1.0 - tau) / (1.0 + beta)))
+    if rule == "adamw":
+        return _out(np.sqrt(2.0 * eta * k * (1.0 - beta) / (1.0 + beta)))
+    return _out(np.sqrt(2.0 * eta * k / _nesterov_denominator(beta, assumption)))
+
+
+def _nesterov_denominator(beta, assumption):
+    """1 + β + 2βξ of the Nesterov steady balance, ξ = η⟨Δ_n, g_{n−1}⟩/|Δ|² (§6)."""
+    if assumption == "coherent":
+        xi = -(1.0 - beta)
+    elif assumption == "uncorrelated":
+        xi = -(1.0 + beta) / ((1.0 + beta) ** 2 + beta ** 4 / (1.0 - beta * beta))
+    else:
+        xi = -(1.0 + beta) / (1.0 + 2.0 * beta)
+    return 1.0 + beta + 2.0 * beta * xi
+
+
+def steady_radius(lr, momentum, weight_decay, grad_hat_norm, assumption="coherent"):
+    """Steady radius r* of a scale-invariant block under SGD with momentum and decay.
+
+    ``r*⁴ = η(1+β) κ |ĝ|² / (2k)`` with the buffer gain κ of :func:`buffer_gain`:
+
+    * ``coherent`` (the paper):   r*⁴ = η(1+β)|ĝ|²/(2k(1−β)²) = (m/(kμ²)) |ĝ|²;
+    * ``uncorrelated`` (SPEC §4): r*⁴ = η|ĝ|²/(2k(1−β));
+    * ``alternating``:            r*⁴ = η|ĝ|²/(2k(1+β)).
+
+    Derived from the exact balance (SPEC §1.1) at a steady state, (1+β)|Δ|² = 2ηk r²,
+    with |Δ|² = η²κ|g|² and |g| = |ĝ|/r (docs/theory.md §3).
+
+    Parameters
+    ----------
+    lr, momentum : float or array
+        η > 0, β in [0, 1).
+    weight_decay : float or array > 0
+        k (k = 0 has no steady radius).
+    grad_hat_norm : float or array ≥ 0
+        |ĝ| = |∇f(q̂)|, the gradient norm at the unit-norm direction (not squared).
+    assumption : {"coherent", "uncorrelated", "alternating"}
+
+    Returns
+    -------
+    float or ndarray
+        r* (same length unit as q).
+
+    Examples
+    --------
+    >>> round(steady_radius(0.1, 0.9, 5e-4, 1.0), 4)
+    11.7405
+    """
+    eta, beta, k = _hyper(lr, momentum, weight_decay, k_positive=True, why=_NO_STEADY)
+    gh = _param("grad_hat_norm", grad_hat_norm, lo=0.0)
+    kappa = _gain(beta, _check_assumption(assumption))
+    return _out((eta * (1.0 + beta) * kappa / (2.0 * k)) ** 0.25 * np.sqrt(gh))
+
+
+def intrinsic_lr(lr, momentum, weight_decay, *, assumption="coherent", per_step=False):
+    """Intrinsic learning rate |ĝ|/r*² of the steady state.
+
+    Per unit time (default): ``sqrt(2k/(η(1+β)κ))``; coherent: ``sqrt(kμ²/m)`` (the
+    paper's; at steady state Eq. 15 reads m q̂̈ + μ q̂̇ = −sqrt(kμ²/m) ĝ/|ĝ|).
+    Per step (``per_step=True``): ``η|ĝ|/r*² = sqrt(2ηk/((1+β)κ))`` — the length of the
+    step along the *normalised* gradient ĝ/|ĝ| before the momentum amplification;
+    coherent: ``(1−β) sqrt(2ηk/(1+β))``, uncorrelated: ``sqrt(2ηk(1−β))``.
+
+    Parameters
+    ----------
+    lr, momentum, weight_decay : float or array
+        η > 0, β in [0, 1), k ≥ 0.
+    assumption : {"coherent", "uncorrelated", "alternating"}
+    per_step : bool
+
+    Returns
+    -------
+    float or ndarray
+        1/time (t = nη) or dimensionless per step.
+
+    Examples
+    --------
+    >>> round(intrinsic_lr(0.1, 0.9, 5e-4), 6)
+    0.007255
+    """
+    eta, beta, k = _hyper(lr, momentum, weight_decay)
+    kappa = _gain(beta, _check_assumption(assumption))
+    per_time = np.sqrt(2.0 * k / (eta * (1.0 + beta) * kappa))
+    return _out(per_time * eta if V.as_bool("per_step", per_step) else per_time)
+
+
+# -- Eq. 17: the norm schedule -------------------------------------------------------------
+@dataclass(frozen=True)
+class NormSchedule:
+    """Result of :func:`norm_schedule`.  Arrays have N+1 rows (n = 0..N).
+
+    Attributes
+    ----------
+    steps : (N+1,) int array
+        n.
+    t : (N+1,) array
+        n·η (continuous time).
+    r2_continuous : (N+1, ...) array
+        r²(t_n): Eq. 17 (coherent; its counterpart for other assumptions), or for
+        ``"measured"`` the overdamped continuum of the exact identity.
+    r2_discrete : (N+1, ...) array
+        r²_n from the exact discrete identity (SPEC §1.1) with |Δ_n|² modelled by the
+        assumption, or measured (then it is |q_n|² to round-off).
+    assumption : str
+    decay_per_step : float
+        The exponential factor of the continuous form per step: e^{−4ηk/(1−β)} on r⁴, or
+        e^{−2ηk/(1−β)} on r² for ``"measured"``.
+    """
+
+    steps: np.ndarray
+    t: np.ndarray
+    r2_continuous: np.ndarray
+    r2_discrete: np.ndarray
+    assumption: str
+    decay_per_step: float
+
+
+def _ema(x, lam, b, y0):
+    """y_{n+1} = lam·y_n + b·x_n along axis 0, y_0 = y0: returns y_0..y_N (IIR filter)."""
+    y0 = np.broadcast_to(np.asarray(y0, dtype=np.float64), x.shape[1:])
+    zi = (lam * y0)[None, ...]
+    y, _ = lfilter([b], [1.0, -lam], x, axis=0, zi=zi)
+    return np.concatenate([y0[None, ...], y], axis=0)
+
+
+def _zoh_weight(rate, eta):
+    """∫_0^η e^{−rate s} ds = −expm1(−rate·η)/rate (→ η as rate → 0)."""
+    return -np.expm1(-rate * eta) / rate if rate > 0.0 else eta
+
+
+def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="coherent",
+                  delta_norm2=None, prev=None):
+    """Eq. 17: r²_n of a scale-invariant block from a measured per-step |ĝ_n|² series.
+
+    Two forms side by side (docs/theory.md §4):
+
+    * ``r2_continuous`` — the solution of the overdamped Eq. 16,
+      d(r⁴)/dt = −(4k/(1−β)) r⁴ + P |ĝ(t)|², P = 2(1+β)ηκ/(1−β) per unit time
+      (coherent: the paper's 4m/μ³ = 2η(1+β)/(1−β)³ of Eq. 17; uncorrelated 2η/(1−β)²;
+      alternating 2η/((1−β)(1+β))), with |ĝ(t)|² held constant over each step
+      [nη, (n+1)η).  Evaluated exactly for that input as an exponential moving average::
+
+          r⁴_{n+1} = e^{−4ηk/(1−β)} r⁴_n + P·(1 − e^{−4ηk/(1−β)})(1−β)/(4k) · |ĝ_n|²
+
+      never through e^{−ct}∫e^{+cτ}, so any number of steps is overflow-free.
+    * ``r2_discrete`` — the exact identity of SPEC §1.1,
+      a_{n+1} = (1+β−2ηk) a_n − β a_{n−1} + D_{n+1} + β D_n (a = r², a_{−1} = a_0 and
+      D_0 = 0 from rest), with D_{n+1} = η² κ_n |ĝ_n|²/a_n modelled by the assumption
+      (κ_n includes the buffer's warm-up from rest, e.g. coherent
+      ((1−β^{n+1})/(1−β))²) or, for ``assumption="measured"``, the run's own
+      D_{n+1} = |Δ_{n+1}|² (then r2_discrete equals |q_n|² to round-off).
+
+    For ``"measured"`` the continuous column is the overdamped continuum of the same
+    identity, da/dt = −(2k/(1−β)) a + (D_{n+1} + βD_n)/((1−β)η), again as an EMA;
+    ``grad_hat_norm2`` is not needed then (pass None).
+
+    Parameters
+    ----------
+    grad_hat_norm2 : (N,) or (N, B) array_like, or None for "measured"
+        |ĝ_n|² = |∇f(q_n)|²·|q_n|² for steps n = 0..N−1 (B independent blocks along
+        axis 1).  From a ``train`` run with ``record_every=1``:
+        ``(res.grad_norm2 * res.norm2(block))[:-1]``.
+    lr, momentum, weight_decay : float
+        η > 0, β in [0, 1), k ≥ 0 (k = 0: pure accumulation, AdaGrad-like).
+    r0 : float or (B,) array > 0
+        |q_0|.
+    assumption : {"coherent", "uncorrelated", "alternating", "measured"}
+    delta_norm2 : (N,) or (N, B) array_like
+        |Δ_{n+1}|² = |q_{n+1} − q_n|², n = 0..N−1; required for (only for) "measured".
+    prev : (float, float), optional
+        (a_{−1}, D_0) = (|q_{−1}|², |Δ_0|²) for a run resumed with a non-zero momentum
+        buffer (q_{−1} = q_0 + η·buffer); default: from rest, (r0², 0).
+
+    Returns
+    -------
+    NormSchedule
+
+    Raises
+    ------
+    ValueError
+        For bad input, or if a modelled discrete recursion leaves a > 0 (hyper-parameters
+        far outside the regime where the model means anything).
+
+    Notes
+    -----
+    Cost O(N·B); the continuous column and the "measured" recursion are IIR filters
+    (scipy.signal.lfilter), the modelled recursion a loop over n vectorised over B.
+    """
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    k = V.as_scalar("weight_decay", weight_decay, lo=0.0)
+    _check_assumption(assumption, ASSUMPTIONS + ("measured",))
+    measured = assumption == "measured"
+    if measured:
+        if delta_norm2 is None:
+            raise ValueError('assumption="measured" needs delta_norm2 (|q_{n+1} - q_n|^2 '
+                             "per step, e.g. step_norm2(res.q) with record_every=1)")
+        D = V.as_float_array("delta_norm2", delta_norm2)
+        if D.ndim not in (1, 2) or (D < 0).any():
+            raise ValueError("delta_norm2 must be a non-negative (N,) or (N, B) array, got "
+                             f"shape {D.shape}")
+        shape = D.shape
+        gh2 = None
+        if grad_hat_norm2 is not None:
+            gh2 = V.as_float_array("grad_hat_norm2", grad_hat_norm2)
+            if gh2.shape != shape:
+                raise ValueError(f"grad_hat_norm2 has shape {gh2.shape}, delta_norm2 "
+                                 f"{shape}: they must match")
+    else:
+        if delta_norm2 is not None:
+            raise ValueError(f"delta_norm2 is used only with assumption='measured', got "
+                             f"assumption={assumption!r}")
+        if grad_hat_norm2 is None:
+            raise ValueError(f"grad_hat_norm2 is required for assumption={assumption!r}")
+        gh2 = V.as_float_array("grad_hat_norm2", grad_hat_norm2)
+        if gh2.ndim not in (1, 2):
+            raise ValueError(f"grad_hat_norm2 must be (N,) or (N, B), got shape {gh2.shape}")
+        shape = gh2.shape
+    if gh2 is not None and (gh2 < 0).any():
+        raise ValueError("grad_hat_norm2 must be non-negative (it is a squared norm)")
+    r0 = _param("r0", r0, lo=0.0, lo_open=True)
+    if r0.ndim > 1 or (r0.ndim == 1 and (len(shape) != 2 or r0.shape[0] != shape[1])):
+        raise ValueError(f"r0 must be a scalar or have one value per block (shape "
+                         f"{shape[1:]}), got shape {r0.shape}")
+    a0 = np.broadcast_to(r0 * r0, shape[1:]).astype(np.float64)
+    if prev is None:
+        a_prev, D0 = a0.copy(), np.zeros(shape[1:])
+    else:
+        if not isinstance(prev, (tuple, list)) or len(prev) != 2:
+            raise TypeError(f"prev must be a pair (a_prev, D0), got {prev!r}")
+        a_prev = np.broadcast_to(_param("prev[0]", prev[0], lo=0.0), shape[1:]).astype(float)
+        D0 = np.broadcast_to(_param("prev[1]", prev[1], lo=0.0), shape[1:]).astype(float)
+    N = shape[0]
+    steps = np.arange(N + 1)
+    t = eta * steps
+
+    if measured:
+        c1 = 1.0 + beta - 2.0 * eta * k
+        drive = D.copy()
+        drive[1:] += beta * D[:-1]
+        drive[0] += beta * D0
+        # a_{n+1} − c1 a_n + β a_{n−1} = drive_n  (second-order IIR; initial state from
+        # a_0 and a_{−1}: direct form II transposed, zi = [c1 a_0 − β a_{−1}, −β a_0])
+        zi = np.stack([c1 * a0 - beta * a_prev, -beta * a0])
+        y, _ = lfilter([1.0, 0.0, 0.0], [1.0, -c1, beta], drive, axis=0, zi=zi)
+        r2_disc = np.concatenate([a0[None, ...], y], axis=0)
+        rate = 2.0 * k / (1.0 - beta)
+        lam = float(np.exp(-rate * eta))
+        b = _zoh_weight(rate, eta) / ((1.0 - beta) * eta)
+        r2_cont = _ema(drive, lam, b, a0)
+        return NormSchedule(steps, t, r2_cont, r2_disc, assumption, lam)
+
+    kappa = _gain(beta, assumption)
+    rate = 4.0 * k / (1.0 - beta)
+    lam = float(np.exp(-rate * eta))
+    P = 2.0 * (1.0 + beta) * eta * kappa / (1.0 - beta)
+    r4 = _ema(gh2, lam, P * _zoh_weight(rate, eta), a0 * a0)
+    r2_cont = np.sqrt(r4)
+    r2_disc = _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0)
+    return NormSchedule(steps, t, r2_cont, r2_disc, assumption, lam)
+
+
+def _warmup_gain(beta, assumption, N):
+    """κ_n, n = 0..N−1, of a buffer started from rest after n+1 accumulated gradients."""
+    n1 = np.arange(1, N + 1, dtype=np.float64)
+    if assumption == "coherent":
+        return (-np.expm1(n1 * np.log(beta)) / (1.0 - beta)) ** 2 if beta > 0 else np.ones(N)
+    if assumption == "uncorrelated":
+        return (-np.expm1(2.0 * n1 * np.log(beta)) / (1.0 - beta * beta)
+                if beta > 0 else np.ones(N))
+    return ((1.0 - (-beta) ** n1) / (1.0 + beta)) ** 2
+
+
+def _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0):
+    """a_{n+1} = (1+β−2ηk) a_n − β a_{n−1} + D_{n+1} + β D_n,  D_{n+1} = η²κ_n|ĝ_n|²/a_n."""
+    N = gh2.shape[0]
+    scalar = gh2.ndim == 1
+    drive = (eta * eta) * _warmup_gain(beta, assumption, N)
+    drive = (drive * gh2.T).T
+    if scalar:                       # plain floats: ~10x faster per step than 0-d arrays
+        drive, a0, a_prev, D0 = drive.tolist(), float(a0), float(a_prev), float(D0)
+    out = np.empty((N + 1,) + gh2.shape[1:])
+    out[0] = a0
+    c1 = 1.0 + beta - 2.0 * eta * k
+    a, a_old, D_old = a0, a_prev, D0
+    for n in range(N):
+        D_new = drive[n] / a
+        a_new = c1 * a - beta * a_old + D_new + beta * D_old
+        if not (a_new > 0.0 if scalar else np.all(a_new > 0.0)):
+            raise ValueError(
+                f"the {assumption!r} model recursion left r^2 > 0 at step {n + 1} "
+                f"(lr={eta}, momentum={beta}, weight_decay={k}); the hyper-parameters are "
+                "far from the overdamped regime the model assumes")
+        out[n + 1] = a_new
+        a_old, a, D_old = a, a_new, D_new
+    return out
+
+
+# -- Eq. 19–20: RMSProp ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RMSPropScale:
+    """Result of :func:`rmsprop_scale`: sqrt(G_n), n = 0..N, continuous and discrete."""
+
+    steps: np.ndarray
+    t: np.ndarray
+    sqrt_G_continuous: np.ndarray
+    sqrt_G_discrete: np.ndarray
+    decay_per_step: float
+
+
+def rmsprop_scale(grad_norm2, lr, rho, G0):
+    """Eq. 20: the scale factor sqrt(G) of the paper's scalar RMSProp from a |g_n|² series.
+
+    * continuous: Eq. 19, η dG/dt = −(1−ρ) G + (1−ρ)|g(t)|², solved (Eq. 20) with |g|²
+      held over each step [nη, (n+1)η); evaluated as the EMA
+      G_{n+1} = e^{−(1−ρ)} G_n + (1 − e^{−(1−ρ)}) |g_n|² (decay e^{−(1−ρ)} per step,
+      rate (1−ρ)/η per unit time);
+    * discrete: the rule itself, G_{n+1} = ρ G_n + (1−ρ)|g_n|².
+
+    The two differ by ρ vs e^{−(1−ρ)}, i.e. O((1−ρ)²) per step.
+
+    Parameters
+    ----------
+    grad_norm2 : (N,) or (N, B) array_like
+        |g_n|², n = 0..N−1 (for the unit-norm run of the correspondence, |ĝ_n|²).
+    lr : float > 0
+        η of the RMSProp run (only sets t = nη).
+    rho : float in [0, 1)
+    G0 : float or (B,) array ≥ 0
+
+    Returns
+    -------
+    RMSPropScale
+    """
+    g2 = V.as_float_array("grad_norm2", grad_norm2)
+    if g2.ndim not in (1, 2) or (g2 < 0).any():
+        raise ValueError("grad_norm2 must be a non-negative (N,) or (N, B) array, got "
+                         f"shape {g2.shape}")
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    rho = V.as_scalar("rho", rho, lo=0.0, hi=1.0, hi_open=True)
+    G0 = _param("G0", G0, lo=0.0)
+    if G0.ndim > 1 or (G0.ndim == 1 and (g2.ndim != 2 or G0.shape[0] != g2.shape[1])):
+        raise ValueError(f"G0 must be a scalar or one value per block, got shape {G0.shape}")
+    lam = float(np.exp(-(1.0 - rho)))
+    cont = _ema(g2, lam, 1.0 - lam, G0)
+    disc = _ema(g2, rho, 1.0 - rho, G0)
+    steps = np.arange(g2.shape[0] + 1)
+    return RMSPropScale(steps, eta * steps, np.sqrt(cont), np.sqrt(disc), lam)
+
+
+@dataclass(frozen=True)
+class EquivalentRMSProp:
+    """Scalar-RMSProp hyper-parameters matching SGD on a scale-invariant block."""
+
+    lr: float
+    rho: float
+    G0: float
+
+
+def equivalent_rmsprop(lr, momentum, weight_decay, r0, assumption="coherent"):
+    """The scalar RMSProp (η', ρ, G0) equivalent to SGD(η, β, k) with BatchNorm.
+
+    Matches, step for step, RMSProp's effective learning rate η'/sqrt(G_n) on a unit-norm
+    block to SGD's η/((1−β) r_n²), by matching Eq. 17 (per step: decay, prefactor,
+    initial value) with Eq. 20 term by term (docs/theory.md §5)::
+
+        ρ  = 1 − 4ηk/(1−β)                       (equal per-step decay)
+        η' = sqrt(2ηk/((1+β)κ)) / (1−β)          (coherent: sqrt(2ηk/(1+β)))
+        G0 = 2k r0⁴ / ((1+β) η κ)                (coherent: 2k(1−β)² r0⁴/((1+β)η))
+
+    so that G_n = (η'(1−β)/η)² r⁴_n for every n.  The match is exact between the
+    per-step (Euler) forms of both recursions and between the continuous forms (then the
+    decay is e^{−(1−ρ)} = e^{−4ηk/(1−β)} per step in both).
+
+    Parameters
+    ----------
+    lr, momentum : float
+        SGD's η > 0, β in [0, 1).
+    weight_decay : float > 0
+        k; needs 4ηk/(1−β) ≤ 1 (else ρ < 0).
+    r0 : float > 0
+        |q_0| of the SGD run.
+    assumption : {"coherent", "uncorrelated", "alternating"}
+
+    Returns
+    -------
+    EquivalentRMSProp
+        (lr, rho, G0); time for RMSProp counts its own steps one for one with SGD's.
+
+    Examples
+    --------
+    >>> e = equivalent_rmsprop(0.1, 0.9, 5e-4, 1.0)
+    >>> round(e.lr, 6), round(e.rho, 6)
+    (0.007255, 0.998)
+    """
+    eta = V.as_scalar("lr", lr, lo=0.0, lo_open=True)
+    beta = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    try:
+        k = V.as_scalar("weight_decay", weight_decay, lo=0.0, lo_open=True)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (k = 0 gives rho = 1: no equivalent RMSProp)") from None
+    r0 = V.as_scalar("r0", r0, lo=0.0, lo_open=True)
+    kappa = _gain(beta, _check_assumption(assumption))
+    one_minus_rho = 4.0 * eta * k / (1.0 - beta)
+    if one_minus_rho > 1.0:
+        raise ValueError(f"4*lr*weight_decay/(1-momentum) = {one_minus_rho:g} > 1 gives "
+                         "rho < 0: no equivalent RMSProp (weight decay too strong)")
+    lr_eq = np.sqrt(2.0 * eta * k / ((1.0 + beta) * kappa)) / (1.0 - beta)
+    G0 = 2.0 * k * r0 ** 4 / ((1.0 + beta) * eta * kappa)
+    return EquivalentRMSProp(float(lr_eq), 1.0 - one_minus_rho, float(G0))
+
+
+# -- measured series helpers ------------------------------------------------------------------
+def _rows(name, q):
+    q = V.as_float_array(name, q)
+    if q.ndim != 2 or q.shape[0] < 2:
+        raise ValueError(f"{name} must be a (R, d) array of at least 2 recorded rows, got "
+                         f"shape {q.shape}")
+    return q
+
+
+def step_norm2(q):
+    """|q_{n+1} − q_n|² between successive recorded rows (record_every=1: |Δ_{n+1}|²).
+
+    Parameters
+    ----------
+    q : (R, d) array_like
+        Recorded parameters of one block (e.g. ``res.q[:, pot.blocks["w"]]``).
+
+    Returns
+    -------
+    (R−1,) ndarray
+    """
+    q = _rows("q", q)
+    return np.sum(np.diff(q, axis=0) ** 2, axis=1)
+
+
+def angular_updates(q):
+    """Chord |q̂_{n+1} − q̂_n| between successive recorded rows, q̂ = q/|q|.
+
+    The quantity :func:`steady_angular_update` predicts (the angle is
+    2 arcsin(chord/2) = chord·(1 + chord²/24 + …)).
+
+    Parameters
+    ----------
+    q : (R, d) array_like
+
+    Returns
+    -------
+    (R−1,) ndarray
+    """
+    q = _rows("q", q)
+    n = np.linalg.norm(q, axis=1)
+    if not np.all(n > 0):
+        raise ValueError("q has a row of zero norm: its direction is undefined")
+    qh = q / n[:, None]
+    return np.linalg.norm(np.diff(qh, axis=0), axis=1)
