@@ -5,6 +5,8 @@ with known symmetries (``potentials``), and the conversions between discrete rul
 continuous Lagrangian models of Tanaka & Kunin (``conventions``).
 """
 from . import charges, conventions, errors, mirror, potentials, rules, symmetry
+from . import models
+from .integrate import integrate
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
@@ -13,4 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
            "mirror",
-           "symmetry", "errors", "DivergenceWarning", "NoetherWarning", "__version__"]
+           "symmetry", "errors", "integrate", "models", "DivergenceWarning", "NoetherWarning",
+           "__version__"]
