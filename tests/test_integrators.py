@@ -285,11 +285,12 @@ def test_m2_exact_equals_m1_in_polar_coordinates(method):
 
 
 def test_m2_reduced_differs_by_amount_shrinking_with_m():
-    """The paper's Eq. 15 drops 2m(ṙ/r)q̂̇: the trajectories differ by O(m) (measured)."""
+    """The paper's Eq. 15 drops 2m(ṙ/r)q̂̇: the trajectories differ by an amount that
+    shrinks with m (measured: max|Δq| ≈ 4.6, 1.4, 0.48, 0.16, 0.053, slope ≈ 1.6)."""
     pot, _ = _rayleigh(5, 0)
     rng = np.random.default_rng(10)
     y0 = RadialAngular.from_cartesian(rng.standard_normal(5), np.zeros(5))
-    ms = np.array([0.4, 0.2, 0.1, 0.05])
+    ms = np.array([0.4, 0.2, 0.1, 0.05, 0.025])
     diffs = []
     for m in ms:
         a, b = (nc.integrate(RadialAngular(pot, m, 0.3, 0.05, reduced=red), y0, t_end=5.0,
@@ -297,8 +298,10 @@ def test_m2_reduced_differs_by_amount_shrinking_with_m():
         diffs.append(np.abs(a.q - b.q).max())
     diffs = np.array(diffs)
     assert np.all(np.diff(diffs) < 0)
-    assert diffs[-1] < diffs[0] / 4
-    assert diffs[0] > 1e-3                          # a real difference, not round-off
+    # at least first order in m (the dropped term is O(m)); the integrator error at
+    # h = 0.002 (~1e-9) is far below the smallest difference
+    assert _slope(ms, diffs) > 1.0
+    assert diffs[-1] > 1e-3
 
 
 # -- compiled kernel == NumPy twin (SPEC §5 "Agreement") ------------------------------------
