@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _validation as V
 from .conventions import to_continuous
+from .mirror import MIRRORS, MirrorMap
 from .potentials import Potential
 
 __all__ = ["Model", "Damped", "GradientFlow", "RadialAngular", "Bregman", "Schedule",
@@ -30,7 +31,6 @@ __all__ = ["Model", "Damped", "GradientFlow", "RadialAngular", "Bregman", "Sched
 _DAMPED, _RADANG, _BREGMAN, _GFLOW = range(4)
 _SPLIT = ("conformal-euler", "conformal-verlet", "conformal-yoshida4")
 _RK = ("rk4", "dopri5")
-MIRRORS = ("euclidean", "diagonal", "pnorm", "entropy")
 
 
 def _potential(p):
@@ -298,7 +298,7 @@ class Bregman(Model):
     ----------
     potential : Potential
     schedule : Schedule or (exp_alpha, exp_alpha_beta, gamma_dot) tuple of callables
-    mirror : {"euclidean", "diagonal", "pnorm", "entropy"}
+    mirror : {"euclidean", "diagonal", "pnorm", "entropy"} or noether_core.mirror.MirrorMap
         Separable h: ½|x|², ½Σ Dᵢxᵢ², (1/p)Σ|xᵢ|^p, Σ xᵢ log xᵢ (needs q > 0).
     D : (d,) positive array for ``mirror="diagonal"``;  p : float > 1 for ``"pnorm"``.
 
@@ -320,25 +320,20 @@ class Bregman(Model):
                             "tuple of three callables (exp_alpha, exp_alpha_beta, "
                             f"gamma_dot), got {type(schedule).__name__}")
         self.schedule = schedule
-        if mirror not in MIRRORS:
-            raise ValueError(f"mirror must be one of {MIRRORS}, got {mirror!r}")
-        self.mirror = mirror
-        d = self.potential.dim
-        if mirror == "diagonal":
-            if D is None:
-                raise ValueError("mirror='diagonal' needs D (the positive diagonal of h)")
-            D = V.as_float_array("D", D, shape=(d,))
-            if np.any(D <= 0):
-                raise ValueError(f"D must be positive, got min {D.min()}")
-        elif D is not None:
-            raise ValueError(f"D is only used with mirror='diagonal', not {mirror!r}")
-        if mirror == "pnorm":
-            if p is None:
-                raise ValueError("mirror='pnorm' needs p > 1")
-            p = V.as_scalar("p", p, lo=1.0, lo_open=True)
-        elif p is not None:
-            raise ValueError(f"p is only used with mirror='pnorm', not {mirror!r}")
-        self.D, self.p = D, p
+        if isinstance(mirror, MirrorMap):
+            if D is not None or p is not None:
+                raise ValueError("pass D/p inside the MirrorMap, not next to it")
+            mm = mirror
+        else:
+            if mirror != "diagonal" and D is not None:
+                raise ValueError(f"D is only used with mirror='diagonal', not {mirror!r}")
+            if mirror != "pnorm" and p is not None:
+                raise ValueError(f"p is only used with mirror='pnorm', not {mirror!r}")
+            mm = MirrorMap(mirror, D=D, p=p)
+        if mm.name == "diagonal" and mm.D.shape != (self.potential.dim,):
+            raise ValueError(f"D must have shape ({self.potential.dim},), got {mm.D.shape}")
+        self.mirror_map = mm
+        self.mirror, self.D, self.p = mm.name, mm.D, mm.p
 
     def _hp(self):
         sched = {"nesterov": 0, "damped": 1}.get(self.schedule.name, -1)
@@ -348,39 +343,18 @@ class Bregman(Model):
     def _mirror_D(self):
         return np.zeros(0) if self.D is None else self.D
 
-    # the separable mirror map, elementwise (NumPy)
+    # the separable mirror map, elementwise (noether_core.mirror)
     def grad_h(self, x):
         """∇h(x)."""
-        x = np.asarray(x, dtype=float)
-        if self.mirror == "euclidean":
-            return x.copy()
-        if self.mirror == "diagonal":
-            return self.D * x
-        if self.mirror == "pnorm":
-            return np.sign(x) * np.abs(x) ** (self.p - 1.0)
-        return np.log(x) + 1.0
+        return self.mirror_map.grad(x)
 
     def grad_h_inv(self, y):
         """∇h*(y) = (∇h)^{-1}(y)."""
-        y = np.asarray(y, dtype=float)
-        if self.mirror == "euclidean":
-            return y.copy()
-        if self.mirror == "diagonal":
-            return y / self.D
-        if self.mirror == "pnorm":
-            return np.sign(y) * np.abs(y) ** (1.0 / (self.p - 1.0))
-        return np.exp(y - 1.0)
+        return self.mirror_map.grad_conj(y)
 
     def hess_h(self, x):
         """The diagonal of ∇²h(x)."""
-        x = np.asarray(x, dtype=float)
-        if self.mirror == "euclidean":
-            return np.ones_like(x)
-        if self.mirror == "diagonal":
-            return np.broadcast_to(self.D, x.shape).copy()
-        if self.mirror == "pnorm":
-            return (self.p - 1.0) * np.abs(x) ** (self.p - 2.0)
-        return 1.0 / x
+        return self.mirror_map.hess_diag(x)
 
     def state(self, q, qdot, t0):
         """y0 = (q, P) with P = ∇h(q + e^{−α(t0)} q̇) − ∇h(q) (Eq. 10)."""
