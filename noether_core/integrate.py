@@ -332,9 +332,14 @@ def _slow_path(model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rt
     """A user Bregman schedule (Python callables): the NumPy reference integrator."""
     from noether_ref import integrators as ref
 
+    calls = [0]
+
+    def grad(q):
+        calls[0] += 1
+        return model.potential.grad(q)
+
     spec = {"kind": "bregman", "schedule": model.schedule, "mirror": model.mirror,
-            "D": model.D, "p": model.p, "grad": model.potential.grad}
-    nfev0 = 0
+            "D": model.D, "p": model.p, "grad": grad}
     if method == "rk4":
         t, Y = ref.integrate(spec, y, "rk4", t0, h, n_steps, record_every)
         status, n_acc, n_rej = _ST_OK, n_steps, 0
@@ -348,7 +353,7 @@ def _slow_path(model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rt
     rec_t[:rows] = t
     rec_y[:rows] = Y
     y[:] = Y[-1]
-    return status, rows, float(t[-1]), nfev0, n_acc, n_rej
+    return status, rows, float(t[-1]), calls[0], n_acc, n_rej
 
 
 
