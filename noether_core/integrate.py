@@ -1,0 +1,548 @@
+"""``integrate``: one compiled call integrates one trajectory of a continuous model.
+
+Methods (docs/integrators.md derives each one):
+
+====================  =====  ==============================================================
+method                order  what it is
+====================  =====  ==============================================================
+conformal-euler       1      Lie splitting damping∘kick∘drift; on M1 it IS heavy ball
+                             (β = e^{−μh/m}, η = h²/m, SPEC §1).  M1, M2.
+conformal-verlet      2      Strang splitting, damping flow solved exactly.  M1, M2.
+conformal-yoshida4    4      Yoshida's triple-jump composition of conformal-verlet.  M1, M2.
+euler                 1      explicit Euler = gradient descent (lr = h/μ).  M4 only.
+rk4                   4      classical Runge–Kutta.  Every model.
+dopri5                5(4)   adaptive Dormand–Prince, rtol/atol, exact output at t_eval.
+====================  =====  ==============================================================
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validation as V
+from ._kernels import integrators as _ki
+from .errors import DivergenceWarning
+from .models import Model, RadialAngular, Bregman, Damped, GradientFlow
+
+__all__ = ["integrate", "IntegrateResult", "IntegrationError", "METHODS", "noether_terms",
+           "NoetherTerms"]
+
+METHODS = ("conformal-euler", "conformal-verlet", "conformal-yoshida4", "euler", "rk4",
+           "dopri5")
+_METHOD_CODE = {"conformal-euler": 0, "euler": 0, "conformal-verlet": 1,
+                "conformal-yoshida4": 2, "rk4": 3, "dopri5": 4}
+_ORDER = {"conformal-euler": 1, "euler": 1, "conformal-verlet": 2, "conformal-yoshida4": 4,
+          "rk4": 4, "dopri5": 5}
+_ST_OK, _ST_NONFINITE, _ST_UNDERFLOW, _ST_MAX_STEPS, _ST_RADIUS = range(5)
+
+#: tolerance of the M2 constraint check on y0 (|q̂0| = 1, ⟨q̂0, q̂̇0⟩ = 0)
+CONSTRAINT_TOL = 1e-10
+#: refuse recording requests above this many bytes
+DEFAULT_MAX_RECORD_BYTES = 2 * 2**30
+
+
+class IntegrationError(RuntimeError):
+    """The adaptive integrator could not reach t_end (step-size underflow or max_steps).
+
+    ``.result`` holds the partial :class:`IntegrateResult` (rows recorded so far).
+    """
+
+    def __init__(self, msg, result=None):
+        super().__init__(msg)
+        self.result = result
+
+
+@dataclass(eq=False)
+class IntegrateResult:
+    """A trajectory of a model.
+
+    Attributes
+    ----------
+    t : (R,) array
+        Recorded times.
+    y : (R, n) array
+        Recorded states (layout of the model: M1 (q, q̇); M2 (r, ṙ, q̂, q̂̇); M3 (q, P);
+        M4 q).
+    y_final, t_final
+        State and time after the last step taken.
+    nfev : int
+        Gradient evaluations.
+    n_steps, n_rejected : int
+        Accepted / rejected steps.
+    h : float or None
+        Step size used by a fixed-step method (may be T/N, slightly below the h asked,
+        so that N steps reach t_end exactly).
+    diverged : bool
+        True if a non-finite state (or r ≤ 0 in M2) stopped the run; ``message`` says.
+    """
+
+    model: Model
+    method: str
+    t: np.ndarray
+    y: np.ndarray
+    y_final: np.ndarray
+    t_final: float
+    nfev: int
+    n_steps: int
+    n_rejected: int
+    h: float | None
+    diverged: bool = False
+    message: str = "ok"
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def order(self) -> int:
+        return _ORDER[self.method]
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def q(self) -> np.ndarray:
+        """Parameters q (Cartesian, q = r q̂ for M2)."""
+        d = self.model.dim
+        if isinstance(self.model, RadialAngular):
+            return self.model.to_cartesian(self.y)[0]
+        return self.y[:, :d]
+
+    @property
+    def v(self) -> np.ndarray:
+        """Velocity q̇ (Cartesian).  M3: e^α(∇h*(∇h(q)+P) − q); M4: the vector field."""
+        m, d = self.model, self.model.dim
+        if isinstance(m, Damped):
+            return self.y[:, d:]
+        if isinstance(m, RadialAngular):
+            return m.to_cartesian(self.y)[1]
+        if isinstance(m, Bregman):
+            return m.velocity(self.t, self.y)
+        return np.array([-(m.potential.grad(q) + m.k * q) / m.mu for q in self.y])
+
+    def _radang(self, sl):
+        if not isinstance(self.model, RadialAngular):
+            raise AttributeError(f"only RadialAngular has polar coordinates, not "
+                                 f"{type(self.model).__name__}")
+        return self.y[:, sl]
+
+    @property
+    def r(self):
+        return self._radang(0)
+
+    @property
+    def rdot(self):
+        return self._radang(1)
+
+    @property
+    def qhat(self):
+        return self._radang(slice(2, 2 + self.model.dim))
+
+    @property
+    def qhatdot(self):
+        return self._radang(slice(2 + self.model.dim, None))
+
+    @property
+    def P(self):
+        """Δ_h (Eq. 10) of a Bregman trajectory."""
+        if not isinstance(self.model, Bregman):
+            raise AttributeError("P is the state of Bregman models only")
+        return self.y[:, self.model.dim:]
+
+    def noether_terms(self, family, block=None, *, omega=None, direction=None):
+        """The terms of Eq. 9 along this trajectory: see :func:`noether_terms`."""
+        return noether_terms(self, family, block, omega=omega, direction=direction)
+
+    def __repr__(self):
+        flag = f", {self.message}" if self.diverged else ""
+        return (f"IntegrateResult({type(self.model).__name__}, {self.method}, "
+                f"rows={len(self.t)}, t_final={self.t_final:g}{flag})")
+
+
+def _check_radang_y0(model, y, project):
+    d = model.dim
+    if y[0] <= 0.0:
+        raise ValueError(f"y0[0] (the radius r) must be > 0, got {y[0]}")
+    u, w = y[2:2 + d], y[2 + d:]
+    nu = float(np.linalg.norm(u))
+    uw = float(u @ w)
+    wn = float(np.linalg.norm(w))
+    off = abs(nu - 1.0) > CONSTRAINT_TOL or abs(uw) > CONSTRAINT_TOL * max(1.0, wn)
+    if off and not project:
+        raise ValueError(
+            f"y0 violates the constraint of RadialAngular: |q̂0| = {nu!r} (must be 1) and "
+            f"<q̂0, q̂̇0> = {uw!r} (must be 0), tolerance {CONSTRAINT_TOL}; pass "
+            "project=True to project y0 onto the constraint, or build y0 with "
+            "RadialAngular.from_cartesian(q, v)")
+    if nu == 0.0:
+        raise ValueError("y0's direction q̂0 is zero and cannot be projected")
+    # project always: within tolerance this changes y0 by at most CONSTRAINT_TOL
+    u = u / nu
+    y[2:2 + d] = u
+    y[2 + d:] = w - (u @ w) * u
+
+
+def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eval=None,
+              rtol=1e-6, atol=1e-9, max_steps=100_000, project=False,
+              max_record_bytes=DEFAULT_MAX_RECORD_BYTES) -> IntegrateResult:
+    """Integrate ``model`` from ``y0`` at ``t0`` to ``t_end`` in one compiled call.
+
+    Parameters
+    ----------
+    model : Damped, RadialAngular, Bregman or GradientFlow
+    y0 : (n,) array_like
+        Initial state in the model's layout (see :mod:`noether_core.models`).
+    t_end : float ≥ t0
+    h : float > 0
+        Step size (fixed-step methods, required); initial trial step for dopri5 (default:
+        automatic).  If (t_end − t0)/h is not an integer N (to 1e-9 relative), the step
+        is reduced to (t_end − t0)/ceil(...) and reported in ``result.h``.
+    method : str
+        One of ``model.methods`` (table in the module docstring).
+    record_every : int ≥ 1
+        Record every record_every-th step (fixed-step) / accepted step (dopri5 without
+        t_eval; the final state is then always recorded).
+    t0 : float
+        Initial time (matters for time-dependent Bregman schedules; Nesterov needs t0 > 0).
+    t_eval : array_like, optional (dopri5 only)
+        Sorted times in [t0, t_end] at which to record; the integrator lands exactly on
+        each of them (no interpolation).
+    rtol, atol : float > 0 (dopri5)
+    max_steps : int ≥ 1 (dopri5)
+        Bound on attempted steps; reaching it raises :class:`IntegrationError`.
+    project : bool
+        M2 only: project y0 onto |q̂| = 1, ⟨q̂, q̂̇⟩ = 0 instead of refusing it.
+
+    Returns
+    -------
+    IntegrateResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input (naming the argument).
+    IntegrationError
+        dopri5 step-size underflow or max_steps reached (the partial result attached).
+
+    Notes
+    -----
+    The loop runs without the GIL, allocates nothing per step and evaluates the gradient
+    once per step for the conformal methods (4 for rk4, 6 per accepted dopri5 step).
+    A non-finite state stops the run with a :class:`DivergenceWarning`.
+    """
+    if not isinstance(model, Model):
+        raise TypeError("model must be a noether_core.models model (Damped, RadialAngular,"
+                        f" Bregman, GradientFlow), got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in model.methods:
+        raise ValueError(f"method {method!r} is not valid for {type(model).__name__}; "
+                         f"valid methods: {model.methods}")
+    n = model.state_size
+    y = V.as_float_array("y0", y0, shape=(n,))
+    t0 = V.as_scalar("t0", t0)
+    t_end = V.as_scalar("t_end", t_end)
+    if t_end < t0:
+        raise ValueError(f"t_end must be >= t0 = {t0}, got {t_end}")
+    record_every = V.as_int("record_every", record_every, lo=1)
+    project = V.as_bool("project", project)
+    if isinstance(model, RadialAngular):
+        _check_radang_y0(model, y, project)
+    elif project:
+        raise ValueError("project=True is only meaningful for RadialAngular models")
+    if isinstance(model, Bregman):
+        if model.schedule.name == "nesterov" and t0 <= 0.0:
+            raise ValueError(f"the Nesterov schedule is singular at t = 0 (e^α = n/t): "
+                             f"t0 must be > 0, got t0={t0}")
+        if model.mirror == "entropy" and np.any(y[:model.dim] <= 0):
+            raise ValueError("q0 (y0[:d]) must be positive for the entropy mirror map")
+
+    adaptive = method == "dopri5"
+    T = t_end - t0
+    if adaptive:
+        rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
+        atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
+        max_steps = V.as_int("max_steps", max_steps, lo=1)
+        h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
+        if t_eval is not None:
+            t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
+            if np.any(np.diff(t_eval) < 0):
+                raise ValueError("t_eval must be sorted in increasing order")
+            if t_eval[0] < t0 or t_eval[-1] > t_end:
+                raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
+                                 f"[{t_eval[0]}, {t_eval[-1]}]")
+            n_rec = len(t_eval)
+        else:
+            t_eval = np.zeros(0)
+            n_rec = max_steps // record_every + 2
+        n_steps = 0
+    else:
+        if t_eval is not None:
+            raise ValueError(f"t_eval is only supported by method='dopri5', not {method!r}")
+        if h is None:
+            raise ValueError(f"method {method!r} needs a step size h > 0")
+        h = V.as_scalar("h", h, lo=0.0, lo_open=True)
+        N = round(T / h)
+        if abs(N * h - T) > 1e-9 * max(T, h):
+            N = math.ceil(T / h)
+            h = T / N
+        n_steps = int(N)
+        n_rec = n_steps // record_every + 1
+        t_eval = np.zeros(0)
+    need = n_rec * (n + 1) * 8
+    if need > max_record_bytes:
+        raise MemoryError(f"recording {n_rec} rows of {n} numbers needs "
+                          f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
+                          "raise record_every (or pass t_eval)")
+    rec_t = np.empty(n_rec)
+    rec_y = np.empty((n_rec, n))
+
+    if isinstance(model, Bregman) and not model.schedule.compiled:
+        status, rows, t_final, nfev, n_acc, n_rej = _slow_path(
+            model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rtol, atol,
+            max_steps, rec_t, rec_y)
+    else:
+        status, rows, _done, t_final, nfev, n_acc, n_rej = _ki.integrate_kernel(
+            model.kind, model._hp(), model.potential._kernel, model._mirror_D(), y,
+            _METHOD_CODE[method], t0, h, n_steps, record_every, t_eval, t_end,
+            rtol, atol, max_steps, rec_t, rec_y)
+    res = IntegrateResult(model=model, method=method, t=rec_t[:rows].copy(),
+                          y=rec_y[:rows].copy(), y_final=y, t_final=float(t_final),
+                          nfev=int(nfev), n_steps=int(n_acc), n_rejected=int(n_rej),
+                          h=None if adaptive else h)
+    if status in (_ST_NONFINITE, _ST_RADIUS):
+        res.diverged = True
+        res.message = ("non-finite state" if status == _ST_NONFINITE else
+                       "the radius r reached 0 (the polar coordinates break down)")
+        warnings.warn(f"{method} on {type(model).__name__} stopped at t={res.t_final:g}: "
+                      f"{res.message}", DivergenceWarning, stacklevel=2)
+    elif status == _ST_UNDERFLOW:
+        res.message = "step size underflow"
+        raise IntegrationError(
+            f"dopri5: the step size underflowed at t={res.t_final!r} (rtol={rtol}, "
+            f"atol={atol}): the problem is too stiff or singular there", res)
+    elif status == _ST_MAX_STEPS:
+        res.message = "max_steps reached"
+        raise IntegrationError(
+            f"dopri5: max_steps={max_steps} attempted steps reached at t={res.t_final!r} "
+            f"before t_end={t_end}; raise max_steps or loosen rtol/atol", res)
+    return res
+
+
+def _slow_path(model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rtol, atol,
+               max_steps, rec_t, rec_y):
+    """A user Bregman schedule (Python callables): the NumPy reference integrator."""
+    from noether_ref import integrators as ref
+
+    calls = [0]
+
+    def grad(q):
+        calls[0] += 1
+        return model.potential.grad(q)
+
+    spec = {"kind": "bregman", "schedule": model.schedule, "mirror": model.mirror,
+            "D": model.D, "p": model.p, "grad": grad}
+    if method == "rk4":
+        t, Y = ref.integrate(spec, y, "rk4", t0, h, n_steps, record_every)
+        status, n_acc, n_rej = _ST_OK, n_steps, 0
+    else:
+        t, Y, st = ref.dopri5(spec, y, t0, t_end, h, rtol, atol, max_steps,
+                              t_eval if len(t_eval) else None, record_every)
+        status = {"ok": _ST_OK, "nonfinite": _ST_NONFINITE, "underflow": _ST_UNDERFLOW,
+                  "max_steps": _ST_MAX_STEPS}[st]
+        n_acc, n_rej = len(t) - 1, 0
+    rows = len(t)
+    rec_t[:rows] = t
+    rec_y[:rows] = Y
+    y[:] = Y[-1]
+    return status, rows, float(t[-1]), calls[0], n_acc, n_rej
+
+
+
+# -----------------------------------------------------------------------------------------
+# Noether's learning dynamics along a trajectory (Eq. 9, SPEC §3)
+
+@dataclass(eq=False)
+class NoetherTerms:
+    """The terms of Eq. 9 at the recorded rows of a trajectory.
+
+    ``dJdt + dissipation = dynamic_asymmetry + metric − potential`` with
+
+    ==================  ==========================================================
+    J                   ⟨Δ_h, ξ(q)⟩, the Noether charge (Δ_h of Eq. 10)
+    dJdt                dJ/dt = ⟨Δ̇_h, ξ⟩ + ⟨Δ_h, Dξ(q)q̇⟩, Δ̇_h from the model's own
+                        vector field at the recorded state
+    dissipation         γ̇ J
+    dynamic_asymmetry   ⟨Δ_h, Dξ(q) q̇⟩ (= ⟨Δ_h, ∂_s Q̇⟩)
+    metric              e^α ⟨Δ_h − e^{−α}∇²h(q) q̇, ξ⟩ (zero for Euclidean h)
+    potential           e^{α+β} ⟨∇V(q), ξ⟩ (V = f + k|q|²/2; zero for a symmetric V)
+    residual            dJdt + dissipation − dynamic_asymmetry − metric + potential
+    ==================  ==========================================================
+
+    ``residual`` vanishes to round-off wherever the model is an Euler–Lagrange system of
+    the Bregman Lagrangian (M1, M2-exact, M3); for the paper's reduced M2 it measures what
+    the dropped coupling breaks.  ``integrated_residual`` is the time-integrated balance
+    J(t) − J(t0) − ∫(dynamic_asymmetry + metric − potential − dissipation) dt with the
+    integral by a 6-point interpolatory rule on the recorded grid (global error O(Δt⁶)):
+    it tends to 0 with the integrator's order — the check that the *numerical* trajectory
+    obeys Eq. 9.
+    """
+
+    t: np.ndarray
+    J: np.ndarray
+    dJdt: np.ndarray
+    dissipation: np.ndarray
+    dynamic_asymmetry: np.ndarray
+    metric: np.ndarray
+    potential: np.ndarray
+    residual: np.ndarray
+    integrated_residual: np.ndarray
+
+
+def _cumulative_quad(t, f, npts=6):
+    """∫_{t0}^{t_i} f dt at every grid point, each interval [t_i, t_{i+1}] integrated
+    exactly for the degree-5 polynomial through the ``npts`` nearest points (any grid;
+    global error O(Δt⁶) for smooth f).  Fewer points: trapezoid."""
+    R = len(t)
+    out = np.zeros(R)
+    if R < npts:
+        out[1:] = np.cumsum(0.5 * np.diff(t) * (f[1:] + f[:-1]))
+        return out
+    i = np.arange(R - 1)
+    j0 = np.clip(i - (npts // 2 - 1), 0, R - npts)
+    idx = j0[:, None] + np.arange(npts)[None, :]                    # (R-1, npts)
+    c = 0.5 * (t[i] + t[i + 1])
+    s = 0.5 * (t[i + 1] - t[i])
+    x = (t[idx] - c[:, None]) / s[:, None]                          # stencil in [-a, a]
+    Vt = x[:, None, :] ** np.arange(npts)[None, :, None]            # (R-1, k, j): x_j^k
+    k = np.arange(npts)
+    mom = np.where(k % 2 == 0, 2.0 / (k + 1), 0.0)                  # ∫_{-1}^{1} x^k dx
+    w = np.linalg.solve(Vt, np.broadcast_to(mom, (R - 1, npts))[..., None])[..., 0]
+    out[1:] = np.cumsum(s * np.sum(w * f[idx], axis=1))
+    return out
+
+
+def _find_symmetry(potential, family, block, direction, omega):
+    from .symmetry import FAMILIES, Symmetry
+    if isinstance(family, Symmetry):
+        return family
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES} or a Symmetry, got {family!r}")
+    blocks = None if block is None else ((block,) if isinstance(block, str) else
+                                         tuple(block))
+    for s in potential.symmetries:
+        if s.family == family and (blocks is None or s.blocks == blocks):
+            if direction is not None or omega is not None:
+                return Symmetry(family, s.blocks, s.exact, direction=direction,
+                                omega=omega, note=s.note)
+            return s
+    if blocks is None:
+        raise ValueError(f"{type(potential).__name__} declares no {family!r} symmetry; "
+                         "pass block= (and direction=/omega=) to evaluate the terms anyway")
+    for b in blocks:
+        if b not in potential.blocks:
+            raise ValueError(f"no block {b!r}; blocks: {list(potential.blocks)}")
+    dirn = None if direction is None else V.as_float_array(
+        "direction", direction, shape=(len(potential.blocks[blocks[0]]),))
+    return Symmetry(family, blocks, direction=dirn, omega=omega)
+
+
+def _Dxi(sym, qdot, blocks, omega):
+    """Dξ(q) q̇ (ξ is linear in q for every family, so this is ξ evaluated at q̇ minus the
+    constant part of a translation)."""
+    from .symmetry import generator
+    if sym.family == "translation":
+        return np.zeros_like(qdot)
+    return generator(sym, qdot, blocks, omega)
+
+
+def _ref_spec(model):
+    """The NumPy reference description of a model (gradient from the compiled potential)."""
+    s = {"grad": model.potential.grad}
+    if isinstance(model, Damped):
+        s.update(kind="damped", m=model.m, mu=model.mu, k=model.k)
+    elif isinstance(model, RadialAngular):
+        s.update(kind="radang", m=model.m, mu=model.mu, k=model.k, reduced=model.reduced)
+    elif isinstance(model, GradientFlow):
+        s.update(kind="gflow", mu=model.mu, k=model.k)
+    else:
+        s.update(kind="bregman", schedule=model.schedule, mirror=model.mirror, D=model.D,
+                 p=model.p)
+    return s
+
+
+def noether_terms(result, family, block=None, *, omega=None, direction=None):
+    """The terms of Noether's learning dynamics (Eq. 9) along a trajectory.
+
+    Parameters
+    ----------
+    result : IntegrateResult
+        A trajectory of Damped (M1), RadialAngular (M2, via q = r q̂) or Bregman (M3).
+    family : {"translation", "scale", "rescale", "rotation"} or Symmetry
+        The symmetry; by default the potential's declared one of that family.
+    block : str or (str, str), optional
+        Block(s) it acts on (needed when the potential declares no such symmetry: the
+        terms are then evaluated for a broken symmetry, and ``potential`` is non-zero).
+    omega : (n, n) skew array, for rotations of an isotropic potential.
+    direction : unit vector over the block, for translations.
+
+    Returns
+    -------
+    NoetherTerms
+
+    Notes
+    -----
+    M1/M2 are the Bregman Lagrangian with Euclidean h, e^α = 1/m, e^{α+β} = 1, γ̇ = μ/m
+    (Table 1, "Natural"), so Δ_h = m q̇ and the metric term is identically 0.  M4 has no
+    kinetic energy: its charge is zero by Eq. 12 and is not offered here.
+    """
+    from noether_ref import integrators as ref
+    from .symmetry import generator
+
+    model = result.model
+    if isinstance(model, GradientFlow):
+        raise ValueError("GradientFlow (M4) has no kinetic energy: Eq. 12 gives J = 0; "
+                         "noether_terms needs a Damped, RadialAngular or Bregman trajectory")
+    pot = model.potential
+    sym = _find_symmetry(pot, family, block, direction, omega)
+    om = omega if omega is not None else sym.omega
+    t = result.t
+    spec = _ref_spec(model)
+    R = len(t)
+    out = {k: np.empty(R) for k in ("J", "dJdt", "dissipation", "dynamic_asymmetry",
+                                    "metric", "potential")}
+    q_all, qd_all = result.q, result.v
+    for i in range(R):
+        q, qd = q_all[i], qd_all[i]
+        xi = generator(sym, q, pot.blocks, om)
+        dxi = _Dxi(sym, qd, pot.blocks, om)
+        if isinstance(model, Bregman):
+            ea, eab, gd = model.schedule(float(t[i]))
+            Dh = result.y[i, model.dim:]
+            Pdot = ref.rhs(spec, float(t[i]), result.y[i])[model.dim:]
+            gV = pot.grad(q)
+            metric = ea * ((Dh - model.hess_h(q) * qd / ea) @ xi)
+        else:
+            ea, eab, gd = 1.0 / model.m, 1.0, model.mu / model.m
+            Dh = model.m * qd
+            if isinstance(model, RadialAngular):
+                dy = ref.rhs(spec, float(t[i]), result.y[i])
+                d = model.dim
+                r, rd, u, w = result.y[i, 0], result.y[i, 1], result.y[i, 2:2 + d], \
+                    result.y[i, 2 + d:]
+                qdd = dy[1] * u + 2.0 * rd * w + r * dy[2 + d:]
+            else:
+                qdd = ref.rhs(spec, float(t[i]), result.y[i])[model.dim:]
+            Pdot = model.m * qdd
+            gV = pot.grad(q) + model.k * q
+            metric = 0.0
+        out["J"][i] = Dh @ xi
+        out["dynamic_asymmetry"][i] = Dh @ dxi
+        out["dJdt"][i] = Pdot @ xi + out["dynamic_asymmetry"][i]
+        out["dissipation"][i] = gd * out["J"][i]
+        out["metric"][i] = metric
+        out["potential"][i] = eab * (gV @ xi)
+    rhs_terms = (out["dynamic_asymmetry"] + out["metric"] - out["potential"]
+                 - out["dissipation"])
+    residual = out["dJdt"] - rhs_terms
+    integral = _cumulative_quad(t, rhs_terms)
+    return NoetherTerms(t=t.copy(), residual=residual,
+                        integrated_residual=out["J"] - out["J"][0] - integral, **out)
