@@ -4,7 +4,7 @@ Learning rules as compiled loops matching ``torch.optim`` (``rules``), built-in 
 with known symmetries (``potentials``), and the conversions between discrete rules and the
 continuous Lagrangian models of Tanaka & Kunin (``conventions``).
 """
-from . import conventions, errors, potentials, rules, symmetry
+from . import conventions, datasets, errors, potentials, rules, symmetry
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
