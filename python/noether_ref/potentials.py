@@ -70,7 +70,8 @@ def _bn_backward(dZh, Zh, sd):
 
 
 def _relu(H):
-    return np.where(H > 0.0, H, 0.0)
+    """max(H, 0), letting NaN through (as the kernel does: no silent NaN)."""
+    return np.where(H <= 0.0, 0.0, H)
 
 
 def _squared(P, Y):
