@@ -463,7 +463,7 @@ class BatchNormMLP(Potential):
     >>> X, y = nc.datasets.gaussian_mixture(128, 16, classes=4, seed=0)
     >>> pot = nc.potentials.BatchNormMLP(X, y, widths=(32, 32))
     >>> pot.dim, len(pot.symmetry_blocks("scale"))
-    (1860, 64)
+    (1796, 64)
     >>> q0 = pot.init(seed=0)
     >>> run = nc.train(nc.rules.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), pot, q0,
     ...                200, batch_size=32, seed=0, record_every=200)

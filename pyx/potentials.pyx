@@ -13,6 +13,10 @@ Design
 * The gradient functions ``_c_grad_*`` are ``noexcept nogil``: they assume the facade
   validated shapes and values (noether_core/potentials.py) and report trouble only through
   the returned loss / gradient values (NaN or inf), which the training loop checks.
+* The four network potentials (BatchNormLayer, SoftmaxCrossEntropy, TwoLayer, BatchNormMLP)
+  share one compiled forward/backward pass, ``_c_grad_net``, configured by flags (BN,
+  affine, ReLU, read-out bias, squared or cross-entropy loss); its workspace is one
+  allocation sized for the full N rows, carved into per-layer buffers.
 * Data potentials read the minibatch rows from the :c:type:`BatchView` at the start of
   their workspace (set by the loop with ``set_batch``); rows == NULL means all rows.
   Means are over the rows used, so BatchNorm statistics are minibatch statistics and the
