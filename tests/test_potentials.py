@@ -14,7 +14,6 @@ Random points come from numpy generators seeded by hypothesis-drawn integers, so
 example is a fresh potential (data, sizes) and a fresh point.
 """
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -127,6 +126,13 @@ DATA_NAMES = ["bn_unit", "bn_layer", "softmax", "two_layer-relu", "two_layer-lin
               "bn_mlp"]
 
 
+def _draw(name, seed, minibatch):
+    """A random case of potential ``name`` and its rows (None: full batch), plus the rng."""
+    rng = np.random.default_rng(seed)
+    case = make_case(name, rng)
+    return case, (_rows(case, rng) if minibatch else None), rng
+
+
 def _rows(case, rng):
     """Random distinct minibatch rows (at least min_batch), or None for a data-free pot."""
     n = case.pot.n_data
@@ -157,9 +163,7 @@ KINK_MARGIN = 1e-3
 @pytest.mark.parametrize("name", NAMES)
 @given(seed=SEEDS, minibatch=st.booleans())
 def test_gradient_matches_central_differences(name, seed, minibatch):
-    rng = np.random.default_rng(seed)
-    case = make_case(name, rng)
-    rows = _rows(case, rng) if minibatch else None
+    case, rows, rng = _draw(name, seed, minibatch)
     q = case.q
     if case.pre is not None:
         h = case.pre(q, rows)
@@ -206,9 +210,7 @@ def _check_symmetry(pot, sym, q, rows, s, rng, floor=True):
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "quadratic"])
 @given(seed=SEEDS, minibatch=st.booleans())
 def test_declared_symmetries_hold(name, seed, minibatch):
-    rng = np.random.default_rng(seed)
-    case = make_case(name, rng)
-    rows = _rows(case, rng) if minibatch else None
+    case, rows, rng = _draw(name, seed, minibatch)
     assert case.pot.symmetries, "every built-in but the control declares a symmetry"
     assume(np.isfinite(case.pot.value(case.q, rows=rows)))     # not a 0/0 BatchNorm point
     for sym in case.pot.symmetries:
@@ -232,7 +234,7 @@ def test_control_quadratic_fails_scale(seed):
     rng = np.random.default_rng(seed)
     d = int(rng.integers(1, 7))
     pot = P.Quadratic(_spd(rng, d))
-    pot.blocks  # the control declares a block "q" but no symmetry
+    assert list(pot.blocks) == ["q"]          # the control: a block, but no symmetry
     assert pot.symmetries == ()
     q = rng.standard_normal(d)
     sym = Symmetry("scale", ("q",))
@@ -314,9 +316,7 @@ TWIN_TOL = 1e-12
 @pytest.mark.parametrize("name", NAMES)
 @given(seed=SEEDS, minibatch=st.booleans())
 def test_compiled_equals_numpy_twin(name, seed, minibatch):
-    rng = np.random.default_rng(seed)
-    case = make_case(name, rng)
-    rows = _rows(case, rng) if minibatch else None
+    case, rows, rng = _draw(name, seed, minibatch)
     f, g = case.pot.value_and_grad(case.q, rows=rows)
     with np.errstate(invalid="ignore", divide="ignore"):
         fr, gr = case.ref(case.q, rows)

@@ -92,14 +92,18 @@ def _xent(logits, labels):
     return f, dL / B
 
 
-def batchnorm_layer(q, X, Y, width, eps=0.0, rows=None):
-    """Z = XWᵀ, Ẑ = BN(Z), A = ReLU(Ẑ), P = AVᵀ, f = (1/2B)Σ|P − Y|²; q = [W, V]."""
+def _regression_layers(q, X, Y, n_hidden, rows):
+    """Batch rows of X and Y (as (N, out)), and q split into (n_hidden × D, out × n_hidden)."""
     Y = Y.reshape(Y.shape[0], -1)
     if rows is not None:
         X, Y = X[rows], Y[rows]
     D, out = X.shape[1], Y.shape[1]
-    W = q[:width * D].reshape(width, D)
-    Vm = q[width * D:].reshape(out, width)
+    return X, Y, q[:n_hidden * D].reshape(n_hidden, D), q[n_hidden * D:].reshape(out, n_hidden)
+
+
+def batchnorm_layer(q, X, Y, width, eps=0.0, rows=None):
+    """Z = XWᵀ, Ẑ = BN(Z), A = ReLU(Ẑ), P = AVᵀ, f = (1/2B)Σ|P − Y|²; q = [W, V]."""
+    X, Y, W, Vm = _regression_layers(q, X, Y, width, rows)
     Zh, sd = _bn_forward(X @ W.T, eps)
     A = _relu(Zh)
     f, dP = _squared(A @ Vm.T, Y)
@@ -122,12 +126,7 @@ def softmax_xent(q, X, labels, n_classes, rows=None):
 
 def two_layer(q, X, Y, hidden, activation="relu", rows=None):
     """P = act(XW1ᵀ)W2ᵀ, f = (1/2B)Σ|P − Y|²; q = [W1, W2], relu'(0) = 0."""
-    Y = Y.reshape(Y.shape[0], -1)
-    if rows is not None:
-        X, Y = X[rows], Y[rows]
-    D, out = X.shape[1], Y.shape[1]
-    W1 = q[:hidden * D].reshape(hidden, D)
-    W2 = q[hidden * D:].reshape(out, hidden)
+    X, Y, W1, W2 = _regression_layers(q, X, Y, hidden, rows)
     H = X @ W1.T
     relu = activation == "relu"
     A = _relu(H) if relu else H
