@@ -571,3 +571,21 @@ def test_bn_mlp_scale_balance_under_minibatch_sgd():
         # round-off of a and |Δ|² (sums of a few terms of size a): ~1e-15 a, amplified by
         # the differences; 1e-12 relative to a is a safe bound
         assert np.max(np.abs(lhs - rhs) / a[1:-1]) < 1e-12
+
+
+def test_concurrent_runs_share_a_potential_safely():
+    # each run owns its workspace (new_params): two threads training the same BatchNormMLP
+    # (GIL released in the loop) give bit-identical results to a run alone
+    from concurrent.futures import ThreadPoolExecutor
+    X, y = nc.datasets.gaussian_mixture(96, 5, classes=3, seed=2)
+    pot = P.BatchNormMLP(X, y, (6, 5))
+    rule = nc.rules.SGD(lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def run(seed):
+        return nc.train(rule, pot, pot.init(seed=1), 300, batch_size=16, seed=seed,
+                        record_every=50).q
+
+    alone = [run(s) for s in (0, 1)]
+    with ThreadPoolExecutor(2) as ex:
+        together = list(ex.map(run, (0, 1)))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
