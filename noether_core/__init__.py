@@ -6,7 +6,8 @@ balance laws (``charges``), integrators of the continuous Lagrangian models (``m
 ``integrate``), the closed forms of the paper's Sec. 4 (``theory``), and the conversions
 between discrete rules and continuous models (``conventions``).
 """
-from . import charges, conventions, errors, mirror, models, potentials, rules, symmetry, theory
+from . import (charges, conventions, datasets, errors, mirror, models, potentials, rules,
+               symmetry, theory)
 from .integrate import integrate
 from ._train import TrainResult, train
 from .errors import DivergenceWarning, NoetherWarning
@@ -15,6 +16,6 @@ from .rules import RuleState
 __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
-           "mirror", "symmetry", "theory", "integrate", "models", "errors", "DivergenceWarning",
+           "mirror", "symmetry", "theory", "datasets", "integrate", "models", "errors", "DivergenceWarning",
            "NoetherWarning",
            "__version__"]

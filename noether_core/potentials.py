@@ -26,7 +26,8 @@ from . import _validation as V
 from ._kernels import potentials as _k
 from .symmetry import Symmetry
 
-__all__ = ["Potential", "Quadratic", "RayleighQuotient", "Radial", "BatchNormUnit"]
+__all__ = ["Potential", "Quadratic", "RayleighQuotient", "Radial", "BatchNormUnit",
+           "BatchNormLayer", "SoftmaxCrossEntropy", "TwoLayer", "BatchNormMLP"]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -207,3 +208,315 @@ class BatchNormUnit(Potential):
         super().__init__(_k.BatchNormUnitKernel(_readonly(X), _readonly(y), eps),
                          {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps))
         self.X, self.y, self.eps = X, y, eps
+
+
+# ------------------------------------------------------------------------------------------
+# Network potentials: one compiled forward/backward pass (pyx/potentials.pyx, NetKernel).
+
+def _targets(X, Y):
+    """Y as an (N, out) array; a 1-D Y means out = 1."""
+    Y = V.as_float_array("Y", Y)
+    if Y.ndim not in (1, 2):
+        raise ValueError(f"Y must be 1- or 2-dimensional, got shape {Y.shape}")
+    if Y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
+    return np.ascontiguousarray(Y.reshape(Y.shape[0], -1))
+
+
+def _labels(X, labels, n_classes):
+    """Integer class labels in [0, C) and the number of classes C ≥ 2."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an array of integers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != X.shape[0]:
+        raise ValueError(f"labels must have shape ({X.shape[0]},) (one per row of X), "
+                         f"got {arr.shape}")
+    if arr.min() < 0:
+        raise ValueError(f"labels must be non-negative, got minimum {arr.min()}")
+    top = int(arr.max())
+    if n_classes is None:
+        C = top + 1
+        if C < 2:
+            raise ValueError("labels hold a single class (0); pass n_classes ≥ 2")
+    else:
+        C = V.as_int("n_classes", n_classes, lo=2)
+        if top >= C:
+            raise ValueError(f"labels must lie in [0, n_classes={C}), got label {top}")
+    return np.array(arr, dtype=np.intp, order="C"), C
+
+
+def _need_two_rows(X):
+    if X.shape[0] < 2:
+        raise ValueError(f"X needs at least 2 rows for batch statistics, got {X.shape[0]}")
+
+
+def _bn_symmetry(block, eps):
+    if eps == 0.0:
+        return Symmetry("scale", (block,))
+    return Symmetry("scale", (block,), exact=False,
+                    note=f"eps={eps:g} > 0 breaks it by ~eps/(var+eps)")
+
+
+def _rows_blocks(prefix, start, n_rows, n_cols):
+    """Blocks "prefix[i]": row i of an (n_rows, n_cols) matrix stored from q[start]."""
+    return {f"{prefix}[{i}]": start + i * n_cols + np.arange(n_cols) for i in range(n_rows)}
+
+
+def _cols_blocks(prefix, start, n_rows, n_cols):
+    """Blocks "prefix[:,j]": column j of an (n_rows, n_cols) matrix stored from q[start]."""
+    return {f"{prefix}[:,{j}]": start + np.arange(n_rows) * n_cols + j for j in range(n_cols)}
+
+
+def _net_kernel(X, Y, labels, dims, *, bn, affine, relu, bias, eps=0.0):
+    return _k.NetKernel(_readonly(X), None if Y is None else _readonly(Y),
+                        None if labels is None else _readonly(labels),
+                        np.asarray(dims, dtype=np.intp), bn, affine, relu, bias, eps)
+
+
+class BatchNormLayer(Potential):
+    """A layer of BatchNorm units with ReLU and a linear read-out, squared loss.
+
+    With q = [W (width × D, row-major), V (out × width)] and the B rows of the batch::
+
+        Z = X Wᵀ,  Ĥ = BN(Z) = (Z − mean Z)/sqrt(var Z + eps)   (per unit, batch stats),
+        A = ReLU(Ĥ),  P = A Vᵀ,  f(q) = (1/2B) Σᵢ |Pᵢ − Yᵢ|²
+
+    (var biased, as in BatchNorm; ReLU'(0) := 0).  Each row W[i] is its own scale
+    block: f((1+s) W[i], …) = f(W, …) exactly when eps = 0 (docs/potentials.md §5);
+    with eps > 0 the symmetry is broken by ~eps/(var+eps) and the metadata says so.
+    The read-out block "V" carries no symmetry.
+
+    Parameters
+    ----------
+    X : (N, D) array_like, N ≥ 2
+    Y : (N,) or (N, out) array_like
+        Targets (1-D means out = 1).
+    width : int ≥ 1
+        Number of BatchNorm units.
+    eps : float ≥ 0
+        BatchNorm's variance offset.
+
+    Examples
+    --------
+    >>> import numpy as np, noether_core as nc
+    >>> X, Y = nc.datasets.teacher_regression(64, 5, out=2, seed=0)
+    >>> pot = nc.potentials.BatchNormLayer(X, Y, width=8)
+    >>> pot.dim, len(pot.symmetry_blocks("scale"))
+    (56, 8)
+    """
+
+    min_batch = 2
+
+    def __init__(self, X, Y, width, eps=0.0):
+        X = V.as_float_array("X", X, ndim=2)
+        Y = _targets(X, Y)
+        _need_two_rows(X)
+        width = V.as_int("width", width, lo=1)
+        eps = V.as_scalar("eps", eps, lo=0.0)
+        N, D = X.shape
+        out = Y.shape[1]
+        blocks = _rows_blocks("W", 0, width, D)
+        blocks["V"] = width * D + np.arange(out * width)
+        syms = tuple(_bn_symmetry(f"W[{i}]", eps) for i in range(width))
+        super().__init__(_net_kernel(X, Y, None, (D, width, out), bn=True, affine=False,
+                                     relu=True, bias=False, eps=eps),
+                         blocks, syms, (X, Y, width, eps))
+        self.X, self.Y, self.width, self.eps = X, Y, width, eps
+
+
+class SoftmaxCrossEntropy(Potential):
+    """Multinomial logistic regression: mean softmax cross-entropy of affine logits.
+
+    With q = [W (C × D, row-major), b (C)]: logits Lᵢ = W xᵢ + b and
+    f(q) = (1/B) Σᵢ [log Σ_c exp(L_ic) − L_{i,yᵢ}] over the B rows of the batch,
+    evaluated with the log-sum-exp shifted by the row maximum (no overflow).
+
+    Symmetries (docs/potentials.md §6): softmax is unchanged when every logit of a row
+    moves by the same amount, so
+
+    * block "b" carries a translation along n = (1, …, 1)/sqrt(C);
+    * each block "W[:,j]" (column j of W: the weights of input feature j in every class)
+      carries a translation along the same n (it adds s·x_ij/sqrt(C) to every logit).
+
+    Parameters
+    ----------
+    X : (N, D) array_like
+    labels : (N,) integer array_like, values in [0, C)
+    n_classes : int ≥ 2, optional
+        C; default max(labels) + 1.
+
+    Examples
+    --------
+    >>> import numpy as np, noether_core as nc
+    >>> X, y = nc.datasets.gaussian_mixture(60, 4, classes=3, seed=0)
+    >>> pot = nc.potentials.SoftmaxCrossEntropy(X, y)
+    >>> pot.dim, [s.family for s in pot.symmetries][:2]
+    (15, ['translation', 'translation'])
+    >>> round(float(pot.value([0.0] * 15)), 12) == round(float(np.log(3)), 12)
+    True
+    """
+
+    def __init__(self, X, labels, n_classes=None):
+        X = V.as_float_array("X", X, ndim=2)
+        labels, C = _labels(X, labels, n_classes)
+        N, D = X.shape
+        blocks = _cols_blocks("W", 0, C, D)
+        blocks["b"] = C * D + np.arange(C)
+        n = np.full(C, 1.0 / np.sqrt(C))
+        syms = tuple(Symmetry("translation", (name,), direction=n,
+                              note="equal shift of every class's logit")
+                     for name in blocks)
+        super().__init__(_net_kernel(X, None, labels, (D, C), bn=False, affine=False,
+                                     relu=False, bias=True),
+                         blocks, syms, (X, labels, C))
+        self.X, self.labels, self.n_classes = X, labels, C
+
+
+class TwoLayer(Potential):
+    """Two-layer network without biases and a squared loss.
+
+    With q = [W1 (hidden × D), W2 (out × hidden)], both row-major::
+
+        P = act(X W1ᵀ) W2ᵀ,  f(q) = (1/2B) Σᵢ |Pᵢ − Yᵢ|²,  act ∈ {ReLU, identity}
+
+    (ReLU'(0) := 0, the value at a measure-zero set; any value in [0, 1] would keep the
+    rescale identity, docs/potentials.md §7).  Because act(e^s h) = e^s act(h), scaling
+    the incoming row W1[i] by e^s and the outgoing column W2[:,i] by e^−s leaves f
+    unchanged: one rescale symmetry per hidden unit, on blocks ("W1[i]", "W2[:,i]").
+
+    Parameters
+    ----------
+    X : (N, D) array_like
+    Y : (N,) or (N, out) array_like
+    hidden : int ≥ 1
+    activation : {"relu", "linear"}
+
+    Examples
+    --------
+    >>> import noether_core as nc
+    >>> X, Y = nc.datasets.teacher_regression(50, 3, out=1, seed=1)
+    >>> pot = nc.potentials.TwoLayer(X, Y, hidden=4)
+    >>> pot.symmetries[0]
+    Symmetry('rescale', blocks=('W1[0]', 'W2[:,0]'))
+    """
+
+    ACTIVATIONS = ("relu", "linear")
+
+    def __init__(self, X, Y, hidden, activation="relu"):
+        X = V.as_float_array("X", X, ndim=2)
+        Y = _targets(X, Y)
+        hidden = V.as_int("hidden", hidden, lo=1)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {self.ACTIVATIONS}, "
+                             f"got {activation!r}")
+        N, D = X.shape
+        out = Y.shape[1]
+        blocks = _rows_blocks("W1", 0, hidden, D)
+        blocks.update(_cols_blocks("W2", hidden * D, out, hidden))
+        syms = tuple(Symmetry("rescale", (f"W1[{i}]", f"W2[:,{i}]")) for i in range(hidden))
+        super().__init__(_net_kernel(X, Y, None, (D, hidden, out), bn=False, affine=False,
+                                     relu=activation == "relu", bias=False),
+                         blocks, syms, (X, Y, hidden, activation))
+        self.X, self.Y, self.hidden, self.activation = X, Y, hidden, activation
+
+
+class BatchNormMLP(Potential):
+    """A BatchNorm MLP classifier: [Linear (no bias) → BatchNorm → ReLU] × L → Linear → softmax.
+
+    For hidden layers l = 1..L of widths w_l, with A₀ = X (the B batch rows)::
+
+        Z_l = A_{l−1} W_lᵀ,  Ẑ_l = BN(Z_l)  (batch statistics, biased var, + eps),
+        A_l = ReLU(γ_l ⊙ Ẑ_l + β_l),
+        logits = A_L W_outᵀ + b_out,  f = mean softmax cross-entropy.
+
+    q = [W1, gamma1, beta1, W2, gamma2, beta2, …, Wout, bout] (matrices row-major,
+    W_l of shape w_l × w_{l−1}, Wout of shape C × w_L).
+
+    Declared symmetries (docs/potentials.md §8):
+
+    * every hidden neuron's incoming weight row "W{l}[i]" is a scale block (BatchNorm
+      divides its scale out); inexact when eps > 0;
+    * the read-out bias "bout" and each read-out column "Wout[:,j]" carry the softmax
+      translation along (1, …, 1)/sqrt(C).
+
+    The affine parameters "gamma{l}", "beta{l}" are blocks with no declared symmetry.
+
+    Parameters
+    ----------
+    X : (N, D) array_like, N ≥ 2
+    labels : (N,) integer array_like in [0, C)
+    widths : sequence of int ≥ 1, non-empty
+        Hidden widths (w_1, …, w_L).
+    n_classes : int ≥ 2, optional
+        C; default max(labels) + 1.
+    eps : float ≥ 0
+        BatchNorm's variance offset.
+
+    Notes
+    -----
+    One forward/backward pass per gradient, O(B·Σ w_{l−1} w_l) flops, all scratch in the
+    per-run workspace.  :meth:`init` gives a standard starting point.
+
+    Examples
+    --------
+    >>> import noether_core as nc
+    >>> X, y = nc.datasets.gaussian_mixture(128, 16, classes=4, seed=0)
+    >>> pot = nc.potentials.BatchNormMLP(X, y, widths=(32, 32))
+    >>> pot.dim, len(pot.symmetry_blocks("scale"))
+    (1796, 64)
+    >>> q0 = pot.init(seed=0)
+    >>> run = nc.train(nc.rules.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), pot, q0,
+    ...                200, batch_size=32, seed=0, record_every=200)
+    >>> bool(run.loss[-1] < run.loss[0])
+    True
+    """
+
+    min_batch = 2
+
+    def __init__(self, X, labels, widths, n_classes=None, eps=0.0):
+        X = V.as_float_array("X", X, ndim=2)
+        _need_two_rows(X)
+        labels, C = _labels(X, labels, n_classes)
+        if isinstance(widths, (str, bytes)) or not np.iterable(widths):
+            raise TypeError(f"widths must be a sequence of positive integers, got {widths!r}")
+        widths = tuple(V.as_int(f"widths[{i}]", w, lo=1) for i, w in enumerate(widths))
+        if not widths:
+            raise ValueError("widths must hold at least one hidden width, got ()")
+        eps = V.as_scalar("eps", eps, lo=0.0)
+        N, D = X.shape
+        dims = (D,) + widths + (C,)
+        blocks, syms, off = {}, [], 0
+        for l, w in enumerate(widths, start=1):
+            blocks.update(_rows_blocks(f"W{l}", off, w, dims[l - 1]))
+            syms += [_bn_symmetry(f"W{l}[{i}]", eps) for i in range(w)]
+            off += w * dims[l - 1]
+            blocks[f"gamma{l}"] = off + np.arange(w)
+            blocks[f"beta{l}"] = off + w + np.arange(w)
+            off += 2 * w
+        n = np.full(C, 1.0 / np.sqrt(C))
+        blocks.update(_cols_blocks("Wout", off, C, widths[-1]))
+        syms += [Symmetry("translation", (f"Wout[:,{j}]",), direction=n)
+                 for j in range(widths[-1])]
+        off += C * widths[-1]
+        blocks["bout"] = off + np.arange(C)
+        syms.append(Symmetry("translation", ("bout",), direction=n,
+                             note="equal shift of every class's logit"))
+        super().__init__(_net_kernel(X, None, labels, dims, bn=True, affine=True,
+                                     relu=True, bias=True, eps=eps),
+                         blocks, syms, (X, labels, widths, C, eps))
+        self.X, self.labels, self.widths, self.n_classes, self.eps = X, labels, widths, C, eps
+
+    def init(self, seed=None) -> np.ndarray:
+        """A standard starting point: W_l rows ~ N(0, 1/w_{l−1}) (He-like scale is
+        irrelevant under BatchNorm), γ = 1, β = 0, W_out ~ N(0, 1/w_L), b_out = 0."""
+        rng = np.random.default_rng(seed)
+        dims = (self.X.shape[1],) + self.widths + (self.n_classes,)
+        parts = []
+        for l, w in enumerate(self.widths, start=1):
+            parts += [rng.standard_normal(w * dims[l - 1]) / np.sqrt(dims[l - 1]),
+                      np.ones(w), np.zeros(w)]
+        parts += [rng.standard_normal(self.n_classes * self.widths[-1])
+                  / np.sqrt(self.widths[-1]), np.zeros(self.n_classes)]
+        q = np.concatenate(parts)
+        assert q.shape == (self.dim,)
+        return q

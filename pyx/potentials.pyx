@@ -13,6 +13,10 @@ Design
 * The gradient functions ``_c_grad_*`` are ``noexcept nogil``: they assume the facade
   validated shapes and values (noether_core/potentials.py) and report trouble only through
   the returned loss / gradient values (NaN or inf), which the training loop checks.
+* The four network potentials (BatchNormLayer, SoftmaxCrossEntropy, TwoLayer, BatchNormMLP)
+  share one compiled forward/backward pass, ``_c_grad_net``, configured by flags (BN,
+  affine, ReLU, read-out bias, squared or cross-entropy loss); its workspace is one
+  allocation sized for the full N rows, carved into per-layer buffers.
 * Data potentials read the minibatch rows from the :c:type:`BatchView` at the start of
   their workspace (set by the loop with ``set_batch``); rows == NULL means all rows.
   Means are over the rows used, so BatchNorm statistics are minibatch statistics and the
@@ -305,4 +309,380 @@ cdef class BatchNormUnitKernel(Potential):
     cdef void free_params(self, void* params) noexcept:
         cdef BNUnitParams* p = <BNUnitParams*> params
         free(p.z)
+        free(p)
+
+
+# ----------------------------------------------------------------------------------------
+# Networks: one forward/backward pass serves BatchNormLayer, SoftmaxCrossEntropy, TwoLayer
+# and BatchNormMLP (docs/potentials.md, sections 5-8).  With A_0 = X (the batch rows),
+# for hidden layers l = 1..L of widths w_l:
+#     Z_l = A_{l-1} W_l^T                    (B, w_l), no bias
+#     Zh_l = BN(Z_l) if bn else Z_l          batch statistics, biased variance, + eps
+#     H_l = gamma_l * Zh_l + beta_l if affine else Zh_l
+#     A_l = relu(H_l) if relu else H_l       relu'(0) := 0
+# read-out P = A_L Wo^T (+ bo if bias); loss (1/2B) sum |P - Y|^2 (squared) or the mean
+# softmax cross-entropy of the logits P (xent).
+# q layout: [W_1, gamma_1, beta_1, ..., W_L, gamma_L, beta_L, Wo, bo], every matrix
+# row-major, gamma/beta present only if affine, bo only if bias.
+# Scratch (all sized for the full N rows, so any minibatch fits): Zh_l and A_l per layer,
+# sd_l per layer, two (N, wmax) back-propagation buffers, the (N, out) read-out, two
+# (wmax) per-unit accumulators.
+
+cdef inline void _c_lin_fwd(const double* In, const Py_ssize_t* rows, Py_ssize_t B,
+                            Py_ssize_t n_in, const double* W, const double* bias,
+                            Py_ssize_t n_out, double* Z) noexcept nogil:
+    """Z[i, u] = sum_j In[r_i, j] W[u, j] (+ bias[u]); r_i = rows[i] or i.  # OUT: Z"""
+    cdef Py_ssize_t i, u, j
+    cdef const double* x
+    cdef const double* w
+    cdef double* z
+    cdef double s0, s1
+    for i in range(B):
+        x = In + (rows[i] if rows != NULL else i) * n_in
+        z = Z + i * n_out
+        for u in range(n_out):
+            w = W + u * n_in
+            # two interleaved partial sums halve the add-latency chain (no fast-math needed)
+            s0 = 0.0
+            s1 = 0.0
+            j = 0
+            while j + 1 < n_in:
+                s0 = s0 + x[j] * w[j]
+                s1 = s1 + x[j + 1] * w[j + 1]
+                j = j + 2
+            if j < n_in:
+                s0 = s0 + x[j] * w[j]
+            z[u] = s0 + s1
+            if bias != NULL:
+                z[u] = z[u] + bias[u]
+
+
+cdef inline void _c_lin_bwd_w(const double* dZ, const double* In, const Py_ssize_t* rows,
+                              Py_ssize_t B, Py_ssize_t n_in, Py_ssize_t n_out,
+                              double* gW) noexcept nogil:
+    """gW[u, j] = sum_i dZ[i, u] In[r_i, j] (overwrites gW).                    # OUT: gW"""
+    cdef Py_ssize_t i, u, j
+    cdef const double* x
+    cdef double* gw
+    cdef double c
+    for j in range(n_out * n_in):
+        gW[j] = 0.0
+    for i in range(B):
+        x = In + (rows[i] if rows != NULL else i) * n_in
+        for u in range(n_out):
+            c = dZ[i * n_out + u]
+            if c == 0.0:                    # ReLU-masked: adding 0*x (x finite) is a no-op
+                continue
+            gw = gW + u * n_in
+            for j in range(n_in):
+                gw[j] = gw[j] + c * x[j]
+
+
+cdef inline void _c_lin_bwd_x(const double* dZ, const double* W, Py_ssize_t B,
+                              Py_ssize_t n_in, Py_ssize_t n_out, double* dIn) noexcept nogil:
+    """dIn[i, j] = sum_u dZ[i, u] W[u, j] (overwrites dIn).                    # OUT: dIn"""
+    cdef Py_ssize_t i, u, j
+    cdef const double* w
+    cdef double* dx
+    cdef double c
+    for i in range(B):
+        dx = dIn + i * n_in
+        for j in range(n_in):
+            dx[j] = 0.0
+        for u in range(n_out):
+            c = dZ[i * n_out + u]
+            if c == 0.0:
+                continue
+            w = W + u * n_in
+            for j in range(n_in):
+                dx[j] = dx[j] + c * w[j]
+
+
+cdef inline void _c_bn_fwd(double* Z, Py_ssize_t B, Py_ssize_t w, double eps,
+                           double* mean, double* sd) noexcept nogil:
+    """Normalise the columns of Z (B, w) in place with batch statistics.
+
+    Z <- (Z - mean)/sqrt(var + eps), var biased (1/B); sd[u] = sqrt(var_u + eps).
+    # IN/OUT: Z; OUT: sd; scratch: mean (w)
+    """
+    cdef Py_ssize_t i, u
+    cdef double* z
+    cdef double c
+    for u in range(w):
+        mean[u] = 0.0
+        sd[u] = 0.0
+    for i in range(B):
+        z = Z + i * w
+        for u in range(w):
+            mean[u] = mean[u] + z[u]
+    for u in range(w):
+        mean[u] = mean[u] / B
+    for i in range(B):
+        z = Z + i * w
+        for u in range(w):
+            c = z[u] - mean[u]
+            z[u] = c
+            sd[u] = sd[u] + c * c
+    for u in range(w):
+        sd[u] = sqrt(sd[u] / B + eps)
+    for i in range(B):
+        z = Z + i * w
+        for u in range(w):
+            z[u] = z[u] / sd[u]
+
+
+cdef inline void _c_bn_bwd(double* dZh, const double* Zh, Py_ssize_t B, Py_ssize_t w,
+                           const double* sd, double* m1, double* m2) noexcept nogil:
+    """BatchNorm backward in place: dL/dZh -> dL/dZ (docs/potentials.md, Eq. P.4).
+
+    dZ = (dZh - mean(dZh) - Zh * mean(dZh * Zh)) / sd, column by column.
+    # IN/OUT: dZh; IN: Zh, sd; scratch: m1, m2 (w)
+    """
+    cdef Py_ssize_t i, u
+    cdef double* dz
+    cdef const double* zh
+    for u in range(w):
+        m1[u] = 0.0
+        m2[u] = 0.0
+    for i in range(B):
+        dz = dZh + i * w
+        zh = Zh + i * w
+        for u in range(w):
+            m1[u] = m1[u] + dz[u]
+            m2[u] = m2[u] + dz[u] * zh[u]
+    for u in range(w):
+        m1[u] = m1[u] / B
+        m2[u] = m2[u] / B
+    for i in range(B):
+        dz = dZh + i * w
+        zh = Zh + i * w
+        for u in range(w):
+            dz[u] = (dz[u] - m1[u] - zh[u] * m2[u]) / sd[u]
+
+
+cdef inline double _c_loss_squared(double* P, const double* Y, const Py_ssize_t* rows,
+                                   Py_ssize_t B, Py_ssize_t out) noexcept nogil:
+    """f = (1/2B) sum |P_i - Y_{r_i}|^2; P <- dL/dP = (P - Y)/B.            # IN/OUT: P"""
+    cdef Py_ssize_t i, o
+    cdef const double* y
+    cdef double e, f = 0.0
+    for i in range(B):
+        y = Y + (rows[i] if rows != NULL else i) * out
+        for o in range(out):
+            e = P[i * out + o] - y[o]
+            f = f + e * e
+            P[i * out + o] = e / B
+    return 0.5 * f / B
+
+
+cdef inline double _c_loss_xent(double* P, const Py_ssize_t* labels, const Py_ssize_t* rows,
+                                Py_ssize_t B, Py_ssize_t C) noexcept nogil:
+    """Mean softmax cross-entropy of the logits P (B, C), log-sum-exp shifted by the row
+    maximum; P <- dL/dP = (softmax(P) - onehot)/B.                        # IN/OUT: P"""
+    cdef Py_ssize_t i, c, y
+    cdef double* p
+    cdef double m, s, lse, f = 0.0
+    for i in range(B):
+        p = P + i * C
+        y = labels[rows[i] if rows != NULL else i]
+        m = p[0]
+        for c in range(1, C):
+            if p[c] > m:
+                m = p[c]
+        s = 0.0
+        for c in range(C):
+            s = s + exp(p[c] - m)
+        lse = m + log(s)
+        f = f + (lse - p[y])
+        for c in range(C):
+            p[c] = exp(p[c] - lse) / B
+        p[y] = p[y] - 1.0 / B
+    return f / B
+
+
+cdef struct NetParams:
+    BatchView view
+    const double* X             # (N, D)
+    const double* Y             # (N, out), squared loss only
+    const Py_ssize_t* labels    # (N,), xent only
+    Py_ssize_t N
+    Py_ssize_t L                # number of hidden layers
+    const Py_ssize_t* dims      # (L + 2): D, w_1, ..., w_L, out
+    const Py_ssize_t* qoff      # (3L + 2): W_l, gamma_l, beta_l offsets per layer; Wo, bo
+    bint bn, affine, relu, bias, xent
+    double eps
+    double* mem                 # the one allocation below pointers carve up
+    double* Zh                  # sum_l N w_l
+    double* A                   # sum_l N w_l
+    double* sd                  # sum_l w_l
+    double* m1                  # wmax
+    double* m2                  # wmax
+    double* bufA                # N wmax
+    double* bufB                # N wmax
+    double* P                   # N out
+
+
+cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
+                        void* params) noexcept nogil:
+    cdef NetParams* p = <NetParams*> params
+    cdef const Py_ssize_t* rows = p.view.rows
+    cdef Py_ssize_t B = p.view.n_rows if rows != NULL else p.N
+    cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1]
+    cdef Py_ssize_t l, i, u, w, n_in, so = 0, k
+    cdef const double* In = p.X
+    cdef const Py_ssize_t* in_rows = rows
+    cdef const double* gam
+    cdef const double* bet
+    cdef double* Zh
+    cdef double* A
+    cdef double* tmp
+    cdef double h, f
+    n_in = p.dims[0]
+    # ---- forward
+    for l in range(L):
+        w = p.dims[l + 1]
+        Zh = p.Zh + N * so
+        A = p.A + N * so
+        _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * l], NULL, w, Zh)
+        if p.bn:
+            _c_bn_fwd(Zh, B, w, p.eps, p.m1, p.sd + so)
+        gam = q + p.qoff[3 * l + 1]
+        bet = q + p.qoff[3 * l + 2]
+        for i in range(B):
+            for u in range(w):
+                k = i * w + u
+                h = gam[u] * Zh[k] + bet[u] if p.affine else Zh[k]
+                A[k] = (0.0 if h <= 0.0 else h) if p.relu else h     # NaN propagates
+        In = A
+        in_rows = NULL
+        n_in = w
+        so = so + w
+    _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * L],
+               q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
+    if p.xent:
+        f = _c_loss_xent(p.P, p.labels, rows, B, out)
+    else:
+        f = _c_loss_squared(p.P, p.Y, rows, B, out)
+    # ---- backward (p.P now holds dL/dP)
+    _c_lin_bwd_w(p.P, In, in_rows, B, n_in, out, g + p.qoff[3 * L])
+    if p.bias:
+        tmp = g + p.qoff[3 * L + 1]
+        for u in range(out):
+            tmp[u] = 0.0
+        for i in range(B):
+            for u in range(out):
+                tmp[u] = tmp[u] + p.P[i * out + u]
+    if L > 0:
+        _c_lin_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
+    for l in range(L - 1, -1, -1):
+        w = p.dims[l + 1]
+        so = so - w
+        Zh = p.Zh + N * so
+        A = p.A + N * so
+        # bufA holds dL/dA_l; mask it into dL/dH_l (relu'(h) = 1 iff A > 0 iff h > 0)
+        if p.relu:
+            for k in range(B * w):
+                if A[k] <= 0.0:
+                    p.bufA[k] = 0.0
+        if p.bn:
+            if p.affine:
+                gam = q + p.qoff[3 * l + 1]
+                tmp = g + p.qoff[3 * l + 1]         # d gamma
+                for u in range(2 * w):
+                    tmp[u] = 0.0                    # d gamma and d beta (adjacent)
+                for i in range(B):
+                    for u in range(w):
+                        k = i * w + u
+                        tmp[u] = tmp[u] + p.bufA[k] * Zh[k]
+                        tmp[w + u] = tmp[w + u] + p.bufA[k]
+                        p.bufA[k] = p.bufA[k] * gam[u]    # dL/dZh
+            _c_bn_bwd(p.bufA, Zh, B, w, p.sd + so, p.m1, p.m2)
+        # bufA holds dL/dZ_l
+        if l == 0:
+            _c_lin_bwd_w(p.bufA, p.X, rows, B, p.dims[0], w, g + p.qoff[0])
+        else:
+            _c_lin_bwd_w(p.bufA, p.A + N * (so - p.dims[l]), NULL, B, p.dims[l], w,
+                         g + p.qoff[3 * l])
+            _c_lin_bwd_x(p.bufA, q + p.qoff[3 * l], B, p.dims[l], w, p.bufB)
+            tmp = p.bufA
+            p.bufA = p.bufB
+            p.bufB = tmp
+    return f
+
+
+cdef class NetKernel(Potential):
+    """Kernel of the network potentials (facade: BatchNormLayer, SoftmaxCrossEntropy,
+    TwoLayer, BatchNormMLP).  ``dims`` = (D, w_1, ..., w_L, out)."""
+    cdef cnp.ndarray X, Y, labels, dims, qoff
+    cdef bint bn, affine, relu, bias, xent
+    cdef double eps
+    cdef Py_ssize_t L, n_hidden, wmax
+
+    def __cinit__(self, cnp.ndarray X, cnp.ndarray Y, cnp.ndarray labels, cnp.ndarray dims,
+                  bint bn, bint affine, bint relu, bint bias, double eps):
+        cdef Py_ssize_t l, off = 0
+        cdef cnp.ndarray qoff
+        self.X = X
+        self.xent = Y is None
+        self.Y = Y
+        self.labels = labels
+        self.dims = dims
+        self.bn, self.affine, self.relu, self.bias = bn, affine, relu, bias
+        self.eps = eps
+        self.L = dims.shape[0] - 2
+        qoff = np.zeros(3 * self.L + 2, dtype=np.intp)
+        self.n_hidden = 0
+        self.wmax = 1
+        for l in range(self.L):
+            qoff[3 * l] = off
+            off += dims[l + 1] * dims[l]
+            qoff[3 * l + 1] = off
+            qoff[3 * l + 2] = off + (dims[l + 1] if affine else 0)
+            off += 2 * dims[l + 1] if affine else 0
+            self.n_hidden += dims[l + 1]
+            self.wmax = max(self.wmax, dims[l + 1])
+        qoff[3 * self.L] = off
+        off += dims[self.L + 1] * dims[self.L]
+        qoff[3 * self.L + 1] = off
+        off += dims[self.L + 1] if bias else 0
+        self.qoff = qoff
+        self.d = off
+        self.n_data = X.shape[0]
+        self.fn = _c_grad_net
+
+    cdef void* new_params(self) except NULL:
+        cdef NetParams* p = <NetParams*> calloc(1, sizeof(NetParams))
+        cdef Py_ssize_t N = self.n_data, out = self.dims[self.L + 1]
+        cdef Py_ssize_t total = (2 * N * self.n_hidden + self.n_hidden + 2 * self.wmax
+                                 + 2 * N * self.wmax + N * out)
+        if p == NULL:
+            raise MemoryError("workspace of a network potential")
+        p.mem = <double*> malloc(total * sizeof(double))
+        if p.mem == NULL:
+            free(p)
+            raise MemoryError(f"workspace of a network potential ({total} doubles)")
+        p.X = _ptr(self.X)
+        if self.xent:
+            p.labels = <const Py_ssize_t*> cnp.PyArray_DATA(self.labels)
+        else:
+            p.Y = _ptr(self.Y)
+        p.N = N
+        p.L = self.L
+        p.dims = <const Py_ssize_t*> cnp.PyArray_DATA(self.dims)
+        p.qoff = <const Py_ssize_t*> cnp.PyArray_DATA(self.qoff)
+        p.bn, p.affine, p.relu = self.bn, self.affine, self.relu
+        p.bias, p.xent, p.eps = self.bias, self.xent, self.eps
+        p.Zh = p.mem
+        p.A = p.Zh + N * self.n_hidden
+        p.sd = p.A + N * self.n_hidden
+        p.m1 = p.sd + self.n_hidden
+        p.m2 = p.m1 + self.wmax
+        p.bufA = p.m2 + self.wmax
+        p.bufB = p.bufA + N * self.wmax
+        p.P = p.bufB + N * self.wmax
+        return p
+
+    cdef void free_params(self, void* params) noexcept:
+        cdef NetParams* p = <NetParams*> params
+        free(p.mem)
         free(p)

@@ -52,3 +52,121 @@ def batchnorm_unit(w, X, y, eps=0.0, rows=None):
     delta = e / B
     dz = (delta - delta.mean() - zh * np.mean(delta * zh)) / s
     return float(f), X.T @ dz
+
+
+# ------------------------------------------------------------------------------------------
+# Networks (twins of the NetKernel of pyx/potentials.pyx, written layer by layer)
+
+def _bn_forward(Z, eps):
+    """Batch normalisation of the columns of Z: (Ẑ, sd) with sd = sqrt(var + eps)."""
+    Zc = Z - Z.mean(axis=0)
+    sd = np.sqrt((Zc * Zc).mean(axis=0) + eps)
+    return Zc / sd, sd
+
+
+def _bn_backward(dZh, Zh, sd):
+    """dL/dZ from dL/dẐ: (dẐ − mean dẐ − Ẑ·mean(dẐ Ẑ))/sd, per column."""
+    return (dZh - dZh.mean(axis=0) - Zh * (dZh * Zh).mean(axis=0)) / sd
+
+
+def _relu(H):
+    """max(H, 0), letting NaN through (as the kernel does: no silent NaN)."""
+    return np.where(H <= 0.0, 0.0, H)
+
+
+def _squared(P, Y):
+    """f = (1/2B) Σ|P − Y|², dL/dP."""
+    E = P - Y
+    B = P.shape[0]
+    return 0.5 * np.sum(E * E) / B, E / B
+
+
+def _xent(logits, labels):
+    """Mean softmax cross-entropy (log-sum-exp shifted by the row max), dL/dlogits."""
+    B = logits.shape[0]
+    m = logits.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    f = np.sum(lse[:, 0] - logits[np.arange(B), labels]) / B
+    dL = np.exp(logits - lse)
+    dL[np.arange(B), labels] -= 1.0
+    return f, dL / B
+
+
+def _regression_layers(q, X, Y, n_hidden, rows):
+    """Batch rows of X and Y (as (N, out)), and q split into (n_hidden × D, out × n_hidden)."""
+    Y = Y.reshape(Y.shape[0], -1)
+    if rows is not None:
+        X, Y = X[rows], Y[rows]
+    D, out = X.shape[1], Y.shape[1]
+    return X, Y, q[:n_hidden * D].reshape(n_hidden, D), q[n_hidden * D:].reshape(out, n_hidden)
+
+
+def batchnorm_layer(q, X, Y, width, eps=0.0, rows=None):
+    """Z = XWᵀ, Ẑ = BN(Z), A = ReLU(Ẑ), P = AVᵀ, f = (1/2B)Σ|P − Y|²; q = [W, V]."""
+    X, Y, W, Vm = _regression_layers(q, X, Y, width, rows)
+    Zh, sd = _bn_forward(X @ W.T, eps)
+    A = _relu(Zh)
+    f, dP = _squared(A @ Vm.T, Y)
+    gV = dP.T @ A
+    dZh = (dP @ Vm) * (Zh > 0.0)
+    gW = _bn_backward(dZh, Zh, sd).T @ X
+    return float(f), np.concatenate([gW.ravel(), gV.ravel()])
+
+
+def softmax_xent(q, X, labels, n_classes, rows=None):
+    """logits = XWᵀ + b, f = mean cross-entropy; q = [W (C × D), b]."""
+    if rows is not None:
+        X, labels = X[rows], labels[rows]
+    C, D = n_classes, X.shape[1]
+    W = q[:C * D].reshape(C, D)
+    b = q[C * D:]
+    f, dL = _xent(X @ W.T + b, labels)
+    return float(f), np.concatenate([(dL.T @ X).ravel(), dL.sum(axis=0)])
+
+
+def two_layer(q, X, Y, hidden, activation="relu", rows=None):
+    """P = act(XW1ᵀ)W2ᵀ, f = (1/2B)Σ|P − Y|²; q = [W1, W2], relu'(0) = 0."""
+    X, Y, W1, W2 = _regression_layers(q, X, Y, hidden, rows)
+    H = X @ W1.T
+    relu = activation == "relu"
+    A = _relu(H) if relu else H
+    f, dP = _squared(A @ W2.T, Y)
+    dH = dP @ W2
+    if relu:
+        dH = dH * (H > 0.0)
+    return float(f), np.concatenate([(dH.T @ X).ravel(), (dP.T @ A).ravel()])
+
+
+def batchnorm_mlp(q, X, labels, widths, n_classes, eps=0.0, rows=None):
+    """[Linear → BN → γ, β → ReLU] per width, Linear + bias read-out, cross-entropy.
+
+    q = [W1, γ1, β1, …, WL, γL, βL, Wout, bout].
+    """
+    if rows is not None:
+        X, labels = X[rows], labels[rows]
+    dims = (X.shape[1],) + tuple(widths)
+    params, off = [], 0
+    for l, w in enumerate(widths):
+        W = q[off:off + w * dims[l]].reshape(w, dims[l])
+        off += w * dims[l]
+        params.append((W, q[off:off + w], q[off + w:off + 2 * w]))
+        off += 2 * w
+    Wo = q[off:off + n_classes * widths[-1]].reshape(n_classes, widths[-1])
+    bo = q[off + n_classes * widths[-1]:]
+    acts, cache = [X], []
+    for W, gam, bet in params:
+        Zh, sd = _bn_forward(acts[-1] @ W.T, eps)
+        H = gam * Zh + bet
+        cache.append((Zh, sd, H))
+        acts.append(_relu(H))
+    f, dL = _xent(acts[-1] @ Wo.T + bo, labels)
+    grads = [(dL.T @ acts[-1]).ravel(), dL.sum(axis=0)]
+    dA = dL @ Wo
+    for l in range(len(widths) - 1, -1, -1):
+        W, gam, _ = params[l]
+        Zh, sd, H = cache[l]
+        dH = dA * (H > 0.0)
+        dZ = _bn_backward(dH * gam, Zh, sd)
+        grads = [(dZ.T @ acts[l]).ravel(), (dH * Zh).sum(axis=0), dH.sum(axis=0)] + grads
+        dA = dZ @ W
+    return float(f), np.concatenate(grads)
