@@ -31,8 +31,8 @@ class TrainResult:
     steps : (R,) int array
         Global step index n of each recorded row (q_0 is row 0; resumed runs continue the
         count of the state they started from).
-    q : (R, d) array
-        Recorded parameters q_n.
+    q : (R, d) array or None
+        Recorded parameters q_n (None with ``record_q=False``).
     loss : (R,) array
         f(q_n) on the minibatch step n used (for the terminal row, where no step follows,
         on the full data set).
@@ -40,6 +40,9 @@ class TrainResult:
         |∇f(q_n)|² on the same rows as ``loss`` (no weight-decay term).
     block_norm2 : dict[str, (R,) array]
         |q_B|² per named block.
+    block_grad_norm2, block_step_norm2 : dict[str, (R,) array]
+        With ``block_stats=True``: |∇f(q_n)_B|² (same rows as ``loss``) and |Δ_n|²_B with
+        Δ_n = q_n − q_{n−1} (0 at the first row of a fresh run) per block; else empty.
     q_final : (d,) array
         Parameters after the last step taken.
     state : RuleState
@@ -74,6 +77,8 @@ class TrainResult:
     stop_reason: str | None = None
     charges: dict = field(default_factory=dict)
     untracked: list = field(default_factory=list)
+    block_grad_norm2: dict = field(default_factory=dict)
+    block_step_norm2: dict = field(default_factory=dict)
 
     def charge(self, family: str, block: str | None = None):
         """The ChargeSeries of the symmetry of ``family`` acting on ``block``.
@@ -141,7 +146,7 @@ def _make_rng(seed, state):
 
 
 def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=None,
-          state=None, charges=True, omega=None,
+          state=None, charges=True, omega=None, record_q=True, block_stats=False,
           max_record_bytes=DEFAULT_MAX_RECORD_BYTES) -> TrainResult:
     """Run ``rule`` on ``potential`` from ``q0`` for ``steps`` steps in one compiled call.
 
@@ -173,6 +178,12 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         (the loop is then a little faster).
     omega : (n, n) array or dict of block name -> array, optional
         Skew matrix Ω of rotation symmetries declared for "every Ω" (e.g. ``Radial``).
+    record_q : bool
+        Record the parameter rows (default).  False keeps only the scalar and per-block
+        series — for long runs of large models.
+    block_stats : bool
+        Also record per block |∇f_B|² and |Δ_n|²_B (the series Eq. 17 and the "measured"
+        assumption of noether_core.theory need), at the recorded rows.
     max_record_bytes : int
         Refuse (MemoryError) a recording request larger than this.
 
@@ -211,7 +222,11 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         state = state.copy()
     chosen, untracked = _charges.select(potential, charges, omega)
     n_rec = steps // record_every + 1
-    need = n_rec * (d + 2 + len(potential.blocks) + 3 * len(chosen)) * 8
+    record_q = V.as_bool("record_q", record_q)
+    block_stats = V.as_bool("block_stats", block_stats)
+    nb = len(potential.blocks)
+    need = n_rec * ((d if record_q else 0) + 2 + nb * (3 if block_stats else 1)
+                    + 3 * len(chosen)) * 8
     if need > max_record_bytes:
         raise MemoryError(f"recording {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
                           f" MiB, above max_record_bytes={max_record_bytes} "
@@ -228,10 +243,17 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     pptr, pidx = _csr(rule._partition(potential))
     names = list(potential.blocks)
     bptr, bidx = _csr([potential.blocks[n] for n in names])
-    rec_q = np.empty((n_rec, d))
+    rec_q = np.empty((n_rec, d if record_q else 0))
     rec_loss = np.empty(n_rec)
     rec_g2 = np.empty(n_rec)
     rec_bn2 = np.empty((n_rec, len(names)))
+    if block_stats:
+        rec_bg2 = np.empty((n_rec, nb))
+        rec_bd2 = np.empty((n_rec, nb))
+        d_last = (np.zeros(d) if state.last_delta is None
+                  else np.array(state.last_delta, dtype=float))
+    else:
+        rec_bg2 = rec_bd2 = d_last = None
 
     spec = _charges.kernel_spec(potential, chosen, n_rec, state) if chosen else None
     rng = None
@@ -242,7 +264,7 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     status, stop, n_done = _kr.train_kernel(
         rule.kind, hp, vec, sca, pptr, pidx, potential._kernel, q, steps, record_every,
         None if rng is None else rng.bit_generator, 0 if batch_size is None else batch_size,
-        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2, spec)
+        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2, spec, True, rec_bg2, rec_bd2, d_last)
 
     # steps actually applied: a non-finite parameter is met after its update
     taken = steps if status == 0 else (stop + 1 if status == 3 else stop)
@@ -253,7 +275,7 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         last_residual = {_charges.symmetry_label(s): float(r)
                          for (s, _), r in zip(chosen, last_res)}
     else:
-        last_delta, last_residual = None, None
+        last_delta, last_residual = d_last, None
     new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
                           state.step + taken,
                           None if rng is None else rng.bit_generator.state,
@@ -261,12 +283,17 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     res = TrainResult(
         rule=rule, potential=potential,
         steps=state.step + record_every * np.arange(n_done),
-        q=rec_q[:n_done], loss=rec_loss[:n_done], grad_norm2=rec_g2[:n_done],
+        q=rec_q[:n_done] if record_q else None, loss=rec_loss[:n_done],
+        grad_norm2=rec_g2[:n_done],
         block_norm2={n: rec_bn2[:n_done, i] for i, n in enumerate(names)},
         q_final=q, state=new_state, record_every=record_every, batch_size=batch_size,
         charges=({} if spec is None else
                  _charges.collect(rule, potential, chosen, spec, n_done, state.step)),
-        untracked=untracked)
+        untracked=untracked,
+        block_grad_norm2=({} if not block_stats else
+                          {n: rec_bg2[:n_done, i] for i, n in enumerate(names)}),
+        block_step_norm2=({} if not block_stats else
+                          {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
     if status != 0:
         res.diverged = True
         res.stop_step = int(state.step + stop)

@@ -422,11 +422,13 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
-    cdef Py_ssize_t j, b, k
+    cdef Py_ssize_t j, b, k, i, r = s.n_rec * s.nb
     cdef double acc, x
-    cdef double* row = s.rec_q + s.n_rec * s.d
-    for j in range(s.d):
-        row[j] = s.q[j]
+    cdef double* row
+    if s.rec_q != NULL:
+        row = s.rec_q + s.n_rec * s.d
+        for j in range(s.d):
+            row[j] = s.q[j]
     s.rec_loss[s.n_rec] = f
     s.rec_g2[s.n_rec] = g2
     for b in range(s.nb):
@@ -434,7 +436,21 @@ cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
         for k in range(s.bptr[b], s.bptr[b + 1]):
             x = s.q[s.bidx[k]]
             acc = acc + x * x
-        s.rec_bn2[s.n_rec * s.nb + b] = acc
+        s.rec_bn2[r + b] = acc
+    if s.rec_bg2 != NULL:
+        for b in range(s.nb):
+            acc = 0.0
+            for k in range(s.bptr[b], s.bptr[b + 1]):
+                x = s.g[s.bidx[k]]
+                acc = acc + x * x
+            s.rec_bg2[r + b] = acc
+    if s.rec_bd2 != NULL:
+        for b in range(s.nb):
+            acc = 0.0
+            for k in range(s.bptr[b], s.bptr[b + 1]):
+                x = s.d_last[s.bidx[k]]
+                acc = acc + x * x
+            s.rec_bd2[r + b] = acc
     s.n_rec += 1
 
 
@@ -511,7 +527,12 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             _record(s, f, g2)
         if s.cs != NULL:
             _charges_before(s)
+        if s.rec_bd2 != NULL:
+            memcpy(s.q_old, s.q, s.d * sizeof(double))
         _apply_step(s)
+        if s.rec_bd2 != NULL:
+            for i in range(s.d):
+                s.d_last[i] = s.q[i] - s.q_old[i]
         if s.cs != NULL:
             _charges_after(s, n)
         probe = 0.0
@@ -580,7 +601,10 @@ def train_kernel(int kind,
                  double[::1] rec_g2,                # OUT
                  double[:, ::1] rec_bn2,            # OUT
                  tuple charges=None,
-                 bint check_signals=True):
+                 bint check_signals=True,
+                 double[:, ::1] rec_bg2=None,       # OUT optional block |g_B|^2
+                 double[:, ::1] rec_bd2=None,       # OUT optional block |Delta_n|^2
+                 double[::1] d_last=None):          # IN/OUT Delta of the last step
     """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
 
     ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
@@ -616,11 +640,17 @@ def train_kernel(int kind,
     s.bptr = &bptr[0]
     s.bidx = &bidx[0] if bidx.shape[0] > 0 else &dummy_i
     s.nb = bptr.shape[0] - 1
-    s.rec_q = &rec_q[0, 0]
+    s.rec_q = &rec_q[0, 0] if rec_q.shape[1] > 0 else NULL
     s.rec_loss = &rec_loss[0]
     s.rec_g2 = &rec_g2[0]
     s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else &dummy
     s.g = scratch.doubles(s.d)
+    if rec_bg2 is not None and rec_bg2.shape[1] > 0:
+        s.rec_bg2 = &rec_bg2[0, 0]
+    if rec_bd2 is not None and rec_bd2.shape[1] > 0:
+        s.rec_bd2 = &rec_bd2[0, 0]
+        s.d_last = &d_last[0]
+        s.q_old = scratch.doubles(s.d)
     s.cs = NULL
     s.check_signals = check_signals
     if charges is not None:

@@ -84,10 +84,14 @@ cdef struct RunSpec:
     const Py_ssize_t* bptr      # IN: named blocks (CSR) whose norm^2 is recorded
     const Py_ssize_t* bidx
     Py_ssize_t nb
-    double* rec_q               # OUT: (n_rec_max, d)
+    double* rec_q               # OUT: (n_rec_max, d), or NULL: q not recorded
     double* rec_loss            # OUT: (n_rec_max,)
     double* rec_g2              # OUT: (n_rec_max,)
     double* rec_bn2             # OUT: (n_rec_max, nb)
+    double* rec_bg2             # OUT: (n_rec_max, nb) block |g_B|^2, or NULL (off)
+    double* rec_bd2             # OUT: (n_rec_max, nb) block |Delta_n|^2_B, or NULL (off)
+    double* d_last              # IN/OUT (d): Delta_n of the last step (with rec_bd2)
+    double* q_old               # scratch (d) (with rec_bd2)
     ChargeSpec* cs              # NULL: no charges tracked
     bint check_signals          # poll Python signals (Ctrl-C) ~every 50 ms; main thread only
     double next_poll            # scratch: monotonic time of the next poll
