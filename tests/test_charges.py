@@ -111,6 +111,40 @@ def test_translation_law_on_symmetric_quadratic():
                                        atol=1e-15 * np.abs(J).max())
 
 
+def _builtins():
+    """Every built-in potential that declares a symmetry, small enough for fast tests."""
+    X, lab = nc.datasets.gaussian_mixture(40, 5, 3, seed=0)
+    Xr, Y = nc.datasets.teacher_regression(40, 5, 2, seed=0)
+    return [_rq(5), _bn(), nc.potentials.Radial(5, "gaussian"),
+            nc.potentials.SoftmaxCrossEntropy(X, lab),
+            nc.potentials.TwoLayer(Xr, Y, 4), nc.potentials.TwoLayer(Xr, Y, 3, "linear"),
+            nc.potentials.BatchNormLayer(Xr, Y, 3), nc.potentials.BatchNormMLP(X, lab, (4, 3))]
+
+
+BUILTINS = _builtins()
+
+
+@given(st.sampled_from(range(len(BUILTINS))), sgd_params, st.integers(0, 2**31 - 1),
+       st.booleans())
+def test_every_builtin_symmetry_exact_for_sgd(which, params, seed, minibatch):
+    """SPEC §1.1 / docs (2.2)–(2.8): for every built-in potential and every symmetry it
+    declares (translation, scale, rescale, rotation), SGD's exact law holds at every step,
+    minibatches included; also for the scalar RMSProp on its blocks (§3)."""
+    pot = BUILTINS[which]
+    rng = np.random.default_rng(seed)
+    q0 = 0.5 * rng.standard_normal(pot.dim)
+    omega = random_skew(pot.dim, rng) if isinstance(pot, nc.potentials.Radial) else None
+    b = 8 if (minibatch and pot.n_data) else None
+    for rule in (_sgd(params), nc.rules.ScalarRMSProp(lr=params["lr"] / 3)):
+        run = nc.train(rule, pot, q0, 60, batch_size=b, seed=seed, omega=omega,
+                       record_every=20)
+        assert run.charges and not run.untracked
+        for ch in run.charges.values():
+            if rule.kinetic_symmetric(ch.symmetry, pot):
+                assert ch.law == "exact"
+                assert ch.worst < EXACT, (type(pot).__name__, rule, ch)
+
+
 # ---------------------------------------------------------------------------------------
 # the closed forms, recomputed here from recorded trajectories (independent of the kernel)
 
