@@ -100,6 +100,16 @@ class Potential:
                 f"blocks={list(self.blocks)})")
 
 
+def _symmetric_matrix(A):
+    """A finite symmetric square matrix (symmetrised exactly, so Aᵀ = A bit for bit)."""
+    A = V.as_float_array("A", A, ndim=2)
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square, got shape {A.shape}")
+    if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
+        raise ValueError("A must be symmetric (the gradient formulas assume Aᵀ = A)")
+    return 0.5 * (A + A.T)
+
+
 class Quadratic(Potential):
     """f(q) = 1/2 qᵀAq − bᵀq with symmetric A: no symmetry (the control case).
 
@@ -110,13 +120,8 @@ class Quadratic(Potential):
     """
 
     def __init__(self, A, b=None):
-        A = V.as_float_array("A", A, ndim=2)
+        A = _symmetric_matrix(A)
         d = A.shape[0]
-        if A.shape != (d, d):
-            raise ValueError(f"A must be square, got shape {A.shape}")
-        if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
-            raise ValueError("A must be symmetric (its gradient is A q - b only then)")
-        A = 0.5 * (A + A.T)
         b = np.zeros(d) if b is None else V.as_float_array("b", b, shape=(d,))
         super().__init__(_k.QuadraticKernel(_readonly(A), _readonly(b)),
                          {"q": np.arange(d)}, (), (A, b))
@@ -131,13 +136,8 @@ class RayleighQuotient(Potential):
     """
 
     def __init__(self, A):
-        A = V.as_float_array("A", A, ndim=2)
+        A = _symmetric_matrix(A)
         d = A.shape[0]
-        if A.shape != (d, d):
-            raise ValueError(f"A must be square, got shape {A.shape}")
-        if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
-            raise ValueError("A must be symmetric")
-        A = 0.5 * (A + A.T)
         super().__init__(_k.RayleighQuotientKernel(_readonly(A)), {"q": np.arange(d)},
                          (Symmetry("scale", ("q",)),), (A,))
         self.A = A

@@ -421,36 +421,29 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
             cs.worst_step[j] = n
 
 
-cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
-    cdef Py_ssize_t j, b, k, i, r = s.n_rec * s.nb
-    cdef double acc, x
-    cdef double* row
-    if s.rec_q != NULL:
-        row = s.rec_q + s.n_rec * s.d
-        for j in range(s.d):
-            row[j] = s.q[j]
-    s.rec_loss[s.n_rec] = f
-    s.rec_g2[s.n_rec] = g2
+cdef inline void _block_sq(RunSpec* s, const double* x, double* out) noexcept nogil:
+    """out[b] = |x_B|^2 for every recorded block b."""
+    cdef Py_ssize_t b, k
+    cdef double acc, v
     for b in range(s.nb):
         acc = 0.0
         for k in range(s.bptr[b], s.bptr[b + 1]):
-            x = s.q[s.bidx[k]]
-            acc = acc + x * x
-        s.rec_bn2[r + b] = acc
+            v = x[s.bidx[k]]
+            acc = acc + v * v
+        out[b] = acc
+
+
+cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
+    cdef Py_ssize_t r = s.n_rec * s.nb
+    if s.rec_q != NULL:
+        memcpy(s.rec_q + s.n_rec * s.d, s.q, s.d * sizeof(double))
+    s.rec_loss[s.n_rec] = f
+    s.rec_g2[s.n_rec] = g2
+    _block_sq(s, s.q, s.rec_bn2 + r)
     if s.rec_bg2 != NULL:
-        for b in range(s.nb):
-            acc = 0.0
-            for k in range(s.bptr[b], s.bptr[b + 1]):
-                x = s.g[s.bidx[k]]
-                acc = acc + x * x
-            s.rec_bg2[r + b] = acc
+        _block_sq(s, s.g, s.rec_bg2 + r)
     if s.rec_bd2 != NULL:
-        for b in range(s.nb):
-            acc = 0.0
-            for k in range(s.bptr[b], s.bptr[b + 1]):
-                x = s.d_last[s.bidx[k]]
-                acc = acc + x * x
-            s.rec_bd2[r + b] = acc
+        _block_sq(s, s.d_last, s.rec_bd2 + r)
     s.n_rec += 1
 
 
@@ -533,8 +526,6 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
-        if s.cs != NULL:
-            _charges_after(s, n)
         probe = 0.0
         for i in range(s.d):
             probe = probe + s.q[i] * 0.0
@@ -542,6 +533,8 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             s.status = STATUS_NONFINITE_PARAMS
             s.stop_step = n
             return
+        if s.cs != NULL:
+            _charges_after(s, n)
     if s.steps % s.record_every == 0:
         # the terminal state: evaluated on the full data set, consuming no draws, so a run
         # resumed from here sees exactly the random stream an unbroken run would
