@@ -271,15 +271,16 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     arrays = ({} if isinstance(rule, MirrorDescent)
               else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
     if spec is not None:
-        last_delta, last_res = spec[8], spec[9]
-        last_residual = {_charges.symmetry_label(s): float(r)
-                         for (s, _), r in zip(chosen, last_res)}
+        last_delta, last_res, last_met = spec[8], spec[9], spec[15]
+        labels = [_charges.symmetry_label(s) for s, _ in chosen]
+        last_residual = dict(zip(labels, map(float, last_res)))
+        last_metric = dict(zip(labels, map(float, last_met)))
     else:
-        last_delta, last_residual = d_last, None
+        last_delta, last_residual, last_metric = d_last, None, None
     new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
                           state.step + taken,
                           None if rng is None else rng.bit_generator.state,
-                          last_delta, last_residual)
+                          last_delta, last_residual, last_metric)
     res = TrainResult(
         rule=rule, potential=potential,
         steps=state.step + record_every * np.arange(n_done),

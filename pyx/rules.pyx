@@ -324,6 +324,7 @@ cdef inline void _charges_record(RunSpec* s) noexcept nogil:
         else:
             cs.rec_moment[row + j] = _xi_dot(cs, j, s.q, NULL, s.q)
         cs.rec_resid[row + j] = cs.last_res[j]
+        cs.rec_metric[row + j] = cs.last_metric[j]
 
 
 cdef inline void _charges_before(RunSpec* s) noexcept nogil:
@@ -363,6 +364,73 @@ cdef inline void _block_sums(ChargeSpec* cs, const Py_ssize_t* ptr, const Py_ssi
         dd[0] += x * x
 
 
+cdef inline double _mirror_grad(RunSpec* s, Py_ssize_t i, double x) noexcept nogil:
+    """∇h(x)_i of the mirror map of a MirrorDescent rule (hp[2]: map, hp[3]: p)."""
+    cdef int kind = <int> s.hp[2]
+    cdef double a
+    if kind == 0:
+        return x
+    if kind == 1:
+        return s.vec[i] * x
+    if kind == 2:
+        a = pow(fabs(x), s.hp[3] - 1.0)
+        return -a if x < 0.0 else a
+    return 1.0 + log(x)
+
+
+cdef inline double _mirror_hess(RunSpec* s, Py_ssize_t i, double x) noexcept nogil:
+    """(∇²h(x))_ii of the mirror map."""
+    cdef int kind = <int> s.hp[2]
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return s.vec[i]
+    if kind == 2:
+        return (s.hp[3] - 1.0) * pow(fabs(x), s.hp[3] - 2.0)
+    return 1.0 / x
+
+
+cdef inline double _xi_at(ChargeSpec* cs, Py_ssize_t j, Py_ssize_t k, const double* q,
+                          bint second) noexcept nogil:
+    """Component k (CSR position) of ξ_j(q): second=True for the rescale's second block."""
+    cdef int fam = cs.fam[j]
+    if second:
+        return -q[cs.idx2[k]]
+    if fam == FAM_TRANSLATION:
+        return cs.dirn[k]
+    if fam == FAM_ROTATION:
+        return cs.om_q[k]
+    return q[cs.idx1[k]]
+
+
+cdef inline void _mirror_law(RunSpec* s, Py_ssize_t j, double* R, double* sc,
+                             double* metric) noexcept nogil:
+    """Mirror descent's exact dual law (docs/balance_laws.md (4.1)),
+    ⟨∇h(q_{n+1}) − ∇h(q^free_{n+1}), ξ(q_n)⟩ = 0, and its metric term
+    ⟨∇h(q_{n+1}) − ∇h(q_n) − ∇²h(q_n)Δ_{n+1}, ξ(q_n)⟩ (Eq. 9, O(η²))."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t k, i, part
+    cdef const Py_ssize_t* ptr
+    cdef const Py_ssize_t* idx
+    cdef double xi, a1, af, a0
+    R[0] = 0.0
+    sc[0] = 0.0
+    metric[0] = 0.0
+    for part in range(2 if cs.fam[j] == FAM_RESCALE else 1):
+        ptr = cs.ptr2 if part == 1 else cs.ptr1
+        idx = cs.idx2 if part == 1 else cs.idx1
+        for k in range(ptr[j], ptr[j + 1]):
+            i = idx[k]
+            xi = _xi_at(cs, j, k, cs.q_prev, part == 1)
+            a1 = _mirror_grad(s, i, s.q[i])
+            af = _mirror_grad(s, i, cs.q_free[i])
+            a0 = _mirror_grad(s, i, cs.q_prev[i])
+            R[0] += (a1 - af) * xi
+            sc[0] += (fabs(a1) + fabs(af)) * fabs(xi)
+            metric[0] += (a1 - a0 - _mirror_hess(s, i, cs.q_prev[i])
+                          * (s.q[i] - cs.q_prev[i])) * xi
+
+
 cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
     """Residual of each balance law for the step n -> n+1 just taken."""
     cdef ChargeSpec* cs = s.cs
@@ -372,7 +440,12 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
         cs.last_delta[i] = s.q[i] - cs.q_prev[i]
     for j in range(cs.nsym):
         T = cs.free_transfer[j]
-        if cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
+        if s.kind == RULE_MIRROR:
+            _mirror_law(s, j, &R, &sc, &ff)
+            cs.last_metric[j] = ff
+            if fabs(ff) > cs.worst_metric[j]:
+                cs.worst_metric[j] = fabs(ff)
+        elif cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
             _block_sums(cs, cs.ptr1, cs.idx1, j, s.q, cs.q_prev, &a1, &a0, &dd)
             sc = a1 + a0 + dd
             if cs.fam[j] == FAM_RESCALE:
@@ -601,7 +674,8 @@ def train_kernel(int kind,
     """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
 
     ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
-    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step)`` of
+    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step,
+    last_metric, rec_metric, worst_metric)`` of
     C-contiguous arrays described by ``ChargeSpec`` in rules.pxd (built by _train.py).
     """
     cdef RunSpec s
@@ -612,8 +686,8 @@ def train_kernel(int kind,
     cdef const int[::1] fam
     cdef const Py_ssize_t[::1] ptr1, idx1, ptr2, idx2, optr
     cdef const double[::1] dirn, omega
-    cdef double[::1] last_delta, last_res, worst
-    cdef double[:, ::1] rec_m, rec_c, rec_r
+    cdef double[::1] last_delta, last_res, worst, last_metric, worst_metric
+    cdef double[:, ::1] rec_m, rec_c, rec_r, rec_mt
     cdef Py_ssize_t[::1] worst_step
     memset(&s, 0, sizeof(RunSpec))
     s.kind = kind
@@ -648,7 +722,7 @@ def train_kernel(int kind,
     s.check_signals = check_signals
     if charges is not None:
         (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, last_delta, last_res,
-         rec_m, rec_c, rec_r, worst, worst_step) = charges
+         rec_m, rec_c, rec_r, worst, worst_step, last_metric, rec_mt, worst_metric) = charges
         memset(&cs, 0, sizeof(ChargeSpec))
         cs.nsym = fam.shape[0]
         if cs.nsym > 0:
@@ -664,6 +738,9 @@ def train_kernel(int kind,
             cs.nsca = sca.shape[0]
             cs.last_delta = &last_delta[0]
             cs.last_res = &last_res[0]
+            cs.last_metric = &last_metric[0]
+            cs.rec_metric = &rec_mt[0, 0]
+            cs.worst_metric = &worst_metric[0]
             cs.rec_moment = &rec_m[0, 0]
             cs.rec_charge = &rec_c[0, 0]
             cs.rec_resid = &rec_r[0, 0]
