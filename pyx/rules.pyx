@@ -28,7 +28,9 @@ RMSPROP         lr, alpha, eps, wd, momentum, centered       square_avg, momentu
                                                              grad_avg
 ADAM            lr, beta1, beta2, eps, wd, amsgrad,          exp_avg, exp_avg_sq,         step
                 decoupled                                    max_exp_avg_sq
-SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd   (none)                       initialised, G per part
+SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd,  (none)                       initialised, G per part
+                nproj (leading parts renormalised to |q_P| = 1
+                after their step; 0 = off)
 MIRROR          lr, wd, map (0 euclid, 1 diag, 2 pnorm,      D (diagonal of h, map 1)     (none)
                 3 entropy), p
 =============== ============================================ ============================ ======================
@@ -192,20 +194,31 @@ cdef inline void _init_scalar_rmsprop(RunSpec* s) noexcept nogil:
 cdef inline void _step_scalar_rmsprop(RunSpec* s) noexcept nogil:
     """The paper's RMSProp (Sec. 4): one scalar G per part P of the partition,
     q_P <- q_P - lr d_P / sqrt(G_P + eps), then G_P <- rho G_P + (1 - rho)|d_P|^2.
+    The first nproj = hp[5] parts (the scale blocks, with ``project=True``) are then
+    divided by their norm: the paper's RMSProp on unit-norm weight rows.
     G must have been initialised (_init_scalar_rmsprop) before the first step."""
     cdef double lr = s.hp[0], rho = s.hp[1], eps = s.hp[2], wd = s.hp[4]
+    cdef Py_ssize_t nproj = <Py_ssize_t> s.hp[5]
     cdef Py_ssize_t p, k, i
-    cdef double gi, n2, scale
+    cdef double gi, n2, scale, norm2
     cdef double* G = s.sca + 1
     for p in range(s.npart):
         n2 = _part_norm2(s, p, wd)
         scale = lr / sqrt(G[p] + eps)
+        norm2 = 0.0
         for k in range(s.pptr[p], s.pptr[p + 1]):
             i = s.pidx[k]
             gi = s.g[i]
             if wd != 0.0:
                 gi = gi + wd * s.q[i]
             s.q[i] = s.q[i] - scale * gi
+            norm2 = norm2 + s.q[i] * s.q[i]
+        if p < nproj and norm2 > 0.0:
+            # a zero row has no direction: left as is (the loss is then undefined anyway)
+            norm2 = sqrt(norm2)
+            for k in range(s.pptr[p], s.pptr[p + 1]):
+                i = s.pidx[k]
+                s.q[i] = s.q[i] / norm2
         G[p] = rho * G[p] + (1.0 - rho) * n2
 
 
