@@ -214,7 +214,10 @@ def run_chunked(rule, pot, q0, names, cfg: DemoConfig, *, charges=False, progres
         res = train(rule, pot, q, m, batch_size=cfg.batch_size,
                     seed=cfg.seed if state is None else None, state=state,
                     charges=charges, record_q=False, block_stats=True)
-        sl = slice(0, None) if state is None else slice(1, None)   # drop the repeated row
+        # the terminal row of a chunk is evaluated on the full data set; the next chunk's
+        # first row is the same q_n with step n's minibatch: keep that one
+        last = done + m >= cfg.steps
+        sl = slice(0, None) if last else slice(0, -1)
         a.append(stack(res.block_norm2)[sl])
         g2.append(stack(res.block_grad_norm2)[sl])
         D.append(stack(res.block_step_norm2)[sl])
