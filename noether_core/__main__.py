@@ -13,44 +13,25 @@ import argparse
 import sys
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(kind, lo, hi=None, lo_open=False, what=""):
+    """An argparse type: ``kind`` (int or float) in [lo, hi] (open ends as flagged)."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        bad = (v != v or v in (float("inf"), float("-inf")) or v < lo or (lo_open and v == lo)
+               or (hi is not None and v >= hi))
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
-    return v
-
-
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
-    return v
+_positive_int = _number(int, 1, what="a positive integer")
+_nonneg_int = _number(int, 0, what="a non-negative integer")
+_positive_float = _number(float, 0.0, lo_open=True, what="a finite positive number")
+_fraction = _number(float, 0.0, hi=1.0, lo_open=True, what="a number in (0, 1)")
 
 
 def _widths(text):
