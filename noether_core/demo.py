@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.signal import lfilter
@@ -724,11 +724,6 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
         print(text, file=stream)
     return DemoResult(cfg, checks, assumption, text, figure, wall,
                       {"sgd": rec, "norm": nseries, "rmsprop": rseries})
-
-
-def config_fields():
-    """Names and defaults of :class:`DemoConfig` (the command line's options)."""
-    return {f.name: f.default for f in fields(DemoConfig)}
 
 
 def reduced(**over):
