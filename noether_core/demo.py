@@ -447,7 +447,8 @@ def norm_check(rec: RunRecord, cfg: DemoConfig, times=None):
              + f" -> nearest '{assumption}'",
              "    |relative error| per block (median / p90):  Eq. 17 vs run = "
              "(correlation model) x (approximations 2-4)",
-             "      step        Eq. 17         kappa part      approx. 2-4      bound 2-4    within"]
+             "      step        Eq. 17         kappa part      approx. 2-4      bound 2-4"
+             "    within"]
     errors, tols, ok = {}, {}, True
     for n in times:
         err = np.abs(ns.r2_continuous[n] / a[n] - 1.0)
