@@ -2,7 +2,8 @@
 
 Checks (docs/byom.md §1–§2; ARCHITECTURE "The potential ABI"):
 
-* a ctypes RayleighQuotient compiled here with gcc (same operation order as the built-in,
+* a ctypes RayleighQuotient compiled here with gcc, and a Cython `cdef api` one (same
+  operation order as the built-in,
   same flags: -O3 -ffp-contract=off) gives trajectories, losses, charges and balance
   residuals *bitwise* identical to the built-in ``RayleighQuotient`` (SPEC §1.1 identity
   at round-off for both);
@@ -116,6 +117,61 @@ def test_ctypes_rayleigh_is_bitwise_the_builtin(lib, rule, seed, d):
     assert got.balance_residual() == ref.balance_residual()
     c_got, c_ref = got.charge("scale"), ref.charge("scale")
     np.testing.assert_array_equal(c_got.residual, c_ref.residual)
+
+
+CYTHON_SOURCE = """
+# cython: language_level=3
+cdef api double rayleigh(const double* q, double* g, Py_ssize_t d,
+                         void* params) noexcept nogil:
+    cdef const double* A = <const double*> params
+    cdef double qAq = 0.0, qq = 0.0, f, s
+    cdef Py_ssize_t i, j
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s = s + A[i * d + j] * q[j]
+        g[i] = s
+        qAq = qAq + q[i] * s
+        qq = qq + q[i] * q[i]
+    f = 0.5 * qAq / qq
+    for i in range(d):
+        g[i] = (g[i] - 2.0 * f * q[i]) / qq
+    return f
+"""
+
+CYTHON_SETUP = """
+from setuptools import setup, Extension
+from Cython.Build import cythonize
+setup(ext_modules=cythonize([Extension("byom_cy_loss", ["byom_cy_loss.pyx"],
+      extra_compile_args=["-O3", "-ffp-contract=off"])], quiet=True))
+"""
+
+
+def test_cython_callback(tmp_path):
+    """A Cython ``cdef api`` function through LowLevelCallable.from_cython (signature
+    'double (double const *, double *, Py_ssize_t, void *)'): bitwise the built-in."""
+    pytest.importorskip("Cython", reason="Cython builds the test module")
+    import importlib.util
+    import sys
+    (tmp_path / "byom_cy_loss.pyx").write_text(CYTHON_SOURCE)
+    (tmp_path / "setup.py").write_text(CYTHON_SETUP)
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    so = next(tmp_path.glob("byom_cy_loss*.so"))
+    spec = importlib.util.spec_from_file_location("byom_cy_loss", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(7)
+    A = _sym(rng, 9)
+    cb = scipy.LowLevelCallable.from_cython(mod, "rayleigh", A.ctypes.data_as(ctypes.c_void_p))
+    assert cb.signature == "double (double const *, double *, Py_ssize_t, void *)"
+    pot = P.Compiled(cb, 9, symmetries=[Symmetry("scale", ("q",))])
+    q0 = rng.standard_normal(9)
+    rule = nc.rules.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    ref = nc.train(rule, P.RayleighQuotient(A), q0, 500, record_every=10)
+    got = nc.train(rule, pot, q0, 500, record_every=10)
+    np.testing.assert_array_equal(got.q, ref.q)
+    assert got.balance_residual() == ref.balance_residual() < 1e-12
 
 
 def test_compiled_scale_balance_at_round_off(lib):
