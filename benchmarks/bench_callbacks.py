@@ -26,24 +26,9 @@ import noether_core as nc
 
 from _common import BUILD, best_time, machine, table, update_results
 
-C_SOURCE = r"""
-#include <sys/types.h>
-/* the built-in's arithmetic (pyx/potentials.pyx, _c_grad_rayleigh); params -> A */
-double rayleigh(const double* q, double* g, ssize_t d, void* params) {
-    const double* A = (const double*) params;
-    double qAq = 0.0, qq = 0.0, f, s;
-    for (ssize_t i = 0; i < d; i++) {
-        s = 0.0;
-        for (ssize_t j = 0; j < d; j++) s = s + A[i * d + j] * q[j];
-        g[i] = s;
-        qAq = qAq + q[i] * s;
-        qq = qq + q[i] * q[i];
-    }
-    f = 0.5 * qAq / qq;
-    for (ssize_t i = 0; i < d; i++) g[i] = (g[i] - 2.0 * f * q[i]) / qq;
-    return f;
-}
-"""
+# the test suite's callback source (the built-in's arithmetic, params -> A), one copy
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from test_callbacks import C_SOURCE  # noqa: E402
 
 
 def build():

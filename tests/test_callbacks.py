@@ -2,10 +2,9 @@
 
 Checks (docs/byom.md §1–§2; ARCHITECTURE "The potential ABI"):
 
-* a ctypes RayleighQuotient compiled here with gcc, and a Cython `cdef api` one (same
-  operation order as the built-in,
-  same flags: -O3 -ffp-contract=off) gives trajectories, losses, charges and balance
-  residuals *bitwise* identical to the built-in ``RayleighQuotient`` (SPEC §1.1 identity
+* a ctypes RayleighQuotient compiled here with gcc, and a Cython ``cdef api`` one (same
+  operation order as the built-in, same flags: -O3 -ffp-contract=off), give trajectories,
+  losses, charges and balance residuals *bitwise* identical to the built-in ``RayleighQuotient`` (SPEC §1.1 identity
   at round-off for both);
 * the Python-callable path equals the compiled path bitwise when it computes the same
   arithmetic, and to round-off (1e-12 relative) with NumPy's different summation order;
