@@ -11,7 +11,8 @@
 
 Tolerances: the audit's "holds" threshold is 1e-8 on a cosine; exact gradients give
 cosines at ~1e-15 (round-off of O(d) sums), and the generic non-symmetric scores of the
-hypothesis test are ≥ 1e-4 (the best direction of an SVD over ≥ 2·dim unit gradients).
+hypothesis test are ≥ 5e-4 (the best direction of an SVD over > 2·dim unit gradients;
+docs/byom.md §3 for why such fits cannot come close to zero by chance).
 """
 import numpy as np
 import pytest
@@ -91,8 +92,9 @@ def test_no_false_symmetry_on_quadratic(seed, d):
     blocks = {"q": np.arange(d), "head": np.arange(d // 2 + 1), "one": np.array([d - 1])}
     res = audit(pot, 2.0 * rng.standard_normal((8 * d + 8, d)), blocks)
     assert res.holding() == [], str(res)
-    assert res.holding(verdicts=("approximate",)) == [] or all(
-        f.score > 1e-6 for f in res.holding(verdicts=("approximate",)))
+    # and not marginally: over 2400 instances of this strategy the smallest score seen
+    # was 5.7e-4 (a near-null direction of an SVD fit); 1e-5 leaves a factor 50
+    assert min(f.score for f in res.findings if np.isfinite(f.score)) > 1e-5
 
 
 def test_audit_of_a_plain_function():
