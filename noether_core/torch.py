@@ -54,7 +54,9 @@ __all__ = ["NoetherMonitor", "MonitorReport"]
 
 _NORMS_PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,)
 _NORMS_JOINT = (torch.nn.LayerNorm,)
-_PRODUCERS = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+# layers whose weight row W[c] holds every weight of output unit/channel c (transposed
+# convolutions store (in, out, ...) and are left out)
+_PRODUCERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
 
 
@@ -89,7 +91,9 @@ class MonitorReport:
         ⟨Δ_n, g_n⟩/(|Δ_n||g_n|) (NaN at a block's first step).
     balance_residual : (R, B) array
         Relative residual of the exact balance law (NaN where no law applies: other
-        optimizers, nesterov, the first step of a resumed buffer).
+        optimizers, nesterov/maximize, the first step of a buffer that predates the
+        monitor, a joint block whose tensors sit in groups with different
+        hyper-parameters).
     predicted_norm2 : dict assumption -> (R+1, B) array
         Eq. 17 prediction of |q_n|² for n = steps and the state after the last step.
     final_norm2 : (B,) array
@@ -262,6 +266,7 @@ class NoetherMonitor:
 
     # -- graph discovery (first forward pass) --------------------------------------------
     def _on_produce(self, module, inputs, output):
+        self._seen_forward = True
         if not self._graph_done and isinstance(output, torch.Tensor):
             self._outputs[id(output)] = (output, module)
 
@@ -280,6 +285,10 @@ class NoetherMonitor:
     def _build_blocks(self):
         self._graph_done = True
         self._outputs.clear()
+        if not getattr(self, "_seen_forward", False):
+            warnings.warn("NoetherMonitor saw no forward pass before the first optimizer "
+                          "step, so it cannot tell which layers feed a normalisation "
+                          "layer; create it before the first forward pass", stacklevel=4)
         for h in self._fwd_hooks:          # the graph is known: forward passes run bare
             h.remove()
         self._fwd_hooks = []
@@ -393,6 +402,8 @@ class NoetherMonitor:
                 D, a1 = D + r[0], a1 + r[1]
                 st["delta"] = delta
             lr, beta, tau, k, nest, maxim = self._hyper(b.members[0][0])
+            same_hyper = all(self._hyper(p) == self._hyper(b.members[0][0])
+                             for p, _ in b.members[1:])
             first = self._state[b.members[0][0]]["first"]
             sl = self._slices[i]
             prev = self._prev
@@ -402,7 +413,8 @@ class NoetherMonitor:
                 r0, r1 = np.sqrt(a), np.sqrt(a1)
                 chord = np.sqrt(np.maximum(D - (r1 - r0) ** 2, 0.0) / (r0 * r1))
             # exact balance law of torch.optim.SGD (docs/byom.md §4.2)
-            if isinstance(optimizer, torch.optim.SGD) and not nest and not maxim:
+            if (isinstance(optimizer, torch.optim.SGD) and not nest and not maxim
+                    and same_hyper):
                 if first:
                     bp, c, Dn_, a_prev = 0.0, 1.0, np.zeros_like(D), a
                     known = True

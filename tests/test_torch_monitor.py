@@ -220,6 +220,37 @@ def test_float32_residual_is_float32_round_off():
     assert mon.report().balance_residual.max() < 1e-5
 
 
+def test_record_every_thins_rows_not_the_recursions():
+    """record_every=7 keeps rows 0, 7, 14, … of the every-step record, predictions included
+    (the Eq. 17 recursions advance every step)."""
+    X, y = _data(256, (12,), 3, 7)
+    reps = []
+    for every in (1, 7):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        mon = NoetherMonitor(model, opt, record_every=every)
+        _train(model, opt, X, y, 30)
+        reps.append(mon.report())
+    full, thin = reps
+    np.testing.assert_array_equal(thin.steps, np.arange(0, 30, 7))
+    np.testing.assert_array_equal(thin.norm2, full.norm2[::7])
+    for a in full.predicted_norm2:
+        np.testing.assert_array_equal(thin.predicted_norm2[a][:-1],
+                                      full.predicted_norm2[a][:-1][::7])
+        np.testing.assert_array_equal(thin.predicted_norm2[a][-1], full.predicted_norm2[a][-1])
+
+
+def test_monitor_created_after_the_forward_pass_warns():
+    X, y = _data(64, (12,), 3, 8)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.nn.functional.cross_entropy(model(X), y).backward()
+    mon = NoetherMonitor(model, opt)
+    with pytest.warns(UserWarning, match="saw no forward pass"):
+        opt.step()
+    mon.close()
+
+
 def test_bad_arguments():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
