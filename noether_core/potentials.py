@@ -626,7 +626,8 @@ class Compiled(Potential):
     No trampoline: the loop's ``fn`` is the user's pointer, so a callback as fast as the
     built-in gives a run as fast as the built-in (benchmarks/bench_callbacks.py).  A NaN
     or inf loss or gradient stops ``train`` at that step (``result.stop_step``).
-    Pickling works only if the LowLevelCallable itself pickles (ctypes pointers do not).
+    Not picklable: a raw function pointer means nothing in another process (rebuild the
+    potential there from its library).
     """
 
     def __init__(self, callback, d, blocks=None, symmetries=()):
@@ -648,6 +649,10 @@ class Compiled(Potential):
                          _user_symmetries(blocks, symmetries),
                          (callback, d, blocks, symmetries))
         self.callback, self.signature = callback, sig
+
+    def __reduce__(self):
+        raise TypeError("a Compiled potential holds a raw C function pointer and cannot be "
+                        "pickled; build it again in the other process from its library")
 
 
 class Python(Potential):

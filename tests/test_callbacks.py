@@ -238,6 +238,12 @@ def test_wrong_signature_is_refused_at_construction(lib):
         P.Compiled(ok, 3, blocks={"a": [0, 1], "b": [1, 2]})
 
 
+def test_compiled_refuses_pickling_clearly(lib):
+    import pickle
+    with pytest.raises(TypeError, match="raw C function pointer and cannot be pickled"):
+        pickle.dumps(P.Compiled(scipy.LowLevelCallable(lib.rayleigh), 3))
+
+
 def test_signature_spellings_accepted():
     """C/Cython/ctypes spellings of the ABI (docs/byom.md §1)."""
     from noether_core.potentials import _abi_signature_ok
