@@ -269,22 +269,30 @@ class Audit:
     __repr__ = __str__
 
 
-def candidate_blocks(shapes: dict) -> dict:
+def candidate_blocks(shapes: dict, columns: bool = True) -> dict:
     """Candidate blocks of a list of tensors stored one after another in a flat q.
 
-    ``shapes``: ordered dict name -> shape.  Returns name -> index array with, for each
-    tensor, the whole tensor ``"name"`` and, for tensors of ≥ 2 dimensions, each row
-    ``"name[i]"`` (everything feeding output unit i of a Linear/Conv weight).
+    ``shapes``: ordered dict name -> shape (e.g. ``{n: p.shape for n, p in
+    model.named_parameters()}``).  Returns name -> index array with, for each tensor, the
+    whole tensor ``"name"`` and, for tensors of ≥ 2 dimensions, each row ``"name[i]"``
+    (every weight of output unit i of a Linear/Conv weight) and, with ``columns``, each
+    column ``"name[:,j]"`` (every weight reading input j).  Row i of one layer against
+    column i of the next is the rescale pair of a ReLU/linear unit i between them; the
+    audit checks every disjoint pair, so it finds those without being told the order.
     """
     out, off = {}, 0
     for name, shape in shapes.items():
         shape = tuple(int(s) for s in shape)
         n = int(np.prod(shape)) if shape else 1
-        out[name] = off + np.arange(n)
+        idx = off + np.arange(n)
+        out[name] = idx
         if len(shape) >= 2:
-            per = n // shape[0]
+            per = idx.reshape(shape[0], shape[1], -1)
             for i in range(shape[0]):
-                out[f"{name}[{i}]"] = off + i * per + np.arange(per)
+                out[f"{name}[{i}]"] = per[i].ravel()
+            if columns:
+                for j in range(shape[1]):
+                    out[f"{name}[:,{j}]"] = per[:, j].ravel()
         off += n
     return out
 
@@ -309,7 +317,8 @@ def audit(potential_or_fn, q_samples, blocks=None, *, tol=1e-8, approx_tol=1e-3,
         decide a translation on block B, ≥ |B|(|B|−1) + 1 for a non-isotropic rotation).
     blocks : dict name -> index array, optional
         Candidate blocks (may overlap).  Default: the potential's named blocks, or one
-        block "q" for a function; :func:`candidate_blocks` builds per-row and per-tensor
+        block "q" for a function; :func:`candidate_blocks` builds per-row, per-column and
+        per-tensor
         candidates from tensor shapes.  Rescale candidates are all ordered pairs of
         blocks (B1 before B2 in dict order) that are disjoint and neither scale-symmetric
         alone — at most ``max_pairs`` of them (otherwise only consecutive pairs).
@@ -393,13 +402,14 @@ def audit(potential_or_fn, q_samples, blocks=None, *, tol=1e-8, approx_tol=1e-3,
                                       rotation_max_block, name))
 
     n_pairs = 0
+    span = {id(v): (v.min(), v.max()) for v in blocks.values()}
     if "rescale" in families:
         names = [n for n in blocks if gn[n].any()]
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
         if len(pairs) > max_pairs:
             pairs = list(zip(names[:-1], names[1:]))
         for a, b in pairs:
-            if a in scale_ok or b in scale_ok or np.intersect1d(blocks[a], blocks[b]).size:
+            if a in scale_ok or b in scale_ok or _overlap(blocks[a], blocks[b], span):
                 continue
             n_pairs += 1
             den = np.sqrt((gn[a] + gn[b]) * (qn[a] + qn[b]))
@@ -409,6 +419,13 @@ def audit(potential_or_fn, q_samples, blocks=None, *, tol=1e-8, approx_tol=1e-3,
             if v in ("holds", "approximate"):
                 findings.append(Finding("rescale", (a, b), sc, v))
     return Audit(findings, S, n_pairs, tol, approx_tol)
+
+
+def _overlap(a, b, span):
+    (a0, a1), (b0, b1) = span[id(a)], span[id(b)]
+    if a1 < b0 or b1 < a0:
+        return False
+    return np.intersect1d(a, b, assume_unique=True).size > 0
 
 
 def _rotation(gB, qB, tol, approx_tol, max_block, name):

@@ -137,13 +137,39 @@ def test_too_few_samples_is_undetermined():
     assert res.get("scale", "b").verdict == "broken"
 
 
-def test_candidate_blocks_rows_and_tensors():
+def test_candidate_blocks_rows_columns_and_tensors():
     b = candidate_blocks({"w": (3, 2, 2), "bias": (3,), "v": (2, 3)})
     np.testing.assert_array_equal(b["w"], np.arange(12))
     np.testing.assert_array_equal(b["w[1]"], np.arange(4, 8))
+    np.testing.assert_array_equal(b["w[:,1]"], [2, 3, 6, 7, 10, 11])
     np.testing.assert_array_equal(b["bias"], np.arange(12, 15))
     np.testing.assert_array_equal(b["v[1]"], np.arange(18, 21))
+    np.testing.assert_array_equal(b["v[:,2]"], [17, 20])
     assert "bias[0]" not in b
+    assert "w[:,0]" not in candidate_blocks({"w": (3, 2)}, columns=False)
+
+
+def test_audit_finds_relu_rescale_pairs_from_shapes_alone():
+    """A bias-free ReLU net P = relu(X W1ᵀ) W2ᵀ given only as a function of flat q and the
+    tensor shapes: the audit finds the rescale pair (W1[i], W2[:,i]) of each hidden unit
+    (and the whole-layer pair (W1, W2), their sum) and nothing else."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
+
+    def fn(q):
+        W1, W2 = q[:12].reshape(4, 3), q[12:].reshape(2, 4)
+        Z = X @ W1.T
+        A = np.maximum(Z, 0.0)
+        R = A @ W2.T - Y
+        gW2 = R.T @ A / len(X)
+        gW1 = ((R @ W2) * (Z > 0)).T @ X / len(X)
+        return 0.5 * (R * R).sum() / len(X), np.concatenate([gW1.ravel(), gW2.ravel()])
+    blocks = candidate_blocks({"W1": (4, 3), "W2": (2, 4)})
+    res = audit(fn, rng.standard_normal((40, 20)), blocks)
+    found = {(f.family, f.blocks) for f in res.holding()}
+    want = {("rescale", (f"W1[{i}]", f"W2[:,{i}]")) for i in range(4)}
+    want.add(("rescale", ("W1", "W2")))
+    assert found == want, str(res)
 
 
 def test_audit_bad_input():
