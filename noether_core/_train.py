@@ -295,6 +295,8 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                           {n: rec_bg2[:n_done, i] for i, n in enumerate(names)}),
         block_step_norm2=({} if not block_stats else
                           {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
+    if status != 0 and hasattr(potential, "_raise_callback_error"):
+        potential._raise_callback_error(int(state.step + stop))   # a user fn raised
     if status != 0:
         res.diverged = True
         res.stop_step = int(state.step + stop)
