@@ -10,6 +10,7 @@ from . import (charges, conventions, datasets, errors, mirror, models, potential
                symmetry, theory)
 from .integrate import integrate
 from ._train import TrainResult, train
+from .scan import scan, ScanResult
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
 

@@ -1,0 +1,739 @@
+"""``scan``: a grid of hyper-parameters (× seeds) trained in one compiled, parallel call.
+
+The grid is the Cartesian product of the 1-D keyword arrays, in the order given; each grid
+point is an independent run of the same compiled training loop ``train`` uses, so every
+point equals a separate ``train`` call bit for bit (docs/scan.md).  The points are spread
+over OpenMP threads (GIL released) or, with ``executor=``, over the workers of any
+``concurrent.futures.Executor`` (a process pool, a ``dask.distributed`` client's executor).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validation as V
+from ._kernels import scan as _ks
+from ._train import DEFAULT_MAX_RECORD_BYTES, _STATUS, _csr
+from .errors import DivergenceWarning
+from .potentials import Potential
+from .rules import MirrorDescent, Rule
+
+__all__ = ["scan", "ScanResult", "openmp_enabled", "point_seed"]
+
+#: steps per ``run_loop`` call are bounded so one thread's chunk rows stay near this size
+_CHUNK_ROW_BYTES = 256 * 1024
+_MAX_K = 1024
+
+#: the status code the kernel gives points stopped by ``cancel`` (rules.pxd)
+_INTERRUPTED = 4
+
+
+def openmp_enabled() -> bool:
+    """True if the scan kernel was compiled with OpenMP (else grid points run serially)."""
+    return _ks.openmp_enabled()
+
+
+def point_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """The seed sequence of grid point ``index`` (flat, C order over the grid axes) under
+    scan seed ``seed``: ``SeedSequence(seed).spawn(n_points)[index]``.
+
+    ``train(rule_at_that_point, ..., seed=point_seed(seed, index))`` reproduces the scan's
+    point bit for bit, minibatches included.
+    """
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+# ---------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass(eq=False)
+class ScanResult:
+    """Per-point summaries of a scan, as NumPy arrays shaped ``shape`` = the grid axes in
+    the order given, then ``seed`` when ``seeds`` was a sequence.
+
+    Attributes
+    ----------
+    axes : dict[str, ndarray]
+        The grid axes (name → values), in array-axis order; ``seed`` last if present.
+    fixed : dict
+        Hyper-parameters given as single values.
+    q : (*shape, d) array
+        Final parameters q_steps (for a diverged point: where it stopped, possibly
+        non-finite).
+    loss : (*shape,) array
+        Final loss f(q_steps) on the full data set; NaN for diverged points.
+    loss_min : (*shape,) array
+        Smallest loss the loop evaluated (each step's minibatch loss, and the final
+        full-data loss); for a diverged point, over the steps before it stopped.
+    norm2 : (*shape, nb) array
+        |q_B|² of the final q for each block in ``blocks``.
+    angular_update : (*shape, nb) array, radians
+        Mean angle between successive normalised block vectors q̂_B,n and q̂_B,n+1 over
+        the last ``ceil(steps/10)`` steps (the late-time angular update of Sec. 4, whose
+        steady value for SGD with momentum is sqrt(2ηk/(1+β))); NaN for diverged points.
+    diverged : (*shape,) bool array
+    stop_step : (*shape,) int array
+        Step at which a non-finite value stopped the point (-1: finished).
+    status : (*shape,) int array
+        0 finished; 1 non-finite loss; 2 non-finite gradient; 3 non-finite parameters
+        after the update; 4 interrupted.
+    series : dict or None
+        With ``record_every``: ``steps`` (R,), ``q`` (*shape, R, d), ``loss`` (*shape, R),
+        ``grad_norm2`` (*shape, R), ``norm2`` (*shape, R, nb) and ``n_rows`` (*shape,):
+        the rows ``train(..., record_every=...)`` records (rows past a divergence are NaN).
+
+    Notes
+    -----
+    The worst balance residual of the in-loop Noether charges is not computed yet (it
+    belongs to the charges feature); this class has no field for it.
+    """
+
+    rule_cls: type
+    axes: dict
+    fixed: dict
+    seeds: tuple
+    grid_shape: tuple
+    blocks: tuple
+    steps: int
+    record_every: int | None
+    batch_size: int | None
+    q: np.ndarray
+    loss: np.ndarray
+    loss_min: np.ndarray
+    norm2: np.ndarray
+    angular_update: np.ndarray
+    status: np.ndarray
+    stop_step: np.ndarray
+    series: dict | None = None
+    elapsed: float = field(default=0.0, repr=False)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(len(v) for v in self.axes.values())
+
+    @property
+    def diverged(self) -> np.ndarray:
+        return (self.status != 0) & (self.status != _INTERRUPTED)
+
+    def stop_reason(self, *index) -> str | None:
+        """Why the point at ``index`` stopped (None if it finished)."""
+        return _STATUS.get(int(self.status[index]), "interrupted")
+
+    def block(self, name: str) -> int:
+        """Position of a block in the last axis of ``norm2`` / ``angular_update``."""
+        try:
+            return self.blocks.index(name)
+        except ValueError:
+            raise KeyError(f"no block {name!r}; blocks: {list(self.blocks)}") from None
+
+    def params(self, *index) -> dict:
+        """The rule's hyper-parameters at ``index`` (one int per axis of this result)."""
+        if len(index) != len(self.axes):
+            raise IndexError(f"give one index per axis {list(self.axes)}, got {index}")
+        out = {k: v for k, v in self.fixed.items() if k != "seed"}
+        for (name, vals), i in zip(self.axes.items(), index):
+            if name != "seed":
+                out[name] = vals[i].item()
+        return out
+
+    def rule_at(self, *index) -> Rule:
+        """The rule of the point at ``index``: ``rule_cls(**params(*index))``."""
+        return self.rule_cls(**self.params(*index))
+
+    def seed_at(self, *index) -> np.random.SeedSequence:
+        """The minibatch stream of the point at ``index`` (``train(..., seed=this)``
+        reproduces the point).  Only for a result not narrowed by ``sel`` over grid axes."""
+        if len(index) != len(self.axes):
+            raise IndexError(f"give one index per axis {list(self.axes)}, got {index}")
+        names = list(self.axes)
+        grid_idx = tuple(i for n, i in zip(names, index) if n != "seed")
+        if len(grid_idx) != len(self.grid_shape):
+            raise ValueError("seed_at needs the full grid (this result was narrowed by sel)")
+        flat = int(np.ravel_multi_index(grid_idx, self.grid_shape)) if grid_idx else 0
+        seed = (self.axes["seed"][index[names.index("seed")]] if "seed" in self.axes
+                else self.fixed["seed"])
+        return point_seed(int(seed), flat)
+
+    # -- selection ------------------------------------------------------------------------
+    def sel(self, **coords) -> "ScanResult":
+        """Select by value along named axes (exact up to 1e-12 relative); a selected axis
+        is dropped, as in xarray."""
+        unknown = set(coords) - set(self.axes)
+        if unknown:
+            raise KeyError(f"no axis {sorted(unknown)}; axes: {list(self.axes)}")
+        index, axes = [], {}
+        for name, vals in self.axes.items():
+            if name not in coords:
+                index.append(slice(None))
+                axes[name] = vals
+                continue
+            want = coords[name]
+            hit = np.flatnonzero(np.isclose(vals.astype(float), float(want),
+                                            rtol=1e-12, atol=0.0))
+            if hit.size == 0:
+                raise KeyError(f"{name}={want!r} is not on the grid; values: {vals.tolist()}")
+            index.append(int(hit[0]))
+        index = tuple(index)
+        fixed = dict(self.fixed)
+        fixed.update({k: v for k, v in coords.items()})
+
+        def take(a):
+            return a[index]
+
+        series = None
+        if self.series is not None:
+            series = {k: (v if k == "steps" else take(v)) for k, v in self.series.items()}
+        return ScanResult(self.rule_cls, axes, fixed, self.seeds, self.grid_shape,
+                          self.blocks, self.steps,
+                          self.record_every, self.batch_size, take(self.q), take(self.loss),
+                          take(self.loss_min), take(self.norm2), take(self.angular_update),
+                          take(self.status), take(self.stop_step), series, self.elapsed)
+
+    # -- xarray ---------------------------------------------------------------------------
+    def to_xarray(self):
+        """A labelled ``xarray.Dataset`` (dims: the axes, then ``coord``/``block``/``row``)."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("ScanResult.to_xarray needs xarray: pip install xarray "
+                              "(or pip install 'noether_core[scan]')") from None
+        dims = list(self.axes)
+        coords = {k: np.asarray(v) for k, v in self.axes.items()}
+        coords["block"] = list(self.blocks)
+        coords["coord"] = np.arange(self.q.shape[-1])
+        data = {
+            "q": (dims + ["coord"], self.q),
+            "loss": (dims, self.loss),
+            "loss_min": (dims, self.loss_min),
+            "norm2": (dims + ["block"], self.norm2),
+            "angular_update": (dims + ["block"], self.angular_update),
+            "diverged": (dims, self.diverged),
+            "stop_step": (dims, self.stop_step),
+            "status": (dims, self.status),
+        }
+        if self.series is not None:
+            coords["step"] = self.series["steps"]
+            s = self.series
+            data.update({
+                "series_q": (dims + ["step", "coord"], s["q"]),
+                "series_loss": (dims + ["step"], s["loss"]),
+                "series_grad_norm2": (dims + ["step"], s["grad_norm2"]),
+                "series_norm2": (dims + ["step", "block"], s["norm2"]),
+            })
+        attrs = {"rule": self.rule_cls.__name__, "steps": self.steps,
+                 "batch_size": -1 if self.batch_size is None else self.batch_size}
+        attrs.update({f"fixed_{k}": (v if isinstance(v, (int, float, str)) else repr(v))
+                      for k, v in self.fixed.items()})
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    def __repr__(self):
+        ax = ", ".join(f"{k}[{len(v)}]" for k, v in self.axes.items())
+        nd = int(self.diverged.sum())
+        return (f"ScanResult({self.rule_cls.__name__}, {ax}, steps={self.steps}, "
+                f"diverged={nd}/{self.diverged.size})")
+
+
+# ---------------------------------------------------------------------------------------
+# the grid
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Everything a worker needs to rebuild and run any flat range of the grid."""
+
+    rule_cls: type
+    fixed: dict
+    axes: dict           # grid axes only (no seed), name -> 1-D array
+    seeds: tuple
+    seed_axis: bool
+    potential: Potential
+    q0: np.ndarray
+    steps: int
+    record_every: int | None
+    batch_size: int | None
+
+    @property
+    def grid_shape(self):
+        return tuple(len(v) for v in self.axes.values())
+
+    @property
+    def n_points(self):
+        return math.prod(self.grid_shape)
+
+    @property
+    def n_tasks(self):
+        return self.n_points * len(self.seeds)
+
+    def task(self, f):
+        """(grid point index, seed) of flat task f (seed varies fastest)."""
+        return divmod(f, len(self.seeds))
+
+    def params_at(self, i):
+        idx = np.unravel_index(i, self.grid_shape) if self.axes else ()
+        kw = dict(self.fixed)
+        for (name, vals), j in zip(self.axes.items(), idx):
+            kw[name] = vals[j].item()
+        return kw
+
+    def rule_at(self, i):
+        return self.rule_cls(**self.params_at(i))
+
+
+def _valid_names(rule_cls):
+    return list(rule_cls.param_names())
+
+
+def _as_axis(name, value, default):
+    """A grid keyword as (is_axis, value): 1-D arrays/lists are axes, the rest fixed."""
+    if isinstance(value, np.ndarray) or isinstance(value, (list, range)) or (
+            isinstance(value, tuple) and not isinstance(default, tuple)):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"grid axis {name} must hold real numbers, got dtype {arr.dtype} "
+                            f"({V._describe(value)}); pass a non-numeric value as a single "
+                            "fixed value")
+        if arr.ndim == 0:
+            return False, arr.item()
+        if arr.ndim != 1:
+            raise ValueError(f"grid axis {name} must be a scalar or a 1-D array, got shape "
+                             f"{arr.shape}")
+        if arr.size == 0:
+            raise ValueError(f"grid axis {name} is empty: give at least one value")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = arr[~np.isfinite(arr)][0]
+            raise ValueError(f"grid axis {name} must be finite, found {bad} at index "
+                             f"{int(np.flatnonzero(~np.isfinite(arr))[0])}")
+        if len(np.unique(arr)) != arr.size:
+            raise ValueError(f"grid axis {name} has repeated values {arr.tolist()}: each "
+                             "value must appear once (so .sel is unambiguous)")
+        return True, arr.copy()
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return False, value
+
+
+def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid):
+    if isinstance(rule_cls, Rule):
+        raise TypeError(f"rule_cls must be a rule class such as noether_core.rules.SGD, got "
+                        f"the instance {rule_cls!r}; pass type(rule) and its parameters as "
+                        "keywords")
+    if not (isinstance(rule_cls, type) and issubclass(rule_cls, Rule)) or rule_cls is Rule:
+        raise TypeError(f"rule_cls must be a subclass of noether_core.rules.Rule, got "
+                        f"{V._describe(rule_cls)}")
+    if not isinstance(potential, Potential):
+        raise TypeError("potential must be a noether_core.potentials.Potential, got "
+                        f"{type(potential).__name__}")
+    names = _valid_names(rule_cls)
+    unknown = [k for k in grid if k not in names]
+    if unknown:
+        raise TypeError(f"{rule_cls.__name__} has no parameter(s) {unknown}; valid grid "
+                        f"keywords: {names}")
+    defaults = {n: getattr(rule_cls, n, None) for n in names}
+    fixed, axes = {}, {}
+    for name, value in grid.items():
+        is_axis, v = _as_axis(name, value, defaults.get(name))
+        (axes if is_axis else fixed)[name] = v
+    d = potential.dim
+    q0 = V.as_float_array("q0", q0, shape=(d,))
+    steps = V.as_int("steps", steps, lo=0)
+    if record_every is not None:
+        record_every = V.as_int("record_every", record_every, lo=1)
+    if batch_size is not None:
+        if potential.n_data == 0:
+            raise ValueError(f"batch_size={batch_size!r} given, but {type(potential).__name__}"
+                             " has no data rows to draw from")
+        batch_size = V.as_int("batch_size", batch_size, lo=potential.min_batch,
+                              hi=potential.n_data)
+    seed_axis = not isinstance(seeds, (int, np.integer))
+    seed_list = np.atleast_1d(np.asarray(seeds))
+    if seed_list.ndim != 1 or seed_list.size == 0 or seed_list.dtype.kind not in "iu":
+        raise ValueError(f"seeds must be a non-negative int or a non-empty 1-D sequence of "
+                         f"them, got {V._describe(seeds)}")
+    if np.any(seed_list < 0):
+        raise ValueError(f"seeds must be non-negative, got {seed_list.tolist()}")
+    if len(np.unique(seed_list)) != seed_list.size:
+        raise ValueError(f"seeds has repeated values {seed_list.tolist()}")
+    return _Grid(rule_cls, fixed, axes, tuple(int(s) for s in seed_list), seed_axis,
+                 potential, q0, steps, record_every, batch_size)
+
+
+def _pack_rules(g: _Grid, lo: int, hi: int):
+    """Build and validate the rules of grid points lo..hi-1 (flat, grid order) and pack
+    their kernel inputs: hp (n, nhp), vec0 (n, nvec·d), sca0 (n, nsca), partition CSR."""
+    pot = g.potential
+    d = pot.dim
+    hps, vecs, scas, part = [], [], [], None
+    custom_partition = g.rule_cls._partition is not Rule._partition
+    for i in range(lo, hi):
+        try:
+            rule = g.rule_at(i)
+        except (TypeError, ValueError) as exc:
+            where = g.params_at(i)
+            show = {k: where[k] for k in g.axes}
+            raise type(exc)(f"{g.rule_cls.__name__} rejects grid point {show}: {exc}") \
+                from None
+        if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(g.q0 <= 0):
+            raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
+        state = rule.init_state(pot)
+        hps.append(rule._hp(pot))
+        if isinstance(rule, MirrorDescent):
+            vec = rule._vec(pot)
+        else:
+            vec = (np.stack([state.arrays[n] for n in rule.vec_names]) if rule.vec_names
+                   else np.zeros((0, d)))
+        vecs.append(np.ascontiguousarray(vec, dtype=np.float64).ravel())
+        scas.append(rule._pack_scalars(state, pot))
+        if part is None or custom_partition:
+            this = _csr(rule._partition(pot))
+            if part is None:
+                part = this
+            elif not (np.array_equal(part[0], this[0]) and np.array_equal(part[1], this[1])):
+                raise ValueError(f"{g.rule_cls.__name__}: the grid changes how q is "
+                                 "partitioned into parts with their own state (e.g. "
+                                 "per_block); scan each setting separately")
+    try:
+        hp, vec0, sca0 = np.array(hps), np.array(vecs), np.array(scas)
+    except ValueError:
+        raise ValueError(f"{g.rule_cls.__name__}: the grid changes the size of the rule's "
+                         "state; scan each setting separately") from None
+    if vec0.ndim == 1:
+        vec0 = vec0.reshape(len(hps), 0)
+    if sca0.ndim == 1:
+        sca0 = sca0.reshape(len(hps), 0)
+    return (np.ascontiguousarray(hp, dtype=np.float64),
+            np.ascontiguousarray(vec0, dtype=np.float64),
+            np.ascontiguousarray(sca0, dtype=np.float64), part)
+
+
+def _series_rows(g: _Grid) -> int:
+    return 0 if g.record_every is None else g.steps // g.record_every + 1
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------
+# one compiled call over a flat range of tasks
+
+
+def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None):
+    """Run flat tasks lo..hi-1 (grid point × seed, seed fastest) in one kernel call.
+
+    Returns a dict of arrays with leading length hi − lo.  Runs on workers too (the grid is
+    picklable); ``progress`` is a callable(done, total) or None.
+    """
+    pot = g.potential
+    d, nb = pot.dim, len(pot.blocks)
+    S = len(g.seeds)
+    i_lo, i_hi = lo // S, (hi - 1) // S + 1
+    hp, vec0, sca0, (pptr, pidx) = _pack_rules(g, i_lo, i_hi)
+    # task t -> its grid point's row in hp/vec0/sca0
+    rows = np.arange(lo, hi) // S - i_lo
+    hp, vec0, sca0 = (np.ascontiguousarray(a[rows]) for a in (hp, vec0, sca0))
+    n = hi - lo
+    names = list(pot.blocks)
+    bptr, bidx = _csr([pot.blocks[k] for k in names])
+    generators = None
+    if g.batch_size is not None:
+        generators = [np.random.default_rng(point_seed(g.seeds[f % S], f // S))
+                      for f in range(lo, hi)]
+    R = _series_rows(g)
+    out = {
+        "q": np.empty((n, d)), "loss": np.empty(n), "loss_min": np.empty(n),
+        "norm2": np.empty((n, nb)), "angular_update": np.empty((n, nb)),
+        "status": np.zeros(n, np.intp), "stop_step": np.zeros(n, np.intp),
+        "n_rows": np.zeros(n, np.intp),
+        "s_q": np.full((n, R, d), np.nan), "s_loss": np.full((n, R), np.nan),
+        "s_g2": np.full((n, R), np.nan), "s_bn2": np.full((n, R, nb), np.nan),
+    }
+    row_bytes = (d + 2 + nb) * 8
+    K = int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes)))
+    n_late = -(-g.steps // 10)
+    nt = max(1, min(threads if threads is not None else _usable_cpus(), n))
+    kern = _ks.ScanKernel(
+        g.rule_cls.kind, hp, vec0, sca0, pptr, pidx, pot._kernel,
+        g.q0, g.steps, K, g.steps - n_late, 0 if g.record_every is None else g.record_every,
+        R, generators, 0 if g.batch_size is None else g.batch_size, bptr, bidx, nt,
+        out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
+        out["status"], out["stop_step"], out["n_rows"],
+        out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"])
+    if progress is None:
+        kern.run()
+    else:
+        _run_with_progress(kern, n * max(g.steps, 1), progress)
+    return out
+
+
+def _run_with_progress(kern, total, progress):
+    """Run the kernel on a helper thread; poll it for the progress bar; Ctrl-C cancels."""
+    err = []
+
+    def target():
+        try:
+            kern.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            err.append(exc)
+
+    th = threading.Thread(target=target, name="noether-scan", daemon=True)
+    th.start()
+    try:
+        while th.is_alive():
+            th.join(0.1)
+            progress(kern.steps_done(), total)
+    except KeyboardInterrupt:
+        kern.cancel()
+        th.join()
+        raise
+    if err:
+        raise err[0]
+
+
+class _Bar:
+    """tqdm bar shown only if the scan is still running after ``delay`` seconds."""
+
+    def __init__(self, total, enabled, delay=1.0):
+        self.total, self.enabled, self.delay = total, enabled, delay
+        self.t0, self.bar, self.last = time.perf_counter(), None, 0
+
+    def __call__(self, done, total):
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.perf_counter() - self.t0 < self.delay:
+                return
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.total, unit="step", unit_scale=True,
+                            desc="scan", leave=False)
+        self.bar.update(done - self.last)
+        self.last = done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.update(self.total - self.last)
+            self.bar.close()
+
+
+def _want_progress(progress) -> bool:
+    if progress is None:
+        if os.environ.get("PYTEST_CURRENT_TEST") or not sys.stderr.isatty():
+            return False
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    progress = V.as_bool("progress", progress)
+    if progress:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            raise ImportError("progress=True needs tqdm: pip install tqdm "
+                              "(or pip install 'noether_core[scan]')") from None
+    return progress
+
+
+def _chunk_worker(g: _Grid, lo: int, hi: int, threads: int | None):
+    """What an executor runs: one compiled call over tasks lo..hi-1."""
+    return lo, _run_tasks(g, lo, hi, threads)
+
+
+# ---------------------------------------------------------------------------------------
+# the public function
+
+
+def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), executor=None,
+         threads=None, progress=None, batch_size=None, n_chunks=None,
+         max_record_bytes=DEFAULT_MAX_RECORD_BYTES, **grid) -> ScanResult:
+    """Train ``rule_cls`` at every point of a hyper-parameter grid, in one compiled call.
+
+    Parameters
+    ----------
+    rule_cls : subclass of noether_core.rules.Rule
+        E.g. ``noether_core.rules.SGD``.
+    potential : Potential
+    q0 : (d,) array_like
+        Initial parameters, the same for every point.
+    steps : int ≥ 0
+        Steps per point.
+    record_every : int ≥ 1 or None
+        Also keep, per point, the rows ``train(..., record_every=...)`` records (memory
+        O(points · steps/record_every · d), checked against ``max_record_bytes``).
+    seeds : int or 1-D sequence of ints ≥ 0
+        Minibatch seeds.  A sequence adds a trailing ``seed`` axis; an int adds none.
+        Point ``i`` (flat C-order index over the grid axes) under seed ``s`` draws from
+        ``numpy.random.default_rng(SeedSequence(s).spawn(n_points)[i])`` (see
+        :func:`point_seed`).  Full-batch runs draw nothing, so seeds do not change them.
+    executor : concurrent.futures.Executor or None
+        Cut the grid into ``n_chunks`` chunks, each one compiled call on a worker
+        (``ProcessPoolExecutor``, ``dask.distributed.Client.get_executor()``, …), and
+        reassemble them in order.  The result is bitwise that of the local scan.
+    threads : int ≥ 1 or None
+        OpenMP threads per compiled call.  None: every usable core locally, 1 per chunk
+        with an executor (the executor provides the parallelism).
+    progress : bool or None
+        tqdm progress bar for scans running longer than a second.  None: only when tqdm
+        is installed, stderr is a terminal and not under pytest.
+    batch_size : int or None
+        Minibatch size for a data potential (None: full batch), as in ``train``.
+    n_chunks : int or None
+        Chunks for ``executor`` (default: 4 per executor worker when that can be told,
+        else 16; never more than the number of runs).
+    max_record_bytes : int
+        Budget of the recorded series; a larger request raises MemoryError.
+    **grid
+        Hyper-parameters of ``rule_cls``: a single value (fixed) or a 1-D array of
+        distinct finite values (a grid axis).  Axes appear in the result in the order
+        given.  Every point is validated by the rule's constructor.
+
+    Returns
+    -------
+    ScanResult
+
+    Raises
+    ------
+    TypeError
+        Unknown keyword (the message lists the rule's valid ones), bad types.
+    ValueError
+        Empty, 2-D, non-finite or repeated axis values; a grid point the rule rejects
+        (the message names the point); ``q0`` of the wrong length.
+    MemoryError
+        The recorded series would exceed ``max_record_bytes`` (message: the size needed).
+
+    Notes
+    -----
+    Each point runs the loop of ``train`` (pyx/rules.pyx) and is bitwise equal to
+    ``train(rule_cls(**point), potential, q0, steps, record_every=..., batch_size=...,
+    seed=point_seed(s, i))``, for any ``threads`` and any chunking.  A point meeting a
+    non-finite loss, gradient or parameter stops there (``diverged``, ``stop_step``); the
+    others finish; one :class:`~noether_core.errors.DivergenceWarning` summarises.
+
+    Examples
+    --------
+    >>> import numpy as np, noether_core as nc
+    >>> pot = nc.potentials.RayleighQuotient(np.diag([1.0, 2.0, 3.0]))
+    >>> res = nc.scan(nc.rules.SGD, pot, [1.0, 1.0, 1.0], steps=1000,
+    ...               lr=[0.01, 0.1], momentum=0.9, weight_decay=[0.0, 1e-3], seeds=0)
+    >>> res.loss.shape
+    (2, 2)
+    """
+    t0 = time.perf_counter()
+    g = _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
+    n_tasks = g.n_tasks
+    R = _series_rows(g)
+    d, nb = potential.dim, len(potential.blocks)
+    if R:
+        need = n_tasks * R * (d + 2 + nb) * 8
+        if need > max_record_bytes:
+            raise MemoryError(
+                f"recording {R} rows of {d} parameters for {n_tasks} runs needs "
+                f"{need / 2**20:.1f} MiB, above the budget max_record_bytes="
+                f"{max_record_bytes} ({max_record_bytes / 2**20:.1f} MiB); raise "
+                "record_every, shrink the grid or raise max_record_bytes")
+    if threads is not None:
+        threads = V.as_int("threads", threads, lo=1)
+        if threads > 1 and not openmp_enabled():
+            warnings.warn("noether_core was built without OpenMP: the scan runs on one "
+                          "thread", RuntimeWarning, stacklevel=2)
+    show = _want_progress(progress)
+
+    if executor is None:
+        bar = _Bar(n_tasks * max(g.steps, 1), show)
+        try:
+            out = _run_tasks(g, 0, n_tasks, threads, progress=bar)
+        finally:
+            bar.close()
+    else:
+        _pack_rules(g, 0, g.n_points)      # every point valid before any work is sent
+        out = _run_on_executor(g, executor, threads, n_chunks, show)
+
+    shape = g.grid_shape + ((len(g.seeds),) if g.seed_axis else ())
+    axes = dict(g.axes)
+    if g.seed_axis:
+        axes["seed"] = np.array(g.seeds)
+
+    def shaped(a):
+        return a.reshape(shape + a.shape[1:])
+
+    series = None
+    if R:
+        series = {"steps": g.record_every * np.arange(R), "q": shaped(out["s_q"]),
+                  "loss": shaped(out["s_loss"]), "grad_norm2": shaped(out["s_g2"]),
+                  "norm2": shaped(out["s_bn2"]), "n_rows": shaped(out["n_rows"])}
+    fixed = dict(g.fixed)
+    if not g.seed_axis:
+        fixed["seed"] = g.seeds[0]
+    res = ScanResult(g.rule_cls, axes, fixed, g.seeds, g.grid_shape, tuple(potential.blocks),
+                     g.steps,
+                     g.record_every, g.batch_size, shaped(out["q"]), shaped(out["loss"]),
+                     shaped(out["loss_min"]), shaped(out["norm2"]),
+                     shaped(out["angular_update"]), shaped(out["status"]),
+                     shaped(out["stop_step"]), series, time.perf_counter() - t0)
+    if np.any(res.status == _INTERRUPTED):
+        raise KeyboardInterrupt("scan interrupted")
+    nd = int(res.diverged.sum())
+    if nd:
+        first = np.argwhere(res.diverged)[0]
+        warnings.warn(f"{nd} of {res.diverged.size} scan points of {g.rule_cls.__name__} on "
+                      f"{type(potential).__name__} stopped on a non-finite value (first: "
+                      f"{res.params(*first)} at step {int(res.stop_step[tuple(first)])}, "
+                      f"{res.stop_reason(*first)}); see result.diverged",
+                      DivergenceWarning, stacklevel=2)
+    return res
+
+
+def _run_on_executor(g: _Grid, executor, threads, n_chunks, show):
+    from concurrent.futures import Executor, as_completed
+
+    if not isinstance(executor, Executor):
+        raise TypeError("executor must be a concurrent.futures.Executor (e.g. a "
+                        "ProcessPoolExecutor or dask.distributed.Client.get_executor()), "
+                        f"got {type(executor).__name__}")
+    n_tasks = g.n_tasks
+    if n_chunks is None:
+        workers = getattr(executor, "_max_workers", None)
+        n_chunks = 4 * workers if isinstance(workers, int) and workers > 0 else 16
+    else:
+        n_chunks = V.as_int("n_chunks", n_chunks, lo=1)
+    n_chunks = min(n_chunks, n_tasks)
+    bounds = np.linspace(0, n_tasks, n_chunks + 1).round().astype(int)
+    per_chunk_threads = 1 if threads is None else threads
+    futures = [executor.submit(_chunk_worker, g, int(a), int(b), per_chunk_threads)
+               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(futures), unit="chunk", desc="scan", leave=False)
+    parts = {}
+    try:
+        for fut in as_completed(futures):
+            lo, part = fut.result()
+            parts[lo] = part
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    keys = sorted(parts)
+    return {k: np.concatenate([parts[lo][k] for lo in keys]) for k in parts[keys[0]]}
+
+
+# ``noether_core.scan`` is this function once the package imports it (shadowing the module
+# name), so the helpers are reachable from it as well: noether_core.scan.openmp_enabled().
+scan.openmp_enabled = openmp_enabled
+scan.point_seed = point_seed

@@ -1,0 +1,466 @@
+# cython: language_level=3
+"""Parameter scans: a whole grid of training runs in one compiled call (docs/scan.md).
+
+Design
+------
+* One grid point is one run of the training loop ``run_loop`` (pyx/rules.pyx, cimported:
+  the loop is not duplicated).  A point is run as a sequence of *chunks* of at most ``K``
+  steps, each chunk one ``run_loop`` call with ``record_every = 1`` into small per-thread
+  scratch rows; the rule state (``vec``/``sca``), q and the point's bit generator carry
+  over from chunk to chunk, which is exactly how ``train(..., state=...)`` resumes, so the
+  trajectory is bit for bit that of one unbroken ``train`` call.  After each chunk the rows
+  are folded into the point's summaries (minimum loss, late-time angular update, the
+  optional recorded series at every ``record_every``-th step), so memory does not grow with
+  ``steps``.  The terminal row a chunk's ``run_loop`` call adds (its q evaluated on the full
+  data, consuming no draws) is used only for the last chunk; an intermediate chunk's
+  terminal row duplicates the next chunk's first state and is skipped.
+* Memory: the facade (noether_core/scan.py) allocates every input and output array; this
+  module only reads and writes them through raw pointers.  ``ScanKernel.__cinit__`` (with
+  the GIL) allocates, per thread, one potential workspace (``Potential.new_params``), one
+  ``RunSpec`` and one block of scratch (q, gradient, rule state, minibatch permutation,
+  ``K + 1`` rows of recording); each per-thread allocation is 64-byte aligned and padded to
+  a multiple of 64 bytes, so no two threads ever write the same cache line.  A thread
+  writes a point's output rows once, when the point is finished.
+* The GIL is released once, around the whole grid (``ScanKernel.run``): an OpenMP
+  ``prange`` over grid points (dynamic schedule: divergent points finish early), or a plain
+  loop when one thread is asked for (no OpenMP region at all, which keeps forked worker
+  processes safe).  Which thread runs a point changes nothing in its result: a point reads
+  only its own hyper-parameters, initial state and bit generator.
+* Minibatch draws: the facade gives every point its own ``numpy.random.Generator``
+  (derived with ``SeedSequence``); the kernel holds their ``bitgen_t`` pointers.  These
+  generators are private to the scan, so no lock is taken.
+* Assumed valid (checked by the facade): shapes, dtypes (float64 / intp, C-contiguous),
+  hyper-parameters in their ranges, ``steps >= 0``, ``record_every >= 0`` (0: no series),
+  ``1 <= K``, a generator per point when ``batch_size > 0``.
+"""
+from libc.math cimport sqrt, atan2, NAN, INFINITY
+from libc.stdlib cimport free
+from libc.string cimport memset, memcpy
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+cimport numpy as cnp
+from numpy.random cimport bitgen_t
+
+from noether_core._kernels.potentials cimport Potential, grad_fn
+from noether_core._kernels.rules cimport (RunSpec, run_loop, STATUS_OK,
+                                          STATUS_INTERRUPTED)
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifndef NOETHER_HAVE_OPENMP
+    #define NOETHER_HAVE_OPENMP 0
+    #endif
+    """
+    int NOETHER_HAVE_OPENMP
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+cdef enum:
+    CACHE_LINE = 64
+
+
+def openmp_enabled():
+    """True if the scan kernels were compiled with OpenMP (parallel over grid points)."""
+    return bool(NOETHER_HAVE_OPENMP)
+
+
+# ---------------------------------------------------------------------------------------
+# shared (read-only during the loop) description of the grid, and per-thread scratch
+
+cdef struct ScanCtx:
+    int kind
+    const double* hp             # IN (P, nhp)
+    Py_ssize_t nhp
+    const double* vec0           # IN (P, nvecd): initial per-coordinate rule state
+    Py_ssize_t nvecd
+    const double* sca0           # IN (P, nsca): initial scalar rule state
+    Py_ssize_t nsca
+    const Py_ssize_t* pptr       # IN partition (CSR)
+    const Py_ssize_t* pidx
+    Py_ssize_t npart
+    grad_fn fn
+    Py_ssize_t d
+    Py_ssize_t n_data
+    Py_ssize_t batch_size
+    bitgen_t** rngs              # IN (P) or NULL (full batch)
+    const double* q0             # IN (d)
+    Py_ssize_t steps
+    Py_ssize_t K                 # steps per run_loop call
+    Py_ssize_t late_start        # angles over transitions n -> n+1 with n >= late_start
+    Py_ssize_t rec_every         # 0: no series
+    Py_ssize_t R                 # series rows per point
+    const Py_ssize_t* bptr       # IN blocks (CSR)
+    const Py_ssize_t* bidx
+    Py_ssize_t nb
+    # outputs, one row per point
+    double* q_final              # OUT (P, d)
+    double* loss_final           # OUT (P)
+    double* loss_min             # OUT (P)
+    double* bn2_final            # OUT (P, nb)
+    double* angle                # OUT (P, nb)
+    Py_ssize_t* status           # OUT (P)
+    Py_ssize_t* stop             # OUT (P)
+    Py_ssize_t* n_rows           # OUT (P) series rows written
+    double* s_q                  # OUT (P, R, d)
+    double* s_loss               # OUT (P, R)
+    double* s_g2                 # OUT (P, R)
+    double* s_bn2                # OUT (P, R, nb)
+    int* cancel                  # IN: set non-zero to stop every point at its next chunk
+
+
+cdef struct Scratch:
+    RunSpec spec
+    void* params                 # potential workspace of this thread
+    double* q
+    double* g
+    double* vec
+    double* sca
+    Py_ssize_t* perm
+    double* rq                   # (K + 1, d) recorded rows of one chunk
+    double* rl                   # (K + 1)
+    double* rg2                  # (K + 1)
+    double* rbn2                 # (K + 1, nb)
+    double* prev_q               # (d) previous state, for the angular update
+    double* prev_bn2             # (nb)
+    double* ang_sum              # (nb)
+    Py_ssize_t ang_cnt
+    double loss_min
+    Py_ssize_t n_rows
+    Py_ssize_t progress          # steps done by this thread (read by the progress bar)
+    void* block                  # the one allocation behind the pointers above
+
+
+cdef inline size_t _pad(size_t nbytes) noexcept nogil:
+    """Round up to whole cache lines."""
+    return ((nbytes + CACHE_LINE - 1) // CACHE_LINE) * CACHE_LINE
+
+
+cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
+    """The one place a scan fills a RunSpec: zeroed first, so fields added to the struct
+    later (e.g. in-loop charges) default to off."""
+    memset(s, 0, sizeof(RunSpec))
+    s.kind = c.kind
+    s.hp = c.hp + p * c.nhp
+    s.vec = w.vec
+    s.sca = w.sca
+    s.pptr = c.pptr
+    s.pidx = c.pidx
+    s.npart = c.npart
+    s.fn = c.fn
+    s.params = w.params
+    s.d = c.d
+    s.n_data = c.n_data
+    s.batch_size = c.batch_size
+    s.rng = c.rngs[p] if c.rngs != NULL else NULL
+    s.perm = w.perm
+    s.q = w.q
+    s.g = w.g
+    s.steps = 0
+    s.record_every = 1
+    s.bptr = c.bptr
+    s.bidx = c.bidx
+    s.nb = c.nb
+    s.rec_q = w.rq
+    s.rec_loss = w.rl
+    s.rec_g2 = w.rg2
+    s.rec_bn2 = w.rbn2
+    s.status = STATUS_OK
+    s.stop_step = -1
+    s.n_rec = 0
+
+
+cdef inline double _angle(const double* a, const double* b, double na2, double nb2,
+                          const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Angle between the block vectors a_B and b_B (|a_B|² = na2, |b_B|² = nb2):
+    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos)."""
+    cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, dp = 0.0, u, v
+    cdef Py_ssize_t k, i
+    for k in range(lo, hi):
+        i = idx[k]
+        u = a[i] * ia
+        v = b[i] * ib
+        dm = dm + (u - v) * (u - v)
+        dp = dp + (u + v) * (u + v)
+    return 2.0 * atan2(sqrt(dm), sqrt(dp))
+
+
+cdef inline void _take_state(const ScanCtx* c, Scratch* w, Py_ssize_t p, Py_ssize_t n,
+                             Py_ssize_t j) noexcept nogil:
+    """Fold state n of the point (row j of the chunk scratch) into its summaries."""
+    cdef Py_ssize_t b, r
+    cdef const double* qrow = w.rq + j * c.d
+    cdef const double* brow = w.rbn2 + j * c.nb
+    if w.rl[j] < w.loss_min:
+        w.loss_min = w.rl[j]
+    if c.rec_every > 0 and n % c.rec_every == 0:
+        r = n // c.rec_every
+        memcpy(c.s_q + (p * c.R + r) * c.d, qrow, c.d * sizeof(double))
+        c.s_loss[p * c.R + r] = w.rl[j]
+        c.s_g2[p * c.R + r] = w.rg2[j]
+        if c.nb > 0:
+            memcpy(c.s_bn2 + (p * c.R + r) * c.nb, brow, c.nb * sizeof(double))
+        w.n_rows = r + 1
+    if n > c.late_start:
+        for b in range(c.nb):
+            w.ang_sum[b] = w.ang_sum[b] + _angle(w.prev_q, qrow, w.prev_bn2[b], brow[b],
+                                                 c.bidx, c.bptr[b], c.bptr[b + 1])
+        w.ang_cnt += 1
+    if n >= c.late_start:
+        memcpy(w.prev_q, qrow, c.d * sizeof(double))
+        if c.nb > 0:
+            memcpy(w.prev_bn2, brow, c.nb * sizeof(double))
+
+
+cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
+    """Run grid point p to the end (or to its first non-finite value) and write its row."""
+    cdef RunSpec* s = &w.spec
+    cdef Py_ssize_t done = 0, kc = 0, j, n_in, b, k, stop = -1
+    cdef int status = STATUS_OK
+    cdef bint last
+    cdef double acc, x
+    memcpy(w.q, c.q0, c.d * sizeof(double))
+    if c.nvecd > 0:
+        memcpy(w.vec, c.vec0 + p * c.nvecd, c.nvecd * sizeof(double))
+    if c.nsca > 0:
+        memcpy(w.sca, c.sca0 + p * c.nsca, c.nsca * sizeof(double))
+    for b in range(c.nb):
+        w.ang_sum[b] = 0.0
+    w.ang_cnt = 0
+    w.loss_min = INFINITY
+    w.n_rows = 0
+    _fill_spec(s, c, w, p)
+    while True:
+        if c.cancel[0] != 0:
+            status = STATUS_INTERRUPTED
+            stop = done
+            break
+        kc = c.K if c.steps - done > c.K else c.steps - done
+        last = done + kc == c.steps
+        s.steps = kc
+        run_loop(s)
+        # rows 0..kc-1 are the in-loop states done..done+kc-1 (fewer if stopped early)
+        n_in = s.n_rec if s.n_rec < kc else kc
+        for j in range(n_in):
+            _take_state(c, w, p, done + j, j)
+        w.progress += kc
+        if s.status != STATUS_OK and not (s.stop_step == kc and not last):
+            # a non-finite value; (an intermediate chunk's terminal evaluation failing is
+            # not one: the next chunk evaluates the same q as its first in-loop state)
+            status = s.status
+            stop = done + s.stop_step
+            break
+        if last:
+            _take_state(c, w, p, c.steps, kc)      # the terminal row, on the full data
+            break
+        done += kc
+    # the point's output row
+    memcpy(c.q_final + p * c.d, w.q, c.d * sizeof(double))
+    for b in range(c.nb):
+        acc = 0.0                                  # same summation order as run_loop's
+        for k in range(c.bptr[b], c.bptr[b + 1]):
+            x = w.q[c.bidx[k]]
+            acc = acc + x * x
+        c.bn2_final[p * c.nb + b] = acc
+        c.angle[p * c.nb + b] = (w.ang_sum[b] / <double> w.ang_cnt
+                                 if status == STATUS_OK and w.ang_cnt > 0 else NAN)
+    c.loss_final[p] = w.rl[kc] if status == STATUS_OK else NAN
+    c.loss_min[p] = w.loss_min if w.loss_min < INFINITY else NAN
+    c.status[p] = status
+    c.stop[p] = stop
+    c.n_rows[p] = w.n_rows
+    if status != STATUS_OK:
+        w.progress += c.steps - done - kc if c.steps - done - kc > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry point (facade-only)
+
+cdef inline void* _data(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef class ScanKernel:
+    """One grid (or chunk of a grid), ready to run.  Built and driven by noether_core/scan.py.
+
+    ``run()`` releases the GIL and runs every point; ``steps_done()`` may be called from
+    another Python thread meanwhile (progress bar); ``cancel()`` stops the remaining points
+    at their next chunk (status INTERRUPTED).
+    """
+    cdef ScanCtx c
+    cdef Scratch** scr
+    cdef int n_threads
+    cdef Py_ssize_t P
+    cdef Potential pot
+    cdef list keep
+    cdef int cancel_flag
+    cdef bitgen_t** rngs
+
+    def __cinit__(self, int kind,
+                  cnp.ndarray hp,          # IN (P, nhp)
+                  cnp.ndarray vec0,        # IN (P, nvecd)
+                  cnp.ndarray sca0,        # IN (P, nsca)
+                  cnp.ndarray pptr,        # IN intp
+                  cnp.ndarray pidx,        # IN intp
+                  Potential pot,
+                  cnp.ndarray q0,          # IN (d)
+                  Py_ssize_t steps, Py_ssize_t K, Py_ssize_t late_start,
+                  Py_ssize_t rec_every, Py_ssize_t R,
+                  list generators,         # numpy Generators, one per point, or None
+                  Py_ssize_t batch_size,
+                  cnp.ndarray bptr, cnp.ndarray bidx,
+                  int n_threads,
+                  cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
+                  cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
+                  cnp.ndarray stop, cnp.ndarray n_rows,
+                  cnp.ndarray s_q, cnp.ndarray s_loss, cnp.ndarray s_g2, cnp.ndarray s_bn2):
+        cdef Py_ssize_t t, P = hp.shape[0], d = pot.d, nb = bptr.shape[0] - 1
+        cdef Py_ssize_t nvecd = vec0.shape[1], nsca = sca0.shape[1]
+        cdef size_t sz, off
+        cdef Scratch* w
+        cdef char* base
+        cdef ScanCtx* c
+        arrays = (hp, vec0, sca0, q0, q_final, loss_final, loss_min, bn2_final, angle,
+                  s_q, s_loss, s_g2, s_bn2)
+        for a in arrays:
+            if a.dtype != np.float64 or not a.flags.c_contiguous:
+                raise TypeError("ScanKernel needs C-contiguous float64 arrays")
+        for a in (pptr, pidx, bptr, bidx, status, stop, n_rows):
+            if a.dtype != np.intp or not a.flags.c_contiguous:
+                raise TypeError("ScanKernel needs C-contiguous intp index arrays")
+        if (vec0.shape[0] != P or sca0.shape[0] != P or q0.shape[0] != d
+                or q_final.shape[0] != P or loss_final.shape[0] != P
+                or angle.shape[0] != P or status.shape[0] != P
+                or (rec_every > 0 and s_q.shape[0] != P)):
+            raise ValueError("ScanKernel: inconsistent shapes")
+        if K < 1 or n_threads < 1 or steps < 0:
+            raise ValueError("ScanKernel: K, n_threads must be >= 1 and steps >= 0")
+        self.keep = [arrays, pptr, pidx, bptr, bidx, status, stop, n_rows, generators]
+        self.pot = pot
+        self.P = P
+        self.n_threads = n_threads
+        self.cancel_flag = 0
+        memset(&self.c, 0, sizeof(ScanCtx))
+        c = &self.c
+        c.kind = kind
+        c.hp = <const double*> _data(hp)
+        c.nhp = hp.shape[1]
+        c.vec0 = <const double*> _data(vec0)
+        c.nvecd = nvecd
+        c.sca0 = <const double*> _data(sca0)
+        c.nsca = nsca
+        c.pptr = <const Py_ssize_t*> _data(pptr)
+        c.pidx = <const Py_ssize_t*> _data(pidx)
+        c.npart = pptr.shape[0] - 1
+        c.fn = pot.fn
+        c.d = d
+        c.n_data = pot.n_data
+        c.batch_size = batch_size
+        c.q0 = <const double*> _data(q0)
+        c.steps = steps
+        c.K = K
+        c.late_start = late_start
+        c.rec_every = rec_every
+        c.R = R
+        c.bptr = <const Py_ssize_t*> _data(bptr)
+        c.bidx = <const Py_ssize_t*> _data(bidx)
+        c.nb = nb
+        c.q_final = <double*> _data(q_final)
+        c.loss_final = <double*> _data(loss_final)
+        c.loss_min = <double*> _data(loss_min)
+        c.bn2_final = <double*> _data(bn2_final)
+        c.angle = <double*> _data(angle)
+        c.status = <Py_ssize_t*> _data(status)
+        c.stop = <Py_ssize_t*> _data(stop)
+        c.n_rows = <Py_ssize_t*> _data(n_rows)
+        c.s_q = <double*> _data(s_q)
+        c.s_loss = <double*> _data(s_loss)
+        c.s_g2 = <double*> _data(s_g2)
+        c.s_bn2 = <double*> _data(s_bn2)
+        c.cancel = &self.cancel_flag
+
+        if batch_size > 0:
+            if generators is None or len(generators) != P:
+                raise ValueError("ScanKernel: minibatch scans need one generator per point")
+            if posix_memalign(<void**> &self.rngs, CACHE_LINE,
+                              _pad(max(P, 1) * sizeof(bitgen_t*))) != 0:
+                raise MemoryError("bit generator table of scan")
+            for t in range(P):
+                self.rngs[t] = <bitgen_t*> PyCapsule_GetPointer(
+                    generators[t].bit_generator.capsule, "BitGenerator")
+            c.rngs = self.rngs
+
+        # per-thread scratch: each allocation aligned and padded to cache lines
+        if posix_memalign(<void**> &self.scr, CACHE_LINE,
+                          _pad(n_threads * sizeof(Scratch*))) != 0:
+            raise MemoryError("scratch table of scan")
+        memset(self.scr, 0, n_threads * sizeof(Scratch*))
+        for t in range(n_threads):
+            if posix_memalign(<void**> &w, CACHE_LINE, _pad(sizeof(Scratch))) != 0:
+                raise MemoryError("scratch of scan")
+            memset(w, 0, sizeof(Scratch))
+            self.scr[t] = w
+            sz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
+                  + _pad(max(pot.n_data, 1) * sizeof(Py_ssize_t))
+                  + _pad((K + 1) * d * 8) + _pad((K + 1) * 8) * 2
+                  + _pad((K + 1) * max(nb, 1) * 8) + _pad(max(nb, 1) * 8) * 2)
+            if posix_memalign(&w.block, CACHE_LINE, sz) != 0:
+                raise MemoryError(f"scratch of scan ({sz} bytes per thread)")
+            memset(w.block, 0, sz)
+            base = <char*> w.block
+            off = 0
+            w.q = <double*> (base + off); off += _pad(d * 8)
+            w.g = <double*> (base + off); off += _pad(d * 8)
+            w.prev_q = <double*> (base + off); off += _pad(d * 8)
+            w.vec = <double*> (base + off); off += _pad(max(nvecd, 1) * 8)
+            w.sca = <double*> (base + off); off += _pad(max(nsca, 1) * 8)
+            w.perm = <Py_ssize_t*> (base + off)
+            off += _pad(max(pot.n_data, 1) * sizeof(Py_ssize_t))
+            w.rq = <double*> (base + off); off += _pad((K + 1) * d * 8)
+            w.rl = <double*> (base + off); off += _pad((K + 1) * 8)
+            w.rg2 = <double*> (base + off); off += _pad((K + 1) * 8)
+            w.rbn2 = <double*> (base + off); off += _pad((K + 1) * max(nb, 1) * 8)
+            w.prev_bn2 = <double*> (base + off); off += _pad(max(nb, 1) * 8)
+            w.ang_sum = <double*> (base + off); off += _pad(max(nb, 1) * 8)
+            w.params = pot.new_params()
+
+    def __dealloc__(self):
+        cdef int t
+        if self.scr != NULL:
+            for t in range(self.n_threads):
+                if self.scr[t] != NULL:
+                    if self.scr[t].params != NULL and self.pot is not None:
+                        self.pot.free_params(self.scr[t].params)
+                    free(self.scr[t].block)
+                    free(self.scr[t])
+            free(self.scr)
+        free(self.rngs)
+
+    def run(self):
+        """Run every point (GIL released for the whole grid)."""
+        cdef ScanCtx* c = &self.c
+        cdef Scratch** scr = self.scr
+        cdef Py_ssize_t p, P = self.P
+        cdef int nt = self.n_threads
+        with nogil:
+            if nt == 1:
+                for p in range(P):
+                    _run_point(c, scr[0], p)
+            else:
+                for p in prange(P, num_threads=nt, schedule="dynamic", chunksize=1):
+                    _run_point(c, scr[threadid()], p)
+
+    def steps_done(self):
+        """Point-steps finished so far (summed over threads; read while ``run`` runs)."""
+        cdef Py_ssize_t t, total = 0
+        for t in range(self.n_threads):
+            total += self.scr[t].progress
+        return total
+
+    def cancel(self):
+        """Ask ``run`` to stop every point at its next chunk boundary."""
+        self.cancel_flag = 1
