@@ -1,0 +1,352 @@
+"""noether_core.scan: grids of runs in one compiled call (issue 6, docs/scan.md).
+
+The oracle of every grid point is a separate ``train`` call (SPEC §1: one run of the
+compiled loop); equality is *bitwise* (np.array_equal), because a scan point executes
+exactly the same floating-point operations: the same loop (run_loop), resumed chunk by
+chunk as ``train(..., state=...)`` resumes (SPEC §1, "continues bit for bit").
+"""
+import copy
+import importlib
+import multiprocessing
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+import noether_core as nc
+from noether_core.errors import DivergenceWarning
+
+scan_mod = importlib.import_module("noether_core.scan")
+
+STEPS_LONG = 2500       # > 2 chunks of run_loop calls (K ≤ 1024): crosses chunk boundaries
+
+
+def _rayleigh(d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(d, d))
+    return nc.potentials.RayleighQuotient(M + M.T), rng.normal(size=d)
+
+
+def _bn(N=24, D=4, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, D))
+    y = np.tanh(X @ rng.normal(size=D)) + 0.1 * rng.normal(size=N)
+    return nc.potentials.BatchNormUnit(X, y), rng.normal(size=D)
+
+
+def _assert_same_as_train(res, index, pot, q0, steps, record_every=None, batch_size=None,
+                          seed=None):
+    """Grid point ``index`` of ``res`` equals a separate train call, bit for bit.
+
+    ``seed`` may be a Generator: each train call below gets a fresh copy of it."""
+    rule = res.rule_at(*index)
+    seed0 = seed
+
+    def fresh():
+        return copy.deepcopy(seed0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        tr = nc.train(rule, pot, q0, steps, record_every=record_every or steps + 1,
+                      batch_size=batch_size, seed=fresh())
+    assert np.array_equal(res.q[index], tr.q_final, equal_nan=True), index
+    assert bool(res.diverged[index]) == tr.diverged
+    if tr.diverged:
+        assert res.stop_step[index] == tr.stop_step
+        assert np.isnan(res.loss[index])
+    else:
+        assert res.stop_step[index] == -1
+        # the final loss is train's terminal row (full data); |q_B|² likewise
+        tr_end = nc.train(rule, pot, q0, steps, record_every=max(steps, 1),
+                          batch_size=batch_size, seed=fresh())
+        assert res.loss[index] == tr_end.loss[-1]
+        for b, name in enumerate(res.blocks):
+            assert res.norm2[index + (b,)] == tr_end.block_norm2[name][-1]
+    if record_every:
+        n = len(tr.loss)
+        s = res.series
+        assert s["n_rows"][index] == n
+        assert np.array_equal(s["steps"][:n], tr.steps)
+        assert np.array_equal(s["q"][index][:n], tr.q)
+        assert np.array_equal(s["loss"][index][:n], tr.loss)
+        assert np.array_equal(s["grad_norm2"][index][:n], tr.grad_norm2)
+        for b, name in enumerate(res.blocks):
+            assert np.array_equal(s["norm2"][index][:n, b], tr.block_norm2[name])
+        assert np.all(np.isnan(s["loss"][index][n:]))
+        # minimum loss over every step (record_every=1 sees them all) and the terminal row
+        every = nc.train(rule, pot, q0, steps, record_every=1, batch_size=batch_size,
+                         seed=fresh()) if not tr.diverged else None
+        if every is not None:
+            assert res.loss_min[index] == every.loss.min()
+    return tr
+
+
+# ---------------------------------------------------------------------------------------
+# each grid point is a separate train call (bitwise)
+
+def test_full_batch_points_equal_train():
+    pot, q0 = _rayleigh()
+    lrs, wds = np.logspace(-3, -1, 3), [0.0, 1e-3]
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=STEPS_LONG, record_every=7, lr=lrs,
+                  momentum=0.9, weight_decay=wds, seeds=0, threads=2)
+    assert res.shape == (3, 2) and res.q.shape == (3, 2, 5)
+    assert list(res.axes) == ["lr", "weight_decay"]
+    for i in range(3):
+        for j in range(2):
+            assert res.params(i, j) == {"lr": lrs[i], "momentum": 0.9,
+                                        "weight_decay": wds[j]}
+            _assert_same_as_train(res, (i, j), pot, q0, STEPS_LONG, record_every=7)
+
+
+@pytest.mark.parametrize("rule_cls, grid", [
+    (nc.rules.SGD, dict(lr=[0.01, 0.05], momentum=[0.0, 0.8], nesterov=False)),
+    (nc.rules.SGD, dict(lr=[0.02], momentum=0.9, dampening=0.0, nesterov=True,
+                        weight_decay=[0.0, 5e-3])),
+    (nc.rules.Adam, dict(lr=[1e-3, 1e-2], betas=(0.8, 0.99), amsgrad=True)),
+    (nc.rules.AdamW, dict(lr=[1e-3, 1e-2], weight_decay=[0.0, 0.1])),
+    (nc.rules.RMSprop, dict(lr=[1e-3, 3e-3], centered=True, momentum=[0.0, 0.5])),
+    (nc.rules.ScalarRMSProp, dict(lr=[0.01, 0.03], rho=[0.9, 0.99], weight_decay=1e-3)),
+    (nc.rules.MirrorDescent, dict(lr=[0.01, 0.02], mirror="pnorm", p=[1.5, 3.0])),
+])
+def test_every_rule_kind_equals_train(rule_cls, grid):
+    """Every rule kind's state (vec/sca layouts, SPEC §1) survives the chunked run."""
+    pot, q0 = _bn()
+    res = nc.scan(rule_cls, pot, q0, steps=1100, record_every=100, seeds=0, **grid)
+    for index in np.ndindex(res.shape):
+        _assert_same_as_train(res, index, pot, q0, 1100, record_every=100)
+
+
+def test_minibatch_points_equal_train_with_documented_streams():
+    """Point i under seed s draws from default_rng(SeedSequence(s).spawn(n_points)[i])."""
+    pot, q0 = _bn(N=32)
+    lrs, moms = [0.05, 0.2], [0.0, 0.5, 0.9]
+    seeds = (3, 11)
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=1500, record_every=50, batch_size=8,
+                  seeds=seeds, lr=lrs, momentum=moms, weight_decay=1e-3)
+    assert res.shape == (2, 3, 2) and list(res.axes) == ["lr", "momentum", "seed"]
+    n_points = len(lrs) * len(moms)
+    for (i, j, k) in np.ndindex(res.shape):
+        flat = i * len(moms) + j                       # C order over the grid axes
+        stream = np.random.default_rng(np.random.SeedSequence(seeds[k]).spawn(n_points)[flat])
+        _assert_same_as_train(res, (i, j, k), pot, q0, 1500, record_every=50,
+                              batch_size=8, seed=stream)
+        assert res.seed_at(i, j, k).spawn_key == (flat,)
+    # different seeds give different minibatch trajectories (the seed axis is real)
+    assert not np.array_equal(res.q[..., 0], res.q[..., 1])
+
+
+def test_steps_zero_and_single_point():
+    pot, q0 = _rayleigh()
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=0, record_every=1, lr=0.1, seeds=0)
+    assert res.shape == () and np.array_equal(res.q, q0)
+    assert res.loss == pot.value(q0) and res.series["n_rows"] == 1
+    assert np.isnan(res.angular_update).all()       # no step, no angle
+
+
+# ---------------------------------------------------------------------------------------
+# determinism: threads and chunking
+
+def _assert_results_identical(a, b):
+    for name in ("q", "loss", "loss_min", "norm2", "angular_update", "status", "stop_step"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    if a.series is not None:
+        for k in a.series:
+            assert np.array_equal(a.series[k], b.series[k], equal_nan=True), k
+
+
+def _mixed_grid_kwargs():
+    """A minibatch grid with one divergent learning rate (lr = 50 overflows)."""
+    pot, q0 = _bn(N=32)
+    return pot, q0, dict(steps=1200, record_every=100, batch_size=6, seeds=(0, 1, 2),
+                         lr=[0.01, 0.1, 50.0], momentum=[0.0, 0.9], weight_decay=0.5)
+
+
+def test_threads_one_and_two_identical():
+    pot, q0, kw = _mixed_grid_kwargs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        r1 = nc.scan(nc.rules.SGD, pot, q0, threads=1, **kw)
+        r2 = nc.scan(nc.rules.SGD, pot, q0, threads=2, **kw)
+    assert r1.diverged.any() and not r1.diverged.all()      # lr = 50 diverges, others not
+    _assert_results_identical(r1, r2)
+    assert nc.scan.openmp_enabled() in (True, False)
+
+
+def test_process_pool_chunks_identical():
+    pot, q0, kw = _mixed_grid_kwargs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        local = nc.scan(nc.rules.SGD, pot, q0, threads=2, **kw)
+        # spawn: the workers start clean (forking a process that used OpenMP is unsafe)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
+            # 5 chunks of 18 runs: boundaries fall inside the seed axis of a point
+            remote = nc.scan(nc.rules.SGD, pot, q0, executor=ex, n_chunks=5, **kw)
+    _assert_results_identical(local, remote)
+
+
+def test_dask_local_cluster_identical():
+    distributed = pytest.importorskip(
+        "distributed", reason="dask.distributed is the optional extra 'scan'")
+    pot, q0, kw = _mixed_grid_kwargs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        local = nc.scan(nc.rules.SGD, pot, q0, **kw)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      host="127.0.0.1", dashboard_address=None) as cluster:
+            with distributed.Client(cluster, timeout="60s") as client:
+                remote = nc.scan(nc.rules.SGD, pot, q0, executor=client.get_executor(),
+                                 n_chunks=4, **kw)
+    _assert_results_identical(local, remote)
+
+
+# ---------------------------------------------------------------------------------------
+# divergence
+
+def test_divergent_points_flagged_neighbours_intact():
+    # f = ½ qᵀAq with eigenvalues 1 and 10: gradient descent diverges iff lr > 2/10
+    pot = nc.potentials.Quadratic(np.diag([1.0, 10.0]))
+    q0 = np.array([1.0, 1.0])
+    lrs = [0.05, 0.15, 5.0, 0.19]
+    with pytest.warns(DivergenceWarning, match="1 of 4 scan points"):
+        res = nc.scan(nc.rules.SGD, pot, q0, steps=800, record_every=10, lr=lrs,
+                      seeds=0, threads=2)
+    assert res.diverged.tolist() == [False, False, True, False]
+    assert res.stop_step[2] > 0 and np.all(res.stop_step[[0, 1, 3]] == -1)
+    assert res.stop_reason(2) is not None and res.stop_reason(0) is None
+    for i in range(4):
+        _assert_same_as_train(res, (i,), pot, q0, 800, record_every=10)
+
+
+# ---------------------------------------------------------------------------------------
+# the summaries
+
+def test_angular_update_is_mean_angle_of_last_tenth():
+    """Definition check against an independent computation from train's recorded rows."""
+    pot, q0 = _bn(N=32)
+    steps = 1234                                     # last ceil(1234/10) = 124 steps
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=steps, batch_size=8, seeds=(5,),
+                  lr=[0.1, 0.3], momentum=0.9, weight_decay=[1e-3, 1e-2])
+    for (i, j, k) in np.ndindex(res.shape):
+        tr = nc.train(res.rule_at(i, j, k), pot, q0, steps, record_every=1, batch_size=8,
+                      seed=res.seed_at(i, j, k))
+        w = tr.q[-125:] / np.linalg.norm(tr.q[-125:], axis=1, keepdims=True)
+        cosines = np.clip(np.sum(w[1:] * w[:-1], axis=1), -1.0, 1.0)
+        expected = np.mean(np.arccos(cosines))
+        # arccos near 1 loses ~1e-16/θ relative precision (θ ~ 1e-2 here): 1e-10 is ample
+        np.testing.assert_allclose(res.angular_update[i, j, k, 0], expected, rtol=1e-10)
+
+
+def test_angular_update_matches_rotational_equilibrium():
+    """SPEC §4: the steady per-step angular update of SGD+momentum with weight decay on a
+    scale-invariant loss is sqrt(2ηk/(1+β)) (minibatch noise keeps the gradient alive).
+    The prediction neglects O(ηk) corrections and the late window is finite: 10 %."""
+    pot, q0 = _bn(N=64, D=6)
+    lrs, wds = np.array([0.05, 0.1]), np.array([5e-3, 1e-2])
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=20000, batch_size=8, seeds=0,
+                  lr=lrs, momentum=0.9, weight_decay=wds)
+    pred = np.sqrt(2 * lrs[:, None] * wds[None, :] / 1.9)
+    np.testing.assert_allclose(res.angular_update[..., 0], pred, rtol=0.1)
+
+
+def test_memory_budget_error_states_sizes():
+    pot, q0 = _rayleigh()
+    with pytest.raises(MemoryError, match=r"needs .* MiB, above the budget"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10**6, record_every=1, lr=[0.1, 0.2],
+                max_record_bytes=2**20)
+
+
+# ---------------------------------------------------------------------------------------
+# bad grids
+
+@pytest.mark.parametrize("grid, exc, match", [
+    (dict(lr=[0.1], mommentum=0.9), TypeError, r"valid grid keywords: \['lr', 'momentum'"),
+    (dict(lr=[]), ValueError, "grid axis lr is empty"),
+    (dict(lr=[0.1, np.nan]), ValueError, "grid axis lr must be finite, found nan"),
+    (dict(lr=[0.1, np.inf]), ValueError, "must be finite, found inf"),
+    (dict(lr=np.ones((2, 2))), ValueError, "1-D array, got shape"),
+    (dict(lr=[0.1, 0.1]), ValueError, "repeated values"),
+    (dict(lr=["a", "b"]), TypeError, "must hold real numbers"),
+    (dict(lr=[0.1, 0.0]), ValueError, r"rejects grid point \{'lr': 0.0\}: lr must lie"),
+    (dict(lr=0.1, momentum=[0.5, 1.0]), ValueError, "momentum must lie in"),
+    (dict(lr=float("nan")), ValueError, "lr must be finite"),
+])
+def test_bad_grids(grid, exc, match):
+    pot, q0 = _rayleigh()
+    with pytest.raises(exc, match=match):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, **grid)
+
+
+def test_bad_arguments():
+    pot, q0 = _rayleigh()
+    with pytest.raises(ValueError, match=r"q0 must have shape \(5\)"):
+        nc.scan(nc.rules.SGD, pot, q0[:3], steps=10, lr=[0.1])
+    with pytest.raises(TypeError, match="rule class"):
+        nc.scan(nc.rules.SGD(lr=0.1), pot, q0, steps=10)
+    with pytest.raises(ValueError, match="seeds must be non-negative"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, seeds=[1, -2])
+    with pytest.raises(ValueError, match="seeds has repeated"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, seeds=[1, 1])
+    with pytest.raises(ValueError, match="no data rows"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, batch_size=4)
+    with pytest.raises(ValueError, match="threads must lie in"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, threads=0)
+    with pytest.raises(TypeError, match="concurrent.futures.Executor"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=10, lr=[0.1], executor=object())
+    with pytest.raises(ValueError, match="steps must lie in"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# selection and labels
+
+def test_sel_by_value():
+    pot, q0 = _rayleigh()
+    lrs = np.logspace(-3, -1, 4)
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=50, lr=lrs, weight_decay=[0.0, 1e-3],
+                  seeds=(0, 1))
+    sub = res.sel(lr=float(np.logspace(-3, -1, 4)[2]), seed=1)
+    assert list(sub.axes) == ["weight_decay"] and sub.q.shape == (2, 5)
+    assert np.array_equal(sub.loss, res.loss[2, :, 1])
+    assert sub.rule_at(1) == nc.rules.SGD(lr=lrs[2], weight_decay=1e-3)
+    with pytest.raises(KeyError, match="lr=0.5 is not on the grid"):
+        res.sel(lr=0.5)
+    with pytest.raises(KeyError, match="no axis"):
+        res.sel(momentum=0.0)
+
+
+def test_to_xarray_labels():
+    xr = pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    pot, q0 = _rayleigh()
+    lrs, wds = [0.01, 0.02, 0.05], [0.0, 1e-3]
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=40, record_every=20, lr=lrs,
+                  weight_decay=wds, momentum=0.9, seeds=(0, 1))
+    ds = res.to_xarray()
+    assert isinstance(ds, xr.Dataset)
+    assert ds["loss"].dims == ("lr", "weight_decay", "seed")
+    assert ds["q"].dims == ("lr", "weight_decay", "seed", "coord")
+    assert ds["norm2"].dims[-1] == "block" and list(ds["block"].values) == ["q"]
+    assert ds["series_loss"].dims == ("lr", "weight_decay", "seed", "step")
+    assert list(ds["step"].values) == [0, 20, 40]
+    np.testing.assert_array_equal(ds["lr"].values, lrs)
+    assert float(ds["loss"].sel(lr=0.02, weight_decay=1e-3, seed=1)) == \
+        float(res.sel(lr=0.02, weight_decay=1e-3, seed=1).loss)
+    assert ds.attrs["rule"] == "SGD" and ds.attrs["fixed_momentum"] == 0.9
+
+
+def test_to_xarray_without_xarray_says_how_to_install(monkeypatch):
+    pot, q0 = _rayleigh()
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=5, lr=[0.1])
+    monkeypatch.setitem(sys.modules, "xarray", None)
+    with pytest.raises(ImportError, match="pip install xarray"):
+        res.to_xarray()
+
+
+def test_progress_off_under_pytest_and_results_unchanged():
+    assert scan_mod._want_progress(None) is False
+    pytest.importorskip("tqdm", reason="tqdm is the optional extra 'scan'")
+    pot, q0 = _rayleigh()
+    a = nc.scan(nc.rules.SGD, pot, q0, steps=300, lr=[0.1, 0.2], progress=True)
+    b = nc.scan(nc.rules.SGD, pot, q0, steps=300, lr=[0.1, 0.2], progress=False)
+    _assert_results_identical(a, b)
