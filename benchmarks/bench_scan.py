@@ -1,0 +1,141 @@
+"""Benchmark of noether_core.scan (issue 6): one run prints every ratio.
+
+A 64 × 64 grid (lr × weight_decay) × 10^4 steps of SGD with momentum 0.9, full batch, on
+RayleighQuotient (d = 8) and on BatchNormUnit (N = 64, d = 16), timed as
+
+* the compiled scan with threads=1 and threads=2 (ratio (c): the parallel speed-up);
+* (a) a loop of python/noether_ref reference runs, one per grid point: far too slow for
+  4096 points, so a strided subsample of points is timed and the time *extrapolated*
+  linearly to the whole grid (the script says so in its output);
+* (b) benchmarks/numpy_batched.py: the grid vectorised in NumPy (every array (d, P),
+  BLAS products, in-place ufuncs), single-threaded BLAS (OPENBLAS_NUM_THREADS=1 etc. are
+  set below, before NumPy is imported, so (b) and the threads=1 scan use one core each).
+
+Every timing records the 1-minute load average before and after it (the machine is
+shared).  Usage::
+
+    PYTHONPATH=.:python python benchmarks/bench_scan.py            # the full benchmark
+    PYTHONPATH=.:python python benchmarks/bench_scan.py --quick    # 16 × 16, 10^3 steps
+"""
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")   # baseline (b) on one core; scan threads are explicit
+
+import argparse          # noqa: E402
+import platform          # noqa: E402
+import sys               # noqa: E402
+import time              # noqa: E402
+
+import numpy as np       # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import noether_core as nc                        # noqa: E402
+from noether_ref import potentials as ref_pot   # noqa: E402
+from noether_ref import rules as ref_rules      # noqa: E402
+from numpy_batched import bn_unit_grad, rayleigh_grad, sgd_momentum_scan  # noqa: E402
+
+
+def _load():
+    return os.getloadavg()[0]
+
+
+def _timed(fn, repeat=1):
+    """Best wall time of ``repeat`` calls, the last result, and the load before/after."""
+    best, out, l0 = np.inf, None, _load()
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out, (l0, _load())
+
+
+def _problems(n_data=64, d_bn=16, d_ray=8):
+    rng = np.random.default_rng(2026)
+    M = rng.normal(size=(d_ray, d_ray))
+    A = (M + M.T) / 2
+    X = rng.normal(size=(n_data, d_bn))
+    y = np.tanh(X @ rng.normal(size=d_bn)) + 0.1 * rng.normal(size=n_data)
+    return [
+        ("RayleighQuotient d=8", nc.potentials.RayleighQuotient(A), rng.normal(size=d_ray),
+         lambda P: rayleigh_grad(A, P), lambda q, rows: ref_pot.rayleigh(q, A)),
+        ("BatchNormUnit N=64 d=16", nc.potentials.BatchNormUnit(X, y),
+         rng.normal(size=d_bn), lambda P: bn_unit_grad(X, y, P),
+         lambda q, rows: ref_pot.batchnorm_unit(q, X, y, 0.0, rows)),
+    ]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16x16 grid, 1000 steps")
+    ap.add_argument("--repeat", type=int, default=1, help="best of this many timings")
+    ap.add_argument("--ref-points", type=int, default=8,
+                    help="grid points timed for the reference loop (extrapolated)")
+    args = ap.parse_args(argv)
+    n_axis, steps = (16, 1000) if args.quick else (64, 10_000)
+    lrs = np.logspace(-3, -1, n_axis)
+    wds = np.concatenate([[0.0], np.logspace(-5, -2, n_axis - 1)])
+    L, W = np.meshgrid(lrs, wds, indexing="ij")
+    P = L.size
+    mom = 0.9
+
+    print(f"# scan benchmark: {n_axis}x{n_axis} (lr x weight_decay) grid, {steps} steps, "
+          f"SGD momentum={mom}, full batch")
+    print(f"# machine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+          f"NumPy {np.__version__}, OpenMP in scan: {nc.scan.openmp_enabled()}")
+    print(f"# load average at start: {os.getloadavg()}")
+    rows = []
+    for name, pot, q0, batched, ref_grad in _problems():
+        def run_scan(threads):
+            return nc.scan(nc.rules.SGD, pot, q0, steps=steps, lr=lrs, weight_decay=wds,
+                           momentum=mom, seeds=0, threads=threads, progress=False)
+
+        t1, res, ld1 = _timed(lambda: run_scan(1), args.repeat)
+        t2, res2, ld2 = _timed(lambda: run_scan(2), args.repeat)
+        assert all(np.array_equal(getattr(res, k), getattr(res2, k), equal_nan=True)
+                   for k in ("q", "loss", "angular_update"))
+
+        tb, out, ldb = _timed(lambda: sgd_momentum_scan(batched(P), q0, L.ravel(),
+                                                        W.ravel(), mom, steps), args.repeat)
+
+        # (a) reference loop over a strided subsample of grid points, extrapolated
+        pick = np.linspace(0, P - 1, args.ref_points).round().astype(int)
+        t0, l0 = time.perf_counter(), _load()
+        worst = 0.0
+        for f in pick:
+            i, j = np.unravel_index(f, L.shape)
+            rule = {"name": "SGD", "lr": L[i, j], "momentum": mom, "weight_decay": W[i, j]}
+            r = ref_rules.train(rule, ref_grad, q0, steps, record_every=steps)
+            if np.all(np.isfinite(r["q_final"])):
+                scale = np.abs(res.q[i, j]).max()
+                worst = max(worst, np.abs(r["q_final"] - res.q[i, j]).max() / scale)
+        ta_sub = time.perf_counter() - t0
+        ta = ta_sub * P / len(pick)
+        lda = (l0, _load())
+
+        ok = ~res.diverged.ravel()
+        rel = np.abs(out["loss_min"][ok] - res.loss_min.ravel()[ok]) / np.maximum(
+            np.abs(res.loss_min.ravel()[ok]), 1e-300)
+        rows.append((name, t1, t2, tb, ta, ld1, ld2, ldb, lda))
+        print(f"\n## {name}  ({P} points x {steps} steps; "
+              f"{int(res.diverged.sum())} diverged)")
+        print(f"scan threads=1            {t1:9.2f} s   "
+              f"({t1 / P / steps * 1e9:6.1f} ns per point-step)  load {ld1[0]:.2f}->{ld1[1]:.2f}")
+        print(f"scan threads=2            {t2:9.2f} s   "
+              f"({t2 / P / steps * 1e9:6.1f} ns per point-step)  load {ld2[0]:.2f}->{ld2[1]:.2f}")
+        print(f"(b) NumPy batched, 1 core {tb:9.2f} s   "
+              f"({tb / steps * 1e6:6.1f} us per grid step)      load {ldb[0]:.2f}->{ldb[1]:.2f}")
+        print(f"(a) reference loop        {ta:9.2f} s   EXTRAPOLATED from {len(pick)} of "
+              f"{P} points ({ta_sub:.2f} s)  load {lda[0]:.2f}->{lda[1]:.2f}")
+        print(f"ratios: (a) ref/scan2 = {ta / t2:8.1f}x   (b) numpy/scan2 = {tb / t2:6.2f}x"
+              f"   numpy/scan1 = {tb / t1:6.2f}x   (c) scan1/scan2 = {t1 / t2:5.2f}x")
+        print(f"agreement: reference vs scan max |dq|/|q| = {worst:.1e} on the subsample; "
+              f"NumPy batched vs scan loss_min: median rel. diff {np.median(rel):.1e}, "
+              f"max {rel.max():.1e}")
+    print(f"\n# load average at end: {os.getloadavg()}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Baseline (b) of bench_scan.py: SGD + heavy-ball momentum vectorised over a whole grid.
+
+What a careful NumPy user would write to scan P hyper-parameter points at once: every
+array carries the grid as its *last*, contiguous axis (shape (d, P)), so each step is a few
+BLAS matrix products plus in-place element-wise ufuncs over d·P numbers, with every buffer
+preallocated (``out=``), no Python loop over points and no per-step allocation in the
+update.  It computes the same per-point summaries as ``noether_core.scan`` (final q, final
+and minimum loss, final |q|², late-time angular update, divergence step) so the two do the
+same work; divergence is checked every ``check_every`` steps only (coarser and cheaper than
+the compiled per-step check, which favours this baseline).
+
+Semantics are torch.optim.SGD's (dampening 0, no Nesterov): d = g + k q; v = d at the
+first step, then v = β v + d; q ← q − η v.  Results agree with the compiled scan to
+round-off (the summation order differs: BLAS vs sequential), not bitwise.
+"""
+import numpy as np
+
+__all__ = ["rayleigh_grad", "bn_unit_grad", "sgd_momentum_scan"]
+
+
+class rayleigh_grad:
+    """f = ½ qᵀAq/|q|², g = (Aq − 2f q)/|q|², for P columns of Q (d, P) at once."""
+
+    def __init__(self, A, P):
+        self.A = np.ascontiguousarray(A)
+        d = A.shape[0]
+        self.AQ = np.empty((d, P))
+        self.tmp = np.empty((d, P))
+        self.qq = np.empty(P)
+        self.f = np.empty(P)
+
+    def __call__(self, Q, G):
+        np.matmul(self.A, Q, out=self.AQ)
+        np.einsum("ip,ip->p", Q, Q, out=self.qq)
+        np.einsum("ip,ip->p", Q, self.AQ, out=self.f)
+        self.f /= self.qq
+        self.f *= 0.5                                   # f = ½ qAq/qq
+        np.multiply(Q, self.f, out=self.tmp)
+        self.tmp *= 2.0
+        np.subtract(self.AQ, self.tmp, out=G)
+        G /= self.qq
+        return self.f
+
+
+class bn_unit_grad:
+    """BatchNorm unit (full batch, eps): z = Xw, ẑ = (z − z̄)/s, f = Σ(ẑ − y)²/2N, for P
+    weight columns W (d, P) at once (the same formulas as noether_ref.batchnorm_unit)."""
+
+    def __init__(self, X, y, P, eps=0.0):
+        self.X = np.ascontiguousarray(X)
+        self.XT = np.ascontiguousarray(X.T)
+        self.y = np.ascontiguousarray(y)[:, None]
+        self.eps = eps
+        N = X.shape[0]
+        self.N = N
+        self.Z = np.empty((N, P))
+        self.E = np.empty((N, P))
+        self.row = np.empty((1, P))
+        self.sd = np.empty(P)
+        self.f = np.empty(P)
+        self.mdz = np.empty(P)
+
+    def __call__(self, W, G):
+        N, Z, E = self.N, self.Z, self.E
+        np.matmul(self.X, W, out=Z)
+        np.mean(Z, axis=0, keepdims=True, out=self.row)
+        Z -= self.row                                       # z − z̄
+        np.einsum("np,np->p", Z, Z, out=self.sd)
+        self.sd /= N
+        self.sd += self.eps
+        np.sqrt(self.sd, out=self.sd)                       # s
+        Z /= self.sd                                        # ẑ
+        np.subtract(Z, self.y, out=E)                       # e = ẑ − y
+        np.einsum("np,np->p", E, E, out=self.f)
+        self.f *= 0.5 / N
+        np.einsum("np,np->p", E, Z, out=self.mdz)
+        self.mdz /= N * N                                   # mean(δ ẑ), δ = e/N
+        np.mean(E, axis=0, keepdims=True, out=self.row)
+        self.row /= N                                       # mean(δ)
+        E /= N                                              # δ
+        E -= self.row
+        Z *= self.mdz
+        E -= Z
+        E /= self.sd                                        # dz
+        np.matmul(self.XT, E, out=G)                        # g = Xᵀ dz
+        return self.f
+
+
+def sgd_momentum_scan(grad, q0, lr, weight_decay, momentum, steps, check_every=100):
+    """Run P = len(lr) SGD+momentum runs (one per (lr[p], weight_decay[p])) from q0.
+
+    Parameters
+    ----------
+    grad : callable(Q (d, P), G (d, P) out) -> f (P,)
+    q0 : (d,) initial parameters (shared)
+    lr, weight_decay : (P,) arrays
+    momentum : float
+    steps : int
+
+    Returns
+    -------
+    dict of arrays: q (P, d), loss, loss_min, norm2, angular_update, stop_step (P,)
+    """
+    d, P = len(q0), len(lr)
+    Q = np.repeat(np.asarray(q0, float)[:, None], P, axis=1)
+    G = np.empty((d, P))
+    V = np.empty((d, P))
+    tmp = np.empty((d, P))
+    lr_row = np.asarray(lr, float)[None, :]
+    wd_row = np.asarray(weight_decay, float)[None, :]
+    loss_min = np.full(P, np.inf)
+    stop = np.full(P, -1)
+    n_late = -(-steps // 10)
+    late_start = steps - n_late
+    prev = np.empty((d, P))
+    cur = np.empty((d, P))
+    nrm = np.empty(P)
+    ang = np.zeros(P)
+    a = np.empty(P)
+    b = np.empty(P)
+    with np.errstate(all="ignore"):
+        for n in range(steps):
+            f = grad(Q, G)
+            np.minimum(loss_min, f, out=loss_min)
+            np.multiply(Q, wd_row, out=tmp)
+            G += tmp                                        # d = g + k q
+            if n == 0:
+                V[...] = G
+            else:
+                V *= momentum
+                V += G
+            np.multiply(V, lr_row, out=tmp)
+            if n >= late_start:                             # q̂_n before the update
+                np.einsum("ip,ip->p", Q, Q, out=nrm)
+                np.sqrt(nrm, out=nrm)
+                np.divide(Q, nrm, out=prev)
+            Q -= tmp
+            if n >= late_start:                             # angle(q̂_n, q̂_{n+1})
+                np.einsum("ip,ip->p", Q, Q, out=nrm)
+                np.sqrt(nrm, out=nrm)
+                np.divide(Q, nrm, out=cur)
+                np.subtract(cur, prev, out=tmp)
+                np.einsum("ip,ip->p", tmp, tmp, out=a)
+                np.add(cur, prev, out=tmp)
+                np.einsum("ip,ip->p", tmp, tmp, out=b)
+                np.sqrt(a, out=a)
+                np.sqrt(b, out=b)
+                ang += 2.0 * np.arctan2(a, b)
+            if n % check_every == check_every - 1:
+                bad = ~(np.isfinite(f) & np.isfinite(Q.sum(axis=0)))
+                stop[bad & (stop < 0)] = n
+        f = grad(Q, G).copy()
+        np.minimum(loss_min, f, out=loss_min)
+    bad = ~(np.isfinite(f) & np.isfinite(Q.sum(axis=0)))
+    stop[bad & (stop < 0)] = steps
+    diverged = stop >= 0
+    f[diverged] = np.nan
+    ang = ang / n_late
+    ang[diverged] = np.nan
+    return {"q": Q.T.copy(), "loss": f, "loss_min": loss_min,
+            "norm2": np.einsum("ip,ip->p", Q, Q), "angular_update": ang,
+            "stop_step": stop}
