@@ -125,6 +125,16 @@ def _csr(parts):
     return ptr, np.ascontiguousarray(idx)
 
 
+def _check_batch_size(potential, batch_size):
+    """None (full batch) or a minibatch size the potential can draw (train and scan)."""
+    if batch_size is None:
+        return None
+    if potential.n_data == 0:
+        raise ValueError(f"batch_size={batch_size!r} given, but {type(potential).__name__}"
+                         " has no data rows to draw from")
+    return V.as_int("batch_size", batch_size, lo=potential.min_batch, hi=potential.n_data)
+
+
 def _make_rng(seed, state):
     """The generator a minibatch run draws from (a Generator passed in is advanced)."""
     if isinstance(seed, np.random.Generator):
@@ -209,12 +219,7 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     record_every = V.as_int("record_every", record_every, lo=1)
     if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(q <= 0):
         raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
-    if batch_size is not None:
-        if potential.n_data == 0:
-            raise ValueError(f"batch_size={batch_size!r} given, but {type(potential).__name__}"
-                             " has no data rows to draw from")
-        batch_size = V.as_int("batch_size", batch_size, lo=potential.min_batch,
-                              hi=potential.n_data)
+    batch_size = _check_batch_size(potential, batch_size)
     if state is None:
         state = rule.init_state(potential)
     else:
