@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _validation as V
 from ._kernels import scan as _ks
-from ._train import DEFAULT_MAX_RECORD_BYTES, _STATUS, _csr
+from ._train import DEFAULT_MAX_RECORD_BYTES, _STATUS, _check_batch_size, _csr
 from .errors import DivergenceWarning
 from .potentials import Potential
 from .rules import MirrorDescent, Rule
@@ -346,12 +346,7 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
     steps = V.as_int("steps", steps, lo=0)
     if record_every is not None:
         record_every = V.as_int("record_every", record_every, lo=1)
-    if batch_size is not None:
-        if potential.n_data == 0:
-            raise ValueError(f"batch_size={batch_size!r} given, but {type(potential).__name__}"
-                             " has no data rows to draw from")
-        batch_size = V.as_int("batch_size", batch_size, lo=potential.min_batch,
-                              hi=potential.n_data)
+    batch_size = _check_batch_size(potential, batch_size)
     seed_axis = not isinstance(seeds, (int, np.integer))
     seed_list = np.atleast_1d(np.asarray(seeds))
     if seed_list.ndim != 1 or seed_list.size == 0 or seed_list.dtype.kind not in "iu":
