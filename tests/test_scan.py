@@ -10,7 +10,8 @@ import importlib
 import multiprocessing
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -186,6 +187,17 @@ def test_process_pool_chunks_identical():
     _assert_results_identical(local, remote)
 
 
+def test_thread_pool_chunks_identical():
+    """Chunks running concurrently in one process: each compiled call owns its scratch."""
+    pot, q0, kw = _mixed_grid_kwargs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        local = nc.scan(nc.rules.SGD, pot, q0, **kw)
+        with ThreadPoolExecutor(max_workers=3) as ex:
+            remote = nc.scan(nc.rules.SGD, pot, q0, executor=ex, n_chunks=7, threads=2, **kw)
+    _assert_results_identical(local, remote)
+
+
 def test_dask_local_cluster_identical():
     distributed = pytest.importorskip(
         "distributed", reason="dask.distributed is the optional extra 'scan'")
@@ -351,3 +363,30 @@ def test_progress_off_under_pytest_and_results_unchanged():
     a = nc.scan(nc.rules.SGD, pot, q0, steps=300, lr=[0.1, 0.2], progress=True)
     b = nc.scan(nc.rules.SGD, pot, q0, steps=300, lr=[0.1, 0.2], progress=False)
     _assert_results_identical(a, b)
+
+
+def test_q0_float32_noncontiguous_readonly_is_converted():
+    pot, q0 = _rayleigh()
+    q32 = np.repeat(q0.astype(np.float32), 2)[::2]          # strided float32 view
+    q32.setflags(write=False)
+    a = nc.scan(nc.rules.SGD, pot, q32, steps=100, lr=[0.01, 0.1])
+    b = nc.scan(nc.rules.SGD, pot, q0.astype(np.float32).astype(np.float64), steps=100,
+                lr=[0.01, 0.1])
+    _assert_results_identical(a, b)
+
+
+def test_interrupt_cancels_the_compiled_call(monkeypatch):
+    """Ctrl-C while the kernel runs (simulated in the polling loop) stops every point at its
+    next run_loop call and re-raises; it does not wait for the whole grid."""
+    pot, q0 = _bn(N=64, D=16)
+
+    def interrupt(self, done, total):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_mod._Bar, "__call__", interrupt)
+    t = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        # ~40 s of work on one thread if it were not cancelled
+        nc.scan(nc.rules.SGD, pot, q0, steps=10**6, lr=np.linspace(0.01, 0.02, 40),
+                threads=1)
+    assert time.perf_counter() - t < 10.0
