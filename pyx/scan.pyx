@@ -34,7 +34,7 @@ Design
   ``1 <= K``, a generator per point when ``batch_size > 0``.
 """
 from libc.math cimport sqrt, atan2, NAN, INFINITY
-from libc.stdlib cimport free
+from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython.parallel cimport prange, threadid
@@ -62,6 +62,7 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef enum:
     CACHE_LINE = 64
+    GUARD = 512             # bytes between two threads' potential workspaces
 
 
 def openmp_enabled():
@@ -133,6 +134,7 @@ cdef struct Scratch:
     Py_ssize_t n_rows
     Py_ssize_t progress          # steps done by this thread (read by the progress bar)
     void* block                  # the one allocation behind the pointers above
+    void* guard                  # spacer allocated right after the workspace (see below)
 
 
 cdef inline size_t _pad(size_t nbytes) noexcept nogil:
@@ -426,7 +428,14 @@ cdef class ScanKernel:
             w.rbn2 = <double*> (base + off); off += _pad((K + 1) * max(nb, 1) * 8)
             w.prev_bn2 = <double*> (base + off); off += _pad(max(nb, 1) * 8)
             w.ang_sum = <double*> (base + off); off += _pad(max(nb, 1) * 8)
+            # The workspace is allocated by the potential (plain malloc), so two threads'
+            # workspaces could be neighbours on the heap and share a cache line that both
+            # write at every gradient evaluation.  A spacer allocated right after each one
+            # keeps the next thread's workspace at least GUARD bytes away.
             w.params = pot.new_params()
+            w.guard = malloc(GUARD)
+            if w.guard == NULL:
+                raise MemoryError("scratch of scan")
 
     def __dealloc__(self):
         cdef int t
@@ -436,6 +445,7 @@ cdef class ScanKernel:
                     if self.scr[t].params != NULL and self.pot is not None:
                         self.pot.free_params(self.scr[t].params)
                     free(self.scr[t].block)
+                    free(self.scr[t].guard)
                     free(self.scr[t])
             free(self.scr)
         free(self.rngs)
