@@ -36,6 +36,9 @@ from noether_ref import rules as ref_rules      # noqa: E402
 from numpy_batched import bn_unit_grad, rayleigh_grad, sgd_momentum_scan  # noqa: E402
 
 
+PREFIX = {"rayleigh": "Rayleigh", "bn": "BatchNorm"}
+
+
 def _load():
     return os.getloadavg()[0]
 
@@ -71,6 +74,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="best of this many timings")
     ap.add_argument("--ref-points", type=int, default=8,
                     help="grid points timed for the reference loop (extrapolated)")
+    ap.add_argument("--only", choices=("rayleigh", "bn"), default=None,
+                    help="run one of the two problems")
     args = ap.parse_args(argv)
     n_axis, steps = (16, 1000) if args.quick else (64, 10_000)
     lrs = np.logspace(-3, -1, n_axis)
@@ -87,6 +92,9 @@ def main(argv=None):
     print(f"# load average at start: {os.getloadavg()}")
     rows = []
     for name, pot, q0, batched, ref_grad in _problems():
+        if args.only and not name.startswith(PREFIX[args.only]):
+            continue
+
         def run_scan(threads):
             return nc.scan(nc.rules.SGD, pot, q0, steps=steps, lr=lrs, weight_decay=wds,
                            momentum=mom, seeds=0, threads=threads, progress=False)
