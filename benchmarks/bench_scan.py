@@ -16,6 +16,7 @@ shared).  Usage::
 
     PYTHONPATH=.:python python benchmarks/bench_scan.py            # the full benchmark
     PYTHONPATH=.:python python benchmarks/bench_scan.py --quick    # 16 × 16, 10^3 steps
+    ... --write        # also replace the section "## Scans" of benchmarks/RESULTS.md
 """
 import os
 
@@ -23,7 +24,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")   # baseline (b) on one core; scan threads are explicit
 
 import argparse          # noqa: E402
-import platform          # noqa: E402
 import sys               # noqa: E402
 import time              # noqa: E402
 
@@ -34,6 +34,7 @@ import noether_core as nc                        # noqa: E402
 from noether_ref import potentials as ref_pot   # noqa: E402
 from noether_ref import rules as ref_rules      # noqa: E402
 from numpy_batched import bn_unit_grad, rayleigh_grad, sgd_momentum_scan  # noqa: E402
+from _common import machine, table, update_results                        # noqa: E402
 
 
 PREFIX = {"rayleigh": "Rayleigh", "bn": "BatchNorm"}
@@ -76,6 +77,8 @@ def main(argv=None):
                     help="grid points timed for the reference loop (extrapolated)")
     ap.add_argument("--only", choices=("rayleigh", "bn"), default=None,
                     help="run one of the two problems")
+    ap.add_argument("--write", action="store_true",
+                    help="write the figures into benchmarks/RESULTS.md, section Scans")
     args = ap.parse_args(argv)
     n_axis, steps = (16, 1000) if args.quick else (64, 10_000)
     lrs = np.logspace(-3, -1, n_axis)
@@ -86,10 +89,8 @@ def main(argv=None):
 
     print(f"# scan benchmark: {n_axis}x{n_axis} (lr x weight_decay) grid, {steps} steps, "
           f"SGD momentum={mom}, full batch")
-    print(f"# machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-          f"NumPy {np.__version__}, OpenMP in scan: {nc.scan.openmp_enabled()}")
-    print(f"# load average at start: {os.getloadavg()}")
+    mach = machine()
+    print(f"# machine: {mach}; OpenMP in scan: {nc.scan.openmp_enabled()}")
     rows = []
     for name, pot, q0, batched, ref_grad in _problems():
         if args.only and not name.startswith(PREFIX[args.only]):
@@ -125,7 +126,11 @@ def main(argv=None):
         ok = ~res.diverged.ravel()
         rel = np.abs(out["loss_min"][ok] - res.loss_min.ravel()[ok]) / np.maximum(
             np.abs(res.loss_min.ravel()[ok]), 1e-300)
-        rows.append((name, t1, t2, tb, ta, ld1, ld2, ldb, lda))
+        rows.append([name, f"{t1:.2f} s", f"{t2:.2f} s", f"{tb:.2f} s",
+                     f"{ta:.0f} s (extrapolated from {len(pick)} points)",
+                     f"{ta / t2:.0f}×", f"{tb / t2:.2f}×", f"{tb / t1:.2f}×",
+                     f"{t1 / t2:.2f}×",
+                     f"{min(ld1 + ld2 + ldb):.1f}–{max(ld1 + ld2 + ldb):.1f}"])
         print(f"\n## {name}  ({P} points x {steps} steps; "
               f"{int(res.diverged.sum())} diverged)")
         print(f"scan threads=1            {t1:9.2f} s   "
@@ -143,7 +148,24 @@ def main(argv=None):
               f"NumPy batched vs scan loss_min: median rel. diff {np.median(rel):.1e}, "
               f"max {rel.max():.1e}")
     print(f"\n# load average at end: {os.getloadavg()}")
+    header = ["problem", "scan, 1 thread", "scan, 2 threads", "(b) NumPy batched, 1 core",
+              "(a) reference loop", "(a)/scan2", "(b)/scan2", "(b)/scan1",
+              "(c) scan1/scan2", "load (1-min avg)"]
+    body = (f"`benchmarks/bench_scan.py` (one run{', --quick' if args.quick else ''}): "
+            f"{n_axis}×{n_axis} grid (lr ∈ [1e-3, 1e-1] log-spaced × weight_decay ∈ "
+            f"{{0}} ∪ [1e-5, 1e-2] log-spaced), {steps} steps of SGD(momentum={mom}), full "
+            "batch, wall time.  Ratios > 1 mean the compiled scan is faster.  "
+            "(b) runs with single-threaded BLAS.\n\n"
+            f"Machine: {mach}; load average at end {os.getloadavg()[0]:.2f}.\n\n"
+            + table(rows, header) + "\n")
+    print("\n" + body)
+    if args.write:
+        update_results("Scans", body + "\n" + NOTES)
     return rows
+
+
+NOTES = """Targets (issue 6): ≥ 10× faster than batched NumPy and ≥ 1.7× on 2 cores.  See the
+notes under the table, written by hand after the run, for what was met and why."""
 
 
 if __name__ == "__main__":
