@@ -147,6 +147,21 @@ def main(argv=None):
               "subsample; "
               f"NumPy batched vs scan loss_min: median rel. diff {np.median(rel):.1e}, "
               f"max {rel.max():.1e}")
+    # (c) again, best of 5 alternating short scans (robust against a busy machine)
+    name, pot, q0 = _problems()[0][:3]
+    lr32, wd32 = lrs[::2][:32], wds[::2][:32]
+    best = {1: np.inf, 2: np.inf}
+    l0 = _load()
+    for _ in range(5):
+        for th in (1, 2):
+            t = time.perf_counter()
+            nc.scan(nc.rules.SGD, pot, q0, steps=steps, lr=lr32, weight_decay=wd32,
+                    momentum=mom, seeds=0, threads=th, progress=False)
+            best[th] = min(best[th], time.perf_counter() - t)
+    probe = (f"(c) best of 5, {len(lr32)}×{len(wd32)} {name} grid, {steps} steps: "
+             f"threads=1 {best[1]:.3f} s, threads=2 {best[2]:.3f} s, speed-up "
+             f"{best[1] / best[2]:.2f}× (load {l0:.1f}–{_load():.1f})")
+    print(probe)
     print(f"\n# load average at end: {os.getloadavg()}")
     header = ["problem", "scan, 1 thread", "scan, 2 threads", "(b) NumPy batched, 1 core",
               "(a) reference loop", "(a)/scan2", "(b)/scan2", "(b)/scan1",
@@ -157,15 +172,39 @@ def main(argv=None):
             "batch, wall time.  Ratios > 1 mean the compiled scan is faster.  "
             "(b) runs with single-threaded BLAS.\n\n"
             f"Machine: {mach}; load average at end {os.getloadavg()[0]:.2f}.\n\n"
-            + table(rows, header) + "\n")
+            + table(rows, header) + "\n\n" + probe + "\n")
     print("\n" + body)
     if args.write:
         update_results("Scans", body + "\n" + NOTES)
     return rows
 
 
-NOTES = """Targets (issue 6): ≥ 10× faster than batched NumPy and ≥ 1.7× on 2 cores.  See the
-notes under the table, written by hand after the run, for what was met and why."""
+NOTES = """Notes.
+* Bitwise: every timed scan is checked equal between threads=1 and threads=2 (and the test
+  suite checks each point against a separate `train` call).  The NumPy batched baseline
+  agrees with the scan's minimum losses to ~1e-15 relative (different summation order);
+  the reference loop's final losses agree to ~1e-5 after 10^4 steps (its BLAS dot products
+  round differently and the runs near the edge of stability amplify that).
+* (a) is extrapolated: a strided subsample of grid points is run through
+  python/noether_ref/rules.py and the time scaled to the whole grid.
+* Why the ≥ 10× target over batched NumPy is not met.  A scan point is a scalar loop
+  (`run_loop`: one point at a time, the potential's sums in sequential order, no FMA
+  contraction, no reassociation — required for bitwise equality with `train`), about one
+  floating-point operation per cycle.  The batched NumPy baseline works on all 4096 points
+  at once: SIMD element-wise ufuncs and BLAS matrix products (for the BatchNorm unit,
+  (64×16)·(16×4096) GEMMs at several flops per cycle).  Per core it is therefore about
+  as fast as, or faster than, the compiled per-point loop on these small models; a 10×
+  margin would need the compiled scan to run several grid points per SIMD register
+  (lanes = points, each lane keeping its own sequential operation order, so bitwise
+  equality survives).  That is a second loop variant (run_loop over lanes, and lane
+  versions of the potentials' gradients), not built here; the scan keeps the single
+  `run_loop`.  Even then the bound is a few × on this 2-core AVX2 machine, not 10×, for
+  the BatchNorm unit, whose batched NumPy form is already GEMM-bound.
+* Threads: the grid points are independent, so the 2-thread speed-up is bounded only by
+  the cores actually free: the machine is shared with other developers' test runs, and
+  the load column says how busy it was.  The line "(c) best of 5" repeats threads=1 and
+  threads=2 alternately on a 32×32 RayleighQuotient grid and keeps the best of each,
+  which filters out most of the interference from other processes."""
 
 
 if __name__ == "__main__":
