@@ -272,10 +272,6 @@ class _Grid:
     def n_tasks(self):
         return self.n_points * len(self.seeds)
 
-    def task(self, f):
-        """(grid point index, seed) of flat task f (seed varies fastest)."""
-        return divmod(f, len(self.seeds))
-
     def params_at(self, i):
         idx = np.unravel_index(i, self.grid_shape) if self.axes else ()
         kw = dict(self.fixed)
@@ -287,14 +283,12 @@ class _Grid:
         return self.rule_cls(**self.params_at(i))
 
 
-def _valid_names(rule_cls):
-    return list(rule_cls.param_names())
-
-
 def _as_axis(name, value, default):
-    """A grid keyword as (is_axis, value): 1-D arrays/lists are axes, the rest fixed."""
-    if isinstance(value, np.ndarray) or isinstance(value, (list, range)) or (
-            isinstance(value, tuple) and not isinstance(default, tuple)):
+    """A grid keyword as (is_axis, value): arrays, lists and ranges are axes; a tuple is an
+    axis only for a parameter whose default is a number (so Adam's ``betas=(0.9, 0.99)``
+    or MirrorDescent's ``D=(...)`` stay single values); anything else is fixed."""
+    if isinstance(value, (np.ndarray, list, range)) or (
+            isinstance(value, tuple) and isinstance(default, (int, float))):
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"grid axis {name} must hold real numbers, got dtype {arr.dtype} "
@@ -331,7 +325,7 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
     if not isinstance(potential, Potential):
         raise TypeError("potential must be a noether_core.potentials.Potential, got "
                         f"{type(potential).__name__}")
-    names = _valid_names(rule_cls)
+    names = list(rule_cls.param_names())
     unknown = [k for k in grid if k not in names]
     if unknown:
         raise TypeError(f"{rule_cls.__name__} has no parameter(s) {unknown}; valid grid "

@@ -390,3 +390,10 @@ def test_interrupt_cancels_the_compiled_call(monkeypatch):
         nc.scan(nc.rules.SGD, pot, q0, steps=10**6, lr=np.linspace(0.01, 0.02, 40),
                 threads=1)
     assert time.perf_counter() - t < 10.0
+
+
+def test_tuples_are_axes_only_for_numeric_parameters():
+    pot, q0 = _rayleigh()
+    res = nc.scan(nc.rules.Adam, pot, q0, steps=20, lr=(1e-3, 1e-2), betas=(0.8, 0.9))
+    assert list(res.axes) == ["lr", "seed"] and res.fixed["betas"] == (0.8, 0.9)
+    assert res.rule_at(1, 0) == nc.rules.Adam(lr=1e-2, betas=(0.8, 0.9))
