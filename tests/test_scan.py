@@ -397,3 +397,21 @@ def test_tuples_are_axes_only_for_numeric_parameters():
     res = nc.scan(nc.rules.Adam, pot, q0, steps=20, lr=(1e-3, 1e-2), betas=(0.8, 0.9))
     assert list(res.axes) == ["lr", "seed"] and res.fixed["betas"] == (0.8, 0.9)
     assert res.rule_at(1, 0) == nc.rules.Adam(lr=1e-2, betas=(0.8, 0.9))
+
+
+@pytest.mark.parametrize("make", [
+    lambda X, rng: nc.potentials.BatchNormMLP(X, rng.integers(0, 3, len(X)), [5]),
+    lambda X, rng: nc.potentials.TwoLayer(X, rng.normal(size=(len(X), 2)), 3),
+    lambda X, rng: nc.potentials.SoftmaxCrossEntropy(X, rng.integers(0, 3, len(X))),
+], ids=["BatchNormMLP", "TwoLayer", "SoftmaxCrossEntropy"])
+def test_multi_block_potentials_equal_train(make):
+    """Potentials with many blocks (per-block |q_B|² and angles) and bigger workspaces."""
+    rng = np.random.default_rng(7)
+    pot = make(rng.normal(size=(30, 4)), rng)
+    q0 = 0.5 * rng.normal(size=pot.dim)
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=1100, record_every=100, batch_size=6,
+                  seeds=(1,), lr=[0.01, 0.05], momentum=[0.0, 0.9], threads=2)
+    assert res.norm2.shape[-1] == len(pot.blocks) > 1
+    for index in np.ndindex(res.shape):
+        _assert_same_as_train(res, index, pot, q0, 1100, record_every=100, batch_size=6,
+                              seed=res.seed_at(*index))
