@@ -503,8 +503,9 @@ class _Bar:
             if time.perf_counter() - self.t0 < self.delay:
                 return
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=self.total, unit="step", unit_scale=True,
+            self.bar = tqdm(total=self.total, initial=done, unit="step", unit_scale=True,
                             desc="scan", leave=False)
+            self.last = done
         self.bar.update(done - self.last)
         self.last = done
 
