@@ -44,27 +44,32 @@ class rayleigh_grad:
 
 class bn_unit_grad:
     """BatchNorm unit (full batch, eps): z = Xw, ẑ = (z − z̄)/s, f = Σ(ẑ − y)²/2N, for P
-    weight columns W (d, P) at once (the same formulas as noether_ref.batchnorm_unit)."""
+    weight columns W (d, P) at once.
+
+    Full-batch algebra an expert would use (docs/potentials.md has the gradient): with the
+    column-centred data Xc = X − mean(X), z − z̄ = Xc w directly, and because Xcᵀ1 = 0 the
+    mean(δ) term of dz = (δ − mean δ − ẑ mean(δẑ))/s drops out of g = Xcᵀ dz, so
+    g = Xcᵀ (e/N − ẑ mean(eẑ)/N)/s with e = ẑ − y.  Two GEMMs, three reductions and a
+    handful of in-place ufuncs per step.
+    """
 
     def __init__(self, X, y, P, eps=0.0):
-        self.X = np.ascontiguousarray(X)
-        self.XT = np.ascontiguousarray(X.T)
+        Xc = X - X.mean(axis=0)
+        self.Xc = np.ascontiguousarray(Xc)
+        self.XcT = np.ascontiguousarray(Xc.T)
         self.y = np.ascontiguousarray(y)[:, None]
         self.eps = eps
         N = X.shape[0]
         self.N = N
         self.Z = np.empty((N, P))
         self.E = np.empty((N, P))
-        self.row = np.empty((1, P))
         self.sd = np.empty(P)
         self.f = np.empty(P)
         self.mdz = np.empty(P)
 
     def __call__(self, W, G):
         N, Z, E = self.N, self.Z, self.E
-        np.matmul(self.X, W, out=Z)
-        np.mean(Z, axis=0, keepdims=True, out=self.row)
-        Z -= self.row                                       # z − z̄
+        np.matmul(self.Xc, W, out=Z)                        # z − z̄
         np.einsum("np,np->p", Z, Z, out=self.sd)
         self.sd /= N
         self.sd += self.eps
@@ -75,14 +80,11 @@ class bn_unit_grad:
         self.f *= 0.5 / N
         np.einsum("np,np->p", E, Z, out=self.mdz)
         self.mdz /= N * N                                   # mean(δ ẑ), δ = e/N
-        np.mean(E, axis=0, keepdims=True, out=self.row)
-        self.row /= N                                       # mean(δ)
-        E /= N                                              # δ
-        E -= self.row
+        E *= 1.0 / N                                        # δ
         Z *= self.mdz
         E -= Z
-        E /= self.sd                                        # dz
-        np.matmul(self.XT, E, out=G)                        # g = Xᵀ dz
+        E /= self.sd                                        # dz without its mean
+        np.matmul(self.XcT, E, out=G)                       # g = Xcᵀ dz
         return self.f
 
 
