@@ -192,8 +192,8 @@ NOTES = """Notes.
   contraction, no reassociation — required for bitwise equality with `train`), about one
   floating-point operation per cycle.  The batched NumPy baseline works on all 4096 points
   at once: SIMD element-wise ufuncs and BLAS matrix products (for the BatchNorm unit,
-  (64×16)·(16×4096) GEMMs at several flops per cycle).  Per core it is therefore about
-  as fast as, or faster than, the compiled per-point loop on these small models; a 10×
+  (64×16)·(16×4096) GEMMs at several flops per cycle).  Per core it is therefore faster
+  than the compiled per-point loop on these small models (1.7× and 3× here); a 10×
   margin would need the compiled scan to run several grid points per SIMD register
   (lanes = points, each lane keeping its own sequential operation order, so bitwise
   equality survives).  That is a second loop variant (run_loop over lanes, and lane
