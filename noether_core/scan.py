@@ -14,11 +14,13 @@ import sys
 import threading
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _validation as V
+from . import charges as _charges
 from ._kernels import scan as _ks
 from ._train import DEFAULT_MAX_RECORD_BYTES, _STATUS, _check_batch_size, _csr
 from .errors import DivergenceWarning
@@ -90,10 +92,18 @@ class ScanResult:
         ``grad_norm2`` (*shape, R), ``norm2`` (*shape, R, nb) and ``n_rows`` (*shape,):
         the rows ``train(..., record_every=...)`` records (rows past a divergence are NaN).
 
-    Notes
-    -----
-    The worst balance residual of the in-loop Noether charges is not computed yet (it
-    belongs to the charges feature); this class has no field for it.
+    balance_residual : (*shape,) array or None
+        Worst relative residual, over every step and every tracked symmetry whose law is
+        exact for that point's rule (noether_core.charges), of the exact discrete balance
+        law — round-off (~1e-16) where theory says so; 0.0 if none is exact.  None with
+        ``charges=False``.
+    charge_worst, charge_worst_step : dict[str, (*shape,) array]
+        Per tracked symmetry ("family:block"): worst relative residual and the step where
+        it occurred (-1: none) — equal to ``train(...).charge(...).worst`` of that point.
+    charge_exact : dict[str, (*shape,) bool array]
+        Whether that symmetry's law is exact for the point's rule (else the residual is a
+        measured breaking: kinetic, potential, or an undeclared symmetry).
+    untracked : list of (label, reason)
     """
 
     rule_cls: type
@@ -114,6 +124,11 @@ class ScanResult:
     stop_step: np.ndarray
     series: dict | None = None
     elapsed: float = field(default=0.0, repr=False)
+    balance_residual: np.ndarray | None = None
+    charge_worst: dict = field(default_factory=dict)
+    charge_worst_step: dict = field(default_factory=dict)
+    charge_exact: dict = field(default_factory=dict)
+    untracked: list = field(default_factory=list)
 
     @property
     def shape(self) -> tuple:
@@ -195,7 +210,13 @@ class ScanResult:
                           self.blocks, self.steps,
                           self.record_every, self.batch_size, take(self.q), take(self.loss),
                           take(self.loss_min), take(self.norm2), take(self.angular_update),
-                          take(self.status), take(self.stop_step), series, self.elapsed)
+                          take(self.status), take(self.stop_step), series, self.elapsed,
+                          None if self.balance_residual is None
+                          else take(self.balance_residual),
+                          {k: take(v) for k, v in self.charge_worst.items()},
+                          {k: take(v) for k, v in self.charge_worst_step.items()},
+                          {k: take(v) for k, v in self.charge_exact.items()},
+                          list(self.untracked))
 
     # -- xarray ---------------------------------------------------------------------------
     def to_xarray(self):
@@ -219,6 +240,11 @@ class ScanResult:
             "stop_step": (dims, self.stop_step),
             "status": (dims, self.status),
         }
+        if self.balance_residual is not None:
+            data["balance_residual"] = (dims, self.balance_residual)
+            coords["symmetry"] = list(self.charge_worst)
+            data["charge_worst"] = (dims + ["symmetry"],
+                                    np.stack(list(self.charge_worst.values()), axis=-1))
         if self.series is not None:
             coords["step"] = self.series["steps"]
             s = self.series
@@ -259,6 +285,7 @@ class _Grid:
     steps: int
     record_every: int | None
     batch_size: int | None
+    chosen: list = field(default_factory=list)   # tracked symmetries [(Symmetry, omega)]
 
     @property
     def grid_shape(self):
@@ -447,6 +474,15 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None):
         "s_q": np.full((n, R, d), np.nan), "s_loss": np.full((n, R), np.nan),
         "s_g2": np.full((n, R), np.nan), "s_bn2": np.full((n, R, nb), np.nan),
     }
+    charge_args = None
+    nsym = len(g.chosen)
+    if nsym:
+        from types import SimpleNamespace
+        fresh = SimpleNamespace(last_delta=None, last_residual=None, last_metric=None)
+        static = _charges.kernel_spec(pot, g.chosen, 1, fresh)[:8]
+        out["charge_worst"] = np.zeros((n, nsym))
+        out["charge_worst_step"] = np.full((n, nsym), -1, dtype=np.intp)
+        charge_args = tuple(static) + (out["charge_worst"], out["charge_worst_step"])
     row_bytes = (d + 2 + nb) * 8
     K = int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes)))
     n_late = -(-g.steps // 10)
@@ -457,7 +493,7 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None):
         R, generators, 0 if g.batch_size is None else g.batch_size, bptr, bidx, nt,
         out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
         out["status"], out["stop_step"], out["n_rows"],
-        out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"])
+        out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"], charge_args)
     if progress is None:
         kern.run()
     else:
@@ -544,8 +580,8 @@ def _chunk_worker(g: _Grid, lo: int, hi: int, threads: int | None):
 
 
 def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), executor=None,
-         threads=None, progress=None, batch_size=None, n_chunks=None,
-         max_record_bytes=DEFAULT_MAX_RECORD_BYTES, **grid) -> ScanResult:
+         threads=None, progress=None, batch_size=None, n_chunks=None, charges=True,
+         omega=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, **grid) -> ScanResult:
     """Train ``rule_cls`` at every point of a hyper-parameter grid, in one compiled call.
 
     Parameters
@@ -620,6 +656,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     """
     t0 = time.perf_counter()
     g = _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
+    chosen, untracked = _charges.select(potential, charges, omega)
+    g = dataclasses.replace(g, chosen=chosen)
     n_tasks = g.n_tasks
     R = _series_rows(g)
     d, nb = potential.dim, len(potential.blocks)
@@ -670,6 +708,24 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
                      shaped(out["loss_min"]), shaped(out["norm2"]),
                      shaped(out["angular_update"]), shaped(out["status"]),
                      shaped(out["stop_step"]), series, time.perf_counter() - t0)
+    if g.chosen:
+        labels = [_charges.symmetry_label(sym) for sym, _ in g.chosen]
+        worst = shaped(out["charge_worst"])
+        res.charge_worst = {lab: worst[..., j] for j, lab in enumerate(labels)}
+        wstep = shaped(out["charge_worst_step"])
+        res.charge_worst_step = {lab: wstep[..., j] for j, lab in enumerate(labels)}
+        # the law of each symmetry may depend on the point's hyper-parameters
+        # (e.g. ScalarRMSProp's project=True): decide it per grid point
+        exact = np.zeros(worst.shape, dtype=bool)
+        for idx in np.ndindex(*g.grid_shape):
+            rule = g.rule_at(int(np.ravel_multi_index(idx, g.grid_shape)))
+            for j, (sym, _) in enumerate(g.chosen):
+                exact[idx + (Ellipsis, j)] = (any(sym == t for t in potential.symmetries)
+                                              and sym.exact
+                                              and rule.kinetic_symmetric(sym, potential))
+        res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)
+        res.charge_exact = {lab: exact[..., j] for j, lab in enumerate(labels)}
+    res.untracked = untracked
     if np.any(res.status == _INTERRUPTED):
         raise KeyboardInterrupt("scan interrupted")
     nd = int(res.diverged.sum())

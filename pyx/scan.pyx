@@ -44,7 +44,7 @@ cimport numpy as cnp
 from numpy.random cimport bitgen_t
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
-from noether_core._kernels.rules cimport (RunSpec, run_loop, STATUS_OK,
+from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, STATUS_OK,
                                           STATUS_INTERRUPTED)
 
 cnp.import_array()
@@ -112,6 +112,19 @@ cdef struct ScanCtx:
     double* s_g2                 # OUT (P, R)
     double* s_bn2                # OUT (P, R, nb)
     int* cancel                  # IN: set non-zero to stop every point at its next chunk
+    # in-loop Noether charges (nsym = 0: off); the static description of ChargeSpec
+    Py_ssize_t nsym
+    const int* fam
+    const Py_ssize_t* ptr1
+    const Py_ssize_t* idx1
+    const Py_ssize_t* ptr2
+    const Py_ssize_t* idx2
+    const double* dirn
+    const Py_ssize_t* optr
+    const double* omega
+    Py_ssize_t n_idx1
+    double* worst                # OUT (P, nsym) worst relative balance residual per point
+    Py_ssize_t* worst_step       # OUT (P, nsym) step where it occurred (-1: none)
 
 
 cdef struct Scratch:
@@ -134,6 +147,10 @@ cdef struct Scratch:
     Py_ssize_t n_rows
     Py_ssize_t progress          # steps done by this thread (read by the progress bar)
     void* block                  # the one allocation behind the pointers above
+    ChargeSpec cs                # this thread's charge tracking (scratch owned by cblock)
+    double* wglob                # (nsym) worst residual of the current point so far
+    Py_ssize_t* wstep            # (nsym) its global step
+    void* cblock                 # the allocation behind the charge scratch
     void* guard                  # spacer allocated right after the workspace (see below)
 
 
@@ -236,6 +253,16 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
     w.loss_min = INFINITY
     w.n_rows = 0
     _fill_spec(s, c, w, p)
+    if c.nsym > 0:
+        # charges start from rest for every point, as a fresh train() call does
+        memset(w.cs.last_delta, 0, c.d * sizeof(double))
+        memset(w.cs.last_res, 0, c.nsym * sizeof(double))
+        memset(w.cs.last_metric, 0, c.nsym * sizeof(double))
+        memset(w.cs.worst_metric, 0, c.nsym * sizeof(double))
+        for k in range(c.nsym):
+            w.wglob[k] = 0.0
+            w.wstep[k] = -1
+        s.cs = &w.cs
     while True:
         if c.cancel[0] != 0:
             status = STATUS_INTERRUPTED
@@ -244,7 +271,17 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
         kc = c.K if c.steps - done > c.K else c.steps - done
         last = done + kc == c.steps
         s.steps = kc
+        if c.nsym > 0:
+            for k in range(c.nsym):
+                w.cs.worst[k] = 0.0
+                w.cs.worst_step[k] = -1
         run_loop(s)
+        if c.nsym > 0:
+            # run_loop counts steps from the start of its call: fold into the point's
+            for k in range(c.nsym):
+                if w.cs.worst[k] > w.wglob[k]:
+                    w.wglob[k] = w.cs.worst[k]
+                    w.wstep[k] = done + w.cs.worst_step[k]
         # rows 0..kc-1 are the in-loop states done..done+kc-1 (fewer if stopped early)
         n_in = s.n_rec if s.n_rec < kc else kc
         for j in range(n_in):
@@ -275,6 +312,9 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
     c.status[p] = status
     c.stop[p] = stop
     c.n_rows[p] = w.n_rows
+    for k in range(c.nsym):
+        c.worst[p * c.nsym + k] = w.wglob[k]
+        c.worst_step[p * c.nsym + k] = w.wstep[k]
     if status != STATUS_OK:
         w.progress += c.steps - done - kc if c.steps - done - kc > 0 else 0
 
@@ -319,7 +359,11 @@ cdef class ScanKernel:
                   cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
                   cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
                   cnp.ndarray stop, cnp.ndarray n_rows,
-                  cnp.ndarray s_q, cnp.ndarray s_loss, cnp.ndarray s_g2, cnp.ndarray s_bn2):
+                  cnp.ndarray s_q, cnp.ndarray s_loss, cnp.ndarray s_g2, cnp.ndarray s_bn2,
+                  tuple charges=None):
+        """``charges``: None, or ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, worst,
+        worst_step)``: the static ChargeSpec arrays of noether_core.charges.kernel_spec
+        and the (P, nsym) outputs."""
         cdef Py_ssize_t t, P = hp.shape[0], d = pot.d, nb = bptr.shape[0] - 1
         cdef Py_ssize_t nvecd = vec0.shape[1], nsca = sca0.shape[1]
         cdef size_t sz, off
@@ -384,6 +428,36 @@ cdef class ScanKernel:
         c.s_g2 = <double*> _data(s_g2)
         c.s_bn2 = <double*> _data(s_bn2)
         c.cancel = &self.cancel_flag
+        cdef Py_ssize_t nsym = 0, n1 = 0, cz
+        cdef ChargeSpec* cs
+        if charges is not None:
+            (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, worst, worst_step) = charges
+            for a in (dirn, omega, worst):
+                if a.dtype != np.float64 or not a.flags.c_contiguous:
+                    raise TypeError("ScanKernel needs C-contiguous float64 charge arrays")
+            for a in (ptr1, idx1, ptr2, idx2, optr, worst_step):
+                if a.dtype != np.intp or not a.flags.c_contiguous:
+                    raise TypeError("ScanKernel needs C-contiguous intp charge indices")
+            if fam.dtype != np.intc or not fam.flags.c_contiguous:
+                raise TypeError("ScanKernel needs C-contiguous intc families")
+            nsym = fam.shape[0]
+            if worst.shape[0] != P or worst.shape[1] != nsym:
+                raise ValueError("ScanKernel: inconsistent charge output shapes")
+            self.keep.append(charges)
+            if nsym > 0:
+                n1 = idx1.shape[0]
+                c.nsym = nsym
+                c.fam = <const int*> _data(fam)
+                c.ptr1 = <const Py_ssize_t*> _data(ptr1)
+                c.idx1 = <const Py_ssize_t*> _data(idx1)
+                c.ptr2 = <const Py_ssize_t*> _data(ptr2)
+                c.idx2 = <const Py_ssize_t*> _data(idx2)
+                c.dirn = <const double*> _data(dirn)
+                c.optr = <const Py_ssize_t*> _data(optr)
+                c.omega = <const double*> _data(omega)
+                c.n_idx1 = n1
+                c.worst = <double*> _data(worst)
+                c.worst_step = <Py_ssize_t*> _data(worst_step)
 
         if batch_size > 0:
             if generators is None or len(generators) != P:
@@ -436,6 +510,42 @@ cdef class ScanKernel:
             w.guard = malloc(GUARD)
             if w.guard == NULL:
                 raise MemoryError("scratch of scan")
+            if nsym > 0:
+                # this thread's ChargeSpec: the shared static description, its own scratch
+                cz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
+                      + _pad(max(n1, 1) * 8) + _pad(nsym * 8) * 8
+                      + _pad((K + 1) * nsym * 8) * 4)
+                if posix_memalign(&w.cblock, CACHE_LINE, cz) != 0:
+                    raise MemoryError(f"charge scratch of scan ({cz} bytes per thread)")
+                memset(w.cblock, 0, cz)
+                base = <char*> w.cblock
+                off = 0
+                cs = &w.cs
+                cs.nsym = nsym
+                cs.fam, cs.ptr1, cs.idx1 = c.fam, c.ptr1, c.idx1
+                cs.ptr2, cs.idx2, cs.dirn = c.ptr2, c.idx2, c.dirn
+                cs.optr, cs.omega = c.optr, c.omega
+                cs.nvec = nvecd // d if d > 0 else 0
+                cs.nsca = nsca
+                cs.last_delta = <double*> (base + off); off += _pad(d * 8)
+                cs.q_prev = <double*> (base + off); off += _pad(d * 8)
+                cs.q_free = <double*> (base + off); off += _pad(d * 8)
+                cs.zeros = <double*> (base + off); off += _pad(d * 8)
+                cs.vec_free = <double*> (base + off); off += _pad(max(nvecd, 1) * 8)
+                cs.sca_free = <double*> (base + off); off += _pad(max(nsca, 1) * 8)
+                cs.om_q = <double*> (base + off); off += _pad(max(n1, 1) * 8)
+                cs.free_transfer = <double*> (base + off); off += _pad(nsym * 8)
+                cs.last_res = <double*> (base + off); off += _pad(nsym * 8)
+                cs.last_metric = <double*> (base + off); off += _pad(nsym * 8)
+                cs.worst_metric = <double*> (base + off); off += _pad(nsym * 8)
+                cs.worst = <double*> (base + off); off += _pad(nsym * 8)
+                cs.worst_step = <Py_ssize_t*> (base + off); off += _pad(nsym * 8)
+                w.wglob = <double*> (base + off); off += _pad(nsym * 8)
+                w.wstep = <Py_ssize_t*> (base + off); off += _pad(nsym * 8)
+                cs.rec_moment = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
+                cs.rec_charge = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
+                cs.rec_resid = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
+                cs.rec_metric = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
 
     def __dealloc__(self):
         cdef int t
@@ -445,6 +555,7 @@ cdef class ScanKernel:
                     if self.scr[t].params != NULL and self.pot is not None:
                         self.pot.free_params(self.scr[t].params)
                     free(self.scr[t].block)
+                    free(self.scr[t].cblock)
                     free(self.scr[t].guard)
                     free(self.scr[t])
             free(self.scr)

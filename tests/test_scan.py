@@ -415,3 +415,44 @@ def test_multi_block_potentials_equal_train(make):
     for index in np.ndindex(res.shape):
         _assert_same_as_train(res, index, pot, q0, 1100, record_every=100, batch_size=6,
                               seed=res.seed_at(*index))
+
+
+# ---------------------------------------------------------------------------------------
+# in-loop Noether charges per grid point (issue 6 summary "worst balance residual")
+
+def test_scan_balance_residual_equals_train_per_point():
+    """Each point's worst balance-law residual (and its step) equals the one a separate
+    train() call tracks, bitwise, minibatches included; SGD's laws are exact (SPEC §1.1)."""
+    X, lab = nc.datasets.gaussian_mixture(48, 5, 3, seed=1)
+    pot = nc.potentials.BatchNormMLP(X, lab, (3,))
+    q0 = pot.init(0)
+    lrs, wds = [0.02, 0.2], [0.0, 1e-3]
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=1500, lr=lrs, weight_decay=wds,
+                  momentum=0.9, batch_size=12, seeds=[0, 3], threads=2)
+    assert res.balance_residual.shape == (2, 2, 2)
+    assert np.all(res.balance_residual < 1e-12)
+    for i, j, s in [(0, 1, 0), (1, 0, 1)]:
+        run = nc.train(nc.rules.SGD(lr=lrs[i], weight_decay=wds[j], momentum=0.9), pot, q0,
+                       1500, batch_size=12, seed=res.seed_at(i, j, s), record_every=1500)
+        assert run.balance_residual() == res.balance_residual[i, j, s]
+        for label, ch in run.charges.items():
+            assert ch.worst == res.charge_worst[label][i, j, s]
+            assert ch.worst_step == res.charge_worst_step[label][i, j, s]
+    sub = res.sel(lr=0.2)
+    np.testing.assert_array_equal(sub.balance_residual, res.balance_residual[1])
+
+
+def test_scan_charges_flag_kinetic_breaking_and_off():
+    """Adam breaks rotation (Table 2): charge_exact is False there and the residual is a
+    measured breaking; charges=False leaves the summary out."""
+    pot = nc.potentials.Radial(4, "log")
+    om = nc.symmetry.random_skew(4, np.random.default_rng(0))
+    q0 = np.array([1.0, -0.5, 0.3, 0.8])
+    res = nc.scan(nc.rules.Adam, pot, q0, steps=200, lr=[1e-3, 1e-2], omega=om)
+    assert not res.charge_exact["rotation:q"].any()
+    assert np.all(res.charge_worst["rotation:q"] > 1e-6)
+    assert np.all(res.balance_residual == 0.0)          # no exact law to report
+    off = nc.scan(nc.rules.SGD, pot, q0, steps=50, lr=[0.1], charges=False)
+    assert off.balance_residual is None and off.charge_worst == {}
+    un = nc.scan(nc.rules.SGD, pot, q0, steps=50, lr=[0.1])       # rotation needs omega
+    assert un.charge_worst == {} and "omega" in un.untracked[0][1]
