@@ -9,6 +9,7 @@ between discrete rules and continuous models (``conventions``).
 from . import (charges, conventions, datasets, errors, mirror, models, potentials, rules,
                symmetry, theory)
 from .integrate import integrate
+from .scan_integrate import IntegrateScanResult, scan_integrate
 from ._train import TrainResult, train
 from .scan import scan, ScanResult
 from .errors import DivergenceWarning, NoetherWarning
@@ -17,6 +18,6 @@ from .rules import RuleState
 __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
-           "mirror", "symmetry", "theory", "datasets", "integrate", "models", "errors", "DivergenceWarning",
+           "mirror", "symmetry", "theory", "datasets", "integrate", "models", "scan_integrate", "errors", "DivergenceWarning",
            "NoetherWarning",
            "__version__"]
