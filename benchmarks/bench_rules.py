@@ -92,7 +92,11 @@ def main(write=False):
             "default call, which also tracks the scale charge and its exact balance law at "
             "every step; `plain C` is benchmarks/plain_c_sgd.c built with gcc -O3 "
             "-ffp-contract=off, called through ctypes; the NumPy loop is "
-            "python/noether_ref/rules.py.  Best of 7 (NumPy: 1 run).  Peak memory is "
+            "python/noether_ref/rules.py.  The BatchNormUnit kernel takes its row products "
+            "from BLAS (scipy.linalg.cython_blas ddot/daxpy), which the naive plain-C loop "
+            "does not, hence compiled < plain C there; on d = 8 the compiled loop's extra "
+            "work over plain C is its per-step finiteness checks and the call's validation "
+            "(~20 µs).  Best of 7 (NumPy: 1 run); the machine is shared (load above).  Peak memory is "
             "traced Python/NumPy allocation of the call (tracemalloc).  Targets: ≥ 50× "
             "NumPy on d = 8, ≤ 1.5× plain C.")
     print(body)
