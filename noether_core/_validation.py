@@ -63,7 +63,11 @@ def as_scalar(name: str, x, *, lo: float | None = None, hi: float | None = None,
             x = x.item()
         else:
             raise TypeError(f"{name} must be a real number, got {_describe(x)}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:                       # an int beyond the float64 range
+        raise ValueError(f"{name} must be finite, got an integer of {x.bit_length()} bits "
+                         "(beyond the float64 range)") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     bad = ((lo is not None and (v < lo or (lo_open and v == lo)))
