@@ -11,7 +11,13 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_float_array", "as_scalar", "as_int", "as_bool", "as_index_array"]
+__all__ = ["as_float_array", "as_scalar", "as_int", "as_bool", "as_index_array", "as_rng",
+           "check_size"]
+
+#: largest array (in float64 elements) a constructor builds without being asked twice:
+#: 2**31 elements = 16 GiB.  Larger requests are refused with a MemoryError naming the size
+#: arguments instead of failing deep inside NumPy (or being OOM-killed).
+MAX_ELEMENTS = 2**31
 
 
 def _describe(x) -> str:
@@ -109,3 +115,23 @@ def as_index_array(name: str, x, n: int) -> np.ndarray:
         raise ValueError(f"{name} has indices outside [0, {n}), got range "
                          f"[{arr.min()}, {arr.max()}]")
     return np.array(arr, dtype=np.intp, order="C")
+
+
+def as_rng(name: str, seed) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` with errors naming the argument (bools refused)."""
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{name} must be None, an int >= 0, a SeedSequence or a numpy "
+                        f"Generator, got {seed!r}")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be None, an int >= 0, a SeedSequence or a numpy "
+                        f"Generator, got {_describe(seed)} ({exc})") from None
+
+
+def check_size(what: str, n_elements: int) -> None:
+    """Refuse (MemoryError) building more than MAX_ELEMENTS float64 numbers; ``what``
+    names the arguments that set the size."""
+    if n_elements > MAX_ELEMENTS:
+        raise MemoryError(f"{what} asks for {n_elements} numbers ({8 * n_elements / 2**30:.3g}"
+                          f" GiB), above the {MAX_ELEMENTS}-element limit")
