@@ -135,3 +135,46 @@ def check_size(what: str, n_elements: int) -> None:
     if n_elements > MAX_ELEMENTS:
         raise MemoryError(f"{what} asks for {n_elements} numbers ({8 * n_elements / 2**30:.3g}"
                           f" GiB), above the {MAX_ELEMENTS}-element limit")
+
+
+def _nonfinite(x, depth=0) -> bool:
+    if isinstance(x, (float, np.floating)):
+        return not math.isfinite(x)
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind == "f" and not np.all(np.isfinite(x))
+    if depth < 2 and isinstance(x, tuple):
+        return any(_nonfinite(v, depth + 1) for v in x)
+    if depth < 2 and hasattr(x, "__dataclass_fields__"):
+        return any(_nonfinite(getattr(x, k), depth + 1) for k in x.__dataclass_fields__)
+    return False
+
+
+def finite_result(fn):
+    """Decorate a closed-form function: finite inputs whose result overflows (or divides
+    by an underflowed zero) raise a ValueError naming the arguments and their values,
+    instead of returning inf/NaN or raising a bare OverflowError/ZeroDivisionError."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    def _args(args, kwargs):
+        try:
+            b = sig.bind(*args, **kwargs)
+        except TypeError:
+            return ""
+        return ", ".join(f"{k}={_describe(v)}" for k, v in b.arguments.items())
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                out = fn(*args, **kwargs)
+        except (OverflowError, ZeroDivisionError) as exc:
+            raise ValueError(f"{fn.__name__}({_args(args, kwargs)}): the result is not "
+                             f"representable in float64 ({exc})") from None
+        if _nonfinite(out):
+            raise ValueError(f"{fn.__name__}({_args(args, kwargs)}): the result overflows "
+                             "float64 for these arguments")
+        return out
+    return wrapper
