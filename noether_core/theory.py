@@ -735,3 +735,11 @@ def angular_updates(q):
         raise ValueError("q has a row of zero norm: its direction is undefined")
     qh = q / n[:, None]
     return np.linalg.norm(np.diff(qh, axis=0), axis=1)
+
+
+# Finite inputs far outside the physical range (lr = 5e-324, r0 = 1e300) overflow the
+# closed forms: say so, naming the arguments, rather than return inf/NaN.
+for _name in __all__:
+    if callable(globals()[_name]) and not isinstance(globals()[_name], type):
+        globals()[_name] = V.finite_result(globals()[_name])
+del _name
