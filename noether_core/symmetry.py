@@ -126,7 +126,9 @@ def transform(sym: Symmetry, q, s: float, blocks: dict, omega=None) -> np.ndarra
     else:
         q[idx] = expm(s * _omega(sym, len(idx), omega)) @ q[idx]
     if not np.all(np.isfinite(q)):
-        raise ValueError(f"the {sym.family} transformation with s={s} overflows float64")
+        raise ValueError(f"the {sym.family} transformation with s={s}"
+                         f"{' and this omega' if sym.family == 'rotation' else ''} "
+                         "overflows float64")
     return q
 
 
