@@ -368,7 +368,12 @@ class Bregman(Model):
             raise ValueError(f"the Nesterov schedule is singular at t = 0 (e^α = n/t): t0 "
                              f"must be > 0, got t0={t0}")
         ea = self.schedule(t0)[0]
-        return np.concatenate([q, self.grad_h(q + qdot / ea) - self.grad_h(q)])
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = np.concatenate([q, self.grad_h(q + qdot / ea) - self.grad_h(q)])
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"P = grad h(q + e^-alpha qdot) - grad h(q) overflows float64 "
+                             f"at t0={t0} (e^alpha={ea:g}): q, qdot or t0 too large")
+        return y
 
     def velocity(self, t, y):
         """q̇ = e^α(∇h*(∇h(q) + P) − q) for state rows y at times t."""
