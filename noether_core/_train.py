@@ -317,15 +317,16 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     arrays = ({} if isinstance(rule, MirrorDescent)
               else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
     if spec is not None:
-        last_delta, last_res = spec[8], spec[9]
-        last_residual = {_charges.symmetry_label(s): float(r)
-                         for (s, _), r in zip(chosen, last_res)}
+        last_delta, last_res, last_met = spec[8], spec[9], spec[15]
+        labels = [_charges.symmetry_label(s) for s, _ in chosen]
+        last_residual = dict(zip(labels, map(float, last_res)))
+        last_metric = dict(zip(labels, map(float, last_met)))
     else:
-        last_delta, last_residual = d_last, None
+        last_delta, last_residual, last_metric = d_last, None, None
     new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
                           state.step + taken,
                           None if rng is None else rng.bit_generator.state,
-                          last_delta, last_residual)
+                          last_delta, last_residual, last_metric)
     res = TrainResult(
         rule=rule, potential=potential,
         steps=state.step + record_every * np.arange(n_done),
@@ -340,6 +341,8 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                           {n: rec_bg2[:n_done, i] for i, n in enumerate(names)}),
         block_step_norm2=({} if not block_stats else
                           {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
+    if status != 0 and hasattr(potential, "_raise_callback_error"):
+        potential._raise_callback_error(int(state.step + stop))   # a user fn raised
     if status == 0:
         _flag_overflowed_records(res, names)
     if status != 0:

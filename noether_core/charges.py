@@ -63,6 +63,14 @@ class ChargeSeries:
         measures the breaking; "potential breaking": the potential only approximately has
         it (e.g. BatchNorm with eps > 0); "undeclared": a symmetry the caller asked to
         track that the potential does not declare (the residual tests whether it holds).
+    metric : (R,) array
+        Mirror descent only (zeros otherwise): the metric term of Eq. 9 of the step that
+        produced row n, ⟨∇h(q_{n+1}) − ∇h(q_n) − ∇²h(q_n)Δ_{n+1}, ξ(q_n)⟩ — zero for
+        quadratic h, O(η²) otherwise: the non-Euclidean metric's kinetic symmetry breaking
+        (docs/balance_laws.md §4).  Mirror descent's own law, in the dual variable, is
+        exact for every h, and ``residual`` checks that one.
+    worst_metric : float
+        Largest |metric term| over the run.
     """
 
     symmetry: Symmetry
@@ -72,6 +80,8 @@ class ChargeSeries:
     worst: float
     worst_step: int
     law: str
+    metric: np.ndarray | None = None
+    worst_metric: float = 0.0
 
     @property
     def label(self) -> str:
@@ -161,17 +171,21 @@ def kernel_spec(potential, chosen, n_rec, state):
                   else np.array(state.last_delta, dtype=float))
     prev = state.last_residual or {}
     last_res = np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen])
+    prevm = state.last_metric or {}
+    last_metric = np.array([float(prevm.get(symmetry_label(s), 0.0)) for s, _ in chosen])
     return (np.array(fam, dtype=np.intc), ptr1, idx1, ptr2, idx2,
             np.ascontiguousarray(np.concatenate(dirs) if dirs else np.zeros(0)),
             optr, np.ascontiguousarray(np.concatenate(oms) if oms else np.zeros(0)),
             last_delta, last_res,
             np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)),
-            np.zeros(nsym), np.full(nsym, -1, dtype=np.intp))
+            np.zeros(nsym), np.full(nsym, -1, dtype=np.intp),
+            last_metric, np.zeros((n_rec, nsym)), np.zeros(nsym))
 
 
 def collect(rule, potential, chosen, spec, n_done, step0):
     """ChargeSeries per tracked symmetry from the kernel's outputs."""
-    *_, last_delta, last_res, rec_m, rec_c, rec_r, worst, worst_step = spec
+    (*_, last_delta, last_res, rec_m, rec_c, rec_r, worst, worst_step,
+     last_metric, rec_mt, worst_metric) = spec
     out = {}
     for j, (s, _) in enumerate(chosen):
         if not any(s == t for t in potential.symmetries):
@@ -185,7 +199,8 @@ def collect(rule, potential, chosen, spec, n_done, step0):
         ws = int(worst_step[j])
         out[symmetry_label(s)] = ChargeSeries(
             s, rec_m[:n_done, j].copy(), rec_c[:n_done, j].copy(), rec_r[:n_done, j].copy(),
-            float(worst[j]), step0 + ws if ws >= 0 else -1, law)
+            float(worst[j]), step0 + ws if ws >= 0 else -1, law,
+            rec_mt[:n_done, j].copy(), float(worst_metric[j]))
     return out
 
 

@@ -109,6 +109,16 @@ class Potential:
                 f"blocks={list(self.blocks)})")
 
 
+def _symmetric_matrix(A):
+    """A finite symmetric square matrix (symmetrised exactly, so Aᵀ = A bit for bit)."""
+    A = V.as_float_array("A", A, ndim=2)
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square, got shape {A.shape}")
+    if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
+        raise ValueError("A must be symmetric (the gradient formulas assume Aᵀ = A)")
+    return 0.5 * (A + A.T)
+
+
 class Quadratic(Potential):
     """f(q) = 1/2 qᵀAq − bᵀq with symmetric A: no symmetry (the control case).
 
@@ -119,13 +129,8 @@ class Quadratic(Potential):
     """
 
     def __init__(self, A, b=None):
-        A = V.as_float_array("A", A, ndim=2)
+        A = _symmetric_matrix(A)
         d = A.shape[0]
-        if A.shape != (d, d):
-            raise ValueError(f"A must be square, got shape {A.shape}")
-        if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
-            raise ValueError("A must be symmetric (its gradient is A q - b only then)")
-        A = 0.5 * (A + A.T)
         b = np.zeros(d) if b is None else V.as_float_array("b", b, shape=(d,))
         super().__init__(_k.QuadraticKernel(_readonly(A), _readonly(b)),
                          {"q": np.arange(d)}, (), (A, b))
@@ -140,13 +145,8 @@ class RayleighQuotient(Potential):
     """
 
     def __init__(self, A):
-        A = V.as_float_array("A", A, ndim=2)
+        A = _symmetric_matrix(A)
         d = A.shape[0]
-        if A.shape != (d, d):
-            raise ValueError(f"A must be square, got shape {A.shape}")
-        if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
-            raise ValueError("A must be symmetric")
-        A = 0.5 * (A + A.T)
         super().__init__(_k.RayleighQuotientKernel(_readonly(A)), {"q": np.arange(d)},
                          (Symmetry("scale", ("q",)),), (A,))
         self.A = A
@@ -531,3 +531,201 @@ class BatchNormMLP(Potential):
         q = np.concatenate(parts)
         assert q.shape == (self.dim,)
         return q
+
+
+# ------------------------------------------------------------------------------------------
+# Bring your own model (docs/byom.md): a compiled callback or a Python callable.
+
+#: spellings of each argument of the ABI that C, Cython and ctypes produce (a 64-bit
+#: signed index for d: ctypes names c_ssize_t "long" on LP64 platforms)
+_ABI_ARGS = ({"double*", "constdouble*", "doubleconst*"}, {"double*"},
+             {"Py_ssize_t", "ssize_t", "long", "longint", "longlong", "int64_t", "intptr_t"},
+             {"void*"})
+ABI_SIGNATURE = "double (const double *, double *, Py_ssize_t, void *)"
+
+
+def _abi_signature_ok(sig: str) -> bool:
+    """True when ``sig`` spells ``double (const double*, double*, Py_ssize_t, void*)``."""
+    s = sig.replace("noexcept", "").replace("nogil", "").strip()
+    if not s.startswith("double") or "(" not in s or not s.endswith(")"):
+        return False
+    ret, args = s.split("(", 1)
+    if ret.strip() != "double":
+        return False
+    args = [a.replace(" ", "") for a in args[:-1].split(",")]
+    if len(args) != 4:
+        return False
+    import ctypes
+    if args[2] in ("long", "longint") and ctypes.sizeof(ctypes.c_long) != ctypes.sizeof(
+            ctypes.c_ssize_t):
+        return False
+    return all(a in ok for a, ok in zip(args, _ABI_ARGS))
+
+
+def _user_blocks(d, blocks):
+    """Validated blocks dict (default {"q": all of q}); index arrays in [0, d), disjoint."""
+    if blocks is None:
+        return {"q": np.arange(d)}
+    if not isinstance(blocks, dict) or not blocks:
+        raise TypeError(f"blocks must be a non-empty dict name -> index array, got "
+                        f"{type(blocks).__name__}")
+    out, seen = {}, np.zeros(d, dtype=bool)
+    for name, idx in blocks.items():
+        if not isinstance(name, str):
+            raise TypeError(f"block names must be strings, got {name!r}")
+        idx = V.as_index_array(f"blocks[{name!r}]", idx, d)
+        if len(idx) == 0:
+            raise ValueError(f"blocks[{name!r}] is empty")
+        if len(np.unique(idx)) != len(idx) or seen[idx].any():
+            raise ValueError(f"blocks[{name!r}] repeats an index or overlaps another block; "
+                             "blocks must be disjoint")
+        seen[idx] = True
+        out[name] = idx
+    return out
+
+
+def _user_symmetries(blocks, symmetries):
+    syms = tuple(symmetries or ())
+    for s in syms:
+        if not isinstance(s, Symmetry):
+            raise TypeError(f"symmetries must hold noether_core.symmetry.Symmetry objects, "
+                            f"got {type(s).__name__}")
+        for b in s.blocks:
+            if b not in blocks:
+                raise ValueError(f"{s!r} names block {b!r}, which is not in blocks "
+                                 f"{list(blocks)}")
+        if s.family == "translation":
+            n = len(blocks[s.blocks[0]])
+            if s.direction is None or np.shape(s.direction) != (n,):
+                raise ValueError(f"{s!r} needs direction= of length {n}")
+        if s.family == "rescale" and s.blocks[0] == s.blocks[1]:
+            raise ValueError(f"{s!r} needs two different blocks")
+    return syms
+
+
+class Compiled(Potential):
+    """A user's compiled gradient function, called by the training loop without the GIL.
+
+    Parameters
+    ----------
+    callback : scipy.LowLevelCallable
+        A C function with the potential ABI (docs/byom.md)::
+
+            double fn(const double* q, double* g, Py_ssize_t d, void* params)
+
+        filling g = ∇f(q) (length d) and returning f(q).  It must not keep q or g, must
+        not call into Python and must be re-entrant; ``params`` receives the callable's
+        ``user_data`` (shared by every run: treat it as read-only), or a pointer to
+        zero-filled scratch when there is none.  Made from a ctypes function pointer,
+        a Cython ``cdef`` function exported in ``__pyx_capi__`` (``from_cython``) or a
+        numba ``cfunc`` (``LowLevelCallable(cf.ctypes)``).
+    d : int ≥ 1
+        Length of q.
+    blocks : dict[str, index array], optional
+        Named blocks of q (default: one block "q" holding all of q).  Disjoint.
+    symmetries : sequence of Symmetry, optional
+        Declared symmetries on those blocks.  Check them with
+        :func:`noether_core.audit.check_symmetry`.
+
+    Raises
+    ------
+    TypeError
+        If ``callback`` is not a LowLevelCallable, or its signature is not the ABI's.
+
+    Notes
+    -----
+    No trampoline: the loop's ``fn`` is the user's pointer, so a callback as fast as the
+    built-in gives a run as fast as the built-in (benchmarks/bench_callbacks.py).  A NaN
+    or inf loss or gradient stops ``train`` at that step (``result.stop_step``).
+    Not picklable: a raw function pointer means nothing in another process (rebuild the
+    potential there from its library).
+    """
+
+    def __init__(self, callback, d, blocks=None, symmetries=()):
+        from scipy import LowLevelCallable
+        from ._kernels.callbacks import CompiledKernel
+        if not isinstance(callback, LowLevelCallable):
+            raise TypeError("callback must be a scipy.LowLevelCallable with signature "
+                            f"{ABI_SIGNATURE!r}, got {type(callback).__name__} (wrap a ctypes"
+                            " pointer as LowLevelCallable(ptr), a Cython function with "
+                            "LowLevelCallable.from_cython(module, name))")
+        sig = callback.signature
+        if not _abi_signature_ok(sig):
+            raise TypeError(f"callback has signature {sig!r}; the potential ABI requires "
+                            f"{ABI_SIGNATURE!r} (ctypes: restype c_double, argtypes "
+                            "[POINTER(c_double), POINTER(c_double), c_ssize_t, c_void_p])")
+        d = V.as_int("d", d, lo=1)
+        blocks = _user_blocks(d, blocks)
+        super().__init__(CompiledKernel(callback, d), blocks,
+                         _user_symmetries(blocks, symmetries),
+                         (callback, d, blocks, symmetries))
+        self.callback, self.signature = callback, sig
+
+    def __reduce__(self):
+        raise TypeError("a Compiled potential holds a raw C function pointer and cannot be "
+                        "pickled; build it again in the other process from its library")
+
+
+class Python(Potential):
+    """A Python function ``fn(q) -> (f, g)`` as a potential (the slow path).
+
+    Parameters
+    ----------
+    fn : callable
+        Called with a fresh float64 array q of shape (d,); returns the loss (a real
+        scalar) and its gradient (array_like of shape (d,)).
+    d, blocks, symmetries
+        As for :class:`Compiled`.
+
+    Notes
+    -----
+    The compiled loop reaches ``fn`` through a C trampoline that takes the GIL for every
+    gradient: expect the cost of a Python call plus two copies of q per step (tens of µs),
+    against well under a µs of loop overhead for :class:`Compiled` — use it to prototype,
+    then compile.  Results equal a compiled callback computing the same arithmetic.
+
+    If ``fn`` raises, or returns something other than ``(scalar, array of shape (d,))``,
+    the run stops at that step and ``train`` raises :class:`CallbackError` naming the step,
+    chained to the original exception (``__cause__``).  A NaN/inf value stops the run like
+    any potential's (``result.stop_step``, DivergenceWarning).
+    """
+
+    def __init__(self, fn, d, blocks=None, symmetries=()):
+        from ._kernels.callbacks import PythonKernel
+        if not callable(fn):
+            raise TypeError(f"fn must be callable as fn(q) -> (f, g), got "
+                            f"{type(fn).__name__}")
+        d = V.as_int("d", d, lo=1)
+        blocks = _user_blocks(d, blocks)
+        super().__init__(PythonKernel(fn, d), blocks, _user_symmetries(blocks, symmetries),
+                         (fn, d, blocks, symmetries))
+        self.fn = fn
+
+    def value_and_grad(self, q, rows=None):
+        q = V.as_float_array("q", q, shape=(self.dim,))
+        if rows is not None:
+            raise ValueError("rows= given, but a Python potential has no data rows")
+        f, g = self._kernel.value_and_grad(q, None)
+        err = self._kernel.take_error()
+        if err is not None:
+            raise err[0]
+        return f, g
+
+    def _raise_callback_error(self, step):
+        """Called by ``train`` when a run stopped: re-raise fn's exception with the step."""
+        err = self._kernel.take_error()
+        if err is not None:
+            exc, _ = err
+            raise CallbackError(f"the Python potential's fn raised at step {step}: "
+                                f"{type(exc).__name__}: {exc}", step) from exc
+
+
+class CallbackError(RuntimeError):
+    """A user potential's function failed inside a run; ``step`` says where."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+__all__ += ["Compiled", "Python", "CallbackError", "ABI_SIGNATURE"]

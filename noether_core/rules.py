@@ -54,6 +54,8 @@ class RuleState:
         J_n = ⟨Δ_n, ξ(q_n)⟩ of a resumed run continue from it.
     last_residual : dict or None
         Relative balance-law residual of the last step, per tracked symmetry label.
+    last_metric : dict or None
+        Metric term (mirror descent) of the last step, per tracked symmetry label.
     """
 
     rule: str
@@ -63,6 +65,7 @@ class RuleState:
     rng_state: dict | None = field(default=None, repr=False)
     last_delta: np.ndarray | None = field(default=None, repr=False)
     last_residual: dict | None = field(default=None, repr=False)
+    last_metric: dict | None = field(default=None, repr=False)
 
     def copy(self) -> "RuleState":
         return RuleState(self.rule, {k: v.copy() for k, v in self.arrays.items()},
@@ -70,7 +73,8 @@ class RuleState:
                           for k, v in self.scalars.items()}, self.step,
                          None if self.rng_state is None else _copy_rng_state(self.rng_state),
                          None if self.last_delta is None else self.last_delta.copy(),
-                         None if self.last_residual is None else dict(self.last_residual))
+                         None if self.last_residual is None else dict(self.last_residual),
+                         None if self.last_metric is None else dict(self.last_metric))
 
     def __eq__(self, other):
         if not isinstance(other, RuleState):
@@ -86,7 +90,8 @@ class RuleState:
                 and ((self.last_delta is None) == (other.last_delta is None))
                 and (self.last_delta is None
                      or np.array_equal(self.last_delta, other.last_delta))
-                and self.last_residual == other.last_residual)
+                and self.last_residual == other.last_residual
+                and self.last_metric == other.last_metric)
 
 
 def _copy_rng_state(st):
@@ -341,6 +346,14 @@ class ScalarRMSProp(Rule):
         True: one G per block carrying a scale symmetry, plus one for the remaining
         coordinates; False: one G for all of q.
     weight_decay : float ≥ 0
+    project : bool
+        Hold every scale block at unit norm: after its step each scale block is divided
+        by its norm (``q_B ← q_B/|q_B|``; the other coordinates are not touched).  This
+        is the paper's RMSProp on normalised weight rows (Sec. 4), the rule that
+        ``theory.equivalent_rmsprop`` parametrises.  Needs ``per_block=True``; q0 is
+        used as given (normalise its scale blocks for a run on the sphere from step 0).
+        The projection is not linear in g, so the scale balance laws are not exact under
+        it (``kinetic_symmetric`` is False for symmetries on projected blocks).
     """
 
     lr: float = 1e-2
@@ -349,6 +362,7 @@ class ScalarRMSProp(Rule):
     G0: float | None = None
     per_block: bool = True
     weight_decay: float = 0.0
+    project: bool = False
 
     kind = _SCALAR_RMSPROP
     sca_names = ("initialised",)
@@ -364,13 +378,31 @@ class ScalarRMSProp(Rule):
                            V.as_scalar("weight_decay", self.weight_decay, lo=0.0))
         if self.G0 == 0.0 and self.eps == 0.0:
             raise ValueError("G0 = 0 with eps = 0 divides by zero at the first step")
+        object.__setattr__(self, "project", V.as_bool("project", self.project))
+        if self.project and not self.per_block:
+            raise ValueError("project=True needs per_block=True (one G and one unit norm "
+                             "per scale block), got per_block=False")
+
+    def _n_projected(self, potential):
+        """Number of leading parts renormalised after each step (the scale blocks)."""
+        if not self.project:
+            return 0
+        return sum(1 for n in self.part_names(potential) if n != "rest")
 
     def _hp(self, potential):
         return np.array([self.lr, self.rho, self.eps,
-                         math.nan if self.G0 is None else self.G0, self.weight_decay])
+                         math.nan if self.G0 is None else self.G0, self.weight_decay,
+                         float(self._n_projected(potential))])
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:
-        """Exact when all blocks of the symmetry share one G (one step size)."""
+        """Exact when all blocks of the symmetry share one G (one step size) and none of
+        them is renormalised (``project=True``)."""
+        if self.project:
+            proj = set(n for n in self.part_names(potential) if n != "rest")
+            for b in symmetry.blocks:
+                if b in proj or any(np.isin(potential.blocks[b],
+                                            potential.blocks[n]).any() for n in proj):
+                    return False
         parts = self._partition(potential)
         owner = np.empty(potential.dim, dtype=np.intp)
         for k, idx in enumerate(parts):
@@ -485,7 +517,10 @@ class MirrorDescent(Rule):
                          1.0 if self.p is None else self.p])
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:
-        return self.mirror == "euclidean"
+        """Always: mirror descent is the massless (Eq. 12) case, its dual-variable law
+        ⟨∇h(q_{n+1}) − ∇h(q_n), ξ⟩ = −ηk⟨q_n, ξ⟩ is exact for every h (docs §4); the
+        non-Euclidean breaking is reported separately as the metric term."""
+        return True
 
     def _vec(self, potential):
         if self.mirror == "diagonal":

@@ -540,7 +540,8 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
     P = 2.0 * (1.0 + beta) * eta * kappa / (1.0 - beta)
     r4 = _ema(gh2, lam, P * _zoh_weight(rate, eta), a0 * a0)
     r2_cont = np.sqrt(r4)
-    r2_disc = _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0)
+    r2_disc = _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0,
+                               warm_up=prev is None)
     return NormSchedule(steps, t, r2_cont, r2_disc, assumption, lam)
 
 
@@ -555,11 +556,16 @@ def _warmup_gain(beta, assumption, N):
     return ((1.0 - (-beta) ** n1) / (1.0 + beta)) ** 2
 
 
-def _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0):
-    """a_{n+1} = (1+β−2ηk) a_n − β a_{n−1} + D_{n+1} + β D_n,  D_{n+1} = η²κ_n|ĝ_n|²/a_n."""
+def _model_recursion(gh2, eta, beta, k, assumption, a0, a_prev, D0, warm_up=True):
+    """a_{n+1} = (1+β−2ηk) a_n − β a_{n−1} + D_{n+1} + β D_n,  D_{n+1} = η²κ_n|ĝ_n|²/a_n.
+
+    κ_n is the warm-up gain of a buffer started from rest (``warm_up``), or the steady
+    gain for a run resumed with a full buffer (``prev`` given to norm_schedule)."""
     N = gh2.shape[0]
     scalar = gh2.ndim == 1
-    drive = (eta * eta) * _warmup_gain(beta, assumption, N)
+    gain = (_warmup_gain(beta, assumption, N) if warm_up
+            else np.full(N, _gain(beta, assumption)))
+    drive = (eta * eta) * gain
     drive = (drive * gh2.T).T
     if scalar:                       # plain floats: ~10x faster per step than 0-d arrays
         drive, a0, a_prev, D0 = drive.tolist(), float(a0), float(a_prev), float(D0)

@@ -29,6 +29,19 @@ from libc.stdlib cimport malloc, calloc, free
 
 import numpy as np
 cimport numpy as cnp
+from scipy.linalg.cython_blas cimport ddot, daxpy
+
+
+cdef inline double _dot(Py_ssize_t n, const double* x, const double* y) noexcept nogil:
+    """BLAS ddot (vectorised, runtime CPU dispatch); n < 2^31 (checked by the facade)."""
+    cdef int nn = <int> n, one = 1
+    return ddot(&nn, <double*> x, &one, <double*> y, &one)
+
+
+cdef inline void _axpy(Py_ssize_t n, double a, const double* x, double* y) noexcept nogil:
+    """y += a x (BLAS daxpy)."""
+    cdef int nn = <int> n, one = 1
+    daxpy(&nn, &a, <double*> x, &one, y, &one)
 
 cnp.import_array()
 
@@ -247,10 +260,7 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
     cdef double s, mean = 0.0, var = 0.0, sd, f = 0.0, md = 0.0, mdz = 0.0, dz, e
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
-        x = p.X + r * d
-        s = 0.0
-        for j in range(d):
-            s = s + x[j] * q[j]
+        s = _dot(d, p.X + r * d, q)
         p.z[i] = s
         mean = mean + s
     mean = mean / B
@@ -273,10 +283,8 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
         g[j] = 0.0
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
-        x = p.X + r * d
         dz = ((p.z[i] - p.y[r]) / B - md - p.z[i] * mdz) / sd
-        for j in range(d):
-            g[j] = g[j] + dz * x[j]
+        _axpy(d, dz, p.X + r * d, g)
     return f
 
 

@@ -28,7 +28,9 @@ RMSPROP         lr, alpha, eps, wd, momentum, centered       square_avg, momentu
                                                              grad_avg
 ADAM            lr, beta1, beta2, eps, wd, amsgrad,          exp_avg, exp_avg_sq,         step
                 decoupled                                    max_exp_avg_sq
-SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd   (none)                       initialised, G per part
+SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd,  (none)                       initialised, G per part
+                nproj (leading parts renormalised to |q_P| = 1
+                after their step; 0 = off)
 MIRROR          lr, wd, map (0 euclid, 1 diag, 2 pnorm,      D (diagonal of h, map 1)     (none)
                 3 entropy), p
 =============== ============================================ ============================ ======================
@@ -195,20 +197,31 @@ cdef inline void _init_scalar_rmsprop(RunSpec* s) noexcept nogil:
 cdef inline void _step_scalar_rmsprop(RunSpec* s) noexcept nogil:
     """The paper's RMSProp (Sec. 4): one scalar G per part P of the partition,
     q_P <- q_P - lr d_P / sqrt(G_P + eps), then G_P <- rho G_P + (1 - rho)|d_P|^2.
+    The first nproj = hp[5] parts (the scale blocks, with ``project=True``) are then
+    divided by their norm: the paper's RMSProp on unit-norm weight rows.
     G must have been initialised (_init_scalar_rmsprop) before the first step."""
     cdef double lr = s.hp[0], rho = s.hp[1], eps = s.hp[2], wd = s.hp[4]
+    cdef Py_ssize_t nproj = <Py_ssize_t> s.hp[5]
     cdef Py_ssize_t p, k, i
-    cdef double gi, n2, scale
+    cdef double gi, n2, scale, norm2
     cdef double* G = s.sca + 1
     for p in range(s.npart):
         n2 = _part_norm2(s, p, wd)
         scale = lr / sqrt(G[p] + eps)
+        norm2 = 0.0
         for k in range(s.pptr[p], s.pptr[p + 1]):
             i = s.pidx[k]
             gi = s.g[i]
             if wd != 0.0:
                 gi = gi + wd * s.q[i]
             s.q[i] = s.q[i] - scale * gi
+            norm2 = norm2 + s.q[i] * s.q[i]
+        if p < nproj and norm2 > 0.0:
+            # a zero row has no direction: left as is (the loss is then undefined anyway)
+            norm2 = sqrt(norm2)
+            for k in range(s.pptr[p], s.pptr[p + 1]):
+                i = s.pidx[k]
+                s.q[i] = s.q[i] / norm2
         G[p] = rho * G[p] + (1.0 - rho) * n2
 
 
@@ -327,6 +340,7 @@ cdef inline void _charges_record(RunSpec* s) noexcept nogil:
         else:
             cs.rec_moment[row + j] = _xi_dot(cs, j, s.q, NULL, s.q)
         cs.rec_resid[row + j] = cs.last_res[j]
+        cs.rec_metric[row + j] = cs.last_metric[j]
 
 
 cdef inline void _charges_before(RunSpec* s) noexcept nogil:
@@ -366,6 +380,73 @@ cdef inline void _block_sums(ChargeSpec* cs, const Py_ssize_t* ptr, const Py_ssi
         dd[0] += x * x
 
 
+cdef inline double _mirror_grad(RunSpec* s, Py_ssize_t i, double x) noexcept nogil:
+    """∇h(x)_i of the mirror map of a MirrorDescent rule (hp[2]: map, hp[3]: p)."""
+    cdef int kind = <int> s.hp[2]
+    cdef double a
+    if kind == 0:
+        return x
+    if kind == 1:
+        return s.vec[i] * x
+    if kind == 2:
+        a = pow(fabs(x), s.hp[3] - 1.0)
+        return -a if x < 0.0 else a
+    return 1.0 + log(x)
+
+
+cdef inline double _mirror_hess(RunSpec* s, Py_ssize_t i, double x) noexcept nogil:
+    """(∇²h(x))_ii of the mirror map."""
+    cdef int kind = <int> s.hp[2]
+    if kind == 0:
+        return 1.0
+    if kind == 1:
+        return s.vec[i]
+    if kind == 2:
+        return (s.hp[3] - 1.0) * pow(fabs(x), s.hp[3] - 2.0)
+    return 1.0 / x
+
+
+cdef inline double _xi_at(ChargeSpec* cs, Py_ssize_t j, Py_ssize_t k, const double* q,
+                          bint second) noexcept nogil:
+    """Component k (CSR position) of ξ_j(q): second=True for the rescale's second block."""
+    cdef int fam = cs.fam[j]
+    if second:
+        return -q[cs.idx2[k]]
+    if fam == FAM_TRANSLATION:
+        return cs.dirn[k]
+    if fam == FAM_ROTATION:
+        return cs.om_q[k]
+    return q[cs.idx1[k]]
+
+
+cdef inline void _mirror_law(RunSpec* s, Py_ssize_t j, double* R, double* sc,
+                             double* metric) noexcept nogil:
+    """Mirror descent's exact dual law (docs/balance_laws.md (4.1)),
+    ⟨∇h(q_{n+1}) − ∇h(q^free_{n+1}), ξ(q_n)⟩ = 0, and its metric term
+    ⟨∇h(q_{n+1}) − ∇h(q_n) − ∇²h(q_n)Δ_{n+1}, ξ(q_n)⟩ (Eq. 9, O(η²))."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t k, i, part
+    cdef const Py_ssize_t* ptr
+    cdef const Py_ssize_t* idx
+    cdef double xi, a1, af, a0
+    R[0] = 0.0
+    sc[0] = 0.0
+    metric[0] = 0.0
+    for part in range(2 if cs.fam[j] == FAM_RESCALE else 1):
+        ptr = cs.ptr2 if part == 1 else cs.ptr1
+        idx = cs.idx2 if part == 1 else cs.idx1
+        for k in range(ptr[j], ptr[j + 1]):
+            i = idx[k]
+            xi = _xi_at(cs, j, k, cs.q_prev, part == 1)
+            a1 = _mirror_grad(s, i, s.q[i])
+            af = _mirror_grad(s, i, cs.q_free[i])
+            a0 = _mirror_grad(s, i, cs.q_prev[i])
+            R[0] += (a1 - af) * xi
+            sc[0] += (fabs(a1) + fabs(af)) * fabs(xi)
+            metric[0] += (a1 - a0 - _mirror_hess(s, i, cs.q_prev[i])
+                          * (s.q[i] - cs.q_prev[i])) * xi
+
+
 cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
     """Residual of each balance law for the step n -> n+1 just taken."""
     cdef ChargeSpec* cs = s.cs
@@ -375,7 +456,12 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
         cs.last_delta[i] = s.q[i] - cs.q_prev[i]
     for j in range(cs.nsym):
         T = cs.free_transfer[j]
-        if cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
+        if s.kind == RULE_MIRROR:
+            _mirror_law(s, j, &R, &sc, &ff)
+            cs.last_metric[j] = ff
+            if fabs(ff) > cs.worst_metric[j]:
+                cs.worst_metric[j] = fabs(ff)
+        elif cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
             _block_sums(cs, cs.ptr1, cs.idx1, j, s.q, cs.q_prev, &a1, &a0, &dd)
             sc = a1 + a0 + dd
             if cs.fam[j] == FAM_RESCALE:
@@ -424,36 +510,29 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
             cs.worst_step[j] = n
 
 
-cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
-    cdef Py_ssize_t j, b, k, i, r = s.n_rec * s.nb
-    cdef double acc, x
-    cdef double* row
-    if s.rec_q != NULL:
-        row = s.rec_q + s.n_rec * s.d
-        for j in range(s.d):
-            row[j] = s.q[j]
-    s.rec_loss[s.n_rec] = f
-    s.rec_g2[s.n_rec] = g2
+cdef inline void _block_sq(RunSpec* s, const double* x, double* out) noexcept nogil:
+    """out[b] = |x_B|^2 for every recorded block b."""
+    cdef Py_ssize_t b, k
+    cdef double acc, v
     for b in range(s.nb):
         acc = 0.0
         for k in range(s.bptr[b], s.bptr[b + 1]):
-            x = s.q[s.bidx[k]]
-            acc = acc + x * x
-        s.rec_bn2[r + b] = acc
+            v = x[s.bidx[k]]
+            acc = acc + v * v
+        out[b] = acc
+
+
+cdef inline void _record(RunSpec* s, double f, double g2) noexcept nogil:
+    cdef Py_ssize_t r = s.n_rec * s.nb
+    if s.rec_q != NULL:
+        memcpy(s.rec_q + s.n_rec * s.d, s.q, s.d * sizeof(double))
+    s.rec_loss[s.n_rec] = f
+    s.rec_g2[s.n_rec] = g2
+    _block_sq(s, s.q, s.rec_bn2 + r)
     if s.rec_bg2 != NULL:
-        for b in range(s.nb):
-            acc = 0.0
-            for k in range(s.bptr[b], s.bptr[b + 1]):
-                x = s.g[s.bidx[k]]
-                acc = acc + x * x
-            s.rec_bg2[r + b] = acc
+        _block_sq(s, s.g, s.rec_bg2 + r)
     if s.rec_bd2 != NULL:
-        for b in range(s.nb):
-            acc = 0.0
-            for k in range(s.bptr[b], s.bptr[b + 1]):
-                x = s.d_last[s.bidx[k]]
-                acc = acc + x * x
-            s.rec_bd2[r + b] = acc
+        _block_sq(s, s.d_last, s.rec_bd2 + r)
     s.n_rec += 1
 
 
@@ -547,8 +626,6 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
-        if s.cs != NULL:
-            _charges_after(s, n)
         probe = 0.0
         for i in range(s.d):
             probe = probe + s.q[i] * 0.0
@@ -556,6 +633,8 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             s.status = STATUS_NONFINITE_PARAMS
             s.stop_step = n
             return
+        if s.cs != NULL:
+            _charges_after(s, n)
     if s.steps % s.record_every == 0:
         # the terminal state: evaluated on the full data set, consuming no draws, so a run
         # resumed from here sees exactly the random stream an unbroken run would
@@ -622,7 +701,8 @@ def train_kernel(int kind,
     """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
 
     ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
-    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step)`` of
+    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step,
+    last_metric, rec_metric, worst_metric)`` of
     C-contiguous arrays described by ``ChargeSpec`` in rules.pxd (built by _train.py).
     """
     cdef RunSpec s
@@ -633,8 +713,8 @@ def train_kernel(int kind,
     cdef const int[::1] fam
     cdef const Py_ssize_t[::1] ptr1, idx1, ptr2, idx2, optr
     cdef const double[::1] dirn, omega
-    cdef double[::1] last_delta, last_res, worst
-    cdef double[:, ::1] rec_m, rec_c, rec_r
+    cdef double[::1] last_delta, last_res, worst, last_metric, worst_metric
+    cdef double[:, ::1] rec_m, rec_c, rec_r, rec_mt
     cdef Py_ssize_t[::1] worst_step
     memset(&s, 0, sizeof(RunSpec))
     s.kind = kind
@@ -669,7 +749,7 @@ def train_kernel(int kind,
     s.check_signals = check_signals
     if charges is not None:
         (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, last_delta, last_res,
-         rec_m, rec_c, rec_r, worst, worst_step) = charges
+         rec_m, rec_c, rec_r, worst, worst_step, last_metric, rec_mt, worst_metric) = charges
         memset(&cs, 0, sizeof(ChargeSpec))
         cs.nsym = fam.shape[0]
         if cs.nsym > 0:
@@ -685,6 +765,9 @@ def train_kernel(int kind,
             cs.nsca = sca.shape[0]
             cs.last_delta = &last_delta[0]
             cs.last_res = &last_res[0]
+            cs.last_metric = &last_metric[0]
+            cs.rec_metric = &rec_mt[0, 0]
+            cs.worst_metric = &worst_metric[0]
             cs.rec_moment = &rec_m[0, 0]
             cs.rec_charge = &rec_c[0, 0]
             cs.rec_resid = &rec_r[0, 0]

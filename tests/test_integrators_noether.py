@@ -64,7 +64,7 @@ def test_eq9_balance_every_schedule_mirror_symmetry(sched, mirror, family):
         assert np.abs(T.residual).max() < 1e-12 * scale
         res.append(np.abs(T.integrated_residual).max())
     # the numerical trajectory obeys the time-integrated Eq. 9 up to rk4's O(h^4) global
-    # error (Simpson's quadrature on the same grid is also O(h^4)): fitted slope ≈ 4,
+    # error (the 6-point quadrature on the same grid is O(h^6), below it): fitted slope ≈ 4,
     # unless the balance is already at round-off (translation with a constant metric:
     # everything on both sides is linear in the state)
     if max(res) > 1e-11:

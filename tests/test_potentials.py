@@ -17,7 +17,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 
 import noether_core as nc
 from noether_core import potentials as P
@@ -183,11 +183,15 @@ def test_gradient_matches_central_differences(name, seed, minibatch):
 # Declared symmetries (SPEC §0): <grad f, xi> = 0 and f(Q(q, s)) = f(q)
 
 # Round-off: g and ξ are computed with relative error ~ κ·1e-16, where κ counts the terms
-# summed (≤ a few hundred here), so |⟨g, ξ⟩| ≤ 1e-12 |g||ξ| for an exact symmetry
-# (|g| floored at the natural gradient size (1 + |f|)/|q|, see _check_symmetry).
+# summed (≤ a few hundred here) times the conditioning of BatchNorm's backward pass (its
+# 1/sd factors amplify cancellation when a unit's batch variance is small), so
+# |⟨g, ξ⟩| ≲ 1e-12 |g||ξ| for an exact symmetry (|g| floored at the natural gradient size
+# (1 + |f|)/|q|, see _check_symmetry).  Randomised runs (dev profile) found 1.8e-12 on a
+# BatchNormMLP (seed=550048, full batch; pinned below), so the tolerance is 1e-11; a
+# broken symmetry (eps > 0, the Quadratic control) fails by 1e-6 or more.
 # f(Q(q, s)) re-evaluates the loss from transformed parameters: the loss is a sum of
-# O(1)-sized terms each carrying round-off ~1e-15, so |Δf| ≤ 1e-12 (1 + |f|).
-SYM_TOL = 1e-12
+# O(1)-sized terms each carrying round-off ~1e-15, so |Δf| ≤ 1e-11 (1 + |f|).
+SYM_TOL = 1e-11
 S_RANGE = {"scale": (-0.6, 1.5), "rescale": (-1.0, 1.0), "translation": (-3.0, 3.0),
            "rotation": (-1.0, 1.0)}
 
@@ -209,6 +213,7 @@ def _check_symmetry(pot, sym, q, rows, s, rng, floor=True):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "quadratic"])
 @given(seed=SEEDS, minibatch=st.booleans())
+@example(seed=550048, minibatch=False)
 def test_declared_symmetries_hold(name, seed, minibatch):
     case, rows, rng = _draw(name, seed, minibatch)
     assert case.pot.symmetries, "every built-in but the control declares a symmetry"
@@ -317,6 +322,12 @@ TWIN_TOL = 1e-12
 @given(seed=SEEDS, minibatch=st.booleans())
 def test_compiled_equals_numpy_twin(name, seed, minibatch):
     case, rows, rng = _draw(name, seed, minibatch)
+    # A BatchNorm over 2 rows outputs exactly ±1 whatever the weights: the exact gradient
+    # of every BN-fed weight row is 0 and both sides return round-off amplified by 1/sd,
+    # which is unbounded as the two pre-activations approach each other — nothing to
+    # compare (found by hypothesis: bn_mlp, seed=561, minibatch=True, 4e-11 vs 0.0).
+    n_rows = case.pot.n_data if rows is None else len(rows)
+    assume(not (case.pot.min_batch == 2 and n_rows == 2))
     f, g = case.pot.value_and_grad(case.q, rows=rows)
     with np.errstate(invalid="ignore", divide="ignore"):
         fr, gr = case.ref(case.q, rows)

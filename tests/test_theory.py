@@ -214,7 +214,7 @@ def test_million_steps_do_not_overflow():
         assert np.all(np.isfinite(col)) and np.all(col > 0)
     r2_star = T.steady_radius(lr, beta, k, math.sqrt(gh2)) ** 2
     assert math.isclose(out.r2_continuous[-1], r2_star, rel_tol=1e-9)
-    # the discrete model's steady state is the same (docs/theory.md §3), to O(ηk)
+    # the discrete model's fixed point is exactly r*⁴ too (docs/theory.md §3)
     assert math.isclose(out.r2_discrete[-1], r2_star, rel_tol=1e-9)
     rms = T.rmsprop_scale(np.full(n, gh2), 0.01, 0.999, 0.0)
     assert np.all(np.isfinite(rms.sqrt_G_continuous))

@@ -55,6 +55,9 @@ cdef struct ChargeSpec:
     double* rec_moment          # OUT (n_rec_max, nsym)
     double* rec_charge          # OUT (n_rec_max, nsym)
     double* rec_resid           # OUT (n_rec_max, nsym)
+    double* last_metric         # IN/OUT (nsym): metric term of the last step (mirror rules)
+    double* rec_metric          # OUT (n_rec_max, nsym)
+    double* worst_metric        # IN/OUT (nsym): largest |metric term| so far
     double* worst               # IN/OUT (nsym): worst relative residual so far
     Py_ssize_t* worst_step      # IN/OUT (nsym): step at which it occurred
 

@@ -107,6 +107,9 @@ def step(rule, q, g, st, partition=None):
         lr, rho, eps = rule["lr"], rule.get("rho", 0.99), rule.get("eps", 1e-8)
         G0, wd = rule.get("G0"), rule.get("weight_decay", 0.0)
         parts = partition if partition is not None else [np.arange(len(q))]
+        # project=True: the scale-block parts (all but a trailing "rest" part, which the
+        # caller flags with rule["n_projected"]) are renormalised after their step
+        nproj = rule.get("n_projected", 0) if rule.get("project", False) else 0
         G = st["G"]
         for p, idx in enumerate(parts):
             d = g[idx] + wd * q[idx] if wd != 0.0 else g[idx]
@@ -114,6 +117,10 @@ def step(rule, q, g, st, partition=None):
             if not st["initialised"]:
                 G[p] = n2 if G0 is None else G0
             q[idx] = q[idx] - (lr / math.sqrt(G[p] + eps)) * d
+            if p < nproj:
+                nrm = float(np.linalg.norm(q[idx]))
+                if nrm > 0.0:
+                    q[idx] = q[idx] / nrm
             G[p] = rho * G[p] + (1.0 - rho) * n2
         st["initialised"] = True
     elif name == "MirrorDescent":
