@@ -585,7 +585,12 @@ def _user_blocks(d, blocks):
 
 
 def _user_symmetries(blocks, symmetries):
-    syms = tuple(symmetries or ())
+    if symmetries is None:
+        symmetries = ()
+    if isinstance(symmetries, Symmetry) or not isinstance(symmetries, (list, tuple)):
+        raise TypeError("symmetries must be a list or tuple of Symmetry objects, got "
+                        f"{type(symmetries).__name__}")
+    syms = tuple(symmetries)
     for s in syms:
         if not isinstance(s, Symmetry):
             raise TypeError(f"symmetries must hold noether_core.symmetry.Symmetry objects, "
