@@ -145,6 +145,28 @@ def _mal_seed(v, a):
             ("list", [v, 1], "either", None), ("complex", 1j, "error", None)]
 
 
+def _bad_fns(d=3):
+    """Misbehaving user gradient functions fn(q) -> (f, g) for potentials.Python."""
+    def raises(q):
+        raise RuntimeError("user code failed")
+    return [("wrong_shape", lambda q: (0.5 * q @ q, q[:-1]), "error", None),
+            ("str_f", lambda q: ("f", q), "error", None),
+            ("none", lambda q: None, "error", None),
+            ("raises", raises, "error", None),
+            ("triple", lambda q: (0.0, q, q), "error", None),
+            ("complex_g", lambda q: (0.0, q + 1j), "error", None),
+            ("nan_f", lambda q: (float("nan"), q), "either", None),
+            ("inf_g", lambda q: (0.0, q * np.inf), "either", None),
+            ("list_g", lambda q: (0.5 * q @ q, list(q)), "either", None),
+            ("int_g", lambda q: (0, np.zeros(d, dtype=int)), "either", None),
+            ("2d_g", lambda q: (0.0, q[None]), "either", None),
+            ("mutates_q", lambda q: (float(q @ q), q.__imul__(2.0)), "either", None)]
+
+
+def _mal_callback(v, a):
+    return _bad_fns()
+
+
 def _mal_bool(v, a):
     return [("np.bool_", np.bool_(v), "same", v), ("int", int(v), "either", None),
             ("str", "yes", "error", None), ("float", 1.0, "either", None),
@@ -165,7 +187,7 @@ def _mal_obj(v, a):
 
 
 MALFORM = {"farray": _mal_float_array, "iarray": _mal_int_array}
-MALFORM_SCALAR = {"int": _mal_int, "seed": _mal_seed, "float": _mal_float, "bool": _mal_bool,
+MALFORM_SCALAR = {"int": _mal_int, "seed": _mal_seed, "callback": _mal_callback, "float": _mal_float, "bool": _mal_bool,
                   "choice": _mal_choice, "obj": _mal_obj}
 
 
@@ -226,6 +248,9 @@ def _data(seed=0, n=8, d=3):
     return rng.standard_normal((n, d)), rng.standard_normal(n)
 
 
+_keep = []      # ctypes callbacks must outlive every potential made from them
+
+
 def build_entries():
     import noether_core as nc
     from noether_core import charges, conventions, datasets, mirror, models, symmetry, theory
@@ -249,9 +274,10 @@ def build_entries():
     ys[5:] -= (u @ ys[5:]) * u
     E = []
 
-    def add(name, fn, valid, args, bases=1, nan_ok=False):
-        E.append(Entry(name, fn, valid, args, bases=bases, nan_ok=nan_ok,
-                       allowed=(IntegrationError,) if name.startswith("integrate") else ()))
+    def add(name, fn, valid, args, bases=1, nan_ok=False, allowed=()):
+        allowed = tuple(allowed) + ((IntegrationError,) if name.startswith("integrate")
+                                    else ())
+        E.append(Entry(name, fn, valid, args, bases=bases, nan_ok=nan_ok, allowed=allowed))
 
     FA, IA = A("farray"), A("iarray")
     pos = A("float", positive=True)
@@ -448,6 +474,74 @@ def build_entries():
         lambda s: dict(n=10, d=3, out=1, seed=s),
         dict(n=A("int", lo=1), d=A("int", lo=1), out=A("int", lo=1),
              seed=A("seed", nullable=True)))
+
+    # ---- user potentials (potentials.Compiled / Python), audit, torch monitor -------------
+    import ctypes
+    import scipy
+    from noether_core import audit
+    cb_type = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.POINTER(ctypes.c_double),
+                               ctypes.POINTER(ctypes.c_double), ctypes.c_ssize_t,
+                               ctypes.c_void_p)
+
+    def _half_norm2(q, g, d, params):          # f = |q|²/2, g = q (a valid ABI callback)
+        f = 0.0
+        for i in range(d):
+            g[i] = q[i]
+            f += 0.5 * q[i] * q[i]
+        return f
+    _keep.append(cb_type(_half_norm2))
+    llc = scipy.LowLevelCallable(_keep[-1])
+    blocks3 = {"a": np.array([0, 1]), "b": np.array([2])}
+    add("potentials.Compiled", P.Compiled,
+        lambda s: dict(callback=llc, d=3, blocks=blocks3, symmetries=()),
+        dict(callback=A("obj"), d=A("int", lo=1), blocks=A("obj", nullable=True),
+             symmetries=A("obj", nullable=True)))
+    add("train(Compiled)", nc.train,
+        lambda s: dict(rule=R.SGD(lr=0.1, momentum=0.5), potential=P.Compiled(llc, 3),
+                       q0=q3, steps=30, record_every=1 + s % 2), dict(q0=FA, steps=A("int", lo=0),
+                                                                   record_every=A("int", lo=1)),
+        bases=2)
+    add("potentials.Python", P.Python,
+        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), d=3, blocks=blocks3),
+        dict(fn=A("obj"), d=A("int", lo=1), blocks=A("obj", nullable=True)))
+    add("train(Python fn)", lambda fn, steps: nc.train(R.SGD(lr=0.1), P.Python(fn, 3), q3,
+                                                       steps),
+        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), steps=5),
+        dict(fn=A("callback"), steps=A("int", lo=0)), allowed=(P.CallbackError,))
+    add("audit.check_symmetry", audit.check_symmetry,
+        lambda s: dict(potential=rq(s), n_points=4, seed=s, scale=1.0, tol=1e-8,
+                       approx_tol=1e-3),
+        dict(potential=A("obj"), n_points=A("int", lo=1), seed=A("seed", nullable=True),
+             scale=pos, tol=pos, approx_tol=pos))
+    add("audit.audit", audit.audit,
+        lambda s: dict(potential_or_fn=bn(s),
+                       q_samples=np.random.default_rng(s).standard_normal((9, 3)),
+                       tol=1e-8),
+        dict(potential_or_fn=A("obj"), q_samples=A("farray", fixed_shape=False), tol=pos))
+    add("audit.candidate_blocks", audit.candidate_blocks,
+        lambda s: dict(shapes={"W1": (3, 2), "W2": (1, 3)}, columns=True),
+        dict(shapes=A("obj"), columns=A("bool")))
+    try:
+        import torch
+    except ImportError:             # the monitor needs torch (an optional dependency)
+        torch = None
+    if torch is not None:
+        from noether_core.torch import NoetherMonitor
+
+        def monitor(model, optimizer, audit_steps=5, approx_tol=1e-3, record_every=1):
+            mon = NoetherMonitor(model, optimizer, audit_steps=audit_steps,
+                                 approx_tol=approx_tol, record_every=record_every)
+            for h in mon._hooks + mon._fwd_hooks:     # leave the shared model clean
+                h.remove()
+            return type(mon).__name__
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.ReLU(),
+                                  torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        add("torch.NoetherMonitor", monitor,
+            lambda s: dict(model=net, optimizer=opt, audit_steps=5, approx_tol=1e-3,
+                           record_every=1),
+            dict(model=A("obj"), optimizer=A("obj"), audit_steps=A("int", lo=1),
+                 approx_tol=pos, record_every=A("int", lo=1)))
     # ---- noether_core.scan (lands later): add its row(s) here, e.g.
     # add("scan", nc.scan, lambda s: dict(rule=R.SGD, potential=rq(s), q0=q3,
     #     lr=np.logspace(-3, -1, 4), steps=20), dict(q0=FA, lr=A("farray", fixed_shape=False),
