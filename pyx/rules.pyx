@@ -559,13 +559,18 @@ cdef inline double _now() noexcept nogil:
 
 
 cdef int _interrupted(RunSpec* s) noexcept nogil:
-    """Every 64 steps look at the clock; every ~50 ms take the GIL and run Python's signal
-    handlers.  Returns 1 if one raised (the exception stays set for the caller)."""
+    """Called every 64 steps: see poll_signals."""
+    return poll_signals(&s.next_poll)
+
+
+cdef int poll_signals(double* next_poll) noexcept nogil:
+    """Look at the clock; every ~50 ms take the GIL and run Python's signal handlers.
+    Returns 1 if one raised (the exception is held for reraise_signal)."""
     cdef double t = _now()
     cdef int r = 0
-    if t < s.next_poll:
+    if t < next_poll[0]:
         return 0
-    s.next_poll = t + 0.05
+    next_poll[0] = t + 0.05
     with gil:
         r = _PyErr_CheckSignals()
         if r != 0:
@@ -580,8 +585,8 @@ cdef int _interrupted(RunSpec* s) noexcept nogil:
 cdef PyObject* _sig_exc[3]
 
 
-cdef int _reraise() except -1:
-    """Raise the exception a signal handler raised during run_loop."""
+cdef int reraise_signal() except -1:
+    """Raise the exception a signal handler raised during a polled loop."""
     PyErr_Restore(_sig_exc[0], _sig_exc[1], _sig_exc[2])
     _sig_exc[0] = _sig_exc[1] = _sig_exc[2] = NULL
     return -1
@@ -799,5 +804,5 @@ def train_kernel(int kind,
         if s.params != NULL:
             pot.free_params(s.params)
     if s.status == STATUS_INTERRUPTED:
-        _reraise()
+        reraise_signal()
     return s.status, s.stop_step, s.n_rec
