@@ -290,6 +290,23 @@ _INTERRUPT_SCRIPT = textwrap.dedent("""
         except KeyboardInterrupt:
             out.setdefault("latency", []).append(time.perf_counter() - sent["t"])
             out.setdefault("ran", []).append(time.perf_counter() - t0)
+    osc = nc.potentials.Quadratic(np.diag([1.0, 2.0, 3.0]))
+    model = nc.models.Damped(osc, 1.0, 0.0)          # undamped oscillator: no coasting
+    y0 = np.array([1.0, 0.5, 0.2, 0.0, 0.3, -0.1])
+    sol0 = nc.integrate(model, y0, t_end=1.0, h=0.01, method="conformal-verlet")
+    for kw in ({"h": 1e-9, "method": "rk4", "record_every": 10**12},
+               {"method": "dopri5", "rtol": 1e-10, "atol": 1e-12, "max_steps": 10**12,
+                "t_eval": [0.0, 1e9]}):
+        sent = {}
+        threading.Timer(0.3, fire).start()
+        t0 = time.perf_counter()
+        try:
+            nc.integrate(model, y0, t_end=1e9 if kw["method"] == "dopri5" else 1e3, **kw)
+            out.setdefault("not_interrupted", []).append(kw["method"])
+        except KeyboardInterrupt:
+            out.setdefault("latency", []).append(time.perf_counter() - sent["t"])
+    sol1 = nc.integrate(model, y0, t_end=1.0, h=0.01, method="conformal-verlet")
+    out["same_after_integrate"] = bool(np.array_equal(sol0.y, sol1.y))
     again = nc.train(rule, pot, q0, 300, batch_size=16, seed=1)
     out["same_after"] = bool(np.array_equal(again.q, fresh.q)
                              and np.array_equal(again.loss, fresh.loss)
@@ -301,20 +318,21 @@ _INTERRUPT_SCRIPT = textwrap.dedent("""
 
 
 def test_keyboard_interrupt_is_prompt_and_leaves_no_damage(request):
-    """SIGINT 0.3 s into a 10¹⁰-step run (full batch, then minibatch holding the generator
-    lock): KeyboardInterrupt within 0.25 s (polling every ~50 ms; 0.25 s allows for a
-    loaded 2-core machine), and a following 300-step run equals the one made before."""
+    """SIGINT 0.3 s into a 10¹⁰-step train (full batch, then minibatch holding the
+    generator lock) and a 10¹²-step integrate (rk4, then dopri5): KeyboardInterrupt within
+    0.25 s (the loops poll every ~50 ms; 0.25 s allows for a loaded 2-core machine), and
+    following runs equal those made before."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "python")]))
     proc = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "not_interrupted" not in out, out
-    assert len(out["latency"]) == 2 and max(out["latency"]) < 0.25, out
-    assert out["same_after"], out
-    line = (f"interrupt: KeyboardInterrupt {1e3 * max(out['latency']):.0f} ms after SIGINT "
-            f"(full batch {1e3 * out['latency'][0]:.0f} ms, minibatch "
-            f"{1e3 * out['latency'][1]:.0f} ms)")
+    assert len(out["latency"]) == 4 and max(out["latency"]) < 0.25, out
+    assert out["same_after"] and out["same_after_integrate"], out
+    line = ("interrupt: KeyboardInterrupt after SIGINT within "
+            f"{1e3 * max(out['latency']):.0f} ms (train full batch, minibatch; integrate "
+            "rk4, dopri5: " + ", ".join(f"{1e3 * x:.0f}" for x in out["latency"]) + " ms)")
     request.config._noether_summary = getattr(request.config, "_noether_summary", [])
     request.config._noether_summary.append(line)
 
