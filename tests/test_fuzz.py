@@ -248,7 +248,36 @@ def _data(seed=0, n=8, d=3):
     return rng.standard_normal((n, d)), rng.standard_normal(n)
 
 
-_keep = []      # ctypes callbacks must outlive every potential made from them
+_keep = []      # the loaded callback library must outlive every potential made from it
+
+_C_SOURCE = r"""
+#include <stddef.h>
+/* f = |q|^2 / 2, g = q: the potential ABI, no Python inside (like a user's C code) */
+double half_norm2(const double* q, double* g, ptrdiff_t d, void* params) {
+    double f = 0.0;
+    for (ptrdiff_t i = 0; i < d; i++) { g[i] = q[i]; f += 0.5 * q[i] * q[i]; }
+    return f;
+}
+"""
+
+
+def _c_half_norm2():
+    """A compiled ABI callback (cc -shared), as a ctypes function pointer."""
+    import ctypes
+    import sysconfig
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="noether_fuzz_cb_"))
+    (tmp / "cb.c").write_text(_C_SOURCE)
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp / "cb.so"),
+                    str(tmp / "cb.c")], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(tmp / "cb.so"))
+    _keep.append(lib)
+    fn = lib.half_norm2
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
+                   ctypes.c_ssize_t, ctypes.c_void_p]
+    return fn
 
 
 def build_entries():
@@ -476,21 +505,9 @@ def build_entries():
              seed=A("seed", nullable=True)))
 
     # ---- user potentials (potentials.Compiled / Python), audit, torch monitor -------------
-    import ctypes
     import scipy
     from noether_core import audit
-    cb_type = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.POINTER(ctypes.c_double),
-                               ctypes.POINTER(ctypes.c_double), ctypes.c_ssize_t,
-                               ctypes.c_void_p)
-
-    def _half_norm2(q, g, d, params):          # f = |q|²/2, g = q (a valid ABI callback)
-        f = 0.0
-        for i in range(d):
-            g[i] = q[i]
-            f += 0.5 * q[i] * q[i]
-        return f
-    _keep.append(cb_type(_half_norm2))
-    llc = scipy.LowLevelCallable(_keep[-1])
+    llc = scipy.LowLevelCallable(_c_half_norm2())
     blocks3 = {"a": np.array([0, 1]), "b": np.array([2])}
     add("potentials.Compiled", P.Compiled,
         lambda s: dict(callback=llc, d=3, blocks=blocks3, symmetries=()),
