@@ -659,7 +659,8 @@ class Compiled(Potential):
             raise TypeError(f"callback has signature {sig!r}; the potential ABI requires "
                             f"{ABI_SIGNATURE!r} (ctypes: restype c_double, argtypes "
                             "[POINTER(c_double), POINTER(c_double), c_ssize_t, c_void_p])")
-        d = V.as_int("d", d, lo=1, hi=V.MAX_ELEMENTS)
+        d = V.as_int("d", d, lo=1)
+        V.check_size(f"d={d}", d)
         blocks = _user_blocks(d, blocks)
         super().__init__(CompiledKernel(callback, d), blocks,
                          _user_symmetries(blocks, symmetries),
@@ -700,7 +701,8 @@ class Python(Potential):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(q) -> (f, g), got "
                             f"{type(fn).__name__}")
-        d = V.as_int("d", d, lo=1, hi=V.MAX_ELEMENTS)
+        d = V.as_int("d", d, lo=1)
+        V.check_size(f"d={d}", d)
         blocks = _user_blocks(d, blocks)
         super().__init__(PythonKernel(fn, d), blocks, _user_symmetries(blocks, symmetries),
                          (fn, d, blocks, symmetries))
