@@ -7,7 +7,8 @@ Everything else (metadata, packages, extras) is in pyproject.toml.  Build option
   kernels match the NumPy reference in python/ bit for bit where the operation order is
   the same.
 * OpenMP (``-fopenmp``) when a compile probe succeeds; serial fallback otherwise.
-* ``NOETHER_DEBUG=1``: Cython bounds/wraparound checks on, ``-O0 -g``.
+* ``NOETHER_DEBUG=1``: Cython bounds/wraparound checks on, ``-O0 -g``; its C sources go to
+  build/cython-debug/ (the release ones stay in pyx/).
 """
 import os
 import sys
@@ -69,11 +70,16 @@ def extensions():
         "boundscheck": DEBUG,
         "wraparound": DEBUG,
         "initializedcheck": DEBUG,
-        "cdivision": not DEBUG,
+        # C division in both builds: the kernels rely on IEEE x/0 = inf/NaN (then flagged as
+        # non-finite); Cython's checked division would raise inside noexcept functions
+        "cdivision": True,
         "embedsignature": True,
     }
+    # cythonize regenerates a .c file only when it is older than its .pyx, not when the
+    # directives change: keep the debug C sources apart so neither build reuses the other's
     return cythonize(exts, compiler_directives=directives, include_path=[".", "pyx"],
-                     quiet=True)
+                     quiet=True, build_dir=os.path.join("build", "cython-debug") if DEBUG
+                     else None)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,6 +1,7 @@
 """``train``: run a learning rule on a potential in one compiled call."""
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -135,6 +136,15 @@ def _check_batch_size(potential, batch_size):
     return V.as_int("batch_size", batch_size, lo=potential.min_batch, hi=potential.n_data)
 
 
+def _check_omega(omega):
+    """omega: None, one (n, n) finite real matrix, or a dict block -> such a matrix."""
+    if omega is None:
+        return None
+    if isinstance(omega, dict):
+        return {k: V.as_float_array(f"omega[{k!r}]", v, ndim=2) for k, v in omega.items()}
+    return V.as_float_array("omega", omega, ndim=2)
+
+
 def _make_rng(seed, state):
     """The generator a minibatch run draws from (a Generator passed in is advanced)."""
     if isinstance(seed, np.random.Generator):
@@ -147,12 +157,36 @@ def _make_rng(seed, state):
         bg = bg_cls()
         bg.state = state.rng_state
         return np.random.Generator(bg)
-    if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(
+            seed, (int, np.integer, np.random.SeedSequence))):
         raise TypeError("seed must be None, an int, a SeedSequence or a numpy Generator, "
                         f"got {type(seed).__name__}")
     if isinstance(seed, (int, np.integer)) and seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     return np.random.default_rng(seed)
+
+
+def _flag_overflowed_records(res, names):
+    """A run whose parameters stayed finite can still overflow a recorded statistic
+    (|q_B|² or |g|² beyond 1.8e308): flag it like a divergence rather than return inf."""
+    series = [("loss", res.loss), ("|g|²", res.grad_norm2)]
+    series += [(f"|q_B|² of block {n!r}", res.block_norm2[n]) for n in names]
+    series += [(f"|g_B|² of block {n!r}", v) for n, v in res.block_grad_norm2.items()]
+    series += [(f"|Δ|²_B of block {n!r}", v) for n, v in res.block_step_norm2.items()]
+    series += [(f"charge {k}", getattr(c, a)) for k, c in res.charges.items()
+               for a in ("moment", "charge", "residual")]
+    first = None
+    for what, v in series:
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size and (first is None or bad[0] < first[0]):
+            first = (int(bad[0]), what)
+    if first is not None:
+        res.diverged = True
+        res.stop_step = int(res.steps[first[0]])
+        res.stop_reason = (f"recorded {first[1]} overflowed at step {res.stop_step} "
+                           "(the parameters stayed finite; rows after it are kept)")
+        warnings.warn(f"{type(res.rule).__name__} on {type(res.potential).__name__}: "
+                      f"{res.stop_reason}", DivergenceWarning, stacklevel=3)
 
 
 def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=None,
@@ -215,8 +249,19 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                         f"{type(potential).__name__}")
     d = potential.dim
     q = V.as_float_array("q0", q0, shape=(d,))
-    steps = V.as_int("steps", steps, lo=0)
-    record_every = V.as_int("record_every", record_every, lo=1)
+    # the kernel counts in Py_ssize_t: larger counts would overflow the C conversion
+    steps = V.as_int("steps", steps, lo=0, hi=sys.maxsize)
+    record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
+    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
+    with np.errstate(over="ignore"):
+        q_norm2 = np.dot(q, q)
+    if not np.isfinite(q_norm2):
+        raise ValueError("q0 is too large: |q0|² overflows float64 (the run records |q_B|²)")
+    omega = _check_omega(omega)
+    if not (isinstance(charges, (bool, np.bool_)) or isinstance(charges, (list, tuple))):
+        raise TypeError("charges must be True, False or a list of Symmetry objects, got "
+                        f"{V._describe(charges)}")
+    charges = bool(charges) if isinstance(charges, np.bool_) else charges
     if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(q <= 0):
         raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
     batch_size = _check_batch_size(potential, batch_size)
@@ -233,7 +278,8 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     need = n_rec * ((d if record_q else 0) + 2 + nb * (3 if block_stats else 1)
                     + 3 * len(chosen)) * 8
     if need > max_record_bytes:
-        raise MemoryError(f"recording {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
+        raise MemoryError(f"recording steps // record_every + 1 = {steps} // {record_every} + 1"
+                          f" = {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
                           f" MiB, above max_record_bytes={max_record_bytes} "
                           f"({max_record_bytes / 2**20:.1f} MiB); raise record_every")
 
@@ -302,6 +348,8 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                           {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
     if status != 0 and hasattr(potential, "_raise_callback_error"):
         potential._raise_callback_error(int(state.step + stop))   # a user fn raised
+    if status == 0:
+        _flag_overflowed_records(res, names)
     if status != 0:
         res.diverged = True
         res.stop_step = int(state.step + stop)

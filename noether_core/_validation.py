@@ -11,7 +11,13 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_float_array", "as_scalar", "as_int", "as_bool", "as_index_array"]
+__all__ = ["as_float_array", "as_scalar", "as_int", "as_bool", "as_index_array", "as_rng",
+           "check_size"]
+
+#: largest array (in float64 elements) a constructor builds without being asked twice:
+#: 2**31 elements = 16 GiB.  Larger requests are refused with a MemoryError naming the size
+#: arguments instead of failing deep inside NumPy (or being OOM-killed).
+MAX_ELEMENTS = 2**31
 
 
 def _describe(x) -> str:
@@ -63,7 +69,11 @@ def as_scalar(name: str, x, *, lo: float | None = None, hi: float | None = None,
             x = x.item()
         else:
             raise TypeError(f"{name} must be a real number, got {_describe(x)}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:                       # an int beyond the float64 range
+        raise ValueError(f"{name} must be finite, got an integer of {x.bit_length()} bits "
+                         "(beyond the float64 range)") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     bad = ((lo is not None and (v < lo or (lo_open and v == lo)))
@@ -105,3 +115,66 @@ def as_index_array(name: str, x, n: int) -> np.ndarray:
         raise ValueError(f"{name} has indices outside [0, {n}), got range "
                          f"[{arr.min()}, {arr.max()}]")
     return np.array(arr, dtype=np.intp, order="C")
+
+
+def as_rng(name: str, seed) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` with errors naming the argument (bools refused)."""
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{name} must be None, an int >= 0, a SeedSequence or a numpy "
+                        f"Generator, got {seed!r}")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be None, an int >= 0, a SeedSequence or a numpy "
+                        f"Generator, got {_describe(seed)} ({exc})") from None
+
+
+def check_size(what: str, n_elements: int) -> None:
+    """Refuse (MemoryError) building more than MAX_ELEMENTS float64 numbers; ``what``
+    names the arguments that set the size."""
+    if n_elements > MAX_ELEMENTS:
+        raise MemoryError(f"{what} asks for {n_elements} numbers ({8 * n_elements / 2**30:.3g}"
+                          f" GiB), above the {MAX_ELEMENTS}-element limit")
+
+
+def _nonfinite(x, depth=0) -> bool:
+    if isinstance(x, (float, np.floating)):
+        return not math.isfinite(x)
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind == "f" and not np.all(np.isfinite(x))
+    if depth < 2 and isinstance(x, tuple):
+        return any(_nonfinite(v, depth + 1) for v in x)
+    if depth < 2 and hasattr(x, "__dataclass_fields__"):
+        return any(_nonfinite(getattr(x, k), depth + 1) for k in x.__dataclass_fields__)
+    return False
+
+
+def finite_result(fn):
+    """Decorate a closed-form function: finite inputs whose result overflows (or divides
+    by an underflowed zero) raise a ValueError naming the arguments and their values,
+    instead of returning inf/NaN or raising a bare OverflowError/ZeroDivisionError."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    def _args(args, kwargs):
+        try:
+            b = sig.bind(*args, **kwargs)
+        except TypeError:
+            return ""
+        return ", ".join(f"{k}={_describe(v)}" for k, v in b.arguments.items())
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                out = fn(*args, **kwargs)
+        except (OverflowError, ZeroDivisionError) as exc:
+            raise ValueError(f"{fn.__name__}({_args(args, kwargs)}): the result is not "
+                             f"representable in float64 ({exc})") from None
+        if _nonfinite(out):
+            raise ValueError(f"{fn.__name__}({_args(args, kwargs)}): the result overflows "
+                             "float64 for these arguments")
+        return out
+    return wrapper

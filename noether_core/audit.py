@@ -147,9 +147,11 @@ def check_symmetry(potential, n_points=32, seed=None, *, points=None, scale=1.0,
         raise TypeError(f"potential must be a noether_core Potential, got "
                         f"{type(potential).__name__}")
     d = potential.dim
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else V.as_rng("seed", seed)
     if points is None:
         n_points = V.as_int("n_points", n_points, lo=1)
+        V.check_size(f"n_points={n_points} points of dimension {potential.dim}",
+                     n_points * potential.dim)
         scale = V.as_scalar("scale", scale, lo=0.0, lo_open=True)
         Q = scale * rng.standard_normal((n_points, d))
     else:
@@ -280,6 +282,9 @@ def candidate_blocks(shapes: dict, columns: bool = True) -> dict:
     column i of the next is the rescale pair of a ReLU/linear unit i between them; the
     audit checks every disjoint pair, so it finds those without being told the order.
     """
+    if not hasattr(shapes, "items"):
+        raise TypeError(f"shapes must be a dict name -> shape, got {type(shapes).__name__}")
+    columns = V.as_bool("columns", columns)
     out, off = {}, 0
     for name, shape in shapes.items():
         shape = tuple(int(s) for s in shape)

@@ -246,7 +246,13 @@ def continuum_balance(run, block: str | None = None) -> ContinuumBalance:
         A scale block of the potential (default: its only scale block).
     """
     from .rules import SGD
+    from ._train import TrainResult
 
+    if not isinstance(run, TrainResult):
+        raise TypeError(f"run must be a TrainResult (what noether_core.train returns), got "
+                        f"{type(run).__name__}")
+    if block is not None and not isinstance(block, str):
+        raise TypeError(f"block must be a block name (str) or None, got {block!r}")
     rule = run.rule
     if not isinstance(rule, SGD) or rule.nesterov or rule.dampening != 0.0:
         raise ValueError("continuum_balance needs an SGD run without nesterov and dampening "

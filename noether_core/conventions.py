@@ -94,3 +94,7 @@ def to_discrete(m, mu, *, convention="paper", h=None) -> Discrete:
         raise ValueError("the variational convention needs the time step h")
     h = V.as_scalar("h", h, lo=0.0, lo_open=True)
     return Discrete(h * h / m, math.exp(-mu * h / m))
+
+
+to_continuous = V.finite_result(to_continuous)
+to_discrete = V.finite_result(to_discrete)

@@ -17,6 +17,7 @@ dopri5                5(4)   adaptive Dormand–Prince, rtol/atol, exact output 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -242,7 +243,8 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     t_end = V.as_scalar("t_end", t_end)
     if t_end < t0:
         raise ValueError(f"t_end must be >= t0 = {t0}, got {t_end}")
-    record_every = V.as_int("record_every", record_every, lo=1)
+    record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
+    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
     project = V.as_bool("project", project)
     if isinstance(model, RadialAngular):
         _check_radang_y0(model, y, project)
@@ -260,7 +262,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     if adaptive:
         rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
         atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
-        max_steps = V.as_int("max_steps", max_steps, lo=1)
+        max_steps = V.as_int("max_steps", max_steps, lo=1, hi=sys.maxsize - 2)
         h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
         if t_eval is not None:
             t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
@@ -280,6 +282,9 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         if h is None:
             raise ValueError(f"method {method!r} needs a step size h > 0")
         h = V.as_scalar("h", h, lo=0.0, lo_open=True)
+        if not T / h < sys.maxsize:          # the kernel counts steps in Py_ssize_t
+            raise ValueError(f"(t_end - t0)/h = {T / h:.3g} steps is more than a run can "
+                             f"count (t_end={t_end}, t0={t0}, h={h}): raise h")
         N = round(T / h)
         if abs(N * h - T) > 1e-9 * max(T, h):
             N = math.ceil(T / h)
@@ -289,7 +294,10 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         t_eval = np.zeros(0)
     need = n_rec * (n + 1) * 8
     if need > max_record_bytes:
-        raise MemoryError(f"recording {n_rec} rows of {n} numbers needs "
+        what = (f"(t_end - t0)/h = {n_steps} steps (t_end={t_end}, t0={t0}, h={h}) "
+                f"recorded every record_every={record_every}" if not adaptive else
+                f"max_steps={max_steps} // record_every={record_every} + 2")
+        raise MemoryError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
                           f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
                           "raise record_every (or pass t_eval)")
     rec_t = np.empty(n_rec)
@@ -497,6 +505,13 @@ def noether_terms(result, family, block=None, *, omega=None, direction=None):
     from noether_ref import integrators as ref
     from .symmetry import generator
 
+    if not isinstance(result, IntegrateResult):
+        raise TypeError("result must be an IntegrateResult (what noether_core.integrate "
+                        f"returns), got {type(result).__name__}")
+    if omega is not None:
+        omega = V.as_float_array("omega", omega, ndim=2)
+    if direction is not None:
+        direction = V.as_float_array("direction", direction, ndim=1)
     model = result.model
     if isinstance(model, GradientFlow):
         raise ValueError("GradientFlow (M4) has no kinetic energy: Eq. 12 gives J = 0; "

@@ -216,6 +216,8 @@ class RadialAngular(Model):
         q = V.as_float_array("q", q, ndim=1)
         v = V.as_float_array("v", v, shape=q.shape)
         r = float(np.linalg.norm(q))
+        if not np.isfinite(r):
+            raise ValueError("q is too large: |q| overflows float64")
         if r == 0.0:
             raise ValueError("q = 0 has no direction (r must be > 0)")
         u = q / r
@@ -361,8 +363,17 @@ class Bregman(Model):
         d = self.dim
         q = V.as_float_array("q", q, shape=(d,))
         qdot = V.as_float_array("qdot", qdot, shape=(d,))
-        ea = self.schedule(V.as_scalar("t0", t0))[0]
-        return np.concatenate([q, self.grad_h(q + qdot / ea) - self.grad_h(q)])
+        t0 = V.as_scalar("t0", t0)
+        if self.schedule.name == "nesterov" and t0 <= 0.0:
+            raise ValueError(f"the Nesterov schedule is singular at t = 0 (e^α = n/t): t0 "
+                             f"must be > 0, got t0={t0}")
+        ea = self.schedule(t0)[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = np.concatenate([q, self.grad_h(q + qdot / ea) - self.grad_h(q)])
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"P = grad h(q + e^-alpha qdot) - grad h(q) overflows float64 "
+                             f"at t0={t0} (e^alpha={ea:g}): q, qdot or t0 too large")
+        return y
 
     def velocity(self, t, y):
         """q̇ = e^α(∇h*(∇h(q) + P) − q) for state rows y at times t."""

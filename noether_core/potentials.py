@@ -30,6 +30,15 @@ __all__ = ["Potential", "Quadratic", "RayleighQuotient", "Radial", "BatchNormUni
            "BatchNormLayer", "SoftmaxCrossEntropy", "TwoLayer", "BatchNormMLP"]
 
 
+#: most units of one layer: each unit is a named block (a Python object), so a layer of
+#: 2**31 units would take minutes and hundreds of GB just to describe
+MAX_UNITS = 2**20
+
+
+def _units(name, n):
+    return V.as_int(name, n, lo=1, hi=MAX_UNITS)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -158,7 +167,7 @@ class Radial(Potential):
     KINDS = ("double_well", "log", "gaussian")
 
     def __init__(self, d, kind="double_well"):
-        d = V.as_int("d", d, lo=1)
+        d = V.as_int("d", d, lo=1, hi=V.MAX_ELEMENTS)
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         super().__init__(_k.RadialKernel(d, self.KINDS.index(kind)), {"q": np.arange(d)},
@@ -242,6 +251,8 @@ def _labels(X, labels, n_classes):
         C = V.as_int("n_classes", n_classes, lo=2)
         if top >= C:
             raise ValueError(f"labels must lie in [0, n_classes={C}), got label {top}")
+    V.check_size(f"labels/n_classes (C={C} classes of {X.shape[1]} features)",
+                 C * (X.shape[1] + 1))
     return np.array(arr, dtype=np.intp, order="C"), C
 
 
@@ -311,7 +322,7 @@ class BatchNormLayer(Potential):
         X = V.as_float_array("X", X, ndim=2)
         Y = _targets(X, Y)
         _need_two_rows(X)
-        width = V.as_int("width", width, lo=1)
+        width = _units("width", width)
         eps = V.as_scalar("eps", eps, lo=0.0)
         N, D = X.shape
         out = Y.shape[1]
@@ -405,7 +416,7 @@ class TwoLayer(Potential):
     def __init__(self, X, Y, hidden, activation="relu"):
         X = V.as_float_array("X", X, ndim=2)
         Y = _targets(X, Y)
-        hidden = V.as_int("hidden", hidden, lo=1)
+        hidden = _units("hidden", hidden)
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation must be one of {self.ACTIVATIONS}, "
                              f"got {activation!r}")
@@ -479,7 +490,7 @@ class BatchNormMLP(Potential):
         labels, C = _labels(X, labels, n_classes)
         if isinstance(widths, (str, bytes)) or not np.iterable(widths):
             raise TypeError(f"widths must be a sequence of positive integers, got {widths!r}")
-        widths = tuple(V.as_int(f"widths[{i}]", w, lo=1) for i, w in enumerate(widths))
+        widths = tuple(_units(f"widths[{i}]", w) for i, w in enumerate(widths))
         if not widths:
             raise ValueError("widths must hold at least one hidden width, got ()")
         eps = V.as_scalar("eps", eps, lo=0.0)
@@ -574,7 +585,12 @@ def _user_blocks(d, blocks):
 
 
 def _user_symmetries(blocks, symmetries):
-    syms = tuple(symmetries or ())
+    if symmetries is None:
+        symmetries = ()
+    if isinstance(symmetries, Symmetry) or not isinstance(symmetries, (list, tuple)):
+        raise TypeError("symmetries must be a list or tuple of Symmetry objects, got "
+                        f"{type(symmetries).__name__}")
+    syms = tuple(symmetries)
     for s in syms:
         if not isinstance(s, Symmetry):
             raise TypeError(f"symmetries must hold noether_core.symmetry.Symmetry objects, "
@@ -644,6 +660,7 @@ class Compiled(Potential):
                             f"{ABI_SIGNATURE!r} (ctypes: restype c_double, argtypes "
                             "[POINTER(c_double), POINTER(c_double), c_ssize_t, c_void_p])")
         d = V.as_int("d", d, lo=1)
+        V.check_size(f"d={d}", d)
         blocks = _user_blocks(d, blocks)
         super().__init__(CompiledKernel(callback, d), blocks,
                          _user_symmetries(blocks, symmetries),
@@ -685,6 +702,7 @@ class Python(Potential):
             raise TypeError(f"fn must be callable as fn(q) -> (f, g), got "
                             f"{type(fn).__name__}")
         d = V.as_int("d", d, lo=1)
+        V.check_size(f"d={d}", d)
         blocks = _user_blocks(d, blocks)
         super().__init__(PythonKernel(fn, d), blocks, _user_symmetries(blocks, symmetries),
                          (fn, d, blocks, symmetries))

@@ -233,6 +233,9 @@ class SGD(Rule):
         Δ_0 = −lr·buffer (it sets the first recorded charge J_0 = ⟨Δ_0, ξ(q_0)⟩; the
         dynamics depend only on the buffer).
         """
+        if not isinstance(getattr(potential, "dim", None), (int, np.integer)):
+            raise TypeError("potential must be a noether_core.potentials.Potential, got "
+                            f"{type(potential).__name__}")
         if self.momentum == 0.0:
             raise ValueError("with_buffer needs momentum > 0 (SGD without momentum keeps "
                              "no buffer)")

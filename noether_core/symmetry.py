@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.linalg import expm
 
+from . import _validation as V
+
 __all__ = ["Symmetry", "FAMILIES", "generator", "transform", "random_skew", "kinetic_table",
            "kinetic_energy", "kinetic_asymmetry", "KineticTable"]
 
@@ -69,7 +71,9 @@ class Symmetry:
 
 def random_skew(n: int, rng=None) -> np.ndarray:
     """A random n x n skew-symmetric matrix (Frobenius norm 1)."""
-    rng = np.random.default_rng(rng)
+    n = V.as_int("n", n, lo=0)
+    V.check_size(f"random_skew(n={n})", n * n)
+    rng = rng if isinstance(rng, np.random.Generator) else V.as_rng("rng", rng)
     a = rng.standard_normal((n, n))
     om = a - a.T
     nrm = np.linalg.norm(om)
@@ -77,7 +81,7 @@ def random_skew(n: int, rng=None) -> np.ndarray:
 
 
 def _omega(sym: Symmetry, n: int, omega):
-    om = sym.omega if omega is None else np.asarray(omega, dtype=float)
+    om = sym.omega if omega is None else V.as_float_array("omega", omega, ndim=2)
     if om is None:
         raise ValueError(f"{sym!r} holds for every skew matrix: pass omega= (n x n, "
                          f"n = {n}), e.g. noether_core.symmetry.random_skew({n})")
@@ -88,7 +92,7 @@ def _omega(sym: Symmetry, n: int, omega):
 
 def generator(sym: Symmetry, q, blocks: dict, omega=None) -> np.ndarray:
     """The generator xi(q) = d/ds Q(q, s) at s = 0, as a full-length vector."""
-    q = np.asarray(q, dtype=float)
+    q = _q(q, blocks)
     xi = np.zeros_like(q)
     idx = blocks[sym.blocks[0]]
     if sym.family == "translation":
@@ -101,12 +105,15 @@ def generator(sym: Symmetry, q, blocks: dict, omega=None) -> np.ndarray:
         xi[idx2] = -q[idx2]
     else:
         xi[idx] = _omega(sym, len(idx), omega) @ q[idx]
+    if not np.all(np.isfinite(xi)):
+        raise ValueError("the generator xi(q) overflows float64 (q or omega too large)")
     return xi
 
 
 def transform(sym: Symmetry, q, s: float, blocks: dict, omega=None) -> np.ndarray:
-    """The finite transformation Q(q, s)."""
-    q = np.array(q, dtype=float)
+    """The finite transformation Q(q, s) (ValueError if it overflows float64)."""
+    q = _q(q, blocks)
+    s = V.as_scalar("s", s)
     idx = blocks[sym.blocks[0]]
     if sym.family == "translation":
         q[idx] = q[idx] + s * sym.direction
@@ -118,6 +125,19 @@ def transform(sym: Symmetry, q, s: float, blocks: dict, omega=None) -> np.ndarra
         q[idx2] = np.exp(-s) * q[idx2]
     else:
         q[idx] = expm(s * _omega(sym, len(idx), omega)) @ q[idx]
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"the {sym.family} transformation with s={s}"
+                         f"{' and this omega' if sym.family == 'rotation' else ''} "
+                         "overflows float64")
+    return q
+
+
+def _q(q, blocks):
+    """q as a finite 1-D float64 array long enough for every block."""
+    q = V.as_float_array("q", q, ndim=1)
+    top = max((int(b.max()) for b in blocks.values() if len(b)), default=-1)
+    if top >= len(q):
+        raise ValueError(f"q has length {len(q)}, but the blocks index up to {top}")
     return q
 
 

@@ -499,6 +499,10 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
     if gh2 is not None and (gh2 < 0).any():
         raise ValueError("grad_hat_norm2 must be non-negative (it is a squared norm)")
     r0 = _param("r0", r0, lo=0.0, lo_open=True)
+    with np.errstate(over="ignore"):
+        r0_4 = np.asarray(r0) ** 4
+    if not np.all(np.isfinite(r0_4)):                  # the recursion runs on r⁴
+        raise ValueError(f"r0 is too large: r0⁴ overflows float64, got {r0}")
     if r0.ndim > 1 or (r0.ndim == 1 and (len(shape) != 2 or r0.shape[0] != shape[1])):
         raise ValueError(f"r0 must be a scalar or have one value per block (shape "
                          f"{shape[1:]}), got shape {r0.shape}")
@@ -741,3 +745,11 @@ def angular_updates(q):
         raise ValueError("q has a row of zero norm: its direction is undefined")
     qh = q / n[:, None]
     return np.linalg.norm(np.diff(qh, axis=0), axis=1)
+
+
+# Finite inputs far outside the physical range (lr = 5e-324, r0 = 1e300) overflow the
+# closed forms: say so, naming the arguments, rather than return inf/NaN.
+for _name in __all__:
+    if callable(globals()[_name]) and not isinstance(globals()[_name], type):
+        globals()[_name] = V.finite_result(globals()[_name])
+del _name

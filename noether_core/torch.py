@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import _validation as V
 from . import theory as _th
 
 __all__ = ["NoetherMonitor", "MonitorReport"]
@@ -233,9 +234,12 @@ class NoetherMonitor:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError("optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        if int(audit_steps) != audit_steps or audit_steps < 1:
+        audit_steps = V.as_int("audit_steps", audit_steps)         # type errors name it
+        record_every = V.as_int("record_every", record_every)
+        approx_tol = V.as_scalar("approx_tol", approx_tol)
+        if audit_steps < 1:
             raise ValueError(f"audit_steps must be an integer ≥ 1, got {audit_steps!r}")
-        if int(record_every) != record_every or record_every < 1:
+        if record_every < 1:
             raise ValueError(f"record_every must be an integer ≥ 1, got {record_every!r}")
         if not (0.0 < approx_tol < 1.0):
             raise ValueError(f"approx_tol must lie in (0, 1), got {approx_tol!r}")

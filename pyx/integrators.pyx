@@ -33,6 +33,7 @@ import numpy as np
 cimport numpy as cnp
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
+from noether_core._kernels.rules cimport poll_signals, reraise_signal
 
 cnp.import_array()
 
@@ -58,6 +59,7 @@ cdef enum:
     ST_UNDERFLOW = 2
     ST_MAX_STEPS = 3
     ST_RADIUS = 4
+    ST_INTERRUPTED = 5          # a Python signal handler raised (Ctrl-C): re-raised
 
 # Bregman schedules and mirror maps
 cdef enum:
@@ -86,6 +88,8 @@ cdef struct Model:
     double p                    # M3 p-norm exponent
     double* g                   # scratch (d): gradient
     long nfev                   # gradient evaluations
+    bint check_signals          # poll Python signals every 64 steps (main thread use)
+    double next_poll            # monotonic time of the next poll (rules.pxd poll_signals)
 
 
 # -------------------------------------------------------------------------------------
@@ -498,6 +502,9 @@ cdef int _fixed_loop(Model* M, int method, double* y, double t0, double h,
     if n_steps > 0 and method != METHOD_RK4:
         _split_init(M, y)
     for s in range(1, n_steps + 1):
+        if M.check_signals and (s & 63) == 0 and poll_signals(&M.next_poll):
+            n_rec[0] = row
+            return ST_INTERRUPTED
         t = t0 + (s - 1) * h
         if method == METHOD_RK4:
             _rk4_step(M, t, y, h, K[0], K[1], K[2], K[3], K[4])
@@ -556,6 +563,10 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
         if attempts >= max_steps:
             t_out[0] = t
             return ST_MAX_STEPS
+        if M.check_signals and (attempts & 63) == 63 and poll_signals(&M.next_poll):
+            t_out[0] = t
+            n_rec[0] = row
+            return ST_INTERRUPTED
         attempts += 1
         # land exactly on the next output time (stretching h by at most 1% to get there)
         landed = t + 1.01 * h >= target
@@ -610,7 +621,7 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
                      double[::1] y, int method, double t0, double h, Py_ssize_t n_steps,
                      Py_ssize_t record_every, const double[::1] t_eval, double t_end,
                      double rtol, double atol, Py_ssize_t max_steps,
-                     double[::1] rec_t, double[:, ::1] rec_y):
+                     double[::1] rec_t, double[:, ::1] rec_y, bint check_signals=True):
     """Integrate one trajectory (all arguments validated by noether_core.integrate).
 
     hp (IN): [m, mu, k, reduced, sched, s1, s2, mirror, p]; D (IN): diagonal mirror (or
@@ -644,6 +655,8 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     M.p = hp[8]
     M.D = &D[0] if D.shape[0] > 0 else NULL
     M.nfev = 0
+    M.check_signals = check_signals
+    M.next_poll = 0.0
     work = <double*> malloc((9 * n + d) * sizeof(double))
     if work == NULL:
         raise MemoryError("integrator workspace")
@@ -669,4 +682,6 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     finally:
         pot.free_params(M.params)
         free(work)
+    if status == ST_INTERRUPTED:
+        reraise_signal()
     return status, n_rec, n_done, t_final, M.nfev, n_acc, n_rej

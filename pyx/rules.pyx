@@ -39,10 +39,13 @@ from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.ref cimport PyObject
 cdef extern from "Python.h":
     # declared without Cython's exception check: the loop returns a status and the
-    # caller re-raises what the signal handler left set (_reraise)
+    # caller re-raises what the signal handler raised (_reraise)
     int _PyErr_CheckSignals "PyErr_CheckSignals"()
+    void PyErr_Fetch(PyObject** t, PyObject** v, PyObject** tb)
+    void PyErr_Restore(PyObject* t, PyObject* v, PyObject* tb)
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -556,20 +559,36 @@ cdef inline double _now() noexcept nogil:
 
 
 cdef int _interrupted(RunSpec* s) noexcept nogil:
-    """Every 64 steps look at the clock; every ~50 ms take the GIL and run Python's signal
-    handlers.  Returns 1 if one raised (the exception stays set for the caller)."""
+    """Called every 64 steps: see poll_signals."""
+    return poll_signals(&s.next_poll)
+
+
+cdef int poll_signals(double* next_poll) noexcept nogil:
+    """Look at the clock; every ~50 ms take the GIL and run Python's signal handlers.
+    Returns 1 if one raised (the exception is held for reraise_signal)."""
     cdef double t = _now()
     cdef int r = 0
-    if t < s.next_poll:
+    if t < next_poll[0]:
         return 0
-    s.next_poll = t + 0.05
+    next_poll[0] = t + 0.05
     with gil:
         r = _PyErr_CheckSignals()
+        if r != 0:
+            # hold the exception aside: Python code runs between here and _reraise (e.g.
+            # the bit generator lock's __exit__), which must not see it set
+            PyErr_Fetch(&_sig_exc[0], &_sig_exc[1], &_sig_exc[2])
     return 1 if r != 0 else 0
 
 
-cdef int _reraise() except -1:
-    """Propagate the exception a signal handler left set during run_loop."""
+# the exception a signal handler raised during run_loop (handlers run in the main thread
+# only, so one slot suffices); owned references, handed back by _reraise
+cdef PyObject* _sig_exc[3]
+
+
+cdef int reraise_signal() except -1:
+    """Raise the exception a signal handler raised during a polled loop."""
+    PyErr_Restore(_sig_exc[0], _sig_exc[1], _sig_exc[2])
+    _sig_exc[0] = _sig_exc[1] = _sig_exc[2] = NULL
     return -1
 
 
@@ -785,5 +804,5 @@ def train_kernel(int kind,
         if s.params != NULL:
             pot.free_params(s.params)
     if s.status == STATUS_INTERRUPTED:
-        _reraise()
+        reraise_signal()
     return s.status, s.stop_step, s.n_rec

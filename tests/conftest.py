@@ -1,12 +1,17 @@
 """Shared test configuration.
 
 Hypothesis profiles (select with NOETHER_HYPOTHESIS_PROFILE, default "ci" when the CI
-environment variable is set, else "dev"):
+environment variable is set, else "dev"; docs/testing.md §5):
 
-* ``ci``   derandomised, no example database, no deadline, bounded example counts so
-           the whole suite stays within a few minutes on 2 cores;
-* ``dev``  more examples, randomised;
-* ``fuzz`` many more examples, for long local runs.
+* ``ci``   derandomised (the same examples every run, so a CI failure reproduces
+           locally), no example database, no deadline (2 shared cores make timings
+           noisy), 25 examples per test so the whole suite stays within a few minutes;
+* ``dev``  60 examples, randomised, with the local example database;
+* ``fuzz`` 1000 examples, for long local runs (tests/test_fuzz.py: 20 000 bad inputs).
+
+Tests that measure something for the record (the fuzz counts, RSS growth, interrupt
+latency) append a line to ``config._noether_summary``; it is printed in pytest's terminal
+summary, so it is visible without ``-s``.
 """
 import os
 
@@ -23,5 +28,17 @@ settings.register_profile(
     "fuzz", deadline=None, max_examples=1000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-_default = "ci" if os.environ.get("CI") else "dev"
-settings.load_profile(os.environ.get("NOETHER_HYPOTHESIS_PROFILE", _default))
+PROFILE = os.environ.get("NOETHER_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header(config):
+    return f"hypothesis profile: {PROFILE} (NOETHER_HYPOTHESIS_PROFILE)"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = getattr(config, "_noether_summary", [])
+    if lines:
+        terminalreporter.section("noether_core measurements")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -105,3 +105,10 @@ cdef struct RunSpec:
 
 
 cdef void run_loop(RunSpec* s) noexcept nogil
+
+# Python signals (Ctrl-C) from inside any nogil loop: poll_signals looks at the clock and,
+# once ``next_poll`` (monotonic seconds) has passed, takes the GIL, runs the handlers and
+# sets the next poll ~50 ms later; it returns 1 if a handler raised.  That exception is
+# held aside (no Python code may run with it set) until reraise_signal() raises it.
+cdef int poll_signals(double* next_poll) noexcept nogil
+cdef int reraise_signal() except -1
