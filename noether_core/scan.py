@@ -335,7 +335,8 @@ def _as_axis(name, value, default):
         if len(np.unique(arr)) != arr.size:
             raise ValueError(f"grid axis {name} has repeated values {arr.tolist()}: each "
                              "value must appear once (so .sel is unambiguous)")
-        return True, arr.copy()
+        # float axes are float64 whatever came in (float32 values are converted exactly)
+        return True, (arr.astype(np.float64) if arr.dtype.kind == "f" else arr.copy())
     if isinstance(value, (float, np.floating)) and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return False, value
@@ -364,9 +365,11 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
         (axes if is_axis else fixed)[name] = v
     d = potential.dim
     q0 = V.as_float_array("q0", q0, shape=(d,))
-    steps = V.as_int("steps", steps, lo=0)
+    # at least one step (the late-time angle needs a transition); the kernel counts in
+    # Py_ssize_t
+    steps = V.as_int("steps", steps, lo=1, hi=sys.maxsize)
     if record_every is not None:
-        record_every = V.as_int("record_every", record_every, lo=1)
+        record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
     batch_size = _check_batch_size(potential, batch_size)
     seed_axis = not isinstance(seeds, (int, np.integer))
     seed_list = np.atleast_1d(np.asarray(seeds))
@@ -665,7 +668,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         need = n_tasks * R * (d + 2 + nb) * 8
         if need > max_record_bytes:
             raise MemoryError(
-                f"recording {R} rows of {d} parameters for {n_tasks} runs needs "
+                f"recording {R} rows (steps={g.steps}, record_every={g.record_every}) of "
+                f"{d} parameters for {n_tasks} runs needs "
                 f"{need / 2**20:.1f} MiB, above the budget max_record_bytes="
                 f"{max_record_bytes} ({max_record_bytes / 2**20:.1f} MiB); raise "
                 "record_every, shrink the grid or raise max_record_bytes")

@@ -138,6 +138,11 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     for name, value in grid.items():
         if isinstance(value, (list, tuple, range, np.ndarray)):
             arr = np.asarray(value)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"grid axis {name!r} must hold numbers or booleans, got "
+                                f"dtype {arr.dtype}")
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float64)
             if arr.ndim != 1 or arr.size == 0:
                 raise ValueError(f"grid axis {name!r} must be a non-empty 1-D sequence, got "
                                  f"shape {arr.shape}")

@@ -559,10 +559,23 @@ def build_entries():
                            record_every=1),
             dict(model=A("obj"), optimizer=A("obj"), audit_steps=A("int", lo=1),
                  approx_tol=pos, record_every=A("int", lo=1)))
-    # ---- noether_core.scan (lands later): add its row(s) here, e.g.
-    # add("scan", nc.scan, lambda s: dict(rule=R.SGD, potential=rq(s), q0=q3,
-    #     lr=np.logspace(-3, -1, 4), steps=20), dict(q0=FA, lr=A("farray", fixed_shape=False),
-    #     steps=A("int", lo=0), threads=A("int", lo=1)))
+    # ---- noether_core.scan, scan_integrate ----------------------------------------------
+    add("scan", lambda rule_cls, potential, q0, lr, steps, threads, record_every:
+        nc.scan(rule_cls, potential, q0, lr=lr, steps=steps, threads=threads,
+                record_every=record_every, momentum=0.9),
+        lambda s: dict(rule_cls=R.SGD, potential=[rq, bn][s % 2](s), q0=q3,
+                       lr=np.logspace(-3, -1, 3), steps=20, threads=1 + s % 2,
+                       record_every=None if s % 2 else 5),
+        dict(rule_cls=A("obj"), potential=A("obj"), q0=FA,
+             lr=A("farray", fixed_shape=False), steps=A("int", lo=1),
+             threads=A("int", nullable=True, lo=1),
+             record_every=A("int", nullable=True, lo=1)),
+        bases=2)
+    add("scan_integrate", lambda m, mu, h, t_end: nc.scan_integrate(
+        models.Damped, rq(0), np.r_[q3, 0.0, 0.0, 0.0], t_end=t_end, method="conformal-verlet",
+        m=m, mu=mu, h=h, threads=1),
+        lambda s: dict(m=[0.5, 1.0], mu=0.3, h=0.05, t_end=1.0),
+        dict(m=A("farray", fixed_shape=False), mu=pos, h=pos, t_end=pos))
     return E
 
 
@@ -589,7 +602,7 @@ def fingerprint(x, depth=0):
     if d is not None:
         return (type(x).__name__,) + tuple(
             (k, fingerprint(v, depth + 1)) for k, v in sorted(d.items())
-            if not k.startswith("_") and not callable(v))
+            if not k.startswith("_") and not callable(v) and k != "elapsed")
     if hasattr(x, "__dataclass_fields__"):
         return tuple(fingerprint(getattr(x, k), depth + 1) for k in x.__dataclass_fields__)
     return type(x).__name__
@@ -614,7 +627,8 @@ def same_numbers(a, b):
 
 def nonfinite_unflagged(x, depth=0):
     """A path to a NaN/inf in the result that no ``diverged`` flag accounts for."""
-    if getattr(x, "diverged", False):
+    flag = getattr(x, "diverged", False)
+    if np.any(flag):            # a run's bool, or a scan's per-point array
         return None
     if depth > 3:
         return None

@@ -152,9 +152,24 @@ def test_integrate_thread_pool_equals_serial_bitwise():
         assert s.nfev == t.nfev and s.n_rejected == t.n_rejected
 
 
-# ---- noether_core.scan (lands later): add its thread-pool-vs-serial test here, e.g.
-# def test_scan_thread_pool_equals_serial_bitwise(): several nc.scan(...) grids submitted
-# to a ThreadPoolExecutor equal the same grids run serially, threads in {1, 2}.
+def test_scan_thread_pool_equals_serial_bitwise():
+    """Several nc.scan grids submitted to a thread pool (each itself on 1 or 2 OpenMP
+    threads) equal the same grids run serially, bitwise."""
+    X, lab = nc.datasets.gaussian_mixture(40, 4, 3, seed=2)
+    mlp = P.BatchNormMLP(X, lab, (3,))
+    q0 = mlp.init(seed=1)
+    jobs = [dict(lr=[0.01, 0.1], weight_decay=[0.0, 1e-3], momentum=0.9, batch_size=8,
+                 seeds=[s], threads=1 + s % 2) for s in range(4)]
+
+    def run(kw):
+        return nc.scan(R.SGD, mlp, q0, steps=60, **kw)
+
+    serial = [run(kw) for kw in jobs]
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        threaded = list(ex.map(run, jobs))
+    for a, b in zip(serial, threaded):
+        assert np.array_equal(a.q, b.q) and np.array_equal(a.loss_min, b.loss_min)
+        assert np.array_equal(a.balance_residual, b.balance_residual)
 
 
 # -- pickling ---------------------------------------------------------------------------------

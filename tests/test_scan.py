@@ -137,12 +137,17 @@ def test_minibatch_points_equal_train_with_documented_streams():
     assert not np.array_equal(res.q[..., 0], res.q[..., 1])
 
 
-def test_steps_zero_and_single_point():
+def test_steps_zero_refused_and_single_point():
+    """steps=0 would leave the late-time angle undefined (a NaN without a flag): refused,
+    naming steps; one step on one point is the train() step."""
     pot, q0 = _rayleigh()
-    res = nc.scan(nc.rules.SGD, pot, q0, steps=0, record_every=1, lr=0.1, seeds=0)
-    assert res.shape == () and np.array_equal(res.q, q0)
-    assert res.loss == pot.value(q0) and res.series["n_rows"] == 1
-    assert np.isnan(res.angular_update).all()       # no step, no angle
+    with pytest.raises(ValueError, match="steps"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=0, lr=0.1, seeds=0)
+    res = nc.scan(nc.rules.SGD, pot, q0, steps=1, record_every=1, lr=0.1, seeds=0)
+    assert res.shape == () and res.series["n_rows"] == 2
+    run = nc.train(nc.rules.SGD(lr=0.1), pot, q0, 1)
+    assert np.array_equal(res.q, run.q_final) and res.loss == run.loss[-1]
+    assert np.isfinite(res.angular_update).all()
 
 
 # ---------------------------------------------------------------------------------------
