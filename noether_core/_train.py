@@ -166,6 +166,26 @@ def _make_rng(seed, state):
     return np.random.default_rng(seed)
 
 
+def _block_csr(potential):
+    """CSR of the potential's named blocks (cached on the immutable potential)."""
+    cached = potential.__dict__.get("_block_csr_cache")
+    if cached is None:
+        cached = _csr([potential.blocks[n] for n in potential.blocks])
+        potential._block_csr_cache = cached
+    return cached
+
+
+def _partition_csr(rule, potential):
+    """CSR of the rule's partition; the one-part default is cached on the potential."""
+    if type(rule)._partition is not Rule._partition:
+        return _csr(rule._partition(potential))
+    cached = potential.__dict__.get("_whole_csr_cache")
+    if cached is None:
+        cached = _csr([np.arange(potential.dim)])
+        potential._whole_csr_cache = cached
+    return cached
+
+
 def _flag_overflowed_records(res, names):
     """A run whose parameters stayed finite can still overflow a recorded statistic
     (|q_B|² or |g|² beyond 1.8e308): flag it like a divergence rather than return inf."""
@@ -175,6 +195,8 @@ def _flag_overflowed_records(res, names):
     series += [(f"|Δ|²_B of block {n!r}", v) for n, v in res.block_step_norm2.items()]
     series += [(f"charge {k}", getattr(c, a)) for k, c in res.charges.items()
                for a in ("moment", "charge", "residual")]
+    if all(np.isfinite(v).all() for _, v in series):       # the common case: one pass each
+        return
     first = None
     for what, v in series:
         bad = np.flatnonzero(~np.isfinite(v))
@@ -291,9 +313,9 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                else np.zeros((0, d)))
         vec = np.ascontiguousarray(vec, dtype=np.float64)
     sca = rule._pack_scalars(state, potential)
-    pptr, pidx = _csr(rule._partition(potential))
+    pptr, pidx = _partition_csr(rule, potential)
     names = list(potential.blocks)
-    bptr, bidx = _csr([potential.blocks[n] for n in names])
+    bptr, bidx = _block_csr(potential)
     rec_q = np.empty((n_rec, d if record_q else 0))
     rec_loss = np.empty(n_rec)
     rec_g2 = np.empty(n_rec)
