@@ -49,14 +49,20 @@ def peak_bytes(fn):
     return peak
 
 
-def time_once():
-    """Best-of-7 times of compiled train and plain C in this process (JSON on stdout)."""
+def plain_lib():
+    """benchmarks/plain_c_sgd.c, compiled now, with its ctypes signature."""
     lib = build_c("plain_c_sgd")
     lib.sgd_plain.restype = ctypes.c_double
     lib.sgd_plain.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_long,
                               ctypes.c_long, ctypes.c_double, ctypes.c_double,
                               ctypes.c_double, ctypes.POINTER(ctypes.c_double),
                               ctypes.POINTER(ctypes.c_double), ctypes.c_long]
+    return lib
+
+
+def time_once():
+    """Best-of-7 times of compiled train and plain C in this process (JSON on stdout)."""
+    lib = plain_lib()
     rule = nc.rules.SGD(lr=LR, momentum=MOM, weight_decay=WD)
     out = []
     for name, pot, q0, ref_grad, kind, d0, d1, N in cases():
@@ -82,12 +88,7 @@ def across_processes(n=5):
 
 
 def main(write=False):
-    lib = build_c("plain_c_sgd")
-    lib.sgd_plain.restype = ctypes.c_double
-    lib.sgd_plain.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_long,
-                              ctypes.c_long, ctypes.c_double, ctypes.c_double,
-                              ctypes.c_double, ctypes.POINTER(ctypes.c_double),
-                              ctypes.POINTER(ctypes.c_double), ctypes.c_long]
+    lib = plain_lib()
     rule = nc.rules.SGD(lr=LR, momentum=MOM, weight_decay=WD)
     rows = []
     for name, pot, q0, ref_grad, kind, d0, d1, N in cases():
