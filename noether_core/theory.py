@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 from . import _validation as V
 
@@ -399,6 +398,7 @@ def _ema(x, lam, b, y0):
     """y_{n+1} = lam·y_n + b·x_n along axis 0, y_0 = y0: returns y_0..y_N (IIR filter)."""
     y0 = np.broadcast_to(np.asarray(y0, dtype=np.float64), x.shape[1:])
     zi = (lam * y0)[None, ...]
+    from scipy.signal import lfilter     # lazily: scipy.signal costs ~0.6 s to import
     y, _ = lfilter([b], [1.0, -lam], x, axis=0, zi=zi)
     return np.concatenate([y0[None, ...], y], axis=0)
 
@@ -526,6 +526,7 @@ def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="co
         # a_{n+1} − c1 a_n + β a_{n−1} = drive_n  (second-order IIR; initial state from
         # a_0 and a_{−1}: direct form II transposed, zi = [c1 a_0 − β a_{−1}, −β a_0])
         zi = np.stack([c1 * a0 - beta * a_prev, -beta * a0])
+        from scipy.signal import lfilter
         y, _ = lfilter([1.0, 0.0, 0.0], [1.0, -c1, beta], drive, axis=0, zi=zi)
         r2_disc = np.concatenate([a0[None, ...], y], axis=0)
         rate = 2.0 * k / (1.0 - beta)
