@@ -63,6 +63,7 @@ def extensions():
         exts.append(Extension(
             f"noether_core._kernels.{name}", [path],
             include_dirs=[np.get_include(), "pyx"],
+            depends=sorted(glob.glob(os.path.join("pyx", "*.h"))),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ))
     directives = {

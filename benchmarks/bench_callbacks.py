@@ -62,7 +62,7 @@ def bench_callbacks(lib):
             qq = q @ q
             Aq = A @ q
             f = 0.5 * (q @ Aq) / qq
-            return f, (Aq - 2.0 * f * q) / qq
+            return f, (Aq - 2.0 * f * q) * (1.0 / qq)
         py = nc.potentials.Python(fn, d)
         same = np.array_equal(nc.train(rule, builtin, q0, 1000, charges=False).q,
                               nc.train(rule, comp, q0, 1000, charges=False).q)

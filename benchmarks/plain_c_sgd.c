@@ -14,7 +14,8 @@ static double grad_rayleigh(const double *q, double *g, long d, const double *A,
         Aq[i] = s; qAq += q[i] * s; qq += q[i] * q[i];
     }
     double f = 0.5 * qAq / qq;
-    for (long i = 0; i < d; i++) g[i] = (Aq[i] - 2.0 * f * q[i]) / qq;
+    double iqq = 1.0 / qq;
+    for (long i = 0; i < d; i++) g[i] = (Aq[i] - 2.0 * f * q[i]) * iqq;
     return f;
 }
 

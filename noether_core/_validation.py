@@ -64,7 +64,9 @@ def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
 def as_scalar(name: str, x, *, lo: float | None = None, hi: float | None = None,
               lo_open: bool = False, hi_open: bool = False) -> float:
     """A finite real scalar in [lo, hi] (ends open when asked)."""
-    if isinstance(x, bool) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
+    if type(x) is float:                        # the common case, without the ABC checks
+        pass
+    elif isinstance(x, bool) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
         if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf":
             x = x.item()
         else:

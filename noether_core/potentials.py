@@ -100,6 +100,11 @@ class Potential:
     def grad(self, q, rows=None) -> np.ndarray:
         return self.value_and_grad(q, rows)[1]
 
+    def _lane_form(self):
+        """``(kind, arrays)`` for the scan's lane kernel (pyx/lanes.h), or None: the
+        potentials with a lane form override this (docs/scan.md §"Lanes")."""
+        return None
+
     # -- plumbing -------------------------------------------------------------------------
     def __reduce__(self):
         return (type(self), self._init_args)
@@ -136,6 +141,9 @@ class Quadratic(Potential):
                          {"q": np.arange(d)}, (), (A, b))
         self.A, self.b = A, b
 
+    def _lane_form(self):
+        return "quadratic", {"A": self.A, "b": self.b}
+
 
 class RayleighQuotient(Potential):
     """f(q) = ½ qᵀAq / |q|² (A symmetric): scale-invariant, minima at eigenvectors.
@@ -150,6 +158,9 @@ class RayleighQuotient(Potential):
         super().__init__(_k.RayleighQuotientKernel(_readonly(A)), {"q": np.arange(d)},
                          (Symmetry("scale", ("q",)),), (A,))
         self.A = A
+
+    def _lane_form(self):
+        return "rayleigh", {"A": self.A}
 
 
 class Radial(Potential):
@@ -217,6 +228,9 @@ class BatchNormUnit(Potential):
         super().__init__(_k.BatchNormUnitKernel(_readonly(X), _readonly(y), eps),
                          {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps))
         self.X, self.y, self.eps = X, y, eps
+
+    def _lane_form(self):
+        return "bn_unit", {"X": self.X, "y": self.y, "eps": float(self.eps)}
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +105,10 @@ class ScanResult:
         Whether that symmetry's law is exact for the point's rule (else the residual is a
         measured breaking: kinetic, potential, or an undeclared symmetry).
     untracked : list of (label, reason)
+    kernel : str
+        Which compiled loop ran: ``"lanes[<isa>]"`` (NC_NL points per SIMD block, e.g.
+        ``"lanes[avx512f]"``) or ``"scalar"`` (one point at a time); both give the same
+        bits (docs/scan.md).
     """
 
     rule_cls: type
@@ -129,6 +134,7 @@ class ScanResult:
     charge_worst_step: dict = field(default_factory=dict)
     charge_exact: dict = field(default_factory=dict)
     untracked: list = field(default_factory=list)
+    kernel: str = ""
 
     @property
     def shape(self) -> tuple:
@@ -286,6 +292,7 @@ class _Grid:
     record_every: int | None
     batch_size: int | None
     chosen: list = field(default_factory=list)   # tracked symmetries [(Symmetry, omega)]
+    lanes: bool | None = None                     # the lane kernel: None = when eligible
 
     @property
     def grid_shape(self):
@@ -384,27 +391,43 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
                  potential, q0, steps, record_every, batch_size)
 
 
-def _pack_rules(g: _Grid, lo: int, hi: int):
-    """Build and validate the rules of grid points lo..hi-1 (flat, grid order) and pack
-    their kernel inputs: hp (n, nhp), vec0 (n, nvec·d), sca0 (n, nsca), partition CSR."""
+def _rules(g: _Grid, lo: int, hi: int) -> list:
+    """The validated rules of grid points lo..hi-1 (flat C order over the grid axes); an
+    invalid point raises the rule's error, naming the point."""
+    names = list(g.axes)
+    values = [g.axes[k].tolist() for k in names]
+    rules = []
+    for combo in itertools.islice(itertools.product(*values), lo, hi):
+        kw = dict(g.fixed)
+        kw.update(zip(names, combo))
+        try:
+            rules.append(g.rule_cls(**kw))
+        except (TypeError, ValueError) as exc:
+            show = dict(zip(names, combo))
+            raise type(exc)(f"{g.rule_cls.__name__} rejects grid point {show}: {exc}") \
+                from None
+    return rules
+
+
+def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None):
+    """Build and validate the rules of grid points lo..hi-1 (flat, grid order; or take
+    them from ``rules``) and pack their kernel inputs: hp (n, nhp), vec0 (n, nvec·d),
+    sca0 (n, nsca), partition CSR."""
     pot = g.potential
     d = pot.dim
     hps, vecs, scas, part = [], [], [], None
     custom_partition = g.rule_cls._partition is not Rule._partition
-    for i in range(lo, hi):
-        try:
-            rule = g.rule_at(i)
-        except (TypeError, ValueError) as exc:
-            where = g.params_at(i)
-            show = {k: where[k] for k in g.axes}
-            raise type(exc)(f"{g.rule_cls.__name__} rejects grid point {show}: {exc}") \
-                from None
+    if rules is None:
+        rules = _rules(g, lo, hi)
+    for rule in rules:
         if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(g.q0 <= 0):
             raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
         state = rule.init_state(pot)
         hps.append(rule._hp(pot))
         if isinstance(rule, MirrorDescent):
             vec = rule._vec(pot)
+        elif len(rule.vec_names) == 1:
+            vec = state.arrays[rule.vec_names[0]]
         else:
             vec = (np.stack([state.arrays[n] for n in rule.vec_names]) if rule.vec_names
                    else np.zeros((0, d)))
@@ -447,17 +470,72 @@ def _usable_cpus() -> int:
 # one compiled call over a flat range of tasks
 
 
-def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None):
+#: lane-kernel version to force (tests compare them); None = the best this CPU runs
+_LANE_ISA = None
+
+
+def _lane_reason(g: _Grid) -> str | None:
+    """Why the lane kernel cannot run this grid (None: it can).
+
+    It covers full-batch SGD on a potential with a lane form (Quadratic,
+    RayleighQuotient, BatchNormUnit), without recorded series, with the balance laws of
+    scale-family symmetries or none (docs/scan.md §"Lanes")."""
+    from .rules import SGD
+
+    if not (isinstance(g.rule_cls, type) and issubclass(g.rule_cls, SGD)
+            and g.rule_cls.kind == SGD.kind):
+        return f"the rule is {g.rule_cls.__name__}, lanes run SGD only"
+    if g.potential._lane_form() is None:
+        return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
+                "RayleighQuotient and BatchNormUnit have)")
+    if g.batch_size is not None:
+        return "minibatch runs use the scalar loop"
+    if g.record_every is not None:
+        return "recorded series (record_every) use the scalar loop"
+    fams = sorted({sym.family for sym, _ in g.chosen} - {"scale"})
+    if fams:
+        return f"balance laws of the {', '.join(fams)} family use the scalar loop"
+    return None
+
+
+def _run_lanes(g: _Grid, n, hp, vec0, sca0, bptr, bidx, nt, out, progress):
+    """The lane kernel over the packed tasks (same outputs as the scalar kernel)."""
+    kind, data = g.potential._lane_form()
+    data = {k: (np.ascontiguousarray(v, dtype=np.float64) if isinstance(v, np.ndarray)
+                else v) for k, v in data.items()}
+    charge_args = None
+    if g.chosen:
+        blocks = [g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen]
+        sptr, sidx = _csr(blocks)
+        charge_args = (sptr, sidx, out["charge_worst"], out["charge_worst_step"])
+    n_late = -(-g.steps // 10)
+    kern = _ks.LaneScanKernel(
+        kind, data, hp, vec0, sca0, np.ascontiguousarray(g.q0, dtype=np.float64), g.steps,
+        g.steps - n_late, bptr, bidx, max(1, min(nt, -(-n // _ks.LANES))),
+        out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
+        out["status"], out["stop_step"], charge_args, _LANE_ISA)
+    out["kernel"] = f"lanes[{kern.isa}]"
+    if progress is None:
+        kern.run()
+    else:
+        _run_with_progress(kern, n * max(g.steps, 1), progress)
+    return out
+
+
+def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
+               rules: list | None = None):
     """Run flat tasks lo..hi-1 (grid point × seed, seed fastest) in one kernel call.
 
     Returns a dict of arrays with leading length hi − lo.  Runs on workers too (the grid is
-    picklable); ``progress`` is a callable(done, total) or None.
+    picklable); ``progress`` is a callable(done, total) or None; ``rules``: the validated
+    rules of every grid point, when the caller has them.
     """
     pot = g.potential
     d, nb = pot.dim, len(pot.blocks)
     S = len(g.seeds)
     i_lo, i_hi = lo // S, (hi - 1) // S + 1
-    hp, vec0, sca0, (pptr, pidx) = _pack_rules(g, i_lo, i_hi)
+    hp, vec0, sca0, (pptr, pidx) = _pack_rules(
+        g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi])
     # task t -> its grid point's row in hp/vec0/sca0
     rows = np.arange(lo, hi) // S - i_lo
     hp, vec0, sca0 = (np.ascontiguousarray(a[rows]) for a in (hp, vec0, sca0))
@@ -486,10 +564,13 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None):
         out["charge_worst"] = np.zeros((n, nsym))
         out["charge_worst_step"] = np.full((n, nsym), -1, dtype=np.intp)
         charge_args = tuple(static) + (out["charge_worst"], out["charge_worst_step"])
+    nt = max(1, min(threads if threads is not None else _usable_cpus(), n))
+    if g.lanes is not False and _lane_reason(g) is None:
+        return _run_lanes(g, n, hp, vec0, sca0, bptr, bidx, nt, out, progress)
+    out["kernel"] = "scalar"
     row_bytes = (d + 2 + nb) * 8
     K = int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes)))
     n_late = -(-g.steps // 10)
-    nt = max(1, min(threads if threads is not None else _usable_cpus(), n))
     kern = _ks.ScanKernel(
         g.rule_cls.kind, hp, vec0, sca0, pptr, pidx, pot._kernel,
         g.q0, g.steps, K, g.steps - n_late, 0 if g.record_every is None else g.record_every,
@@ -584,7 +665,8 @@ def _chunk_worker(g: _Grid, lo: int, hi: int, threads: int | None):
 
 def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), executor=None,
          threads=None, progress=None, batch_size=None, n_chunks=None, charges=True,
-         omega=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, **grid) -> ScanResult:
+         omega=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, lanes=None,
+         **grid) -> ScanResult:
     """Train ``rule_cls`` at every point of a hyper-parameter grid, in one compiled call.
 
     Parameters
@@ -621,6 +703,13 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         else 16; never more than the number of runs).
     max_record_bytes : int
         Budget of the recorded series; a larger request raises MemoryError.
+    lanes : bool or None
+        The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
+        (docs/scan.md §"Lanes"); it covers full-batch SGD on Quadratic, RayleighQuotient
+        and BatchNormUnit without ``record_every``, with charges off or scale-family.
+        None: use it when it covers the scan; True: require it (ValueError saying why
+        not); False: the scalar loop.  The results are the same bits either way;
+        ``result.kernel`` says which ran.
     **grid
         Hyper-parameters of ``rule_cls``: a single value (fixed) or a 1-D array of
         distinct finite values (a grid axis).  Axes appear in the result in the order
@@ -660,7 +749,13 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     t0 = time.perf_counter()
     g = _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
     chosen, untracked = _charges.select(potential, charges, omega)
-    g = dataclasses.replace(g, chosen=chosen)
+    if lanes is not None:
+        lanes = V.as_bool("lanes", lanes)
+    g = dataclasses.replace(g, chosen=chosen, lanes=lanes)
+    if lanes:
+        why = _lane_reason(g)
+        if why is not None:
+            raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {why}")
     n_tasks = g.n_tasks
     R = _series_rows(g)
     d, nb = potential.dim, len(potential.blocks)
@@ -680,14 +775,15 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
                           "thread", RuntimeWarning, stacklevel=2)
     show = _want_progress(progress)
 
+    rules = _rules(g, 0, g.n_points)       # every point valid before any work is done
     if executor is None:
         bar = _Bar(n_tasks * max(g.steps, 1), show)
         try:
-            out = _run_tasks(g, 0, n_tasks, threads, progress=bar)
+            out = _run_tasks(g, 0, n_tasks, threads, progress=bar, rules=rules)
         finally:
             bar.close()
     else:
-        _pack_rules(g, 0, g.n_points)      # every point valid before any work is sent
+        _pack_rules(g, 0, g.n_points, rules)
         out = _run_on_executor(g, executor, threads, n_chunks, show)
 
     shape = g.grid_shape + ((len(g.seeds),) if g.seed_axis else ())
@@ -721,15 +817,16 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         # the law of each symmetry may depend on the point's hyper-parameters
         # (e.g. ScalarRMSProp's project=True): decide it per grid point
         exact = np.zeros(worst.shape, dtype=bool)
-        for idx in np.ndindex(*g.grid_shape):
-            rule = g.rule_at(int(np.ravel_multi_index(idx, g.grid_shape)))
+        declared = [any(sym == t for t in potential.symmetries) and sym.exact
+                    for sym, _ in g.chosen]
+        flat = exact.reshape(g.n_points, -1, len(g.chosen))
+        for i, rule in enumerate(rules):
             for j, (sym, _) in enumerate(g.chosen):
-                exact[idx + (Ellipsis, j)] = (any(sym == t for t in potential.symmetries)
-                                              and sym.exact
-                                              and rule.kinetic_symmetric(sym, potential))
+                flat[i, :, j] = declared[j] and rule.kinetic_symmetric(sym, potential)
         res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)
         res.charge_exact = {lab: exact[..., j] for j, lab in enumerate(labels)}
     res.untracked = untracked
+    res.kernel = out["kernel"]
     if np.any(res.status == _INTERRUPTED):
         raise KeyboardInterrupt("scan interrupted")
     nd = int(res.diverged.sum())
@@ -780,7 +877,10 @@ def _run_on_executor(g: _Grid, executor, threads, n_chunks, show):
         if bar is not None:
             bar.close()
     keys = sorted(parts)
-    return {k: np.concatenate([parts[lo][k] for lo in keys]) for k in parts[keys[0]]}
+    out = {k: np.concatenate([parts[lo][k] for lo in keys]) for k in parts[keys[0]]
+           if k != "kernel"}
+    out["kernel"] = ", ".join(sorted({parts[lo]["kernel"] for lo in keys}))
+    return out
 
 
 # ``noether_core.scan`` is this function once the package imports it (shadowing the module

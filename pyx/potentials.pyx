@@ -29,19 +29,27 @@ from libc.stdlib cimport malloc, calloc, free
 
 import numpy as np
 cimport numpy as cnp
-from scipy.linalg.cython_blas cimport ddot, daxpy
 
 
-cdef inline double _dot(Py_ssize_t n, const double* x, const double* y) noexcept nogil:
-    """BLAS ddot (vectorised, runtime CPU dispatch); n < 2^31 (checked by the facade)."""
-    cdef int nn = <int> n, one = 1
-    return ddot(&nn, <double*> x, &one, <double*> y, &one)
+cdef inline double _dot4(Py_ssize_t n, const double* x, const double* y) noexcept nogil:
+    """sum_j x_j y_j with four interleaved accumulators (j mod 4), combined as
+    (a0 + a1) + (a2 + a3), the tail (n mod 4 terms) added to a0 in order.
 
+    A fixed, documented order on every machine (BLAS ddot's order depends on the CPU
+    kernel it dispatches to, so its last bits differ between machines); the lane kernel
+    of the scan (pyx/lanes_impl.h) uses the same order, which keeps scan points bitwise
+    equal to ``train``."""
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t j, m = n - n % 4
+    for j in range(0, m, 4):
+        a0 = a0 + x[j] * y[j]
+        a1 = a1 + x[j + 1] * y[j + 1]
+        a2 = a2 + x[j + 2] * y[j + 2]
+        a3 = a3 + x[j + 3] * y[j + 3]
+    for j in range(m, n):
+        a0 = a0 + x[j] * y[j]
+    return (a0 + a1) + (a2 + a3)
 
-cdef inline void _axpy(Py_ssize_t n, double a, const double* x, double* y) noexcept nogil:
-    """y += a x (BLAS daxpy)."""
-    cdef int nn = <int> n, one = 1
-    daxpy(&nn, &a, <double*> x, &one, y, &one)
 
 cnp.import_array()
 
@@ -133,7 +141,8 @@ cdef class QuadraticKernel(Potential):
 
 # ----------------------------------------------------------------------------------------
 # RayleighQuotient(A): f = 1/2 q.A.q / |q|^2, scale-invariant.
-# g = (A q - 2 f q) / |q|^2, so <g, q> = (q.A.q - 2f|q|^2)/|q|^2 = 0.
+# g = (A q - 2 f q) / |q|^2, so <g, q> = (q.A.q - 2f|q|^2)/|q|^2 = 0 (formed as a product
+# with 1/|q|^2: one division per evaluation).
 
 cdef struct RayleighParams:
     BatchView view
@@ -143,9 +152,11 @@ cdef struct RayleighParams:
 
 cdef double _c_grad_rayleigh(const double* q, double* g, Py_ssize_t d,
                              void* params) noexcept nogil:
+    # Operation order shared with the lane form (pyx/lanes_impl.h grad_rayleigh) and the
+    # callbacks of docs/byom.md: change them together.
     cdef RayleighParams* p = <RayleighParams*> params
     cdef Py_ssize_t i, j
-    cdef double s, qAq = 0.0, qq = 0.0, f
+    cdef double s, qAq = 0.0, qq = 0.0, f, iqq
     for i in range(d):
         s = 0.0
         for j in range(d):
@@ -154,8 +165,9 @@ cdef double _c_grad_rayleigh(const double* q, double* g, Py_ssize_t d,
         qAq = qAq + q[i] * s
         qq = qq + q[i] * q[i]
     f = 0.5 * qAq / qq
+    iqq = 1.0 / qq
     for i in range(d):
-        g[i] = (p.Aq[i] - 2.0 * f * q[i]) / qq
+        g[i] = (p.Aq[i] - 2.0 * f * q[i]) * iqq
     return f
 
 
@@ -253,14 +265,17 @@ cdef struct BNUnitParams:
 
 cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
                             void* params) noexcept nogil:
+    # Operation order shared with the lane form (pyx/lanes_impl.h grad_bn_unit): change
+    # both together.  1/sd and 1/B are formed once; rows are multiplied by them.
     cdef BNUnitParams* p = <BNUnitParams*> params
     cdef Py_ssize_t B = p.view.n_rows if p.view.rows != NULL else p.N
     cdef Py_ssize_t i, j, r
     cdef const double* x
-    cdef double s, mean = 0.0, var = 0.0, sd, f = 0.0, md = 0.0, mdz = 0.0, dz, e
+    cdef double s, mean = 0.0, var = 0.0, isd, f = 0.0, md = 0.0, mdz = 0.0, dz, e
+    cdef double invB = 1.0 / <double> B
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
-        s = _dot(d, p.X + r * d, q)
+        s = _dot4(d, p.X + r * d, q)
         p.z[i] = s
         mean = mean + s
     mean = mean / B
@@ -268,10 +283,10 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
         p.z[i] = p.z[i] - mean
         var = var + p.z[i] * p.z[i]
     var = var / B
-    sd = sqrt(var + p.eps)
+    isd = 1.0 / sqrt(var + p.eps)
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
-        p.z[i] = p.z[i] / sd                    # zhat
+        p.z[i] = p.z[i] * isd                   # zhat
         e = p.z[i] - p.y[r]
         f = f + e * e
         md = md + e                             # B * mean(delta) * B
@@ -283,8 +298,10 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
         g[j] = 0.0
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
-        dz = ((p.z[i] - p.y[r]) / B - md - p.z[i] * mdz) / sd
-        _axpy(d, dz, p.X + r * d, g)
+        dz = ((p.z[i] - p.y[r]) * invB - md - p.z[i] * mdz) * isd
+        x = p.X + r * d
+        for j in range(d):
+            g[j] = g[j] + dz * x[j]
     return f
 
 

@@ -33,7 +33,7 @@ Design
   hyper-parameters in their ranges, ``steps >= 0``, ``record_every >= 0`` (0: no series),
   ``1 <= K``, a generator per point when ``batch_size > 0``.
 """
-from libc.math cimport sqrt, atan2, NAN, INFINITY
+from libc.math cimport sqrt, NAN, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -59,6 +59,9 @@ cdef extern from *:
 
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+cdef extern from "lanes.h" nogil:
+    double nc_atan2p(double a, double b)
 
 cdef enum:
     CACHE_LINE = 64
@@ -196,7 +199,8 @@ cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noe
 cdef inline double _angle(const double* a, const double* b, double na2, double nb2,
                           const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Angle between the block vectors a_B and b_B (|a_B|² = na2, |b_B|² = nb2):
-    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos)."""
+    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos); atan2 is
+    lanes.h's nc_atan2p, which the lane kernel evaluates on whole vectors."""
     cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, dp = 0.0, u, v
     cdef Py_ssize_t k, i
     for k in range(lo, hi):
@@ -205,7 +209,7 @@ cdef inline double _angle(const double* a, const double* b, double na2, double n
         v = b[i] * ib
         dm = dm + (u - v) * (u - v)
         dp = dp + (u + v) * (u + v)
-    return 2.0 * atan2(sqrt(dm), sqrt(dp))
+    return 2.0 * nc_atan2p(sqrt(dm), sqrt(dp))
 
 
 cdef inline void _take_state(const ScanCtx* c, Scratch* w, Py_ssize_t p, Py_ssize_t n,
@@ -585,3 +589,242 @@ cdef class ScanKernel:
     def cancel(self):
         """Ask ``run`` to stop every point at its next chunk boundary."""
         self.cancel_flag = 1
+
+
+# ---------------------------------------------------------------------------------------
+# Lanes: NC_NL grid points per SIMD block (pyx/lanes.h, docs/scan.md §"Lanes").  Same
+# results as ScanKernel, bit for bit, for the cases the facade routes here: full-batch SGD
+# on a potential with a lane form, no recorded series, charges off or scale-family only.
+
+cdef extern from "lanes.h" nogil:
+    enum:
+        NC_NL
+        NC_LPOT_QUADRATIC
+        NC_LPOT_RAYLEIGH
+        NC_LPOT_BN_UNIT
+        NC_ISA_BASE
+        NC_ISA_AVX512
+    ctypedef struct nc_lane_ctx:
+        int pot
+        Py_ssize_t d
+        const double* A
+        const double* b
+        const double* X
+        const double* y
+        Py_ssize_t N
+        double eps
+        Py_ssize_t P
+        const double* hp
+        Py_ssize_t nhp
+        const double* vec0
+        Py_ssize_t nvecd
+        const double* sca0
+        Py_ssize_t nsca
+        const double* q0
+        Py_ssize_t steps
+        Py_ssize_t late_start
+        const Py_ssize_t* bptr
+        const Py_ssize_t* bidx
+        Py_ssize_t nb
+        Py_ssize_t nsym
+        const Py_ssize_t* sptr
+        const Py_ssize_t* sidx
+        double* q_final
+        double* loss_final
+        double* loss_min
+        double* bn2_final
+        double* angle
+        Py_ssize_t* status
+        Py_ssize_t* stop
+        double* worst
+        Py_ssize_t* worst_step
+        const int* cancel
+        int isa
+    ctypedef struct nc_lane_ws:
+        Py_ssize_t progress
+        void* block
+    size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
+    void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
+    int nc_lane_best_isa()
+    int nc_lane_isa_available(int isa)
+    void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
+
+
+LANES = NC_NL
+_ISA_NAMES = {NC_ISA_BASE: "baseline", NC_ISA_AVX512: "avx512f"}
+_LANE_POTS = {"quadratic": NC_LPOT_QUADRATIC, "rayleigh": NC_LPOT_RAYLEIGH,
+              "bn_unit": NC_LPOT_BN_UNIT}
+
+
+def lane_isas():
+    """Names of the lane-kernel versions this build and CPU can run, best last."""
+    return [name for isa, name in sorted(_ISA_NAMES.items()) if nc_lane_isa_available(isa)]
+
+
+cdef class LaneScanKernel:
+    """A full-batch SGD grid run NC_NL points per SIMD block (built by noether_core/scan.py).
+
+    ``run()``, ``steps_done()`` and ``cancel()`` behave as ScanKernel's.
+    """
+    cdef nc_lane_ctx c
+    cdef nc_lane_ws** ws
+    cdef int n_threads
+    cdef int cancel_flag
+    cdef list keep
+
+    def __cinit__(self, str pot_kind, dict pot_data,
+                  cnp.ndarray hp, cnp.ndarray vec0, cnp.ndarray sca0, cnp.ndarray q0,
+                  Py_ssize_t steps, Py_ssize_t late_start,
+                  cnp.ndarray bptr, cnp.ndarray bidx, int n_threads,
+                  cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
+                  cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
+                  cnp.ndarray stop, tuple charges=None, str isa=None):
+        """``pot_data``: the potential's arrays (``A``, ``b``, ``X``, ``y``) and ``eps``;
+        ``charges``: None or ``(sptr, sidx, worst, worst_step)`` (scale-family laws);
+        ``isa``: None (best available) or one of :func:`lane_isas`."""
+        cdef Py_ssize_t t, P = hp.shape[0], d = q0.shape[0]
+        cdef size_t sz
+        cdef void* mem
+        cdef nc_lane_ctx* c = &self.c
+        if pot_kind not in _LANE_POTS:
+            raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
+        arrays = [hp, vec0, sca0, q0, q_final, loss_final, loss_min, bn2_final, angle]
+        for key in ("A", "b", "X", "y"):
+            if key in pot_data:
+                arrays.append(pot_data[key])
+        for a in arrays:
+            if a.dtype != np.float64 or not a.flags.c_contiguous:
+                raise TypeError("LaneScanKernel needs C-contiguous float64 arrays")
+        for a in (bptr, bidx, status, stop):
+            if a.dtype != np.intp or not a.flags.c_contiguous:
+                raise TypeError("LaneScanKernel needs C-contiguous intp index arrays")
+        if (hp.ndim != 2 or hp.shape[1] < 5 or vec0.shape[0] != P or sca0.shape[0] != P
+                or sca0.shape[1] < 1 or vec0.shape[1] < d or q_final.shape[0] != P
+                or loss_final.shape[0] != P or angle.shape[0] != P or status.shape[0] != P):
+            raise ValueError("LaneScanKernel: inconsistent shapes")
+        if n_threads < 1 or steps < 0:
+            raise ValueError("LaneScanKernel: n_threads must be >= 1 and steps >= 0")
+        self.keep = [arrays, bptr, bidx, status, stop, charges]
+        memset(c, 0, sizeof(nc_lane_ctx))
+        c.pot = _LANE_POTS[pot_kind]
+        c.d = d
+        if "A" in pot_data:
+            c.A = <const double*> _data(pot_data["A"])
+        if "b" in pot_data:
+            c.b = <const double*> _data(pot_data["b"])
+        if "X" in pot_data:
+            c.X = <const double*> _data(pot_data["X"])
+            c.y = <const double*> _data(pot_data["y"])
+            c.N = pot_data["X"].shape[0]
+            c.eps = pot_data["eps"]
+        c.P = P
+        c.hp = <const double*> _data(hp)
+        c.nhp = hp.shape[1]
+        c.vec0 = <const double*> _data(vec0)
+        c.nvecd = vec0.shape[1]
+        c.sca0 = <const double*> _data(sca0)
+        c.nsca = sca0.shape[1]
+        c.q0 = <const double*> _data(q0)
+        c.steps = steps
+        c.late_start = late_start
+        c.bptr = <const Py_ssize_t*> _data(bptr)
+        c.bidx = <const Py_ssize_t*> _data(bidx)
+        c.nb = bptr.shape[0] - 1
+        c.q_final = <double*> _data(q_final)
+        c.loss_final = <double*> _data(loss_final)
+        c.loss_min = <double*> _data(loss_min)
+        c.bn2_final = <double*> _data(bn2_final)
+        c.angle = <double*> _data(angle)
+        c.status = <Py_ssize_t*> _data(status)
+        c.stop = <Py_ssize_t*> _data(stop)
+        c.cancel = &self.cancel_flag
+        self.cancel_flag = 0
+        if charges is not None:
+            sptr, sidx, worst, worst_step = charges
+            if (sptr.dtype != np.intp or sidx.dtype != np.intp or worst.dtype != np.float64
+                    or worst_step.dtype != np.intp or not worst.flags.c_contiguous
+                    or not worst_step.flags.c_contiguous or not sptr.flags.c_contiguous
+                    or not sidx.flags.c_contiguous):
+                raise TypeError("LaneScanKernel: charge arrays of the wrong type")
+            c.nsym = sptr.shape[0] - 1
+            if c.nsym > 0:
+                if worst.shape[0] != P or worst.shape[1] != c.nsym:
+                    raise ValueError("LaneScanKernel: inconsistent charge output shapes")
+                c.sptr = <const Py_ssize_t*> _data(sptr)
+                c.sidx = <const Py_ssize_t*> _data(sidx)
+                c.worst = <double*> _data(worst)
+                c.worst_step = <Py_ssize_t*> _data(worst_step)
+        if isa is None:
+            c.isa = nc_lane_best_isa()
+        else:
+            codes = {v: k for k, v in _ISA_NAMES.items()}
+            if isa not in codes or not nc_lane_isa_available(codes[isa]):
+                raise ValueError(f"isa={isa!r} is not available here; available: "
+                                 f"{lane_isas()}")
+            c.isa = codes[isa]
+        self.n_threads = n_threads
+        if posix_memalign(<void**> &self.ws, CACHE_LINE,
+                          _pad(n_threads * sizeof(nc_lane_ws*))) != 0:
+            raise MemoryError("scratch table of scan")
+        memset(self.ws, 0, n_threads * sizeof(nc_lane_ws*))
+        sz = nc_lane_ws_bytes(c)
+        for t in range(n_threads):
+            if posix_memalign(<void**> &self.ws[t], CACHE_LINE, _pad(sizeof(nc_lane_ws))) != 0:
+                raise MemoryError("scratch of scan")
+            memset(self.ws[t], 0, sizeof(nc_lane_ws))
+            if posix_memalign(&mem, CACHE_LINE, sz) != 0:
+                raise MemoryError(f"scratch of scan ({sz} bytes per thread)")
+            memset(mem, 0, sz)
+            nc_lane_ws_carve(c, self.ws[t], mem)
+
+    def __dealloc__(self):
+        cdef int t
+        if self.ws != NULL:
+            for t in range(self.n_threads):
+                if self.ws[t] != NULL:
+                    free(self.ws[t].block)
+                    free(self.ws[t])
+            free(self.ws)
+
+    @property
+    def isa(self):
+        """Name of the compiled version that runs."""
+        return _ISA_NAMES[self.c.isa]
+
+    def run(self):
+        """Run every block of NC_NL points (GIL released for the whole grid)."""
+        cdef nc_lane_ctx* c = &self.c
+        cdef nc_lane_ws** ws = self.ws
+        cdef Py_ssize_t k, nblk = (self.c.P + NC_NL - 1) // NC_NL
+        cdef int nt = self.n_threads
+        with nogil:
+            if nt == 1:
+                for k in range(nblk):
+                    nc_lane_run_block(c, ws[0], k * NC_NL)
+            else:
+                for k in prange(nblk, num_threads=nt, schedule="dynamic", chunksize=1):
+                    nc_lane_run_block(c, ws[threadid()], k * NC_NL)
+
+    def steps_done(self):
+        cdef Py_ssize_t t, total = 0
+        for t in range(self.n_threads):
+            total += self.ws[t].progress
+        return total
+
+    def cancel(self):
+        self.cancel_flag = 1
+
+
+def atan2p(a, b):
+    """``nc_atan2p`` (pyx/lanes.h) element-wise on float64 arrays a, b >= 0: the atan2 of the
+    scan's angular update (for tests; docs/scan.md)."""
+    cdef const double[::1] av = np.ascontiguousarray(a, dtype=np.float64).ravel()
+    cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64).ravel()
+    if av.shape[0] != bv.shape[0]:
+        raise ValueError("atan2p: a and b must have the same size")
+    out = np.empty(av.shape[0])
+    cdef double[::1] ov = out
+    cdef Py_ssize_t i
+    for i in range(av.shape[0]):
+        ov[i] = nc_atan2p(av[i], bv[i])
+    return out.reshape(np.shape(a))

@@ -33,7 +33,7 @@ from noether_core.symmetry import Symmetry, check_symmetry
 C_SOURCE = r"""
 #include <math.h>
 #include <sys/types.h>
-/* f = 1/2 q.A.q / |q|^2, g = (Aq - 2 f q)/|q|^2, params -> A (d x d, row-major).
+/* f = 1/2 q.A.q / |q|^2, g = (Aq - 2 f q) * (1/|q|^2), params -> A (d x d, row-major).
    The operation order is the built-in's (pyx/potentials.pyx, _c_grad_rayleigh); g holds
    Aq between the two passes instead of a scratch array. */
 double rayleigh(const double* q, double* g, ssize_t d, void* params) {
@@ -47,7 +47,8 @@ double rayleigh(const double* q, double* g, ssize_t d, void* params) {
         qq = qq + q[i] * q[i];
     }
     f = 0.5 * qAq / qq;
-    for (ssize_t i = 0; i < d; i++) g[i] = (g[i] - 2.0 * f * q[i]) / qq;
+    const double iqq = 1.0 / qq;
+    for (ssize_t i = 0; i < d; i++) g[i] = (g[i] - 2.0 * f * q[i]) * iqq;
     return f;
 }
 /* f = 1/2 |q|^2, but the gradient turns NaN once q[0] drops below params[0] */
@@ -123,7 +124,7 @@ CYTHON_SOURCE = """
 cdef api double rayleigh(const double* q, double* g, Py_ssize_t d,
                          void* params) noexcept nogil:
     cdef const double* A = <const double*> params
-    cdef double qAq = 0.0, qq = 0.0, f, s
+    cdef double qAq = 0.0, qq = 0.0, f, s, iqq
     cdef Py_ssize_t i, j
     for i in range(d):
         s = 0.0
@@ -133,8 +134,9 @@ cdef api double rayleigh(const double* q, double* g, Py_ssize_t d,
         qAq = qAq + q[i] * s
         qq = qq + q[i] * q[i]
     f = 0.5 * qAq / qq
+    iqq = 1.0 / qq
     for i in range(d):
-        g[i] = (g[i] - 2.0 * f * q[i]) / qq
+        g[i] = (g[i] - 2.0 * f * q[i]) * iqq
     return f
 """
 

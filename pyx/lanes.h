@@ -1,0 +1,201 @@
+/* Lane-vectorised scan kernel (docs/scan.md §"Lanes"): NC_NL grid points per SIMD block.
+ *
+ * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD scans on the potentials that
+ * have a lane form (Quadratic, RayleighQuotient, BatchNormUnit), with or without the
+ * scale-family balance laws.  Every lane is bitwise the scalar run_loop of the same point.
+ *
+ * The body (lanes_impl.h) is compiled once per instruction set -- the build's baseline
+ * (SSE2 on x86-64), and AVX-512F on x86-64 with GCC, where one nc_vd is one register --
+ * and nc_lane_run_block picks one at run time.  (An AVX2 version was measured slower
+ * than the baseline one: GCC lowers the 8-wide vectors into 4-wide halves with many
+ * spills; docs/scan.md.)
+ * Every version performs the same IEEE operations per lane (no FMA contraction: the
+ * project builds with -ffp-contract=off, and no -ffast-math), so they agree bitwise; the
+ * tests compare them.
+ */
+#ifndef NOETHER_LANES_H
+#define NOETHER_LANES_H
+
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+
+#define NC_NL 8                 /* lanes (grid points) per block */
+
+/* The NC_NL lanes as one GCC/Clang vector value: arithmetic on it is element-wise (one
+ * IEEE operation per lane; the compiler maps it onto zmm, 2 ymm or 4 xmm registers as the
+ * instruction set allows), a scalar operand is broadcast, and comparisons give masks of
+ * all-one / all-zero bits.  Lane-fastest arrays (x[i * NC_NL + l]) are arrays of these. */
+typedef double nc_vd __attribute__((vector_size(NC_NL * sizeof(double))));
+typedef long long nc_vl __attribute__((vector_size(NC_NL * sizeof(long long))));
+
+enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
+/* status codes: the STATUS_* of noether_core/_kernels/rules.pxd */
+enum { NC_ST_OK = 0, NC_ST_NONFINITE_LOSS = 1, NC_ST_NONFINITE_GRAD = 2,
+       NC_ST_NONFINITE_PARAMS = 3, NC_ST_INTERRUPTED = 4 };
+enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
+
+typedef struct {
+    int pot;                    /* NC_LPOT_* */
+    Py_ssize_t d;
+    const double* A;            /* (d, d) quadratic / Rayleigh */
+    const double* b;            /* (d) quadratic */
+    const double* X;            /* (N, d) BatchNorm unit */
+    const double* y;            /* (N) */
+    Py_ssize_t N;
+    double eps;
+    /* the grid: SGD hyper-parameters and initial rule state per point */
+    Py_ssize_t P;
+    const double* hp;           /* (P, nhp): lr, momentum, dampening, nesterov, wd */
+    Py_ssize_t nhp;
+    const double* vec0;         /* (P, nvecd): momentum buffer */
+    Py_ssize_t nvecd;
+    const double* sca0;         /* (P, nsca): has_buffer */
+    Py_ssize_t nsca;
+    const double* q0;           /* (d) */
+    Py_ssize_t steps;
+    Py_ssize_t late_start;
+    const Py_ssize_t* bptr;     /* named blocks (CSR) */
+    const Py_ssize_t* bidx;
+    Py_ssize_t nb;
+    Py_ssize_t nsym;            /* scale-family balance laws tracked (0: off) */
+    const Py_ssize_t* sptr;     /* their blocks (CSR) */
+    const Py_ssize_t* sidx;
+    /* outputs, one row per point */
+    double* q_final; double* loss_final; double* loss_min; double* bn2_final; double* angle;
+    Py_ssize_t* status; Py_ssize_t* stop;
+    double* worst; Py_ssize_t* worst_step;
+    const int* cancel;
+    int isa;                    /* NC_ISA_*: which compiled version runs */
+} nc_lane_ctx;
+
+typedef struct {
+    /* per-lane hyper-parameters (nlr = -lr) and flags (masks: all ones = true) */
+    nc_vd nlr, mom, damp1, wd;
+    nc_vl wd_on, mom_on, nest, first;
+    nc_vd f, loss_min;
+    int alive[NC_NL];
+    int heavy_ball, all_wd;     /* block-uniform flags (step_sgd's fast form) */
+    int any_first;              /* some lane has not taken its first momentum step */
+    Py_ssize_t ang_cnt;
+    Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
+    /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
+    double *q, *qn, *buf, *g, *aux, *q_free;                       /* d (aux: max(d, N)) */
+    double *bn2, *prev_bn2, *ang_sum;                              /* nb */
+    double *free_T, *worst;                                        /* nsym */
+    Py_ssize_t* wstep;                                             /* nsym */
+    void* block;
+} nc_lane_ws;
+
+static inline size_t nc_lane_pad(size_t nbytes) { return (nbytes + 63) / 64 * 64; }
+
+/* bytes of the lane arrays of one workspace */
+static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
+{
+    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > c->d ? c->N : c->d);
+    size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
+    return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 3 * nc_lane_pad(nb * L)
+           + 3 * nc_lane_pad(ns * L);
+}
+
+static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
+{
+    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > c->d ? c->N : c->d);
+    size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
+    char* p = (char*) block;
+    w->block = block;
+    w->q = (double*) p; p += nc_lane_pad(c->d * L);
+    w->buf = (double*) p; p += nc_lane_pad(c->d * L);
+    w->g = (double*) p; p += nc_lane_pad(c->d * L);
+    w->qn = (double*) p; p += nc_lane_pad(c->d * L);
+    w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
+    w->aux = (double*) p; p += nc_lane_pad(na * L);
+    w->bn2 = (double*) p; p += nc_lane_pad(nb * L);
+    w->prev_bn2 = (double*) p; p += nc_lane_pad(nb * L);
+    w->ang_sum = (double*) p; p += nc_lane_pad(nb * L);
+    w->free_T = (double*) p; p += nc_lane_pad(ns * L);
+    w->worst = (double*) p; p += nc_lane_pad(ns * L);
+    w->wstep = (Py_ssize_t*) p;
+}
+
+#if defined(__GNUC__)
+/* the helpers take and return vectors: inlined, they stay in registers (a call would pass
+   a 64-byte vector through memory wherever the instruction set has narrower registers) */
+#define NC_INLINE static inline __attribute__((always_inline))
+#else
+#define NC_INLINE static inline
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* the vector arguments are those of static functions, inlined: no ABI is involved */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+/* atan2(a, b) for a, b >= 0 (the half-angle of the scan's angular update), with
+ * +, -, *, / and sqrt only, so the lane kernel evaluates the same operations on whole
+ * vectors (lanes_impl.h NCL(atan2p) is this function, operation for operation):
+ *   x = min(a, b) / max(a, b) in [0, 1];
+ *   two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x to
+ *   y <= tan(pi/16) < 0.2;  atan(y) = y sum_k (-1)^k y^(2k) / (2k + 1), 13 terms
+ *   (truncation < 0.04^13 / 27 ~ 1e-20 relative);  atan(x) = 4 atan(y);
+ *   a > b: pi/2 - atan(x).
+ * Accuracy: a few ulp (tested against numpy.arctan2, docs/scan.md).  NaN in, NaN out;
+ * a = b = 0 gives NaN (the angle of a zero block is undefined). */
+#define NC_ATAN_TERMS 13
+static inline double nc_atan2p(double a, double b)
+{
+    const int big = a > b;
+    const double x = big ? b / a : a / b;
+    const double x1 = x / (1.0 + sqrt(1.0 + x * x));
+    const double y = x1 / (1.0 + sqrt(1.0 + x1 * x1));
+    const double z = y * y;
+    double s = 1.0 / (2 * NC_ATAN_TERMS - 1);
+    for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
+        s = s * z + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
+    const double t = 4.0 * (y * s);
+    return big ? 1.5707963267948966 - t : t;
+}
+
+/* the generic version: baseline instruction set of the build */
+#define NCL(name) nc_lane_##name##_base
+#include "lanes_impl.h"
+#undef NCL
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define NC_LANES_X86 1
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#define NCL(name) nc_lane_##name##_avx512
+#include "lanes_impl.h"
+#undef NCL
+#pragma GCC pop_options
+#else
+#define NC_LANES_X86 0
+#endif
+
+/* the best version this CPU runs */
+static inline int nc_lane_best_isa(void)
+{
+#if NC_LANES_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return NC_ISA_AVX512;
+#endif
+    return NC_ISA_BASE;
+}
+
+/* 1 if this build and CPU can run version isa */
+static inline int nc_lane_isa_available(int isa)
+{
+    return isa == NC_ISA_BASE || (isa == NC_ISA_AVX512 && nc_lane_best_isa() == isa);
+}
+
+static inline void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
+{
+#if NC_LANES_X86
+    if (c->isa == NC_ISA_AVX512) { nc_lane_run_block_avx512(c, w, p0); return; }
+#endif
+    nc_lane_run_block_base(c, w, p0);
+}
+
+#endif

@@ -1,0 +1,555 @@
+/* Lane kernel body: included by lanes.h once per instruction set, with NCL(name) giving
+ * the per-ISA function name.  Read docs/scan.md §"Lanes" first.
+ *
+ * A *block* is NC_NL grid points advanced together, one point per lane.  Per-point
+ * numbers are stored lane-fastest (x[i * NC_NL + l] is coordinate i of lane l), i.e. as
+ * arrays of nc_vd vectors, and all arithmetic is on whole vectors.  Each lane performs
+ * exactly the floating-point operations, in exactly the order, of the scalar code it
+ * mirrors (pyx/rules.pyx _step_sgd and the charges, pyx/potentials.pyx _c_grad_*,
+ * pyx/scan.pyx summaries): vector arithmetic is element-wise IEEE arithmetic, there is no
+ * reduction across lanes and no reassociation (-ffp-contract=off, no -ffast-math), so a
+ * lane is bitwise the scalar run.  Per-lane branches of the scalar code become selects
+ * (both sides computed, one kept bit for bit), which are exact.
+ */
+
+#define NCV(p) ((nc_vd*) (p))
+#define NCCV(p) ((const nc_vd*) (p))
+
+NC_INLINE nc_vd NCL(sel)(nc_vl m, nc_vd a, nc_vd b)   /* m ? a : b, per lane */
+{
+    return (nc_vd) (((nc_vl) a & m) | ((nc_vl) b & ~m));
+}
+
+NC_INLINE nc_vd NCL(fabs)(nc_vd x)                    /* exact: clears the sign bits */
+{
+    return (nc_vd) ((nc_vl) x & ((nc_vl) {0} + 0x7fffffffffffffffLL));
+}
+
+NC_INLINE int NCL(any)(nc_vl m)
+{
+    int r = 0;
+    for (int l = 0; l < NC_NL; ++l) r |= m[l] != 0;
+    return r;
+}
+
+/* nc_atan2p (lanes.h) on whole vectors: the same operations in the same order */
+NC_INLINE nc_vd NCL(atan2p)(nc_vd a, nc_vd b)
+{
+    const nc_vl big = a > b;
+    const nc_vd x = NCL(sel)(big, b / a, a / b);
+    nc_vd r1 = 1.0 + x * x, r2;
+    for (int l = 0; l < NC_NL; ++l) r1[l] = sqrt(r1[l]);
+    const nc_vd x1 = x / (1.0 + r1);
+    r2 = 1.0 + x1 * x1;
+    for (int l = 0; l < NC_NL; ++l) r2[l] = sqrt(r2[l]);
+    const nc_vd y = x1 / (1.0 + r2);
+    const nc_vd z = y * y;
+    nc_vd s = (nc_vd) {0} + 1.0 / (2 * NC_ATAN_TERMS - 1);
+    for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
+        s = s * z + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
+    const nc_vd t = 4.0 * (y * s);
+    return NCL(sel)(big, 1.5707963267948966 - t, t);
+}
+
+/* Finiteness probes (rules.pyx _nan_probe): x * 0 is NaN exactly when x is NaN or inf,
+ * and a sum with a NaN term is NaN, so probe(x) = sum_i x_i * 0 is NaN in exactly the
+ * lanes where some x_i is not finite, and +-0 elsewhere.  Whether a lane's probe is NaN
+ * does not depend on the order of the sum, so it is summed as a tree (short dependency
+ * chains) -- the probe decides only which lanes stop, never a value. */
+NC_INLINE nc_vd NCL(probe)(const nc_vd* restrict x, Py_ssize_t n, nc_vd init)
+{
+    nc_vd p0 = init, p1 = {0}, p2 = {0}, p3 = {0};
+    Py_ssize_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        p0 = p0 + x[k] * 0.0;
+        p1 = p1 + x[k + 1] * 0.0;
+        p2 = p2 + x[k + 2] * 0.0;
+        p3 = p3 + x[k + 3] * 0.0;
+    }
+    for (; k < n; ++k) p0 = p0 + x[k] * 0.0;
+    return (p0 + p1) + (p2 + p3);
+}
+
+/* mask of the lanes whose probe is NaN */
+NC_INLINE nc_vl NCL(nonfinite)(nc_vd probe)
+{
+    return probe != probe;
+}
+
+/* 1 if some lane's probe is NaN */
+NC_INLINE int NCL(any_nan)(nc_vd probe)
+{
+#if defined(__AVX512F__) && NC_NL == 8
+    return _mm512_cmp_pd_mask((__m512d) probe, (__m512d) probe, _CMP_UNORD_Q) != 0;
+#else
+    return NCL(any)(probe != probe);
+#endif
+}
+
+/* ---- potentials, lane form ------------------------------------------------------- */
+
+/* (A q)_i for rows i0 .. i0 + R - 1 (R <= 4), each summed over j in order: the rows are
+ * independent sums, interleaved so that four dependency chains run at once */
+NC_INLINE void NCL(rows4)(const double* restrict A, Py_ssize_t d, Py_ssize_t i0, int R,
+                              const nc_vd* restrict q, nc_vd* restrict out)
+{
+    nc_vd s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    const double* a0 = A + i0 * d;
+    if (R == 4) {
+        for (Py_ssize_t j = 0; j < d; ++j) {
+            const nc_vd qj = q[j];
+            s0 = s0 + a0[j] * qj;
+            s1 = s1 + a0[d + j] * qj;
+            s2 = s2 + a0[2 * d + j] * qj;
+            s3 = s3 + a0[3 * d + j] * qj;
+        }
+        out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+        return;
+    }
+    for (int r = 0; r < R; ++r) {
+        nc_vd s = {0};
+        for (Py_ssize_t j = 0; j < d; ++j) s = s + a0[r * d + j] * q[j];
+        out[r] = s;
+    }
+}
+
+/* _c_grad_quadratic: f = sum_i q_i (0.5 (Aq)_i - b_i), g = A q - b */
+NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const nc_vd* restrict q,
+                                        nc_vd* restrict g)
+{
+    const Py_ssize_t d = c->d;
+    const double* restrict b = c->b;
+    nc_vd f = {0}, s[4];
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
+        const int R = d - i0 < 4 ? (int) (d - i0) : 4;
+        NCL(rows4)(c->A, d, i0, R, q, s);
+        for (int r = 0; r < R; ++r) {
+            const Py_ssize_t i = i0 + r;
+            f = f + q[i] * (0.5 * s[r] - b[i]);
+            g[i] = s[r] - b[i];
+        }
+    }
+    return f;
+}
+
+/* _c_grad_rayleigh: f = 0.5 qAq/qq, g = (Aq - 2 f q) * (1/qq), qAq and qq summed over i
+ * in order.  (Aq)_i stays in registers until qAq and qq have taken it (reading it back
+ * right after the store would stall on store-to-load forwarding of 64-byte vectors). */
+NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const nc_vd* restrict q,
+                                   nc_vd* restrict g, nc_vd* restrict Aq)
+{
+    const Py_ssize_t d = c->d;
+    nc_vd qAq = {0}, qq = {0};
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
+        const int R = d - i0 < 4 ? (int) (d - i0) : 4;
+        nc_vd s[4];
+        NCL(rows4)(c->A, d, i0, R, q, s);
+        for (int r = 0; r < R; ++r) {
+            const Py_ssize_t i = i0 + r;
+            Aq[i] = s[r];
+            qAq = qAq + q[i] * s[r];
+            qq = qq + q[i] * q[i];
+        }
+    }
+    const nc_vd f = 0.5 * qAq / qq;
+    const nc_vd two_f = 2.0 * f, iqq = 1.0 / qq;
+    for (Py_ssize_t i = 0; i < d; ++i) g[i] = (Aq[i] - two_f * q[i]) * iqq;
+    return f;
+}
+
+/* _c_grad_bn_unit on the full batch (all N rows), the scalar code's order: the row
+ * products with four interleaved accumulators (_dot4), then row by row. */
+NC_INLINE nc_vd NCL(grad_bn_unit)(const nc_lane_ctx* c, const nc_vd* restrict q,
+                                      nc_vd* restrict g, nc_vd* restrict z)
+{
+    const Py_ssize_t d = c->d, B = c->N, m4 = d - d % 4;
+    const double* restrict X = c->X;
+    const double* restrict y = c->y;
+    const double Bd = (double) B, invB = 1.0 / (double) B;
+    nc_vd mean = {0}, var = {0}, fa = {0}, md = {0}, mdz = {0};
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const double* restrict x = X + i * d;
+        nc_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        Py_ssize_t j = 0;
+        for (; j < m4; j += 4) {
+            a0 = a0 + x[j] * q[j];
+            a1 = a1 + x[j + 1] * q[j + 1];
+            a2 = a2 + x[j + 2] * q[j + 2];
+            a3 = a3 + x[j + 3] * q[j + 3];
+        }
+        for (; j < d; ++j) a0 = a0 + x[j] * q[j];
+        const nc_vd s = (a0 + a1) + (a2 + a3);
+        z[i] = s;
+        mean = mean + s;
+    }
+    mean = mean / Bd;
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd zc = z[i] - mean;
+        z[i] = zc;
+        var = var + zc * zc;
+    }
+    var = var / Bd;
+    nc_vd isd;
+    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(var[l] + c->eps);
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd zh = z[i] * isd;
+        const nc_vd e = zh - y[i];
+        z[i] = zh;
+        fa = fa + e * e;
+        md = md + e;
+        mdz = mdz + e * zh;
+    }
+    const nc_vd f = 0.5 * fa / Bd;
+    md = md / Bd / Bd;
+    mdz = mdz / Bd / Bd;
+    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const double* restrict x = X + i * d;
+        const nc_vd dz = ((z[i] - y[i]) * invB - md - z[i] * mdz) * isd;
+        for (Py_ssize_t j = 0; j < d; ++j) g[j] = g[j] + dz * x[j];
+    }
+    return f;
+}
+
+NC_INLINE void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
+{
+    if (c->pot == NC_LPOT_RAYLEIGH)
+        w->f = NCL(grad_rayleigh)(c, NCCV(w->q), NCV(w->g), NCV(w->aux));
+    else if (c->pot == NC_LPOT_BN_UNIT)
+        w->f = NCL(grad_bn_unit)(c, NCCV(w->q), NCV(w->g), NCV(w->aux));
+    else
+        w->f = NCL(grad_quadratic)(c, NCCV(w->q), NCV(w->g));
+}
+
+/* ---- the rule: _step_sgd per lane -------------------------------------------------- */
+
+/* One SGD step of every lane from q_n = w->q with the gradient w->g: q_{n+1} is
+ * written to qout (w->q keeps q_n) and the momentum buffer is updated.  With free_step,
+ * the step with g = 0 (the "free" step of the balance laws, rules.pyx _charges_before):
+ * written to qout, the buffer untouched.
+ *
+ * The general form evaluates every branch of _step_sgd and selects per lane.  When the
+ * block's flags agree (the usual case: momentum, nesterov, dampening fixed, no first
+ * step) the heavy-ball form below computes the same values directly: a select returns
+ * one of its operands unchanged, and (1 - 0) * x is x exactly, so both are bitwise
+ * equal. */
+NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, nc_lane_ws* w, int free_step,
+                                 double* restrict qout_)
+{
+    const Py_ssize_t d = c->d;
+    const nc_vd nlr = w->nlr, mom = w->mom, damp1 = w->damp1, wd = w->wd;
+    const nc_vl wd_on = w->wd_on, mom_on = w->mom_on, nest = w->nest, first = w->first;
+    const nc_vd* restrict q = NCCV(w->q);
+    nc_vd* restrict buf = NCV(w->buf);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict qout = NCV(qout_);
+    if (w->heavy_ball && !w->any_first) {
+        const int all_wd = w->all_wd;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            const nc_vd qi = q[i];
+            nc_vd di = free_step ? (nc_vd) {0} : g[i];
+            di = all_wd ? di + wd * qi : NCL(sel)(wd_on, di + wd * qi, di);
+            const nc_vd bn = buf[i] * mom + di;
+            if (!free_step) buf[i] = bn;
+            qout[i] = qi + nlr * bn;
+        }
+        return;
+    }
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i];
+        nc_vd di = free_step ? (nc_vd) {0} : g[i];
+        di = NCL(sel)(wd_on, di + wd * qi, di);
+        const nc_vd bn = NCL(sel)(first, di, buf[i] * mom + damp1 * di);
+        const nc_vd dn = NCL(sel)(nest, di + mom * bn, bn);
+        di = NCL(sel)(mom_on, dn, di);
+        if (!free_step) buf[i] = NCL(sel)(mom_on, bn, buf[i]);
+        qout[i] = qi + nlr * di;
+    }
+    if (!free_step) {
+        w->first = first & ~mom_on;
+        w->any_first = NCL(any)(w->first);
+    }
+}
+
+/* ---- summaries --------------------------------------------------------------------- */
+
+/* out[b] = |x_B|^2 of every block, summed in block order (rules.pyx _block_sq) */
+NC_INLINE void NCL(block_sq)(const nc_lane_ctx* c, const nc_vd* restrict x,
+                                 nc_vd* restrict out)
+{
+    for (Py_ssize_t b = 0; b < c->nb; ++b) {
+        nc_vd acc = {0};
+        for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
+            const nc_vd v = x[c->bidx[k]];
+            acc = acc + v * v;
+        }
+        out[b] = acc;
+    }
+}
+
+/* angle summaries of state q_n = w->q (scan.pyx _take_state / _angle): n > late_start
+ * adds the angle from the previous state q_{n-1}, which is still in the other buffer
+ * w->qn (the step n -> n+1 has not run yet); n >= late_start keeps |q_n,B|^2 */
+NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
+{
+    if (n < c->late_start || c->nb == 0) return;
+    const nc_vd* q = NCCV(w->q);
+    const nc_vd* pq = NCCV(w->qn);
+    nc_vd* bn2 = NCV(w->bn2);
+    nc_vd* pbn2 = NCV(w->prev_bn2);
+    NCL(block_sq)(c, q, bn2);
+    if (n > c->late_start) {
+        nc_vd* ang = NCV(w->ang_sum);
+        for (Py_ssize_t b = 0; b < c->nb; ++b) {
+            nc_vd ia, ib, dm = {0}, dp = {0};
+            for (int l = 0; l < NC_NL; ++l) {
+                ia[l] = 1.0 / sqrt(pbn2[b][l]);
+                ib[l] = 1.0 / sqrt(bn2[b][l]);
+            }
+            for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
+                const Py_ssize_t i = c->bidx[k];
+                const nc_vd u = pq[i] * ia, v = q[i] * ib;
+                dm = dm + (u - v) * (u - v);
+                dp = dp + (u + v) * (u + v);
+            }
+            for (int l = 0; l < NC_NL; ++l) {
+                dm[l] = sqrt(dm[l]);
+                dp[l] = sqrt(dp[l]);
+            }
+            ang[b] = ang[b] + 2.0 * NCL(atan2p)(dm, dp);
+        }
+    }
+    for (Py_ssize_t b = 0; b < c->nb; ++b) pbn2[b] = bn2[b];
+}
+
+/* write lane l's output row (point p; its final state is lane l of qsrc) and retire
+ * the lane */
+static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize_t p,
+                             int status, Py_ssize_t stop, double loss_final,
+                             const double* qsrc)
+{
+    const Py_ssize_t d = c->d;
+    w->alive[l] = 0;
+    if (p < c->P) {                                     /* (not a padding lane) */
+        for (Py_ssize_t i = 0; i < d; ++i) c->q_final[p * d + i] = qsrc[i * NC_NL + l];
+        for (Py_ssize_t b = 0; b < c->nb; ++b) {
+            double acc = 0.0;
+            for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
+                const double x = qsrc[c->bidx[k] * NC_NL + l];
+                acc = acc + x * x;
+            }
+            c->bn2_final[p * c->nb + b] = acc;
+            c->angle[p * c->nb + b] = (status == NC_ST_OK && w->ang_cnt > 0)
+                ? w->ang_sum[b * NC_NL + l] / (double) w->ang_cnt : NAN;
+        }
+        c->loss_final[p] = status == NC_ST_OK ? loss_final : NAN;
+        c->loss_min[p] = w->loss_min[l] < INFINITY ? w->loss_min[l] : NAN;
+        c->status[p] = status;
+        c->stop[p] = stop;
+        for (Py_ssize_t j = 0; j < c->nsym; ++j) {
+            c->worst[p * c->nsym + j] = w->worst[j * NC_NL + l];
+            c->worst_step[p * c->nsym + j] = w->wstep[j * NC_NL + l];
+        }
+    }
+    /* the retired lane idles at q0 with lr = 0: it keeps computing (SIMD) but on
+       harmless numbers (no NaN, inf or subnormal slow paths) */
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        w->q[i * NC_NL + l] = c->q0[i];
+        w->qn[i * NC_NL + l] = c->q0[i];
+        w->buf[i * NC_NL + l] = 0.0;
+    }
+    w->nlr[l] = 0.0;
+}
+
+/* Loss and gradient of state n, their finiteness checked per lane (rules.pyx
+ * _grad_checked: loss first, then the gradient); failing lanes are retired with stop n.
+ * Returns the number of lanes still alive. */
+NC_INLINE int NCL(eval_checked)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+                                    Py_ssize_t n)
+{
+    int alive = 0;
+    NCL(grad)(c, w);
+    const nc_vd f = w->f;
+    const nc_vd probe = NCL(probe)(NCCV(w->g), c->d, f * 0.0);
+    if (NCL(any_nan)(probe)) {
+        const nc_vl badf = NCL(nonfinite)(f * 0.0), bad = NCL(nonfinite)(probe);
+        for (int l = 0; l < NC_NL; ++l) {
+            if (!w->alive[l] || !bad[l]) continue;
+            NCL(finish_lane)(c, w, l, p0 + l,
+                             badf[l] ? NC_ST_NONFINITE_LOSS : NC_ST_NONFINITE_GRAD, n, NAN,
+                             w->q);
+        }
+    }
+    w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
+    for (int l = 0; l < NC_NL; ++l) alive += w->alive[l];
+    return alive;
+}
+
+/* ---- the block ----------------------------------------------------------------------- */
+
+/* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
+ * results are discarded) from start to finish and write their output rows. */
+static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
+{
+    const Py_ssize_t d = c->d, nsym = c->nsym;
+    Py_ssize_t n;
+    int l;
+    for (l = 0; l < NC_NL; ++l) {
+        const Py_ssize_t p = p0 + l < c->P ? p0 + l : p0;
+        const double* hp = c->hp + p * c->nhp;        /* lr, momentum, dampening, nesterov, wd */
+        w->nlr[l] = -hp[0];
+        w->mom[l] = hp[1];
+        w->damp1[l] = 1.0 - hp[2];
+        w->nest[l] = hp[3] != 0.0 ? -1 : 0;
+        w->wd[l] = hp[4];
+        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
+        w->mom_on[l] = hp[1] != 0.0 ? -1 : 0;
+        w->first[l] = c->sca0[p * c->nsca] == 0.0 ? -1 : 0;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            w->q[i * NC_NL + l] = c->q0[i];
+            w->buf[i * NC_NL + l] = c->vec0[p * c->nvecd + i];
+        }
+        w->loss_min[l] = INFINITY;
+        w->alive[l] = 1;
+        for (Py_ssize_t b = 0; b < c->nb; ++b) w->ang_sum[b * NC_NL + l] = 0.0;
+        for (Py_ssize_t j = 0; j < nsym; ++j) {
+            w->worst[j * NC_NL + l] = 0.0;
+            w->wstep[j * NC_NL + l] = -1;
+        }
+    }
+    w->ang_cnt = c->steps > c->late_start ? c->steps - c->late_start : 0;
+    w->any_first = NCL(any)(w->first);
+    w->heavy_ball = 1;                 /* every lane: momentum, no nesterov, no dampening */
+    w->all_wd = 1;                     /* every lane: weight decay */
+    for (l = 0; l < NC_NL; ++l) {
+        w->heavy_ball &= w->mom_on[l] != 0 && w->nest[l] == 0 && w->damp1[l] == 1.0;
+        w->all_wd &= w->wd_on[l] != 0;
+    }
+    const int real = (int) (c->P - p0 < NC_NL ? c->P - p0 : NC_NL);
+    Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
+    int cancelled = 0;
+
+    for (n = 0; n < c->steps; ++n) {
+        if ((n & 255) == 0) {
+            if (*c->cancel) {
+                for (l = 0; l < NC_NL; ++l)
+                    if (w->alive[l])
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_INTERRUPTED, n, NAN, w->q);
+                cancelled = 1;
+                break;
+            }
+            w->progress += n * real - reported;
+            reported = n * real;
+        }
+        /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
+           gradient always makes q_{n+1} non-finite (it enters the update multiplied by
+           -lr, and 0 * inf is NaN too), so the probe of q_{n+1} below catches it, and
+           the lanes it flags are then classified exactly, as _grad_checked and the
+           probe after the step would have: GRAD at step n (state q_n, f_n not taken)
+           or PARAMS at step n (state q_{n+1}, f_n taken). */
+        NCL(grad)(c, w);
+        const nc_vd f = w->f;
+        if (NCL(any_nan)(f * 0.0)) {
+            int alive = 0;
+            for (l = 0; l < NC_NL; ++l)
+                if (w->alive[l] && f[l] * 0.0 != 0.0)
+                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_LOSS, n, NAN, w->q);
+            for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
+            if (alive == 0) break;
+        }
+        NCL(take_angle)(c, w, n);
+        if (nsym > 0) {
+            const nc_vd* qp = NCCV(w->q);
+            const nc_vd* qf = NCCV(w->q_free);
+            NCL(step_sgd)(c, w, 1, w->q_free);
+            /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
+            for (Py_ssize_t j = 0; j < nsym; ++j) {
+                nc_vd T = {0};
+                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                    const Py_ssize_t i = c->sidx[k];
+                    T = T + (qf[i] - qp[i]) * qp[i];
+                }
+                NCV(w->free_T)[j] = T;
+            }
+        }
+        NCL(step_sgd)(c, w, 0, w->qn);              /* q_{n+1} into qn; q keeps q_n */
+        {
+            /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
+               false alarm (finite values whose sum overflows) is sorted out below */
+            const nc_vd* qn = NCCV(w->qn);
+            nc_vd s0 = {0}, s1 = {0};
+            Py_ssize_t k = 0;
+            for (; k + 2 <= d; k += 2) { s0 = s0 + qn[k]; s1 = s1 + qn[k + 1]; }
+            for (; k < d; ++k) s0 = s0 + qn[k];
+            if (NCL(any_nan)((s0 + s1) * 0.0)) {
+                int alive = 0;
+                for (l = 0; l < NC_NL; ++l) {
+                    if (!w->alive[l]) continue;
+                    double pg = 0.0, pq = 0.0;
+                    for (Py_ssize_t i = 0; i < d; ++i) {
+                        pg = pg + w->g[i * NC_NL + l] * 0.0;
+                        pq = pq + w->qn[i * NC_NL + l] * 0.0;
+                    }
+                    if (pg != pg) {
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
+                    } else if (pq != pq) {
+                        if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN,
+                                         w->qn);
+                    }
+                }
+                for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
+                if (alive == 0) break;
+            }
+        }
+        w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
+        {
+            double* t = w->q;
+            w->q = w->qn;
+            w->qn = t;
+        }
+        if (nsym > 0) {
+            /* scale law: (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after) */
+            const nc_vd* q1v = NCCV(w->q);
+            const nc_vd* q0v = NCCV(w->qn);
+            nc_vd* worst = NCV(w->worst);
+            for (Py_ssize_t j = 0; j < nsym; ++j) {
+                nc_vd a1 = {0}, a0 = {0}, dd = {0};
+                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                    const Py_ssize_t i = c->sidx[k];
+                    const nc_vd q1 = q1v[i], q0 = q0v[i], x = q1 - q0;
+                    a1 = a1 + q1 * q1;
+                    a0 = a0 + q0 * q0;
+                    dd = dd + x * x;
+                }
+                const nc_vd T = NCCV(w->free_T)[j];
+                const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
+                const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
+                const nc_vd zero = {0}, one = zero + 1.0;
+                /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
+                nc_vd rel = NCL(sel)(sc > 0.0, NCL(fabs)(R) / sc,
+                                     NCL(sel)(R == 0.0, zero, one));
+                rel = NCL(sel)(rel != rel, one, rel);
+                const nc_vl up = rel > worst[j];
+                if (NCL(any)(up)) {
+                    worst[j] = NCL(sel)(up, rel, worst[j]);
+                    for (l = 0; l < NC_NL; ++l)
+                        if (up[l]) w->wstep[j * NC_NL + l] = n;
+                }
+            }
+        }
+    }
+    if (n == c->steps && !cancelled) {
+        /* the terminal state q_steps */
+        if (NCL(eval_checked)(c, w, p0, c->steps) > 0) {
+            NCL(take_angle)(c, w, c->steps);
+            for (l = 0; l < NC_NL; ++l)
+                if (w->alive[l])
+                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_OK, -1, w->f[l], w->q);
+        }
+    }
+    w->progress += c->steps * real - reported;      /* retired lanes count as done */
+}
+
+#undef NCV
+#undef NCCV

@@ -1,0 +1,228 @@
+"""The lane kernel of noether_core.scan (pyx/lanes.h, docs/scan.md §"Lanes").
+
+It runs NC_NL grid points per SIMD block and must give *exactly* the bits of the scalar
+loop (``lanes=False``), which the suite checks against separate ``train`` calls
+(tests/test_scan.py): every output — final q, losses, norms, angular updates, status and
+stop step of diverged points, worst balance residuals and their steps — is compared with
+np.array_equal, for every compiled version this CPU runs (baseline and AVX-512).
+"""
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import noether_core as nc
+from noether_core._kernels import scan as ks
+from noether_core.errors import DivergenceWarning
+
+scan_mod = importlib.import_module("noether_core.scan")
+
+KEYS = ("q", "loss", "loss_min", "norm2", "angular_update", "status", "stop_step")
+
+
+def _problems():
+    rng = np.random.default_rng(7)
+    M = rng.normal(size=(8, 8))
+    A = (M + M.T) / 2
+    X = rng.normal(size=(20, 6))
+    y = np.tanh(X @ rng.normal(size=6)) + 0.1 * rng.normal(size=20)
+    return {
+        # d = 8, 5 (row groups of 4 plus a tail of 1), BN d = 6 (dot4 tail of 2), eps > 0
+        "rayleigh8": (nc.potentials.RayleighQuotient(A), rng.normal(size=8)),
+        "rayleigh5": (nc.potentials.RayleighQuotient(A[:5, :5]), rng.normal(size=5)),
+        "quadratic": (nc.potentials.Quadratic(A @ A.T / 8 + np.eye(8), rng.normal(size=8)),
+                      rng.normal(size=8)),
+        "bn": (nc.potentials.BatchNormUnit(X, y), rng.normal(size=6)),
+        "bn_eps": (nc.potentials.BatchNormUnit(X, y, eps=1e-3), rng.normal(size=6)),
+    }
+
+
+PROBLEMS = _problems()
+
+
+def _scan(pot, q0, lanes, isa=None, **kw):
+    scan_mod._LANE_ISA = isa
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DivergenceWarning)
+            return nc.scan(nc.rules.SGD, pot, q0, lanes=lanes, progress=False, **kw)
+    finally:
+        scan_mod._LANE_ISA = None
+
+
+def _assert_identical(a, b):
+    for k in KEYS:
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    assert a.charge_worst.keys() == b.charge_worst.keys()
+    for lab in a.charge_worst:
+        np.testing.assert_array_equal(a.charge_worst[lab], b.charge_worst[lab], err_msg=lab)
+        np.testing.assert_array_equal(a.charge_worst_step[lab], b.charge_worst_step[lab],
+                                      err_msg=lab)
+    if a.balance_residual is not None:
+        np.testing.assert_array_equal(a.balance_residual, b.balance_residual)
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+@pytest.mark.parametrize("charges", [True, False])
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_lanes_equal_scalar_loop_bitwise(name, charges, isa):
+    """A 5 × 2 × 2 × 2 grid (40 points: 5 blocks of 8) over lr (up to divergence for the
+    quadratic), momentum 0 / 0.9, weight decay 0 / 1e-3 and dampening 0 / 0.3, which mixes
+    the per-lane selects of the step within blocks; 700 steps cross the kernel's
+    256-step cancel/progress boundary and put the angle window over 70 steps."""
+    pot, q0 = PROBLEMS[name]
+    kw = dict(steps=700, lr=np.array([1e-3, 0.05, 0.5, 3.0, 40.0]), momentum=[0.0, 0.9],
+              weight_decay=[0.0, 1e-3], dampening=[0.0, 0.3], charges=charges)
+    ref = _scan(pot, q0, False, **kw)
+    got = _scan(pot, q0, True, isa=isa, **kw)
+    assert ref.kernel == "scalar" and got.kernel == f"lanes[{isa}]"
+    _assert_identical(ref, got)
+    if name == "quadratic":                          # divergent points are in the grid
+        assert 0 < ref.diverged.sum() < ref.diverged.size
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+def test_lanes_nesterov_and_partial_blocks(isa):
+    """Nesterov lanes beside heavy-ball lanes in one block (so the general form of the step
+    runs), and grids whose size is not a multiple of the block (padding lanes)."""
+    pot, q0 = PROBLEMS["rayleigh5"]
+    for lr in (np.array([0.01, 0.2, 0.7]), np.linspace(0.01, 0.3, 11)):
+        kw = dict(steps=300, lr=lr, momentum=0.8, nesterov=[False, True],
+                  weight_decay=[0.0, 1e-2])
+        ref = _scan(pot, q0, False, **kw)
+        got = _scan(pot, q0, True, isa=isa, **kw)
+        _assert_identical(ref, got)
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+def test_lanes_every_stop_reason(isa):
+    """Non-finite loss, gradient and parameters each stop their lane at the scalar loop's
+    step, with its status, state and minimum loss; the other lanes finish.
+
+    * loss: a quadratic run away (f overflows first);
+    * gradient: a Rayleigh quotient at |q| ~ 1e-156, where 1/|q|² overflows while f is
+      finite (the lane kernel detects it through q_{n+1}, then classifies it exactly);
+    * parameters: lr = 1.7e308 on a quadratic (the step overflows, f and g finite)."""
+    pot, q0 = PROBLEMS["quadratic"]
+    for lr in (np.array([0.01, 30.0, 0.02, 1.7e308]),):
+        ref = _scan(pot, q0, False, steps=400, lr=lr, momentum=[0.0, 0.9])
+        got = _scan(pot, q0, True, isa=isa, steps=400, lr=lr, momentum=[0.0, 0.9])
+        _assert_identical(ref, got)
+        assert {1, 3} <= set(ref.status.ravel().tolist())      # loss, parameters
+        assert not ref.diverged[0].any()
+    pot, q0 = PROBLEMS["rayleigh8"]
+    tiny = q0 * 1e-156
+    ref = _scan(pot, tiny, False, steps=50, lr=[0.01, 0.1])
+    got = _scan(pot, tiny, True, isa=isa, steps=50, lr=[0.01, 0.1])
+    _assert_identical(ref, got)
+    assert np.all(ref.status == 2) and np.all(ref.stop_step == 0)     # gradient
+    assert ref.stop_reason(0, 0) == "non-finite gradient"       # (a trailing seed axis)
+
+
+def test_lanes_equal_train_per_point():
+    """The oracle of tests/test_scan.py applied to the lane kernel directly: each point is
+    a separate train call, bitwise."""
+    pot, q0 = PROBLEMS["bn"]
+    res = _scan(pot, q0, True, steps=600, lr=[0.01, 0.3, 2.0], momentum=[0.0, 0.9],
+                weight_decay=[0.0, 1e-3])
+    assert res.kernel.startswith("lanes")
+    for idx in np.ndindex(*res.shape):
+        tr = nc.train(res.rule_at(*idx), pot, q0, 600, record_every=600)
+        assert np.array_equal(res.q[idx], tr.q_final)
+        assert res.loss[idx] == tr.loss[-1]
+        assert res.norm2[idx + (0,)] == tr.block_norm2["w"][-1]
+        assert res.charge_worst["scale:w"][idx] == tr.charge("scale", "w").worst
+
+
+def test_lanes_threads_and_chunks_identical():
+    pot, q0 = PROBLEMS["rayleigh8"]
+    kw = dict(steps=500, lr=np.linspace(0.01, 0.5, 13), momentum=[0.5, 0.9])
+    one = _scan(pot, q0, True, threads=1, **kw)
+    two = _scan(pot, q0, True, threads=2, **kw)
+    _assert_identical(one, two)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(3) as ex:
+        chunked = _scan(pot, q0, True, executor=ex, n_chunks=5, **kw)
+    _assert_identical(one, chunked)
+    assert chunked.kernel == one.kernel
+
+
+def test_lanes_selection_and_errors():
+    """``lanes=None`` picks the lane kernel exactly when it covers the scan; ``lanes=True``
+    says why it cannot; ``result.kernel`` says which ran."""
+    pot, q0 = PROBLEMS["rayleigh8"]
+    assert _scan(pot, q0, None, steps=10, lr=[0.1]).kernel.startswith("lanes[")
+    assert _scan(pot, q0, False, steps=10, lr=[0.1]).kernel == "scalar"
+    assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel == "scalar"
+    cases = [
+        (dict(rule_cls=nc.rules.Adam), "SGD only"),
+        (dict(record_every=5), "record_every"),
+        (dict(potential="radial"), "no lane form"),
+        (dict(potential="bn", batch_size=4), "minibatch"),
+        (dict(charges=[nc.symmetry.Symmetry("scale", ("q",)),
+                       nc.symmetry.Symmetry("translation", ("q",), direction=np.ones(8))]),
+         "translation"),
+    ]
+    for kw, match in cases:
+        rule_cls = kw.pop("rule_cls", nc.rules.SGD)
+        which = kw.pop("potential", "rayleigh8")
+        p, q = PROBLEMS[which] if which in PROBLEMS else (None, None)
+        if which == "radial":
+            p, q = nc.potentials.Radial(4), np.ones(4)
+        with pytest.raises(ValueError, match=match):
+            nc.scan(rule_cls, p, q, steps=5, lr=[0.1], lanes=True, progress=False, **kw)
+    with pytest.raises(TypeError, match="lanes"):
+        nc.scan(nc.rules.SGD, pot, q0, steps=5, lr=[0.1], lanes="yes")
+
+
+def test_unknown_isa_is_refused():
+    pot, q0 = PROBLEMS["rayleigh8"]
+    with pytest.raises(ValueError, match="available"):
+        _scan(pot, q0, True, isa="sse9", steps=5, lr=[0.1])
+
+
+def test_atan2p_matches_arctan2():
+    """nc_atan2p (the atan2 of the angular update, +,-,*,/,sqrt only) against
+    numpy.arctan2 over ratios from 1e-300 to 1e300: within 4 ulp of the result (the
+    derivation in docs/scan.md bounds it by a few roundings), exact at 0 and symmetric
+    about pi/4."""
+    rng = np.random.default_rng(0)
+    a = 10.0 ** rng.uniform(-150, 150, 200_000)
+    b = 10.0 ** rng.uniform(-150, 150, 200_000)
+    a[:1000] = b[:1000] * rng.uniform(0.5, 2.0, 1000)   # near the x = 1 switch
+    got, want = ks.atan2p(a, b), np.arctan2(a, b)
+    ulp = np.spacing(want)
+    assert np.max(np.abs(got - want) / ulp) <= 4
+    assert ks.atan2p(np.array([0.0]), np.array([1.0]))[0] == 0.0
+    assert ks.atan2p(np.array([1.0]), np.array([0.0]))[0] == np.pi / 2
+    assert abs(ks.atan2p(np.array([3.0]), np.array([3.0]))[0] - np.pi / 4) <= np.spacing(1.0)
+    tiny = np.array([1e-12, 1e-200])
+    np.testing.assert_allclose(ks.atan2p(tiny, np.ones(2)), tiny, rtol=1e-15)
+    assert np.isnan(ks.atan2p(np.array([np.nan]), np.array([1.0]))[0])
+
+
+def test_lane_kernel_progress_and_cancel():
+    """steps_done counts every point-step; cancel stops the blocks at their next 256-step
+    boundary with status INTERRUPTED (scan raises KeyboardInterrupt)."""
+    pot, q0 = PROBLEMS["rayleigh8"]
+    res = _scan(pot, q0, True, steps=1000, lr=np.linspace(0.01, 0.1, 20))
+    assert not res.diverged.any()
+    # progress: the counter the bar polls reaches points x steps
+    kind, data = pot._lane_form()
+    P, d, steps = 20, pot.dim, 1000
+    hp = np.zeros((P, 5))
+    hp[:, 0] = np.linspace(0.01, 0.1, P)
+    outs = [np.empty((P, d)), np.empty(P), np.empty(P), np.empty((P, 1)), np.empty((P, 1)),
+            np.zeros(P, np.intp), np.zeros(P, np.intp)]
+    kern = ks.LaneScanKernel(kind, {k: np.ascontiguousarray(v) for k, v in data.items()},
+                             hp, np.zeros((P, d)), np.zeros((P, 1)), np.ascontiguousarray(q0),
+                             steps, steps - 100, np.array([0, d], np.intp),
+                             np.arange(d, dtype=np.intp), 2, *outs)
+    kern.run()
+    assert kern.steps_done() == P * steps
+    np.testing.assert_array_equal(outs[0], res.q.reshape(P, d))
+    kern.cancel()
+    kern.run()
+    assert np.all(outs[5] == 4) and np.all(outs[6] == 0)
