@@ -33,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import noether_core as nc                        # noqa: E402
 from noether_ref import potentials as ref_pot   # noqa: E402
 from noether_ref import rules as ref_rules      # noqa: E402
-from numpy_batched import bn_unit_grad, rayleigh_grad, sgd_momentum_scan  # noqa: E402
+from numpy_batched import (bn_unit_grad, bn_unit_proj_grad, rayleigh_grad,   # noqa: E402
+                           sgd_momentum_scan)
+from noether_core._kernels.scan import lane_isas                          # noqa: E402
 from _common import machine, table, update_results                        # noqa: E402
 
 
@@ -55,6 +57,7 @@ def _timed(fn, repeat=1):
 
 
 def _problems(n_data=64, d_bn=16, d_ray=8):
+    """(name, potential, q0, NumPy baselines [(label, factory(P))], reference gradient)."""
     rng = np.random.default_rng(2026)
     M = rng.normal(size=(d_ray, d_ray))
     A = (M + M.T) / 2
@@ -62,9 +65,11 @@ def _problems(n_data=64, d_bn=16, d_ray=8):
     y = np.tanh(X @ rng.normal(size=d_bn)) + 0.1 * rng.normal(size=n_data)
     return [
         ("RayleighQuotient d=8", nc.potentials.RayleighQuotient(A), rng.normal(size=d_ray),
-         lambda P: rayleigh_grad(A, P), lambda q, rows: ref_pot.rayleigh(q, A)),
+         [("batched", lambda P: rayleigh_grad(A, P))], lambda q, rows: ref_pot.rayleigh(q, A)),
         ("BatchNormUnit N=64 d=16", nc.potentials.BatchNormUnit(X, y),
-         rng.normal(size=d_bn), lambda P: bn_unit_grad(X, y, P),
+         rng.normal(size=d_bn),
+         [("row form", lambda P: bn_unit_grad(X, y, P)),
+          ("O(D²) form", lambda P: bn_unit_proj_grad(X, y, P))],
          lambda q, rows: ref_pot.batchnorm_unit(q, X, y, 0.0, rows)),
     ]
 
@@ -90,24 +95,39 @@ def main(argv=None):
     print(f"# scan benchmark: {n_axis}x{n_axis} (lr x weight_decay) grid, {steps} steps, "
           f"SGD momentum={mom}, full batch")
     mach = machine()
-    print(f"# machine: {mach}; OpenMP in scan: {nc.scan.openmp_enabled()}")
+    print(f"# machine: {mach}; OpenMP in scan: {nc.scan.openmp_enabled()}; lane kernel "
+          f"versions: {lane_isas()}")
     rows = []
-    for name, pot, q0, batched, ref_grad in _problems():
+    for name, pot, q0, baselines, ref_grad in _problems():
         if args.only and not name.startswith(PREFIX[args.only]):
             continue
 
-        def run_scan(threads):
+        def run_scan(threads, lanes=None):
             return nc.scan(nc.rules.SGD, pot, q0, steps=steps, lr=lrs, weight_decay=wds,
                            momentum=mom, seeds=0, threads=threads, progress=False,
-                           charges=False)   # the same work as the NumPy baselines
+                           charges=False,   # the same work as the NumPy baselines
+                           lanes=lanes)
 
         t1, res, ld1 = _timed(lambda: run_scan(1), args.repeat)
         t2, res2, ld2 = _timed(lambda: run_scan(2), args.repeat)
-        assert all(np.array_equal(getattr(res, k), getattr(res2, k), equal_nan=True)
-                   for k in ("q", "loss", "angular_update"))
+        ts, res_s, lds = _timed(lambda: run_scan(2, lanes=False), args.repeat)
+        for other in (res2, res_s):
+            assert all(np.array_equal(getattr(res, k), getattr(other, k), equal_nan=True)
+                       for k in ("q", "loss", "loss_min", "angular_update", "stop_step"))
 
-        tb, out, ldb = _timed(lambda: sgd_momentum_scan(batched(P), q0, L.ravel(),
-                                                        W.ravel(), mom, steps), args.repeat)
+        tbs, agree = [], []
+        ldb = ()
+        for label, make in baselines:
+            tb, out, ld = _timed(lambda: sgd_momentum_scan(make(P), q0, L.ravel(),
+                                                           W.ravel(), mom, steps),
+                                 args.repeat)
+            ok = ~res.diverged.ravel()
+            rel = np.abs(out["loss_min"][ok] - res.loss_min.ravel()[ok]) / np.maximum(
+                np.abs(res.loss_min.ravel()[ok]), 1e-300)
+            tbs.append((label, tb))
+            agree.append((label, np.median(rel), rel.max()))
+            ldb += ld
+        tb_best = min(tb for _, tb in tbs)
 
         # (a) reference loop over a strided subsample of grid points, extrapolated
         pick = np.linspace(0, P - 1, args.ref_points).round().astype(int)
@@ -124,30 +144,29 @@ def main(argv=None):
         ta = ta_sub * P / len(pick)
         lda = (l0, _load())
 
-        ok = ~res.diverged.ravel()
-        rel = np.abs(out["loss_min"][ok] - res.loss_min.ravel()[ok]) / np.maximum(
-            np.abs(res.loss_min.ravel()[ok]), 1e-300)
-        rows.append([name, f"{t1:.2f} s", f"{t2:.2f} s", f"{tb:.2f} s",
+        nb = "; ".join(f"{lab} {tb:.2f} s" for lab, tb in tbs)
+        vs = "; ".join(f"{lab} {tb / t2:.1f}×" for lab, tb in tbs)
+        rows.append([name, res.kernel, f"{t1:.2f} s", f"{t2:.2f} s", f"{ts:.2f} s", nb,
                      f"{ta:.0f} s (extrapolated from {len(pick)} points)",
-                     f"{ta / t2:.0f}×", f"{tb / t2:.2f}×", f"{tb / t1:.2f}×",
-                     f"{t1 / t2:.2f}×",
-                     f"{min(ld1 + ld2 + ldb):.1f}–{max(ld1 + ld2 + ldb):.1f}"])
+                     f"{ta / t2:.0f}×", vs, f"{tb_best / t1:.2f}×", f"{t1 / t2:.2f}×",
+                     f"{min(ld1 + ld2 + lds + ldb):.1f}–{max(ld1 + ld2 + lds + ldb):.1f}"])
         print(f"\n## {name}  ({P} points x {steps} steps; "
-              f"{int(res.diverged.sum())} diverged)")
+              f"{int(res.diverged.sum())} diverged; kernel {res.kernel})")
         print(f"scan threads=1            {t1:9.2f} s   "
               f"({t1 / P / steps * 1e9:6.1f} ns per point-step)  load {ld1[0]:.2f}->{ld1[1]:.2f}")
         print(f"scan threads=2            {t2:9.2f} s   "
               f"({t2 / P / steps * 1e9:6.1f} ns per point-step)  load {ld2[0]:.2f}->{ld2[1]:.2f}")
-        print(f"(b) NumPy batched, 1 core {tb:9.2f} s   "
-              f"({tb / steps * 1e6:6.1f} us per grid step)      load {ldb[0]:.2f}->{ldb[1]:.2f}")
+        print(f"scalar loop, threads=2    {ts:9.2f} s   (lanes=False; same bits)")
+        for label, tb in tbs:
+            print(f"(b) NumPy {label:<15} {tb:9.2f} s   ({tb / steps * 1e6:6.1f} us per grid "
+                  f"step)   ratio {tb / t2:5.2f}x vs scan2, {tb / t1:5.2f}x vs scan1")
         print(f"(a) reference loop        {ta:9.2f} s   EXTRAPOLATED from {len(pick)} of "
               f"{P} points ({ta_sub:.2f} s)  load {lda[0]:.2f}->{lda[1]:.2f}")
-        print(f"ratios: (a) ref/scan2 = {ta / t2:8.1f}x   (b) numpy/scan2 = {tb / t2:6.2f}x"
-              f"   numpy/scan1 = {tb / t1:6.2f}x   (c) scan1/scan2 = {t1 / t2:5.2f}x")
+        print(f"ratios: (a) ref/scan2 = {ta / t2:8.1f}x   (c) scan1/scan2 = {t1 / t2:5.2f}x"
+              f"   lanes vs scalar loop (2 threads) = {ts / t2:5.2f}x")
         print(f"agreement (final loss, relative): reference vs scan max {worst:.1e} on the "
-              "subsample; "
-              f"NumPy batched vs scan loss_min: median rel. diff {np.median(rel):.1e}, "
-              f"max {rel.max():.1e}")
+              "subsample; NumPy vs scan loss_min: " + "; ".join(
+                  f"{lab} median {m:.1e}, max {x:.1e}" for lab, m, x in agree))
     # (c) again, best of 5 alternating short scans (robust against a busy machine)
     name, pot, q0 = _problems()[0][:3]
     lr32, wd32 = lrs[::2][:32], wds[::2][:32]
@@ -164,9 +183,10 @@ def main(argv=None):
              f"{best[1] / best[2]:.2f}× (load {l0:.1f}–{_load():.1f})")
     print(probe)
     print(f"\n# load average at end: {os.getloadavg()}")
-    header = ["problem", "scan, 1 thread", "scan, 2 threads", "(b) NumPy batched, 1 core",
-              "(a) reference loop", "(a)/scan2", "(b)/scan2", "(b)/scan1",
-              "(c) scan1/scan2", "load (1-min avg)"]
+    header = ["problem", "kernel", "scan, 1 thread", "scan, 2 threads",
+              "scalar loop, 2 threads", "(b) NumPy batched, 1 core", "(a) reference loop",
+              "(a)/scan2", "(b)/scan2", "best (b)/scan1", "(c) scan1/scan2",
+              "load (1-min avg)"]
     body = (f"`benchmarks/bench_scan.py` (one run{', --quick' if args.quick else ''}): "
             f"{n_axis}×{n_axis} grid (lr ∈ [1e-3, 1e-1] log-spaced × weight_decay ∈ "
             f"{{0}} ∪ [1e-5, 1e-2] log-spaced), {steps} steps of SGD(momentum={mom}), full "

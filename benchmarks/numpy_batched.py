@@ -15,7 +15,7 @@ round-off (the summation order differs: BLAS vs sequential), not bitwise.
 """
 import numpy as np
 
-__all__ = ["rayleigh_grad", "bn_unit_grad", "sgd_momentum_scan"]
+__all__ = ["rayleigh_grad", "bn_unit_grad", "bn_unit_proj_grad", "sgd_momentum_scan"]
 
 
 class rayleigh_grad:
@@ -85,6 +85,52 @@ class bn_unit_grad:
         E -= Z
         E /= self.sd                                        # dz without its mean
         np.matmul(self.XcT, E, out=G)                       # g = Xcᵀ dz
+        return self.f
+
+
+class bn_unit_proj_grad:
+    """The BatchNorm unit on the full batch in O(D²) per point (docs/potentials.md §4a),
+    for P weight columns at once: the same algorithm as noether_core's compiled
+    BatchNormUnit uses for full batches, so that the comparison with the compiled scan is
+    algorithm for algorithm.  With X − mean(X) = QR (thin QR, once), t = Qᵀy,
+    ρ² = |y − Qt|²:  U = RW, s = sqrt(|u|²/N + eps), A = U/s, V = A − t,
+    f = (|v|² + ρ²)/2N,  G = Rᵀ(V/N − A·(vᵀa)/N²)/s.  Two (D × D)·(D × P) products and
+    a dozen passes over (D, P) arrays per step."""
+
+    def __init__(self, X, y, P, eps=0.0):
+        N, D = X.shape
+        Q, R = np.linalg.qr(X - X.mean(axis=0), mode="reduced")
+        self.R = np.ascontiguousarray(np.triu(R))
+        self.RT = np.ascontiguousarray(self.R.T)
+        self.t = (Q.T @ y)[:, None]
+        r = y - Q @ (Q.T @ y)
+        self.rho2 = float(r @ r)
+        self.N, self.eps = N, eps
+        self.U = np.empty((D, P))
+        self.V = np.empty((D, P))
+        self.s = np.empty(P)
+        self.f = np.empty(P)
+        self.m = np.empty(P)
+
+    def __call__(self, W, G):
+        N, U, V = self.N, self.U, self.V
+        np.matmul(self.R, W, out=U)
+        np.einsum("ip,ip->p", U, U, out=self.s)
+        self.s /= N
+        self.s += self.eps
+        np.sqrt(self.s, out=self.s)
+        U /= self.s                                         # a
+        np.subtract(U, self.t, out=V)                       # v
+        np.einsum("ip,ip->p", V, V, out=self.f)
+        self.f += self.rho2
+        self.f *= 0.5 / N
+        np.einsum("ip,ip->p", V, U, out=self.m)
+        self.m /= N * N
+        V *= 1.0 / N
+        U *= self.m
+        V -= U
+        V /= self.s
+        np.matmul(self.RT, V, out=G)
         return self.f
 
 

@@ -213,11 +213,17 @@ class BatchNormUnit(Potential):
         Targets.
     eps : float ≥ 0
         BatchNorm's variance offset.
+    projection : bool
+        True (default): full-batch evaluations with N ≥ D (``train``/``scan`` without
+        ``batch_size``, ``value_and_grad`` without ``rows``) use an exact O(D²)-per-step
+        form through the thin QR factorisation of the centred data, computed once here
+        (docs/potentials.md §4a); minibatches use the row form (O(B·D)).  False: the row
+        form always.  The two agree to round-off, not bitwise.
     """
 
     min_batch = 2
 
-    def __init__(self, X, y, eps=0.0):
+    def __init__(self, X, y, eps=0.0, projection=True, *, _projection=None):
         X, y = _data(X, y)
         if X.shape[0] < 2:
             raise ValueError(f"X needs at least 2 rows for batch statistics, got {X.shape[0]}")
@@ -225,12 +231,47 @@ class BatchNormUnit(Potential):
         sym = (Symmetry("scale", ("w",)) if eps == 0.0 else
                Symmetry("scale", ("w",), exact=False,
                         note=f"eps={eps:g} > 0 breaks it by ~eps/var(Xw)"))
-        super().__init__(_k.BatchNormUnitKernel(_readonly(X), _readonly(y), eps),
-                         {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps))
+        projection = V.as_bool("projection", projection)
+        if _projection is not None:
+            proj = _projection
+        else:
+            proj = self._project(X, y) if projection else None
+        R, t, rho2 = proj if proj is not None else (None, None, 0.0)
+        super().__init__(_k.BatchNormUnitKernel(_readonly(X), _readonly(y), eps, R, t, rho2),
+                         {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps, projection))
         self.X, self.y, self.eps = X, y, eps
+        self.projection = projection
+        self._proj = proj
+
+    @staticmethod
+    def _project(X, y):
+        """(R, t, ρ²) of the full-batch O(D²) form (docs/potentials.md §4a), or None when
+        N < D (the row form is then cheaper)."""
+        N, D = X.shape
+        if N < D:
+            return None
+        Xc = X - X.mean(axis=0)
+        Q, R = np.linalg.qr(Xc, mode="reduced")
+        t = Q.T @ y
+        r = y - Q @ t
+        return (_readonly(np.ascontiguousarray(np.triu(R), dtype=np.float64)),
+                _readonly(np.ascontiguousarray(t, dtype=np.float64)), float(r @ r))
+
+    def __reduce__(self):
+        # the projection travels with the object: a QR recomputed in another process
+        # (another BLAS thread count or CPU kernel) could differ in the last bits, and
+        # the same potential must give the same bits everywhere (scan with executors)
+        return (_restore_bn_unit, (self.X, self.y, self.eps, self.projection, self._proj))
 
     def _lane_form(self):
-        return "bn_unit", {"X": self.X, "y": self.y, "eps": float(self.eps)}
+        data = {"X": self.X, "y": self.y, "eps": float(self.eps)}
+        if self._proj is not None:
+            data.update(R=self._proj[0], t=self._proj[1], rho2=self._proj[2])
+        return "bn_unit", data
+
+
+def _restore_bn_unit(X, y, eps, projection, proj):
+    return BatchNormUnit(X, y, eps, projection, _projection=proj)
 
 
 # ------------------------------------------------------------------------------------------

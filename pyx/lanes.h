@@ -44,6 +44,9 @@ typedef struct {
     const double* y;            /* (N) */
     Py_ssize_t N;
     double eps;
+    const double* R;            /* (d, d) full-batch projection (docs/potentials.md 4a) */
+    const double* t;            /* (d) */
+    double rho2;                /*     or R = NULL: the row form */
     /* the grid: SGD hyper-parameters and initial rule state per point */
     Py_ssize_t P;
     const double* hp;           /* (P, nhp): lr, momentum, dampening, nesterov, wd */
@@ -80,7 +83,7 @@ typedef struct {
     Py_ssize_t ang_cnt;
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
-    double *q, *qn, *buf, *g, *aux, *q_free;                       /* d (aux: max(d, N)) */
+    double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
     double *bn2, *prev_bn2, *ang_sum;                              /* nb */
     double *free_T, *worst;                                        /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
@@ -92,7 +95,7 @@ static inline size_t nc_lane_pad(size_t nbytes) { return (nbytes + 63) / 64 * 64
 /* bytes of the lane arrays of one workspace */
 static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
 {
-    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > c->d ? c->N : c->d);
+    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 3 * nc_lane_pad(nb * L)
            + 3 * nc_lane_pad(ns * L);
@@ -100,7 +103,7 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
 
 static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
 {
-    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > c->d ? c->N : c->d);
+    size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     char* p = (char*) block;
     w->block = block;

@@ -211,10 +211,68 @@ NC_INLINE nc_vd NCL(grad_bn_unit)(const nc_lane_ctx* c, const nc_vd* restrict q,
     return f;
 }
 
+/* _bn_unit_full (pyx/potentials.pyx): the full batch in O(d^2), docs/potentials.md 4a;
+ * a and v (d vectors each) in the scratch z */
+NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restrict w,
+                                       nc_vd* restrict g, nc_vd* restrict z)
+{
+    const Py_ssize_t d = c->d;
+    const double* restrict R = c->R;
+    const double* restrict t = c->t;
+    const double Nd = (double) c->N, invN = 1.0 / (double) c->N;
+    nc_vd* restrict a = z;
+    nc_vd* restrict v = z + d;
+    nc_vd uu = {0}, vv = {0}, va = {0};
+    /* u_i = sum_{j >= i} R_ij w_j, rows in groups of four.  Row i0 + r of a group also
+       takes the terms j = i0 .. i0 + r - 1, where R is zero below the diagonal: they are
+       +-0 and come first, so the sum stays +0 through them and is bitwise the scalar
+       sum from j = i (w is finite in every running lane). */
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
+        const int Rn = d - i0 < 4 ? (int) (d - i0) : 4;
+        nc_vd s[4] = {{0}, {0}, {0}, {0}};
+        if (Rn == 4) {
+            for (Py_ssize_t j = i0; j < d; ++j) {
+                const nc_vd wj = w[j];
+                s[0] = s[0] + R[i0 * d + j] * wj;
+                s[1] = s[1] + R[(i0 + 1) * d + j] * wj;
+                s[2] = s[2] + R[(i0 + 2) * d + j] * wj;
+                s[3] = s[3] + R[(i0 + 3) * d + j] * wj;
+            }
+        } else {
+            for (int r = 0; r < Rn; ++r)
+                for (Py_ssize_t j = i0 + r; j < d; ++j)
+                    s[r] = s[r] + R[(i0 + r) * d + j] * w[j];
+        }
+        for (int r = 0; r < Rn; ++r) {
+            a[i0 + r] = s[r];
+            uu = uu + s[r] * s[r];
+        }
+    }
+    nc_vd isd = uu / Nd + c->eps;
+    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(isd[l]);
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd ai = a[i] * isd, vi = ai - t[i];
+        a[i] = ai;
+        v[i] = vi;
+        vv = vv + vi * vi;
+        va = va + vi * ai;
+    }
+    const nc_vd f = 0.5 * (vv + c->rho2) / Nd;
+    const nc_vd m = va / Nd / Nd;
+    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd yi = (v[i] * invN - a[i] * m) * isd;
+        for (Py_ssize_t j = i; j < d; ++j) g[j] = g[j] + yi * R[i * d + j];
+    }
+    return f;
+}
+
 NC_INLINE void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
     if (c->pot == NC_LPOT_RAYLEIGH)
         w->f = NCL(grad_rayleigh)(c, NCCV(w->q), NCV(w->g), NCV(w->aux));
+    else if (c->pot == NC_LPOT_BN_UNIT && c->R != NULL)
+        w->f = NCL(grad_bn_unit_full)(c, NCCV(w->q), NCV(w->g), NCV(w->aux));
     else if (c->pot == NC_LPOT_BN_UNIT)
         w->f = NCL(grad_bn_unit)(c, NCCV(w->q), NCV(w->g), NCV(w->aux));
     else

@@ -260,7 +260,44 @@ cdef struct BNUnitParams:
     const double* y     # (N,)
     Py_ssize_t N
     double eps
-    double* z           # scratch (N)
+    double* z           # scratch (max(N, 2D))
+    const double* R     # (D, D) upper triangular, X - mean(X) = Q R; NULL: row form only
+    const double* t     # (D) Q^T y
+    double rho2         # |y - Q t|^2
+
+
+cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
+                                 Py_ssize_t d) noexcept nogil:
+    """The full batch in O(D^2): docs/potentials.md section 4a, (P.6a)-(P.6b), in the
+    order stated there (shared with pyx/lanes_impl.h grad_bn_unit_full)."""
+    cdef const double* R = p.R
+    cdef double* a = p.z            # a = u / s (u first)
+    cdef double* v = p.z + d        # v = a - t, then y'
+    cdef Py_ssize_t i, j
+    cdef double acc, uu = 0.0, isd, vv = 0.0, va = 0.0, f, m
+    cdef double Nd = <double> p.N, invN = 1.0 / <double> p.N
+    for i in range(d):
+        acc = 0.0
+        for j in range(i, d):
+            acc = acc + R[i * d + j] * w[j]
+        a[i] = acc
+        uu = uu + acc * acc
+    isd = 1.0 / sqrt(uu / Nd + p.eps)
+    for i in range(d):
+        a[i] = a[i] * isd
+        v[i] = a[i] - p.t[i]
+        vv = vv + v[i] * v[i]
+        va = va + v[i] * a[i]
+    f = 0.5 * (vv + p.rho2) / Nd
+    m = va / Nd / Nd
+    for i in range(d):
+        v[i] = (v[i] * invN - a[i] * m) * isd
+    for j in range(d):
+        g[j] = 0.0
+    for i in range(d):
+        for j in range(i, d):
+            g[j] = g[j] + v[i] * R[i * d + j]
+    return f
 
 
 cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
@@ -273,6 +310,8 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
     cdef const double* x
     cdef double s, mean = 0.0, var = 0.0, isd, f = 0.0, md = 0.0, mdz = 0.0, dz, e
     cdef double invB = 1.0 / <double> B
+    if p.view.rows == NULL and p.R != NULL:
+        return _bn_unit_full(p, q, g, d)
     for i in range(B):
         r = p.view.rows[i] if p.view.rows != NULL else i
         s = _dot4(d, p.X + r * d, q)
@@ -306,13 +345,19 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
 
 
 cdef class BatchNormUnitKernel(Potential):
-    cdef cnp.ndarray X, y
-    cdef double eps
+    cdef cnp.ndarray X, y, R, t
+    cdef double eps, rho2
 
-    def __cinit__(self, cnp.ndarray X, cnp.ndarray y, double eps):
+    def __cinit__(self, cnp.ndarray X, cnp.ndarray y, double eps, cnp.ndarray R=None,
+                  cnp.ndarray t=None, double rho2=0.0):
+        """``R``, ``t``, ``rho2``: the full-batch projection of docs/potentials.md §4a
+        (None: the row form for every batch)."""
         self.X = X
         self.y = y
         self.eps = eps
+        self.R = R
+        self.t = t
+        self.rho2 = rho2
         self.d = X.shape[1]
         self.n_data = X.shape[0]
         self.fn = _c_grad_bn_unit
@@ -325,7 +370,11 @@ cdef class BatchNormUnitKernel(Potential):
         p.y = _ptr(self.y)
         p.N = self.n_data
         p.eps = self.eps
-        p.z = <double*> malloc(self.n_data * sizeof(double))
+        if self.R is not None:
+            p.R = _ptr(self.R)
+            p.t = _ptr(self.t)
+            p.rho2 = self.rho2
+        p.z = <double*> malloc(max(self.n_data, 2 * self.d) * sizeof(double))
         if p.z == NULL:
             free(p)
             raise MemoryError("workspace of BatchNormUnit")

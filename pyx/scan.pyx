@@ -613,6 +613,9 @@ cdef extern from "lanes.h" nogil:
         const double* y
         Py_ssize_t N
         double eps
+        const double* R
+        const double* t
+        double rho2
         Py_ssize_t P
         const double* hp
         Py_ssize_t nhp
@@ -689,7 +692,7 @@ cdef class LaneScanKernel:
         if pot_kind not in _LANE_POTS:
             raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
         arrays = [hp, vec0, sca0, q0, q_final, loss_final, loss_min, bn2_final, angle]
-        for key in ("A", "b", "X", "y"):
+        for key in ("A", "b", "X", "y", "R", "t"):
             if key in pot_data:
                 arrays.append(pot_data[key])
         for a in arrays:
@@ -717,6 +720,12 @@ cdef class LaneScanKernel:
             c.y = <const double*> _data(pot_data["y"])
             c.N = pot_data["X"].shape[0]
             c.eps = pot_data["eps"]
+        if "R" in pot_data:
+            if pot_data["R"].shape[0] != d or pot_data["t"].shape[0] != d:
+                raise ValueError("LaneScanKernel: inconsistent projection shapes")
+            c.R = <const double*> _data(pot_data["R"])
+            c.t = <const double*> _data(pot_data["t"])
+            c.rho2 = pot_data["rho2"]
         c.P = P
         c.hp = <const double*> _data(hp)
         c.nhp = hp.shape[1]

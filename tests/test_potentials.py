@@ -345,11 +345,62 @@ def test_compiled_equals_numpy_twin(name, seed, minibatch):
 
 @pytest.mark.parametrize("name", DATA_NAMES)
 def test_rows_none_equals_all_rows_in_order(name):
-    # rows=None means "all N rows": the same numbers as rows = arange(N)
+    # rows=None means "all N rows": the same numbers as rows = arange(N) -- for
+    # BatchNormUnit in its row form (projection=False); its default full-batch form is the
+    # O(D²) projection of docs/potentials.md §4a, equal to round-off (next test)
     case = make_case(name, np.random.default_rng(7))
-    f0, g0 = case.pot.value_and_grad(case.q)
-    f1, g1 = case.pot.value_and_grad(case.q, rows=np.arange(case.pot.n_data))
+    pot = case.pot
+    if name == "bn_unit":
+        pot = P.BatchNormUnit(pot.X, pot.y, pot.eps, projection=False)
+    f0, g0 = pot.value_and_grad(case.q)
+    f1, g1 = pot.value_and_grad(case.q, rows=np.arange(pot.n_data))
     assert f0 == f1 and np.array_equal(g0, g1)
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (20, 6), (200, 50), (17, 17), (30, 4)])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_bn_unit_projection_equals_row_form(shape, eps):
+    """docs/potentials.md (P.6a)-(P.6b): the O(D²) full-batch form gives the row form's loss
+    and gradient to round-off (1e-13 relative: a few roundings of O(1) sums, amplified by
+    the conditioning of the data at most mildly here), keeps ⟨g, w⟩ = 0 for eps = 0 and
+    (P.6) for eps > 0, also with rank-deficient data (a repeated column)."""
+    rng = np.random.default_rng(sum(shape))
+    N, D = shape
+    X = rng.standard_normal((N, D))
+    if D >= 4:
+        X[:, 3] = X[:, 1]                          # rank D - 1
+    y = np.tanh(X @ rng.standard_normal(D)) + 0.1 * rng.standard_normal(N)
+    proj = P.BatchNormUnit(X, y, eps)
+    rows = P.BatchNormUnit(X, y, eps, projection=False)
+    assert proj._proj is not None
+    for _ in range(5):
+        w = rng.standard_normal(D)
+        fp, gp = proj.value_and_grad(w)
+        fr, gr = rows.value_and_grad(w)
+        assert abs(fp - fr) <= 1e-13 * abs(fr)
+        np.testing.assert_allclose(gp, gr, rtol=0, atol=1e-13 * np.abs(gr).max())
+        z = X @ w
+        var = np.var(z)
+        zh = (z - z.mean()) / np.sqrt(var + eps)
+        expect = eps / (var + eps) * np.sum((zh - y) / N * zh)          # (P.6)
+        assert abs(gp @ w - expect) <= 1e-13 * np.linalg.norm(gp) * np.linalg.norm(w)
+
+
+def test_bn_unit_projection_is_skipped_when_n_below_d_and_pickles_with_its_factors():
+    import pickle
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    assert P.BatchNormUnit(X, y)._proj is None              # N < D: row form
+    X, y = rng.standard_normal((40, 8)), rng.standard_normal(40)
+    pot = P.BatchNormUnit(X, y)
+    back = pickle.loads(pickle.dumps(pot))
+    for a, b in zip(pot._proj[:2], back._proj[:2]):
+        assert np.array_equal(a, b)                         # carried, not recomputed
+    assert back._proj[2] == pot._proj[2]
+    assert P.BatchNormUnit(X, y, projection=False)._proj is None
+    assert pickle.loads(pickle.dumps(P.BatchNormUnit(X, y, projection=False)))._proj is None
+    with pytest.raises(TypeError, match="projection"):
+        P.BatchNormUnit(X, y, projection="yes")
 
 
 # ------------------------------------------------------------------------------------------
