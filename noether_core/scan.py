@@ -419,6 +419,17 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None):
     custom_partition = g.rule_cls._partition is not Rule._partition
     if rules is None:
         rules = _rules(g, lo, hi)
+    cls = g.rule_cls
+    # a fresh state of zeros (Rule.init_state and its scalars, unchanged by the class) is
+    # the same at every point: build it once
+    zeros_state = (cls.init_state is Rule.init_state and cls._pack_scalars is Rule._pack_scalars
+                   and cls._partition is Rule._partition
+                   and not issubclass(cls, MirrorDescent))
+    if zeros_state and rules:
+        nvec, nsca = len(cls.vec_names) * d, len(cls.sca_names)
+        hp = np.array([rule._hp(pot) for rule in rules], dtype=np.float64)
+        return (np.ascontiguousarray(hp), np.zeros((len(rules), nvec)),
+                np.zeros((len(rules), nsca)), _csr(rules[0]._partition(pot)))
     for rule in rules:
         if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(g.q0 <= 0):
             raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")

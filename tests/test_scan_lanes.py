@@ -226,3 +226,59 @@ def test_lane_kernel_progress_and_cancel():
     kern.cancel()
     kern.run()
     assert np.all(outs[5] == 4) and np.all(outs[6] == 0)
+
+
+# ---------------------------------------------------------------------------------------
+# property: random grids, dimensions, data and step counts
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@st.composite
+def lane_cases(draw):
+    kind = draw(st.sampled_from(["rayleigh", "quadratic", "bn", "bn_rows"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    d = draw(st.integers(1, 11))
+    if kind == "rayleigh":
+        M = rng.normal(size=(d, d))
+        pot = nc.potentials.RayleighQuotient(M + M.T)
+    elif kind == "quadratic":
+        M = rng.normal(size=(d, d))
+        pot = nc.potentials.Quadratic(M @ M.T / d + 0.1 * np.eye(d), rng.normal(size=d))
+    else:
+        N = draw(st.integers(2, 3 * d + 3))
+        X = rng.normal(size=(N, d))
+        pot = nc.potentials.BatchNormUnit(X, rng.normal(size=N),
+                                          draw(st.sampled_from([0.0, 1e-2])),
+                                          projection=kind == "bn")
+    q0 = rng.normal(size=d)
+    n_lr = draw(st.integers(1, 11))
+    lr = np.unique(10.0 ** rng.uniform(-3, 1.5, n_lr))
+    grid = {"lr": lr}
+    momentum = draw(st.sampled_from([0.0, 0.9, (0.0, 0.5, 0.99)]))
+    grid["momentum"] = list(momentum) if isinstance(momentum, tuple) else momentum
+    grid["weight_decay"] = draw(st.sampled_from([0.0, 1e-3, (0.0, 0.1)]))
+    if isinstance(grid["weight_decay"], tuple):
+        grid["weight_decay"] = list(grid["weight_decay"])
+    if momentum == 0.9:
+        grid["nesterov"] = draw(st.sampled_from([False, True, (False, True)]))
+        if isinstance(grid["nesterov"], tuple):
+            grid["nesterov"] = list(grid["nesterov"])
+    elif momentum != 0.0:
+        grid["dampening"] = draw(st.sampled_from([0.0, [0.0, 0.4]]))
+    steps = draw(st.sampled_from([1, 2, 9, 10, 11, 255, 256, 257, 600]))
+    return pot, q0, steps, grid, draw(st.booleans())
+
+
+@given(lane_cases())
+def test_lanes_equal_scalar_loop_on_random_grids(case):
+    """Any grid the lane kernel takes gives the scalar loop's bits: dimensions 1–11 (row
+    groups of four with every tail length, the BatchNorm dot's tail), N above and below D
+    (the BatchNorm unit's projected and row forms), grids of 1–66 points (partial blocks),
+    step counts around the angle window's start and the 256-step boundary, divergent
+    points, mixed flags per block."""
+    pot, q0, steps, grid, charges = case
+    ref = _scan(pot, q0, False, steps=steps, charges=charges, **grid)
+    for isa in ks.lane_isas():
+        got = _scan(pot, q0, True, isa=isa, steps=steps, charges=charges, **grid)
+        _assert_identical(ref, got)
