@@ -259,10 +259,32 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
     }
     const nc_vd f = 0.5 * (vv + c->rho2) / Nd;
     const nc_vd m = va / Nd / Nd;
-    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nc_vd yi = (v[i] * invN - a[i] * m) * isd;
-        for (Py_ssize_t j = i; j < d; ++j) g[j] = g[j] + yi * R[i * d + j];
+    for (Py_ssize_t i = 0; i < d; ++i) v[i] = (v[i] * invN - a[i] * m) * isd;   /* y' */
+    /* g_j = sum_{i <= j} y'_i R_ij over i in order (the scalar loop's order), four
+       columns at a time so that four sums run at once in registers; the columns of a
+       group also take the terms i = j+1 .. j0+3, exact zeros of R added last to a sum
+       that started at +0 and so is never -0: they change nothing */
+    for (Py_ssize_t j0 = 0; j0 < d; j0 += 4) {
+        const int Cn = d - j0 < 4 ? (int) (d - j0) : 4;
+        if (Cn == 4) {
+            nc_vd s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (Py_ssize_t i = 0; i <= j0 + 3; ++i) {
+                const nc_vd yi = v[i];
+                const double* Ri = R + i * d + j0;
+                s0 = s0 + yi * Ri[0];
+                s1 = s1 + yi * Ri[1];
+                s2 = s2 + yi * Ri[2];
+                s3 = s3 + yi * Ri[3];
+            }
+            g[j0] = s0; g[j0 + 1] = s1; g[j0 + 2] = s2; g[j0 + 3] = s3;
+        } else {
+            for (int r = 0; r < Cn; ++r) {
+                const Py_ssize_t j = j0 + r;
+                nc_vd acc = {0};
+                for (Py_ssize_t i = 0; i <= j; ++i) acc = acc + v[i] * R[i * d + j];
+                g[j] = acc;
+            }
+        }
     }
     return f;
 }
