@@ -121,7 +121,11 @@ def _symmetric_matrix(A):
         raise ValueError(f"A must be square, got shape {A.shape}")
     if not np.allclose(A, A.T, rtol=1e-12, atol=1e-14 * np.abs(A).max()):
         raise ValueError("A must be symmetric (the gradient formulas assume Aᵀ = A)")
-    return 0.5 * (A + A.T)
+    with np.errstate(over="ignore"):
+        S = 0.5 * (A + A.T)
+    big = ~np.isfinite(S)               # A + Aᵀ overflowed (entries near the float64 limit)
+    S[big] = 0.5 * A[big] + 0.5 * A.T[big]
+    return S
 
 
 class Quadratic(Potential):
@@ -140,9 +144,11 @@ class Quadratic(Potential):
         super().__init__(_k.QuadraticKernel(_readonly(A), _readonly(b)),
                          {"q": np.arange(d)}, (), (A, b))
         self.A, self.b = A, b
+        # the arrays the kernel holds, not the (rebindable) attributes
+        self._lanes = ("quadratic", {"A": A, "b": b})
 
     def _lane_form(self):
-        return "quadratic", {"A": self.A, "b": self.b}
+        return self._lanes
 
 
 class RayleighQuotient(Potential):
@@ -158,9 +164,10 @@ class RayleighQuotient(Potential):
         super().__init__(_k.RayleighQuotientKernel(_readonly(A)), {"q": np.arange(d)},
                          (Symmetry("scale", ("q",)),), (A,))
         self.A = A
+        self._lanes = ("rayleigh", {"A": A})
 
     def _lane_form(self):
-        return "rayleigh", {"A": self.A}
+        return self._lanes
 
 
 class Radial(Potential):
@@ -242,6 +249,13 @@ class BatchNormUnit(Potential):
         self.X, self.y, self.eps = X, y, eps
         self.projection = projection
         self._proj = proj
+        # what the kernel holds, fixed here: pickling and the lane kernel read these, not
+        # the (rebindable) attributes
+        self._frozen = (X, y, eps, projection, proj)
+        lane = {"X": X, "y": y, "eps": float(eps)}
+        if proj is not None:
+            lane.update(R=proj[0], t=proj[1], rho2=proj[2])
+        self._lanes = ("bn_unit", lane)
 
     @staticmethod
     def _project(X, y):
@@ -261,13 +275,10 @@ class BatchNormUnit(Potential):
         # the projection travels with the object: a QR recomputed in another process
         # (another BLAS thread count or CPU kernel) could differ in the last bits, and
         # the same potential must give the same bits everywhere (scan with executors)
-        return (_restore_bn_unit, (self.X, self.y, self.eps, self.projection, self._proj))
+        return (_restore_bn_unit, self._frozen)
 
     def _lane_form(self):
-        data = {"X": self.X, "y": self.y, "eps": float(self.eps)}
-        if self._proj is not None:
-            data.update(R=self._proj[0], t=self._proj[1], rho2=self._proj[2])
-        return "bn_unit", data
+        return self._lanes
 
 
 def _restore_bn_unit(X, y, eps, projection, proj):

@@ -432,11 +432,14 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
         }
     }
     /* the retired lane idles at q0 with lr = 0: it keeps computing (SIMD) but on
-       harmless numbers (no NaN, inf or subnormal slow paths) */
+       harmless numbers (no NaN, inf or subnormal slow paths).  Its gradient is zeroed
+       too: a lane retired on its loss still takes this step's update, which must not
+       read the bad gradient (0 * NaN is NaN). */
     for (Py_ssize_t i = 0; i < d; ++i) {
         w->q[i * NC_NL + l] = c->q0[i];
         w->qn[i * NC_NL + l] = c->q0[i];
         w->buf[i * NC_NL + l] = 0.0;
+        w->g[i * NC_NL + l] = 0.0;
     }
     w->nlr[l] = 0.0;
 }

@@ -645,6 +645,10 @@ cdef extern from "lanes.h" nogil:
         int isa
     ctypedef struct nc_lane_ws:
         Py_ssize_t progress
+        double* q
+        double* qn
+        double* buf
+        double* g
         void* block
     size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
@@ -819,6 +823,22 @@ cdef class LaneScanKernel:
         for t in range(self.n_threads):
             total += self.ws[t].progress
         return total
+
+    def _lane_state(self, int t):
+        """Copies of thread t's lane arrays q, qn, buf, g as a (4, d, NC_NL) array, as the
+        last block left them (for tests)."""
+        if t < 0 or t >= self.n_threads:
+            raise IndexError(f"thread {t} of {self.n_threads}")
+        cdef Py_ssize_t n = self.c.d * NC_NL
+        out = np.empty((4, self.c.d, NC_NL))
+        cdef double[:, :, ::1] o = out
+        cdef nc_lane_ws* w = self.ws[t]
+        if n > 0:
+            memcpy(&o[0, 0, 0], w.q, n * sizeof(double))
+            memcpy(&o[1, 0, 0], w.qn, n * sizeof(double))
+            memcpy(&o[2, 0, 0], w.buf, n * sizeof(double))
+            memcpy(&o[3, 0, 0], w.g, n * sizeof(double))
+        return out
 
     def cancel(self):
         self.cancel_flag = 1

@@ -386,6 +386,14 @@ def test_bn_unit_projection_equals_row_form(shape, eps):
         assert abs(gp @ w - expect) <= 1e-13 * np.linalg.norm(gp) * np.linalg.norm(w)
 
 
+def test_symmetrising_huge_entries_does_not_overflow():
+    """0.5 (A + Aᵀ) overflows for entries near the float64 limit although A is finite:
+    those entries are symmetrised as 0.5 A + 0.5 Aᵀ instead (exact for symmetric A)."""
+    A = np.diag([1e308, 1.0])
+    for cls in (P.Quadratic, P.RayleighQuotient):
+        assert np.array_equal(cls(A).A, A)
+
+
 def test_bn_unit_projection_is_skipped_when_n_below_d_and_pickles_with_its_factors():
     import pickle
     rng = np.random.default_rng(3)
