@@ -80,9 +80,6 @@ typedef struct {
     int alive[NC_NL];
     int heavy_ball, all_wd;     /* block-uniform flags (step_sgd's fast form) */
     int any_first;              /* some lane has not taken its first momentum step */
-    Py_ssize_t p0;              /* the block's first grid point */
-    int real;                   /* lanes that are grid points (the rest pad the block) */
-    Py_ssize_t reported;        /* point-steps already added to progress */
     Py_ssize_t ang_cnt;
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
@@ -202,16 +199,6 @@ static inline void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssi
     if (c->isa == NC_ISA_AVX512) { nc_lane_run_block_avx512(c, w, p0); return; }
 #endif
     nc_lane_run_block_base(c, w, p0);
-}
-
-/* blocks p1.. and p2.. interleaved (two workspaces) */
-static inline void nc_lane_run_pair(const nc_lane_ctx* c, nc_lane_ws* w1, Py_ssize_t p1,
-                                    nc_lane_ws* w2, Py_ssize_t p2)
-{
-#if NC_LANES_X86
-    if (c->isa == NC_ISA_AVX512) { nc_lane_run_pair_avx512(c, w1, p1, w2, p2); return; }
-#endif
-    nc_lane_run_pair_base(c, w1, p1, w2, p2);
 }
 
 #endif

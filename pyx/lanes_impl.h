@@ -470,11 +470,12 @@ NC_INLINE int NCL(eval_checked)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
 
 /* ---- the block ----------------------------------------------------------------------- */
 
-/* Load grid points p0 .. p0 + NC_NL - 1 into the lanes of w (those >= P are padding
- * copies of point p0, whose results are discarded). */
-static void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
+/* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
+ * results are discarded) from start to finish and write their output rows. */
+static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
 {
     const Py_ssize_t d = c->d, nsym = c->nsym;
+    Py_ssize_t n;
     int l;
     for (l = 0; l < NC_NL; ++l) {
         const Py_ssize_t p = p0 + l < c->P ? p0 + l : p0;
@@ -507,183 +508,130 @@ static void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
         w->heavy_ball &= w->mom_on[l] != 0 && w->nest[l] == 0 && w->damp1[l] == 1.0;
         w->all_wd &= w->wd_on[l] != 0;
     }
-    w->p0 = p0;
-    w->real = (int) (c->P - p0 < NC_NL ? c->P - p0 : NC_NL);
-    w->reported = 0;
-}
-
-/* Step n -> n + 1 of every lane of the block; 0 when no lane is left running. */
-NC_INLINE int NCL(block_step)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
-{
-    const Py_ssize_t d = c->d, nsym = c->nsym, p0 = w->p0;
-    int l;
-    /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
-       gradient always makes q_{n+1} non-finite (it enters the update multiplied by
-       -lr, and 0 * inf is NaN too), so the probe of q_{n+1} below catches it, and
-       the lanes it flags are then classified exactly, as _grad_checked and the
-       probe after the step would have: GRAD at step n (state q_n, f_n not taken)
-       or PARAMS at step n (state q_{n+1}, f_n taken). */
-    NCL(grad)(c, w);
-    const nc_vd f = w->f;
-    if (NCL(any_nan)(f * 0.0)) {
-        int alive = 0;
-        for (l = 0; l < NC_NL; ++l)
-            if (w->alive[l] && f[l] * 0.0 != 0.0)
-                NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_LOSS, n, NAN, w->q);
-        for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
-        if (alive == 0) return 0;
-    }
-    NCL(take_angle)(c, w, n);
-    if (nsym > 0) {
-        const nc_vd* qp = NCCV(w->q);
-        const nc_vd* qf = NCCV(w->q_free);
-        NCL(step_sgd)(c, w, 1, w->q_free);
-        /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
-        for (Py_ssize_t j = 0; j < nsym; ++j) {
-            nc_vd T = {0};
-            for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-                const Py_ssize_t i = c->sidx[k];
-                T = T + (qf[i] - qp[i]) * qp[i];
-            }
-            NCV(w->free_T)[j] = T;
-        }
-    }
-    NCL(step_sgd)(c, w, 0, w->qn);              /* q_{n+1} into qn; q keeps q_n */
-    {
-        /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
-           false alarm (finite values whose sum overflows) is sorted out below */
-        const nc_vd* qn = NCCV(w->qn);
-        nc_vd s0 = {0}, s1 = {0};
-        Py_ssize_t k = 0;
-        for (; k + 2 <= d; k += 2) { s0 = s0 + qn[k]; s1 = s1 + qn[k + 1]; }
-        for (; k < d; ++k) s0 = s0 + qn[k];
-        if (NCL(any_nan)((s0 + s1) * 0.0)) {
-            int alive = 0;
-            for (l = 0; l < NC_NL; ++l) {
-                if (!w->alive[l]) continue;
-                double pg = 0.0, pq = 0.0;
-                for (Py_ssize_t i = 0; i < d; ++i) {
-                    pg = pg + w->g[i * NC_NL + l] * 0.0;
-                    pq = pq + w->qn[i * NC_NL + l] * 0.0;
-                }
-                if (pg != pg) {
-                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
-                } else if (pq != pq) {
-                    if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
-                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN,
-                                     w->qn);
-                }
-            }
-            for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
-            if (alive == 0) return 0;
-        }
-    }
-    w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
-    {
-        double* t = w->q;
-        w->q = w->qn;
-        w->qn = t;
-    }
-    if (nsym > 0) {
-        /* scale law: (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after) */
-        const nc_vd* q1v = NCCV(w->q);
-        const nc_vd* q0v = NCCV(w->qn);
-        nc_vd* worst = NCV(w->worst);
-        for (Py_ssize_t j = 0; j < nsym; ++j) {
-            nc_vd a1 = {0}, a0 = {0}, dd = {0};
-            for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-                const Py_ssize_t i = c->sidx[k];
-                const nc_vd q1 = q1v[i], q0 = q0v[i], x = q1 - q0;
-                a1 = a1 + q1 * q1;
-                a0 = a0 + q0 * q0;
-                dd = dd + x * x;
-            }
-            const nc_vd T = NCCV(w->free_T)[j];
-            const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
-            const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
-            const nc_vd zero = {0}, one = zero + 1.0;
-            /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
-            nc_vd rel = NCL(sel)(sc > 0.0, NCL(fabs)(R) / sc,
-                                 NCL(sel)(R == 0.0, zero, one));
-            rel = NCL(sel)(rel != rel, one, rel);
-            const nc_vl up = rel > worst[j];
-            if (NCL(any)(up)) {
-                worst[j] = NCL(sel)(up, rel, worst[j]);
-                for (l = 0; l < NC_NL; ++l)
-                    if (up[l]) w->wstep[j * NC_NL + l] = n;
-            }
-        }
-    }
-    return 1;
-}
-
-/* After the loop: the terminal state q_steps if the block got there (n == steps, not
- * cancelled), and the progress counter. */
-static void NCL(block_end)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n, int cancelled)
-{
-    if (n == c->steps && !cancelled) {
-        if (NCL(eval_checked)(c, w, w->p0, c->steps) > 0) {
-            NCL(take_angle)(c, w, c->steps);
-            for (int l = 0; l < NC_NL; ++l)
-                if (w->alive[l])
-                    NCL(finish_lane)(c, w, l, w->p0 + l, NC_ST_OK, -1, w->f[l], w->q);
-        }
-    }
-    w->progress += c->steps * w->real - w->reported;  /* retired lanes count as done */
-}
-
-/* every 256 steps: honour cancel (retiring the running lanes at step n) and report
- * progress; 1 if cancelled */
-NC_INLINE int NCL(block_poll)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
-{
-    if (*c->cancel) {
-        for (int l = 0; l < NC_NL; ++l)
-            if (w->alive[l])
-                NCL(finish_lane)(c, w, l, w->p0 + l, NC_ST_INTERRUPTED, n, NAN, w->q);
-        return 1;
-    }
-    w->progress += n * w->real - w->reported;
-    w->reported = n * w->real;
-    return 0;
-}
-
-/* Run one block of grid points from start to finish and write their output rows. */
-static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
-{
-    Py_ssize_t n;
+    const int real = (int) (c->P - p0 < NC_NL ? c->P - p0 : NC_NL);
+    Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
     int cancelled = 0;
-    NCL(block_start)(c, w, p0);
-    for (n = 0; n < c->steps; ++n) {
-        if ((n & 255) == 0 && NCL(block_poll)(c, w, n)) {
-            cancelled = 1;
-            break;
-        }
-        if (!NCL(block_step)(c, w, n)) break;
-    }
-    NCL(block_end)(c, w, n, cancelled);
-}
 
-/* Two blocks advanced step by step in turn (w1: points p1.., w2: points p2..): the two
- * dependency chains are independent, so the core overlaps them.  Each block's results are
- * those of run_block. */
-static void NCL(run_pair)(const nc_lane_ctx* c, nc_lane_ws* w1, Py_ssize_t p1,
-                          nc_lane_ws* w2, Py_ssize_t p2)
-{
-    Py_ssize_t n, n1 = c->steps, n2 = c->steps;
-    int run1 = 1, run2 = 1, cancelled = 0;
-    NCL(block_start)(c, w1, p1);
-    NCL(block_start)(c, w2, p2);
-    for (n = 0; n < c->steps && (run1 || run2); ++n) {
+    for (n = 0; n < c->steps; ++n) {
         if ((n & 255) == 0) {
-            if (run1 && NCL(block_poll)(c, w1, n)) { cancelled = 1; n1 = n; run1 = 0; }
-            if (run2 && NCL(block_poll)(c, w2, n)) { cancelled = 1; n2 = n; run2 = 0; }
-            if (cancelled) break;
+            if (*c->cancel) {
+                for (l = 0; l < NC_NL; ++l)
+                    if (w->alive[l])
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_INTERRUPTED, n, NAN, w->q);
+                cancelled = 1;
+                break;
+            }
+            w->progress += n * real - reported;
+            reported = n * real;
         }
-        if (run1 && !NCL(block_step)(c, w1, n)) { run1 = 0; n1 = n; }
-        if (run2 && !NCL(block_step)(c, w2, n)) { run2 = 0; n2 = n; }
+        /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
+           gradient always makes q_{n+1} non-finite (it enters the update multiplied by
+           -lr, and 0 * inf is NaN too), so the probe of q_{n+1} below catches it, and
+           the lanes it flags are then classified exactly, as _grad_checked and the
+           probe after the step would have: GRAD at step n (state q_n, f_n not taken)
+           or PARAMS at step n (state q_{n+1}, f_n taken). */
+        NCL(grad)(c, w);
+        const nc_vd f = w->f;
+        if (NCL(any_nan)(f * 0.0)) {
+            int alive = 0;
+            for (l = 0; l < NC_NL; ++l)
+                if (w->alive[l] && f[l] * 0.0 != 0.0)
+                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_LOSS, n, NAN, w->q);
+            for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
+            if (alive == 0) break;
+        }
+        NCL(take_angle)(c, w, n);
+        if (nsym > 0) {
+            const nc_vd* qp = NCCV(w->q);
+            const nc_vd* qf = NCCV(w->q_free);
+            NCL(step_sgd)(c, w, 1, w->q_free);
+            /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
+            for (Py_ssize_t j = 0; j < nsym; ++j) {
+                nc_vd T = {0};
+                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                    const Py_ssize_t i = c->sidx[k];
+                    T = T + (qf[i] - qp[i]) * qp[i];
+                }
+                NCV(w->free_T)[j] = T;
+            }
+        }
+        NCL(step_sgd)(c, w, 0, w->qn);              /* q_{n+1} into qn; q keeps q_n */
+        {
+            /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
+               false alarm (finite values whose sum overflows) is sorted out below */
+            const nc_vd* qn = NCCV(w->qn);
+            nc_vd s0 = {0}, s1 = {0};
+            Py_ssize_t k = 0;
+            for (; k + 2 <= d; k += 2) { s0 = s0 + qn[k]; s1 = s1 + qn[k + 1]; }
+            for (; k < d; ++k) s0 = s0 + qn[k];
+            if (NCL(any_nan)((s0 + s1) * 0.0)) {
+                int alive = 0;
+                for (l = 0; l < NC_NL; ++l) {
+                    if (!w->alive[l]) continue;
+                    double pg = 0.0, pq = 0.0;
+                    for (Py_ssize_t i = 0; i < d; ++i) {
+                        pg = pg + w->g[i * NC_NL + l] * 0.0;
+                        pq = pq + w->qn[i * NC_NL + l] * 0.0;
+                    }
+                    if (pg != pg) {
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
+                    } else if (pq != pq) {
+                        if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
+                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN,
+                                         w->qn);
+                    }
+                }
+                for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
+                if (alive == 0) break;
+            }
+        }
+        w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
+        {
+            double* t = w->q;
+            w->q = w->qn;
+            w->qn = t;
+        }
+        if (nsym > 0) {
+            /* scale law: (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after) */
+            const nc_vd* q1v = NCCV(w->q);
+            const nc_vd* q0v = NCCV(w->qn);
+            nc_vd* worst = NCV(w->worst);
+            for (Py_ssize_t j = 0; j < nsym; ++j) {
+                nc_vd a1 = {0}, a0 = {0}, dd = {0};
+                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                    const Py_ssize_t i = c->sidx[k];
+                    const nc_vd q1 = q1v[i], q0 = q0v[i], x = q1 - q0;
+                    a1 = a1 + q1 * q1;
+                    a0 = a0 + q0 * q0;
+                    dd = dd + x * x;
+                }
+                const nc_vd T = NCCV(w->free_T)[j];
+                const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
+                const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
+                const nc_vd zero = {0}, one = zero + 1.0;
+                /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
+                nc_vd rel = NCL(sel)(sc > 0.0, NCL(fabs)(R) / sc,
+                                     NCL(sel)(R == 0.0, zero, one));
+                rel = NCL(sel)(rel != rel, one, rel);
+                const nc_vl up = rel > worst[j];
+                if (NCL(any)(up)) {
+                    worst[j] = NCL(sel)(up, rel, worst[j]);
+                    for (l = 0; l < NC_NL; ++l)
+                        if (up[l]) w->wstep[j * NC_NL + l] = n;
+                }
+            }
+        }
     }
-    NCL(block_end)(c, w1, n1, cancelled);
-    NCL(block_end)(c, w2, n2, cancelled);
+    if (n == c->steps && !cancelled) {
+        /* the terminal state q_steps */
+        if (NCL(eval_checked)(c, w, p0, c->steps) > 0) {
+            NCL(take_angle)(c, w, c->steps);
+            for (l = 0; l < NC_NL; ++l)
+                if (w->alive[l])
+                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_OK, -1, w->f[l], w->q);
+        }
+    }
+    w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }
 
 #undef NCV

@@ -655,8 +655,6 @@ cdef extern from "lanes.h" nogil:
     int nc_lane_best_isa()
     int nc_lane_isa_available(int isa)
     void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
-    void nc_lane_run_pair(const nc_lane_ctx* c, nc_lane_ws* w1, Py_ssize_t p1,
-                          nc_lane_ws* w2, Py_ssize_t p2)
 
 
 LANES = NC_NL
@@ -670,15 +668,6 @@ def lane_isas():
     return [name for isa, name in sorted(_ISA_NAMES.items()) if nc_lane_isa_available(isa)]
 
 
-cdef inline void _lane_pair(const nc_lane_ctx* c, nc_lane_ws* w1, nc_lane_ws* w2,
-                            Py_ssize_t k, Py_ssize_t nblk) noexcept nogil:
-    """Blocks 2k and 2k + 1 (the last may be missing)."""
-    if 2 * k + 1 < nblk:
-        nc_lane_run_pair(c, w1, 2 * k * NC_NL, w2, (2 * k + 1) * NC_NL)
-    else:
-        nc_lane_run_block(c, w1, 2 * k * NC_NL)
-
-
 cdef class LaneScanKernel:
     """A full-batch SGD grid run NC_NL points per SIMD block (built by noether_core/scan.py).
 
@@ -687,7 +676,6 @@ cdef class LaneScanKernel:
     cdef nc_lane_ctx c
     cdef nc_lane_ws** ws
     cdef int n_threads
-    cdef int n_ws
     cdef int cancel_flag
     cdef list keep
 
@@ -788,13 +776,12 @@ cdef class LaneScanKernel:
                                  f"{lane_isas()}")
             c.isa = codes[isa]
         self.n_threads = n_threads
-        self.n_ws = 2 * n_threads          # two blocks in flight per thread (run_pair)
         if posix_memalign(<void**> &self.ws, CACHE_LINE,
-                          _pad(self.n_ws * sizeof(nc_lane_ws*))) != 0:
+                          _pad(n_threads * sizeof(nc_lane_ws*))) != 0:
             raise MemoryError("scratch table of scan")
-        memset(self.ws, 0, self.n_ws * sizeof(nc_lane_ws*))
+        memset(self.ws, 0, n_threads * sizeof(nc_lane_ws*))
         sz = nc_lane_ws_bytes(c)
-        for t in range(self.n_ws):
+        for t in range(n_threads):
             if posix_memalign(<void**> &self.ws[t], CACHE_LINE, _pad(sizeof(nc_lane_ws))) != 0:
                 raise MemoryError("scratch of scan")
             memset(self.ws[t], 0, sizeof(nc_lane_ws))
@@ -806,7 +793,7 @@ cdef class LaneScanKernel:
     def __dealloc__(self):
         cdef int t
         if self.ws != NULL:
-            for t in range(self.n_ws):
+            for t in range(self.n_threads):
                 if self.ws[t] != NULL:
                     free(self.ws[t].block)
                     free(self.ws[t])
@@ -818,39 +805,30 @@ cdef class LaneScanKernel:
         return _ISA_NAMES[self.c.isa]
 
     def run(self):
-        """Run every block of NC_NL points, two blocks interleaved per thread (GIL released
-        for the whole grid)."""
+        """Run every block of NC_NL points (GIL released for the whole grid)."""
         cdef nc_lane_ctx* c = &self.c
         cdef nc_lane_ws** ws = self.ws
         cdef Py_ssize_t k, nblk = (self.c.P + NC_NL - 1) // NC_NL
-        cdef Py_ssize_t npair = (nblk + 1) // 2
-        cdef int nt = self.n_threads, t
-        # pairs only when there are enough of them to keep every thread busy (a small grid
-        # keeps one block per thread instead)
-        cdef bint pairs = nblk >= 4 * nt
+        cdef int nt = self.n_threads
         with nogil:
             if nt == 1:
-                for k in range(npair):
-                    _lane_pair(c, ws[0], ws[1], k, nblk)
-            elif pairs:
-                for k in prange(npair, num_threads=nt, schedule="dynamic", chunksize=1):
-                    t = threadid()
-                    _lane_pair(c, ws[2 * t], ws[2 * t + 1], k, nblk)
+                for k in range(nblk):
+                    nc_lane_run_block(c, ws[0], k * NC_NL)
             else:
                 for k in prange(nblk, num_threads=nt, schedule="dynamic", chunksize=1):
-                    nc_lane_run_block(c, ws[2 * threadid()], k * NC_NL)
+                    nc_lane_run_block(c, ws[threadid()], k * NC_NL)
 
     def steps_done(self):
         cdef Py_ssize_t t, total = 0
-        for t in range(self.n_ws):
+        for t in range(self.n_threads):
             total += self.ws[t].progress
         return total
 
     def _lane_state(self, int t):
-        """Copies of workspace t's lane arrays q, qn, buf, g as a (4, d, NC_NL) array, as
-        the last block left them (for tests; workspaces 2i and 2i + 1 belong to thread i)."""
-        if t < 0 or t >= self.n_ws:
-            raise IndexError(f"workspace {t} of {self.n_ws}")
+        """Copies of thread t's lane arrays q, qn, buf, g as a (4, d, NC_NL) array, as the
+        last block left them (for tests)."""
+        if t < 0 or t >= self.n_threads:
+            raise IndexError(f"thread {t} of {self.n_threads}")
         cdef Py_ssize_t n = self.c.d * NC_NL
         out = np.empty((4, self.c.d, NC_NL))
         cdef double[:, :, ::1] o = out
