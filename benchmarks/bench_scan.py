@@ -220,8 +220,9 @@ NOTES = """Notes.
   BatchNorm unit, not met against batched NumPy of the same algorithm (~7–8×).  NumPy's
   batched ufuncs are SIMD over the grid as well, so what the compiled scan gains per core
   is the fusion of ~25 passes over (d, P) arrays into one loop (about 4× here); the lane
-  loop runs near this core's throughput for its operation count (no FMA: a·b + c stays two
-  roundings, as in `train`).  docs/scan.md §"Performance" has the analysis.
+  loop runs near this core's throughput for its operation count (interleaving two blocks
+  and fused multiply-adds were both measured, no faster and slower respectively).
+  docs/scan.md §"Performance" has the analysis.
 * Threads: blocks of grid points are independent; the 2-thread speed-up is bounded by the
   cores actually free (the machine is shared; the load column says how busy it was).  The
   line "(c) best of 3" repeats threads=1 and threads=2 alternately on the whole
