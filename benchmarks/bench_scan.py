@@ -217,7 +217,8 @@ NOTES = """Notes.
 * (a) is extrapolated: a strided subsample of grid points is run through
   python/noether_ref/rules.py and the time scaled to the whole grid.
 * Target ≥ 10× over batched NumPy: met against the row-form NumPy program for the
-  BatchNorm unit, not met against batched NumPy of the same algorithm (~7–8×).  NumPy's
+  BatchNorm unit, not met against batched NumPy of the same algorithm (6.7–9.3× over
+  four runs of this script; the NumPy timings move most between runs).  NumPy's
   batched ufuncs are SIMD over the grid as well, so what the compiled scan gains per core
   is the fusion of ~25 passes over (d, P) arrays into one loop (about 4× here); the lane
   loop runs near this core's throughput for its operation count (interleaving two blocks
