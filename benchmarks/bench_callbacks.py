@@ -59,10 +59,10 @@ def bench_callbacks(lib):
             scipy.LowLevelCallable(lib.rayleigh, A.ctypes.data_as(ctypes.c_void_p)), d)
 
         def fn(q, A=A):
-            qq = q @ q
             Aq = A @ q
-            f = 0.5 * (q @ Aq) / qq
-            return f, (Aq - 2.0 * f * q) * (1.0 / qq)
+            iqq = 1.0 / (q @ q)
+            t = (q @ Aq) * iqq
+            return 0.5 * t, Aq * iqq - q * (t * iqq)
         py = nc.potentials.Python(fn, d)
         same = np.array_equal(nc.train(rule, builtin, q0, 1000, charges=False).q,
                               nc.train(rule, comp, q0, 1000, charges=False).q)

@@ -8,15 +8,16 @@
 
 static double grad_rayleigh(const double *q, double *g, long d, const double *A, double *Aq) {
     double qAq = 0.0, qq = 0.0;
+    for (long i = 0; i < d; i++) qq += q[i] * q[i];
+    double iqq = 1.0 / qq;
     for (long i = 0; i < d; i++) {
         double s = 0.0;
         for (long j = 0; j < d; j++) s += A[i * d + j] * q[j];
-        Aq[i] = s; qAq += q[i] * s; qq += q[i] * q[i];
+        qAq += q[i] * s; Aq[i] = s * iqq;
     }
-    double f = 0.5 * qAq / qq;
-    double iqq = 1.0 / qq;
-    for (long i = 0; i < d; i++) g[i] = (Aq[i] - 2.0 * f * q[i]) * iqq;
-    return f;
+    double t = qAq * iqq, ti = t * iqq;
+    for (long i = 0; i < d; i++) g[i] = Aq[i] - q[i] * ti;
+    return 0.5 * t;
 }
 
 static double grad_bn(const double *w, double *g, long d, const double *X, const double *y,

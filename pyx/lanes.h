@@ -134,22 +134,26 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-/* atan2(a, b) for a, b >= 0 (the half-angle of the scan's angular update), with
- * +, -, *, / and sqrt only, so the lane kernel evaluates the same operations on whole
- * vectors (lanes_impl.h NCL(atan2p) is this function, operation for operation):
- *   x = min(a, b) / max(a, b) in [0, 1];
+/* atan2(sqrt(a), sqrt(b)) for a, b >= 0: the half-angle of the scan's angular update from
+ * the two squared norms it has (docs/scan.md), with +, -, *, / and sqrt only, so the lane
+ * kernel evaluates the same operations on whole vectors (lanes_impl.h NCL(atan2sq) is
+ * this function, operation for operation):
+ *   x^2 = min(a, b) / max(a, b) in [0, 1], x = sqrt(x^2);
  *   two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x to
- *   y <= tan(pi/16) < 0.2;  atan(y) = y sum_k (-1)^k y^(2k) / (2k + 1), 13 terms
+ *   y <= tan(pi/16) < 0.2 (the first uses x^2 as it is);
+ *   atan(y) = y sum_k (-1)^k y^(2k) / (2k + 1), 13 terms
  *   (truncation < 0.04^13 / 27 ~ 1e-20 relative);  atan(x) = 4 atan(y);
  *   a > b: pi/2 - atan(x).
- * Accuracy: a few ulp (tested against numpy.arctan2, docs/scan.md).  NaN in, NaN out;
- * a = b = 0 gives NaN (the angle of a zero block is undefined). */
+ * Accuracy: a few ulp (tested against long-double arctan2, docs/scan.md) while x^2 is a
+ * normal number (x > 1.5e-154).  NaN in, NaN out; a = b = 0 gives NaN (the angle of a
+ * zero block is undefined). */
 #define NC_ATAN_TERMS 13
-static inline double nc_atan2p(double a, double b)
+static inline double nc_atan2sq(double a, double b)
 {
     const int big = a > b;
-    const double x = big ? b / a : a / b;
-    const double x1 = x / (1.0 + sqrt(1.0 + x * x));
+    const double x2 = big ? b / a : a / b;
+    const double x = sqrt(x2);
+    const double x1 = x / (1.0 + sqrt(1.0 + x2));
     const double y = x1 / (1.0 + sqrt(1.0 + x1 * x1));
     const double z = y * y;
     double s = 1.0 / (2 * NC_ATAN_TERMS - 1);

@@ -32,12 +32,14 @@ NC_INLINE int NCL(any)(nc_vl m)
     return r;
 }
 
-/* nc_atan2p (lanes.h) on whole vectors: the same operations in the same order */
-NC_INLINE nc_vd NCL(atan2p)(nc_vd a, nc_vd b)
+/* nc_atan2sq (lanes.h) on whole vectors: the same operations in the same order */
+NC_INLINE nc_vd NCL(atan2sq)(nc_vd a, nc_vd b)
 {
     const nc_vl big = a > b;
-    const nc_vd x = NCL(sel)(big, b / a, a / b);
-    nc_vd r1 = 1.0 + x * x, r2;
+    const nc_vd x2 = NCL(sel)(big, b / a, a / b);
+    nc_vd x, r1, r2;
+    for (int l = 0; l < NC_NL; ++l) x[l] = sqrt(x2[l]);
+    r1 = 1.0 + x2;
     for (int l = 0; l < NC_NL; ++l) r1[l] = sqrt(r1[l]);
     const nc_vd x1 = x / (1.0 + r1);
     r2 = 1.0 + x1 * x1;
@@ -132,29 +134,30 @@ NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const nc_vd* restrict 
     return f;
 }
 
-/* _c_grad_rayleigh: f = 0.5 qAq/qq, g = (Aq - 2 f q) * (1/qq), qAq and qq summed over i
- * in order.  (Aq)_i stays in registers until qAq and qq have taken it (reading it back
- * right after the store would stall on store-to-load forwarding of 64-byte vectors). */
+/* _c_grad_rayleigh: iqq = 1/qq first, then per row i: (Aq)_i, the term q_i (Aq)_i of qAq
+ * (summed over i in order) and (Aq)_i * iqq; t = qAq * iqq, f = t/2, and
+ * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g. */
 NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const nc_vd* restrict q,
                                    nc_vd* restrict g, nc_vd* restrict Aq)
 {
     const Py_ssize_t d = c->d;
     nc_vd qAq = {0}, qq = {0};
+    for (Py_ssize_t i = 0; i < d; ++i) qq = qq + q[i] * q[i];
+    const nc_vd iqq = 1.0 / qq;
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
         const int R = d - i0 < 4 ? (int) (d - i0) : 4;
         nc_vd s[4];
         NCL(rows4)(c->A, d, i0, R, q, s);
         for (int r = 0; r < R; ++r) {
             const Py_ssize_t i = i0 + r;
-            Aq[i] = s[r];
             qAq = qAq + q[i] * s[r];
-            qq = qq + q[i] * q[i];
+            Aq[i] = s[r] * iqq;
         }
     }
-    const nc_vd f = 0.5 * qAq / qq;
-    const nc_vd two_f = 2.0 * f, iqq = 1.0 / qq;
-    for (Py_ssize_t i = 0; i < d; ++i) g[i] = (Aq[i] - two_f * q[i]) * iqq;
-    return f;
+    const nc_vd t = qAq * iqq;
+    const nc_vd ti = t * iqq;
+    for (Py_ssize_t i = 0; i < d; ++i) g[i] = Aq[i] - q[i] * ti;
+    return 0.5 * t;
 }
 
 /* _c_grad_bn_unit on the full batch (all N rows), the scalar code's order: the row
@@ -223,20 +226,29 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
     nc_vd* restrict a = z;
     nc_vd* restrict v = z + d;
     nc_vd uu = {0}, vv = {0}, va = {0};
-    /* u_i = sum_{j >= i} R_ij w_j, rows in groups of four.  Row i0 + r of a group also
-       takes the terms j = i0 .. i0 + r - 1, where R is zero below the diagonal: they are
-       +-0 and come first, so the sum stays +0 through them and is bitwise the scalar
-       sum from j = i (w is finite in every running lane). */
+    /* u_i = sum_{j >= i} R_ij w_j in order from +0, rows in groups of four: the
+       triangle at the head of a group first (row i0 + r starts at j = i0 + r), then the
+       columns the four rows share */
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
         const int Rn = d - i0 < 4 ? (int) (d - i0) : 4;
         nc_vd s[4] = {{0}, {0}, {0}, {0}};
         if (Rn == 4) {
-            for (Py_ssize_t j = i0; j < d; ++j) {
+            const double* R0 = R + i0 * d;
+            const double* R1 = R0 + d;
+            const double* R2 = R1 + d;
+            const double* R3 = R2 + d;
+            s[0] = s[0] + R0[i0] * w[i0];
+            s[0] = s[0] + R0[i0 + 1] * w[i0 + 1];
+            s[1] = s[1] + R1[i0 + 1] * w[i0 + 1];
+            s[0] = s[0] + R0[i0 + 2] * w[i0 + 2];
+            s[1] = s[1] + R1[i0 + 2] * w[i0 + 2];
+            s[2] = s[2] + R2[i0 + 2] * w[i0 + 2];
+            for (Py_ssize_t j = i0 + 3; j < d; ++j) {
                 const nc_vd wj = w[j];
-                s[0] = s[0] + R[i0 * d + j] * wj;
-                s[1] = s[1] + R[(i0 + 1) * d + j] * wj;
-                s[2] = s[2] + R[(i0 + 2) * d + j] * wj;
-                s[3] = s[3] + R[(i0 + 3) * d + j] * wj;
+                s[0] = s[0] + R0[j] * wj;
+                s[1] = s[1] + R1[j] * wj;
+                s[2] = s[2] + R2[j] * wj;
+                s[3] = s[3] + R3[j] * wj;
             }
         } else {
             for (int r = 0; r < Rn; ++r)
@@ -259,16 +271,16 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
     }
     const nc_vd f = 0.5 * (vv + c->rho2) / Nd;
     const nc_vd m = va / Nd / Nd;
-    for (Py_ssize_t i = 0; i < d; ++i) v[i] = (v[i] * invN - a[i] * m) * isd;   /* y' */
-    /* g_j = sum_{i <= j} y'_i R_ij over i in order (the scalar loop's order), four
-       columns at a time so that four sums run at once in registers; the columns of a
-       group also take the terms i = j+1 .. j0+3, exact zeros of R added last to a sum
-       that started at +0 and so is never -0: they change nothing */
+    const nc_vd c1 = invN * isd, c2 = m * isd;
+    for (Py_ssize_t i = 0; i < d; ++i) v[i] = v[i] * c1 - a[i] * c2;             /* y' */
+    /* g_j = sum_{i <= j} y'_i R_ij over i in order from +0 (the scalar loop's order),
+       four columns at a time so that four sums run at once in registers: the rows the
+       four columns share first, then the triangle at the foot of the group */
     for (Py_ssize_t j0 = 0; j0 < d; j0 += 4) {
         const int Cn = d - j0 < 4 ? (int) (d - j0) : 4;
         if (Cn == 4) {
             nc_vd s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            for (Py_ssize_t i = 0; i <= j0 + 3; ++i) {
+            for (Py_ssize_t i = 0; i <= j0; ++i) {
                 const nc_vd yi = v[i];
                 const double* Ri = R + i * d + j0;
                 s0 = s0 + yi * Ri[0];
@@ -276,6 +288,15 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
                 s2 = s2 + yi * Ri[2];
                 s3 = s3 + yi * Ri[3];
             }
+            const double* R1 = R + (j0 + 1) * d + j0;
+            const double* R2 = R1 + d;
+            const double* R3 = R2 + d;
+            s1 = s1 + v[j0 + 1] * R1[1];
+            s2 = s2 + v[j0 + 1] * R1[2];
+            s3 = s3 + v[j0 + 1] * R1[3];
+            s2 = s2 + v[j0 + 2] * R2[2];
+            s3 = s3 + v[j0 + 2] * R2[3];
+            s3 = s3 + v[j0 + 3] * R3[3];
             g[j0] = s0; g[j0 + 1] = s1; g[j0 + 2] = s2; g[j0 + 3] = s3;
         } else {
             for (int r = 0; r < Cn; ++r) {
@@ -381,22 +402,15 @@ NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
     if (n > c->late_start) {
         nc_vd* ang = NCV(w->ang_sum);
         for (Py_ssize_t b = 0; b < c->nb; ++b) {
-            nc_vd ia, ib, dm = {0}, dp = {0};
-            for (int l = 0; l < NC_NL; ++l) {
-                ia[l] = 1.0 / sqrt(pbn2[b][l]);
-                ib[l] = 1.0 / sqrt(bn2[b][l]);
-            }
+            nc_vd rho = bn2[b] / pbn2[b], dm = {0}, dp = {0};
+            for (int l = 0; l < NC_NL; ++l) rho[l] = sqrt(rho[l]);
             for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
                 const Py_ssize_t i = c->bidx[k];
-                const nc_vd u = pq[i] * ia, v = q[i] * ib;
+                const nc_vd u = pq[i] * rho, v = q[i];
                 dm = dm + (u - v) * (u - v);
                 dp = dp + (u + v) * (u + v);
             }
-            for (int l = 0; l < NC_NL; ++l) {
-                dm[l] = sqrt(dm[l]);
-                dp[l] = sqrt(dp[l]);
-            }
-            ang[b] = ang[b] + 2.0 * NCL(atan2p)(dm, dp);
+            ang[b] = ang[b] + 2.0 * NCL(atan2sq)(dm, dp);
         }
     }
     for (Py_ssize_t b = 0; b < c->nb; ++b) pbn2[b] = bn2[b];
@@ -532,7 +546,7 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
            or PARAMS at step n (state q_{n+1}, f_n taken). */
         NCL(grad)(c, w);
         const nc_vd f = w->f;
-        if (NCL(any_nan)(f * 0.0)) {
+        if (NCL(any_nan)(f - f)) {                  /* NaN exactly where f is inf or NaN */
             int alive = 0;
             for (l = 0; l < NC_NL; ++l)
                 if (w->alive[l] && f[l] * 0.0 != 0.0)
@@ -564,7 +578,8 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
             Py_ssize_t k = 0;
             for (; k + 2 <= d; k += 2) { s0 = s0 + qn[k]; s1 = s1 + qn[k + 1]; }
             for (; k < d; ++k) s0 = s0 + qn[k];
-            if (NCL(any_nan)((s0 + s1) * 0.0)) {
+            const nc_vd s = s0 + s1;
+            if (NCL(any_nan)(s - s)) {
                 int alive = 0;
                 for (l = 0; l < NC_NL; ++l) {
                     if (!w->alive[l]) continue;

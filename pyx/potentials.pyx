@@ -156,19 +156,22 @@ cdef double _c_grad_rayleigh(const double* q, double* g, Py_ssize_t d,
     # callbacks of docs/byom.md: change them together.
     cdef RayleighParams* p = <RayleighParams*> params
     cdef Py_ssize_t i, j
-    cdef double s, qAq = 0.0, qq = 0.0, f, iqq
+    cdef double s, qAq = 0.0, qq = 0.0, iqq, t, ti
+    # docs/potentials.md §2: iqq = 1/|q|² first, so that no division lies between Aq and g
+    for i in range(d):
+        qq = qq + q[i] * q[i]
+    iqq = 1.0 / qq
     for i in range(d):
         s = 0.0
         for j in range(d):
             s = s + p.A[i * d + j] * q[j]
-        p.Aq[i] = s
         qAq = qAq + q[i] * s
-        qq = qq + q[i] * q[i]
-    f = 0.5 * qAq / qq
-    iqq = 1.0 / qq
+        p.Aq[i] = s * iqq
+    t = qAq * iqq                   # 2f
+    ti = t * iqq
     for i in range(d):
-        g[i] = (p.Aq[i] - 2.0 * f * q[i]) * iqq
-    return f
+        g[i] = p.Aq[i] - q[i] * ti
+    return 0.5 * t
 
 
 cdef class RayleighQuotientKernel(Potential):
@@ -274,7 +277,7 @@ cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
     cdef double* a = p.z            # a = u / s (u first)
     cdef double* v = p.z + d        # v = a - t, then y'
     cdef Py_ssize_t i, j
-    cdef double acc, uu = 0.0, isd, vv = 0.0, va = 0.0, f, m
+    cdef double acc, uu = 0.0, isd, vv = 0.0, va = 0.0, f, m, c1, c2
     cdef double Nd = <double> p.N, invN = 1.0 / <double> p.N
     for i in range(d):
         acc = 0.0
@@ -290,8 +293,10 @@ cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
         va = va + v[i] * a[i]
     f = 0.5 * (vv + p.rho2) / Nd
     m = va / Nd / Nd
+    c1 = invN * isd
+    c2 = m * isd
     for i in range(d):
-        v[i] = (v[i] * invN - a[i] * m) * isd
+        v[i] = v[i] * c1 - a[i] * c2
     for j in range(d):
         g[j] = 0.0
     for i in range(d):

@@ -61,7 +61,7 @@ cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 cdef extern from "lanes.h" nogil:
-    double nc_atan2p(double a, double b)
+    double nc_atan2sq(double a, double b)
 
 cdef enum:
     CACHE_LINE = 64
@@ -199,17 +199,19 @@ cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noe
 cdef inline double _angle(const double* a, const double* b, double na2, double nb2,
                           const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Angle between the block vectors a_B and b_B (|a_B|² = na2, |b_B|² = nb2):
-    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos); atan2 is
-    lanes.h's nc_atan2p, which the lane kernel evaluates on whole vectors."""
-    cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, dp = 0.0, u, v
+    2·atan2(|ρa − b|, |ρa + b|) with ρ = |b|/|a|, which is 2·atan2(|â − b̂|, |â + b̂|)
+    (both norms scaled by |b|), accurate also for tiny angles (unlike arccos); the atan2
+    of the two square roots is lanes.h's nc_atan2sq, which the lane kernel evaluates on
+    whole vectors (docs/scan.md)."""
+    cdef double rho = sqrt(nb2 / na2), dm = 0.0, dp = 0.0, u, v
     cdef Py_ssize_t k, i
     for k in range(lo, hi):
         i = idx[k]
-        u = a[i] * ia
-        v = b[i] * ib
+        u = a[i] * rho
+        v = b[i]
         dm = dm + (u - v) * (u - v)
         dp = dp + (u + v) * (u + v)
-    return 2.0 * nc_atan2p(sqrt(dm), sqrt(dp))
+    return 2.0 * nc_atan2sq(dm, dp)
 
 
 cdef inline void _take_state(const ScanCtx* c, Scratch* w, Py_ssize_t p, Py_ssize_t n,
@@ -844,16 +846,16 @@ cdef class LaneScanKernel:
         self.cancel_flag = 1
 
 
-def atan2p(a, b):
-    """``nc_atan2p`` (pyx/lanes.h) element-wise on float64 arrays a, b >= 0: the atan2 of the
-    scan's angular update (for tests; docs/scan.md)."""
+def atan2sq(a, b):
+    """``nc_atan2sq`` (pyx/lanes.h) element-wise on float64 arrays a, b >= 0:
+    atan2(√a, √b), the atan2 of the scan's angular update (for tests; docs/scan.md)."""
     cdef const double[::1] av = np.ascontiguousarray(a, dtype=np.float64).ravel()
     cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64).ravel()
     if av.shape[0] != bv.shape[0]:
-        raise ValueError("atan2p: a and b must have the same size")
+        raise ValueError("atan2sq: a and b must have the same size")
     out = np.empty(av.shape[0])
     cdef double[::1] ov = out
     cdef Py_ssize_t i
     for i in range(av.shape[0]):
-        ov[i] = nc_atan2p(av[i], bv[i])
+        ov[i] = nc_atan2sq(av[i], bv[i])
     return out.reshape(np.shape(a))

@@ -33,23 +33,23 @@ from noether_core.symmetry import Symmetry, check_symmetry
 C_SOURCE = r"""
 #include <math.h>
 #include <sys/types.h>
-/* f = 1/2 q.A.q / |q|^2, g = (Aq - 2 f q) * (1/|q|^2), params -> A (d x d, row-major).
+/* f = 1/2 q.A.q / |q|^2, g = Aq/|q|^2 - q (2f/|q|^2), params -> A (d x d, row-major).
    The operation order is the built-in's (pyx/potentials.pyx, _c_grad_rayleigh); g holds
    Aq between the two passes instead of a scratch array. */
 double rayleigh(const double* q, double* g, ssize_t d, void* params) {
     const double* A = (const double*) params;
-    double qAq = 0.0, qq = 0.0, f, s;
+    double qAq = 0.0, qq = 0.0, s;
+    for (ssize_t i = 0; i < d; i++) qq = qq + q[i] * q[i];
+    const double iqq = 1.0 / qq;
     for (ssize_t i = 0; i < d; i++) {
         s = 0.0;
         for (ssize_t j = 0; j < d; j++) s = s + A[i * d + j] * q[j];
-        g[i] = s;
         qAq = qAq + q[i] * s;
-        qq = qq + q[i] * q[i];
+        g[i] = s * iqq;
     }
-    f = 0.5 * qAq / qq;
-    const double iqq = 1.0 / qq;
-    for (ssize_t i = 0; i < d; i++) g[i] = (g[i] - 2.0 * f * q[i]) * iqq;
-    return f;
+    const double t = qAq * iqq, ti = t * iqq;          /* t = 2f */
+    for (ssize_t i = 0; i < d; i++) g[i] = g[i] - q[i] * ti;
+    return 0.5 * t;
 }
 /* f = 1/2 |q|^2, but the gradient turns NaN once q[0] drops below params[0] */
 double nan_below(const double* q, double* g, ssize_t d, void* params) {
@@ -124,20 +124,22 @@ CYTHON_SOURCE = """
 cdef api double rayleigh(const double* q, double* g, Py_ssize_t d,
                          void* params) noexcept nogil:
     cdef const double* A = <const double*> params
-    cdef double qAq = 0.0, qq = 0.0, f, s, iqq
+    cdef double qAq = 0.0, qq = 0.0, s, iqq, t, ti
     cdef Py_ssize_t i, j
+    for i in range(d):
+        qq = qq + q[i] * q[i]
+    iqq = 1.0 / qq
     for i in range(d):
         s = 0.0
         for j in range(d):
             s = s + A[i * d + j] * q[j]
-        g[i] = s
         qAq = qAq + q[i] * s
-        qq = qq + q[i] * q[i]
-    f = 0.5 * qAq / qq
-    iqq = 1.0 / qq
+        g[i] = s * iqq
+    t = qAq * iqq
+    ti = t * iqq
     for i in range(d):
-        g[i] = (g[i] - 2.0 * f * q[i]) * iqq
-    return f
+        g[i] = g[i] - q[i] * ti
+    return 0.5 * t
 """
 
 CYTHON_SETUP = """

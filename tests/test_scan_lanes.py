@@ -102,8 +102,9 @@ def test_lanes_every_stop_reason(isa):
     step, with its status, state and minimum loss; the other lanes finish.
 
     * loss: a quadratic run away (f overflows first);
-    * gradient: a Rayleigh quotient at |q| ~ 1e-156, where 1/|q|² overflows while f is
-      finite (the lane kernel detects it through q_{n+1}, then classifies it exactly);
+    * gradient: a Rayleigh quotient with |2f| = 4 at |q|² = 1/1.7e308, where 1/|q|² is
+      finite and f = 2, but 2f/|q|² overflows (the lane kernel detects it through q_{n+1},
+      then classifies it exactly);
     * parameters: lr = 1.7e308 on a quadratic (the step overflows, f and g finite)."""
     pot, q0 = PROBLEMS["quadratic"]
     for lr in (np.array([0.01, 30.0, 0.02, 1.7e308]),):
@@ -112,8 +113,10 @@ def test_lanes_every_stop_reason(isa):
         _assert_identical(ref, got)
         assert {1, 3} <= set(ref.status.ravel().tolist())      # loss, parameters
         assert not ref.diverged[0].any()
-    pot, q0 = PROBLEMS["rayleigh8"]
-    tiny = q0 * 1e-156
+    pot8, q0 = PROBLEMS["rayleigh8"]
+    t0 = q0 @ pot8.A @ q0 / (q0 @ q0)
+    pot = nc.potentials.RayleighQuotient(pot8.A * (4.0 / abs(t0)))
+    tiny = q0 / np.linalg.norm(q0) * np.sqrt(1.0 / 1.7e308)
     ref = _scan(pot, tiny, False, steps=50, lr=[0.01, 0.1])
     got = _scan(pot, tiny, True, isa=isa, steps=50, lr=[0.01, 0.1])
     _assert_identical(ref, got)
@@ -183,25 +186,29 @@ def test_unknown_isa_is_refused():
         _scan(pot, q0, True, isa="sse9", steps=5, lr=[0.1])
 
 
-def test_atan2p_matches_arctan2():
-    """nc_atan2p (the atan2 of the angular update, +,-,*,/,sqrt only) against
-    numpy.arctan2: within 6 ulp of the result over ratios from 1e-300 to 1e300 and over
-    uniform ratios in (0, 1] (a few roundings in each half-angle reduction, doubled by it;
-    5 ulp is the largest seen in 2e7 samples, docs/scan.md), exact at 0 and pi/2, and
-    symmetric about pi/4."""
+def test_atan2sq_matches_arctan2():
+    """nc_atan2sq(a, b) = atan2(√a, √b) (the atan2 of the angular update, +,-,*,/,sqrt only)
+    against long-double arctan2 of long-double square roots (a reference some 11 bits more
+    precise than the result): within 6 ulp over ratios a/b from 1e-300 to 1e300 and
+    uniform ratios in (0, 1] (a few roundings in each half-angle reduction, doubled by
+    it; docs/scan.md), exact at 0 and pi/2, and pi/4 to an ulp at a = b."""
     rng = np.random.default_rng(0)
     a = np.concatenate([10.0 ** rng.uniform(-150, 150, 200_000), rng.uniform(0, 1, 200_000)])
     b = np.concatenate([10.0 ** rng.uniform(-150, 150, 200_000), rng.uniform(0, 1, 200_000)])
     a[:1000] = b[:1000] * rng.uniform(0.5, 2.0, 1000)   # near the x = 1 switch
-    got, want = ks.atan2p(a, b), np.arctan2(a, b)
-    ulp = np.spacing(want)
-    assert np.max(np.abs(got - want) / ulp) <= 6
-    assert ks.atan2p(np.array([0.0]), np.array([1.0]))[0] == 0.0
-    assert ks.atan2p(np.array([1.0]), np.array([0.0]))[0] == np.pi / 2
-    assert abs(ks.atan2p(np.array([3.0]), np.array([3.0]))[0] - np.pi / 4) <= np.spacing(1.0)
-    tiny = np.array([1e-12, 1e-200])
-    np.testing.assert_allclose(ks.atan2p(tiny, np.ones(2)), tiny, rtol=1e-15)
-    assert np.isnan(ks.atan2p(np.array([np.nan]), np.array([1.0]))[0])
+    got = ks.atan2sq(a, b)
+    L = np.longdouble
+    want = np.arctan2(np.sqrt(a.astype(L)), np.sqrt(b.astype(L)))
+    ulp = np.spacing(want.astype(np.float64))
+    err = np.abs(got.astype(L) - want) / ulp.astype(L)
+    assert float(np.max(err)) <= 6
+    assert ks.atan2sq(np.array([0.0]), np.array([1.0]))[0] == 0.0
+    assert ks.atan2sq(np.array([1.0]), np.array([0.0]))[0] == np.pi / 2
+    assert abs(ks.atan2sq(np.array([3.0]), np.array([3.0]))[0] - np.pi / 4) <= np.spacing(1.0)
+    tiny = np.array([1e-24, 1e-200])                   # atan2(√t, 1) = √t to ~1 ulp
+    np.testing.assert_allclose(ks.atan2sq(tiny, np.ones(2)), np.sqrt(tiny), rtol=1e-15)
+    assert np.isnan(ks.atan2sq(np.array([np.nan]), np.array([1.0]))[0])
+    assert np.isnan(ks.atan2sq(np.array([0.0]), np.array([0.0]))[0])
 
 
 def test_retired_lane_idles_at_finite_numbers():

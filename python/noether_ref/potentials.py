@@ -13,11 +13,11 @@ def quadratic(q, A, b):
 
 
 def rayleigh(q, A):
-    """f = ½ qᵀAq/|q|²,  g = (Aq − 2f q)·(1/|q|²)."""
+    """f = ½ qᵀAq/|q|²,  g = (Aq − 2f q)/|q|² = Aq·ι − q·(2f·ι), ι = 1/|q|²."""
     Aq = A @ q
-    qq = q @ q
-    f = 0.5 * (q @ Aq) / qq
-    return float(f), (Aq - 2.0 * f * q) * (1.0 / qq)
+    iqq = 1.0 / (q @ q)
+    t = (q @ Aq) * iqq                       # 2f
+    return float(0.5 * t), Aq * iqq - q * (t * iqq)
 
 
 _RADIAL = {
