@@ -135,6 +135,21 @@ class Rule:
     def _hp(self, potential) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def _grid_hp(cls, fixed: dict, axes: dict) -> np.ndarray | None:
+        """The kernel rows ``_hp`` of every point of a Cartesian grid (flat C order over
+        ``axes``, the other parameters from ``fixed`` or the defaults), validated a column
+        at a time: scan's fast path, which builds no rule object per point.
+
+        None where the class has no column form, or where some point is invalid (scan
+        then builds every point's rule, and the first invalid one raises its error naming
+        the point).  A class that provides it promises three things, checked for the
+        built-in ones by tests/test_scan.py: it accepts exactly the grids whose every point
+        constructs; its rows are ``_hp``'s; its state starts at zeros and its
+        ``kinetic_symmetric`` does not depend on the parameters.
+        """
+        return None
+
     def _partition(self, potential) -> list:
         """Parts of q with their own scalar state (only ScalarRMSProp uses several)."""
         return [np.arange(potential.dim)]
@@ -222,6 +237,38 @@ class SGD(Rule):
     def _hp(self, potential):
         return np.array([self.lr, self.momentum, self.dampening, float(self.nesterov),
                          self.weight_decay])
+
+    @classmethod
+    def _grid_hp(cls, fixed, axes):
+        # only where validation, rows and laws are SGD's own (a subclass may change them)
+        if (cls.__post_init__ is not SGD.__post_init__ or cls._hp is not SGD._hp
+                or cls.kinetic_symmetric is not SGD.kinetic_symmetric
+                or cls.init_state is not Rule.init_state
+                or cls.param_names() != SGD.param_names()):
+            return None
+        conv = (_lr, lambda v: _unit("momentum", v),
+                lambda v: V.as_scalar("dampening", v, lo=0.0, hi=1.0),
+                lambda v: float(V.as_bool("nesterov", v)),
+                lambda v: V.as_scalar("weight_decay", v, lo=0.0))
+        names = list(axes)
+        shape = tuple(len(axes[k]) for k in names)
+        cols = []
+        try:
+            # each value through __post_init__'s own converter, once per axis value
+            for k, c in zip(cls.param_names(), conv):
+                if k in axes:
+                    vals = np.array([c(v) for v in axes[k].tolist()], dtype=np.float64)
+                    view = [1] * len(names)
+                    view[names.index(k)] = len(vals)
+                    cols.append(np.broadcast_to(vals.reshape(view), shape))
+                else:
+                    cols.append(np.full(shape, c(fixed.get(k, getattr(cls, k))), np.float64))
+        except (TypeError, ValueError):
+            return None
+        hp = np.stack(cols, axis=-1).reshape(-1, 5)
+        if np.any((hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0))):
+            return None                     # nesterov without momentum or with dampening
+        return np.ascontiguousarray(hp)
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:
         return True

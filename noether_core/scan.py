@@ -409,17 +409,33 @@ def _rules(g: _Grid, lo: int, hi: int) -> list:
     return rules
 
 
-def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None):
+def _grid_hp(g: _Grid):
+    """The kernel rows of every grid point from the rule class's column form
+    (Rule._grid_hp: validated a column at a time, no rule object per point), or None."""
+    return g.rule_cls._grid_hp(dict(g.fixed), dict(g.axes))
+
+
+def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
+                hp_all: np.ndarray | None = None):
     """Build and validate the rules of grid points lo..hi-1 (flat, grid order; or take
     them from ``rules``) and pack their kernel inputs: hp (n, nhp), vec0 (n, nvec·d),
-    sca0 (n, nsca), partition CSR."""
+    sca0 (n, nsca), partition CSR.  Without ``rules``, the rule class's column form
+    (``hp_all``, or _grid_hp) is used where it has one."""
     pot = g.potential
     d = pot.dim
     hps, vecs, scas, part = [], [], [], None
     custom_partition = g.rule_cls._partition is not Rule._partition
-    if rules is None:
-        rules = _rules(g, lo, hi)
     cls = g.rule_cls
+    if rules is None:
+        if hp_all is None:
+            hp_all = _grid_hp(g)
+        if hp_all is not None:
+            # (the column form promises zero initial states, Rule._grid_hp)
+            n = hi - lo
+            return (np.ascontiguousarray(hp_all[lo:hi]),
+                    np.zeros((n, len(cls.vec_names) * d)), np.zeros((n, len(cls.sca_names))),
+                    _csr(g.rule_at(0)._partition(pot)))
+        rules = _rules(g, lo, hi)
     # a fresh state of zeros (Rule.init_state and its scalars, unchanged by the class) is
     # the same at every point: build it once
     zeros_state = (cls.init_state is Rule.init_state and cls._pack_scalars is Rule._pack_scalars
@@ -534,19 +550,19 @@ def _run_lanes(g: _Grid, n, hp, vec0, sca0, bptr, bidx, nt, out, progress):
 
 
 def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
-               rules: list | None = None):
+               rules: list | None = None, hp_all: np.ndarray | None = None):
     """Run flat tasks lo..hi-1 (grid point × seed, seed fastest) in one kernel call.
 
     Returns a dict of arrays with leading length hi − lo.  Runs on workers too (the grid is
     picklable); ``progress`` is a callable(done, total) or None; ``rules``: the validated
-    rules of every grid point, when the caller has them.
+    rules of every grid point, or ``hp_all``: their kernel rows, when the caller has them.
     """
     pot = g.potential
     d, nb = pot.dim, len(pot.blocks)
     S = len(g.seeds)
     i_lo, i_hi = lo // S, (hi - 1) // S + 1
     hp, vec0, sca0, (pptr, pidx) = _pack_rules(
-        g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi])
+        g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi], hp_all)
     # task t -> its grid point's row in hp/vec0/sca0
     rows = np.arange(lo, hi) // S - i_lo
     hp, vec0, sca0 = (np.ascontiguousarray(a[rows]) for a in (hp, vec0, sca0))
@@ -786,15 +802,20 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
                           "thread", RuntimeWarning, stacklevel=2)
     show = _want_progress(progress)
 
-    rules = _rules(g, 0, g.n_points)       # every point valid before any work is done
+    # every point valid before any work is done: a column at a time where the rule class
+    # has a column form (Rule._grid_hp), else one rule object per point
+    hp_all = _grid_hp(g)
+    rules = _rules(g, 0, g.n_points) if hp_all is None else None
     if executor is None:
         bar = _Bar(n_tasks * max(g.steps, 1), show)
         try:
-            out = _run_tasks(g, 0, n_tasks, threads, progress=bar, rules=rules)
+            out = _run_tasks(g, 0, n_tasks, threads, progress=bar, rules=rules,
+                             hp_all=hp_all)
         finally:
             bar.close()
     else:
-        _pack_rules(g, 0, g.n_points, rules)
+        if rules is not None:
+            _pack_rules(g, 0, g.n_points, rules)
         out = _run_on_executor(g, executor, threads, n_chunks, show)
 
     shape = g.grid_shape + ((len(g.seeds),) if g.seed_axis else ())
@@ -831,7 +852,12 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         declared = [any(sym == t for t in potential.symmetries) and sym.exact
                     for sym, _ in g.chosen]
         flat = exact.reshape(g.n_points, -1, len(g.chosen))
-        for i, rule in enumerate(rules):
+        if rules is None:
+            # the column form promises laws independent of the parameters (Rule._grid_hp)
+            rule0 = g.rule_at(0)
+            for j, (sym, _) in enumerate(g.chosen):
+                flat[:, :, j] = declared[j] and rule0.kinetic_symmetric(sym, potential)
+        for i, rule in enumerate(rules or ()):
             for j, (sym, _) in enumerate(g.chosen):
                 flat[i, :, j] = declared[j] and rule.kinetic_symmetric(sym, potential)
         res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)

@@ -15,6 +15,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core.errors import DivergenceWarning
@@ -294,6 +296,79 @@ def test_bad_grids(grid, exc, match):
     pot, q0 = _rayleigh()
     with pytest.raises(exc, match=match):
         nc.scan(nc.rules.SGD, pot, q0, steps=10, **grid)
+
+
+# the column form of SGD's grid (Rule._grid_hp): scan's validation without a rule object
+# per point must accept exactly the grids whose every point constructs, with _hp's rows
+
+_SGD_VALUES = {
+    "lr": st.sampled_from([1e-3, 0.1, 2.0, 0.0, -0.5, 1, 3]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9, 1.0, -0.1, 0]),
+    "dampening": st.sampled_from([0.0, 0.3, 1.0, 1.5, -1.0]),
+    "nesterov": st.sampled_from([False, True, 0, 1, 2]),
+    "weight_decay": st.sampled_from([0.0, 1e-4, 0.5, -1e-3, 0]),
+}
+
+
+@st.composite
+def _sgd_grids(draw):
+    names = draw(st.lists(st.sampled_from(sorted(_SGD_VALUES)), unique=True, max_size=5))
+    axes, fixed = {}, {}
+    for k in names:
+        vals = draw(st.lists(_SGD_VALUES[k], min_size=1, max_size=3,
+                             unique_by=lambda v: (type(v) is bool, float(v))))
+        axes[k] = np.array([float(v) for v in vals]) if k != "nesterov" \
+            else np.array([bool(v) for v in vals]) if all(v in (0, 1) for v in vals) \
+            else np.array([float(v) for v in vals])
+        if len(np.unique(axes[k])) != len(axes[k]):
+            axes[k] = np.unique(axes[k])
+    for k in sorted(set(_SGD_VALUES) - set(names)):
+        if draw(st.booleans()):
+            fixed[k] = draw(_SGD_VALUES[k])
+    return fixed, axes
+
+
+@settings(max_examples=300)
+@given(_sgd_grids())
+def test_sgd_column_form_equals_per_point_rules(grid):
+    """SGD._grid_hp (docs/scan.md §Performance) against the per-point constructor: the
+    same grids accepted, and bitwise the rows SGD._hp gives; a rejected grid returns None,
+    so that scan builds each point's rule and the first bad one raises its own error."""
+    import itertools
+    fixed, axes = grid
+    names = list(axes)
+    rules, ok = [], True
+    for combo in itertools.product(*[axes[k].tolist() for k in names]):
+        try:
+            rules.append(nc.rules.SGD(**{**fixed, **dict(zip(names, combo))}))
+        except (TypeError, ValueError):
+            ok = False
+            break
+    hp = nc.rules.SGD._grid_hp(fixed, axes)
+    assert (hp is not None) == ok
+    if ok:
+        want = np.array([r._hp(None) for r in rules])
+        assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
+
+
+def test_column_form_only_for_sgd_itself():
+    """A subclass that changes SGD's validation, or a rule without a column form, takes
+    the per-point path (and its own errors)."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Picky(nc.rules.SGD):
+        def __post_init__(self):
+            super().__post_init__()
+            if self.lr > 0.5:
+                raise ValueError("Picky: lr must be at most 0.5")
+
+    axes = {"lr": np.array([0.1, 0.9])}
+    assert Picky._grid_hp({}, axes) is None
+    assert nc.rules.RMSprop._grid_hp({}, axes) is None
+    pot, q0 = _rayleigh()
+    with pytest.raises(ValueError, match=r"rejects grid point \{'lr': 0.9\}: Picky"):
+        nc.scan(Picky, pot, q0, steps=5, lr=[0.1, 0.9])
 
 
 def test_bad_arguments():
