@@ -19,26 +19,30 @@ __all__ = ["rayleigh_grad", "bn_unit_grad", "bn_unit_proj_grad", "sgd_momentum_s
 
 
 class rayleigh_grad:
-    """f = ½ qᵀAq/|q|², g = (Aq − 2f q)/|q|², for P columns of Q (d, P) at once."""
+    """f = ½ qᵀAq/|q|², g = (Aq − 2f q)/|q|² = Aq·ι − q·(2f·ι) with ι = 1/|q|², for P
+    columns of Q (d, P) at once (the order of docs/potentials.md §2: three passes over
+    (d, P) arrays after the product, no division of a (d, P) array)."""
 
     def __init__(self, A, P):
         self.A = np.ascontiguousarray(A)
         d = A.shape[0]
         self.AQ = np.empty((d, P))
         self.tmp = np.empty((d, P))
-        self.qq = np.empty(P)
+        self.iqq = np.empty(P)
+        self.t = np.empty(P)
         self.f = np.empty(P)
 
     def __call__(self, Q, G):
         np.matmul(self.A, Q, out=self.AQ)
-        np.einsum("ip,ip->p", Q, Q, out=self.qq)
-        np.einsum("ip,ip->p", Q, self.AQ, out=self.f)
-        self.f /= self.qq
-        self.f *= 0.5                                   # f = ½ qAq/qq
-        np.multiply(Q, self.f, out=self.tmp)
-        self.tmp *= 2.0
+        np.einsum("ip,ip->p", Q, Q, out=self.iqq)
+        np.divide(1.0, self.iqq, out=self.iqq)             # ι = 1/|q|²
+        np.einsum("ip,ip->p", Q, self.AQ, out=self.t)
+        self.t *= self.iqq                                  # t = 2f
+        np.multiply(self.t, 0.5, out=self.f)
+        self.t *= self.iqq                                  # 2f·ι
+        self.AQ *= self.iqq
+        np.multiply(Q, self.t, out=self.tmp)
         np.subtract(self.AQ, self.tmp, out=G)
-        G /= self.qq
         return self.f
 
 
@@ -94,8 +98,8 @@ class bn_unit_proj_grad:
     BatchNormUnit uses for full batches, so that the comparison with the compiled scan is
     algorithm for algorithm.  With X − mean(X) = QR (thin QR, once), t = Qᵀy,
     ρ² = |y − Qt|²:  U = RW, s = sqrt(|u|²/N + eps), A = U/s, V = A − t,
-    f = (|v|² + ρ²)/2N,  G = Rᵀ(V/N − A·(vᵀa)/N²)/s.  Two (D × D)·(D × P) products and
-    a dozen passes over (D, P) arrays per step."""
+    f = (|v|² + ρ²)/2N,  G = Rᵀ(V·c₁ − A·c₂) with c₁ = 1/(Ns), c₂ = (vᵀa)/(N²s).  Two
+    (D × D)·(D × P) products and under a dozen passes over (D, P) arrays per step."""
 
     def __init__(self, X, y, P, eps=0.0):
         N, D = X.shape
@@ -126,10 +130,11 @@ class bn_unit_proj_grad:
         self.f *= 0.5 / N
         np.einsum("ip,ip->p", V, U, out=self.m)
         self.m /= N * N
-        V *= 1.0 / N
+        self.m /= self.s                                    # c₂ = m/s
+        np.divide(1.0 / N, self.s, out=self.s)              # c₁ = 1/(N s)
+        V *= self.s
         U *= self.m
-        V -= U
-        V /= self.s
+        V -= U                                              # y' = v c₁ − a c₂
         np.matmul(self.RT, V, out=G)
         return self.f
 

@@ -222,7 +222,7 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
     const Py_ssize_t d = c->d;
     const double* restrict R = c->R;
     const double* restrict t = c->t;
-    const double Nd = (double) c->N, invN = 1.0 / (double) c->N;
+    const double Nd = (double) c->N, invN = 1.0 / (double) c->N, invN2 = 1.0 / (Nd * Nd);
     nc_vd* restrict a = z;
     nc_vd* restrict v = z + d;
     nc_vd uu = {0}, vv = {0}, va = {0};
@@ -260,7 +260,7 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
             uu = uu + s[r] * s[r];
         }
     }
-    nc_vd isd = uu / Nd + c->eps;
+    nc_vd isd = uu * invN + c->eps;
     for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(isd[l]);
     for (Py_ssize_t i = 0; i < d; ++i) {
         const nc_vd ai = a[i] * isd, vi = ai - t[i];
@@ -270,7 +270,7 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
         va = va + vi * ai;
     }
     const nc_vd f = 0.5 * (vv + c->rho2) / Nd;
-    const nc_vd m = va / Nd / Nd;
+    const nc_vd m = va * invN2;
     const nc_vd c1 = invN * isd, c2 = m * isd;
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = v[i] * c1 - a[i] * c2;             /* y' */
     /* g_j = sum_{i <= j} y'_i R_ij over i in order from +0 (the scalar loop's order),

@@ -279,20 +279,21 @@ cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
     cdef Py_ssize_t i, j
     cdef double acc, uu = 0.0, isd, vv = 0.0, va = 0.0, f, m, c1, c2
     cdef double Nd = <double> p.N, invN = 1.0 / <double> p.N
+    cdef double invN2 = 1.0 / (Nd * Nd)
     for i in range(d):
         acc = 0.0
         for j in range(i, d):
             acc = acc + R[i * d + j] * w[j]
         a[i] = acc
         uu = uu + acc * acc
-    isd = 1.0 / sqrt(uu / Nd + p.eps)
+    isd = 1.0 / sqrt(uu * invN + p.eps)
     for i in range(d):
         a[i] = a[i] * isd
         v[i] = a[i] - p.t[i]
         vv = vv + v[i] * v[i]
         va = va + v[i] * a[i]
     f = 0.5 * (vv + p.rho2) / Nd
-    m = va / Nd / Nd
+    m = va * invN2
     c1 = invN * isd
     c2 = m * isd
     for i in range(d):
