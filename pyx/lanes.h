@@ -85,7 +85,7 @@ typedef struct {
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
     double *bn2, *prev_bn2, *ang_sum;                              /* nb */
-    double *free_T, *worst;                                        /* nsym */
+    double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
     void* block;
 } nc_lane_ws;
@@ -98,7 +98,7 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 3 * nc_lane_pad(nb * L)
-           + 3 * nc_lane_pad(ns * L);
+           + 4 * nc_lane_pad(ns * L);
 }
 
 static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
@@ -118,6 +118,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->ang_sum = (double*) p; p += nc_lane_pad(nb * L);
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
+    w->a_prev = (double*) p; p += nc_lane_pad(ns * L);
     w->wstep = (Py_ssize_t*) p;
 }
 

@@ -372,6 +372,51 @@ NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, nc_lane_ws* w, int free_step,
     }
 }
 
+/* The free step (g = 0) and the step of every lane together, for the balance laws: the
+ * same operations as step_sgd(free_step = 1) into qfree followed by step_sgd(0) into
+ * qout, but the products the two share (weight_decay * q_i, buffer * momentum) are formed
+ * once -- a product is a function of its operands, so sharing it changes no bit. */
+NC_INLINE void NCL(step_sgd_free)(const nc_lane_ctx* c, nc_lane_ws* w,
+                                  double* restrict qfree_, double* restrict qout_)
+{
+    const Py_ssize_t d = c->d;
+    const nc_vd nlr = w->nlr, mom = w->mom, damp1 = w->damp1, wd = w->wd;
+    const nc_vl wd_on = w->wd_on, mom_on = w->mom_on, nest = w->nest, first = w->first;
+    const nc_vd* restrict q = NCCV(w->q);
+    nc_vd* restrict buf = NCV(w->buf);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0};
+    if (w->heavy_ball && !w->any_first) {
+        const int all_wd = w->all_wd;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            const nc_vd qi = q[i], wq = wd * qi, bm = buf[i] * mom;
+            const nc_vd df = all_wd ? zero + wq : NCL(sel)(wd_on, zero + wq, zero);
+            const nc_vd di = all_wd ? g[i] + wq : NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd bnf = bm + df, bn = bm + di;
+            buf[i] = bn;
+            qf[i] = qi + nlr * bnf;
+            qout[i] = qi + nlr * bn;
+        }
+        return;
+    }
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i], wq = wd * qi, bm = buf[i] * mom;
+        nc_vd df = NCL(sel)(wd_on, zero + wq, zero);
+        nc_vd di = NCL(sel)(wd_on, g[i] + wq, g[i]);
+        const nc_vd bnf = NCL(sel)(first, df, bm + damp1 * df);
+        const nc_vd bn = NCL(sel)(first, di, bm + damp1 * di);
+        df = NCL(sel)(mom_on, NCL(sel)(nest, df + mom * bnf, bnf), df);
+        di = NCL(sel)(mom_on, NCL(sel)(nest, di + mom * bn, bn), di);
+        buf[i] = NCL(sel)(mom_on, bn, buf[i]);
+        qf[i] = qi + nlr * df;
+        qout[i] = qi + nlr * di;
+    }
+    w->first = first & ~mom_on;
+    w->any_first = NCL(any)(w->first);
+}
+
 /* ---- summaries --------------------------------------------------------------------- */
 
 /* out[b] = |x_B|^2 of every block, summed in block order (rules.pyx _block_sq) */
@@ -515,6 +560,15 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
         }
     }
     w->ang_cnt = c->steps > c->late_start ? c->steps - c->late_start : 0;
+    for (Py_ssize_t j = 0; j < nsym; ++j) {             /* A_0 of each balance law */
+        nc_vd a = {0};
+        const nc_vd* q = NCCV(w->q);
+        for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+            const Py_ssize_t i = c->sidx[k];
+            a = a + q[i] * q[i];
+        }
+        NCV(w->a_prev)[j] = a;
+    }
     w->any_first = NCL(any)(w->first);
     w->heavy_ball = 1;                 /* every lane: momentum, no nesterov, no dampening */
     w->all_wd = 1;                     /* every lane: weight decay */
@@ -558,7 +612,8 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
         if (nsym > 0) {
             const nc_vd* qp = NCCV(w->q);
             const nc_vd* qf = NCCV(w->q_free);
-            NCL(step_sgd)(c, w, 1, w->q_free);
+            /* the free step into q_free and q_{n+1} into qn; q keeps q_n */
+            NCL(step_sgd_free)(c, w, w->q_free, w->qn);
             /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
             for (Py_ssize_t j = 0; j < nsym; ++j) {
                 nc_vd T = {0};
@@ -569,7 +624,8 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
                 NCV(w->free_T)[j] = T;
             }
         }
-        NCL(step_sgd)(c, w, 0, w->qn);              /* q_{n+1} into qn; q keeps q_n */
+        else
+            NCL(step_sgd)(c, w, 0, w->qn);          /* q_{n+1} into qn; q keeps q_n */
         {
             /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
                false alarm (finite values whose sum overflows) is sorted out below */
@@ -611,22 +667,34 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
             const nc_vd* q1v = NCCV(w->q);
             const nc_vd* q0v = NCCV(w->qn);
             nc_vd* worst = NCV(w->worst);
+            nc_vd* a_prev = NCV(w->a_prev);
             for (Py_ssize_t j = 0; j < nsym; ++j) {
-                nc_vd a1 = {0}, a0 = {0}, dd = {0};
+                /* A_n = |q_n,B|^2 is the previous step's A_{n+1}: the same sum of the
+                   same numbers in the same order (the first step's is summed before the
+                   loop; a retired lane's is stale, but its row is written already) */
+                nc_vd a1 = {0}, dd = {0};
+                const nc_vd a0 = a_prev[j];
                 for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
                     const Py_ssize_t i = c->sidx[k];
-                    const nc_vd q1 = q1v[i], q0 = q0v[i], x = q1 - q0;
+                    const nc_vd q1 = q1v[i], x = q1 - q0v[i];
                     a1 = a1 + q1 * q1;
-                    a0 = a0 + q0 * q0;
                     dd = dd + x * x;
                 }
+                a_prev[j] = a1;
                 const nc_vd T = NCCV(w->free_T)[j];
                 const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
                 const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
+                const nc_vd aR = NCL(fabs)(R);
+                /* Screen, exact: where 0 < sc < inf and |R| <= p = fl(fl(worst sc)(1 - 2^-40))
+                   < worst sc (two roundings cost less than 2^-40), |R|/sc < worst, so the
+                   rounded quotient is <= worst and the lane's worst cannot rise: no
+                   division is needed unless some lane fails the screen (docs/scan.md). */
+                const nc_vd p = (worst[j] * sc) * (1.0 - 0x1p-40);
+                const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p < INFINITY) & (aR <= p);
+                if (!NCL(any)(~calm)) continue;
                 const nc_vd zero = {0}, one = zero + 1.0;
                 /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
-                nc_vd rel = NCL(sel)(sc > 0.0, NCL(fabs)(R) / sc,
-                                     NCL(sel)(R == 0.0, zero, one));
+                nc_vd rel = NCL(sel)(sc > 0.0, aR / sc, NCL(sel)(R == 0.0, zero, one));
                 rel = NCL(sel)(rel != rel, one, rel);
                 const nc_vl up = rel > worst[j];
                 if (NCL(any)(up)) {
