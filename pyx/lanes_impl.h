@@ -325,59 +325,21 @@ NC_INLINE void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
 /* ---- the rule: _step_sgd per lane -------------------------------------------------- */
 
 /* One SGD step of every lane from q_n = w->q with the gradient w->g: q_{n+1} is
- * written to qout (w->q keeps q_n) and the momentum buffer is updated.  With free_step,
- * the step with g = 0 (the "free" step of the balance laws, rules.pyx _charges_before):
- * written to qout, the buffer untouched.
+ * written to qout (w->q keeps q_n) and the momentum buffer is updated.  With qfree, also
+ * the step with g = 0 (the "free" step of the balance laws, rules.pyx _charges_before)
+ * from the same state, written to qfree: the operations of _step_sgd with a zero
+ * gradient, except that the products the two steps share (weight_decay * q_i,
+ * buffer * momentum) are formed once -- a product depends only on its operands, so the
+ * shared value is the one each step would have formed.  (Inlined, qfree = NULL folds the
+ * free step away.)
  *
  * The general form evaluates every branch of _step_sgd and selects per lane.  When the
  * block's flags agree (the usual case: momentum, nesterov, dampening fixed, no first
  * step) the heavy-ball form below computes the same values directly: a select returns
  * one of its operands unchanged, and (1 - 0) * x is x exactly, so both are bitwise
  * equal. */
-NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, nc_lane_ws* w, int free_step,
-                                 double* restrict qout_)
-{
-    const Py_ssize_t d = c->d;
-    const nc_vd nlr = w->nlr, mom = w->mom, damp1 = w->damp1, wd = w->wd;
-    const nc_vl wd_on = w->wd_on, mom_on = w->mom_on, nest = w->nest, first = w->first;
-    const nc_vd* restrict q = NCCV(w->q);
-    nc_vd* restrict buf = NCV(w->buf);
-    const nc_vd* restrict g = NCCV(w->g);
-    nc_vd* restrict qout = NCV(qout_);
-    if (w->heavy_ball && !w->any_first) {
-        const int all_wd = w->all_wd;
-        for (Py_ssize_t i = 0; i < d; ++i) {
-            const nc_vd qi = q[i];
-            nc_vd di = free_step ? (nc_vd) {0} : g[i];
-            di = all_wd ? di + wd * qi : NCL(sel)(wd_on, di + wd * qi, di);
-            const nc_vd bn = buf[i] * mom + di;
-            if (!free_step) buf[i] = bn;
-            qout[i] = qi + nlr * bn;
-        }
-        return;
-    }
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nc_vd qi = q[i];
-        nc_vd di = free_step ? (nc_vd) {0} : g[i];
-        di = NCL(sel)(wd_on, di + wd * qi, di);
-        const nc_vd bn = NCL(sel)(first, di, buf[i] * mom + damp1 * di);
-        const nc_vd dn = NCL(sel)(nest, di + mom * bn, bn);
-        di = NCL(sel)(mom_on, dn, di);
-        if (!free_step) buf[i] = NCL(sel)(mom_on, bn, buf[i]);
-        qout[i] = qi + nlr * di;
-    }
-    if (!free_step) {
-        w->first = first & ~mom_on;
-        w->any_first = NCL(any)(w->first);
-    }
-}
-
-/* The free step (g = 0) and the step of every lane together, for the balance laws: the
- * same operations as step_sgd(free_step = 1) into qfree followed by step_sgd(0) into
- * qout, but the products the two share (weight_decay * q_i, buffer * momentum) are formed
- * once -- a product is a function of its operands, so sharing it changes no bit. */
-NC_INLINE void NCL(step_sgd_free)(const nc_lane_ctx* c, nc_lane_ws* w,
-                                  double* restrict qfree_, double* restrict qout_)
+NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, nc_lane_ws* w, double* restrict qfree_,
+                             double* restrict qout_)
 {
     const Py_ssize_t d = c->d;
     const nc_vd nlr = w->nlr, mom = w->mom, damp1 = w->damp1, wd = w->wd;
@@ -392,25 +354,29 @@ NC_INLINE void NCL(step_sgd_free)(const nc_lane_ctx* c, nc_lane_ws* w,
         const int all_wd = w->all_wd;
         for (Py_ssize_t i = 0; i < d; ++i) {
             const nc_vd qi = q[i], wq = wd * qi, bm = buf[i] * mom;
-            const nc_vd df = all_wd ? zero + wq : NCL(sel)(wd_on, zero + wq, zero);
             const nc_vd di = all_wd ? g[i] + wq : NCL(sel)(wd_on, g[i] + wq, g[i]);
-            const nc_vd bnf = bm + df, bn = bm + di;
+            const nc_vd bn = bm + di;
+            if (qfree_ != NULL) {
+                const nc_vd df = all_wd ? zero + wq : NCL(sel)(wd_on, zero + wq, zero);
+                qf[i] = qi + nlr * (bm + df);
+            }
             buf[i] = bn;
-            qf[i] = qi + nlr * bnf;
             qout[i] = qi + nlr * bn;
         }
         return;
     }
     for (Py_ssize_t i = 0; i < d; ++i) {
         const nc_vd qi = q[i], wq = wd * qi, bm = buf[i] * mom;
-        nc_vd df = NCL(sel)(wd_on, zero + wq, zero);
         nc_vd di = NCL(sel)(wd_on, g[i] + wq, g[i]);
-        const nc_vd bnf = NCL(sel)(first, df, bm + damp1 * df);
         const nc_vd bn = NCL(sel)(first, di, bm + damp1 * di);
-        df = NCL(sel)(mom_on, NCL(sel)(nest, df + mom * bnf, bnf), df);
         di = NCL(sel)(mom_on, NCL(sel)(nest, di + mom * bn, bn), di);
+        if (qfree_ != NULL) {
+            nc_vd df = NCL(sel)(wd_on, zero + wq, zero);
+            const nc_vd bnf = NCL(sel)(first, df, bm + damp1 * df);
+            df = NCL(sel)(mom_on, NCL(sel)(nest, df + mom * bnf, bnf), df);
+            qf[i] = qi + nlr * df;
+        }
         buf[i] = NCL(sel)(mom_on, bn, buf[i]);
-        qf[i] = qi + nlr * df;
         qout[i] = qi + nlr * di;
     }
     w->first = first & ~mom_on;
@@ -613,7 +579,7 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
             const nc_vd* qp = NCCV(w->q);
             const nc_vd* qf = NCCV(w->q_free);
             /* the free step into q_free and q_{n+1} into qn; q keeps q_n */
-            NCL(step_sgd_free)(c, w, w->q_free, w->qn);
+            NCL(step_sgd)(c, w, w->q_free, w->qn);
             /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
             for (Py_ssize_t j = 0; j < nsym; ++j) {
                 nc_vd T = {0};
@@ -625,7 +591,7 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
             }
         }
         else
-            NCL(step_sgd)(c, w, 0, w->qn);          /* q_{n+1} into qn; q keeps q_n */
+            NCL(step_sgd)(c, w, NULL, w->qn);       /* q_{n+1} into qn; q keeps q_n */
         {
             /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
                false alarm (finite values whose sum overflows) is sorted out below */
