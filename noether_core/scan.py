@@ -505,7 +505,7 @@ def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
     It covers full-batch SGD on a potential with a lane form (Quadratic,
-    RayleighQuotient, BatchNormUnit), without recorded series, with the balance laws of
+    RayleighQuotient, BatchNormUnit), recorded series included, with the balance laws of
     scale-family symmetries or none (docs/scan.md §"Lanes")."""
     from .rules import SGD
 
@@ -517,8 +517,6 @@ def _lane_reason(g: _Grid) -> str | None:
                 "RayleighQuotient and BatchNormUnit have)")
     if g.batch_size is not None:
         return "minibatch runs use the scalar loop"
-    if g.record_every is not None:
-        return "recorded series (record_every) use the scalar loop"
     fams = sorted({sym.family for sym, _ in g.chosen} - {"scale"})
     if fams:
         return f"balance laws of the {', '.join(fams)} family use the scalar loop"
@@ -535,12 +533,16 @@ def _run_lanes(g: _Grid, n, hp, vec0, sca0, bptr, bidx, nt, out, progress):
         blocks = [g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen]
         sptr, sidx = _csr(blocks)
         charge_args = (sptr, sidx, out["charge_worst"], out["charge_worst_step"])
+    series = None
+    if g.record_every is not None:
+        series = (g.record_every, out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"],
+                  out["n_rows"])
     n_late = -(-g.steps // 10)
     kern = _ks.LaneScanKernel(
         kind, data, hp, vec0, sca0, np.ascontiguousarray(g.q0, dtype=np.float64), g.steps,
         g.steps - n_late, bptr, bidx, max(1, min(nt, -(-n // _ks.LANES))),
         out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
-        out["status"], out["stop_step"], charge_args, _LANE_ISA)
+        out["status"], out["stop_step"], charge_args, _LANE_ISA, series)
     out["kernel"] = f"lanes[{kern.isa}]"
     if progress is None:
         kern.run()
@@ -733,7 +735,7 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     lanes : bool or None
         The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
         (docs/scan.md §"Lanes"); it covers full-batch SGD on Quadratic, RayleighQuotient
-        and BatchNormUnit without ``record_every``, with charges off or scale-family.
+        and BatchNormUnit, ``record_every`` included, with charges off or scale-family.
         None: use it when it covers the scan; True: require it (ValueError saying why
         not); False: the scalar loop.  The results are the same bits either way;
         ``result.kernel`` says which ran.

@@ -68,6 +68,10 @@ typedef struct {
     double* q_final; double* loss_final; double* loss_min; double* bn2_final; double* angle;
     Py_ssize_t* status; Py_ssize_t* stop;
     double* worst; Py_ssize_t* worst_step;
+    /* recorded series (rec_every = 0: none): rows r = n / rec_every of state n,
+       rec_rows per point, NaN where not reached (the caller fills them) */
+    Py_ssize_t rec_every, rec_rows;
+    double* s_q; double* s_loss; double* s_g2; double* s_bn2; Py_ssize_t* n_rows;
     const int* cancel;
     int isa;                    /* NC_ISA_*: which compiled version runs */
 } nc_lane_ctx;
@@ -78,6 +82,7 @@ typedef struct {
     nc_vl wd_on, mom_on, nest, first;
     nc_vd f, loss_min;
     int alive[NC_NL];
+    Py_ssize_t n_rows[NC_NL];   /* recorded rows so far, per lane */
     int heavy_ball, all_wd;     /* block-uniform flags (step_sgd's fast form) */
     int any_first;              /* some lane has not taken its first momentum step */
     Py_ssize_t ang_cnt;

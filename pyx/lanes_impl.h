@@ -427,6 +427,34 @@ NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
     for (Py_ssize_t b = 0; b < c->nb; ++b) pbn2[b] = bn2[b];
 }
 
+/* row n / rec_every of point p's series: state n of lane l (q_n from qsrc, f_n and the
+ * gradient g_n in w->g), as scan.pyx _take_state records run_loop's row: |g|^2 summed over
+ * i in order, |q_B|^2 block by block in order (rules.pyx _grad_checked, _block_sq) */
+static void NCL(record_row)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize_t p,
+                            Py_ssize_t n, double f, const double* qsrc)
+{
+    const Py_ssize_t d = c->d, r = n / c->rec_every, R = c->rec_rows;
+    if (p >= c->P || r >= R) return;                    /* (a padding lane) */
+    double g2 = 0.0;
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const double gi = w->g[i * NC_NL + l];
+        g2 = g2 + gi * gi;
+    }
+    double* qrow = c->s_q + (p * R + r) * d;
+    for (Py_ssize_t i = 0; i < d; ++i) qrow[i] = qsrc[i * NC_NL + l];
+    c->s_loss[p * R + r] = f;
+    c->s_g2[p * R + r] = g2;
+    for (Py_ssize_t b = 0; b < c->nb; ++b) {
+        double acc = 0.0;
+        for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
+            const double x = qsrc[c->bidx[k] * NC_NL + l];
+            acc = acc + x * x;
+        }
+        c->s_bn2[(p * R + r) * c->nb + b] = acc;
+    }
+    w->n_rows[l] = r + 1;
+}
+
 /* write lane l's output row (point p; its final state is lane l of qsrc) and retire
  * the lane */
 static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize_t p,
@@ -451,6 +479,7 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
         c->loss_min[p] = w->loss_min[l] < INFINITY ? w->loss_min[l] : NAN;
         c->status[p] = status;
         c->stop[p] = stop;
+        if (c->rec_every > 0) c->n_rows[p] = w->n_rows[l];
         for (Py_ssize_t j = 0; j < c->nsym; ++j) {
             c->worst[p * c->nsym + j] = w->worst[j * NC_NL + l];
             c->worst_step[p * c->nsym + j] = w->wstep[j * NC_NL + l];
@@ -519,6 +548,7 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
         }
         w->loss_min[l] = INFINITY;
         w->alive[l] = 1;
+        w->n_rows[l] = 0;
         for (Py_ssize_t b = 0; b < c->nb; ++b) w->ang_sum[b * NC_NL + l] = 0.0;
         for (Py_ssize_t j = 0; j < nsym; ++j) {
             w->worst[j * NC_NL + l] = 0.0;
@@ -614,6 +644,8 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
                         NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
                     } else if (pq != pq) {
                         if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
+                        if (c->rec_every > 0 && n % c->rec_every == 0)   /* state n taken */
+                            NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
                         NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN,
                                          w->qn);
                     }
@@ -622,6 +654,9 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
                 if (alive == 0) break;
             }
         }
+        if (c->rec_every > 0 && n % c->rec_every == 0)
+            for (l = 0; l < NC_NL; ++l)
+                if (w->alive[l]) NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
         w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
         {
             double* t = w->q;
@@ -676,8 +711,11 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
         if (NCL(eval_checked)(c, w, p0, c->steps) > 0) {
             NCL(take_angle)(c, w, c->steps);
             for (l = 0; l < NC_NL; ++l)
-                if (w->alive[l])
+                if (w->alive[l]) {
+                    if (c->rec_every > 0 && c->steps % c->rec_every == 0)
+                        NCL(record_row)(c, w, l, p0 + l, c->steps, w->f[l], w->q);
                     NCL(finish_lane)(c, w, l, p0 + l, NC_ST_OK, -1, w->f[l], w->q);
+                }
         }
     }
     w->progress += c->steps * real - reported;      /* retired lanes count as done */

@@ -643,6 +643,13 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t* stop
         double* worst
         Py_ssize_t* worst_step
+        Py_ssize_t rec_every
+        Py_ssize_t rec_rows
+        double* s_q
+        double* s_loss
+        double* s_g2
+        double* s_bn2
+        Py_ssize_t* n_rows
         const int* cancel
         int isa
     ctypedef struct nc_lane_ws:
@@ -687,10 +694,12 @@ cdef class LaneScanKernel:
                   cnp.ndarray bptr, cnp.ndarray bidx, int n_threads,
                   cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
                   cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
-                  cnp.ndarray stop, tuple charges=None, str isa=None):
+                  cnp.ndarray stop, tuple charges=None, str isa=None, tuple series=None):
         """``pot_data``: the potential's arrays (``A``, ``b``, ``X``, ``y``) and ``eps``;
         ``charges``: None or ``(sptr, sidx, worst, worst_step)`` (scale-family laws);
-        ``isa``: None (best available) or one of :func:`lane_isas`."""
+        ``isa``: None (best available) or one of :func:`lane_isas`; ``series``: None or
+        ``(record_every, s_q (P, R, d), s_loss (P, R), s_g2 (P, R), s_bn2 (P, R, nb),
+        n_rows (P))``, the rows filled with NaN by the caller."""
         cdef Py_ssize_t t, P = hp.shape[0], d = q0.shape[0]
         cdef size_t sz
         cdef void* mem
@@ -769,6 +778,28 @@ cdef class LaneScanKernel:
                 c.sidx = <const Py_ssize_t*> _data(sidx)
                 c.worst = <double*> _data(worst)
                 c.worst_step = <Py_ssize_t*> _data(worst_step)
+        if series is not None:
+            rec_every, s_q, s_loss, s_g2, s_bn2, n_rows = series
+            for a in (s_q, s_loss, s_g2, s_bn2):
+                if a.dtype != np.float64 or not a.flags.c_contiguous:
+                    raise TypeError("LaneScanKernel needs C-contiguous float64 series")
+            if n_rows.dtype != np.intp or not n_rows.flags.c_contiguous:
+                raise TypeError("LaneScanKernel: n_rows must be C-contiguous intp")
+            if (rec_every < 1 or s_q.ndim != 3 or s_q.shape[0] != P or s_q.shape[2] != d
+                    or s_loss.shape[0] != P or s_loss.shape[1] != s_q.shape[1]
+                    or s_g2.shape[0] != P or s_g2.shape[1] != s_q.shape[1]
+                    or s_bn2.shape[0] != P or s_bn2.shape[1] != s_q.shape[1]
+                    or s_bn2.shape[2] != c.nb or n_rows.shape[0] != P
+                    or s_q.shape[1] < steps // rec_every + 1):
+                raise ValueError("LaneScanKernel: inconsistent series shapes")
+            self.keep.append(series)
+            c.rec_every = rec_every
+            c.rec_rows = s_q.shape[1]
+            c.s_q = <double*> _data(s_q)
+            c.s_loss = <double*> _data(s_loss)
+            c.s_g2 = <double*> _data(s_g2)
+            c.s_bn2 = <double*> _data(s_bn2)
+            c.n_rows = <Py_ssize_t*> _data(n_rows)
         if isa is None:
             c.isa = nc_lane_best_isa()
         else:

@@ -55,6 +55,11 @@ def _scan(pot, q0, lanes, isa=None, **kw):
 def _assert_identical(a, b):
     for k in KEYS:
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    assert (a.series is None) == (b.series is None)
+    if a.series is not None:
+        assert a.series.keys() == b.series.keys()
+        for k in a.series:
+            np.testing.assert_array_equal(a.series[k], b.series[k], err_msg=f"series {k}")
     assert a.charge_worst.keys() == b.charge_worst.keys()
     for lab in a.charge_worst:
         np.testing.assert_array_equal(a.charge_worst[lab], b.charge_worst[lab], err_msg=lab)
@@ -158,10 +163,9 @@ def test_lanes_selection_and_errors():
     pot, q0 = PROBLEMS["rayleigh8"]
     assert _scan(pot, q0, None, steps=10, lr=[0.1]).kernel.startswith("lanes[")
     assert _scan(pot, q0, False, steps=10, lr=[0.1]).kernel == "scalar"
-    assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel == "scalar"
+    assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel.startswith("lanes[")
     cases = [
         (dict(rule_cls=nc.rules.Adam), "SGD only"),
-        (dict(record_every=5), "record_every"),
         (dict(potential="radial"), "no lane form"),
         (dict(potential="bn", batch_size=4), "minibatch"),
         (dict(charges=[nc.symmetry.Symmetry("scale", ("q",)),
@@ -178,6 +182,40 @@ def test_lanes_selection_and_errors():
             nc.scan(rule_cls, p, q, steps=5, lr=[0.1], lanes=True, progress=False, **kw)
     with pytest.raises(TypeError, match="lanes"):
         nc.scan(nc.rules.SGD, pot, q0, steps=5, lr=[0.1], lanes="yes")
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+def test_lanes_record_series_like_the_scalar_loop(isa):
+    """Recorded series (record_every) in the lane kernel: rows of q, loss, |g|² and block
+    norms at every record_every-th state and the terminal one, NaN after a point stops,
+    ``n_rows`` per point -- bitwise the scalar loop's, over every stop reason (the grids of
+    test_lanes_every_stop_reason) and record_every dividing or not dividing steps."""
+    pot, q0 = PROBLEMS["quadratic"]
+    lr = np.array([0.01, 30.0, 0.02, 1.7e308])
+    for every in (1, 7, 50, 400):
+        kw = dict(steps=400, lr=lr, momentum=[0.0, 0.9], record_every=every)
+        ref = _scan(pot, q0, False, **kw)
+        got = _scan(pot, q0, True, isa=isa, **kw)
+        assert got.kernel.startswith("lanes[")
+        _assert_identical(ref, got)
+        assert {1, 3} <= set(ref.status.ravel().tolist())      # loss, parameters stops
+        n_rows = got.series["n_rows"]
+        assert np.all(n_rows[~got.diverged] == 400 // every + 1)
+        stopped = got.diverged
+        assert np.all(n_rows[stopped] <= got.stop_step[stopped] // every + 1)
+    pot8, q0 = PROBLEMS["rayleigh8"]
+    t0 = q0 @ pot8.A @ q0 / (q0 @ q0)
+    pot = nc.potentials.RayleighQuotient(pot8.A * (4.0 / abs(t0)))
+    tiny = q0 / np.linalg.norm(q0) * np.sqrt(1.0 / 1.7e308)
+    ref = _scan(pot, tiny, False, steps=20, lr=[0.01, 0.1], record_every=1)
+    got = _scan(pot, tiny, True, isa=isa, steps=20, lr=[0.01, 0.1], record_every=1)
+    _assert_identical(ref, got)
+    assert np.all(ref.status == 2) and np.all(got.series["n_rows"] == 0)   # gradient
+    for name in ("bn", "rayleigh8"):
+        pot, q0 = PROBLEMS[name]
+        kw = dict(steps=300, lr=[1e-3, 0.05, 0.5], momentum=0.9, weight_decay=[0.0, 1e-3],
+                  record_every=20, seeds=[0, 1])
+        _assert_identical(_scan(pot, q0, False, **kw), _scan(pot, q0, True, isa=isa, **kw))
 
 
 def test_unknown_isa_is_refused():
@@ -301,6 +339,9 @@ def lane_cases(draw):
     elif momentum != 0.0:
         grid["dampening"] = draw(st.sampled_from([0.0, [0.0, 0.4]]))
     steps = draw(st.sampled_from([1, 2, 9, 10, 11, 255, 256, 257, 600]))
+    record_every = draw(st.sampled_from([None, None, 1, 3, 10, 600]))
+    if record_every is not None:
+        grid["record_every"] = record_every
     return pot, q0, steps, grid, draw(st.booleans())
 
 
