@@ -146,7 +146,8 @@ class Rule:
         the point).  A class that provides it promises three things, checked for the
         built-in ones by tests/test_scan.py: it accepts exactly the grids whose every point
         constructs; its rows are ``_hp``'s; its state starts at zeros and its
-        ``kinetic_symmetric`` does not depend on the parameters.
+        ``kinetic_symmetric`` does not depend on the parameters.  It answers for its own
+        class only (None for subclasses, which may change any of this).
         """
         return None
 
@@ -240,11 +241,10 @@ class SGD(Rule):
 
     @classmethod
     def _grid_hp(cls, fixed, axes):
-        # only where validation, rows and laws are SGD's own (a subclass may change them)
-        if (cls.__post_init__ is not SGD.__post_init__ or cls._hp is not SGD._hp
-                or cls.kinetic_symmetric is not SGD.kinetic_symmetric
-                or cls.init_state is not Rule.init_state
-                or cls.param_names() != SGD.param_names()):
+        # SGD itself only: a subclass can change defaults (a plain class attribute),
+        # validation (__init__ or __post_init__), rows, laws or state in ways no check of
+        # a few methods would catch, so its grids take the per-point path
+        if cls is not SGD:
             return None
         conv = (_lr, lambda v: _unit("momentum", v),
                 lambda v: V.as_scalar("dampening", v, lo=0.0, hi=1.0),

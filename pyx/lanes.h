@@ -89,7 +89,7 @@ typedef struct {
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
-    double *bn2, *prev_bn2, *ang_sum;                              /* nb */
+    double *bn2, *prev_inv, *ang_sum;                              /* nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
     void* block;
@@ -119,7 +119,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
     w->bn2 = (double*) p; p += nc_lane_pad(nb * L);
-    w->prev_bn2 = (double*) p; p += nc_lane_pad(nb * L);
+    w->prev_inv = (double*) p; p += nc_lane_pad(nb * L);
     w->ang_sum = (double*) p; p += nc_lane_pad(nb * L);
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);

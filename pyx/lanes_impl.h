@@ -401,30 +401,33 @@ NC_INLINE void NCL(block_sq)(const nc_lane_ctx* c, const nc_vd* restrict x,
 
 /* angle summaries of state q_n = w->q (scan.pyx _take_state / _angle): n > late_start
  * adds the angle from the previous state q_{n-1}, which is still in the other buffer
- * w->qn (the step n -> n+1 has not run yet); n >= late_start keeps |q_n,B|^2 */
+ * w->qn (the step n -> n+1 has not run yet); n >= late_start keeps 1/|q_n,B| for the
+ * next step (the scalar code recomputes it from |q_n,B|^2: the same value) */
 NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
 {
     if (n < c->late_start || c->nb == 0) return;
     const nc_vd* q = NCCV(w->q);
     const nc_vd* pq = NCCV(w->qn);
-    nc_vd* bn2 = NCV(w->bn2);
-    nc_vd* pbn2 = NCV(w->prev_bn2);
-    NCL(block_sq)(c, q, bn2);
+    nc_vd* inv = NCV(w->bn2);                   /* 1/|q_n,B| */
+    nc_vd* pinv = NCV(w->prev_inv);             /* 1/|q_{n-1},B| */
+    NCL(block_sq)(c, q, inv);
+    for (Py_ssize_t b = 0; b < c->nb; ++b)
+        for (int l = 0; l < NC_NL; ++l) inv[b][l] = 1.0 / sqrt(inv[b][l]);
     if (n > c->late_start) {
         nc_vd* ang = NCV(w->ang_sum);
         for (Py_ssize_t b = 0; b < c->nb; ++b) {
-            nc_vd rho = bn2[b] / pbn2[b], dm = {0}, dp = {0};
-            for (int l = 0; l < NC_NL; ++l) rho[l] = sqrt(rho[l]);
+            const nc_vd ia = pinv[b], ib = inv[b];
+            nc_vd dm = {0}, dp = {0};
             for (Py_ssize_t k = c->bptr[b]; k < c->bptr[b + 1]; ++k) {
                 const Py_ssize_t i = c->bidx[k];
-                const nc_vd u = pq[i] * rho, v = q[i];
+                const nc_vd u = pq[i] * ia, v = q[i] * ib;
                 dm = dm + (u - v) * (u - v);
                 dp = dp + (u + v) * (u + v);
             }
             ang[b] = ang[b] + 2.0 * NCL(atan2sq)(dm, dp);
         }
     }
-    for (Py_ssize_t b = 0; b < c->nb; ++b) pbn2[b] = bn2[b];
+    for (Py_ssize_t b = 0; b < c->nb; ++b) pinv[b] = inv[b];
 }
 
 /* row n / rec_every of point p's series: state n of lane l (q_n from qsrc, f_n and the
@@ -686,12 +689,15 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
                 const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
                 const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
                 const nc_vd aR = NCL(fabs)(R);
-                /* Screen, exact: where 0 < sc < inf and |R| <= p = fl(fl(worst sc)(1 - 2^-40))
-                   < worst sc (two roundings cost less than 2^-40), |R|/sc < worst, so the
-                   rounded quotient is <= worst and the lane's worst cannot rise: no
-                   division is needed unless some lane fails the screen (docs/scan.md). */
+                /* Screen, exact: where 0 < sc < inf, p = fl(fl(worst sc)(1 - 2^-40)) is a
+                   normal number (so both roundings were relative, < 2^-53 each; a
+                   subnormal product can round up by more than 2^-40 of itself) and
+                   |R| <= p < worst sc, |R|/sc < worst, so the rounded quotient is <= worst
+                   and the lane's worst cannot rise: no division is needed unless some lane
+                   fails the screen (docs/scan.md). */
                 const nc_vd p = (worst[j] * sc) * (1.0 - 0x1p-40);
-                const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p < INFINITY) & (aR <= p);
+                const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p >= 0x1p-1022)
+                                   & (p < INFINITY) & (aR <= p);
                 if (!NCL(any)(~calm)) continue;
                 const nc_vd zero = {0}, one = zero + 1.0;
                 /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */

@@ -199,16 +199,15 @@ cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noe
 cdef inline double _angle(const double* a, const double* b, double na2, double nb2,
                           const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Angle between the block vectors a_B and b_B (|a_B|² = na2, |b_B|² = nb2):
-    2·atan2(|ρa − b|, |ρa + b|) with ρ = |b|/|a|, which is 2·atan2(|â − b̂|, |â + b̂|)
-    (both norms scaled by |b|), accurate also for tiny angles (unlike arccos); the atan2
-    of the two square roots is lanes.h's nc_atan2sq, which the lane kernel evaluates on
-    whole vectors (docs/scan.md)."""
-    cdef double rho = sqrt(nb2 / na2), dm = 0.0, dp = 0.0, u, v
+    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos); the atan2 of
+    the square roots of the two sums is lanes.h's nc_atan2sq, which the lane kernel
+    evaluates on whole vectors (docs/scan.md)."""
+    cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, dp = 0.0, u, v
     cdef Py_ssize_t k, i
     for k in range(lo, hi):
         i = idx[k]
-        u = a[i] * rho
-        v = b[i]
+        u = a[i] * ia
+        v = b[i] * ib
         dm = dm + (u - v) * (u - v)
         dp = dp + (u + v) * (u + v)
     return 2.0 * nc_atan2sq(dm, dp)
@@ -596,7 +595,7 @@ cdef class ScanKernel:
 # ---------------------------------------------------------------------------------------
 # Lanes: NC_NL grid points per SIMD block (pyx/lanes.h, docs/scan.md §"Lanes").  Same
 # results as ScanKernel, bit for bit, for the cases the facade routes here: full-batch SGD
-# on a potential with a lane form, no recorded series, charges off or scale-family only.
+# on a potential with a lane form, recorded series or not, charges off or scale-family.
 
 cdef extern from "lanes.h" nogil:
     enum:

@@ -352,8 +352,9 @@ def test_sgd_column_form_equals_per_point_rules(grid):
 
 
 def test_column_form_only_for_sgd_itself():
-    """A subclass that changes SGD's validation, or a rule without a column form, takes
-    the per-point path (and its own errors)."""
+    """Subclasses of SGD and rules without a column form take the per-point path: a
+    subclass's own validation (in __post_init__ or __init__) raises its error naming the
+    point, and a default changed by a plain class attribute is the one train uses."""
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -363,12 +364,26 @@ def test_column_form_only_for_sgd_itself():
             if self.lr > 0.5:
                 raise ValueError("Picky: lr must be at most 0.5")
 
+    class PickyInit(nc.rules.SGD):
+        def __init__(self, **kw):
+            if kw.get("lr", 0.0) > 0.5:
+                raise ValueError("PickyInit: lr must be at most 0.5")
+            super().__init__(**kw)
+
+    class SGD9(nc.rules.SGD):
+        momentum = 0.9
+
     axes = {"lr": np.array([0.1, 0.9])}
-    assert Picky._grid_hp({}, axes) is None
-    assert nc.rules.RMSprop._grid_hp({}, axes) is None
+    for cls in (Picky, PickyInit, SGD9, nc.rules.RMSprop):
+        assert cls._grid_hp({}, axes) is None
     pot, q0 = _rayleigh()
-    with pytest.raises(ValueError, match=r"rejects grid point \{'lr': 0.9\}: Picky"):
-        nc.scan(Picky, pot, q0, steps=5, lr=[0.1, 0.9])
+    for cls in (Picky, PickyInit):
+        with pytest.raises(ValueError, match=r"rejects grid point \{'lr': 0.9\}: Picky"):
+            nc.scan(cls, pot, q0, steps=5, lr=[0.1, 0.9])
+    res = nc.scan(SGD9, pot, q0, steps=50, lr=[0.1, 0.2], seeds=0, charges=False)
+    for i, lr in enumerate((0.1, 0.2)):
+        run = nc.train(SGD9(lr=lr), pot, q0, 50, charges=False)
+        np.testing.assert_array_equal(res.q[i], run.q_final)
 
 
 def test_bad_arguments():

@@ -218,6 +218,38 @@ def test_lanes_record_series_like_the_scalar_loop(isa):
         _assert_identical(_scan(pot, q0, False, **kw), _scan(pot, q0, True, isa=isa, **kw))
 
 
+def test_angle_is_exact_under_power_of_two_rescaling():
+    """A Rayleigh run with q0 scaled by 2^k and lr by 4^k (no weight decay) is the same run
+    scaled by 2^k, exactly (every operation scales by a power of two), so its angular
+    updates must be the same bits at |q|² ~ 1e-301 and ~1e301 as at |q|² ~ 1: the angle
+    normalises both vectors before its sums (docs/scan.md; a form scaled by |b|² lost
+    precision and overflowed there).  Lanes and the scalar loop both."""
+    pot, q0 = PROBLEMS["rayleigh8"]
+    lr = np.array([1e-3, 0.02, 0.1])
+    for lanes in (False, True):
+        ref = _scan(pot, q0, lanes, steps=200, lr=lr, momentum=0.9)
+        assert np.all(ref.angular_update > 0)
+        for k in (-500, 500):
+            got = _scan(pot, q0 * 2.0 ** k, lanes, steps=200, lr=lr * 4.0 ** k, momentum=0.9)
+            np.testing.assert_array_equal(got.angular_update, ref.angular_update)
+            np.testing.assert_array_equal(got.q, ref.q * 2.0 ** k)
+
+
+def test_charge_screen_with_subnormal_norms():
+    """The division-free screen of the lane charges (docs/scan.md) is exact only where its
+    products are normal numbers: a quadratic converging to 0 takes |q|² through the
+    subnormals (5e-324 at step ~1284), where the screen must step aside.  Lanes and the
+    scalar loop give the same worst residual and step (found in review: 0.56 at step 0
+    against 1.0 at step 1284 before the fix)."""
+    S = nc.symmetry.Symmetry("scale", ("q",))
+    pot = nc.potentials.Quadratic(np.array([[1.0, 0.3], [0.3, 0.5]]), np.zeros(2))
+    kw = dict(steps=3000, lr=[0.7, 0.5], momentum=[0.0, 0.5], charges=[S])
+    ref = _scan(pot, [1.0, -0.5], False, **kw)
+    for isa in ks.lane_isas():
+        _assert_identical(ref, _scan(pot, [1.0, -0.5], True, isa=isa, **kw))
+    assert ref.charge_worst["scale:q"][0, 0] == 1.0
+
+
 def test_unknown_isa_is_refused():
     pot, q0 = PROBLEMS["rayleigh8"]
     with pytest.raises(ValueError, match="available"):
