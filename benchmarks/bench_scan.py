@@ -218,7 +218,7 @@ NOTES = """Notes.
 * (a) is extrapolated: a strided subsample of grid points is run through
   python/noether_ref/rules.py and the time scaled to the whole grid.
 * Target ≥ 10× over batched NumPy of the same algorithm: met for the BatchNorm unit
-  (10.1–11.1× over this session's three runs), not for RayleighQuotient d = 8
+  (10.1–11.1× over this session's four runs), not for RayleighQuotient d = 8
   (7.5–9.2×); the NumPy timings move most between runs.  NumPy's batched ufuncs and its
   BLAS product are SIMD over the grid as well, so what the compiled scan gains per core is
   the fusion of ~15 passes over (d, P) arrays into one loop (4–5.7× here); the lane step
