@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 
 import noether_core as nc
 from noether_core.symmetry import Symmetry, random_skew
@@ -126,6 +126,38 @@ def _builtins():
 BUILTINS = _builtins()
 
 
+def _gradient_roundoff_allowance(pot, run, ch, coef):
+    """Per step n, the part of the scale law's relative residual that is the computed
+    gradient's own round-off: 2·coef·|⟨g_n, q_n⟩_B| / (A_n + A_{n+1} + |Δ_n|²).
+
+    The law's identity (docs/balance_laws.md §2) uses ⟨g, q_B⟩ = 0, which holds for the
+    exact gradient; the kernel's residual is R_n = −2⟨q_{n+1} − q_free, q_n⟩_B + O(ε·sc)
+    with q_{n+1} − q_free = −c·g_n, c ≤ coef = lr(1 + momentum) for SGD (heavy ball:
+    lr(1 − dampening); first step: lr; Nesterov: lr(1 + momentum)).  Where a BatchNorm
+    unit's variance collapses, the computed g_B is round-off of a vanishing gradient and
+    ⟨g_n, q_n⟩_B is of the order |g_B||q_B| rather than ε|g_B||q_B|; the residual then
+    measures the potential's arithmetic, not the rule's law (found by hypothesis:
+    BatchNormMLP, lr 0.25, momentum 0.9, seed 10655: 3.9e-12 at step 21, equal to this
+    allowance to three digits).  ⟨g, q⟩_B is summed exactly (math.fsum) from the full-data
+    gradient, so this applies to full-batch runs recorded at every step; the denominator
+    leaves out the kernel's 2|T| ≥ 0, so the allowance is an upper bound."""
+    import math
+    idx = np.concatenate([np.asarray(pot.blocks[b]) for b in ch.symmetry.blocks])
+    q = run.q
+    out = np.empty(len(q) - 1)
+    for n in range(len(q) - 1):
+        g = pot.value_and_grad(q[n])[1]
+        delta = math.fsum(g[idx] * q[n][idx])
+        step = q[n + 1][idx] - q[n][idx]
+        sc = (math.fsum(q[n][idx] ** 2) + math.fsum(q[n + 1][idx] ** 2)
+              + math.fsum(step ** 2))
+        out[n] = 2.0 * coef * abs(delta) / sc if sc > 0 else 0.0
+    return out
+
+
+@example(which=7, seed=10655, minibatch=False,     # a collapsing BatchNorm unit (see above)
+         params={"lr": 0.25, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+                 "nesterov": False})
 @given(st.sampled_from(range(len(BUILTINS))), sgd_params, st.integers(0, 2**31 - 1),
        st.booleans())
 def test_every_builtin_symmetry_exact_for_sgd(which, params, seed, minibatch):
@@ -142,7 +174,7 @@ def test_every_builtin_symmetry_exact_for_sgd(which, params, seed, minibatch):
             # a diverging draw is expected here and filtered out just below
             warnings.simplefilter("ignore", nc.DivergenceWarning)
             run = nc.train(rule, pot, q0, 60, batch_size=b, seed=seed, omega=omega,
-                           record_every=20)
+                           record_every=1)
         # a run that overflows (lr 0.3 with momentum 0.99 can) stops and is flagged; the
         # law is about finite steps
         assume(not run.diverged and np.all(np.abs(run.q_final) < 1e100))
@@ -150,7 +182,16 @@ def test_every_builtin_symmetry_exact_for_sgd(which, params, seed, minibatch):
         for ch in run.charges.values():
             if rule.kinetic_symmetric(ch.symmetry, pot):
                 assert ch.law == "exact"
-                assert ch.worst < EXACT, (type(pot).__name__, rule, ch)
+                if ch.worst < EXACT:
+                    continue
+                # above round-off only where the computed gradient itself breaks
+                # <g, q_B> = 0 (SGD, scale family, full batch: the allowance is computable)
+                assert (isinstance(rule, nc.rules.SGD) and b is None
+                        and ch.symmetry.family == "scale"), (type(pot).__name__, rule, ch)
+                allow = _gradient_roundoff_allowance(
+                    pot, run, ch, rule.lr * (1.0 + rule.momentum))
+                res = np.asarray(ch.residual)[1:]
+                assert np.all(res <= allow + EXACT), (type(pot).__name__, rule, ch)
 
 
 # ---------------------------------------------------------------------------------------
