@@ -153,10 +153,15 @@ def main(write=False):
                      f"{1e3 * np.median(proc[:, c, 0]):.2f} ms, plain C "
                      f"{1e3 * np.median(proc[:, c, 1]):.2f} ms, medians)")
     lines.append("")
-    lines.append("The compiled time is bimodal between processes on this machine (e.g. "
-                 "0.6 or 0.9 ms for the d = 8 case) while plain C is not; within one "
-                 "process it is stable, so the mode is set by where the process's buffers "
-                 "land (not understood further here).  The table above is one process.")
+    lines.append("The compiled time is at times bimodal between processes on this machine "
+                 "(e.g. 0.5 or 0.85 ms for the d = 8 case; it has switched within a process "
+                 "too).  Not the code's memory layout: moving q, the rule state and the "
+                 "gradient into one page-aligned block, or A to each of 16 page offsets, "
+                 "changed nothing, and a pure-Python loop timed in the same processes did "
+                 "not move; in some hours every process is in the fast mode.  Most likely a "
+                 "co-tenant on the same physical core (SMT), which slows floating-point "
+                 "loops and leaves interpreter-bound ones alone.  The table above is one "
+                 "process.")
     body += "\n".join(lines) + "\n"
     print(body)
     if write:
