@@ -202,7 +202,7 @@ NC_INLINE nc_vd NCL(grad_bn_unit)(const nc_lane_ctx* c, const nc_vd* restrict q,
         md = md + e;
         mdz = mdz + e * zh;
     }
-    const nc_vd f = 0.5 * fa / Bd;
+    const nc_vd f = 0.5 * fa / Bd + (var - var);   /* NaN where var overflowed, else + 0 */
     md = md / Bd / Bd;
     mdz = mdz / Bd / Bd;
     for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
@@ -260,7 +260,8 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
             uu = uu + s[r] * s[r];
         }
     }
-    nc_vd isd = uu * invN + c->eps;
+    const nc_vd var = uu * invN;
+    nc_vd isd = var + c->eps;
     for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(isd[l]);
     for (Py_ssize_t i = 0; i < d; ++i) {
         const nc_vd ai = a[i] * isd, vi = ai - t[i];
@@ -269,7 +270,7 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const nc_vd* restri
         vv = vv + vi * vi;
         va = va + vi * ai;
     }
-    const nc_vd f = 0.5 * (vv + c->rho2) / Nd;
+    const nc_vd f = 0.5 * (vv + c->rho2) / Nd + (var - var);   /* as the scalar code */
     const nc_vd m = va * invN2;
     const nc_vd c1 = invN * isd, c2 = m * isd;
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = v[i] * c1 - a[i] * c2;             /* y' */

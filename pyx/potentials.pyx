@@ -277,7 +277,7 @@ cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
     cdef double* a = p.z            # a = u / s (u first)
     cdef double* v = p.z + d        # v = a - t, then y'
     cdef Py_ssize_t i, j
-    cdef double acc, uu = 0.0, isd, vv = 0.0, va = 0.0, f, m, c1, c2
+    cdef double acc, uu = 0.0, var, isd, vv = 0.0, va = 0.0, f, m, c1, c2
     cdef double Nd = <double> p.N, invN = 1.0 / <double> p.N
     cdef double invN2 = 1.0 / (Nd * Nd)
     for i in range(d):
@@ -286,13 +286,15 @@ cdef inline double _bn_unit_full(BNUnitParams* p, const double* w, double* g,
             acc = acc + R[i * d + j] * w[j]
         a[i] = acc
         uu = uu + acc * acc
-    isd = 1.0 / sqrt(uu * invN + p.eps)
+    var = uu * invN
+    isd = 1.0 / sqrt(var + p.eps)
     for i in range(d):
         a[i] = a[i] * isd
         v[i] = a[i] - p.t[i]
         vv = vv + v[i] * v[i]
         va = va + v[i] * a[i]
     f = 0.5 * (vv + p.rho2) / Nd
+    f = f + (var - var)     # NaN if the variance overflowed (docs/potentials.md §4), else + 0
     m = va * invN2
     c1 = invN * isd
     c2 = m * isd
@@ -337,6 +339,7 @@ cdef double _c_grad_bn_unit(const double* q, double* g, Py_ssize_t d,
         md = md + e                             # B * mean(delta) * B
         mdz = mdz + e * p.z[i]
     f = 0.5 * f / B
+    f = f + (var - var)     # NaN if the variance overflowed (docs/potentials.md §4), else + 0
     md = md / B / B                             # mean(delta), delta = e / B
     mdz = mdz / B / B                           # mean(delta * zhat)
     for j in range(d):

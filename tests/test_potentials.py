@@ -14,6 +14,7 @@ Random points come from numpy generators seeded by hypothesis-drawn integers, so
 example is a fresh potential (data, sizes) and a fresh point.
 """
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -659,3 +660,25 @@ def test_concurrent_runs_share_a_potential_safely():
     with ThreadPoolExecutor(2) as ex:
         together = list(ex.map(run, (0, 1)))
     assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+def test_bn_unit_overflowing_variance_gives_nan_not_a_wrong_loss():
+    """docs/potentials.md §4: where the batch variance overflows (|w| ~ 1e200) the kernels
+    would compute 1/s = 0 and the finite but wrong loss mean(y²)/2; they return NaN instead
+    (both the row form and the O(D²) form), and a run that gets there is flagged.  Below the
+    overflow, scale invariance holds as before: f(1e100·w) = f(w) to round-off."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(20, 4)), rng.normal(size=20)
+    w = rng.normal(size=4)
+    for proj in (True, False):
+        pot = nc.potentials.BatchNormUnit(X, y, projection=proj)
+        f0 = pot.value(w)
+        assert abs(pot.value(1e100 * w) - f0) <= 1e-12 * f0
+        f, g = pot.value_and_grad(1e200 * w)
+        assert np.isnan(f)
+        assert np.isnan(pot.value(1e200 * w, rows=np.arange(10)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nc.DivergenceWarning)
+        run = nc.train(nc.rules.SGD(lr=1e300, momentum=0.9), nc.potentials.BatchNormUnit(X, y),
+                       w, 20)
+    assert run.diverged and run.stop_reason == "non-finite loss"

@@ -389,17 +389,27 @@ def test_divergence_names_block_and_quantity_for_parameters():
 
 
 def test_overflowed_statistic_is_flagged():
-    """|q|² can overflow while q stays finite (BatchNormUnit is scale-invariant, so f and
-    g stay finite as |w| grows by ~lr·|g| ≈ 1e308/1e153 per step): the run is flagged with
-    the quantity and block, never returns inf unflagged."""
-    X, y = nc.datasets.teacher_regression(20, 3, seed=0)
-    pot = P.BatchNormUnit(X, y.ravel())
+    """|q|² can overflow while q stays finite (a scale-invariant loss whose f and g are
+    evaluated on q/max|q_i|, so they stay finite as |q| grows by ~lr·|g| ≈ 1e308/1e153 per
+    step): the run is flagged with the quantity and block, never returns inf unflagged.
+    (BatchNormUnit used to serve here; its batch variance overflows first, and it now
+    returns a NaN loss there instead of a wrong one: docs/potentials.md §4.)"""
+    A = np.diag([1.0, 2.0, 3.0])
+
+    def scaled_rayleigh(q):
+        s = np.max(np.abs(q))
+        u = q / s
+        uu = u @ u
+        f = 0.5 * (u @ A @ u) / uu
+        return f, (A @ u - 2.0 * f * u) / uu / s
+
+    pot = P.Python(scaled_rayleigh, 3)
     q0 = np.array([1e153, 1e153, 1e153])         # |q|² = 3e306, finite
     with pytest.warns(nc.DivergenceWarning, match="overflowed"):
         res = nc.train(R.SGD(lr=1e308), pot, q0, 20, charges=False)
-    assert res.diverged and "|q_B|² of block 'w'" in res.stop_reason
+    assert res.diverged and "|q_B|² of block 'q'" in res.stop_reason
     assert np.all(np.isfinite(res.q_final))
-    first_bad = int(np.flatnonzero(~np.isfinite(res.block_norm2["w"]))[0])
+    first_bad = int(np.flatnonzero(~np.isfinite(res.block_norm2["q"]))[0])
     assert res.stop_step == res.steps[first_bad]
 
 
