@@ -7,13 +7,13 @@
 #include <string.h>
 
 static double grad_rayleigh(const double *q, double *g, long d, const double *A, double *Aq) {
-    double qAq = 0.0, qq = 0.0;
-    for (long i = 0; i < d; i++) qq += q[i] * q[i];
+    double qAq = 0.0, qq = q[0] * q[0];
+    for (long i = 1; i < d; i++) qq += q[i] * q[i];
     double iqq = 1.0 / qq;
     for (long i = 0; i < d; i++) {
-        double s = 0.0;
-        for (long j = 0; j < d; j++) s += A[i * d + j] * q[j];
-        qAq += q[i] * s; Aq[i] = s * iqq;
+        double s = A[i * d] * q[0];
+        for (long j = 1; j < d; j++) s += A[i * d + j] * q[j];
+        qAq = i ? qAq + q[i] * s : q[0] * s; Aq[i] = s * iqq;
     }
     double t = qAq * iqq, ti = t * iqq;
     for (long i = 0; i < d; i++) g[i] = Aq[i] - q[i] * ti;

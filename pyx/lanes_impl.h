@@ -90,15 +90,17 @@ NC_INLINE int NCL(any_nan)(nc_vd probe)
 
 /* ---- potentials, lane form ------------------------------------------------------- */
 
-/* (A q)_i for rows i0 .. i0 + R - 1 (R <= 4), each summed over j in order: the rows are
- * independent sums, interleaved so that four dependency chains run at once */
+/* (A q)_i for rows i0 .. i0 + R - 1 (R <= 4), each summed over j in order from its first
+ * term (d >= 1): the rows are independent sums, interleaved so that four dependency
+ * chains run at once */
 NC_INLINE void NCL(rows4)(const double* restrict A, Py_ssize_t d, Py_ssize_t i0, int R,
                               const nc_vd* restrict q, nc_vd* restrict out)
 {
-    nc_vd s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     const double* a0 = A + i0 * d;
     if (R == 4) {
-        for (Py_ssize_t j = 0; j < d; ++j) {
+        nc_vd s0 = a0[0] * q[0], s1 = a0[d] * q[0], s2 = a0[2 * d] * q[0],
+              s3 = a0[3 * d] * q[0];
+        for (Py_ssize_t j = 1; j < d; ++j) {
             const nc_vd qj = q[j];
             s0 = s0 + a0[j] * qj;
             s1 = s1 + a0[d + j] * qj;
@@ -109,8 +111,8 @@ NC_INLINE void NCL(rows4)(const double* restrict A, Py_ssize_t d, Py_ssize_t i0,
         return;
     }
     for (int r = 0; r < R; ++r) {
-        nc_vd s = {0};
-        for (Py_ssize_t j = 0; j < d; ++j) s = s + a0[r * d + j] * q[j];
+        nc_vd s = a0[r * d] * q[0];
+        for (Py_ssize_t j = 1; j < d; ++j) s = s + a0[r * d + j] * q[j];
         out[r] = s;
     }
 }
@@ -136,13 +138,14 @@ NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const nc_vd* restrict 
 
 /* _c_grad_rayleigh: iqq = 1/qq first, then per row i: (Aq)_i, the term q_i (Aq)_i of qAq
  * (summed over i in order) and (Aq)_i * iqq; t = qAq * iqq, f = t/2, and
- * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g. */
+ * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g; every sum starts
+ * from its first term (docs/potentials.md §2). */
 NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const nc_vd* restrict q,
                                    nc_vd* restrict g, nc_vd* restrict Aq)
 {
     const Py_ssize_t d = c->d;
-    nc_vd qAq = {0}, qq = {0};
-    for (Py_ssize_t i = 0; i < d; ++i) qq = qq + q[i] * q[i];
+    nc_vd qAq = {0}, qq = q[0] * q[0];
+    for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
     const nc_vd iqq = 1.0 / qq;
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
         const int R = d - i0 < 4 ? (int) (d - i0) : 4;
@@ -150,7 +153,7 @@ NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const nc_vd* restrict q
         NCL(rows4)(c->A, d, i0, R, q, s);
         for (int r = 0; r < R; ++r) {
             const Py_ssize_t i = i0 + r;
-            qAq = qAq + q[i] * s[r];
+            qAq = i == 0 ? q[0] * s[0] : qAq + q[i] * s[r];
             Aq[i] = s[r] * iqq;
         }
     }

@@ -112,8 +112,8 @@ cdef double _c_grad_quadratic(const double* q, double* g, Py_ssize_t d,
     cdef Py_ssize_t i, j
     cdef double s, f = 0.0
     for i in range(d):
-        s = 0.0
-        for j in range(d):
+        s = p.A[i * d] * q[0]               # row sums from their first term (d >= 1)
+        for j in range(1, d):
             s = s + p.A[i * d + j] * q[j]
         f = f + q[i] * (0.5 * s - p.b[i])
         g[i] = s - p.b[i]
@@ -157,15 +157,17 @@ cdef double _c_grad_rayleigh(const double* q, double* g, Py_ssize_t d,
     cdef RayleighParams* p = <RayleighParams*> params
     cdef Py_ssize_t i, j
     cdef double s, qAq = 0.0, qq = 0.0, iqq, t, ti
-    # docs/potentials.md §2: iqq = 1/|q|² first, so that no division lies between Aq and g
-    for i in range(d):
+    # docs/potentials.md §2: iqq = 1/|q|² first, so that no division lies between Aq and g;
+    # every sum starts from its first term (d >= 1), not from 0.0
+    qq = q[0] * q[0]
+    for i in range(1, d):
         qq = qq + q[i] * q[i]
     iqq = 1.0 / qq
     for i in range(d):
-        s = 0.0
-        for j in range(d):
+        s = p.A[i * d] * q[0]
+        for j in range(1, d):
             s = s + p.A[i * d + j] * q[j]
-        qAq = qAq + q[i] * s
+        qAq = qAq + q[i] * s if i > 0 else q[0] * s
         p.Aq[i] = s * iqq
     t = qAq * iqq                   # 2f
     ti = t * iqq

@@ -38,13 +38,13 @@ C_SOURCE = r"""
    Aq between the two passes instead of a scratch array. */
 double rayleigh(const double* q, double* g, ssize_t d, void* params) {
     const double* A = (const double*) params;
-    double qAq = 0.0, qq = 0.0, s;
-    for (ssize_t i = 0; i < d; i++) qq = qq + q[i] * q[i];
+    double qAq = 0.0, qq = q[0] * q[0], s;           /* sums from their first term */
+    for (ssize_t i = 1; i < d; i++) qq = qq + q[i] * q[i];
     const double iqq = 1.0 / qq;
     for (ssize_t i = 0; i < d; i++) {
-        s = 0.0;
-        for (ssize_t j = 0; j < d; j++) s = s + A[i * d + j] * q[j];
-        qAq = qAq + q[i] * s;
+        s = A[i * d] * q[0];
+        for (ssize_t j = 1; j < d; j++) s = s + A[i * d + j] * q[j];
+        qAq = i ? qAq + q[i] * s : q[0] * s;
         g[i] = s * iqq;
     }
     const double t = qAq * iqq, ti = t * iqq;          /* t = 2f */
@@ -124,16 +124,16 @@ CYTHON_SOURCE = """
 cdef api double rayleigh(const double* q, double* g, Py_ssize_t d,
                          void* params) noexcept nogil:
     cdef const double* A = <const double*> params
-    cdef double qAq = 0.0, qq = 0.0, s, iqq, t, ti
+    cdef double qAq = 0.0, qq = q[0] * q[0], s, iqq, t, ti
     cdef Py_ssize_t i, j
-    for i in range(d):
+    for i in range(1, d):
         qq = qq + q[i] * q[i]
     iqq = 1.0 / qq
     for i in range(d):
-        s = 0.0
-        for j in range(d):
+        s = A[i * d] * q[0]
+        for j in range(1, d):
             s = s + A[i * d + j] * q[j]
-        qAq = qAq + q[i] * s
+        qAq = qAq + q[i] * s if i > 0 else q[0] * s
         g[i] = s * iqq
     t = qAq * iqq
     ti = t * iqq
