@@ -4,7 +4,8 @@
  * have a lane form (Quadratic, RayleighQuotient, BatchNormUnit), with or without the
  * scale-family balance laws.  Every lane is bitwise the scalar run_loop of the same point.
  *
- * The body (lanes_impl.h) is compiled once per instruction set -- the build's baseline
+ * The body (lanes_impl.h) is compiled once per instruction set (and within it, the block's
+ * run once per d <= 16 with d a constant, and once for any d) -- the build's baseline
  * (SSE2 on x86-64), and AVX-512F on x86-64 with GCC, where one nc_vd is one register --
  * and nc_lane_run_block picks one at run time.  (An AVX2 version was measured slower
  * than the baseline one: GCC lowers the 8-wide vectors into 4-wide halves with many
@@ -89,7 +90,14 @@ typedef struct {
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
-    double *bn2, *prev_inv, *ang_sum;                              /* nb */
+    double *prev_inv, *ang_sum;                                    /* nb */
+    /* late-window angles, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
+       wait in ang_q; their transitions are evaluated together, then added in step order */
+    int ang_K, ang_np;          /* capacity; states pending */
+    int ang_prev;               /* ang_qprev / prev_inv hold the state before them */
+    double *ang_q;                                                 /* ang_K * d */
+    double *ang_qprev;                                             /* d */
+    double *ang_inv, *ang_m, *ang_p;                               /* ang_K * nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
     void* block;
@@ -97,13 +105,22 @@ typedef struct {
 
 static inline size_t nc_lane_pad(size_t nbytes) { return (nbytes + 63) / 64 * 64; }
 
+/* states per angle batch: 8, fewer where d is large (the batch holds K states of d
+   vectors: at most 128 KiB for d <= 256, 64 B * d beyond) */
+static inline int nc_lane_ang_K(const nc_lane_ctx* c)
+{
+    const Py_ssize_t k = 256 / (c->d > 0 ? c->d : 1);
+    return k >= 8 ? 8 : (k < 1 ? 1 : (int) k);
+}
+
 /* bytes of the lane arrays of one workspace */
 static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
 {
     size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
-    return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 3 * nc_lane_pad(nb * L)
-           + 4 * nc_lane_pad(ns * L);
+    size_t K = (size_t) nc_lane_ang_K(c);
+    return 6 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 2 * nc_lane_pad(nb * L)
+           + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L) + 3 * nc_lane_pad(K * nb * L);
 }
 
 static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
@@ -118,8 +135,13 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->qn = (double*) p; p += nc_lane_pad(c->d * L);
     w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
-    w->bn2 = (double*) p; p += nc_lane_pad(nb * L);
     w->prev_inv = (double*) p; p += nc_lane_pad(nb * L);
+    w->ang_K = nc_lane_ang_K(c);
+    w->ang_q = (double*) p; p += nc_lane_pad((size_t) w->ang_K * c->d * L);
+    w->ang_qprev = (double*) p; p += nc_lane_pad(c->d * L);
+    w->ang_inv = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
+    w->ang_m = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
+    w->ang_p = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
     w->ang_sum = (double*) p; p += nc_lane_pad(nb * L);
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
@@ -157,7 +179,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
 static inline double nc_atan2sq(double a, double b)
 {
     const int big = a > b;
-    const double x2 = big ? b / a : a / b;
+    const double x2 = (big ? b : a) / (big ? a : b);
     const double x = sqrt(x2);
     const double x1 = x / (1.0 + sqrt(1.0 + x2));
     const double y = x1 / (1.0 + sqrt(1.0 + x1 * x1));

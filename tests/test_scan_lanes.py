@@ -129,6 +129,34 @@ def test_lanes_every_stop_reason(isa):
     assert ref.stop_reason(0, 0) == "non-finite gradient"       # (a trailing seed axis)
 
 
+@pytest.mark.parametrize("isa", ks.lane_isas())
+def test_lanes_angle_batches(isa):
+    """The late-window angles are queued and evaluated in batches of up to eight states
+    (fewer for d > 32: six at d = 40, one at d = 300), flushed when a batch is full, when a
+    lane retires and at the end: dimensions with each batch size, windows that end
+    mid-batch, and lanes that diverge inside the window, all bitwise the scalar loop."""
+    rng = np.random.default_rng(11)
+    for d, steps in ((40, 403), (300, 57)):
+        M = rng.normal(size=(d, d))
+        A = M @ M.T / d + np.eye(d)
+        lam = np.linalg.eigvalsh(A)[-1]
+        q0 = rng.normal(size=d)
+        ray = nc.potentials.RayleighQuotient(M + M.T)
+        kw = dict(steps=steps, lr=np.linspace(0.01, 0.5, 9), momentum=[0.0, 0.9])
+        _assert_identical(_scan(ray, q0, False, **kw), _scan(ray, q0, True, isa=isa, **kw))
+        if d == 40:
+            # plain gradient descent on the quadratic grows like |1 - lr λ_max|^n beyond
+            # lr = 2/λ_max: these rates overflow f between ~step 250 and never
+            quad = nc.potentials.Quadratic(A, np.zeros(d))
+            kw = dict(steps=steps, lr=np.linspace(2.0, 3.6, 24) / lam)
+            ref = _scan(quad, q0, False, **kw)
+            _assert_identical(ref, _scan(quad, q0, True, isa=isa, **kw))
+            late = steps - -(-steps // 10)
+            stops = ref.stop_step[ref.diverged]
+            assert np.any((stops > late) & (stops < steps)), stops     # inside the window
+            assert np.isfinite(ref.angular_update[~ref.diverged]).all()
+
+
 def test_lanes_equal_train_per_point():
     """The oracle of tests/test_scan.py applied to the lane kernel directly: each point is
     a separate train call, bitwise."""
@@ -342,7 +370,7 @@ from hypothesis import given, strategies as st  # noqa: E402
 def lane_cases(draw):
     kind = draw(st.sampled_from(["rayleigh", "quadratic", "bn", "bn_rows"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    d = draw(st.integers(1, 11))
+    d = draw(st.integers(1, 20))
     if kind == "rayleigh":
         M = rng.normal(size=(d, d))
         pot = nc.potentials.RayleighQuotient(M + M.T)
@@ -379,8 +407,9 @@ def lane_cases(draw):
 
 @given(lane_cases())
 def test_lanes_equal_scalar_loop_on_random_grids(case):
-    """Any grid the lane kernel takes gives the scalar loop's bits: dimensions 1–11 (row
-    groups of four with every tail length, the BatchNorm dot's tail), N above and below D
+    """Any grid the lane kernel takes gives the scalar loop's bits: dimensions 1–20 (row
+    groups of four with every tail length, the BatchNorm dot's tail; the fixed-size copies
+    of the block's run for d <= 16 and the generic one above), N above and below D
     (the BatchNorm unit's projected and row forms), grids of 1–66 points (partial blocks),
     step counts around the angle window's start and the 256-step boundary, divergent
     points, mixed flags per block."""
