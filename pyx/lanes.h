@@ -90,13 +90,13 @@ typedef struct {
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
-    double *prev_inv, *ang_sum;                                    /* nb */
+    double *ang_sum;                                               /* nb */
     /* late-window angles, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
        wait in ang_q; their transitions are evaluated together, then added in step order */
     int ang_K, ang_np;          /* capacity; states pending */
-    int ang_prev;               /* ang_qprev / prev_inv hold the state before them */
+    int ang_prev;               /* ang_v's first row holds the state before them */
     double *ang_q;                                                 /* ang_K * d */
-    double *ang_qprev;                                             /* d */
+    double *ang_v;              /* (ang_K + 1) * nnz: q_B/|q_B| per block entry */
     double *ang_inv, *ang_m, *ang_p;                               /* ang_K * nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
@@ -113,14 +113,21 @@ static inline int nc_lane_ang_K(const nc_lane_ctx* c)
     return k >= 8 ? 8 : (k < 1 ? 1 : (int) k);
 }
 
+/* entries of the named blocks (a coordinate in two blocks counts twice) */
+static inline size_t nc_lane_nnz(const nc_lane_ctx* c)
+{
+    return c->nb > 0 ? (size_t) c->bptr[c->nb] : 0;
+}
+
 /* bytes of the lane arrays of one workspace */
 static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
 {
     size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     size_t K = (size_t) nc_lane_ang_K(c);
-    return 6 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + 2 * nc_lane_pad(nb * L)
-           + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L) + 3 * nc_lane_pad(K * nb * L);
+    return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+           + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
+           + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 3 * nc_lane_pad(K * nb * L);
 }
 
 static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
@@ -135,10 +142,9 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->qn = (double*) p; p += nc_lane_pad(c->d * L);
     w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
-    w->prev_inv = (double*) p; p += nc_lane_pad(nb * L);
     w->ang_K = nc_lane_ang_K(c);
     w->ang_q = (double*) p; p += nc_lane_pad((size_t) w->ang_K * c->d * L);
-    w->ang_qprev = (double*) p; p += nc_lane_pad(c->d * L);
+    w->ang_v = (double*) p; p += nc_lane_pad((size_t) (w->ang_K + 1) * nc_lane_nnz(c) * L);
     w->ang_inv = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
     w->ang_m = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
     w->ang_p = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
@@ -167,27 +173,38 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
  * kernel evaluates the same operations on whole vectors (lanes_impl.h NCL(atan2sq) is
  * this function, operation for operation):
  *   x^2 = min(a, b) / max(a, b) in [0, 1], x = sqrt(x^2);
- *   two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x to
- *   y <= tan(pi/16) < 0.2 (the first uses x^2 as it is);
+ *   x^2 <= NC_ATAN_DIRECT (x <= 0.19875 < tan(pi/16)): y = x and atan(x) = atan(y);
+ *   otherwise two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x
+ *   to y <= tan(pi/16) < 0.2 (the first uses x^2 as it is) and atan(x) = 4 atan(y);
  *   atan(y) = y sum_k (-1)^k y^(2k) / (2k + 1), 13 terms
- *   (truncation < 0.04^13 / 27 ~ 1e-20 relative);  atan(x) = 4 atan(y);
+ *   (truncation < 0.04^13 / 27 ~ 1e-20 relative);
  *   a > b: pi/2 - atan(x).
+ * The direct branch is the usual one for the late-time angles (under ~0.4 rad) and saves
+ * two divisions and two square roots.
  * Accuracy: a few ulp (tested against long-double arctan2, docs/scan.md) while x^2 is a
  * normal number (x > 1.5e-154).  NaN in, NaN out; a = b = 0 gives NaN (the angle of a
  * zero block is undefined). */
 #define NC_ATAN_TERMS 13
+#define NC_ATAN_DIRECT 0.0395
 static inline double nc_atan2sq(double a, double b)
 {
     const int big = a > b;
     const double x2 = (big ? b : a) / (big ? a : b);
     const double x = sqrt(x2);
-    const double x1 = x / (1.0 + sqrt(1.0 + x2));
-    const double y = x1 / (1.0 + sqrt(1.0 + x1 * x1));
+    double y, m;
+    if (x2 <= NC_ATAN_DIRECT) {
+        y = x;
+        m = 1.0;
+    } else {
+        const double x1 = x / (1.0 + sqrt(1.0 + x2));
+        y = x1 / (1.0 + sqrt(1.0 + x1 * x1));
+        m = 4.0;
+    }
     const double z = y * y;
     double s = 1.0 / (2 * NC_ATAN_TERMS - 1);
     for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
         s = s * z + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
-    const double t = 4.0 * (y * s);
+    const double t = m * (y * s);
     return big ? 1.5707963267948966 - t : t;
 }
 
@@ -231,6 +248,16 @@ static inline void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssi
     if (c->isa == NC_ISA_AVX512) { nc_lane_run_block_avx512(c, w, p0); return; }
 #endif
     nc_lane_run_block_base(c, w, p0);
+}
+
+/* the lane kernel's batched nc_atan2sq on arrays, in the version isa (tests) */
+static inline void nc_lane_atan2sq_array(int isa, const double* a, const double* b,
+                                         double* out, Py_ssize_t n)
+{
+#if NC_LANES_X86
+    if (isa == NC_ISA_AVX512) { nc_lane_atan2sq_array_avx512(a, b, out, n); return; }
+#endif
+    nc_lane_atan2sq_array_base(a, b, out, n);
 }
 
 #endif

@@ -32,27 +32,6 @@ NC_INLINE int NCL(any)(nc_vl m)
     return r;
 }
 
-/* nc_atan2sq (lanes.h) on whole vectors: the same operations in the same order */
-NC_INLINE nc_vd NCL(atan2sq)(nc_vd a, nc_vd b)
-{
-    const nc_vl big = a > b;
-    const nc_vd x2 = NCL(sel)(big, b, a) / NCL(sel)(big, a, b);   /* big ? b/a : a/b */
-    nc_vd x, r1, r2;
-    for (int l = 0; l < NC_NL; ++l) x[l] = sqrt(x2[l]);
-    r1 = 1.0 + x2;
-    for (int l = 0; l < NC_NL; ++l) r1[l] = sqrt(r1[l]);
-    const nc_vd x1 = x / (1.0 + r1);
-    r2 = 1.0 + x1 * x1;
-    for (int l = 0; l < NC_NL; ++l) r2[l] = sqrt(r2[l]);
-    const nc_vd y = x1 / (1.0 + r2);
-    const nc_vd z = y * y;
-    nc_vd s = (nc_vd) {0} + 1.0 / (2 * NC_ATAN_TERMS - 1);
-    for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
-        s = s * z + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
-    const nc_vd t = 4.0 * (y * s);
-    return NCL(sel)(big, 1.5707963267948966 - t, t);
-}
-
 /* Finiteness probes (rules.pyx _nan_probe): x * 0 is NaN exactly when x is NaN or inf,
  * and a sum with a NaN term is NaN, so probe(x) = sum_i x_i * 0 is NaN in exactly the
  * lanes where some x_i is not finite, and +-0 elsewhere.  Whether a lane's probe is NaN
@@ -410,39 +389,53 @@ NC_INLINE void NCL(block_sq)(const nc_lane_ctx* c, const nc_vd* restrict x,
 /* the queued states' angle terms (NCL(take_angle)), added to ang_sum in step order */
 static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w);
 
-/* nc_atan2sq on out[e] = atan2sq(a[e], b[e]) for e < n <= 8 at once, stage by stage:
- * each entry's operations are those of NCL(atan2sq), in its order, but the n independent
- * chains (each ~200 cycles of division, square-root and Horner latency) are interleaved,
- * so they overlap instead of stalling the step that follows */
+/* nc_atan2sq (lanes.h) on out[e] = atan2sq(a[e], b[e]) for e < n <= 8 at once, stage
+ * by stage: each entry's operations are nc_atan2sq's, in its order, but the n independent
+ * chains (divisions, square roots, a 13-term Horner polynomial) are interleaved, so they
+ * overlap instead of stalling the step that follows.  The branch of nc_atan2sq is a
+ * select per lane (the half-angle reductions computed for every lane and kept where
+ * x^2 > NC_ATAN_DIRECT), skipped when no lane of any entry needs them. */
 NC_INLINE void NCL(atan2sq_n)(const nc_vd* a, const nc_vd* b, int n, nc_vd* out)
 {
     nc_vd x[8], r[8], y[8], s[8];
-    nc_vl big[8];
-    int e;
+    nc_vl big[8], direct[8];
+    int e, all_direct = 1;
     for (e = 0; e < n; ++e) {
         big[e] = a[e] > b[e];
         y[e] = NCL(sel)(big[e], b[e], a[e]) / NCL(sel)(big[e], a[e], b[e]);   /* x^2 */
+        direct[e] = y[e] <= NC_ATAN_DIRECT;
+        for (int l = 0; l < NC_NL; ++l) all_direct &= direct[e][l] != 0;
     }
     for (e = 0; e < n; ++e)
-        for (int l = 0; l < NC_NL; ++l) {
-            x[e][l] = sqrt(y[e][l]);
-            r[e][l] = sqrt(1.0 + y[e][l]);
+        for (int l = 0; l < NC_NL; ++l) x[e][l] = sqrt(y[e][l]);
+    if (all_direct) {
+        for (e = 0; e < n; ++e) {
+            y[e] = x[e];
+            r[e] = (nc_vd) {0} + 1.0;                                        /* m */
         }
-    for (e = 0; e < n; ++e) {
-        x[e] = x[e] / (1.0 + r[e]);                                          /* x1 */
-        r[e] = 1.0 + x[e] * x[e];
+    } else {
+        for (e = 0; e < n; ++e)
+            for (int l = 0; l < NC_NL; ++l) r[e][l] = sqrt(1.0 + y[e][l]);
+        for (e = 0; e < n; ++e) {
+            s[e] = x[e] / (1.0 + r[e]);                                      /* x1 */
+            r[e] = 1.0 + s[e] * s[e];
+        }
+        for (e = 0; e < n; ++e)
+            for (int l = 0; l < NC_NL; ++l) r[e][l] = sqrt(r[e][l]);
+        for (e = 0; e < n; ++e) {
+            const nc_vd one = (nc_vd) {0} + 1.0, four = (nc_vd) {0} + 4.0;
+            y[e] = NCL(sel)(direct[e], x[e], s[e] / (1.0 + r[e]));           /* y */
+            r[e] = NCL(sel)(direct[e], one, four);                           /* m */
+        }
     }
-    for (e = 0; e < n; ++e)
-        for (int l = 0; l < NC_NL; ++l) r[e][l] = sqrt(r[e][l]);
     for (e = 0; e < n; ++e) {
-        y[e] = x[e] / (1.0 + r[e]);                                          /* y */
         x[e] = y[e] * y[e];                                                  /* z */
         s[e] = (nc_vd) {0} + 1.0 / (2 * NC_ATAN_TERMS - 1);
     }
     for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
         for (e = 0; e < n; ++e) s[e] = s[e] * x[e] + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
     for (e = 0; e < n; ++e) {
-        const nc_vd t = 4.0 * (y[e] * s[e]);
+        const nc_vd t = r[e] * (y[e] * s[e]);
         out[e] = NCL(sel)(big[e], 1.5707963267948966 - t, t);
     }
 }
@@ -458,7 +451,9 @@ NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane
                                Py_ssize_t n)
 {
     if (n < c->late_start || c->nb == 0) return;
-    memcpy(w->ang_q + (size_t) w->ang_np * d * NC_NL, w->q, (size_t) d * sizeof(nc_vd));
+    nc_vd* restrict slot = NCV(w->ang_q) + (size_t) w->ang_np * d;
+    const nc_vd* restrict q = NCCV(w->q);
+    for (Py_ssize_t i = 0; i < d; ++i) slot[i] = q[i];
     if (++w->ang_np == w->ang_K) NCL(angle_flush)(c, w);
 }
 
@@ -466,31 +461,38 @@ static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
     const int np = w->ang_np;
     if (np == 0) return;
-    const Py_ssize_t d = c->d, nb = c->nb;
+    const Py_ssize_t d = c->d, nb = c->nb, nnz = c->bptr[nb];
     const nc_vd* qs = NCCV(w->ang_q);
-    const nc_vd* qprev = NCCV(w->ang_qprev);
     nc_vd* inv = NCV(w->ang_inv);
+    nc_vd* V = NCV(w->ang_v);            /* row 0: the state before the batch; k + 1: state k */
     nc_vd* M = NCV(w->ang_m);
     nc_vd* Pp = NCV(w->ang_p);
-    nc_vd* pinv = NCV(w->prev_inv);
     nc_vd* ang = NCV(w->ang_sum);
     /* 1/|q_B| of every queued state (independent sums) */
     for (int k = 0; k < np; ++k) NCL(block_sq)(c, qs + k * d, inv + k * nb);
     for (Py_ssize_t e = 0; e < np * nb; ++e)
         for (int l = 0; l < NC_NL; ++l) inv[e][l] = 1.0 / sqrt(inv[e][l]);
+    /* the normalised block vectors, entry by entry: v = q_i * (1/|q_B|), the scalar
+       code's u of the next transition and v of this one (the same product) */
+    for (int k = 0; k < np; ++k) {
+        const nc_vd* q = qs + k * d;
+        nc_vd* v = V + (k + 1) * nnz;
+        for (Py_ssize_t b = 0; b < nb; ++b) {
+            const nc_vd ib = inv[k * nb + b];
+            for (Py_ssize_t kk = c->bptr[b]; kk < c->bptr[b + 1]; ++kk)
+                v[kk] = q[c->bidx[kk]] * ib;
+        }
+    }
     /* |u - v|^2 and |u + v|^2 of every transition into a queued state */
     const int k0 = w->ang_prev ? 0 : 1;
     for (int k = k0; k < np; ++k) {
-        const nc_vd* pq = k == 0 ? qprev : qs + (k - 1) * d;
-        const nc_vd* q = qs + k * d;
+        const nc_vd* u = V + k * nnz;
+        const nc_vd* v = V + (k + 1) * nnz;
         for (Py_ssize_t b = 0; b < nb; ++b) {
-            const nc_vd ia = k == 0 ? pinv[b] : inv[(k - 1) * nb + b], ib = inv[k * nb + b];
             nc_vd dm = {0}, dp = {0};
             for (Py_ssize_t kk = c->bptr[b]; kk < c->bptr[b + 1]; ++kk) {
-                const Py_ssize_t i = c->bidx[kk];
-                const nc_vd u = pq[i] * ia, v = q[i] * ib;
-                dm = dm + (u - v) * (u - v);
-                dp = dp + (u + v) * (u + v);
+                dm = dm + (u[kk] - v[kk]) * (u[kk] - v[kk]);
+                dp = dp + (u[kk] + v[kk]) * (u[kk] + v[kk]);
             }
             M[k * nb + b] = dm;
             Pp[k * nb + b] = dp;
@@ -498,14 +500,15 @@ static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w)
     }
     /* their angles, eight at a time, into M */
     for (Py_ssize_t e = k0 * nb; e < np * nb; e += 8) {
-        const int m = np * nb - e < 8 ? (int) (np * nb - e) : 8;
-        NCL(atan2sq_n)(M + e, Pp + e, m, M + e);
+        if (np * nb - e >= 8)                 /* (a constant count: arrays in registers) */
+            NCL(atan2sq_n)(M + e, Pp + e, 8, M + e);
+        else
+            NCL(atan2sq_n)(M + e, Pp + e, (int) (np * nb - e), M + e);
     }
     for (int k = k0; k < np; ++k)
         for (Py_ssize_t b = 0; b < nb; ++b) ang[b] = ang[b] + 2.0 * M[k * nb + b];
     /* the last queued state precedes the next batch */
-    memcpy(w->ang_qprev, qs + (np - 1) * d, (size_t) d * sizeof(nc_vd));
-    for (Py_ssize_t b = 0; b < nb; ++b) pinv[b] = inv[(np - 1) * nb + b];
+    memcpy(V, V + np * nnz, (size_t) nnz * sizeof(nc_vd));
     w->ang_prev = 1;
     w->ang_np = 0;
 }
@@ -836,6 +839,27 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
     NC_CASE(16)
 #undef NC_CASE
     default: NCL(run_block_d)(c, w, p0, c->d);
+    }
+}
+
+/* out[i] = nc_atan2sq(a[i], b[i]) through NCL(atan2sq_n), eight vectors at a time, the
+ * tail padded with (0, 1) (for the tests: lanes mixing both branches of nc_atan2sq) */
+static void NCL(atan2sq_array)(const double* a, const double* b, double* out, Py_ssize_t n)
+{
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += 8 * NC_NL) {
+        nc_vd va[8], vb[8], vo[8];
+        for (int e = 0; e < 8; ++e)
+            for (int l = 0; l < NC_NL; ++l) {
+                const Py_ssize_t i = i0 + e * NC_NL + l;
+                va[e][l] = i < n ? a[i] : 0.0;
+                vb[e][l] = i < n ? b[i] : 1.0;
+            }
+        NCL(atan2sq_n)(va, vb, 8, vo);
+        for (int e = 0; e < 8; ++e)
+            for (int l = 0; l < NC_NL; ++l) {
+                const Py_ssize_t i = i0 + e * NC_NL + l;
+                if (i < n) out[i] = vo[e][l];
+            }
     }
 }
 

@@ -663,6 +663,8 @@ cdef extern from "lanes.h" nogil:
     int nc_lane_best_isa()
     int nc_lane_isa_available(int isa)
     void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
+    void nc_lane_atan2sq_array(int isa, const double* a, const double* b, double* out,
+                               Py_ssize_t n)
 
 
 LANES = NC_NL
@@ -888,4 +890,23 @@ def atan2sq(a, b):
     cdef Py_ssize_t i
     for i in range(av.shape[0]):
         ov[i] = nc_atan2sq(av[i], bv[i])
+    return out.reshape(np.shape(a))
+
+
+def atan2sq_lanes(a, b, isa):
+    """The lane kernel's ``nc_atan2sq`` (eight vectors at a time, per-lane selects between
+    its two branches) element-wise on float64 arrays, in version ``isa`` (a name of
+    ``lane_isas()``); for tests: it must equal ``atan2sq`` bit for bit."""
+    cdef const double[::1] av = np.ascontiguousarray(a, dtype=np.float64).ravel()
+    cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64).ravel()
+    if av.shape[0] != bv.shape[0]:
+        raise ValueError("atan2sq_lanes: a and b must have the same size")
+    codes = {name: code for code, name in _ISA_NAMES.items()}
+    if isa not in codes or not nc_lane_isa_available(codes[isa]):
+        raise ValueError(f"atan2sq_lanes: isa must be one of {lane_isas()}, got {isa!r}")
+    out = np.empty(av.shape[0])
+    cdef double[::1] ov = out
+    cdef int code = codes[isa]
+    if av.shape[0] > 0:
+        nc_lane_atan2sq_array(code, &av[0], &bv[0], &ov[0], av.shape[0])
     return out.reshape(np.shape(a))

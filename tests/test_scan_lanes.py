@@ -294,12 +294,18 @@ def test_atan2sq_matches_arctan2():
     a = np.concatenate([10.0 ** rng.uniform(-150, 150, 200_000), rng.uniform(0, 1, 200_000)])
     b = np.concatenate([10.0 ** rng.uniform(-150, 150, 200_000), rng.uniform(0, 1, 200_000)])
     a[:1000] = b[:1000] * rng.uniform(0.5, 2.0, 1000)   # near the x = 1 switch
+    # near the switch between the direct series and the reductions (x² = 0.0395), both ways
+    a[1000:3000] = b[1000:3000] * 0.0395 * rng.uniform(0.999, 1.001, 2000)
+    a[3000:4000] = b[3000:4000] / (0.0395 * rng.uniform(0.999, 1.001, 1000))
     got = ks.atan2sq(a, b)
     L = np.longdouble
     want = np.arctan2(np.sqrt(a.astype(L)), np.sqrt(b.astype(L)))
     ulp = np.spacing(want.astype(np.float64))
     err = np.abs(got.astype(L) - want) / ulp.astype(L)
     assert float(np.max(err)) <= 6
+    # the direct branch (no reduction, fewer roundings) is the more accurate one
+    x2 = np.minimum(a, b) / np.maximum(a, b)
+    assert float(np.max(err[(x2 <= 0.0395) & (x2 > 1e-290)])) <= 3
     assert ks.atan2sq(np.array([0.0]), np.array([1.0]))[0] == 0.0
     assert ks.atan2sq(np.array([1.0]), np.array([0.0]))[0] == np.pi / 2
     assert abs(ks.atan2sq(np.array([3.0]), np.array([3.0]))[0] - np.pi / 4) <= np.spacing(1.0)
@@ -307,6 +313,30 @@ def test_atan2sq_matches_arctan2():
     np.testing.assert_allclose(ks.atan2sq(tiny, np.ones(2)), np.sqrt(tiny), rtol=1e-15)
     assert np.isnan(ks.atan2sq(np.array([np.nan]), np.array([1.0]))[0])
     assert np.isnan(ks.atan2sq(np.array([0.0]), np.array([0.0]))[0])
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+def test_lane_atan2sq_equals_scalar(isa):
+    """The lane kernel's batched atan2sq (per-lane selects between the direct series and
+    the half-angle reductions, or the direct series alone when every lane of every entry
+    takes it) gives nc_atan2sq's bits: vectors that mix the two branches lane by lane,
+    vectors all on one branch, ratios around the switch, zeros, NaN and a partial tail."""
+    rng = np.random.default_rng(3)
+    n = 64 * 40 + 13
+    b = 10.0 ** rng.uniform(-100, 100, n)
+    x2 = np.where(rng.random(n) < 0.5, rng.uniform(0, 0.0395, n), rng.uniform(0.0395, 1, n))
+    x2[:64] = 0.0395 * (1 + rng.uniform(-1e-15, 1e-15, 64))        # at the switch
+    x2[64:640] = rng.uniform(0, 1e-3, 576)                          # all direct
+    x2[640:1280] = rng.uniform(0.5, 1, 640)                         # all reduced
+    a = np.where(rng.random(n) < 0.5, x2 * b, b / np.where(x2 > 0, x2, 1.0))
+    a[1300:1310] = 0.0
+    b[1310:1315] = 0.0
+    a[1320] = np.nan
+    want = ks.atan2sq(a, b)
+    got = ks.atan2sq_lanes(a, b, isa)
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    with pytest.raises(ValueError, match="isa must be one of"):
+        ks.atan2sq_lanes(a, b, "sse9")
 
 
 def test_retired_lane_idles_at_finite_numbers():
