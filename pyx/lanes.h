@@ -105,8 +105,9 @@ typedef struct {
 
 static inline size_t nc_lane_pad(size_t nbytes) { return (nbytes + 63) / 64 * 64; }
 
-/* states per angle batch: 8, fewer where d is large (the batch holds K states of d
-   vectors: at most 128 KiB for d <= 256, 64 B * d beyond) */
+/* states per angle batch: 8, fewer where d is large (K = min(8, 256 / d), at least 1:
+   the queue holds K d <= 256 vectors of NC_NL doubles, 16 KiB, for d <= 256, and one
+   state of 64 B * d beyond) */
 static inline int nc_lane_ang_K(const nc_lane_ctx* c)
 {
     const Py_ssize_t k = 256 / (c->d > 0 ? c->d : 1);
@@ -170,8 +171,8 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
 
 /* atan2(sqrt(a), sqrt(b)) for a, b >= 0: the half-angle of the scan's angular update from
  * the two squared norms it has (docs/scan.md), with +, -, *, / and sqrt only, so the lane
- * kernel evaluates the same operations on whole vectors (lanes_impl.h NCL(atan2sq) is
- * this function, operation for operation):
+ * kernel evaluates the same operations on whole vectors (lanes_impl.h NCL(atan2sq_n) is
+ * this function, operation for operation, with its branch as a per-lane select):
  *   x^2 = min(a, b) / max(a, b) in [0, 1], x = sqrt(x^2);
  *   x^2 <= NC_ATAN_DIRECT (x <= 0.19875 < tan(pi/16)): y = x and atan(x) = atan(y);
  *   otherwise two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x
@@ -181,9 +182,10 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
  *   a > b: pi/2 - atan(x).
  * The direct branch is the usual one for the late-time angles (under ~0.4 rad) and saves
  * two divisions and two square roots.
- * Accuracy: a few ulp (tested against long-double arctan2, docs/scan.md) while x^2 is a
- * normal number (x > 1.5e-154).  NaN in, NaN out; a = b = 0 gives NaN (the angle of a
- * zero block is undefined). */
+ * Accuracy: within 7 ulp, 2.5 on the direct branch (tested against long-double arctan2,
+ * docs/scan.md) while x^2 is a normal number (x > 1.5e-154).  NaN in, NaN out; a = b = 0
+ * and a = b = inf give NaN (the angle of a zero block is undefined; the scan's sums are
+ * at most 4). */
 #define NC_ATAN_TERMS 13
 #define NC_ATAN_DIRECT 0.0395
 static inline double nc_atan2sq(double a, double b)

@@ -816,7 +816,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
 
 /* The block's run, compiled once for each d <= 16 with d a constant and once for any
  * d.  With d known, every loop over coordinates has a known trip count and is unrolled,
- * and the potential's and the rule's passes keep the block's vectors in registers: ~7%
+ * and the potential's and the rule's passes keep the block's vectors in registers: ~8%
  * of a d = 8 step (docs/scan.md).  The code, and so every operation and its order, is
  * the same: the versions agree bitwise. */
 #define NC_FIXED_D(D)                                                                     \

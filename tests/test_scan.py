@@ -39,6 +39,13 @@ def _bn(N=24, D=4, seed=1):
     return nc.potentials.BatchNormUnit(X, y), rng.normal(size=D)
 
 
+def _bits_equal(x, y):
+    """Equal bit for bit: float64 compared as int64, so the sign of a zero counts (and NaN
+    equals NaN only with the same bits), which == and np.array_equal do not see."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return x.shape == y.shape and np.array_equal(x.view(np.int64), y.view(np.int64))
+
+
 def _assert_same_as_train(res, index, pot, q0, steps, record_every=None, batch_size=None,
                           seed=None):
     """Grid point ``index`` of ``res`` equals a separate train call, bit for bit.
@@ -53,7 +60,7 @@ def _assert_same_as_train(res, index, pot, q0, steps, record_every=None, batch_s
         warnings.simplefilter("ignore", DivergenceWarning)
         tr = nc.train(rule, pot, q0, steps, record_every=record_every or steps + 1,
                       batch_size=batch_size, seed=fresh())
-    assert np.array_equal(res.q[index], tr.q_final, equal_nan=True), index
+    assert _bits_equal(res.q[index], tr.q_final), index
     assert bool(res.diverged[index]) == tr.diverged
     if tr.diverged:
         assert res.stop_step[index] == tr.stop_step
@@ -63,30 +70,50 @@ def _assert_same_as_train(res, index, pot, q0, steps, record_every=None, batch_s
         # the final loss is train's terminal row (full data); |q_B|² likewise
         tr_end = nc.train(rule, pot, q0, steps, record_every=max(steps, 1),
                           batch_size=batch_size, seed=fresh())
-        assert res.loss[index] == tr_end.loss[-1]
+        assert _bits_equal(res.loss[index], tr_end.loss[-1])
         for b, name in enumerate(res.blocks):
-            assert res.norm2[index + (b,)] == tr_end.block_norm2[name][-1]
+            assert _bits_equal(res.norm2[index + (b,)], tr_end.block_norm2[name][-1])
     if record_every:
         n = len(tr.loss)
         s = res.series
         assert s["n_rows"][index] == n
         assert np.array_equal(s["steps"][:n], tr.steps)
-        assert np.array_equal(s["q"][index][:n], tr.q)
-        assert np.array_equal(s["loss"][index][:n], tr.loss)
-        assert np.array_equal(s["grad_norm2"][index][:n], tr.grad_norm2)
+        assert _bits_equal(s["q"][index][:n], tr.q)
+        assert _bits_equal(s["loss"][index][:n], tr.loss)
+        assert _bits_equal(s["grad_norm2"][index][:n], tr.grad_norm2)
         for b, name in enumerate(res.blocks):
-            assert np.array_equal(s["norm2"][index][:n, b], tr.block_norm2[name])
+            assert _bits_equal(s["norm2"][index][:n, b], tr.block_norm2[name])
         assert np.all(np.isnan(s["loss"][index][n:]))
         # minimum loss over every step (record_every=1 sees them all) and the terminal row
         every = nc.train(rule, pot, q0, steps, record_every=1, batch_size=batch_size,
                          seed=fresh()) if not tr.diverged else None
         if every is not None:
-            assert res.loss_min[index] == every.loss.min()
+            assert _bits_equal(res.loss_min[index], every.loss.min())
     return tr
 
 
 # ---------------------------------------------------------------------------------------
 # each grid point is a separate train call (bitwise)
+
+def test_points_equal_train_signed_zeros():
+    """The oracle with signed zeros: q0 with -0 entries and a zero row of A make the
+    potentials' sums of -0 terms (docs/potentials.md §2), and the scan's q, losses and
+    series must carry train's signs (both kernels)."""
+    A = np.array([[0.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 3.0]])
+    for pot, q0 in ((nc.potentials.Quadratic(A, np.zeros(3)), np.array([-0.0, -0.0, -0.0])),
+                    (nc.potentials.Quadratic(A, np.zeros(3)), np.array([-0.0, -1.0, 0.5])),
+                    (nc.potentials.RayleighQuotient(A), np.array([-0.0, -1.0, 0.5]))):
+        for lanes in (False, True):
+            res = nc.scan(nc.rules.SGD, pot, q0, steps=6, record_every=1, lr=[0.1, 0.3],
+                          momentum=[0.0, 0.9], lanes=lanes, progress=False)
+            for index in np.ndindex(res.shape):
+                _assert_same_as_train(res, index, pot, q0, 6, record_every=1)
+    # not vacuous: a sum from +0 would leave q at -0 here (tests/test_scan_lanes.py
+    # test_lanes_signed_zeros has the arithmetic); the first-term sums give +0
+    res = nc.scan(nc.rules.SGD, nc.potentials.Quadratic(A, np.zeros(3)),
+                  np.array([-0.0, -0.0, -0.0]), steps=6, lr=[0.1], progress=False)
+    assert not np.signbit(res.q).any()
+
 
 def test_full_batch_points_equal_train():
     pot, q0 = _rayleigh()
