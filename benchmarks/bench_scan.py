@@ -248,11 +248,12 @@ NOTES = """Notes.
   for 5 rounds (the order alternating), so both see the same state of this shared
   machine; the median and range of the per-round ratios.  The best-of-3 columns can pair
   a quiet moment of one side with a busy moment of the other.
-* Target ≥ 10× over batched NumPy of the same algorithm.  Over the five full runs after
-  the lane kernel's latest changes (docs/scan.md §"Performance"): RayleighQuotient d = 8
-  9.9–11.2× best-of-3 (paired medians 9.5–10.7×), BatchNorm unit 10.3–11.2×
-  (10.6–11.3×) -- met in the typical run, the Rayleigh case at the edge (one run in five
-  below 10×; this machine's clock and free cores move by 10–20% between runs).  NumPy's
+* Target ≥ 10× over batched NumPy of the same algorithm.  Over the runs after the lane
+  kernel's latest changes (docs/scan.md §"Performance"): RayleighQuotient d = 8, eight
+  runs, 9.8–11.2× best-of-3 (median 10.8×; two below 10×), paired medians 9.5–10.9×
+  (median 10.2×; two of seven below 10×); BatchNorm unit, five runs, 10.3–11.2×
+  (paired 10.6–11.3×) -- met in the typical run, the Rayleigh case at the edge (this
+  machine's clock and free cores move by 10–20% between runs).  NumPy's
   batched ufuncs and BLAS product are SIMD over the grid too, so what the compiled scan
   gains per core is the fusion of ~15 passes over (d, P) arrays into one loop (5–5.7×
   here).  The Rayleigh lane step needs 123 512-bit multiplies per 8 points and this core
