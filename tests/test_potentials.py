@@ -212,18 +212,40 @@ def _check_symmetry(pot, sym, q, rows, s, rng, floor=True):
     return inner, abs(fQ - f) / (1.0 + abs(f))
 
 
+def _gradient_roundoff(case, rows):
+    """The computed gradient's own round-off, relative to the scale _check_symmetry divides
+    by: |g − g_twin| / gscale, the disagreement of two independent float64 evaluations
+    (the compiled kernel and its NumPy twin, different summation orders).  Where BatchNorm's
+    1/sd amplifies cancellation it can exceed SYM_TOL, and ⟨g, ξ⟩ then carries that error:
+    |⟨δg, ξ⟩| ≤ |δg||ξ|."""
+    f, g = case.pot.value_and_grad(case.q, rows=rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _, gr = case.ref(case.q, rows)
+    gscale = np.linalg.norm(g) + (1.0 + abs(f)) / np.linalg.norm(case.q)
+    d = np.linalg.norm(g - gr) / gscale
+    return d if np.isfinite(d) else 0.0         # (a twin NaN: no allowance)
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "quadratic"])
 @given(seed=SEEDS, minibatch=st.booleans())
 @example(seed=550048, minibatch=False)
+@example(seed=28720, minibatch=True)
 def test_declared_symmetries_hold(name, seed, minibatch):
+    """⟨∇f, ξ⟩ = 0 and f(Q(q, s)) = f(q) for every declared symmetry, to SYM_TOL — or, for
+    ⟨∇f, ξ⟩, to twice the gradient's own measured round-off where that is larger (the fuzz
+    profile found a BatchNormLayer minibatch point, seed 28720 (pinned), with
+    ⟨g, ξ⟩/(|g||ξ|) = 1.3e-11 where compiled and twin gradients differ by 2.2e-11; the twin
+    agreement itself is test_compiled_equals_numpy_twin's business).  A broken symmetry fails by
+    1e-6 or more."""
     case, rows, rng = _draw(name, seed, minibatch)
     assert case.pot.symmetries, "every built-in but the control declares a symmetry"
     assume(np.isfinite(case.pot.value(case.q, rows=rows)))     # not a 0/0 BatchNorm point
+    allow = max(SYM_TOL, 2.0 * _gradient_roundoff(case, rows))
     for sym in case.pot.symmetries:
         assert sym.exact
         s = rng.uniform(*S_RANGE[sym.family])
         inner, df = _check_symmetry(case.pot, sym, case.q, rows, s, rng)
-        assert inner <= SYM_TOL, (sym, inner)
+        assert inner <= allow, (sym, inner, allow)
         assert df <= SYM_TOL, (sym, df)
 
 
