@@ -98,7 +98,7 @@ def main(argv=None):
     print(f"# scan benchmark: {n_axis}x{n_axis} (lr x weight_decay) grid, {steps} steps, "
           f"SGD momentum={mom}, full batch")
     mach = machine()
-    print(f"# machine: {mach}; OpenMP in scan: {nc.scan.openmp_enabled()}; lane kernel "
+    print(f"# machine: {mach}; OpenMP in scan: {nc.openmp_enabled()}; lane kernel "
           f"versions: {lane_isas()}")
     rows = []
     for name, pot, q0, baselines, ref_grad in _problems():

@@ -11,7 +11,8 @@ from . import (charges, conventions, datasets, errors, mirror, models, potential
 from .integrate import integrate
 from .scan_integrate import IntegrateScanResult, scan_integrate
 from ._train import TrainResult, train
-from .scan import scan, ScanResult
+from ._scan import scan, openmp_enabled
+from ._scan_result import ScanResult, point_seed
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
 

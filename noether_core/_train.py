@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _status
 from . import _validation as V
 from . import charges as _charges
 from ._kernels import rules as _kr
@@ -16,8 +17,6 @@ from .rules import Rule, RuleState, MirrorDescent
 
 __all__ = ["train", "TrainResult"]
 
-_STATUS = {0: None, 1: "non-finite loss", 2: "non-finite gradient",
-           3: "non-finite parameters after the update", 4: "interrupted"}
 
 #: refuse recording requests above this many bytes (override with max_record_bytes=)
 DEFAULT_MAX_RECORD_BYTES = 4 * 2**30
@@ -340,7 +339,8 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2, spec, True, rec_bg2, rec_bd2, d_last)
 
     # steps actually applied: a non-finite parameter is met after its update
-    taken = steps if status == 0 else (stop + 1 if status == 3 else stop)
+    taken = (steps if status == _status.OK else
+             stop + 1 if status == _status.NONFINITE_PARAMS else stop)
     arrays = ({} if isinstance(rule, MirrorDescent)
               else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
     if spec is not None:
@@ -368,14 +368,14 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                           {n: rec_bg2[:n_done, i] for i, n in enumerate(names)}),
         block_step_norm2=({} if not block_stats else
                           {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
-    if status != 0 and hasattr(potential, "_raise_callback_error"):
+    if status != _status.OK and hasattr(potential, "_raise_callback_error"):
         potential._raise_callback_error(int(state.step + stop))   # a user fn raised
-    if status == 0:
+    if status == _status.OK:
         _flag_overflowed_records(res, names)
-    if status != 0:
+    if status != _status.OK:
         res.diverged = True
         res.stop_step = int(state.step + stop)
-        reason = _STATUS.get(status, f"status {status}")
+        reason = _status.reason(status)
         bad = np.flatnonzero(~np.isfinite(q))
         if bad.size:
             blk = next((n for n in names if np.isin(bad[0], potential.blocks[n])), None)

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
+#include "nc_status.h"
 
 #define NC_NL 8                 /* lanes (grid points) per block */
 
@@ -31,9 +32,6 @@ typedef double nc_vd __attribute__((vector_size(NC_NL * sizeof(double))));
 typedef long long nc_vl __attribute__((vector_size(NC_NL * sizeof(long long))));
 
 enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
-/* status codes: the STATUS_* of noether_core/_kernels/rules.pxd */
-enum { NC_ST_OK = 0, NC_ST_NONFINITE_LOSS = 1, NC_ST_NONFINITE_GRAD = 2,
-       NC_ST_NONFINITE_PARAMS = 3, NC_ST_INTERRUPTED = 4 };
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
 
 typedef struct {

@@ -561,10 +561,10 @@ cdef inline int _grad_checked(RunSpec* s, double* f, double* g2) noexcept nogil:
     nan_probe = _nan_probe(s.g, s.d)            # NaN iff some g_i is NaN or inf
     g2[0] = acc
     if not isfinite(f[0]):
-        return STATUS_NONFINITE_LOSS
+        return NC_ST_NONFINITE_LOSS
     if nan_probe != 0.0 or nan_probe != nan_probe:
-        return STATUS_NONFINITE_GRAD
-    return STATUS_OK
+        return NC_ST_NONFINITE_GRAD
+    return NC_ST_OK
 
 
 cdef inline double _now() noexcept nogil:
@@ -612,21 +612,21 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
     cdef double f, g2, probe
     cdef int st
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
-    s.status = STATUS_OK
+    s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
     if s.check_signals:
         s.next_poll = _now() + 0.05
     for n in range(s.steps):
         if s.check_signals and (n & 63) == 63 and _interrupted(s):
-            s.status = STATUS_INTERRUPTED
+            s.status = NC_ST_INTERRUPTED
             s.stop_step = n
             return
         if mini:
             _draw_batch(s.rng, s.perm, s.n_data, s.batch_size)
             set_batch(s.params, s.perm, s.batch_size)
         st = _grad_checked(s, &f, &g2)
-        if st != STATUS_OK:
+        if st != NC_ST_OK:
             s.status = st
             s.stop_step = n
             return
@@ -650,7 +650,7 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
                 s.d_last[i] = s.q[i] - s.q_old[i]
         probe = _nan_probe(s.q, s.d)
         if probe != 0.0 or probe != probe:
-            s.status = STATUS_NONFINITE_PARAMS
+            s.status = NC_ST_NONFINITE_PARAMS
             s.stop_step = n
             return
         if s.cs != NULL:
@@ -661,7 +661,7 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
         if s.n_data > 0:
             set_batch(s.params, NULL, 0)
         st = _grad_checked(s, &f, &g2)
-        if st != STATUS_OK:
+        if st != NC_ST_OK:
             s.status = st
             s.stop_step = s.steps
             return
@@ -818,6 +818,16 @@ def train_kernel(int kind,
         free(s.perm)
         if s.params != NULL:
             pot.free_params(s.params)
-    if s.status == STATUS_INTERRUPTED:
+    if s.status == NC_ST_INTERRUPTED:
         reraise_signal()
     return s.status, s.stop_step, s.n_rec
+
+
+def status_codes():
+    """Every loop status code by name (pyx/nc_status.h), for the facade's one table."""
+    return {"OK": NC_ST_OK, "NONFINITE_LOSS": NC_ST_NONFINITE_LOSS,
+            "NONFINITE_GRAD": NC_ST_NONFINITE_GRAD,
+            "NONFINITE_PARAMS": NC_ST_NONFINITE_PARAMS,
+            "INTERRUPTED": NC_ST_INTERRUPTED, "NONFINITE_STATE": NC_ST_NONFINITE_STATE,
+            "STEP_UNDERFLOW": NC_ST_STEP_UNDERFLOW, "MAX_STEPS": NC_ST_MAX_STEPS,
+            "RADIUS": NC_ST_RADIUS}

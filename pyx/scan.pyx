@@ -44,8 +44,8 @@ cimport numpy as cnp
 from numpy.random cimport bitgen_t
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
-from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, STATUS_OK,
-                                          STATUS_INTERRUPTED)
+from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, NC_ST_OK,
+                                          NC_ST_INTERRUPTED)
 
 cnp.import_array()
 
@@ -191,7 +191,7 @@ cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noe
     s.rec_loss = w.rl
     s.rec_g2 = w.rg2
     s.rec_bn2 = w.rbn2
-    s.status = STATUS_OK
+    s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
 
@@ -244,7 +244,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
     """Run grid point p to the end (or to its first non-finite value) and write its row."""
     cdef RunSpec* s = &w.spec
     cdef Py_ssize_t done = 0, kc = 0, j, n_in, b, k, stop = -1
-    cdef int status = STATUS_OK
+    cdef int status = NC_ST_OK
     cdef bint last
     cdef double acc, x
     memcpy(w.q, c.q0, c.d * sizeof(double))
@@ -270,7 +270,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
         s.cs = &w.cs
     while True:
         if c.cancel[0] != 0:
-            status = STATUS_INTERRUPTED
+            status = NC_ST_INTERRUPTED
             stop = done
             break
         kc = c.K if c.steps - done > c.K else c.steps - done
@@ -292,7 +292,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
         for j in range(n_in):
             _take_state(c, w, p, done + j, j)
         w.progress += kc
-        if s.status != STATUS_OK and not (s.stop_step == kc and not last):
+        if s.status != NC_ST_OK and not (s.stop_step == kc and not last):
             # a non-finite value; (an intermediate chunk's terminal evaluation failing is
             # not one: the next chunk evaluates the same q as its first in-loop state)
             status = s.status
@@ -311,8 +311,8 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
             acc = acc + x * x
         c.bn2_final[p * c.nb + b] = acc
         c.angle[p * c.nb + b] = (w.ang_sum[b] / <double> w.ang_cnt
-                                 if status == STATUS_OK and w.ang_cnt > 0 else NAN)
-    c.loss_final[p] = w.rl[kc] if status == STATUS_OK else NAN
+                                 if status == NC_ST_OK and w.ang_cnt > 0 else NAN)
+    c.loss_final[p] = w.rl[kc] if status == NC_ST_OK else NAN
     c.loss_min[p] = w.loss_min if w.loss_min < INFINITY else NAN
     c.status[p] = status
     c.stop[p] = stop
@@ -320,7 +320,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
     for k in range(c.nsym):
         c.worst[p * c.nsym + k] = w.wglob[k]
         c.worst_step[p * c.nsym + k] = w.wstep[k]
-    if status != STATUS_OK:
+    if status != NC_ST_OK:
         w.progress += c.steps - done - kc if c.steps - done - kc > 0 else 0
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import noether_core as nc
 from noether_core.errors import DivergenceWarning
 
-scan_mod = importlib.import_module("noether_core.scan")
+parallel_mod = importlib.import_module("noether_core._parallel")
 
 STEPS_LONG = 2500       # > 2 chunks of run_loop calls (K ≤ 1024): crosses chunk boundaries
 
@@ -205,7 +205,7 @@ def test_threads_one_and_two_identical():
         r2 = nc.scan(nc.rules.SGD, pot, q0, threads=2, **kw)
     assert r1.diverged.any() and not r1.diverged.all()      # lr = 50 diverges, others not
     _assert_results_identical(r1, r2)
-    assert nc.scan.openmp_enabled() in (True, False)
+    assert nc.openmp_enabled() in (True, False)
 
 
 def test_process_pool_chunks_identical():
@@ -478,8 +478,8 @@ def test_to_xarray_without_xarray_says_how_to_install(monkeypatch):
         res.to_xarray()
 
 
-def test_progress_off_under_pytest_and_results_unchanged():
-    assert scan_mod._want_progress(None) is False
+def test_progress_off_without_a_terminal_and_results_unchanged():
+    assert parallel_mod.want_progress(None) is False      # pytest captures stderr: no TTY
     pytest.importorskip("tqdm", reason="tqdm is the optional extra 'scan'")
     pot, q0 = _rayleigh()
     a = nc.scan(nc.rules.SGD, pot, q0, steps=300, lr=[0.1, 0.2], progress=True)
@@ -505,7 +505,7 @@ def test_interrupt_cancels_the_compiled_call(monkeypatch):
     def interrupt(self, done, total):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scan_mod._Bar, "__call__", interrupt)
+    monkeypatch.setattr(parallel_mod.ProgressBar, "__call__", interrupt)
     t = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         # ~40 s of work on one thread if it were not cancelled

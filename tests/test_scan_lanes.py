@@ -6,7 +6,6 @@ loop (``lanes=False``), which the suite checks against separate ``train`` calls
 stop step of diverged points, worst balance residuals and their steps — is compared with
 np.array_equal, for every compiled version this CPU runs (baseline and AVX-512).
 """
-import importlib
 import sys
 import warnings
 
@@ -17,7 +16,6 @@ import noether_core as nc
 from noether_core._kernels import scan as ks
 from noether_core.errors import DivergenceWarning
 
-scan_mod = importlib.import_module("noether_core.scan")
 
 KEYS = ("q", "loss", "loss_min", "norm2", "angular_update", "status", "stop_step")
 
@@ -43,13 +41,16 @@ PROBLEMS = _problems()
 
 
 def _scan(pot, q0, lanes, isa=None, **kw):
-    scan_mod._LANE_ISA = isa
-    try:
+    """nc.scan with the lane kernel's version forced by the debug variable NOETHER_LANE_ISA
+    (docs/scan.md); isa=None leaves the choice to the CPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        if isa is None:
+            mp.delenv("NOETHER_LANE_ISA", raising=False)
+        else:
+            mp.setenv("NOETHER_LANE_ISA", isa)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DivergenceWarning)
             return nc.scan(nc.rules.SGD, pot, q0, lanes=lanes, progress=False, **kw)
-    finally:
-        scan_mod._LANE_ISA = None
 
 
 def _bits(x):

@@ -12,13 +12,8 @@ cdef enum:
     RULE_SCALAR_RMSPROP = 3
     RULE_MIRROR = 4
 
-# run status codes (noether_core/_train.py turns them into flags and warnings)
-cdef enum:
-    STATUS_OK = 0
-    STATUS_NONFINITE_LOSS = 1
-    STATUS_NONFINITE_GRAD = 2
-    STATUS_NONFINITE_PARAMS = 3
-    STATUS_INTERRUPTED = 4
+# run status codes: NC_ST_* of pyx/nc_status.h (noether_core/_kernels/status.pxd)
+from noether_core._kernels.status cimport *
 
 
 # symmetry families (noether_core.symmetry.FAMILIES order)

@@ -1,0 +1,26 @@
+"""Status codes a compiled loop returns, and what they mean to a user.
+
+The codes themselves are defined once, in the C header ``pyx/nc_status.h``; this module
+reads them from the compiled kernels so the facade never spells a number.
+"""
+from __future__ import annotations
+
+from ._kernels import rules as _kr
+
+_CODES = _kr.status_codes()
+
+OK: int = _CODES["OK"]
+NONFINITE_LOSS: int = _CODES["NONFINITE_LOSS"]
+NONFINITE_GRAD: int = _CODES["NONFINITE_GRAD"]
+NONFINITE_PARAMS: int = _CODES["NONFINITE_PARAMS"]
+INTERRUPTED: int = _CODES["INTERRUPTED"]
+
+#: the reason a training loop stopped, by status (None: it finished)
+REASON = {OK: None, NONFINITE_LOSS: "non-finite loss", NONFINITE_GRAD: "non-finite gradient",
+          NONFINITE_PARAMS: "non-finite parameters after the update",
+          INTERRUPTED: "interrupted"}
+
+
+def reason(status: int) -> str | None:
+    """The user-facing reason for ``status`` (None when the run finished)."""
+    return REASON.get(int(status), f"status {int(status)}")
