@@ -6,17 +6,17 @@ balance laws (``charges``), integrators of the continuous Lagrangian models (``m
 ``integrate``), the closed forms of the paper's Sec. 4 (``theory``), and the conversions
 between discrete rules and continuous models (``conventions``).
 """
-from . import (charges, conventions, datasets, errors, mirror, models, potentials, rules,
+from . import (audit, charges, conventions, datasets, errors, mirror, models, potentials, rules,
                symmetry, theory)
 from .integrate import integrate
 from .scan_integrate import IntegrateScanResult, scan_integrate
-from ._train import TrainResult, train
+from ._train import ContinuumBalance, TrainResult, continuum_balance, train
 from ._scan import scan, openmp_enabled
 from ._scan_result import ScanResult, point_seed
+from ._version import __version__
 from .errors import DivergenceWarning, NoetherWarning
 from .rules import RuleState
 
-__version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
            "mirror", "symmetry", "theory", "datasets", "integrate", "models", "scan_integrate", "errors", "DivergenceWarning",

@@ -23,13 +23,13 @@ import numpy as np
 from . import _status
 from . import _validation as V
 from . import charges as _charges
-from ._kernels import scan as _ks
-from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _csr
+from . import _bridge
+from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size
 from ._parallel import ProgressBar, run_with_progress, usable_cpus, want_progress
 from ._scan_result import ScanResult, point_seed
 from .errors import DivergenceWarning
 from .potentials import Potential
-from .rules import MirrorDescent, Rule
+from .rules import Rule
 
 __all__ = ["scan", "ScanResult", "openmp_enabled", "point_seed"]
 
@@ -41,7 +41,7 @@ _MAX_K = 1024
 
 def openmp_enabled() -> bool:
     """True if the scan kernel was compiled with OpenMP (else grid points run serially)."""
-    return _ks.openmp_enabled()
+    return _bridge.openmp_enabled()
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,70 +191,56 @@ def _grid_hp(g: _Grid):
 
 
 def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
-                hp_all: np.ndarray | None = None):
+                hp_all: np.ndarray | None = None) -> _bridge.RuleInputs:
     """Build and validate the rules of grid points lo..hi-1 (flat, grid order; or take
-    them from ``rules``) and pack their kernel inputs: hp (n, nhp), vec0 (n, nvec·d),
-    sca0 (n, nsca), partition CSR.  Without ``rules``, the rule class's column form
-    (``hp_all``, or _grid_hp) is used where it has one."""
+    them from ``rules``) and stack their kernel inputs (``Rule.kernel_inputs`` of each at
+    its initial state): hp (n, nhp), vec (n, nvec·d), sca (n, nsca), one partition.
+    Without ``rules``, the rule class's column form (``hp_all``, or _grid_hp) is used
+    where it has one: it promises zero initial states (Rule._grid_hp)."""
     pot = g.potential
-    d = pot.dim
-    hps, vecs, scas, part = [], [], [], None
-    custom_partition = g.rule_cls._partition is not Rule._partition
     cls = g.rule_cls
     if rules is None:
         if hp_all is None:
             hp_all = _grid_hp(g)
         if hp_all is not None:
-            # (the column form promises zero initial states, Rule._grid_hp)
-            n = hi - lo
-            return (np.ascontiguousarray(hp_all[lo:hi]),
-                    np.zeros((n, len(cls.vec_names) * d)), np.zeros((n, len(cls.sca_names))),
-                    _csr(g.rule_at(0)._partition(pot)))
+            first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
+            return _stack_zero_states(first, hp_all[lo:hi])
         rules = _rules(g, lo, hi)
-    # a fresh state of zeros (Rule.init_state and its scalars, unchanged by the class) is
-    # the same at every point: build it once
-    zeros_state = (cls.init_state is Rule.init_state and cls._pack_scalars is Rule._pack_scalars
-                   and cls._partition is Rule._partition
-                   and not issubclass(cls, MirrorDescent))
-    if zeros_state and rules:
-        nvec, nsca = len(cls.vec_names) * d, len(cls.sca_names)
-        hp = np.array([rule._hp(pot) for rule in rules], dtype=np.float64)
-        return (np.ascontiguousarray(hp), np.zeros((len(rules), nvec)),
-                np.zeros((len(rules), nsca)), _csr(rules[0]._partition(pot)))
+    if not rules:
+        first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
+        return _stack_zero_states(first, np.zeros((0, len(first.hp))))
     for rule in rules:
-        if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(g.q0 <= 0):
-            raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
-        state = rule.init_state(pot)
-        hps.append(rule._hp(pot))
-        if isinstance(rule, MirrorDescent):
-            vec = rule._vec(pot)
-        elif len(rule.vec_names) == 1:
-            vec = state.arrays[rule.vec_names[0]]
-        else:
-            vec = (np.stack([state.arrays[n] for n in rule.vec_names]) if rule.vec_names
-                   else np.zeros((0, d)))
-        vecs.append(np.ascontiguousarray(vec, dtype=np.float64).ravel())
-        scas.append(rule._pack_scalars(state, pot))
-        if part is None or custom_partition:
-            this = _csr(rule._partition(pot))
-            if part is None:
-                part = this
-            elif not (np.array_equal(part[0], this[0]) and np.array_equal(part[1], this[1])):
-                raise ValueError(f"{g.rule_cls.__name__}: the grid changes how q is "
-                                 "partitioned into parts with their own state (e.g. "
-                                 "per_block); scan each setting separately")
-    try:
-        hp, vec0, sca0 = np.array(hps), np.array(vecs), np.array(scas)
-    except ValueError:
-        raise ValueError(f"{g.rule_cls.__name__}: the grid changes the size of the rule's "
-                         "state; scan each setting separately") from None
-    if vec0.ndim == 1:
-        vec0 = vec0.reshape(len(hps), 0)
-    if sca0.ndim == 1:
-        sca0 = sca0.reshape(len(hps), 0)
-    return (np.ascontiguousarray(hp, dtype=np.float64),
-            np.ascontiguousarray(vec0, dtype=np.float64),
-            np.ascontiguousarray(sca0, dtype=np.float64), part)
+        rule.check_start(g.q0)
+    # a fresh state of zeros (Rule.init_state, its scalars and partition unchanged by the
+    # class) is the same at every point: pack it once
+    if (cls.init_state is Rule.init_state and cls._pack_scalars is Rule._pack_scalars
+            and cls._partition is Rule._partition
+            and cls.kernel_inputs is Rule.kernel_inputs):
+        first = rules[0].kernel_inputs(pot, rules[0].init_state(pot))
+        return _stack_zero_states(first, np.array([r._hp(pot) for r in rules]))
+    inputs = [r.kernel_inputs(pot, r.init_state(pot)) for r in rules]
+    first = inputs[0]
+    for one in inputs[1:]:
+        if not (np.array_equal(first.pptr, one.pptr) and np.array_equal(first.pidx, one.pidx)):
+            raise ValueError(f"{cls.__name__}: the grid changes how q is partitioned into "
+                             "parts with their own state (e.g. per_block); scan each "
+                             "setting separately")
+        if one.vec.shape != first.vec.shape or one.sca.shape != first.sca.shape:
+            raise ValueError(f"{cls.__name__}: the grid changes the size of the rule's "
+                             "state; scan each setting separately")
+    n = len(inputs)
+    return _bridge.RuleInputs(
+        first.kind, np.array([x.hp for x in inputs]),
+        np.array([x.vec.ravel() for x in inputs]).reshape(n, first.vec.size),
+        np.array([x.sca for x in inputs]).reshape(n, first.sca.size),
+        first.pptr, first.pidx)
+
+
+def _stack_zero_states(first: _bridge.RuleInputs, hp: np.ndarray) -> _bridge.RuleInputs:
+    """Kernel inputs of len(hp) points that all start from ``first``'s zero state."""
+    n = len(hp)
+    return _bridge.RuleInputs(first.kind, hp, np.zeros((n, first.vec.size)),
+                              np.zeros((n, first.sca.size)), first.pptr, first.pidx)
 
 
 def _series_rows(g: _Grid) -> int:
@@ -293,94 +279,65 @@ def _lane_reason(g: _Grid) -> str | None:
     return None
 
 
-def _run_lanes(g: _Grid, n, hp, vec0, sca0, bptr, bidx, nt, out, progress):
+def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,
+               bidx, out: _bridge.ScanOutputs, progress):
     """The lane kernel over the packed tasks (same outputs as the scalar kernel)."""
-    kind, data = g.potential._lane_form()
-    data = {k: (np.ascontiguousarray(v, dtype=np.float64) if isinstance(v, np.ndarray)
-                else v) for k, v in data.items()}
-    charge_args = None
+    charge_blocks = None
     if g.chosen:
-        blocks = [g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen]
-        sptr, sidx = _csr(blocks)
-        charge_args = (sptr, sidx, out["charge_worst"], out["charge_worst_step"])
-    series = None
-    if g.record_every is not None:
-        series = (g.record_every, out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"],
-                  out["n_rows"])
-    n_late = -(-g.steps // 10)
-    kern = _ks.LaneScanKernel(
-        kind, data, hp, vec0, sca0, np.ascontiguousarray(g.q0, dtype=np.float64), g.steps,
-        g.steps - n_late, bptr, bidx, max(1, min(nt, -(-n // _ks.LANES))),
-        out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
-        out["status"], out["stop_step"], charge_args, _forced_lane_isa(), series)
-    out["kernel"] = f"lanes[{kern.isa}]"
+        charge_blocks = _bridge.csr([g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen])
+    plan.n_threads = max(1, min(plan.n_threads, -(-n // _bridge.LANES)))
+    kern = _bridge.lane_kernel(g.potential._lane_form(), rule, g.q0, plan, bptr, bidx, out,
+                               charge_blocks, _forced_lane_isa())
+    out.kernel = f"lanes[{kern.isa}]"
+    _run_kernel(kern, n * max(g.steps, 1), progress)
+    return out
+
+
+def _run_kernel(kern, total, progress):
     if progress is None:
         kern.run()
     else:
-        run_with_progress(kern, n * max(g.steps, 1), progress)
-    return out
+        run_with_progress(kern, total, progress)
 
 
 def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
                rules: list | None = None, hp_all: np.ndarray | None = None):
     """Run flat tasks lo..hi-1 (grid point × seed, seed fastest) in one kernel call.
 
-    Returns a dict of arrays with leading length hi − lo.  Runs on workers too (the grid is
-    picklable); ``progress`` is a callable(done, total) or None; ``rules``: the validated
-    rules of every grid point, or ``hp_all``: their kernel rows, when the caller has them.
+    Returns the :class:`_bridge.ScanOutputs` (leading length hi − lo).  Runs on workers
+    too (the grid is picklable); ``progress`` is a callable(done, total) or None;
+    ``rules``: the validated rules of every grid point, or ``hp_all``: their kernel rows,
+    when the caller has them.
     """
     pot = g.potential
     d, nb = pot.dim, len(pot.blocks)
     S = len(g.seeds)
     i_lo, i_hi = lo // S, (hi - 1) // S + 1
-    hp, vec0, sca0, (pptr, pidx) = _pack_rules(
-        g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi], hp_all)
-    # task t -> its grid point's row in hp/vec0/sca0
+    packed = _pack_rules(g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi], hp_all)
+    # task t -> its grid point's row in hp/vec/sca
     rows = np.arange(lo, hi) // S - i_lo
-    hp, vec0, sca0 = (np.ascontiguousarray(a[rows]) for a in (hp, vec0, sca0))
+    rule = _bridge.RuleInputs(packed.kind, packed.hp[rows], packed.vec[rows],
+                              packed.sca[rows], packed.pptr, packed.pidx)
     n = hi - lo
-    names = list(pot.blocks)
-    bptr, bidx = _csr([pot.blocks[k] for k in names])
-    generators = None
-    if g.batch_size is not None:
-        generators = [np.random.default_rng(point_seed(g.seeds[f % S], f // S))
-                      for f in range(lo, hi)]
+    bptr, bidx = _bridge.csr([pot.blocks[k] for k in pot.blocks])
     R = _series_rows(g)
-    out = {
-        "q": np.empty((n, d)), "loss": np.empty(n), "loss_min": np.empty(n),
-        "norm2": np.empty((n, nb)), "angular_update": np.empty((n, nb)),
-        "status": np.zeros(n, np.intp), "stop_step": np.zeros(n, np.intp),
-        "n_rows": np.zeros(n, np.intp),
-        "s_q": np.full((n, R, d), np.nan), "s_loss": np.full((n, R), np.nan),
-        "s_g2": np.full((n, R), np.nan), "s_bn2": np.full((n, R, nb), np.nan),
-    }
-    charge_args = None
-    nsym = len(g.chosen)
-    if nsym:
-        from types import SimpleNamespace
-        fresh = SimpleNamespace(last_delta=None, last_residual=None, last_metric=None)
-        static = _charges.kernel_spec(pot, g.chosen, 1, fresh)[:8]
-        out["charge_worst"] = np.zeros((n, nsym))
-        out["charge_worst_step"] = np.full((n, nsym), -1, dtype=np.intp)
-        charge_args = tuple(static) + (out["charge_worst"], out["charge_worst_step"])
-    nt = max(1, min(threads if threads is not None else usable_cpus(), n))
-    if g.lanes is not False and _lane_reason(g) is None:
-        return _run_lanes(g, n, hp, vec0, sca0, bptr, bidx, nt, out, progress)
-    out["kernel"] = "scalar"
+    out = _bridge.ScanOutputs.empty(n, d, nb, R, len(g.chosen))
     row_bytes = (d + 2 + nb) * 8
-    K = int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes)))
-    n_late = -(-g.steps // 10)
-    kern = _ks.ScanKernel(
-        g.rule_cls.kind, hp, vec0, sca0, pptr, pidx, pot._kernel,
-        g.q0, g.steps, K, g.steps - n_late, 0 if g.record_every is None else g.record_every,
-        R, generators, 0 if g.batch_size is None else g.batch_size, bptr, bidx, nt,
-        out["q"], out["loss"], out["loss_min"], out["norm2"], out["angular_update"],
-        out["status"], out["stop_step"], out["n_rows"],
-        out["s_q"], out["s_loss"], out["s_g2"], out["s_bn2"], charge_args)
-    if progress is None:
-        kern.run()
-    else:
-        run_with_progress(kern, n * max(g.steps, 1), progress)
+    plan = _bridge.ScanPlan(
+        steps=g.steps, K=int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes))),
+        late_start=g.steps - -(-g.steps // 10),
+        record_every=0 if g.record_every is None else g.record_every, R=R,
+        n_threads=max(1, min(threads if threads is not None else usable_cpus(), n)))
+    if g.lanes is not False and _lane_reason(g) is None:
+        return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress)
+    out.kernel = "scalar"
+    batch = _bridge.Batch(0 if g.batch_size is None else g.batch_size)
+    if g.batch_size is not None:
+        batch.generators = [np.random.default_rng(point_seed(g.seeds[f % S], f // S))
+                            for f in range(lo, hi)]
+    layout = _charges.layout(pot, g.chosen) if g.chosen else None
+    kern = _bridge.scan_kernel(rule, pot._kernel, g.q0, plan, bptr, bidx, batch, out, layout)
+    _run_kernel(kern, n * max(g.steps, 1), progress)
     return out
 
 
@@ -521,52 +478,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
             _pack_rules(g, 0, g.n_points, rules)
         out = _run_on_executor(g, executor, threads, n_chunks, show)
 
-    shape = g.grid_shape + ((len(g.seeds),) if g.seed_axis else ())
-    axes = dict(g.axes)
-    if g.seed_axis:
-        axes["seed"] = np.array(g.seeds)
-
-    def shaped(a):
-        return a.reshape(shape + a.shape[1:])
-
-    series = None
-    if R:
-        series = {"steps": g.record_every * np.arange(R), "q": shaped(out["s_q"]),
-                  "loss": shaped(out["s_loss"]), "grad_norm2": shaped(out["s_g2"]),
-                  "norm2": shaped(out["s_bn2"]), "n_rows": shaped(out["n_rows"])}
-    fixed = dict(g.fixed)
-    if not g.seed_axis:
-        fixed["seed"] = g.seeds[0]
-    res = ScanResult(g.rule_cls, axes, fixed, g.seeds, g.grid_shape, tuple(potential.blocks),
-                     g.steps,
-                     g.record_every, g.batch_size, shaped(out["q"]), shaped(out["loss"]),
-                     shaped(out["loss_min"]), shaped(out["norm2"]),
-                     shaped(out["angular_update"]), shaped(out["status"]),
-                     shaped(out["stop_step"]), series, time.perf_counter() - t0)
-    if g.chosen:
-        labels = [_charges.symmetry_label(sym) for sym, _ in g.chosen]
-        worst = shaped(out["charge_worst"])
-        res.charge_worst = {lab: worst[..., j] for j, lab in enumerate(labels)}
-        wstep = shaped(out["charge_worst_step"])
-        res.charge_worst_step = {lab: wstep[..., j] for j, lab in enumerate(labels)}
-        # the law of each symmetry may depend on the point's hyper-parameters
-        # (e.g. ScalarRMSProp's project=True): decide it per grid point
-        exact = np.zeros(worst.shape, dtype=bool)
-        declared = [any(sym == t for t in potential.symmetries) and sym.exact
-                    for sym, _ in g.chosen]
-        flat = exact.reshape(g.n_points, -1, len(g.chosen))
-        if rules is None:
-            # the column form promises laws independent of the parameters (Rule._grid_hp)
-            rule0 = g.rule_at(0)
-            for j, (sym, _) in enumerate(g.chosen):
-                flat[:, :, j] = declared[j] and rule0.kinetic_symmetric(sym, potential)
-        for i, rule in enumerate(rules or ()):
-            for j, (sym, _) in enumerate(g.chosen):
-                flat[i, :, j] = declared[j] and rule.kinetic_symmetric(sym, potential)
-        res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)
-        res.charge_exact = {lab: exact[..., j] for j, lab in enumerate(labels)}
+    res = _result(g, out, rules, t0)
     res.untracked = untracked
-    res.kernel = out["kernel"]
     if np.any(res.status == _status.INTERRUPTED):
         raise KeyboardInterrupt("scan interrupted")
     nd = int(res.diverged.sum())
@@ -578,6 +491,62 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
                       f"{res.stop_reason(*first)}); see result.diverged",
                       DivergenceWarning, stacklevel=2)
     return res
+
+
+def _result(g: _Grid, out: _bridge.ScanOutputs, rules: list | None, t0: float) -> ScanResult:
+    """The ScanResult of a finished grid: outputs shaped by the grid axes (then seed)."""
+    potential = g.potential
+    shape = g.grid_shape + ((len(g.seeds),) if g.seed_axis else ())
+    axes = dict(g.axes)
+    if g.seed_axis:
+        axes["seed"] = np.array(g.seeds)
+
+    def shaped(a):
+        return a.reshape(shape + a.shape[1:])
+
+    R = _series_rows(g)
+    series = None
+    if R:
+        series = {"steps": g.record_every * np.arange(R), "q": shaped(out.s_q),
+                  "loss": shaped(out.s_loss), "grad_norm2": shaped(out.s_g2),
+                  "norm2": shaped(out.s_bn2), "n_rows": shaped(out.n_rows)}
+    fixed = dict(g.fixed)
+    if not g.seed_axis:
+        fixed["seed"] = g.seeds[0]
+    res = ScanResult(g.rule_cls, axes, fixed, g.seeds, g.grid_shape, tuple(potential.blocks),
+                     g.steps, g.record_every, g.batch_size, shaped(out.q), shaped(out.loss),
+                     shaped(out.loss_min), shaped(out.norm2), shaped(out.angular_update),
+                     shaped(out.status), shaped(out.stop_step), series,
+                     time.perf_counter() - t0)
+    res.kernel = out.kernel
+    if g.chosen:
+        _charge_summaries(g, res, shaped(out.charge_worst), shaped(out.charge_worst_step),
+                          rules)
+    return res
+
+
+def _charge_summaries(g: _Grid, res: ScanResult, worst, wstep, rules: list | None):
+    """Per tracked symmetry: worst residual, its step, and whether the law is exact."""
+    potential = g.potential
+    labels = [_charges.symmetry_label(sym) for sym, _ in g.chosen]
+    res.charge_worst = {lab: worst[..., j] for j, lab in enumerate(labels)}
+    res.charge_worst_step = {lab: wstep[..., j] for j, lab in enumerate(labels)}
+    # the law of each symmetry may depend on the point's hyper-parameters
+    # (e.g. ScalarRMSProp's project=True): decide it per grid point
+    exact = np.zeros(worst.shape, dtype=bool)
+    declared = [any(sym == t for t in potential.symmetries) and sym.exact
+                for sym, _ in g.chosen]
+    flat = exact.reshape(g.n_points, -1, len(g.chosen))
+    if rules is None:
+        # the column form promises laws independent of the parameters (Rule._grid_hp)
+        rule0 = g.rule_at(0)
+        for j, (sym, _) in enumerate(g.chosen):
+            flat[:, :, j] = declared[j] and rule0.kinetic_symmetric(sym, potential)
+    for i, rule in enumerate(rules or ()):
+        for j, (sym, _) in enumerate(g.chosen):
+            flat[i, :, j] = declared[j] and rule.kinetic_symmetric(sym, potential)
+    res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)
+    res.charge_exact = {lab: exact[..., j] for j, lab in enumerate(labels)}
 
 
 def _run_on_executor(g: _Grid, executor, threads, n_chunks, show):
@@ -616,8 +585,4 @@ def _run_on_executor(g: _Grid, executor, threads, n_chunks, show):
     finally:
         if bar is not None:
             bar.close()
-    keys = sorted(parts)
-    out = {k: np.concatenate([parts[lo][k] for lo in keys]) for k in parts[keys[0]]
-           if k != "kernel"}
-    out["kernel"] = ", ".join(sorted({parts[lo]["kernel"] for lo in keys}))
-    return out
+    return _bridge.ScanOutputs.concatenate([parts[lo] for lo in sorted(parts)])

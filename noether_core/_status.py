@@ -1,13 +1,14 @@
 """Status codes a compiled loop returns, and what they mean to a user.
 
 The codes themselves are defined once, in the C header ``pyx/nc_status.h``; this module
-reads them from the compiled kernels so the facade never spells a number.
+reads them from the compiled kernels (through noether_core._bridge), so the facade never
+spells a number.
 """
 from __future__ import annotations
 
-from ._kernels import rules as _kr
+from ._bridge import status_codes
 
-_CODES = _kr.status_codes()
+_CODES = status_codes()
 
 OK: int = _CODES["OK"]
 NONFINITE_LOSS: int = _CODES["NONFINITE_LOSS"]

@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _status
+from . import _bridge, _status
 from . import _validation as V
 from . import charges as _charges
-from ._kernels import rules as _kr
 from .errors import DivergenceWarning
 from .potentials import Potential
-from .rules import Rule, RuleState, MirrorDescent
+from .rules import SGD, Rule, RuleState
 
-__all__ = ["train", "TrainResult"]
+__all__ = ["train", "TrainResult", "continuum_balance", "ContinuumBalance"]
 
 
 #: refuse recording requests above this many bytes (override with max_record_bytes=)
@@ -118,13 +117,6 @@ class TrainResult:
                 f"last step={int(self.state.step)}{flag})")
 
 
-def _csr(parts):
-    ptr = np.zeros(len(parts) + 1, dtype=np.intp)
-    ptr[1:] = np.cumsum([len(p) for p in parts])
-    idx = (np.concatenate(parts).astype(np.intp) if parts else np.zeros(0, np.intp))
-    return ptr, np.ascontiguousarray(idx)
-
-
 def _check_batch_size(potential, batch_size):
     """None (full batch) or a minibatch size the potential can draw (train and scan)."""
     if batch_size is None:
@@ -169,19 +161,8 @@ def _block_csr(potential):
     """CSR of the potential's named blocks (cached on the immutable potential)."""
     cached = potential.__dict__.get("_block_csr_cache")
     if cached is None:
-        cached = _csr([potential.blocks[n] for n in potential.blocks])
+        cached = _bridge.csr([potential.blocks[n] for n in potential.blocks])
         potential._block_csr_cache = cached
-    return cached
-
-
-def _partition_csr(rule, potential):
-    """CSR of the rule's partition; the one-part default is cached on the potential."""
-    if type(rule)._partition is not Rule._partition:
-        return _csr(rule._partition(potential))
-    cached = potential.__dict__.get("_whole_csr_cache")
-    if cached is None:
-        cached = _csr([np.arange(potential.dim)])
-        potential._whole_csr_cache = cached
     return cached
 
 
@@ -263,28 +244,17 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     ``result.diverged`` is set and a :class:`~noether_core.errors.DivergenceWarning` is
     issued.  Results are bit-reproducible for the same inputs and seed.
     """
-    if not isinstance(rule, Rule):
-        raise TypeError(f"rule must be a noether_core.rules.Rule, got {type(rule).__name__}")
-    if not isinstance(potential, Potential):
-        raise TypeError("potential must be a noether_core.potentials.Potential, got "
-                        f"{type(potential).__name__}")
+    _check_objects(rule, potential)
     d = potential.dim
     q = V.as_float_array("q0", q0, shape=(d,))
     # the kernel counts in Py_ssize_t: larger counts would overflow the C conversion
     steps = V.as_int("steps", steps, lo=0, hi=sys.maxsize)
     record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
     max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
-    with np.errstate(over="ignore"):
-        q_norm2 = np.dot(q, q)
-    if not np.isfinite(q_norm2):
-        raise ValueError("q0 is too large: |q0|² overflows float64 (the run records |q_B|²)")
+    _check_q0_norm(q)
     omega = _check_omega(omega)
-    if not (isinstance(charges, (bool, np.bool_)) or isinstance(charges, (list, tuple))):
-        raise TypeError("charges must be True, False or a list of Symmetry objects, got "
-                        f"{V._describe(charges)}")
-    charges = bool(charges) if isinstance(charges, np.bool_) else charges
-    if isinstance(rule, MirrorDescent) and rule.mirror == "entropy" and np.any(q <= 0):
-        raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
+    charges = _check_charges_arg(charges)
+    rule.check_start(q)
     batch_size = _check_batch_size(potential, batch_size)
     if state is None:
         state = rule.init_state(potential)
@@ -292,95 +262,218 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         rule._check_state(state, potential)
         state = state.copy()
     chosen, untracked = _charges.select(potential, charges, omega)
-    n_rec = steps // record_every + 1
     record_q = V.as_bool("record_q", record_q)
     block_stats = V.as_bool("block_stats", block_stats)
-    nb = len(potential.blocks)
+    n_rec = steps // record_every + 1
+    _check_record_size(potential, steps, record_every, n_rec, record_q, block_stats,
+                       len(chosen), max_record_bytes)
+
+    inputs = rule.kernel_inputs(potential, state)
+    record = _recording(potential, state, n_rec, record_every, record_q, block_stats)
+    layout = _charges.layout(potential, chosen) if chosen else None
+    crec = _charges.record(potential, chosen, n_rec, state) if chosen else None
+    rng = None
+    if batch_size is not None:
+        rng = _make_rng(seed, state)
+    elif seed is not None:
+        _make_rng(seed, None)          # validate it all the same
+    batch = _bridge.Batch(0 if batch_size is None else batch_size,
+                          None if rng is None else rng.bit_generator)
+    status, stop, n_done = _bridge.run_train(inputs, potential._kernel, q, steps, record,
+                                             batch, layout, crec)
+    res = _result(rule, potential, state, inputs, q, record, record_q, crec, chosen,
+                  untracked, rng, status, stop, n_done, steps, batch_size)
+    if status != _status.OK and hasattr(potential, "_raise_callback_error"):
+        potential._raise_callback_error(int(state.step + stop))   # a user fn raised
+    if status == _status.OK:
+        _flag_overflowed_records(res, list(potential.blocks))
+    else:
+        _flag_divergence(res, status, int(state.step + stop), q)
+    return res
+
+
+def _check_objects(rule, potential):
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule must be a noether_core.rules.Rule, got {type(rule).__name__}")
+    if not isinstance(potential, Potential):
+        raise TypeError("potential must be a noether_core.potentials.Potential, got "
+                        f"{type(potential).__name__}")
+
+
+def _check_q0_norm(q):
+    with np.errstate(over="ignore"):
+        q_norm2 = np.dot(q, q)
+    if not np.isfinite(q_norm2):
+        raise ValueError("q0 is too large: |q0|² overflows float64 (the run records |q_B|²)")
+
+
+def _check_charges_arg(charges):
+    if not (isinstance(charges, (bool, np.bool_)) or isinstance(charges, (list, tuple))):
+        raise TypeError("charges must be True, False or a list of Symmetry objects, got "
+                        f"{V._describe(charges)}")
+    return bool(charges) if isinstance(charges, np.bool_) else charges
+
+
+def _check_record_size(potential, steps, record_every, n_rec, record_q, block_stats, nsym,
+                       max_record_bytes):
+    d, nb = potential.dim, len(potential.blocks)
     need = n_rec * ((d if record_q else 0) + 2 + nb * (3 if block_stats else 1)
-                    + 3 * len(chosen)) * 8
+                    + 3 * nsym) * 8
     if need > max_record_bytes:
         raise MemoryError(f"recording steps // record_every + 1 = {steps} // {record_every} + 1"
                           f" = {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
                           f" MiB, above max_record_bytes={max_record_bytes} "
                           f"({max_record_bytes / 2**20:.1f} MiB); raise record_every")
 
-    hp = rule._hp(potential)
-    if isinstance(rule, MirrorDescent):
-        vec = rule._vec(potential)
-    else:
-        vec = (np.stack([state.arrays[n] for n in rule.vec_names]) if rule.vec_names
-               else np.zeros((0, d)))
-        vec = np.ascontiguousarray(vec, dtype=np.float64)
-    sca = rule._pack_scalars(state, potential)
-    pptr, pidx = _partition_csr(rule, potential)
-    names = list(potential.blocks)
+
+def _recording(potential, state, n_rec, record_every, record_q, block_stats):
+    """The preallocated rows a run records into."""
+    d, nb = potential.dim, len(potential.blocks)
     bptr, bidx = _block_csr(potential)
-    rec_q = np.empty((n_rec, d if record_q else 0))
-    rec_loss = np.empty(n_rec)
-    rec_g2 = np.empty(n_rec)
-    rec_bn2 = np.empty((n_rec, len(names)))
+    rec = _bridge.Recording(every=record_every, bptr=bptr, bidx=bidx,
+                            q=np.empty((n_rec, d if record_q else 0)), loss=np.empty(n_rec),
+                            g2=np.empty(n_rec), bn2=np.empty((n_rec, nb)))
     if block_stats:
-        rec_bg2 = np.empty((n_rec, nb))
-        rec_bd2 = np.empty((n_rec, nb))
-        d_last = (np.zeros(d) if state.last_delta is None
-                  else np.array(state.last_delta, dtype=float))
-    else:
-        rec_bg2 = rec_bd2 = d_last = None
+        rec.bg2 = np.empty((n_rec, nb))
+        rec.bd2 = np.empty((n_rec, nb))
+        rec.d_last = (np.zeros(d) if state.last_delta is None
+                      else np.array(state.last_delta, dtype=float))
+    return rec
 
-    spec = _charges.kernel_spec(potential, chosen, n_rec, state) if chosen else None
-    rng = None
-    if batch_size is not None:
-        rng = _make_rng(seed, state)
-    elif seed is not None:
-        _make_rng(seed, None)          # validate it all the same
-    status, stop, n_done = _kr.train_kernel(
-        rule.kind, hp, vec, sca, pptr, pidx, potential._kernel, q, steps, record_every,
-        None if rng is None else rng.bit_generator, 0 if batch_size is None else batch_size,
-        bptr, bidx, rec_q, rec_loss, rec_g2, rec_bn2, spec, True, rec_bg2, rec_bd2, d_last)
 
+def _result(rule, potential, state, inputs, q, record, record_q, crec, chosen, untracked,
+            rng, status, stop, n_done, steps, batch_size):
+    """The TrainResult and the rule's state after the run."""
     # steps actually applied: a non-finite parameter is met after its update
     taken = (steps if status == _status.OK else
              stop + 1 if status == _status.NONFINITE_PARAMS else stop)
-    arrays = ({} if isinstance(rule, MirrorDescent)
-              else {n: vec[i].copy() for i, n in enumerate(rule.vec_names)})
-    if spec is not None:
-        last_delta, last_res, last_met = spec[8], spec[9], spec[15]
+    names = list(potential.blocks)
+    if crec is not None:
         labels = [_charges.symmetry_label(s) for s, _ in chosen]
-        last_residual = dict(zip(labels, map(float, last_res)))
-        last_metric = dict(zip(labels, map(float, last_met)))
+        last_delta = crec.last_delta
+        last_residual = dict(zip(labels, map(float, crec.last_res), strict=True))
+        last_metric = dict(zip(labels, map(float, crec.last_metric), strict=True))
     else:
-        last_delta, last_residual, last_metric = d_last, None, None
-    new_state = RuleState(type(rule).__name__, arrays, rule._unpack_scalars(sca, potential),
-                          state.step + taken,
+        last_delta, last_residual, last_metric = record.d_last, None, None
+    new_state = RuleState(type(rule).__name__, rule.state_arrays(inputs),
+                          rule._unpack_scalars(inputs.sca, potential), state.step + taken,
                           None if rng is None else rng.bit_generator.state,
                           last_delta, last_residual, last_metric)
-    res = TrainResult(
+
+    def per_block(rows):
+        return {n: rows[:n_done, i] for i, n in enumerate(names)}
+
+    return TrainResult(
         rule=rule, potential=potential,
-        steps=state.step + record_every * np.arange(n_done),
-        q=rec_q[:n_done] if record_q else None, loss=rec_loss[:n_done],
-        grad_norm2=rec_g2[:n_done],
-        block_norm2={n: rec_bn2[:n_done, i] for i, n in enumerate(names)},
-        q_final=q, state=new_state, record_every=record_every, batch_size=batch_size,
-        charges=({} if spec is None else
-                 _charges.collect(rule, potential, chosen, spec, n_done, state.step)),
+        steps=state.step + record.every * np.arange(n_done),
+        q=record.q[:n_done] if record_q else None,
+        loss=record.loss[:n_done], grad_norm2=record.g2[:n_done],
+        block_norm2=per_block(record.bn2), q_final=q, state=new_state,
+        record_every=record.every, batch_size=batch_size,
+        charges=({} if crec is None else
+                 _charges.collect(rule, potential, chosen, crec, n_done, state.step)),
         untracked=untracked,
-        block_grad_norm2=({} if not block_stats else
-                          {n: rec_bg2[:n_done, i] for i, n in enumerate(names)}),
-        block_step_norm2=({} if not block_stats else
-                          {n: rec_bd2[:n_done, i] for i, n in enumerate(names)}))
-    if status != _status.OK and hasattr(potential, "_raise_callback_error"):
-        potential._raise_callback_error(int(state.step + stop))   # a user fn raised
-    if status == _status.OK:
-        _flag_overflowed_records(res, names)
-    if status != _status.OK:
-        res.diverged = True
-        res.stop_step = int(state.step + stop)
-        reason = _status.reason(status)
-        bad = np.flatnonzero(~np.isfinite(q))
-        if bad.size:
-            blk = next((n for n in names if np.isin(bad[0], potential.blocks[n])), None)
-            reason += f" (first in block {blk!r}, index {int(bad[0])})"
-        res.stop_reason = reason
-        warnings.warn(f"{type(rule).__name__} on {type(potential).__name__} stopped at step "
-                      f"{res.stop_step}: {reason}", DivergenceWarning, stacklevel=2)
-    return res
+        block_grad_norm2={} if record.bg2 is None else per_block(record.bg2),
+        block_step_norm2={} if record.bd2 is None else per_block(record.bd2))
+
+
+def _flag_divergence(res, status, stop_step, q):
+    """Mark a run stopped by a non-finite value at ``stop_step`` and warn, naming the
+    first bad block."""
+    names = list(res.potential.blocks)
+    res.diverged = True
+    res.stop_step = stop_step
+    reason = _status.reason(status)
+    bad = np.flatnonzero(~np.isfinite(q))
+    if bad.size:
+        blk = next((n for n in names if np.isin(bad[0], res.potential.blocks[n])), None)
+        reason += f" (first in block {blk!r}, index {int(bad[0])})"
+    res.stop_reason = reason
+    warnings.warn(f"{type(res.rule).__name__} on {type(res.potential).__name__} stopped at "
+                  f"step {res.stop_step}: {reason}", DivergenceWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------
+# the continuum link of a recorded heavy-ball run
+
+
+@dataclass(eq=False)
+class ContinuumBalance:
+    """Eq. (6.1) of docs/balance_laws.md evaluated on a recorded run
+    (:func:`continuum_balance`).
+
+    Attributes
+    ----------
+    t : (K,) array
+        Times t = nη of the interior rows where the balance is evaluated.
+    lhs, rhs : (K,) arrays
+        m d/dt⟨q̇, q⟩ + μ⟨q̇, q⟩ and m|q̇|² − k|q|² (finite differences in t).
+    residual : (K,) array
+        |lhs − rhs| / (|m d/dt⟨q̇,q⟩| + |μ⟨q̇,q⟩| + m|q̇|² + k|q|²).
+    m, mu, k : floats (the paper's convention, SPEC §0)
+    """
+
+    t: np.ndarray
+    lhs: np.ndarray
+    rhs: np.ndarray
+    residual: np.ndarray
+    m: float
+    mu: float
+    k: float
+
+
+def continuum_balance(run, block: str | None = None) -> ContinuumBalance:
+    """Evaluate the continuous-time scale balance on a recorded heavy-ball run.
+
+    ``m d/dt⟨q̇,q⟩ + μ⟨q̇,q⟩ = m|q̇|² − k|q|²`` (SPEC §1.1, the exact form of Eq. 16 before
+    the over-damped approximation), with the paper's m = η(1+β)/2, μ = 1−β, t = nη, and
+    q̇, d/dt by second-order central differences of the recorded rows.  On a discrete
+    trajectory the residual is O(η³) at fixed t: the central difference's O(η²) error
+    cancels the O(η²) term of the modified equation (docs/balance_laws.md §6).
+
+    Parameters
+    ----------
+    run : TrainResult
+        An SGD run (no nesterov, dampening 0) recorded with ``record_every=1``, at least
+        5 rows.
+    block : str, optional
+        A scale block of the potential (default: its only scale block).
+    """
+    if not isinstance(run, TrainResult):
+        raise TypeError(f"run must be a TrainResult (what noether_core.train returns), got "
+                        f"{type(run).__name__}")
+    if block is not None and not isinstance(block, str):
+        raise TypeError(f"block must be a block name (str) or None, got {block!r}")
+    rule = run.rule
+    if not isinstance(rule, SGD) or rule.nesterov or rule.dampening != 0.0:
+        raise ValueError("continuum_balance needs an SGD run without nesterov and dampening "
+                         f"(the model of Eq. 2), got {rule!r}")
+    if run.record_every != 1 or len(run.q) < 5:
+        raise ValueError("continuum_balance needs a run recorded with record_every=1 and at "
+                         f"least 5 rows, got record_every={run.record_every}, "
+                         f"{len(run.q)} rows")
+    scale_blocks = [s.blocks[0] for s in run.potential.symmetries if s.family == "scale"]
+    if block is None:
+        if len(scale_blocks) != 1:
+            raise ValueError(f"name the scale block: the potential has {scale_blocks}")
+        block = scale_blocks[0]
+    elif block not in run.potential.blocks:
+        raise ValueError(f"block {block!r} not in {list(run.potential.blocks)[:8]}")
+    idx = run.potential.blocks[block]
+    eta, beta, k = rule.lr, rule.momentum, rule.weight_decay
+    m, mu = eta * (1.0 + beta) / 2.0, 1.0 - beta
+    q = run.q[:, idx]
+    qdot = (q[2:] - q[:-2]) / (2 * eta)                 # at rows 1 .. R-2
+    qc = q[1:-1]
+    S = np.einsum("ij,ij->i", qdot, qc)                 # <q̇, q>
+    dS = (S[2:] - S[:-2]) / (2 * eta)                   # at rows 2 .. R-3
+    S, qdot, qc = S[1:-1], qdot[1:-1], qc[1:-1]
+    v2 = np.einsum("ij,ij->i", qdot, qdot)
+    a = np.einsum("ij,ij->i", qc, qc)
+    lhs = m * dS + mu * S
+    rhs = m * v2 - k * a
+    scale = np.abs(m * dS) + np.abs(mu * S) + m * v2 + k * a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = np.where(scale > 0, np.abs(lhs - rhs) / scale, 0.0)
+    t = (run.steps[2:-2]) * eta
+    return ContinuumBalance(t, lhs, rhs, res, m, mu, k)

@@ -137,7 +137,7 @@ def check_symmetry(potential, n_points=32, seed=None, *, points=None, scale=1.0,
     Examples
     --------
     >>> import numpy as np, noether_core as nc
-    >>> chk = nc.symmetry.check_symmetry(nc.potentials.RayleighQuotient(np.diag([1., 2.])),
+    >>> chk = nc.audit.check_symmetry(nc.potentials.RayleighQuotient(np.diag([1., 2.])),
     ...                                  seed=0)
     >>> chk.ok, chk.rows[0][2], chk.worst < 1e-12
     (True, 'holds', True)
@@ -348,7 +348,7 @@ def audit(potential_or_fn, q_samples, blocks=None, *, tol=1e-8, approx_tol=1e-3,
     --------
     >>> import numpy as np, noether_core as nc
     >>> pot = nc.potentials.RayleighQuotient(np.diag([1.0, 2.0, 3.0]))
-    >>> res = nc.symmetry.audit(pot, np.random.default_rng(0).standard_normal((16, 3)))
+    >>> res = nc.audit.audit(pot, np.random.default_rng(0).standard_normal((16, 3)))
     >>> [(f.family, f.blocks) for f in res.holding()]
     [('scale', ('q',))]
     """

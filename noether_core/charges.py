@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._bridge import ChargeLayout, ChargeRecord, csr
 from .symmetry import FAMILIES, Symmetry
 
-__all__ = ["ChargeSeries", "ContinuumBalance", "continuum_balance", "symmetry_label"]
+__all__ = ["ChargeSeries", "symmetry_label", "select", "layout", "record", "collect"]
 
 
 def symmetry_label(sym: Symmetry) -> str:
@@ -143,8 +144,9 @@ def select(potential, charges, omega):
     return chosen, untracked
 
 
-def kernel_spec(potential, chosen, n_rec, state):
-    """The arrays of the kernel's ChargeSpec (see noether_core/_kernels/rules.pxd)."""
+def layout(potential, chosen) -> ChargeLayout:
+    """What the compiled loop tracks, as its ChargeSpec reads it
+    (noether_core/_kernels/rules.pxd): families, blocks, directions and Ω's."""
     fam, b1, b2, dirs, oms = [], [], [], [], []
     for s, om in chosen:
         fam.append(FAMILIES.index(s.family))
@@ -154,38 +156,37 @@ def kernel_spec(potential, chosen, n_rec, state):
         dirs.append(np.asarray(s.direction, dtype=float) if s.family == "translation"
                     else np.zeros(len(b1[-1])))
         oms.append(om.ravel() if om is not None else np.zeros(0))
-
-    def csr(parts):
-        ptr = np.zeros(len(parts) + 1, dtype=np.intp)
-        ptr[1:] = np.cumsum([len(p) for p in parts])
-        idx = np.concatenate(parts).astype(np.intp) if parts else np.zeros(0, np.intp)
-        return ptr, np.ascontiguousarray(idx)
-
     ptr1, idx1 = csr(b1)
     ptr2, idx2 = csr(b2)
     optr = np.zeros(len(oms) + 1, dtype=np.intp)
     optr[1:] = np.cumsum([len(o) for o in oms])
+    return ChargeLayout(
+        fam=np.array(fam, dtype=np.intc), ptr1=ptr1, idx1=idx1, ptr2=ptr2, idx2=idx2,
+        dirn=np.ascontiguousarray(np.concatenate(dirs) if dirs else np.zeros(0)),
+        optr=optr, omega=np.ascontiguousarray(np.concatenate(oms) if oms else np.zeros(0)))
+
+
+def record(potential, chosen, n_rec, state) -> ChargeRecord:
+    """A single run's charge outputs (``n_rec`` rows) and the balance-law state it starts
+    from: the last step Δ and residuals carried by ``state`` (a resumed run)."""
     nsym = len(chosen)
     d = potential.dim
     last_delta = (np.zeros(d) if state.last_delta is None
                   else np.array(state.last_delta, dtype=float))
     prev = state.last_residual or {}
-    last_res = np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen])
     prevm = state.last_metric or {}
-    last_metric = np.array([float(prevm.get(symmetry_label(s), 0.0)) for s, _ in chosen])
-    return (np.array(fam, dtype=np.intc), ptr1, idx1, ptr2, idx2,
-            np.ascontiguousarray(np.concatenate(dirs) if dirs else np.zeros(0)),
-            optr, np.ascontiguousarray(np.concatenate(oms) if oms else np.zeros(0)),
-            last_delta, last_res,
-            np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)), np.zeros((n_rec, nsym)),
-            np.zeros(nsym), np.full(nsym, -1, dtype=np.intp),
-            last_metric, np.zeros((n_rec, nsym)), np.zeros(nsym))
+    return ChargeRecord(
+        last_delta=last_delta,
+        last_res=np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
+        last_metric=np.array([float(prevm.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
+        rec_moment=np.zeros((n_rec, nsym)), rec_charge=np.zeros((n_rec, nsym)),
+        rec_resid=np.zeros((n_rec, nsym)), rec_metric=np.zeros((n_rec, nsym)),
+        worst=np.zeros(nsym), worst_step=np.full(nsym, -1, dtype=np.intp),
+        worst_metric=np.zeros(nsym))
 
 
-def collect(rule, potential, chosen, spec, n_done, step0):
+def collect(rule, potential, chosen, rec: ChargeRecord, n_done, step0):
     """ChargeSeries per tracked symmetry from the kernel's outputs."""
-    (*_, last_delta, last_res, rec_m, rec_c, rec_r, worst, worst_step,
-     last_metric, rec_mt, worst_metric) = spec
     out = {}
     for j, (s, _) in enumerate(chosen):
         if not any(s == t for t in potential.symmetries):
@@ -196,93 +197,10 @@ def collect(rule, potential, chosen, spec, n_done, step0):
             law = "exact"
         else:
             law = "kinetic breaking"
-        ws = int(worst_step[j])
+        ws = int(rec.worst_step[j])
         out[symmetry_label(s)] = ChargeSeries(
-            s, rec_m[:n_done, j].copy(), rec_c[:n_done, j].copy(), rec_r[:n_done, j].copy(),
-            float(worst[j]), step0 + ws if ws >= 0 else -1, law,
-            rec_mt[:n_done, j].copy(), float(worst_metric[j]))
+            s, rec.rec_moment[:n_done, j].copy(), rec.rec_charge[:n_done, j].copy(),
+            rec.rec_resid[:n_done, j].copy(), float(rec.worst[j]),
+            step0 + ws if ws >= 0 else -1, law, rec.rec_metric[:n_done, j].copy(),
+            float(rec.worst_metric[j]))
     return out
-
-
-@dataclass(eq=False)
-class ContinuumBalance:
-    """Eq. (6.1) of docs/balance_laws.md evaluated on a recorded run.
-
-    Attributes
-    ----------
-    t : (K,) array
-        Times t = nη of the interior rows where the balance is evaluated.
-    lhs, rhs : (K,) arrays
-        m d/dt⟨q̇, q⟩ + μ⟨q̇, q⟩ and m|q̇|² − k|q|² (finite differences in t).
-    residual : (K,) array
-        |lhs − rhs| / (|m d/dt⟨q̇,q⟩| + |μ⟨q̇,q⟩| + m|q̇|² + k|q|²).
-    m, mu, k : floats (the paper's convention, SPEC §0)
-    """
-
-    t: np.ndarray
-    lhs: np.ndarray
-    rhs: np.ndarray
-    residual: np.ndarray
-    m: float
-    mu: float
-    k: float
-
-
-def continuum_balance(run, block: str | None = None) -> ContinuumBalance:
-    """Evaluate the continuous-time scale balance on a recorded heavy-ball run.
-
-    ``m d/dt⟨q̇,q⟩ + μ⟨q̇,q⟩ = m|q̇|² − k|q|²`` (SPEC §1.1, the exact form of Eq. 16 before
-    the over-damped approximation), with the paper's m = η(1+β)/2, μ = 1−β, t = nη, and
-    q̇, d/dt by second-order central differences of the recorded rows.  On a discrete
-    trajectory the residual is O(η³) at fixed t: the central difference's O(η²) error
-    cancels the O(η²) term of the modified equation (docs/balance_laws.md §6).
-
-    Parameters
-    ----------
-    run : TrainResult
-        An SGD run (no nesterov, dampening 0) recorded with ``record_every=1``, at least
-        5 rows.
-    block : str, optional
-        A scale block of the potential (default: its only scale block).
-    """
-    from .rules import SGD
-    from ._train import TrainResult
-
-    if not isinstance(run, TrainResult):
-        raise TypeError(f"run must be a TrainResult (what noether_core.train returns), got "
-                        f"{type(run).__name__}")
-    if block is not None and not isinstance(block, str):
-        raise TypeError(f"block must be a block name (str) or None, got {block!r}")
-    rule = run.rule
-    if not isinstance(rule, SGD) or rule.nesterov or rule.dampening != 0.0:
-        raise ValueError("continuum_balance needs an SGD run without nesterov and dampening "
-                         f"(the model of Eq. 2), got {rule!r}")
-    if run.record_every != 1 or len(run.q) < 5:
-        raise ValueError("continuum_balance needs a run recorded with record_every=1 and at "
-                         f"least 5 rows, got record_every={run.record_every}, "
-                         f"{len(run.q)} rows")
-    scale_blocks = [s.blocks[0] for s in run.potential.symmetries if s.family == "scale"]
-    if block is None:
-        if len(scale_blocks) != 1:
-            raise ValueError(f"name the scale block: the potential has {scale_blocks}")
-        block = scale_blocks[0]
-    elif block not in run.potential.blocks:
-        raise ValueError(f"block {block!r} not in {list(run.potential.blocks)[:8]}")
-    idx = run.potential.blocks[block]
-    eta, beta, k = rule.lr, rule.momentum, rule.weight_decay
-    m, mu = eta * (1.0 + beta) / 2.0, 1.0 - beta
-    q = run.q[:, idx]
-    qdot = (q[2:] - q[:-2]) / (2 * eta)                 # at rows 1 .. R-2
-    qc = q[1:-1]
-    S = np.einsum("ij,ij->i", qdot, qc)                 # <q̇, q>
-    dS = (S[2:] - S[:-2]) / (2 * eta)                   # at rows 2 .. R-3
-    S, qdot, qc = S[1:-1], qdot[1:-1], qc[1:-1]
-    v2 = np.einsum("ij,ij->i", qdot, qdot)
-    a = np.einsum("ij,ij->i", qc, qc)
-    lhs = m * dS + mu * S
-    rhs = m * v2 - k * a
-    scale = np.abs(m * dS) + np.abs(mu * S) + m * v2 + k * a
-    with np.errstate(invalid="ignore", divide="ignore"):
-        res = np.where(scale > 0, np.abs(lhs - rhs) / scale, 0.0)
-    t = (run.steps[2:-2]) * eta
-    return ContinuumBalance(t, lhs, rhs, res, m, mu, k)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import _validation as V
+from ._bridge import RuleInputs, csr
 
 __all__ = ["Rule", "SGD", "RMSprop", "Adam", "AdamW", "ScalarRMSProp", "MirrorDescent",
            "RuleState"]
@@ -131,7 +132,25 @@ class Rule:
         """
         return False
 
-    # -- kernel plumbing (used by noether_core._train) --------------------------------------
+    # -- kernel inputs (the rule's own business; noether_core._bridge runs them) ----------
+    def check_start(self, q0: np.ndarray) -> None:
+        """Raise ValueError if the rule cannot start from ``q0`` (default: any finite q0)."""
+
+    def kernel_inputs(self, potential, state: RuleState) -> RuleInputs:
+        """This rule at ``state`` as the compiled loop reads it: kind, hyper-parameter row,
+        state buffers (copied: the loop updates them in place) and the partition of q into
+        parts with their own scalar state."""
+        d = potential.dim
+        vec = (np.stack([state.arrays[n] for n in self.vec_names]) if self.vec_names
+               else np.zeros((0, d)))
+        return RuleInputs(self.kind, self._hp(potential), vec,
+                          self._pack_scalars(state, potential),
+                          *_partition_csr(self, potential))
+
+    def state_arrays(self, inputs: RuleInputs) -> dict:
+        """The per-coordinate state buffers after a run, by name (``RuleState.arrays``)."""
+        return {n: inputs.vec[i].copy() for i, n in enumerate(self.vec_names)}
+
     def _hp(self, potential) -> np.ndarray:
         raise NotImplementedError
 
@@ -180,6 +199,17 @@ class Rule:
 
     def _unpack_scalars(self, sca: np.ndarray, potential) -> dict:
         return {n: float(v) for n, v in zip(self.sca_names, sca)}
+
+
+def _partition_csr(rule, potential):
+    """CSR of the rule's partition; the one-part default is cached on the potential."""
+    if type(rule)._partition is not Rule._partition:
+        return csr(rule._partition(potential))
+    cached = potential.__dict__.get("_whole_csr_cache")
+    if cached is None:
+        cached = csr([np.arange(potential.dim)])
+        potential._whole_csr_cache = cached
+    return cached
 
 
 def _lr(v):
@@ -569,7 +599,18 @@ class MirrorDescent(Rule):
         non-Euclidean breaking is reported separately as the metric term."""
         return True
 
-    def _vec(self, potential):
-        if self.mirror == "diagonal":
-            return np.array([self.D], dtype=np.float64)
-        return np.zeros((0, potential.dim))
+    def check_start(self, q0):
+        if self.mirror == "entropy" and np.any(np.asarray(q0) <= 0):
+            raise ValueError("q0 must be positive for MirrorDescent(mirror='entropy')")
+
+    def kernel_inputs(self, potential, state):
+        """Mirror descent keeps no buffers; its kernel rows carry the diagonal D of h
+        (``mirror="diagonal"``) instead."""
+        vec = (np.array([self.D], dtype=np.float64) if self.mirror == "diagonal"
+               else np.zeros((0, potential.dim)))
+        return RuleInputs(self.kind, self._hp(potential), vec,
+                          self._pack_scalars(state, potential),
+                          *_partition_csr(self, potential))
+
+    def state_arrays(self, inputs):
+        return {}

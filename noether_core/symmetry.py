@@ -254,4 +254,3 @@ def kinetic_table(metrics=None, families=FAMILIES, *, d=6, n_states=8, alpha=0.3
                 worst = max(worst, abs(dT) / kinetic_energy(mm, q, qdot, alpha))
             entries[(mm.name, fam)] = (worst < tol, worst)
     return KineticTable(entries, [m.name for m in metrics], list(families), tol)
-from .audit import audit, check_symmetry  # noqa: E402,F401  (re-export, docs/byom.md)

@@ -695,116 +695,163 @@ cdef class _Scratch:
             free(<void*> p)
 
 
-def train_kernel(int kind,
-                 const double[::1] hp,              # IN
-                 double[:, ::1] vec,                # IN/OUT rule state (nvec, d)
-                 double[::1] sca,                   # IN/OUT scalar rule state
-                 const Py_ssize_t[::1] pptr,        # IN partition (CSR)
-                 const Py_ssize_t[::1] pidx,
+cdef inline double* _ptr(double[::1] a, double* empty) noexcept:
+    """First element of a 1-D buffer, or ``empty`` for a zero-length one."""
+    return &a[0] if a.shape[0] > 0 else empty
+
+
+cdef inline const double* _cptr(const double[::1] a, const double* empty) noexcept:
+    return &a[0] if a.shape[0] > 0 else empty
+
+
+cdef inline const Py_ssize_t* _iptr(const Py_ssize_t[::1] a,
+                                    const Py_ssize_t* empty) noexcept:
+    return &a[0] if a.shape[0] > 0 else empty
+
+
+cdef void _fill_rule(RunSpec* s, object rule, double* dummy, Py_ssize_t* dummy_i) except *:
+    """The rule's part of a RunSpec, from a _bridge.RuleInputs."""
+    cdef const double[::1] hp = rule.hp
+    cdef double[:, ::1] vec = rule.vec
+    cdef double[::1] sca = rule.sca
+    cdef const Py_ssize_t[::1] pptr = rule.pptr
+    cdef const Py_ssize_t[::1] pidx = rule.pidx
+    s.kind = rule.kind
+    s.hp = &hp[0]
+    s.vec = &vec[0, 0] if vec.shape[0] > 0 else dummy
+    s.sca = _ptr(sca, dummy)
+    s.pptr = &pptr[0]
+    s.pidx = _iptr(pidx, dummy_i)
+    s.npart = pptr.shape[0] - 1
+
+
+cdef void _fill_record(RunSpec* s, object rec, _Scratch scratch, double* dummy,
+                       Py_ssize_t* dummy_i) except *:
+    """The recorded series of a RunSpec, from a _bridge.Recording."""
+    cdef const Py_ssize_t[::1] bptr = rec.bptr
+    cdef const Py_ssize_t[::1] bidx = rec.bidx
+    cdef double[:, ::1] rec_q = rec.q
+    cdef double[::1] rec_loss = rec.loss
+    cdef double[::1] rec_g2 = rec.g2
+    cdef double[:, ::1] rec_bn2 = rec.bn2
+    cdef double[:, ::1] rec_bg2
+    cdef double[:, ::1] rec_bd2
+    cdef double[::1] d_last
+    s.record_every = rec.every
+    s.bptr = &bptr[0]
+    s.bidx = _iptr(bidx, dummy_i)
+    s.nb = bptr.shape[0] - 1
+    s.rec_q = &rec_q[0, 0] if rec_q.shape[1] > 0 else NULL
+    s.rec_loss = &rec_loss[0]
+    s.rec_g2 = &rec_g2[0]
+    s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else dummy
+    if rec.bg2 is not None:
+        rec_bg2 = rec.bg2
+        if rec_bg2.shape[1] > 0:
+            s.rec_bg2 = &rec_bg2[0, 0]
+    if rec.bd2 is not None:
+        rec_bd2 = rec.bd2
+        if rec_bd2.shape[1] > 0:
+            d_last = rec.d_last
+            s.rec_bd2 = &rec_bd2[0, 0]
+            s.d_last = &d_last[0]
+            s.q_old = scratch.doubles(s.d)
+
+
+cdef void _fill_charges(ChargeSpec* cs, object layout, object out, Py_ssize_t d,
+                        Py_ssize_t nvec, Py_ssize_t nsca, _Scratch scratch, double* dummy,
+                        Py_ssize_t* dummy_i) except *:
+    """A ChargeSpec from a _bridge.ChargeLayout (what is tracked) and a
+    _bridge.ChargeRecord (this run's outputs and carried state); nsym > 0."""
+    cdef const int[::1] fam = layout.fam
+    cdef const Py_ssize_t[::1] ptr1 = layout.ptr1
+    cdef const Py_ssize_t[::1] idx1 = layout.idx1
+    cdef const Py_ssize_t[::1] ptr2 = layout.ptr2
+    cdef const Py_ssize_t[::1] idx2 = layout.idx2
+    cdef const double[::1] dirn = layout.dirn
+    cdef const Py_ssize_t[::1] optr = layout.optr
+    cdef const double[::1] omega = layout.omega
+    cdef double[::1] last_delta = out.last_delta
+    cdef double[::1] last_res = out.last_res
+    cdef double[::1] last_metric = out.last_metric
+    cdef double[:, ::1] rec_m = out.rec_moment
+    cdef double[:, ::1] rec_c = out.rec_charge
+    cdef double[:, ::1] rec_r = out.rec_resid
+    cdef double[:, ::1] rec_mt = out.rec_metric
+    cdef double[::1] worst = out.worst
+    cdef Py_ssize_t[::1] worst_step = out.worst_step
+    cdef double[::1] worst_metric = out.worst_metric
+    memset(cs, 0, sizeof(ChargeSpec))
+    cs.nsym = fam.shape[0]
+    cs.fam = &fam[0]
+    cs.ptr1 = &ptr1[0]
+    cs.idx1 = _iptr(idx1, dummy_i)
+    cs.ptr2 = &ptr2[0]
+    cs.idx2 = _iptr(idx2, dummy_i)
+    cs.dirn = _cptr(dirn, dummy)
+    cs.optr = &optr[0]
+    cs.omega = _cptr(omega, dummy)
+    cs.nvec = nvec
+    cs.nsca = nsca
+    cs.last_delta = &last_delta[0]
+    cs.last_res = &last_res[0]
+    cs.last_metric = &last_metric[0]
+    cs.rec_metric = &rec_mt[0, 0]
+    cs.worst_metric = &worst_metric[0]
+    cs.rec_moment = &rec_m[0, 0]
+    cs.rec_charge = &rec_c[0, 0]
+    cs.rec_resid = &rec_r[0, 0]
+    cs.worst = &worst[0]
+    cs.worst_step = &worst_step[0]
+    cs.q_prev = scratch.doubles(d)
+    cs.q_free = scratch.doubles(d)
+    cs.vec_free = scratch.doubles(nvec * d)
+    cs.sca_free = scratch.doubles(nsca)
+    cs.zeros = scratch.doubles(d, True)
+    cs.om_q = scratch.doubles(idx1.shape[0])
+    cs.free_transfer = scratch.doubles(cs.nsym)
+
+
+def train_kernel(object rule,           # IN/OUT _bridge.RuleInputs (state updated)
                  Potential pot,
-                 double[::1] q,                     # IN/OUT
+                 double[::1] q,         # IN/OUT q_0 in, q_steps out
                  Py_ssize_t steps,
-                 Py_ssize_t record_every,
-                 object bit_generator,              # numpy BitGenerator or None
-                 Py_ssize_t batch_size,
-                 const Py_ssize_t[::1] bptr,        # IN recorded blocks (CSR)
-                 const Py_ssize_t[::1] bidx,
-                 double[:, ::1] rec_q,              # OUT
-                 double[::1] rec_loss,              # OUT
-                 double[::1] rec_g2,                # OUT
-                 double[:, ::1] rec_bn2,            # OUT
-                 tuple charges=None,
-                 bint check_signals=True,
-                 double[:, ::1] rec_bg2=None,       # OUT optional block |g_B|^2
-                 double[:, ::1] rec_bd2=None,       # OUT optional block |Delta_n|^2
-                 double[::1] d_last=None):          # IN/OUT Delta of the last step
+                 object record,         # OUT _bridge.Recording
+                 object batch,          # IN _bridge.Batch
+                 object layout=None,    # IN _bridge.ChargeLayout, or None: no charges
+                 object charges=None,   # IN/OUT _bridge.ChargeRecord (with layout)
+                 bint check_signals=True):
     """Run one trajectory; returns ``(status, stop_step, n_recorded)``.
 
-    ``charges``: None, or the tuple ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega,
-    last_delta, last_res, rec_moment, rec_charge, rec_resid, worst, worst_step,
-    last_metric, rec_metric, worst_metric)`` of
-    C-contiguous arrays described by ``ChargeSpec`` in rules.pxd (built by _train.py).
+    The argument groups are the named dataclasses of noether_core/_bridge.py, read here
+    by attribute before the GIL is released (arrays C-contiguous, validated by the facade).
     """
     cdef RunSpec s
     cdef ChargeSpec cs
     cdef _Scratch scratch = _Scratch()
     cdef double dummy = 0.0
     cdef Py_ssize_t dummy_i = 0
-    cdef const int[::1] fam
-    cdef const Py_ssize_t[::1] ptr1, idx1, ptr2, idx2, optr
-    cdef const double[::1] dirn, omega
-    cdef double[::1] last_delta, last_res, worst, last_metric, worst_metric
-    cdef double[:, ::1] rec_m, rec_c, rec_r, rec_mt
-    cdef Py_ssize_t[::1] worst_step
     memset(&s, 0, sizeof(RunSpec))
-    s.kind = kind
-    s.hp = &hp[0]
-    s.vec = &vec[0, 0] if vec.shape[0] > 0 else &dummy
-    s.sca = &sca[0] if sca.shape[0] > 0 else &dummy
-    s.pptr = &pptr[0]
-    s.pidx = &pidx[0] if pidx.shape[0] > 0 else &dummy_i
-    s.npart = pptr.shape[0] - 1
+    _fill_rule(&s, rule, &dummy, &dummy_i)
     s.fn = pot.fn
     s.d = pot.d
     s.n_data = pot.n_data
-    s.batch_size = batch_size
+    s.batch_size = batch.size
     s.q = &q[0]
     s.steps = steps
-    s.record_every = record_every
-    s.bptr = &bptr[0]
-    s.bidx = &bidx[0] if bidx.shape[0] > 0 else &dummy_i
-    s.nb = bptr.shape[0] - 1
-    s.rec_q = &rec_q[0, 0] if rec_q.shape[1] > 0 else NULL
-    s.rec_loss = &rec_loss[0]
-    s.rec_g2 = &rec_g2[0]
-    s.rec_bn2 = &rec_bn2[0, 0] if rec_bn2.shape[1] > 0 else &dummy
     s.g = scratch.doubles(s.d)
-    if rec_bg2 is not None and rec_bg2.shape[1] > 0:
-        s.rec_bg2 = &rec_bg2[0, 0]
-    if rec_bd2 is not None and rec_bd2.shape[1] > 0:
-        s.rec_bd2 = &rec_bd2[0, 0]
-        s.d_last = &d_last[0]
-        s.q_old = scratch.doubles(s.d)
+    _fill_record(&s, record, scratch, &dummy, &dummy_i)
     s.cs = NULL
     s.check_signals = check_signals
-    if charges is not None:
-        (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, last_delta, last_res,
-         rec_m, rec_c, rec_r, worst, worst_step, last_metric, rec_mt, worst_metric) = charges
-        memset(&cs, 0, sizeof(ChargeSpec))
-        cs.nsym = fam.shape[0]
-        if cs.nsym > 0:
-            cs.fam = &fam[0]
-            cs.ptr1 = &ptr1[0]
-            cs.idx1 = &idx1[0] if idx1.shape[0] > 0 else &dummy_i
-            cs.ptr2 = &ptr2[0]
-            cs.idx2 = &idx2[0] if idx2.shape[0] > 0 else &dummy_i
-            cs.dirn = &dirn[0] if dirn.shape[0] > 0 else &dummy
-            cs.optr = &optr[0]
-            cs.omega = &omega[0] if omega.shape[0] > 0 else &dummy
-            cs.nvec = vec.shape[0]
-            cs.nsca = sca.shape[0]
-            cs.last_delta = &last_delta[0]
-            cs.last_res = &last_res[0]
-            cs.last_metric = &last_metric[0]
-            cs.rec_metric = &rec_mt[0, 0]
-            cs.worst_metric = &worst_metric[0]
-            cs.rec_moment = &rec_m[0, 0]
-            cs.rec_charge = &rec_c[0, 0]
-            cs.rec_resid = &rec_r[0, 0]
-            cs.worst = &worst[0]
-            cs.worst_step = &worst_step[0]
-            cs.q_prev = scratch.doubles(s.d)
-            cs.q_free = scratch.doubles(s.d)
-            cs.vec_free = scratch.doubles(cs.nvec * s.d)
-            cs.sca_free = scratch.doubles(cs.nsca)
-            cs.zeros = scratch.doubles(s.d, True)
-            cs.om_q = scratch.doubles(idx1.shape[0])
-            cs.free_transfer = scratch.doubles(cs.nsym)
-            s.cs = &cs
+    if layout is not None and len(layout.fam) > 0:
+        _fill_charges(&cs, layout, charges, s.d, rule.vec.shape[0], rule.sca.shape[0],
+                      scratch, &dummy, &dummy_i)
+        s.cs = &cs
     s.params = NULL
+    bit_generator = batch.bit_generator
     try:
         s.params = pot.new_params()
-        if batch_size > 0:
+        if s.batch_size > 0:
             s.perm = <Py_ssize_t*> malloc(s.n_data * sizeof(Py_ssize_t))
             if s.perm == NULL:
                 raise MemoryError("minibatch scratch of train")

@@ -331,6 +331,18 @@ cdef inline void* _data(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
+def _check_f64(*arrays):
+    for a in arrays:
+        if a.dtype != np.float64 or not a.flags.c_contiguous:
+            raise TypeError("the scan kernels need C-contiguous float64 arrays")
+
+
+def _check_intp(*arrays):
+    for a in arrays:
+        if a.dtype != np.intp or not a.flags.c_contiguous:
+            raise TypeError("the scan kernels need C-contiguous intp index arrays")
+
+
 cdef class ScanKernel:
     """One grid (or chunk of a grid), ready to run.  Built and driven by noether_core/scan.py.
 
@@ -347,146 +359,149 @@ cdef class ScanKernel:
     cdef int cancel_flag
     cdef bitgen_t** rngs
 
-    def __cinit__(self, int kind,
-                  cnp.ndarray hp,          # IN (P, nhp)
-                  cnp.ndarray vec0,        # IN (P, nvecd)
-                  cnp.ndarray sca0,        # IN (P, nsca)
-                  cnp.ndarray pptr,        # IN intp
-                  cnp.ndarray pidx,        # IN intp
+    def __cinit__(self, object rule,     # IN _bridge.RuleInputs, hp (P, nhp), vec (P, nvec*d)
                   Potential pot,
-                  cnp.ndarray q0,          # IN (d)
-                  Py_ssize_t steps, Py_ssize_t K, Py_ssize_t late_start,
-                  Py_ssize_t rec_every, Py_ssize_t R,
-                  list generators,         # numpy Generators, one per point, or None
-                  Py_ssize_t batch_size,
-                  cnp.ndarray bptr, cnp.ndarray bidx,
-                  int n_threads,
-                  cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
-                  cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
-                  cnp.ndarray stop, cnp.ndarray n_rows,
-                  cnp.ndarray s_q, cnp.ndarray s_loss, cnp.ndarray s_g2, cnp.ndarray s_bn2,
-                  tuple charges=None):
-        """``charges``: None, or ``(fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, worst,
-        worst_step)``: the static ChargeSpec arrays of noether_core.charges.kernel_spec
-        and the (P, nsym) outputs."""
-        cdef Py_ssize_t t, P = hp.shape[0], d = pot.d, nb = bptr.shape[0] - 1
-        cdef Py_ssize_t nvecd = vec0.shape[1], nsca = sca0.shape[1]
-        cdef size_t sz, off
-        cdef Scratch* w
-        cdef char* base
-        cdef ScanCtx* c
-        arrays = (hp, vec0, sca0, q0, q_final, loss_final, loss_min, bn2_final, angle,
-                  s_q, s_loss, s_g2, s_bn2)
-        for a in arrays:
-            if a.dtype != np.float64 or not a.flags.c_contiguous:
-                raise TypeError("ScanKernel needs C-contiguous float64 arrays")
-        for a in (pptr, pidx, bptr, bidx, status, stop, n_rows):
-            if a.dtype != np.intp or not a.flags.c_contiguous:
-                raise TypeError("ScanKernel needs C-contiguous intp index arrays")
-        if (vec0.shape[0] != P or sca0.shape[0] != P or q0.shape[0] != d
-                or q_final.shape[0] != P or loss_final.shape[0] != P
-                or angle.shape[0] != P or status.shape[0] != P
-                or (rec_every > 0 and s_q.shape[0] != P)):
-            raise ValueError("ScanKernel: inconsistent shapes")
-        if K < 1 or n_threads < 1 or steps < 0:
-            raise ValueError("ScanKernel: K, n_threads must be >= 1 and steps >= 0")
-        self.keep = [arrays, pptr, pidx, bptr, bidx, status, stop, n_rows, generators]
+                  cnp.ndarray q0,          # IN (d,)
+                  object plan,             # IN _bridge.ScanPlan
+                  cnp.ndarray bptr,        # IN recorded blocks (CSR)
+                  cnp.ndarray bidx,
+                  object batch,            # IN _bridge.Batch (generators: one per point)
+                  object out,              # OUT _bridge.ScanOutputs
+                  object layout=None):     # IN _bridge.ChargeLayout, or None
+        """The argument groups are the named dataclasses of noether_core/_bridge.py."""
         self.pot = pot
-        self.P = P
-        self.n_threads = n_threads
+        self.P = rule.hp.shape[0]
+        self.n_threads = plan.n_threads
         self.cancel_flag = 0
+        self.keep = [rule, q0, plan, bptr, bidx, batch, out, layout]
+        _check_f64(rule.hp, rule.vec, rule.sca, q0, out.q, out.loss, out.loss_min, out.norm2,
+                   out.angular_update, out.s_q, out.s_loss, out.s_g2, out.s_bn2)
+        _check_intp(rule.pptr, rule.pidx, bptr, bidx, out.status, out.stop_step, out.n_rows)
         memset(&self.c, 0, sizeof(ScanCtx))
-        c = &self.c
-        c.kind = kind
+        self._set_rule(rule)
+        self._set_run(pot, q0, plan, bptr, bidx, batch.size)
+        self._set_outputs(out, plan)
+        if layout is not None:
+            self._set_charges(layout, out)
+        if batch.size > 0:
+            self._set_generators(batch.generators)
+        self._alloc_scratch()
+
+    cdef _set_rule(self, object rule):
+        cdef ScanCtx* c = &self.c
+        hp, vec0, sca0 = rule.hp, rule.vec, rule.sca
+        if vec0.shape[0] != self.P or sca0.shape[0] != self.P:
+            raise ValueError("ScanKernel: inconsistent shapes")
+        c.kind = rule.kind
         c.hp = <const double*> _data(hp)
         c.nhp = hp.shape[1]
         c.vec0 = <const double*> _data(vec0)
-        c.nvecd = nvecd
+        c.nvecd = vec0.shape[1]
         c.sca0 = <const double*> _data(sca0)
-        c.nsca = nsca
-        c.pptr = <const Py_ssize_t*> _data(pptr)
-        c.pidx = <const Py_ssize_t*> _data(pidx)
-        c.npart = pptr.shape[0] - 1
+        c.nsca = sca0.shape[1]
+        c.pptr = <const Py_ssize_t*> _data(rule.pptr)
+        c.pidx = <const Py_ssize_t*> _data(rule.pidx)
+        c.npart = rule.pptr.shape[0] - 1
+
+    cdef _set_run(self, Potential pot, cnp.ndarray q0, object plan, cnp.ndarray bptr,
+                  cnp.ndarray bidx, Py_ssize_t batch_size):
+        cdef ScanCtx* c = &self.c
+        if q0.shape[0] != pot.d:
+            raise ValueError("ScanKernel: inconsistent shapes")
+        if plan.K < 1 or plan.n_threads < 1 or plan.steps < 0:
+            raise ValueError("ScanKernel: K, n_threads must be >= 1 and steps >= 0")
         c.fn = pot.fn
-        c.d = d
+        c.d = pot.d
         c.n_data = pot.n_data
         c.batch_size = batch_size
         c.q0 = <const double*> _data(q0)
-        c.steps = steps
-        c.K = K
-        c.late_start = late_start
-        c.rec_every = rec_every
-        c.R = R
+        c.steps = plan.steps
+        c.K = plan.K
+        c.late_start = plan.late_start
+        c.rec_every = plan.record_every
+        c.R = plan.R
         c.bptr = <const Py_ssize_t*> _data(bptr)
         c.bidx = <const Py_ssize_t*> _data(bidx)
-        c.nb = nb
-        c.q_final = <double*> _data(q_final)
-        c.loss_final = <double*> _data(loss_final)
-        c.loss_min = <double*> _data(loss_min)
-        c.bn2_final = <double*> _data(bn2_final)
-        c.angle = <double*> _data(angle)
-        c.status = <Py_ssize_t*> _data(status)
-        c.stop = <Py_ssize_t*> _data(stop)
-        c.n_rows = <Py_ssize_t*> _data(n_rows)
-        c.s_q = <double*> _data(s_q)
-        c.s_loss = <double*> _data(s_loss)
-        c.s_g2 = <double*> _data(s_g2)
-        c.s_bn2 = <double*> _data(s_bn2)
+        c.nb = bptr.shape[0] - 1
         c.cancel = &self.cancel_flag
-        cdef Py_ssize_t nsym = 0, n1 = 0, cz
-        cdef ChargeSpec* cs
-        if charges is not None:
-            (fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega, worst, worst_step) = charges
-            for a in (dirn, omega, worst):
-                if a.dtype != np.float64 or not a.flags.c_contiguous:
-                    raise TypeError("ScanKernel needs C-contiguous float64 charge arrays")
-            for a in (ptr1, idx1, ptr2, idx2, optr, worst_step):
-                if a.dtype != np.intp or not a.flags.c_contiguous:
-                    raise TypeError("ScanKernel needs C-contiguous intp charge indices")
-            if fam.dtype != np.intc or not fam.flags.c_contiguous:
-                raise TypeError("ScanKernel needs C-contiguous intc families")
-            nsym = fam.shape[0]
-            if worst.shape[0] != P or worst.shape[1] != nsym:
-                raise ValueError("ScanKernel: inconsistent charge output shapes")
-            self.keep.append(charges)
-            if nsym > 0:
-                n1 = idx1.shape[0]
-                c.nsym = nsym
-                c.fam = <const int*> _data(fam)
-                c.ptr1 = <const Py_ssize_t*> _data(ptr1)
-                c.idx1 = <const Py_ssize_t*> _data(idx1)
-                c.ptr2 = <const Py_ssize_t*> _data(ptr2)
-                c.idx2 = <const Py_ssize_t*> _data(idx2)
-                c.dirn = <const double*> _data(dirn)
-                c.optr = <const Py_ssize_t*> _data(optr)
-                c.omega = <const double*> _data(omega)
-                c.n_idx1 = n1
-                c.worst = <double*> _data(worst)
-                c.worst_step = <Py_ssize_t*> _data(worst_step)
 
-        if batch_size > 0:
-            if generators is None or len(generators) != P:
-                raise ValueError("ScanKernel: minibatch scans need one generator per point")
-            if posix_memalign(<void**> &self.rngs, CACHE_LINE,
-                              _pad(max(P, 1) * sizeof(bitgen_t*))) != 0:
-                raise MemoryError("bit generator table of scan")
-            for t in range(P):
-                self.rngs[t] = <bitgen_t*> PyCapsule_GetPointer(
-                    generators[t].bit_generator.capsule, "BitGenerator")
-            c.rngs = self.rngs
+    cdef _set_outputs(self, object out, object plan):
+        cdef ScanCtx* c = &self.c
+        cdef Py_ssize_t P = self.P
+        if (out.q.shape[0] != P or out.loss.shape[0] != P
+                or out.angular_update.shape[0] != P or out.status.shape[0] != P
+                or (plan.record_every > 0 and out.s_q.shape[0] != P)):
+            raise ValueError("ScanKernel: inconsistent shapes")
+        c.q_final = <double*> _data(out.q)
+        c.loss_final = <double*> _data(out.loss)
+        c.loss_min = <double*> _data(out.loss_min)
+        c.bn2_final = <double*> _data(out.norm2)
+        c.angle = <double*> _data(out.angular_update)
+        c.status = <Py_ssize_t*> _data(out.status)
+        c.stop = <Py_ssize_t*> _data(out.stop_step)
+        c.n_rows = <Py_ssize_t*> _data(out.n_rows)
+        c.s_q = <double*> _data(out.s_q)
+        c.s_loss = <double*> _data(out.s_loss)
+        c.s_g2 = <double*> _data(out.s_g2)
+        c.s_bn2 = <double*> _data(out.s_bn2)
 
-        # per-thread scratch: each allocation aligned and padded to cache lines
+    cdef _set_charges(self, object layout, object out):
+        """The shared (static) part of every thread's ChargeSpec, and the outputs."""
+        cdef ScanCtx* c = &self.c
+        cdef Py_ssize_t nsym = layout.fam.shape[0]
+        if nsym == 0:
+            return
+        _check_f64(layout.dirn, layout.omega, out.charge_worst)
+        _check_intp(layout.ptr1, layout.idx1, layout.ptr2, layout.idx2, layout.optr,
+                    out.charge_worst_step)
+        if layout.fam.dtype != np.intc or not layout.fam.flags.c_contiguous:
+            raise TypeError("ScanKernel needs C-contiguous intc families")
+        if out.charge_worst.shape[0] != self.P or out.charge_worst.shape[1] != nsym:
+            raise ValueError("ScanKernel: inconsistent charge output shapes")
+        c.nsym = nsym
+        c.fam = <const int*> _data(layout.fam)
+        c.ptr1 = <const Py_ssize_t*> _data(layout.ptr1)
+        c.idx1 = <const Py_ssize_t*> _data(layout.idx1)
+        c.ptr2 = <const Py_ssize_t*> _data(layout.ptr2)
+        c.idx2 = <const Py_ssize_t*> _data(layout.idx2)
+        c.dirn = <const double*> _data(layout.dirn)
+        c.optr = <const Py_ssize_t*> _data(layout.optr)
+        c.omega = <const double*> _data(layout.omega)
+        c.n_idx1 = layout.idx1.shape[0]
+        c.worst = <double*> _data(out.charge_worst)
+        c.worst_step = <Py_ssize_t*> _data(out.charge_worst_step)
+
+    cdef _set_generators(self, list generators):
+        cdef Py_ssize_t t
+        if generators is None or len(generators) != self.P:
+            raise ValueError("ScanKernel: minibatch scans need one generator per point")
+        if posix_memalign(<void**> &self.rngs, CACHE_LINE,
+                          _pad(max(self.P, 1) * sizeof(bitgen_t*))) != 0:
+            raise MemoryError("bit generator table of scan")
+        for t in range(self.P):
+            self.rngs[t] = <bitgen_t*> PyCapsule_GetPointer(
+                generators[t].bit_generator.capsule, "BitGenerator")
+        self.c.rngs = self.rngs
+
+    cdef _alloc_scratch(self):
+        """Per-thread scratch: each allocation aligned and padded to cache lines."""
+        cdef ScanCtx* c = &self.c
+        cdef Scratch* w
+        cdef char* base
+        cdef size_t sz, off
+        cdef int t
+        cdef Py_ssize_t d = c.d, K = c.K, nb = c.nb, nvecd = c.nvecd, nsca = c.nsca
         if posix_memalign(<void**> &self.scr, CACHE_LINE,
-                          _pad(n_threads * sizeof(Scratch*))) != 0:
+                          _pad(self.n_threads * sizeof(Scratch*))) != 0:
             raise MemoryError("scratch table of scan")
-        memset(self.scr, 0, n_threads * sizeof(Scratch*))
-        for t in range(n_threads):
+        memset(self.scr, 0, self.n_threads * sizeof(Scratch*))
+        for t in range(self.n_threads):
             if posix_memalign(<void**> &w, CACHE_LINE, _pad(sizeof(Scratch))) != 0:
                 raise MemoryError("scratch of scan")
             memset(w, 0, sizeof(Scratch))
             self.scr[t] = w
             sz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
-                  + _pad(max(pot.n_data, 1) * sizeof(Py_ssize_t))
+                  + _pad(max(c.n_data, 1) * sizeof(Py_ssize_t))
                   + _pad((K + 1) * d * 8) + _pad((K + 1) * 8) * 2
                   + _pad((K + 1) * max(nb, 1) * 8) + _pad(max(nb, 1) * 8) * 2)
             if posix_memalign(&w.block, CACHE_LINE, sz) != 0:
@@ -494,63 +509,100 @@ cdef class ScanKernel:
             memset(w.block, 0, sz)
             base = <char*> w.block
             off = 0
-            w.q = <double*> (base + off); off += _pad(d * 8)
-            w.g = <double*> (base + off); off += _pad(d * 8)
-            w.prev_q = <double*> (base + off); off += _pad(d * 8)
-            w.vec = <double*> (base + off); off += _pad(max(nvecd, 1) * 8)
-            w.sca = <double*> (base + off); off += _pad(max(nsca, 1) * 8)
+            w.q = <double*> (base + off)
+            off += _pad(d * 8)
+            w.g = <double*> (base + off)
+            off += _pad(d * 8)
+            w.prev_q = <double*> (base + off)
+            off += _pad(d * 8)
+            w.vec = <double*> (base + off)
+            off += _pad(max(nvecd, 1) * 8)
+            w.sca = <double*> (base + off)
+            off += _pad(max(nsca, 1) * 8)
             w.perm = <Py_ssize_t*> (base + off)
-            off += _pad(max(pot.n_data, 1) * sizeof(Py_ssize_t))
-            w.rq = <double*> (base + off); off += _pad((K + 1) * d * 8)
-            w.rl = <double*> (base + off); off += _pad((K + 1) * 8)
-            w.rg2 = <double*> (base + off); off += _pad((K + 1) * 8)
-            w.rbn2 = <double*> (base + off); off += _pad((K + 1) * max(nb, 1) * 8)
-            w.prev_bn2 = <double*> (base + off); off += _pad(max(nb, 1) * 8)
-            w.ang_sum = <double*> (base + off); off += _pad(max(nb, 1) * 8)
+            off += _pad(max(c.n_data, 1) * sizeof(Py_ssize_t))
+            w.rq = <double*> (base + off)
+            off += _pad((K + 1) * d * 8)
+            w.rl = <double*> (base + off)
+            off += _pad((K + 1) * 8)
+            w.rg2 = <double*> (base + off)
+            off += _pad((K + 1) * 8)
+            w.rbn2 = <double*> (base + off)
+            off += _pad((K + 1) * max(nb, 1) * 8)
+            w.prev_bn2 = <double*> (base + off)
+            off += _pad(max(nb, 1) * 8)
+            w.ang_sum = <double*> (base + off)
+            off += _pad(max(nb, 1) * 8)
             # The workspace is allocated by the potential (plain malloc), so two threads'
             # workspaces could be neighbours on the heap and share a cache line that both
             # write at every gradient evaluation.  A spacer allocated right after each one
             # keeps the next thread's workspace at least GUARD bytes away.
-            w.params = pot.new_params()
+            w.params = self.pot.new_params()
             w.guard = malloc(GUARD)
             if w.guard == NULL:
                 raise MemoryError("scratch of scan")
-            if nsym > 0:
-                # this thread's ChargeSpec: the shared static description, its own scratch
-                cz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
-                      + _pad(max(n1, 1) * 8) + _pad(nsym * 8) * 8
-                      + _pad((K + 1) * nsym * 8) * 4)
-                if posix_memalign(&w.cblock, CACHE_LINE, cz) != 0:
-                    raise MemoryError(f"charge scratch of scan ({cz} bytes per thread)")
-                memset(w.cblock, 0, cz)
-                base = <char*> w.cblock
-                off = 0
-                cs = &w.cs
-                cs.nsym = nsym
-                cs.fam, cs.ptr1, cs.idx1 = c.fam, c.ptr1, c.idx1
-                cs.ptr2, cs.idx2, cs.dirn = c.ptr2, c.idx2, c.dirn
-                cs.optr, cs.omega = c.optr, c.omega
-                cs.nvec = nvecd // d if d > 0 else 0
-                cs.nsca = nsca
-                cs.last_delta = <double*> (base + off); off += _pad(d * 8)
-                cs.q_prev = <double*> (base + off); off += _pad(d * 8)
-                cs.q_free = <double*> (base + off); off += _pad(d * 8)
-                cs.zeros = <double*> (base + off); off += _pad(d * 8)
-                cs.vec_free = <double*> (base + off); off += _pad(max(nvecd, 1) * 8)
-                cs.sca_free = <double*> (base + off); off += _pad(max(nsca, 1) * 8)
-                cs.om_q = <double*> (base + off); off += _pad(max(n1, 1) * 8)
-                cs.free_transfer = <double*> (base + off); off += _pad(nsym * 8)
-                cs.last_res = <double*> (base + off); off += _pad(nsym * 8)
-                cs.last_metric = <double*> (base + off); off += _pad(nsym * 8)
-                cs.worst_metric = <double*> (base + off); off += _pad(nsym * 8)
-                cs.worst = <double*> (base + off); off += _pad(nsym * 8)
-                cs.worst_step = <Py_ssize_t*> (base + off); off += _pad(nsym * 8)
-                w.wglob = <double*> (base + off); off += _pad(nsym * 8)
-                w.wstep = <Py_ssize_t*> (base + off); off += _pad(nsym * 8)
-                cs.rec_moment = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
-                cs.rec_charge = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
-                cs.rec_resid = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
-                cs.rec_metric = <double*> (base + off); off += _pad((K + 1) * nsym * 8)
+            if c.nsym > 0:
+                self._alloc_charge_scratch(w)
+
+    cdef _alloc_charge_scratch(self, Scratch* w):
+        """One thread's ChargeSpec: the shared static description, its own scratch."""
+        cdef ScanCtx* c = &self.c
+        cdef ChargeSpec* cs = &w.cs
+        cdef char* base
+        cdef size_t cz, off = 0
+        cdef Py_ssize_t d = c.d, K = c.K, nsym = c.nsym, nvecd = c.nvecd, nsca = c.nsca
+        cdef Py_ssize_t n1 = c.n_idx1
+        cz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
+              + _pad(max(n1, 1) * 8) + _pad(nsym * 8) * 8
+              + _pad((K + 1) * nsym * 8) * 4)
+        if posix_memalign(&w.cblock, CACHE_LINE, cz) != 0:
+            raise MemoryError(f"charge scratch of scan ({cz} bytes per thread)")
+        memset(w.cblock, 0, cz)
+        base = <char*> w.cblock
+        cs.nsym = nsym
+        cs.fam, cs.ptr1, cs.idx1 = c.fam, c.ptr1, c.idx1
+        cs.ptr2, cs.idx2, cs.dirn = c.ptr2, c.idx2, c.dirn
+        cs.optr, cs.omega = c.optr, c.omega
+        cs.nvec = nvecd // d if d > 0 else 0
+        cs.nsca = nsca
+        cs.last_delta = <double*> (base + off)
+        off += _pad(d * 8)
+        cs.q_prev = <double*> (base + off)
+        off += _pad(d * 8)
+        cs.q_free = <double*> (base + off)
+        off += _pad(d * 8)
+        cs.zeros = <double*> (base + off)
+        off += _pad(d * 8)
+        cs.vec_free = <double*> (base + off)
+        off += _pad(max(nvecd, 1) * 8)
+        cs.sca_free = <double*> (base + off)
+        off += _pad(max(nsca, 1) * 8)
+        cs.om_q = <double*> (base + off)
+        off += _pad(max(n1, 1) * 8)
+        cs.free_transfer = <double*> (base + off)
+        off += _pad(nsym * 8)
+        cs.last_res = <double*> (base + off)
+        off += _pad(nsym * 8)
+        cs.last_metric = <double*> (base + off)
+        off += _pad(nsym * 8)
+        cs.worst_metric = <double*> (base + off)
+        off += _pad(nsym * 8)
+        cs.worst = <double*> (base + off)
+        off += _pad(nsym * 8)
+        cs.worst_step = <Py_ssize_t*> (base + off)
+        off += _pad(nsym * 8)
+        w.wglob = <double*> (base + off)
+        off += _pad(nsym * 8)
+        w.wstep = <Py_ssize_t*> (base + off)
+        off += _pad(nsym * 8)
+        cs.rec_moment = <double*> (base + off)
+        off += _pad((K + 1) * nsym * 8)
+        cs.rec_charge = <double*> (base + off)
+        off += _pad((K + 1) * nsym * 8)
+        cs.rec_resid = <double*> (base + off)
+        off += _pad((K + 1) * nsym * 8)
+        cs.rec_metric = <double*> (base + off)
+        off += _pad((K + 1) * nsym * 8)
 
     def __dealloc__(self):
         cdef int t
@@ -690,41 +742,39 @@ cdef class LaneScanKernel:
     cdef list keep
 
     def __cinit__(self, str pot_kind, dict pot_data,
-                  cnp.ndarray hp, cnp.ndarray vec0, cnp.ndarray sca0, cnp.ndarray q0,
-                  Py_ssize_t steps, Py_ssize_t late_start,
-                  cnp.ndarray bptr, cnp.ndarray bidx, int n_threads,
-                  cnp.ndarray q_final, cnp.ndarray loss_final, cnp.ndarray loss_min,
-                  cnp.ndarray bn2_final, cnp.ndarray angle, cnp.ndarray status,
-                  cnp.ndarray stop, tuple charges=None, str isa=None, tuple series=None):
+                  object rule,             # IN _bridge.RuleInputs (SGD rows, P points)
+                  cnp.ndarray q0,          # IN (d,)
+                  object plan,             # IN _bridge.ScanPlan
+                  cnp.ndarray bptr,        # IN recorded blocks (CSR)
+                  cnp.ndarray bidx,
+                  object out,              # OUT _bridge.ScanOutputs
+                  tuple charge_blocks=None, str isa=None):
         """``pot_data``: the potential's arrays (``A``, ``b``, ``X``, ``y``) and ``eps``;
-        ``charges``: None or ``(sptr, sidx, worst, worst_step)`` (scale-family laws);
-        ``isa``: None (best available) or one of :func:`lane_isas`; ``series``: None or
-        ``(record_every, s_q (P, R, d), s_loss (P, R), s_g2 (P, R), s_bn2 (P, R, nb),
-        n_rows (P))``, the rows filled with NaN by the caller."""
-        cdef Py_ssize_t t, P = hp.shape[0], d = q0.shape[0]
-        cdef size_t sz
-        cdef void* mem
+        ``charge_blocks``: None or ``(sptr, sidx)``, the scale blocks whose laws are
+        tracked (outputs in ``out.charge_worst``/``charge_worst_step``); ``isa``: None
+        (best available) or one of :func:`lane_isas`.  Series rows (``plan.record_every``
+        > 0) go to ``out.s_*``, filled with NaN by the caller."""
         cdef nc_lane_ctx* c = &self.c
         if pot_kind not in _LANE_POTS:
             raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
-        arrays = [hp, vec0, sca0, q0, q_final, loss_final, loss_min, bn2_final, angle]
-        for key in ("A", "b", "X", "y", "R", "t"):
-            if key in pot_data:
-                arrays.append(pot_data[key])
-        for a in arrays:
-            if a.dtype != np.float64 or not a.flags.c_contiguous:
-                raise TypeError("LaneScanKernel needs C-contiguous float64 arrays")
-        for a in (bptr, bidx, status, stop):
-            if a.dtype != np.intp or not a.flags.c_contiguous:
-                raise TypeError("LaneScanKernel needs C-contiguous intp index arrays")
-        if (hp.ndim != 2 or hp.shape[1] < 5 or vec0.shape[0] != P or sca0.shape[0] != P
-                or sca0.shape[1] < 1 or vec0.shape[1] < d or q_final.shape[0] != P
-                or loss_final.shape[0] != P or angle.shape[0] != P or status.shape[0] != P):
-            raise ValueError("LaneScanKernel: inconsistent shapes")
-        if n_threads < 1 or steps < 0:
+        self.keep = [pot_data, rule, q0, plan, bptr, bidx, out, charge_blocks]
+        self.cancel_flag = 0
+        self.n_threads = plan.n_threads
+        if self.n_threads < 1 or plan.steps < 0:
             raise ValueError("LaneScanKernel: n_threads must be >= 1 and steps >= 0")
-        self.keep = [arrays, bptr, bidx, status, stop, charges]
         memset(c, 0, sizeof(nc_lane_ctx))
+        self._set_potential(pot_kind, pot_data, q0.shape[0])
+        self._set_rule_and_outputs(rule, q0, plan, bptr, bidx, out)
+        if charge_blocks is not None:
+            self._set_charges(charge_blocks, out)
+        if plan.record_every > 0:
+            self._set_series(plan.record_every, out)
+        self._set_isa(isa)
+        self._alloc_scratch()
+
+    cdef _set_potential(self, str pot_kind, dict pot_data, Py_ssize_t d):
+        cdef nc_lane_ctx* c = &self.c
+        _check_f64(*[pot_data[k] for k in ("A", "b", "X", "y", "R", "t") if k in pot_data])
         c.pot = _LANE_POTS[pot_kind]
         c.d = d
         if "A" in pot_data:
@@ -742,6 +792,20 @@ cdef class LaneScanKernel:
             c.R = <const double*> _data(pot_data["R"])
             c.t = <const double*> _data(pot_data["t"])
             c.rho2 = pot_data["rho2"]
+
+    cdef _set_rule_and_outputs(self, object rule, cnp.ndarray q0, object plan,
+                               cnp.ndarray bptr, cnp.ndarray bidx, object out):
+        cdef nc_lane_ctx* c = &self.c
+        hp, vec0, sca0 = rule.hp, rule.vec, rule.sca
+        cdef Py_ssize_t P = hp.shape[0], d = q0.shape[0]
+        _check_f64(hp, vec0, sca0, q0, out.q, out.loss, out.loss_min, out.norm2,
+                   out.angular_update)
+        _check_intp(bptr, bidx, out.status, out.stop_step)
+        if (hp.ndim != 2 or hp.shape[1] < 5 or vec0.shape[0] != P or sca0.shape[0] != P
+                or sca0.shape[1] < 1 or vec0.shape[1] < d or out.q.shape[0] != P
+                or out.loss.shape[0] != P or out.angular_update.shape[0] != P
+                or out.status.shape[0] != P):
+            raise ValueError("LaneScanKernel: inconsistent shapes")
         c.P = P
         c.hp = <const double*> _data(hp)
         c.nhp = hp.shape[1]
@@ -750,57 +814,59 @@ cdef class LaneScanKernel:
         c.sca0 = <const double*> _data(sca0)
         c.nsca = sca0.shape[1]
         c.q0 = <const double*> _data(q0)
-        c.steps = steps
-        c.late_start = late_start
+        c.steps = plan.steps
+        c.late_start = plan.late_start
         c.bptr = <const Py_ssize_t*> _data(bptr)
         c.bidx = <const Py_ssize_t*> _data(bidx)
         c.nb = bptr.shape[0] - 1
-        c.q_final = <double*> _data(q_final)
-        c.loss_final = <double*> _data(loss_final)
-        c.loss_min = <double*> _data(loss_min)
-        c.bn2_final = <double*> _data(bn2_final)
-        c.angle = <double*> _data(angle)
-        c.status = <Py_ssize_t*> _data(status)
-        c.stop = <Py_ssize_t*> _data(stop)
+        c.q_final = <double*> _data(out.q)
+        c.loss_final = <double*> _data(out.loss)
+        c.loss_min = <double*> _data(out.loss_min)
+        c.bn2_final = <double*> _data(out.norm2)
+        c.angle = <double*> _data(out.angular_update)
+        c.status = <Py_ssize_t*> _data(out.status)
+        c.stop = <Py_ssize_t*> _data(out.stop_step)
         c.cancel = &self.cancel_flag
-        self.cancel_flag = 0
-        if charges is not None:
-            sptr, sidx, worst, worst_step = charges
-            if (sptr.dtype != np.intp or sidx.dtype != np.intp or worst.dtype != np.float64
-                    or worst_step.dtype != np.intp or not worst.flags.c_contiguous
-                    or not worst_step.flags.c_contiguous or not sptr.flags.c_contiguous
-                    or not sidx.flags.c_contiguous):
-                raise TypeError("LaneScanKernel: charge arrays of the wrong type")
-            c.nsym = sptr.shape[0] - 1
-            if c.nsym > 0:
-                if worst.shape[0] != P or worst.shape[1] != c.nsym:
-                    raise ValueError("LaneScanKernel: inconsistent charge output shapes")
-                c.sptr = <const Py_ssize_t*> _data(sptr)
-                c.sidx = <const Py_ssize_t*> _data(sidx)
-                c.worst = <double*> _data(worst)
-                c.worst_step = <Py_ssize_t*> _data(worst_step)
-        if series is not None:
-            rec_every, s_q, s_loss, s_g2, s_bn2, n_rows = series
-            for a in (s_q, s_loss, s_g2, s_bn2):
-                if a.dtype != np.float64 or not a.flags.c_contiguous:
-                    raise TypeError("LaneScanKernel needs C-contiguous float64 series")
-            if n_rows.dtype != np.intp or not n_rows.flags.c_contiguous:
-                raise TypeError("LaneScanKernel: n_rows must be C-contiguous intp")
-            if (rec_every < 1 or s_q.ndim != 3 or s_q.shape[0] != P or s_q.shape[2] != d
-                    or s_loss.shape[0] != P or s_loss.shape[1] != s_q.shape[1]
-                    or s_g2.shape[0] != P or s_g2.shape[1] != s_q.shape[1]
-                    or s_bn2.shape[0] != P or s_bn2.shape[1] != s_q.shape[1]
-                    or s_bn2.shape[2] != c.nb or n_rows.shape[0] != P
-                    or s_q.shape[1] < steps // rec_every + 1):
-                raise ValueError("LaneScanKernel: inconsistent series shapes")
-            self.keep.append(series)
-            c.rec_every = rec_every
-            c.rec_rows = s_q.shape[1]
-            c.s_q = <double*> _data(s_q)
-            c.s_loss = <double*> _data(s_loss)
-            c.s_g2 = <double*> _data(s_g2)
-            c.s_bn2 = <double*> _data(s_bn2)
-            c.n_rows = <Py_ssize_t*> _data(n_rows)
+
+    cdef _set_charges(self, tuple charge_blocks, object out):
+        cdef nc_lane_ctx* c = &self.c
+        sptr, sidx = charge_blocks
+        _check_intp(sptr, sidx)
+        c.nsym = sptr.shape[0] - 1
+        if c.nsym > 0:
+            worst, worst_step = out.charge_worst, out.charge_worst_step
+            _check_f64(worst)
+            _check_intp(worst_step)
+            if worst.shape[0] != c.P or worst.shape[1] != c.nsym:
+                raise ValueError("LaneScanKernel: inconsistent charge output shapes")
+            c.sptr = <const Py_ssize_t*> _data(sptr)
+            c.sidx = <const Py_ssize_t*> _data(sidx)
+            c.worst = <double*> _data(worst)
+            c.worst_step = <Py_ssize_t*> _data(worst_step)
+
+    cdef _set_series(self, Py_ssize_t rec_every, object out):
+        cdef nc_lane_ctx* c = &self.c
+        cdef Py_ssize_t P = c.P
+        s_q, s_loss, s_g2, s_bn2, n_rows = out.s_q, out.s_loss, out.s_g2, out.s_bn2, out.n_rows
+        _check_f64(s_q, s_loss, s_g2, s_bn2)
+        _check_intp(n_rows)
+        if (rec_every < 1 or s_q.ndim != 3 or s_q.shape[0] != P or s_q.shape[2] != c.d
+                or s_loss.shape[0] != P or s_loss.shape[1] != s_q.shape[1]
+                or s_g2.shape[0] != P or s_g2.shape[1] != s_q.shape[1]
+                or s_bn2.shape[0] != P or s_bn2.shape[1] != s_q.shape[1]
+                or s_bn2.shape[2] != c.nb or n_rows.shape[0] != P
+                or s_q.shape[1] < c.steps // rec_every + 1):
+            raise ValueError("LaneScanKernel: inconsistent series shapes")
+        c.rec_every = rec_every
+        c.rec_rows = s_q.shape[1]
+        c.s_q = <double*> _data(s_q)
+        c.s_loss = <double*> _data(s_loss)
+        c.s_g2 = <double*> _data(s_g2)
+        c.s_bn2 = <double*> _data(s_bn2)
+        c.n_rows = <Py_ssize_t*> _data(n_rows)
+
+    cdef _set_isa(self, str isa):
+        cdef nc_lane_ctx* c = &self.c
         if isa is None:
             c.isa = nc_lane_best_isa()
         else:
@@ -809,7 +875,12 @@ cdef class LaneScanKernel:
                 raise ValueError(f"isa={isa!r} is not available here; available: "
                                  f"{lane_isas()}")
             c.isa = codes[isa]
-        self.n_threads = n_threads
+
+    cdef _alloc_scratch(self):
+        cdef nc_lane_ctx* c = &self.c
+        cdef size_t sz
+        cdef void* mem
+        cdef int t, n_threads = self.n_threads
         if posix_memalign(<void**> &self.ws, CACHE_LINE,
                           _pad(n_threads * sizeof(nc_lane_ws*))) != 0:
             raise MemoryError("scratch table of scan")

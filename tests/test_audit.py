@@ -20,8 +20,8 @@ from hypothesis import given, strategies as st
 
 import noether_core as nc
 from noether_core import potentials as P
-from noether_core.symmetry import audit, check_symmetry, random_skew
-from noether_core.audit import candidate_blocks
+from noether_core.audit import audit, candidate_blocks, check_symmetry
+from noether_core.symmetry import random_skew
 
 
 def _builtins():

@@ -28,7 +28,8 @@ from hypothesis import given, strategies as st
 import noether_core as nc
 from noether_core import potentials as P
 from noether_core.potentials import CallbackError
-from noether_core.symmetry import Symmetry, check_symmetry
+from noether_core.audit import check_symmetry
+from noether_core.symmetry import Symmetry
 
 C_SOURCE = r"""
 #include <math.h>

@@ -434,7 +434,7 @@ def test_continuum_balance_residual_is_third_order():
     for eta in etas:
         run = nc.train(nc.rules.SGD(lr=eta, momentum=0.5, weight_decay=0.1), pot, q0,
                        int(round(2.0 / eta)), charges=False)
-        cb = nc.charges.continuum_balance(run)
+        cb = nc.continuum_balance(run)
         sel = (cb.t > 1.0) & (cb.t < 1.9)
         errs.append(np.abs(cb.lhs - cb.rhs)[sel].max())
     slope = np.polyfit(np.log(etas), np.log(errs), 1)[0]
@@ -484,7 +484,7 @@ def test_charges_bad_input():
     with pytest.raises(KeyError, match="no tracked"):
         run.charge("scale")
     with pytest.raises(ValueError, match="record_every=1"):
-        nc.charges.continuum_balance(nc.train(rule, _rq(), np.ones(6), 10, record_every=2))
+        nc.continuum_balance(nc.train(rule, _rq(), np.ones(6), 10, record_every=2))
 
 
 def test_diverging_step_does_not_pollute_residual():

@@ -447,7 +447,7 @@ def build_entries():
     run0 = nc.train(R.SGD(lr=0.05, momentum=0.9), bn(0), q3, 12)
     traj = nc.integrate(models.Damped(P.Radial(3), 1.0, 0.5), np.r_[q3, 0.1, 0.0, -0.2],
                         t_end=1.0, h=0.1, method="conformal-verlet")
-    add("continuum_balance", charges.continuum_balance,
+    add("continuum_balance", nc.continuum_balance,
         lambda s: dict(run=run0, block="w"), dict(run=A("obj"),
                                                  block=A("choice", nullable=True)))
     add("noether_terms", noether_terms,
@@ -739,11 +739,13 @@ def driver(report_path, log_path, seconds_per_case, start):
     from noether_core._kernels import rules as _kr
     debug = False
     try:                                            # the bounds checks really are compiled in
-        _kr.train_kernel(0, np.zeros(0), np.zeros((0, 1)), np.zeros(0), np.zeros(1, np.intp),
-                         np.zeros(0, np.intp), nc.potentials.RayleighQuotient(np.eye(1))._kernel,
-                         np.zeros(1), 0, 1, None, 0,
-                         np.zeros(1, np.intp), np.zeros(0, np.intp), np.zeros((1, 1)),
-                         np.zeros(1), np.zeros(1), np.zeros((1, 0)))
+        from noether_core import _bridge            # an empty hp row: hp[0] is out of bounds
+        rule = _bridge.RuleInputs(0, np.zeros(0), np.zeros((0, 1)), np.zeros(0),
+                                  np.zeros(1, np.intp), np.zeros(0, np.intp))
+        rec = _bridge.Recording(1, np.zeros(1, np.intp), np.zeros(0, np.intp),
+                                np.zeros((1, 1)), np.zeros(1), np.zeros(1), np.zeros((1, 0)))
+        _kr.train_kernel(rule, nc.potentials.RayleighQuotient(np.eye(1))._kernel, np.zeros(1),
+                         0, rec, _bridge.Batch())
     except IndexError:
         debug = True
     except Exception:  # noqa: BLE001

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import noether_core as nc
+from noether_core import _bridge
 from noether_core._kernels import scan as ks
 from noether_core.errors import DivergenceWarning
 
@@ -410,14 +411,14 @@ def test_retired_lane_idles_at_finite_numbers():
     hp = np.zeros((P, 5))
     hp[:, 0] = 0.01
     hp[0, 0], hp[0, 4] = 0.5, 2.0
-    outs = [np.empty((P, d)), np.empty(P), np.empty(P), np.empty((P, 1)), np.empty((P, 1)),
-            np.zeros(P, np.intp), np.zeros(P, np.intp)]
-    kern = ks.LaneScanKernel(kind, {k: np.ascontiguousarray(v) for k, v in data.items()},
-                             hp, np.zeros((P, d)), np.zeros((P, 1)), q0, 50, 45,
-                             np.array([0, d], np.intp), np.arange(d, dtype=np.intp), 1,
-                             *outs)
+    out = _bridge.ScanOutputs.empty(P, d, 1, 0, 0)
+    rule = _bridge.RuleInputs(0, hp, np.zeros((P, d)), np.zeros((P, 1)),
+                              *_bridge.csr([np.arange(d)]))
+    plan = _bridge.ScanPlan(steps=50, K=1, late_start=45, record_every=0, R=0, n_threads=1)
+    kern = _bridge.lane_kernel((kind, data), rule, q0, plan, np.array([0, d], np.intp),
+                               np.arange(d, dtype=np.intp), out, None, None)
     kern.run()
-    assert outs[5][0] == 1 and np.all(outs[5][1:] == 0)
+    assert out.status[0] == 1 and np.all(out.status[1:] == 0)
     assert np.all(np.isfinite(kern._lane_state(0)))
 
 
@@ -432,18 +433,19 @@ def test_lane_kernel_progress_and_cancel():
     P, d, steps = 20, pot.dim, 1000
     hp = np.zeros((P, 5))
     hp[:, 0] = np.linspace(0.01, 0.1, P)
-    outs = [np.empty((P, d)), np.empty(P), np.empty(P), np.empty((P, 1)), np.empty((P, 1)),
-            np.zeros(P, np.intp), np.zeros(P, np.intp)]
-    kern = ks.LaneScanKernel(kind, {k: np.ascontiguousarray(v) for k, v in data.items()},
-                             hp, np.zeros((P, d)), np.zeros((P, 1)), np.ascontiguousarray(q0),
-                             steps, steps - 100, np.array([0, d], np.intp),
-                             np.arange(d, dtype=np.intp), 2, *outs)
+    out = _bridge.ScanOutputs.empty(P, d, 1, 0, 0)
+    rule = _bridge.RuleInputs(0, hp, np.zeros((P, d)), np.zeros((P, 1)),
+                              *_bridge.csr([np.arange(d)]))
+    plan = _bridge.ScanPlan(steps=steps, K=1, late_start=steps - 100, record_every=0, R=0,
+                            n_threads=2)
+    kern = _bridge.lane_kernel((kind, data), rule, q0, plan, np.array([0, d], np.intp),
+                               np.arange(d, dtype=np.intp), out, None, None)
     kern.run()
     assert kern.steps_done() == P * steps
-    np.testing.assert_array_equal(outs[0], res.q.reshape(P, d))
+    np.testing.assert_array_equal(out.q, res.q.reshape(P, d))
     kern.cancel()
     kern.run()
-    assert np.all(outs[5] == 4) and np.all(outs[6] == 0)
+    assert np.all(out.status == nc._status.INTERRUPTED) and np.all(out.stop_step == 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""The one private bridge between the facade and the compiled training kernels.
+
+The facade validates; this module turns validated objects into *named* kernel inputs, one
+small dataclass per argument group, and makes the one compiled call:
+
+=================  ==========================================================  ============
+group              fields                                                      built by
+=================  ==========================================================  ============
+:class:`RuleInputs`   kind, hp, vec, sca, pptr, pidx                           ``Rule.kernel_inputs``
+:class:`Recording`    every, bptr, bidx, q, loss, g2, bn2 (+ bg2, bd2, d_last)  ``_train``
+:class:`Batch`        size, bit_generator (one run) / generators (a grid)      ``_train``, ``_scan``
+:class:`ChargeLayout` fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega            ``charges.layout``
+:class:`ChargeRecord` last_delta, last_res, last_metric, rec_*, worst*          ``charges.record``
+:class:`ScanPlan`     steps, K, late_start, record_every, R, n_threads          ``_scan``
+:class:`ScanOutputs`  q, loss, loss_min, norm2, angular_update, status, ...     ``_scan``
+=================  ==========================================================  ============
+
+The kernels (pyx/rules.pyx ``train_kernel``, pyx/scan.pyx ``ScanKernel`` and
+``LaneScanKernel``) read these by attribute name before they release the GIL; every array
+is C-contiguous float64 (intp for indices, intc for families), as the ``# IN``/``# OUT``
+comments of the kernels say.  The bridge imports nothing from the facade, so every facade
+module may import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ._kernels import rules as _kr
+from ._kernels import scan as _ks
+
+__all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "ScanPlan",
+           "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
+           "lane_isas", "openmp_enabled", "status_codes"]
+
+#: grid points per SIMD block of the lane kernel
+LANES: int = _ks.LANES
+
+
+def csr(parts) -> tuple[np.ndarray, np.ndarray]:
+    """Compressed rows of a list of index arrays: ``(ptr, idx)``, ``idx[ptr[i]:ptr[i+1]]``
+    being ``parts[i]`` (intp, C-contiguous)."""
+    ptr = np.zeros(len(parts) + 1, dtype=np.intp)
+    ptr[1:] = np.cumsum([len(p) for p in parts])
+    idx = np.concatenate(parts).astype(np.intp) if len(parts) else np.zeros(0, np.intp)
+    return ptr, np.ascontiguousarray(idx)
+
+
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+@dataclass(eq=False)
+class RuleInputs:
+    """A learning rule as the training loop reads it (pyx/rules.pyx's table of kinds).
+
+    For one run ``hp`` is (nhp,), ``vec`` (nvec, d) and ``sca`` (nsca,); for a grid each
+    has a leading axis of points and ``vec`` is flattened to (P, nvec·d).  ``vec`` and
+    ``sca`` are the rule's state (momentum buffers, moments, step count), updated in place
+    by a single run; ``pptr``/``pidx`` the partition of q into parts with their own scalar
+    state (CSR).
+    """
+
+    kind: int
+    hp: np.ndarray          # IN
+    vec: np.ndarray         # IN/OUT
+    sca: np.ndarray         # IN/OUT
+    pptr: np.ndarray        # IN
+    pidx: np.ndarray        # IN
+
+    def __post_init__(self):
+        self.hp, self.vec, self.sca = _f64(self.hp), _f64(self.vec), _f64(self.sca)
+
+
+@dataclass(eq=False)
+class Recording:
+    """What a single run records at steps 0, every, 2·every, … (rows preallocated)."""
+
+    every: int
+    bptr: np.ndarray        # IN blocks whose |q_B|² is recorded (CSR)
+    bidx: np.ndarray
+    q: np.ndarray           # OUT (R, d) or (R, 0) when parameters are not recorded
+    loss: np.ndarray        # OUT (R,)
+    g2: np.ndarray          # OUT (R,)
+    bn2: np.ndarray         # OUT (R, nb)
+    bg2: np.ndarray | None = None     # OUT (R, nb) per-block |g_B|², optional
+    bd2: np.ndarray | None = None     # OUT (R, nb) per-block |Δ_n|², optional
+    d_last: np.ndarray | None = None  # IN/OUT (d,) the last step Δ (with bd2)
+
+
+@dataclass(eq=False)
+class Batch:
+    """Minibatch draws: ``size`` 0 means the full batch.  One run draws from
+    ``bit_generator`` (a NumPy BitGenerator); a grid from ``generators`` (one
+    ``numpy.random.Generator`` per point)."""
+
+    size: int = 0
+    bit_generator: object | None = None
+    generators: list | None = None
+
+
+@dataclass(eq=False)
+class ChargeLayout:
+    """The tracked symmetries as the kernel's ChargeSpec reads them (rules.pxd): family
+    codes, first and second blocks (CSR), translation directions, rotation Ω's (CSR)."""
+
+    fam: np.ndarray         # IN (nsym,) intc
+    ptr1: np.ndarray        # IN
+    idx1: np.ndarray
+    ptr2: np.ndarray        # IN (rescale's second block; empty otherwise)
+    idx2: np.ndarray
+    dirn: np.ndarray        # IN concatenated translation directions
+    optr: np.ndarray        # IN
+    omega: np.ndarray       # IN concatenated row-major Ω's
+
+    @property
+    def nsym(self) -> int:
+        return len(self.fam)
+
+
+@dataclass(eq=False)
+class ChargeRecord:
+    """A single run's charge series and the balance-law state it carries across a resume."""
+
+    last_delta: np.ndarray      # IN/OUT (d,) Δ of the last step
+    last_res: np.ndarray        # IN/OUT (nsym,) last step's law residual
+    last_metric: np.ndarray     # IN/OUT (nsym,)
+    rec_moment: np.ndarray      # OUT (R, nsym)
+    rec_charge: np.ndarray      # OUT (R, nsym)
+    rec_resid: np.ndarray       # OUT (R, nsym)
+    rec_metric: np.ndarray      # OUT (R, nsym)
+    worst: np.ndarray           # OUT (nsym,)
+    worst_step: np.ndarray      # OUT (nsym,) intp, -1: none
+    worst_metric: np.ndarray    # OUT (nsym,)
+
+
+@dataclass(eq=False)
+class ScanPlan:
+    """How a grid runs: ``K`` steps per inner call, the late window from ``late_start``,
+    series rows every ``record_every`` steps (0: none; ``R`` rows), on ``n_threads``."""
+
+    steps: int
+    K: int
+    late_start: int
+    record_every: int
+    R: int
+    n_threads: int
+
+
+@dataclass(eq=False)
+class ScanOutputs:
+    """Per-point outputs of a grid (leading axis: the points), written by the kernel."""
+
+    q: np.ndarray
+    loss: np.ndarray
+    loss_min: np.ndarray
+    norm2: np.ndarray
+    angular_update: np.ndarray
+    status: np.ndarray
+    stop_step: np.ndarray
+    n_rows: np.ndarray
+    s_q: np.ndarray
+    s_loss: np.ndarray
+    s_g2: np.ndarray
+    s_bn2: np.ndarray
+    charge_worst: np.ndarray | None = None
+    charge_worst_step: np.ndarray | None = None
+    kernel: str = field(default="")
+
+    @classmethod
+    def empty(cls, n: int, d: int, nb: int, R: int, nsym: int) -> ScanOutputs:
+        """Outputs for ``n`` points (series rows NaN until written; charges with nsym)."""
+        return cls(
+            q=np.empty((n, d)), loss=np.empty(n), loss_min=np.empty(n),
+            norm2=np.empty((n, nb)), angular_update=np.empty((n, nb)),
+            status=np.zeros(n, np.intp), stop_step=np.zeros(n, np.intp),
+            n_rows=np.zeros(n, np.intp),
+            s_q=np.full((n, R, d), np.nan), s_loss=np.full((n, R), np.nan),
+            s_g2=np.full((n, R), np.nan), s_bn2=np.full((n, R, nb), np.nan),
+            charge_worst=np.zeros((n, nsym)) if nsym else None,
+            charge_worst_step=np.full((n, nsym), -1, dtype=np.intp) if nsym else None)
+
+    @classmethod
+    def concatenate(cls, parts: list) -> ScanOutputs:
+        """The outputs of consecutive chunks of a grid, joined along the points."""
+        joined = {}
+        for f in fields(cls):
+            if f.name == "kernel":
+                continue
+            arrays = [getattr(p, f.name) for p in parts]
+            joined[f.name] = None if arrays[0] is None else np.concatenate(arrays)
+        joined["kernel"] = ", ".join(sorted({p.kernel for p in parts}))
+        return cls(**joined)
+
+
+def run_train(rule: RuleInputs, potential_kernel, q: np.ndarray, steps: int,
+              record: Recording, batch: Batch, layout: ChargeLayout | None = None,
+              charges: ChargeRecord | None = None) -> tuple[int, int, int]:
+    """One trajectory in one compiled call (GIL released); returns
+    ``(status, stop_step, rows_recorded)``.  ``q``, ``rule.vec``/``rule.sca`` and the
+    outputs are updated in place."""
+    return _kr.train_kernel(rule, potential_kernel, q, steps, record, batch, layout, charges)
+
+
+def scan_kernel(rule: RuleInputs, potential_kernel, q0: np.ndarray, plan: ScanPlan,
+                record_bptr: np.ndarray, record_bidx: np.ndarray, batch: Batch,
+                out: ScanOutputs, layout: ChargeLayout | None = None):
+    """The scalar grid kernel (one point at a time per thread), ready to ``run()``."""
+    return _ks.ScanKernel(rule, potential_kernel, q0, plan, record_bptr, record_bidx, batch,
+                          out, layout)
+
+
+def lane_kernel(lane_form: tuple, rule: RuleInputs, q0: np.ndarray, plan: ScanPlan,
+                record_bptr: np.ndarray, record_bidx: np.ndarray, out: ScanOutputs,
+                charge_blocks: tuple[np.ndarray, np.ndarray] | None, isa: str | None):
+    """The SIMD lane kernel (``LANES`` full-batch SGD points per vector), ready to
+    ``run()``; ``charge_blocks``: CSR of the scale blocks whose laws are tracked."""
+    kind, data = lane_form
+    data = {k: (_f64(v) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+    return _ks.LaneScanKernel(kind, data, rule, _f64(q0), plan, record_bptr, record_bidx,
+                              out, charge_blocks, isa)
+
+
+def lane_isas() -> list:
+    """The lane-kernel versions this CPU runs (names accepted by ``NOETHER_LANE_ISA``)."""
+    return list(_ks.lane_isas())
+
+
+def status_codes() -> dict:
+    """Every compiled loop's status code by name (defined once, in pyx/nc_status.h)."""
+    return dict(_kr.status_codes())
+
+
+def openmp_enabled() -> bool:
+    """True if the grid kernels were compiled with OpenMP."""
+    return bool(_ks.openmp_enabled())
