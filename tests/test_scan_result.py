@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import noether_core as nc
+from noether_core import _status
 from noether_core.errors import DivergenceWarning
 
 parallel_mod = importlib.import_module("noether_core._parallel")
@@ -58,6 +59,170 @@ def diverging_result():
         warnings.simplefilter("ignore", DivergenceWarning)
         return nc.scan(nc.rules.SGD, pot, q0, steps=60, lr=[0.01, 1e3, 1e6],
                        momentum=[0.0, 0.9], charges=False, seeds=0, progress=False)
+
+
+# ---------------------------------------------------------------------------------------
+# to_xarray
+
+
+def _all_arrays(ds):
+    return {**dict(ds.data_vars), **dict(ds.coords)}
+
+
+def test_to_xarray_every_variable_and_coordinate_has_cf_units_and_long_name(full_result):
+    pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    ds = full_result.to_xarray()
+    names = set(_all_arrays(ds))
+    # every variable of the result is there (series and charges included)
+    assert {"q", "loss", "loss_min", "norm2", "angular_update", "diverged", "stop_step",
+            "status", "balance_residual", "charge_worst", "series_q", "series_loss",
+            "series_grad_norm2", "series_norm2", "lr", "weight_decay", "seed", "block",
+            "coord", "symmetry", "step"} <= names
+    for name, arr in _all_arrays(ds).items():
+        assert arr.attrs.get("units") == "1", name      # all dimensionless (CF: "1")
+        long_name = arr.attrs.get("long_name")
+        assert isinstance(long_name, str) and long_name and long_name != name, name
+        assert long_name.isascii(), name                 # netCDF-3 safe
+    assert ds.attrs["Conventions"] == "CF-1.10"
+    assert "chord" in ds["angular_update"].attrs["long_name"]
+    assert "|q_B|^2" in ds["norm2"].attrs["long_name"]
+    assert ds["lr"].attrs["long_name"] == "learning rate eta"
+
+
+def test_to_xarray_dims_names_and_dataset_attrs_unchanged(full_result):
+    pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    ds = full_result.to_xarray()
+    axes = ("lr", "weight_decay", "seed")
+    assert ds["loss"].dims == axes
+    assert ds["q"].dims == axes + ("coord",)
+    assert ds["norm2"].dims == axes + ("block",)
+    assert ds["angular_update"].dims == axes + ("block",)
+    assert ds["charge_worst"].dims == axes + ("symmetry",)
+    assert ds["series_q"].dims == axes + ("step", "coord")
+    assert ds.attrs["rule"] == "SGD" and ds.attrs["steps"] == 40
+    assert ds.attrs["batch_size"] == -1 and ds.attrs["fixed_momentum"] == 0.9
+    # the values are the result's arrays, untouched
+    np.testing.assert_array_equal(ds["loss"].values, full_result.loss)
+    np.testing.assert_array_equal(ds["status"].values, full_result.status)
+
+
+def test_to_xarray_status_flags_follow_the_status_table(full_result):
+    pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    status = full_result.to_xarray()["status"]
+    values = status.attrs["flag_values"]
+    meanings = status.attrs["flag_meanings"].split(" ")
+    assert values.dtype == full_result.status.dtype          # CF: same type as the data
+    assert sorted(values.tolist()) == sorted(_status.REASON)
+    assert len(meanings) == len(values) == len(set(meanings))
+    assert all(CF_FLAG_WORD.match(m) for m in meanings), meanings
+    by_code = dict(zip(values.tolist(), meanings, strict=True))
+    assert by_code[_status.OK] == "finished"
+    for code, reason in _status.REASON.items():
+        if reason is not None:
+            assert by_code[code] == reason.replace(" ", "_")
+
+
+def test_to_xarray_without_charges_and_a_fallback_long_name():
+    pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    pot, q0 = _rayleigh()
+    res = nc.scan(nc.rules.RMSprop, pot, q0, steps=10, lr=[0.01], centered=[False, True],
+                  charges=False, seeds=0, progress=False)
+    ds = res.to_xarray()
+    assert "balance_residual" not in ds and "symmetry" not in ds.coords
+    # an axis the table does not name still gets a long_name saying what it is
+    assert ds["centered"].attrs == {"units": "1",
+                                    "long_name": "hyper-parameter centered of RMSprop"}
+    for name, arr in _all_arrays(ds).items():
+        assert arr.attrs["units"] == "1" and arr.attrs["long_name"], name
+
+
+def test_to_xarray_attrs_survive_netcdf(full_result, tmp_path):
+    xr = pytest.importorskip("xarray", reason="xarray is the optional extra 'scan'")
+    ds = full_result.to_xarray()
+    path = tmp_path / "scan.nc"
+    try:
+        ds.to_netcdf(path)
+    except (ImportError, ValueError) as exc:        # no netCDF backend installed
+        pytest.skip(f"no netCDF backend: {exc}")
+    with xr.open_dataset(path) as back:
+        for name, arr in _all_arrays(back).items():
+            assert arr.attrs["units"] == "1", name
+            assert arr.attrs["long_name"] == ds[name].attrs["long_name"], name
+        assert back["status"].attrs["flag_meanings"] == ds["status"].attrs["flag_meanings"]
+        assert back.attrs["Conventions"] == "CF-1.10"
+
+
+# ---------------------------------------------------------------------------------------
+# to_dataframe
+
+
+def _check_rows(res, df):
+    """Every row is the array entry it names (exact: the frame holds copies)."""
+    axes, nb = list(res.axes), len(res.blocks)
+    assert len(df) == int(np.prod(res.shape, dtype=int)) * nb
+    per_point = ["loss", "loss_min", "diverged", "status", "stop_step"]
+    if res.balance_residual is not None:
+        per_point.append("balance_residual")
+    assert df.columns.tolist() == axes + ["block"] + per_point + ["norm2", "angular_update"]
+    assert df.index.equals(__import__("pandas").RangeIndex(len(df)))
+    row = 0
+    for idx in np.ndindex(*res.shape):
+        for b, name in enumerate(res.blocks):
+            r = df.iloc[row]
+            for ax, i in zip(axes, idx, strict=True):
+                assert r[ax] == res.axes[ax][i]
+            assert r["block"] == name
+            for col in per_point:
+                np.testing.assert_array_equal(r[col], getattr(res, col)[idx])
+            np.testing.assert_array_equal(r["norm2"], res.norm2[idx + (b,)])
+            np.testing.assert_array_equal(r["angular_update"],
+                                          res.angular_update[idx + (b,)])
+            row += 1
+
+
+def test_to_dataframe_is_long_and_every_row_is_its_array_entry(full_result):
+    pytest.importorskip("pandas", reason="pandas is optional")
+    df = full_result.to_dataframe()
+    assert len(df) == 3 * 2 * 2 * 1
+    _check_rows(full_result, df)
+    # pandas does the grouping users expect
+    mean_loss = df.groupby("lr")["loss"].mean()
+    np.testing.assert_allclose(mean_loss.values, full_result.loss.mean(axis=(1, 2)),
+                               rtol=1e-15)
+
+
+def test_to_dataframe_several_blocks_and_diverged_points(diverging_result):
+    pytest.importorskip("pandas", reason="pandas is optional")
+    res = diverging_result
+    assert len(res.blocks) == 4 and res.diverged.any() and not res.diverged.all()
+    df = res.to_dataframe()
+    assert "balance_residual" not in df.columns and "seed" not in df.columns
+    _check_rows(res, df)
+    assert df["block"].tolist()[:4] == list(res.blocks)
+    assert df["diverged"].dtype == bool
+    assert (df.loc[df["diverged"], "status"] != _status.OK).all()
+    assert (df.loc[df["diverged"], "stop_step"] >= 0).all()
+
+
+def test_to_dataframe_of_a_narrowed_result(full_result):
+    pytest.importorskip("pandas", reason="pandas is optional")
+    one = full_result.sel(lr=0.05, weight_decay=1e-3, seed=1)
+    df = one.to_dataframe()
+    assert df.columns[0] == "block" and len(df) == len(one.blocks)
+    _check_rows(one, df)
+    part = full_result.sel(seed=0)
+    _check_rows(part, part.to_dataframe())
+
+
+def test_to_dataframe_without_pandas_says_how_to_install(full_result, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        full_result.to_dataframe()
+
+
+def test_sel_keeps_the_kernel_name(full_result):
+    assert full_result.kernel
+    assert full_result.sel(seed=0).kernel == full_result.kernel
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,3 +504,26 @@ def test_run_with_progress_ctrl_c_cancels_the_kernel():
     with pytest.raises(KeyboardInterrupt):
         parallel_mod.run_with_progress(kern, 50, interrupt)
     assert kern.cancelled.is_set()
+
+
+# ---------------------------------------------------------------------------------------
+# point_seed
+
+
+def test_point_seed_is_the_spawned_child_and_drives_pcg64():
+    for seed, index, n in [(0, 0, 1), (7, 3, 4), (123, 11, 12)]:
+        ss = result_mod.point_seed(seed, index)
+        child = np.random.SeedSequence(seed).spawn(n)[index]
+        assert ss.entropy == child.entropy and ss.spawn_key == child.spawn_key == (index,)
+        assert np.array_equal(ss.generate_state(8), child.generate_state(8))
+        a = np.random.default_rng(ss)
+        b = np.random.Generator(np.random.PCG64(child))
+        assert type(a.bit_generator) is np.random.PCG64
+        assert np.array_equal(a.integers(0, 2**62, size=16), b.integers(0, 2**62, size=16))
+
+
+def test_seed_at_is_point_seed(full_result):
+    ss = full_result.seed_at(2, 1, 1)
+    flat = np.ravel_multi_index((2, 1), full_result.grid_shape)
+    ref = result_mod.point_seed(1, int(flat))
+    assert ss.entropy == ref.entropy and ss.spawn_key == ref.spawn_key
