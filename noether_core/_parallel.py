@@ -1,26 +1,154 @@
 """Threads and progress for the grid engines: how many CPUs this process may use, a
 tqdm bar that appears only for long runs, and a kernel run on a helper thread so Ctrl-C
-reaches Python."""
+reaches Python.
+
+The default thread count follows what scikit-learn and joblib (loky) do: the CPUs of this
+process's affinity mask, capped by the cgroup CPU quota of its container and by
+``OMP_NUM_THREADS`` when that is set.
+"""
 from __future__ import annotations
 
 import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from . import _validation as V
 
+__all__ = ["CGROUP_ROOT", "ProgressBar", "cgroup_cpu_limit", "omp_num_threads",
+           "run_with_progress", "usable_cpus", "want_progress"]
 
-def usable_cpus() -> int:
+#: where the cgroup file system is mounted (tests point it at a temporary directory)
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+#: seconds a scan must still be running before its progress bar appears
+PROGRESS_DELAY = 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# how many CPUs
+
+
+def _read_words(path: Path) -> list[str] | None:
+    """The whitespace-separated words of a small text file; None if it cannot be read."""
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        with open(path, encoding="ascii") as fh:
+            return fh.read(256).split()
+    except (OSError, ValueError):
+        return None
 
+
+def _quota(quota: str, period: str) -> int | None:
+    """ceil(quota/period) for a CPU bandwidth limit; 0 for "no limit" ("max", or -1 in
+    cgroup v1); None for text that is not a limit."""
+    if quota == "max":
+        return 0
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    if q == -1:
+        return 0
+    if q <= 0 or p <= 0:
+        return None
+    return -(-q // p)
+
+
+def cgroup_cpu_limit(root: str | os.PathLike | None = None) -> int | None:
+    """The CPU quota of this process's cgroup, in whole CPUs (None: no limit found).
+
+    Parameters
+    ----------
+    root : path or None
+        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+
+    Returns
+    -------
+    int ≥ 1 or None
+        ``ceil(quota / period)`` from cgroup v2's ``<root>/cpu.max`` ("quota period", or
+        "max period" for no limit), else from cgroup v1's ``<root>/cpu/cpu.cfs_quota_us``
+        and ``<root>/cpu/cpu.cfs_period_us`` (quota -1: no limit).  A missing, unreadable
+        or malformed file is ignored (the next source is tried), as in joblib.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> cgroup_cpu_limit(root) is None                 # no cgroup files: no limit
+    True
+    >>> _ = (root / "cpu.max").write_text("150000 100000\\n")
+    >>> cgroup_cpu_limit(root)                         # 1.5 CPUs of bandwidth: 2 threads
+    2
+    """
+    root = Path(CGROUP_ROOT if root is None else root)
+    words = _read_words(root / "cpu.max")                          # cgroup v2
+    if words is not None and 1 <= len(words) <= 2:
+        got = _quota(words[0], words[1] if len(words) == 2 else "100000")
+        if got is not None:
+            return got or None
+    quota = _read_words(root / "cpu" / "cpu.cfs_quota_us")         # cgroup v1
+    period = _read_words(root / "cpu" / "cpu.cfs_period_us")
+    if quota is not None and period is not None and len(quota) == len(period) == 1:
+        got = _quota(quota[0], period[0])
+        if got is not None:
+            return got or None
+    return None
+
+
+def omp_num_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int (the first entry of a nested list such as
+    "4,2"); None when unset, empty or not a positive int."""
+    text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    try:
+        n = int(text)
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def usable_cpus(cgroup_root: str | os.PathLike | None = None) -> int:
+    """The default thread count: the CPUs this process may use.
+
+    ``min(len(os.sched_getaffinity(0)) (os.cpu_count() where affinity is not available),
+    the cgroup CPU quota (:func:`cgroup_cpu_limit`), OMP_NUM_THREADS when set to a
+    positive int)``, at least 1 — the rule scikit-learn and joblib follow, so a scan in a
+    CPU-limited container or under a job scheduler does not oversubscribe its CPUs.
+
+    Parameters
+    ----------
+    cgroup_root : path or None
+        Where the cgroup file system is mounted (default :data:`CGROUP_ROOT`).
+
+    Returns
+    -------
+    int ≥ 1
+
+    Examples
+    --------
+    >>> 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    True
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):      # not Linux
+        n = os.cpu_count() or 1
+    for cap in (cgroup_cpu_limit(cgroup_root), omp_num_threads()):
+        if cap is not None:
+            n = min(n, cap)
+    return max(1, n)
+
+
+# ---------------------------------------------------------------------------------------
+# progress
 
 
 def run_with_progress(kern, total, progress):
-    """Run the kernel on a helper thread; poll it for the progress bar; Ctrl-C cancels."""
+    """Run ``kern.run()`` on a helper thread, calling ``progress(kern.steps_done(), total)``
+    every 0.1 s; Ctrl-C calls ``kern.cancel()``, waits for the thread and re-raises.
+
+    An exception raised by the kernel is re-raised in the caller.
+    """
     err = []
 
     def target():
@@ -44,10 +172,26 @@ def run_with_progress(kern, total, progress):
 
 
 class ProgressBar:
-    """tqdm bar shown only if the scan is still running after ``delay`` seconds."""
+    """A tqdm bar that appears only if the work is still running after ``delay`` seconds.
 
-    def __init__(self, total, enabled, delay=1.0):
+    Call it with ``(done, total)`` (absolute counts) as often as convenient; before the
+    delay it prints nothing and does not even import tqdm, so short scans show no bar.
+
+    Parameters
+    ----------
+    total : int
+        Units of work (steps, chunks, ...) the bar counts to.
+    enabled : bool
+        False: a no-op (see :func:`want_progress`).
+    delay : float
+        Seconds before the bar appears (default :data:`PROGRESS_DELAY`).
+    unit, desc : str
+        tqdm's unit and description.
+    """
+
+    def __init__(self, total, enabled, delay=PROGRESS_DELAY, *, unit="step", desc="scan"):
         self.total, self.enabled, self.delay = total, enabled, delay
+        self.unit, self.desc = unit, desc
         self.t0, self.bar, self.last = time.perf_counter(), None, 0
 
     def __call__(self, done, total):
@@ -57,21 +201,38 @@ class ProgressBar:
             if time.perf_counter() - self.t0 < self.delay:
                 return
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=self.total, initial=done, unit="step", unit_scale=True,
-                            desc="scan", leave=False)
+            self.bar = tqdm(total=self.total, initial=done, unit=self.unit, unit_scale=True,
+                            desc=self.desc, leave=False)
             self.last = done
         self.bar.update(done - self.last)
         self.last = done
 
     def close(self):
+        """Complete the bar (if it appeared) and remove it."""
         if self.bar is not None:
             self.bar.update(self.total - self.last)
+            self.last = self.total
             self.bar.close()
 
 
+def _stderr_is_tty() -> bool:
+    stream = sys.stderr
+    if stream is None:                     # pythonw, some daemons
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):   # no isatty, or a closed stream
+        return False
+
+
 def want_progress(progress) -> bool:
+    """Whether to show a progress bar for ``progress`` = None, True or False.
+
+    None: only when stderr is a terminal and tqdm is installed.  True: always (an
+    ImportError says how to install tqdm when it is missing).  False: never.
+    """
     if progress is None:
-        if not sys.stderr.isatty():
+        if not _stderr_is_tty():
             return False
         try:
             import tqdm  # noqa: F401
