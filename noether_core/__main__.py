@@ -13,40 +13,70 @@ import argparse
 import sys
 
 
-def _number(kind, lo, hi=None, lo_open=False, what=""):
-    """An argparse type: ``kind`` (int or float) in [lo, hi] (open ends as flagged)."""
+def _option(name):
+    """The argparse type of the option for DemoConfig field ``name``: parses the text as the
+    field's kind and checks it against ``demo.BOUNDS[name]``, the table DemoConfig checks
+    too, so both accept and reject the same values with the same message."""
+    from .demo import BOUNDS
+
+    bound = BOUNDS[name]
+
     def parse(text):
         try:
-            v = kind(text)
+            value = bound.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        bad = (v != v or v in (float("inf"), float("-inf")) or v < lo or (lo_open and v == lo)
-               or (hi is not None and v >= hi))
-        if bad:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return v
+            what = "an integer" if bound.kind is int else "a real number"
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        try:
+            return bound.check(name, value)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
 
 
-_positive_int = _number(int, 1, what="a positive integer")
-_nonneg_int = _number(int, 0, what="a non-negative integer")
-_positive_float = _number(float, 0.0, lo_open=True, what="a finite positive number")
-_fraction = _number(float, 0.0, hi=1.0, lo_open=True, what="a number in (0, 1)")
-
-
 def _widths(text):
+    """The argparse type of --widths: comma-separated, each checked by demo.check_widths."""
+    from .demo import check_widths
+
+    w = []
+    for i, piece in enumerate(text.split(",")):
+        try:
+            w.append(int(piece))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"widths[{i}] must be an integer, got {piece!r} (widths are comma-separated, "
+                "such as 32,32)") from None
     try:
-        w = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated hidden widths such as 32,32, got {text!r}")
-    if not w or any(x < 2 for x in w):
-        raise argparse.ArgumentTypeError(f"every hidden width must be >= 2, got {text!r}")
-    return w
+        return check_widths(w)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: the demo's options: (option, DemoConfig field, help); the allowed values and the
+#: default are appended to each help from demo.BOUNDS and DemoConfig
+_DEMO_OPTIONS = [
+    ("--steps", "steps", "SGD steps"),
+    ("--seed", "seed", "seed of data, initial weights and minibatches"),
+    ("--lr", "lr", "learning rate eta"),
+    ("--momentum", "momentum", "heavy-ball momentum beta"),
+    ("--weight-decay", "weight_decay", "L2 weight decay k"),
+    ("--batch-size", "batch_size", "minibatch size (at most --n)"),
+    ("--n", "n", "data points"),
+    ("--dim", "dim", "input dimension"),
+    ("--classes", "classes", "classes"),
+    ("--separation", "separation", "distance of the class means from the origin"),
+    ("--widths", "widths", "hidden widths, comma-separated"),
+    ("--r0", "r0", "initial norm of every hidden weight row"),
+    ("--wrong-rho-factor", "wrong_rho_factor",
+     "wrong-rho controls: 1-rho times and divided by this"),
+    ("--late", "late", "fraction of the run, at its end, over which the angular update "
+     "(the chord |q^_{n+1} - q^_n|) is averaged (RMS)"),
+    ("--chunk", "chunk", "steps per compiled call (direction snapshots between calls)"),
+]
 
 
 def _demo_parser(sub):
-    from .demo import DemoConfig
+    from .demo import BOUNDS, WIDTH_BOUND, DemoConfig
     d = DemoConfig()
     p = sub.add_parser(
         "demo", help="train a BatchNorm MLP and check the paper's Sec. 4 on it",
@@ -54,39 +84,14 @@ def _demo_parser(sub):
         "check, per hidden weight row: the exact scale balance (SPEC 1.1), the steady "
         "angular update, r^2(t) vs Eq. 17, and the RMSProp correspondence (Eq. 18-20). "
         "Exit code 0 only if every check is within its stated tolerance (docs/demo.md).")
-    p.add_argument("--steps", type=_positive_int, default=d.steps,
-                   help="SGD steps (default %(default)s)")
-    p.add_argument("--seed", type=_nonneg_int, default=d.seed,
-                   help="seed of data, initial weights and minibatches (default %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=d.lr,
-                   help="learning rate eta (default %(default)s)")
-    p.add_argument("--momentum", type=_fraction, default=d.momentum,
-                   help="heavy-ball momentum beta in (0, 1) (default %(default)s)")
-    p.add_argument("--weight-decay", type=_positive_float, default=d.weight_decay,
-                   help="L2 weight decay k > 0 (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
-                   help="minibatch size (default %(default)s)")
-    p.add_argument("--n", type=_positive_int, default=d.n,
-                   help="data points (default %(default)s)")
-    p.add_argument("--dim", type=_positive_int, default=d.dim,
-                   help="input dimension (default %(default)s)")
-    p.add_argument("--classes", type=_positive_int, default=d.classes,
-                   help="classes (default %(default)s)")
-    p.add_argument("--separation", type=_positive_float, default=d.separation,
-                   help="distance of the class means from the origin (default %(default)s)")
-    p.add_argument("--widths", type=_widths, default=d.widths,
-                   help="hidden widths, comma-separated (default 32,32)")
-    p.add_argument("--r0", type=_positive_float, default=d.r0,
-                   help="initial norm of every hidden weight row (default %(default)s)")
-    p.add_argument("--wrong-rho-factor", type=_positive_float, default=d.wrong_rho_factor,
-                   help="wrong-rho controls: 1-rho times and divided by this (default "
-                   "%(default)s)")
-    p.add_argument("--late", type=_fraction, default=d.late,
-                   help="fraction of the run, at its end, for the late-time angle "
-                   "(default %(default)s)")
-    p.add_argument("--chunk", type=_positive_int, default=d.chunk,
-                   help="steps per compiled call (direction snapshots between calls; "
-                   "default %(default)s)")
+    for option, name, text in _DEMO_OPTIONS:
+        if name == "widths":
+            kind, allowed = _widths, f"each {WIDTH_BOUND.describe()}"
+            default = ",".join(str(w) for w in d.widths)
+        else:
+            kind, allowed, default = _option(name), BOUNDS[name].describe(), "%(default)s"
+        p.add_argument(option, type=kind, default=getattr(d, name), dest=name,
+                       help=f"{text}; {allowed} (default {default})")
     p.add_argument("--out", default="noether_demo",
                    help="folder for the figure demo.png (default ./%(default)s)")
     p.add_argument("--no-figure", action="store_true", help="do not write the figure")
@@ -125,12 +130,7 @@ def _demo(args, parser) -> int:
     from . import demo
 
     try:
-        cfg = demo.DemoConfig(
-            steps=args.steps, seed=args.seed, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, batch_size=args.batch_size, n=args.n,
-            dim=args.dim, classes=args.classes, separation=args.separation,
-            widths=args.widths, r0=args.r0, wrong_rho_factor=args.wrong_rho_factor,
-            late=args.late, chunk=args.chunk)
+        cfg = demo.DemoConfig(**{name: getattr(args, name) for _, name, _ in _DEMO_OPTIONS})
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     prog = _Progress(demo.runs_total_steps(cfg)) if sys.stdout.isatty() else None

@@ -9,8 +9,9 @@ of the exact discrete scale balance (SPEC §1.1).  From these the demo computes,
 and aggregated over blocks (median and 90th percentile):
 
 1. the worst exact balance residual (round-off);
-2. the late-time RMS angular update per step vs ``theory.steady_angular_update``
-   (docs/theory.md §3);
+2. the angular update: the per-step chord |q̂ₙ₊₁ − q̂ₙ| (dimensionless; ≈ the angle in
+   radians for small angles), its RMS over the late window per block, vs
+   ``theory.steady_angular_update`` (docs/theory.md §3);
 3. ``r²_n`` vs Eq. 17 (``theory.norm_schedule``) driven by the measured ``|ĝ_n|²``, under
    the correlation assumption the run follows (``theory.nearest_assumption``);
 4. the RMSProp correspondence (Sec. 4, Eq. 18–20): the same network with its weight rows
@@ -18,13 +19,15 @@ and aggregated over blocks (median and 90th percentile):
    free norms, and the same with a wrong ρ.
 
 Each check's tolerance and its derivation: docs/demo.md.  :func:`run_demo` does the work
-and returns a :class:`DemoResult`; ``noether_core.__main__`` is the command line.
+and returns a :class:`DemoResult`; ``noether_core.__main__`` is the command line.  The
+allowed values of every setting are in :data:`BOUNDS`, read by both :class:`DemoConfig` and
+the command line.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from scipy.signal import lfilter
@@ -36,9 +39,10 @@ from .datasets import gaussian_mixture
 from .potentials import BatchNormMLP
 from .rules import SGD, ScalarRMSProp
 
-__all__ = ["DemoConfig", "Check", "DemoResult", "build_problem", "run_chunked",
-           "angle_check", "norm_check", "balance_check", "rmsprop_comparison", "run_demo",
-           "approximation_bound", "runs_total_steps", "reduced"]
+__all__ = ["DemoConfig", "Bound", "BOUNDS", "WIDTH_BOUND", "check_widths", "Check",
+           "DemoResult", "build_problem", "run_chunked", "angle_check", "norm_check",
+           "balance_check", "rmsprop_comparison", "run_demo", "approximation_bound",
+           "runs_total_steps", "reduced"]
 
 #: the exact balance (SPEC §1.1) holds to round-off; each relative residual is a few ulp
 #: times the number of terms (docs/demo.md §1)
@@ -49,8 +53,108 @@ QUANTILE = 90.0
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The allowed values of one :class:`DemoConfig` field (and of its command-line option).
+
+    Attributes
+    ----------
+    kind : type
+        ``int`` or ``float``.
+    lo, hi : number or None
+        Lower and upper ends (None: unbounded).
+    lo_open, hi_open : bool
+        Whether the end itself is excluded (floats only; integer ranges are closed).
+    """
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def check(self, name, value):
+        """``value`` as ``kind`` if allowed; else TypeError/ValueError naming ``name``, the
+        value and the allowed range.
+
+        Examples
+        --------
+        >>> BOUNDS["momentum"].check("momentum", 0.9)
+        0.9
+        >>> BOUNDS["steps"].check("steps", 5)
+        Traceback (most recent call last):
+        ...
+        ValueError: steps must lie in [20, inf], got 5
+        """
+        if self.kind is int:
+            return V.as_int(name, value, lo=self.lo, hi=self.hi)
+        return V.as_scalar(name, value, lo=self.lo, hi=self.hi, lo_open=self.lo_open,
+                           hi_open=self.hi_open)
+
+    def describe(self) -> str:
+        """The allowed values in words, for help texts.
+
+        Examples
+        --------
+        >>> BOUNDS["steps"].describe(), BOUNDS["late"].describe()
+        ('an integer >= 20', 'a number in (0, 1)')
+        """
+        what = "an integer" if self.kind is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            return (f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{what} {'<' if self.hi_open else '<='} {self.hi:g}"
+        return what
+
+
+#: the allowed values of every :class:`DemoConfig` field but ``widths`` (see
+#: :func:`check_widths`): the one table both ``DemoConfig`` and the command line check
+#: against.  Relations between fields (batch_size <= n, a positive wrong-rho control, at
+#: least 10 late steps) are checked by ``DemoConfig`` after these.
+BOUNDS = {
+    "steps": Bound(int, lo=20),
+    "seed": Bound(int, lo=0),
+    "lr": Bound(float, lo=0.0, lo_open=True),
+    "momentum": Bound(float, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "weight_decay": Bound(float, lo=0.0, lo_open=True),
+    "batch_size": Bound(int, lo=2),
+    "n": Bound(int, lo=2),
+    "dim": Bound(int, lo=1),
+    "classes": Bound(int, lo=2),
+    "separation": Bound(float, lo=0.0),
+    "r0": Bound(float, lo=0.0, lo_open=True),
+    "wrong_rho_factor": Bound(float, lo=1.0, lo_open=True),
+    "late": Bound(float, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "chunk": Bound(int, lo=1),
+}
+#: every hidden width
+WIDTH_BOUND = Bound(int, lo=2)
+
+
+def check_widths(widths):
+    """The hidden widths as a tuple of ints, each allowed by :data:`WIDTH_BOUND`.
+
+    Examples
+    --------
+    >>> check_widths([16, 16])
+    (16, 16)
+    """
+    if isinstance(widths, (str, bytes)) or not np.iterable(widths):
+        raise TypeError(f"widths must be a sequence of positive integers, got {widths!r}")
+    w = tuple(WIDTH_BOUND.check(f"widths[{i}]", x) for i, x in enumerate(widths))
+    if not w:
+        raise ValueError("widths must hold at least one hidden width, got ()")
+    return w
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """Settings of the demo (the command line's options; defaults are the demo's).
+
+    The allowed values of every field are :data:`BOUNDS` (and :func:`check_widths`), the
+    table the command line checks too.
 
     Attributes
     ----------
@@ -74,7 +178,8 @@ class DemoConfig:
     wrong_rho_factor : float
         The wrong-ρ controls use ``1 − ρ`` multiplied and divided by this factor.
     late : float in (0, 1)
-        Fraction of the run (at its end) used for the late-time angle.
+        Fraction of the run (at its end) over which the angular update (the chord
+        |q̂ₙ₊₁ − q̂ₙ|) is averaged: its RMS over the last ``int(late * steps)`` steps.
     chunk : int
         Steps per compiled call; q is snapshot between calls for the direction
         comparison (one Python call per chunk, none per step).
@@ -97,35 +202,14 @@ class DemoConfig:
     chunk: int = 250
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("steps", V.as_int("steps", self.steps, lo=20))
-        set_("seed", V.as_int("seed", self.seed, lo=0))
-        set_("lr", V.as_scalar("lr", self.lr, lo=0.0, lo_open=True))
-        set_("momentum", V.as_scalar("momentum", self.momentum, lo=0.0, hi=1.0,
-                                     lo_open=True, hi_open=True))
-        set_("weight_decay", V.as_scalar("weight_decay", self.weight_decay, lo=0.0,
-                                         lo_open=True))
-        set_("batch_size", V.as_int("batch_size", self.batch_size, lo=2))
-        set_("n", V.as_int("n", self.n, lo=2))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            value = (check_widths(value) if f.name == "widths"
+                     else BOUNDS[f.name].check(f.name, value))
+            object.__setattr__(self, f.name, value)
         if self.batch_size > self.n:
             raise ValueError(f"batch_size={self.batch_size} exceeds the data set size "
                              f"n={self.n}")
-        set_("dim", V.as_int("dim", self.dim, lo=1))
-        set_("classes", V.as_int("classes", self.classes, lo=2))
-        set_("separation", V.as_scalar("separation", self.separation, lo=0.0))
-        if isinstance(self.widths, (str, bytes)) or not np.iterable(self.widths):
-            raise TypeError(f"widths must be a sequence of positive integers, got "
-                            f"{self.widths!r}")
-        w = tuple(V.as_int(f"widths[{i}]", x, lo=2) for i, x in enumerate(self.widths))
-        if not w:
-            raise ValueError("widths must hold at least one hidden width, got ()")
-        set_("widths", w)
-        set_("r0", V.as_scalar("r0", self.r0, lo=0.0, lo_open=True))
-        set_("wrong_rho_factor", V.as_scalar("wrong_rho_factor", self.wrong_rho_factor,
-                                             lo=1.0, lo_open=True))
-        set_("late", V.as_scalar("late", self.late, lo=0.0, hi=1.0, lo_open=True,
-                                 hi_open=True))
-        set_("chunk", V.as_int("chunk", self.chunk, lo=1))
         one_minus_rho = 4.0 * self.lr * self.weight_decay / (1.0 - self.momentum)
         if one_minus_rho * self.wrong_rho_factor >= 1.0:
             raise ValueError(
@@ -269,6 +353,9 @@ def balance_check(rec: RunRecord) -> Check:
 
 def chords(a, D):
     """Per-step chord |q̂_{n+1} − q̂_n| from a = |q|² and D_{n+1} = |Δ_{n+1}|² alone.
+
+    The chord is the demo's angular update (dimensionless; ≈ the angle in radians for
+    small angles), the quantity ``theory.angular_updates`` computes from the rows.
 
     Law of cosines: D = (r_{n+1} − r_n)² + r_n r_{n+1} c² (exact), so
     c² = (D − (Δr)²)/(r_n r_{n+1}).  Returns (N, B) chords for n = 0..N−1.
@@ -495,7 +582,7 @@ def _dir_distance(r1: RunRecord, r2: RunRecord):
     """|q̂¹_B − q̂²_B| at the common snapshots, (S, B)."""
     S = min(len(r1.snap_steps), len(r2.snap_steps))
     return np.stack([np.linalg.norm(d1[:S] - d2[:S], axis=1)
-                     for d1, d2 in zip(r1.dirs, r2.dirs)], axis=1)
+                     for d1, d2 in zip(r1.dirs, r2.dirs, strict=True)], axis=1)
 
 
 def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: DemoConfig,
@@ -539,8 +626,8 @@ def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: Demo
     wrong = [lb for lb in rhos if lb != "matched"]
     ok = bool(all(np.isfinite(v) for v in trans.values())
               and all(trans["matched"] < trans[lb] for lb in wrong))
-    lines = [f"  RMSProp correspondence (Sec. 4, Eq. 18-20): SGD on free norms vs the paper's "
-             f"scalar RMSProp on unit-norm rows,",
+    lines = ["  RMSProp correspondence (Sec. 4, Eq. 18-20): SGD on free norms vs the paper's "
+             "scalar RMSProp on unit-norm rows,",
              f"    equivalent_rmsprop(assumption='{assumption}'): lr' = {eq.lr:.5f}, rho = "
              f"{eq.rho:.5f}, G0 = {eq.G0:.4g}; wrong-rho controls: "
              + ", ".join(f"{lb} (rho = {rhos[lb]:.5f})" for lb in wrong),
@@ -594,16 +681,20 @@ def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: Demo
 # -- figure -------------------------------------------------------------------------------------
 def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     """Four panels: r² vs Eq. 17; angular update vs theory; effective learning rates;
-    SGD vs RMSProp loss.  Returns the path, or None without matplotlib."""
+    SGD vs RMSProp loss.  Returns the path, or None without matplotlib.
+
+    Draws on a :class:`matplotlib.figure.Figure` of its own and saves it with
+    ``Figure.savefig``: pyplot is not imported and the process's backend is left as it
+    was (a library must not switch it).
+    """
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     N = rec_sgd.a.shape[0] - 1
     n = np.arange(N + 1)
-    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
+    fig = Figure(figsize=(11, 8))
+    ax = fig.subplots(2, 2)
     a = norm_series["r2_measured"]
     eq = norm_series["r2_eq17"]
     for j in range(min(4, a.shape[1])):
@@ -623,8 +714,8 @@ def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     ax[0, 1].fill_between(nn, np.percentile(rms, 10, 1), np.percentile(rms, 90, 1),
                           color="0.8", label="10-90% of blocks")
     ax[0, 1].axhline(P, color="C3", ls="--", label="sqrt(2ηk/(1+β))")
-    ax[0, 1].set(xlabel="step n", ylabel="|q̂_{n+1} − q̂_n|", yscale="log",
-                 title="angular update per step")
+    ax[0, 1].set(xlabel="step n", ylabel="chord |q̂_{n+1} − q̂_n|", yscale="log",
+                 title="angular update per step (chord)")
     ax[0, 1].legend(fontsize=8)
     ax[1, 0].plot(n, np.median(rms_series["eff_lr_sgd"], 1), "k", lw=1.5,
                   label="SGD η/((1−β)r²)")
@@ -648,7 +739,6 @@ def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
                  f"weight_decay={cfg.weight_decay}), batch {cfg.batch_size}, seed {cfg.seed}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
@@ -670,7 +760,8 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
     cfg : DemoConfig
     out : str or path, optional
         Folder for the figure ``demo.png`` (created if missing); None: no figure.  The
-        figure needs matplotlib (backend "Agg"); without it ``DemoResult.figure`` is None.
+        figure needs matplotlib (drawn on a ``matplotlib.figure.Figure``: no pyplot, the
+        backend left alone); without it ``DemoResult.figure`` is None.
     progress : callable, optional
         Called with the number of steps just done after every compiled chunk
         (:func:`runs_total_steps` in all).

@@ -12,6 +12,13 @@ semantics, dampening 0, no Nesterov unless said).  Notation (SPEC §0, paper Eq.
 Units: a quantity "per step" is per update n → n+1; "per unit time" is per unit of
 ``t = nη`` (divide a per-step rate by η to get it).
 
+"Angular update" means one quantity throughout the project: the chord ``|q̂_{n+1} − q̂_n|``
+of one block over one step (dimensionless; ≈ the angle in radians for small angles: the
+angle is ``2 arcsin(chord/2)``).  :func:`angular_updates` gives the series and
+:func:`steady_angular_update` the prediction; the balance predicts the mean square, so the
+late-window summary comparable with it is the RMS chord (docs/theory.md §3; the demo's and
+the PyTorch monitor's summaries).
+
 The one exact fact everything rests on is the discrete scale balance (SPEC §1.1)::
 
     (a_{n+1} − a_n) − β (a_n − a_{n−1}) = |Δ_{n+1}|² + β|Δ_n|² − 2ηk a_n .
@@ -47,6 +54,9 @@ ASSUMPTIONS = ("coherent", "uncorrelated", "alternating")
 
 
 # -- input handling ---------------------------------------------------------------------
+# Every public function below carries ``@V.finite_result``: finite inputs far outside the
+# physical range (lr = 5e-324, r0 = 1e300) overflow the closed forms, and the decorator
+# says so in a ValueError naming the arguments, rather than return inf/NaN.
 def _param(name, x, *, lo=None, hi=None, lo_open=False, hi_open=False):
     """A finite float array (0-d for a scalar) in the given range, or a clear error."""
     if isinstance(x, (bool, np.bool_)):
@@ -107,6 +117,7 @@ _NO_STEADY = (" (without weight decay there is no steady state: |q| grows withou
 
 
 # -- buffer gain --------------------------------------------------------------------------
+@V.finite_result
 def buffer_gain(momentum, assumption="coherent"):
     """Buffer gain κ = |Δ_{n+1}|²/(η²|g_n|²) of heavy ball under a correlation assumption.
 
@@ -139,6 +150,7 @@ def buffer_gain(momentum, assumption="coherent"):
     return _out(_gain(beta, _check_assumption(assumption)))
 
 
+@V.finite_result
 def measured_buffer_gain(delta_norm2, grad_norm2, lr):
     """The measured κ_n = |Δ_{n+1}|²/(η²|g_n|²), step by step.
 
@@ -155,7 +167,13 @@ def measured_buffer_gain(delta_norm2, grad_norm2, lr):
     Returns
     -------
     ndarray, shape of the inputs
-        κ_n (inf where the gradient vanishes exactly).
+        κ_n.
+
+    Raises
+    ------
+    ValueError
+        Where a gradient vanishes exactly (κ_n would be infinite) or the ratio overflows,
+        naming the arguments (every public function here refuses a non-finite result).
     """
     D = V.as_float_array("delta_norm2", delta_norm2)
     g2 = V.as_float_array("grad_norm2", grad_norm2)
@@ -169,6 +187,7 @@ def measured_buffer_gain(delta_norm2, grad_norm2, lr):
         return np.where(g2 > 0, D / (eta * eta * np.where(g2 > 0, g2, 1.0)), np.inf)
 
 
+@V.finite_result
 def nearest_assumption(gain, momentum):
     """The named assumption whose κ (:func:`buffer_gain`) is nearest ``gain`` in log scale.
 
@@ -196,6 +215,7 @@ def nearest_assumption(gain, momentum):
 
 
 # -- equilibrium ------------------------------------------------------------------------------
+@V.finite_result
 def steady_angular_speed(lr, momentum, weight_decay):
     """Steady angular speed |dq̂/dt|* = sqrt(k/m) = sqrt(2k/(η(1+β))), per unit time.
 
@@ -209,7 +229,7 @@ def steady_angular_speed(lr, momentum, weight_decay):
     Returns
     -------
     float or ndarray
-        Radians per unit time t = nη.  Multiply by η for the per-step value, which is
+        Radians per unit time t = nη.  Times η it is the per-step chord of
         :func:`steady_angular_update`.
 
     Examples
@@ -221,6 +241,7 @@ def steady_angular_speed(lr, momentum, weight_decay):
     return _out(np.sqrt(2.0 * k / (eta * (1.0 + beta))))
 
 
+@V.finite_result
 def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0.0,
                           assumption="coherent"):
     """Steady per-step angular update |q̂_{n+1} − q̂_n|* of a scale-invariant block.
@@ -259,8 +280,10 @@ def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0
     Returns
     -------
     float or ndarray
-        Per step (dimensionless chord on the unit sphere ≈ radians).  Equals
-        η · :func:`steady_angular_speed` for SGD.
+        Per step: the chord |q̂_{n+1} − q̂_n| (dimensionless; ≈ the angle in radians for
+        small angles).  Equals η · :func:`steady_angular_speed` for SGD.  Compare it with
+        the RMS of :func:`angular_updates` over a late window (the balance predicts the
+        mean square, docs/theory.md §3).
 
     Examples
     --------
@@ -293,6 +316,7 @@ def _nesterov_denominator(beta, assumption):
     return 1.0 + beta + 2.0 * beta * xi
 
 
+@V.finite_result
 def steady_radius(lr, momentum, weight_decay, grad_hat_norm, assumption="coherent"):
     """Steady radius r* of a scale-invariant block under SGD with momentum and decay.
 
@@ -331,6 +355,7 @@ def steady_radius(lr, momentum, weight_decay, grad_hat_norm, assumption="coheren
     return _out((eta * (1.0 + beta) * kappa / (2.0 * k)) ** 0.25 * np.sqrt(gh))
 
 
+@V.finite_result
 def intrinsic_lr(lr, momentum, weight_decay, *, assumption="coherent", per_step=False):
     """Intrinsic learning rate |ĝ|/r*² of the steady state.
 
@@ -398,7 +423,7 @@ def _ema(x, lam, b, y0):
     """y_{n+1} = lam·y_n + b·x_n along axis 0, y_0 = y0: returns y_0..y_N (IIR filter)."""
     y0 = np.broadcast_to(np.asarray(y0, dtype=np.float64), x.shape[1:])
     zi = (lam * y0)[None, ...]
-    from scipy.signal import lfilter     # lazily: scipy.signal costs ~0.6 s to import
+    from scipy.signal import lfilter  # lazily: scipy.signal costs ~0.6 s to import
     y, _ = lfilter([b], [1.0, -lam], x, axis=0, zi=zi)
     return np.concatenate([y0[None, ...], y], axis=0)
 
@@ -408,6 +433,7 @@ def _zoh_weight(rate, eta):
     return -np.expm1(-rate * eta) / rate if rate > 0.0 else eta
 
 
+@V.finite_result
 def norm_schedule(grad_hat_norm2, lr, momentum, weight_decay, r0, assumption="coherent",
                   delta_norm2=None, prev=None):
     """Eq. 17: r²_n of a scale-invariant block from a measured per-step |ĝ_n|² series.
@@ -599,6 +625,7 @@ class RMSPropScale:
     decay_per_step: float
 
 
+@V.finite_result
 def rmsprop_scale(grad_norm2, lr, rho, G0):
     """Eq. 20: the scale factor sqrt(G) of the paper's scalar RMSProp from a |g_n|² series.
 
@@ -648,6 +675,7 @@ class EquivalentRMSProp:
     G0: float
 
 
+@V.finite_result
 def equivalent_rmsprop(lr, momentum, weight_decay, r0, assumption="coherent"):
     """The scalar RMSProp (η', ρ, G0) equivalent to SGD(η, β, k) with BatchNorm.
 
@@ -710,6 +738,7 @@ def _rows(name, q):
     return q
 
 
+@V.finite_result
 def step_norm2(q):
     """|q_{n+1} − q_n|² between successive recorded rows (record_every=1: |Δ_{n+1}|²).
 
@@ -726,19 +755,28 @@ def step_norm2(q):
     return np.sum(np.diff(q, axis=0) ** 2, axis=1)
 
 
+@V.finite_result
 def angular_updates(q):
-    """Chord |q̂_{n+1} − q̂_n| between successive recorded rows, q̂ = q/|q|.
+    """The angular update: chord |q̂_{n+1} − q̂_n| between successive recorded rows, q̂ = q/|q|.
 
     The quantity :func:`steady_angular_update` predicts (the angle is
-    2 arcsin(chord/2) = chord·(1 + chord²/24 + …)).
+    2 arcsin(chord/2) = chord·(1 + chord²/24 + …)); its late-window summary is the RMS,
+    ``np.sqrt(np.mean(angular_updates(q)[-W:] ** 2))``.
 
     Parameters
     ----------
     q : (R, d) array_like
+        Recorded parameters of one block (``record_every=1``: one row per step).
 
     Returns
     -------
     (R−1,) ndarray
+        The chord per step (dimensionless; ≈ the angle in radians for small angles).
+
+    Examples
+    --------
+    >>> angular_updates([[1.0, 0.0], [0.0, 2.0]]).round(6)         # a quarter turn
+    array([1.414214])
     """
     q = _rows("q", q)
     n = np.linalg.norm(q, axis=1)
@@ -747,10 +785,3 @@ def angular_updates(q):
     qh = q / n[:, None]
     return np.linalg.norm(np.diff(qh, axis=0), axis=1)
 
-
-# Finite inputs far outside the physical range (lr = 5e-324, r0 = 1e300) overflow the
-# closed forms: say so, naming the arguments, rather than return inf/NaN.
-for _name in __all__:
-    if callable(globals()[_name]) and not isinstance(globals()[_name], type):
-        globals()[_name] = V.finite_result(globals()[_name])
-del _name

@@ -1,12 +1,18 @@
 """A live Noether monitor for ordinary PyTorch training loops (optional extra ``torch``).
 
 This is the only module of noether_core that imports torch (at its own import); the core
-never does.  Install the pinned CPU wheel with ``pip install "torch==2.13.0"``.
+never does.  Install the pinned CPU wheel with ``pip install "torch==2.13.0"`` (the extra
+``noether_core[torch]``).  Without torch the module still imports (its documentation and
+:class:`MonitorReport`); constructing a :class:`NoetherMonitor` raises ImportError.
 
->>> mon = NoetherMonitor(model, optimizer)        # doctest: +SKIP
->>> for x, y in loader:                           # an unchanged training loop
-...     optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
->>> print(mon.report()); mon.plot()               # doctest: +SKIP
+An unchanged training loop, watched (needs a model, an optimizer and data: not a
+doctest)::
+
+    mon = NoetherMonitor(model, optimizer)
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+    print(mon.report())
+    mon.plot().savefig("monitor.png")
 
 What it does (docs/byom.md §4):
 
@@ -22,7 +28,8 @@ What it does (docs/byom.md §4):
    reported (``unexplained``), not tracked.
 2. **Records, per block and per step** n → n+1 (optimizer step pre/post hooks, float64):
    ``|q_n|²``, ``|g_n|²``, ``⟨g_n, q_n⟩``, ``|Δ_{n+1}|²`` with Δ_{n+1} = q_{n+1} − q_n,
-   the angular update (chord) ``|q̂_{n+1} − q̂_n|``, the effective gradient correlation
+   the angular update, i.e. the chord ``|q̂_{n+1} − q̂_n|`` (dimensionless; ≈ the angle in
+   radians for small angles), the effective gradient correlation
    ``⟨Δ_n, g_n⟩/(|Δ_n||g_n|)`` (coherent buffer ↔ −1, uncorrelated ↔ 0), and the relative
    residual of the exact discrete balance law of the optimizer actually used, with its
    hyper-parameters read from ``optimizer.param_groups`` at every step (torch.optim.SGD
@@ -46,18 +53,23 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from . import _validation as V
 from . import theory as _th
 
+try:
+    import torch
+except ImportError:                # the optional extra is not installed (see __init__)
+    torch = None
+
 __all__ = ["NoetherMonitor", "MonitorReport"]
 
-_NORMS_PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,)
-_NORMS_JOINT = (torch.nn.LayerNorm,)
-# layers whose weight row W[c] holds every weight of output unit/channel c (transposed
-# convolutions store (in, out, ...) and are left out)
-_PRODUCERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+if torch is not None:
+    _NORMS_PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,)
+    _NORMS_JOINT = (torch.nn.LayerNorm,)
+    # layers whose weight row W[c] holds every weight of output unit/channel c (transposed
+    # convolutions store (in, out, ...) and are left out)
+    _PRODUCERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
 
 
@@ -87,7 +99,10 @@ class MonitorReport:
     step_norm2 : (R, B) array
         |Δ_{n+1}|².
     angular_update : (R, B) array
-        Chord |q̂_{n+1} − q̂_n| (≈ radians per step).
+        The angular update of step n → n+1: the chord |q̂_{n+1} − q̂_n| (dimensionless;
+        ≈ the angle in radians for small angles).  :meth:`summary` prints its RMS over the
+        second half of the recorded steps per block (the quantity
+        ``theory.steady_angular_update`` predicts), median over blocks.
     grad_correlation : (R, B) array
         ⟨Δ_n, g_n⟩/(|Δ_n||g_n|) (NaN at a block's first step).
     balance_residual : (R, B) array
@@ -155,6 +170,16 @@ class MonitorReport:
             return "undetermined"
         return _th.nearest_assumption(g, beta)
 
+    def late_angular_update(self) -> np.ndarray:
+        """RMS of the chord |q̂_{n+1} − q̂_n| over the second half of the recorded steps,
+        per block (B,): the late-window angular update ``theory.steady_angular_update``
+        predicts (the balance predicts the mean square; docs/theory.md §3).  NaN for a
+        block without a recorded step in that half."""
+        late = self.angular_update[len(self.steps) // 2:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN column
+            return np.sqrt(np.nanmean(late * late, axis=0))
+
     def summary(self) -> str:
         B, R = len(self.labels), len(self.steps)
         if B == 0:
@@ -179,13 +204,14 @@ class MonitorReport:
             lines.append(f"  buffer gain κ measured {kappa:.3g}; coherent "
                          f"{1 / (1 - beta) ** 2:.3g}, uncorrelated {1 / (1 - beta * beta):.3g}"
                          f", alternating {1 / (1 + beta) ** 2:.3g} -> regime: {self.regime()}")
-            ang = np.nanmedian(self.angular_update[late])
+            ang = self.late_angular_update()
             eta, k = float(np.median(self.hyper["lr"])), float(
                 np.median(self.hyper["weight_decay"]))
             if k > 0:
                 th = float(_th.steady_angular_update(eta, min(beta, 0.999999), k))
-                lines.append(f"  angular update per step: median {ang:.3e}, steady theory "
-                             f"sqrt(2ηk/(1+β)) = {th:.3e}")
+                lines.append(f"  angular update per step, chord |q̂_(n+1) − q̂_n|: RMS over "
+                             f"the second half, median over blocks {np.nanmedian(ang):.3e}; "
+                             f"steady theory sqrt(2ηk/(1+β)) = {th:.3e}")
             lines.append("  Eq. 17 |q|² after the last step, median relative error per "
                          "assumption: " + ", ".join(
                              f"{a} {np.median(self.prediction_error(a)):.3f}"
@@ -229,6 +255,10 @@ class NoetherMonitor:
     """
 
     def __init__(self, model, optimizer, *, audit_steps=5, approx_tol=1e-3, record_every=1):
+        if torch is None:
+            raise ImportError("NoetherMonitor needs PyTorch, which is not installed: "
+                              "pip install 'noether_core[torch]' (the pinned CPU wheel "
+                              "torch==2.13.0)")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -549,8 +579,8 @@ class NoetherMonitor:
             pred[a] = (np.stack(rows)[:, keep] if rows else np.zeros((0, int(keep.sum()))))
         hyp = getattr(self, "_hyper_last", np.full((B, 4), np.nan))[keep]
         return MonitorReport(
-            labels=[l for l, k in zip(labels, keep) if k],
-            sources=[s for s, k in zip(sources, keep) if k],
+            labels=[lab for lab, k in zip(labels, keep, strict=True) if k],
+            sources=[s for s, k in zip(sources, keep, strict=True) if k],
             steps=np.array([r["step"] for r in self._rec], dtype=int),
             norm2=col("a"), grad_norm2=col("gg"), grad_dot_q=col("gq"), step_norm2=col("D"),
             angular_update=col("chord"), grad_correlation=col("corr"),
@@ -566,16 +596,21 @@ class NoetherMonitor:
             overhead_seconds=self._overhead)
 
     def plot(self, blocks=4, fig=None):
-        """A matplotlib figure: |q|² measured vs Eq. 17 per assumption, angular update,
-        gradient correlation and balance residual for the first ``blocks`` blocks."""
-        import matplotlib.pyplot as plt
+        """A matplotlib figure: |q|² measured vs Eq. 17 per assumption, angular update
+        (chord), gradient correlation and balance residual for the first ``blocks`` blocks.
+
+        Drawn on ``fig`` if given (e.g. ``plt.figure()`` to show it with pyplot), else on
+        a new :class:`matplotlib.figure.Figure`: pyplot is not imported and the backend is
+        left as it is; save it with ``fig.savefig(path)``.
+        """
+        from matplotlib.figure import Figure
         rep = self.report()
-        fig = fig or plt.figure(figsize=(11, 7))
+        fig = fig or Figure(figsize=(11, 7))
         axs = fig.subplots(2, 2)
         sel = slice(0, min(blocks, len(rep.labels)))
         ax = axs[0, 0]
         ax.plot(rep.steps, rep.norm2[:, sel], "k-", lw=1)
-        for a, st in zip(PREDICTIONS, ("--", ":", "-.", "-")):
+        for a, st in zip(PREDICTIONS, ("--", ":", "-.", "-"), strict=True):
             ax.plot(rep.steps, rep.predicted_norm2[a][:-1, sel], st, lw=1, label=a)
         ax.set(title="|q|²: measured (black) vs Eq. 17", xlabel="step", yscale="log")
         ax.legend(fontsize=7)
@@ -587,7 +622,8 @@ class NoetherMonitor:
             ax.axhline(_th.steady_angular_update(lr, min(beta, 0.999999), k), color="k",
                        ls="--", label="sqrt(2ηk/(1+β))")
             ax.legend(fontsize=7)
-        ax.set(title="angular update per step", xlabel="step", yscale="log")
+        ax.set(title="angular update per step: chord |q̂_(n+1) − q̂_n|", xlabel="step",
+               yscale="log")
         ax = axs[1, 0]
         ax.plot(rep.steps, rep.grad_correlation[:, sel], lw=1)
         ax.axhline(-1, color="k", ls=":")

@@ -11,14 +11,19 @@ the norm relaxes within the run — a few seconds) and check
   Eq. 17 checks reject the same run (they are not vacuous);
 * the identities the demo relies on (the chord from |q|² and |Δ|² alone, docs/demo.md
   §2; chunked runs equal one run);
-* the figure is written when matplotlib is installed;
-* bad options give argparse errors (exit code 2, message naming the option).
+* the figure is written when matplotlib is installed, on a ``matplotlib.figure.Figure``:
+  pyplot is not imported and the process's backend is left alone;
+* bad options give argparse errors (exit code 2, message naming the option), and the
+  command line and ``DemoConfig`` accept and reject the same values (one table,
+  ``demo.BOUNDS``), with the same message;
+* ``noether_core.torch`` imports without torch (the monitor then says what to install).
 """
 import os
 import re
 import subprocess
 import sys
-from dataclasses import replace
+import textwrap
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -214,3 +219,185 @@ def test_config_validation():
         demo.DemoConfig(widths=16)
     with pytest.raises(ValueError, match="late"):
         demo.DemoConfig(steps=30, late=0.1)
+
+
+# -- the figure leaves the process's matplotlib state alone ---------------------------------------
+_FIGURE_SCRIPT = textwrap.dedent("""
+    import os
+    import sys
+    import matplotlib
+    from noether_core import demo, theory
+    raw = lambda: dict.__getitem__(matplotlib.rcParams, "backend")  # resolving imports pyplot
+    # 1. nothing chose a backend yet: the demo must not choose one, nor import pyplot
+    before = raw()
+    res = demo.run_demo(demo.reduced(steps=600, chunk=300), out=sys.argv[1])
+    assert res.figure is not None, "no figure written"
+    assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
+    assert raw() == before, f"backend switched: {before!r} -> {raw()!r}"
+    # 2. the user chose one: the demo's figure code leaves it
+    matplotlib.use("svg")
+    cfg = res.config
+    demo.write_figure(os.path.join(sys.argv[1], "again.png"), cfg, res.series["sgd"],
+                      res.series["norm"], res.series["rmsprop"],
+                      theory.steady_angular_update(cfg.lr, cfg.momentum, cfg.weight_decay))
+    assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+    assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
+    print("figure-ok")
+""")
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="the figure needs matplotlib (extra plot)")
+def test_figure_does_not_touch_pyplot_or_the_backend(tmp_path):
+    """A library must not switch the process's backend: in a fresh process the demo draws
+    its figure without importing pyplot and leaves the backend setting as it was, both
+    when nothing chose a backend yet (the raw rcParams entry, read without resolving it)
+    and when the user chose one (``matplotlib.use("svg")``)."""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    proc = subprocess.run([sys.executable, "-c", _FIGURE_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "figure-ok" in proc.stdout
+    for name in ("demo.png", "again.png"):
+        with open(tmp_path / name, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# -- one set of bounds for the command line and DemoConfig -----------------------------------------
+#: a base run whose relations between fields (batch_size <= n, wrong-rho control, late
+#: window) hold at every boundary value tried below, so each field's own bound decides
+_BASE = dict(steps=10 ** 8, n=10 ** 6, batch_size=2, lr=1e-6, weight_decay=1e-6,
+             momentum=0.5, late=0.5, wrong_rho_factor=10.0)
+
+
+def _boundary_values(bound):
+    """(value, allowed) pairs at and beside each end of ``bound``."""
+    out = []
+    if bound.kind is int:
+        if bound.lo is not None:
+            out += [(bound.lo, True), (bound.lo - 1, False)]
+        if bound.hi is not None:
+            out += [(bound.hi, True), (bound.hi + 1, False)]
+        return out
+    delta = 1e-6                         # well inside the other constraints of _BASE
+    if bound.lo is not None:
+        out += ([(bound.lo, False), (bound.lo + delta, True)] if bound.lo_open
+                else [(bound.lo, True), (bound.lo - delta, False)])
+    if bound.hi is not None:
+        out += ([(bound.hi, False), (bound.hi - delta, True)] if bound.hi_open
+                else [(bound.hi, True), (bound.hi + delta, False)])
+    return out
+
+
+def _cli(name, text, monkeypatch, capsys):
+    """Run the real command line with the base options and ``--<name> text``; returns
+    (DemoConfig handed to run_demo or None, error message or None)."""
+    seen = {}
+
+    def fake_run(cfg, *a, **k):
+        seen["cfg"] = cfg
+        return demo.DemoResult(cfg, [], "uncorrelated", "", None, 0.0)
+    monkeypatch.setattr(demo, "run_demo", fake_run)
+    base = {k: v for k, v in _BASE.items() if k != name}
+    argv = ["demo", "--no-figure"] + [f"--{k.replace('_', '-')}={v!r}" for k, v in base.items()]
+    argv.append(f"--{name.replace('_', '-')}={text}")
+    try:
+        assert main(argv) == 0
+    except SystemExit as exc:
+        assert exc.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        return None, err
+    return seen["cfg"], None
+
+
+def _config(name, value):
+    """(DemoConfig or None, error message or None) for the base run with name=value."""
+    try:
+        return demo.DemoConfig(**{**_BASE, name: value}), None
+    except (TypeError, ValueError) as exc:
+        return None, str(exc)
+
+
+def test_every_field_has_one_bound_and_one_option():
+    """Every DemoConfig field has its entry in demo.BOUNDS (widths: demo.check_widths)
+    and a command-line option, and the option's default is the field's default."""
+    from noether_core.__main__ import _DEMO_OPTIONS
+    names = [f.name for f in fields(demo.DemoConfig)]
+    assert sorted(demo.BOUNDS) == sorted(n for n in names if n != "widths")
+    assert sorted(name for _, name, _ in _DEMO_OPTIONS) == sorted(names)
+    assert all(opt == "--" + name.replace("_", "-") for opt, name, _ in _DEMO_OPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(demo.BOUNDS))
+def test_cli_and_config_accept_and_reject_the_same_values(name, monkeypatch, capsys):
+    """At and beside every end of every field's bound, and for a value that is no number,
+    the command line and DemoConfig agree; a rejection names the argument, the value and
+    what is allowed, in the same words (argparse adds "argument --<option>:")."""
+    bound = demo.BOUNDS[name]
+    cases = _boundary_values(bound)
+    assert cases, name
+    for value, allowed in cases:
+        cfg, err = _config(name, value)
+        cli_cfg, cli_err = _cli(name, repr(value), monkeypatch, capsys)
+        assert (cfg is not None) == allowed == (cli_cfg is not None), (name, value, err,
+                                                                        cli_err)
+        if allowed:
+            assert getattr(cli_cfg, name) == getattr(cfg, name) == value
+            assert cli_cfg == cfg
+        else:
+            option = "--" + name.replace("_", "-")
+            assert cli_err.endswith(f"argument {option}: {err}"), (cli_err, err)
+            lo = "-inf" if bound.lo is None else bound.lo
+            hi = "inf" if bound.hi is None else bound.hi
+            rng = f"{'(' if bound.lo_open else '['}{lo}, {hi}{')' if bound.hi_open else ']'}"
+            assert err == f"{name} must lie in {rng}, got {value}"
+    _, err = _config(name, "x")
+    _, cli_err = _cli(name, "x", monkeypatch, capsys)
+    kind = "an integer" if bound.kind is int else "a real number"
+    assert err == f"{name} must be {kind}, got 'x'"
+    assert cli_err.endswith(f"argument --{name.replace('_', '-')}: {err}")
+
+
+@pytest.mark.parametrize("widths, allowed", [("2", True), ("16,2", True), ("1", False),
+                                             ("16,1", False), ("16,x", False)])
+def test_cli_and_config_agree_on_widths(widths, allowed, monkeypatch, capsys):
+    pieces = widths.split(",")
+    value = tuple(int(p) if p.lstrip("-").isdigit() else p for p in pieces)
+    cfg, err = _config("widths", value)
+    cli_cfg, cli_err = _cli("widths", widths, monkeypatch, capsys)
+    assert (cfg is not None) == allowed == (cli_cfg is not None), (err, cli_err)
+    if allowed:
+        assert cli_cfg.widths == cfg.widths == value
+    else:
+        bad = next(i for i, p in enumerate(value) if not isinstance(p, int) or p < 2)
+        assert err.startswith(f"widths[{bad}] must ")
+        assert f"argument --widths: {err}" in cli_err
+
+
+# -- the monitor module without torch ---------------------------------------------------------
+def test_torch_module_imports_without_torch():
+    """noether_core.torch imports where torch is missing (its docs and doctests are
+    collected everywhere); constructing the monitor says what to install."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None          # as if torch were not installed
+        import noether_core.torch as t
+        try:
+            t.NoetherMonitor(None, None)
+        except ImportError as exc:
+            assert "noether_core[torch]" in str(exc), exc
+            print("import-ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "import-ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_gitignore_names_the_demo_folder():
+    """.gitignore names the folder the command line writes its figure to by default."""
+    import argparse
+    from pathlib import Path
+
+    from noether_core.__main__ import _demo_parser
+    out = _demo_parser(argparse.ArgumentParser().add_subparsers()).get_default("out")
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert f"{out}/" in ignored, (out, ignored)

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
@@ -87,7 +88,7 @@ def integrate_piecewise(rhs, y0, values, dt):
     out = [y0]
     y = y0
     for v in values:
-        sol = solve_ivp(lambda t, s: rhs(s, v), (0.0, dt), [y], method="DOP853",
+        sol = solve_ivp(lambda t, s, v=v: rhs(s, v), (0.0, dt), [y], method="DOP853",
                         rtol=1e-12, atol=1e-14 * max(abs(y), 1e-300))
         assert sol.success
         y = float(sol.y[0, -1])
@@ -219,6 +220,24 @@ def test_million_steps_do_not_overflow():
     rms = T.rmsprop_scale(np.full(n, gh2), 0.01, 0.999, 0.0)
     assert np.all(np.isfinite(rms.sqrt_G_continuous))
     assert math.isclose(rms.sqrt_G_continuous[-1], math.sqrt(gh2), rel_tol=1e-12)
+
+
+def test_every_public_function_refuses_an_overflowed_result():
+    """Every public function of theory carries ``@V.finite_result`` at its definition:
+    finite inputs whose closed form overflows give a ValueError naming the arguments,
+    not inf (lr = 5e-324 makes sqrt(2k/(η(1+β))) overflow)."""
+    import inspect
+
+    public = [getattr(T, n) for n in T.__all__]
+    funcs = [f for f in public if callable(f) and not isinstance(f, type)]
+    assert len(funcs) == 12
+    for f in funcs:
+        assert f.__wrapped__.__module__ == T.__name__, f
+    src = inspect.getsource(T)
+    for f in funcs:
+        assert f"@V.finite_result\ndef {f.__name__}(" in src, f.__name__
+    with pytest.raises(ValueError, match=r"steady_angular_speed\(lr=5e-324.*overflows"):
+        T.steady_angular_speed(5e-324, 0.9, 1.0)
 
 
 # -- the exact identity on real runs -----------------------------------------------------------

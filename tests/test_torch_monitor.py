@@ -22,8 +22,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the monitor needs the optional extra torch "
                                             "(pip install 'torch==2.13.0')")
-from noether_core.torch import NoetherMonitor  # noqa: E402
 from noether_core import theory  # noqa: E402
+from noether_core.torch import NoetherMonitor  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,14 +160,26 @@ def test_quantities_are_what_they_say(mlp_run):
     assert np.all(np.isnan(rep.grad_correlation[0]))
     s = str(rep)
     assert "regime: uncorrelated" in s and "exact balance residual" in s
+    # the summary's angular update: RMS chord over the second half, per block
+    late = rep.angular_update[len(rep.steps) // 2:]
+    np.testing.assert_array_equal(rep.late_angular_update(),
+                                  np.sqrt(np.nanmean(late * late, axis=0)))
+    assert f"median over blocks {np.nanmedian(rep.late_angular_update()):.3e}" in s
 
 
 def test_plot_returns_a_figure(mlp_run):
-    import matplotlib
-    matplotlib.use("Agg")
+    """plot() draws on a matplotlib.figure.Figure of its own (no pyplot, no backend
+    switch; tests/test_demo.py checks the same of the demo in a clean process) that
+    saves as a PNG."""
+    import io
+
+    from matplotlib.figure import Figure
     mon, _ = mlp_run
     fig = mon.plot()
-    assert len(fig.axes) == 4
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_schedule_and_dampening_keep_the_law_exact():
