@@ -8,8 +8,8 @@ between discrete rules and continuous models (``conventions``).
 """
 from . import (charges, conventions, datasets, errors, mirror, models, potentials, rules,
                symmetry, theory)
-from .integrate import integrate
-from .scan_integrate import IntegrateScanResult, scan_integrate
+from ._integrate import IntegrateResult, IntegrationError, NoetherTerms, integrate, noether_terms
+from ._scan_integrate import IntegrateScanResult, scan_integrate
 from ._train import TrainResult, train
 from ._scan import scan, openmp_enabled
 from ._scan_result import ScanResult, point_seed
@@ -19,6 +19,8 @@ from .rules import RuleState
 __version__ = "0.1.0"
 
 __all__ = ["train", "TrainResult", "RuleState", "potentials", "rules", "conventions", "charges",
-           "mirror", "symmetry", "theory", "datasets", "integrate", "models", "scan_integrate", "errors", "DivergenceWarning",
+           "mirror", "symmetry", "theory", "datasets", "integrate", "IntegrateResult",
+           "IntegrationError", "NoetherTerms", "noether_terms", "models", "scan_integrate",
+           "IntegrateScanResult", "errors", "DivergenceWarning",
            "NoetherWarning",
            "__version__"]

@@ -9,7 +9,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
-from noether_core.integrate import noether_terms
+from noether_core import noether_terms
 from noether_core.models import Bregman, Damped, RadialAngular, damped, nesterov, sgdm
 from noether_core.symmetry import random_skew
 from noether_ref import integrators as ri
