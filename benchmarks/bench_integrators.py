@@ -17,12 +17,12 @@ import subprocess
 import time
 
 import numpy as np
+from noether_ref import integrators as ri
+from noether_ref import potentials as rp
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
 from noether_core.models import Damped, RadialAngular
-from noether_ref import integrators as ri
-from noether_ref import potentials as rp
 
 D, T = 8, 20.0
 TARGETS = (1e-4, 1e-6, 1e-8)
@@ -53,7 +53,7 @@ def _problem():
 def _curve(run, params, ref):
     pts = []
     for p in params:
-        t, y = _best(lambda: run(p))
+        t, y = _best(lambda p=p: run(p))
         err = float(np.abs(y - ref).max())
         pts.append((err, t))
     return sorted(pts)
@@ -91,8 +91,8 @@ def bench(name, model, y0, spec, to_cmp):
     }
     for meth in ("RK45", "DOP853"):
         curves[f"solve_ivp {meth}"] = _curve(
-            lambda tol: to_cmp(solve_ivp(f, (0, T), y0, method=meth, rtol=tol,
-                                         atol=tol * 1e-2).y[:, -1]),
+            lambda tol, meth=meth: to_cmp(solve_ivp(f, (0, T), y0, method=meth,
+                                                    rtol=tol, atol=tol * 1e-2).y[:, -1]),
             np.logspace(-1, -12, 12), ref)
     rows = []
     for target in TARGETS:

@@ -25,3 +25,9 @@ REASON = {OK: None, NONFINITE_LOSS: "non-finite loss", NONFINITE_GRAD: "non-fini
 def reason(status: int) -> str | None:
     """The user-facing reason for ``status`` (None when the run finished)."""
     return REASON.get(int(status), f"status {int(status)}")
+
+# integrators (pyx/integrators.pyx; noether_core/_integrate.py turns them into messages)
+NONFINITE_STATE: int = _CODES["NONFINITE_STATE"]
+STEP_UNDERFLOW: int = _CODES["STEP_UNDERFLOW"]
+MAX_STEPS: int = _CODES["MAX_STEPS"]
+RADIUS: int = _CODES["RADIUS"]

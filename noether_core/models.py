@@ -27,8 +27,10 @@ from .potentials import Potential
 __all__ = ["Model", "Damped", "GradientFlow", "RadialAngular", "Bregman", "Schedule",
            "nesterov", "damped", "sgdm", "MIRRORS"]
 
-# model kinds, as in pyx/integrators.pyx
+# model kinds and Bregman schedules, as in pyx/integrators.pyx
 _DAMPED, _RADANG, _BREGMAN, _GFLOW = range(4)
+_SCHED_CODE = {"nesterov": 0, "damped": 1}
+_SCHED_USER = 2             # Python callables, called back from the compiled loop
 _SPLIT = ("conformal-euler", "conformal-verlet", "conformal-yoshida4")
 _RK = ("rk4", "dopri5")
 
@@ -246,8 +248,9 @@ class Schedule:
 
     Built-ins are compiled (``nesterov``, ``damped``, ``sgdm``); a user schedule gives
     three callables of t: ``exp_alpha`` = e^{α_t}, ``exp_alpha_beta`` = e^{α_t+β_t} and
-    ``gamma_dot`` = γ̇_t, which the equations of motion need; it runs on the documented
-    slow path (the NumPy reference integrator, one Python call per stage).
+    ``gamma_dot`` = γ̇_t, which the equations of motion need; it runs in the same compiled
+    loop, which calls the three functions back (taking the GIL) once per right-hand side
+    evaluation: the documented slow path.
     """
 
     name: str
@@ -338,7 +341,7 @@ class Bregman(Model):
         self.mirror, self.D, self.p = mm.name, mm.D, mm.p
 
     def _hp(self):
-        sched = {"nesterov": 0, "damped": 1}.get(self.schedule.name, -1)
+        sched = _SCHED_CODE.get(self.schedule.name, _SCHED_USER)
         return np.array([1.0, 0.0, 0.0, 0.0, sched, self.schedule.s1, self.schedule.s2,
                          MIRRORS.index(self.mirror), 0.0 if self.p is None else self.p])
 

@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised by test_testing_toolk
                       "pip install 'noether_core[test]')") from exc
 
 from . import datasets, potentials as P, rules as R
-from .integrate import _ORDER, integrate as _integrate
+from ._integrate import _ORDER, integrate as _integrate
 from .charges import ChargeSeries, symmetry_label
 from .symmetry import FAMILIES, Symmetry, generator, random_skew, transform
 

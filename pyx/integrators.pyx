@@ -6,8 +6,9 @@ Design
 * One compiled call integrates one whole trajectory: :func:`integrate_kernel` fills a
   :c:type:`Model` (raw pointers, scalars), allocates the method's workspace ONCE (with the
   GIL), releases the GIL for the whole time loop and frees the workspace afterwards.
-  Nothing is allocated per step and no Python is called inside the loop.
-* Memory: the caller (noether_core/integrate.py) owns every array.  ``y`` (IN/OUT) holds
+  Nothing is allocated per step and no Python is called inside the loop (except a user
+  Bregman schedule's callback, below).
+* Memory: the caller (noether_core/_integrate.py) owns every array.  ``y`` (IN/OUT) holds
   the initial state and receives the final one; ``rec_t``/``rec_y`` (OUT) are
   preallocated for every record the run can produce; ``t_eval`` (IN) is sorted.
 * Models (state layout):
@@ -21,19 +22,28 @@ Design
   classical RK4, and adaptive Dormand-Prince 5(4) with exact landing on requested times.
 * The facade validated everything (finite positive m, mu, h; |u| = 1 and <u, w> = 0;
   entropy mirror needs q > 0; ...).  Trouble met in the loop (non-finite state, step-size
-  underflow, max_steps, r <= 0 in M2) is reported as a status code, never raised here.
-
-The NumPy twin is python/noether_ref/integrators.py (same operation order).
+  underflow, max_steps, r <= 0 in M2) is reported as one of the shared status codes of
+  pyx/nc_status.h (NC_ST_*), never raised here.
+* A user Bregman schedule (three Python callables) runs through the same compiled loops:
+  ``_schedule`` calls it back with the GIL (as a Python potential's gradient is called
+  back), once per right-hand side.  An exception it raises is held in the Model, the loop
+  stops at that step (NC_ST_INTERRUPTED) and :func:`integrate_kernel` re-raises it.
+* :func:`rhs_kernel` evaluates the same compiled right-hand side ``_rhs`` at given states,
+  so noether_core.noether_terms uses the integrator's own equations of motion.
 """
-from libc.math cimport sqrt, exp, log, cos, sin, fabs, pow, isfinite
+# The NumPy twin (same operation order) is the test oracle in python/, under
+# noether_ref/integrators.py; nothing in noether_core imports it.
+from libc.math cimport sqrt, exp, log, cos, sin, fabs, pow, isfinite, NAN
 from libc.stdlib cimport malloc, free
 from libc.float cimport DBL_EPSILON
+from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
 
 import numpy as np
 cimport numpy as cnp
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
 from noether_core._kernels.rules cimport poll_signals, reraise_signal
+from noether_core._kernels.status cimport *
 
 cnp.import_array()
 
@@ -52,19 +62,11 @@ cdef enum:
     METHOD_RK4 = 3
     METHOD_DOPRI5 = 4
 
-# status codes (noether_core/integrate.py turns them into messages)
-cdef enum:
-    ST_OK = 0
-    ST_NONFINITE = 1
-    ST_UNDERFLOW = 2
-    ST_MAX_STEPS = 3
-    ST_RADIUS = 4
-    ST_INTERRUPTED = 5          # a Python signal handler raised (Ctrl-C): re-raised
-
 # Bregman schedules and mirror maps
 cdef enum:
     SCHED_NESTEROV = 0      # alpha = log n - log t, beta = n log t + log C, gamma = n log t
     SCHED_DAMPED = 1        # alpha = -log m, beta = log m, gamma = mu t / m
+    SCHED_USER = 2          # a Python callable t -> (e^alpha, e^(alpha+beta), gamma')
 
 cdef enum:
     MIR_EUCLID = 0
@@ -90,6 +92,8 @@ cdef struct Model:
     long nfev                   # gradient evaluations
     bint check_signals          # poll Python signals every 64 steps (main thread use)
     double next_poll            # monotonic time of the next poll (rules.pxd poll_signals)
+    PyObject* sched_obj         # M3 SCHED_USER: the schedule callable (borrowed reference)
+    PyObject* cb_error          # the exception it raised (owned reference), or NULL
 
 
 # -------------------------------------------------------------------------------------
@@ -139,6 +143,22 @@ cdef inline double _d2phi(Model* M, Py_ssize_t i, double x) noexcept nogil:
     return 1.0 / x
 
 
+cdef void _user_schedule(Model* M, double t, double* ea, double* eab,
+                         double* gd) noexcept with gil:
+    """Call the user's schedule back (GIL held); NaN after storing any exception."""
+    cdef double a = NAN, b = NAN, c = NAN
+    if M.cb_error == NULL:
+        try:
+            a, b, c = (<object> M.sched_obj)(t)
+        except BaseException as exc:
+            Py_XINCREF(<PyObject*> exc)
+            M.cb_error = <PyObject*> exc
+            a = b = c = NAN
+    ea[0] = a
+    eab[0] = b
+    gd[0] = c
+
+
 cdef inline void _schedule(Model* M, double t, double* ea, double* eab,
                            double* gd) noexcept nogil:
     """e^alpha, e^(alpha+beta) and gamma' of the Bregman schedule at time t."""
@@ -146,6 +166,8 @@ cdef inline void _schedule(Model* M, double t, double* ea, double* eab,
         ea[0] = M.s1 / t
         eab[0] = M.s2 * M.s1 * pow(t, M.s1 - 1.0)
         gd[0] = M.s1 / t
+    elif M.sched == SCHED_USER:
+        _user_schedule(M, t, ea, eab, gd)
     else:
         ea[0] = 1.0 / M.s1
         eab[0] = 1.0
@@ -157,7 +179,8 @@ cdef inline void _schedule(Model* M, double t, double* ea, double* eab,
 
 cdef void _rhs(Model* M, double t, const double* y, double* dy) noexcept nogil:
     cdef Py_ssize_t i, d = M.d
-    cdef double r, rd, ww, gam, cpl, ea, eab, gd, x, qd
+    cdef double r, rd, ww, gam, cpl, x, qd
+    cdef double ea = 0.0, eab = 0.0, gd = 0.0  # set by _schedule (quiets -Wmaybe-uninitialized)
     cdef const double* u
     cdef const double* w
     if M.kind == MODEL_DAMPED:
@@ -504,24 +527,27 @@ cdef int _fixed_loop(Model* M, int method, double* y, double t0, double h,
     for s in range(1, n_steps + 1):
         if M.check_signals and (s & 63) == 0 and poll_signals(&M.next_poll):
             n_rec[0] = row
-            return ST_INTERRUPTED
+            return NC_ST_INTERRUPTED
         t = t0 + (s - 1) * h
         if method == METHOD_RK4:
             _rk4_step(M, t, y, h, K[0], K[1], K[2], K[3], K[4])
         else:
             _split_step(M, method, y, h)
         n_done[0] = s
+        if M.cb_error != NULL:                  # the user's schedule raised
+            n_rec[0] = row
+            return NC_ST_INTERRUPTED
         if not _finite(y, n):
             n_rec[0] = row
-            return ST_NONFINITE
+            return NC_ST_NONFINITE_STATE
         if M.kind == MODEL_RADANG and y[0] <= 0.0:
             n_rec[0] = row
-            return ST_RADIUS
+            return NC_ST_RADIUS
         if s % record_every == 0:
             _record(rec_t, rec_y, row, t0 + s * h, y, n)
             row += 1
     n_rec[0] = row
-    return ST_OK
+    return NC_ST_OK
 
 
 cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init,
@@ -548,30 +574,37 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
         row += 1
     n_rec[0] = row
     if t_end <= t0:
-        return ST_OK
+        return NC_ST_OK
     _rhs(M, t, y, K[0])
+    if M.cb_error != NULL:
+        return NC_ST_INTERRUPTED
     if not _finite(K[0], n):
-        return ST_NONFINITE
+        return NC_ST_NONFINITE_STATE
     h = h_init if h_init > 0.0 else _initial_step(M, t, y, K[0], yt, K[1], rtol, atol,
                                                    t_end - t0)
+    if M.cb_error != NULL:
+        return NC_ST_INTERRUPTED
     while t < t_end:
         target = t_eval[ie] if (n_eval > 0 and ie < n_eval) else t_end
         hmin = 10.0 * DBL_EPSILON * (fabs(t) if fabs(t) > fabs(target) else fabs(target))
         if not (h >= hmin) or t + 0.5 * h == t:       # (catches a NaN step too)
             t_out[0] = t
-            return ST_NONFINITE if last_bad else ST_UNDERFLOW
+            return NC_ST_NONFINITE_STATE if last_bad else NC_ST_STEP_UNDERFLOW
         if attempts >= max_steps:
             t_out[0] = t
-            return ST_MAX_STEPS
+            return NC_ST_MAX_STEPS
         if M.check_signals and (attempts & 63) == 63 and poll_signals(&M.next_poll):
             t_out[0] = t
             n_rec[0] = row
-            return ST_INTERRUPTED
+            return NC_ST_INTERRUPTED
         attempts += 1
         # land exactly on the next output time (stretching h by at most 1% to get there)
         landed = t + 1.01 * h >= target
         hs = target - t if landed else h
         _dopri_step(M, t, y, hs, K, yt, yn)
+        if M.cb_error != NULL:                  # the user's schedule raised
+            t_out[0] = t
+            return NC_ST_INTERRUPTED
         err = _dopri_err(M, y, yn, hs, K, rtol, atol)
         if not isfinite(err):
             # a non-finite trial state (or an error norm overflowing): shrink the step
@@ -596,7 +629,7 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
             if M.kind == MODEL_RADANG and y[0] <= 0.0:
                 t_out[0] = t
                 n_rec[0] = row
-                return ST_RADIUS
+                return NC_ST_RADIUS
             if n_eval > 0:
                 while ie < n_eval and t_eval[ie] <= t:
                     _record(rec_t, rec_y, row, t, y, n)
@@ -614,35 +647,14 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
             h = hs * fac
     t_out[0] = t
     n_rec[0] = row
-    return ST_OK
+    return NC_ST_OK
 
 
-def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double[::1] D,
-                     double[::1] y, int method, double t0, double h, Py_ssize_t n_steps,
-                     Py_ssize_t record_every, const double[::1] t_eval, double t_end,
-                     double rtol, double atol, Py_ssize_t max_steps,
-                     double[::1] rec_t, double[:, ::1] rec_y, bint check_signals=True):
-    """Integrate one trajectory (all arguments validated by noether_core.integrate).
-
-    hp (IN): [m, mu, k, reduced, sched, s1, s2, mirror, p]; D (IN): diagonal mirror (or
-    length 0); y (IN/OUT): initial -> final state; t_eval (IN, sorted, may be empty);
-    rec_t, rec_y (OUT): preallocated records.  Fixed-step methods take ``n_steps`` steps of
-    size ``h`` and record every ``record_every``-th state; dopri5 uses ``h`` (> 0) as the
-    first trial step (<= 0: automatic), lands exactly on each ``t_eval`` and records there
-    (or every ``record_every``-th accepted step and the final state if t_eval is empty).
-
-    Returns (status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected).
-    """
-    cdef Model M
-    cdef Py_ssize_t d = pot.d, n = y.shape[0], i
-    cdef Py_ssize_t n_rec = 0, n_done = 0, n_acc = 0, n_rej = 0
-    cdef int status
-    cdef double t_final = t_end
-    cdef double* K[7]
-    cdef double* work
+cdef int _model_init(Model* M, int kind, const double[::1] hp, Potential pot,
+                     const double[::1] D, object schedule, bint check_signals) except -1:
+    """Fill M from the facade's arrays (M.g, M.params are set by the caller)."""
     M.kind = kind
-    M.d = d
-    M.n = n
+    M.d = pot.d
     M.fn = pot.fn
     M.m = hp[0]
     M.mu = hp[1]
@@ -657,6 +669,55 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     M.nfev = 0
     M.check_signals = check_signals
     M.next_poll = 0.0
+    M.cb_error = NULL
+    M.sched_obj = NULL
+    if kind == MODEL_BREGMAN and M.sched == SCHED_USER:
+        if schedule is None or not callable(schedule):
+            raise TypeError("a user schedule (sched = SCHED_USER) needs schedule= callable")
+        M.sched_obj = <PyObject*> schedule
+    return 0
+
+
+cdef int _raise_callback_error(Model* M) except -1:
+    """Re-raise the exception the user's schedule raised in the loop (if any)."""
+    cdef object exc
+    if M.cb_error != NULL:
+        exc = <object> M.cb_error
+        Py_XDECREF(M.cb_error)
+        M.cb_error = NULL
+        raise exc
+    return 0
+
+
+def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double[::1] D,
+                     double[::1] y, int method, double t0, double h, Py_ssize_t n_steps,
+                     Py_ssize_t record_every, const double[::1] t_eval, double t_end,
+                     double rtol, double atol, Py_ssize_t max_steps,
+                     double[::1] rec_t, double[:, ::1] rec_y, bint check_signals=True,
+                     object schedule=None):
+    """Integrate one trajectory (all arguments validated by noether_core.integrate).
+
+    hp (IN): [m, mu, k, reduced, sched, s1, s2, mirror, p]; D (IN): diagonal mirror (or
+    length 0); y (IN/OUT): initial -> final state; t_eval (IN, sorted, may be empty);
+    rec_t, rec_y (OUT): preallocated records.  Fixed-step methods take ``n_steps`` steps of
+    size ``h`` and record every ``record_every``-th state; dopri5 uses ``h`` (> 0) as the
+    first trial step (<= 0: automatic), lands exactly on each ``t_eval`` and records there
+    (or every ``record_every``-th accepted step and the final state if t_eval is empty).
+    ``schedule`` (sched = SCHED_USER only): callable t -> (e^alpha, e^(alpha+beta),
+    gamma'), called back with the GIL; an exception it raises stops the run and is
+    re-raised here.
+
+    Returns (status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected).
+    """
+    cdef Model M
+    cdef Py_ssize_t d = pot.d, n = y.shape[0], i
+    cdef Py_ssize_t n_rec = 0, n_done = 0, n_acc = 0, n_rej = 0
+    cdef int status
+    cdef double t_final = t_end
+    cdef double* K[7]
+    cdef double* work
+    _model_init(&M, kind, hp, pot, D, schedule, check_signals)
+    M.n = n
     work = <double*> malloc((9 * n + d) * sizeof(double))
     if work == NULL:
         raise MemoryError("integrator workspace")
@@ -682,6 +743,46 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     finally:
         pot.free_params(M.params)
         free(work)
-    if status == ST_INTERRUPTED:
+    _raise_callback_error(&M)
+    if status == NC_ST_INTERRUPTED:
         reraise_signal()
     return status, n_rec, n_done, t_final, M.nfev, n_acc, n_rej
+
+
+def rhs_kernel(int kind, const double[::1] hp, Potential pot, const double[::1] D,
+               const double[::1] t, const double[:, ::1] y, double[:, ::1] dy,
+               object schedule=None):
+    """The integrator's own right-hand side F(t_i, y_i) at each row (``_rhs``).
+
+    Arguments as for :func:`integrate_kernel`; ``t`` (IN, R), ``y`` (IN, R x n) and ``dy``
+    (OUT, R x n).  An exception of the user's schedule, or of a Python potential's ``fn``,
+    is re-raised.  Returns the number of gradient evaluations.
+    """
+    cdef Model M
+    cdef Py_ssize_t R = y.shape[0], n = y.shape[1], r
+    cdef double* g
+    if t.shape[0] != R or dy.shape[0] != R or dy.shape[1] != n:
+        raise ValueError("rhs_kernel: t, y and dy must have matching rows (and y, dy shape)")
+    _model_init(&M, kind, hp, pot, D, schedule, False)
+    M.n = n
+    g = <double*> malloc((pot.d if pot.d > 0 else 1) * sizeof(double))
+    if g == NULL:
+        raise MemoryError("integrator workspace")
+    M.g = g
+    M.params = pot.new_params()
+    try:
+        with nogil:
+            for r in range(R):
+                _rhs(&M, t[r], &y[r, 0], &dy[r, 0])
+                if M.cb_error != NULL:
+                    break
+    finally:
+        pot.free_params(M.params)
+        free(g)
+    _raise_callback_error(&M)
+    take_error = getattr(pot, "take_error", None)
+    if take_error is not None:
+        err = take_error()
+        if err is not None:
+            raise err[0]
+    return M.nfev

@@ -283,7 +283,7 @@ def _c_half_norm2():
 def build_entries():
     import noether_core as nc
     from noether_core import charges, conventions, datasets, mirror, models, symmetry, theory
-    from noether_core.integrate import IntegrationError, noether_terms
+    from noether_core import IntegrationError, noether_terms
     P, R = nc.potentials, nc.rules
 
     def rq(seed=0):

@@ -5,7 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core.models import Bregman, Damped, GradientFlow, RadialAngular, damped, nesterov
@@ -14,6 +15,25 @@ from noether_core.models import Bregman, Damped, GradientFlow, RadialAngular, da
 def _pot(d=5, seed=0):
     A = np.random.default_rng(seed).standard_normal((d, d))
     return nc.potentials.RayleighQuotient(A + A.T)
+
+
+def test_public_names_live_at_the_top_level():
+    """The integrators' public names are top-level; their modules are private, so no
+    function shadows a module (``nc.integrate`` is the function, not a module)."""
+    import types
+
+    from noether_core import _integrate, _scan_integrate
+    for name, mod in [("integrate", _integrate), ("IntegrateResult", _integrate),
+                      ("IntegrationError", _integrate), ("NoetherTerms", _integrate),
+                      ("noether_terms", _integrate), ("scan_integrate", _scan_integrate),
+                      ("IntegrateScanResult", _scan_integrate)]:
+        assert name in nc.__all__
+        assert getattr(nc, name) is getattr(mod, name)
+        assert not isinstance(getattr(nc, name), types.ModuleType)
+    sol = nc.integrate(Damped(_pot(), 0.5, 0.3), np.ones(10), t_end=0.2, h=0.1,
+                       method="rk4")
+    assert isinstance(sol, nc.IntegrateResult)
+    assert isinstance(nc.noether_terms(sol, "scale"), nc.NoetherTerms)
 
 
 def test_models_pickle_and_repr():
@@ -51,7 +71,7 @@ def test_concurrent_runs_equal_serial_runs():
     serial = [run(y0) for y0 in y0s]
     with ThreadPoolExecutor(3) as ex:
         parallel = list(ex.map(run, y0s))
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert np.array_equal(a, b)
 
 

@@ -6,13 +6,13 @@ Quadratic whose matrix has a null vector n̂ with b ⊥ n̂ (translation along n
 """
 import numpy as np
 import pytest
+from noether_ref import integrators as ri
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
-from noether_core.integrate import noether_terms
+from noether_core import noether_terms
 from noether_core.models import Bregman, Damped, RadialAngular, damped, nesterov, sgdm
 from noether_core.symmetry import random_skew
-from noether_ref import integrators as ri
 
 D4 = 4
 SCHEDULES = {"nesterov": (nesterov(2.0, 0.25), 1.0), "damped": (damped(0.5, 0.3), 0.0),
@@ -220,3 +220,125 @@ def test_bregman_bad_input():
     with pytest.raises(ValueError, match="declares no 'rotation' symmetry"):
         r = nc.integrate(Damped(pot, 0.5, 0.3), y0, t_end=0.2, h=0.1, method="rk4")
         r.noether_terms("rotation")
+
+
+# -----------------------------------------------------------------------------------------
+# The product's own equations of motion (no oracle inside noether_core)
+
+def _oracle_spec(model):
+    """noether_ref's description of ``model`` (gradient from the compiled potential)."""
+    s = {"grad": model.potential.grad}
+    if isinstance(model, Damped):
+        s.update(kind="damped", m=model.m, mu=model.mu, k=model.k)
+    elif isinstance(model, RadialAngular):
+        s.update(kind="radang", m=model.m, mu=model.mu, k=model.k, reduced=model.reduced)
+    elif isinstance(model, nc.models.GradientFlow):
+        s.update(kind="gflow", mu=model.mu, k=model.k)
+    else:
+        s.update(kind="bregman", schedule=model.schedule, mirror=model.mirror, D=model.D,
+                 p=model.p)
+    return s
+
+
+def _rhs_cases():
+    pot, _ = _symmetric("scale")
+    rng = np.random.default_rng(7)
+    q0 = np.array([1.0, 1.3, 0.8, 1.1])
+    v0 = np.array([0.1, -0.2, 0.15, 0.05])
+    cases = [(Damped(pot, 0.5, 0.3, 0.02), np.r_[q0, v0], 0.0),
+             (nc.models.GradientFlow(pot, 0.7, 0.02), q0, 0.0)]
+    for reduced in (False, True):
+        cases.append((RadialAngular(pot, 0.5, 0.3, 0.02, reduced=reduced),
+                      RadialAngular.from_cartesian(q0, v0), 0.0))
+    user = (lambda t: 2.0 / t, lambda t: 0.25 * 2.0 * t, lambda t: 2.0 / t)
+    for sched in [*SCHEDULES.values(), (user, 1.0)]:
+        for mirror, kw in MIRRORS.items():
+            model = Bregman(pot, sched[0], mirror, **kw)
+            cases.append((model, model.state(q0, v0, sched[1] + 0.5), sched[1]))
+    return [(m, y + 0.01 * rng.standard_normal(len(y)) * (not isinstance(m, RadialAngular)),
+             t0) for m, y, t0 in cases]
+
+
+def test_compiled_rhs_equals_oracle_rhs():
+    """noether_terms' Ṗ (and q̈) come from the compiled right-hand side the integrator
+    steps; it equals the independent NumPy oracle's F(t, y) to round-off (the same
+    formulas in a different operation order: a few ulps of the largest term)."""
+    from noether_core._kernels import integrators as ki
+    for model, y, t0 in _rhs_cases():
+        t = t0 + np.array([0.5, 0.75, 1.0])
+        Y = np.array([y, y * 1.01, y * 0.99])
+        dy = np.empty_like(Y)
+        sched = None if not isinstance(model, Bregman) or model.schedule.compiled else \
+            model.schedule
+        ki.rhs_kernel(model.kind, model._hp(), model.potential._kernel, model._mirror_D(),
+                      t, Y, dy, schedule=sched)
+        spec = _oracle_spec(model)
+        ref = np.array([ri.rhs(spec, float(ti), yi) for ti, yi in zip(t, Y, strict=True)])
+        np.testing.assert_allclose(dy, ref, rtol=1e-13, atol=1e-13 * np.abs(ref).max(),
+                                   err_msg=repr(model))
+
+
+def test_user_schedule_is_the_compiled_loop_bitwise():
+    """A user schedule returning the damped schedule's numbers runs the very same compiled
+    loop (called back for e^α, e^{α+β}, γ̇): identical states, counts and Eq. 9 terms."""
+    m, mu = 0.5, 0.3
+    pot, _ = _symmetric("scale")
+    user = Bregman(pot, (lambda t: 1.0 / m, lambda t: 1.0, lambda t: mu / m), "pnorm", p=3.0)
+    comp = Bregman(pot, damped(m, mu), "pnorm", p=3.0)
+    y0 = comp.state(np.array([1.0, 1.3, 0.8, 1.1]), np.array([0.1, -0.2, 0.15, 0.05]), 0.0)
+    for kw in ({"h": 0.02, "method": "rk4"}, {"method": "dopri5", "rtol": 1e-8}):
+        a = nc.integrate(user, y0, t_end=2.0, **kw)
+        b = nc.integrate(comp, y0, t_end=2.0, **kw)
+        np.testing.assert_array_equal(a.t, b.t)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert (a.nfev, a.n_steps, a.n_rejected) == (b.nfev, b.n_steps, b.n_rejected)
+        ta, tb = a.noether_terms("scale"), b.noether_terms("scale")
+        for name in ("J", "dJdt", "metric", "residual", "integrated_residual"):
+            np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name))
+
+
+def test_user_schedule_exception_is_reraised():
+    """An exception of a user schedule stops the compiled loop and reaches the caller."""
+    pot, _ = _symmetric("scale")
+    calls = []
+
+    def exp_alpha(t):
+        calls.append(t)
+        if t > 1.0:
+            raise ZeroDivisionError(f"schedule undefined at t={t}")
+        return 2.0
+
+    model = Bregman(pot, (exp_alpha, lambda t: 1.0, lambda t: 0.6), "euclidean")
+    y0 = model.state(np.ones(D4), np.zeros(D4), 0.0)
+    for kw in ({"h": 0.02, "method": "rk4"}, {"method": "dopri5"}):
+        calls.clear()
+        with pytest.raises(ZeroDivisionError, match="schedule undefined"):
+            nc.integrate(model, y0, t_end=2.0, **kw)
+        assert max(calls) > 1.0 and sum(c > 1.0 for c in calls) == 1   # stopped at once
+    ok = nc.integrate(model, y0, t_end=1.0, h=0.02, method="rk4")
+    late = nc.IntegrateResult(**{**vars(ok), "t": ok.t + 0.5})
+    with pytest.raises(ZeroDivisionError, match="schedule undefined"):
+        noether_terms(late, "scale")
+
+
+def test_product_never_imports_the_oracle():
+    """Integrating every model kind (a user schedule included) and evaluating Eq. 9 leaves
+    python/noether_ref unimported: the oracle stays independent of the product."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import sys, numpy as np, noether_core as nc\n"
+        "from noether_core.models import Bregman, Damped, RadialAngular\n"
+        "pot = nc.potentials.RayleighQuotient(-(np.diag([1.0, 2.0, 3.0]) + 0.3))\n"
+        "q, v = np.array([1.0, 1.2, 0.9]), np.array([0.1, -0.1, 0.05])\n"
+        "for m, y in [(Damped(pot, 0.5, 0.3), np.r_[q, v]),\n"
+        "             (RadialAngular(pot, 0.5, 0.3), RadialAngular.from_cartesian(q, v))]:\n"
+        "    nc.integrate(m, y, t_end=1.0, h=0.1, method='rk4').noether_terms('scale')\n"
+        "b = Bregman(pot, (lambda t: 2.0, lambda t: 1.0, lambda t: 0.6), 'entropy')\n"
+        "for kw in ({'h': 0.1, 'method': 'rk4'}, {'method': 'dopri5'}):\n"
+        "    nc.integrate(b, b.state(q, v, 0.0), t_end=1.0, **kw).noether_terms('scale')\n"
+        "print(sorted(k for k in sys.modules if 'noether_ref' in k))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ), check=True).stdout
+    assert out.strip() == "[]"

@@ -30,7 +30,7 @@ import pytest
 
 import noether_core as nc
 from noether_core import models as M, potentials as P, rules as R
-from noether_core.integrate import IntegrationError
+from noether_core import IntegrationError
 
 ROOT = Path(__file__).resolve().parents[1]
 

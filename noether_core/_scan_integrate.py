@@ -10,7 +10,6 @@ Every point is deterministic, so results do not depend on ``threads`` or the chu
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import warnings
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -19,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validation as V
+from ._integrate import IntegrationError, integrate
 from .errors import DivergenceWarning
-from .integrate import IntegrationError, integrate
 from .models import Model
 
 __all__ = ["scan_integrate", "IntegrateScanResult"]
@@ -62,7 +61,7 @@ class IntegrateScanResult:
     def params(self, *index) -> dict:
         """Model and run parameters of the point at ``index``."""
         out = dict(self.fixed)
-        out.update({k: v[i].item() for (k, v), i in zip(self.axes.items(), index)})
+        out.update({k: v[i].item() for (k, v), i in zip(self.axes.items(), index, strict=True)})
         return out
 
 
@@ -152,7 +151,7 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
         else:
             fixed[name] = value
     shape = tuple(len(v) for v in axes.values())
-    points = [dict(fixed, **{k: v[i].item() for (k, v), i in zip(axes.items(), idx)})
+    points = [dict(fixed, **{k: v[i].item() for (k, v), i in zip(axes.items(), idx, strict=True)})
               for idx in itertools.product(*(range(n) for n in shape))]
     run_kw = {"t0": t0}
     # validate every point before any work: construct each model once
@@ -181,7 +180,7 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
         bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
         futs = [executor.submit(_chunk, model_cls, potential, y0, t_end, method,
                                 points[a:b], run_kw, 1)
-                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         rows = [r for f in futs for r in f.result()]
     y = np.array([r[0] for r in rows]).reshape(shape + (-1,))
     msg = np.empty(len(rows), dtype=object)

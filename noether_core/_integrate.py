@@ -1,5 +1,9 @@
 """``integrate``: one compiled call integrates one trajectory of a continuous model.
 
+The public names are re-exported at the top level (``noether_core.integrate``,
+``noether_core.IntegrateResult``, ``noether_core.IntegrationError``,
+``noether_core.noether_terms``, ``noether_core.NoetherTerms``); this module is private.
+
 Methods (docs/integrators.md derives each one):
 
 ====================  =====  ==============================================================
@@ -23,10 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _status
 from . import _validation as V
 from ._kernels import integrators as _ki
 from .errors import DivergenceWarning
-from .models import Model, RadialAngular, Bregman, Damped, GradientFlow
+from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
 __all__ = ["integrate", "IntegrateResult", "IntegrationError", "METHODS", "noether_terms",
            "NoetherTerms"]
@@ -37,7 +42,6 @@ _METHOD_CODE = {"conformal-euler": 0, "euler": 0, "conformal-verlet": 1,
                 "conformal-yoshida4": 2, "rk4": 3, "dopri5": 4}
 _ORDER = {"conformal-euler": 1, "euler": 1, "conformal-verlet": 2, "conformal-yoshida4": 4,
           "rk4": 4, "dopri5": 5}
-_ST_OK, _ST_NONFINITE, _ST_UNDERFLOW, _ST_MAX_STEPS, _ST_RADIUS = range(5)
 
 #: tolerance of the M2 constraint check on y0 (|q̂0| = 1, ⟨q̂0, q̂̇0⟩ = 0)
 CONSTRAINT_TOL = 1e-10
@@ -227,8 +231,55 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     -----
     The loop runs without the GIL, allocates nothing per step and evaluates the gradient
     once per step for the conformal methods (4 for rk4, 6 per accepted dopri5 step).
-    A non-finite state stops the run with a :class:`DivergenceWarning`.
+    A non-finite state stops the run with a :class:`DivergenceWarning`.  A user Bregman
+    schedule (Python callables) runs in the same compiled loop, called back with the GIL
+    once per right-hand side; an exception it raises stops the run and is re-raised.
+
+    Examples
+    --------
+    >>> import numpy as np, noether_core as nc
+    >>> osc = nc.potentials.Quadratic(np.eye(1))
+    >>> sol = nc.integrate(nc.models.Damped(osc, m=1.0, mu=0.0), np.array([1.0, 0.0]),
+    ...                    t_end=np.pi, h=np.pi / 200, method="conformal-yoshida4")
+    >>> bool(abs(sol.y_final[0] + 1.0) < 1e-9)       # half a period: q = cos(pi) = -1
+    True
     """
+    y, t0, t_end = _check_inputs(model, y0, method, t0, t_end)
+    record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
+    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
+    _check_state(model, y, t0, project)
+    adaptive = method == "dopri5"
+    if adaptive:
+        h, t_eval, n_rec, rtol, atol, max_steps = _adaptive_plan(
+            t0, t_end, h, t_eval, rtol, atol, max_steps, record_every)
+        n_steps = 0
+    else:
+        h, n_steps, n_rec = _fixed_plan(method, t0, t_end, h, t_eval, record_every)
+        t_eval = np.zeros(0)
+    n = model.state_size
+    need = n_rec * (n + 1) * 8
+    if need > max_record_bytes:
+        what = (f"(t_end - t0)/h = {n_steps} steps (t_end={t_end}, t0={t0}, h={h}) "
+                f"recorded every record_every={record_every}" if not adaptive else
+                f"max_steps={max_steps} // record_every={record_every} + 2")
+        raise MemoryError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
+                          f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
+                          "raise record_every (or pass t_eval)")
+    rec_t = np.empty(n_rec)
+    rec_y = np.empty((n_rec, n))
+    status, rows, _done, t_final, nfev, n_acc, n_rej = _ki.integrate_kernel(
+        model.kind, model._hp(), model.potential._kernel, model._mirror_D(), y,
+        _METHOD_CODE[method], t0, h, n_steps, record_every, t_eval, t_end,
+        rtol, atol, max_steps, rec_t, rec_y, schedule=_user_schedule(model))
+    res = IntegrateResult(model=model, method=method, t=rec_t[:rows].copy(),
+                          y=rec_y[:rows].copy(), y_final=y, t_final=float(t_final),
+                          nfev=int(nfev), n_steps=int(n_acc), n_rejected=int(n_rej),
+                          h=None if adaptive else h)
+    return _settle(res, status, rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end)
+
+
+def _check_inputs(model, y0, method, t0, t_end):
+    """Validate the model, the method, y0's shape and the times; returns (y, t0, t_end)."""
     if not isinstance(model, Model):
         raise TypeError("model must be a noether_core.models model (Damped, RadialAngular,"
                         f" Bregman, GradientFlow), got {type(model).__name__}")
@@ -237,14 +288,16 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     if method not in model.methods:
         raise ValueError(f"method {method!r} is not valid for {type(model).__name__}; "
                          f"valid methods: {model.methods}")
-    n = model.state_size
-    y = V.as_float_array("y0", y0, shape=(n,))
+    y = V.as_float_array("y0", y0, shape=(model.state_size,))
     t0 = V.as_scalar("t0", t0)
     t_end = V.as_scalar("t_end", t_end)
     if t_end < t0:
         raise ValueError(f"t_end must be >= t0 = {t0}, got {t_end}")
-    record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
-    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
+    return y, t0, t_end
+
+
+def _check_state(model, y, t0, project):
+    """Model-specific checks of y0 (M2 constraint, Bregman schedule and mirror domain)."""
     project = V.as_bool("project", project)
     if isinstance(model, RadialAngular):
         _check_radang_y0(model, y, project)
@@ -257,112 +310,72 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         if model.mirror == "entropy" and np.any(y[:model.dim] <= 0):
             raise ValueError("q0 (y0[:d]) must be positive for the entropy mirror map")
 
-    adaptive = method == "dopri5"
-    T = t_end - t0
-    if adaptive:
-        rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
-        atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
-        max_steps = V.as_int("max_steps", max_steps, lo=1, hi=sys.maxsize - 2)
-        h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
-        if t_eval is not None:
-            t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
-            if np.any(np.diff(t_eval) < 0):
-                raise ValueError("t_eval must be sorted in increasing order")
-            if t_eval[0] < t0 or t_eval[-1] > t_end:
-                raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
-                                 f"[{t_eval[0]}, {t_eval[-1]}]")
-            n_rec = len(t_eval)
-        else:
-            t_eval = np.zeros(0)
-            n_rec = max_steps // record_every + 2
-        n_steps = 0
-    else:
-        if t_eval is not None:
-            raise ValueError(f"t_eval is only supported by method='dopri5', not {method!r}")
-        if h is None:
-            raise ValueError(f"method {method!r} needs a step size h > 0")
-        h = V.as_scalar("h", h, lo=0.0, lo_open=True)
-        if not T / h < sys.maxsize:          # the kernel counts steps in Py_ssize_t
-            raise ValueError(f"(t_end - t0)/h = {T / h:.3g} steps is more than a run can "
-                             f"count (t_end={t_end}, t0={t0}, h={h}): raise h")
-        N = round(T / h)
-        if abs(N * h - T) > 1e-9 * max(T, h):
-            N = math.ceil(T / h)
-            h = T / N
-        n_steps = int(N)
-        n_rec = n_steps // record_every + 1
-        t_eval = np.zeros(0)
-    need = n_rec * (n + 1) * 8
-    if need > max_record_bytes:
-        what = (f"(t_end - t0)/h = {n_steps} steps (t_end={t_end}, t0={t0}, h={h}) "
-                f"recorded every record_every={record_every}" if not adaptive else
-                f"max_steps={max_steps} // record_every={record_every} + 2")
-        raise MemoryError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
-                          f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
-                          "raise record_every (or pass t_eval)")
-    rec_t = np.empty(n_rec)
-    rec_y = np.empty((n_rec, n))
 
-    if isinstance(model, Bregman) and not model.schedule.compiled:
-        status, rows, t_final, nfev, n_acc, n_rej = _slow_path(
-            model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rtol, atol,
-            max_steps, rec_t, rec_y)
+def _adaptive_plan(t0, t_end, h, t_eval, rtol, atol, max_steps, record_every):
+    """dopri5's validated settings: (h, t_eval, rows to allocate, rtol, atol, max_steps)."""
+    rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
+    atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
+    max_steps = V.as_int("max_steps", max_steps, lo=1, hi=sys.maxsize - 2)
+    h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
+    if t_eval is not None:
+        t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
+        if np.any(np.diff(t_eval) < 0):
+            raise ValueError("t_eval must be sorted in increasing order")
+        if t_eval[0] < t0 or t_eval[-1] > t_end:
+            raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
+                             f"[{t_eval[0]}, {t_eval[-1]}]")
+        n_rec = len(t_eval)
     else:
-        status, rows, _done, t_final, nfev, n_acc, n_rej = _ki.integrate_kernel(
-            model.kind, model._hp(), model.potential._kernel, model._mirror_D(), y,
-            _METHOD_CODE[method], t0, h, n_steps, record_every, t_eval, t_end,
-            rtol, atol, max_steps, rec_t, rec_y)
-    res = IntegrateResult(model=model, method=method, t=rec_t[:rows].copy(),
-                          y=rec_y[:rows].copy(), y_final=y, t_final=float(t_final),
-                          nfev=int(nfev), n_steps=int(n_acc), n_rejected=int(n_rej),
-                          h=None if adaptive else h)
-    if status in (_ST_NONFINITE, _ST_RADIUS):
+        t_eval = np.zeros(0)
+        n_rec = max_steps // record_every + 2
+    return h, t_eval, n_rec, rtol, atol, max_steps
+
+
+def _fixed_plan(method, t0, t_end, h, t_eval, record_every):
+    """A fixed-step method's step: (h, n_steps, rows to allocate), N h = t_end - t0."""
+    if t_eval is not None:
+        raise ValueError(f"t_eval is only supported by method='dopri5', not {method!r}")
+    if h is None:
+        raise ValueError(f"method {method!r} needs a step size h > 0")
+    h = V.as_scalar("h", h, lo=0.0, lo_open=True)
+    T = t_end - t0
+    if not T / h < sys.maxsize:          # the kernel counts steps in Py_ssize_t
+        raise ValueError(f"(t_end - t0)/h = {T / h:.3g} steps is more than a run can "
+                         f"count (t_end={t_end}, t0={t0}, h={h}): raise h")
+    N = round(T / h)
+    if abs(N * h - T) > 1e-9 * max(T, h):
+        N = math.ceil(T / h)
+        h = T / N
+    n_steps = int(N)
+    return h, n_steps, n_steps // record_every + 1
+
+
+def _user_schedule(model):
+    """The callable a user Bregman schedule is called back through (None if compiled)."""
+    if isinstance(model, Bregman) and not model.schedule.compiled:
+        return model.schedule
+    return None
+
+
+def _settle(res, status, *, rtol, atol, max_steps, t_end):
+    """Turn the kernel's status into the result's flags, a warning or an exception."""
+    if status in (_status.NONFINITE_STATE, _status.RADIUS):
         res.diverged = True
-        res.message = ("non-finite state" if status == _ST_NONFINITE else
+        res.message = ("non-finite state" if status == _status.NONFINITE_STATE else
                        "the radius r reached 0 (the polar coordinates break down)")
-        warnings.warn(f"{method} on {type(model).__name__} stopped at t={res.t_final:g}: "
-                      f"{res.message}", DivergenceWarning, stacklevel=2)
-    elif status == _ST_UNDERFLOW:
+        warnings.warn(f"{res.method} on {type(res.model).__name__} stopped at "
+                      f"t={res.t_final:g}: {res.message}", DivergenceWarning, stacklevel=3)
+    elif status == _status.STEP_UNDERFLOW:
         res.message = "step size underflow"
         raise IntegrationError(
             f"dopri5: the step size underflowed at t={res.t_final!r} (rtol={rtol}, "
             f"atol={atol}): the problem is too stiff or singular there", res)
-    elif status == _ST_MAX_STEPS:
+    elif status == _status.MAX_STEPS:
         res.message = "max_steps reached"
         raise IntegrationError(
             f"dopri5: max_steps={max_steps} attempted steps reached at t={res.t_final!r} "
             f"before t_end={t_end}; raise max_steps or loosen rtol/atol", res)
     return res
-
-
-def _slow_path(model, y, method, t0, t_end, h, n_steps, record_every, t_eval, rtol, atol,
-               max_steps, rec_t, rec_y):
-    """A user Bregman schedule (Python callables): the NumPy reference integrator."""
-    from noether_ref import integrators as ref
-
-    calls = [0]
-
-    def grad(q):
-        calls[0] += 1
-        return model.potential.grad(q)
-
-    spec = {"kind": "bregman", "schedule": model.schedule, "mirror": model.mirror,
-            "D": model.D, "p": model.p, "grad": grad}
-    if method == "rk4":
-        t, Y = ref.integrate(spec, y, "rk4", t0, h, n_steps, record_every)
-        status, n_acc, n_rej = _ST_OK, n_steps, 0
-    else:
-        t, Y, st = ref.dopri5(spec, y, t0, t_end, h, rtol, atol, max_steps,
-                              t_eval if len(t_eval) else None, record_every)
-        status = {"ok": _ST_OK, "nonfinite": _ST_NONFINITE, "underflow": _ST_UNDERFLOW,
-                  "max_steps": _ST_MAX_STEPS}[st]
-        n_acc, n_rej = len(t) - 1, 0
-    rows = len(t)
-    rec_t[:rows] = t
-    rec_y[:rows] = Y
-    y[:] = Y[-1]
-    return status, rows, float(t[-1]), calls[0], n_acc, n_rej
-
 
 
 # -----------------------------------------------------------------------------------------
@@ -462,19 +475,16 @@ def _Dxi(sym, qdot, blocks, omega):
     return generator(sym, qdot, blocks, omega)
 
 
-def _ref_spec(model):
-    """The NumPy reference description of a model (gradient from the compiled potential)."""
-    s = {"grad": model.potential.grad}
-    if isinstance(model, Damped):
-        s.update(kind="damped", m=model.m, mu=model.mu, k=model.k)
-    elif isinstance(model, RadialAngular):
-        s.update(kind="radang", m=model.m, mu=model.mu, k=model.k, reduced=model.reduced)
-    elif isinstance(model, GradientFlow):
-        s.update(kind="gflow", mu=model.mu, k=model.k)
-    else:
-        s.update(kind="bregman", schedule=model.schedule, mirror=model.mirror, D=model.D,
-                 p=model.p)
-    return s
+def _model_rhs(result):
+    """y'(t_i) = F(t_i, y_i) at every recorded row, by the integrator's compiled
+    right-hand side (the same equations of motion :func:`integrate` steps)."""
+    model = result.model
+    t = np.ascontiguousarray(result.t, dtype=float)
+    y = np.ascontiguousarray(result.y, dtype=float)
+    dy = np.empty_like(y)
+    _ki.rhs_kernel(model.kind, model._hp(), model.potential._kernel, model._mirror_D(), t,
+                   y, dy, schedule=_user_schedule(model))
+    return dy
 
 
 def noether_terms(result, family, block=None, *, omega=None, direction=None):
@@ -502,7 +512,6 @@ def noether_terms(result, family, block=None, *, omega=None, direction=None):
     (Table 1, "Natural"), so Δ_h = m q̇ and the metric term is identically 0.  M4 has no
     kinetic energy: its charge is zero by Eq. 12 and is not offered here.
     """
-    from noether_ref import integrators as ref
     from .symmetry import generator
 
     if not isinstance(result, IntegrateResult):
@@ -520,7 +529,7 @@ def noether_terms(result, family, block=None, *, omega=None, direction=None):
     sym = _find_symmetry(pot, family, block, direction, omega)
     om = omega if omega is not None else sym.omega
     t = result.t
-    spec = _ref_spec(model)
+    dy_all = _model_rhs(result)
     R = len(t)
     out = {k: np.empty(R) for k in ("J", "dJdt", "dissipation", "dynamic_asymmetry",
                                     "metric", "potential")}
@@ -532,20 +541,20 @@ def noether_terms(result, family, block=None, *, omega=None, direction=None):
         if isinstance(model, Bregman):
             ea, eab, gd = model.schedule(float(t[i]))
             Dh = result.y[i, model.dim:]
-            Pdot = ref.rhs(spec, float(t[i]), result.y[i])[model.dim:]
+            Pdot = dy_all[i, model.dim:]
             gV = pot.grad(q)
             metric = ea * ((Dh - model.hess_h(q) * qd / ea) @ xi)
         else:
             ea, eab, gd = 1.0 / model.m, 1.0, model.mu / model.m
             Dh = model.m * qd
             if isinstance(model, RadialAngular):
-                dy = ref.rhs(spec, float(t[i]), result.y[i])
+                dy = dy_all[i]
                 d = model.dim
                 r, rd, u, w = result.y[i, 0], result.y[i, 1], result.y[i, 2:2 + d], \
                     result.y[i, 2 + d:]
                 qdd = dy[1] * u + 2.0 * rd * w + r * dy[2 + d:]
             else:
-                qdd = ref.rhs(spec, float(t[i]), result.y[i])[model.dim:]
+                qdd = dy_all[i, model.dim:]
             Pdot = model.m * qdd
             gV = pot.grad(q) + model.k * q
             metric = 0.0
