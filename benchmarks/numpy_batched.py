@@ -170,7 +170,6 @@ def sgd_momentum_scan(grad, q0, lr, weight_decay, momentum, steps, check_every=1
     nrm = np.empty(P)
     ang = np.zeros(P)
     a = np.empty(P)
-    b = np.empty(P)
     with np.errstate(all="ignore"):
         for n in range(steps):
             f = grad(Q, G)
@@ -188,17 +187,13 @@ def sgd_momentum_scan(grad, q0, lr, weight_decay, momentum, steps, check_every=1
                 np.sqrt(nrm, out=nrm)
                 np.divide(Q, nrm, out=prev)
             Q -= tmp
-            if n >= late_start:                             # angle(q̂_n, q̂_{n+1})
+            if n >= late_start:                             # |q̂_{n+1} − q̂_n|²
                 np.einsum("ip,ip->p", Q, Q, out=nrm)
                 np.sqrt(nrm, out=nrm)
                 np.divide(Q, nrm, out=cur)
                 np.subtract(cur, prev, out=tmp)
                 np.einsum("ip,ip->p", tmp, tmp, out=a)
-                np.add(cur, prev, out=tmp)
-                np.einsum("ip,ip->p", tmp, tmp, out=b)
-                np.sqrt(a, out=a)
-                np.sqrt(b, out=b)
-                ang += 2.0 * np.arctan2(a, b)
+                ang += a
             if n % check_every == check_every - 1:
                 bad = ~(np.isfinite(f) & np.isfinite(Q.sum(axis=0)))
                 stop[bad & (stop < 0)] = n
@@ -208,7 +203,7 @@ def sgd_momentum_scan(grad, q0, lr, weight_decay, momentum, steps, check_every=1
     stop[bad & (stop < 0)] = steps
     diverged = stop >= 0
     f[diverged] = np.nan
-    ang = ang / n_late
+    ang = np.sqrt(ang / n_late)                             # the RMS chord
     ang[diverged] = np.nan
     return {"q": Q.T.copy(), "loss": f, "loss_min": loss_min,
             "norm2": np.einsum("ip,ip->p", Q, Q), "angular_update": ang,

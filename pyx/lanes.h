@@ -89,13 +89,13 @@ typedef struct {
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
     double *ang_sum;                                               /* nb */
-    /* late-window angles, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
+    /* late-window squared chords, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
        wait in ang_q; their transitions are evaluated together, then added in step order */
     int ang_K, ang_np;          /* capacity; states pending */
     int ang_prev;               /* ang_v's first row holds the state before them */
     double *ang_q;                                                 /* ang_K * d */
     double *ang_v;              /* (ang_K + 1) * nnz: q_B/|q_B| per block entry */
-    double *ang_inv, *ang_m, *ang_p;                               /* ang_K * nb */
+    double *ang_inv, *ang_m;                                       /* ang_K * nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
     void* block;
@@ -126,7 +126,7 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t K = (size_t) nc_lane_ang_K(c);
     return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
-           + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 3 * nc_lane_pad(K * nb * L);
+           + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
 }
 
 static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
@@ -146,7 +146,6 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->ang_v = (double*) p; p += nc_lane_pad((size_t) (w->ang_K + 1) * nc_lane_nnz(c) * L);
     w->ang_inv = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
     w->ang_m = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
-    w->ang_p = (double*) p; p += nc_lane_pad((size_t) w->ang_K * nb * L);
     w->ang_sum = (double*) p; p += nc_lane_pad(nb * L);
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
@@ -166,47 +165,6 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
 /* the vector arguments are those of static functions, inlined: no ABI is involved */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
-
-/* atan2(sqrt(a), sqrt(b)) for a, b >= 0: the half-angle of the scan's angular update from
- * the two squared norms it has (docs/scan.md), with +, -, *, / and sqrt only, so the lane
- * kernel evaluates the same operations on whole vectors (lanes_impl.h NCL(atan2sq_n) is
- * this function, operation for operation, with its branch as a per-lane select):
- *   x^2 = min(a, b) / max(a, b) in [0, 1], x = sqrt(x^2);
- *   x^2 <= NC_ATAN_DIRECT (x <= 0.19875 < tan(pi/16)): y = x and atan(x) = atan(y);
- *   otherwise two half-angle reductions atan(x) = 2 atan(x / (1 + sqrt(1 + x^2))) bring x
- *   to y <= tan(pi/16) < 0.2 (the first uses x^2 as it is) and atan(x) = 4 atan(y);
- *   atan(y) = y sum_k (-1)^k y^(2k) / (2k + 1), 13 terms
- *   (truncation < 0.04^13 / 27 ~ 1e-20 relative);
- *   a > b: pi/2 - atan(x).
- * The direct branch is the usual one for the late-time angles (under ~0.4 rad) and saves
- * two divisions and two square roots.
- * Accuracy: within 7 ulp, 2.5 on the direct branch (tested against long-double arctan2,
- * docs/scan.md) while x^2 is a normal number (x > 1.5e-154).  NaN in, NaN out; a = b = 0
- * and a = b = inf give NaN (the angle of a zero block is undefined; the scan's sums are
- * at most 4). */
-#define NC_ATAN_TERMS 13
-#define NC_ATAN_DIRECT 0.0395
-static inline double nc_atan2sq(double a, double b)
-{
-    const int big = a > b;
-    const double x2 = (big ? b : a) / (big ? a : b);
-    const double x = sqrt(x2);
-    double y, m;
-    if (x2 <= NC_ATAN_DIRECT) {
-        y = x;
-        m = 1.0;
-    } else {
-        const double x1 = x / (1.0 + sqrt(1.0 + x2));
-        y = x1 / (1.0 + sqrt(1.0 + x1 * x1));
-        m = 4.0;
-    }
-    const double z = y * y;
-    double s = 1.0 / (2 * NC_ATAN_TERMS - 1);
-    for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
-        s = s * z + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
-    const double t = m * (y * s);
-    return big ? 1.5707963267948966 - t : t;
-}
 
 /* the generic version: baseline instruction set of the build */
 #define NCL(name) nc_lane_##name##_base
@@ -248,16 +206,6 @@ static inline void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssi
     if (c->isa == NC_ISA_AVX512) { nc_lane_run_block_avx512(c, w, p0); return; }
 #endif
     nc_lane_run_block_base(c, w, p0);
-}
-
-/* the lane kernel's batched nc_atan2sq on arrays, in the version isa (tests) */
-static inline void nc_lane_atan2sq_array(int isa, const double* a, const double* b,
-                                         double* out, Py_ssize_t n)
-{
-#if NC_LANES_X86
-    if (isa == NC_ISA_AVX512) { nc_lane_atan2sq_array_avx512(a, b, out, n); return; }
-#endif
-    nc_lane_atan2sq_array_base(a, b, out, n);
 }
 
 #endif

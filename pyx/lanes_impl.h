@@ -389,64 +389,13 @@ NC_INLINE void NCL(block_sq)(const nc_lane_ctx* c, const nc_vd* restrict x,
 /* the queued states' angle terms (NCL(take_angle)), added to ang_sum in step order */
 static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w);
 
-/* nc_atan2sq (lanes.h) on out[e] = atan2sq(a[e], b[e]) for e < n <= 8 at once, stage
- * by stage: each entry's operations are nc_atan2sq's, in its order, but the n independent
- * chains (divisions, square roots, a 13-term Horner polynomial) are interleaved, so they
- * overlap instead of stalling the step that follows.  The branch of nc_atan2sq is a
- * select per lane (the half-angle reductions computed for every lane and kept where
- * x^2 > NC_ATAN_DIRECT), skipped when no lane of any entry needs them. */
-NC_INLINE void NCL(atan2sq_n)(const nc_vd* a, const nc_vd* b, int n, nc_vd* out)
-{
-    nc_vd x[8], r[8], y[8], s[8];
-    nc_vl big[8], direct[8];
-    int e, all_direct = 1;
-    for (e = 0; e < n; ++e) {
-        big[e] = a[e] > b[e];
-        y[e] = NCL(sel)(big[e], b[e], a[e]) / NCL(sel)(big[e], a[e], b[e]);   /* x^2 */
-        direct[e] = y[e] <= NC_ATAN_DIRECT;
-        for (int l = 0; l < NC_NL; ++l) all_direct &= direct[e][l] != 0;
-    }
-    for (e = 0; e < n; ++e)
-        for (int l = 0; l < NC_NL; ++l) x[e][l] = sqrt(y[e][l]);
-    if (all_direct) {
-        for (e = 0; e < n; ++e) {
-            y[e] = x[e];
-            r[e] = (nc_vd) {0} + 1.0;                                        /* m */
-        }
-    } else {
-        for (e = 0; e < n; ++e)
-            for (int l = 0; l < NC_NL; ++l) r[e][l] = sqrt(1.0 + y[e][l]);
-        for (e = 0; e < n; ++e) {
-            s[e] = x[e] / (1.0 + r[e]);                                      /* x1 */
-            r[e] = 1.0 + s[e] * s[e];
-        }
-        for (e = 0; e < n; ++e)
-            for (int l = 0; l < NC_NL; ++l) r[e][l] = sqrt(r[e][l]);
-        for (e = 0; e < n; ++e) {
-            const nc_vd one = (nc_vd) {0} + 1.0, four = (nc_vd) {0} + 4.0;
-            y[e] = NCL(sel)(direct[e], x[e], s[e] / (1.0 + r[e]));           /* y */
-            r[e] = NCL(sel)(direct[e], one, four);                           /* m */
-        }
-    }
-    for (e = 0; e < n; ++e) {
-        x[e] = y[e] * y[e];                                                  /* z */
-        s[e] = (nc_vd) {0} + 1.0 / (2 * NC_ATAN_TERMS - 1);
-    }
-    for (int k = NC_ATAN_TERMS - 2; k >= 0; --k)
-        for (e = 0; e < n; ++e) s[e] = s[e] * x[e] + (k % 2 ? -1.0 : 1.0) / (2 * k + 1);
-    for (e = 0; e < n; ++e) {
-        const nc_vd t = r[e] * (y[e] * s[e]);
-        out[e] = NCL(sel)(big[e], 1.5707963267948966 - t, t);
-    }
-}
-
-/* Angle summaries (scan.pyx _take_state / _angle): state n >= late_start is queued in
- * w->ang_q, and NCL(angle_flush) adds the angles of the transitions into the queued states
- * once ang_K of them wait, or before a lane's row is written (finish_lane).  The angle
- * into state n > late_start is 2 atan2sq(|u - v|^2, |u + v|^2) with u = q_{n-1,B}/|q_{n-1,B}|,
- * v = q_{n,B}/|q_{n,B}|, 1/|q_B| = 1/sqrt(|q_B|^2), |q_B|^2 summed in block order: the
- * scalar code's operations; queueing changes only when they run, and ang_sum still
- * receives the terms in step order. */
+/* Angular-update summaries (scan.pyx _take_state / _chord2): state n >= late_start is
+ * queued in w->ang_q, and NCL(angle_flush) adds the squared chords of the transitions into
+ * the queued states once ang_K of them wait, or before a lane's row is written
+ * (finish_lane).  The squared chord into state n > late_start is |u - v|^2 with
+ * u = q_{n-1,B}/|q_{n-1,B}|, v = q_{n,B}/|q_{n,B}|, 1/|q_B| = 1/sqrt(|q_B|^2), |q_B|^2
+ * summed in block order: the scalar code's operations; queueing changes only when they
+ * run, and ang_sum still receives the terms in step order. */
 NC_INLINE void NCL(take_angle)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                                Py_ssize_t n)
 {
@@ -466,7 +415,6 @@ static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w)
     nc_vd* inv = NCV(w->ang_inv);
     nc_vd* V = NCV(w->ang_v);            /* row 0: the state before the batch; k + 1: state k */
     nc_vd* M = NCV(w->ang_m);
-    nc_vd* Pp = NCV(w->ang_p);
     nc_vd* ang = NCV(w->ang_sum);
     /* 1/|q_B| of every queued state (independent sums) */
     for (int k = 0; k < np; ++k) NCL(block_sq)(c, qs + k * d, inv + k * nb);
@@ -483,30 +431,20 @@ static void NCL(angle_flush)(const nc_lane_ctx* c, nc_lane_ws* w)
                 v[kk] = q[c->bidx[kk]] * ib;
         }
     }
-    /* |u - v|^2 and |u + v|^2 of every transition into a queued state */
+    /* |u - v|^2 of every transition into a queued state */
     const int k0 = w->ang_prev ? 0 : 1;
     for (int k = k0; k < np; ++k) {
         const nc_vd* u = V + k * nnz;
         const nc_vd* v = V + (k + 1) * nnz;
         for (Py_ssize_t b = 0; b < nb; ++b) {
-            nc_vd dm = {0}, dp = {0};
-            for (Py_ssize_t kk = c->bptr[b]; kk < c->bptr[b + 1]; ++kk) {
+            nc_vd dm = {0};
+            for (Py_ssize_t kk = c->bptr[b]; kk < c->bptr[b + 1]; ++kk)
                 dm = dm + (u[kk] - v[kk]) * (u[kk] - v[kk]);
-                dp = dp + (u[kk] + v[kk]) * (u[kk] + v[kk]);
-            }
             M[k * nb + b] = dm;
-            Pp[k * nb + b] = dp;
         }
     }
-    /* their angles, eight at a time, into M */
-    for (Py_ssize_t e = k0 * nb; e < np * nb; e += 8) {
-        if (np * nb - e >= 8)                 /* (a constant count: arrays in registers) */
-            NCL(atan2sq_n)(M + e, Pp + e, 8, M + e);
-        else
-            NCL(atan2sq_n)(M + e, Pp + e, (int) (np * nb - e), M + e);
-    }
     for (int k = k0; k < np; ++k)
-        for (Py_ssize_t b = 0; b < nb; ++b) ang[b] = ang[b] + 2.0 * M[k * nb + b];
+        for (Py_ssize_t b = 0; b < nb; ++b) ang[b] = ang[b] + M[k * nb + b];
     /* the last queued state precedes the next batch */
     memcpy(V, V + np * nnz, (size_t) nnz * sizeof(nc_vd));
     w->ang_prev = 1;
@@ -560,7 +498,7 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
             }
             c->bn2_final[p * c->nb + b] = acc;
             c->angle[p * c->nb + b] = (status == NC_ST_OK && w->ang_cnt > 0)
-                ? w->ang_sum[b * NC_NL + l] / (double) w->ang_cnt : NAN;
+                ? sqrt(w->ang_sum[b * NC_NL + l] / (double) w->ang_cnt) : NAN;
         }
         c->loss_final[p] = status == NC_ST_OK ? loss_final : NAN;
         c->loss_min[p] = w->loss_min[l] < INFINITY ? w->loss_min[l] : NAN;
@@ -839,27 +777,6 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
     NC_CASE(16)
 #undef NC_CASE
     default: NCL(run_block_d)(c, w, p0, c->d);
-    }
-}
-
-/* out[i] = nc_atan2sq(a[i], b[i]) through NCL(atan2sq_n), eight vectors at a time, the
- * tail padded with (0, 1) (for the tests: lanes mixing both branches of nc_atan2sq) */
-static void NCL(atan2sq_array)(const double* a, const double* b, double* out, Py_ssize_t n)
-{
-    for (Py_ssize_t i0 = 0; i0 < n; i0 += 8 * NC_NL) {
-        nc_vd va[8], vb[8], vo[8];
-        for (int e = 0; e < 8; ++e)
-            for (int l = 0; l < NC_NL; ++l) {
-                const Py_ssize_t i = i0 + e * NC_NL + l;
-                va[e][l] = i < n ? a[i] : 0.0;
-                vb[e][l] = i < n ? b[i] : 1.0;
-            }
-        NCL(atan2sq_n)(va, vb, 8, vo);
-        for (int e = 0; e < 8; ++e)
-            for (int l = 0; l < NC_NL; ++l) {
-                const Py_ssize_t i = i0 + e * NC_NL + l;
-                if (i < n) out[i] = vo[e][l];
-            }
     }
 }
 

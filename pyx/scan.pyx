@@ -60,9 +60,6 @@ cdef extern from *:
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
 
-cdef extern from "lanes.h" nogil:
-    double nc_atan2sq(double a, double b)
-
 cdef enum:
     CACHE_LINE = 64
     GUARD = 512             # bytes between two threads' potential workspaces
@@ -196,21 +193,19 @@ cdef void _fill_spec(RunSpec* s, const ScanCtx* c, Scratch* w, Py_ssize_t p) noe
     s.n_rec = 0
 
 
-cdef inline double _angle(const double* a, const double* b, double na2, double nb2,
-                          const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Angle between the block vectors a_B and b_B (|a_B|² = na2, |b_B|² = nb2):
-    2·atan2(|â − b̂|, |â + b̂|), accurate also for tiny angles (unlike arccos); the atan2 of
-    the square roots of the two sums is lanes.h's nc_atan2sq, which the lane kernel
-    evaluates on whole vectors (docs/scan.md)."""
-    cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, dp = 0.0, u, v
+cdef inline double _chord2(const double* a, const double* b, double na2, double nb2,
+                           const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Squared chord |â_B − b̂_B|² between the normalised block vectors (|a_B|² = na2,
+    |b_B|² = nb2): the per-step angular update of docs/scan.md, squared (the lane kernel
+    evaluates the same operations on whole vectors)."""
+    cdef double ia = 1.0 / sqrt(na2), ib = 1.0 / sqrt(nb2), dm = 0.0, u, v
     cdef Py_ssize_t k, i
     for k in range(lo, hi):
         i = idx[k]
         u = a[i] * ia
         v = b[i] * ib
         dm = dm + (u - v) * (u - v)
-        dp = dp + (u + v) * (u + v)
-    return 2.0 * nc_atan2sq(dm, dp)
+    return dm
 
 
 cdef inline void _take_state(const ScanCtx* c, Scratch* w, Py_ssize_t p, Py_ssize_t n,
@@ -231,8 +226,8 @@ cdef inline void _take_state(const ScanCtx* c, Scratch* w, Py_ssize_t p, Py_ssiz
         w.n_rows = r + 1
     if n > c.late_start:
         for b in range(c.nb):
-            w.ang_sum[b] = w.ang_sum[b] + _angle(w.prev_q, qrow, w.prev_bn2[b], brow[b],
-                                                 c.bidx, c.bptr[b], c.bptr[b + 1])
+            w.ang_sum[b] = w.ang_sum[b] + _chord2(w.prev_q, qrow, w.prev_bn2[b], brow[b],
+                                                  c.bidx, c.bptr[b], c.bptr[b + 1])
         w.ang_cnt += 1
     if n >= c.late_start:
         memcpy(w.prev_q, qrow, c.d * sizeof(double))
@@ -310,7 +305,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
             x = w.q[c.bidx[k]]
             acc = acc + x * x
         c.bn2_final[p * c.nb + b] = acc
-        c.angle[p * c.nb + b] = (w.ang_sum[b] / <double> w.ang_cnt
+        c.angle[p * c.nb + b] = (sqrt(w.ang_sum[b] / <double> w.ang_cnt)
                                  if status == NC_ST_OK and w.ang_cnt > 0 else NAN)
     c.loss_final[p] = w.rl[kc] if status == NC_ST_OK else NAN
     c.loss_min[p] = w.loss_min if w.loss_min < INFINITY else NAN
@@ -715,8 +710,6 @@ cdef extern from "lanes.h" nogil:
     int nc_lane_best_isa()
     int nc_lane_isa_available(int isa)
     void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
-    void nc_lane_atan2sq_array(int isa, const double* a, const double* b, double* out,
-                               Py_ssize_t n)
 
 
 LANES = NC_NL
@@ -947,37 +940,3 @@ cdef class LaneScanKernel:
 
     def cancel(self):
         self.cancel_flag = 1
-
-
-def atan2sq(a, b):
-    """``nc_atan2sq`` (pyx/lanes.h) element-wise on float64 arrays a, b >= 0:
-    atan2(√a, √b), the atan2 of the scan's angular update (for tests; docs/scan.md)."""
-    cdef const double[::1] av = np.ascontiguousarray(a, dtype=np.float64).ravel()
-    cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64).ravel()
-    if av.shape[0] != bv.shape[0]:
-        raise ValueError("atan2sq: a and b must have the same size")
-    out = np.empty(av.shape[0])
-    cdef double[::1] ov = out
-    cdef Py_ssize_t i
-    for i in range(av.shape[0]):
-        ov[i] = nc_atan2sq(av[i], bv[i])
-    return out.reshape(np.shape(a))
-
-
-def atan2sq_lanes(a, b, isa):
-    """The lane kernel's ``nc_atan2sq`` (eight vectors at a time, per-lane selects between
-    its two branches) element-wise on float64 arrays, in version ``isa`` (a name of
-    ``lane_isas()``); for tests: it must equal ``atan2sq`` bit for bit."""
-    cdef const double[::1] av = np.ascontiguousarray(a, dtype=np.float64).ravel()
-    cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64).ravel()
-    if av.shape[0] != bv.shape[0]:
-        raise ValueError("atan2sq_lanes: a and b must have the same size")
-    codes = {name: code for code, name in _ISA_NAMES.items()}
-    if isa not in codes or not nc_lane_isa_available(codes[isa]):
-        raise ValueError(f"atan2sq_lanes: isa must be one of {lane_isas()}, got {isa!r}")
-    out = np.empty(av.shape[0])
-    cdef double[::1] ov = out
-    cdef int code = codes[isa]
-    if av.shape[0] > 0:
-        nc_lane_atan2sq_array(code, &av[0], &bv[0], &ov[0], av.shape[0])
-    return out.reshape(np.shape(a))
