@@ -23,7 +23,7 @@ import numpy as np
 from . import _status
 from . import _validation as V
 from . import charges as _charges
-from . import _bridge
+from . import _bridge, _grid
 from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size
 from ._parallel import ProgressBar, run_with_progress, usable_cpus, want_progress
 from ._scan_result import ScanResult, point_seed
@@ -92,38 +92,6 @@ class _Grid:
         return self.rule_cls(**self.params_at(i))
 
 
-def _as_axis(name, value, default):
-    """A grid keyword as (is_axis, value): arrays, lists and ranges are axes; a tuple is an
-    axis only for a parameter whose default is a number (so Adam's ``betas=(0.9, 0.99)``
-    or MirrorDescent's ``D=(...)`` stay single values); anything else is fixed."""
-    if isinstance(value, (np.ndarray, list, range)) or (
-            isinstance(value, tuple) and isinstance(default, (int, float))):
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"grid axis {name} must hold real numbers, got dtype {arr.dtype} "
-                            f"({V._describe(value)}); pass a non-numeric value as a single "
-                            "fixed value")
-        if arr.ndim == 0:
-            return False, arr.item()
-        if arr.ndim != 1:
-            raise ValueError(f"grid axis {name} must be a scalar or a 1-D array, got shape "
-                             f"{arr.shape}")
-        if arr.size == 0:
-            raise ValueError(f"grid axis {name} is empty: give at least one value")
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            bad = arr[~np.isfinite(arr)][0]
-            raise ValueError(f"grid axis {name} must be finite, found {bad} at index "
-                             f"{int(np.flatnonzero(~np.isfinite(arr))[0])}")
-        if len(np.unique(arr)) != arr.size:
-            raise ValueError(f"grid axis {name} has repeated values {arr.tolist()}: each "
-                             "value must appear once (so .sel is unambiguous)")
-        # float axes are float64 whatever came in (float32 values are converted exactly)
-        return True, (arr.astype(np.float64) if arr.dtype.kind == "f" else arr.copy())
-    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return False, value
-
-
 def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid):
     if isinstance(rule_cls, Rule):
         raise TypeError(f"rule_cls must be a rule class such as noether_core.rules.SGD, got "
@@ -140,11 +108,7 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
     if unknown:
         raise TypeError(f"{rule_cls.__name__} has no parameter(s) {unknown}; valid grid "
                         f"keywords: {names}")
-    defaults = {n: getattr(rule_cls, n, None) for n in names}
-    fixed, axes = {}, {}
-    for name, value in grid.items():
-        is_axis, v = _as_axis(name, value, defaults.get(name))
-        (axes if is_axis else fixed)[name] = v
+    axes, fixed = _grid.split_grid(grid, {n: getattr(rule_cls, n, None) for n in names})
     d = potential.dim
     q0 = V.as_float_array("q0", q0, shape=(d,))
     # at least one step (the late-time angle needs a transition); the kernel counts in
@@ -327,7 +291,7 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
         steps=g.steps, K=int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes))),
         late_start=g.steps - -(-g.steps // 10),
         record_every=0 if g.record_every is None else g.record_every, R=R,
-        n_threads=max(1, min(threads if threads is not None else usable_cpus(), n)))
+        n_threads=_grid.threads_for(threads, n))
     if g.lanes is not False and _lane_reason(g) is None:
         return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress)
     out.kernel = "scalar"
@@ -341,9 +305,9 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
     return out
 
 
-def _chunk_worker(g: _Grid, lo: int, hi: int, threads: int | None):
+def _chunk_worker(g: _Grid, threads: int, lo: int, hi: int) -> _bridge.ScanOutputs:
     """What an executor runs: one compiled call over tasks lo..hi-1."""
-    return lo, _run_tasks(g, lo, hi, threads)
+    return _run_tasks(g, lo, hi, threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,7 +440,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     else:
         if rules is not None:
             _pack_rules(g, 0, g.n_points, rules)
-        out = _run_on_executor(g, executor, threads, n_chunks, show)
+        parts = _grid.run_chunks(executor, _chunk_worker, (g, 1 if threads is None else threads),
+                                 n_tasks, n_chunks, show)
+        out = _bridge.ScanOutputs.concatenate(parts)
 
     res = _result(g, out, rules, t0)
     res.untracked = untracked
@@ -547,42 +513,3 @@ def _charge_summaries(g: _Grid, res: ScanResult, worst, wstep, rules: list | Non
             flat[i, :, j] = declared[j] and rule.kinetic_symmetric(sym, potential)
     res.balance_residual = np.where(exact, worst, 0.0).max(axis=-1)
     res.charge_exact = {lab: exact[..., j] for j, lab in enumerate(labels)}
-
-
-def _run_on_executor(g: _Grid, executor, threads, n_chunks, show):
-    from concurrent.futures import Executor, as_completed
-
-    if not isinstance(executor, Executor):
-        raise TypeError("executor must be a concurrent.futures.Executor (e.g. a "
-                        "ProcessPoolExecutor or dask.distributed.Client.get_executor()), "
-                        f"got {type(executor).__name__}")
-    n_tasks = g.n_tasks
-    if n_chunks is None:
-        workers = getattr(executor, "_max_workers", None)
-        n_chunks = 4 * workers if isinstance(workers, int) and workers > 0 else 16
-    else:
-        n_chunks = V.as_int("n_chunks", n_chunks, lo=1)
-    n_chunks = min(n_chunks, n_tasks)
-    bounds = np.linspace(0, n_tasks, n_chunks + 1).round().astype(int)
-    per_chunk_threads = 1 if threads is None else threads
-    futures = [executor.submit(_chunk_worker, g, int(a), int(b), per_chunk_threads)
-               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(futures), unit="chunk", desc="scan", leave=False)
-    parts = {}
-    try:
-        for fut in as_completed(futures):
-            lo, part = fut.result()
-            parts[lo] = part
-            if bar is not None:
-                bar.update(1)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return _bridge.ScanOutputs.concatenate([parts[lo] for lo in sorted(parts)])

@@ -10,13 +10,13 @@ Every point is deterministic, so results do not depend on ``threads`` or the chu
 from __future__ import annotations
 
 import itertools
-import os
 import warnings
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _grid
 from . import _validation as V
 from ._integrate import IntegrationError, integrate
 from .errors import DivergenceWarning
@@ -80,8 +80,9 @@ def _point(model_cls, potential, y0, t_end, method, params, run_kw):
     return (r.y_final, r.t_final, r.nfev, r.n_steps, bool(r.diverged), r.message)
 
 
-def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads):
-    """Run a list of parameter dicts (on a worker, or locally) with a thread pool."""
+def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, lo, hi):
+    """Run points lo..hi-1 of the grid (on a worker, or locally) with a thread pool."""
+    points = points[lo:hi]
     if threads == 1 or len(points) == 1:
         return [_point(model_cls, potential, y0, t_end, method, p, run_kw) for p in points]
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -133,23 +134,8 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
                         f"{model_cls!r}")
     if not grid:
         raise ValueError("scan_integrate needs at least one grid keyword (e.g. m=[...])")
-    axes, fixed = {}, {}
-    for name, value in grid.items():
-        if isinstance(value, (list, tuple, range, np.ndarray)):
-            arr = np.asarray(value)
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"grid axis {name!r} must hold numbers or booleans, got "
-                                f"dtype {arr.dtype}")
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.float64)
-            if arr.ndim != 1 or arr.size == 0:
-                raise ValueError(f"grid axis {name!r} must be a non-empty 1-D sequence, got "
-                                 f"shape {arr.shape}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise ValueError(f"grid axis {name!r} holds non-finite values")
-            axes[name] = arr
-        else:
-            fixed[name] = value
+    # the grid keywords as scan parses them (numbers are axes' defaults: a tuple is an axis)
+    axes, fixed = _grid.split_grid(grid, dict.fromkeys(grid, 0.0))
     shape = tuple(len(v) for v in axes.values())
     points = [dict(fixed, **{k: v[i].item() for (k, v), i in zip(axes.items(), idx, strict=True)})
               for idx in itertools.product(*(range(n) for n in shape))]
@@ -163,25 +149,16 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
                             f"{sorted(set(p) - set(_RUN_KEYS))}: {exc}") from None
         except ValueError as exc:
             raise ValueError(f"grid point {p}: {exc}") from None
-    if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = os.cpu_count() or 1
-    threads = V.as_int("threads", threads, lo=1)
+    n = len(points)
+    args = (model_cls, potential, y0, t_end, method, points, run_kw)
     if executor is None:
-        rows = _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads)
+        rows = _chunk(*args, _grid.threads_for(threads, n), 0, n)
     else:
-        if not isinstance(executor, Executor):
-            raise TypeError("executor must be a concurrent.futures.Executor, got "
-                            f"{type(executor).__name__}")
-        n = len(points)
-        n_chunks = min(n, 16 if n_chunks is None else V.as_int("n_chunks", n_chunks, lo=1))
-        bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
-        futs = [executor.submit(_chunk, model_cls, potential, y0, t_end, method,
-                                points[a:b], run_kw, 1)
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        rows = [r for f in futs for r in f.result()]
+        if threads is not None:
+            threads = V.as_int("threads", threads, lo=1)
+        parts = _grid.run_chunks(executor, _chunk, args + (threads or 1,), n,
+                                 16 if n_chunks is None else n_chunks, False)
+        rows = [r for part in parts for r in part]
     y = np.array([r[0] for r in rows]).reshape(shape + (-1,))
     msg = np.empty(len(rows), dtype=object)
     msg[:] = [r[5] for r in rows]

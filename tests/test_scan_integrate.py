@@ -42,9 +42,9 @@ def test_adaptive_run_parameters_as_axes_and_process_pool():
 
 
 def test_bad_grids():
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="grid axis m is empty"):
         _grid(m=[])
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="grid axis mu must be finite"):
         _grid(mu=[0.1, np.nan])
     with pytest.raises(ValueError, match="grid point"):
         _grid(m=[-1.0, 0.5])
