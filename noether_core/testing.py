@@ -105,9 +105,12 @@ def rule_params(rule_cls, *, stable=True, dim=None, **fixed):
 
     Examples
     --------
-    >>> from hypothesis import given
-    >>> @given(rule_params(SGD, nesterov=False, dampening=0.0))
+    >>> from hypothesis import given, settings
+    >>> from noether_core.rules import SGD
+    >>> @settings(max_examples=20)
+    ... @given(rule_params(SGD, nesterov=False, dampening=0.0))
     ... def test(kw): assert SGD(**kw).momentum < 1
+    >>> test()
     """
     lr = _lrs(stable)
     if rule_cls is R.SGD:
