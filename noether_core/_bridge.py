@@ -3,17 +3,22 @@
 The facade validates; this module turns validated objects into *named* kernel inputs, one
 small dataclass per argument group, and makes the one compiled call:
 
-=================  ==========================================================  ============
-group              fields                                                      built by
-=================  ==========================================================  ============
-:class:`RuleInputs`   kind, hp, vec, sca, pptr, pidx                           ``Rule.kernel_inputs``
-:class:`Recording`    every, bptr, bidx, q, loss, g2, bn2 (+ bg2, bd2, d_last)  ``_train``
-:class:`Batch`        size, bit_generator (one run) / generators (a grid)      ``_train``, ``_scan``
-:class:`ChargeLayout` fam, ptr1, idx1, ptr2, idx2, dirn, optr, omega            ``charges.layout``
-:class:`ChargeRecord` last_delta, last_res, last_metric, rec_*, worst*          ``charges.record``
-:class:`ScanPlan`     steps, K, late_start, record_every, R, n_threads          ``_scan``
-:class:`ScanOutputs`  q, loss, loss_min, norm2, angular_update, status, ...     ``_scan``
-=================  ==========================================================  ============
+==================  =========================================  =========================
+group               fields                                     built by
+==================  =========================================  =========================
+``RuleInputs``      kind, hp, vec, sca, pptr, pidx             ``Rule.kernel_inputs``
+``Recording``       every, bptr, bidx, q, loss, g2, bn2        ``_train``
+                    (+ bg2, bd2, d_last)
+``Batch``           size, bit_generator / generators           ``_train``, ``_scan``
+``ChargeLayout``    fam, ptr1, idx1, ptr2, idx2, dirn, optr,   ``charges.layout``
+                    omega
+``ChargeRecord``    last_delta, last_res, last_metric,         ``charges.record``
+                    rec_*, worst*
+``ScanPlan``        steps, K, late_start, record_every, R,     ``_scan``
+                    n_threads
+``ScanOutputs``     q, loss, loss_min, norm2, angular_update,  ``_scan``
+                    status, stop_step, n_rows, s_*, charge_*
+==================  =========================================  =========================
 
 The kernels (pyx/rules.pyx ``train_kernel``, pyx/scan.pyx ``ScanKernel`` and
 ``LaneScanKernel``) read these by attribute name before they release the GIL; every array

@@ -8,25 +8,23 @@ over OpenMP threads (GIL released) or, with ``executor=``, over the workers of a
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import sys
-import threading
 import time
 import warnings
-import dataclasses
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _status
+from . import _bridge, _grid, _status
 from . import _validation as V
 from . import charges as _charges
-from . import _bridge, _grid
-from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size
-from ._parallel import ProgressBar, run_with_progress, usable_cpus, want_progress
+from ._parallel import ProgressBar, run_with_progress, want_progress
 from ._scan_result import ScanResult, point_seed
+from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size
 from .errors import DivergenceWarning
 from .potentials import Potential
 from .rules import Rule
@@ -84,7 +82,7 @@ class _Grid:
     def params_at(self, i):
         idx = np.unravel_index(i, self.grid_shape) if self.axes else ()
         kw = dict(self.fixed)
-        for (name, vals), j in zip(self.axes.items(), idx):
+        for (name, vals), j in zip(self.axes.items(), idx, strict=True):
             kw[name] = vals[j].item()
         return kw
 
@@ -138,11 +136,11 @@ def _rules(g: _Grid, lo: int, hi: int) -> list:
     rules = []
     for combo in itertools.islice(itertools.product(*values), lo, hi):
         kw = dict(g.fixed)
-        kw.update(zip(names, combo))
+        kw.update(zip(names, combo, strict=True))
         try:
             rules.append(g.rule_cls(**kw))
         except (TypeError, ValueError) as exc:
-            show = dict(zip(names, combo))
+            show = dict(zip(names, combo, strict=True))
             raise type(exc)(f"{g.rule_cls.__name__} rejects grid point {show}: {exc}") \
                 from None
     return rules
@@ -342,11 +340,13 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         (``ProcessPoolExecutor``, ``dask.distributed.Client.get_executor()``, …), and
         reassemble them in order.  The result is bitwise that of the local scan.
     threads : int ≥ 1 or None
-        OpenMP threads per compiled call.  None: every usable core locally, 1 per chunk
-        with an executor (the executor provides the parallelism).
+        OpenMP threads per compiled call.  None: the CPUs this process may use (its
+        affinity mask, capped by the cgroup CPU quota and by ``OMP_NUM_THREADS`` when
+        set, as scikit-learn does) locally, 1 per chunk with an executor (the executor
+        provides the parallelism).  Results never depend on it.
     progress : bool or None
-        tqdm progress bar for scans running longer than a second.  None: only when tqdm
-        is installed, stderr is a terminal and not under pytest.
+        tqdm progress bar, shown once a scan has run for a second (short scans show
+        none).  None: only when tqdm is installed and stderr is a terminal.
     batch_size : int or None
         Minibatch size for a data potential (None: full batch), as in ``train``.
     n_chunks : int or None
