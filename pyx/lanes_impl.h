@@ -549,13 +549,13 @@ NC_INLINE int NCL(eval_checked)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
 
 /* ---- the block ----------------------------------------------------------------------- */
 
-/* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
- * results are discarded) from start to finish and write their output rows. */
-NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+/* Load the block's lanes: point p0 + l's hyper-parameters, q_0 and momentum buffer into
+ * lane l (points >= P are padding copies of point p0), empty summaries, A_0 of each
+ * tracked scale law, and the block-wide flags the step's fast paths test. */
+NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
                                 const Py_ssize_t d)
 {
     const Py_ssize_t nsym = c->nsym;
-    Py_ssize_t n;
     int l;
     for (l = 0; l < NC_NL; ++l) {
         const Py_ssize_t p = p0 + l < c->P ? p0 + l : p0;
@@ -600,6 +600,148 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         w->heavy_ball &= w->mom_on[l] != 0 && w->nest[l] == 0 && w->damp1[l] == 1.0;
         w->all_wd &= w->wd_on[l] != 0;
     }
+}
+
+NC_INLINE int NCL(n_alive)(const nc_lane_ws* w)
+{
+    int alive = 0;
+    for (int l = 0; l < NC_NL; ++l) alive += w->alive[l];
+    return alive;
+}
+
+/* The step n -> n+1 with the tracked laws: the free step (no current gradient) into
+ * q_free and q_{n+1} into qn, q keeping q_n; then T_j = <q_free - q_n, q_n>_B (scale
+ * family, rules.pyx _xi_dot). */
+NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+{
+    const nc_vd* qp = NCCV(w->q);
+    const nc_vd* qf = NCCV(w->q_free);
+    NCL(step_sgd)(c, d, w, w->q_free, w->qn);
+    for (Py_ssize_t j = 0; j < c->nsym; ++j) {
+        nc_vd T = {0};
+        for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+            const Py_ssize_t i = c->sidx[k];
+            T = T + (qf[i] - qp[i]) * qp[i];
+        }
+        NCV(w->free_T)[j] = T;
+    }
+}
+
+/* Quick probe of q_{n+1} (in qn): its sum is NaN or inf if some coordinate is; a false
+ * alarm (finite values whose sum overflows) is sorted out lane by lane, and the lanes it
+ * flags are classified exactly as _grad_checked and the probe after the step would have:
+ * GRAD at step n (state q_n, f_n not taken) or PARAMS at step n (state q_{n+1}, f_n
+ * taken).  Returns the lanes still alive. */
+NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+                              Py_ssize_t n, const nc_vd f, const Py_ssize_t d)
+{
+    const nc_vd* qn = NCCV(w->qn);
+    nc_vd s0 = {0}, s1 = {0};
+    Py_ssize_t k = 0;
+    for (; k + 2 <= d; k += 2) {
+        s0 = s0 + qn[k];
+        s1 = s1 + qn[k + 1];
+    }
+    for (; k < d; ++k) s0 = s0 + qn[k];
+    const nc_vd s = s0 + s1;
+    if (!NCL(any_nan)(s - s)) return NC_NL;          /* (every lane's count is irrelevant) */
+    for (int l = 0; l < NC_NL; ++l) {
+        if (!w->alive[l]) continue;
+        double pg = 0.0, pq = 0.0;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            pg = pg + w->g[i * NC_NL + l] * 0.0;
+            pq = pq + w->qn[i * NC_NL + l] * 0.0;
+        }
+        if (pg != pg) {
+            NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
+        } else if (pq != pq) {
+            if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
+            if (c->rec_every > 0 && n % c->rec_every == 0)   /* state n taken */
+                NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
+            NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN, w->qn);
+        }
+    }
+    return NCL(n_alive)(w);
+}
+
+/* After the swap (q = q_{n+1}, qn = q_n): each tracked scale law's residual
+ * (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after), relative to its
+ * terms, folded into the lanes' worst values. */
+NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
+{
+    const nc_vd* q1v = NCCV(w->q);
+    const nc_vd* q0v = NCCV(w->qn);
+    nc_vd* worst = NCV(w->worst);
+    nc_vd* a_prev = NCV(w->a_prev);
+    for (Py_ssize_t j = 0; j < c->nsym; ++j) {
+        /* A_n = |q_n,B|^2 is the previous step's A_{n+1}: the same sum of the same
+           numbers in the same order (the first step's is summed before the loop; a
+           retired lane's is stale, but its row is written already) */
+        nc_vd a1 = {0}, dd = {0};
+        const nc_vd a0 = a_prev[j];
+        for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+            const Py_ssize_t i = c->sidx[k];
+            const nc_vd q1 = q1v[i], x = q1 - q0v[i];
+            a1 = a1 + q1 * q1;
+            dd = dd + x * x;
+        }
+        a_prev[j] = a1;
+        const nc_vd T = NCCV(w->free_T)[j];
+        const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
+        const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
+        const nc_vd aR = NCL(fabs)(R);
+        /* Screen, exact: where 0 < sc < inf, p = fl(fl(worst sc)(1 - 2^-40)) is a normal
+           number (so both roundings were relative, < 2^-53 each; a subnormal product can
+           round up by more than 2^-40 of itself) and |R| <= p < worst sc, |R|/sc <
+           worst, so the rounded quotient is <= worst and the lane's worst cannot rise:
+           no division is needed unless some lane fails the screen (docs/scan.md). */
+        const nc_vd p = (worst[j] * sc) * (1.0 - 0x1p-40);
+        const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p >= 0x1p-1022)
+                           & (p < INFINITY) & (aR <= p);
+        if (!NCL(any)(~calm)) continue;
+        const nc_vd zero = {0}, one = zero + 1.0;
+        /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
+        nc_vd rel = NCL(sel)(sc > 0.0, aR / sc, NCL(sel)(R == 0.0, zero, one));
+        rel = NCL(sel)(rel != rel, one, rel);
+        const nc_vl up = rel > worst[j];
+        if (NCL(any)(up)) {
+            worst[j] = NCL(sel)(up, rel, worst[j]);
+            for (int l = 0; l < NC_NL; ++l)
+                if (up[l]) w->wstep[j * NC_NL + l] = n;
+        }
+    }
+}
+
+/* Ctrl-C / cancel: every live lane stops at step n with status INTERRUPTED. */
+NC_INLINE void NCL(cancel_lanes)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+                                 Py_ssize_t n)
+{
+    for (int l = 0; l < NC_NL; ++l)
+        if (w->alive[l])
+            NCL(finish_lane)(c, w, l, p0 + l, NC_ST_INTERRUPTED, n, NAN, w->q);
+}
+
+/* The terminal state q_steps of the lanes still alive: its loss, angle term, row. */
+NC_INLINE void NCL(block_end)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+                              const Py_ssize_t d)
+{
+    if (NCL(eval_checked)(c, w, p0, c->steps) == 0) return;
+    NCL(take_angle)(c, d, w, c->steps);
+    for (int l = 0; l < NC_NL; ++l)
+        if (w->alive[l]) {
+            if (c->rec_every > 0 && c->steps % c->rec_every == 0)
+                NCL(record_row)(c, w, l, p0 + l, c->steps, w->f[l], w->q);
+            NCL(finish_lane)(c, w, l, p0 + l, NC_ST_OK, -1, w->f[l], w->q);
+        }
+}
+
+/* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
+ * results are discarded) from start to finish and write their output rows. */
+NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
+                                const Py_ssize_t d)
+{
+    Py_ssize_t n;
+    NCL(block_start)(c, w, p0, d);
     const int real = (int) (c->P - p0 < NC_NL ? c->P - p0 : NC_NL);
     Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
     int cancelled = 0;
@@ -607,9 +749,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     for (n = 0; n < c->steps; ++n) {
         if ((n & 255) == 0) {
             if (*c->cancel) {
-                for (l = 0; l < NC_NL; ++l)
-                    if (w->alive[l])
-                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_INTERRUPTED, n, NAN, w->q);
+                NCL(cancel_lanes)(c, w, p0, n);
                 cancelled = 1;
                 break;
             }
@@ -618,72 +758,23 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
            gradient always makes q_{n+1} non-finite (it enters the update multiplied by
-           -lr, and 0 * inf is NaN too), so the probe of q_{n+1} below catches it, and
-           the lanes it flags are then classified exactly, as _grad_checked and the
-           probe after the step would have: GRAD at step n (state q_n, f_n not taken)
-           or PARAMS at step n (state q_{n+1}, f_n taken). */
+           -lr, and 0 * inf is NaN too), so the probe of q_{n+1} catches it. */
         NCL(grad_d)(c, w, d);
         const nc_vd f = w->f;
         if (NCL(any_nan)(f - f)) {                  /* NaN exactly where f is inf or NaN */
-            int alive = 0;
-            for (l = 0; l < NC_NL; ++l)
+            for (int l = 0; l < NC_NL; ++l)
                 if (w->alive[l] && f[l] * 0.0 != 0.0)
                     NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_LOSS, n, NAN, w->q);
-            for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
-            if (alive == 0) break;
+            if (NCL(n_alive)(w) == 0) break;
         }
         NCL(take_angle)(c, d, w, n);
-        if (nsym > 0) {
-            const nc_vd* qp = NCCV(w->q);
-            const nc_vd* qf = NCCV(w->q_free);
-            /* the free step into q_free and q_{n+1} into qn; q keeps q_n */
-            NCL(step_sgd)(c, d, w, w->q_free, w->qn);
-            /* T_j = <q_free - q_n, q_n>_B (scale family, rules.pyx _xi_dot) */
-            for (Py_ssize_t j = 0; j < nsym; ++j) {
-                nc_vd T = {0};
-                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-                    const Py_ssize_t i = c->sidx[k];
-                    T = T + (qf[i] - qp[i]) * qp[i];
-                }
-                NCV(w->free_T)[j] = T;
-            }
-        }
+        if (c->nsym > 0)
+            NCL(step_with_free)(c, w, d);
         else
             NCL(step_sgd)(c, d, w, NULL, w->qn);         /* q_{n+1} into qn; q keeps q_n */
-        {
-            /* quick probe: the sum of q_{n+1} is NaN or inf if some coordinate is; a
-               false alarm (finite values whose sum overflows) is sorted out below */
-            const nc_vd* qn = NCCV(w->qn);
-            nc_vd s0 = {0}, s1 = {0};
-            Py_ssize_t k = 0;
-            for (; k + 2 <= d; k += 2) { s0 = s0 + qn[k]; s1 = s1 + qn[k + 1]; }
-            for (; k < d; ++k) s0 = s0 + qn[k];
-            const nc_vd s = s0 + s1;
-            if (NCL(any_nan)(s - s)) {
-                int alive = 0;
-                for (l = 0; l < NC_NL; ++l) {
-                    if (!w->alive[l]) continue;
-                    double pg = 0.0, pq = 0.0;
-                    for (Py_ssize_t i = 0; i < d; ++i) {
-                        pg = pg + w->g[i * NC_NL + l] * 0.0;
-                        pq = pq + w->qn[i * NC_NL + l] * 0.0;
-                    }
-                    if (pg != pg) {
-                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_GRAD, n, NAN, w->q);
-                    } else if (pq != pq) {
-                        if (f[l] < w->loss_min[l]) w->loss_min[l] = f[l];
-                        if (c->rec_every > 0 && n % c->rec_every == 0)   /* state n taken */
-                            NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
-                        NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN,
-                                         w->qn);
-                    }
-                }
-                for (l = 0; l < NC_NL; ++l) alive += w->alive[l];
-                if (alive == 0) break;
-            }
-        }
+        if (NCL(probe_next)(c, w, p0, n, f, d) == 0) break;
         if (c->rec_every > 0 && n % c->rec_every == 0)
-            for (l = 0; l < NC_NL; ++l)
+            for (int l = 0; l < NC_NL; ++l)
                 if (w->alive[l]) NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
         w->loss_min = NCL(sel)(f < w->loss_min, f, w->loss_min);
         {
@@ -691,64 +782,9 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->q = w->qn;
             w->qn = t;
         }
-        if (nsym > 0) {
-            /* scale law: (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after) */
-            const nc_vd* q1v = NCCV(w->q);
-            const nc_vd* q0v = NCCV(w->qn);
-            nc_vd* worst = NCV(w->worst);
-            nc_vd* a_prev = NCV(w->a_prev);
-            for (Py_ssize_t j = 0; j < nsym; ++j) {
-                /* A_n = |q_n,B|^2 is the previous step's A_{n+1}: the same sum of the
-                   same numbers in the same order (the first step's is summed before the
-                   loop; a retired lane's is stale, but its row is written already) */
-                nc_vd a1 = {0}, dd = {0};
-                const nc_vd a0 = a_prev[j];
-                for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-                    const Py_ssize_t i = c->sidx[k];
-                    const nc_vd q1 = q1v[i], x = q1 - q0v[i];
-                    a1 = a1 + q1 * q1;
-                    dd = dd + x * x;
-                }
-                a_prev[j] = a1;
-                const nc_vd T = NCCV(w->free_T)[j];
-                const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
-                const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
-                const nc_vd aR = NCL(fabs)(R);
-                /* Screen, exact: where 0 < sc < inf, p = fl(fl(worst sc)(1 - 2^-40)) is a
-                   normal number (so both roundings were relative, < 2^-53 each; a
-                   subnormal product can round up by more than 2^-40 of itself) and
-                   |R| <= p < worst sc, |R|/sc < worst, so the rounded quotient is <= worst
-                   and the lane's worst cannot rise: no division is needed unless some lane
-                   fails the screen (docs/scan.md). */
-                const nc_vd p = (worst[j] * sc) * (1.0 - 0x1p-40);
-                const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p >= 0x1p-1022)
-                                   & (p < INFINITY) & (aR <= p);
-                if (!NCL(any)(~calm)) continue;
-                const nc_vd zero = {0}, one = zero + 1.0;
-                /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
-                nc_vd rel = NCL(sel)(sc > 0.0, aR / sc, NCL(sel)(R == 0.0, zero, one));
-                rel = NCL(sel)(rel != rel, one, rel);
-                const nc_vl up = rel > worst[j];
-                if (NCL(any)(up)) {
-                    worst[j] = NCL(sel)(up, rel, worst[j]);
-                    for (l = 0; l < NC_NL; ++l)
-                        if (up[l]) w->wstep[j * NC_NL + l] = n;
-                }
-            }
-        }
+        if (c->nsym > 0) NCL(scale_laws)(c, w, n);
     }
-    if (n == c->steps && !cancelled) {
-        /* the terminal state q_steps */
-        if (NCL(eval_checked)(c, w, p0, c->steps) > 0) {
-            NCL(take_angle)(c, d, w, c->steps);
-            for (l = 0; l < NC_NL; ++l)
-                if (w->alive[l]) {
-                    if (c->rec_every > 0 && c->steps % c->rec_every == 0)
-                        NCL(record_row)(c, w, l, p0 + l, c->steps, w->f[l], w->q);
-                    NCL(finish_lane)(c, w, l, p0 + l, NC_ST_OK, -1, w->f[l], w->q);
-                }
-        }
-    }
+    if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
     w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }
 
