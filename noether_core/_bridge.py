@@ -20,6 +20,12 @@ group               fields                                     built by
                     status, stop_step, n_rows, s_*, charge_*
 ==================  =========================================  =========================
 
+The potentials' and integrators' kernels are reached through the same door:
+``potential_kernels`` (the built-in potentials' ``*Kernel`` classes, pyx/potentials.pyx),
+``callback_kernels`` (users' compiled and Python callables, pyx/callbacks.pyx) and
+``integrator_kernels`` (pyx/integrators.pyx), each built by its facade module
+(``potentials``, ``_integrate``) from validated inputs.
+
 The kernels (pyx/rules.pyx ``train_kernel``, pyx/scan.pyx ``ScanKernel`` and
 ``LaneScanKernel``) read these by attribute name before they release the GIL; every array
 is C-contiguous float64 (intp for indices, intc for families), as the ``# IN``/``# OUT``
@@ -32,12 +38,16 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from ._kernels import callbacks as callback_kernels
+from ._kernels import integrators as integrator_kernels
+from ._kernels import potentials as potential_kernels
 from ._kernels import rules as _kr
 from ._kernels import scan as _ks
 
 __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "ScanPlan",
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
-           "lane_isas", "openmp_enabled", "status_codes"]
+           "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
+           "callback_kernels", "integrator_kernels"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
