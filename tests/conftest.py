@@ -15,6 +15,8 @@ summary, so it is visible without ``-s``.
 """
 import os
 
+import pytest
+from _pytest.doctest import DoctestModule
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -30,6 +32,16 @@ settings.register_profile(
 
 PROFILE = os.environ.get("NOETHER_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 settings.load_profile(PROFILE)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collect_file(file_path, parent):
+    """``--doctest-modules`` (pyproject.toml) is for the package's docstring examples: the
+    files under tests/ are collected as tests only (not imported a second time as doctest
+    modules, which would run tests/make_torch_fixture.py's import of torch and count an
+    optional extra's skip twice)."""
+    outcome = yield
+    outcome.force_result([c for c in outcome.get_result() if not isinstance(c, DoctestModule)])
 
 
 def pytest_report_header(config):
