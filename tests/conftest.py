@@ -31,6 +31,10 @@ settings.register_profile(
 PROFILE = os.environ.get("NOETHER_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 settings.load_profile(PROFILE)
 
+# a script, not a test module: it imports torch at the top (to write the torch fixture),
+# and --doctest-modules would import it, failing the collection where torch is absent
+collect_ignore = ["make_torch_fixture.py"]
+
 
 def pytest_report_header(config):
     return f"hypothesis profile: {PROFILE} (NOETHER_HYPOTHESIS_PROFILE)"
