@@ -72,7 +72,7 @@ def update_results(section: str, body: str) -> None:
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
     head = f"## {section}"
     lines = text.split("\n")
-    start = next((i for i, l in enumerate(lines) if l.strip() == head), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == head), None)
     new = [head, "", body.rstrip(), ""]
     if start is None:
         lines = lines + [""] + new

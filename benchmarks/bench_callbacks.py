@@ -18,13 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import scipy
+from _common import BUILD, best_time, machine, table, update_results
 
 import noether_core as nc
-
-from _common import BUILD, best_time, machine, table, update_results
 
 # the test suite's callback source (the built-in's arithmetic, params -> A), one copy
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -70,12 +70,12 @@ def bench_callbacks(lib):
         # interleave the two compiled runs so machine load hits both alike
         tb, tc = [], []
         for _ in range(15):
-            tb.append(best_time(lambda: nc.train(rule, builtin, q0, steps, **kw), repeat=1))
-            tc.append(best_time(lambda: nc.train(rule, comp, q0, steps, **kw), repeat=1))
+            tb.append(best_time(partial(nc.train, rule, builtin, q0, steps, **kw), repeat=1))
+            tc.append(best_time(partial(nc.train, rule, comp, q0, steps, **kw), repeat=1))
         tb, tc = min(tb), min(tc)
         py_steps = steps // 20
-        tp = best_time(lambda: nc.train(rule, py, q0, py_steps, record_every=py_steps,
-                                        charges=False), repeat=3) * 20
+        tp = best_time(partial(nc.train, rule, py, q0, py_steps, record_every=py_steps,
+                               charges=False), repeat=3) * 20
         rows.append((f"RayleighQuotient d={d}", f"{steps}",
                      f"{tb / steps * 1e9:.0f} ns", f"{tc / steps * 1e9:.0f} ns",
                      f"{tc / tb:.2f}×", "yes" if same else "NO",
@@ -87,6 +87,7 @@ def bench_callbacks(lib):
 
 def bench_monitor(trials=11, steps=40):
     import torch
+
     from noether_core.torch import NoetherMonitor
     torch.set_num_threads(1)
 

@@ -17,12 +17,12 @@ import subprocess
 import time
 
 import numpy as np
-from noether_ref import integrators as ri
-from noether_ref import potentials as rp
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
 from noether_core.models import Damped, RadialAngular
+from noether_ref import integrators as ri
+from noether_ref import potentials as rp
 
 D, T = 8, 20.0
 TARGETS = (1e-4, 1e-6, 1e-8)

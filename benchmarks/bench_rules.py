@@ -15,13 +15,14 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from functools import partial
 
 import numpy as np
+from _common import best_time, build_c, dptr, machine, table, update_results
 
 import noether_core as nc
-from noether_ref import potentials as P, rules as R
-
-from _common import best_time, build_c, dptr, machine, table, update_results
+from noether_ref import potentials as P
+from noether_ref import rules as R
 
 STEPS = 10_000
 LR, MOM, WD = 0.05, 0.9, 5e-4
@@ -72,12 +73,12 @@ def time_once():
     lib = plain_lib()
     rule = nc.rules.SGD(lr=LR, momentum=MOM, weight_decay=WD)
     out = []
-    for name, pot, q0, ref_grad, kind, d0, d1, N in cases():
-        def plain():
+    for _name, pot, q0, _ref_grad, kind, d0, d1, N in cases():
+        def plain(q0=q0, kind=kind, d0=d0, d1=d1, N=N):
             q = q0.copy()
             lib.sgd_plain(kind, dptr(q), len(q0), STEPS, LR, MOM, WD, dptr(d0), dptr(d1), N)
-        out.append([best_time(lambda: nc.train(rule, pot, q0, STEPS, record_every=100,
-                                               charges=False), repeat=7),
+        out.append([best_time(partial(nc.train, rule, pot, q0, STEPS, record_every=100,
+                                      charges=False), repeat=7),
                     best_time(plain, repeat=7)])
     print(json.dumps(out))
 
@@ -100,11 +101,10 @@ def main(write=False):
     rows = []
     for name, pot, q0, ref_grad, kind, d0, d1, N in cases():
         d = len(q0)
-        run = lambda: nc.train(rule, pot, q0, STEPS, record_every=100,  # noqa: E731
-                               charges=False)
-        run_ch = lambda: nc.train(rule, pot, q0, STEPS, record_every=100)  # noqa: E731
+        run = partial(nc.train, rule, pot, q0, STEPS, record_every=100, charges=False)
+        run_ch = partial(nc.train, rule, pot, q0, STEPS, record_every=100)
 
-        def plain():
+        def plain(q0=q0, kind=kind, d=d, d0=d0, d1=d1, N=N):
             q = q0.copy()
             lib.sgd_plain(kind, dptr(q), d, STEPS, LR, MOM, WD, dptr(d0), dptr(d1), N)
             return q
@@ -112,14 +112,14 @@ def main(write=False):
         t_comp = best_time(run, repeat=7)
         t_ch = best_time(run_ch, repeat=7)
         t_c = best_time(plain, repeat=7)
-        ref = lambda: R.train({"name": "SGD", "lr": LR, "momentum": MOM,  # noqa: E731
-                               "weight_decay": WD}, ref_grad, q0, STEPS, record_every=100)
+        ref = partial(R.train, {"name": "SGD", "lr": LR, "momentum": MOM, "weight_decay": WD},
+                      ref_grad, q0, STEPS, record_every=100)
         t_np = best_time(ref, repeat=1)
         q_comp, q_c, q_np = run().q_final, plain(), ref()["q_final"]
         dev_c = np.abs(q_comp - q_c).max() / np.abs(q_c).max()
         dev_np = np.abs(q_comp - q_np).max() / np.abs(q_np).max()
-        mem100 = peak_bytes(lambda: nc.train(rule, pot, q0, STEPS, record_every=100))
-        mem1 = peak_bytes(lambda: nc.train(rule, pot, q0, STEPS, record_every=1))
+        mem100 = peak_bytes(partial(nc.train, rule, pot, q0, STEPS, record_every=100))
+        mem1 = peak_bytes(partial(nc.train, rule, pot, q0, STEPS, record_every=1))
         rows.append([name, f"{t_comp * 1e3:.2f}", f"{t_ch * 1e3:.2f}", f"{t_c * 1e3:.2f}",
                      f"{t_np * 1e3:.0f}", f"{t_np / t_comp:.0f}×", f"{t_comp / t_c:.2f}×",
                      f"{mem100 / 1024:.0f} KiB", f"{mem1 / 1024:.0f} KiB",
@@ -139,9 +139,11 @@ def main(write=False):
             "same algorithm as plain C and NumPy (its row products use four accumulators, "
             "plain C one); the O(D²) line is the default full-batch form (thin QR of the "
             "centred data once, two triangular D × D products per step) against the same "
-            "row-form loops, so its ratios include the algorithmic gain; on d = 8 the compiled loop's extra "
+            "row-form loops, so its ratios include the algorithmic gain; on d = 8 the "
+            "compiled loop's extra "
             "work over plain C is its per-step finiteness checks and the call's validation and "
-            "allocation (~35–50 µs per call).  Best of 7 (NumPy: 1 run); the machine is shared (load above).  Peak memory is "
+            "allocation (~35–50 µs per call).  Best of 7 (NumPy: 1 run); the machine is "
+            "shared (load above).  Peak memory is "
             "traced Python/NumPy allocation of the call (tracemalloc).  Targets: ≥ 50× "
             "NumPy on d = 8, ≤ 1.5× plain C.")
     proc = across_processes()

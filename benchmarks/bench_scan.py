@@ -23,21 +23,20 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")   # baseline (b) on one core; scan threads are explicit
 
-import argparse          # noqa: E402
-import sys               # noqa: E402
-import time              # noqa: E402
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
-import numpy as np       # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import noether_core as nc                        # noqa: E402
-from noether_ref import potentials as ref_pot   # noqa: E402
-from noether_ref import rules as ref_rules      # noqa: E402
-from numpy_batched import (bn_unit_grad, bn_unit_proj_grad, rayleigh_grad,   # noqa: E402
-                           sgd_momentum_scan)
-from noether_core._kernels.scan import lane_isas                          # noqa: E402
-from _common import machine, table, update_results                        # noqa: E402
+from _common import machine, table, update_results  # noqa: E402
+from numpy_batched import bn_unit_grad, bn_unit_proj_grad, rayleigh_grad, sgd_momentum_scan  # noqa: E402
 
+import noether_core as nc  # noqa: E402
+from noether_core._kernels.scan import lane_isas  # noqa: E402
+from noether_ref import potentials as ref_pot  # noqa: E402
+from noether_ref import rules as ref_rules  # noqa: E402
 
 PREFIX = {"rayleigh": "Rayleigh", "bn": "BatchNorm"}
 
@@ -105,7 +104,7 @@ def main(argv=None):
         if args.only and not name.startswith(PREFIX[args.only]):
             continue
 
-        def run_scan(threads, lanes=None):
+        def run_scan(threads, lanes=None, pot=pot, q0=q0):
             return nc.scan(nc.rules.SGD, pot, q0, steps=steps, lr=lrs, weight_decay=wds,
                            momentum=mom, seeds=0, threads=threads, progress=False,
                            charges=False,   # the same work as the NumPy baselines
@@ -121,8 +120,8 @@ def main(argv=None):
         tbs, agree = [], []
         ldb = ()
         for label, make in baselines:
-            tb, out, ld = _timed(lambda: sgd_momentum_scan(make(P), q0, L.ravel(),
-                                                           W.ravel(), mom, steps),
+            tb, out, ld = _timed(lambda make=make, q0=q0: sgd_momentum_scan(
+                                     make(P), q0, L.ravel(), W.ravel(), mom, steps),
                                  args.repeat)
             ok = ~res.diverged.ravel()
             rel = np.abs(out["loss_min"][ok] - res.loss_min.ravel()[ok]) / np.maximum(
@@ -217,7 +216,8 @@ def main(argv=None):
     body = (f"`benchmarks/bench_scan.py` (one run{', --quick' if args.quick else ''}): "
             f"{n_axis}×{n_axis} grid (lr ∈ [1e-3, 1e-1] log-spaced × weight_decay ∈ "
             f"{{0}} ∪ [1e-5, 1e-2] log-spaced), {steps} steps of SGD(momentum={mom}), full "
-            f"batch, wall time{f' (best of {args.repeat} for every timing)' if args.repeat > 1 else ''}.  "
+            f"batch, wall time"
+            f"{f' (best of {args.repeat} for every timing)' if args.repeat > 1 else ''}.  "
             "Ratios > 1 mean the compiled scan is faster.  "
             "(b) runs with single-threaded BLAS.\n\n"
             f"Machine: {mach}; load average at end {os.getloadavg()[0]:.2f}.\n\n"

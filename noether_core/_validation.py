@@ -47,7 +47,7 @@ def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     if shape is not None:
         if arr.ndim != len(shape) or any(s is not None and s != a
-                                         for s, a in zip(shape, arr.shape)):
+                                         for s, a in zip(shape, arr.shape, strict=True)):
             want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
     if arr.size == 0 and not allow_empty:

@@ -162,7 +162,7 @@ def check_symmetry(potential, n_points=32, seed=None, *, points=None, scale=1.0,
     grads = [potential.value_and_grad(q)[1] for q in Q]
     for s in potential.symmetries:
         worst = 0.0
-        for q, g in zip(Q, grads):
+        for q, g in zip(Q, grads, strict=True):
             om = None
             if s.family == "rotation" and s.omega is None:
                 n = len(potential.blocks[s.blocks[0]])
@@ -412,7 +412,7 @@ def audit(potential_or_fn, q_samples, blocks=None, *, tol=1e-8, approx_tol=1e-3,
         names = [n for n in blocks if gn[n].any()]
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
         if len(pairs) > max_pairs:
-            pairs = list(zip(names[:-1], names[1:]))
+            pairs = list(zip(names[:-1], names[1:], strict=True))
         for a, b in pairs:
             if a in scale_ok or b in scale_ok or _overlap(blocks[a], blocks[b], span):
                 continue

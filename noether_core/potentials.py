@@ -2,7 +2,7 @@
 
 Every potential is a thin, immutable, picklable Python object around a compiled kernel
 (``noether_core._kernels.potentials``) that fills the gradient through the potential ABI
-(see ARCHITECTURE.md and docs/potentials.md).  Its metadata says how q is cut into named
+(see docs/architecture.md and docs/potentials.md).  Its metadata says how q is cut into named
 blocks and which symmetry family each block carries:
 
 >>> import numpy as np, noether_core as nc
@@ -563,12 +563,12 @@ class BatchNormMLP(Potential):
         N, D = X.shape
         dims = (D,) + widths + (C,)
         blocks, syms, off = {}, [], 0
-        for l, w in enumerate(widths, start=1):
-            blocks.update(_rows_blocks(f"W{l}", off, w, dims[l - 1]))
-            syms += [_bn_symmetry(f"W{l}[{i}]", eps) for i in range(w)]
-            off += w * dims[l - 1]
-            blocks[f"gamma{l}"] = off + np.arange(w)
-            blocks[f"beta{l}"] = off + w + np.arange(w)
+        for layer, w in enumerate(widths, start=1):
+            blocks.update(_rows_blocks(f"W{layer}", off, w, dims[layer - 1]))
+            syms += [_bn_symmetry(f"W{layer}[{i}]", eps) for i in range(w)]
+            off += w * dims[layer - 1]
+            blocks[f"gamma{layer}"] = off + np.arange(w)
+            blocks[f"beta{layer}"] = off + w + np.arange(w)
             off += 2 * w
         n = np.full(C, 1.0 / np.sqrt(C))
         blocks.update(_cols_blocks("Wout", off, C, widths[-1]))
@@ -589,8 +589,8 @@ class BatchNormMLP(Potential):
         rng = np.random.default_rng(seed)
         dims = (self.X.shape[1],) + self.widths + (self.n_classes,)
         parts = []
-        for l, w in enumerate(self.widths, start=1):
-            parts += [rng.standard_normal(w * dims[l - 1]) / np.sqrt(dims[l - 1]),
+        for layer, w in enumerate(self.widths, start=1):
+            parts += [rng.standard_normal(w * dims[layer - 1]) / np.sqrt(dims[layer - 1]),
                       np.ones(w), np.zeros(w)]
         parts += [rng.standard_normal(self.n_classes * self.widths[-1])
                   / np.sqrt(self.widths[-1]), np.zeros(self.n_classes)]
@@ -625,7 +625,7 @@ def _abi_signature_ok(sig: str) -> bool:
     if args[2] in ("long", "longint") and ctypes.sizeof(ctypes.c_long) != ctypes.sizeof(
             ctypes.c_ssize_t):
         return False
-    return all(a in ok for a, ok in zip(args, _ABI_ARGS))
+    return all(a in ok for a, ok in zip(args, _ABI_ARGS, strict=True))
 
 
 def _user_blocks(d, blocks):
@@ -714,6 +714,7 @@ class Compiled(Potential):
 
     def __init__(self, callback, d, blocks=None, symmetries=()):
         from scipy import LowLevelCallable
+
         from ._kernels.callbacks import CompiledKernel
         if not isinstance(callback, LowLevelCallable):
             raise TypeError("callback must be a scipy.LowLevelCallable with signature "

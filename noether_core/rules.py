@@ -68,7 +68,7 @@ class RuleState:
     last_residual: dict | None = field(default=None, repr=False)
     last_metric: dict | None = field(default=None, repr=False)
 
-    def copy(self) -> "RuleState":
+    def copy(self) -> RuleState:
         return RuleState(self.rule, {k: v.copy() for k, v in self.arrays.items()},
                          {k: (v.copy() if isinstance(v, np.ndarray) else v)
                           for k, v in self.scalars.items()}, self.step,
@@ -114,7 +114,7 @@ class Rule:
     def param_names(cls) -> tuple:
         return tuple(f.name for f in fields(cls))
 
-    def replace(self, **changes) -> "Rule":
+    def replace(self, **changes) -> Rule:
         """A copy with some hyper-parameters changed (validated again)."""
         unknown = set(changes) - set(self.param_names())
         if unknown:
@@ -198,7 +198,7 @@ class Rule:
         return np.array([float(state.scalars[n]) for n in self.sca_names], dtype=np.float64)
 
     def _unpack_scalars(self, sca: np.ndarray, potential) -> dict:
-        return {n: float(v) for n, v in zip(self.sca_names, sca)}
+        return {n: float(v) for n, v in zip(self.sca_names, sca, strict=True)}
 
 
 def _partition_csr(rule, potential):
@@ -285,7 +285,7 @@ class SGD(Rule):
         cols = []
         try:
             # each value through __post_init__'s own converter, once per axis value
-            for k, c in zip(cls.param_names(), conv):
+            for k, c in zip(cls.param_names(), conv, strict=True):
                 if k in axes:
                     vals = np.array([c(v) for v in axes[k].tolist()], dtype=np.float64)
                     view = [1] * len(names)

@@ -123,7 +123,7 @@ def transform(sym: Symmetry, q, s: float, blocks: dict, omega=None) -> np.ndarra
         idx2 = blocks[sym.blocks[1]]
         q[idx2] = np.exp(-s) * q[idx2]
     else:
-        from scipy.linalg import expm        # lazily: keeps `import noether_core` light
+        from scipy.linalg import expm  # lazily: keeps `import noether_core` light
         q[idx] = expm(s * _omega(sym, len(idx), omega)) @ q[idx]
     if not np.all(np.isfinite(q)):
         raise ValueError(f"the {sym.family} transformation with s={s}"

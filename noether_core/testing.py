@@ -52,8 +52,11 @@ except ImportError as exc:  # pragma: no cover - exercised by test_testing_toolk
     raise ImportError("noether_core.testing needs hypothesis (pip install hypothesis, or "
                       "pip install 'noether_core[test]')") from exc
 
-from . import datasets, potentials as P, rules as R
-from ._integrate import _ORDER, integrate as _integrate
+from . import datasets
+from . import potentials as P
+from . import rules as R
+from ._integrate import _ORDER
+from ._integrate import integrate as _integrate
 from .charges import ChargeSeries, symmetry_label
 from .symmetry import FAMILIES, Symmetry, generator, random_skew, transform
 

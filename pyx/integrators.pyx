@@ -38,7 +38,6 @@ from libc.stdlib cimport malloc, free
 from libc.float cimport DBL_EPSILON
 from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
 
-import numpy as np
 cimport numpy as cnp
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
@@ -581,7 +580,7 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
     if not _finite(K[0], n):
         return NC_ST_NONFINITE_STATE
     h = h_init if h_init > 0.0 else _initial_step(M, t, y, K[0], yt, K[1], rtol, atol,
-                                                   t_end - t0)
+                                                  t_end - t0)
     if M.cb_error != NULL:
         return NC_ST_INTERRUPTED
     while t < t_end:

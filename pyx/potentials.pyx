@@ -22,9 +22,10 @@ Design
   Means are over the rows used, so BatchNorm statistics are minibatch statistics and the
   scale symmetry holds at every step.
 
-The NumPy twin of every function is python/noether_ref/potentials.py.
+Every function here has a NumPy counterpart in the NumPy reference twin in python/ (its
+potentials module).
 """
-from libc.math cimport sqrt, exp, log, log1p, fabs, INFINITY
+from libc.math cimport sqrt, exp, log, log1p
 from libc.stdlib cimport malloc, calloc, free
 
 import numpy as np
@@ -613,7 +614,7 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     cdef const Py_ssize_t* rows = p.view.rows
     cdef Py_ssize_t B = p.view.n_rows if rows != NULL else p.N
     cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1]
-    cdef Py_ssize_t l, i, u, w, n_in, so = 0, k
+    cdef Py_ssize_t layer, i, u, w, n_in, so = 0, k
     cdef const double* In = p.X
     cdef const Py_ssize_t* in_rows = rows
     cdef const double* gam
@@ -624,15 +625,15 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     cdef double h, f
     n_in = p.dims[0]
     # ---- forward
-    for l in range(L):
-        w = p.dims[l + 1]
+    for layer in range(L):
+        w = p.dims[layer + 1]
         Zh = p.Zh + N * so
         A = p.A + N * so
-        _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * l], NULL, w, Zh)
+        _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * layer], NULL, w, Zh)
         if p.bn:
             _c_bn_fwd(Zh, B, w, p.eps, p.m1, p.sd + so)
-        gam = q + p.qoff[3 * l + 1]
-        bet = q + p.qoff[3 * l + 2]
+        gam = q + p.qoff[3 * layer + 1]
+        bet = q + p.qoff[3 * layer + 2]
         for i in range(B):
             for u in range(w):
                 k = i * w + u
@@ -659,8 +660,8 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
                 tmp[u] = tmp[u] + p.P[i * out + u]
     if L > 0:
         _c_lin_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
-    for l in range(L - 1, -1, -1):
-        w = p.dims[l + 1]
+    for layer in range(L - 1, -1, -1):
+        w = p.dims[layer + 1]
         so = so - w
         Zh = p.Zh + N * so
         A = p.A + N * so
@@ -671,8 +672,8 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
                     p.bufA[k] = 0.0
         if p.bn:
             if p.affine:
-                gam = q + p.qoff[3 * l + 1]
-                tmp = g + p.qoff[3 * l + 1]         # d gamma
+                gam = q + p.qoff[3 * layer + 1]
+                tmp = g + p.qoff[3 * layer + 1]     # d gamma
                 for u in range(2 * w):
                     tmp[u] = 0.0                    # d gamma and d beta (adjacent)
                 for i in range(B):
@@ -683,12 +684,12 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
                         p.bufA[k] = p.bufA[k] * gam[u]    # dL/dZh
             _c_bn_bwd(p.bufA, Zh, B, w, p.sd + so, p.m1, p.m2)
         # bufA holds dL/dZ_l
-        if l == 0:
+        if layer == 0:
             _c_lin_bwd_w(p.bufA, p.X, rows, B, p.dims[0], w, g + p.qoff[0])
         else:
-            _c_lin_bwd_w(p.bufA, p.A + N * (so - p.dims[l]), NULL, B, p.dims[l], w,
-                         g + p.qoff[3 * l])
-            _c_lin_bwd_x(p.bufA, q + p.qoff[3 * l], B, p.dims[l], w, p.bufB)
+            _c_lin_bwd_w(p.bufA, p.A + N * (so - p.dims[layer]), NULL, B, p.dims[layer], w,
+                         g + p.qoff[3 * layer])
+            _c_lin_bwd_x(p.bufA, q + p.qoff[3 * layer], B, p.dims[layer], w, p.bufB)
             tmp = p.bufA
             p.bufA = p.bufB
             p.bufB = tmp
@@ -705,7 +706,7 @@ cdef class NetKernel(Potential):
 
     def __cinit__(self, cnp.ndarray X, cnp.ndarray Y, cnp.ndarray labels, cnp.ndarray dims,
                   bint bn, bint affine, bint relu, bint bias, double eps):
-        cdef Py_ssize_t l, off = 0
+        cdef Py_ssize_t layer, off = 0
         cdef cnp.ndarray qoff
         self.X = X
         self.xent = Y is None
@@ -718,14 +719,14 @@ cdef class NetKernel(Potential):
         qoff = np.zeros(3 * self.L + 2, dtype=np.intp)
         self.n_hidden = 0
         self.wmax = 1
-        for l in range(self.L):
-            qoff[3 * l] = off
-            off += dims[l + 1] * dims[l]
-            qoff[3 * l + 1] = off
-            qoff[3 * l + 2] = off + (dims[l + 1] if affine else 0)
-            off += 2 * dims[l + 1] if affine else 0
-            self.n_hidden += dims[l + 1]
-            self.wmax = max(self.wmax, dims[l + 1])
+        for layer in range(self.L):
+            qoff[3 * layer] = off
+            off += dims[layer + 1] * dims[layer]
+            qoff[3 * layer + 1] = off
+            qoff[3 * layer + 2] = off + (dims[layer + 1] if affine else 0)
+            off += 2 * dims[layer + 1] if affine else 0
+            self.n_hidden += dims[layer + 1]
+            self.wmax = max(self.wmax, dims[layer + 1])
         qoff[3 * self.L] = off
         off += dims[self.L + 1] * dims[self.L]
         qoff[3 * self.L + 1] = off

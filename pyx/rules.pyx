@@ -15,25 +15,27 @@ Design
   releases the GIL around ``run_loop``.
 * Minibatches: each step draws ``batch_size`` distinct rows by a partial Fisher-Yates
   shuffle of the identity permutation, consuming exactly ``batch_size`` doubles
-  (``next_double``) of the caller's bit generator; python/noether_ref/rules.py replays the
-  same draws with ``Generator.random()``.
+  (``next_double``) of the caller's bit generator; the NumPy reference twin in python/ (its
+  rules module) replays the same draws with ``Generator.random()``.
 
 Hyper-parameter layouts ``hp`` and state layouts (``vec`` rows, ``sca``) per rule kind:
 
-=============== ============================================ ============================ ======================
-kind            hp                                           vec rows                     sca
-=============== ============================================ ============================ ======================
-SGD             lr, momentum, dampening, nesterov, wd        momentum_buffer              has_buffer
-RMSPROP         lr, alpha, eps, wd, momentum, centered       square_avg, momentum_buffer, step
-                                                             grad_avg
-ADAM            lr, beta1, beta2, eps, wd, amsgrad,          exp_avg, exp_avg_sq,         step
-                decoupled                                    max_exp_avg_sq
-SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first |g_B|^2), wd,  (none)                       initialised, G per part
-                nproj (leading parts renormalised to |q_P| = 1
-                after their step; 0 = off)
-MIRROR          lr, wd, map (0 euclid, 1 diag, 2 pnorm,      D (diagonal of h, map 1)     (none)
-                3 entropy), p
-=============== ============================================ ============================ ======================
+=============== ==================================== ============================ ============
+kind            hp                                   vec rows                     sca
+=============== ==================================== ============================ ============
+SGD             lr, momentum, dampening, nesterov,   momentum_buffer              has_buffer
+                wd
+RMSPROP         lr, alpha, eps, wd, momentum,        square_avg, momentum_buffer, step
+                centered                             grad_avg
+ADAM            lr, beta1, beta2, eps, wd, amsgrad,  exp_avg, exp_avg_sq,         step
+                decoupled                            max_exp_avg_sq
+SCALAR_RMSPROP  lr, rho, eps, G0 (NaN: first         (none)                       initialised,
+                |g_B|^2), wd, nproj (leading parts                                G per part
+                renormalised to |q_P| = 1 after
+                their step; 0 = off)
+MIRROR          lr, wd, map (0 euclid, 1 diag,       D (diagonal of h, map 1)     (none)
+                2 pnorm, 3 entropy), p
+=============== ==================================== ============================ ============
 """
 from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
 from libc.stdlib cimport malloc, calloc, free
@@ -48,7 +50,6 @@ cdef extern from "Python.h":
     void PyErr_Restore(PyObject* t, PyObject* v, PyObject* tb)
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-import numpy as np
 cimport numpy as cnp
 from numpy.random cimport bitgen_t
 

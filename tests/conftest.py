@@ -33,6 +33,10 @@ settings.register_profile(
 PROFILE = os.environ.get("NOETHER_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 settings.load_profile(PROFILE)
 
+# a script, not a test module: it imports torch at the top (to write the torch fixture),
+# and --doctest-modules would import it, failing the collection where torch is absent
+collect_ignore = ["make_torch_fixture.py"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_collect_file(file_path, parent):

@@ -16,7 +16,8 @@ docs/byom.md §3 for why such fits cannot come close to zero by chance).
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import potentials as P

@@ -1,11 +1,11 @@
 """User potentials: compiled callbacks (LowLevelCallable) and Python callables (issue 7).
 
-Checks (docs/byom.md §1–§2; ARCHITECTURE "The potential ABI"):
+Checks (docs/byom.md §1–§2; docs/architecture.md "The potential ABI"):
 
 * a ctypes RayleighQuotient compiled here with gcc, and a Cython ``cdef api`` one (same
   operation order as the built-in, same flags: -O3 -ffp-contract=off), give trajectories,
-  losses, charges and balance residuals *bitwise* identical to the built-in ``RayleighQuotient`` (SPEC §1.1 identity
-  at round-off for both);
+  losses, charges and balance residuals *bitwise* identical to the built-in
+  ``RayleighQuotient`` (SPEC §1.1 identity at round-off for both);
 * the Python-callable path equals the compiled path bitwise when it computes the same
   arithmetic, and to round-off (1e-12 relative) with NumPy's different summation order;
 * wrong signatures are refused at construction with a message naming the ABI; a NaN
@@ -23,12 +23,13 @@ import warnings
 import numpy as np
 import pytest
 import scipy
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import potentials as P
-from noether_core.potentials import CallbackError
 from noether_core.audit import check_symmetry
+from noether_core.potentials import CallbackError
 from noether_core.symmetry import Symmetry
 
 C_SOURCE = r"""
@@ -213,7 +214,7 @@ def test_compiled_concurrent_runs_are_independent(lib):
         t.start()
     for t in ts:
         t.join()
-    for a, b in zip(serial, out):
+    for a, b in zip(serial, out, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -10,7 +10,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, strategies as st
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core.symmetry import Symmetry, random_skew
@@ -145,6 +146,7 @@ def _gradient_roundoff_allowance(pot, run, ch, coef, batch_size=None, seed=None)
     must be recorded at every step.  The denominator leaves out the kernel's 2|T| ≥ 0, so
     the allowance is an upper bound."""
     import math
+
     from noether_ref.rules import draw_batch
     idx = np.concatenate([np.asarray(pot.blocks[b]) for b in ch.symmetry.blocks])
     q = run.q

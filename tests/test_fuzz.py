@@ -1,6 +1,6 @@
 """Bad-input fuzzing of every public entry point, against a bounds-checked debug build.
 
-What is checked (issue 8, item 3; ARCHITECTURE "the facade validates once"): each call with
+What is checked (issue 8, item 3; docs/architecture.md "the facade validates once"): each call with
 one or two malformed arguments either
 
 * works correctly — for inputs that mean the same as a valid one (a list, a
@@ -22,9 +22,10 @@ with MemoryError instead of invoking the OOM killer) and a per-case watchdog: af
 CASE_TIMEOUT s it sends SIGINT (a long but legal request, such as 2**31 steps recorded once,
 must honour it and counts as handled), 3 s later faulthandler kills the process with a
 traceback.  A segfault or a hang thus fails this test, naming the case, instead of killing
-pytest; the driver is restarted after the case that killed it.  Two passes: an exhaustive sweep of every (entry point, argument,
-malformation) and a hypothesis search over combinations of two malformed arguments with
-varied valid bases (examples: 20 × the profile's max_examples).
+pytest; the driver is restarted after the case that killed it.  Two passes: an exhaustive
+sweep of every (entry point, argument, malformation) and a hypothesis search over
+combinations of two malformed arguments with varied valid bases (examples: 20 × the
+profile's max_examples).
 
 Adding an entry point is one row of ``ENTRY_POINTS`` (a name, the callable, a factory of
 valid keyword arguments and the kind of each argument).  Set NOETHER_FUZZ_TREE to a
@@ -187,8 +188,9 @@ def _mal_obj(v, a):
 
 
 MALFORM = {"farray": _mal_float_array, "iarray": _mal_int_array}
-MALFORM_SCALAR = {"int": _mal_int, "seed": _mal_seed, "callback": _mal_callback, "float": _mal_float, "bool": _mal_bool,
-                  "choice": _mal_choice, "obj": _mal_obj}
+MALFORM_SCALAR = {"int": _mal_int, "seed": _mal_seed, "callback": _mal_callback,
+                  "float": _mal_float, "bool": _mal_bool, "choice": _mal_choice,
+                  "obj": _mal_obj}
 
 
 def malformations(value, a):
@@ -204,11 +206,12 @@ def malformations(value, a):
         out = MALFORM_SCALAR[a.kind](value, a)
     out.append(("None", None, "either" if a.nullable else "error", None))
     if a.dict_ok:               # a dict block -> value is a legal form of this argument
-        out = [(l, x, "either" if l == "dict" else c, cn) for l, x, c, cn in out]
+        out = [(label, x, "either" if label == "dict" else c, cn)
+               for label, x, c, cn in out]
     if a.kind in ("farray",) and not a.fixed_shape:
         # free-length arrays: shape changes are legal, so their outcome is "either"
-        out = [(l, x, "either" if l in ("extra_dim", "longer", "flat", "transposed")
-                else c, cn) for l, x, c, cn in out]
+        out = [(label, x, "either" if label in ("extra_dim", "longer", "flat", "transposed")
+                else c, cn) for label, x, c, cn in out]
     return out
 
 
@@ -282,8 +285,16 @@ def _c_half_norm2():
 
 def build_entries():
     import noether_core as nc
-    from noether_core import charges, conventions, datasets, mirror, models, symmetry, theory
-    from noether_core import IntegrationError, noether_terms
+    from noether_core import (
+        IntegrationError,
+        conventions,
+        datasets,
+        mirror,
+        models,
+        noether_terms,
+        symmetry,
+        theory,
+    )
     P, R = nc.potentials, nc.rules
 
     def rq(seed=0):
@@ -370,7 +381,8 @@ def build_entries():
         dict(A=FA))
     add("Radial", P.Radial, lambda s: dict(d=3, kind="log"),
         dict(d=A("int", lo=1), kind=A("choice")))
-    add("BatchNormUnit", P.BatchNormUnit, lambda s: dict(zip(("X", "y"), _data(s)), eps=0.0),
+    add("BatchNormUnit", P.BatchNormUnit,
+        lambda s: dict(zip(("X", "y"), _data(s), strict=True), eps=0.0),
         dict(X=A("farray", fixed_shape=False), y=FA, eps=A("float")), bases=2)
     add("BatchNormLayer", P.BatchNormLayer,
         lambda s: dict(X=_data(s)[0], Y=_data(s)[1], width=2, eps=0.0),
@@ -506,6 +518,7 @@ def build_entries():
 
     # ---- user potentials (potentials.Compiled / Python), audit, torch monitor -------------
     import scipy
+
     from noether_core import audit
     llc = scipy.LowLevelCallable(_c_half_norm2())
     blocks3 = {"a": np.array([0, 1]), "b": np.array([2])}
@@ -621,7 +634,7 @@ def same_numbers(a, b):
             return bool(np.allclose(x, y, rtol=1e-12, atol=0, equal_nan=True))
         return a[2] == b[2]
     if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(same_numbers(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_numbers(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -658,6 +671,7 @@ def _snapshot(kwargs):
 def call(entry, kwargs):
     """('ok', result) or ('raised', exc) — warnings other than NoetherWarning are errors."""
     import warnings
+
     from noether_core.errors import NoetherWarning
     with warnings.catch_warnings():
         warnings.simplefilter("error")             # e.g. ComplexWarning: data silently lost
@@ -739,7 +753,7 @@ def driver(report_path, log_path, seconds_per_case, start):
     from noether_core._kernels import rules as _kr
     debug = False
     try:                                            # the bounds checks really are compiled in
-        from noether_core import _bridge            # an empty hp row: hp[0] is out of bounds
+        from noether_core import _bridge  # an empty hp row: hp[0] is out of bounds
         rule = _bridge.RuleInputs(0, np.zeros(0), np.zeros((0, 1)), np.zeros(0),
                                   np.zeros(1, np.intp), np.zeros(0, np.intp))
         rec = _bridge.Recording(1, np.zeros(1, np.intp), np.zeros(0, np.intp),
@@ -793,7 +807,8 @@ def driver(report_path, log_path, seconds_per_case, start):
                 one(e, base, {arg: m})
     t_sweep = time.perf_counter() - t0
 
-    from hypothesis import given, settings, strategies as st, HealthCheck
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
     n_ex = 20 * settings.default.max_examples
 
     @st.composite

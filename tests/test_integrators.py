@@ -6,13 +6,13 @@ torch-semantics heavy ball from noether_core.train, and exact identities.
 """
 import numpy as np
 import pytest
-from noether_ref import integrators as ri
-from noether_ref import potentials as rp
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
 from noether_core import IntegrationError
 from noether_core.models import Damped, GradientFlow, RadialAngular
+from noether_ref import integrators as ri
+from noether_ref import potentials as rp
 
 SPLIT = ("conformal-euler", "conformal-verlet", "conformal-yoshida4")
 ORDER = {"conformal-euler": 1, "conformal-verlet": 2, "conformal-yoshida4": 4, "rk4": 4,

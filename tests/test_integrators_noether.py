@@ -6,13 +6,13 @@ Quadratic whose matrix has a null vector n̂ with b ⊥ n̂ (translation along n
 """
 import numpy as np
 import pytest
-from noether_ref import integrators as ri
 from scipy.integrate import solve_ivp
 
 import noether_core as nc
 from noether_core import noether_terms
 from noether_core.models import Bregman, Damped, RadialAngular, damped, nesterov, sgdm
 from noether_core.symmetry import random_skew
+from noether_ref import integrators as ri
 
 D4 = 4
 SCHEDULES = {"nesterov": (nesterov(2.0, 0.25), 1.0), "damped": (damped(0.5, 0.3), 0.0),

@@ -18,7 +18,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, strategies as st
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import potentials as P
@@ -109,10 +110,10 @@ def make_case(name, rng):
 
         def pre(q, rows):
             A, out = (X if rows is None else X[rows]), []
-            for l, w in enumerate(widths, start=1):
+            for layer, w in enumerate(widths, start=1):
                 blk = pot.blocks
-                W = q[np.concatenate([blk[f"W{l}[{i}]"] for i in range(w)])].reshape(w, -1)
-                H = q[blk[f"gamma{l}"]] * _bn(A @ W.T) + q[blk[f"beta{l}"]]
+                W = q[np.concatenate([blk[f"W{layer}[{i}]"] for i in range(w)])].reshape(w, -1)
+                H = q[blk[f"gamma{layer}"]] * _bn(A @ W.T) + q[blk[f"beta{layer}"]]
                 out.append(H.ravel())
                 A = np.maximum(H, 0.0)
             return np.concatenate(out)
@@ -425,7 +426,7 @@ def test_bn_unit_projection_is_skipped_when_n_below_d_and_pickles_with_its_facto
     X, y = rng.standard_normal((40, 8)), rng.standard_normal(40)
     pot = P.BatchNormUnit(X, y)
     back = pickle.loads(pickle.dumps(pot))
-    for a, b in zip(pot._proj[:2], back._proj[:2]):
+    for a, b in zip(pot._proj[:2], back._proj[:2], strict=True):
         assert np.array_equal(a, b)                         # carried, not recomputed
     assert back._proj[2] == pot._proj[2]
     assert P.BatchNormUnit(X, y, projection=False)._proj is None
@@ -595,7 +596,7 @@ def test_datasets_are_seeded_and_shaped():
     a = nc.datasets.gaussian_mixture(101, 5, classes=4, seed=3)
     b = nc.datasets.gaussian_mixture(101, 5, classes=4, seed=3)
     c = nc.datasets.gaussian_mixture(101, 5, classes=4, seed=4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
     X, y = a
     assert X.shape == (101, 5) and y.shape == (101,) and y.dtype == np.intp
@@ -681,7 +682,7 @@ def test_concurrent_runs_share_a_potential_safely():
     alone = [run(s) for s in (0, 1)]
     with ThreadPoolExecutor(2) as ex:
         together = list(ex.map(run, (0, 1)))
-    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_bn_unit_overflowing_variance_gives_nan_not_a_wrong_loss():

@@ -29,8 +29,10 @@ import numpy as np
 import pytest
 
 import noether_core as nc
-from noether_core import models as M, potentials as P, rules as R
 from noether_core import IntegrationError
+from noether_core import models as M
+from noether_core import potentials as P
+from noether_core import rules as R
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,20 +87,20 @@ def _train_key(res):
 
 
 def _same(a, b):
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 # -- concurrency ------------------------------------------------------------------------------
 
 def test_train_thread_pool_equals_serial_bitwise():
     """8 rule/potential cases × 3 repeats on 4 threads (shared potential objects) equal the
-    serial runs bit for bit (ARCHITECTURE: per-run workspace, GIL released)."""
+    serial runs bit for bit (docs/architecture.md: per-run workspace, GIL released)."""
     cases = _cases() * 3
     serial = [_train_key(nc.train(r, p, q, 150, **kw)) for r, p, q, kw in cases]
     with ThreadPoolExecutor(max_workers=4) as ex:
         futs = [ex.submit(nc.train, r, p, q, 150, **kw) for r, p, q, kw in cases]
         threaded = [_train_key(f.result()) for f in futs]
-    for i, (s, t) in enumerate(zip(serial, threaded)):
+    for i, (s, t) in enumerate(zip(serial, threaded, strict=True)):
         assert _same(s, t), f"case {i} ({cases[i][0]!r}) differs under threads"
 
 
@@ -147,7 +149,7 @@ def test_integrate_thread_pool_equals_serial_bitwise():
     serial = [nc.integrate(m, y, **kw) for m, y, kw in cases]
     with ThreadPoolExecutor(max_workers=4) as ex:
         threaded = list(ex.map(lambda c: nc.integrate(c[0], c[1], **c[2]), cases))
-    for s, t in zip(serial, threaded):
+    for s, t in zip(serial, threaded, strict=True):
         assert np.array_equal(s.t, t.t) and np.array_equal(s.y, t.y)
         assert s.nfev == t.nfev and s.n_rejected == t.n_rejected
 
@@ -167,7 +169,7 @@ def test_scan_thread_pool_equals_serial_bitwise():
     serial = [run(kw) for kw in jobs]
     with ThreadPoolExecutor(max_workers=4) as ex:
         threaded = list(ex.map(run, jobs))
-    for a, b in zip(serial, threaded):
+    for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a.q, b.q) and np.array_equal(a.loss_min, b.loss_min)
         assert np.array_equal(a.balance_residual, b.balance_residual)
 
@@ -217,14 +219,14 @@ def test_rules_states_results_models_pickle():
 
 def test_process_pool_runs_equal_serial():
     """Potentials and rules cross a process boundary (what an executor does)."""
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
     cases = [(r, p, q) for r, p, q, kw in _cases()
              if not kw and not isinstance(p, P.Python)]     # a lambda-free, picklable set
     serial = [nc.train(r, p, q, 50).q_final for r, p, q in cases]
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as ex:
         remote = list(ex.map(_train_final, cases))
-    for s, t in zip(serial, remote):
+    for s, t in zip(serial, remote, strict=True):
         assert np.array_equal(s, t)
 
 

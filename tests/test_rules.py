@@ -21,7 +21,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import rules as R

@@ -9,8 +9,8 @@ import copy
 import importlib
 import multiprocessing
 import sys
-import warnings
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -371,7 +371,7 @@ def test_sgd_column_form_equals_per_point_rules(grid):
     rules, ok = [], True
     for combo in itertools.product(*[axes[k].tolist() for k in names]):
         try:
-            rules.append(nc.rules.SGD(**{**fixed, **dict(zip(names, combo))}))
+            rules.append(nc.rules.SGD(**{**fixed, **dict(zip(names, combo, strict=True))}))
         except (TypeError, ValueError):
             ok = False
             break

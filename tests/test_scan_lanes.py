@@ -6,17 +6,17 @@ loop (``lanes=False``), which the suite checks against separate ``train`` calls
 stop step of diverged points, worst balance residuals and their steps — is compared with
 np.array_equal, for every compiled version this CPU runs (baseline and AVX-512).
 """
-import sys
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import _bridge
 from noether_core._kernels import scan as ks
 from noether_core.errors import DivergenceWarning
-
 
 KEYS = ("q", "loss", "loss_min", "norm2", "angular_update", "status", "stop_step")
 
@@ -382,8 +382,6 @@ def test_lane_kernel_progress_and_cancel():
 
 # ---------------------------------------------------------------------------------------
 # property: random grids, dimensions, data and step counts
-
-from hypothesis import given, strategies as st  # noqa: E402
 
 
 @st.composite

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import noether_core as nc
 from noether_core import testing as nt
@@ -60,7 +61,8 @@ def test_hypothesis_is_optional():
             "import noether_core\n"
             "assert 'hypothesis' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
             "try:\n    import noether_core.testing\n"
-            "except ImportError as e:\n    assert 'pip install hypothesis' in str(e); print('ok')\n")
+            "except ImportError as e:\n"
+            "    assert 'pip install hypothesis' in str(e); print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=os.environ.copy(), timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
@@ -88,7 +90,7 @@ def test_potentials_declare_their_family(family, data):
     fams = {s.family for s in pot.symmetries}
     assert (family in fams) if family != "none" else not fams
     q0 = data.draw(nt.initial_states(pot))
-    for name, idx in pot.blocks.items():       # block norms bounded away from 0
+    for _name, idx in pot.blocks.items():      # block norms bounded away from 0
         assert np.linalg.norm(q0[idx]) >= 0.1 * np.sqrt(len(idx)) * (1 - 1e-15)
     if family != "none":
         nt.assert_symmetry(pot, q0)

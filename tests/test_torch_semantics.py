@@ -145,7 +145,7 @@ def test_torch_rounds_with_fma():
     n_differ = 0
     for n in range(len(ref) - 1):
         g = grad(ref[n])
-        fused = np.array([fma(-lr, gi, qi) for gi, qi in zip(g, ref[n])])
+        fused = np.array([fma(-lr, gi, qi) for gi, qi in zip(g, ref[n], strict=True)])
         np.testing.assert_array_equal(fused, ref[n + 1])
         n_differ += not np.array_equal(ref[n] + (-lr) * g, ref[n + 1])
     assert n_differ > 0

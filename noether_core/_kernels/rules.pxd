@@ -63,8 +63,8 @@ cdef struct RunSpec:
     const double* hp            # IN: hyper-parameters, layout per kind (rules.pyx)
     double* vec                 # IN/OUT: per-coordinate state, (nvec, d) row-major
     double* sca                 # IN/OUT: scalar state
-    const Py_ssize_t* pptr      # IN: partition of coordinates into parts (CSR) for rules
-    const Py_ssize_t* pidx      #     with per-part state (scalar RMSProp)
+    const Py_ssize_t* pptr      # IN: partition of coordinates into parts, CSR: part p is
+    const Py_ssize_t* pidx      # IN: pidx[pptr[p]:pptr[p + 1]] (per-part state: scalar RMSProp)
     Py_ssize_t npart
     # the potential
     grad_fn fn

@@ -146,9 +146,9 @@ def batchnorm_mlp(q, X, labels, widths, n_classes, eps=0.0, rows=None):
         X, labels = X[rows], labels[rows]
     dims = (X.shape[1],) + tuple(widths)
     params, off = [], 0
-    for l, w in enumerate(widths):
-        W = q[off:off + w * dims[l]].reshape(w, dims[l])
-        off += w * dims[l]
+    for layer, w in enumerate(widths):
+        W = q[off:off + w * dims[layer]].reshape(w, dims[layer])
+        off += w * dims[layer]
         params.append((W, q[off:off + w], q[off + w:off + 2 * w]))
         off += 2 * w
     Wo = q[off:off + n_classes * widths[-1]].reshape(n_classes, widths[-1])
@@ -162,11 +162,11 @@ def batchnorm_mlp(q, X, labels, widths, n_classes, eps=0.0, rows=None):
     f, dL = _xent(acts[-1] @ Wo.T + bo, labels)
     grads = [(dL.T @ acts[-1]).ravel(), dL.sum(axis=0)]
     dA = dL @ Wo
-    for l in range(len(widths) - 1, -1, -1):
-        W, gam, _ = params[l]
-        Zh, sd, H = cache[l]
+    for layer in range(len(widths) - 1, -1, -1):
+        W, gam, _ = params[layer]
+        Zh, sd, H = cache[layer]
         dH = dA * (H > 0.0)
         dZ = _bn_backward(dH * gam, Zh, sd)
-        grads = [(dZ.T @ acts[l]).ravel(), (dH * Zh).sum(axis=0), dH.sum(axis=0)] + grads
+        grads = [(dZ.T @ acts[layer]).ravel(), (dH * Zh).sum(axis=0), dH.sum(axis=0)] + grads
         dA = dZ @ W
     return float(f), np.concatenate(grads)
