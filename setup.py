@@ -10,15 +10,14 @@ Everything else (metadata, packages, extras) is in pyproject.toml.  Build option
 * ``NOETHER_DEBUG=1``: Cython bounds/wraparound checks on, ``-O0 -g``; its C sources go to
   build/cython-debug/ (the release ones stay in pyx/).
 """
+import glob
 import os
 import sys
 import tempfile
-import glob
 
 import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-
 
 DEBUG = os.environ.get("NOETHER_DEBUG", "0") not in ("", "0")
 

@@ -41,9 +41,8 @@ collect_ignore = ["make_torch_fixture.py"]
 @pytest.hookimpl(hookwrapper=True)
 def pytest_collect_file(file_path, parent):
     """``--doctest-modules`` (pyproject.toml) is for the package's docstring examples: the
-    files under tests/ are collected as tests only (not imported a second time as doctest
-    modules, which would run tests/make_torch_fixture.py's import of torch and count an
-    optional extra's skip twice)."""
+    files under tests/ are collected as tests only, not imported a second time as doctest
+    modules (which would count an optional extra's module-level skip twice)."""
     outcome = yield
     outcome.force_result([c for c in outcome.get_result() if not isinstance(c, DoctestModule)])
 
