@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _status
 from . import _validation as V
-from ._kernels import integrators as _ki
+from ._bridge import integrator_kernels as _ki
 from .errors import DivergenceWarning
 from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 

@@ -16,8 +16,8 @@ _CF_VARIABLES = {
     "loss": "final loss f(q) on the full data set",
     "loss_min": "smallest loss evaluated during the run",
     "norm2": "squared norm |q_B|^2 of the final parameters of each block",
-    "angular_update": "mean chord |q_hat(n+1) - q_hat(n)| per step of the normalised "
-                      "block over the late window",
+    "angular_update": "root mean square chord |q_hat(n+1) - q_hat(n)| per step of the "
+                      "normalised block over the late window",
     "diverged": "whether a non-finite value stopped the point",
     "stop_step": "step at which a non-finite value stopped the point (-1: finished)",
     "status": "why the point stopped",
@@ -115,10 +115,11 @@ class ScanResult:
     norm2 : (*shape, nb) array
         |q_B|² of the final q for each block in ``blocks``.
     angular_update : (*shape, nb) array
-        Mean chord |q̂_B,n+1 − q̂_B,n| per step between successive normalised block
-        vectors over the last ``ceil(steps/10)`` steps (the late-time angular update of
-        Sec. 4, whose steady value for SGD with momentum is sqrt(2ηk/(1+β))); the same
-        quantity as ``train`` and the torch monitor report.  NaN for diverged points.
+        Root mean square of the chord |q̂_B,n+1 − q̂_B,n| (dimensionless; ≈ the angle in
+        radians for small angles) over the transitions into the last ``ceil(steps/10)``
+        states: the late-time angular update of Sec. 4, whose steady value for SGD with
+        momentum is sqrt(2ηk/(1+β)); the quantity ``theory.angular_updates``, the demo
+        and the torch monitor summarise the same way.  NaN for diverged points.
     diverged : (*shape,) bool array
     stop_step : (*shape,) int array
         Step at which a non-finite value stopped the point (-1: finished).

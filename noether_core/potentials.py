@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from ._kernels import potentials as _k
+from ._bridge import potential_kernels as _k
 from .symmetry import Symmetry
 
 __all__ = ["Potential", "Quadratic", "RayleighQuotient", "Radial", "BatchNormUnit",
@@ -715,7 +715,8 @@ class Compiled(Potential):
     def __init__(self, callback, d, blocks=None, symmetries=()):
         from scipy import LowLevelCallable
 
-        from ._kernels.callbacks import CompiledKernel
+        from ._bridge import callback_kernels
+        CompiledKernel = callback_kernels.CompiledKernel
         if not isinstance(callback, LowLevelCallable):
             raise TypeError("callback must be a scipy.LowLevelCallable with signature "
                             f"{ABI_SIGNATURE!r}, got {type(callback).__name__} (wrap a ctypes"
@@ -764,7 +765,8 @@ class Python(Potential):
     """
 
     def __init__(self, fn, d, blocks=None, symmetries=()):
-        from ._kernels.callbacks import PythonKernel
+        from ._bridge import callback_kernels
+        PythonKernel = callback_kernels.PythonKernel
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(q) -> (f, g), got "
                             f"{type(fn).__name__}")

@@ -282,7 +282,7 @@ def sphere_states(d, *, r=(0.5, 2.0), max_speed=1.0):
     """y0 = (r, ṙ, q̂, q̂̇) for ``models.RadialAngular`` (M2).
 
     q̂ is a unit vector and q̂̇ its tangent velocity (projected: ⟨q̂, q̂̇⟩ = 0 and |q̂| = 1 to
-    round-off, well inside ``integrate.CONSTRAINT_TOL``); r in [r[0], r[1]], ṙ and the
+    round-off, well inside ``noether_core._integrate.CONSTRAINT_TOL``); r in [r[0], r[1]], ṙ and the
     entries of q̂̇ in [−max_speed, max_speed].
     """
     sp = st.floats(-max_speed, max_speed, allow_subnormal=False)

@@ -14,7 +14,7 @@ Design
   ``steps``.  The terminal row a chunk's ``run_loop`` call adds (its q evaluated on the full
   data, consuming no draws) is used only for the last chunk; an intermediate chunk's
   terminal row duplicates the next chunk's first state and is skipped.
-* Memory: the facade (noether_core/scan.py) allocates every input and output array; this
+* Memory: the facade (noether_core/_scan.py) allocates every input and output array; this
   module only reads and writes them through raw pointers.  ``ScanKernel.__cinit__`` (with
   the GIL) allocates, per thread, one potential workspace (``Potential.new_params``), one
   ``RunSpec`` and one block of scratch (q, gradient, rule state, minibatch permutation,
@@ -339,7 +339,7 @@ def _check_intp(*arrays):
 
 
 cdef class ScanKernel:
-    """One grid (or chunk of a grid), ready to run.  Built and driven by noether_core/scan.py.
+    """One grid (or chunk of a grid), ready to run.  Built and driven by noether_core/_scan.py.
 
     ``run()`` releases the GIL and runs every point; ``steps_done()`` may be called from
     another Python thread meanwhile (progress bar); ``cancel()`` stops the remaining points
@@ -724,7 +724,7 @@ def lane_isas():
 
 
 cdef class LaneScanKernel:
-    """A full-batch SGD grid run NC_NL points per SIMD block (built by noether_core/scan.py).
+    """A full-batch SGD grid run NC_NL points per SIMD block (built by noether_core/_scan.py).
 
     ``run()``, ``steps_done()`` and ``cancel()`` behave as ScanKernel's.
     """
