@@ -326,6 +326,13 @@ cdef inline void* _data(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
+cdef inline void* _take(char* base, size_t* off, size_t nbytes) noexcept:
+    """The next ``nbytes`` (already padded to cache lines) of a carved block."""
+    cdef void* p = base + off[0]
+    off[0] += nbytes
+    return p
+
+
 def _check_f64(*arrays):
     for a in arrays:
         if a.dtype != np.float64 or not a.flags.c_contiguous:
@@ -495,7 +502,7 @@ cdef class ScanKernel:
                 raise MemoryError("scratch of scan")
             memset(w, 0, sizeof(Scratch))
             self.scr[t] = w
-            sz = (_pad(d * 8) * 4 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
+            sz = (_pad(d * 8) * 3 + _pad(max(nvecd, 1) * 8) + _pad(max(nsca, 1) * 8)
                   + _pad(max(c.n_data, 1) * sizeof(Py_ssize_t))
                   + _pad((K + 1) * d * 8) + _pad((K + 1) * 8) * 2
                   + _pad((K + 1) * max(nb, 1) * 8) + _pad(max(nb, 1) * 8) * 2)
@@ -504,30 +511,21 @@ cdef class ScanKernel:
             memset(w.block, 0, sz)
             base = <char*> w.block
             off = 0
-            w.q = <double*> (base + off)
-            off += _pad(d * 8)
-            w.g = <double*> (base + off)
-            off += _pad(d * 8)
-            w.prev_q = <double*> (base + off)
-            off += _pad(d * 8)
-            w.vec = <double*> (base + off)
-            off += _pad(max(nvecd, 1) * 8)
-            w.sca = <double*> (base + off)
-            off += _pad(max(nsca, 1) * 8)
-            w.perm = <Py_ssize_t*> (base + off)
-            off += _pad(max(c.n_data, 1) * sizeof(Py_ssize_t))
-            w.rq = <double*> (base + off)
-            off += _pad((K + 1) * d * 8)
-            w.rl = <double*> (base + off)
-            off += _pad((K + 1) * 8)
-            w.rg2 = <double*> (base + off)
-            off += _pad((K + 1) * 8)
-            w.rbn2 = <double*> (base + off)
-            off += _pad((K + 1) * max(nb, 1) * 8)
-            w.prev_bn2 = <double*> (base + off)
-            off += _pad(max(nb, 1) * 8)
-            w.ang_sum = <double*> (base + off)
-            off += _pad(max(nb, 1) * 8)
+            w.q = <double*> _take(base, &off, _pad(d * 8))
+            w.g = <double*> _take(base, &off, _pad(d * 8))
+            w.prev_q = <double*> _take(base, &off, _pad(d * 8))
+            w.vec = <double*> _take(base, &off, _pad(max(nvecd, 1) * 8))
+            w.sca = <double*> _take(base, &off, _pad(max(nsca, 1) * 8))
+            w.perm = <Py_ssize_t*> _take(base, &off,
+                                         _pad(max(c.n_data, 1) * sizeof(Py_ssize_t)))
+            w.rq = <double*> _take(base, &off, _pad((K + 1) * d * 8))
+            w.rl = <double*> _take(base, &off, _pad((K + 1) * 8))
+            w.rg2 = <double*> _take(base, &off, _pad((K + 1) * 8))
+            w.rbn2 = <double*> _take(base, &off, _pad((K + 1) * max(nb, 1) * 8))
+            w.prev_bn2 = <double*> _take(base, &off, _pad(max(nb, 1) * 8))
+            w.ang_sum = <double*> _take(base, &off, _pad(max(nb, 1) * 8))
+            if off != sz:
+                raise AssertionError(f"scan scratch carved {off} of {sz} bytes")
             # The workspace is allocated by the potential (plain malloc), so two threads'
             # workspaces could be neighbours on the heap and share a cache line that both
             # write at every gradient evaluation.  A spacer allocated right after each one
@@ -560,44 +558,27 @@ cdef class ScanKernel:
         cs.optr, cs.omega = c.optr, c.omega
         cs.nvec = nvecd // d if d > 0 else 0
         cs.nsca = nsca
-        cs.last_delta = <double*> (base + off)
-        off += _pad(d * 8)
-        cs.q_prev = <double*> (base + off)
-        off += _pad(d * 8)
-        cs.q_free = <double*> (base + off)
-        off += _pad(d * 8)
-        cs.zeros = <double*> (base + off)
-        off += _pad(d * 8)
-        cs.vec_free = <double*> (base + off)
-        off += _pad(max(nvecd, 1) * 8)
-        cs.sca_free = <double*> (base + off)
-        off += _pad(max(nsca, 1) * 8)
-        cs.om_q = <double*> (base + off)
-        off += _pad(max(n1, 1) * 8)
-        cs.free_transfer = <double*> (base + off)
-        off += _pad(nsym * 8)
-        cs.last_res = <double*> (base + off)
-        off += _pad(nsym * 8)
-        cs.last_metric = <double*> (base + off)
-        off += _pad(nsym * 8)
-        cs.worst_metric = <double*> (base + off)
-        off += _pad(nsym * 8)
-        cs.worst = <double*> (base + off)
-        off += _pad(nsym * 8)
-        cs.worst_step = <Py_ssize_t*> (base + off)
-        off += _pad(nsym * 8)
-        w.wglob = <double*> (base + off)
-        off += _pad(nsym * 8)
-        w.wstep = <Py_ssize_t*> (base + off)
-        off += _pad(nsym * 8)
-        cs.rec_moment = <double*> (base + off)
-        off += _pad((K + 1) * nsym * 8)
-        cs.rec_charge = <double*> (base + off)
-        off += _pad((K + 1) * nsym * 8)
-        cs.rec_resid = <double*> (base + off)
-        off += _pad((K + 1) * nsym * 8)
-        cs.rec_metric = <double*> (base + off)
-        off += _pad((K + 1) * nsym * 8)
+        cs.last_delta = <double*> _take(base, &off, _pad(d * 8))
+        cs.q_prev = <double*> _take(base, &off, _pad(d * 8))
+        cs.q_free = <double*> _take(base, &off, _pad(d * 8))
+        cs.zeros = <double*> _take(base, &off, _pad(d * 8))
+        cs.vec_free = <double*> _take(base, &off, _pad(max(nvecd, 1) * 8))
+        cs.sca_free = <double*> _take(base, &off, _pad(max(nsca, 1) * 8))
+        cs.om_q = <double*> _take(base, &off, _pad(max(n1, 1) * 8))
+        cs.free_transfer = <double*> _take(base, &off, _pad(nsym * 8))
+        cs.last_res = <double*> _take(base, &off, _pad(nsym * 8))
+        cs.last_metric = <double*> _take(base, &off, _pad(nsym * 8))
+        cs.worst_metric = <double*> _take(base, &off, _pad(nsym * 8))
+        cs.worst = <double*> _take(base, &off, _pad(nsym * 8))
+        cs.worst_step = <Py_ssize_t*> _take(base, &off, _pad(nsym * 8))
+        w.wglob = <double*> _take(base, &off, _pad(nsym * 8))
+        w.wstep = <Py_ssize_t*> _take(base, &off, _pad(nsym * 8))
+        cs.rec_moment = <double*> _take(base, &off, _pad((K + 1) * nsym * 8))
+        cs.rec_charge = <double*> _take(base, &off, _pad((K + 1) * nsym * 8))
+        cs.rec_resid = <double*> _take(base, &off, _pad((K + 1) * nsym * 8))
+        cs.rec_metric = <double*> _take(base, &off, _pad((K + 1) * nsym * 8))
+        if off != cz:
+            raise AssertionError(f"scan charge scratch carved {off} of {cz} bytes")
 
     def __dealloc__(self):
         cdef int t
