@@ -66,8 +66,14 @@ def table(rows, header) -> str:
     return "\n".join(out)
 
 
-def update_results(section: str, body: str) -> None:
-    """Replace (or append) ``## section`` in benchmarks/RESULTS.md."""
+def update_results(section: str, body: str, command: str | None = None) -> None:
+    """Replace (or append) ``## section`` in benchmarks/RESULTS.md, headed by today's date
+    and the ``command`` that reproduces it."""
+    if command is not None:
+        import datetime
+
+        body = (f"Latest figures: {datetime.date.today().isoformat()}.  Command: "
+                f"`{command}`\n\n{body.lstrip()}")
     path = os.path.join(HERE, "RESULTS.md")
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
     head = f"## {section}"

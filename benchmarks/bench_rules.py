@@ -167,7 +167,8 @@ def main(write=False):
     body += "\n".join(lines) + "\n"
     print(body)
     if write:
-        update_results("Learning rules (issue 2)", body)
+        update_results("Learning rules (issue 2)", body,
+                       "PYTHONPATH=.:python python benchmarks/bench_rules.py --write")
 
 
 if __name__ == "__main__":

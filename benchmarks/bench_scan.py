@@ -224,7 +224,8 @@ def main(argv=None):
             + table(rows, header) + "\n\n" + probe + "\n")
     print("\n" + body)
     if args.write:
-        update_results("Scans", body + "\n" + NOTES)
+        update_results("Scans", body + "\n" + NOTES,
+                       "PYTHONPATH=.:python python benchmarks/bench_scan.py --write")
     return rows
 
 
@@ -238,8 +239,8 @@ NOTES = """Notes.
   final losses agree to 1e-4 or better after 10^4 steps (the script prints the figure; the
   runs near the edge of stability amplify round-off differences over the 10^4 steps).
 * BatchNormUnit: the compiled potential uses its exact O(D²)-per-step full-batch form
-  (docs/potentials.md §4a).  (b) is given twice: the row form (O(N·D) per point, the
-  NumPy program of the previous session's benchmark) and the same O(D²) form
+  (docs/potentials.md §4a).  (b) is given twice: the row form (O(N·D) per point) and the
+  same O(D²) form
   (`numpy_batched.bn_unit_proj_grad`), so the ratio against the latter is algorithm
   for algorithm.
 * (a) is extrapolated: a strided subsample of grid points is run through
@@ -248,19 +249,14 @@ NOTES = """Notes.
   for 5 rounds (the order alternating), so both see the same state of this shared
   machine; the median and range of the per-round ratios.  The best-of-3 columns can pair
   a quiet moment of one side with a busy moment of the other.
-* Target ≥ 10× over batched NumPy of the same algorithm.  Over the runs after the lane
-  kernel's latest changes (docs/scan.md §"Performance"): RayleighQuotient d = 8, eight
-  runs, 9.8–11.2× best-of-3 (median 10.8×; two below 10×), paired medians 9.5–10.9×
-  (median 10.2×; two of seven below 10×); BatchNorm unit, five runs, 10.3–11.2×
-  (paired 10.6–11.3×) -- met in the typical run, the Rayleigh case at the edge (this
-  machine's clock and free cores move by 10–20% between runs).  NumPy's
-  batched ufuncs and BLAS product are SIMD over the grid too, so what the compiled scan
-  gains per core is the fusion of ~15 passes over (d, P) arrays into one loop (5–5.7×
-  here).  The Rayleigh lane step needs 123 512-bit multiplies per 8 points and this core
-  completes one per cycle (measured), a floor of 123 cycles; the step takes ~176 cycles
-  without the late-window angle and ~205 with it (~240 before this round of changes).
+* Target ≥ 10× over batched NumPy of the same algorithm.  NumPy's batched ufuncs and BLAS
+  product are SIMD over the grid too, so what the compiled scan gains per core is the
+  fusion of ~15 passes over (d, P) arrays into one loop.  The Rayleigh lane step needs
+  123 512-bit multiplies per 8 points and this core completes one per cycle, a floor of
+  123 cycles per step (docs/scan.md §"Performance").  The late-window summary is the RMS
+  chord (squared chords summed, one square root at the end).
 * Threads: blocks of grid points are independent; the 2-thread speed-up is bounded by the
-  cores actually free (the machine is shared; the load column says how busy it was).  The
+  cores actually free (the load column says how busy the machine was).  The
   line "(c) best of 3" repeats threads=1 and threads=2 alternately on the whole
   RayleighQuotient grid and keeps the best of each."""
 
