@@ -7,6 +7,9 @@ small dataclass per argument group, and makes the one compiled call:
 group               fields                                     built by
 ==================  =========================================  =========================
 ``RuleInputs``      kind, hp, vec, sca, pptr, pidx             ``Rule.kernel_inputs``
+``ModelInputs``     kind, hp, potential_kernel, D, schedule    ``Model.kernel_inputs``
+``IntegratePlan``   method, t0, t_end, h, n_steps, ...         ``_integrate``
+``Trajectory``      t, y (recorded rows)                       ``_integrate``
 ``Recording``       every, bptr, bidx, q, loss, g2, bn2        ``_train``
                     (+ bg2, bd2, d_last)
 ``Batch``           size, bit_generator / generators           ``_train``, ``_scan``
@@ -47,7 +50,8 @@ from ._kernels import scan as _ks
 __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "ScanPlan",
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
-           "callback_kernels", "integrator_kernels"]
+           "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
+           "Trajectory", "run_integrate", "eval_rhs"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
@@ -207,6 +211,67 @@ class ScanOutputs:
             joined[f.name] = None if arrays[0] is None else np.concatenate(arrays)
         joined["kernel"] = ", ".join(sorted({p.kernel for p in parts}))
         return cls(**joined)
+
+
+@dataclass(eq=False)
+class ModelInputs:
+    """A continuous model as the integrators read it (pyx/integrators.pyx ``Model``):
+    kind, hyper-parameter row ``[m, mu, k, reduced, sched, s1, s2, mirror, p]``, the
+    potential's kernel, the diagonal of a diagonal mirror map (or empty) and, for a user
+    Bregman schedule, the callable ``t -> (e^alpha, e^(alpha+beta), gamma')`` called back
+    with the GIL (None for a compiled schedule)."""
+
+    kind: int
+    hp: np.ndarray            # IN
+    potential_kernel: object
+    D: np.ndarray             # IN
+    schedule: object | None = None
+
+    def __post_init__(self):
+        self.hp, self.D = _f64(self.hp), _f64(self.D)
+
+
+@dataclass(eq=False)
+class IntegratePlan:
+    """How one trajectory is integrated: ``method`` (integrators.pyx METHOD_*), from
+    ``t0``; fixed-step methods take ``n_steps`` steps of ``h`` and record every
+    ``record_every``-th state; dopri5 uses ``h`` (> 0) as its first trial step (<= 0:
+    automatic), ``rtol``/``atol``/``max_steps``, and lands on each ``t_eval`` (sorted, may
+    be empty) up to ``t_end``."""
+
+    method: int
+    t0: float
+    t_end: float
+    h: float
+    n_steps: int = 0
+    record_every: int = 1
+    t_eval: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rtol: float = 0.0
+    atol: float = 0.0
+    max_steps: int = 0
+
+
+@dataclass(eq=False)
+class Trajectory:
+    """The recorded rows of one trajectory (preallocated; the kernel fills the first
+    ``n_rec`` it returns)."""
+
+    t: np.ndarray             # OUT (R,)
+    y: np.ndarray             # OUT (R, n)
+
+
+def run_integrate(model: ModelInputs, y: np.ndarray, plan: IntegratePlan,
+                  record: Trajectory) -> tuple:
+    """One trajectory in one compiled call (GIL released except for Python callbacks);
+    ``y`` goes in as the initial and comes out as the final state.  Returns
+    ``(status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected)``."""
+    return integrator_kernels.integrate_kernel(model, y, plan, record)
+
+
+def eval_rhs(model: ModelInputs, t: np.ndarray, y: np.ndarray, dy: np.ndarray) -> int:
+    """The integrators' own right-hand side F(t_i, y_i) into ``dy`` at every row;
+    returns the number of gradient evaluations."""
+    return integrator_kernels.rhs_kernel(model, t, y, dy)
 
 
 def run_train(rule: RuleInputs, potential_kernel, q: np.ndarray, steps: int,

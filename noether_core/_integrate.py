@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _status
+from . import _bridge, _status
 from . import _validation as V
-from ._bridge import integrator_kernels as _ki
 from .errors import DivergenceWarning
 from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
@@ -267,10 +266,13 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                           "raise record_every (or pass t_eval)")
     rec_t = np.empty(n_rec)
     rec_y = np.empty((n_rec, n))
-    status, rows, _done, t_final, nfev, n_acc, n_rej = _ki.integrate_kernel(
-        model.kind, model._hp(), model.potential._kernel, model._mirror_D(), y,
-        _METHOD_CODE[method], t0, h, n_steps, record_every, t_eval, t_end,
-        rtol, atol, max_steps, rec_t, rec_y, schedule=_user_schedule(model))
+    plan = _bridge.IntegratePlan(
+        method=_METHOD_CODE[method], t0=t0, t_end=t_end, h=h, n_steps=n_steps,
+        record_every=record_every, t_eval=t_eval,
+        rtol=rtol if adaptive else 0.0, atol=atol if adaptive else 0.0,
+        max_steps=max_steps if adaptive else 0)
+    status, rows, _done, t_final, nfev, n_acc, n_rej = _bridge.run_integrate(
+        model.kernel_inputs(), y, plan, _bridge.Trajectory(rec_t, rec_y))
     res = IntegrateResult(model=model, method=method, t=rec_t[:rows].copy(),
                           y=rec_y[:rows].copy(), y_final=y, t_final=float(t_final),
                           nfev=int(nfev), n_steps=int(n_acc), n_rejected=int(n_rej),
@@ -348,13 +350,6 @@ def _fixed_plan(method, t0, t_end, h, t_eval, record_every):
         h = T / N
     n_steps = int(N)
     return h, n_steps, n_steps // record_every + 1
-
-
-def _user_schedule(model):
-    """The callable a user Bregman schedule is called back through (None if compiled)."""
-    if isinstance(model, Bregman) and not model.schedule.compiled:
-        return model.schedule
-    return None
 
 
 def _settle(res, status, *, rtol, atol, max_steps, t_end):
@@ -482,8 +477,7 @@ def _model_rhs(result):
     t = np.ascontiguousarray(result.t, dtype=float)
     y = np.ascontiguousarray(result.y, dtype=float)
     dy = np.empty_like(y)
-    _ki.rhs_kernel(model.kind, model._hp(), model.potential._kernel, model._mirror_D(), t,
-                   y, dy, schedule=_user_schedule(model))
+    _bridge.eval_rhs(model.kernel_inputs(), t, y, dy)
     return dy
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as V
+from ._bridge import ModelInputs
 from .conventions import to_continuous
 from .mirror import MIRRORS, MirrorMap
 from .potentials import Potential
@@ -70,6 +71,16 @@ class Model:
 
     def _mirror_D(self) -> np.ndarray:
         return np.zeros(0)
+
+    def _schedule_callback(self):
+        """The Python callable the compiled loop calls back for the schedule (None: the
+        model's coefficients are all compiled)."""
+        return None
+
+    def kernel_inputs(self) -> ModelInputs:
+        """This model as the integrators read it (noether_core._bridge.ModelInputs)."""
+        return ModelInputs(self.kind, self._hp(), self.potential._kernel, self._mirror_D(),
+                           self._schedule_callback())
 
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in self._describe().items())
@@ -347,6 +358,9 @@ class Bregman(Model):
 
     def _mirror_D(self):
         return np.zeros(0) if self.D is None else self.D
+
+    def _schedule_callback(self):
+        return None if self.schedule.compiled else self.schedule
 
     # the separable mirror map, elementwise (noether_core.mirror)
     def grad_h(self, x):

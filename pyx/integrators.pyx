@@ -688,26 +688,33 @@ cdef int _raise_callback_error(Model* M) except -1:
     return 0
 
 
-def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double[::1] D,
-                     double[::1] y, int method, double t0, double h, Py_ssize_t n_steps,
-                     Py_ssize_t record_every, const double[::1] t_eval, double t_end,
-                     double rtol, double atol, Py_ssize_t max_steps,
-                     double[::1] rec_t, double[:, ::1] rec_y, bint check_signals=True,
-                     object schedule=None):
+def integrate_kernel(object model,      # IN _bridge.ModelInputs
+                     double[::1] y,     # IN/OUT initial -> final state
+                     object plan,       # IN _bridge.IntegratePlan
+                     object record,     # OUT _bridge.Trajectory (preallocated rows)
+                     bint check_signals=True):
     """Integrate one trajectory (all arguments validated by noether_core.integrate).
 
-    hp (IN): [m, mu, k, reduced, sched, s1, s2, mirror, p]; D (IN): diagonal mirror (or
-    length 0); y (IN/OUT): initial -> final state; t_eval (IN, sorted, may be empty);
-    rec_t, rec_y (OUT): preallocated records.  Fixed-step methods take ``n_steps`` steps of
+    The argument groups are the named dataclasses of noether_core/_bridge.py: the model
+    (hp = [m, mu, k, reduced, sched, s1, s2, mirror, p], the potential's kernel, the
+    diagonal mirror D or length 0, the user schedule for sched = SCHED_USER: a callable
+    t -> (e^alpha, e^(alpha+beta), gamma') called back with the GIL, whose exception stops
+    the run and is re-raised here); the plan (fixed-step methods take ``n_steps`` steps of
     size ``h`` and record every ``record_every``-th state; dopri5 uses ``h`` (> 0) as the
-    first trial step (<= 0: automatic), lands exactly on each ``t_eval`` and records there
-    (or every ``record_every``-th accepted step and the final state if t_eval is empty).
-    ``schedule`` (sched = SCHED_USER only): callable t -> (e^alpha, e^(alpha+beta),
-    gamma'), called back with the GIL; an exception it raises stops the run and is
-    re-raised here.
+    first trial step (<= 0: automatic), lands exactly on each ``t_eval`` and records there,
+    or every ``record_every``-th accepted step and the final state if t_eval is empty).
 
     Returns (status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected).
     """
+    cdef Potential pot = model.potential_kernel
+    cdef int method = plan.method
+    cdef double t0 = plan.t0, h = plan.h, t_end = plan.t_end
+    cdef double rtol = plan.rtol, atol = plan.atol
+    cdef Py_ssize_t n_steps = plan.n_steps, record_every = plan.record_every
+    cdef Py_ssize_t max_steps = plan.max_steps
+    cdef const double[::1] t_eval = plan.t_eval
+    cdef double[::1] rec_t = record.t
+    cdef double[:, ::1] rec_y = record.y
     cdef Model M
     cdef Py_ssize_t d = pot.d, n = y.shape[0], i
     cdef Py_ssize_t n_rec = 0, n_done = 0, n_acc = 0, n_rej = 0
@@ -715,7 +722,7 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     cdef double t_final = t_end
     cdef double* K[7]
     cdef double* work
-    _model_init(&M, kind, hp, pot, D, schedule, check_signals)
+    _model_init(&M, model.kind, model.hp, pot, model.D, model.schedule, check_signals)
     M.n = n
     work = <double*> malloc((9 * n + d) * sizeof(double))
     if work == NULL:
@@ -748,21 +755,22 @@ def integrate_kernel(int kind, const double[::1] hp, Potential pot, const double
     return status, n_rec, n_done, t_final, M.nfev, n_acc, n_rej
 
 
-def rhs_kernel(int kind, const double[::1] hp, Potential pot, const double[::1] D,
-               const double[::1] t, const double[:, ::1] y, double[:, ::1] dy,
-               object schedule=None):
+def rhs_kernel(object model,            # IN _bridge.ModelInputs
+               const double[::1] t,     # IN (R,)
+               const double[:, ::1] y,  # IN (R, n)
+               double[:, ::1] dy):      # OUT (R, n)
     """The integrator's own right-hand side F(t_i, y_i) at each row (``_rhs``).
 
-    Arguments as for :func:`integrate_kernel`; ``t`` (IN, R), ``y`` (IN, R x n) and ``dy``
-    (OUT, R x n).  An exception of the user's schedule, or of a Python potential's ``fn``,
-    is re-raised.  Returns the number of gradient evaluations.
+    An exception of the user's schedule, or of a Python potential's ``fn``, is re-raised.
+    Returns the number of gradient evaluations.
     """
+    cdef Potential pot = model.potential_kernel
     cdef Model M
     cdef Py_ssize_t R = y.shape[0], n = y.shape[1], r
     cdef double* g
     if t.shape[0] != R or dy.shape[0] != R or dy.shape[1] != n:
         raise ValueError("rhs_kernel: t, y and dy must have matching rows (and y, dy shape)")
-    _model_init(&M, kind, hp, pot, D, schedule, False)
+    _model_init(&M, model.kind, model.hp, pot, model.D, model.schedule, False)
     M.n = n
     g = <double*> malloc((pot.d if pot.d > 0 else 1) * sizeof(double))
     if g == NULL:

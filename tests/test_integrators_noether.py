@@ -263,15 +263,12 @@ def test_compiled_rhs_equals_oracle_rhs():
     """noether_terms' Ṗ (and q̈) come from the compiled right-hand side the integrator
     steps; it equals the independent NumPy oracle's F(t, y) to round-off (the same
     formulas in a different operation order: a few ulps of the largest term)."""
-    from noether_core._kernels import integrators as ki
+    from noether_core import _bridge
     for model, y, t0 in _rhs_cases():
         t = t0 + np.array([0.5, 0.75, 1.0])
         Y = np.array([y, y * 1.01, y * 0.99])
         dy = np.empty_like(Y)
-        sched = None if not isinstance(model, Bregman) or model.schedule.compiled else \
-            model.schedule
-        ki.rhs_kernel(model.kind, model._hp(), model.potential._kernel, model._mirror_D(),
-                      t, Y, dy, schedule=sched)
+        _bridge.eval_rhs(model.kernel_inputs(), t, Y, dy)
         spec = _oracle_spec(model)
         ref = np.array([ri.rhs(spec, float(ti), yi) for ti, yi in zip(t, Y, strict=True)])
         np.testing.assert_allclose(dy, ref, rtol=1e-13, atol=1e-13 * np.abs(ref).max(),
