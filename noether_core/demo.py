@@ -714,7 +714,7 @@ def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     ax[0, 1].fill_between(nn, np.percentile(rms, 10, 1), np.percentile(rms, 90, 1),
                           color="0.8", label="10-90% of blocks")
     ax[0, 1].axhline(P, color="C3", ls="--", label="sqrt(2ηk/(1+β))")
-    ax[0, 1].set(xlabel="step n", ylabel="chord |q̂_{n+1} − q̂_n|", yscale="log",
+    ax[0, 1].set(xlabel="step n", ylabel="chord |q̂ₙ₊₁ − q̂ₙ|", yscale="log",
                  title="angular update per step (chord)")
     ax[0, 1].legend(fontsize=8)
     ax[1, 0].plot(n, np.median(rms_series["eff_lr_sgd"], 1), "k", lw=1.5,
