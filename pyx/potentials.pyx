@@ -81,17 +81,50 @@ cdef class Potential:
         if qv.shape[0] != self.d:
             raise ValueError(f"q has length {qv.shape[0]}, the potential expects {self.d}")
         cdef double[::1] gv = np.empty(self.d)
-        cdef Py_ssize_t[::1] rv
+        cdef Py_ssize_t[::1] rv = _check_rows(rows, self.n_data)
         cdef void* params = self.new_params()
         cdef double f
         try:
-            if rows is not None and self.n_data > 0:
-                rv = np.ascontiguousarray(rows, dtype=np.intp)
+            if rv is not None:
                 set_batch(params, &rv[0], rv.shape[0])
             f = self.fn(&qv[0], &gv[0], self.d, params)
         finally:
             self.free_params(params)
         return f, np.asarray(gv)
+
+
+def _check_rows(rows, Py_ssize_t n_data):
+    """``rows`` as a C-contiguous intp array a workspace sized for ``n_data`` rows can take:
+    1 to n_data indices (duplicates allowed), each in [0, n_data); None stays None.
+
+    Every data kernel's scratch is sized for the full data set (``new_params``), so a
+    batch of more rows than the data would write past it: refused here, the one place a
+    caller's rows reach a kernel (the training loop draws at most n_data distinct rows).
+    """
+    if rows is None:
+        return None
+    if n_data == 0:
+        raise ValueError("rows= given, but the potential has no data rows")
+    arr = np.asarray(rows)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise TypeError(f"rows must be a 1-D integer array, got dtype {arr.dtype}, "
+                        f"shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[0] > n_data:
+        raise ValueError(f"rows has length {arr.shape[0]}; a minibatch holds 1 to "
+                         f"n_data={n_data} rows (the kernel's scratch is sized for n_data)")
+    if arr.min() < 0 or arr.max() >= n_data:
+        raise ValueError(f"rows has indices outside [0, {n_data}), got range "
+                         f"[{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.intp)
+
+
+def _check_data(str name, cnp.ndarray a, tuple shape):
+    """A kernel's data array: C-contiguous float64 of ``shape`` (None: any extent)."""
+    if a.dtype != np.float64 or not a.flags.c_contiguous or a.ndim != len(shape) or any(
+            want is not None and have != want
+            for have, want in zip((<object> a).shape, shape, strict=True)):
+        raise ValueError(f"{name} must be a C-contiguous float64 array of shape {shape} "
+                         f"(None: any), got {a.dtype} {(<object> a).shape}")
 
 
 cdef inline const double* _ptr(cnp.ndarray a):
@@ -124,7 +157,11 @@ cdef double _c_grad_quadratic(const double* q, double* g, Py_ssize_t d,
 cdef class QuadraticKernel(Potential):
     cdef cnp.ndarray A, b
 
-    def __cinit__(self, cnp.ndarray A, cnp.ndarray b):
+    def __cinit__(self, cnp.ndarray A not None, cnp.ndarray b not None):
+        _check_data("b", b, (None,))
+        _check_data("A", A, (b.shape[0], b.shape[0]))
+        if b.shape[0] < 1:
+            raise ValueError("Quadratic needs d >= 1")
         self.A = A
         self.b = b
         self.d = b.shape[0]
@@ -180,7 +217,11 @@ cdef double _c_grad_rayleigh(const double* q, double* g, Py_ssize_t d,
 cdef class RayleighQuotientKernel(Potential):
     cdef cnp.ndarray A
 
-    def __cinit__(self, cnp.ndarray A):
+    def __cinit__(self, cnp.ndarray A not None):
+        _check_data("A", A, (None, None))
+        _check_data("A", A, (A.shape[0], A.shape[0]))
+        if A.shape[0] < 1:
+            raise ValueError("RayleighQuotient needs d >= 1")
         self.A = A
         self.d = A.shape[0]
         self.n_data = 0
@@ -240,6 +281,8 @@ cdef class RadialKernel(Potential):
     cdef int kind
 
     def __cinit__(self, Py_ssize_t d, int kind):
+        if d < 1 or not 0 <= kind <= 2:
+            raise ValueError(f"Radial needs d >= 1 and kind in 0..2, got d={d}, kind={kind}")
         self.d = d
         self.kind = kind
         self.n_data = 0
@@ -364,6 +407,16 @@ cdef class BatchNormUnitKernel(Potential):
                   cnp.ndarray t=None, double rho2=0.0):
         """``R``, ``t``, ``rho2``: the full-batch projection of docs/potentials.md §4a
         (None: the row form for every batch)."""
+        _check_data("X", X, (None, None))
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(f"X must have at least one row and column, got "
+                             f"{(<object> X).shape}")
+        _check_data("y", y, (X.shape[0],))
+        if R is not None or t is not None:
+            if R is None or t is None:
+                raise ValueError("R and t come together (the full-batch projection)")
+            _check_data("R", R, (X.shape[1], X.shape[1]))
+            _check_data("t", t, (X.shape[1],))
         self.X = X
         self.y = y
         self.eps = eps
@@ -563,11 +616,18 @@ cdef inline double _c_loss_squared(double* P, const double* Y, const Py_ssize_t*
 
 cdef inline double _c_loss_xent(double* P, const Py_ssize_t* labels, const Py_ssize_t* rows,
                                 Py_ssize_t B, Py_ssize_t C) noexcept nogil:
-    """Mean softmax cross-entropy of the logits P (B, C), log-sum-exp shifted by the row
-    maximum; P <- dL/dP = (softmax(P) - onehot)/B.                        # IN/OUT: P"""
+    """Mean softmax cross-entropy of the logits P (B, C); P <- dL/dP = (softmax(P) -
+    onehot)/B.                                                              # IN/OUT: P
+
+    Stable log-sum-exp (docs/potentials.md §6): with m the row maximum, the row's loss is
+    (m - P_iy) + log(sum_c exp(P_ic - m)): the difference of two logits is formed before
+    anything of order 1 is added, so a common offset of the logits (the translation
+    symmetry) cancels exactly instead of rounding log(s) away against m (m + log(s) - P_iy
+    returned 2.0 for log 3 at an offset of 1e16).  softmax = exp(P_ic - m) / s.
+    """
     cdef Py_ssize_t i, c, y
     cdef double* p
-    cdef double m, s, lse, f = 0.0
+    cdef double m, s, e, gap, f = 0.0
     for i in range(B):
         p = P + i * C
         y = labels[rows[i] if rows != NULL else i]
@@ -575,13 +635,15 @@ cdef inline double _c_loss_xent(double* P, const Py_ssize_t* labels, const Py_ss
         for c in range(1, C):
             if p[c] > m:
                 m = p[c]
+        gap = m - p[y]                      # >= 0; read before p is overwritten
         s = 0.0
         for c in range(C):
-            s = s + exp(p[c] - m)
-        lse = m + log(s)
-        f = f + (lse - p[y])
+            e = exp(p[c] - m)
+            p[c] = e
+            s = s + e
+        f = f + (gap + log(s))
         for c in range(C):
-            p[c] = exp(p[c] - lse) / B
+            p[c] = p[c] / s / B
         p[y] = p[y] - 1.0 / B
     return f / B
 
@@ -704,10 +766,38 @@ cdef class NetKernel(Potential):
     cdef double eps
     cdef Py_ssize_t L, n_hidden, wmax
 
-    def __cinit__(self, cnp.ndarray X, cnp.ndarray Y, cnp.ndarray labels, cnp.ndarray dims,
-                  bint bn, bint affine, bint relu, bint bias, double eps):
+    def __cinit__(self, cnp.ndarray X not None, cnp.ndarray Y, cnp.ndarray labels,
+                  cnp.ndarray dims not None, bint bn, bint affine, bint relu, bint bias,
+                  double eps):
         cdef Py_ssize_t layer, off = 0
         cdef cnp.ndarray qoff
+        # every shape the pass reads is checked here, once: the gradient trusts them
+        if (dims.dtype != np.intp or dims.ndim != 1 or not dims.flags.c_contiguous
+                or dims.shape[0] < 2 or (dims < 1).any()):
+            raise ValueError(f"dims must be a 1-D intp array of >= 2 positive extents, got "
+                             f"{dims!r}")
+        dl = [int(v) for v in (<object> dims).tolist()]
+        rows = int(X.shape[0])
+        _check_data("X", X, (None, dl[0]))
+        if rows < 1:
+            raise ValueError("X must have at least one row")
+        if Y is None:
+            if (labels is None or labels.dtype != np.intp or labels.ndim != 1
+                    or not labels.flags.c_contiguous or labels.shape[0] != rows):
+                raise ValueError(f"labels must be a C-contiguous intp array of shape "
+                                 f"({rows},)")
+            if labels.min() < 0 or labels.max() >= dl[len(dl) - 1]:
+                raise ValueError(f"labels must lie in [0, {dl[len(dl) - 1]})")
+        else:
+            _check_data("Y", Y, (rows, dl[len(dl) - 1]))
+        # the workspace (new_params), in doubles, must be addressable
+        n_hidden = sum(dl[1:len(dl) - 1])
+        wmax = max([1] + dl[1:len(dl) - 1])
+        total = (2 * rows * n_hidden + n_hidden + 2 * wmax + 2 * rows * wmax
+                 + rows * dl[len(dl) - 1])
+        if 8 * total >= 2**62:
+            raise ValueError(f"the workspace of this network ({total} doubles) cannot be "
+                             "addressed")
         self.X = X
         self.xent = Y is None
         self.Y = Y

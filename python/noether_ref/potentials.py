@@ -82,12 +82,16 @@ def _squared(P, Y):
 
 
 def _xent(logits, labels):
-    """Mean softmax cross-entropy (log-sum-exp shifted by the row max), dL/dlogits."""
+    """Mean softmax cross-entropy, dL/dlogits; the stable log-sum-exp of the kernel:
+    each row's loss is (max − logit_y) + log Σ exp(logit − max), softmax = exp(logit − max)/s
+    (docs/potentials.md §6: a common offset of the logits cancels exactly)."""
     B = logits.shape[0]
     m = logits.max(axis=1, keepdims=True)
-    lse = m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-    f = np.sum(lse[:, 0] - logits[np.arange(B), labels]) / B
-    dL = np.exp(logits - lse)
+    e = np.exp(logits - m)
+    s = e.sum(axis=1, keepdims=True)
+    gap = m[:, 0] - logits[np.arange(B), labels]
+    f = np.sum(gap + np.log(s[:, 0])) / B
+    dL = e / s
     dL[np.arange(B), labels] -= 1.0
     return f, dL / B
 
