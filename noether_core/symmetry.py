@@ -56,16 +56,51 @@ class Symmetry:
     note: str = ""
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
+        """Validate every field, naming it; ``direction`` and ``omega`` are kept as
+        read-only float64 copies (a Symmetry is frozen, its arrays too)."""
+        if not isinstance(self.family, str) or self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if isinstance(self.blocks, str) or not isinstance(self.blocks, (tuple, list)):
+            raise TypeError(f"blocks must be a tuple of block names (str), got "
+                            f"{self.blocks!r}")
         want = 2 if self.family == "rescale" else 1
         if len(self.blocks) != want:
             raise ValueError(f"a {self.family} symmetry acts on {want} block(s), "
                              f"got {self.blocks!r}")
+        for b in self.blocks:
+            if not isinstance(b, str):
+                raise TypeError(f"blocks must hold block names (str), got {b!r} in "
+                                f"{self.blocks!r}")
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if not isinstance(self.exact, (bool, np.bool_)):
+            raise TypeError(f"exact must be True or False, got {self.exact!r}")
+        object.__setattr__(self, "exact", bool(self.exact))
+        if not isinstance(self.note, str):
+            raise TypeError(f"note must be a str, got {type(self.note).__name__}")
+        if self.direction is not None:
+            n = V.as_float_array("direction", self.direction, ndim=1)   # finite, real
+            if n.size == 0 or not np.any(n):
+                raise ValueError(f"direction must be a non-zero vector, got {n!r}")
+            if not np.isfinite(np.linalg.norm(n)):
+                raise ValueError("direction's norm overflows float64; pass a unit vector")
+            object.__setattr__(self, "direction", _frozen(n))
+        if self.omega is not None:
+            om = V.as_float_array("omega", self.omega, ndim=2)          # finite, real
+            if om.shape[0] != om.shape[1] or not np.allclose(om, -om.T):
+                raise ValueError(f"omega must be a square skew-symmetric matrix, got shape "
+                                 f"{om.shape}" + ("" if om.shape[0] != om.shape[1] else
+                                                  " not skew (omega != -omega.T)"))
+            object.__setattr__(self, "omega", _frozen(om))
 
     def __repr__(self):
         extra = "" if self.exact else f", exact=False ({self.note})"
         return f"Symmetry({self.family!r}, blocks={self.blocks!r}{extra})"
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` (a fresh copy made by the validation) made read-only."""
+    a.setflags(write=False)
+    return a
 
 
 def random_skew(n: int, rng=None) -> np.ndarray:
