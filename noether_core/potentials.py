@@ -20,6 +20,9 @@ over those rows, so each step's loss keeps the symmetry exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import numpy as np
 
 from . import _validation as V
@@ -44,6 +47,56 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: default memory budget of one built-in potential, in bytes: what its construction
+#: allocates plus one kernel workspace (every run, every scan thread, every
+#: ``value_and_grad`` makes one); raise it per potential with ``max_bytes=``
+DEFAULT_MAX_BYTES = 4 * 2**30
+
+#: bytes of Python bookkeeping charged per named block (its name, index-array header,
+#: mapping slot and declared Symmetry): an upper estimate, so the budget errs on the safe side
+BLOCK_OVERHEAD_BYTES = 1024
+
+#: at most this many block names in repr()
+REPR_BLOCKS = 8
+
+
+def _max_bytes(max_bytes) -> int:
+    return V.as_int("max_bytes", max_bytes, lo=0)
+
+
+def _check_budget(owner: str, parts: dict, max_bytes: int) -> None:
+    """Refuse (ValueError) a construction whose estimated bytes exceed ``max_bytes``.
+
+    ``parts`` maps what is allocated to its bytes (Python ints: no overflow); called
+    before any of it is allocated, so a refused request costs nothing.
+    """
+    need = sum(parts.values())
+    if need > max_bytes:
+        detail = ", ".join(f"{k} {v / 2**30:.3g} GiB" for k, v in parts.items() if v)
+        raise ValueError(f"{owner} would need about {need} bytes ({need / 2**30:.3g} GiB: "
+                         f"{detail}), above max_bytes={max_bytes} "
+                         f"({max_bytes / 2**30:.3g} GiB); pass a larger max_bytes= to allow "
+                         "it, or make the problem smaller")
+
+
+def _blocks_bytes(dim: int, n_blocks: int) -> int:
+    """Index arrays covering at most q (built, then copied read-only) plus bookkeeping."""
+    return 2 * 8 * dim + BLOCK_OVERHEAD_BYTES * n_blocks
+
+
+def _net_parts(N, dims, bias, affine, n_blocks) -> dict:
+    """Estimated bytes of a network potential: the kernel's workspace (the formula of
+    NetKernel.new_params, pyx/potentials.pyx), q and the gradient of one evaluation, the
+    blocks."""
+    hidden = list(dims[1:-1])
+    n_hidden, wmax, out = sum(hidden), max([1] + hidden), dims[-1]
+    dim = sum(dims[i] * dims[i + 1] for i in range(len(dims) - 1))
+    dim += (2 * n_hidden if affine else 0) + (out if bias else 0)
+    work = 2 * N * n_hidden + n_hidden + 2 * wmax + 2 * N * wmax + N * out
+    return {"kernel workspace": 8 * work, "q and gradient": 2 * 8 * dim,
+            "blocks": _blocks_bytes(dim, n_blocks)}
+
+
 class Potential:
     """Base class: a compiled potential plus its block and symmetry metadata.
 
@@ -55,18 +108,53 @@ class Potential:
         Number of data rows a minibatch is drawn from (0: not a data potential).
     min_batch : int
         Smallest minibatch the potential is defined on (2 for BatchNorm statistics).
-    blocks : dict[str, ndarray]
-        Named blocks of q as read-only integer index arrays (in q's order).
+    blocks : mapping str -> ndarray
+        Named blocks of q (in q's order): a read-only mapping
+        (:class:`types.MappingProxyType`) of read-only integer index arrays in [0, dim).
     symmetries : tuple of Symmetry
+
+    Notes
+    -----
+    A potential never changes after construction (many runs and threads share it, and the
+    compiled loop trusts its metadata): ``blocks`` and ``symmetries`` cannot be rebound,
+    the mapping refuses assignment and the index arrays refuse writes.
     """
 
     min_batch = 1
 
-    def __init__(self, kernel, blocks: dict, symmetries, init_args: tuple):
+    def __init__(self, kernel, blocks, symmetries, init_args: tuple, init_kwargs=None):
         self._kernel = kernel
-        self.blocks = {k: _readonly(np.asarray(v, dtype=np.intp)) for k, v in blocks.items()}
-        self.symmetries = tuple(symmetries)
+        frozen = {}
+        for name, idx in blocks.items():
+            if not isinstance(name, str):
+                raise TypeError(f"block names must be strings, got {name!r}")
+            arr = np.asarray(idx)
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+                raise TypeError(f"blocks[{name!r}] must be a 1-D integer array, got dtype "
+                                f"{arr.dtype}, shape {arr.shape}")
+            # a private copy: the caller's array stays writable and cannot alias ours
+            frozen[name] = _readonly(np.array(arr, dtype=np.intp, order="C"))
+        sizes = [a for a in frozen.values() if a.size]
+        if sizes:
+            lo = min(int(a.min()) for a in sizes)
+            hi = max(int(a.max()) for a in sizes)
+            if lo < 0 or hi >= kernel.dim:
+                raise ValueError(f"blocks index q outside [0, {kernel.dim}): range "
+                                 f"[{lo}, {hi}]")
+        self._blocks = MappingProxyType(frozen)
+        self._symmetries = tuple(symmetries)
         self._init_args = init_args
+        self._init_kwargs = dict(init_kwargs or {})
+
+    @property
+    def blocks(self):
+        """Named blocks of q: a read-only mapping of read-only index arrays."""
+        return self._blocks
+
+    @property
+    def symmetries(self) -> tuple:
+        """The declared symmetries (a tuple of frozen :class:`Symmetry`)."""
+        return self._symmetries
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -89,9 +177,12 @@ class Potential:
             if self.n_data == 0:
                 raise ValueError(f"rows= given, but {type(self).__name__} has no data rows")
             rows = V.as_index_array("rows", rows, self.n_data)
-            if len(rows) < self.min_batch:
-                raise ValueError(f"rows must hold at least {self.min_batch} indices, "
-                                 f"got {len(rows)}")
+            if not self.min_batch <= len(rows) <= self.n_data:
+                # the kernel's scratch holds n_data rows (duplicates are allowed, but a
+                # minibatch is never longer than the data it is drawn from)
+                raise ValueError(f"rows has length {len(rows)}; a minibatch of "
+                                 f"{type(self).__name__} holds {self.min_batch} to "
+                                 f"n_data={self.n_data} rows")
         return self._kernel.value_and_grad(q, rows)
 
     def value(self, q, rows=None) -> float:
@@ -107,11 +198,35 @@ class Potential:
 
     # -- plumbing -------------------------------------------------------------------------
     def __reduce__(self):
+        if self._init_kwargs:
+            return (_rebuild, (type(self), self._init_args, self._init_kwargs))
         return (type(self), self._init_args)
 
     def __repr__(self):
+        names = list(self.blocks)
+        shown = ", ".join(repr(n) for n in names[:REPR_BLOCKS])
+        if len(names) > REPR_BLOCKS:
+            shown += f", … {len(names) - REPR_BLOCKS} more"
         return (f"{type(self).__name__}(dim={self.dim}, n_data={self.n_data}, "
-                f"blocks={list(self.blocks)})")
+                f"blocks=[{shown}])")
+
+
+def _square_budget(owner, A, max_bytes):
+    """A as a finite square float64 matrix, within the budget of symmetrising it."""
+    A = V.as_float_array("A", A, ndim=2)
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square, got shape {A.shape}")
+    d = A.shape[0]
+    # the symmetry test and the symmetrised copy: ~4 temporaries of A's size at the peak
+    _check_budget(f"{owner}(d={d})", {"symmetrising A": 4 * 8 * d * d,
+                                      "q, gradient and scratch": 4 * 8 * d,
+                                      "blocks": _blocks_bytes(d, 1)}, max_bytes)
+    return A
+
+
+def _rebuild(cls, args, kwargs):
+    """Unpickle a potential made with keyword arguments (e.g. a raised ``max_bytes``)."""
+    return cls(*args, **kwargs)
 
 
 def _symmetric_matrix(A):
@@ -135,14 +250,20 @@ class Quadratic(Potential):
     ----------
     A : (d, d) array_like, symmetric
     b : (d,) array_like, optional (default zeros)
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
     """
 
-    def __init__(self, A, b=None):
+    def __init__(self, A, b=None, *, max_bytes=DEFAULT_MAX_BYTES):
+        max_bytes = _max_bytes(max_bytes)
+        A = _square_budget("Quadratic", A, max_bytes)
         A = _symmetric_matrix(A)
         d = A.shape[0]
         b = np.zeros(d) if b is None else V.as_float_array("b", b, shape=(d,))
         super().__init__(_k.QuadraticKernel(_readonly(A), _readonly(b)),
-                         {"q": np.arange(d)}, (), (A, b))
+                         {"q": np.arange(d)}, (), (A, b), {"max_bytes": max_bytes})
         self.A, self.b = A, b
         # the arrays the kernel holds, not the (rebindable) attributes
         self._lanes = ("quadratic", {"A": A, "b": b})
@@ -156,13 +277,23 @@ class RayleighQuotient(Potential):
 
     Gradient g = (Aq − 2f q)/|q|², orthogonal to q (docs/potentials.md).  Undefined at
     q = 0 (a run from there reports a non-finite loss).
+
+    Parameters
+    ----------
+    A : (d, d) array_like, symmetric
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
     """
 
-    def __init__(self, A):
+    def __init__(self, A, *, max_bytes=DEFAULT_MAX_BYTES):
+        max_bytes = _max_bytes(max_bytes)
+        A = _square_budget("RayleighQuotient", A, max_bytes)
         A = _symmetric_matrix(A)
         d = A.shape[0]
         super().__init__(_k.RayleighQuotientKernel(_readonly(A)), {"q": np.arange(d)},
-                         (Symmetry("scale", ("q",)),), (A,))
+                         (Symmetry("scale", ("q",)),), (A,), {"max_bytes": max_bytes})
         self.A = A
         self._lanes = ("rayleigh", {"A": A})
 
@@ -180,17 +311,25 @@ class Radial(Potential):
     kind : {"double_well", "log", "gaussian"}
         ``double_well``: φ(u) = (u − 1)²/4;  ``log``: φ(u) = ½ log(1 + u);
         ``gaussian``: φ(u) = −exp(−u/2).
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
     """
 
     KINDS = ("double_well", "log", "gaussian")
 
-    def __init__(self, d, kind="double_well"):
+    def __init__(self, d, kind="double_well", *, max_bytes=DEFAULT_MAX_BYTES):
         d = V.as_int("d", d, lo=1, hi=V.MAX_ELEMENTS)
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        max_bytes = _max_bytes(max_bytes)
+        _check_budget(f"Radial(d={d})", {"blocks": _blocks_bytes(d, 1),
+                                          "q and gradient": 2 * 8 * d}, max_bytes)
         super().__init__(_k.RadialKernel(d, self.KINDS.index(kind)), {"q": np.arange(d)},
                          (Symmetry("rotation", ("q",),
-                                   note="every skew-symmetric Omega on q"),), (d, kind))
+                                   note="every skew-symmetric Omega on q"),), (d, kind),
+                         {"max_bytes": max_bytes})
         self.kind = kind
 
 
@@ -226,32 +365,45 @@ class BatchNormUnit(Potential):
         form through the thin QR factorisation of the centred data, computed once here
         (docs/potentials.md §4a); minibatches use the row form (O(B·D)).  False: the row
         form always.  The two agree to round-off, not bitwise.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
     """
 
     min_batch = 2
 
-    def __init__(self, X, y, eps=0.0, projection=True, *, _projection=None):
+    def __init__(self, X, y, eps=0.0, projection=True, *, max_bytes=DEFAULT_MAX_BYTES,
+                 _projection=None):
         X, y = _data(X, y)
         if X.shape[0] < 2:
             raise ValueError(f"X needs at least 2 rows for batch statistics, got {X.shape[0]}")
         eps = V.as_scalar("eps", eps, lo=0.0)
+        max_bytes = _max_bytes(max_bytes)
         sym = (Symmetry("scale", ("w",)) if eps == 0.0 else
                Symmetry("scale", ("w",), exact=False,
                         note=f"eps={eps:g} > 0 breaks it by ~eps/var(Xw)"))
         projection = V.as_bool("projection", projection)
+        N, D = X.shape
+        qr = projection and _projection is None and N >= D
+        _check_budget(f"BatchNormUnit(N={N}, D={D})", {
+            "QR of the centred data": 3 * 8 * N * D + 8 * D * D if qr else 0,
+            "kernel workspace": 8 * max(N, 2 * D), "q and gradient": 2 * 8 * D,
+            "blocks": _blocks_bytes(D, 1)}, max_bytes)
         if _projection is not None:
             proj = _projection
         else:
             proj = self._project(X, y) if projection else None
         R, t, rho2 = proj if proj is not None else (None, None, 0.0)
         super().__init__(_k.BatchNormUnitKernel(_readonly(X), _readonly(y), eps, R, t, rho2),
-                         {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps, projection))
+                         {"w": np.arange(X.shape[1])}, (sym,), (X, y, eps, projection),
+                         {"max_bytes": max_bytes})
         self.X, self.y, self.eps = X, y, eps
         self.projection = projection
         self._proj = proj
         # what the kernel holds, fixed here: pickling and the lane kernel read these, not
         # the (rebindable) attributes
-        self._frozen = (X, y, eps, projection, proj)
+        self._frozen = (X, y, eps, projection, proj, max_bytes)
         lane = {"X": X, "y": y, "eps": float(eps)}
         if proj is not None:
             lane.update(R=proj[0], t=proj[1], rho2=proj[2])
@@ -281,8 +433,8 @@ class BatchNormUnit(Potential):
         return self._lanes
 
 
-def _restore_bn_unit(X, y, eps, projection, proj):
-    return BatchNormUnit(X, y, eps, projection, _projection=proj)
+def _restore_bn_unit(X, y, eps, projection, proj, max_bytes=DEFAULT_MAX_BYTES):
+    return BatchNormUnit(X, y, eps, projection, max_bytes=max_bytes, _projection=proj)
 
 
 # ------------------------------------------------------------------------------------------
@@ -372,6 +524,10 @@ class BatchNormLayer(Potential):
         Number of BatchNorm units.
     eps : float ≥ 0
         BatchNorm's variance offset.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
 
     Examples
     --------
@@ -384,20 +540,23 @@ class BatchNormLayer(Potential):
 
     min_batch = 2
 
-    def __init__(self, X, Y, width, eps=0.0):
+    def __init__(self, X, Y, width, eps=0.0, *, max_bytes=DEFAULT_MAX_BYTES):
         X = V.as_float_array("X", X, ndim=2)
         Y = _targets(X, Y)
         _need_two_rows(X)
         width = _units("width", width)
         eps = V.as_scalar("eps", eps, lo=0.0)
+        max_bytes = _max_bytes(max_bytes)
         N, D = X.shape
         out = Y.shape[1]
+        _check_budget(f"BatchNormLayer(N={N}, D={D}, width={width}, out={out})",
+                      _net_parts(N, (D, width, out), False, False, width + 1), max_bytes)
         blocks = _rows_blocks("W", 0, width, D)
         blocks["V"] = width * D + np.arange(out * width)
         syms = tuple(_bn_symmetry(f"W[{i}]", eps) for i in range(width))
         super().__init__(_net_kernel(X, Y, None, (D, width, out), bn=True, affine=False,
                                      relu=True, bias=False, eps=eps),
-                         blocks, syms, (X, Y, width, eps))
+                         blocks, syms, (X, Y, width, eps), {"max_bytes": max_bytes})
         self.X, self.Y, self.width, self.eps = X, Y, width, eps
 
 
@@ -421,6 +580,10 @@ class SoftmaxCrossEntropy(Potential):
     labels : (N,) integer array_like, values in [0, C)
     n_classes : int ≥ 2, optional
         C; default max(labels) + 1.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
 
     Examples
     --------
@@ -433,10 +596,13 @@ class SoftmaxCrossEntropy(Potential):
     True
     """
 
-    def __init__(self, X, labels, n_classes=None):
+    def __init__(self, X, labels, n_classes=None, *, max_bytes=DEFAULT_MAX_BYTES):
         X = V.as_float_array("X", X, ndim=2)
+        max_bytes = _max_bytes(max_bytes)
         labels, C = _labels(X, labels, n_classes)
         N, D = X.shape
+        _check_budget(f"SoftmaxCrossEntropy(N={N}, D={D}, C={C})",
+                      _net_parts(N, (D, C), True, False, D + 1), max_bytes)
         blocks = _cols_blocks("W", 0, C, D)
         blocks["b"] = C * D + np.arange(C)
         n = np.full(C, 1.0 / np.sqrt(C))
@@ -445,7 +611,7 @@ class SoftmaxCrossEntropy(Potential):
                      for name in blocks)
         super().__init__(_net_kernel(X, None, labels, (D, C), bn=False, affine=False,
                                      relu=False, bias=True),
-                         blocks, syms, (X, labels, C))
+                         blocks, syms, (X, labels, C), {"max_bytes": max_bytes})
         self.X, self.labels, self.n_classes = X, labels, C
 
 
@@ -467,6 +633,10 @@ class TwoLayer(Potential):
     Y : (N,) or (N, out) array_like
     hidden : int ≥ 1
     activation : {"relu", "linear"}
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
 
     Examples
     --------
@@ -479,21 +649,24 @@ class TwoLayer(Potential):
 
     ACTIVATIONS = ("relu", "linear")
 
-    def __init__(self, X, Y, hidden, activation="relu"):
+    def __init__(self, X, Y, hidden, activation="relu", *, max_bytes=DEFAULT_MAX_BYTES):
         X = V.as_float_array("X", X, ndim=2)
         Y = _targets(X, Y)
         hidden = _units("hidden", hidden)
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation must be one of {self.ACTIVATIONS}, "
                              f"got {activation!r}")
+        max_bytes = _max_bytes(max_bytes)
         N, D = X.shape
         out = Y.shape[1]
+        _check_budget(f"TwoLayer(N={N}, D={D}, hidden={hidden}, out={out})",
+                      _net_parts(N, (D, hidden, out), False, False, hidden + out), max_bytes)
         blocks = _rows_blocks("W1", 0, hidden, D)
         blocks.update(_cols_blocks("W2", hidden * D, out, hidden))
         syms = tuple(Symmetry("rescale", (f"W1[{i}]", f"W2[:,{i}]")) for i in range(hidden))
         super().__init__(_net_kernel(X, Y, None, (D, hidden, out), bn=False, affine=False,
                                      relu=activation == "relu", bias=False),
-                         blocks, syms, (X, Y, hidden, activation))
+                         blocks, syms, (X, Y, hidden, activation), {"max_bytes": max_bytes})
         self.X, self.Y, self.hidden, self.activation = X, Y, hidden, activation
 
 
@@ -528,6 +701,10 @@ class BatchNormMLP(Potential):
         C; default max(labels) + 1.
     eps : float ≥ 0
         BatchNorm's variance offset.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB) for what the
+        construction allocates plus one kernel workspace; estimated before allocating,
+        a larger request raises ValueError naming the bytes it would need.
 
     Notes
     -----
@@ -550,7 +727,8 @@ class BatchNormMLP(Potential):
 
     min_batch = 2
 
-    def __init__(self, X, labels, widths, n_classes=None, eps=0.0):
+    def __init__(self, X, labels, widths, n_classes=None, eps=0.0, *,
+                 max_bytes=DEFAULT_MAX_BYTES):
         X = V.as_float_array("X", X, ndim=2)
         _need_two_rows(X)
         labels, C = _labels(X, labels, n_classes)
@@ -560,8 +738,12 @@ class BatchNormMLP(Potential):
         if not widths:
             raise ValueError("widths must hold at least one hidden width, got ()")
         eps = V.as_scalar("eps", eps, lo=0.0)
+        max_bytes = _max_bytes(max_bytes)
         N, D = X.shape
         dims = (D,) + widths + (C,)
+        n_blocks = sum(widths) + 2 * len(widths) + widths[-1] + 1
+        _check_budget(f"BatchNormMLP(N={N}, D={D}, widths={widths}, C={C})",
+                      _net_parts(N, dims, True, True, n_blocks), max_bytes)
         blocks, syms, off = {}, [], 0
         for layer, w in enumerate(widths, start=1):
             blocks.update(_rows_blocks(f"W{layer}", off, w, dims[layer - 1]))
@@ -580,7 +762,7 @@ class BatchNormMLP(Potential):
                              note="equal shift of every class's logit"))
         super().__init__(_net_kernel(X, None, labels, dims, bn=True, affine=True,
                                      relu=True, bias=True, eps=eps),
-                         blocks, syms, (X, labels, widths, C, eps))
+                         blocks, syms, (X, labels, widths, C, eps), {"max_bytes": max_bytes})
         self.X, self.labels, self.widths, self.n_classes, self.eps = X, labels, widths, C, eps
 
     def init(self, seed=None) -> np.ndarray:
@@ -632,7 +814,7 @@ def _user_blocks(d, blocks):
     """Validated blocks dict (default {"q": all of q}); index arrays in [0, d), disjoint."""
     if blocks is None:
         return {"q": np.arange(d)}
-    if not isinstance(blocks, dict) or not blocks:
+    if not isinstance(blocks, Mapping) or not blocks:
         raise TypeError(f"blocks must be a non-empty dict name -> index array, got "
                         f"{type(blocks).__name__}")
     out, seen = {}, np.zeros(d, dtype=bool)
