@@ -56,6 +56,9 @@ DEFAULT_MAX_BYTES = 4 * 2**30
 #: mapping slot and declared Symmetry): an upper estimate, so the budget errs on the safe side
 BLOCK_OVERHEAD_BYTES = 1024
 
+#: bytes charged for the fixed Python objects of any potential (kernel, mappings, metadata)
+BASE_BYTES = 2**16
+
 #: at most this many block names in repr()
 REPR_BLOCKS = 8
 
@@ -70,6 +73,7 @@ def _check_budget(owner: str, parts: dict, max_bytes: int) -> None:
     ``parts`` maps what is allocated to its bytes (Python ints: no overflow); called
     before any of it is allocated, so a refused request costs nothing.
     """
+    parts = {"fixed Python objects": BASE_BYTES, **parts}
     need = sum(parts.values())
     if need > max_bytes:
         detail = ", ".join(f"{k} {v / 2**30:.3g} GiB" for k, v in parts.items() if v)
@@ -93,7 +97,8 @@ def _net_parts(N, dims, bias, affine, n_blocks) -> dict:
     dim = sum(dims[i] * dims[i + 1] for i in range(len(dims) - 1))
     dim += (2 * n_hidden if affine else 0) + (out if bias else 0)
     work = 2 * N * n_hidden + n_hidden + 2 * wmax + 2 * N * wmax + N * out
-    return {"kernel workspace": 8 * work, "q and gradient": 2 * 8 * dim,
+    return {"validated copies of the data": 8 * N * (dims[0] + out),
+            "kernel workspace": 8 * work, "q and gradient": 3 * 8 * dim,
             "blocks": _blocks_bytes(dim, n_blocks)}
 
 
@@ -217,8 +222,8 @@ def _square_budget(owner, A, max_bytes):
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be square, got shape {A.shape}")
     d = A.shape[0]
-    # the symmetry test and the symmetrised copy: ~4 temporaries of A's size at the peak
-    _check_budget(f"{owner}(d={d})", {"symmetrising A": 4 * 8 * d * d,
+    # the symmetry test and the symmetrised copy: ~6 temporaries of A's size at the peak
+    _check_budget(f"{owner}(d={d})", {"symmetrising A": 6 * 8 * d * d,
                                       "q, gradient and scratch": 4 * 8 * d,
                                       "blocks": _blocks_bytes(d, 1)}, max_bytes)
     return A
@@ -325,7 +330,7 @@ class Radial(Potential):
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         max_bytes = _max_bytes(max_bytes)
         _check_budget(f"Radial(d={d})", {"blocks": _blocks_bytes(d, 1),
-                                          "q and gradient": 2 * 8 * d}, max_bytes)
+                                          "q and gradient": 3 * 8 * d}, max_bytes)
         super().__init__(_k.RadialKernel(d, self.KINDS.index(kind)), {"q": np.arange(d)},
                          (Symmetry("rotation", ("q",),
                                    note="every skew-symmetric Omega on q"),), (d, kind),
@@ -387,8 +392,9 @@ class BatchNormUnit(Potential):
         N, D = X.shape
         qr = projection and _projection is None and N >= D
         _check_budget(f"BatchNormUnit(N={N}, D={D})", {
-            "QR of the centred data": 3 * 8 * N * D + 8 * D * D if qr else 0,
-            "kernel workspace": 8 * max(N, 2 * D), "q and gradient": 2 * 8 * D,
+            "validated copies of the data": 8 * N * (D + 1),
+            "QR of the centred data": 4 * 8 * N * D + 2 * 8 * D * D if qr else 0,
+            "kernel workspace": 8 * max(N, 2 * D), "q and gradient": 3 * 8 * D,
             "blocks": _blocks_bytes(D, 1)}, max_bytes)
         if _projection is not None:
             proj = _projection
