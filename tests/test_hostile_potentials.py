@@ -245,6 +245,20 @@ def test_metadata_refuses_every_mutation_and_train_still_works(name):
     assert np.all(np.isfinite(a.q_final))
 
 
+@pytest.mark.parametrize("name", sorted(POTS))
+def test_no_public_attribute_is_a_writable_container(name):
+    """The data a kernel was built from, as the public attributes show it, is read-only,
+    and no public attribute is a mutable container (rebinding one changes nothing the
+    kernels read: tests/test_scan_lanes.py)."""
+    pot = POTS[name]
+    public = {k: v for k, v in vars(pot).items() if not k.startswith("_")}
+    public.update(blocks=pot.blocks, symmetries=pot.symmetries)
+    for attr, value in public.items():
+        assert not isinstance(value, (list, dict, set, bytearray)), attr
+        if isinstance(value, np.ndarray):
+            assert not value.flags.writeable, attr
+
+
 def test_blocks_are_private_copies_range_checked_at_construction():
     """The caller's index arrays stay writable and cannot alias the potential's; a block
     outside q is refused when the potential is made, not at train time."""
