@@ -45,7 +45,10 @@ class TrainResult:
     q_final : (d,) array
         Parameters after the last step taken.
     state : RuleState
-        The rule's state after the run; ``train(..., state=result.state)`` resumes.
+        The rule's state after the run; ``train(..., state=result.state)`` resumes.  It
+        carries the last step Δ whatever ``charges``/``block_stats`` were, so a resumed
+        run's charges continue exactly.  After a divergence it is returned as it is
+        (possibly non-finite), and resuming from it is refused.
     diverged : bool
         True if a non-finite value stopped the run early.
     stop_step : int or None
