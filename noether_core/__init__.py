@@ -30,7 +30,7 @@ from ._scan_integrate import IntegrateScanResult, scan_integrate
 from ._scan_result import ScanResult, point_seed
 from ._train import ContinuumBalance, TrainResult, continuum_balance, train
 from ._version import __version__
-from .errors import DivergenceWarning, NoetherWarning
+from .errors import CallbackError, DivergenceWarning, NoetherWarning
 from .rules import RuleState
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     # modules
     "audit", "charges", "conventions", "datasets", "errors", "mirror", "models",
     "potentials", "rules", "symmetry", "theory",
-    # warnings
-    "DivergenceWarning", "NoetherWarning",
+    # warnings and errors
+    "DivergenceWarning", "NoetherWarning", "CallbackError",
     "__version__",
 ]

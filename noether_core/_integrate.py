@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _bridge, _status
 from . import _validation as V
-from .errors import DivergenceWarning
+from .errors import DivergenceWarning, IntegrationError
 from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
 __all__ = ["integrate", "IntegrateResult", "IntegrationError", "METHODS", "noether_terms",
@@ -48,15 +48,6 @@ CONSTRAINT_TOL = 1e-10
 DEFAULT_MAX_RECORD_BYTES = 2 * 2**30
 
 
-class IntegrationError(RuntimeError):
-    """The adaptive integrator could not reach t_end (step-size underflow or max_steps).
-
-    ``.result`` holds the partial :class:`IntegrateResult` (rows recorded so far).
-    """
-
-    def __init__(self, msg, result=None):
-        super().__init__(msg)
-        self.result = result
 
 
 @dataclass(eq=False)

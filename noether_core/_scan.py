@@ -24,7 +24,7 @@ from . import _validation as V
 from . import charges as _charges
 from ._parallel import ProgressBar, run_with_progress, want_progress
 from ._scan_result import ScanResult, point_seed
-from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size
+from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _check_q0_norm
 from .errors import DivergenceWarning
 from .potentials import Potential
 from .rules import Rule
@@ -109,23 +109,56 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
     axes, fixed = _grid.split_grid(grid, {n: getattr(rule_cls, n, None) for n in names})
     d = potential.dim
     q0 = V.as_float_array("q0", q0, shape=(d,))
-    # at least one step (the late-time angle needs a transition); the kernel counts in
-    # Py_ssize_t
-    steps = V.as_int("steps", steps, lo=1, hi=sys.maxsize)
+    _check_q0_norm(q0)                          # as train: the run records |q_B|²
+    # the kernel counts in Py_ssize_t
+    steps = V.as_int("steps", steps, lo=0, hi=sys.maxsize)
+    if steps == 0:
+        # the per-point summaries are taken over steps (loss_min and angular_update over
+        # the last 10 % of them): a grid of 0 steps would have none
+        raise ValueError("scan needs steps >= 1, got 0: its summaries (loss_min, "
+                         "angular_update over the last 10% of the steps) need at least one "
+                         "step; for the initial loss and norms use train(..., steps=0)")
     if record_every is not None:
         record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
     batch_size = _check_batch_size(potential, batch_size)
-    seed_axis = not isinstance(seeds, (int, np.integer))
-    seed_list = np.atleast_1d(np.asarray(seeds))
-    if seed_list.ndim != 1 or seed_list.size == 0 or seed_list.dtype.kind not in "iu":
-        raise ValueError(f"seeds must be a non-negative int or a non-empty 1-D sequence of "
-                         f"them, got {V._describe(seeds)}")
-    if np.any(seed_list < 0):
-        raise ValueError(f"seeds must be non-negative, got {seed_list.tolist()}")
-    if len(np.unique(seed_list)) != seed_list.size:
-        raise ValueError(f"seeds has repeated values {seed_list.tolist()}")
-    return _Grid(rule_cls, fixed, axes, tuple(int(s) for s in seed_list), seed_axis,
-                 potential, q0, steps, record_every, batch_size)
+    seed_axis, seed_list = _check_seeds(seeds)
+    return _Grid(rule_cls, fixed, axes, seed_list, seed_axis, potential, q0, steps,
+                 record_every, batch_size)
+
+
+_SEEDS_ALLOWED = ("seeds must be an int >= 0 (of any size: what numpy.random.SeedSequence "
+                  "accepts) or a non-empty 1-D sequence of distinct such ints")
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_seeds(seeds):
+    """``(seed_axis, seeds as a tuple of Python ints)``; refuses what SeedSequence does."""
+    if _is_int(seeds):
+        items, seed_axis = [seeds], False
+    elif isinstance(seeds, np.ndarray):
+        if seeds.ndim != 1:
+            raise ValueError(f"{_SEEDS_ALLOWED}, got a {seeds.ndim}-D array")
+        items, seed_axis = seeds.tolist(), True
+    elif isinstance(seeds, (list, tuple, range)):
+        items, seed_axis = list(seeds), True
+    else:
+        raise ValueError(f"{_SEEDS_ALLOWED}, got {V._describe(seeds)}")
+    if not items:
+        raise ValueError(f"{_SEEDS_ALLOWED}, got an empty sequence")
+    bad = [v for v in items if not _is_int(v)]
+    if bad:
+        raise ValueError(f"{_SEEDS_ALLOWED}, got {bad[0]!r}")
+    bad = [v for v in items if v < 0]
+    if bad:
+        raise ValueError(f"seeds must be non-negative ints (of any size: what "
+                         f"numpy.random.SeedSequence accepts), got {bad[0]}")
+    items = [int(v) for v in items]
+    if len(set(items)) != len(items):
+        raise ValueError(f"seeds has repeated values {items}")
+    return seed_axis, tuple(items)
 
 
 def _rules(g: _Grid, lo: int, hi: int) -> list:
@@ -325,13 +358,16 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     potential : Potential
     q0 : (d,) array_like
         Initial parameters, the same for every point.
-    steps : int ≥ 0
-        Steps per point.
+    steps : int ≥ 1
+        Steps per point.  0 is refused (unlike ``train``): the per-point summaries
+        (``loss_min``, ``angular_update`` over the last 10 % of the steps) need a step;
+        ``train(..., steps=0)`` gives the initial loss and norms.
     record_every : int ≥ 1 or None
         Also keep, per point, the rows ``train(..., record_every=...)`` records (memory
         O(points · steps/record_every · d), checked against ``max_record_bytes``).
-    seeds : int or 1-D sequence of ints ≥ 0
-        Minibatch seeds.  A sequence adds a trailing ``seed`` axis; an int adds none.
+    seeds : int or 1-D sequence of distinct ints ≥ 0
+        Minibatch seeds, of any size ``numpy.random.SeedSequence`` accepts.  A sequence
+        adds a trailing ``seed`` axis; an int adds none.
         Point ``i`` (flat C-order index over the grid axes) under seed ``s`` draws from
         ``numpy.random.default_rng(SeedSequence(s).spawn(n_points)[i])`` (see
         :func:`point_seed`).  Full-batch runs draw nothing, so seeds do not change them.
@@ -376,7 +412,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         Unknown keyword (the message lists the rule's valid ones), bad types.
     ValueError
         Empty, 2-D, non-finite or repeated axis values; a grid point the rule rejects
-        (the message names the point); ``q0`` of the wrong length.
+        (the message names the point); ``q0`` of the wrong length or with |q0|²
+        overflowing; ``steps`` 0; a negative ``max_record_bytes``; a seed that is not an
+        int ≥ 0.
     MemoryError
         The recorded series would exceed ``max_record_bytes`` (message: the size needed).
 
@@ -399,6 +437,7 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     """
     t0 = time.perf_counter()
     g = _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
+    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
     chosen, untracked = _charges.select(potential, charges, omega)
     if lanes is not None:
         lanes = V.as_bool("lanes", lanes)

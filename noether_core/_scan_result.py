@@ -135,8 +135,10 @@ class ScanResult:
     balance_residual : (*shape,) array or None
         Worst relative residual, over every step and every tracked symmetry whose law is
         exact for that point's rule (noether_core.charges), of the exact discrete balance
-        law — round-off (~1e-16) where theory says so; 0.0 if none is exact.  None with
-        ``charges=False``.
+        law — round-off (~1e-16) where theory says so; 0.0 at a point where none of the
+        tracked laws is exact for its rule.  None when no symmetry is tracked:
+        ``charges=False``, or none of the potential's declared symmetries could be
+        tracked (``untracked`` says why).
     charge_worst, charge_worst_step : dict[str, (*shape,) array]
         Per tracked symmetry ("family:block"): worst relative residual and the step where
         it occurred (-1: none) — equal to ``train(...).charge(...).worst`` of that point.

@@ -45,7 +45,10 @@ class TrainResult:
     q_final : (d,) array
         Parameters after the last step taken.
     state : RuleState
-        The rule's state after the run; ``train(..., state=result.state)`` resumes.
+        The rule's state after the run; ``train(..., state=result.state)`` resumes.  It
+        carries the last step Δ whatever ``charges``/``block_stats`` were, so a resumed
+        run's charges continue exactly.  After a divergence it is returned as it is
+        (possibly non-finite), and resuming from it is refused.
     diverged : bool
         True if a non-finite value stopped the run early.
     stop_step : int or None
@@ -269,7 +272,10 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
                        len(chosen), max_record_bytes)
 
     inputs = rule.kernel_inputs(potential, state)
-    record = _recording(potential, state, n_rec, record_every, record_q, block_stats)
+    # the last step Δ goes to the state whatever is tracked: the charges carry it, else
+    # the recording does (block_stats needs it at every step, otherwise once at the end)
+    record = _recording(potential, state, n_rec, record_every, record_q, block_stats,
+                        need_delta=block_stats or not chosen)
     layout = _charges.layout(potential, chosen) if chosen else None
     crec = _charges.record(potential, chosen, n_rec, state) if chosen else None
     rng = None
@@ -326,8 +332,9 @@ def _check_record_size(potential, steps, record_every, n_rec, record_q, block_st
                           f"({max_record_bytes / 2**20:.1f} MiB); raise record_every")
 
 
-def _recording(potential, state, n_rec, record_every, record_q, block_stats):
-    """The preallocated rows a run records into."""
+def _recording(potential, state, n_rec, record_every, record_q, block_stats, need_delta):
+    """The preallocated rows a run records into (``d_last``, the last step Δ carried on
+    from ``state``, when ``need_delta``)."""
     d, nb = potential.dim, len(potential.blocks)
     bptr, bidx = _block_csr(potential)
     rec = _bridge.Recording(every=record_every, bptr=bptr, bidx=bidx,
@@ -336,6 +343,7 @@ def _recording(potential, state, n_rec, record_every, record_q, block_stats):
     if block_stats:
         rec.bg2 = np.empty((n_rec, nb))
         rec.bd2 = np.empty((n_rec, nb))
+    if need_delta:
         rec.d_last = (np.zeros(d) if state.last_delta is None
                       else np.array(state.last_delta, dtype=float))
     return rec
@@ -355,7 +363,7 @@ def _result(rule, potential, state, inputs, q, record, record_q, crec, chosen, u
         last_metric = dict(zip(labels, map(float, crec.last_metric), strict=True))
     else:
         last_delta, last_residual, last_metric = record.d_last, None, None
-    new_state = RuleState(type(rule).__name__, rule.state_arrays(inputs),
+    new_state = RuleState._from_run(type(rule).__name__, rule.state_arrays(inputs),
                           rule._unpack_scalars(inputs.sca, potential), state.step + taken,
                           None if rng is None else rng.bit_generator.state,
                           last_delta, last_residual, last_metric)

@@ -57,6 +57,20 @@ class RuleState:
         Relative balance-law residual of the last step, per tracked symmetry label.
     last_metric : dict or None
         Metric term (mirror descent) of the last step, per tracked symmetry label.
+
+    Raises
+    ------
+    TypeError, ValueError
+        When made, every field is checked, the message naming the field, the value and
+        what is allowed: ``rule`` a str; ``arrays`` a dict of finite real 1-D arrays
+        (bool, complex and object arrays refused; stored as float64); ``scalars`` a dict
+        of finite real numbers (stored as float), ``"G"`` (ScalarRMSProp) a finite 1-D
+        array; ``step`` an int ≥ 0 (not a bool); ``rng_state`` None or a state dict its
+        named NumPy bit generator accepts; ``last_delta`` None or a finite real 1-D array;
+        ``last_residual``/``last_metric`` None or dicts of finite real numbers.  The
+        lengths, and which buffers and scalars a rule needs, depend on the potential: a
+        run checks them when it resumes (``train(..., state=...)``), and checks every
+        field again (the dicts can be edited after the state is made).
     """
 
     rule: str
@@ -68,14 +82,72 @@ class RuleState:
     last_residual: dict | None = field(default=None, repr=False)
     last_metric: dict | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        self._validate()
+
+    @classmethod
+    def _from_run(cls, rule, arrays, scalars, step, rng_state=None, last_delta=None,
+                  last_residual=None, last_metric=None) -> RuleState:
+        """A state as a run (or :meth:`copy`) produced it, not validated again: a run that
+        diverged or overflowed a buffer returns its state as it is, and resuming from it
+        is refused by ``Rule._check_state``, which validates every field."""
+        st = object.__new__(cls)
+        for name, v in (("rule", rule), ("arrays", arrays), ("scalars", scalars),
+                        ("step", step), ("rng_state", rng_state), ("last_delta", last_delta),
+                        ("last_residual", last_residual), ("last_metric", last_metric)):
+            object.__setattr__(st, name, v)
+        return st
+
+    def _validate(self) -> None:
+        """Check every field's type and values (not the lengths: those depend on the
+        potential, ``Rule._check_state``); real arrays and numbers are stored as float64."""
+        if not isinstance(self.rule, str):
+            raise TypeError(f"RuleState.rule must be the rule's class name (a str), got "
+                            f"{V._describe(self.rule)}")
+        if not isinstance(self.arrays, dict):
+            raise TypeError("RuleState.arrays must be a dict of name -> 1-D float array, "
+                            f"got {V._describe(self.arrays)}")
+        object.__setattr__(self, "arrays", {
+            _key("arrays", k): _state_vector(f"arrays[{k!r}]", v)
+            for k, v in self.arrays.items()})
+        if not isinstance(self.scalars, dict):
+            raise TypeError("RuleState.scalars must be a dict of name -> finite real "
+                            f"number, got {V._describe(self.scalars)}")
+        object.__setattr__(self, "scalars", {
+            _key("scalars", k): (_state_vector("scalars['G']", v) if k == "G"
+                                 else _state_real(f"scalars[{k!r}]", v))
+            for k, v in self.scalars.items()})
+        step = self.step
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"RuleState.step must be a non-negative int (steps taken), got "
+                            f"{V._describe(step)}")
+        if step < 0:
+            raise ValueError(f"RuleState.step must be a non-negative int (steps taken), got "
+                             f"{step}")
+        object.__setattr__(self, "step", int(step))
+        _check_rng_state(self.rng_state)
+        if self.last_delta is not None:
+            object.__setattr__(self, "last_delta",
+                               _state_vector("last_delta", self.last_delta))
+        for name in ("last_residual", "last_metric"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise TypeError(f"RuleState.{name} must be None or a dict of symmetry label "
+                                f"-> finite real number, got {V._describe(v)}")
+            object.__setattr__(self, name, {_key(name, k): _state_real(f"{name}[{k!r}]", x)
+                                            for k, x in v.items()})
+
     def copy(self) -> RuleState:
-        return RuleState(self.rule, {k: v.copy() for k, v in self.arrays.items()},
-                         {k: (v.copy() if isinstance(v, np.ndarray) else v)
-                          for k, v in self.scalars.items()}, self.step,
-                         None if self.rng_state is None else _copy_rng_state(self.rng_state),
-                         None if self.last_delta is None else self.last_delta.copy(),
-                         None if self.last_residual is None else dict(self.last_residual),
-                         None if self.last_metric is None else dict(self.last_metric))
+        return RuleState._from_run(
+            self.rule, {k: v.copy() for k, v in self.arrays.items()},
+            {k: (v.copy() if isinstance(v, np.ndarray) else v)
+             for k, v in self.scalars.items()}, self.step,
+            None if self.rng_state is None else _copy_rng_state(self.rng_state),
+            None if self.last_delta is None else self.last_delta.copy(),
+            None if self.last_residual is None else dict(self.last_residual),
+            None if self.last_metric is None else dict(self.last_metric))
 
     def __eq__(self, other):
         if not isinstance(other, RuleState):
@@ -93,6 +165,71 @@ class RuleState:
                      or np.array_equal(self.last_delta, other.last_delta))
                 and self.last_residual == other.last_residual
                 and self.last_metric == other.last_metric)
+
+
+def _key(field_name, k):
+    if not isinstance(k, str):
+        raise TypeError(f"RuleState.{field_name} keys must be names (str), got {k!r}")
+    return k
+
+
+def _state_vector(what, v):
+    """A finite real 1-D array as float64 (bool, complex and object arrays refused)."""
+    a = np.asarray(v) if not isinstance(v, np.ndarray) else v
+    if a.dtype.kind not in "fiu" or a.ndim != 1:
+        raise ValueError(f"RuleState.{what} must be a 1-D array of finite real numbers, got "
+                         f"{_describe_array(a)}")
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise ValueError(f"RuleState.{what} must hold finite values, got {a[bad]} at index "
+                         f"{bad}")
+    return a
+
+
+def _state_real(what, v):
+    """A finite real number as a float (bool and complex refused)."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                              np.floating)):
+        raise TypeError(f"RuleState.{what} must be a finite real number, got "
+                        f"{V._describe(v)}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"RuleState.{what} must be a finite real number, got {v!r}")
+    return x
+
+
+def _describe_array(a):
+    return f"an array of dtype {a.dtype} and shape {a.shape}"
+
+
+def _bit_generator_names():
+    return sorted(n for n in dir(np.random) if isinstance(getattr(np.random, n), type)
+                  and issubclass(getattr(np.random, n), np.random.BitGenerator)
+                  and getattr(np.random, n) is not np.random.BitGenerator)
+
+
+def _check_rng_state(st):
+    """None, or a NumPy bit generator's ``.state`` dict that the generator accepts."""
+    if st is None:
+        return
+    if not isinstance(st, dict) or "state" not in st:
+        raise ValueError("RuleState.rng_state must be None or a NumPy bit generator's state "
+                         "dict (Generator.bit_generator.state: keys 'bit_generator', "
+                         f"'state', ...), got {V._describe(st)}")
+    name = st.get("bit_generator")
+    names = _bit_generator_names()
+    if name not in names:
+        raise ValueError(f"RuleState.rng_state['bit_generator'] must name a NumPy bit "
+                         f"generator {names}, got {name!r}")
+    bg = getattr(np.random, name)(0)
+    try:
+        bg.state = st
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"RuleState.rng_state is not a valid {name} state: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _copy_rng_state(st):
@@ -182,17 +319,51 @@ class Rule:
         return RuleState(type(self).__name__, arrays, scalars, 0, None)
 
     def _check_state(self, state: RuleState, potential) -> None:
+        """Refuse a state this rule cannot resume on ``potential``: every field valid
+        (``RuleState._validate``: the dicts may have been edited since it was made), of
+        this rule, with this rule's buffers and scalars and nothing else, each buffer and
+        ``last_delta`` of length ``potential.dim``."""
         if not isinstance(state, RuleState):
             raise TypeError(f"state must be a RuleState, got {type(state).__name__}")
+        state._validate()
         if state.rule != type(self).__name__:
             raise ValueError(f"state belongs to rule {state.rule}, not {type(self).__name__}")
+        d = potential.dim
         for name in self.vec_names:
             a = state.arrays.get(name)
-            if a is None or np.shape(a) != (potential.dim,):
-                raise ValueError(f"state.arrays[{name!r}] must have shape ({potential.dim},), "
-                                 f"got {None if a is None else np.shape(a)}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"state.arrays[{name!r}] holds non-finite values")
+            if a is None or np.shape(a) != (d,):
+                raise ValueError(f"state.arrays[{name!r}] must have shape ({d},), "
+                                 f"got {'no such array' if a is None else np.shape(a)}")
+        extra = sorted(set(state.arrays) - set(self.vec_names))
+        if extra:
+            raise ValueError(f"state.arrays has {extra}, which {type(self).__name__} does not "
+                             f"keep (its buffers: {list(self.vec_names)})")
+        needed = self._scalar_names()
+        missing = [n for n in needed if n not in state.scalars]
+        extra = sorted(set(state.scalars) - set(needed))
+        if missing or extra:
+            raise ValueError(f"state.scalars of {type(self).__name__} must hold exactly "
+                             f"{list(needed)}; missing {missing}, not used {extra}")
+        self._check_scalars(state, potential)
+        if state.last_delta is not None and state.last_delta.shape != (d,):
+            raise ValueError(f"state.last_delta must have shape ({d},) (the last step Δ of "
+                             f"a run on this potential), got {state.last_delta.shape}")
+
+    def _check_scalars(self, state: RuleState, potential) -> None:
+        """The values of the scalars this rule reads (all present, validated types)."""
+        for n in self.sca_names:
+            v = state.scalars[n]
+            if isinstance(v, np.ndarray):
+                raise ValueError(f"state.scalars[{n!r}] must be a number, got an array")
+            if n == "step" and (v < 0 or v != math.floor(v)):
+                raise ValueError(f"state.scalars['step'] must be a whole number >= 0 (steps "
+                                 f"taken), got {v}")
+            if n in ("has_buffer", "initialised") and v not in (0.0, 1.0):
+                raise ValueError(f"state.scalars[{n!r}] must be 0 or 1, got {v}")
+
+    def _scalar_names(self) -> tuple:
+        """The keys of ``RuleState.scalars`` this rule reads."""
+        return self.sca_names
 
     def _pack_scalars(self, state: RuleState, potential) -> np.ndarray:
         return np.array([float(state.scalars[n]) for n in self.sca_names], dtype=np.float64)
@@ -523,12 +694,17 @@ class ScalarRMSProp(Rule):
         return RuleState("ScalarRMSProp", {}, {"initialised": 0.0,
                                                "G": np.zeros(len(names))}, 0, None)
 
-    def _check_state(self, state, potential):
-        super()._check_state(state, potential)
+    def _check_scalars(self, state, potential):
+        super()._check_scalars(state, potential)
         n = len(self.part_names(potential))
-        G = np.asarray(state.scalars.get("G", ()), dtype=float)
-        if G.shape != (n,) or not np.all(np.isfinite(G)) or np.any(G < 0):
-            raise ValueError(f"state.scalars['G'] must hold {n} finite values >= 0")
+        G = state.scalars["G"]
+        if (not isinstance(G, np.ndarray) or G.shape != (n,) or not np.all(np.isfinite(G))
+                or np.any(G < 0)):
+            raise ValueError(f"state.scalars['G'] must hold {n} finite values >= 0 (one per "
+                             f"part {self.part_names(potential)}), got {G!r}")
+
+    def _scalar_names(self):
+        return self.sca_names + ("G",)
 
     def _pack_scalars(self, state, potential):
         return np.concatenate([[float(state.scalars["initialised"])],

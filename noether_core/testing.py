@@ -528,8 +528,9 @@ def assert_order(method, model, y0, *, t_end, hs, order=None, t0=0.0, reference=
     Parameters
     ----------
     method : str or callable
-        An ``integrate`` method name, or ``method(model, y0, t_end, h) -> y_final`` (your
-        own integrator; ``t0`` is then 0).
+        An ``integrate`` method name (another string raises a ValueError listing them),
+        or ``method(model, y0, t_end, h) -> y_final`` (your own integrator; ``t0`` is
+        then 0).
     model : noether_core.models model
     y0 : (n,) array
     t_end : float
@@ -553,6 +554,9 @@ def assert_order(method, model, y0, *, t_end, hs, order=None, t0=0.0, reference=
     AssertionError
         With the step sizes, the errors and the fitted slope.
     """
+    if not callable(method) and method not in _ORDER:
+        raise ValueError(f"method must be one of {sorted(_ORDER)} or a callable "
+                         f"method(model, y0, t_end, h) -> y_final, got {method!r}")
     if order is None:
         if callable(method):
             raise ValueError("order= is required for a callable method")

@@ -556,7 +556,7 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
                      Py_ssize_t* n_rej, double* t_out, double** K, double* yt,
                      double* yn) noexcept nogil:
     cdef Py_ssize_t n = M.n, i, row = 0, ie = 0, attempts = 0
-    cdef double t = t0, h, hs, err, fac, target, hmin
+    cdef double t = t0, h, hs, err, fac, target, hmin, h_first
     cdef double* tmp
     cdef bint landed, last_bad = False
     n_acc[0] = 0
@@ -583,9 +583,14 @@ cdef int _dopri_loop(Model* M, double* y, double t0, double t_end, double h_init
                                                   t_end - t0)
     if M.cb_error != NULL:
         return NC_ST_INTERRUPTED
+    h_first = fabs(h)
     while t < t_end:
         target = t_eval[ie] if (n_eval > 0 and ie < n_eval) else t_end
-        hmin = 10.0 * DBL_EPSILON * (fabs(t) if fabs(t) > fabs(target) else fabs(target))
+        # the floor 10·eps·max(|t|, h_first) (docs/integrators.md §5): the spacing of t,
+        # where a step stops moving t, or, near t = 0, 10·eps of the first step tried
+        # (the problem's own time scale, whatever the units).  Not |target|: at t = 0
+        # with t_end ≳ 1e13 that refused every step of an easy problem.
+        hmin = 10.0 * DBL_EPSILON * (fabs(t) if fabs(t) > h_first else h_first)
         if not (h >= hmin) or t + 0.5 * h == t:       # (catches a NaN step too)
             t_out[0] = t
             return NC_ST_NONFINITE_STATE if last_bad else NC_ST_STEP_UNDERFLOW

@@ -609,6 +609,23 @@ cdef int reraise_signal() except -1:
 
 
 cdef void run_loop(RunSpec* s) noexcept nogil:
+    """Run ``s.steps`` steps (``_run_steps``); then, when ``s.d_last`` is given without
+    ``rec_bd2`` (which writes it at every step), write the last step's
+    Δ = q − q_old into it, once, if a step was taken (else it keeps the Δ it came in
+    with: a resumed run of 0 steps carries its state's Δ on)."""
+    cdef Py_ssize_t i, taken
+    _run_steps(s)
+    if s.d_last == NULL or s.rec_bd2 != NULL or s.status == NC_ST_INTERRUPTED:
+        return
+    # steps applied: a non-finite parameter is met after its update (as _train._result)
+    taken = (s.steps if s.status == NC_ST_OK else
+             s.stop_step + 1 if s.status == NC_ST_NONFINITE_PARAMS else s.stop_step)
+    if taken > 0:
+        for i in range(s.d):
+            s.d_last[i] = s.q[i] - s.q_old[i]
+
+
+cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef Py_ssize_t n, i, until_record = 0     # countdown to the next recorded row
     cdef double f, g2, probe
     cdef int st
@@ -643,7 +660,7 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
         until_record -= 1
         if s.cs != NULL:
             _charges_before(s)
-        if s.rec_bd2 != NULL:
+        if s.d_last != NULL:                     # q_n, for Δ_n = q_{n+1} − q_n
             memcpy(s.q_old, s.q, s.d * sizeof(double))
         _apply_step(s)
         if s.rec_bd2 != NULL:
@@ -750,13 +767,19 @@ cdef void _fill_record(RunSpec* s, object rec, _Scratch scratch, double* dummy,
         rec_bg2 = rec.bg2
         if rec_bg2.shape[1] > 0:
             s.rec_bg2 = &rec_bg2[0, 0]
+    if rec.d_last is not None:
+        d_last = rec.d_last
+        if d_last.shape[0] != s.d:
+            raise ValueError(f"Recording.d_last has length {d_last.shape[0]}, the potential "
+                             f"has dim {s.d}")
+        s.d_last = _ptr(d_last, dummy)
+        s.q_old = scratch.doubles(s.d)
     if rec.bd2 is not None:
         rec_bd2 = rec.bd2
         if rec_bd2.shape[1] > 0:
-            d_last = rec.d_last
+            if s.d_last == NULL:
+                raise ValueError("Recording.bd2 needs Recording.d_last (the last step Δ)")
             s.rec_bd2 = &rec_bd2[0, 0]
-            s.d_last = &d_last[0]
-            s.q_old = scratch.doubles(s.d)
 
 
 cdef void _fill_charges(ChargeSpec* cs, object layout, object out, Py_ssize_t d,
@@ -782,6 +805,9 @@ cdef void _fill_charges(ChargeSpec* cs, object layout, object out, Py_ssize_t d,
     cdef double[::1] worst = out.worst
     cdef Py_ssize_t[::1] worst_step = out.worst_step
     cdef double[::1] worst_metric = out.worst_metric
+    if last_delta.shape[0] != d:
+        raise ValueError(f"ChargeRecord.last_delta has length {last_delta.shape[0]}, the "
+                         f"potential has dim {d}")
     memset(cs, 0, sizeof(ChargeSpec))
     cs.nsym = fam.shape[0]
     cs.fam = &fam[0]
