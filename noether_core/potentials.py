@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _validation as V
 from ._bridge import potential_kernels as _k
+from .errors import CallbackError
 from .symmetry import Symmetry
 
 __all__ = ["Potential", "Quadratic", "RayleighQuotient", "Radial", "BatchNormUnit",
@@ -982,14 +983,6 @@ class Python(Potential):
             exc, _ = err
             raise CallbackError(f"the Python potential's fn raised at step {step}: "
                                 f"{type(exc).__name__}: {exc}", step) from exc
-
-
-class CallbackError(RuntimeError):
-    """A user potential's function failed inside a run; ``step`` says where."""
-
-    def __init__(self, message, step):
-        super().__init__(message)
-        self.step = step
 
 
 __all__ += ["Compiled", "Python", "CallbackError", "ABI_SIGNATURE"]

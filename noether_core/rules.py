@@ -316,7 +316,8 @@ class Rule:
         d = potential.dim
         arrays = {name: np.zeros(d) for name in self.vec_names}
         scalars = {name: 0.0 for name in self.sca_names}
-        return RuleState(type(self).__name__, arrays, scalars, 0, None)
+        # valid by construction: not validated again on every train call
+        return RuleState._from_run(type(self).__name__, arrays, scalars, 0)
 
     def _check_state(self, state: RuleState, potential) -> None:
         """Refuse a state this rule cannot resume on ``potential``: every field valid
@@ -691,8 +692,8 @@ class ScalarRMSProp(Rule):
 
     def init_state(self, potential):
         names = self.part_names(potential)
-        return RuleState("ScalarRMSProp", {}, {"initialised": 0.0,
-                                               "G": np.zeros(len(names))}, 0, None)
+        return RuleState._from_run("ScalarRMSProp", {}, {"initialised": 0.0,
+                                                         "G": np.zeros(len(names))}, 0)
 
     def _check_scalars(self, state, potential):
         super()._check_scalars(state, potential)

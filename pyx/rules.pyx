@@ -37,7 +37,7 @@ MIRROR          lr, wd, map (0 euclid, 1 diag,       D (diagonal of h, map 1)   
                 2 pnorm, 3 entropy), p
 =============== ==================================== ============================ ============
 """
-from libc.math cimport sqrt, pow, exp, log, fabs, isfinite
+from libc.math cimport NAN, exp, fabs, isfinite, log, pow, sqrt
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -610,9 +610,11 @@ cdef int reraise_signal() except -1:
 
 cdef void run_loop(RunSpec* s) noexcept nogil:
     """Run ``s.steps`` steps (``_run_steps``); then, when ``s.d_last`` is given without
-    ``rec_bd2`` (which writes it at every step), write the last step's
-    Δ = q − q_old into it, once, if a step was taken (else it keeps the Δ it came in
-    with: a resumed run of 0 steps carries its state's Δ on)."""
+    ``rec_bd2`` (which writes it at every step), write the last step's Δ = q − q_old into
+    it, once, if a step was taken (else it keeps the Δ it came in with: a resumed run of
+    0 steps carries its state's Δ on).  q_old is copied before the last step only, so a
+    run stopped earlier by a non-finite value (a diverged run, which cannot be resumed)
+    gets NaN there rather than paying a copy of q at every step."""
     cdef Py_ssize_t i, taken
     _run_steps(s)
     if s.d_last == NULL or s.rec_bd2 != NULL or s.status == NC_ST_INTERRUPTED:
@@ -622,7 +624,8 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
              s.stop_step + 1 if s.status == NC_ST_NONFINITE_PARAMS else s.stop_step)
     if taken > 0:
         for i in range(s.d):
-            s.d_last[i] = s.q[i] - s.q_old[i]
+            # q_old holds q before step steps − 1: exact when that step was the last taken
+            s.d_last[i] = s.q[i] - s.q_old[i] if taken == s.steps else NAN
 
 
 cdef void _run_steps(RunSpec* s) noexcept nogil:
@@ -660,7 +663,9 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         until_record -= 1
         if s.cs != NULL:
             _charges_before(s)
-        if s.d_last != NULL:                     # q_n, for Δ_n = q_{n+1} − q_n
+        # q_n, for Δ_n = q_{n+1} − q_n: at every step for the per-block |Δ_n|² rows,
+        # else only before the last step (the state carries the last Δ; one copy per run)
+        if s.rec_bd2 != NULL or (s.d_last != NULL and n == s.steps - 1):
             memcpy(s.q_old, s.q, s.d * sizeof(double))
         _apply_step(s)
         if s.rec_bd2 != NULL:

@@ -127,7 +127,8 @@ def _builtins():
 BUILTINS = _builtins()
 
 
-def _gradient_roundoff_allowance(pot, run, ch, coef, batch_size=None, seed=None):
+def _gradient_roundoff_allowance(pot, run, ch, coef, batch_size=None, seed=None,
+                                 weight_decay=0.0):
     """Per step n, the part of the scale law's relative residual that is the computed
     gradient's own round-off: 2·coef·|⟨g_n, q_n⟩_B| / (A_n + A_{n+1} + |Δ_n|²).
 
@@ -144,7 +145,11 @@ def _gradient_roundoff_allowance(pot, run, ch, coef, batch_size=None, seed=None)
     the full data, or the minibatch drawn as train draws it (noether_ref.rules.draw_batch
     on default_rng(seed), one batch per step, docs/scan.md "Minibatch streams"); the run
     must be recorded at every step.  The denominator leaves out the kernel's 2|T| ≥ 0, so
-    the allowance is an upper bound."""
+    the allowance is an upper bound.
+
+    ``coef=None``: a rule whose step on the block is along d_n = g_n + k q_n (ScalarRMSProp
+    without momentum: q_{n+1} − q_n = −c_n d_n on the block, c_n = lr/sqrt(G_n + eps));
+    c_n is read off the run as |q_{n+1} − q_n|_B / |d_n|_B."""
     import math
 
     from noether_ref.rules import draw_batch
@@ -159,10 +164,17 @@ def _gradient_roundoff_allowance(pot, run, ch, coef, batch_size=None, seed=None)
         step = q[n + 1][idx] - q[n][idx]
         sc = (math.fsum(q[n][idx] ** 2) + math.fsum(q[n + 1][idx] ** 2)
               + math.fsum(step ** 2))
-        out[n] = 2.0 * coef * abs(delta) / sc if sc > 0 else 0.0
+        c = coef
+        if c is None:
+            dn = np.linalg.norm(g[idx] + weight_decay * q[n][idx])
+            c = np.linalg.norm(step) / dn if dn > 0 else 0.0
+        out[n] = 2.0 * c * abs(delta) / sc if sc > 0 else 0.0
     return out
 
 
+@example(which=7, seed=1244, minibatch=False,      # ScalarRMSProp, 2.2e-11 at step 40
+         params={"lr": 0.25, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+                 "nesterov": False})
 @example(which=7, seed=217328, minibatch=True,     # the same with minibatches
          params={"lr": 0.125, "momentum": 0.99, "dampening": 0.0, "weight_decay": 0.0,
                  "nesterov": False})
@@ -196,11 +208,14 @@ def test_every_builtin_symmetry_exact_for_sgd(which, params, seed, minibatch):
                 if ch.worst < EXACT:
                     continue
                 # above round-off only where the computed gradient itself breaks
-                # <g, q_B> = 0 (SGD and the scale family: the allowance is computable)
-                assert (isinstance(rule, nc.rules.SGD)
+                # <g, q_B> = 0 (the scale family, for SGD and for ScalarRMSProp, whose
+                # step is along the gradient: the allowance is computable)
+                assert (isinstance(rule, (nc.rules.SGD, nc.rules.ScalarRMSProp))
                         and ch.symmetry.family == "scale"), (type(pot).__name__, rule, ch)
-                allow = _gradient_roundoff_allowance(
-                    pot, run, ch, rule.lr * (1.0 + rule.momentum), b, seed)
+                coef = (rule.lr * (1.0 + rule.momentum)
+                        if isinstance(rule, nc.rules.SGD) else None)
+                allow = _gradient_roundoff_allowance(pot, run, ch, coef, b, seed,
+                                                     rule.weight_decay)
                 res = np.asarray(ch.residual)[1:]
                 assert np.all(res <= allow + EXACT), (type(pot).__name__, rule, ch)
 

@@ -284,7 +284,10 @@ def test_last_delta_is_the_last_step(charges, block_stats):
 
 
 def test_last_delta_after_a_stop():
-    """A run stopped by a non-finite gradient at step n carries Δ of step n − 1."""
+    """A run stopped by a non-finite gradient at step n: with charges on, its state carries
+    Δ of step n − 1 exactly; with charges (and block_stats) off the loop copies q only
+    before the last step, so a run that stopped earlier carries NaN (it diverged: its
+    state cannot be resumed) instead of a stale Δ."""
     calls = {"n": 0}
 
     def fn(q):
@@ -296,6 +299,11 @@ def test_last_delta_after_a_stop():
     pot = nc.potentials.Python(fn, 3)
     with pytest.warns(nc.DivergenceWarning):
         res = nc.train(R.SGD(lr=0.1), pot, np.ones(3), 10, charges=False)
+    assert res.stop_step == 4
+    assert np.isnan(res.state.last_delta).all()
+    calls["n"] = 0
+    with pytest.warns(nc.DivergenceWarning):
+        res = nc.train(R.SGD(lr=0.1), pot, np.ones(3), 10, charges=True, block_stats=True)
     assert res.stop_step == 4
     np.testing.assert_array_equal(res.state.last_delta, res.q_final - res.q[3])
 
@@ -405,6 +413,7 @@ def test_assert_order_unknown_method(method):
 def test_error_classes_exported():
     assert nc.IntegrationError is errors.IntegrationError
     assert nc.CallbackError is errors.CallbackError
+    assert nc.potentials.CallbackError is errors.CallbackError     # one class, not two
     from noether_core._integrate import IntegrationError
     assert IntegrationError is errors.IntegrationError
     assert {"IntegrationError", "CallbackError"} <= set(nc.__all__) & set(errors.__all__)

@@ -258,11 +258,12 @@ def dopri5(s, y0, t0, t_end, h=0.0, rtol=1e-6, atol=1e-9, max_steps=100_000,
     if not np.all(np.isfinite(K0)):
         return np.array(ts), np.array(ys), "nonfinite"
     h = h if h > 0 else _initial_step(s, t, y, K0, rtol, atol, t_end - t0)
+    h_first = h                    # the step floor's scale near t = 0 (docs/integrators.md §5)
     attempts = acc = 0
     last_bad = False
     while t < t_end:
         target = t_eval[ie] if (t_eval and ie < len(t_eval)) else t_end
-        hmin = 10.0 * np.finfo(float).eps * max(abs(t), abs(target))
+        hmin = 10.0 * np.finfo(float).eps * max(abs(t), h_first)
         if not (h >= hmin) or t + 0.5 * h == t:
             return np.array(ts), np.array(ys), "nonfinite" if last_bad else "underflow"
         if attempts >= max_steps:
