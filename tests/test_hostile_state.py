@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+import test_resume as _resume  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,28 +17,11 @@ import noether_core as nc
 from noether_core import _bridge, errors
 from noether_core import rules as R
 from noether_core.models import GradientFlow
-from noether_core.potentials import BatchNormUnit, Potential, Quadratic, RayleighQuotient
-from noether_core.symmetry import Symmetry
+from noether_core.potentials import Quadratic, RayleighQuotient
 from noether_core.testing import assert_order
 
-
-def _bn():
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((30, 4)) * np.array([1.0, 2.0, 0.5, 1.5])
-    y = np.cos(X @ rng.standard_normal(4))
-    return BatchNormUnit(X, y)
-
-
-def _split():
-    M = np.random.default_rng(6).standard_normal((5, 5))
-    ker = RayleighQuotient(M @ M.T + np.eye(5))._kernel
-    return Potential(ker, {"a": np.arange(3), "b": np.arange(3, 5)},
-                     (Symmetry("scale", ("a",)),), ())
-
-
-BN = _bn()
-SPLIT = _split()
-Q0 = np.array([0.8, -0.4, 1.1, 0.3])
+# the resume tests' problems: a BatchNorm unit and a Rayleigh quotient with two blocks
+BN, SPLIT, Q0 = _resume.BN, _resume.SPLIT, _resume.Q0
 RULES = [R.SGD(lr=0.05, momentum=0.9), R.SGD(lr=0.05), R.RMSprop(lr=0.005, momentum=0.5),
          R.Adam(lr=0.01), R.ScalarRMSProp(lr=0.01), R.MirrorDescent(lr=0.05)]
 
@@ -364,7 +348,7 @@ def test_scan_max_record_bytes_validated(value):
 def test_scan_accepts_every_seed_seedsequence_accepts(seed):
     """Any int >= 0 SeedSequence takes (2**70 was told "must be non-negative"); the
     point's stream is point_seed's, as documented."""
-    pot = _bn()
+    pot = BN
     res = nc.scan(R.SGD, pot, Q0, steps=4, lr=[0.05], seeds=[seed], batch_size=6,
                   charges=False)
     one = nc.train(R.SGD(lr=0.05), pot, Q0, 4, batch_size=6, charges=False,
