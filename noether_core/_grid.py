@@ -83,13 +83,16 @@ def chunk_bounds(n_tasks: int, n_chunks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def run_chunks(executor, worker, args: tuple, n_tasks: int, n_chunks, show: bool) -> list:
+def run_chunks(executor, worker, args: tuple, n_tasks: int, n_chunks, show: bool,
+               cancel=None) -> list:
     """Send ``worker(*args, lo, hi)`` for the chunks of ``range(n_tasks)`` to
     ``executor``; return the results in task order.
 
     ``n_chunks`` None: four per worker where the executor says how many it has, else 16.
     Progress (``show``) counts chunks.  On any error, Ctrl-C included, the chunks not yet
-    started are cancelled and the error propagates.
+    started are cancelled, ``cancel()`` (optional) is called to tell the running ones to
+    stop (:class:`~noether_core._parallel.StopBoard`), and the error propagates unchanged
+    at once (the running chunks are not waited for).
     """
     from concurrent.futures import Executor, as_completed
 
@@ -102,17 +105,20 @@ def run_chunks(executor, worker, args: tuple, n_tasks: int, n_chunks, show: bool
         n_chunks = 4 * workers if isinstance(workers, int) and workers > 0 else 16
     else:
         n_chunks = V.as_int("n_chunks", n_chunks, lo=1)
-    futures = {executor.submit(worker, *args, lo, hi): lo
-               for lo, hi in chunk_bounds(n_tasks, n_chunks)}
-    bar = ProgressBar(len(futures), show, unit="chunk")
+    futures = {}
+    bar = ProgressBar(len(chunk_bounds(n_tasks, n_chunks)), show, unit="chunk")
     parts = {}
     try:
+        for lo, hi in chunk_bounds(n_tasks, n_chunks):
+            futures[executor.submit(worker, *args, lo, hi)] = lo
         for fut in as_completed(futures):
             parts[futures[fut]] = fut.result()
             bar(len(parts), len(futures))
     except BaseException:
         for fut in futures:
             fut.cancel()
+        if cancel is not None:
+            cancel()
         raise
     finally:
         bar.close()

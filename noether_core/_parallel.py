@@ -1,6 +1,7 @@
 """Threads and progress for the grid engines: how many CPUs this process may use, a
-tqdm bar that appears only for long runs, and a kernel run on a helper thread so Ctrl-C
-reaches Python.
+tqdm bar that appears only for long runs, a kernel run on a helper thread so Ctrl-C
+reaches Python, a pool of daemon threads that stops on the first error or Ctrl-C, and the
+board through which running work is told to stop.
 
 The default thread count follows what scikit-learn and joblib (loky) do: the CPUs of this
 process's affinity mask, capped by the cgroup CPU quota of its container and by
@@ -8,16 +9,21 @@ process's affinity mask, capped by the cgroup CPU quota of its container and by
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from . import _validation as V
 
-__all__ = ["CGROUP_ROOT", "ProgressBar", "cgroup_cpu_limit", "omp_num_threads",
-           "run_with_progress", "usable_cpus", "want_progress"]
+__all__ = ["CGROUP_ROOT", "ProgressBar", "STOPS", "StopBoard", "cgroup_cpu_limit",
+           "map_threads", "omp_num_threads", "run_with_progress", "usable_cpus",
+           "want_progress"]
 
 #: where the cgroup file system is mounted (tests point it at a temporary directory)
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -169,6 +175,144 @@ def run_with_progress(kern, total, progress):
         raise
     if err:
         raise err[0]
+
+
+# ---------------------------------------------------------------------------------------
+# stopping running work
+
+
+class StopBoard:
+    """This process's registry of running kernels by job token, so that one call can tell
+    every running piece of a job to stop.
+
+    A job (one ``scan`` or ``scan_integrate`` call) draws a token (:meth:`new_token`, a
+    picklable string) and hands it to each chunk it sends to an executor; a chunk running
+    in this process registers its kernel under the token while it runs
+    (:meth:`running`).  On Ctrl-C or an error the caller calls :meth:`cancel`: every
+    registered kernel's ``cancel()`` is called (the kernel stops at its next poll of its
+    stop flag), and a chunk that registers later (it had started but not yet registered)
+    is cancelled as it registers.  Chunks in other processes cannot be reached this way
+    (they stop on their own process's SIGINT; see ``_scan._chunk_worker``).
+
+    The tokens of cancelled jobs are remembered (the most recent :attr:`KEEP`), so a late
+    chunk of a cancelled job is still refused; nothing else outlives a job.
+    """
+
+    #: cancelled tokens remembered
+    KEEP = 256
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: dict[str, set] = {}
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+
+    @staticmethod
+    def new_token() -> str:
+        """A fresh job token (unique across processes)."""
+        return uuid.uuid4().hex
+
+    def cancelled(self, token) -> bool:
+        """Whether the job ``token`` was cancelled in this process."""
+        with self._lock:
+            return token in self._cancelled
+
+    @contextlib.contextmanager
+    def running(self, token, kern):
+        """Register ``kern`` (an object with ``cancel()``) under ``token`` for the block."""
+        if token is None:
+            yield kern
+            return
+        with self._lock:
+            self._running.setdefault(token, set()).add(kern)
+            late = token in self._cancelled
+        if late:
+            kern.cancel()
+        try:
+            yield kern
+        finally:
+            with self._lock:
+                live = self._running.get(token)
+                if live is not None:
+                    live.discard(kern)
+                    if not live:
+                        del self._running[token]
+
+    def cancel(self, token) -> int:
+        """Tell every kernel running under ``token`` to stop; returns how many."""
+        if token is None:
+            return 0
+        with self._lock:
+            self._cancelled[token] = None
+            while len(self._cancelled) > self.KEEP:
+                self._cancelled.popitem(last=False)
+            kerns = list(self._running.get(token, ()))
+        for k in kerns:
+            k.cancel()
+        return len(kerns)
+
+    def n_running(self) -> int:
+        """Kernels registered now (0 once every job has returned: a diagnostic)."""
+        with self._lock:
+            return sum(len(v) for v in self._running.values())
+
+
+#: the process's board (module-level: executor threads of this process share it)
+STOPS = StopBoard()
+
+
+def map_threads(fn, n: int, threads: int, *, cancelled=None) -> list:
+    """``[fn(0), ..., fn(n-1)]`` computed on ``threads`` daemon threads.
+
+    Items are handed out in order, one at a time.  The first exception raised by ``fn``
+    (any BaseException) stops the handing out; the threads finish the item they hold, and
+    the exception of the lowest failed item is re-raised in the caller, unchanged.  Ctrl-C
+    in the caller (a KeyboardInterrupt while it waits) also stops the handing out and is
+    re-raised at once, without waiting for the items still running: the threads are
+    daemons, so they never keep the process from exiting.  ``cancelled()`` (optional)
+    is polled before each item; once it is true no further item starts and
+    KeyboardInterrupt is raised.
+    """
+    results = [None] * n
+    errors: list = []
+    stop = threading.Event()
+    skipped = threading.Event()
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def worker():
+        while not stop.is_set():
+            if cancelled is not None and cancelled():
+                skipped.set()
+                stop.set()
+                return
+            with lock:
+                i = next(counter)
+            if i >= n:
+                return
+            try:
+                results[i] = fn(i)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                with lock:
+                    errors.append((i, exc))
+                stop.set()
+                return
+
+    pool = [threading.Thread(target=worker, name=f"noether-pool-{k}", daemon=True)
+            for k in range(max(1, min(threads, n)))]
+    try:
+        for th in pool:
+            th.start()
+        for th in pool:
+            while th.is_alive():
+                th.join(0.1)
+    except BaseException:
+        stop.set()
+        raise
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]
+    if skipped.is_set():
+        raise KeyboardInterrupt("cancelled")
+    return results
 
 
 class ProgressBar:

@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ import numpy as np
 from . import _bridge, _grid, _status
 from . import _validation as V
 from . import charges as _charges
-from ._parallel import ProgressBar, run_with_progress, want_progress
+from ._parallel import STOPS, ProgressBar, run_with_progress, want_progress
 from ._scan_result import ScanResult, point_seed
 from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _check_q0_norm
-from .errors import DivergenceWarning
+from .errors import BudgetError, DivergenceWarning
 from .potentials import Potential
 from .rules import Rule
 
@@ -35,6 +36,14 @@ __all__ = ["scan", "ScanResult", "openmp_enabled", "point_seed"]
 _CHUNK_ROW_BYTES = 256 * 1024
 _MAX_K = 1024
 
+#: bytes charged per grid point for a rule object (classes without a column form,
+#: Rule._grid_hp) and per run for a minibatch run's numpy Generator: upper estimates
+#: (measured: ~200 B per rule object, ~900 B per Generator), so the budget errs safe
+_RULE_OBJECT_BYTES = 512
+_GENERATOR_BYTES = 2048
+#: per thread: the kernel's scratch rows (_CHUNK_ROW_BYTES and the same again for charges)
+#: plus bookkeeping, on top of the potential's own workspace (its max_bytes)
+_THREAD_SCRATCH_BYTES = 4 * _CHUNK_ROW_BYTES + 2**16
 
 
 def openmp_enabled() -> bool:
@@ -66,6 +75,7 @@ class _Grid:
     batch_size: int | None
     chosen: list = field(default_factory=list)   # tracked symmetries [(Symmetry, omega)]
     lanes: bool | None = None                     # the lane kernel: None = when eligible
+    token: str | None = None                      # the job's token on _parallel.STOPS
 
     @property
     def grid_shape(self):
@@ -288,11 +298,18 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
     return out
 
 
+#: the job token of the kernel call this thread is making (set by _run_tasks)
+_job = threading.local()
+
+
 def _run_kernel(kern, total, progress):
-    if progress is None:
-        kern.run()
-    else:
-        run_with_progress(kern, total, progress)
+    """Run a kernel, registered on ``_parallel.STOPS`` under this thread's job token so
+    that Ctrl-C or an error elsewhere in the job can stop it (``kern.cancel()``)."""
+    with STOPS.running(getattr(_job, "token", None), kern):
+        if progress is None:
+            kern.run()
+        else:
+            run_with_progress(kern, total, progress)
 
 
 def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
@@ -304,6 +321,35 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
     ``rules``: the validated rules of every grid point, or ``hp_all``: their kernel rows,
     when the caller has them.
     """
+    _job.token = g.token
+    try:
+        out = _run_tasks_in(g, lo, hi, threads, progress, rules, hp_all)
+    finally:
+        _job.token = None
+    _raise_callback_error(g, lo, out)
+    return out
+
+
+def _raise_callback_error(g: _Grid, lo: int, out: _bridge.ScanOutputs) -> None:
+    """A user potential's fn failed in this kernel call (made by this thread): raise it
+    (CallbackError from it; KeyboardInterrupt, SystemExit as themselves), naming the
+    first stopped run (its step, grid point and seed), instead of reporting divergence."""
+    raise_cb = getattr(g.potential, "_raise_callback_error", None)
+    if raise_cb is None:
+        return
+    bad = np.flatnonzero(out.status != _status.OK)
+    step, where = -1, "in scan "
+    if bad.size:
+        t = lo + int(bad[0])
+        S = len(g.seeds)
+        step = int(out.stop_step[bad[0]])
+        where = (f"in scan (first stopped run: grid point {g.params_at(t // S)}, seed "
+                 f"{g.seeds[t % S]}) ")
+    raise_cb(step, where)
+
+
+def _run_tasks_in(g: _Grid, lo: int, hi: int, threads: int | None, progress, rules,
+                  hp_all):
     pot = g.potential
     d, nb = pot.dim, len(pot.blocks)
     S = len(g.seeds)
@@ -336,9 +382,22 @@ def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
     return out
 
 
+def _no_progress(done, total):
+    pass
+
+
 def _chunk_worker(g: _Grid, threads: int, lo: int, hi: int) -> _bridge.ScanOutputs:
-    """What an executor runs: one compiled call over tasks lo..hi-1."""
-    return _run_tasks(g, lo, hi, threads)
+    """What an executor runs: one compiled call over tasks lo..hi-1.
+
+    On a thread of this process (a ThreadPoolExecutor) the kernel is registered under the
+    job's token, so the caller's Ctrl-C stops it (``STOPS.cancel``).  On the main thread
+    of a worker process (a ProcessPoolExecutor) it runs on a helper thread while the main
+    thread waits, so that process's own SIGINT (Ctrl-C at a terminal reaches the whole
+    process group) stops it and the KeyboardInterrupt returns to the caller."""
+    main = threading.current_thread() is threading.main_thread()
+    if STOPS.cancelled(g.token):
+        raise KeyboardInterrupt("scan cancelled")
+    return _run_tasks(g, lo, hi, threads, progress=_no_progress if main else None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,38 +500,27 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     chosen, untracked = _charges.select(potential, charges, omega)
     if lanes is not None:
         lanes = V.as_bool("lanes", lanes)
-    g = dataclasses.replace(g, chosen=chosen, lanes=lanes)
+    g = dataclasses.replace(g, chosen=chosen, lanes=lanes, token=STOPS.new_token())
     if lanes:
         why = _lane_reason(g)
         if why is not None:
             raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {why}")
-    n_tasks = g.n_tasks
-    R = _series_rows(g)
-    d, nb = potential.dim, len(potential.blocks)
-    if R:
-        need = n_tasks * R * (d + 2 + nb) * 8
-        if need > max_record_bytes:
-            raise MemoryError(
-                f"recording {R} rows (steps={g.steps}, record_every={g.record_every}) of "
-                f"{d} parameters for {n_tasks} runs needs "
-                f"{need / 2**20:.1f} MiB, above the budget max_record_bytes="
-                f"{max_record_bytes} ({max_record_bytes / 2**20:.1f} MiB); raise "
-                "record_every, shrink the grid or raise max_record_bytes")
     if threads is not None:
         threads = V.as_int("threads", threads, lo=1)
         if threads > 1 and not openmp_enabled():
             warnings.warn("noether_core was built without OpenMP: the scan runs on one "
                           "thread", RuntimeWarning, stacklevel=2)
     show = want_progress(progress)
+    _check_budget(g, max_record_bytes, threads, executor is not None)
 
     # every point valid before any work is done: a column at a time where the rule class
     # has a column form (Rule._grid_hp), else one rule object per point
     hp_all = _grid_hp(g)
     rules = _rules(g, 0, g.n_points) if hp_all is None else None
     if executor is None:
-        bar = ProgressBar(n_tasks * max(g.steps, 1), show)
+        bar = ProgressBar(g.n_tasks * max(g.steps, 1), show)
         try:
-            out = _run_tasks(g, 0, n_tasks, threads, progress=bar, rules=rules,
+            out = _run_tasks(g, 0, g.n_tasks, threads, progress=bar, rules=rules,
                              hp_all=hp_all)
         finally:
             bar.close()
@@ -480,7 +528,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         if rules is not None:
             _pack_rules(g, 0, g.n_points, rules)
         parts = _grid.run_chunks(executor, _chunk_worker, (g, 1 if threads is None else threads),
-                                 n_tasks, n_chunks, show)
+                                 g.n_tasks, n_chunks, show,
+                                 cancel=lambda: STOPS.cancel(g.token))
         out = _bridge.ScanOutputs.concatenate(parts)
 
     res = _result(g, out, rules, t0)
@@ -496,6 +545,60 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
                       f"{res.stop_reason(*first)}); see result.diverged",
                       DivergenceWarning, stacklevel=2)
     return res
+
+
+def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
+    """Bytes a scan will allocate, by what (Python ints: no overflow), estimated from the
+    grid's sizes before anything is allocated (docs/scan.md §"Memory").
+
+    Per run: the summaries of ``ScanOutputs.empty`` (q, loss, loss_min, norm² and
+    angular update per block, three intp counters, two charge columns per tracked
+    symmetry), the recorded series (R rows of q, loss, |g|², norm² per block), the
+    rule's packed kernel inputs (hp, vec, sca: twice, the grid's rows and the per-run
+    copy), a Generator per minibatch run; with an executor, the chunks' outputs and the
+    joined copy (twice the outputs).  Per grid point: a rule object where the class has
+    no column form.  Per thread: the kernel's scratch."""
+    pot = g.potential
+    d, nb, nsym = pot.dim, len(pot.blocks), len(g.chosen)
+    n, R = g.n_tasks, _series_rows(g)
+    try:
+        first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
+        per_input = 8 * (first.hp.size + first.vec.size + first.sca.size)
+        columns = g.rule_cls._grid_hp(dict(g.fixed), {}) is not None
+    except (TypeError, ValueError):
+        per_input = 8 * (16 + 3 * d)      # (the point's own error is raised later)
+        columns = False
+    outputs = 8 * (d + 2 + 2 * nb + 3 + 2 * nsym)
+    series = 8 * R * (d + 2 + nb)
+    copies = 2 if chunked else 1
+    n_threads = _grid.threads_for(threads, n) if not chunked else 1
+    parts = {"summaries": copies * n * outputs,
+             "recorded series": copies * n * series,
+             "rule inputs": 2 * n * per_input,
+             "rule objects": 0 if columns else g.n_points * _RULE_OBJECT_BYTES,
+             "minibatch generators": n * _GENERATOR_BYTES if g.batch_size else 0,
+             "kernel scratch": n_threads * (_THREAD_SCRATCH_BYTES
+                                            + 8 * (pot.n_data + 6 * d + 4 * nb))}
+    return parts
+
+
+def _check_budget(g: _Grid, max_record_bytes: int, threads, chunked: bool) -> None:
+    """Refuse (BudgetError: a ValueError and a MemoryError) a scan whose estimated
+    allocations exceed ``max_record_bytes``, before any of it is allocated."""
+    parts = _budget_parts(g, threads, chunked)
+    need = sum(parts.values())
+    if need <= max_record_bytes:
+        return
+    detail = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in parts.items() if v)
+    R = _series_rows(g)
+    rec = (f" (recording {R} rows: steps={g.steps}, record_every={g.record_every})"
+           if R else "")
+    raise BudgetError(
+        f"scan of {g.n_tasks} runs of {g.potential.dim} parameters{rec} needs "
+        f"{need / 2**20:.1f} MiB, above the budget max_record_bytes={max_record_bytes} "
+        f"({max_record_bytes / 2**20:.1f} MiB): about {need} bytes ({detail}); pass a "
+        "larger max_record_bytes= to allow it, shrink the grid"
+        + (" or raise record_every" if R else ""))
 
 
 def _result(g: _Grid, out: _bridge.ScanOutputs, rules: list | None, t0: float) -> ScanResult:

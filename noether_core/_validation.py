@@ -27,16 +27,30 @@ def _describe(x) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def _first(mask: np.ndarray):
+    where = tuple(int(i) for i in np.argwhere(mask)[0])
+    return where if len(where) != 1 else where[0]
+
+
 def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
                    allow_empty: bool = False, finite: bool = True,
                    copy: bool = True) -> np.ndarray:
     """Return ``x`` as a new C-contiguous float64 array, or raise naming ``name``.
 
     ``shape`` may contain ``None`` for "any length".  Integers, bools and float32 are
-    promoted; complex, object and string data are refused.
+    promoted; complex, object and string data are refused, and so is a
+    ``numpy.ma.MaskedArray`` with masked entries (its mask would otherwise be dropped
+    silently; one without masked entries is an ordinary array).
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"{name} must be an array of real numbers, got {_describe(x)}")
+    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+        # np.asarray would drop the mask and use whatever the masked slots hold
+        raise ValueError(f"{name} is a masked array with {int(np.ma.count_masked(x))} "
+                         f"masked entries (first at index "
+                         f"{_first(np.ma.getmaskarray(x))}); the masked values would be "
+                         "used as they are: fill them first (e.g. x.filled(0.0)) or pass "
+                         "a plain array")
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like

@@ -1,10 +1,12 @@
 """Warning and error classes of noether_core.
 
-Invalid arguments raise the standard ``ValueError``/``TypeError`` (and ``MemoryError`` for
-a recording above its budget); the classes here are what a run itself reports.
+Invalid arguments raise the standard ``ValueError``/``TypeError``; a request above a memory
+budget raises :class:`BudgetError` (a ValueError and a MemoryError).  The other classes
+here are what a run itself reports.
 """
 
-__all__ = ["NoetherWarning", "DivergenceWarning", "IntegrationError", "CallbackError"]
+__all__ = ["NoetherWarning", "DivergenceWarning", "IntegrationError", "CallbackError",
+           "BudgetError"]
 
 
 class NoetherWarning(UserWarning):
@@ -43,3 +45,19 @@ class CallbackError(RuntimeError):
     def __reduce__(self):
         # picklable (a worker process's error reaches the caller), step included
         return type(self), (self.args[0] if self.args else "", self.step)
+
+
+class BudgetError(ValueError, MemoryError):
+    """A request whose estimated allocations exceed its memory budget, refused before
+    anything is allocated.
+
+    The message names the bytes it would need, by part, and the keyword that raises the
+    budget (``max_record_bytes=`` for ``scan``, ``max_bytes=`` for a potential).  It is a
+    ``ValueError`` (the arguments ask for too much) and a ``MemoryError`` (what a budget
+    refusal raised before it existed), so either ``except`` catches it.
+
+    Examples
+    --------
+    >>> issubclass(BudgetError, ValueError) and issubclass(BudgetError, MemoryError)
+    True
+    """

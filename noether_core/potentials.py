@@ -817,6 +817,17 @@ def _abi_signature_ok(sig: str) -> bool:
     return all(a in ok for a, ok in zip(args, _ABI_ARGS, strict=True))
 
 
+def _user_budget(owner: str, d: int, blocks, per_eval: int, max_bytes: int) -> None:
+    """The budget of a user potential (:class:`Compiled`, :class:`Python`), checked before
+    its blocks are built: the blocks' index arrays (the default block covers all of q;
+    a user's blocks are copied, and a ``seen`` mask of d bytes checks them) plus what one
+    evaluation allocates (``per_eval`` bytes: the Python trampoline's copy of q and the
+    returned gradient; nothing for a compiled callback)."""
+    n_blocks = 1 if blocks is None or not isinstance(blocks, Mapping) else max(len(blocks), 1)
+    _check_budget(f"{owner}(d={d})", {"blocks": _blocks_bytes(d, n_blocks) + d,
+                                      "one evaluation": per_eval}, max_bytes)
+
+
 def _user_blocks(d, blocks):
     """Validated blocks dict (default {"q": all of q}); index arrays in [0, d), disjoint."""
     if blocks is None:
@@ -886,6 +897,12 @@ class Compiled(Potential):
     symmetries : sequence of Symmetry, optional
         Declared symmetries on those blocks.  Check them with
         :func:`noether_core.audit.check_symmetry`.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`, 4 GiB), as for the
+        built-in potentials.  What a Compiled potential allocates grows with d only
+        through its blocks (the kernel passes the callable's ``user_data`` or a fixed
+        64-byte block, whatever d); estimated before allocating, a larger request
+        raises ValueError naming the bytes it would need.
 
     Raises
     ------
@@ -901,7 +918,8 @@ class Compiled(Potential):
     potential there from its library).
     """
 
-    def __init__(self, callback, d, blocks=None, symmetries=()):
+    def __init__(self, callback, d, blocks=None, symmetries=(), *,
+                 max_bytes=DEFAULT_MAX_BYTES):
         from scipy import LowLevelCallable
 
         from ._bridge import callback_kernels
@@ -918,10 +936,13 @@ class Compiled(Potential):
                             "[POINTER(c_double), POINTER(c_double), c_ssize_t, c_void_p])")
         d = V.as_int("d", d, lo=1)
         V.check_size(f"d={d}", d)
+        max_bytes = _max_bytes(max_bytes)
+        # the kernel itself allocates nothing sized by d (64 bytes of params scratch)
+        _user_budget("Compiled", d, blocks, 0, max_bytes)
         blocks = _user_blocks(d, blocks)
         super().__init__(CompiledKernel(callback, d), blocks,
                          _user_symmetries(blocks, symmetries),
-                         (callback, d, blocks, symmetries))
+                         (callback, d, blocks, symmetries), {"max_bytes": max_bytes})
         self.callback, self.signature = callback, sig
 
     def __reduce__(self):
@@ -939,6 +960,10 @@ class Python(Potential):
         scalar) and its gradient (array_like of shape (d,)).
     d, blocks, symmetries
         As for :class:`Compiled`.
+    max_bytes : int ≥ 0, keyword-only
+        Memory budget in bytes (default :data:`DEFAULT_MAX_BYTES`): the blocks plus what
+        one call allocates (a copy of q handed to ``fn``, its gradient and a float64
+        copy: 3·8·d bytes); a larger request raises ValueError naming the bytes.
 
     Notes
     -----
@@ -948,12 +973,15 @@ class Python(Potential):
     then compile.  Results equal a compiled callback computing the same arithmetic.
 
     If ``fn`` raises, or returns something other than ``(scalar, array of shape (d,))``,
-    the run stops at that step and ``train`` raises :class:`CallbackError` naming the step,
-    chained to the original exception (``__cause__``).  A NaN/inf value stops the run like
-    any potential's (``result.stop_step``, DivergenceWarning).
+    the run stops at that step and ``train``, ``scan`` and ``scan_integrate`` raise
+    :class:`CallbackError` naming the step (``scan``: and the grid point), chained to the
+    original exception (``__cause__``); it is never reported as a divergence.  A
+    KeyboardInterrupt or SystemExit raised inside ``fn`` reaches the caller as itself.
+    A NaN/inf value stops the run like any potential's (``result.stop_step``,
+    DivergenceWarning).
     """
 
-    def __init__(self, fn, d, blocks=None, symmetries=()):
+    def __init__(self, fn, d, blocks=None, symmetries=(), *, max_bytes=DEFAULT_MAX_BYTES):
         from ._bridge import callback_kernels
         PythonKernel = callback_kernels.PythonKernel
         if not callable(fn):
@@ -961,9 +989,12 @@ class Python(Potential):
                             f"{type(fn).__name__}")
         d = V.as_int("d", d, lo=1)
         V.check_size(f"d={d}", d)
+        max_bytes = _max_bytes(max_bytes)
+        # each call: a fresh copy of q for fn, fn's gradient and its float64 copy
+        _user_budget("Python", d, blocks, 3 * 8 * d, max_bytes)
         blocks = _user_blocks(d, blocks)
         super().__init__(PythonKernel(fn, d), blocks, _user_symmetries(blocks, symmetries),
-                         (fn, d, blocks, symmetries))
+                         (fn, d, blocks, symmetries), {"max_bytes": max_bytes})
         self.fn = fn
 
     def value_and_grad(self, q, rows=None):
@@ -976,13 +1007,27 @@ class Python(Potential):
             raise err[0]
         return f, g
 
-    def _raise_callback_error(self, step):
-        """Called by ``train`` when a run stopped: re-raise fn's exception with the step."""
+    def _raise_callback_error(self, step, where=""):
+        """Called by ``train``, ``scan`` and ``scan_integrate`` once a run has stopped:
+        re-raise fn's exception, if fn failed in a run this thread owns.
+
+        KeyboardInterrupt, SystemExit (any BaseException that is not an Exception) are
+        re-raised as themselves; anything else as :class:`CallbackError` naming the step
+        (and ``where``: e.g. the grid point), with the original as ``__cause__``.  The
+        stored entry is removed whether or not it is raised (nothing is left behind).
+        """
         err = self._kernel.take_error()
-        if err is not None:
-            exc, _ = err
-            raise CallbackError(f"the Python potential's fn raised at step {step}: "
-                                f"{type(exc).__name__}: {exc}", step) from exc
+        if err is None:
+            return
+        exc, _ = err
+        if not isinstance(exc, Exception):
+            raise exc
+        raise CallbackError(f"the Python potential's fn raised {where}at step {step}: "
+                            f"{type(exc).__name__}: {exc}", step) from exc
+
+    def _pending_errors(self) -> int:
+        """Failed runs filed and not collected (0 after every entry point returned)."""
+        return self._kernel.pending_errors()
 
 
 __all__ += ["Compiled", "Python", "CallbackError", "ABI_SIGNATURE"]

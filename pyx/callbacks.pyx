@@ -16,15 +16,26 @@ Design
 * :class:`PythonKernel` wraps ``fn(q) -> (f, g)``.  Its C trampoline ``_c_grad_python``
   takes the GIL for every call (the documented slow path), passes a fresh copy of q,
   checks the return value (a pair; g of shape (d,), real, convertible to float64) and
-  copies g out.  Nothing Python-level escapes the nogil loop: an exception raised by ``fn``,
-  or a malformed return value, is stored in the per-run workspace, g is filled with NaN
-  and NaN is returned, so the loop stops at that step with a non-finite-loss status; the
-  workspace hands the stored exception to the kernel (``free_params``, GIL held), and the
-  facade re-raises it with the step (:meth:`PythonKernel.take_error`).  Every later call of
-  the same run returns NaN at once without calling ``fn``.
-* Workspaces of PythonKernel are calloc'ed structs holding a strong reference to ``fn``
-  and (after a failure) to the exception; ``free_params`` drops both.  Errors of different
-  threads are kept per thread id, so concurrent runs report their own failure.
+  copies g out.  Nothing Python-level escapes the nogil loop: an exception raised by ``fn``
+  (any ``BaseException``: KeyboardInterrupt and SystemExit included), or a malformed
+  return value, is recorded at once in the kernel's table of failed runs, g is filled
+  with NaN and NaN is returned, so the loop stops at that step with a non-finite-loss
+  status.  The facade collects the exception after the run (:meth:`PythonKernel.take_error`)
+  and re-raises it (as ``CallbackError`` from it, or as itself for KeyboardInterrupt and
+  SystemExit).
+* A *run* is identified by its owner: the thread that made its workspaces
+  (``new_params``, called with the GIL by ``train_kernel``, ``ScanKernel.__cinit__``,
+  ``integrate_kernel``, ``value_and_grad``).  The failure is filed under the owner, not
+  under the thread that called ``fn`` (an OpenMP or helper thread of a scan, whose id is
+  short-lived), and the owner collects it with ``take_error()`` in the same thread: so
+  nothing is left behind per call (issue 19 item 12).  Once a run has failed, every
+  workspace of that run returns NaN at once without calling ``fn`` (the other points of a
+  scan stop at their next gradient).  A new run of the same owner forgets an error
+  nobody collected; entries of threads that no longer exist are pruned when the table
+  grows past ``_PRUNE_AT`` entries, so the table stays bounded even if a caller never
+  collects.
+* Workspaces of PythonKernel are calloc'ed structs holding strong references to ``fn``
+  and to the kernel (for its table); ``free_params`` drops both.
 """
 from libc.math cimport NAN
 from libc.stdlib cimport calloc, free
@@ -87,8 +98,14 @@ cdef class CompiledKernel(Potential):
 cdef struct PyParams:
     BatchView view
     PyObject* fn                   # strong reference
-    PyObject* error                # strong reference to the exception, or NULL
+    PyObject* kernel               # strong reference to the PythonKernel (its table)
+    unsigned long owner            # thread ident of the run's owner (made the workspace)
     Py_ssize_t calls               # calls of fn made by this workspace
+    int stopped                    # this run failed: return NaN without calling fn
+
+
+#: the failure table is pruned of threads no longer alive above this many entries
+_PRUNE_AT = 64
 
 
 cdef object _call_checked(object fn, const double* q, double* g, Py_ssize_t d):
@@ -117,13 +134,21 @@ cdef object _call_checked(object fn, const double* q, double* g, Py_ssize_t d):
 
 cdef double _py_call(PyParams* p, const double* q, double* g,
                      Py_ssize_t d) noexcept with gil:
-    """The GIL-holding half of the trampoline; NaN after storing any exception."""
+    """The GIL-holding half of the trampoline; NaN (and ``p.stopped``) after a failure of
+    this run, recorded in the kernel's table under the run's owner."""
+    cdef PythonKernel kern = <PythonKernel> p.kernel
+    if kern._failed(p.owner):
+        p.stopped = 1                # another workspace of this run failed: stop here
+        return NAN
     p.calls += 1
     try:
         return _call_checked(<object> p.fn, q, g, d)
     except BaseException as exc:
-        Py_XINCREF(<PyObject*> exc)
-        p.error = <PyObject*> exc
+        p.stopped = 1
+        try:
+            kern._record(p.owner, exc, p.calls - 1)
+        except BaseException:
+            pass                     # (a MemoryError here: the run still stops)
         return NAN
 
 
@@ -132,9 +157,10 @@ cdef double _c_grad_python(const double* q, double* g, Py_ssize_t d,
     cdef PyParams* p = <PyParams*> params
     cdef double f = NAN
     cdef Py_ssize_t i
-    if p.error == NULL:
+    if p.stopped == 0:
         f = _py_call(p, q, g, d)
-    if p.error != NULL:
+    if p.stopped != 0:
+        f = NAN
         for i in range(d):
             g[i] = f
     return f
@@ -143,7 +169,7 @@ cdef double _c_grad_python(const double* q, double* g, Py_ssize_t d,
 cdef class PythonKernel(Potential):
     """``fn(q) -> (f, g)`` as a potential (each call takes the GIL)."""
     cdef object pyfn
-    cdef dict errors               # thread id -> (exception, call index)
+    cdef dict errors               # owner thread id -> (exception, call index)
     cdef object lock
 
     def __cinit__(self, object fn, Py_ssize_t d):
@@ -155,32 +181,52 @@ cdef class PythonKernel(Potential):
         self.lock = threading.Lock()
 
     cdef void* new_params(self) except NULL:
+        cdef unsigned long owner = threading.get_ident()
         cdef PyParams* p = <PyParams*> calloc(1, sizeof(PyParams))
         if p == NULL:
             raise MemoryError("workspace of a Python potential")
         Py_XINCREF(<PyObject*> self.pyfn)
         p.fn = <PyObject*> self.pyfn
-        # a new run of this thread forgets an error nobody collected
+        Py_XINCREF(<PyObject*> self)
+        p.kernel = <PyObject*> self
+        p.owner = owner
+        # a new run of this owner forgets an error nobody collected
         with self.lock:
-            self.errors.pop(threading.get_ident(), None)
+            self.errors.pop(owner, None)
         return p
 
     cdef void free_params(self, void* params) noexcept:
         cdef PyParams* p = <PyParams*> params
-        if p.error != NULL:
-            try:
-                with self.lock:
-                    self.errors[threading.get_ident()] = (<object> p.error, p.calls - 1)
-            except BaseException:
-                pass
-        Py_XDECREF(p.error)
         Py_XDECREF(p.fn)
+        Py_XDECREF(p.kernel)
         free(p)
 
+    cdef bint _failed(self, unsigned long owner):
+        """Whether the run of ``owner`` has failed (GIL held)."""
+        return owner in self.errors
+
+    cdef _record(self, unsigned long owner, object exc, Py_ssize_t call):
+        """File the first failure of ``owner``'s run (GIL held)."""
+        with self.lock:
+            if owner in self.errors:
+                return
+            self.errors[owner] = (exc, call)
+            if len(self.errors) > _PRUNE_AT:
+                alive = {t.ident for t in threading.enumerate()}
+                for key in [k for k in self.errors if k not in alive and k != owner]:
+                    del self.errors[key]
+
     def take_error(self):
-        """``(exception, call_index)`` of this thread's last failed run, or None (cleared)."""
+        """``(exception, call_index)`` of the failed run this thread owns, or None; the
+        entry is removed (collected)."""
         with self.lock:
             return self.errors.pop(threading.get_ident(), None)
+
+    def pending_errors(self):
+        """How many failed runs are filed and not yet collected (a diagnostic: 0 after
+        every entry point has returned)."""
+        with self.lock:
+            return len(self.errors)
 
     @property
     def callable(self):
