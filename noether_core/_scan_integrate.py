@@ -9,9 +9,11 @@ Every point is deterministic, so results do not depend on ``threads`` or the chu
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 from . import _grid
 from . import _validation as V
 from ._integrate import IntegrationError, integrate
+from ._parallel import STOPS, map_threads
 from .errors import DivergenceWarning
 from .models import Model
 
@@ -65,29 +68,91 @@ class IntegrateScanResult:
         return out
 
 
+_quiet = {"depth": 0, "saved": None, "lock": threading.Lock()}
+
+
+@contextlib.contextmanager
+def _quiet_divergence():
+    """DivergenceWarning ignored while any thread is inside (the points' divergences are
+    summarised by one warning of scan_integrate).  ``warnings.catch_warnings`` is not
+    thread-safe: two threads' nested contexts restore each other's filters and can leave
+    the ignore filter installed for good.  Here the first thread in installs the filter
+    and the last one out restores the filters it found, whatever the interleaving."""
+    with _quiet["lock"]:
+        if _quiet["depth"] == 0:
+            _quiet["saved"] = list(warnings.filters)
+            warnings.filterwarnings("ignore", category=DivergenceWarning)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet["lock"]:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                warnings.filters[:] = _quiet["saved"]
+                warnings._filters_mutated()      # as catch_warnings does on exit
+                _quiet["saved"] = None
+
+
 def _point(model_cls, potential, y0, t_end, method, params, run_kw):
     model_kw = {k: v for k, v in params.items() if k not in _RUN_KEYS}
     kw = dict(run_kw)
     kw.update({k: v for k, v in params.items() if k in _RUN_KEYS})
     model = model_cls(potential, **model_kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DivergenceWarning)
+    with _quiet_divergence():
         try:
             r = integrate(model, y0, t_end=t_end, method=method, record_every=10**9, **kw)
         except IntegrationError as exc:
             r = exc.result
+            _callback_failure(potential, r, params)
             return (r.y_final, r.t_final, r.nfev, r.n_steps, True, str(exc))
+    _callback_failure(potential, r, params)
     return (r.y_final, r.t_final, r.nfev, r.n_steps, bool(r.diverged), r.message)
 
 
-def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, lo, hi):
-    """Run points lo..hi-1 of the grid (on a worker, or locally) with a thread pool."""
+def _callback_failure(potential, r, params):
+    """A Python potential's fn failed in the integrate call this thread just made: raise
+    it (CallbackError from it, naming the point; KeyboardInterrupt and SystemExit as
+    themselves), never report it as a divergence.  (integrate itself may already raise
+    it; then nothing is left here to collect.)"""
+    raise_cb = getattr(potential, "_raise_callback_error", None)
+    if raise_cb is not None:
+        raise_cb(int(r.n_steps), f"in scan_integrate at grid point {params} ")
+
+
+def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, token, lo,
+           hi):
+    """Run points lo..hi-1 of the grid (on a worker, or locally) on ``threads`` threads.
+
+    No point starts once the job is cancelled (``STOPS.cancel(token)``: Ctrl-C, or an
+    error of another chunk) or once a point of this chunk has raised.
+    """
     points = points[lo:hi]
+
+    def one(i):
+        return _point(model_cls, potential, y0, t_end, method, points[i], run_kw)
+
+    def cancelled():
+        return STOPS.cancelled(token)
+
     if threads == 1 or len(points) == 1:
-        return [_point(model_cls, potential, y0, t_end, method, p, run_kw) for p in points]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda p: _point(model_cls, potential, y0, t_end, method, p,
-                                              run_kw), points))
+        rows = []
+        for i in range(len(points)):
+            if cancelled():
+                raise KeyboardInterrupt("scan_integrate cancelled")
+            rows.append(one(i))
+        return rows
+    return map_threads(one, len(points), threads, cancelled=cancelled)
+
+
+def _model_keywords(model_cls) -> list[str]:
+    """The keyword parameters of ``model_cls(potential, ...)``."""
+    try:
+        sig = inspect.signature(model_cls.__init__)
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in list(sig.parameters.items())[2:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, executor=None,
@@ -116,6 +181,24 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     -------
     IntegrateScanResult
 
+    Raises
+    ------
+    TypeError
+        A keyword that is neither a parameter of ``model_cls`` nor a run parameter (the
+        message lists the valid ones).
+    CallbackError
+        A :class:`~noether_core.potentials.Python` potential's ``fn`` raised (or returned
+        a malformed value) at some point: the original exception is ``__cause__``.  A
+        KeyboardInterrupt or SystemExit raised inside ``fn`` propagates as itself.
+
+    Notes
+    -----
+    Points run on daemon threads.  On Ctrl-C (or the first error) no further point
+    starts and the exception reaches the caller at once; a point already running in
+    another thread finishes its own trajectory in the background (the compiled
+    integrator polls signals on the main thread only), and never keeps the process from
+    exiting.
+
     Examples
     --------
     >>> import numpy as np, noether_core as nc
@@ -134,6 +217,12 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
                         f"{model_cls!r}")
     if not grid:
         raise ValueError("scan_integrate needs at least one grid keyword (e.g. m=[...])")
+    valid = _model_keywords(model_cls)
+    unknown = [k for k in grid if k not in valid and k not in _RUN_KEYS]
+    if valid and unknown:
+        raise TypeError(f"{model_cls.__name__} rejects the unknown keyword(s) {unknown}: "
+                        f"it has no such parameter; valid grid keywords: {valid} (model) "
+                        f"and {list(_RUN_KEYS)} (run)")
     # the grid keywords as scan parses them (numbers are axes' defaults: a tuple is an axis)
     axes, fixed = _grid.split_grid(grid, dict.fromkeys(grid, 0.0))
     shape = tuple(len(v) for v in axes.values())
@@ -145,19 +234,20 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
         try:
             model_cls(potential, **{k: v for k, v in p.items() if k not in _RUN_KEYS})
         except TypeError as exc:
-            raise TypeError(f"{model_cls.__name__} rejects the grid keywords "
-                            f"{sorted(set(p) - set(_RUN_KEYS))}: {exc}") from None
+            raise TypeError(f"{model_cls.__name__} rejects grid point {p}: {exc}") from None
         except ValueError as exc:
             raise ValueError(f"grid point {p}: {exc}") from None
     n = len(points)
+    token = STOPS.new_token()
     args = (model_cls, potential, y0, t_end, method, points, run_kw)
     if executor is None:
-        rows = _chunk(*args, _grid.threads_for(threads, n), 0, n)
+        rows = _chunk(*args, _grid.threads_for(threads, n), token, 0, n)
     else:
         if threads is not None:
             threads = V.as_int("threads", threads, lo=1)
-        parts = _grid.run_chunks(executor, _chunk, args + (threads or 1,), n,
-                                 16 if n_chunks is None else n_chunks, False)
+        parts = _grid.run_chunks(executor, _chunk, args + (threads or 1, token), n,
+                                 16 if n_chunks is None else n_chunks, False,
+                                 cancel=lambda: STOPS.cancel(token))
         rows = [r for part in parts for r in part]
     y = np.array([r[0] for r in rows]).reshape(shape + (-1,))
     msg = np.empty(len(rows), dtype=object)
