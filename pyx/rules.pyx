@@ -844,6 +844,53 @@ cdef void _fill_charges(ChargeSpec* cs, object layout, object out, Py_ssize_t d,
     cs.free_transfer = scratch.doubles(cs.nsym)
 
 
+def _check_csr(str what, const Py_ssize_t[::1] ptr, const Py_ssize_t[::1] idx,
+               Py_ssize_t d):
+    """A CSR index set (``idx[ptr[i]:ptr[i+1]]``) whose indices lie in [0, d)."""
+    cdef Py_ssize_t n = idx.shape[0], m = ptr.shape[0], i
+    if m < 1 or ptr[0] != 0 or ptr[m - 1] != n:
+        raise ValueError(f"{what}: the pointer array must rise from 0 to len(idx) = {n}")
+    for i in range(1, m):
+        if ptr[i] < ptr[i - 1]:
+            raise ValueError(f"{what}: the pointer array falls at entry {i}")
+    for i in range(n):
+        if idx[i] < 0 or idx[i] >= d:
+            raise ValueError(f"{what}: indices must lie in [0, {d}) (the potential's "
+                             f"dim), got {idx[i]} at position {i}")
+
+
+def _check_train_entry(object rule, Potential pot, q, Py_ssize_t steps, object record,
+                       object batch):
+    """What train_kernel's loop trusts, checked against what its scratch is sized for
+    (the facade checks it too; a direct caller of the kernel gets a ValueError, not a
+    write past a buffer)."""
+    cdef Py_ssize_t d = pot.d, n_rec
+    if q.shape[0] != d:
+        raise ValueError(f"train_kernel: q has length {q.shape[0]}, the potential has dim {d}")
+    if steps < 0:
+        raise ValueError(f"train_kernel: steps must be >= 0, got {steps}")
+    if batch.size < 0 or batch.size > pot.n_data:
+        raise ValueError(f"train_kernel: batch size {batch.size} must lie in [1, n_data="
+                         f"{pot.n_data}] (or be 0: full batch)")
+    if batch.size > 0 and batch.bit_generator is None:
+        raise ValueError("train_kernel: a minibatch run needs a bit generator")
+    _check_csr("train_kernel: the partition (RuleInputs.pptr/pidx)", rule.pptr, rule.pidx, d)
+    _check_csr("train_kernel: the recorded blocks (Recording.bptr/bidx)", record.bptr,
+               record.bidx, d)
+    if record.every < 1:
+        raise ValueError(f"train_kernel: Recording.every must be >= 1, got {record.every}")
+    n_rec = steps // record.every + 1
+    nb = record.bptr.shape[0] - 1
+    if (record.loss.shape[0] < n_rec or record.g2.shape[0] < n_rec
+            or record.q.shape[0] < n_rec or record.bn2.shape[0] < n_rec
+            or (record.q.shape[1] not in (0, d)) or (record.bn2.shape[1] not in (0, nb))
+            or any(a is not None and (a.shape[0] < n_rec or a.shape[1] not in (0, nb))
+                   for a in (record.bg2, record.bd2))):
+        raise ValueError(f"train_kernel: the Recording rows are sized for fewer than the "
+                         f"{n_rec} rows steps={steps}, every={record.every} writes (or q/bn2 "
+                         f"columns differ from dim={d} / {nb} blocks)")
+
+
 def train_kernel(object rule,           # IN/OUT _bridge.RuleInputs (state updated)
                  Potential pot,
                  double[::1] q,         # IN/OUT q_0 in, q_steps out
@@ -863,6 +910,7 @@ def train_kernel(object rule,           # IN/OUT _bridge.RuleInputs (state updat
     cdef _Scratch scratch = _Scratch()
     cdef double dummy = 0.0
     cdef Py_ssize_t dummy_i = 0
+    _check_train_entry(rule, pot, q, steps, record, batch)
     memset(&s, 0, sizeof(RunSpec))
     _fill_rule(&s, rule, &dummy, &dummy_i)
     s.fn = pot.fn

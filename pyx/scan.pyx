@@ -345,6 +345,41 @@ def _check_intp(*arrays):
             raise TypeError("the scan kernels need C-contiguous intp index arrays")
 
 
+def _check_scan_entry(object rule, Potential pot, object plan, cnp.ndarray bptr,
+                      cnp.ndarray bidx, object batch, object out):
+    """What the scalar scan loop trusts, checked against what its scratch and outputs are
+    sized for (the facade checks it too; a direct caller gets a ValueError, not a write
+    past a buffer): the minibatch size against the data, block and partition indices
+    against d, the output shapes against the points, blocks and series rows."""
+    cdef Py_ssize_t d = pot.d, P = rule.hp.shape[0], nb = bptr.shape[0] - 1
+    if batch.size < 0 or batch.size > pot.n_data:
+        raise ValueError(f"ScanKernel: batch size {batch.size} must lie in [1, n_data="
+                         f"{pot.n_data}] (or be 0: full batch)")
+    for what, ptr, idx in (("recorded blocks (bptr/bidx)", bptr, bidx),
+                           ("partition (RuleInputs.pptr/pidx)", rule.pptr, rule.pidx)):
+        if (ptr.ndim != 1 or ptr.shape[0] < 1 or ptr[0] != 0 or ptr[-1] != idx.shape[0]
+                or np.any(np.diff(ptr) < 0)):
+            raise ValueError(f"ScanKernel: the {what} pointer array must rise from 0 to "
+                             f"len(idx) = {idx.shape[0]}")
+        if idx.shape[0] and (idx.min() < 0 or idx.max() >= d):
+            raise ValueError(f"ScanKernel: the {what} indices must lie in [0, {d}) (the "
+                             f"potential's dim), got range [{idx.min()}, {idx.max()}]")
+    if plan.record_every < 0 or (plan.record_every > 0
+                                 and plan.R < plan.steps // plan.record_every + 1):
+        raise ValueError(f"ScanKernel: R = {plan.R} series rows, steps={plan.steps} and "
+                         f"record_every={plan.record_every} write "
+                         f"{plan.steps // max(plan.record_every, 1) + 1}")
+    want = {"q": (P, d), "loss": (P,), "loss_min": (P,), "norm2": (P, nb),
+            "angular_update": (P, nb), "status": (P,), "stop_step": (P,), "n_rows": (P,)}
+    if plan.record_every > 0:
+        want.update(s_q=(P, plan.R, d), s_loss=(P, plan.R), s_g2=(P, plan.R),
+                    s_bn2=(P, plan.R, nb))
+    for name, shape in want.items():
+        if tuple(getattr(out, name).shape) != shape:
+            raise ValueError(f"ScanKernel: ScanOutputs.{name} has shape "
+                             f"{getattr(out, name).shape}, the grid needs {shape}")
+
+
 cdef class ScanKernel:
     """One grid (or chunk of a grid), ready to run.  Built and driven by noether_core/_scan.py.
 
@@ -379,6 +414,7 @@ cdef class ScanKernel:
         _check_f64(rule.hp, rule.vec, rule.sca, q0, out.q, out.loss, out.loss_min, out.norm2,
                    out.angular_update, out.s_q, out.s_loss, out.s_g2, out.s_bn2)
         _check_intp(rule.pptr, rule.pidx, bptr, bidx, out.status, out.stop_step, out.n_rows)
+        _check_scan_entry(rule, pot, plan, bptr, bidx, batch, out)
         memset(&self.c, 0, sizeof(ScanCtx))
         self._set_rule(rule)
         self._set_run(pot, q0, plan, bptr, bidx, batch.size)
