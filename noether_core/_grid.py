@@ -27,10 +27,16 @@ def as_axis(name: str, value, default=None) -> tuple[bool, object]:
     default is a number (so Adam's ``betas=(0.9, 0.99)`` or MirrorDescent's ``D=(...)``
     stay single values); anything else is fixed.  An axis is a non-empty 1-D array of
     real numbers (or booleans), finite, without repeated values (so ``.sel`` is
-    unambiguous); float axes become float64.
+    unambiguous); float axes become float64.  A masked array with masked values is
+    refused (its mask would otherwise be dropped silently).
     """
     if isinstance(value, (np.ndarray, list, range)) or (
             isinstance(value, tuple) and isinstance(default, (int, float))):
+        if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+            raise ValueError(f"grid axis {name} is a masked array with "
+                             f"{int(np.ma.count_masked(value))} masked values; a grid has "
+                             "no missing points: drop them (e.g. "
+                             f"{name}=values.compressed()) or pass a plain array")
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"grid axis {name} must hold real numbers, got dtype {arr.dtype} "

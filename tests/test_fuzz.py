@@ -4,11 +4,15 @@ What is checked (issue 8, item 3; docs/architecture.md "the facade validates onc
 one or two malformed arguments either
 
 * works correctly — for inputs that mean the same as a valid one (a list, a
-  non-contiguous or read-only view, float32/int data, Fortran order, NumPy scalars) the
+  non-contiguous or read-only view, float32/int data, Fortran order, NumPy scalars, a
+  masked array without masked entries) the
   result equals the result for the canonical float64 input, bit for bit; for extreme but
   legal inputs (huge steps, tiny h, lr = 1e300) any NaN/inf in the result comes with the
   result's ``diverged`` flag — or
-* raises ValueError / TypeError / MemoryError whose message names the argument —
+* raises ValueError / TypeError / MemoryError whose message names the argument (a
+  masked array with a masked entry must raise: its mask is never dropped silently; a
+  user's misbehaving ``fn`` through train, scan and scan_integrate raises
+  ``CallbackError``) —
 
 never a segfault, a hang, an input modified in place, a warning outside the project's
 warning classes, or any other exception (IndexError from a Cython bounds check,
@@ -76,6 +80,8 @@ def _mal_float_array(v):
            ("readonly", _ro(v.copy()), "same", v),
            ("noncontig", _strided(v), "same", v),
            ("nan", _set0(v, np.nan), "error", None),
+           ("masked", _masked(v), "error", None),          # a mask is never dropped
+           ("unmasked", np.ma.array(v.copy()), "same", v),   # no masked entry: plain
            ("inf", _set0(v, np.inf), "error", None),
            ("-inf", _set0(v, -np.inf), "error", None),
            ("complex", v.astype(complex), "error", None),
@@ -227,6 +233,15 @@ def _strided(v):
         return v
     big[::2] = v
     return big[::2]
+
+
+def _masked(v):
+    """v as a masked array with its first entry masked (the slot keeps a finite value, so
+    only honouring the mask can tell it apart)."""
+    mask = np.zeros(v.shape, dtype=bool)
+    if mask.size:
+        mask.flat[0] = True
+    return np.ma.array(v.copy(), mask=mask)
 
 
 def _set0(v, x):
@@ -523,21 +538,36 @@ def build_entries():
     llc = scipy.LowLevelCallable(_c_half_norm2())
     blocks3 = {"a": np.array([0, 1]), "b": np.array([2])}
     add("potentials.Compiled", P.Compiled,
-        lambda s: dict(callback=llc, d=3, blocks=blocks3, symmetries=()),
+        lambda s: dict(callback=llc, d=3, blocks=blocks3, symmetries=(), max_bytes=2**30),
         dict(callback=A("obj"), d=A("int", lo=1), blocks=A("obj", nullable=True),
-             symmetries=A("obj", nullable=True)))
+             symmetries=A("obj", nullable=True), max_bytes=A("int", lo=0)))
     add("train(Compiled)", nc.train,
         lambda s: dict(rule=R.SGD(lr=0.1, momentum=0.5), potential=P.Compiled(llc, 3),
                        q0=q3, steps=30, record_every=1 + s % 2), dict(q0=FA, steps=A("int", lo=0),
                                                                    record_every=A("int", lo=1)),
         bases=2)
     add("potentials.Python", P.Python,
-        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), d=3, blocks=blocks3),
-        dict(fn=A("obj"), d=A("int", lo=1), blocks=A("obj", nullable=True)))
+        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), d=3, blocks=blocks3,
+                       max_bytes=2**30),
+        dict(fn=A("obj"), d=A("int", lo=1), blocks=A("obj", nullable=True),
+             max_bytes=A("int", lo=0)))
     add("train(Python fn)", lambda fn, steps: nc.train(R.SGD(lr=0.1), P.Python(fn, 3), q3,
                                                        steps),
         lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), steps=5),
         dict(fn=A("callback"), steps=A("int", lo=0)), allowed=(P.CallbackError,))
+    # a misbehaving fn through the grid engines (issue 19 item 11): an "error" fn must
+    # raise (CallbackError), never come back as a diverged point
+    add("scan(Python fn)", lambda fn, steps, threads: nc.scan(
+        R.SGD, P.Python(fn, 3), q3, steps=steps, lr=[0.05, 0.1], threads=threads),
+        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), steps=5, threads=1 + s % 2),
+        dict(fn=A("callback"), steps=A("int", lo=1), threads=A("int", nullable=True, lo=1)),
+        bases=2, allowed=(P.CallbackError,))
+    add("scan_integrate(Python fn)", lambda fn, threads: nc.scan_integrate(
+        models.GradientFlow, P.Python(fn, 3), q3, t_end=0.5, method="euler", h=0.05,
+        mu=[1.0, 2.0], threads=threads),
+        lambda s: dict(fn=lambda q: (0.5 * q @ q, q.copy()), threads=1 + s % 2),
+        dict(fn=A("callback"), threads=A("int", nullable=True, lo=1)),
+        bases=2, allowed=(P.CallbackError,))
     add("audit.check_symmetry", audit.check_symmetry,
         lambda s: dict(potential=rq(s), n_points=4, seed=s, scale=1.0, tol=1e-8,
                        approx_tol=1e-3),
@@ -573,16 +603,17 @@ def build_entries():
             dict(model=A("obj"), optimizer=A("obj"), audit_steps=A("int", lo=1),
                  approx_tol=pos, record_every=A("int", lo=1)))
     # ---- noether_core.scan, scan_integrate ----------------------------------------------
-    add("scan", lambda rule_cls, potential, q0, lr, steps, threads, record_every:
-        nc.scan(rule_cls, potential, q0, lr=lr, steps=steps, threads=threads,
-                record_every=record_every, momentum=0.9),
+    add("scan", lambda rule_cls, potential, q0, lr, steps, threads, record_every,
+        max_record_bytes: nc.scan(rule_cls, potential, q0, lr=lr, steps=steps,
+                                  threads=threads, record_every=record_every, momentum=0.9,
+                                  max_record_bytes=max_record_bytes),
         lambda s: dict(rule_cls=R.SGD, potential=[rq, bn][s % 2](s), q0=q3,
                        lr=np.logspace(-3, -1, 3), steps=20, threads=1 + s % 2,
-                       record_every=None if s % 2 else 5),
+                       record_every=None if s % 2 else 5, max_record_bytes=2**30),
         dict(rule_cls=A("obj"), potential=A("obj"), q0=FA,
              lr=A("farray", fixed_shape=False), steps=A("int", lo=1),
              threads=A("int", nullable=True, lo=1),
-             record_every=A("int", nullable=True, lo=1)),
+             record_every=A("int", nullable=True, lo=1), max_record_bytes=A("int", lo=0)),
         bases=2)
     add("scan_integrate", lambda m, mu, h, t_end: nc.scan_integrate(
         models.Damped, rq(0), np.r_[q3, 0.0, 0.0, 0.0], t_end=t_end, method="conformal-verlet",

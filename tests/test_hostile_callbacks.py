@@ -282,6 +282,16 @@ def test_a_masked_q0_is_refused_not_unmasked():
     assert np.array_equal(plain.q, ref.q)
 
 
+def test_a_masked_grid_axis_is_refused():
+    pot = P.Quadratic(np.eye(3))
+    lr = np.ma.array([0.1, 0.2, 0.3], mask=[False, True, False])
+    with pytest.raises(ValueError, match="grid axis lr is a masked array with 1 masked"):
+        nc.scan(R.SGD, pot, Q0, steps=3, lr=lr)
+    with pytest.raises(ValueError, match="grid axis m is a masked array"):
+        nc.scan_integrate(M.Damped, pot, np.ones(6), t_end=1.0, method="conformal-verlet",
+                          m=np.ma.array([1.0, 2.0], mask=[True, False]), mu=1.0, h=0.1)
+
+
 def test_scan_integrate_names_only_the_unknown_keywords():
     pot = P.Quadratic(np.eye(3))
     with pytest.raises(TypeError) as info:
