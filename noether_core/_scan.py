@@ -447,8 +447,12 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     n_chunks : int or None
         Chunks for ``executor`` (default: 4 per executor worker when that can be told,
         else 16; never more than the number of runs).
-    max_record_bytes : int
-        Budget of the recorded series; a larger request raises MemoryError.
+    max_record_bytes : int ≥ 0
+        The scan's one memory budget, in bytes (default 4 GiB): everything it allocates
+        — per-run summaries, the recorded series, the rules' kernel inputs, minibatch
+        generators, kernel scratch — estimated from the grid's sizes before anything is
+        allocated (docs/architecture.md, Budgets); a larger request raises
+        :class:`~noether_core.errors.BudgetError` naming the bytes.
     lanes : bool or None
         The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
         (docs/scan.md §"Lanes"); it covers full-batch SGD on Quadratic, RayleighQuotient
@@ -474,8 +478,17 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         (the message names the point); ``q0`` of the wrong length or with |q0|²
         overflowing; ``steps`` 0; a negative ``max_record_bytes``; a seed that is not an
         int ≥ 0.
-    MemoryError
-        The recorded series would exceed ``max_record_bytes`` (message: the size needed).
+    BudgetError
+        (a ValueError and a MemoryError) The scan would allocate more than
+        ``max_record_bytes`` (message: the bytes needed, by part).
+    CallbackError
+        A :class:`~noether_core.potentials.Python` potential's ``fn`` raised, or returned
+        a malformed value: the original exception is ``__cause__``; the message names
+        the step and the first stopped run.  KeyboardInterrupt and SystemExit raised in
+        ``fn`` propagate as themselves.
+    KeyboardInterrupt
+        Ctrl-C: the running kernels (and, with ``executor=``, the chunks not yet started
+        and those running in this process) are told to stop; re-raised unchanged.
 
     Notes
     -----
@@ -549,7 +562,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
 
 def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
     """Bytes a scan will allocate, by what (Python ints: no overflow), estimated from the
-    grid's sizes before anything is allocated (docs/scan.md §"Memory").
+    grid's sizes before anything is allocated (docs/architecture.md §"How errors cross
+    the GIL", Budgets).
 
     Per run: the summaries of ``ScanOutputs.empty`` (q, loss, loss_min, norm² and
     angular update per block, three intp counters, two charge columns per tracked

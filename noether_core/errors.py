@@ -35,7 +35,18 @@ class IntegrationError(RuntimeError):
 class CallbackError(RuntimeError):
     """A user potential's function failed inside a run; ``step`` says where.
 
-    The user's exception is ``__cause__``.
+    Raised by ``train``, ``scan`` and ``scan_integrate`` when a
+    :class:`~noether_core.potentials.Python` potential's ``fn`` raised an ``Exception``
+    or returned a malformed value; the user's exception is ``__cause__`` (KeyboardInterrupt
+    and SystemExit raised in ``fn`` propagate as themselves instead).  It pickles, step
+    included, so a process-pool worker's error reaches the caller.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> err = pickle.loads(pickle.dumps(CallbackError("fn raised at step 3", 3)))
+    >>> err.step, str(err)
+    (3, 'fn raised at step 3')
     """
 
     def __init__(self, message, step):
