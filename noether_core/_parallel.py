@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import _validation as V
 
-__all__ = ["CGROUP_ROOT", "ProgressBar", "STOPS", "StopBoard", "cgroup_cpu_limit",
+__all__ = ["CGROUP_ROOT", "Cancelled", "ProgressBar", "STOPS", "StopBoard", "cgroup_cpu_limit",
            "map_threads", "omp_num_threads", "run_with_progress", "usable_cpus",
            "want_progress"]
 
@@ -181,6 +181,13 @@ def run_with_progress(kern, total, progress):
 # stopping running work
 
 
+class Cancelled(RuntimeError):
+    """A piece of a job that was cancelled (Ctrl-C or an error elsewhere in the job) did
+    not run.  The caller has already raised its own exception and discards this one; an
+    ``Exception``, not a KeyboardInterrupt, so an executor's worker (dask's included,
+    which handles only ``Exception`` from a task) stays healthy."""
+
+
 class StopBoard:
     """This process's registry of running kernels by job token, so that one call can tell
     every running piece of a job to stop.
@@ -270,7 +277,7 @@ def map_threads(fn, n: int, threads: int, *, cancelled=None) -> list:
     re-raised at once, without waiting for the items still running: the threads are
     daemons, so they never keep the process from exiting.  ``cancelled()`` (optional)
     is polled before each item; once it is true no further item starts and
-    KeyboardInterrupt is raised.
+    :class:`Cancelled` is raised.
     """
     results = [None] * n
     errors: list = []
@@ -311,7 +318,7 @@ def map_threads(fn, n: int, threads: int, *, cancelled=None) -> list:
     if errors:
         raise min(errors, key=lambda e: e[0])[1]
     if skipped.is_set():
-        raise KeyboardInterrupt("cancelled")
+        raise Cancelled("the job was cancelled before every item ran")
     return results
 
 

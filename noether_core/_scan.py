@@ -23,7 +23,7 @@ import numpy as np
 from . import _bridge, _grid, _status
 from . import _validation as V
 from . import charges as _charges
-from ._parallel import STOPS, ProgressBar, run_with_progress, want_progress
+from ._parallel import STOPS, Cancelled, ProgressBar, run_with_progress, want_progress
 from ._scan_result import ScanResult, point_seed
 from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _check_q0_norm
 from .errors import BudgetError, DivergenceWarning
@@ -396,7 +396,7 @@ def _chunk_worker(g: _Grid, threads: int, lo: int, hi: int) -> _bridge.ScanOutpu
     process group) stops it and the KeyboardInterrupt returns to the caller."""
     main = threading.current_thread() is threading.main_thread()
     if STOPS.cancelled(g.token):
-        raise KeyboardInterrupt("scan cancelled")
+        raise Cancelled("scan cancelled before this chunk started")
     return _run_tasks(g, lo, hi, threads, progress=_no_progress if main else None)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import _grid
 from . import _validation as V
 from ._integrate import IntegrationError, integrate
-from ._parallel import STOPS, map_threads
+from ._parallel import STOPS, Cancelled, map_threads
 from .errors import DivergenceWarning
 from .models import Model
 
@@ -139,7 +139,7 @@ def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, tok
         rows = []
         for i in range(len(points)):
             if cancelled():
-                raise KeyboardInterrupt("scan_integrate cancelled")
+                raise Cancelled("scan_integrate cancelled before every point ran")
             rows.append(one(i))
         return rows
     return map_threads(one, len(points), threads, cancelled=cancelled)

@@ -1,5 +1,6 @@
 """Ctrl-C on the parallel paths (issue 19 items 9 and 10): ``scan_integrate(threads=2)``,
-``scan(executor=ThreadPoolExecutor)`` and ``scan(executor=ProcessPoolExecutor)``.
+``scan(executor=ThreadPoolExecutor)``, ``scan(executor=ProcessPoolExecutor)`` and a
+dask.distributed client's executor (skipped without dask.distributed).
 
 Each case runs in a fresh interpreter (a subprocess), which sends itself SIGINT from a
 timer thread while a long grid runs and reports, as JSON on its last line:
@@ -129,6 +130,43 @@ _SCAN_PROCESSES = _PRELUDE + textwrap.dedent("""
 """)
 
 
+_SCAN_DASK = _PRELUDE + textwrap.dedent("""
+    from distributed import Client, LocalCluster
+    pot = nc.potentials.RayleighQuotient(np.diag(np.linspace(1.0, 2.0, 64)))
+    q0 = np.ones(64)
+    out = {}
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        ex = client.get_executor()
+        threading.Timer(1.0, fire).start()
+        t0 = time.perf_counter()
+        try:
+            nc.scan(nc.rules.Adam, pot, q0, steps=10**8, lr=np.linspace(1e-4, 1e-3, 8),
+                    charges=False, executor=ex, n_chunks=4)
+            out["not_interrupted"] = time.perf_counter() - t0
+        except BaseException as exc:
+            out["latency"] = time.perf_counter() - sent["t"]
+            report(out, exc)
+        while _parallel.STOPS.n_running() and time.perf_counter() - sent["t"] < 10:
+            time.sleep(0.001)
+        out["settled"] = time.perf_counter() - sent["t"]
+        out["running_kernels"] = _parallel.STOPS.n_running()
+        # the workers stayed healthy: the next scan runs
+        res = nc.scan(nc.rules.Adam, pot, q0, steps=20, lr=[1e-3, 2e-3], charges=False,
+                      executor=ex)
+        out["after"] = bool(np.all(np.isfinite(res.q)))
+
+        def bad(q):
+            raise ZeroDivisionError("boom")
+        try:
+            nc.scan(nc.rules.SGD, nc.potentials.Python(bad, 3), [1.0, 1.0, 1.0], steps=5,
+                    lr=[0.1, 0.2], executor=ex)
+        except nc.CallbackError as exc:                # issue 19 item 11 through dask
+            out["callback_cause"] = type(exc.__cause__).__name__
+    print(json.dumps(out), flush=True)
+""")
+
+
 def _run(script, timeout=120):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "python")]))
     # a session of its own: the process-pool case signals its whole process group, and a
@@ -201,3 +239,22 @@ def test_ctrl_c_in_scan_with_a_process_pool(request):
     _summary(request, f"interrupt: scan(executor=ProcessPoolExecutor(2)), Ctrl-C to the "
                       f"group: KeyboardInterrupt after {1e3 * out['latency']:.1f} ms, pool "
                       f"shut down after {1e3 * out['settled']:.0f} ms")
+
+
+def test_ctrl_c_in_scan_with_a_dask_executor(request):
+    """A dask.distributed client's executor (workers on threads of this process): the
+    same stop board reaches its running chunks; the workers stay healthy (a cancelled
+    chunk raises an Exception, never a KeyboardInterrupt, which dask's worker does not
+    survive)."""
+    pytest.importorskip("distributed")
+    proc, out = _run(_SCAN_DASK, timeout=120)
+    assert proc.returncode == 0, proc.stderr_text[-3000:]
+    assert "not_interrupted" not in out, out
+    assert out["type"] == "KeyboardInterrupt", out
+    assert out["latency"] <= LATENCY_BOUND, out
+    assert out["settled"] <= LATENCY_BOUND and out["running_kernels"] == 0, out
+    assert out["after"], out
+    assert out["callback_cause"] == "ZeroDivisionError", out
+    _summary(request, f"interrupt: scan(executor=dask Client.get_executor()) "
+                      f"KeyboardInterrupt after {1e3 * out['latency']:.1f} ms, running "
+                      f"chunks stopped after {1e3 * out['settled']:.1f} ms")
