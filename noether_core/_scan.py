@@ -44,6 +44,9 @@ _GENERATOR_BYTES = 2048
 #: per thread: the kernel's scratch rows (_CHUNK_ROW_BYTES and the same again for charges)
 #: plus bookkeeping, on top of the potential's own workspace (its max_bytes)
 _THREAD_SCRATCH_BYTES = 4 * _CHUNK_ROW_BYTES + 2**16
+#: the fixed Python objects of any scan (grid, plan, result, their dicts): measured
+#: ~20 KiB by tracemalloc; charged 64 KiB
+_BASE_BYTES = 2**16
 
 
 def openmp_enabled() -> bool:
@@ -571,7 +574,8 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
     rule's packed kernel inputs (hp, vec, sca: twice, the grid's rows and the per-run
     copy), a Generator per minibatch run; with an executor, the chunks' outputs and the
     joined copy (twice the outputs).  Per grid point: a rule object where the class has
-    no column form.  Per thread: the kernel's scratch."""
+    no column form.  Per thread: the kernel's scratch (not seen by tracemalloc).  Once:
+    the fixed Python objects."""
     pot = g.potential
     d, nb, nsym = pot.dim, len(pot.blocks), len(g.chosen)
     n, R = g.n_tasks, _series_rows(g)
@@ -586,7 +590,8 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
     series = 8 * R * (d + 2 + nb)
     copies = 2 if chunked else 1
     n_threads = _grid.threads_for(threads, n) if not chunked else 1
-    parts = {"summaries": copies * n * outputs,
+    parts = {"fixed Python objects": _BASE_BYTES,
+             "summaries": copies * n * outputs,
              "recorded series": copies * n * series,
              "rule inputs": 2 * n * per_input,
              "rule objects": 0 if columns else g.n_points * _RULE_OBJECT_BYTES,
