@@ -30,7 +30,7 @@ from ._scan_integrate import IntegrateScanResult, scan_integrate
 from ._scan_result import ScanResult, point_seed
 from ._train import ContinuumBalance, TrainResult, continuum_balance, train
 from ._version import __version__
-from .errors import CallbackError, DivergenceWarning, NoetherWarning
+from .errors import BudgetError, CallbackError, DivergenceWarning, NoetherWarning
 from .rules import RuleState
 
 __all__ = [
@@ -45,6 +45,6 @@ __all__ = [
     "audit", "charges", "conventions", "datasets", "errors", "mirror", "models",
     "potentials", "rules", "symmetry", "theory",
     # warnings and errors
-    "DivergenceWarning", "NoetherWarning", "CallbackError",
+    "DivergenceWarning", "NoetherWarning", "CallbackError", "BudgetError",
     "__version__",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 from . import _bridge, _status
 from . import _validation as V
 from . import charges as _charges
-from .errors import DivergenceWarning
+from .errors import BudgetError, DivergenceWarning
 from .potentials import Potential
 from .rules import SGD, Rule, RuleState
 
@@ -234,7 +234,7 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
         Also record per block |∇f_B|² and |Δ_n|²_B (the series Eq. 17 and the "measured"
         assumption of noether_core.theory need), at the recorded rows.
     max_record_bytes : int
-        Refuse (MemoryError) a recording request larger than this.
+        Refuse (``errors.BudgetError``, a MemoryError) a recording request larger than this.
 
     Returns
     -------
@@ -326,7 +326,7 @@ def _check_record_size(potential, steps, record_every, n_rec, record_q, block_st
     need = n_rec * ((d if record_q else 0) + 2 + nb * (3 if block_stats else 1)
                     + 3 * nsym) * 8
     if need > max_record_bytes:
-        raise MemoryError(f"recording steps // record_every + 1 = {steps} // {record_every} + 1"
+        raise BudgetError(f"recording steps // record_every + 1 = {steps} // {record_every} + 1"
                           f" = {n_rec} rows of {d} parameters needs {need / 2**20:.1f}"
                           f" MiB, above max_record_bytes={max_record_bytes} "
                           f"({max_record_bytes / 2**20:.1f} MiB); raise record_every")
