@@ -249,6 +249,12 @@ class IntegratePlan:
     rtol: float = 0.0
     atol: float = 0.0
     max_steps: int = 0
+    # adaptive methods only: keep every accepted step's continuous extension (at most
+    # max_dense_rows rows), and/or call event_hook(t_old, t_new, h, coefs) -> stop? after
+    # each accepted step (with the GIL)
+    dense: bool = False
+    max_dense_rows: int = 0
+    event_hook: object | None = None
 
 
 @dataclass(eq=False)
@@ -258,6 +264,7 @@ class Trajectory:
 
     t: np.ndarray             # OUT (R,)
     y: np.ndarray             # OUT (R, n)
+    dense: np.ndarray | None = None   # OUT (set by the kernel when plan.dense): (S, stride)
 
 
 def run_integrate(model: ModelInputs, y: np.ndarray, plan: IntegratePlan,
