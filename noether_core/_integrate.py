@@ -547,7 +547,7 @@ def _raise_callback_error(kernel, t_final):
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         raise exc
     raise CallbackError(f"the Python potential's fn raised in integrate at gradient "
-                        f"evaluation {call + 1} (the run had reached t={t_final!r}): "
+                        f"evaluation {call + 1} (the run stopped at t={t_final!r}): "
                         f"{type(exc).__name__}: {exc}", call) from exc
 
 

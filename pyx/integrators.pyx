@@ -584,7 +584,8 @@ cdef void _dop853_step(Model* M, double t, const double* y, double h, double** K
 cdef double _dop853_err(Model* M, const double* y, const double* yn, double h, double** K,
                         double rtol, double atol) noexcept nogil:
     """Hairer's combined error norm |h| E5² / sqrt(n (E5² + 0.01 E3²)), with
-    Ek² = sum_i (errk_i / sc_i)², sc_i = atol + rtol max(|y_i|, |yn_i|)."""
+    Ek² = sum_i (ek_i / sc_i)², ek_i = sum_j Ek_j K_ji (no factor h), sc_i = atol + rtol
+    max(|y_i|, |yn_i|); docs/integrators.md §5.2."""
     cdef Py_ssize_t i, n = M.n
     cdef int j
     cdef double e3, e5, sc, a3 = 0.0, a5 = 0.0, deno
