@@ -396,40 +396,59 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         Initial state in the model's layout (see :mod:`noether_core.models`).
     t_end : float ≥ t0
     h : float > 0
-        Step size (fixed-step methods, required); initial trial step for dopri5 (default:
-        automatic).  If (t_end − t0)/h is not an integer N (to 1e-9 relative), the step
-        is reduced to (t_end − t0)/ceil(...) and reported in ``result.h``.
+        Step size (fixed-step methods, required); initial trial step for dopri5 and
+        dop853 (default: automatic).  If (t_end − t0)/h is not an integer N (to 1e-9
+        relative), the step is reduced to (t_end − t0)/ceil(...) and reported in
+        ``result.h``.
     method : str
         One of ``model.methods`` (table in the module docstring).
     record_every : int ≥ 1
-        Record every record_every-th step (fixed-step) / accepted step (dopri5 without
-        t_eval; the final state is then always recorded).
+        Record every record_every-th step (fixed-step) / accepted step (dopri5, dop853
+        without t_eval; the final state is then always recorded).
     t0 : float
         Initial time (matters for time-dependent Bregman schedules; Nesterov needs t0 > 0).
-    t_eval : array_like, optional (dopri5 only)
+    t_eval : array_like, optional (dopri5, dop853)
         Sorted times in [t0, t_end] at which to record; the integrator lands exactly on
         each of them (no interpolation).
-    rtol, atol : float > 0 (dopri5)
-    max_steps : int ≥ 1 (dopri5)
+    rtol, atol : float > 0 (dopri5, dop853)
+    max_steps : int ≥ 1 (dopri5, dop853)
         Bound on attempted steps; reaching it raises :class:`IntegrationError`.
     project : bool
         M2 only: project y0 onto |q̂| = 1, ⟨q̂, q̂̇⟩ = 0 instead of refusing it.
+    max_record_bytes : int
+        Budget of the recorded rows (and of the dense output); above it MemoryError.
+    dense_output : bool
+        Return the continuous solution as ``result.sol`` (:class:`DenseOutput`, called
+        like SciPy's ``OdeSolution``): dopri5's 4th-order and dop853's 7th-order
+        continuous extensions, the cubic Hermite interpolant for the fixed-step methods
+        (which then record every step internally; docs/integrators.md §5.3).
+    events : callable or list of callables, optional
+        ``event(t, y) -> float`` as in ``solve_ivp``, with optional attributes ``terminal``
+        (bool or a count) and ``direction``; roots are located on the dense output
+        (``result.t_events``, ``result.y_events``); a terminal one ends the run with
+        ``status`` 1 (docs/integrators.md §5.4).
 
     Returns
     -------
     IntegrateResult
+        ``status`` 0 (reached t_end), 1 (terminal event) or −1 (failed), as SciPy's.
 
     Raises
     ------
     ValueError, TypeError
         Bad input (naming the argument).
     IntegrationError
-        dopri5 step-size underflow or max_steps reached (the partial result attached).
+        Adaptive step-size underflow or max_steps reached (the partial result attached,
+        status −1).
+    CallbackError
+        A ``potentials.Python`` fn raised or returned a bad shape (the user's exception is
+        ``__cause__``; KeyboardInterrupt and SystemExit propagate as themselves).
 
     Notes
     -----
     The loop runs without the GIL, allocates nothing per step and evaluates the gradient
-    once per step for the conformal methods (4 for rk4, 6 per accepted dopri5 step).
+    once per step for the conformal methods (4 for rk4, 6 per accepted dopri5 step, 12
+    per accepted dop853 step, + 3 with dense output or events).
     A non-finite state stops the run with a :class:`DivergenceWarning`.  A user Bregman
     schedule (Python callables) runs in the same compiled loop, called back with the GIL
     once per right-hand side; an exception it raises stops the run and is re-raised.
@@ -441,6 +460,16 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     >>> sol = nc.integrate(nc.models.Damped(osc, m=1.0, mu=0.0), np.array([1.0, 0.0]),
     ...                    t_end=np.pi, h=np.pi / 200, method="conformal-yoshida4")
     >>> bool(abs(sol.y_final[0] + 1.0) < 1e-9)       # half a period: q = cos(pi) = -1
+    True
+    >>> def crossing(t, y):                          # q = cos t reaches 0 at t = pi/2
+    ...     return y[0]
+    >>> crossing.terminal = True
+    >>> r = nc.integrate(nc.models.Damped(osc, m=1.0, mu=0.0), [1.0, 0.0], t_end=10.0,
+    ...                  method="dop853", rtol=1e-10, atol=1e-12, events=[crossing],
+    ...                  dense_output=True)
+    >>> r.status, bool(abs(r.t_events[0][0] - np.pi / 2) < 1e-9)
+    (1, True)
+    >>> bool(abs(r.sol(np.pi / 4)[0] - np.cos(np.pi / 4)) < 1e-9)
     True
     """
     y, t0, t_end = _check_inputs(model, y0, method, t0, t_end)
@@ -637,7 +666,7 @@ def _adaptive_plan(t0, t_end, h, t_eval, rtol, atol, max_steps, record_every):
     h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
     if t_eval is not None:
         t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
-        if np.any(np.diff(t_eval) < 0):
+        if (t_eval[1:] < t_eval[:-1]).any():
             raise ValueError("t_eval must be sorted in increasing order")
         if t_eval[0] < t0 or t_eval[-1] > t_end:
             raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
