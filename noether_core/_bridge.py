@@ -51,7 +51,7 @@ __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
            "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
-           "Trajectory", "run_integrate", "eval_rhs"]
+           "EventSpec", "Trajectory", "run_integrate", "eval_rhs"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
@@ -232,6 +232,27 @@ class ModelInputs:
 
 
 @dataclass(eq=False)
+class EventSpec:
+    """Events located inside the adaptive loop (pyx/integrators.pyx ``CEvents``): for
+    each, g(y) = quantity − level with ``kind`` (integrators.pyx EVENT_KINDS: |q|², or
+    ⟨weights, y⟩), ``direction`` and ``terminal`` (a count, 0 = never); at most
+    ``max_rows`` roots in all."""
+
+    kind: np.ndarray          # IN (m,) intc
+    level: np.ndarray         # IN (m,)
+    direction: np.ndarray     # IN (m,)
+    terminal: np.ndarray      # IN (m,) intp
+    weights: np.ndarray       # IN (m, n)
+    max_rows: int = 1
+
+    def __post_init__(self):
+        self.kind = np.ascontiguousarray(self.kind, dtype=np.intc)
+        self.level, self.direction = _f64(self.level), _f64(self.direction)
+        self.terminal = np.ascontiguousarray(self.terminal, dtype=np.intp)
+        self.weights = np.ascontiguousarray(self.weights, dtype=np.float64)
+
+
+@dataclass(eq=False)
 class IntegratePlan:
     """How one trajectory is integrated: ``method`` (integrators.pyx METHOD_*), from
     ``t0``; fixed-step methods take ``n_steps`` steps of ``h`` and record every
@@ -255,6 +276,7 @@ class IntegratePlan:
     dense: bool = False
     max_dense_rows: int = 0
     event_hook: object | None = None
+    compiled_events: EventSpec | None = None
 
 
 @dataclass(eq=False)
@@ -265,6 +287,7 @@ class Trajectory:
     t: np.ndarray             # OUT (R,)
     y: np.ndarray             # OUT (R, n)
     dense: np.ndarray | None = None   # OUT (set by the kernel when plan.dense): (S, stride)
+    events: np.ndarray | None = None  # OUT (compiled events): rows [t, k, y (n)]
 
 
 def run_integrate(model: ModelInputs, y: np.ndarray, plan: IntegratePlan,

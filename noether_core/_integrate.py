@@ -37,7 +37,7 @@ from .errors import CallbackError, DivergenceWarning, IntegrationError
 from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
 __all__ = ["integrate", "IntegrateResult", "IntegrationError", "METHODS", "noether_terms",
-           "NoetherTerms", "DenseOutput"]
+           "NoetherTerms", "DenseOutput", "LevelEvent"]
 
 METHODS = ("conformal-euler", "conformal-verlet", "conformal-yoshida4", "euler", "rk4",
            "dopri5", "dop853")
@@ -143,6 +143,100 @@ def _hermite_rows(t, y, f):
     c2 = h * f[:-1] - dy
     c3 = 2.0 * dy - h * (f[:-1] + f[1:])
     return np.stack([y[:-1], dy, c2, c3], axis=1)
+
+
+class LevelEvent:
+    """A built-in event located inside the compiled loop: g(t, y) = quantity(y) − level.
+
+    Parameters
+    ----------
+    quantity : {"q_norm2", "linear"}
+        ``"q_norm2"``: |q|², the squared norm of the parameters (M2: r²);
+        ``"linear"``: ⟨weights, y⟩ over the whole state (e.g. one coordinate).
+    level : float
+    weights : (n,) array, for ``"linear"`` (n = the model's state size)
+    terminal : bool or int ≥ 0, direction : float
+        As for ``solve_ivp`` events.
+
+    Notes
+    -----
+    With ``dopri5``/``dop853`` and only LevelEvents, the roots are found without the GIL
+    (Illinois false position on each step's interpolant, to 4 ulps of t), so no Python
+    runs per step; in any other case (fixed-step methods, or LevelEvents mixed with
+    Python callables) the event is evaluated as a Python callable with the same meaning.
+
+    Examples
+    --------
+    >>> import numpy as np, noether_core as nc
+    >>> from noether_core._integrate import LevelEvent
+    >>> model = nc.models.GradientFlow(nc.potentials.Quadratic(np.eye(2)), mu=1.0)
+    >>> r = nc.integrate(model, [2.0, 0.0], t_end=5.0, method="dop853", rtol=1e-12,
+    ...                  atol=1e-14, events=[LevelEvent("q_norm2", 1.0, terminal=True)])
+    >>> bool(abs(r.t_final - np.log(2.0)) < 1e-10)   # |q|² = 4 e^{-2t} reaches 1
+    True
+    """
+
+    QUANTITIES = ("q_norm2", "linear")
+
+    def __init__(self, quantity, level, *, weights=None, terminal=False, direction=0.0):
+        if quantity not in self.QUANTITIES:
+            raise ValueError(f"quantity must be one of {self.QUANTITIES}, got {quantity!r}")
+        self.quantity = quantity
+        self.level = V.as_scalar("level", level)
+        if quantity == "linear":
+            if weights is None:
+                raise ValueError("quantity='linear' needs weights= (one per state entry)")
+            self.weights = V.as_float_array("weights", weights, ndim=1)
+        elif weights is not None:
+            raise ValueError("weights= is only meaningful for quantity='linear'")
+        else:
+            self.weights = None
+        if not isinstance(terminal, (bool, np.bool_)):
+            terminal = V.as_int("terminal", terminal, lo=0)
+        self.terminal = terminal
+        self.direction = V.as_scalar("direction", direction)
+
+    def __repr__(self):
+        return (f"LevelEvent({self.quantity!r}, {self.level!r}, terminal={self.terminal!r}, "
+                f"direction={self.direction!r})")
+
+    def _weights(self, model):
+        n = model.state_size
+        if self.quantity != "linear":
+            return np.zeros(n)
+        if self.weights.shape != (n,):
+            raise ValueError(f"LevelEvent weights must have the state's shape ({n},), got "
+                             f"{self.weights.shape}")
+        return self.weights
+
+    def _bind(self, model):
+        """The same event as a Python callable g(t, y) for this model."""
+        w, level = self._weights(model), self.level
+        if self.quantity == "linear":
+            def g(t, y):
+                return float(w @ y) - level
+        elif isinstance(model, RadialAngular):
+            def g(t, y):
+                return float(y[0] * y[0]) - level
+        else:
+            d = model.dim
+
+            def g(t, y):
+                return float(y[:d] @ y[:d]) - level
+        g.terminal, g.direction = self.terminal, self.direction
+        return g
+
+
+def _event_spec(events, model, max_rows):
+    """The kernel's EventSpec for a list of LevelEvents."""
+    codes = _bridge.integrator_kernels.EVENT_KINDS
+    return _bridge.EventSpec(
+        kind=[codes[e.quantity] for e in events], level=[e.level for e in events],
+        direction=[np.sign(e.direction) for e in events],
+        terminal=[(1 if e.terminal else 0) if isinstance(e.terminal, (bool, np.bool_))
+                  else e.terminal for e in events],
+        weights=np.array([e._weights(model) for e in events]).reshape(len(events), -1),
+        max_rows=max(1, max_rows))
 
 
 class _Events:
@@ -478,9 +572,15 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     dense_output = V.as_bool("dense_output", dense_output)
     _check_state(model, y, t0, project)
     adaptive = method in ADAPTIVE
-    if events is not None and callable(events):
+    if events is not None and (callable(events) or isinstance(events, LevelEvent)):
         events = [events]
-    tracker = None if events is None else _Events(_as_list("events", events), t0, y)
+    events = None if events is None else _as_list("events", events)
+    compiled = bool(events) and method in ADAPTIVE and all(
+        isinstance(e, LevelEvent) for e in events)
+    tracker = None
+    if events is not None and not compiled:
+        tracker = _Events([e._bind(model) if isinstance(e, LevelEvent) else e
+                           for e in events], t0, y)
     if adaptive:
         h, t_eval, n_rec, rtol, atol, max_steps = _adaptive_plan(
             t0, t_end, h, t_eval, rtol, atol, max_steps, record_every)
@@ -508,6 +608,8 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         raise MemoryError(f"dense output needs {8 * stride} bytes per step; "
                           f"max_record_bytes={max_record_bytes} leaves none after the "
                           f"{need} bytes of records")
+    spec = _event_spec(events, model, (max_record_bytes - need) // (8 * (2 + n))) \
+        if compiled else None
     rec_t = np.empty(n_rec)
     rec_y = np.empty((n_rec, n))
     inputs = model.kernel_inputs()
@@ -517,7 +619,8 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         rtol=rtol if adaptive else 0.0, atol=atol if adaptive else 0.0,
         max_steps=max_steps if adaptive else 0,
         dense=dense_output and adaptive, max_dense_rows=int(max_dense_rows),
-        event_hook=tracker.step if (tracker is not None and adaptive) else None)
+        event_hook=tracker.step if (tracker is not None and adaptive) else None,
+        compiled_events=spec)
     traj = _bridge.Trajectory(rec_t, rec_y)
     try:
         status, rows, _done, t_final, nfev, n_acc, n_rej = _bridge.run_integrate(
@@ -531,9 +634,11 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                           n_steps=int(n_acc), n_rejected=int(n_rej),
                           h=None if adaptive else h)
     if status == _bridge.integrator_kernels.STATUS_DENSE_MEMORY:
-        raise MemoryError(f"the dense output of {method} outgrew max_record_bytes="
-                          f"{max_record_bytes} ({max_dense_rows} steps of {8 * stride} "
-                          f"bytes) at t={res.t_final!r}; raise max_record_bytes")
+        raise MemoryError(f"the dense output or the events of {method} outgrew "
+                          f"max_record_bytes={max_record_bytes} at t={res.t_final!r}; "
+                          "raise max_record_bytes")
+    if compiled:
+        tracker = _CompiledEvents(traj.events, len(events), n)
     if not adaptive and (dense_output or tracker is not None):
         status = _fixed_dense(res, inputs, tracker, status, dense_output)
         res.t, res.y = res.t[::record_every], res.y[::record_every]
@@ -551,6 +656,20 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
             res.message = STATUS_MESSAGES[1]
     res.t, res.y = res.t.copy(), res.y.copy()
     return _settle(res, status, rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end)
+
+
+class _CompiledEvents:
+    """The kernel's event rows [t, k, y] in _Events' interface (results, t_stop)."""
+
+    def __init__(self, rows, m, n):
+        k = rows[:, 1].astype(int)
+        self.t_events = [rows[k == i, 0].copy() for i in range(m)]
+        self.y_events = [rows[k == i, 2:].reshape(-1, n).copy() for i in range(m)]
+        self.t_stop = float(rows[-1, 0]) if len(rows) else None
+        self.y_stop = rows[-1, 2:].copy() if len(rows) else None
+
+    def results(self, n):
+        return self.t_events, self.y_events
 
 
 def _as_list(name, seq):

@@ -71,6 +71,13 @@ cdef enum:
     _ST_EVENT = 100         # a terminal event stopped the run (the event hook said so)
     _ST_DENSE_MEMORY = 101  # the dense output outgrew its byte budget
 
+# compiled events (noether_core LevelEvent): g(t, y) = quantity(y) - level
+cdef enum:
+    EV_NORM2 = 0            # |q|² (M2: r²)
+    EV_LINEAR = 1           # <w, y> (w over the whole state)
+
+#: compiled event kinds, by name
+EVENT_KINDS = {"q_norm2": EV_NORM2, "linear": EV_LINEAR}
 #: status: a terminal event stopped the run
 STATUS_TERMINAL_EVENT = _ST_EVENT
 #: status: the dense output outgrew ``plan.max_dense_rows``
@@ -838,12 +845,157 @@ cdef int _call_hook(Model* M, Dense* D, const double* row, Py_ssize_t n) noexcep
         return 1
 
 
+cdef struct CEvents:
+    Py_ssize_t m                # number of compiled events (0: none)
+    const int* kind             # EV_*
+    const double* level
+    const double* direction
+    const Py_ssize_t* terminal  # stop at this occurrence (0: never)
+    const double* w             # (m, n) weights of EV_LINEAR events
+    double* g                   # (m) g at the start of the current step
+    Py_ssize_t* count           # (m) occurrences so far
+    double* last_t              # (m) time of the last root (a root on a boundary counts once)
+    double* ys                  # (n) scratch: the interpolant at s
+    double* root_s              # (m) this step's roots, sorted by s
+    Py_ssize_t* root_k
+    double* buf                 # rows [t, k, y (n)]
+    Py_ssize_t rows, cap, max_rows, stride
+
+
+cdef inline void _dense_at(const double* c, Py_ssize_t nc, Py_ssize_t n, double s,
+                           double* out) noexcept nogil:
+    """The step's polynomial at s: c0 + s (c1 + (1-s) (c2 + s (c3 + ...)))."""
+    cdef Py_ssize_t i, j
+    cdef double acc, s1 = 1.0 - s
+    for i in range(n):
+        acc = c[(nc - 1) * n + i]
+        for j in range(nc - 2, 0, -1):
+            acc = c[j * n + i] + (s1 if j % 2 == 1 else s) * acc
+        out[i] = c[i] + s * acc
+
+
+cdef inline double _cev_value(Model* M, CEvents* E, Py_ssize_t k,
+                              const double* y) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double acc = 0.0
+    if E.kind[k] == EV_NORM2:
+        if M.kind == MODEL_RADANG:
+            acc = y[0] * y[0]
+        else:
+            for i in range(M.d):
+                acc = acc + y[i] * y[i]
+    else:
+        for i in range(M.n):
+            acc = acc + E.w[k * M.n + i] * y[i]
+    return acc - E.level[k]
+
+
+cdef double _cev_root(Model* M, CEvents* E, Py_ssize_t k, const double* c, Py_ssize_t nc,
+                      double ga, double gb, double t_old, double t_new,
+                      double h) noexcept nogil:
+    """Root in s of g(P(s)) on (0, 1), g(0) = ga and g(1) = gb of opposite signs: the
+    Illinois variant of false position (the endpoint kept twice has its value halved),
+    bisection after 100 iterations, until the bracket is 4 ulps of t wide."""
+    cdef double a = 0.0, b = 1.0, s, gs
+    cdef double tmax = fabs(t_old) if fabs(t_old) > fabs(t_new) else fabs(t_new)
+    cdef double tol = 4.0 * DBL_EPSILON * (tmax / fabs(h) if tmax > fabs(h) else 1.0)
+    cdef int it, side = 0
+    for it in range(300):
+        s = (a * gb - b * ga) / (gb - ga) if it < 100 else 0.5 * (a + b)
+        if not (s > a and s < b):
+            s = 0.5 * (a + b)
+        _dense_at(c, nc, M.n, s, E.ys)
+        gs = _cev_value(M, E, k, E.ys)
+        if gs == 0.0:
+            return s
+        if (gs > 0.0) == (gb > 0.0):
+            b = s
+            gb = gs
+            if side == -1:
+                ga = 0.5 * ga
+            side = -1
+        else:
+            a = s
+            ga = gs
+            if side == 1:
+                gb = 0.5 * gb
+            side = 1
+        if b - a <= tol:
+            break
+    return 0.5 * (a + b)
+
+
+cdef int _cev_step(Model* M, CEvents* E, double t_old, double t_new, double h,
+                   const double* c, Py_ssize_t nc, const double* y_new) noexcept nogil:
+    """solve_ivp's event rule for the compiled events over one accepted step (as
+    noether_core/_integrate.py _Events.step): 1 = a terminal event stops the run, -1 = the
+    event buffer outgrew its budget, 0 = go on."""
+    cdef Py_ssize_t k, r, q, nr = 0, n = M.n, cap
+    cdef double g0, g1, d, s, tr
+    cdef double* row
+    cdef double* p
+    cdef bint up, down
+    for k in range(E.m):
+        g0 = E.g[k]
+        g1 = _cev_value(M, E, k, y_new)
+        E.g[k] = g1
+        up = g0 <= 0.0 and g1 >= 0.0
+        down = g0 >= 0.0 and g1 <= 0.0
+        d = E.direction[k]
+        if not ((up and d > 0.0) or (down and d < 0.0) or ((up or down) and d == 0.0)):
+            continue
+        if g0 == 0.0 and g1 == 0.0:
+            continue
+        if g0 == 0.0:
+            s = 0.0
+        elif g1 == 0.0:
+            s = 1.0
+        else:
+            s = _cev_root(M, E, k, c, nc, g0, g1, t_old, t_new, h)
+        q = nr                                  # insertion by s (ties: event order)
+        while q > 0 and E.root_s[q - 1] > s:
+            E.root_s[q] = E.root_s[q - 1]
+            E.root_k[q] = E.root_k[q - 1]
+            q -= 1
+        E.root_s[q] = s
+        E.root_k[q] = k
+        nr += 1
+    for r in range(nr):
+        k = E.root_k[r]
+        s = E.root_s[r]
+        tr = t_new if s == 1.0 else t_old + s * h
+        if E.count[k] > 0 and E.last_t[k] == tr:
+            continue
+        if E.rows == E.cap:
+            if E.cap >= E.max_rows:
+                return -1
+            cap = 2 * E.cap if 2 * E.cap < E.max_rows else E.max_rows
+            p = <double*> realloc(E.buf, cap * E.stride * sizeof(double))
+            if p == NULL:
+                return -1
+            E.buf = p
+            E.cap = cap
+        row = E.buf + E.rows * E.stride
+        row[0] = tr
+        row[1] = <double> k
+        if s == 1.0:
+            memcpy(row + 2, y_new, n * sizeof(double))
+        else:
+            _dense_at(c, nc, n, s, row + 2)
+        E.rows += 1
+        E.count[k] += 1
+        E.last_t[k] = tr
+        if E.terminal[k] > 0 and E.count[k] >= E.terminal[k]:
+            return 1
+    return 0
+
+
 cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end,
                         double h_init, double rtol, double atol, Py_ssize_t max_steps,
                         const double* t_eval, Py_ssize_t n_eval, Py_ssize_t record_every,
                         double* rec_t, double* rec_y, Py_ssize_t* n_rec, Py_ssize_t* n_acc,
                         Py_ssize_t* n_rej, double* t_out, double** K, double* yt,
-                        double* yn, Dense* D) noexcept nogil:
+                        double* yn, Dense* D, CEvents* E) noexcept nogil:
     """dopri5 (method METHOD_DOPRI5) or dop853 with exact landing on t_eval, the step
     floor, divergence and signal conventions of docs/integrators.md §5."""
     cdef Py_ssize_t n = M.n, i, row = 0, ie = 0, attempts = 0
@@ -883,6 +1035,8 @@ cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end
     if M.cb_error != NULL:
         return NC_ST_INTERRUPTED
     h_first = fabs(h)
+    for i in range(E.m):
+        E.g[i] = _cev_value(M, E, i, y)
     while t < t_end:
         target = t_eval[ie] if (n_eval > 0 and ie < n_eval) else t_end
         # the floor 10·eps·max(|t|, h_first) (docs/integrators.md §5): the spacing of t,
@@ -976,6 +1130,11 @@ cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end
             if D.hook != NULL and _call_hook(M, D, drow, n):
                 t_out[0] = t
                 return NC_ST_INTERRUPTED if M.cb_error != NULL else _ST_EVENT
+            if E.m > 0:
+                i = _cev_step(M, E, drow[0], drow[1], drow[2], drow + 3, D.ncoef, y)
+                if i != 0:
+                    t_out[0] = t
+                    return _ST_EVENT if i > 0 else _ST_DENSE_MEMORY
         else:
             fac = 0.9 * pow(err, expo)
             if fac < fmin:
@@ -1048,6 +1207,9 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
     nc = 5 for dopri5, 8 for dop853); ``plan.event_hook`` (a callable or None) is called
     with the GIL after each accepted step as ``hook(t_old, t_new, h, coefs (nc, n))``; a
     true return stops the run with STATUS_TERMINAL_EVENT, an exception is re-raised.
+    ``plan.compiled_events`` (or None: kind (m,) intc EV_*, level, direction (m,),
+    terminal (m,) intp counts, weights (m, n), max_rows) are located in the loop without
+    the GIL; their roots come back in ``record.events``, rows [t, k, y (n)].
 
     Returns (status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected).
     """
@@ -1073,14 +1235,63 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
     cdef int n_k = 16 if method == METHOD_DOP853 else 7
     cdef cnp.ndarray dense_out
     cdef bint adaptive
+    cdef CEvents E
+    cdef const int[::1] ev_kind
+    cdef const double[::1] ev_level
+    cdef const double[::1] ev_dir
+    cdef const Py_ssize_t[::1] ev_term
+    cdef const double[:, ::1] ev_w
+    cdef double* ev_work = NULL
+    cdef Py_ssize_t m_ev = 0
     adaptive = method == METHOD_DOPRI5 or method == METHOD_DOP853
     if (store or hook is not None) and not adaptive:
         raise ValueError("integrate_kernel: dense output and events are computed in the "
                          "kernel for dopri5 and dop853 only")
+    E.m = 0
+    E.buf = NULL
+    ev_spec = getattr(plan, "compiled_events", None)
+    if ev_spec is not None:
+        if not adaptive:
+            raise ValueError("integrate_kernel: compiled events need dopri5 or dop853")
+        ev_kind = ev_spec.kind
+        ev_level = ev_spec.level
+        ev_dir = ev_spec.direction
+        ev_term = ev_spec.terminal
+        ev_w = ev_spec.weights
+        m_ev = ev_kind.shape[0]
+        if (ev_level.shape[0] != m_ev or ev_dir.shape[0] != m_ev
+                or ev_term.shape[0] != m_ev or ev_w.shape[0] != m_ev
+                or ev_w.shape[1] != n or m_ev < 1 or ev_spec.max_rows < 1):
+            raise ValueError("integrate_kernel: inconsistent compiled event arrays")
     _model_init(&M, model.kind, model.hp, pot, model.D, model.schedule, check_signals)
     M.n = n
+    if m_ev > 0:
+        ev_work = <double*> malloc((5 * m_ev + n) * sizeof(double))
+        E.buf = <double*> malloc(16 * (2 + n) * sizeof(double))
+        if ev_work == NULL or E.buf == NULL:
+            free(ev_work)
+            free(E.buf)
+            raise MemoryError("integrator events")
+        E.m = m_ev
+        E.kind = &ev_kind[0]
+        E.level = &ev_level[0]
+        E.direction = &ev_dir[0]
+        E.terminal = &ev_term[0]
+        E.w = &ev_w[0, 0]
+        E.g = ev_work
+        E.last_t = ev_work + m_ev
+        E.root_s = ev_work + 2 * m_ev
+        E.count = <Py_ssize_t*> (ev_work + 3 * m_ev)     # sizeof(Py_ssize_t) <= 8
+        E.root_k = <Py_ssize_t*> (ev_work + 4 * m_ev)
+        E.ys = ev_work + 5 * m_ev
+        for i in range(m_ev):
+            E.count[i] = 0
+        E.rows = 0
+        E.cap = 16
+        E.max_rows = ev_spec.max_rows
+        E.stride = 2 + n
     D.ncoef = 8 if method == METHOD_DOP853 else 5
-    D.on = store or hook is not None
+    D.on = store or hook is not None or m_ev > 0
     D.store = store
     D.stride = 3 + D.ncoef * n
     D.rows = 0
@@ -1090,14 +1301,20 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
     D.buf = NULL
     if D.on:
         if D.max_rows < 1:
+            free(ev_work)
+            free(E.buf)
             raise MemoryError("integrate_kernel: max_dense_rows must be >= 1 for dense "
                               "output")
         D.buf = <double*> malloc(D.stride * sizeof(double))
         if D.buf == NULL:
+            free(ev_work)
+            free(E.buf)
             raise MemoryError("integrator dense output")
     work = <double*> malloc(((n_k + 2) * n + d) * sizeof(double))
     if work == NULL:
         free(D.buf)
+        free(ev_work)
+        free(E.buf)
         raise MemoryError("integrator workspace")
     for i in range(n_k):
         K[i] = work + i * n
@@ -1111,7 +1328,7 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
                                         &t_eval[0] if t_eval.shape[0] > 0 else NULL,
                                         t_eval.shape[0], record_every, &rec_t[0],
                                         &rec_y[0, 0], &n_rec, &n_acc, &n_rej, &t_final, K,
-                                        work + n_k * n, work + (n_k + 1) * n, &D)
+                                        work + n_k * n, work + (n_k + 1) * n, &D, &E)
                 n_done = n_acc
             else:
                 K[4] = work + 7 * n
@@ -1124,10 +1341,17 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
             if D.rows > 0:
                 memcpy(cnp.PyArray_DATA(dense_out), D.buf, D.rows * D.stride * sizeof(double))
             record.dense = dense_out
+        if m_ev > 0:
+            dense_out = np.empty((E.rows, E.stride))
+            if E.rows > 0:
+                memcpy(cnp.PyArray_DATA(dense_out), E.buf, E.rows * E.stride * sizeof(double))
+            record.events = dense_out
     finally:
         pot.free_params(M.params)
         free(work)
         free(D.buf)
+        free(ev_work)
+        free(E.buf)
     _raise_callback_error(&M)
     if status == NC_ST_INTERRUPTED:
         reraise_signal()
