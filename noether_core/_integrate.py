@@ -597,7 +597,9 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     need = n_rec * (n + 1) * 8
     if need > max_record_bytes:
         what = (f"(t_end - t0)/h = {n_steps} steps (t_end={t_end}, t0={t0}, h={h}) "
-                f"recorded every record_every={run_every}" if not adaptive else
+                f"recorded every {run_every}"
+                + (" (dense output and events record every step)"
+                   if run_every != record_every else "") if not adaptive else
                 f"max_steps={max_steps} // record_every={record_every} + 2")
         raise MemoryError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
                           f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
