@@ -234,8 +234,9 @@ class ModelInputs:
 @dataclass(eq=False)
 class EventSpec:
     """Events located inside the adaptive loop (pyx/integrators.pyx ``CEvents``): for
-    each, g(y) = quantity − level with ``kind`` (integrators.pyx EVENT_KINDS: |q|², or
-    ⟨weights, y⟩), ``direction`` and ``terminal`` (a count, 0 = never); at most
+    each, g(y) = quantity − level with ``kind`` (integrators.pyx EVENT_KINDS: |q|²,
+    ⟨weights, y⟩, or yᵀ matrix y + ⟨weights, y⟩), ``direction`` and ``terminal`` (a count,
+    0 = never); at most
     ``max_rows`` roots in all."""
 
     kind: np.ndarray          # IN (m,) intc
@@ -243,6 +244,7 @@ class EventSpec:
     direction: np.ndarray     # IN (m,)
     terminal: np.ndarray      # IN (m,) intp
     weights: np.ndarray       # IN (m, n)
+    matrices: np.ndarray      # IN (m, n, n): g = yᵀ Q y + ⟨w, y⟩ − level for "quadratic"
     max_rows: int = 1
 
     def __post_init__(self):
@@ -250,6 +252,7 @@ class EventSpec:
         self.level, self.direction = _f64(self.level), _f64(self.direction)
         self.terminal = np.ascontiguousarray(self.terminal, dtype=np.intp)
         self.weights = np.ascontiguousarray(self.weights, dtype=np.float64)
+        self.matrices = np.ascontiguousarray(self.matrices, dtype=np.float64)
 
 
 @dataclass(eq=False)

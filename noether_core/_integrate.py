@@ -150,11 +150,14 @@ class LevelEvent:
 
     Parameters
     ----------
-    quantity : {"q_norm2", "linear"}
+    quantity : {"q_norm2", "linear", "quadratic"}
         ``"q_norm2"``: |q|², the squared norm of the parameters (M2: r²);
-        ``"linear"``: ⟨weights, y⟩ over the whole state (e.g. one coordinate).
+        ``"linear"``: ⟨weights, y⟩ over the whole state (e.g. one coordinate);
+        ``"quadratic"``: yᵀ matrix y + ⟨weights, y⟩ (weights optional), e.g. a Noether
+        charge (:meth:`noether_charge`).
     level : float
-    weights : (n,) array, for ``"linear"`` (n = the model's state size)
+    weights : (n,) array, matrix : (n, n) array
+        Over the model's state (n = ``model.state_size``).
     terminal : bool or int ≥ 0, direction : float
         As for ``solve_ivp`` events.
 
@@ -176,45 +179,85 @@ class LevelEvent:
     True
     """
 
-    QUANTITIES = ("q_norm2", "linear")
+    QUANTITIES = ("q_norm2", "linear", "quadratic")
 
-    def __init__(self, quantity, level, *, weights=None, terminal=False, direction=0.0):
+    def __init__(self, quantity, level, *, weights=None, matrix=None, terminal=False,
+                 direction=0.0):
         if quantity not in self.QUANTITIES:
             raise ValueError(f"quantity must be one of {self.QUANTITIES}, got {quantity!r}")
         self.quantity = quantity
         self.level = V.as_scalar("level", level)
-        if quantity == "linear":
-            if weights is None:
-                raise ValueError("quantity='linear' needs weights= (one per state entry)")
-            self.weights = V.as_float_array("weights", weights, ndim=1)
-        elif weights is not None:
-            raise ValueError("weights= is only meaningful for quantity='linear'")
-        else:
-            self.weights = None
+        if quantity == "linear" and weights is None:
+            raise ValueError("quantity='linear' needs weights= (one per state entry)")
+        if quantity == "quadratic" and matrix is None:
+            raise ValueError("quantity='quadratic' needs matrix= (state size × state size)")
+        if quantity == "q_norm2" and weights is not None:
+            raise ValueError("weights= is only meaningful for quantity='linear' or "
+                             "'quadratic'")
+        if quantity != "quadratic" and matrix is not None:
+            raise ValueError("matrix= is only meaningful for quantity='quadratic'")
+        self.weights = None if weights is None else V.as_float_array("weights", weights,
+                                                                     ndim=1)
+        self.matrix = None if matrix is None else V.as_float_array("matrix", matrix, ndim=2)
         if not isinstance(terminal, (bool, np.bool_)):
             terminal = V.as_int("terminal", terminal, lo=0)
         self.terminal = terminal
         self.direction = V.as_scalar("direction", direction)
 
+    @classmethod
+    def noether_charge(cls, model, family, level, block=None, *, omega=None,
+                       translation=None, terminal=False, direction=0.0):
+        """The event "the Noether charge J = ⟨Δ_h, ξ(q)⟩ crosses ``level``" (Eq. 9's J,
+        as :func:`noether_terms` computes it), for a Damped (Δ_h = m q̇) or Bregman
+        (Δ_h = P) model: ξ is linear in q (ξ(q) = G q + c, c ≠ 0 for translations only),
+        so J = ⟨P, G q⟩ + ⟨P, c⟩ is a quadratic form of the state plus a linear one.
+        ``family``, ``block``, ``omega`` as for :func:`noether_terms`; ``translation`` is
+        the unit direction of a translation."""
+        from .symmetry import generator
+
+        if not isinstance(model, (Damped, Bregman)):
+            raise ValueError("a Noether charge event needs a Damped or Bregman model (its "
+                             "state holds q and Δ_h linearly), got "
+                             f"{type(model).__name__}")
+        pot = model.potential
+        sym = _find_symmetry(pot, family, block, translation, omega)
+        om = omega if omega is not None else sym.omega
+        d = model.dim
+        c = generator(sym, np.zeros(d), pot.blocks, om)
+        G = np.column_stack([generator(sym, e, pot.blocks, om) - c for e in np.eye(d)])
+        scale = model.m if isinstance(model, Damped) else 1.0
+        Q = np.zeros((2 * d, 2 * d))
+        Q[d:, :d] = scale * G                       # yᵀ Q y = ⟨scale·y[d:], G y[:d]⟩
+        w = np.concatenate([np.zeros(d), scale * c])
+        return cls("quadratic", level, weights=w, matrix=Q, terminal=terminal,
+                   direction=direction)
+
     def __repr__(self):
         return (f"LevelEvent({self.quantity!r}, {self.level!r}, terminal={self.terminal!r}, "
                 f"direction={self.direction!r})")
 
-    def _weights(self, model):
+    def _arrays(self, model):
+        """(weights (n,), matrix (n, n)) for this model, zeros where unused."""
         n = model.state_size
-        if self.quantity != "linear":
-            return np.zeros(n)
-        if self.weights.shape != (n,):
+        w = np.zeros(n) if self.weights is None else self.weights
+        Q = np.zeros((n, n)) if self.matrix is None else self.matrix
+        if w.shape != (n,):
             raise ValueError(f"LevelEvent weights must have the state's shape ({n},), got "
-                             f"{self.weights.shape}")
-        return self.weights
+                             f"{w.shape}")
+        if Q.shape != (n, n):
+            raise ValueError(f"LevelEvent matrix must have shape ({n}, {n}) (the state's), "
+                             f"got {Q.shape}")
+        return w, Q
 
     def _bind(self, model):
         """The same event as a Python callable g(t, y) for this model."""
-        w, level = self._weights(model), self.level
+        (w, Q), level = self._arrays(model), self.level
         if self.quantity == "linear":
             def g(t, y):
                 return float(w @ y) - level
+        elif self.quantity == "quadratic":
+            def g(t, y):
+                return float(y @ (Q @ y)) + float(w @ y) - level
         elif isinstance(model, RadialAngular):
             def g(t, y):
                 return float(y[0] * y[0]) - level
@@ -235,7 +278,9 @@ def _event_spec(events, model, max_rows):
         direction=[np.sign(e.direction) for e in events],
         terminal=[(1 if e.terminal else 0) if isinstance(e.terminal, (bool, np.bool_))
                   else e.terminal for e in events],
-        weights=np.array([e._weights(model) for e in events]).reshape(len(events), -1),
+        weights=np.array([e._arrays(model)[0] for e in events]).reshape(len(events), -1),
+        matrices=np.array([e._arrays(model)[1] for e in events]).reshape(
+            len(events), model.state_size, model.state_size),
         max_rows=max(1, max_rows))
 
 

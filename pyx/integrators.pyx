@@ -75,9 +75,10 @@ cdef enum:
 cdef enum:
     EV_NORM2 = 0            # |q|² (M2: r²)
     EV_LINEAR = 1           # <w, y> (w over the whole state)
+    EV_QUAD = 2             # y^T Q y + <w, y> (e.g. a Noether charge of M1 or M3)
 
 #: compiled event kinds, by name
-EVENT_KINDS = {"q_norm2": EV_NORM2, "linear": EV_LINEAR}
+EVENT_KINDS = {"q_norm2": EV_NORM2, "linear": EV_LINEAR, "quadratic": EV_QUAD}
 #: status: a terminal event stopped the run
 STATUS_TERMINAL_EVENT = _ST_EVENT
 #: status: the dense output outgrew ``plan.max_dense_rows``
@@ -851,7 +852,8 @@ cdef struct CEvents:
     const double* level
     const double* direction
     const Py_ssize_t* terminal  # stop at this occurrence (0: never)
-    const double* w             # (m, n) weights of EV_LINEAR events
+    const double* w             # (m, n) weights of EV_LINEAR and EV_QUAD events
+    const double* Q             # (m, n, n) matrices of EV_QUAD events
     double* g                   # (m) g at the start of the current step
     Py_ssize_t* count           # (m) occurrences so far
     double* last_t              # (m) time of the last root (a root on a boundary counts once)
@@ -876,17 +878,25 @@ cdef inline void _dense_at(const double* c, Py_ssize_t nc, Py_ssize_t n, double 
 
 cdef inline double _cev_value(Model* M, CEvents* E, Py_ssize_t k,
                               const double* y) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double acc = 0.0
+    cdef Py_ssize_t i, j, n = M.n
+    cdef double acc = 0.0, row
+    cdef const double* Q
     if E.kind[k] == EV_NORM2:
         if M.kind == MODEL_RADANG:
             acc = y[0] * y[0]
         else:
             for i in range(M.d):
                 acc = acc + y[i] * y[i]
-    else:
-        for i in range(M.n):
-            acc = acc + E.w[k * M.n + i] * y[i]
+        return acc - E.level[k]
+    if E.kind[k] == EV_QUAD:
+        Q = E.Q + k * n * n
+        for i in range(n):
+            row = 0.0
+            for j in range(n):
+                row = row + Q[i * n + j] * y[j]
+            acc = acc + y[i] * row
+    for i in range(n):
+        acc = acc + E.w[k * n + i] * y[i]
     return acc - E.level[k]
 
 
@@ -1208,7 +1218,8 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
     with the GIL after each accepted step as ``hook(t_old, t_new, h, coefs (nc, n))``; a
     true return stops the run with STATUS_TERMINAL_EVENT, an exception is re-raised.
     ``plan.compiled_events`` (or None: kind (m,) intc EV_*, level, direction (m,),
-    terminal (m,) intp counts, weights (m, n), max_rows) are located in the loop without
+    terminal (m,) intp counts, weights (m, n), matrices (m, n, n), max_rows) are located
+    in the loop without
     the GIL; their roots come back in ``record.events``, rows [t, k, y (n)].
 
     Returns (status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected).
@@ -1241,6 +1252,7 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
     cdef const double[::1] ev_dir
     cdef const Py_ssize_t[::1] ev_term
     cdef const double[:, ::1] ev_w
+    cdef const double[:, :, ::1] ev_Q
     cdef double* ev_work = NULL
     cdef Py_ssize_t m_ev = 0
     adaptive = method == METHOD_DOPRI5 or method == METHOD_DOP853
@@ -1258,10 +1270,12 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
         ev_dir = ev_spec.direction
         ev_term = ev_spec.terminal
         ev_w = ev_spec.weights
+        ev_Q = ev_spec.matrices
         m_ev = ev_kind.shape[0]
         if (ev_level.shape[0] != m_ev or ev_dir.shape[0] != m_ev
                 or ev_term.shape[0] != m_ev or ev_w.shape[0] != m_ev
-                or ev_w.shape[1] != n or m_ev < 1 or ev_spec.max_rows < 1):
+                or ev_w.shape[1] != n or ev_Q.shape[0] != m_ev or ev_Q.shape[1] != n
+                or ev_Q.shape[2] != n or m_ev < 1 or ev_spec.max_rows < 1):
             raise ValueError("integrate_kernel: inconsistent compiled event arrays")
     _model_init(&M, model.kind, model.hp, pot, model.D, model.schedule, check_signals)
     M.n = n
@@ -1278,6 +1292,7 @@ def integrate_kernel(object model,      # IN _bridge.ModelInputs
         E.direction = &ev_dir[0]
         E.terminal = &ev_term[0]
         E.w = &ev_w[0, 0]
+        E.Q = &ev_Q[0, 0, 0]
         E.g = ev_work
         E.last_t = ev_work + m_ev
         E.root_s = ev_work + 2 * m_ev

@@ -264,3 +264,61 @@ def test_level_event_on_fixed_step_methods_and_errors():
                      events=[LevelEvent("linear", 0.0, weights=[1.0, 0.0, 0.0])])
     with pytest.raises(ValueError, match="terminal"):
         LevelEvent("q_norm2", 1.0, terminal=-1)
+
+
+def test_noether_charge_event_closed_form():
+    """Rotation charge of M1 on a rotation-invariant potential, and translation charge of
+    M3 (Euclidean mirror, "damped" schedule) along a null direction: both obey
+    dJ/dt = −γ̇J exactly (docs/integrators.md §1.3, §6), so J = J0/2 at t = ln 2/γ̇.
+    The compiled charge event finds it to 1e-9 (dop853 at rtol 1e-12), and J(y_event)
+    computed from the generator equals the level to 1e-12."""
+    from noether_core.models import Bregman, damped
+    from noether_core.symmetry import random_skew
+    omega = random_skew(3, 1)
+    pot = nc.potentials.Radial(3, "double_well")
+    model = Damped(pot, m=0.5, mu=0.2)
+    y0 = np.array([0.8, -0.3, 0.5, 0.2, 0.7, -0.4])
+    J0 = 0.5 * y0[3:] @ (omega @ y0[:3])
+    ev = LevelEvent.noether_charge(model, "rotation", J0 / 2, omega=omega, terminal=True)
+    r = nc.integrate(model, y0, t_end=10.0, method="dop853", rtol=1e-12, atol=1e-14,
+                     events=[ev])
+    assert r.status == 1 and abs(r.t_final - np.log(2.0) / 0.4) < 1e-9
+    assert abs(0.5 * r.y_final[3:] @ (omega @ r.y_final[:3]) - J0 / 2) < 1e-12
+    # M3: Quadratic with null vector n (translation symmetry), P = Δ_h
+    n = np.ones(3) / np.sqrt(3.0)
+    P = np.eye(3) - np.outer(n, n)
+    quad = nc.potentials.Quadratic(P @ np.diag([1.0, 2.0, 3.0]) @ P)
+    m3 = Bregman(quad, damped(0.5, 0.3), "euclidean")
+    y3 = m3.state(np.array([1.0, 0.2, -0.4]), np.array([0.3, 0.5, 0.1]), 0.0)
+    J0 = y3[3:] @ n
+    ev = LevelEvent.noether_charge(m3, "translation", J0 / 2, block="q", translation=n,
+                                   terminal=True)
+    r = nc.integrate(m3, y3, t_end=10.0, method="dop853", rtol=1e-12, atol=1e-14,
+                     events=[ev])
+    assert r.status == 1 and abs(r.t_final - np.log(2.0) / 0.6) < 1e-9
+    assert abs(r.y_final[3:] @ n - J0 / 2) < 1e-12
+
+
+def test_noether_charge_event_scale_matches_python_and_noether_terms():
+    """The scale charge m⟨q̇, q⟩ of M1 on a Rayleigh quotient (no closed form): compiled
+    event = the same event through the Python hook (1e-12), and noether_terms' J at the
+    recorded event row equals the level."""
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((4, 4))
+    model = Damped(nc.potentials.RayleighQuotient(A + A.T), m=0.5, mu=0.3)
+    y0 = np.concatenate([rng.standard_normal(4), rng.standard_normal(4)])
+    level = 1.0                # J goes 0.24 → 1.74 → 0.42 over [0, 6]: crossed twice
+    ev = LevelEvent.noether_charge(model, "scale", level)
+    c = nc.integrate(model, y0, t_end=6.0, method="dopri5", rtol=1e-11, atol=1e-13,
+                     events=[ev])
+    p = nc.integrate(model, y0, t_end=6.0, method="dopri5", rtol=1e-11, atol=1e-13,
+                     events=[ev, lambda t, y: 1.0])
+    assert len(c.t_events[0]) == len(p.t_events[0]) == 2
+    np.testing.assert_allclose(c.t_events[0], p.t_events[0], rtol=0, atol=1e-12)
+    stop = nc.integrate(model, y0, t_end=6.0, method="dopri5", rtol=1e-11, atol=1e-13,
+                        events=[LevelEvent.noether_charge(model, "scale", level,
+                                                          terminal=True)])
+    J = stop.noether_terms("scale").J
+    assert abs(J[-1] - level) < 1e-12 and stop.t[-1] == c.t_events[0][0]
+    with pytest.raises(ValueError, match="Damped or Bregman"):
+        LevelEvent.noether_charge(nc.models.GradientFlow(model.potential, 1.0), "scale", 0.0)
