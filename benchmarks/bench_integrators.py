@@ -1,6 +1,6 @@
-"""Compiled integrators vs scipy.integrate.solve_ivp at matched final error.
+"""Compiled integrators vs scipy.integrate.solve_ivp (and diffrax) at matched final error.
 
-    PYTHONPATH=.:python python benchmarks/bench_integrators.py
+    PYTHONPATH=.:python python benchmarks/bench_integrators.py [--peers-only]
 
 Problems: M1 Damped on RayleighQuotient (d = 8, T = 20) and M2 RadialAngular (exact) on
 the same potential.  For each solver a parameter sweep (h for conformal-verlet, rtol for
@@ -10,10 +10,19 @@ interpolation.  solve_ivp gets the NumPy right-hand side of python/noether_ref (
 equations; the gradient is one small matrix-vector product in NumPy).  The reference
 solution is DOP853 at rtol = 1e-13, atol = 1e-15.
 
-Prints a Markdown section for benchmarks/RESULTS.md.
+Second part, "peers side by side" (issue 17): M1 only.  Each peer runs at rtol 1e-6 …
+1e-10 (atol = rtol/100): scipy solve_ivp RK45 and DOP853, and, if importable, diffrax
+Dopri5, Tsit5 and Dopri8 (PID controller, ``jax.jit`` compiled once per rtol outside the
+timing, float64 via ``jax_enable_x64``, time with ``block_until_ready``).  Against each
+peer run we take the cheapest of our calls (dopri5 and dop853 over an rtol sweep) whose
+final error is at most the peer's, and print both times and the ratio.  Missing peers are
+skipped with a message.
+
+Prints Markdown for benchmarks/RESULTS.md (it writes nothing).
 """
 import platform
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -109,6 +118,112 @@ def _ratio(a, b):
     return "—" if a is None or b is None else f"{a / b:.0f}×"
 
 
+# -- peers side by side (issue 17) --------------------------------------------------------
+PEER_RTOLS = (1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+
+
+def _diffrax_runners(A, y0, m, mu, k):
+    """{name: rtol -> (callable returning q(T), None)} for diffrax's Dopri5, Tsit5, Dopri8,
+    or a message if diffrax/jax are not importable."""
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import diffrax
+        import jax.numpy as jnp
+    except Exception as exc:                       # optional peers
+        return {}, f"diffrax peers skipped ({type(exc).__name__}: {exc})"
+    Aj = jnp.asarray(A)
+    d = A.shape[0]
+
+    def vf(t, y, args):
+        q, v = y[:d], y[d:]
+        Aq = Aj @ q
+        iqq = 1.0 / (q @ q)
+        g = Aq * iqq - q * ((q @ Aq) * iqq * iqq) + k * q
+        return jnp.concatenate([v, -(mu * v + g) / m])
+
+    term = diffrax.ODETerm(vf)
+    yj = jnp.asarray(y0)
+    out = {}
+    for name in ("Dopri5", "Tsit5", "Dopri8"):
+        solver = getattr(diffrax, name)()
+
+        def make(rtol, solver=solver):
+            ctrl = diffrax.PIDController(rtol=rtol, atol=rtol * 1e-2)
+
+            @jax.jit
+            def run(y):
+                sol = diffrax.diffeqsolve(term, solver, 0.0, T, None, y,
+                                          stepsize_controller=ctrl,
+                                          saveat=diffrax.SaveAt(t1=True), max_steps=10**6)
+                return sol.ys[-1]
+
+            run(yj).block_until_ready()                      # compile outside the timing
+            return lambda: np.asarray(run(yj).block_until_ready())
+
+        out[f"diffrax {name}"] = make
+    return out, None
+
+
+def peers(model, y0, spec, A):
+    """Rows (peer, rtol, peer error, peer time, (our error, our time, our call))."""
+    f = lambda t, y: ri.rhs(spec, t, y)                            # noqa: E731
+    ref = solve_ivp(f, (0, T), y0, method="DOP853", rtol=1e-13, atol=1e-15).y[:, -1]
+
+    def ours_call(method, tol):
+        return lambda: nc.integrate(model, y0, t_end=T, method=method, rtol=tol,
+                                    atol=tol * 1e-2, t_eval=[0.0, T]).y_final
+
+    # our errors (deterministic), loosest rtol first
+    sweep = {method: [(float(np.abs(ours_call(method, tol)() - ref).max()), tol)
+                      for tol in np.logspace(-3, -13, 41)] for method in ("dopri5", "dop853")}
+    makers = {f"solve_ivp {meth}": (lambda tol, meth=meth: (lambda: solve_ivp(
+        f, (0, T), y0, method=meth, rtol=tol, atol=tol * 1e-2).y[:, -1]))
+        for meth in ("RK45", "DOP853")}
+    dfx, note = _diffrax_runners(A, y0, spec["m"], spec["mu"], spec["k"])
+    makers.update(dfx)
+    rows = []
+    for name, make in makers.items():
+        for tol in PEER_RTOLS:
+            run = make(tol)
+            t_peer, y = _best(run)
+            e_peer = float(np.abs(y - ref).max())
+            # per method, the loosest of our rtols meeting the peer's error is its
+            # cheapest call (cost grows as rtol tightens); timed right after the peer
+            best = None
+            for method, pts in sweep.items():
+                ok = [(e, t) for e, t in pts if e <= e_peer]
+                if not ok:
+                    continue
+                e, our_tol = ok[0]
+                t_ours, _ = _best(ours_call(method, our_tol))
+                if best is None or t_ours < best[1]:
+                    best = (e, t_ours, f"{method} {our_tol:.1e}")
+            rows.append((name, tol, e_peer, t_peer, best))
+    return rows, note
+
+
+def print_peers(rows, note):
+    print("### Peers side by side: M1 Damped, RayleighQuotient d=8, T=20\n")
+    print("Each peer at rtol (atol = rtol/100); ours = the cheaper of our dopri5 and dop853 "
+          "calls at the loosest rtol (swept over 1e-3 … 1e-13, 4 per decade) whose final "
+          "error is at most the peer's, timed right after the peer.  Best of 5; diffrax "
+          "jit-compiled beforehand, x64.\n")
+    if note:
+        print(f"*{note}*\n")
+    print("| peer | rtol | peer error | peer time | ours (method, rtol) | our error | "
+          "our time | peer / ours |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, tol, e_peer, t_peer, best in rows:
+        if best is None:
+            print(f"| {name} | {tol:.0e} | {e_peer:.1e} | {_fmt(t_peer)} | — | — | — | — |")
+            continue
+        e, t, which = best
+        print(f"| {name} | {tol:.0e} | {e_peer:.1e} | {_fmt(t_peer)} | {which} | {e:.1e} | "
+              f"{_fmt(t)} | {t_peer / t:.1f}× |")
+    print()
+
+
 def main():
     pot, A, q0, v0 = _problem()
     grad = lambda q: rp.rayleigh(q, A)[1]                          # noqa: E731
@@ -116,6 +231,11 @@ def main():
     m2 = RadialAngular(pot, 0.5, 0.3, 0.02)
     s1 = {"kind": "damped", "m": 0.5, "mu": 0.3, "k": 0.02, "grad": grad}
     s2 = {"kind": "radang", "m": 0.5, "mu": 0.3, "k": 0.02, "reduced": False, "grad": grad}
+    y1 = np.concatenate([q0, v0])
+    prows, pnote = peers(m1, y1, s1, A)
+    if "--peers-only" in sys.argv:
+        print_peers(prows, pnote)
+        return
     results = [
         bench("M1 Damped, RayleighQuotient d=8, T=20", m1, np.concatenate([q0, v0]), s1,
               lambda y: y),
@@ -146,6 +266,7 @@ def main():
                   f"{_fmt(r853)} | {_ratio(r45, cv)} | {_ratio(r853, cv)} | "
                   f"{_ratio(r45, dp)} | {_ratio(r853, dp)} | {_ratio(r853, y4)} |")
         print()
+    print_peers(prows, pnote)
     print("Machine:\n\n```\n" + lscpu.rstrip() + "\n```\n")
     print(f"Python {platform.python_version()}, NumPy {numpy.__version__}, "
           f"SciPy {scipy.__version__}, noether_core {nc.__version__}.\n")

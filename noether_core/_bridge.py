@@ -51,7 +51,7 @@ __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
            "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
-           "Trajectory", "run_integrate", "eval_rhs"]
+           "EventSpec", "Trajectory", "run_integrate", "eval_rhs"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
@@ -232,6 +232,30 @@ class ModelInputs:
 
 
 @dataclass(eq=False)
+class EventSpec:
+    """Events located inside the adaptive loop (pyx/integrators.pyx ``CEvents``): for
+    each, g(y) = quantity − level with ``kind`` (integrators.pyx EVENT_KINDS: |q|²,
+    ⟨weights, y⟩, or yᵀ matrix y + ⟨weights, y⟩), ``direction`` and ``terminal`` (a count,
+    0 = never); at most
+    ``max_rows`` roots in all."""
+
+    kind: np.ndarray          # IN (m,) intc
+    level: np.ndarray         # IN (m,)
+    direction: np.ndarray     # IN (m,)
+    terminal: np.ndarray      # IN (m,) intp
+    weights: np.ndarray       # IN (m, n)
+    matrices: np.ndarray      # IN (m, n, n): g = yᵀ Q y + ⟨w, y⟩ − level for "quadratic"
+    max_rows: int = 1
+
+    def __post_init__(self):
+        self.kind = np.ascontiguousarray(self.kind, dtype=np.intc)
+        self.level, self.direction = _f64(self.level), _f64(self.direction)
+        self.terminal = np.ascontiguousarray(self.terminal, dtype=np.intp)
+        self.weights = np.ascontiguousarray(self.weights, dtype=np.float64)
+        self.matrices = np.ascontiguousarray(self.matrices, dtype=np.float64)
+
+
+@dataclass(eq=False)
 class IntegratePlan:
     """How one trajectory is integrated: ``method`` (integrators.pyx METHOD_*), from
     ``t0``; fixed-step methods take ``n_steps`` steps of ``h`` and record every
@@ -249,6 +273,13 @@ class IntegratePlan:
     rtol: float = 0.0
     atol: float = 0.0
     max_steps: int = 0
+    # adaptive methods only: keep every accepted step's continuous extension (at most
+    # max_dense_rows rows), and/or call event_hook(t_old, t_new, h, coefs) -> stop? after
+    # each accepted step (with the GIL)
+    dense: bool = False
+    max_dense_rows: int = 0
+    event_hook: object | None = None
+    compiled_events: EventSpec | None = None
 
 
 @dataclass(eq=False)
@@ -258,6 +289,8 @@ class Trajectory:
 
     t: np.ndarray             # OUT (R,)
     y: np.ndarray             # OUT (R, n)
+    dense: np.ndarray | None = None   # OUT (set by the kernel when plan.dense): (S, stride)
+    events: np.ndarray | None = None  # OUT (compiled events): rows [t, k, y (n)]
 
 
 def run_integrate(model: ModelInputs, y: np.ndarray, plan: IntegratePlan,

@@ -33,7 +33,7 @@ _DAMPED, _RADANG, _BREGMAN, _GFLOW = range(4)
 _SCHED_CODE = {"nesterov": 0, "damped": 1}
 _SCHED_USER = 2             # Python callables, called back from the compiled loop
 _SPLIT = ("conformal-euler", "conformal-verlet", "conformal-yoshida4")
-_RK = ("rk4", "dopri5")
+_RK = ("rk4", "dopri5", "dop853")
 
 
 def _potential(p):
@@ -105,7 +105,7 @@ class Damped(Model):
         Weight decay (spring constant).
 
     Methods: conformal-euler (heavy ball), conformal-verlet, conformal-yoshida4, rk4,
-    dopri5.  State y = (q, q̇), length 2d.
+    dopri5, dop853.  State y = (q, q̇), length 2d.
     """
 
     kind = _DAMPED
@@ -149,7 +149,7 @@ class Damped(Model):
 class GradientFlow(Model):
     """M4: gradient flow μ q̇ = −∇f(q) − k q (the m → 0 limit of M1, Eq. 12).
 
-    Methods: euler (explicit Euler = gradient descent with lr = h/μ), rk4, dopri5.
+    Methods: euler (explicit Euler = gradient descent with lr = h/μ), rk4, dopri5, dop853.
     State y = q, length d.
     """
 
@@ -319,7 +319,7 @@ class Bregman(Model):
     D : (d,) positive array for ``mirror="diagonal"``;  p : float > 1 for ``"pnorm"``.
 
     State y = (q, P) with P = Δ_h = ∇h(q + e^{−α}q̇) − ∇h(q) (Eq. 10); build it from
-    (q, q̇) with :meth:`state`.  Methods: rk4, dopri5.
+    (q, q̇) with :meth:`state`.  Methods: rk4, dopri5, dop853.
     """
 
     kind = _BREGMAN

@@ -310,7 +310,7 @@ def test_compiled_equals_numpy_twin(case):
     model, y0 = CASES[case]()
     s = _spec(model)
     for method in model.methods:
-        if method == "dopri5":
+        if method in ("dopri5", "dop853"):
             continue
         r = nc.integrate(model, y0, t_end=2.0, h=0.01, method=method, record_every=3)
         t, Y = ri.integrate(s, y0, method, 0.0, 0.01, 200, 3)
@@ -457,3 +457,152 @@ def test_radius_reaching_zero_warns():
         # stopped after the step that crossed r = 0 (dopri5's steps are long here: the
         # motion is uniform, its error estimate zero); every recorded r is positive
         assert r.diverged and r.t_final >= 0.9 and r.y_final[0] <= 0 and np.all(r.r > 0)
+
+
+# -- dop853 (docs/integrators.md §5.2) ---------------------------------------------------------
+def _fixed_steps(model, y0, T, N, method):
+    """An adaptive method forced onto N equal steps: output times every T/N (it lands on
+    each), first step T/N and tolerances so loose that no step is rejected or shortened."""
+    r = nc.integrate(model, y0, t_end=T, method=method, t_eval=np.linspace(0.0, T, N + 1),
+                     h=T / N, rtol=1e3, atol=1e3)
+    assert r.n_steps == N and r.n_rejected == 0
+    return r.y_final
+
+
+def _oscillator():
+    """q̈ + 0.2 q̇ + q = 0 (M1, Quadratic, m = 1, μ = 0.2) from (1, 0): closed form
+    q = e^{−t/10}(cos ωt + sin(ωt)/(10ω)), q̇ = −e^{−t/10} sin(ωt)(0.01 + ω²)/ω, ω² = 0.99."""
+    w = np.sqrt(0.99)
+
+    def exact(t):
+        t = np.asarray(t, dtype=float)
+        e = np.exp(-0.1 * t)
+        return np.array([e * (np.cos(w * t) + np.sin(w * t) / (10 * w)),
+                         -e * np.sin(w * t) * (0.01 + w * w) / w])
+
+    return Damped(nc.potentials.Quadratic(np.eye(1)), m=1.0, mu=0.2), np.array([1.0, 0.0]), \
+        exact
+
+
+def _linear_flow():
+    """μ q̇ = −A q (M4, Quadratic, d = 3): q(t) = V e^{−Λt/μ} Vᵀ q0."""
+    rng = np.random.default_rng(5)
+    B = rng.standard_normal((3, 3))
+    A = B @ B.T + np.eye(3)
+    lam, V = np.linalg.eigh(A)
+    q0 = rng.standard_normal(3)
+    return (GradientFlow(nc.potentials.Quadratic(A), mu=0.5), q0,
+            lambda t: V @ (np.exp(-lam * t / 0.5) * (V.T @ q0)))
+
+
+@pytest.mark.parametrize("problem", ["oscillator", "linear-flow"])
+@pytest.mark.parametrize("method,order", [("dopri5", 5), ("dop853", 8)])
+def test_adaptive_methods_measured_order(problem, method, order):
+    """The Runge–Kutta formula's order: the global error at equal steps (the controller
+    out of the way) against the closed form is C h^p; the fitted slope is within 0.3 of p
+    (measured: dopri5 5.19 / 5.24, dop853 8.10 / 8.01 on the two problems), every error
+    in [1e-13, 1e-3] (above round-off, ~1e-16 · the number of steps)."""
+    model, y0, exact = _oscillator() if problem == "oscillator" else _linear_flow()
+    T = 8.0 if problem == "oscillator" else 1.0
+    Ns = np.array({("oscillator", 8): [8, 11, 16, 22, 32],
+                   ("oscillator", 5): [16, 22, 32, 45, 64],
+                   ("linear-flow", 8): [6, 8, 11, 16],
+                   ("linear-flow", 5): [10, 14, 20, 28, 40]}[problem, order])
+    errs = [np.abs(_fixed_steps(model, y0, T, N, method) - exact(T)).max() for N in Ns]
+    assert 1e-13 < min(errs) and max(errs) < 1e-3, errs
+    assert abs(_slope(T / Ns, errs) - order) < 0.3, (errs, _slope(T / Ns, errs))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dop853_matches_scipy_dop853_and_beats_dopri5(case):
+    """At rtol 1e-12 both are within 5e-10 of solve_ivp DOP853; dop853 needs several
+    times fewer right-hand sides than dopri5 there (an 8th-order method at high accuracy)."""
+    model, y0 = CASES[case]()
+    ref = _dop853(model, y0, 6.0)
+    r8 = nc.integrate(model, y0, t_end=6.0, method="dop853", rtol=1e-12, atol=1e-14)
+    r5 = nc.integrate(model, y0, t_end=6.0, method="dopri5", rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(r8.y_final, ref, rtol=0, atol=5e-10)
+    assert r8.status == 0 and r8.success and r8.order == 8
+    assert r8.nfev * 2 < r5.nfev, (r8.nfev, r5.nfev)
+
+
+def test_dop853_tolerance_proportionality():
+    model, y0 = _m1_case()
+    ref = _dop853(model, y0, 4.0)
+    errs = []
+    for tol in (1e-6, 1e-8, 1e-10):
+        r = nc.integrate(model, y0, t_end=4.0, method="dop853", rtol=tol, atol=tol * 1e-2)
+        errs.append(np.abs(r.y_final - ref).max())
+    assert errs[0] > errs[1] > errs[2]
+    ratio = np.array(errs) / np.array([1e-6, 1e-8, 1e-10])
+    assert ratio.max() / ratio.min() < 100 and ratio.max() < 100
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_dop853_equals_numpy_twin(case):
+    """As for dopri5: same algorithm, compared at common output times (exact landing) to
+    the requested accuracy; the final states of free runs agree to ~1e-14 (the step
+    sequences differ at ~1e-8 relative, which the error estimate amplifies from the
+    gradients' rounding)."""
+    model, y0 = CASES[case]()
+    te = np.linspace(0.0, 2.0, 9)
+    r = nc.integrate(model, y0, t_end=2.0, method="dop853", rtol=1e-9, atol=1e-11,
+                     t_eval=te)
+    t, Y, st = ri.dop853(_spec(model), y0, 0.0, 2.0, 0.0, 1e-9, 1e-11, t_eval=te)
+    assert st == "ok" and np.array_equal(r.t, t)
+    np.testing.assert_allclose(r.y, Y, rtol=0, atol=1e-8)
+    r = nc.integrate(model, y0, t_end=2.0, method="dop853", rtol=1e-9, atol=1e-11)
+    t, Y, st = ri.dop853(_spec(model), y0, 0.0, 2.0, 0.0, 1e-9, 1e-11)
+    assert len(t) == len(r.t)
+    np.testing.assert_allclose(r.t, t, rtol=1e-6)
+    np.testing.assert_allclose(r.y_final, Y[-1], rtol=0, atol=1e-12)
+
+
+def test_dop853_failure_conventions():
+    """max_steps and underflow raise IntegrationError carrying status −1; a blow-up is a
+    divergence (flag, message, DivergenceWarning, status −1), as for dopri5."""
+    model, y0 = _m1_case()
+    with pytest.raises(IntegrationError, match="dop853: max_steps=5") as ei:
+        nc.integrate(model, y0, t_end=100.0, method="dop853", max_steps=5)
+    assert ei.value.result.status == -1 and not ei.value.result.success
+    with pytest.raises(IntegrationError, match="underflow") as ei:
+        nc.integrate(model, y0, t_end=1.0, method="dop853", rtol=1e-300, atol=1e-300)
+    assert ei.value.result.n_rejected > 10 and ei.value.result.t_final == 0.0
+    # q̇ = 1 while q < 2, a NaN gradient beyond: from q = 1 the state turns non-finite at
+    # t = 1 (M4, μ = 1); every step reaching past it is rejected until the floor
+    nan_wall = nc.potentials.Python(lambda q: (0.0, -np.where(q < 2.0, 1.0, np.nan)), 1)
+    for method in ("dopri5", "dop853"):
+        with pytest.warns(nc.DivergenceWarning, match="non-finite state"):
+            r = nc.integrate(GradientFlow(nan_wall, mu=1.0), [1.0], t_end=2.0, method=method)
+        assert r.diverged and r.status == -1 and not r.success
+        assert 1.0 - 1e-6 < r.t_final <= 1.0 and r.message == "non-finite state"
+
+
+def test_status_success_message_reached_end():
+    model, y0 = _m1_case()
+    for method, kw in (("dop853", {}), ("dopri5", {}), ("rk4", {"h": 0.1})):
+        r = nc.integrate(model, y0, t_end=1.0, method=method, **kw)
+        assert r.status == 0 and r.success and r.t_final == 1.0
+        assert r.message == "The solver successfully reached the end of the integration " \
+                            "interval."
+
+
+def test_dop853_tableau_conditions():
+    """The DOP853 numbers (kernel and twin hold the same): row sums Σ_j a_ij = c_i, the
+    quadrature conditions Σ b_i c_i^(k−1) = 1/k for k = 1..8 (8th order), the 5th-order
+    estimate's weights summing to 0 (E5 is a difference of two consistent methods), and
+    Σ bhh = 1 for the 3rd-order one.  Tolerance 1e-13: sums of ≤ 12 terms of size ≤ 44
+    round to ~12 · 44 · 1.1e-16 ≈ 6e-14 (row sums measured ≤ 1.3e-15)."""
+    from noether_core import _bridge
+    k = _bridge.integrator_kernels
+    for name in ("_D8_A", "_D8_C", "_D8_D", "_D8_E5", "_D8_BHH"):
+        assert getattr(k, name) == getattr(ri, name)
+    A, C = ri._D8_A, np.array(ri._D8_C)
+    for i in range(1, 16):
+        row = sum(v for (r, _), v in A.items() if r == i)
+        assert abs(row - C[i]) < 1e-13, i
+    b = np.array([A.get((12, j), 0.0) for j in range(12)])
+    for kk in range(1, 9):
+        assert abs(b @ C[:12] ** (kk - 1) - 1.0 / kk) < 1e-13, kk
+    assert abs(sum(ri._D8_E5.values())) < 1e-13
+    assert abs(sum(ri._D8_BHH.values()) - 1.0) < 1e-13

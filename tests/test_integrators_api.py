@@ -143,3 +143,56 @@ def test_property_m2_constraint(c, reduced):
     u, w = r.qhat, r.qhatdot
     assert np.abs(np.linalg.norm(u, axis=1) - 1).max() < 1e-15
     assert np.abs(np.sum(u * w, 1)).max() <= 1e-15 * max(1.0, np.abs(w).max())
+
+
+# -- a Python potential failing inside integrate (issue 19 item 11) ------------------------
+def _failing_potential(after, failure):
+    """fn(q) = (|q|²/2, q), except that call ``after`` + 1 fails with ``failure``: an
+    exception to raise, or "shape" (a gradient of the wrong shape)."""
+    calls = [0]
+
+    def fn(q):
+        calls[0] += 1
+        if calls[0] == after + 1:
+            if failure == "shape":
+                return 0.0, np.zeros(3)
+            raise failure
+        return 0.5 * q @ q, q.copy()
+
+    return nc.potentials.Python(fn, 2), calls
+
+
+_RUNS = [("dopri5", {}), ("dop853", {}), ("rk4", {"h": 0.1}), ("conformal-verlet", {"h": 0.1})]
+
+
+@pytest.mark.parametrize("method,kw", _RUNS)
+@pytest.mark.parametrize("failure", ["raise", "shape"])
+def test_python_potential_error_is_callback_error(method, kw, failure):
+    """The user's error reaches the caller as CallbackError (as from ``train``), chained to
+    the original, naming the failing gradient evaluation — not as a divergence."""
+    import warnings
+
+    exc = ValueError("boom") if failure == "raise" else "shape"
+    pot, calls = _failing_potential(5, exc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no DivergenceWarning on the way
+        with pytest.raises(nc.errors.CallbackError, match="gradient evaluation 6") as ei:
+            nc.integrate(Damped(pot, m=1.0, mu=0.1), np.ones(4), t_end=2.0, method=method,
+                         **kw)
+    cause = ei.value.__cause__
+    if failure == "raise":
+        assert cause is exc
+    else:
+        assert isinstance(cause, ValueError) and "shape (3,)" in str(cause)
+    assert ei.value.step == 5 and calls[0] == 6       # the loop stopped calling fn
+
+
+@pytest.mark.parametrize("method,kw", _RUNS)
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_python_potential_interrupt_propagates_as_itself(method, kw, exc_type):
+    pot, _ = _failing_potential(3, exc_type())
+    with pytest.raises(exc_type):
+        nc.integrate(Damped(pot, m=1.0, mu=0.1), np.ones(4), t_end=2.0, method=method, **kw)
+    # nothing of it is left behind: the next run of the same potential is clean
+    r = nc.integrate(Damped(pot, m=1.0, mu=0.1), np.ones(4), t_end=0.5, method=method, **kw)
+    assert r.status == 0 and not r.diverged
