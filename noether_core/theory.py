@@ -269,6 +269,9 @@ def steady_angular_update(lr, momentum, weight_decay, *, rule="sgd", dampening=0
     with ``momentum`` = β₁, assuming uncorrelated gradients, ⟨q, update⟩ ≈ 0 and a
     stationary second-moment estimate (heuristic, not an identity; docs/theory.md §6).
 
+    For the correlation-aware Nesterov form, Adam/RMSprop with L2 decay, AdamW's metric
+    term and the steady norms, see :func:`equilibrium` (docs/theory.md §9).
+
     Parameters
     ----------
     lr, momentum, weight_decay : float or array (broadcast)
@@ -790,7 +793,7 @@ def angular_updates(q):
 
 
 # -- every optimizer: equilibrium and norm schedule from gradient statistics -------------------
-# docs/theory.md §8.  One accounting for every rule: the step is Δ_{n+1} = −η u_n − (decay),
+# docs/theory.md §9.  One accounting for every rule: the step is Δ_{n+1} = −η u_n − (decay),
 # u built by the rule's buffers from the gradients; the norm obeys
 #     a_{n+1} = a_n − 2η⟨q_n, u_n⟩ − 2ηλ a_n + η²|u_n|²   (leading order in ηλ)
 # and ⟨q_n, u_n⟩ (the "cross term") follows a recursion driven by the same buffers:
@@ -823,7 +826,7 @@ class GradStats:
         ``|m̂_n/(sqrt(v̂_n)+ε)|²``; RMSprop ``|g_n/(sqrt(v_n)+ε)|²`` (m, v of the gradients).
     cross : array or None
         Nesterov only: ``⟨w_{n−1}, b_n⟩`` (0 at n = 0), the lag correlation the Nesterov
-        balance needs (docs/theory.md §8.3).
+        balance needs (docs/theory.md §9.3).
     metric : array or None
         Adaptive rules: ``M_n = ⟨q̂_n, P_n g_n⟩`` with ``P = 1/(sqrt(v̂)+ε)`` the rule's
         per-coordinate preconditioner (zero for SGD, where ``⟨q, g⟩ = 0``).  None: taken
@@ -932,7 +935,7 @@ def _rule_hyper(rule, lr, weight_decay, momentum, dampening, nesterov, betas, al
         if V.as_bool("amsgrad", amsgrad):
             raise ValueError("amsgrad=True is not covered by the theory (its running "
                              "maximum of v breaks the stationary-preconditioner step of "
-                             "docs/theory.md §8); allowed: amsgrad=False")
+                             "docs/theory.md §9); allowed: amsgrad=False")
         return rule, h
     h["alpha"] = V.as_scalar("alpha", alpha, lo=0.0, hi=1.0, hi_open=True)
     mom = V.as_scalar("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
@@ -943,7 +946,7 @@ def _rule_hyper(rule, lr, weight_decay, momentum, dampening, nesterov, betas, al
 
 
 def _nesterov_ratio(beta, assumption):
-    """⟨w_{n−1}, b_n⟩/|w|² of Nesterov under a named correlation assumption (§8.3)."""
+    """⟨w_{n−1}, b_n⟩/|w|² of Nesterov under a named correlation assumption (§9.3)."""
     if assumption == "coherent":
         return 1.0
     if assumption == "alternating":
@@ -969,21 +972,21 @@ def equilibrium(rule, *, lr, weight_decay=0.0, momentum=0.0, dampening=0.0, nest
 
     The hyper-parameters carry torch's names and meanings (``torch.optim.SGD``, ``Adam``,
     ``AdamW``, ``RMSprop``), so a param group's entries can be passed as they are.
-    Derivations: docs/theory.md §8 (the equation numbers below are that page's).
+    Derivations: docs/theory.md §9 (the equation numbers below are that page's).
 
     ``rule`` and the closed forms (η = lr, k = weight_decay, U, C, M, p the window means
     of :class:`GradStats`):
 
     * ``"sgd"`` (heavy ball, dampening τ): chord* = sqrt(2ηk(1−τ)/(1+β)) — exact at a
-      steady state whatever the gradient correlations (8.4); |q|²* = ηU(1+β)/(2k(1−τ)).
-    * ``"nesterov"`` (or ``nesterov=True``): chord*² = 2ηk/((1−β) + 2β²C/U) (8.6), C/U the
+      steady state whatever the gradient correlations (9.4); |q|²* = ηU(1+β)/(2k(1−τ)).
+    * ``"nesterov"`` (or ``nesterov=True``): chord*² = 2ηk/((1−β) + 2β²C/U) (9.6), C/U the
       measured lag correlation of the Nesterov buffer (``grad_stats.cross/update_sq``);
       without statistics the named ``assumption`` sets it; |q|²* = η((1−β)U + 2β²C)/(2k).
-    * ``"adamw"`` (decoupled λ = k): r*² solves 2λr² + 2Mr = ηU(1+β₁)/(1−β₁) (8.9);
+    * ``"adamw"`` (decoupled λ = k): r*² solves 2λr² + 2Mr = ηU(1+β₁)/(1−β₁) (9.9);
       chord* = η sqrt(U)/r*.  With M = 0 (or no statistics) chord* =
       sqrt(2ηλ(1−β₁)/(1+β₁)), the rotational-equilibrium form.
-    * ``"adam"`` (coupled L2): the same with λ = k·p, p = ``grad_stats.precond`` (8.10).
-    * ``"rmsprop"`` (coupled L2, momentum 0): 2kp r² + 2Mr = ηU (8.11).
+    * ``"adam"`` (coupled L2): the same with λ = k·p, p = ``grad_stats.precond`` (9.10).
+    * ``"rmsprop"`` (coupled L2, momentum 0): 2kp r² + 2Mr = ηU (9.11).
 
     Parameters
     ----------
@@ -1049,7 +1052,7 @@ def equilibrium(rule, *, lr, weight_decay=0.0, momentum=0.0, dampening=0.0, nest
         den = (1.0 - beta) * U + 2.0 * beta * beta * C
         if np.any((den <= 0.0) & (U > 0.0)):
             raise ValueError("grad_stats give (1-momentum)*update_sq + 2*momentum^2*cross "
-                             "<= 0: no steady state of the Nesterov balance (8.6)")
+                             "<= 0: no steady state of the Nesterov balance (9.6)")
         # a block whose gradient vanishes (a dead unit) only shrinks: chord 0, |q|² → 0
         chord = np.sqrt(2.0 * eta * k * U / np.where(U > 0.0, den, 1.0))
         norm = eta * den / (2.0 * k)
@@ -1064,7 +1067,7 @@ def equilibrium(rule, *, lr, weight_decay=0.0, momentum=0.0, dampening=0.0, nest
     if st is None:
         if coupled:
             raise ValueError(f"rule={name!r} needs grad_stats: its L2 decay acts through the "
-                             "preconditioner, p = grad_stats.precond (docs/theory.md §8.5)")
+                             "preconditioner, p = grad_stats.precond (docs/theory.md §9.5)")
         return Equilibrium(name, _out(np.sqrt(2.0 * eta * k / gamma)), None, "rotational")
     U = _stat("update_sq", st.update_sq, lo=0.0, rule=name)
     M = np.zeros_like(U) if st.metric is None else _stat("metric", st.metric, rule=name)
@@ -1131,7 +1134,7 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
     params : (N, d) array_like, optional
         q_n at the same steps; adaptive rules only.  Without it the metric term is left
         out (None), v holds g² only and ``precond`` is the plain mean of P over the
-        block's coordinates (assumptions, docs/theory.md §8.5).
+        block's coordinates (assumptions, docs/theory.md §9.5).
     lr : ignored (accepted so that a param group can be passed whole)
     weight_decay : float ≥ 0
         Used for the coupled rules' second moment (with ``params``).
@@ -1214,18 +1217,18 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
                        eps=1e-8, amsgrad=False, centered=False):
     """|q_n|², n = 0..N, of a scale block predicted from its per-step gradient statistics.
 
-    The norm recursion of docs/theory.md §8 run from rest (every buffer empty at n = 0,
+    The norm recursion of docs/theory.md §9 run from rest (every buffer empty at n = 0,
     |q_0| = r0), driven by the series of :func:`gradient_stats` (computed from the
     gradients, plus the direction for the adaptive rules) — never by the run's own |q| or
     steps.  Per rule (x_n the cross term ⟨q_n, u_n⟩, c_n = (1−β₁)/(1−β₁^{n+1}),
     f_n = β₁(1−β₁^n)/(1−β₁^{n+1})):
 
     * sgd: x_n = β(x_{n−1} − η V_{n−1}) + (1−τ)k a_n, V_n = U_n + 2k s_{n+1} x_n −
-      k²s²_{n+1} a_n, a_{n+1} = a_n − 2ηx_n + η²V_n  (8.3; s the buffer's scalar gain);
+      k²s²_{n+1} a_n, a_{n+1} = a_n − 2ηx_n + η²V_n  (9.2, 9.3; s the buffer's scalar gain);
     * nesterov: y_n = β(y_{n−1} − ηC_n) + k a_n, x_n = k a_n + βy_n,
-      a_{n+1} = a_n − 2ηx_n + η²U_n  (8.5);
+      a_{n+1} = a_n − 2ηx_n + η²U_n  (9.5);
     * adamw: x_n = f_n((1−ηλ)x_{n−1} − ηU_{n−1}) + c_n r_n M_n,
-      a_{n+1} = (1−ηλ)²a_n − 2η(1−ηλ)x_n + η²U_n  (8.8);
+      a_{n+1} = (1−ηλ)²a_n − 2η(1−ηλ)x_n + η²U_n  (9.7, 9.8);
     * adam: the same with the decay through the preconditioner, (1−ηλ) → (1−ηk p_n) in
       x and a_{n+1} = (1 − 2ηk p_n) a_n − 2ηx_n + η²U_n;
     * rmsprop: x_n = r_n M_n, a_{n+1} = (1 − 2ηk p_n) a_n − 2ηx_n + η²U_n.
