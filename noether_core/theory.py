@@ -37,7 +37,7 @@ own ``|Δ_n|²``.  Derivations: docs/theory.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -837,6 +837,9 @@ class GradStats:
         step.  Units 1/gradient.
     steps : int
         Number of steps the statistics were taken over (1 for a single value).
+    state : dict or None
+        The rule's gradient buffers after the last step (from :func:`gradient_stats`):
+        pass it as ``state=`` to continue the series with the next steps' gradients.
     """
 
     rule: str
@@ -845,6 +848,28 @@ class GradStats:
     metric: np.ndarray | None = None
     precond: np.ndarray | None = None
     steps: int = 1
+    state: dict | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def concat(cls, parts):
+        """One per-step series from consecutive pieces (``gradient_stats`` called chunk by
+        chunk with ``state=`` the previous piece's ``.state``); keeps the last state."""
+        parts = list(parts)
+        if not parts or not all(isinstance(p, cls) for p in parts):
+            raise TypeError("parts must be a non-empty sequence of GradStats")
+        if len({p.rule for p in parts}) != 1:
+            raise ValueError("parts must all be of one rule")
+
+        def cat(name):
+            xs = [getattr(p, name) for p in parts]
+            if all(x is None for x in xs):
+                return None
+            if any(x is None for x in xs):
+                raise ValueError(f"{name} is missing from some parts")
+            return np.concatenate([np.atleast_1d(x) for x in xs])
+
+        return cls(parts[0].rule, cat("update_sq"), cat("cross"), cat("metric"),
+                   cat("precond"), sum(p.steps for p in parts), parts[-1].state)
 
     def mean(self, start=0, stop=None):
         """The window mean over steps ``start:stop`` of a per-step series (axis 0).
@@ -1112,7 +1137,7 @@ def _series(name, x, n_rows=None):
 @V.finite_result
 def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, momentum=0.0,
                    dampening=0.0, nesterov=False, betas=(0.9, 0.999), alpha=0.99, eps=1e-8,
-                   amsgrad=False, centered=False):
+                   amsgrad=False, centered=False, state=None):
     """Per-step :class:`GradStats` of one block from its gradient series.
 
     Runs the rule's buffers (torch semantics, from rest) on the gradients with the weights
@@ -1140,6 +1165,10 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
         Used for the coupled rules' second moment (with ``params``).
     momentum, dampening, nesterov, betas, alpha, eps, amsgrad, centered
         As in :func:`equilibrium`.
+    state : dict, optional
+        ``.state`` of the GradStats of the previous steps: the buffers continue from it
+        (the result is then the next piece of one series, :meth:`GradStats.concat`);
+        None: from rest, at step 0.
 
     Returns
     -------
@@ -1166,34 +1195,61 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
         if not np.all(nq > 0):
             raise ValueError("params has a row of zero norm: its direction is undefined")
         Qh = Q / nq[:, None]
+    if state is not None:
+        if not isinstance(state, dict) or state.get("rule") != name or state.get("d") != d:
+            raise ValueError(f"state must be the .state of a GradStats of rule={name!r} "
+                             f"for a block of {d} coordinates")
+    n0 = 0 if state is None else state["n"]
     if name in ("sgd", "nesterov"):
         beta, tau = h["momentum"], h["dampening"]
-        b = np.zeros(d)
-        U = np.empty(N)
-        cross = np.zeros(N) if name == "nesterov" else None
-        w_prev = b_prev = None
-        for n in range(N):
-            b = G[n].copy() if n == 0 or beta == 0.0 else beta * b + (1.0 - tau) * G[n]
-            if name == "nesterov":
-                w = G[n] + beta * b
-                U[n] = w @ w
-                if w_prev is not None:
-                    cross[n] = w_prev @ b_prev
-                w_prev, b_prev = w, b
+        if beta == 0.0:
+            B = G.copy()                                  # no buffer: the step is g
+        elif n0 == 0 and tau == 1.0:
+            B = G[0] * beta ** np.arange(N, dtype=np.float64)[:, None]
+        elif state is not None and tau == 1.0:
+            B = state["b"] * beta ** np.arange(1, N + 1, dtype=np.float64)[:, None]
+        else:
+            # b_{n+1} = β b_n + (1−τ) g_n, an IIR filter; torch's first step b_1 = g_0
+            # (undamped) is the same filter fed g_0/(1−τ) from b_0 = 0
+            from scipy.signal import lfilter
+            X = G.copy()
+            if n0 == 0:
+                X[0] /= 1.0 - tau
+                zi = np.zeros((1, d))
             else:
-                U[n] = b @ b
-        return GradStats(name, U, cross, None, None, N)
+                zi = (beta * state["b"])[None, :]
+            B, _ = lfilter([1.0 - tau], [1.0, -beta], X, axis=0, zi=zi)
+        b = B[-1].copy()
+        cross = None
+        if name == "nesterov":
+            W = G + beta * B
+            U = np.sum(W * W, axis=1)
+            cross = np.zeros(N)
+            cross[1:] = np.sum(W[:-1] * B[:-1], axis=1)
+            if state is not None and state["w_prev"] is not None:
+                cross[0] = state["w_prev"] @ state["b_prev"]
+            w_prev, b_prev = W[-1].copy(), b
+        else:
+            U = np.sum(B * B, axis=1)
+            w_prev = b_prev = None
+        new = {"rule": name, "d": d, "n": n0 + N, "b": b, "w_prev": w_prev,
+               "b_prev": b_prev}
+        return GradStats(name, U, cross, None, None, N, new)
     D = G + h["weight_decay"] * Q if (Q is not None and name != "adamw") else G
     if name == "rmsprop":
-        P = 1.0 / (np.sqrt(_ema0(D * D, h["alpha"])) + h["eps"])
+        v = _ema0(D * D, h["alpha"], None if state is None else state["v"])
+        P = 1.0 / (np.sqrt(v) + h["eps"])
         u = P * G
+        m = None
     else:
         b1, b2 = h["beta1"], h["beta2"]
-        n1 = np.arange(1, N + 1, dtype=np.float64)[:, None]
-        m = _ema0(G, b1) / -np.expm1(n1 * np.log(b1)) if b1 > 0 else G.copy()
-        v = _ema0(D * D, b2) / -np.expm1(n1 * np.log(b2)) if b2 > 0 else D * D
-        P = 1.0 / (np.sqrt(v) + h["eps"])
-        u = P * m
+        n1 = np.arange(n0 + 1, n0 + N + 1, dtype=np.float64)[:, None]
+        m = _ema0(G, b1, None if state is None else state["m"])
+        v = _ema0(D * D, b2, None if state is None else state["v"])
+        mh = m / -np.expm1(n1 * np.log(b1)) if b1 > 0 else m
+        vh = v / -np.expm1(n1 * np.log(b2)) if b2 > 0 else v
+        P = 1.0 / (np.sqrt(vh) + h["eps"])
+        u = P * mh
     U = np.sum(u * u, axis=1)
     if Qh is None:
         metric, precond = None, P.mean(axis=1)
@@ -1202,13 +1258,19 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
         precond = np.sum(Qh * Qh * P, axis=1)
     if name == "adamw":
         precond = None
-    return GradStats(name, U, None, metric, precond, N)
+    new = {"rule": name, "d": d, "n": n0 + N, "v": v[-1].copy(),
+           "m": None if m is None else m[-1].copy()}
+    return GradStats(name, U, None, metric, precond, N, new)
 
 
-def _ema0(x, beta):
-    """y_n = β y_{n−1} + (1−β) x_n along axis 0 from y_{−1} = 0 (torch's EMA buffers)."""
+def _ema0(x, beta, y0=None):
+    """y_n = β y_{n−1} + (1−β) x_n along axis 0 from y_{−1} = y0 (default 0: torch's EMA
+    buffers from rest)."""
     from scipy.signal import lfilter
-    return lfilter([1.0 - beta], [1.0, -beta], x, axis=0)
+    if y0 is None:
+        return lfilter([1.0 - beta], [1.0, -beta], x, axis=0)
+    y, _ = lfilter([1.0 - beta], [1.0, -beta], x, axis=0, zi=(beta * y0)[None, :])
+    return y
 
 
 @V.finite_result

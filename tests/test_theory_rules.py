@@ -376,3 +376,28 @@ def test_scan_points_match_theory():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("rule", T.RULES)
+def test_gradient_stats_in_pieces_equal_one_series(rule):
+    """gradient_stats continued with state= (as the demo and a monitor stream it) gives
+    the series of one call: the same buffers, the same bias corrections (the step count
+    carries over); lfilter with an initial state reassociates one product: 1e-13."""
+    rng = np.random.default_rng(1)
+    G, Q = rng.standard_normal((50, 4)), rng.standard_normal((50, 4))
+    hyper = {"momentum": 0.8} if rule in ("sgd", "nesterov") else {"weight_decay": 0.05}
+    kw = {} if rule in ("sgd", "nesterov") else {}
+    one = T.gradient_stats(rule, G, *([] if rule in ("sgd", "nesterov") else [Q]),
+                           **hyper, **kw)
+    parts, state = [], None
+    for sl in (slice(0, 7), slice(7, 30), slice(30, 50)):
+        extra = [] if rule in ("sgd", "nesterov") else [Q[sl]]
+        parts.append(T.gradient_stats(rule, G[sl], *extra, state=state, **hyper))
+        state = parts[-1].state
+    cat = T.GradStats.concat(parts)
+    for f in ("update_sq", "cross", "metric", "precond"):
+        x, y = getattr(one, f), getattr(cat, f)
+        assert (x is None) == (y is None), f
+        if x is not None:
+            np.testing.assert_allclose(y, x, rtol=1e-13, atol=1e-15)
+    assert cat.steps == 50
