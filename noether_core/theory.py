@@ -34,6 +34,24 @@ are correlated (SPEC §4 "Caution").  Three named assumptions are offered:
 
 and, where a measured series exists, ``"measured"``: the exact identity driven by the run's
 own ``|Δ_n|²``.  Derivations: docs/theory.md.
+
+Every optimizer (docs/theory.md §9): :func:`equilibrium` gives the steady angular update
+and steady |q|² of a block under ``"sgd"`` (dampening), ``"nesterov"``, ``"adam"`` (L2),
+``"adamw"`` and ``"rmsprop"`` (L2) from the hyper-parameters (torch's names) and window
+means of :class:`GradStats`; :func:`gradient_stats` computes those statistics from a
+block's gradients (run through the rule's own buffers; the adaptive rules also use the
+direction q̂ and, for coupled decay, the optimizer's second moment of g + kq); and
+:func:`rule_norm_schedule` predicts |q_n|² and the per-step chord over time from |q_0| and
+the per-step statistics.  None of them reads the run's steps, chords or norms.
+
+>>> import numpy as np
+>>> g = np.random.default_rng(0).standard_normal((2000, 8))      # a block's gradients
+>>> st = gradient_stats("nesterov", g, momentum=0.9)
+>>> e = equilibrium("nesterov", lr=0.1, momentum=0.9, weight_decay=1e-3,
+...                 grad_stats=st.mean(1000))
+>>> e.regime, round(e.angular_update / steady_angular_update(
+...     0.1, 0.9, 1e-3, rule="nesterov", assumption="uncorrelated"), 2)
+('uncorrelated', 1.0)
 """
 from __future__ import annotations
 
