@@ -401,3 +401,26 @@ def test_gradient_stats_in_pieces_equal_one_series(rule):
         if x is not None:
             np.testing.assert_allclose(y, x, rtol=1e-13, atol=1e-15)
     assert cat.steps == 50
+
+
+wild = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(
+    [0.0, 5e-324, 1e-300, 1e300, -1.0, 1.0, 0.5]))
+
+
+@given(st.sampled_from(T.RULES), wild, wild, wild, wild, wild, wild)
+def test_equilibrium_extreme_input_is_refused_or_finite(rule, lr, k, mom, U, C, M):
+    """Any float in any slot (NaN, inf, 5e-324, 1e300, negative): equilibrium either
+    returns finite values or raises ValueError naming what is wrong — never inf/NaN, never
+    another exception."""
+    gs = T.GradStats({"sgd": "sgd"}.get(rule, rule), U, C if rule == "nesterov" else None,
+                     None if rule in ("sgd", "nesterov") else M,
+                     None if rule in ("sgd", "nesterov", "adamw") else abs(C))
+    hyper = ({"momentum": mom} if rule in ("sgd", "nesterov")
+             else {"betas": (mom, 0.999)} if rule in ("adam", "adamw") else {"alpha": mom})
+    try:
+        e = T.equilibrium(rule, lr=lr, weight_decay=k, grad_stats=gs, **hyper)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    for v in (e.angular_update, e.norm_sq, e.metric_share):
+        assert v is None or np.all(np.isfinite(v))
