@@ -100,7 +100,7 @@ def evaluate(name, h, blocks, window):
         return None if xs[0] is None else np.stack(xs, 1)
 
     gs = T.GradStats(name, stack("update_sq"), stack("cross"), stack("metric"),
-                     stack("precond"), len(live[0][1]))
+                     stack("precond"), len(live[0][1]), None, stack("shift"))
     eq = T.equilibrium(name, grad_stats=gs.mean(gs.steps - window), **h)
     sc = T.rule_norm_schedule(name, gs, np.sqrt(a[0]), **h)
     steady = eq.angular_update

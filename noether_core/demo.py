@@ -879,7 +879,7 @@ def _stack_stats(stats, name):
         xs = [getattr(g, f) for g in stats]
         return None if xs[0] is None else np.stack(xs, axis=1)
     return th.GradStats(name, st("update_sq"), st("cross"), st("metric"), st("precond"),
-                        stats[0].steps)
+                        stats[0].steps, None, st("shift"))
 
 
 def rule_checks(rec: RuleRecord, name, hyper, cfg: DemoConfig):

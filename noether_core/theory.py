@@ -858,6 +858,12 @@ class GradStats:
     state : dict or None
         The rule's gradient buffers after the last step (from :func:`gradient_stats`):
         pass it as ``state=`` to continue the series with the next steps' gradients.
+    shift : array or None
+        Adam/AdamW: ``S_n = ⟨P_n m̂_{n−1}, u_{n−1}⟩`` (0 at n = 0), the previous update
+        seen through the current preconditioner; ``S_n/U_{n−1}`` carries the change of P
+        from step to step into the cross-term recursion (docs/theory.md §9.4).  None:
+        P taken as constant there.  Not used by the steady forms (S = U at a steady
+        state).
     """
 
     rule: str
@@ -867,6 +873,7 @@ class GradStats:
     precond: np.ndarray | None = None
     steps: int = 1
     state: dict | None = field(default=None, repr=False, compare=False)
+    shift: np.ndarray | None = None
 
     @classmethod
     def concat(cls, parts):
@@ -887,7 +894,8 @@ class GradStats:
             return np.concatenate([np.atleast_1d(x) for x in xs])
 
         return cls(parts[0].rule, cat("update_sq"), cat("cross"), cat("metric"),
-                   cat("precond"), sum(p.steps for p in parts), parts[-1].state)
+                   cat("precond"), sum(p.steps for p in parts), parts[-1].state,
+                   cat("shift"))
 
     def mean(self, start=0, stop=None):
         """The window mean over steps ``start:stop`` of a per-step series (axis 0).
@@ -907,7 +915,7 @@ class GradStats:
 
         n = len(range(*sl.indices(np.asarray(self.update_sq).shape[0])))
         return GradStats(self.rule, avg(self.update_sq), avg(self.cross), avg(self.metric),
-                         avg(self.precond), n)
+                         avg(self.precond), n, None, avg(self.shift))
 
 
 @dataclass(frozen=True)
@@ -1268,6 +1276,10 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
         vh = v / -np.expm1(n1 * np.log(b2)) if b2 > 0 else v
         P = 1.0 / (np.sqrt(vh) + h["eps"])
         u = P * mh
+        shift = np.zeros(N)
+        shift[1:] = np.sum(P[1:] * mh[:-1] * u[:-1], axis=1)
+        if state is not None:
+            shift[0] = np.sum(P[0] * state["mh"] * state["u"])
     U = np.sum(u * u, axis=1)
     if Qh is None:
         metric, precond = None, P.mean(axis=1)
@@ -1278,7 +1290,11 @@ def gradient_stats(rule, grads, params=None, *, lr=1.0, weight_decay=0.0, moment
         precond = None
     new = {"rule": name, "d": d, "n": n0 + N, "v": v[-1].copy(),
            "m": None if m is None else m[-1].copy()}
-    return GradStats(name, U, None, metric, precond, N, new)
+    if m is None:
+        shift = None
+    else:
+        new.update(mh=mh[-1].copy(), u=u[-1].copy())
+    return GradStats(name, U, None, metric, precond, N, new, shift)
 
 
 def _ema0(x, beta, y0=None):
@@ -1307,8 +1323,9 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
       k²s²_{n+1} a_n, a_{n+1} = a_n − 2ηx_n + η²V_n  (9.2, 9.3; s the buffer's scalar gain);
     * nesterov: y_n = β(y_{n−1} − ηC_n) + k a_n, x_n = k a_n + βy_n,
       a_{n+1} = a_n − 2ηx_n + η²U_n  (9.5);
-    * adamw: x_n = f_n((1−ηλ)x_{n−1} − ηU_{n−1}) + c_n r_n M_n,
-      a_{n+1} = (1−ηλ)²a_n − 2η(1−ηλ)x_n + η²U_n  (9.7, 9.8);
+    * adamw: x_n = f_n((1−ηλ)ρ_n x_{n−1} − ηS_n) + c_n r_n M_n,
+      a_{n+1} = (1−ηλ)²a_n − 2η(1−ηλ)x_n + η²U_n  (9.7, 9.8; ρ_n = S_n/U_{n−1} with
+      ``grad_stats.shift``, else S_n = U_{n−1}, ρ = 1);
     * adam: the same with the decay through the preconditioner, (1−ηλ) → (1−ηk p_n) in
       x and a_{n+1} = (1 − 2ηk p_n) a_n − 2ηx_n + η²U_n;
     * rmsprop: x_n = r_n M_n, a_{n+1} = (1 − 2ηk p_n) a_n − 2ηx_n + η²U_n.
@@ -1361,6 +1378,15 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
     C = series("cross", name == "nesterov")
     M = series("metric", False)
     p = series("precond", coupled)
+    if name in ("adam", "adamw") and grad_stats.shift is not None:
+        S = series("shift", False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.ones(U.shape)
+            ratio[1:] = np.where(U[:-1] > 0.0, S[1:] / np.where(U[:-1] > 0.0, U[:-1], 1.0),
+                                 1.0)
+    else:
+        S = np.concatenate([np.zeros((1,) + U.shape[1:]), U[:-1]])   # P constant
+        ratio = np.ones(U.shape)
     r0 = _param("r0", r0, lo=0.0, lo_open=True)
     if r0.ndim > 1 or (r0.ndim == 1 and (U.ndim != 2 or r0.shape[0] != U.shape[1])):
         raise ValueError(f"r0 must be a scalar or have one value per block (shape "
@@ -1395,14 +1421,14 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
         elif name == "adamw":
             shrink = 1.0 - eta * k
             c = (1.0 - b1) / bc[n]
-            x = (b1 * (bc[n - 1] / bc[n]) * (shrink * x - eta * U[n - 1]) if n > 0
+            x = (b1 * (bc[n - 1] / bc[n]) * (shrink * ratio[n] * x - eta * S[n]) if n > 0
                  else 0.0) + c * np.sqrt(a) * M[n]
             a_new = shrink * shrink * a - 2.0 * eta * shrink * x + eta * eta * U[n]
             Dn[n] = eta * eta * (k * k * a + 2.0 * k * x + U[n])
         elif name == "adam":
             c = (1.0 - b1) / bc[n]
-            x = (b1 * (bc[n - 1] / bc[n]) * ((1.0 - eta * k * p[n - 1]) * x
-                                             - eta * U[n - 1]) if n > 0
+            x = (b1 * (bc[n - 1] / bc[n]) * ((1.0 - eta * k * p[n - 1]) * ratio[n] * x
+                                             - eta * S[n]) if n > 0
                  else 0.0) + c * np.sqrt(a) * M[n]
             a_new = (1.0 - eta * k * p[n]) ** 2 * a - 2.0 * eta * x + eta * eta * U[n]
             Dn[n] = eta * eta * ((k * p[n]) ** 2 * a + 2.0 * k * p[n] * x + U[n])

@@ -395,7 +395,7 @@ def test_gradient_stats_in_pieces_equal_one_series(rule):
         parts.append(T.gradient_stats(rule, G[sl], *extra, state=state, **hyper))
         state = parts[-1].state
     cat = T.GradStats.concat(parts)
-    for f in ("update_sq", "cross", "metric", "precond"):
+    for f in ("update_sq", "cross", "metric", "precond", "shift"):
         x, y = getattr(one, f), getattr(cat, f)
         assert (x is None) == (y is None), f
         if x is not None:
