@@ -160,6 +160,9 @@ def _demo(args, parser) -> int:
     try:
         res = demo.run_demo(cfg, out=None if args.no_figure else args.out,
                             progress=prog, stream=None, rule=args.rule)
+    except RuntimeError as exc:                       # a diverged run: say so, exit 1
+        print(f"noether_core demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         if prog is not None:
             prog.close()
