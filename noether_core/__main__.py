@@ -4,6 +4,8 @@ The demo trains a BatchNorm MLP by SGD with momentum and weight decay in the com
 and checks the paper's Sec. 4 on it: the exact discrete scale balance, the steady angular
 update, the norm schedule Eq. 17 and the RMSProp correspondence (noether_core/demo.py;
 what every printed number means and why its tolerance is what it is: docs/demo.md).
+``--rule nesterov|adamw|adam|rmsprop`` trains that optimizer instead and checks the steady
+angular update and the |q|² schedule predicted from gradient statistics (docs/demo.md §5).
 Exit code 0 only if every printed check is within its stated tolerance, 1 if one is not,
 2 for bad options.
 """
@@ -58,8 +60,9 @@ _DEMO_OPTIONS = [
     ("--steps", "steps", "SGD steps"),
     ("--seed", "seed", "seed of data, initial weights and minibatches"),
     ("--lr", "lr", "learning rate eta"),
-    ("--momentum", "momentum", "heavy-ball momentum beta"),
-    ("--weight-decay", "weight_decay", "L2 weight decay k"),
+    ("--momentum", "momentum", "heavy-ball momentum beta (--rule adam/adamw: beta1; "
+     "rmsprop: its smoothing alpha)"),
+    ("--weight-decay", "weight_decay", "weight decay k (L2; adamw: decoupled)"),
     ("--batch-size", "batch_size", "minibatch size (at most --n)"),
     ("--n", "n", "data points"),
     ("--dim", "dim", "input dimension"),
@@ -75,22 +78,37 @@ _DEMO_OPTIONS = [
 ]
 
 
+#: the options whose default depends on --rule (demo.RULE_DEFAULTS)
+_PER_RULE = ("lr", "momentum", "weight_decay")
+
+
 def _demo_parser(sub):
-    from .demo import BOUNDS, WIDTH_BOUND, DemoConfig
+    from .demo import BOUNDS, DEMO_RULES, RULE_DEFAULTS, WIDTH_BOUND, DemoConfig
     d = DemoConfig()
     p = sub.add_parser(
         "demo", help="train a BatchNorm MLP and check the paper's Sec. 4 on it",
         description="Train BatchNormMLP by SGD(momentum, weight decay, minibatches) and "
         "check, per hidden weight row: the exact scale balance (SPEC 1.1), the steady "
         "angular update, r^2(t) vs Eq. 17, and the RMSProp correspondence (Eq. 18-20). "
-        "Exit code 0 only if every check is within its stated tolerance (docs/demo.md).")
+        "Exit code 0 only if every check is within its stated tolerance (docs/demo.md). "
+        "--rule nesterov/adamw/adam/rmsprop trains that optimizer instead and checks the "
+        "steady angular update and the |q|^2 schedule predicted from gradient statistics "
+        "(docs/theory.md 9).")
+    p.add_argument("--rule", choices=DEMO_RULES, default="sgd",
+                   help="optimizer (default %(default)s: the paper's Sec. 4 checks)")
     for option, name, text in _DEMO_OPTIONS:
+        value = getattr(d, name)
         if name == "widths":
             kind, allowed = _widths, f"each {WIDTH_BOUND.describe()}"
             default = ",".join(str(w) for w in d.widths)
+        elif name in _PER_RULE:
+            i = _PER_RULE.index(name)
+            kind, allowed, value = _option(name), BOUNDS[name].describe(), None
+            default = "per rule: " + ", ".join(f"{r} {RULE_DEFAULTS[r][0][i]:g}"
+                                               for r in DEMO_RULES)
         else:
             kind, allowed, default = _option(name), BOUNDS[name].describe(), "%(default)s"
-        p.add_argument(option, type=kind, default=getattr(d, name), dest=name,
+        p.add_argument(option, type=kind, default=value, dest=name,
                        help=f"{text}; {allowed} (default {default})")
     p.add_argument("--out", default="noether_demo",
                    help="folder for the figure demo.png (default ./%(default)s)")
@@ -129,14 +147,22 @@ class _Progress:
 def _demo(args, parser) -> int:
     from . import demo
 
+    values = {name: getattr(args, name) for _, name, _ in _DEMO_OPTIONS}
+    for i, name in enumerate(_PER_RULE):          # not given: the rule's default
+        if values[name] is None:
+            values[name] = demo.RULE_DEFAULTS[args.rule][0][i]
     try:
-        cfg = demo.DemoConfig(**{name: getattr(args, name) for _, name, _ in _DEMO_OPTIONS})
+        cfg = demo.DemoConfig(**values)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
-    prog = _Progress(demo.runs_total_steps(cfg)) if sys.stdout.isatty() else None
+    prog = (_Progress(demo.runs_total_steps(cfg, args.rule)) if sys.stdout.isatty()
+            else None)
     try:
         res = demo.run_demo(cfg, out=None if args.no_figure else args.out,
-                            progress=prog, stream=None)
+                            progress=prog, stream=None, rule=args.rule)
+    except RuntimeError as exc:                       # a diverged run: say so, exit 1
+        print(f"noether_core demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         if prog is not None:
             prog.close()

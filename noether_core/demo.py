@@ -37,12 +37,13 @@ from . import theory as th
 from ._train import train
 from .datasets import gaussian_mixture
 from .potentials import BatchNormMLP
-from .rules import SGD, ScalarRMSProp
+from .rules import SGD, Adam, AdamW, RMSprop, ScalarRMSProp
 
 __all__ = ["DemoConfig", "Bound", "BOUNDS", "WIDTH_BOUND", "check_widths", "Check",
            "DemoResult", "build_problem", "run_chunked", "angle_check", "norm_check",
            "balance_check", "rmsprop_comparison", "run_demo", "approximation_bound",
-           "runs_total_steps", "reduced"]
+           "runs_total_steps", "reduced", "DEMO_RULES", "RULE_DEFAULTS", "make_rule",
+           "run_rule_chunked", "rule_checks", "reduced_rule"]
 
 #: the exact balance (SPEC §1.1) holds to round-off; each relative residual is a few ulp
 #: times the number of terms (docs/demo.md §1)
@@ -742,17 +743,302 @@ def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     return str(path)
 
 
+# -- other rules: Nesterov, AdamW, Adam (L2), RMSprop (L2) ---------------------------------------
+#: the rules ``python -m noether_core demo --rule`` runs
+DEMO_RULES = ("sgd", "nesterov", "adamw", "adam", "rmsprop")
+#: per rule, (lr, momentum, weight_decay) when the options are not given, at full size and
+#: at the reduced size of :func:`reduced_rule`.  ``momentum`` is β for SGD and Nesterov,
+#: β₁ for Adam and AdamW (β₂ = 0.999), the smoothing α of RMSprop's second moment.  The
+#: norm's relaxation time 1/(2ηλ_eff) is a few hundred steps, so the late window is
+#: stationary on it (docs/theory.md §9.6).  RMSprop with L2 decay shrinks the rows of dead
+#: ReLU units geometrically (no gradient, v tracks (kq)²) until they underflow and
+#: BatchNorm divides 0 by 0: at full size α = 0.99 does that within 20000 steps, α = 0.9
+#: does not (seed 0); the demo then stops with "diverged"
+RULE_DEFAULTS = {"sgd": ((0.1, 0.9, 5e-4), (0.1, 0.9, 2e-3)),
+                 "nesterov": ((0.1, 0.9, 5e-4), (0.1, 0.9, 2e-3)),
+                 "adamw": ((1e-2, 0.9, 0.1), (1e-2, 0.9, 0.2)),
+                 "adam": ((1e-2, 0.9, 2e-3), (1e-2, 0.9, 2e-3)),
+                 "rmsprop": ((1e-3, 0.9, 0.1), (1e-3, 0.99, 0.1))}
+#: issue 18's targets: steady chord within 4 % of the late-window RMS chord and the |q|²
+#: schedule within 10 % at every step ≥ 100 (both medians over live blocks)
+ANGLE_TOL, NORM_TOL, NORM_FROM = 0.04, 0.10, 100
+
+
+def _rule_name(rule):
+    if rule not in DEMO_RULES:
+        raise ValueError(f"rule must be one of {DEMO_RULES}, got {rule!r}")
+    return rule
+
+
+def make_rule(rule, cfg: DemoConfig):
+    """(noether_core rule, theory hyper-parameters) of ``rule`` at cfg's lr, momentum and
+    weight decay (``momentum``: β, β₁ or RMSprop's α)."""
+    eta, mom, k = cfg.lr, cfg.momentum, cfg.weight_decay
+    if _rule_name(rule) in ("sgd", "nesterov"):
+        return (SGD(lr=eta, momentum=mom, weight_decay=k, nesterov=rule == "nesterov"),
+                {"lr": eta, "momentum": mom, "weight_decay": k})
+    if rule in ("adamw", "adam"):
+        cls = AdamW if rule == "adamw" else Adam
+        return (cls(lr=eta, betas=(mom, 0.999), weight_decay=k),
+                {"lr": eta, "betas": (mom, 0.999), "weight_decay": k})
+    return (RMSprop(lr=eta, alpha=mom, weight_decay=k),
+            {"lr": eta, "alpha": mom, "weight_decay": k})
+
+
+def reduced_rule(rule, **over):
+    """:func:`reduced` with ``rule``'s reduced-size hyper-parameters (for the tests)."""
+    lr, mom, k = RULE_DEFAULTS[_rule_name(rule)][1]
+    return reduced(**{"lr": lr, "momentum": mom, "weight_decay": k, **over})
+
+
+def _draw_rows(rng, n_data, batch_size, steps, chunk=500):
+    """The minibatch rows of ``steps`` consecutive steps of the compiled loop.
+
+    docs/rules.md §2: each step is a partial Fisher–Yates shuffle of the identity over
+    ``batch_size`` doubles of the run's generator, in order; here vectorised over steps
+    (the doubles are drawn in the same order, so the stream continues exactly).
+    """
+    out = np.empty((steps, batch_size), dtype=np.intp)
+    for s0 in range(0, steps, chunk):
+        m = min(chunk, steps - s0)
+        u = rng.random((m, batch_size))
+        perm = np.tile(np.arange(n_data), (m, 1))
+        r = np.arange(m)
+        for i in range(batch_size):
+            j = np.minimum(i + (u[:, i] * (n_data - i)).astype(np.intp), n_data - 1)
+            pi, pj = perm[r, i].copy(), perm[r, j].copy()
+            perm[r, i], perm[r, j] = pj, pi
+        out[s0:s0 + m] = perm[:, :batch_size]
+    return out
+
+
+@dataclass
+class RuleRecord:
+    """Per-block series of a chunked run of one rule (rows n = 0..N; stats n = 0..N−1)."""
+
+    a: np.ndarray           # (N+1, B) |q_B|²
+    D: np.ndarray           # (N+1, B) |Δ_n|²_B, 0 at n = 0
+    stats: list             # per block theory.GradStats (per-step series, N)
+    live: np.ndarray        # (B,) bool: the block's gradient never vanished exactly
+    loss: np.ndarray        # (N+1,)
+    seconds: float
+    diverged: bool
+
+
+def run_rule_chunked(rule, name, hyper, pot, q0, names, cfg: DemoConfig, progress=None):
+    """Train ``rule`` in chunks; per step and block record a, D and the gradient
+    statistics of ``theory.gradient_stats`` (docs/theory.md §9).
+
+    The gradients are not recorded by the loop; they are recomputed from the recorded
+    q_n on step n's minibatch, the rows replayed from the run's seed (:func:`_draw_rows`),
+    and streamed block by block through ``gradient_stats(..., state=)`` — no step or norm
+    of the run enters a statistic (the adaptive rules use the direction q̂ and, for coupled
+    decay, k·q inside the second moment, as the optimizer does).
+    """
+    t0 = time.perf_counter()
+    adaptive = name not in ("sgd", "nesterov")
+    rng = np.random.default_rng(cfg.seed)
+    q, state = np.array(q0, dtype=float), None
+    a, D, loss = [], [], []
+    parts = {nm: [] for nm in names}
+    states = dict.fromkeys(names)
+    live = np.ones(len(names), bool)
+    done, diverged = 0, False
+    stack = lambda d: np.stack([d[nm] for nm in names], axis=1)  # noqa: E731
+    while done < cfg.steps:
+        m = min(cfg.chunk, cfg.steps - done)
+        res = train(rule, pot, q, m, batch_size=cfg.batch_size,
+                    seed=cfg.seed if state is None else None, state=state,
+                    charges=False, record_q=True, block_stats=True)
+        if res.diverged:
+            diverged = True
+            break
+        last = done + m >= cfg.steps
+        sl = slice(0, None) if last else slice(0, -1)
+        a.append(stack(res.block_norm2)[sl])
+        D.append(stack(res.block_step_norm2)[sl])
+        loss.append(res.loss[sl])
+        rows = _draw_rows(rng, pot.n_data, cfg.batch_size, m)
+        G = np.array([pot.grad(res.q[i], rows[i]) for i in range(m)])
+        for j, nm in enumerate(names):
+            idx = pot.blocks[nm]
+            g = G[:, idx]
+            live[j] &= not np.any(np.all(g == 0.0, axis=1))
+            extra = (res.q[:-1, idx],) if adaptive else ()
+            gs = th.gradient_stats(name, g, *extra, state=states[nm], **hyper)
+            parts[nm].append(gs)
+            states[nm] = gs.state
+        state, q = res.state, res.q_final
+        done += m
+        if progress is not None:
+            progress(m)
+    stats = [th.GradStats.concat(parts[nm]) for nm in names] if not diverged else []
+    return RuleRecord(np.concatenate(a), np.concatenate(D), stats, live,
+                      np.concatenate(loss), time.perf_counter() - t0, diverged)
+
+
+def _stack_stats(stats, name):
+    def st(f):
+        xs = [getattr(g, f) for g in stats]
+        return None if xs[0] is None else np.stack(xs, axis=1)
+    return th.GradStats(name, st("update_sq"), st("cross"), st("metric"), st("precond"),
+                        stats[0].steps, None, st("shift"))
+
+
+def rule_checks(rec: RuleRecord, name, hyper, cfg: DemoConfig):
+    """The two checks of a non-SGD demo run (docs/demo.md §5) and the series they use.
+
+    * angle: per live block, the late-window RMS chord (from a and D, :func:`chords`) vs
+      ``theory.equilibrium`` fed the same window's gradient statistics; median ratio
+      within ``ANGLE_TOL``;
+    * schedule: ``theory.rule_norm_schedule`` from |q_0| and the gradient statistics vs
+      the run's |q|², median relative error over live blocks at every step ≥
+      ``NORM_FROM`` within ``NORM_TOL``; and its predicted RMS chord over the window within
+      ``ANGLE_TOL``.
+    """
+    N = rec.a.shape[0] - 1
+    W = int(cfg.late * N)
+    live = rec.live
+    a, D = rec.a[:, live], rec.D[:, live]
+    c = chords(a, D)[N - W:]
+    rms = np.sqrt(np.mean(c * c, axis=0))
+    gs = _stack_stats([s for s, ok in zip(rec.stats, live, strict=True) if ok], name)
+    eq = th.equilibrium(name, grad_stats=gs.mean(N - W), **hyper)
+    ratio = rms / eq.angular_update
+    sc = th.rule_norm_schedule(name, gs, np.sqrt(a[0]), **hyper)
+    sched = np.sqrt(np.mean(sc.angular_update[N - W:] ** 2, axis=0))
+    ratio_s = rms / sched
+    err = np.abs(sc.norm_sq / a - 1.0)
+    med_err = np.median(err, axis=1)
+    worst = float(np.max(med_err[NORM_FROM:])) if N > NORM_FROM else float(np.max(med_err))
+    ok_a = bool(abs(np.median(ratio) - 1.0) <= ANGLE_TOL)
+    ok_s = bool(worst <= NORM_TOL and abs(np.median(ratio_s) - 1.0) <= ANGLE_TOL)
+    earlier = None
+    if name == "nesterov":
+        earlier = ("uncorrelated form", th.steady_angular_update(
+            hyper["lr"], hyper["momentum"], hyper["weight_decay"], rule="nesterov",
+            assumption="uncorrelated"))
+    elif name == "adamw":
+        earlier = ("rotational form sqrt(2*lr*wd*(1-b1)/(1+b1))", th.steady_angular_update(
+            hyper["lr"], hyper["betas"][0], hyper["weight_decay"], rule="adamw"))
+    nb, nl = len(live), int(live.sum())
+    lines = [f"  angular update per step, late window (last {W} steps), RMS chord per live "
+             f"block ({nl} of {nb}; dead units, whose gradient vanished, left out):",
+             f"    theory.equilibrium('{name}') from the window's gradient statistics: "
+             f"median {np.median(eq.angular_update):.5f}, regime {eq.regime}",
+             f"    measured/theory: median {np.median(ratio):.4f}, 10-90% "
+             f"[{_q(ratio, 10):.4f}, {_q(ratio, 90):.4f}]   [need |median - 1| <= "
+             f"{ANGLE_TOL:g}]  {'ok' if ok_a else 'FAIL'}"]
+    if earlier is not None:
+        lines.append(f"    (the {earlier[0]} = {earlier[1]:.5f}: measured/it median "
+                     f"{np.median(rms) / earlier[1]:.4f})")
+    if eq.metric_share is not None:
+        lines.append(f"    metric term's share of the steady norm drive: median "
+                     f"{np.median(eq.metric_share):+.3f}")
+    n_angle = len(lines)
+    lines += ["  |q|^2 schedule from |q_0| and the gradient statistics "
+              "(theory.rule_norm_schedule), median over live blocks:",
+              "      step   |rel. error|"]
+    for n in sorted({NORM_FROM, N // 4, N // 2, N} & set(range(NORM_FROM, N + 1))):
+        lines.append(f"    {n:6d}   {med_err[n]:.4f}")
+    lines.append(f"    worst over steps >= {NORM_FROM}: {worst:.4f} [need <= {NORM_TOL:g}];"
+                 f" its RMS chord over the window: measured/schedule median "
+                 f"{np.median(ratio_s):.4f} [need within {ANGLE_TOL:g}]  "
+                 f"{'ok' if ok_s else 'FAIL'}")
+    checks = [Check("angle", ok_a, {"ratio_median": float(np.median(ratio)),
+                                    "err_median": float(abs(np.median(ratio) - 1.0))},
+                    {"err_median": ANGLE_TOL}, lines[:n_angle]),
+              Check("schedule", ok_s, {"worst_median_err": worst,
+                                       "chord_err_median": float(abs(np.median(ratio_s)
+                                                                     - 1.0))},
+                    {"worst_median_err": NORM_TOL, "chord_err_median": ANGLE_TOL},
+                    lines[n_angle:])]
+    series = {"a": a, "norm_sq": sc.norm_sq, "chord_rms": rms, "steady": eq.angular_update,
+              "sched_chord": sc.angular_update, "chords": c, "equilibrium": eq}
+    return checks, series
+
+
+def _write_rule_figure(path, cfg, name, series):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    a, pred = series["a"], series["norm_sq"]
+    n = np.arange(a.shape[0])
+    fig = Figure(figsize=(11, 4))
+    ax = fig.subplots(1, 2)
+    for j in range(min(4, a.shape[1])):
+        ax[0].plot(n, a[:, j], color=f"C{j}", lw=0.8)
+        ax[0].plot(n, pred[:, j], color=f"C{j}", lw=1.2, ls="--")
+    ax[0].set(xlabel="step n", ylabel="|q_B|²", yscale="log",
+              title="run (solid) vs rule_norm_schedule (dashed), 4 blocks")
+    ax[1].scatter(series["steady"], series["chord_rms"], s=10)
+    lim = [float(np.min(series["steady"])) * 0.9, float(np.max(series["steady"])) * 1.1]
+    ax[1].plot(lim, lim, "k--", lw=1)
+    ax[1].set(xlabel="theory.equilibrium (window statistics)",
+              ylabel="measured RMS chord", title="late-window angular update per block")
+    fig.suptitle(f"BatchNormMLP {cfg.widths}, {name}(lr={cfg.lr}, momentum/beta1/alpha="
+                 f"{cfg.momentum}, weight_decay={cfg.weight_decay}), batch {cfg.batch_size}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def _run_rule_demo(cfg, rule, out, progress, stream):
+    import os
+
+    t0 = time.perf_counter()
+    pot, q0, names = build_problem(cfg)
+    rule_obj, hyper = make_rule(rule, cfg)
+    rec = run_rule_chunked(rule_obj, rule, hyper, pot, q0, names, cfg, progress=progress)
+    if rec.diverged:
+        raise RuntimeError(f"the {rule} run diverged (lr={cfg.lr}); lower lr")
+    if rec.live.sum() == 0:
+        raise RuntimeError(f"every unit of the {rule} run died (no gradient left)")
+    checks, series = rule_checks(rec, rule, hyper, cfg)
+    figure = None
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        figure = _write_rule_figure(os.path.join(out, f"demo_{rule}.png"), cfg, rule,
+                                    series)
+    wall = time.perf_counter() - t0
+    head = [f"noether_core demo --rule {rule}: BatchNormMLP widths {cfg.widths} on "
+            f"gaussian_mixture(n={cfg.n}, d={cfg.dim}, classes={cfg.classes}, separation="
+            f"{cfg.separation}), {pot.dim} parameters, {len(names)} scale blocks, "
+            f"|q_B|(0) = {cfg.r0}",
+            f"  {type(rule_obj).__name__}({', '.join(f'{k}={v}' for k, v in hyper.items())}"
+            f"{', nesterov=True' if rule == 'nesterov' else ''}), batch {cfg.batch_size}, "
+            f"{cfg.steps} steps, seed {cfg.seed}: {rec.seconds:.1f} s; loss "
+            f"{np.mean(rec.loss[:10]):.3f} -> {rec.loss[-1]:.3f} (full data)",
+            "  predictions use hyper-parameters and gradient statistics only "
+            "(docs/theory.md §9), never the run's steps or norms"]
+    body = [ln for c in checks for ln in c.lines]
+    verdict = ("all checks within tolerance" if all(c.passed for c in checks) else
+               "CHECK FAILED: " + ", ".join(c.name for c in checks if not c.passed))
+    tail = []
+    if out is not None:
+        tail.append(f"  figure: {figure}" if figure else
+                    "  figure: not written (matplotlib is not installed)")
+    tail.append(f"  wall time {wall:.1f} s;  {verdict}")
+    text = "\n".join(head + body + tail)
+    if stream is not None:
+        print(text, file=stream)
+    return DemoResult(cfg, checks, series["equilibrium"].regime, text, figure, wall,
+                      {rule: rec, "theory": series})
+
+
 # -- the whole job ------------------------------------------------------------------------------
 #: the demo trains this many runs of cfg.steps steps (SGD, three RMSProp, two baselines)
 N_RUNS = 6
 
 
-def runs_total_steps(cfg: DemoConfig) -> int:
+def runs_total_steps(cfg: DemoConfig, rule="sgd") -> int:
     """Total steps the demo trains (for a progress indication)."""
-    return N_RUNS * cfg.steps
+    return (N_RUNS if _rule_name(rule) == "sgd" else 1) * cfg.steps
 
 
-def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=None):
+def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=None,
+             rule="sgd"):
     """Run the demo; print to ``stream`` (None: print nothing) and return a DemoResult.
 
     Parameters
@@ -766,6 +1052,11 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
         Called with the number of steps just done after every compiled chunk
         (:func:`runs_total_steps` in all).
     stream : file-like, optional
+    rule : {"sgd", "nesterov", "adamw", "adam", "rmsprop"}
+        "sgd" (default): the paper's Sec. 4 checks (balance, angle, Eq. 17, RMSProp
+        correspondence).  Any other: the rule trained with cfg's lr, momentum (β, β₁ or
+        RMSprop's α) and weight_decay, checked against ``theory.equilibrium`` and
+        ``theory.rule_norm_schedule`` (docs/demo.md §5); the figure is ``demo_<rule>.png``.
 
     Raises
     ------
@@ -776,6 +1067,8 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
     import os
 
     cfg = DemoConfig() if cfg is None else cfg
+    if _rule_name(rule) != "sgd":
+        return _run_rule_demo(cfg, rule, out, progress, stream)
     t0 = time.perf_counter()
     pot, q0, names = build_problem(cfg)
     rule = SGD(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

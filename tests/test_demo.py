@@ -401,3 +401,67 @@ def test_gitignore_names_the_demo_folder():
     out = _demo_parser(argparse.ArgumentParser().add_subparsers()).get_default("out")
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert f"{out}/" in ignored, (out, ignored)
+
+
+# -- --rule: Nesterov, AdamW, Adam (L2), RMSprop (L2) (docs/demo.md §5) ------------------------
+@pytest.fixture(scope="module")
+def rule_results():
+    return {r: demo.run_demo(demo.reduced_rule(r), rule=r)
+            for r in ("nesterov", "adamw", "adam", "rmsprop")}
+
+
+@pytest.mark.parametrize("rule", ["nesterov", "adamw", "adam", "rmsprop"])
+def test_rule_demo_checks_within_tolerance(rule_results, rule):
+    """Each rule at reduced size: the steady angle (window statistics) and the |q|²
+    schedule checks pass, with finite errors within the printed tolerances (issue 18:
+    4 % and 10 %)."""
+    res = rule_results[rule]
+    assert [c.name for c in res.checks] == ["angle", "schedule"]
+    for c in res.checks:
+        assert c.passed, "\n".join(c.lines)
+        for key, tol in c.tolerances.items():
+            assert np.isfinite(c.errors[key]) and c.errors[key] <= tol, (rule, key)
+    assert res.passed and "all checks within tolerance" in res.text
+    assert "never the run's steps or norms" in res.text
+
+
+def test_rule_demo_checks_can_fail(rule_results):
+    """Fed a wrong weight decay (×2, a chord √2 off) the angle and schedule checks reject
+    the same AdamW run: they are not vacuous."""
+    res = rule_results["adamw"]
+    rec, cfg = res.series["adamw"], res.config
+    _, hyper = demo.make_rule("adamw", cfg)
+    ok, _ = demo.rule_checks(rec, "adamw", hyper, cfg)
+    assert all(c.passed for c in ok)
+    bad, _ = demo.rule_checks(rec, "adamw", {**hyper, "weight_decay": 2 * cfg.weight_decay},
+                              cfg)
+    assert not any(c.passed for c in bad)
+
+
+def test_rule_demo_streamed_stats_equal_one_pass(rule_results):
+    """The demo streams gradient_stats chunk by chunk (state=); the concatenated series
+    has one entry per step (and the schedule a row per step and the start)."""
+    res = rule_results["nesterov"]
+    rec = res.series["nesterov"]
+    N = res.config.steps
+    assert all(s.steps == N and len(s.update_sq) == N for s in rec.stats)
+    assert rec.a.shape[0] == N + 1 and res.series["theory"]["norm_sq"].shape[0] == N + 1
+
+
+def test_cli_rule_option(tmp_path):
+    """``python -m noether_core demo --rule adamw`` at reduced size: exit code 0, the
+    rule's default hyper-parameters when --lr/--weight-decay are not given, the figure
+    demo_adamw.png; an unknown rule is an argparse error (exit code 2)."""
+    args = ["--steps", "3000", "--n", "256", "--dim", "8", "--widths", "16,16", "--r0", "3",
+            "--chunk", "500", "--weight-decay", "0.2"]
+    proc = subprocess.run([sys.executable, "-m", "noether_core", "demo", "--rule", "adamw",
+                           *args, "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "AdamW(lr=0.01, betas=(0.9, 0.999), weight_decay=0.2)" in proc.stdout
+    assert "all checks within tolerance" in proc.stdout
+    if _has_matplotlib():
+        assert os.path.exists(tmp_path / "demo_adamw.png")
+    bad = subprocess.run([sys.executable, "-m", "noether_core", "demo", "--rule", "lion"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--rule" in bad.stderr
