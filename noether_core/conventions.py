@@ -82,18 +82,40 @@ def to_discrete(m, mu, *, convention="paper", h=None) -> Discrete:
 
     "paper": β = 1 − μ (needs 0 < μ ≤ 1), η = 2m/(1+β) (h is then η).
     "variational": needs h; β = e^{−μh/m}, η = h²/m.
+
+    Raises ValueError when the result is not a valid SGD pair in float64: η must be
+    positive and finite, β below 1 (β = 1 − μ rounds to 1 for μ < 2⁻⁵³, e^{−μh/m} for
+    μh/m < 2⁻⁵³; h = 1e-300 makes η = h²/m underflow to 0).
     """
     _conv(convention)
     m = V.as_scalar("m", m, lo=0.0, lo_open=True)
     if convention == "paper":
         mu = V.as_scalar("mu", mu, lo=0.0, hi=1.0, lo_open=True)
         beta = 1.0 - mu
-        return Discrete(2.0 * m / (1.0 + beta), beta)
+        if not beta < 1.0:
+            raise ValueError(f"mu={mu!r} gives momentum = 1 - mu = {beta!r} in float64; SGD "
+                             "needs momentum < 1 (allowed: mu >= 1.2e-16)")
+        lr = 2.0 * m / (1.0 + beta)
+        if not math.isfinite(lr):
+            raise ValueError(f"m={m!r} and mu={mu!r} give lr = 2m/(2 - mu) = {lr!r}, which "
+                             "overflows float64; SGD needs a finite lr")
+        return Discrete(lr, beta)
     mu = V.as_scalar("mu", mu, lo=0.0, lo_open=True)
     if h is None:
         raise ValueError("the variational convention needs the time step h")
     h = V.as_scalar("h", h, lo=0.0, lo_open=True)
-    return Discrete(h * h / m, math.exp(-mu * h / m))
+    lr, x = h * h / m, mu * h / m
+    if not (lr > 0.0 and math.isfinite(lr)):
+        raise ValueError(f"h={h!r} and m={m!r} give lr = h**2/m = {lr!r}, outside float64's "
+                         "positive finite range; SGD needs 0 < lr < inf")
+    beta = math.exp(-x)
+    if not beta < 1.0:
+        # e^{-x} rounds to 1 for x < 2^-53: SGD needs momentum < 1 (an underflow to 0 for
+        # x > 745 is harmless: e^{-x} is then 0 to float64's precision, a valid momentum)
+        raise ValueError(f"mu={mu!r}, h={h!r}, m={m!r} give momentum = exp(-mu*h/m) = "
+                         f"{beta!r} in float64; SGD needs momentum < 1 (allowed: "
+                         "mu*h/m >= 1.2e-16)")
+    return Discrete(lr, beta)
 
 
 to_continuous = V.finite_result(to_continuous)

@@ -488,6 +488,27 @@ def test_conventions_round_trip_from_continuous(m, mu, h):
         assert (c.h, c.m, c.mu) == pytest.approx((h, m, mu), rel=1e-10)
 
 
+@given(h=st.floats(5e-324, 1e300), m=st.floats(5e-324, 1e300), mu=st.floats(5e-324, 1.0),
+       convention=st.sampled_from(["paper", "variational"]))
+def test_to_discrete_valid_or_refused(h, m, mu, convention):
+    """Issue 19: (m, μ[, h]) at float64's extremes (h = 1e-300 made η = 0 and β = 1) give a
+    pair SGD accepts, or a ValueError naming the argument; never an invalid pair."""
+    try:
+        d = conv.to_discrete(m, mu, convention=convention,
+                             h=h if convention == "variational" else None)
+    except ValueError as exc:
+        assert re.search(r"\b(m|mu|h)=", str(exc)), str(exc)
+        return
+    assert 0.0 < d.lr < math.inf and 0.0 <= d.momentum < 1.0
+    R.SGD(lr=d.lr, momentum=d.momentum)
+
+
+def test_to_discrete_tiny_h_refused():
+    """The issue's instance: h = 1e-300 underflows η = h²/m."""
+    with pytest.raises(ValueError, match="h=1e-300"):
+        conv.to_discrete(1.0, 0.5, convention="variational", h=1e-300)
+
+
 def test_conventions_agree_to_leading_order_as_beta_to_one():
     """SPEC §1: both give m → η and μ ≈ 1−β as β → 1; their gap is O(1−β) relative."""
     for eps in (1e-2, 1e-4, 1e-6):
