@@ -24,7 +24,15 @@ from . import (
     symmetry,
     theory,
 )
-from ._integrate import IntegrateResult, IntegrationError, NoetherTerms, integrate, noether_terms
+from ._integrate import (
+    DenseOutput,
+    IntegrateResult,
+    IntegrationError,
+    LevelEvent,
+    NoetherTerms,
+    integrate,
+    noether_terms,
+)
 from ._scan import openmp_enabled, scan
 from ._scan_integrate import IntegrateScanResult, scan_integrate
 from ._scan_result import ScanResult, point_seed
@@ -41,6 +49,7 @@ __all__ = [
     "scan_integrate", "IntegrateScanResult",
     # continuous models
     "integrate", "IntegrateResult", "IntegrationError", "NoetherTerms", "noether_terms",
+    "DenseOutput", "LevelEvent",
     # modules
     "audit", "charges", "conventions", "datasets", "errors", "mirror", "models",
     "potentials", "rules", "symmetry", "theory",
