@@ -164,7 +164,13 @@ def test_quantities_are_what_they_say(mlp_run):
     late = rep.angular_update[len(rep.steps) // 2:]
     np.testing.assert_array_equal(rep.late_angular_update(),
                                   np.sqrt(np.nanmean(late * late, axis=0)))
-    assert f"median over blocks {np.nanmedian(rep.late_angular_update()):.3e}" in s
+    # equilibrium(0.5) counts every step of the same half (record_every = 1 here): the
+    # same mean square, summed in another order (cumulative sums): 1e-12 relative
+    eq = rep.equilibrium(0.5)
+    assert (eq.first_step, eq.last_step) == (200, 399)
+    np.testing.assert_allclose(eq.measured_angular_update, rep.late_angular_update(),
+                               rtol=1e-12)
+    assert f"measured {np.nanmedian(eq.measured_angular_update):.3e}" in s
 
 
 def test_plot_returns_a_figure(mlp_run):
@@ -211,11 +217,12 @@ def test_layernorm_fed_layer_is_one_block():
 def test_other_optimizers_record_without_a_law():
     X, y = _data(128, (12,), 3, 5)
     model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
     mon = NoetherMonitor(model, opt)
     _train(model, opt, X, y, 20)
     rep = mon.report()
     assert len(rep.labels) == 40
+    assert rep.rule == "other:Adagrad"
     assert np.all(np.isnan(rep.balance_residual))
     assert np.all(np.isfinite(rep.norm2))
     assert "n/a for this optimizer" in str(rep)
