@@ -218,6 +218,7 @@ class _Recorder:
             cos = np.abs(gq) / np.sqrt(gg * a)
         res = balance_residual(st, hp, prev)
         self._advance_predictions(st, hp)
+        cum_before = self.cum.copy()            # sums over steps 0..n−1
         # cumulative sums (every step) and the callback window
         c2 = chord * chord
         fin = np.isfinite(c2)
@@ -236,7 +237,7 @@ class _Recorder:
                 self.rec[f].append(np.array(v, dtype=float))
             for name in PREDICTIONS:
                 self.rec_pred[name].append(self._pred_before[name])
-            self.rec_cum.append(self.cum.copy())
+            self.rec_cum.append(cum_before)
             self.rec_steps.append(n)
             if self.max_records is not None and len(self.rec_steps) > self.max_records:
                 self._decimate()

@@ -101,8 +101,8 @@ class MonitorReport:
     hyper : dict
         lr, momentum, dampening, weight_decay of the last step, per block.
     cumulative : (R, B, 5) array
-        Sums from step 0 through each recorded step of chord², its count, |g|²,
-        ⟨g_n, g_{n−1}⟩ and its count (every step counted).
+        Sums over the steps before each recorded step n (0..n−1, every step counted) of
+        chord², its count, |g|², ⟨g_n, g_{n−1}⟩ and its count.
     final_cumulative : (B, 5) array
         The same after the last step.
     last_step : int
@@ -198,9 +198,10 @@ class MonitorReport:
         Parameters
         ----------
         window : float in (0, 1]
-            Fraction of the steps made.  The window starts at a recorded step (the first
-            one at or after step ⌈(1 − window)·N⌉), so with ``record_every`` > 1 it is
-            at most one stride longer; inside it every step is counted.
+            Fraction of the N steps made.  The window starts at a recorded step, the
+            first one at or after step ⌈(1 − window)·N⌉ (so with ``record_every`` > 1 it
+            is at most one stride shorter), and runs to the last step; inside it every
+            step is counted.
 
         Returns
         -------
@@ -215,11 +216,8 @@ class MonitorReport:
         if N <= 0 or B == 0:
             return Equilibrium(nan, nan, "undetermined", nan, self.rule, 0, -1)
         n0 = int(np.ceil((1.0 - w) * N))
-        j = int(np.searchsorted(self.steps, n0))
-        if j >= len(self.steps):              # no recorded step in the window: all of it
-            j = len(self.steps) - 1
-        base = self.cumulative[j - 1] if j > 0 else np.zeros_like(self.final_cumulative)
-        first = int(self.steps[j - 1]) + 1 if j > 0 else 0
+        j = min(int(np.searchsorted(self.steps, n0)), len(self.steps) - 1)
+        base, first = self.cumulative[j], int(self.steps[j])
         tot = self.final_cumulative - base
         with np.errstate(divide="ignore", invalid="ignore"):
             measured = np.sqrt(tot[:, L.C_CH2] / tot[:, L.C_NCH])

@@ -392,30 +392,88 @@ class NoetherMonitor:
             return
         t0 = time.perf_counter()
         try:
-            if self._layout is None:
-                self._build()
-            lay = self._layout
-            if lay.R == 0:
-                return
-            self._q0 = lay.flat(lambda p: p.detach(), self._dtype)
-            hp = self._group_table()[self._row_group]
-            hp[self._mixed, L.H_RULE] = L.R_OTHER
-            first = np.empty(len(lay.blocks))
-            for i, b in enumerate(lay.blocks):
-                st = optimizer.state.get(b.pieces[0][0], {})
-                first[i] = st.get("momentum_buffer") is None
-            hp[:, L.H_FIRST] = first[self._row_block]
-            self._hp = hp
+            if self._layout is None and not self._seen_forward and \
+                    self.params == "normalised":
+                # optimizer.step(closure) before any forward pass: the closure's forward
+                # shows the graph; keep q_n of every parameter until the post hook
+                self._snap = {p: p.detach().clone() for p in self._group}
+                self._snap_hp = self._hyper_rows_later(optimizer)
+            else:
+                if self._layout is None:
+                    self._build()
+                self._capture(optimizer, lambda p: p.detach(), self._hyper_now(optimizer))
+            return self._wrap_closure(args, kwargs)
         except Exception as exc:           # noqa: BLE001 (stored, reported at report())
             self._fail(exc)
         finally:
             self._overhead += time.perf_counter() - t0
 
+    def _wrap_closure(self, args, kwargs):
+        """optimizer.step(closure): keep the gradient of the closure's first evaluation
+        (at q_n; LBFGS evaluates it again at later points before the step ends)."""
+        self._g_first = None
+        # args = (optimizer, closure?, ...): the wrapped Optimizer.step's own arguments
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if not callable(closure):
+            return None
+        done = []
+
+        def closure_seen_by_the_monitor():
+            loss = closure()
+            if not done and self.error is None:
+                done.append(True)
+                t0 = time.perf_counter()
+                try:
+                    if self._layout is not None:
+                        self._g_first = self._layout.flat(self._grad, self._dtype)
+                    else:
+                        self._g_first = {p: self._grad(p).clone() for p in self._group}
+                except Exception as exc:   # noqa: BLE001 (stored, reported at report())
+                    self._fail(exc)
+                finally:
+                    self._overhead += time.perf_counter() - t0
+            return loss
+        if len(args) > 1:
+            return (args[0], closure_seen_by_the_monitor) + tuple(args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_seen_by_the_monitor}
+
+    def _hyper_rows_later(self, optimizer):
+        table = self._group_table()
+        first = {p: optimizer.state.get(p, {}).get("momentum_buffer") is None
+                 for p in self._group}
+        return table, first
+
+    def _hyper_now(self, optimizer):
+        table = self._group_table()
+        first = {b.pieces[0][0]: optimizer.state.get(b.pieces[0][0], {}).get(
+            "momentum_buffer") is None for b in self._layout.blocks}
+        return table, first
+
+    def _capture(self, optimizer, get, hyper):
+        """q_n (flat) and this step's hyper-parameters per row."""
+        lay = self._layout
+        if lay.R == 0:
+            return
+        self._q0 = lay.flat(get, self._dtype)
+        table, first = hyper
+        hp = table[self._row_group]
+        hp[self._mixed, L.H_RULE] = L.R_OTHER
+        f = np.array([first[b.pieces[0][0]] for b in lay.blocks], dtype=float)
+        hp[:, L.H_FIRST] = f[self._row_block]
+        self._hp = hp
+
     def _post(self, optimizer, args, kwargs):
-        if self.error is not None or self._layout is None:
+        if self.error is not None:
             return
         t0 = time.perf_counter()
         try:
+            snap = getattr(self, "_snap", None)
+            if snap is not None:                 # the first step ran a closure
+                self._snap = None
+                self._build()
+                self._capture(optimizer, lambda p: snap[p], self._snap_hp)
+            if self._layout is None:
+                return
             lay = self._layout
             if lay.R == 0:
                 self._n_steps += 1
@@ -423,7 +481,13 @@ class NoetherMonitor:
             q0, dt = self._q0, self._dtype
             self._q0 = None
             q1 = lay.flat(lambda p: p.detach(), dt)
-            g = lay.flat(self._grad, dt)
+            gf, self._g_first = getattr(self, "_g_first", None), None
+            if gf is None:
+                g = lay.flat(self._grad, dt)
+            elif isinstance(gf, dict):
+                g = lay.flat(lambda p: gf[p], dt)
+            else:
+                g = gf
             delta = q1 - q0
             u = self._update(q0) if self._adaptive() else self._zeros
             X = torch.stack([q0, g, delta, q1, self._dprev, self._gprev, u])
@@ -704,8 +768,8 @@ class NoetherMonitor:
             "built": True,
             "labels": [lab for b in self._layout.blocks for lab in b.row_labels],
             "recorder": _to_torch(self._rec.state()),
-            "dprev": self._dprev.detach().to("cpu").clone(),
-            "gprev": self._gprev.detach().to("cpu").clone(),
+            "dprev": self._host_copy(self._dprev),
+            "gprev": self._host_copy(self._gprev),
             "audit": {"done": self._audit_done,
                       "cos_c": [torch.from_numpy(c.copy()) for c, _ in self._cos_hist],
                       "cos_o": [torch.from_numpy(o.copy()) for _, o in self._cos_hist],
@@ -717,6 +781,11 @@ class NoetherMonitor:
                       "unexplained": [[a, b] for a, b in self._unexplained]},
         })
         return out
+
+    def _host_copy(self, t):
+        if self._unavailable:          # the meta device holds no values: NaN, honestly
+            return torch.full(tuple(t.shape), float("nan"), dtype=torch.float64)
+        return t.detach().to("cpu").clone()
 
     def load_state_dict(self, state):
         """Continue from :meth:`state_dict` (call before the resumed run's first step).
