@@ -1,18 +1,18 @@
-"""NoetherMonitor on real PyTorch training loops (issue 7 §4; docs/byom.md §4).
+"""NoetherMonitor on real PyTorch training loops (issue 7 §4; docs/monitor.md).
 
 Trains a small BatchNorm CNN and a BatchNorm MLP for a few hundred steps with
 ``torch.optim.SGD(momentum=0.9, weight_decay=...)`` on minibatches and checks:
 
 * the monitor found exactly the BatchNorm-fed weight rows (module graph + gradient audit),
   nothing else, and nothing the audit rejects;
-* the exact discrete balance law of SGD (docs/byom.md Eq. B.2, SPEC §1.1 plus the
+* the exact discrete balance law of SGD (docs/monitor.md Eq. B.4, SPEC §1.1 plus the
   symmetry-breaking term) holds at float64 round-off at every step: < 1e-12 relative
   (each term is a float64 sum of squares, ~1e-16 relative; torch's update rounds q and
   the buffer once per step, so a few ulps of the largest term — 1e-12 leaves a 10⁳ margin);
   the same with a learning-rate schedule and with dampening;
 * the online Eq. 17 predictions equal theory.norm_schedule evaluated offline on the
   recorded series (same recursion, different summation: 1e-10 relative);
-* Eq. 17 errors (stated in docs/byom.md §4.3): the assumption-free "measured" form within
+* Eq. 17 errors (stated in docs/monitor.md §5): the assumption-free "measured" form within
   5% (median over rows) of the final |q|², the assumption of the measured regime within
   25% and better than the paper's "coherent" one, which is off by the factor
   sqrt(κ_coh/κ_unc) − 1 ≈ 3.4 at β = 0.9 on minibatch noise (SPEC §4 Caution).
@@ -147,7 +147,7 @@ def test_eq17_error_within_stated_tolerance(which, cnn_run, mlp_run):
 
 
 def test_quantities_are_what_they_say(mlp_run):
-    """Cross-check recorded series against each other (definitions, docs/byom.md §4.1)."""
+    """Cross-check recorded series against each other (definitions, docs/monitor.md §2)."""
     _, rep = mlp_run
     # chord² = (D − (r1 − r0)²)/(r0 r1) ≤ D/(r0 r1): the angular update is at most the
     # relative step
