@@ -57,25 +57,25 @@ def balance_residual(st, hp, prev):
 
     Parameters
     ----------
-    st : (R, len(STATS)) array
-        This step's statistics.
-    hp : (R, len(HYPER)) array
-        This step's hyper-parameters.
-    prev : dict of (R,) arrays
+    st : (..., R, len(STATS)) array
+        Statistics (one row per step and tracked row).
+    hp : (..., R, len(HYPER)) array
+        Hyper-parameters of the same steps.
+    prev : dict of (..., R) arrays
         The previous step's ``a``, ``D``, ``lr``, ``beta``, ``k``, ``s``, ``gq``, ``e``,
         ``rule`` and ``known`` (whether that step was processed for the row).
 
     Returns
     -------
-    (R,) array
+    (..., R) array
         |LHS − RHS| / (sum of the absolute values of every term), NaN where no identity
         applies (rule "other", a buffer older than the monitor, mixed hyper-parameters).
     """
-    a, gq, D, a1, uq, uu = (st[:, i] for i in (S_A, S_GQ, S_D, S_A1, S_UQ, S_UU))
-    lr, beta, tau, k, s, code = (hp[:, i] for i in (H_LR, H_BETA, H_TAU, H_K, H_S, H_RULE))
-    first = hp[:, H_FIRST] != 0
-    R = len(a)
-    res = np.full(R, np.nan)
+    a, gq, D, a1, uq, uu = (st[..., i] for i in (S_A, S_GQ, S_D, S_A1, S_UQ, S_UU))
+    lr, beta, tau, k, s, code = (hp[..., i] for i in (H_LR, H_BETA, H_TAU, H_K, H_S,
+                                                       H_RULE))
+    first = hp[..., H_FIRST] != 0
+    res = np.full(a.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # heavy ball and Nesterov (B.4, B.6): the buffer eliminated through Δ_n
         hb = (code == R_SGD) | (code == R_NEST)
@@ -205,53 +205,74 @@ class _Recorder:
         self.win = np.zeros((R, 3))
         self.win_res = np.full(R, np.nan)
 
-    # -- one step ----------------------------------------------------------------------
+    # -- a batch of steps ----------------------------------------------------------------
     def process(self, st, hp):
         """Advance by one optimizer step: ``st`` (R, STATS), ``hp`` (R, HYPER)."""
-        n = self.step
-        a, gg, gq, dg, D, a1 = (st[:, i] for i in (S_A, S_GG, S_GQ, S_DG, S_D, S_A1))
-        prev = self.prev
+        self.process_batch(st[None], hp[None])
+
+    def process_batch(self, st, hp):
+        """Advance by T optimizer steps: ``st`` (T, R, STATS), ``hp`` (T, R, HYPER).
+
+        Vectorised over the steps where the arithmetic is elementwise; the recursions
+        (Eq. 17, the cumulative sums) run step after step, so the results are bitwise
+        those of T calls of :meth:`process`, whatever the batch boundaries."""
+        T = st.shape[0]
+        n0 = self.step
+        a, gg, gq, dg, D, a1 = (st[..., i] for i in (S_A, S_GG, S_GQ, S_DG, S_D, S_A1))
+        known = np.isfinite(a) & np.isfinite(D)
+        cur = {"a": a, "D": D, "lr": hp[..., H_LR], "beta": hp[..., H_BETA],
+               "k": hp[..., H_K], "s": hp[..., H_S], "gq": gq, "e": st[..., S_E],
+               "rule": hp[..., H_RULE], "known": known}
+        prev = {k: np.concatenate([self.prev[k][None], v[:-1]]) for k, v in cur.items()}
         with np.errstate(divide="ignore", invalid="ignore"):
             r0, r1 = np.sqrt(a), np.sqrt(a1)
             chord = np.sqrt(np.maximum(D - (r1 - r0) ** 2, 0.0) / (r0 * r1))
             corr = dg / np.sqrt(prev["D"] * gg)
             cos = np.abs(gq) / np.sqrt(gg * a)
         res = balance_residual(st, hp, prev)
-        self._advance_predictions(st, hp)
-        cum_before = self.cum.copy()            # sums over steps 0..n−1
-        # cumulative sums (every step) and the callback window
+        # cumulative sums, every step: the same additions, in the same order, as a loop
         c2 = chord * chord
         fin = np.isfinite(c2)
-        self.cum[:, C_CH2] += np.where(fin, c2, 0.0)
-        self.cum[:, C_NCH] += fin
-        g_ok = np.isfinite(st[:, S_GL]) & np.isfinite(gg)
-        self.cum[:, C_GG] += np.where(g_ok, gg, 0.0)
-        self.cum[:, C_GL] += np.where(g_ok, st[:, S_GL], 0.0)
-        self.cum[:, C_N] += g_ok
-        self.win[:, 0] += np.where(fin, c2, 0.0)
-        self.win[:, 1] += fin
-        self.win_res = np.fmax(self.win_res, res)
-        if n % self.stride == 0:
-            for f, v in zip(FIELDS, (a, gg, gq, D, chord, corr, res, cos, st[:, S_UQ],
-                                     st[:, S_UU]), strict=True):
-                self.rec[f].append(np.array(v, dtype=float))
-            for name in PREDICTIONS:
-                self.rec_pred[name].append(self._pred_before[name])
-            self.rec_cum.append(cum_before)
-            self.rec_steps.append(n)
-            if self.max_records is not None and len(self.rec_steps) > self.max_records:
-                self._decimate()
-        # the previous-step quantities of the next step's identity
-        prev["a"], prev["D"], prev["lr"] = a.copy(), D.copy(), hp[:, H_LR].copy()
-        prev["beta"], prev["k"], prev["s"] = (hp[:, H_BETA].copy(), hp[:, H_K].copy(),
-                                              hp[:, H_S].copy())
-        prev["gq"], prev["e"], prev["rule"] = gq.copy(), st[:, S_E].copy(), \
-            hp[:, H_RULE].copy()
-        prev["known"] = np.isfinite(a) & np.isfinite(D)
-        self.last_a1 = a1.copy()
-        self.last_hyper = hp.copy()
+        g_ok = np.isfinite(st[..., S_GL]) & np.isfinite(gg)
+        inc = np.stack([np.where(fin, c2, 0.0), fin, np.where(g_ok, gg, 0.0),
+                        np.where(g_ok, st[..., S_GL], 0.0), g_ok], axis=-1)
+        self.win[:, 0] += inc[:, :, C_CH2].sum(0)
+        self.win[:, 1] += fin.sum(0)
+        inc[0] += self.cum
+        cums = np.cumsum(inc, axis=0)
+        cum_before = np.concatenate([self.cum[None], cums[:-1]])
+        self.cum = cums[-1].copy()
+        self.win_res = np.fmax(self.win_res, np.fmax.reduce(res, axis=0))
+        fields = (a, gg, gq, D, chord, corr, res, cos, st[..., S_UQ], st[..., S_UU])
+        # Eq. 17 recursions, step after step; the records where a step is recorded
+        lam, incr, lam2, incr2 = self._pred_coefficients(st, hp, prev)
+        hb = (hp[..., H_RULE] == R_SGD) & (hp[..., H_BETA] < 1.0)
+        names = list(self.r4)
+        for t in range(T):
+            new = np.isnan(self.am) & hb[t]
+            if new.any():
+                for r4 in self.r4.values():
+                    r4[new] = a[t][new] * a[t][new]
+                self.am[new] = a[t][new]
+            n = n0 + t
+            if n % self.stride == 0:
+                for f, v in zip(FIELDS, fields, strict=True):
+                    self.rec[f].append(np.array(v[t], dtype=float))
+                for name in PREDICTIONS:
+                    self.rec_pred[name].append(self._pred_state(name))
+                self.rec_cum.append(cum_before[t])
+                self.rec_steps.append(n)
+                if self.max_records is not None and len(self.rec_steps) > self.max_records:
+                    self._decimate()
+            for j, name in enumerate(names):
+                self.r4[name] = lam[t] * self.r4[name] + incr[j, t]
+            self.am = lam2[t] * self.am + incr2[t]
+        for k, v in cur.items():
+            self.prev[k] = v[-1].copy()
+        self.last_a1 = a1[-1].copy()
+        self.last_hyper = hp[-1].copy()
         self.pred_after = {name: self._pred_state(name) for name in PREDICTIONS}
-        self.step = n + 1
+        self.step = n0 + T
 
     def _decimate(self):
         """Keep the recorded rows whose step is a multiple of twice the stride."""
@@ -266,31 +287,27 @@ class _Recorder:
     def _pred_state(self, name):
         return np.sqrt(self.r4[name]) if name in self.r4 else self.am.copy()
 
-    def _advance_predictions(self, st, hp):
-        """One step of Eq. 17's EMA forms (theory.norm_schedule, r2_continuous; docs
-        §5), for the heavy-ball rows (NaN elsewhere: Eq. 17 is SGD's)."""
-        a, gg, D = st[:, S_A], st[:, S_GG], st[:, S_D]
-        lr, beta, k = hp[:, H_LR], hp[:, H_BETA], hp[:, H_K]
-        hb = (hp[:, H_RULE] == R_SGD) & (beta < 1.0)
-        new = np.isnan(self.am) & hb
-        for r4 in self.r4.values():
-            r4[new] = a[new] * a[new]
-        self.am[new] = a[new]
-        self._pred_before = {name: self._pred_state(name) for name in PREDICTIONS}
-        Dn = np.where(hp[:, H_FIRST] != 0, 0.0, self.prev["D"])
+    def _pred_coefficients(self, st, hp, prev):
+        """Per step and row: r⁴ ← λ r⁴ + incr (per assumption) and a ← λ' a + incr' of
+        Eq. 17's EMA forms (theory.norm_schedule, r2_continuous; docs/monitor.md §5);
+        NaN on rows that are not heavy-ball SGD (Eq. 17 is SGD's)."""
+        a, gg, D = st[..., S_A], st[..., S_GG], st[..., S_D]
+        lr, beta, k = hp[..., H_LR], hp[..., H_BETA], hp[..., H_K]
+        hb = (hp[..., H_RULE] == R_SGD) & (beta < 1.0)
+        Dn = np.where(hp[..., H_FIRST] != 0, 0.0, prev["D"])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             gh2 = gg * a                        # |ĝ|² = |g|²|q|² (scale invariance)
             rate = 4.0 * k / (1.0 - beta)
-            lam = np.exp(-rate * lr)
+            lam = np.where(hb, np.exp(-rate * lr), np.nan)
             w = _zoh(rate, lr)
-            for name, r4 in self.r4.items():
-                kappa = _th._gain(beta, name)
-                P = 2.0 * (1.0 + beta) * lr * kappa / (1.0 - beta)
-                r4[:] = np.where(hb, lam * r4 + P * w * gh2, np.nan)
+            incr = np.stack([np.where(hb, 2.0 * (1.0 + beta) * lr * _th._gain(beta, name)
+                                      / (1.0 - beta) * w * gh2, np.nan)
+                             for name in self.r4])
             rate2 = 2.0 * k / (1.0 - beta)
-            lam2 = np.exp(-rate2 * lr)
+            lam2 = np.where(hb, np.exp(-rate2 * lr), np.nan)
             b2 = _zoh(rate2, lr) / ((1.0 - beta) * lr)
-            self.am[:] = np.where(hb, lam2 * self.am + b2 * (D + beta * Dn), np.nan)
+            incr2 = np.where(hb, b2 * (D + beta * Dn), np.nan)
+        return lam, incr, lam2, incr2
 
     # -- the callback window -------------------------------------------------------------
     def take_window(self):

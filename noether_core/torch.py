@@ -71,10 +71,6 @@ if torch is not None:
     # layers whose weight row W[c] holds every weight of output unit/channel c (transposed
     # convolutions store (in, out, ...) and are left out)
     _PRODUCERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    # the pairs of vectors whose inner products are the STATS columns, in the order of
-    # the stack [Q0, G, Δ, Q1, Δ_prev, G_prev, U] (docs/monitor.md §2)
-    _PAIRS = ((0, 0), (1, 1), (1, 0), (4, 1), (2, 2), (3, 3), (2, 1), (5, 1), (0, 6), (6, 6))
-    assert len(_PAIRS) == len(L.STATS)
 
 
 class _Block:
@@ -317,9 +313,7 @@ class NoetherMonitor:
         self._unavailable = dev.type == "meta"
         nanv = torch.full((lay.N,), float("nan"), dtype=self._dtype, device=dev)
         self._dprev, self._gprev = nanv, nanv
-        self._zeros = torch.zeros(lay.N, dtype=self._dtype, device=dev)
-        self._i1 = torch.tensor([a for a, _ in _PAIRS], device=dev)
-        self._i2 = torch.tensor([b for _, b in _PAIRS], device=dev)
+        self._zeros2 = torch.zeros((2, lay.R), dtype=self._dtype, device=dev)
         self._rec = L._Recorder(lay.R, self.record_every, self.max_records)
         if self._load is not None:
             load, self._load = self._load, None
@@ -488,10 +482,17 @@ class NoetherMonitor:
                 g = lay.flat(lambda p: gf[p], dt)
             else:
                 g = gf
-            delta = q1 - q0
-            u = self._update(q0) if self._adaptive() else self._zeros
-            X = torch.stack([q0, g, delta, q1, self._dprev, self._gprev, u])
-            S = lay.reduce(X[self._i1] * X[self._i2])
+            d = q1 - q0
+            dp, gp = self._dprev, self._gprev
+            # the STATS columns' products, in their order (explicit products and one
+            # stack: cheaper than gathering pairs from a stack)
+            prods = [q0 * q0, g * g, g * q0, dp * g, d * d, q1 * q1, d * g, gp * g]
+            if self._adaptive():
+                u = self._update(q0)
+                prods += [q0 * u, u * u]
+                S = lay.reduce(torch.stack(prods))
+            else:
+                S = torch.cat([lay.reduce(torch.stack(prods)), self._zeros2])
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
@@ -499,7 +500,7 @@ class NoetherMonitor:
                 go = o.flat(self._grad, dt)
                 So = o.reduce(torch.stack([qo * qo, go * go, go * qo]))
             self._pending.append((S, self._hp, So))
-            self._dprev, self._gprev = delta, g
+            self._dprev, self._gprev = d, g
             self._n_steps += 1
             if self._n_steps % self.log_every == 0:
                 self._flush(callback=True)
@@ -584,23 +585,23 @@ class NoetherMonitor:
             so = [x for _, _, x in pend if x is not None]
             ho = (np.full((len(so),) + tuple(so[0].shape), np.nan) if self._unavailable
                   else torch.stack(so).to("cpu", torch.float64).numpy())
-        j = 0
-        for t in range(T):
-            st = host[t].T
-            n = self._rec.step
-            if n < self.audit_steps and not self._audit_done:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cos_c = np.abs(st[:, L.S_GQ]) / np.sqrt(st[:, L.S_GG] * st[:, L.S_A])
-                    if pend[t][2] is not None:
-                        o = ho[j]
-                        j += 1
-                        cos_o = np.abs(o[2]) / np.sqrt(o[1] * o[0])
-                    else:
-                        cos_o = np.zeros(0)
-                self._cos_hist.append((cos_c, cos_o))
-            self._rec.process(st, pend[t][1])
-            if self._rec.step == self.audit_steps and not self._audit_done:
-                self._finish_audit()
+        hp = np.stack([h for _, h, _ in pend])
+        st = np.ascontiguousarray(host.transpose(0, 2, 1))          # (T, R, STATS)
+        n0 = self._rec.step
+        if n0 < self.audit_steps and not self._audit_done:
+            na = min(self.audit_steps - n0, T)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cos_c = np.abs(st[:na, :, L.S_GQ]) / np.sqrt(st[:na, :, L.S_GG]
+                                                            * st[:na, :, L.S_A])
+                if ho is not None:
+                    o = ho[:na]
+                    cos_o = np.abs(o[:, 2]) / np.sqrt(o[:, 1] * o[:, 0])
+                else:
+                    cos_o = np.zeros((na, 0))
+            self._cos_hist += list(zip(cos_c, cos_o, strict=True))
+        self._rec.process_batch(st, hp)
+        if self._rec.step >= self.audit_steps and not self._audit_done:
+            self._finish_audit()
         if callback and self.callback is not None:
             self._emit()
 
