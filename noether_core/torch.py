@@ -102,12 +102,15 @@ class _Layout:
         for p, sl in self.pieces:
             t = get(p)
             parts.append((t if sl is None else t[sl]).reshape(-1))
-        return torch.cat(parts).to(dtype)
+        out = torch.cat(parts)
+        return out if out.dtype == dtype else out.to(dtype)
+
+    acc = None                                 # the accumulation dtype (set at build)
 
     def reduce(self, P):
-        """Per-row sums of the (K, N) products: (K, R)."""
+        """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc``."""
         K = P.shape[0]
-        return torch.cat([P[:, s:e].reshape(K, r, m).sum(-1)
+        return torch.cat([P[:, s:e].reshape(K, r, m).sum(-1, dtype=self.acc)
                           for s, e, r, m in self.segments], dim=1)
 
 
@@ -296,6 +299,7 @@ class NoetherMonitor:
                                   f"normalised along dim={dim}; only dim=0 (rows) and "
                                   f"dim=None are tracked", stacklevel=4)
         self._layout = _Layout(cands)
+        self._tracked = list(dict.fromkeys(p for p, _ in self._layout.pieces))
         self._others = _Layout(others) if others else None
         lay = self._layout
         # per row: the param group of its tensors, or mixed
@@ -309,11 +313,22 @@ class NoetherMonitor:
         self._row_block = np.repeat(np.arange(len(cands)), [b.rows for b in cands])
         p0 = next(iter(self._group), None)
         dev = p0.device if p0 is not None else torch.device("cpu")
-        self._dtype = torch.float32 if dev.type == "mps" else torch.float64
+        # elementwise work in the parameters' precision (float64 if any tracked tensor
+        # is, float32 for float32 and the half types), row sums accumulated in float64
+        # (float32 on Apple's mps, which has no float64)
+        dts = {p.dtype for p in self._tracked} if self._tracked else {torch.float64}
+        self._dtype = torch.float64 if torch.float64 in dts else torch.float32
+        self._acc = torch.float32 if dev.type == "mps" else torch.float64
+        if dev.type == "mps":
+            self._dtype = torch.float32
         self._unavailable = dev.type == "meta"
         nanv = torch.full((lay.N,), float("nan"), dtype=self._dtype, device=dev)
         self._dprev, self._gprev = nanv, nanv
-        self._zeros2 = torch.zeros((2, lay.R), dtype=self._dtype, device=dev)
+        self._zeros2 = torch.zeros((2, lay.R), dtype=self._acc, device=dev)
+        self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        lay.acc = self._acc
+        if self._others is not None:
+            self._others.acc = self._acc
         self._rec = L._Recorder(lay.R, self.record_every, self.max_records)
         if self._load is not None:
             load, self._load = self._load, None
@@ -345,10 +360,23 @@ class NoetherMonitor:
         return _Block(lab, pieces, 1, src, [lab])
 
     # -- hyper-parameters ---------------------------------------------------------------
+    _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
+             "betas", "decoupled_weight_decay")
+
     def _group_table(self):
-        """(G, len(HYPER)) hyper-parameters of every param group at this step."""
+        """(G, len(HYPER)) hyper-parameters of every param group at this step (the
+        previous table again when no value changed)."""
         opt = self.optimizer
-        T = np.zeros((len(opt.param_groups), len(L.HYPER)))
+        key = tuple(tuple(g.get(k) for k in self._KEYS) for g in opt.param_groups)
+        if key == getattr(self, "_table_key", None):
+            return self._table
+        self._table_key = key
+        self._table = self._make_group_table()
+        return self._table
+
+    def _make_group_table(self):
+        opt = self.optimizer
+        T = np.empty((len(opt.param_groups), len(L.HYPER)))
         for gi, g in enumerate(opt.param_groups):
             lr = g.get("lr", float("nan"))
             lr = float(lr.item() if torch.is_tensor(lr) else lr)
@@ -450,11 +478,15 @@ class NoetherMonitor:
             return
         self._q0 = lay.flat(get, self._dtype)
         table, first = hyper
-        hp = table[self._row_group]
-        hp[self._mixed, L.H_RULE] = L.R_OTHER
-        f = np.array([first[b.pieces[0][0]] for b in lay.blocks], dtype=float)
-        hp[:, L.H_FIRST] = f[self._row_block]
-        self._hp = hp
+        f = tuple(first[b.pieces[0][0]] for b in lay.blocks)
+        key = (table.tobytes(), f)
+        if key != getattr(self, "_hp_key", None):    # unchanged hyper-parameters: the
+            hp = table[self._row_group]               # same (read-only) table again
+            hp[self._mixed, L.H_RULE] = L.R_OTHER
+            hp[:, L.H_FIRST] = np.array(f, dtype=float)[self._row_block]
+            hp.flags.writeable = False
+            self._hp_key, self._hp_cached = key, hp
+        self._hp = self._hp_cached
 
     def _post(self, optimizer, args, kwargs):
         if self.error is not None:
@@ -486,13 +518,18 @@ class NoetherMonitor:
             dp, gp = self._dprev, self._gprev
             # the STATS columns' products, in their order (explicit products and one
             # stack: cheaper than gathering pairs from a stack)
-            prods = [q0 * q0, g * g, g * q0, dp * g, d * d, q1 * q1, d * g, gp * g]
+            # the STATS columns' products, in their order, written into one buffer
+            P = self._P
+            for i, (x, y) in enumerate(((q0, q0), (g, g), (g, q0), (dp, g), (d, d),
+                                        (q1, q1), (d, g), (gp, g))):
+                torch.mul(x, y, out=P[i])
             if self._adaptive():
                 u = self._update(q0)
-                prods += [q0 * u, u * u]
-                S = lay.reduce(torch.stack(prods))
+                torch.mul(q0, u, out=P[8])
+                torch.mul(u, u, out=P[9])
+                S = lay.reduce(P)
             else:
-                S = torch.cat([lay.reduce(torch.stack(prods)), self._zeros2])
+                S = torch.cat([lay.reduce(P[:8]), self._zeros2])
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
@@ -523,49 +560,59 @@ class NoetherMonitor:
         """U_n of Adam/AdamW/RMSprop in the flat layout: q_{n+1} = (1 − ηλ)q_n − U_n
         (λ: AdamW's decoupled decay), recomputed from the optimizer's state after the
         step (docs/monitor.md §3, B.7–B.8)."""
-        opt, dt = self.optimizer, self._dtype
-        table = {}
-        extra = {}
-        for grp in opt.param_groups:
+        opt, dt, lay = self.optimizer, self._dtype, self._layout
+        if any(not opt.state.get(p) for p in self._tracked):
+            return torch.full_like(q0, float("nan"))        # a tensor the step skipped
+        if isinstance(opt, torch.optim.Adam):
+            coef = {}
+            for p in self._tracked:
+                grp, st = opt.param_groups[self._group[p]], opt.state[p]
+                lr, step = grp["lr"], st["step"]
+                if torch.is_tensor(step) and step.device.type != "cpu":
+                    coef = None                              # capturable: per tensor
+                    break
+                lr, step = float(lr), float(step)
+                b1, b2 = grp["betas"]
+                coef[p] = (lr / (1 - b1 ** step), (1 - b2 ** step) ** 0.5,
+                           float(grp["eps"]), bool(grp.get("amsgrad")))
+            if coef and len(set(coef.values())) == 1:        # one step size: flat ops
+                c, sb2, eps, ams = next(iter(coef.values()))
+                m = lay.flat(lambda p: opt.state[p]["exp_avg"], dt)
+                v = lay.flat(lambda p: opt.state[p]["max_exp_avg_sq" if ams
+                                                    else "exp_avg_sq"], dt)
+                return c * m / (v.sqrt() / sb2 + eps)
+        table, extra = {}, {}
+        for p in self._tracked:
+            grp, st = opt.param_groups[self._group[p]], opt.state[p]
             lr = grp["lr"]
-            lr = float(lr.item() if torch.is_tensor(lr) else lr)
-            for p in grp["params"]:
-                if p not in self._group:
-                    continue
-                st = opt.state.get(p)
-                if not st:
-                    table[p] = torch.full_like(p, float("nan"), dtype=dt)
-                    continue
-                if isinstance(opt, torch.optim.Adam):
-                    b1, b2 = grp["betas"]
-                    step = st["step"]
-                    if torch.is_tensor(step) and step.device.type != "cpu":
-                        step = step.to(dt)          # capturable/fused: stays on device
-                    else:
-                        step = float(step)
-                    bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
-                    v = st["max_exp_avg_sq"] if grp.get("amsgrad") else st["exp_avg_sq"]
-                    denom = v.detach().to(dt).sqrt() / (bc2 ** 0.5) + grp["eps"]
-                    table[p] = (lr / bc1) * st["exp_avg"].detach().to(dt) / denom
-                else:                                     # RMSprop
-                    sa = st["square_avg"].detach().to(dt)
-                    if grp.get("centered"):
-                        ga = st["grad_avg"].detach().to(dt)
-                        avg = (sa - ga * ga).sqrt() + grp["eps"]
-                    else:
-                        avg = sa.sqrt() + grp["eps"]
-                    if grp.get("momentum", 0) > 0:
-                        table[p] = lr * st["momentum_buffer"].detach().to(dt)
-                    else:
-                        s = -1.0 if grp.get("maximize") else 1.0
-                        gr = self._grad(p).to(dt)
-                        table[p] = lr * s * gr / avg
-                        if grp.get("weight_decay", 0) != 0:
-                            extra[p] = lr * grp["weight_decay"] / avg
-        u = self._layout.flat(lambda p: table[p], dt)
+            lr = lr.to(dt) if torch.is_tensor(lr) and lr.device.type != "cpu" else float(lr)
+            if isinstance(opt, torch.optim.Adam):
+                b1, b2 = grp["betas"]
+                step = st["step"]
+                step = step.to(dt) if torch.is_tensor(step) and step.device.type != "cpu" \
+                    else float(step)
+                bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+                v = st["max_exp_avg_sq"] if grp.get("amsgrad") else st["exp_avg_sq"]
+                denom = v.detach().to(dt).sqrt() / (bc2 ** 0.5) + grp["eps"]
+                table[p] = (lr / bc1) * st["exp_avg"].detach().to(dt) / denom
+            else:                                            # RMSprop
+                sa = st["square_avg"].detach().to(dt)
+                if grp.get("centered"):
+                    ga = st["grad_avg"].detach().to(dt)
+                    avg = (sa - ga * ga).sqrt() + grp["eps"]
+                else:
+                    avg = sa.sqrt() + grp["eps"]
+                if grp.get("momentum", 0) > 0:
+                    table[p] = lr * st["momentum_buffer"].detach().to(dt)
+                else:
+                    s = -1.0 if grp.get("maximize") else 1.0
+                    table[p] = lr * s * self._grad(p).to(dt) / avg
+                    if grp.get("weight_decay", 0) != 0:
+                        extra[p] = lr * grp["weight_decay"] / avg
+        u = lay.flat(lambda p: table[p], dt)
         if extra:          # RMSprop's L2 term lr·k·q_n/avg needs q_n: in the flat layout
-            u = u + self._layout.flat(
-                lambda p: extra.get(p, torch.zeros_like(p, dtype=dt)), dt) * q0
+            u = u + lay.flat(lambda p: extra.get(p, torch.zeros_like(p, dtype=dt)),
+                             dt) * q0
         return u
 
     # -- host side --------------------------------------------------------------------------
@@ -580,6 +627,7 @@ class NoetherMonitor:
             host = np.full((T, len(L.STATS), R), np.nan)
         else:
             host = torch.stack([s for s, _, _ in pend]).to("cpu", torch.float64).numpy()
+            # (T, STATS, R) float64 on the host: the one transfer of this batch
         ho = None
         if any(so is not None for _, _, so in pend):
             so = [x for _, _, x in pend if x is not None]
