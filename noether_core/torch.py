@@ -151,9 +151,10 @@ class NoetherMonitor:
 
     Notes
     -----
-    Per step: one float64 copy of the tracked weights before the step, a stack of seven
-    flat vectors after it and one reduction per layer; O(rows) host work per step when a
-    batch arrives.  docs/monitor.md §6 gives the measured overhead.
+    Per step: one flat copy of the tracked weights before the step, ten products into a
+    preallocated buffer after it and one float64-accumulated reduction per layer;
+    vectorised host work when a batch arrives.  docs/monitor.md §6 gives the measured
+    overhead.
     """
 
     def __init__(self, model, optimizer, *, record_every=1, max_records=None,
