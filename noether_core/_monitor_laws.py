@@ -20,15 +20,19 @@ from . import theory as _th
 
 # -- per-step statistics of one row (columns of the device-side batch) ----------------------
 #: a_n = |q_n|², |g_n|², ⟨g_n, q_n⟩, ⟨Δ_n, g_n⟩, D_{n+1} = |Δ_{n+1}|², a_{n+1},
-#: ⟨Δ_{n+1}, g_n⟩, ⟨g_n, g_{n−1}⟩, ⟨q_n, U_n⟩, |U_n|² (U: the adaptive rules' update)
-STATS = ("a", "gg", "gq", "dg", "D", "a1", "e", "gl", "uq", "uu")
-(S_A, S_GG, S_GQ, S_DG, S_D, S_A1, S_E, S_GL, S_UQ, S_UU) = range(len(STATS))
+#: ⟨Δ_{n+1}, g_n⟩, ⟨g_n, g_{n−1}⟩, ⟨q_n, U_n⟩, |U_n|² (U: the adaptive rules' update),
+#: and the adaptive rules' gradient statistics (docs/monitor.md §4): |u_n|² (u = P m̂ of
+#: the gradients, or P g for RMSprop), ⟨q_n, P g_n⟩, ⟨q_n², P⟩ (P the preconditioner)
+STATS = ("a", "gg", "gq", "dg", "D", "a1", "e", "gl", "uq", "uu", "ug", "pm", "pq")
+(S_A, S_GG, S_GQ, S_DG, S_D, S_A1, S_E, S_GL, S_UQ, S_UU, S_UG, S_PM, S_PQ) = \
+    range(len(STATS))
 
 # -- hyper-parameters of one row at one step (columns of the host-side table) ---------------
 #: lr η_n, momentum β (β₁ for Adam, RMSprop's momentum), dampening τ, weight decay k
 #: (λ for AdamW), sign s (−1 with maximize), rule code, first step of SGD's buffer
-HYPER = ("lr", "momentum", "dampening", "weight_decay", "sign", "rule", "first")
-(H_LR, H_BETA, H_TAU, H_K, H_S, H_RULE, H_FIRST) = range(len(HYPER))
+HYPER = ("lr", "momentum", "dampening", "weight_decay", "sign", "rule", "first", "beta2",
+         "eps")
+(H_LR, H_BETA, H_TAU, H_K, H_S, H_RULE, H_FIRST, H_BETA2, H_EPS) = range(len(HYPER))
 
 #: the identities the monitor knows, by code (H_RULE); "other" has none (NaN residual)
 RULES = ("other", "sgd", "nesterov", "adam", "adamw", "rmsprop")
@@ -38,9 +42,11 @@ EQUATION = {"sgd": "B.4", "nesterov": "B.6", "adam": "B.7", "adamw": "B.7",
             "rmsprop": "B.8", "other": "none"}
 
 PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
-#: cumulative sums kept per row (every step counted, record_every or not)
-CUM = ("chord2", "n_chord", "gg", "gl", "n")
-(C_CH2, C_NCH, C_GG, C_GL, C_N) = range(len(CUM))
+#: cumulative sums kept per row (every step counted, record_every or not): chord², its
+#: count, |g|², ⟨g_n, g_{n−1}⟩, their count; the adaptive rules' |u|², ⟨q̂, P g⟩,
+#: ⟨q̂², P⟩ and their count
+CUM = ("chord2", "n_chord", "gg", "gl", "n", "update_sq", "metric", "precond", "n_ad")
+(C_CH2, C_NCH, C_GG, C_GL, C_N, C_UG, C_PM, C_PQ, C_NAD) = range(len(CUM))
 #: recorded fields (rows: recorded steps)
 FIELDS = ("a", "gg", "gq", "D", "chord", "corr", "res", "cos", "uq", "uu")
 
@@ -133,25 +139,35 @@ def regime_of(corr, beta):
 
 def predict_angular_update(rule, hyper, stats, regime):
     """The theory's steady angular update per row: the one place rules meet
-    noether_core.theory (point new forms here).
+    noether_core.theory (docs/monitor.md §4).
 
     Parameters
     ----------
     rule : str
         One of :data:`RULES`.
     hyper : dict of (B,) arrays
-        ``lr``, ``momentum`` (β, β₁), ``dampening``, ``weight_decay`` of the rows.
+        ``lr``, ``momentum`` (β, β₁), ``dampening``, ``weight_decay``, ``beta2`` (β₂, or
+        RMSprop's α), ``eps`` of the rows.
     stats : dict of (B,) arrays
-        Gradient statistics measured over the window: ``grad_norm2`` (mean |g|²),
-        ``grad_lag1`` (mean ⟨g_n, g_{n−1}⟩), ``correlation`` (their ratio), ``update_norm2``
-        (mean |U|² of the adaptive rules).  Never the weights' motion.
+        Window means of gradient statistics: ``grad_norm2`` (|g|²), ``grad_lag1``
+        (⟨g_n, g_{n−1}⟩), ``correlation`` (their ratio) and, for the adaptive rules,
+        ``update_sq`` (|u|², u = P m̂ of the gradients, P g for RMSprop), ``metric``
+        (⟨q̂, P g⟩) and ``precond`` (⟨q̂², P⟩) — the fields of the every-optimizer
+        theory's ``GradStats``.  Never the weights' motion.
     regime : str
         The assumption the measured correlation selects (:func:`regime_of`).
 
     Returns
     -------
     (B,) array
-        The predicted RMS chord |q̂_{n+1} − q̂_n| (NaN where the theory has no form yet).
+        The predicted RMS chord |q̂_{n+1} − q̂_n| (NaN where the theory has no form).
+
+    Notes
+    -----
+    Heavy ball, Nesterov and AdamW use ``theory.steady_angular_update`` (AdamW: the
+    rotational equilibrium, metric term left out).  Where ``theory.equilibrium`` and
+    ``theory.GradStats`` exist (the every-optimizer theory), Adam (L2), AdamW and
+    RMSprop use them with the measured statistics; otherwise Adam and RMSprop get NaN.
     """
     lr, beta, tau, k = (np.asarray(hyper[x], dtype=float) for x in
                         ("lr", "momentum", "dampening", "weight_decay"))
@@ -159,6 +175,10 @@ def predict_angular_update(rule, hyper, stats, regime):
     ok = np.isfinite(lr) & (lr > 0) & (beta >= 0) & (beta < 1) & (k >= 0)
     if not ok.any():
         return out
+    full = getattr(_th, "equilibrium", None)
+    if rule in ("adam", "adamw", "rmsprop") and full is not None and \
+            hasattr(_th, "GradStats") and "update_sq" in stats:
+        return _predict_with_grad_stats(rule, hyper, stats, ok, out)
     if rule == "sgd":
         out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="sgd",
                                             dampening=np.clip(tau[ok], 0.0, 1.0))
@@ -167,7 +187,27 @@ def predict_angular_update(rule, hyper, stats, regime):
                                             assumption=regime)
     elif rule == "adamw":
         out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="adamw")
-    # "adam" (L2 decay) and "rmsprop": theory forms pending (docs/monitor.md §4)
+    return out
+
+
+def _predict_with_grad_stats(rule, hyper, stats, ok, out):
+    """Adam/AdamW/RMSprop through theory.equilibrium(rule, ..., grad_stats=GradStats(...)),
+    row by row (hyper-parameters may differ between rows); NaN where it refuses."""
+    for i in np.flatnonzero(ok):
+        h = {x: float(np.asarray(hyper[x], dtype=float)[i]) for x in
+             ("lr", "momentum", "weight_decay", "beta2", "eps")}
+        gs = _th.GradStats(rule, update_sq=float(stats["update_sq"][i]),
+                           metric=float(stats["metric"][i]),
+                           precond=(None if rule == "adamw"
+                                    else float(stats["precond"][i])))
+        kw = ({"betas": (h["momentum"], h["beta2"])} if rule != "rmsprop"
+              else {"alpha": h["beta2"], "momentum": h["momentum"]})
+        try:
+            eq = _th.equilibrium(rule, lr=h["lr"], weight_decay=h["weight_decay"],
+                                 eps=h["eps"], grad_stats=gs, **kw)
+            out[i] = float(eq.angular_update)
+        except (ValueError, TypeError):
+            pass                      # outside the theory's domain (e.g. amsgrad): NaN
     return out
 
 
@@ -234,8 +274,14 @@ class _Recorder:
         c2 = chord * chord
         fin = np.isfinite(c2)
         g_ok = np.isfinite(st[..., S_GL]) & np.isfinite(gg)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            metric, precond = st[..., S_PM] / r0, st[..., S_PQ] / a
+        ad = np.isin(hp[..., H_RULE], (R_ADAM, R_ADAMW, R_RMS)) & np.isfinite(metric) \
+            & np.isfinite(precond) & np.isfinite(st[..., S_UG])
         inc = np.stack([np.where(fin, c2, 0.0), fin, np.where(g_ok, gg, 0.0),
-                        np.where(g_ok, st[..., S_GL], 0.0), g_ok], axis=-1)
+                        np.where(g_ok, st[..., S_GL], 0.0), g_ok,
+                        np.where(ad, st[..., S_UG], 0.0), np.where(ad, metric, 0.0),
+                        np.where(ad, precond, 0.0), ad], axis=-1)
         self.win[:, 0] += inc[:, :, C_CH2].sum(0)
         self.win[:, 1] += fin.sum(0)
         inc[0] += self.cum

@@ -39,6 +39,11 @@ class Equilibrium:
         The identity / theory used (the report's :attr:`MonitorReport.rule`).
     first_step, last_step : int
         The steps n (of n → n+1) the window covers, inclusive.
+    grad_stats : dict of (B,) arrays
+        The window means the prediction used (gradient statistics only, docs/monitor.md
+        §4): ``grad_norm2``, ``grad_lag1``, ``correlation``; for the adaptive rules
+        ``update_sq`` |u|², ``metric`` ⟨q̂, P g⟩, ``precond`` ⟨q̂², P⟩ (NaN otherwise) —
+        the fields of the theory's ``GradStats``.
     """
 
     predicted_angular_update: np.ndarray
@@ -48,6 +53,7 @@ class Equilibrium:
     rule: str
     first_step: int
     last_step: int
+    grad_stats: dict = field(default_factory=dict)
 
     def relative_error(self) -> np.ndarray:
         """(predicted − measured)/measured per block."""
@@ -99,11 +105,13 @@ class MonitorReport:
     scale_cosine : (R, B) array
         |⟨g_n, q_n⟩|/(|g_n||q_n|) at every recorded step.
     hyper : dict
-        lr, momentum, dampening, weight_decay of the last step, per block.
-    cumulative : (R, B, 5) array
+        lr, momentum (β, β₁), dampening, weight_decay, beta2 (β₂, RMSprop's α), eps of
+        the last step, per block.
+    cumulative : (R, B, 9) array
         Sums over the steps before each recorded step n (0..n−1, every step counted) of
-        chord², its count, |g|², ⟨g_n, g_{n−1}⟩ and its count.
-    final_cumulative : (B, 5) array
+        chord², its count, |g|², ⟨g_n, g_{n−1}⟩, their count, and the adaptive rules'
+        |u|², ⟨q̂, P g⟩, ⟨q̂², P⟩ and their count (docs/monitor.md §4).
+    final_cumulative : (B, 9) array
         The same after the last step.
     last_step : int
         The last step n processed (−1 before any).
@@ -224,6 +232,8 @@ class MonitorReport:
             corr = tot[:, L.C_GL] / tot[:, L.C_GG]
             gg = tot[:, L.C_GG] / tot[:, L.C_N]
             gl = tot[:, L.C_GL] / tot[:, L.C_N]
+            ad = {name: tot[:, c] / tot[:, L.C_NAD] for name, c in
+                  (("update_sq", L.C_UG), ("metric", L.C_PM), ("precond", L.C_PQ))}
         beta = np.asarray(self.hyper["momentum"], dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -231,14 +241,14 @@ class MonitorReport:
             b_med = float(np.nanmedian(beta)) if np.isfinite(beta).any() else np.nan
         regime = L.regime_of(c_med, b_med)
         pred = np.full(B, np.nan)
-        stats = {"grad_norm2": gg, "grad_lag1": gl, "correlation": corr}
+        stats = {"grad_norm2": gg, "grad_lag1": gl, "correlation": corr, **ad}
         for rule in dict.fromkeys(self.rules):
             sel = np.array([r == rule for r in self.rules])
             hyp = {k: np.asarray(v, dtype=float)[sel] for k, v in self.hyper.items()
                    if k != "rule"}
             pred[sel] = L.predict_angular_update(
                 rule, hyp, {k: v[sel] for k, v in stats.items()}, regime)
-        return Equilibrium(pred, measured, regime, corr, self.rule, first, N - 1)
+        return Equilibrium(pred, measured, regime, corr, self.rule, first, N - 1, stats)
 
     # -- text -------------------------------------------------------------------------------
     def summary(self) -> str:

@@ -325,7 +325,9 @@ class NoetherMonitor:
         self._unavailable = dev.type == "meta"
         nanv = torch.full((lay.N,), float("nan"), dtype=self._dtype, device=dev)
         self._dprev, self._gprev = nanv, nanv
-        self._zeros2 = torch.zeros((2, lay.R), dtype=self._acc, device=dev)
+        self._zeros5 = torch.zeros((len(L.STATS) - 8, lay.R), dtype=self._acc,
+                                   device=dev)
+        self._mg = None                # Adam (L2)'s moment of the gradients alone
         self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
         lay.acc = self._acc
         if self._others is not None:
@@ -362,7 +364,7 @@ class NoetherMonitor:
 
     # -- hyper-parameters ---------------------------------------------------------------
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
-             "betas", "decoupled_weight_decay")
+             "betas", "decoupled_weight_decay", "eps", "alpha")
 
     def _group_table(self):
         """(G, len(HYPER)) hyper-parameters of every param group at this step (the
@@ -383,19 +385,21 @@ class NoetherMonitor:
             lr = float(lr.item() if torch.is_tensor(lr) else lr)
             s = -1.0 if g.get("maximize", False) else 1.0
             k = float(g.get("weight_decay", 0.0))
+            b2, eps = float("nan"), float(g.get("eps", float("nan")))
             if isinstance(opt, torch.optim.SGD):
                 beta = float(g.get("momentum", 0.0))
                 tau = float(g.get("dampening", 0.0)) if beta != 0.0 else 0.0
                 rule = L.R_NEST if g.get("nesterov", False) else L.R_SGD
             elif isinstance(opt, torch.optim.Adam):
-                beta, tau = float(g["betas"][0]), 0.0
+                beta, tau, b2 = float(g["betas"][0]), 0.0, float(g["betas"][1])
                 dec = g.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW))
                 rule = L.R_ADAMW if dec else L.R_ADAM
             elif isinstance(opt, torch.optim.RMSprop):
                 beta, tau, rule = float(g.get("momentum", 0.0)), 0.0, L.R_RMS
+                b2 = float(g.get("alpha", float("nan")))
             else:
                 beta, tau, rule = float(g.get("momentum", 0.0) or 0.0), 0.0, L.R_OTHER
-            T[gi] = (lr, beta, tau, k, s, rule, 0.0)
+            T[gi] = (lr, beta, tau, k, s, rule, 0.0, b2, eps)
         return T
 
     def _rule_name(self):
@@ -525,12 +529,15 @@ class NoetherMonitor:
                                         (q1, q1), (d, g), (gp, g))):
                 torch.mul(x, y, out=P[i])
             if self._adaptive():
-                u = self._update(q0)
+                u, pre, ug = self._update(q0, g)
                 torch.mul(q0, u, out=P[8])
                 torch.mul(u, u, out=P[9])
+                torch.mul(ug, ug, out=P[10])
+                torch.mul(q0, pre * g, out=P[11])
+                torch.mul(P[0], pre, out=P[12])
                 S = lay.reduce(P)
             else:
-                S = torch.cat([lay.reduce(P[:8]), self._zeros2])
+                S = torch.cat([lay.reduce(P[:8]), self._zeros5])
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
@@ -557,13 +564,20 @@ class NoetherMonitor:
     def _adaptive(self):
         return isinstance(self.optimizer, (torch.optim.Adam, torch.optim.RMSprop))
 
-    def _update(self, q0):
-        """U_n of Adam/AdamW/RMSprop in the flat layout: q_{n+1} = (1 − ηλ)q_n − U_n
-        (λ: AdamW's decoupled decay), recomputed from the optimizer's state after the
-        step (docs/monitor.md §3, B.7–B.8)."""
+    def _update(self, q0, g):
+        """Adam/AdamW/RMSprop, recomputed in the flat layout from the optimizer's state
+        after the step (docs/monitor.md §3, B.7–B.8, and §4):
+
+        * U_n, with q_{n+1} = (1 − ηλ)q_n − U_n (λ: AdamW's decoupled decay);
+        * the preconditioner P = 1/(sqrt(v̂) + ε) (RMSprop: 1/avg);
+        * u = P m̂ with m̂ the bias-corrected moment of the gradients alone (AdamW: the
+          optimizer's own; Adam with L2 decay: a moment the monitor keeps, from the step
+          it first saw), or u = P g for RMSprop — the theory's update statistic.
+        """
         opt, dt, lay = self.optimizer, self._dtype, self._layout
         if any(not opt.state.get(p) for p in self._tracked):
-            return torch.full_like(q0, float("nan"))        # a tensor the step skipped
+            nan = torch.full_like(q0, float("nan"))         # a tensor the step skipped
+            return nan, nan, nan
         if isinstance(opt, torch.optim.Adam):
             coef = {}
             for p in self._tracked:
@@ -574,15 +588,25 @@ class NoetherMonitor:
                     break
                 lr, step = float(lr), float(step)
                 b1, b2 = grp["betas"]
-                coef[p] = (lr / (1 - b1 ** step), (1 - b2 ** step) ** 0.5,
-                           float(grp["eps"]), bool(grp.get("amsgrad")))
+                coef[p] = (lr, 1 - b1 ** step, (1 - b2 ** step) ** 0.5, float(grp["eps"]),
+                           bool(grp.get("amsgrad")), float(b1),
+                           bool(grp.get("decoupled_weight_decay",
+                                        isinstance(opt, torch.optim.AdamW))))
             if coef and len(set(coef.values())) == 1:        # one step size: flat ops
-                c, sb2, eps, ams = next(iter(coef.values()))
+                lr, bc1, sb2, eps, ams, b1, dec = next(iter(coef.values()))
                 m = lay.flat(lambda p: opt.state[p]["exp_avg"], dt)
                 v = lay.flat(lambda p: opt.state[p]["max_exp_avg_sq" if ams
                                                     else "exp_avg_sq"], dt)
-                return c * m / (v.sqrt() / sb2 + eps)
-        table, extra = {}, {}
+                pre = 1.0 / (v.sqrt() / sb2 + eps)
+                u = (lr / bc1) * m * pre
+                if dec:
+                    ug = (m / bc1) * pre
+                else:
+                    self._mg = (1.0 - b1) * g if self._mg is None else \
+                        torch.lerp(self._mg, g, 1.0 - b1)
+                    ug = (self._mg / bc1) * pre
+                return u, pre, ug
+        table, ptab, extra = {}, {}, {}
         for p in self._tracked:
             grp, st = opt.param_groups[self._group[p]], opt.state[p]
             lr = grp["lr"]
@@ -594,8 +618,8 @@ class NoetherMonitor:
                     else float(step)
                 bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
                 v = st["max_exp_avg_sq"] if grp.get("amsgrad") else st["exp_avg_sq"]
-                denom = v.detach().to(dt).sqrt() / (bc2 ** 0.5) + grp["eps"]
-                table[p] = (lr / bc1) * st["exp_avg"].detach().to(dt) / denom
+                ptab[p] = 1.0 / (v.detach().to(dt).sqrt() / (bc2 ** 0.5) + grp["eps"])
+                table[p] = (lr / bc1) * st["exp_avg"].detach().to(dt) * ptab[p]
             else:                                            # RMSprop
                 sa = st["square_avg"].detach().to(dt)
                 if grp.get("centered"):
@@ -603,6 +627,7 @@ class NoetherMonitor:
                     avg = (sa - ga * ga).sqrt() + grp["eps"]
                 else:
                     avg = sa.sqrt() + grp["eps"]
+                ptab[p] = 1.0 / avg
                 if grp.get("momentum", 0) > 0:
                     table[p] = lr * st["momentum_buffer"].detach().to(dt)
                 else:
@@ -614,7 +639,10 @@ class NoetherMonitor:
         if extra:          # RMSprop's L2 term lr·k·q_n/avg needs q_n: in the flat layout
             u = u + lay.flat(lambda p: extra.get(p, torch.zeros_like(p, dtype=dt)),
                              dt) * q0
-        return u
+        pre = lay.flat(lambda p: ptab[p], dt)
+        if isinstance(opt, torch.optim.RMSprop):
+            return u, pre, pre * g
+        return u, pre, torch.full_like(q0, float("nan"))     # per-tensor Adam: no u
 
     # -- host side --------------------------------------------------------------------------
     def _flush(self, callback=False):
@@ -746,7 +774,7 @@ class NoetherMonitor:
                 update_norm2=z, predicted_norm2={a: z for a in PREDICTIONS},
                 final_norm2=np.zeros(0), audit_score=np.zeros(0), scale_cosine=z,
                 hyper={k: np.zeros(0) for k in ("lr", "momentum", "dampening",
-                                                 "weight_decay")},
+                                                 "weight_decay", "beta2", "eps")},
                 cumulative=np.zeros((0, 0, len(L.CUM))),
                 final_cumulative=np.zeros((0, len(L.CUM))), error=err,
                 overhead_seconds=self._overhead)
@@ -789,7 +817,8 @@ class NoetherMonitor:
             final_norm2=rec.last_a1[keep] if rec.step else np.zeros(int(keep.sum())),
             audit_score=score[keep], scale_cosine=col("cos"),
             hyper={"lr": hyp[:, L.H_LR], "momentum": hyp[:, L.H_BETA],
-                   "dampening": hyp[:, L.H_TAU], "weight_decay": hyp[:, L.H_K]},
+                   "dampening": hyp[:, L.H_TAU], "weight_decay": hyp[:, L.H_K],
+                   "beta2": hyp[:, L.H_BETA2], "eps": hyp[:, L.H_EPS]},
             cumulative=(np.stack(rec.rec_cum)[:, keep] if R
                         else np.zeros((0, int(keep.sum()), len(L.CUM)))),
             final_cumulative=rec.cum[keep].copy(), last_step=rec.step - 1,
@@ -819,6 +848,7 @@ class NoetherMonitor:
             "labels": [lab for b in self._layout.blocks for lab in b.row_labels],
             "recorder": _to_torch(self._rec.state()),
             "dprev": self._host_copy(self._dprev),
+            "mg": None if self._mg is None else self._host_copy(self._mg),
             "gprev": self._host_copy(self._gprev),
             "audit": {"done": self._audit_done,
                       "cos_c": [torch.from_numpy(c.copy()) for c, _ in self._cos_hist],
@@ -878,6 +908,7 @@ class NoetherMonitor:
         dev = self._dprev.device
         self._dprev = s["dprev"].to(dev, self._dtype)
         self._gprev = s["gprev"].to(dev, self._dtype)
+        self._mg = None if s.get("mg") is None else s["mg"].to(dev, self._dtype)
         a = s["audit"]
         self._audit_done = bool(a["done"])
         self._cos_hist = [(c.numpy().copy(), o.numpy().copy())

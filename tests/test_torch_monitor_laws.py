@@ -25,8 +25,10 @@ def _stats(q0, g, dprev, gprev, q1, u):
     """The STATS columns, row by row (rows of (R, m) arrays)."""
     d = q1 - q0
     dot = lambda x, y: np.sum(x * y, axis=1)        # noqa: E731
+    z = np.zeros(len(q0))          # the adaptive rules' gradient statistics: not used
     return np.stack([dot(q0, q0), dot(g, g), dot(g, q0), dot(dprev, g), dot(d, d),
-                     dot(q1, q1), dot(d, g), dot(gprev, g), dot(q0, u), dot(u, u)], axis=1)
+                     dot(q1, q1), dot(d, g), dot(gprev, g), dot(q0, u), dot(u, u),
+                     z, z, z], axis=1)
 
 
 def _run(rule, hp, steps=25, R=3, m=40, seed=0, lrs=None):
@@ -88,7 +90,7 @@ def _run(rule, hp, steps=25, R=3, m=40, seed=0, lrs=None):
                 u = lr * gp / avg
             q = q - u
         code = L.RULES.index(rule)
-        hyper = np.tile([lr, beta, tau, k, s, code, float(first)], (R, 1))
+        hyper = np.tile([lr, beta, tau, k, s, code, float(first), np.nan, np.nan], (R, 1))
         out.append((_stats(q0, g, dprev, gprev, q, u), hyper))
         dprev, gprev = q - q0, g
     return out

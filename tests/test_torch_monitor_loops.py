@@ -526,3 +526,57 @@ def test_equilibrium_prediction_meets_the_measured_chord(name, make, tol):
     if name == "sgd":
         np.testing.assert_allclose(eq.predicted_angular_update,
                                    theory.steady_angular_update(0.1, 0.9, 5e-3), rtol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adam-l2", "rmsprop"])
+def test_adaptive_gradient_statistics(kind):
+    """docs/monitor.md §4: the window means the adaptive rules' prediction takes —
+    |u|² (u = P m̂ of the gradients alone; P g for RMSprop), ⟨q̂, P g⟩, ⟨q̂², P⟩ with
+    P = 1/(sqrt(v̂)+ε) the optimizer's preconditioner — equal a NumPy recomputation from
+    the gradients, the weights before each step and the optimizer's second moment
+    (float64 round-off: 1e-10 relative)."""
+    X, y = _data()
+    model = _mlp()
+    if kind == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.95),
+                                weight_decay=0.1)
+    elif kind == "adam-l2":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.8, 0.95),
+                               weight_decay=1e-2)
+    else:
+        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9,
+                                  weight_decay=1e-2)
+    mon = NoetherMonitor(model, opt, log_every=7)
+    w = model[3].weight                           # the LayerNorm-fed block with its bias
+    b = model[3].bias
+    rows = []
+    for idx in _batches(25):
+        opt.zero_grad()
+        F.cross_entropy(model(X[idx]), y[idx]).backward()
+        q = torch.cat([w.detach().reshape(-1), b.detach()]).numpy().copy()
+        g = torch.cat([w.grad.reshape(-1), b.grad]).numpy().copy()
+        opt.step()
+        key = "exp_avg_sq" if kind != "rmsprop" else "square_avg"
+        v = torch.cat([opt.state[w][key].reshape(-1), opt.state[b][key]]).numpy().copy()
+        rows.append((q, g, v))
+    eq = mon.report().equilibrium(1.0)
+    j = mon.report().labels.index("3.weight+bias")
+    b1, b2 = (0.8, 0.95) if kind != "rmsprop" else (0.0, 0.9)
+    m = np.zeros_like(rows[0][0])
+    us, ms, ps = [], [], []
+    for n, (q, g, v) in enumerate(rows):
+        if kind == "rmsprop":
+            P = 1.0 / (np.sqrt(v) + 1e-8)
+            u = P * g
+        else:
+            m = b1 * m + (1 - b1) * g
+            P = 1.0 / (np.sqrt(v / (1 - b2 ** (n + 1))) + 1e-8)
+            u = P * m / (1 - b1 ** (n + 1))
+        qh = q / np.linalg.norm(q)
+        us.append(u @ u)
+        ms.append(qh @ (P * g))
+        ps.append(qh @ (qh * P))
+    st = eq.grad_stats
+    np.testing.assert_allclose(st["update_sq"][j], np.mean(us), rtol=1e-10)
+    np.testing.assert_allclose(st["metric"][j], np.mean(ms), rtol=1e-9)
+    np.testing.assert_allclose(st["precond"][j], np.mean(ps), rtol=1e-10)
