@@ -276,11 +276,14 @@ class _Recorder:
         g_ok = np.isfinite(st[..., S_GL]) & np.isfinite(gg)
         with np.errstate(divide="ignore", invalid="ignore"):
             metric, precond = st[..., S_PM] / r0, st[..., S_PQ] / a
+            # AdamW's u is its own update over η (the device leaves |u|² to the host)
+            ug = np.where(hp[..., H_RULE] == R_ADAMW,
+                          st[..., S_UU] / (hp[..., H_LR] * hp[..., H_LR]), st[..., S_UG])
         ad = np.isin(hp[..., H_RULE], (R_ADAM, R_ADAMW, R_RMS)) & np.isfinite(metric) \
-            & np.isfinite(precond) & np.isfinite(st[..., S_UG])
+            & np.isfinite(precond) & np.isfinite(ug)
         inc = np.stack([np.where(fin, c2, 0.0), fin, np.where(g_ok, gg, 0.0),
                         np.where(g_ok, st[..., S_GL], 0.0), g_ok,
-                        np.where(ad, st[..., S_UG], 0.0), np.where(ad, metric, 0.0),
+                        np.where(ad, ug, 0.0), np.where(ad, metric, 0.0),
                         np.where(ad, precond, 0.0), ad], axis=-1)
         self.win[:, 0] += inc[:, :, C_CH2].sum(0)
         self.win[:, 1] += fin.sum(0)

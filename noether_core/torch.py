@@ -110,7 +110,9 @@ class _Layout:
     def reduce(self, P):
         """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc``."""
         K = P.shape[0]
-        return torch.cat([P[:, s:e].reshape(K, r, m).sum(-1, dtype=self.acc)
+        if P.dtype != self.acc:
+            P = P.to(self.acc)                 # one conversion, then the row sums
+        return torch.cat([P[:, s:e].reshape(K, r, m).sum(-1)
                           for s, e, r, m in self.segments], dim=1)
 
 
@@ -325,8 +327,6 @@ class NoetherMonitor:
         self._unavailable = dev.type == "meta"
         nanv = torch.full((lay.N,), float("nan"), dtype=self._dtype, device=dev)
         self._dprev, self._gprev = nanv, nanv
-        self._zeros5 = torch.zeros((len(L.STATS) - 8, lay.R), dtype=self._acc,
-                                   device=dev)
         self._mg = None                # Adam (L2)'s moment of the gradients alone
         self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
         lay.acc = self._acc
@@ -472,8 +472,13 @@ class NoetherMonitor:
 
     def _hyper_now(self, optimizer):
         table = self._group_table()
+        n_state = len(optimizer.state)
+        if getattr(self, "_first_cache", None) is not None and \
+                self._first_cache[0] == n_state:
+            return table, self._first_cache[1]     # every buffer exists: none is first
         first = {b.pieces[0][0]: optimizer.state.get(b.pieces[0][0], {}).get(
             "momentum_buffer") is None for b in self._layout.blocks}
+        self._first_cache = None if any(first.values()) else (n_state, first)
         return table, first
 
     def _capture(self, optimizer, get, hyper):
@@ -532,12 +537,16 @@ class NoetherMonitor:
                 u, pre, ug = self._update(q0, g)
                 torch.mul(q0, u, out=P[8])
                 torch.mul(u, u, out=P[9])
-                torch.mul(ug, ug, out=P[10])
-                torch.mul(q0, pre * g, out=P[11])
+                pg = pre * g
+                if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
+                    P[10].zero_()
+                else:
+                    torch.mul(ug, ug, out=P[10])
+                torch.mul(q0, pg, out=P[11])
                 torch.mul(P[0], pre, out=P[12])
                 S = lay.reduce(P)
             else:
-                S = torch.cat([lay.reduce(P[:8]), self._zeros5])
+                S = lay.reduce(P[:8])         # the adaptive columns: zeros, on the host
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
@@ -597,15 +606,13 @@ class NoetherMonitor:
                 m = lay.flat(lambda p: opt.state[p]["exp_avg"], dt)
                 v = lay.flat(lambda p: opt.state[p]["max_exp_avg_sq" if ams
                                                     else "exp_avg_sq"], dt)
-                pre = 1.0 / (v.sqrt() / sb2 + eps)
-                u = (lr / bc1) * m * pre
+                pre = v.sqrt_().div_(sb2).add_(eps).reciprocal_()   # in place: fresh
+                u = m.mul_(pre).mul_(lr / bc1)
                 if dec:
-                    ug = (m / bc1) * pre
-                else:
-                    self._mg = (1.0 - b1) * g if self._mg is None else \
-                        torch.lerp(self._mg, g, 1.0 - b1)
-                    ug = (self._mg / bc1) * pre
-                return u, pre, ug
+                    return u, pre, None       # u_theory = U/η: |u|² = |U|²/η² (host)
+                self._mg = (1.0 - b1) * g if self._mg is None else \
+                    torch.lerp(self._mg, g, 1.0 - b1)
+                return u, pre, (self._mg * pre).div_(bc1)
         table, ptab, extra = {}, {}, {}
         for p in self._tracked:
             grp, st = opt.param_groups[self._group[p]], opt.state[p]
@@ -642,6 +649,10 @@ class NoetherMonitor:
         pre = lay.flat(lambda p: ptab[p], dt)
         if isinstance(opt, torch.optim.RMSprop):
             return u, pre, pre * g
+        if all(opt.param_groups[self._group[p]].get("decoupled_weight_decay",
+                                                     isinstance(opt, torch.optim.AdamW))
+               for p in self._tracked):
+            return u, pre, None                          # AdamW: |u|² = |U|²/η²
         return u, pre, torch.full_like(q0, float("nan"))     # per-tensor Adam: no u
 
     # -- host side --------------------------------------------------------------------------
@@ -656,6 +667,9 @@ class NoetherMonitor:
             host = np.full((T, len(L.STATS), R), np.nan)
         else:
             host = torch.stack([s for s, _, _ in pend]).to("cpu", torch.float64).numpy()
+            if host.shape[1] < len(L.STATS):    # SGD-family batches: U and P are 0
+                host = np.concatenate([host, np.zeros((T, len(L.STATS) - host.shape[1],
+                                                       R))], axis=1)
             # (T, STATS, R) float64 on the host: the one transfer of this batch
         ho = None
         if any(so is not None for _, _, so in pend):
