@@ -293,29 +293,39 @@ class _Recorder:
         self.cum = cums[-1].copy()
         self.win_res = np.fmax(self.win_res, np.fmax.reduce(res, axis=0))
         fields = (a, gg, gq, D, chord, corr, res, cos, st[..., S_UQ], st[..., S_UU])
-        # Eq. 17 recursions, step after step; the records where a step is recorded
+        # Eq. 17 recursions, step after step (the three r⁴ and the measured a stacked:
+        # Y ← Λ Y + I), and the records where a step is recorded
         lam, incr, lam2, incr2 = self._pred_coefficients(st, hp, prev)
         hb = (hp[..., H_RULE] == R_SGD) & (hp[..., H_BETA] < 1.0)
         names = list(self.r4)
+        Lam = np.concatenate([np.broadcast_to(lam[:, None], (T, len(names)) + lam.shape[1:]),
+                              lam2[:, None]], axis=1)                       # (T, 4, R)
+        Inc = np.concatenate([incr.transpose(1, 0, 2), incr2[:, None]], axis=1)
+        Y = np.stack([self.r4[x] for x in names] + [self.am])              # (4, R)
+        check_new = bool((np.isnan(self.am) & hb.any(axis=0)).any())
+        fields = np.stack(fields, axis=1)                                   # (T, F, R)
         for t in range(T):
-            new = np.isnan(self.am) & hb[t]
-            if new.any():
-                for r4 in self.r4.values():
-                    r4[new] = a[t][new] * a[t][new]
-                self.am[new] = a[t][new]
+            if check_new:
+                new = np.isnan(Y[-1]) & hb[t]
+                if new.any():
+                    Y[:-1, new] = a[t][new] * a[t][new]
+                    Y[-1, new] = a[t][new]
             n = n0 + t
             if n % self.stride == 0:
-                for f, v in zip(FIELDS, fields, strict=True):
-                    self.rec[f].append(np.array(v[t], dtype=float))
-                for name in PREDICTIONS:
-                    self.rec_pred[name].append(self._pred_state(name))
+                row = fields[t].copy()
+                for i, f in enumerate(FIELDS):
+                    self.rec[f].append(row[i])
+                pred = np.concatenate([np.sqrt(Y[:-1]), Y[-1:]])
+                for i, name in enumerate(PREDICTIONS):
+                    self.rec_pred[name].append(pred[i])
                 self.rec_cum.append(cum_before[t])
                 self.rec_steps.append(n)
                 if self.max_records is not None and len(self.rec_steps) > self.max_records:
                     self._decimate()
-            for j, name in enumerate(names):
-                self.r4[name] = lam[t] * self.r4[name] + incr[j, t]
-            self.am = lam2[t] * self.am + incr2[t]
+            Y = Lam[t] * Y + Inc[t]
+        for i, name in enumerate(names):
+            self.r4[name] = Y[i].copy()
+        self.am = Y[-1].copy()
         for k, v in cur.items():
             self.prev[k] = v[-1].copy()
         self.last_a1 = a1[-1].copy()

@@ -60,6 +60,9 @@ except ImportError:                # the optional extra is not installed (see __
 __all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
 
 PREDICTIONS = L.PREDICTIONS
+#: the order in which the device writes the STATS columns (grouped products, _post)
+_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "uq", "uu", "ug", "pm", "pq")
+_DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
 PARAMS = ("normalised", "all")
 _STATE_VERSION = 1
 
@@ -104,6 +107,18 @@ class _Layout:
             parts.append((t if sl is None else t[sl]).reshape(-1))
         out = torch.cat(parts)
         return out if out.dtype == dtype else out.to(dtype)
+
+    def flat_into(self, get, out):
+        """:meth:`flat` written into ``out`` (a preallocated row)."""
+        parts = []
+        for p, sl in self.pieces:
+            t = get(p)
+            parts.append((t if sl is None else t[sl]).reshape(-1))
+        if all(t.dtype == out.dtype for t in parts):
+            torch.cat(parts, out=out)
+        else:
+            out.copy_(torch.cat(parts))
+        return out
 
     acc = None                                 # the accumulation dtype (set at build)
 
@@ -325,8 +340,11 @@ class NoetherMonitor:
         if dev.type == "mps":
             self._dtype = torch.float32
         self._unavailable = dev.type == "meta"
-        nanv = torch.full((lay.N,), float("nan"), dtype=self._dtype, device=dev)
-        self._dprev, self._gprev = nanv, nanv
+        # two (4, N) buffers used in turn: rows g_n, q_n, Δ_{n+1}, q_{n+1}; the other
+        # one holds the previous step's g_{n−1} and Δ_n (no copies between steps)
+        self._X = [torch.full((4, lay.N), float("nan"), dtype=self._dtype, device=dev)
+                   for _ in range(2)]
+        self._cur = 0
         self._mg = None                # Adam (L2)'s moment of the gradients alone
         self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
         lay.acc = self._acc
@@ -486,7 +504,7 @@ class NoetherMonitor:
         lay = self._layout
         if lay.R == 0:
             return
-        self._q0 = lay.flat(get, self._dtype)
+        self._q0 = lay.flat_into(get, self._X[self._cur][1])
         table, first = hyper
         f = tuple(first[b.pieces[0][0]] for b in lay.blocks)
         key = (table.tobytes(), f)
@@ -516,34 +534,33 @@ class NoetherMonitor:
                 return
             q0, dt = self._q0, self._dtype
             self._q0 = None
-            q1 = lay.flat(lambda p: p.detach(), dt)
+            X, Xp = self._X[self._cur], self._X[1 - self._cur]
+            q1 = lay.flat_into(lambda p: p.detach(), X[3])
             gf, self._g_first = getattr(self, "_g_first", None), None
             if gf is None:
-                g = lay.flat(self._grad, dt)
+                g = lay.flat_into(self._grad, X[0])
             elif isinstance(gf, dict):
-                g = lay.flat(lambda p: gf[p], dt)
+                g = lay.flat_into(lambda p: gf[p], X[0])
             else:
-                g = gf
-            d = q1 - q0
-            dp, gp = self._dprev, self._gprev
-            # the STATS columns' products, in their order (explicit products and one
-            # stack: cheaper than gathering pairs from a stack)
-            # the STATS columns' products, in their order, written into one buffer
+                g = X[0].copy_(gf)
+            torch.sub(q1, q0, out=X[2])
+            # the products in the device order DEV (docs/monitor.md §2), grouped:
+            # g·[g, q_n, Δ_{n+1}] and [q_n, Δ_{n+1}, q_{n+1}]² in one operation each
             P = self._P
-            for i, (x, y) in enumerate(((q0, q0), (g, g), (g, q0), (dp, g), (d, d),
-                                        (q1, q1), (d, g), (gp, g))):
-                torch.mul(x, y, out=P[i])
+            torch.mul(X[0:3], g, out=P[0:3])
+            torch.mul(X[1:4], X[1:4], out=P[3:6])
+            torch.mul(Xp[2], g, out=P[6])
+            torch.mul(Xp[0], g, out=P[7])
             if self._adaptive():
                 u, pre, ug = self._update(q0, g)
                 torch.mul(q0, u, out=P[8])
                 torch.mul(u, u, out=P[9])
-                pg = pre * g
                 if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
                     P[10].zero_()
                 else:
                     torch.mul(ug, ug, out=P[10])
-                torch.mul(q0, pg, out=P[11])
-                torch.mul(P[0], pre, out=P[12])
+                torch.mul(q0, pre * g, out=P[11])
+                torch.mul(P[3], pre, out=P[12])
                 S = lay.reduce(P)
             else:
                 S = lay.reduce(P[:8])         # the adaptive columns: zeros, on the host
@@ -554,7 +571,7 @@ class NoetherMonitor:
                 go = o.flat(self._grad, dt)
                 So = o.reduce(torch.stack([qo * qo, go * go, go * qo]))
             self._pending.append((S, self._hp, So))
-            self._dprev, self._gprev = d, g
+            self._cur = 1 - self._cur          # this step's g, Δ: the next one's previous
             self._n_steps += 1
             if self._n_steps % self.log_every == 0:
                 self._flush(callback=True)
@@ -670,6 +687,7 @@ class NoetherMonitor:
             if host.shape[1] < len(L.STATS):    # SGD-family batches: U and P are 0
                 host = np.concatenate([host, np.zeros((T, len(L.STATS) - host.shape[1],
                                                        R))], axis=1)
+            host = host[:, _DEV_TO_STATS]       # device order -> STATS order
             # (T, STATS, R) float64 on the host: the one transfer of this batch
         ho = None
         if any(so is not None for _, _, so in pend):
@@ -861,9 +879,9 @@ class NoetherMonitor:
             "built": True,
             "labels": [lab for b in self._layout.blocks for lab in b.row_labels],
             "recorder": _to_torch(self._rec.state()),
-            "dprev": self._host_copy(self._dprev),
+            "dprev": self._host_copy(self._X[1 - self._cur][2]),
             "mg": None if self._mg is None else self._host_copy(self._mg),
-            "gprev": self._host_copy(self._gprev),
+            "gprev": self._host_copy(self._X[1 - self._cur][0]),
             "audit": {"done": self._audit_done,
                       "cos_c": [torch.from_numpy(c.copy()) for c, _ in self._cos_hist],
                       "cos_o": [torch.from_numpy(o.copy()) for _, o in self._cos_hist],
@@ -919,9 +937,10 @@ class NoetherMonitor:
                              f"{s['labels'][:3]}…) differ from this model's ({len(labels)}"
                              f" rows, {labels[:3]}…)")
         self._rec = L._Recorder.from_state(_to_numpy(s["recorder"]))
-        dev = self._dprev.device
-        self._dprev = s["dprev"].to(dev, self._dtype)
-        self._gprev = s["gprev"].to(dev, self._dtype)
+        Xp = self._X[1 - self._cur]
+        dev = Xp.device
+        Xp[2].copy_(s["dprev"].to(dev, self._dtype))
+        Xp[0].copy_(s["gprev"].to(dev, self._dtype))
         self._mg = None if s.get("mg") is None else s["mg"].to(dev, self._dtype)
         a = s["audit"]
         self._audit_done = bool(a["done"])
