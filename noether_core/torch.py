@@ -122,13 +122,14 @@ class _Layout:
 
     acc = None                                 # the accumulation dtype (set at build)
 
-    def reduce(self, P):
-        """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc``."""
+    def reduce(self, P, out=None):
+        """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc`` (written
+        into ``out`` if given)."""
         K = P.shape[0]
         if P.dtype != self.acc:
             P = P.to(self.acc)                 # one conversion, then the row sums
-        return torch.cat([P[:, s:e].reshape(K, r, m).sum(-1)
-                          for s, e, r, m in self.segments], dim=1)
+        parts = [P[:, s:e].reshape(K, r, m).sum(-1) for s, e, r, m in self.segments]
+        return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
 
 
 class NoetherMonitor:
@@ -347,6 +348,9 @@ class NoetherMonitor:
         self._cur = 0
         self._mg = None                # Adam (L2)'s moment of the gradients alone
         self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        # the device batch: one (STATS, R) row per step until the next move to the host
+        self._batch = torch.zeros((min(self.log_every, 128), len(L.STATS), lay.R),
+                                  dtype=self._acc, device=dev)
         lay.acc = self._acc
         if self._others is not None:
             self._others.acc = self._acc
@@ -551,6 +555,9 @@ class NoetherMonitor:
             torch.mul(X[1:4], X[1:4], out=P[3:6])
             torch.mul(Xp[2], g, out=P[6])
             torch.mul(Xp[0], g, out=P[7])
+            i = len(self._pending)            # this step's row of the device batch
+            if i == self._batch.shape[0]:
+                self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
             if self._adaptive():
                 u, pre, ug = self._update(q0, g)
                 torch.mul(q0, u, out=P[8])
@@ -561,16 +568,16 @@ class NoetherMonitor:
                     torch.mul(ug, ug, out=P[10])
                 torch.mul(q0, pre * g, out=P[11])
                 torch.mul(P[3], pre, out=P[12])
-                S = lay.reduce(P)
-            else:
-                S = lay.reduce(P[:8])         # the adaptive columns: zeros, on the host
+                lay.reduce(P, out=self._batch[i])
+            else:                             # the adaptive columns stay 0
+                lay.reduce(P[:8], out=self._batch[i, :8])
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
                 qo = o.flat(lambda p: p.detach(), dt)
                 go = o.flat(self._grad, dt)
                 So = o.reduce(torch.stack([qo * qo, go * go, go * qo]))
-            self._pending.append((S, self._hp, So))
+            self._pending.append((i, self._hp, So))
             self._cur = 1 - self._cur          # this step's g, Δ: the next one's previous
             self._n_steps += 1
             if self._n_steps % self.log_every == 0:
@@ -683,12 +690,9 @@ class NoetherMonitor:
         if self._unavailable:
             host = np.full((T, len(L.STATS), R), np.nan)
         else:
-            host = torch.stack([s for s, _, _ in pend]).to("cpu", torch.float64).numpy()
-            if host.shape[1] < len(L.STATS):    # SGD-family batches: U and P are 0
-                host = np.concatenate([host, np.zeros((T, len(L.STATS) - host.shape[1],
-                                                       R))], axis=1)
-            host = host[:, _DEV_TO_STATS]       # device order -> STATS order
-            # (T, STATS, R) float64 on the host: the one transfer of this batch
+            # the one transfer of this batch; the fancy index copies (the device buffer
+            # is reused) and puts the columns in STATS order: (T, STATS, R) float64
+            host = self._batch[:T].to("cpu", torch.float64).numpy()[:, _DEV_TO_STATS]
         ho = None
         if any(so is not None for _, _, so in pend):
             so = [x for _, _, x in pend if x is not None]

@@ -292,7 +292,7 @@ def test_a_failing_hook_never_raises_into_step():
     _train(model, opt, X, y, _batches(3))
     real = mon._layout.reduce
 
-    def broken(P):
+    def broken(*args, **kwargs):
         raise FloatingPointError("injected")
     mon._layout.reduce = broken
     w_before = model[0].weight.detach().clone()
