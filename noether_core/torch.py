@@ -14,216 +14,122 @@ doctest)::
     print(mon.report())
     mon.plot().savefig("monitor.png")
 
-What it does (docs/byom.md §4):
+What it does (docs/monitor.md):
 
-1. **Finds the scale-symmetric weights.**  Forward hooks record, during the first forward
-   pass, which Linear/Conv output is fed *directly* into a normalisation layer: each output
-   row ``W[c]`` of a layer feeding BatchNorm (per-channel statistics) is a scale block; a
-   layer feeding LayerNorm/GroupNorm(1 group) normalises jointly, so its whole weight (with
-   its bias) is one block.  The audit then confirms each candidate from the gradients the
-   optimizer actually receives: the cosine |⟨g, q⟩|/(|g||q|) over the first
-   ``audit_steps`` steps must be ≤ ``approx_tol`` (BatchNorm's eps > 0 breaks the symmetry
-   by ~eps/var, so exact zeros are not expected in float32 models).  Every other weight row
-   is audited the same way; a row that passes without a normalisation layer behind it is
-   reported (``unexplained``), not tracked.
-2. **Records, per block and per step** n → n+1 (optimizer step pre/post hooks, float64):
-   ``|q_n|²``, ``|g_n|²``, ``⟨g_n, q_n⟩``, ``|Δ_{n+1}|²`` with Δ_{n+1} = q_{n+1} − q_n,
-   the angular update, i.e. the chord ``|q̂_{n+1} − q̂_n|`` (dimensionless; ≈ the angle in
-   radians for small angles), the effective gradient correlation
-   ``⟨Δ_n, g_n⟩/(|Δ_n||g_n|)`` (coherent buffer ↔ −1, uncorrelated ↔ 0), and the relative
-   residual of the exact discrete balance law of the optimizer actually used, with its
-   hyper-parameters read from ``optimizer.param_groups`` at every step (torch.optim.SGD
-   with momentum β, dampening τ, weight decay k, changing lr η_n)::
+1. **Finds the scale-symmetric weights** (§1).  During the first forward pass, hooks see
+   which Linear/Conv output is fed *directly* into a normalisation layer: BatchNorm* and
+   InstanceNorm* (per channel: each output row ``W[c]`` is a block), LayerNorm, RMSNorm
+   and one-group GroupNorm (the whole weight with its bias is one block), GroupNorm with
+   G groups (the rows and bias entries of each group's channels are a block); and the
+   direction ``v`` of every ``torch.nn.utils.parametrizations.weight_norm`` (each output
+   row).  ``params="all"`` tracks every parameter with ndim ≥ 2 per output row instead.
+   The gradients of the first ``audit_steps`` steps confirm the candidates.
+2. **Records, per block and per optimizer step** n → n+1 (§2), with torch on the
+   parameters' device, ten inner products (|q_n|², |g_n|², ⟨g_n, q_n⟩, |Δ_{n+1}|², …),
+   moved to the host in batches, at most once per ``log_every`` steps (no per-step
+   synchronisation; ``.numpy()`` is never called on a device tensor).  The gradient is
+   read after the step, so an ``optimizer.step(closure)`` (LBFGS, Lightning) is seen
+   with the gradient its closure computed; one record per optimizer step.
+3. **Checks the exact per-step identity of the optimizer actually used** (§3), chosen
+   from its class and each param group's hyper-parameters: heavy-ball SGD with
+   dampening and any lr schedule (B.4), Nesterov (B.6), Adam with L2 decay and AdamW
+   (B.7), RMSprop (B.8); ``MonitorReport.rule`` names it.
+4. **Compares the steady angular update with the theory** (§4,
+   :meth:`MonitorReport.equilibrium`), and |q|² with Eq. 17 online (§5, heavy ball).
 
-       (a_{n+1} − a_n) − β'(a_n − a_{n−1}) = |Δ_{n+1}|² + β'|Δ_n|² − 2 η_n c_n (k a_n + ⟨g_n, q_n⟩)
-
-   with β' = β η_n/η_{n−1} and c_n = 1 on the buffer's first step, 1 − τ after it
-   (docs/byom.md §4.2: an identity of the update, exact for any loss; the ⟨g_n, q_n⟩ term
-   is the symmetry breaking, zero for an exact scale symmetry).
-3. **Predicts |q|² online** by Eq. 17 (noether_core.theory.norm_schedule, continuous
-   form, evaluated as the same exponential moving average one step at a time) under each
-   named correlation assumption, and the assumption-free "measured" form driven by the
-   run's own |Δ|², so the report can say which regime the run follows.
+Nothing raises into ``optimizer.step``: a failure inside a hook is stored, recording
+stops, and the next public call (:meth:`NoetherMonitor.report`, ``state_dict``, ``plot``)
+warns once and reports it (``MonitorReport.error``).
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _monitor_laws as L
 from . import _validation as V
-from . import theory as _th
+from ._monitor_report import Equilibrium, MonitorReport
 
 try:
     import torch
 except ImportError:                # the optional extra is not installed (see __init__)
     torch = None
 
-__all__ = ["NoetherMonitor", "MonitorReport"]
+__all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
+
+PREDICTIONS = L.PREDICTIONS
+#: the order in which the device writes the STATS columns (grouped products, _post)
+_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "uq", "uu", "ug", "pm", "pq")
+_DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
+PARAMS = ("normalised", "all")
+_STATE_VERSION = 1
 
 if torch is not None:
-    _NORMS_PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,)
-    _NORMS_JOINT = (torch.nn.LayerNorm,)
+    _PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,
+                    torch.nn.modules.instancenorm._InstanceNorm)
+    _JOINT = (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    _NORMS = _PER_CHANNEL + _JOINT + (torch.nn.GroupNorm,)
     # layers whose weight row W[c] holds every weight of output unit/channel c (transposed
     # convolutions store (in, out, ...) and are left out)
     _PRODUCERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
 
 
-@dataclass
 class _Block:
-    label: str
-    members: list            # [(param, rows_view_shape)] summed together
-    n_rows: int
-    source: str               # "BatchNorm", "LayerNorm", "audit"
+    """A layer-level unit: ``rows`` rows of ``m`` elements each, laid out in the flat
+    vector as ``pieces`` (param, dim-0 slice or None) in order; row r is contiguous."""
+
+    def __init__(self, label, pieces, rows, source, row_labels):
+        self.label, self.pieces, self.rows, self.source = label, pieces, rows, source
+        self.row_labels = row_labels
+        self.m = sum(p[sl].numel() if sl is not None else p.numel()
+                     for p, sl in pieces) // rows
 
 
-@dataclass
-class MonitorReport:
-    """Arrays recorded by :class:`NoetherMonitor` (rows: recorded steps, columns: blocks).
+class _Layout:
+    """Blocks laid out in one flat vector: gather a tensor per piece, reduce per row."""
 
-    Attributes
-    ----------
-    labels : list of str
-        One per block, e.g. ``"features.0.weight[3]"`` (a BatchNorm-fed row) or
-        ``"fc1.weight+bias"`` (a LayerNorm-fed layer).
-    sources : list of str
-        The normalisation layer behind each block.
-    steps : (R,) int array
-        Optimizer step n of each recorded row (the step n → n+1).
-    norm2, grad_norm2, grad_dot_q : (R, B) arrays
-        |q_n|², |g_n|², ⟨g_n, q_n⟩ (float64 of the parameters and of ``p.grad``).
-    step_norm2 : (R, B) array
-        |Δ_{n+1}|².
-    angular_update : (R, B) array
-        The angular update of step n → n+1: the chord |q̂_{n+1} − q̂_n| (dimensionless;
-        ≈ the angle in radians for small angles).  :meth:`summary` prints its RMS over the
-        second half of the recorded steps per block (the quantity
-        ``theory.steady_angular_update`` predicts), median over blocks.
-    grad_correlation : (R, B) array
-        ⟨Δ_n, g_n⟩/(|Δ_n||g_n|) (NaN at a block's first step).
-    balance_residual : (R, B) array
-        Relative residual of the exact balance law (NaN where no law applies: other
-        optimizers, nesterov/maximize, the first step of a buffer that predates the
-        monitor, a joint block whose tensors sit in groups with different
-        hyper-parameters).
-    predicted_norm2 : dict assumption -> (R+1, B) array
-        Eq. 17 prediction of |q_n|² for n = steps and the state after the last step.
-    final_norm2 : (B,) array
-        |q|² after the last recorded step (what ``predicted_norm2[·][-1]`` predicts).
-    audit_score : (B,) array
-        Worst scale cosine over the audit steps.
-    scale_cosine : (R, B) array
-        |⟨g_n, q_n⟩|/(|g_n||q_n|) at every recorded step.
-    hyper : dict
-        lr, momentum, dampening, weight_decay, nesterov of the (last) group, per block.
-    unexplained, rejected : list of (label, score)
-        Rows the audit finds scale-symmetric without a normalisation layer behind them;
-        normalisation-fed candidates the audit rejects.
-    overhead_seconds : float
-        Time spent in the monitor's hooks.
-    """
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.pieces = [pc for b in blocks for pc in b.pieces]
+        self.R = sum(b.rows for b in blocks)
+        self.segments, off = [], 0
+        for b in blocks:                       # (start, end, rows, m)
+            self.segments.append((off, off + b.rows * b.m, b.rows, b.m))
+            off += b.rows * b.m
+        self.N = off
 
-    labels: list
-    sources: list
-    steps: np.ndarray
-    norm2: np.ndarray
-    grad_norm2: np.ndarray
-    grad_dot_q: np.ndarray
-    step_norm2: np.ndarray
-    angular_update: np.ndarray
-    grad_correlation: np.ndarray
-    balance_residual: np.ndarray
-    predicted_norm2: dict
-    final_norm2: np.ndarray
-    audit_score: np.ndarray
-    scale_cosine: np.ndarray
-    hyper: dict
-    unexplained: list = field(default_factory=list)
-    rejected: list = field(default_factory=list)
-    overhead_seconds: float = 0.0
+    def flat(self, get, dtype):
+        parts = []
+        for p, sl in self.pieces:
+            t = get(p)
+            parts.append((t if sl is None else t[sl]).reshape(-1))
+        out = torch.cat(parts)
+        return out if out.dtype == dtype else out.to(dtype)
 
-    def prediction_error(self, assumption) -> np.ndarray:
-        """Relative error |predicted − measured|/measured of |q|² after the last step."""
-        return np.abs(self.predicted_norm2[assumption][-1] - self.final_norm2) / \
-            self.final_norm2
+    def flat_into(self, get, out):
+        """:meth:`flat` written into ``out`` (a preallocated row)."""
+        parts = []
+        for p, sl in self.pieces:
+            t = get(p)
+            parts.append((t if sl is None else t[sl]).reshape(-1))
+        if all(t.dtype == out.dtype for t in parts):
+            torch.cat(parts, out=out)
+        else:
+            out.copy_(torch.cat(parts))
+        return out
 
-    def measured_gain(self, window=0.5) -> np.ndarray:
-        """Median buffer gain κ = |Δ_{n+1}|²/(η²|g_n|²) over the last ``window`` fraction
-        of the recorded steps, per block (compare noether_core.theory.buffer_gain)."""
-        R = len(self.steps)
-        lo = min(int(R * (1 - window)), max(R - 1, 0))
-        lr = self.hyper["lr"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            k = self.step_norm2[lo:] / (lr * lr * self.grad_norm2[lo:])
-        return np.nanmedian(np.where(np.isfinite(k), k, np.nan), axis=0)
+    acc = None                                 # the accumulation dtype (set at build)
 
-    def regime(self, window=0.5) -> str:
-        """The named assumption nearest the measured gain (median over blocks), or
-        "undetermined" without momentum."""
-        beta = float(np.median(self.hyper["momentum"]))
-        g = float(np.nanmedian(self.measured_gain(window)))
-        if not (0.0 < beta < 1.0) or not np.isfinite(g) or g <= 0:
-            return "undetermined"
-        return _th.nearest_assumption(g, beta)
-
-    def late_angular_update(self) -> np.ndarray:
-        """RMS of the chord |q̂_{n+1} − q̂_n| over the second half of the recorded steps,
-        per block (B,): the late-window angular update ``theory.steady_angular_update``
-        predicts (the balance predicts the mean square; docs/theory.md §3).  NaN for a
-        block without a recorded step in that half."""
-        late = self.angular_update[len(self.steps) // 2:]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN column
-            return np.sqrt(np.nanmean(late * late, axis=0))
-
-    def summary(self) -> str:
-        B, R = len(self.labels), len(self.steps)
-        if B == 0:
-            return "NoetherMonitor: no scale-symmetric blocks found"
-        lines = [f"NoetherMonitor: {B} scale-symmetric blocks, {R} recorded steps "
-                 f"(last step {int(self.steps[-1]) if R else '-'})"]
-        srcs = {s: self.sources.count(s) for s in dict.fromkeys(self.sources)}
-        lines.append("  blocks: " + ", ".join(f"{n} fed to {s}" for s, n in srcs.items()))
-        lines.append(f"  audit: worst scale cosine {np.max(self.audit_score):.2e}; "
-                     f"rejected {len(self.rejected)}, unexplained {len(self.unexplained)}")
-        if R:
-            res = self.balance_residual
-            fin = res[np.isfinite(res)]
-            lines.append("  exact balance residual (worst relative): "
-                         + (f"{fin.max():.2e}" if fin.size else "n/a for this optimizer"))
-            late = slice(R // 2, None)
-            corr = np.nanmedian(self.grad_correlation[late]) if R > 1 else np.nan
-            lines.append(f"  effective gradient correlation <Δ_n,g_n>/(|Δ_n||g_n|), median "
-                         f"of the second half: {corr:+.3f}  (coherent -1, uncorrelated 0)")
-            kappa = np.nanmedian(self.measured_gain())
-            beta = float(np.median(self.hyper["momentum"]))
-            lines.append(f"  buffer gain κ measured {kappa:.3g}; coherent "
-                         f"{1 / (1 - beta) ** 2:.3g}, uncorrelated {1 / (1 - beta * beta):.3g}"
-                         f", alternating {1 / (1 + beta) ** 2:.3g} -> regime: {self.regime()}")
-            ang = self.late_angular_update()
-            eta, k = float(np.median(self.hyper["lr"])), float(
-                np.median(self.hyper["weight_decay"]))
-            if k > 0:
-                th = float(_th.steady_angular_update(eta, min(beta, 0.999999), k))
-                lines.append(f"  angular update per step, chord |q̂_(n+1) − q̂_n|: RMS over "
-                             f"the second half, median over blocks {np.nanmedian(ang):.3e}; "
-                             f"steady theory sqrt(2ηk/(1+β)) = {th:.3e}")
-            lines.append("  Eq. 17 |q|² after the last step, median relative error per "
-                         "assumption: " + ", ".join(
-                             f"{a} {np.median(self.prediction_error(a)):.3f}"
-                             for a in PREDICTIONS))
-        lines.append(f"  monitor overhead: {self.overhead_seconds:.3f} s in hooks")
-        return "\n".join(lines)
-
-    __str__ = summary
-
-    def __repr__(self):
-        return (f"MonitorReport(blocks={len(self.labels)}, steps={len(self.steps)}, "
-                f"regime={self.regime() if len(self.steps) else '-'!r})")
+    def reduce(self, P, out=None):
+        """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc`` (written
+        into ``out`` if given)."""
+        K = P.shape[0]
+        if P.dtype != self.acc:
+            P = P.to(self.acc)                 # one conversion, then the row sums
+        parts = [P[:, s:e].reshape(K, r, m).sum(-1) for s, e, r, m in self.segments]
+        return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
 
 
 class NoetherMonitor:
@@ -233,28 +139,45 @@ class NoetherMonitor:
     ----------
     model : torch.nn.Module
     optimizer : torch.optim.Optimizer
-        Its step pre/post hooks drive the monitor; nothing in the training loop changes.
-        The exact balance law is known for ``torch.optim.SGD`` (momentum, dampening,
-        weight decay, any lr schedule; not nesterov/maximize); for other optimizers the
-        residual is NaN and everything else is recorded.
-    audit_steps : int ≥ 1
-        Steps over which each candidate row's scale cosine is audited before it is kept
-        (recording starts at step 0 all the same).
-    approx_tol : float
-        A candidate is kept when its worst cosine ≤ approx_tol (BatchNorm eps makes the
-        symmetry approximate: cosines ~eps/var).
+        Its step pre/post hooks drive the monitor; the training loop does not change.
+        Exact identities are known for SGD (momentum, dampening, Nesterov, maximize, any
+        lr schedule), Adam (L2 decay, amsgrad), AdamW and RMSprop (centered, momentum);
+        for other optimizers (LBFGS, …) the residual is NaN and the rest is recorded.
     record_every : int ≥ 1
-        Record every n-th step (the Eq. 17 recursions still advance every step).
+        Record every n-th step (the recursions and the equilibrium sums still advance
+        every step).
+    max_records : int ≥ 2 or None
+        Bound on the recorded rows: when exceeded, every other row is dropped and the
+        stride doubles (memory O(max_records × rows)).  None: unbounded.
+    callback : callable or None
+        ``callback(dict[str, float])`` every ``log_every`` steps with per-layer
+        summaries over those steps (median over the layer's rows): ``"<layer>/
+        angular_update"`` (RMS chord), ``"<layer>/predicted_angular_update"``,
+        ``"<layer>/norm2"``, ``"<layer>/balance_residual"`` (worst); e.g.
+        ``callback=lambda d: writer.add_scalars("noether", d, mon.step)`` or
+        ``callback=wandb.log``.
+    log_every : int ≥ 1
+        Steps between the moves of the statistics to the host (and callbacks).
+    params : {"normalised", "all"}
+        "normalised": the weights a normalisation layer or weight_norm makes
+        scale-invariant (audited); "all": every parameter with ndim ≥ 2, per output row.
+    audit_steps : int ≥ 1
+        Steps over which each candidate's scale cosine is audited.
+    approx_tol : float in (0, 1)
+        A candidate is kept when its worst cosine ≤ approx_tol (BatchNorm's eps makes
+        the symmetry approximate: cosines ~eps/var).
 
     Notes
     -----
-    Cost per step: two float64 copies of the tracked weights and ~10 reductions over them,
-    plus O(blocks) NumPy work — a few % of a small CNN's training step on CPU
-    (benchmarks/bench_callbacks.py, docs/byom.md §4.4).  Memory: O(steps/record_every ·
-    blocks).  :meth:`close` removes the hooks.
+    Per step: one flat copy of the tracked weights before the step, ten products into a
+    preallocated buffer after it and one float64-accumulated reduction per layer;
+    vectorised host work when a batch arrives.  docs/monitor.md §6 gives the measured
+    overhead.
     """
 
-    def __init__(self, model, optimizer, *, audit_steps=5, approx_tol=1e-3, record_every=1):
+    def __init__(self, model, optimizer, *, record_every=1, max_records=None,
+                 callback=None, log_every=100, params="normalised", audit_steps=5,
+                 approx_tol=1e-3):
         if torch is None:
             raise ImportError("NoetherMonitor needs PyTorch, which is not installed: "
                               "pip install 'noether_core[torch]' (the pinned CPU wheel "
@@ -266,37 +189,65 @@ class NoetherMonitor:
                             f"{type(optimizer).__name__}")
         audit_steps = V.as_int("audit_steps", audit_steps)         # type errors name it
         record_every = V.as_int("record_every", record_every)
+        log_every = V.as_int("log_every", log_every)
         approx_tol = V.as_scalar("approx_tol", approx_tol)
         if audit_steps < 1:
             raise ValueError(f"audit_steps must be an integer ≥ 1, got {audit_steps!r}")
         if record_every < 1:
             raise ValueError(f"record_every must be an integer ≥ 1, got {record_every!r}")
+        if log_every < 1:
+            raise ValueError(f"log_every must be an integer ≥ 1, got {log_every!r}")
+        if max_records is not None:
+            max_records = V.as_int("max_records", max_records)
+            if max_records < 2:
+                raise ValueError(f"max_records must be None or an integer ≥ 2, got "
+                                 f"{max_records!r}")
         if not (0.0 < approx_tol < 1.0):
             raise ValueError(f"approx_tol must lie in (0, 1), got {approx_tol!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be None or callable, got "
+                            f"{type(callback).__name__}")
+        if params not in PARAMS:
+            raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
         self.model, self.optimizer = model, optimizer
         self.audit_steps, self.approx_tol = int(audit_steps), float(approx_tol)
-        self.record_every = int(record_every)
+        self.record_every, self.max_records = int(record_every), max_records
+        self.callback, self.log_every, self.params = callback, int(log_every), params
         self._names = {p: n for n, p in model.named_parameters()}
         self._group = {}
         for gi, g in enumerate(optimizer.param_groups):
             for p in g["params"]:
                 self._group[p] = gi
         self._graph_done = False
+        self._seen_forward = False
         self._outputs = {}             # id(output) -> (output, module) during discovery
         self._fed = []                 # (producer module, norm module)
         self._hooks, self._fwd_hooks = [], []
         for m in model.modules():
             if isinstance(m, _PRODUCERS):
                 self._fwd_hooks.append(m.register_forward_hook(self._on_produce))
-            if isinstance(m, _NORMS_PER_CHANNEL + _NORMS_JOINT + (torch.nn.GroupNorm,)):
+            if isinstance(m, _NORMS):
                 self._fwd_hooks.append(m.register_forward_pre_hook(self._on_norm))
         self._hooks.append(optimizer.register_step_pre_hook(self._pre))
         self._hooks.append(optimizer.register_step_post_hook(self._post))
-        self._step = 0
-        self._blocks = None            # decided at the first step
+        self._layout = None            # decided at the first step
+        self._rec = None               # the host-side _Recorder
+        self._pending = []             # device batches not yet on the host
+        self._q0 = None
         self._overhead = 0.0
-        self._rec = []                 # recorded rows
+        self._unavailable = False
+        self._load = None              # a state_dict waiting for the blocks
+        self.error, self._error_step, self._warned = None, None, False
         self._cos_hist = []
+        self._audit_done = False
+        self._keep, self._audit_score, self._rejected, self._unexplained = \
+            None, None, [], []
+        self._n_steps = 0
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps seen so far (the next step's n)."""
+        return self._n_steps
 
     # -- graph discovery (first forward pass) --------------------------------------------
     def _on_produce(self, module, inputs, output):
@@ -309,295 +260,706 @@ class NoetherMonitor:
             return
         hit = self._outputs.get(id(inputs[0]))
         if hit is not None and hit[0] is inputs[0]:
-            joint = isinstance(module, _NORMS_JOINT) or (
-                isinstance(module, torch.nn.GroupNorm) and module.num_groups == 1)
-            per_channel = isinstance(module, _NORMS_PER_CHANNEL)
-            if joint or per_channel:
-                self._fed.append((hit[1], module, "per_channel" if per_channel else "joint"))
+            self._fed.append((hit[1], module))
 
-    # -- candidates ------------------------------------------------------------------------
-    def _build_blocks(self):
+    # -- blocks ---------------------------------------------------------------------------
+    def _build(self):
         self._graph_done = True
         self._outputs.clear()
-        if not getattr(self, "_seen_forward", False):
+        if not self._seen_forward and self.params == "normalised":
             warnings.warn("NoetherMonitor saw no forward pass before the first optimizer "
                           "step, so it cannot tell which layers feed a normalisation "
                           "layer; create it before the first forward pass", stacklevel=4)
         for h in self._fwd_hooks:          # the graph is known: forward passes run bare
             h.remove()
         self._fwd_hooks = []
-        fed_weights = {}
-        for prod, norm, kind in self._fed:
-            fed_weights[prod.weight] = (prod, norm, kind)
-        cands, others = [], []
+        fed = {}
+        for prod, norm in self._fed:
+            fed.setdefault(prod.weight, (prod, norm))
+        wn = {}                            # weight_norm directions: v -> dim
         for m in self.model.modules():
-            if not isinstance(m, _PRODUCERS) or m.weight not in self._group:
+            pz = getattr(m, "parametrizations", None)
+            if pz is None or "weight" not in pz:
                 continue
-            w = m.weight
-            name = self._names.get(w, "?")
-            rows = w.shape[0]
-            if w in fed_weights:
-                prod, norm, kind = fed_weights[w]
-                src = type(norm).__name__
-                if kind == "per_channel":
-                    cands.append(_Block(f"{name}", [(w, (rows, -1))], rows, src))
+            for f in pz["weight"]:
+                if type(f).__name__ == "_WeightNorm":
+                    wn[pz["weight"].original1] = f.dim
+        cands, others = [], []
+        if self.params == "all":
+            for p in self._group:
+                if p.ndim >= 2:
+                    name = self._names.get(p, "?")
+                    src = "unnormalised"
+                    if p in fed:
+                        src = type(fed[p][1]).__name__
+                    elif p in wn:
+                        src = "weight_norm"
+                    cands.append(self._rows_block(name, p, src))
+        else:
+            for m in self.model.modules():
+                w = getattr(m, "weight", None)
+                if not isinstance(m, _PRODUCERS) or w not in self._group:
+                    continue
+                name = self._names.get(w, "?")
+                if w in fed:
+                    cands.append(self._fed_block(name, m, fed[w][1]))
                 else:
-                    mem = [(w, (1, -1))]
-                    if m.bias is not None and m.bias in self._group:
-                        mem.append((m.bias, (1, -1)))
-                    cands.append(_Block(f"{name}+bias" if len(mem) == 2 else name, mem, 1,
-                                        src))
+                    others.append(self._rows_block(name, w, "audit"))
+            for v, dim in wn.items():
+                if v not in self._group:
+                    continue
+                name = self._names.get(v, "?")
+                if dim == 0 or v.ndim == 1:
+                    cands.append(self._rows_block(name, v, "weight_norm"))
+                elif dim in (-1, None):
+                    cands.append(_Block(name, [(v, None)], 1, "weight_norm", [name]))
+                else:
+                    warnings.warn(f"NoetherMonitor: {name} is a weight_norm direction "
+                                  f"normalised along dim={dim}; only dim=0 (rows) and "
+                                  f"dim=None are tracked", stacklevel=4)
+        self._layout = _Layout(cands)
+        self._tracked = list(dict.fromkeys(p for p, _ in self._layout.pieces))
+        self._others = _Layout(others) if others else None
+        lay = self._layout
+        # per row: the param group of its tensors, or mixed
+        row_group, mixed = [], []
+        for b in cands:
+            gs = {self._group[p] for p, _ in b.pieces}
+            row_group += [min(gs)] * b.rows
+            mixed += [len(gs) > 1] * b.rows
+        self._row_group = np.array(row_group, dtype=int)
+        self._mixed = np.array(mixed, dtype=bool)
+        self._row_block = np.repeat(np.arange(len(cands)), [b.rows for b in cands])
+        p0 = next(iter(self._group), None)
+        dev = p0.device if p0 is not None else torch.device("cpu")
+        # elementwise work in the parameters' precision (float64 if any tracked tensor
+        # is, float32 for float32 and the half types), row sums accumulated in float64
+        # (float32 on Apple's mps, which has no float64)
+        dts = {p.dtype for p in self._tracked} if self._tracked else {torch.float64}
+        self._dtype = torch.float64 if torch.float64 in dts else torch.float32
+        self._acc = torch.float32 if dev.type == "mps" else torch.float64
+        if dev.type == "mps":
+            self._dtype = torch.float32
+        self._unavailable = dev.type == "meta"
+        # two (4, N) buffers used in turn: rows g_n, q_n, Δ_{n+1}, q_{n+1}; the other
+        # one holds the previous step's g_{n−1} and Δ_n (no copies between steps)
+        self._X = [torch.full((4, lay.N), float("nan"), dtype=self._dtype, device=dev)
+                   for _ in range(2)]
+        self._cur = 0
+        self._mg = None                # Adam (L2)'s moment of the gradients alone
+        self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        # the device batch: one (STATS, R) row per step until the next move to the host
+        self._batch = torch.zeros((min(self.log_every, 128), len(L.STATS), lay.R),
+                                  dtype=self._acc, device=dev)
+        lay.acc = self._acc
+        if self._others is not None:
+            self._others.acc = self._acc
+        self._rec = L._Recorder(lay.R, self.record_every, self.max_records)
+        if self._load is not None:
+            load, self._load = self._load, None
+            self._apply_state(load)
+
+    def _rows_block(self, name, p, src):
+        rows = p.shape[0] if p.ndim >= 1 else 1
+        return _Block(name, [(p, None)], rows, src, [f"{name}[{r}]" for r in range(rows)])
+
+    def _fed_block(self, name, prod, norm):
+        w, b = prod.weight, prod.bias
+        src = type(norm).__name__
+        if isinstance(norm, _PER_CHANNEL):
+            return self._rows_block(name, w, src)
+        has_b = b is not None and b in self._group
+        if isinstance(norm, torch.nn.GroupNorm) and norm.num_groups > 1:
+            G, C = norm.num_groups, w.shape[0]
+            cg = C // G
+            pieces = []
+            for g in range(G):
+                sl = slice(g * cg, (g + 1) * cg)
+                pieces.append((w, sl))
+                if has_b:
+                    pieces.append((b, sl))
+            lab = f"{name}+bias" if has_b else name
+            return _Block(lab, pieces, G, src, [f"{lab}[g{g}]" for g in range(G)])
+        pieces = [(w, None)] + ([(b, None)] if has_b else [])
+        lab = f"{name}+bias" if has_b else name
+        return _Block(lab, pieces, 1, src, [lab])
+
+    # -- hyper-parameters ---------------------------------------------------------------
+    _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
+             "betas", "decoupled_weight_decay", "eps", "alpha")
+
+    def _group_table(self):
+        """(G, len(HYPER)) hyper-parameters of every param group at this step (the
+        previous table again when no value changed)."""
+        opt = self.optimizer
+        key = tuple(tuple(g.get(k) for k in self._KEYS) for g in opt.param_groups)
+        if key == getattr(self, "_table_key", None):
+            return self._table
+        self._table_key = key
+        self._table = self._make_group_table()
+        return self._table
+
+    def _make_group_table(self):
+        opt = self.optimizer
+        T = np.empty((len(opt.param_groups), len(L.HYPER)))
+        for gi, g in enumerate(opt.param_groups):
+            lr = g.get("lr", float("nan"))
+            lr = float(lr.item() if torch.is_tensor(lr) else lr)
+            s = -1.0 if g.get("maximize", False) else 1.0
+            k = float(g.get("weight_decay", 0.0))
+            b2, eps = float("nan"), float(g.get("eps", float("nan")))
+            if isinstance(opt, torch.optim.SGD):
+                beta = float(g.get("momentum", 0.0))
+                tau = float(g.get("dampening", 0.0)) if beta != 0.0 else 0.0
+                rule = L.R_NEST if g.get("nesterov", False) else L.R_SGD
+            elif isinstance(opt, torch.optim.Adam):
+                beta, tau, b2 = float(g["betas"][0]), 0.0, float(g["betas"][1])
+                dec = g.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW))
+                rule = L.R_ADAMW if dec else L.R_ADAM
+            elif isinstance(opt, torch.optim.RMSprop):
+                beta, tau, rule = float(g.get("momentum", 0.0)), 0.0, L.R_RMS
+                b2 = float(g.get("alpha", float("nan")))
             else:
-                others.append(_Block(name, [(w, (rows, -1))], rows, "audit"))
-        self._cands, self._others = cands, others
+                beta, tau, rule = float(g.get("momentum", 0.0) or 0.0), 0.0, L.R_OTHER
+            T[gi] = (lr, beta, tau, k, s, rule, 0.0, b2, eps)
+        return T
 
-    # -- per-step statistics -------------------------------------------------------------------
-    @staticmethod
-    def _rows(t, shape):
-        return t.detach().reshape(shape).double()
+    def _rule_name(self):
+        opt = self.optimizer
+        if isinstance(opt, (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop)):
+            return None
+        return f"other:{type(opt).__name__}"
 
-    def _hyper(self, p):
-        g = self.optimizer.param_groups[self._group[p]]
-        lr = g.get("lr", float("nan"))
-        lr = float(lr.item() if torch.is_tensor(lr) else lr)
-        return (lr, float(g.get("momentum", 0.0)), float(g.get("dampening", 0.0)),
-                float(g.get("weight_decay", 0.0)), bool(g.get("nesterov", False)),
-                bool(g.get("maximize", False)))
+    # -- the hooks (never raise into optimizer.step) -------------------------------------
+    def _fail(self, exc):
+        if self.error is None:
+            self.error, self._error_step = exc, self._n_steps
+        self._q0 = None
 
     def _pre(self, optimizer, args, kwargs):
+        if self.error is not None:
+            return
         t0 = time.perf_counter()
-        if self._blocks is None:
-            self._build_blocks()
-            self._blocks = self._cands
-            self._state = {}
-        blocks = self._blocks
-        # audit of every candidate and non-candidate weight row during the audit window
-        if self._step < self.audit_steps:
-            cos = []
-            for b in self._cands + self._others:
-                w, shape = b.members[0]
-                if w.grad is None:
-                    cos.append(np.full(b.n_rows, np.nan))
-                    continue
-                s = np.zeros(b.n_rows)
-                gg = np.zeros(b.n_rows)
-                qq = np.zeros(b.n_rows)
-                for p, shp in b.members:
-                    if p.grad is None:
-                        continue
-                    q, g = self._rows(p, shp), self._rows(p.grad, shp)
-                    st = torch.stack([(g * q).sum(1), (g * g).sum(1), (q * q).sum(1)]).numpy()
-                    s, gg, qq = s + st[0], gg + st[1], qq + st[2]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cos.append(np.abs(s) / np.sqrt(gg * qq))
-            self._cos_hist.append(cos)
-        self._pre_stats = []
-        for b in blocks:
-            rows = []
-            for p, shp in b.members:
-                if p.grad is None:
-                    rows = None
-                    break
-                q, g = self._rows(p, shp), self._rows(p.grad, shp)
-                st = self._state.get(p)
-                dprev = None if st is None else st["delta"]
-                parts = [(q * q).sum(1), (g * g).sum(1), (g * q).sum(1)]
-                parts.append((dprev * g).sum(1) if dprev is not None
-                             else torch.full_like(parts[0], float("nan")))
-                rows.append(torch.stack(parts))
-                self._state.setdefault(p, {"delta": None})["q_old"] = q.clone()
-                self._state[p]["first"] = optimizer.state.get(p, {}).get(
-                    "momentum_buffer") is None
-            self._pre_stats.append(None if rows is None else sum(rows).numpy())
-        self._overhead += time.perf_counter() - t0
+        try:
+            if self._layout is None and not self._seen_forward and \
+                    self.params == "normalised":
+                # optimizer.step(closure) before any forward pass: the closure's forward
+                # shows the graph; keep q_n of every parameter until the post hook
+                self._snap = {p: p.detach().clone() for p in self._group}
+                self._snap_hp = self._hyper_rows_later(optimizer)
+            else:
+                if self._layout is None:
+                    self._build()
+                self._capture(optimizer, lambda p: p.detach(), self._hyper_now(optimizer))
+            return self._wrap_closure(args, kwargs)
+        except Exception as exc:           # noqa: BLE001 (stored, reported at report())
+            self._fail(exc)
+        finally:
+            self._overhead += time.perf_counter() - t0
+
+    def _wrap_closure(self, args, kwargs):
+        """optimizer.step(closure): keep the gradient of the closure's first evaluation
+        (at q_n; LBFGS evaluates it again at later points before the step ends)."""
+        self._g_first = None
+        # args = (optimizer, closure?, ...): the wrapped Optimizer.step's own arguments
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if not callable(closure):
+            return None
+        done = []
+
+        def closure_seen_by_the_monitor():
+            loss = closure()
+            if not done and self.error is None:
+                done.append(True)
+                t0 = time.perf_counter()
+                try:
+                    if self._layout is not None:
+                        self._g_first = self._layout.flat(self._grad, self._dtype)
+                    else:
+                        self._g_first = {p: self._grad(p).clone() for p in self._group}
+                except Exception as exc:   # noqa: BLE001 (stored, reported at report())
+                    self._fail(exc)
+                finally:
+                    self._overhead += time.perf_counter() - t0
+            return loss
+        if len(args) > 1:
+            return (args[0], closure_seen_by_the_monitor) + tuple(args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_seen_by_the_monitor}
+
+    def _hyper_rows_later(self, optimizer):
+        table = self._group_table()
+        first = {p: optimizer.state.get(p, {}).get("momentum_buffer") is None
+                 for p in self._group}
+        return table, first
+
+    def _hyper_now(self, optimizer):
+        table = self._group_table()
+        n_state = len(optimizer.state)
+        if getattr(self, "_first_cache", None) is not None and \
+                self._first_cache[0] == n_state:
+            return table, self._first_cache[1]     # every buffer exists: none is first
+        first = {b.pieces[0][0]: optimizer.state.get(b.pieces[0][0], {}).get(
+            "momentum_buffer") is None for b in self._layout.blocks}
+        self._first_cache = None if any(first.values()) else (n_state, first)
+        return table, first
+
+    def _capture(self, optimizer, get, hyper):
+        """q_n (flat) and this step's hyper-parameters per row."""
+        lay = self._layout
+        if lay.R == 0:
+            return
+        self._q0 = lay.flat_into(get, self._X[self._cur][1])
+        table, first = hyper
+        f = tuple(first[b.pieces[0][0]] for b in lay.blocks)
+        key = (table.tobytes(), f)
+        if key != getattr(self, "_hp_key", None):    # unchanged hyper-parameters: the
+            hp = table[self._row_group]               # same (read-only) table again
+            hp[self._mixed, L.H_RULE] = L.R_OTHER
+            hp[:, L.H_FIRST] = np.array(f, dtype=float)[self._row_block]
+            hp.flags.writeable = False
+            self._hp_key, self._hp_cached = key, hp
+        self._hp = self._hp_cached
 
     def _post(self, optimizer, args, kwargs):
+        if self.error is not None:
+            return
         t0 = time.perf_counter()
-        n = self._step
-        if n + 1 == self.audit_steps:
-            self._finish_audit()
-        if not hasattr(self, "_prev"):
-            self._init_recursions()
-        B = len(self._prev["D"])
-        recs = {k: np.full(B, np.nan) for k in ("a", "gg", "gq", "D", "chord", "corr",
-                                                 "res", "a1", "cos")}
-        for i, b in enumerate(self._blocks):
-            pre = self._pre_stats[i]
-            if pre is None:
-                continue
-            a, gg, gq, dg = pre
-            D = np.zeros(b.n_rows)
-            a1 = np.zeros(b.n_rows)
-            for p, shp in b.members:
-                st = self._state[p]
-                q1 = self._rows(p, shp)
-                delta = q1 - st["q_old"]
-                r = torch.stack([(delta * delta).sum(1), (q1 * q1).sum(1)]).numpy()
-                D, a1 = D + r[0], a1 + r[1]
-                st["delta"] = delta
-            lr, beta, tau, k, nest, maxim = self._hyper(b.members[0][0])
-            same_hyper = all(self._hyper(p) == self._hyper(b.members[0][0])
-                             for p, _ in b.members[1:])
-            first = self._state[b.members[0][0]]["first"]
-            sl = self._slices[i]
-            prev = self._prev
-            Dn = prev["D"][sl]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                corr = dg / np.sqrt(Dn * gg)
-                r0, r1 = np.sqrt(a), np.sqrt(a1)
-                chord = np.sqrt(np.maximum(D - (r1 - r0) ** 2, 0.0) / (r0 * r1))
-            # exact balance law of torch.optim.SGD (docs/byom.md §4.2)
-            if (isinstance(optimizer, torch.optim.SGD) and not nest and not maxim
-                    and same_hyper):
-                if first:
-                    bp, c, Dn_, a_prev = 0.0, 1.0, np.zeros_like(D), a
-                    known = True
-                else:
-                    known = prev["known"][sl].all()
-                    lr_old = prev["lr"][sl]
-                    bp, c, Dn_, a_prev = beta * lr / lr_old, 1.0 - tau, Dn, prev["a"][sl]
-                lhs1, lhs2 = a1 - a, bp * (a - a_prev)
-                rhs = (D, bp * Dn_, -2.0 * lr * c * k * a, -2.0 * lr * c * gq)
-                scale = np.abs(a1) + np.abs(a) + np.abs(bp) * (np.abs(a) + np.abs(a_prev)) \
-                    + sum(np.abs(t) for t in rhs)
-                res = np.abs(lhs1 - lhs2 - sum(rhs)) / scale
-                if not known:
-                    res = np.full(b.n_rows, np.nan)
-                prev["known"][sl] = True
+        try:
+            snap = getattr(self, "_snap", None)
+            if snap is not None:                 # the first step ran a closure
+                self._snap = None
+                self._build()
+                self._capture(optimizer, lambda p: snap[p], self._snap_hp)
+            if self._layout is None:
+                return
+            lay = self._layout
+            if lay.R == 0:
+                self._n_steps += 1
+                return
+            q0, dt = self._q0, self._dtype
+            self._q0 = None
+            X, Xp = self._X[self._cur], self._X[1 - self._cur]
+            q1 = lay.flat_into(lambda p: p.detach(), X[3])
+            gf, self._g_first = getattr(self, "_g_first", None), None
+            if gf is None:
+                g = lay.flat_into(self._grad, X[0])
+            elif isinstance(gf, dict):
+                g = lay.flat_into(lambda p: gf[p], X[0])
             else:
-                res = np.full(b.n_rows, np.nan)
-            # Eq. 17 online (noether_core.theory.norm_schedule, continuous form)
-            self._advance_predictions(sl, a, gg, D, Dn if not first else np.zeros_like(D),
-                                      lr, beta, k)
-            prev["a"][sl], prev["D"][sl], prev["lr"][sl] = a, D, lr
-            self._hyper_last[sl] = (lr, beta, tau, k)
+                g = X[0].copy_(gf)
+            torch.sub(q1, q0, out=X[2])
+            # the products in the device order DEV (docs/monitor.md §2), grouped:
+            # g·[g, q_n, Δ_{n+1}] and [q_n, Δ_{n+1}, q_{n+1}]² in one operation each
+            P = self._P
+            torch.mul(X[0:3], g, out=P[0:3])
+            torch.mul(X[1:4], X[1:4], out=P[3:6])
+            torch.mul(Xp[2], g, out=P[6])
+            torch.mul(Xp[0], g, out=P[7])
+            i = len(self._pending)            # this step's row of the device batch
+            if i == self._batch.shape[0]:
+                self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
+            if self._adaptive():
+                u, pre, ug = self._update(q0, g)
+                torch.mul(q0, u, out=P[8])
+                torch.mul(u, u, out=P[9])
+                if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
+                    P[10].zero_()
+                else:
+                    torch.mul(ug, ug, out=P[10])
+                torch.mul(q0, pre * g, out=P[11])
+                torch.mul(P[3], pre, out=P[12])
+                lay.reduce(P, out=self._batch[i])
+            else:                             # the adaptive columns stay 0
+                lay.reduce(P[:8], out=self._batch[i, :8])
+            So = None
+            if self._others is not None and self._n_steps < self.audit_steps:
+                o = self._others
+                qo = o.flat(lambda p: p.detach(), dt)
+                go = o.flat(self._grad, dt)
+                So = o.reduce(torch.stack([qo * qo, go * go, go * qo]))
+            self._pending.append((i, self._hp, So))
+            self._cur = 1 - self._cur          # this step's g, Δ: the next one's previous
+            self._n_steps += 1
+            if self._n_steps % self.log_every == 0:
+                self._flush(callback=True)
+        except Exception as exc:           # noqa: BLE001 (stored, reported at report())
+            self._fail(exc)
+        finally:
+            self._overhead += time.perf_counter() - t0
+
+    @staticmethod
+    def _grad(p):
+        g = p.grad
+        if g is None:
+            return torch.full_like(p, float("nan")).detach()
+        return g.detach()
+
+    def _adaptive(self):
+        return isinstance(self.optimizer, (torch.optim.Adam, torch.optim.RMSprop))
+
+    def _update(self, q0, g):
+        """Adam/AdamW/RMSprop, recomputed in the flat layout from the optimizer's state
+        after the step (docs/monitor.md §3, B.7–B.8, and §4):
+
+        * U_n, with q_{n+1} = (1 − ηλ)q_n − U_n (λ: AdamW's decoupled decay);
+        * the preconditioner P = 1/(sqrt(v̂) + ε) (RMSprop: 1/avg);
+        * u = P m̂ with m̂ the bias-corrected moment of the gradients alone (AdamW: the
+          optimizer's own; Adam with L2 decay: a moment the monitor keeps, from the step
+          it first saw), or u = P g for RMSprop — the theory's update statistic.
+        """
+        opt, dt, lay = self.optimizer, self._dtype, self._layout
+        if any(not opt.state.get(p) for p in self._tracked):
+            nan = torch.full_like(q0, float("nan"))         # a tensor the step skipped
+            return nan, nan, nan
+        if isinstance(opt, torch.optim.Adam):
+            coef = {}
+            for p in self._tracked:
+                grp, st = opt.param_groups[self._group[p]], opt.state[p]
+                lr, step = grp["lr"], st["step"]
+                if torch.is_tensor(step) and step.device.type != "cpu":
+                    coef = None                              # capturable: per tensor
+                    break
+                lr, step = float(lr), float(step)
+                b1, b2 = grp["betas"]
+                coef[p] = (lr, 1 - b1 ** step, (1 - b2 ** step) ** 0.5, float(grp["eps"]),
+                           bool(grp.get("amsgrad")), float(b1),
+                           bool(grp.get("decoupled_weight_decay",
+                                        isinstance(opt, torch.optim.AdamW))))
+            if coef and len(set(coef.values())) == 1:        # one step size: flat ops
+                lr, bc1, sb2, eps, ams, b1, dec = next(iter(coef.values()))
+                m = lay.flat(lambda p: opt.state[p]["exp_avg"], dt)
+                v = lay.flat(lambda p: opt.state[p]["max_exp_avg_sq" if ams
+                                                    else "exp_avg_sq"], dt)
+                pre = v.sqrt_().div_(sb2).add_(eps).reciprocal_()   # in place: fresh
+                u = m.mul_(pre).mul_(lr / bc1)
+                if dec:
+                    return u, pre, None       # u_theory = U/η: |u|² = |U|²/η² (host)
+                self._mg = (1.0 - b1) * g if self._mg is None else \
+                    torch.lerp(self._mg, g, 1.0 - b1)
+                return u, pre, (self._mg * pre).div_(bc1)
+        table, ptab, extra = {}, {}, {}
+        for p in self._tracked:
+            grp, st = opt.param_groups[self._group[p]], opt.state[p]
+            lr = grp["lr"]
+            lr = lr.to(dt) if torch.is_tensor(lr) and lr.device.type != "cpu" else float(lr)
+            if isinstance(opt, torch.optim.Adam):
+                b1, b2 = grp["betas"]
+                step = st["step"]
+                step = step.to(dt) if torch.is_tensor(step) and step.device.type != "cpu" \
+                    else float(step)
+                bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+                v = st["max_exp_avg_sq"] if grp.get("amsgrad") else st["exp_avg_sq"]
+                ptab[p] = 1.0 / (v.detach().to(dt).sqrt() / (bc2 ** 0.5) + grp["eps"])
+                table[p] = (lr / bc1) * st["exp_avg"].detach().to(dt) * ptab[p]
+            else:                                            # RMSprop
+                sa = st["square_avg"].detach().to(dt)
+                if grp.get("centered"):
+                    ga = st["grad_avg"].detach().to(dt)
+                    avg = (sa - ga * ga).sqrt() + grp["eps"]
+                else:
+                    avg = sa.sqrt() + grp["eps"]
+                ptab[p] = 1.0 / avg
+                if grp.get("momentum", 0) > 0:
+                    table[p] = lr * st["momentum_buffer"].detach().to(dt)
+                else:
+                    s = -1.0 if grp.get("maximize") else 1.0
+                    table[p] = lr * s * self._grad(p).to(dt) / avg
+                    if grp.get("weight_decay", 0) != 0:
+                        extra[p] = lr * grp["weight_decay"] / avg
+        u = lay.flat(lambda p: table[p], dt)
+        if extra:          # RMSprop's L2 term lr·k·q_n/avg needs q_n: in the flat layout
+            u = u + lay.flat(lambda p: extra.get(p, torch.zeros_like(p, dtype=dt)),
+                             dt) * q0
+        pre = lay.flat(lambda p: ptab[p], dt)
+        if isinstance(opt, torch.optim.RMSprop):
+            return u, pre, pre * g
+        if all(opt.param_groups[self._group[p]].get("decoupled_weight_decay",
+                                                     isinstance(opt, torch.optim.AdamW))
+               for p in self._tracked):
+            return u, pre, None                          # AdamW: |u|² = |U|²/η²
+        return u, pre, torch.full_like(q0, float("nan"))     # per-tensor Adam: no u
+
+    # -- host side --------------------------------------------------------------------------
+    def _flush(self, callback=False):
+        """Move the pending batches to the host (one transfer) and process them."""
+        if not self._pending:
+            return
+        pend, self._pending = self._pending, []
+        T = len(pend)
+        R = self._layout.R
+        if self._unavailable:
+            host = np.full((T, len(L.STATS), R), np.nan)
+        else:
+            # the one transfer of this batch; the fancy index copies (the device buffer
+            # is reused) and puts the columns in STATS order: (T, STATS, R) float64
+            host = self._batch[:T].to("cpu", torch.float64).numpy()[:, _DEV_TO_STATS]
+        ho = None
+        if any(so is not None for _, _, so in pend):
+            so = [x for _, _, x in pend if x is not None]
+            ho = (np.full((len(so),) + tuple(so[0].shape), np.nan) if self._unavailable
+                  else torch.stack(so).to("cpu", torch.float64).numpy())
+        hp = np.stack([h for _, h, _ in pend])
+        st = np.ascontiguousarray(host.transpose(0, 2, 1))          # (T, R, STATS)
+        n0 = self._rec.step
+        if n0 < self.audit_steps and not self._audit_done:
+            na = min(self.audit_steps - n0, T)
             with np.errstate(divide="ignore", invalid="ignore"):
-                cosv = np.abs(gq) / np.sqrt(gg * a)
-            for key, val in (("a", a), ("gg", gg), ("gq", gq), ("D", D), ("chord", chord),
-                             ("corr", corr), ("res", res), ("a1", a1), ("cos", cosv)):
-                recs[key][sl] = val
-        if n % self.record_every == 0:
-            recs["pred"] = {a: self._pred_before[a].copy() for a in PREDICTIONS}
-            recs["step"] = n
-            self._rec.append(recs)
-        self._last_a1 = recs["a1"]
-        self._pred_after = {a: self._pred_state(a) for a in PREDICTIONS}
-        self._step += 1
-        self._overhead += time.perf_counter() - t0
-
-    def _init_recursions(self):
-        sizes = [b.n_rows for b in self._blocks]
-        off = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self._slices = [slice(off[i], off[i + 1]) for i in range(len(sizes))]
-        B = int(off[-1])
-        self._prev = {"a": np.full(B, np.nan), "D": np.zeros(B), "lr": np.full(B, np.nan),
-                      "known": np.zeros(B, dtype=bool)}
-        self._hyper_last = np.full((B, 4), np.nan)
-        self._r4 = {a: np.full(B, np.nan) for a in _th.ASSUMPTIONS}
-        self._am = np.full(B, np.nan)
-        self._pred_before = {a: np.full(B, np.nan) for a in PREDICTIONS}
-
-    def _pred_state(self, assumption):
-        return (np.sqrt(self._r4[assumption]) if assumption in self._r4
-                else self._am.copy())
-
-    def _advance_predictions(self, sl, a, gg, D, Dn, lr, beta, k):
-        """One step of the EMA forms of Eq. 17 (theory.norm_schedule, r2_continuous)."""
-        new = np.isnan(self._am[sl])
-        if new.any():
-            for r4 in self._r4.values():
-                r4[sl] = np.where(new, a * a, r4[sl])
-            self._am[sl] = np.where(new, a, self._am[sl])
-        for name in PREDICTIONS:
-            self._pred_before[name][sl] = self._pred_state(name)[sl]
-        gh2 = gg * a                            # |ĝ|² = |g|²|q|² (scale invariance)
-        rate = 4.0 * k / (1.0 - beta)
-        lam = math.exp(-rate * lr)
-        w = _th._zoh_weight(rate, lr)
-        for name, r4 in self._r4.items():
-            P = 2.0 * (1.0 + beta) * lr * _th._gain(beta, name) / (1.0 - beta)
-            r4[sl] = lam * r4[sl] + P * w * gh2
-        rate2 = 2.0 * k / (1.0 - beta)
-        lam2 = math.exp(-rate2 * lr)
-        b2 = _th._zoh_weight(rate2, lr) / ((1.0 - beta) * lr)
-        self._am[sl] = lam2 * self._am[sl] + b2 * (D + beta * Dn)
+                cos_c = np.abs(st[:na, :, L.S_GQ]) / np.sqrt(st[:na, :, L.S_GG]
+                                                            * st[:na, :, L.S_A])
+                if ho is not None:
+                    o = ho[:na]
+                    cos_o = np.abs(o[:, 2]) / np.sqrt(o[:, 1] * o[:, 0])
+                else:
+                    cos_o = np.zeros((na, 0))
+            self._cos_hist += list(zip(cos_c, cos_o, strict=True))
+        self._rec.process_batch(st, hp)
+        if self._rec.step >= self.audit_steps and not self._audit_done:
+            self._finish_audit()
+        if callback and self.callback is not None:
+            self._emit()
 
     def _finish_audit(self):
         """Keep the candidates whose worst cosine over the audit steps ≤ approx_tol."""
-        nc = len(self._cands)
-        hist = self._cos_hist
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN: no gradient seen
-            worst = [np.nanmax(np.stack([h[j] for h in hist]), axis=0)
-                     for j in range(len(self._cands) + len(self._others))]
-        self._rejected, self._unexplained = [], []
-        keep = np.ones(sum(b.n_rows for b in self._cands), dtype=bool)
-        off = 0
-        self._audit_score = []
-        for j, b in enumerate(self._cands):
-            for r in range(b.n_rows):
-                lab = b.label if b.n_rows == 1 else f"{b.label}[{r}]"
-                if not (worst[j][r] <= self.approx_tol):
-                    self._rejected.append((lab, float(worst[j][r])))
-                    keep[off + r] = False
-            self._audit_score.append(worst[j])
-            off += b.n_rows
-        for j, b in enumerate(self._others):
-            for r in range(b.n_rows):
-                if worst[nc + j][r] <= self.approx_tol:
-                    self._unexplained.append((f"{b.label}[{r}]", float(worst[nc + j][r])))
+            wc = np.nanmax(np.stack([c for c, _ in self._cos_hist]), axis=0)
+            wo = (np.nanmax(np.stack([o for _, o in self._cos_hist]), axis=0)
+                  if self._cos_hist and self._cos_hist[0][1].size else np.zeros(0))
+        labels = [lab for b in self._layout.blocks for lab in b.row_labels]
+        self._audit_score = wc
+        if self.params == "all" or self._unavailable:
+            keep = np.ones(len(labels), dtype=bool)
+        else:
+            keep = wc <= self.approx_tol
+        self._rejected = [(lab, float(s)) for lab, s, k in zip(labels, wc, keep,
+                                                                strict=True) if not k]
+        olabs = [lab for b in (self._others.blocks if self._others else [])
+                 for lab in b.row_labels]
+        self._unexplained = [(lab, float(s)) for lab, s in zip(olabs, wo, strict=True)
+                             if s <= self.approx_tol]
         self._keep = keep
+        self._audit_done = True
         self._cos_hist = []
+
+    def _emit(self):
+        rms, res = self._rec.take_window()
+        rep = self._report_unchecked()
+        eq_pred = rep.equilibrium(1.0).predicted_angular_update if rep.labels else []
+        keep = self._keep if self._keep is not None else np.ones(len(rms), bool)
+        rows = np.flatnonzero(keep)
+        out = {}
+        for bi, b in enumerate(self._layout.blocks):
+            sel = [i for i, r in enumerate(rows) if self._row_block[r] == bi]
+            if not sel:
+                continue
+            ridx = rows[sel]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[f"{b.label}/angular_update"] = float(np.nanmedian(rms[ridx]))
+                out[f"{b.label}/predicted_angular_update"] = float(
+                    np.nanmedian(np.asarray(eq_pred)[sel]))
+                out[f"{b.label}/norm2"] = float(np.nanmedian(self._rec.last_a1[ridx]))
+                out[f"{b.label}/balance_residual"] = float(np.nanmax(res[ridx])) \
+                    if np.isfinite(res[ridx]).any() else float("nan")
+        try:
+            self.callback(out)
+        except Exception as exc:           # noqa: BLE001 (a user's callback: reported)
+            self.callback = None
+            self._fail_callback(exc)
+
+    def _fail_callback(self, exc):
+        warnings.warn(f"NoetherMonitor: the callback raised {type(exc).__name__}: {exc}; "
+                      f"it is disabled (recording goes on)", RuntimeWarning, stacklevel=2)
+        self.callback_error = exc
+
+    def _check_error(self):
+        if self.error is not None and not self._warned:
+            self._warned = True
+            warnings.warn(f"NoetherMonitor stopped recording at step {self._error_step}: "
+                          f"{type(self.error).__name__}: {self.error} (caught inside the "
+                          f"optimizer's hook; the report covers the steps before it)",
+                          RuntimeWarning, stacklevel=3)
+
+    def _sync(self):
+        try:
+            if self._layout is not None:
+                self._flush()
+        except Exception as exc:           # noqa: BLE001
+            self._fail(exc)
+        self._check_error()
 
     # -- results ---------------------------------------------------------------------------
     def report(self) -> MonitorReport:
-        """The recorded arrays (only blocks that passed the audit) and a printable summary."""
-        blocks = self._blocks or []
-        labels, sources = [], []
-        for b in blocks:
-            for r in range(b.n_rows):
-                labels.append(b.label if b.n_rows == 1 else f"{b.label}[{r}]")
-                sources.append(b.source)
+        """The recorded arrays (only blocks that passed the audit) and a printable summary.
+
+        Moves pending statistics to the host first; warns once if a hook failed.
+        """
+        self._sync()
+        return self._report_unchecked()
+
+    def _report_unchecked(self):
+        lay, rec = self._layout, self._rec
+        err = (f"step {self._error_step}: {type(self.error).__name__}: {self.error}"
+               if self.error is not None else None)
+        if lay is None or rec is None:
+            z = np.zeros((0, 0))
+            return MonitorReport(
+                labels=[], sources=[], rule=self._rule_name() or "-", rules=[],
+                steps=np.zeros(0, int), norm2=z, grad_norm2=z, grad_dot_q=z, step_norm2=z,
+                angular_update=z, grad_correlation=z, balance_residual=z, update_dot_q=z,
+                update_norm2=z, predicted_norm2={a: z for a in PREDICTIONS},
+                final_norm2=np.zeros(0), audit_score=np.zeros(0), scale_cosine=z,
+                hyper={k: np.zeros(0) for k in ("lr", "momentum", "dampening",
+                                                 "weight_decay", "beta2", "eps")},
+                cumulative=np.zeros((0, 0, len(L.CUM))),
+                final_cumulative=np.zeros((0, len(L.CUM))), error=err,
+                overhead_seconds=self._overhead)
+        labels = [lab for b in lay.blocks for lab in b.row_labels]
+        sources = [b.source for b in lay.blocks for _ in range(b.rows)]
         B = len(labels)
-        keep = getattr(self, "_keep", None)
-        if keep is None:                         # audit window not over yet
+        keep = self._keep
+        if keep is None:                    # audit window not over yet
             if self._cos_hist:
                 self._finish_audit()
                 keep = self._keep
             else:
                 keep = np.ones(B, dtype=bool)
-        R = len(self._rec)
+        R = len(rec.rec_steps)
 
         def col(key):
             if R == 0:
                 return np.zeros((0, int(keep.sum())))
-            return np.stack([r[key] for r in self._rec])[:, keep]
+            return np.stack(rec.rec[key])[:, keep]
         pred = {}
         for a in PREDICTIONS:
-            rows = [r["pred"][a] for r in self._rec] + (
-                [self._pred_after[a]] if R else [])
+            rows = list(rec.rec_pred[a]) + ([rec.pred_after[a]] if R else [])
             pred[a] = (np.stack(rows)[:, keep] if rows else np.zeros((0, int(keep.sum()))))
-        hyp = getattr(self, "_hyper_last", np.full((B, 4), np.nan))[keep]
+        hyp = rec.last_hyper[keep]
+        codes = hyp[:, L.H_RULE]
+        other = self._rule_name()
+        rules = [L.RULES[int(c)] if np.isfinite(c) else "other" for c in codes]
+        rules = [other if (r == "other" and other) else r for r in rules]
+        rule = "+".join(dict.fromkeys(rules)) if rules else (other or "-")
+        score = self._audit_score if self._audit_score is not None else np.full(B, np.nan)
         return MonitorReport(
             labels=[lab for lab, k in zip(labels, keep, strict=True) if k],
             sources=[s for s, k in zip(sources, keep, strict=True) if k],
-            steps=np.array([r["step"] for r in self._rec], dtype=int),
+            rule=rule, rules=rules,
+            steps=np.array(rec.rec_steps, dtype=int),
             norm2=col("a"), grad_norm2=col("gg"), grad_dot_q=col("gq"), step_norm2=col("D"),
             angular_update=col("chord"), grad_correlation=col("corr"),
-            balance_residual=col("res"), predicted_norm2=pred,
-            final_norm2=(self._last_a1[keep] if R else np.zeros(0)),
-            audit_score=(np.concatenate(self._audit_score)[keep]
-                         if getattr(self, "_audit_score", None) else np.zeros(int(keep.sum()))),
-            scale_cosine=col("cos"),
-            hyper={"lr": hyp[:, 0], "momentum": hyp[:, 1], "dampening": hyp[:, 2],
-                   "weight_decay": hyp[:, 3]},
-            unexplained=list(getattr(self, "_unexplained", [])),
-            rejected=list(getattr(self, "_rejected", [])),
+            balance_residual=col("res"), update_dot_q=col("uq"), update_norm2=col("uu"),
+            predicted_norm2=pred,
+            final_norm2=rec.last_a1[keep] if rec.step else np.zeros(int(keep.sum())),
+            audit_score=score[keep], scale_cosine=col("cos"),
+            hyper={"lr": hyp[:, L.H_LR], "momentum": hyp[:, L.H_BETA],
+                   "dampening": hyp[:, L.H_TAU], "weight_decay": hyp[:, L.H_K],
+                   "beta2": hyp[:, L.H_BETA2], "eps": hyp[:, L.H_EPS]},
+            cumulative=(np.stack(rec.rec_cum)[:, keep] if R
+                        else np.zeros((0, int(keep.sum()), len(L.CUM)))),
+            final_cumulative=rec.cum[keep].copy(), last_step=rec.step - 1,
+            record_stride=rec.stride, values_available=not self._unavailable, error=err,
+            unexplained=list(self._unexplained), rejected=list(self._rejected),
             overhead_seconds=self._overhead)
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The monitor's state, for ``torch.save`` with the model's and the optimizer's
+        (tensors, numbers, strings, lists and dicts only: ``torch.load(weights_only=True)``
+        reads it).  A monitor that loads it into a fresh run of the same model continues
+        bitwise (on CPU) as if never interrupted."""
+        self._sync()
+        if self.error is not None:
+            raise RuntimeError(f"NoetherMonitor cannot checkpoint: recording stopped at "
+                               f"step {self._error_step} ({type(self.error).__name__}: "
+                               f"{self.error})") from self.error
+        out = {"version": _STATE_VERSION, "params": self.params,
+               "record_every": self.record_every, "max_records": self.max_records,
+               "audit_steps": self.audit_steps, "approx_tol": self.approx_tol,
+               "step": self._n_steps, "overhead": self._overhead, "built": False}
+        if self._layout is None:
+            return out
+        out.update({
+            "built": True,
+            "labels": [lab for b in self._layout.blocks for lab in b.row_labels],
+            "recorder": _to_torch(self._rec.state()),
+            "dprev": self._host_copy(self._X[1 - self._cur][2]),
+            "mg": None if self._mg is None else self._host_copy(self._mg),
+            "gprev": self._host_copy(self._X[1 - self._cur][0]),
+            "audit": {"done": self._audit_done,
+                      "cos_c": [torch.from_numpy(c.copy()) for c, _ in self._cos_hist],
+                      "cos_o": [torch.from_numpy(o.copy()) for _, o in self._cos_hist],
+                      "keep": (None if self._keep is None
+                               else torch.from_numpy(self._keep.copy())),
+                      "score": (None if self._audit_score is None
+                                else torch.from_numpy(self._audit_score.copy())),
+                      "rejected": [[a, b] for a, b in self._rejected],
+                      "unexplained": [[a, b] for a, b in self._unexplained]},
+        })
+        return out
+
+    def _host_copy(self, t):
+        if self._unavailable:          # the meta device holds no values: NaN, honestly
+            return torch.full(tuple(t.shape), float("nan"), dtype=torch.float64)
+        return t.detach().to("cpu").clone()
+
+    def load_state_dict(self, state):
+        """Continue from :meth:`state_dict` (call before the resumed run's first step).
+
+        Raises
+        ------
+        ValueError
+            ``state`` is not a monitor state of this version, or its settings differ from
+            this monitor's (``params``, ``record_every``, ``max_records``, ``audit_steps``).
+            A block layout that differs is found at the first step (the blocks are
+            discovered in the first forward pass) and reported like a hook failure.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("state must be a dict made by NoetherMonitor.state_dict() "
+                             f"(version {_STATE_VERSION}), got "
+                             f"{type(state).__name__}"
+                             + (f" version {state.get('version')!r}"
+                                if isinstance(state, dict) else ""))
+        for key in ("params", "record_every", "max_records", "audit_steps"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"state[{key!r}] = {state.get(key)!r} differs from this "
+                                 f"monitor's {key} = {getattr(self, key)!r}")
+        if self._n_steps:
+            raise ValueError("load_state_dict must be called before the monitor's first "
+                             f"step (it has seen {self._n_steps} steps)")
+        self._n_steps = int(state["step"])
+        self._overhead = float(state["overhead"])
+        if state["built"]:
+            self._load = state
+        else:
+            self._load = None
+
+    def _apply_state(self, s):
+        labels = [lab for b in self._layout.blocks for lab in b.row_labels]
+        if list(s["labels"]) != labels:
+            raise ValueError(f"the checkpoint's blocks ({len(s['labels'])} rows, "
+                             f"{s['labels'][:3]}…) differ from this model's ({len(labels)}"
+                             f" rows, {labels[:3]}…)")
+        self._rec = L._Recorder.from_state(_to_numpy(s["recorder"]))
+        Xp = self._X[1 - self._cur]
+        dev = Xp.device
+        Xp[2].copy_(s["dprev"].to(dev, self._dtype))
+        Xp[0].copy_(s["gprev"].to(dev, self._dtype))
+        self._mg = None if s.get("mg") is None else s["mg"].to(dev, self._dtype)
+        a = s["audit"]
+        self._audit_done = bool(a["done"])
+        self._cos_hist = [(c.numpy().copy(), o.numpy().copy())
+                          for c, o in zip(a["cos_c"], a["cos_o"], strict=True)]
+        self._keep = None if a["keep"] is None else a["keep"].numpy().copy()
+        self._audit_score = None if a["score"] is None else a["score"].numpy().copy()
+        self._rejected = [(x, float(y)) for x, y in a["rejected"]]
+        self._unexplained = [(x, float(y)) for x, y in a["unexplained"]]
+
+    # -- figure ----------------------------------------------------------------------------
     def plot(self, blocks=4, fig=None):
-        """A matplotlib figure: |q|² measured vs Eq. 17 per assumption, angular update
-        (chord), gradient correlation and balance residual for the first ``blocks`` blocks.
+        """A matplotlib figure: |q|² measured vs Eq. 17, the angular update (chord) with
+        the theory's steady value, the gradient correlation and the balance residual for
+        the first ``blocks`` blocks.
 
         Drawn on ``fig`` if given (e.g. ``plt.figure()`` to show it with pyplot), else on
         a new :class:`matplotlib.figure.Figure`: pyplot is not imported and the backend is
@@ -610,18 +972,22 @@ class NoetherMonitor:
         sel = slice(0, min(blocks, len(rep.labels)))
         ax = axs[0, 0]
         ax.plot(rep.steps, rep.norm2[:, sel], "k-", lw=1)
-        for a, st in zip(PREDICTIONS, ("--", ":", "-.", "-"), strict=True):
-            ax.plot(rep.steps, rep.predicted_norm2[a][:-1, sel], st, lw=1, label=a)
-        ax.set(title="|q|²: measured (black) vs Eq. 17", xlabel="step", yscale="log")
-        ax.legend(fontsize=7)
+        if "sgd" in rep.rules:
+            for a, st in zip(PREDICTIONS, ("--", ":", "-.", "-"), strict=True):
+                ax.plot(rep.steps, rep.predicted_norm2[a][:-1, sel], st, lw=1, label=a)
+            ax.legend(fontsize=7)
+        ax.set(title="|q|²: measured (black)" + (" vs Eq. 17" if "sgd" in rep.rules
+                                                  else ""), xlabel="step", yscale="log")
         ax = axs[0, 1]
         ax.plot(rep.steps, rep.angular_update[:, sel], lw=1)
-        k, lr, beta = (float(np.median(rep.hyper[x])) for x in ("weight_decay", "lr",
-                                                                 "momentum"))
-        if k > 0:
-            ax.axhline(_th.steady_angular_update(lr, min(beta, 0.999999), k), color="k",
-                       ls="--", label="sqrt(2ηk/(1+β))")
-            ax.legend(fontsize=7)
+        if len(rep.steps):
+            eq = rep.equilibrium()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = float(np.nanmedian(eq.predicted_angular_update))
+            if np.isfinite(p) and p > 0:
+                ax.axhline(p, color="k", ls="--", label=f"theory ({rep.rule})")
+                ax.legend(fontsize=7)
         ax.set(title="angular update per step: chord |q̂_(n+1) − q̂_n|", xlabel="step",
                yscale="log")
         ax = axs[1, 0]
@@ -631,7 +997,7 @@ class NoetherMonitor:
         ax.set(title="⟨Δ_n, g_n⟩/(|Δ_n||g_n|)", xlabel="step", ylim=(-1.05, 1.05))
         ax = axs[1, 1]
         ax.semilogy(rep.steps, np.maximum(rep.balance_residual[:, sel], 1e-18), lw=1)
-        ax.set(title="exact balance residual (relative)", xlabel="step")
+        ax.set(title=f"exact balance residual (relative, {rep.rule})", xlabel="step")
         fig.tight_layout()
         return fig
 
@@ -639,4 +1005,23 @@ class NoetherMonitor:
         """Remove every hook (the monitor stops recording; report() still works)."""
         for h in self._hooks + self._fwd_hooks:
             h.remove()
-        self._hooks = []
+        self._hooks, self._fwd_hooks = [], []
+
+
+def _to_torch(x):
+    """NumPy arrays → CPU tensors, recursively (bitwise)."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x).copy())
+    if isinstance(x, dict):
+        return {k: _to_torch(v) for k, v in x.items()}
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    return x
+
+
+def _to_numpy(x):
+    if torch.is_tensor(x):
+        return x.numpy().copy()
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    return x

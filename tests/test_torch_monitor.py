@@ -1,18 +1,18 @@
-"""NoetherMonitor on real PyTorch training loops (issue 7 §4; docs/byom.md §4).
+"""NoetherMonitor on real PyTorch training loops (issue 7 §4; docs/monitor.md).
 
 Trains a small BatchNorm CNN and a BatchNorm MLP for a few hundred steps with
 ``torch.optim.SGD(momentum=0.9, weight_decay=...)`` on minibatches and checks:
 
 * the monitor found exactly the BatchNorm-fed weight rows (module graph + gradient audit),
   nothing else, and nothing the audit rejects;
-* the exact discrete balance law of SGD (docs/byom.md Eq. B.2, SPEC §1.1 plus the
+* the exact discrete balance law of SGD (docs/monitor.md Eq. B.4, SPEC §1.1 plus the
   symmetry-breaking term) holds at float64 round-off at every step: < 1e-12 relative
   (each term is a float64 sum of squares, ~1e-16 relative; torch's update rounds q and
   the buffer once per step, so a few ulps of the largest term — 1e-12 leaves a 10⁳ margin);
   the same with a learning-rate schedule and with dampening;
 * the online Eq. 17 predictions equal theory.norm_schedule evaluated offline on the
   recorded series (same recursion, different summation: 1e-10 relative);
-* Eq. 17 errors (stated in docs/byom.md §4.3): the assumption-free "measured" form within
+* Eq. 17 errors (stated in docs/monitor.md §5): the assumption-free "measured" form within
   5% (median over rows) of the final |q|², the assumption of the measured regime within
   25% and better than the paper's "coherent" one, which is off by the factor
   sqrt(κ_coh/κ_unc) − 1 ≈ 3.4 at β = 0.9 on minibatch noise (SPEC §4 Caution).
@@ -147,7 +147,7 @@ def test_eq17_error_within_stated_tolerance(which, cnn_run, mlp_run):
 
 
 def test_quantities_are_what_they_say(mlp_run):
-    """Cross-check recorded series against each other (definitions, docs/byom.md §4.1)."""
+    """Cross-check recorded series against each other (definitions, docs/monitor.md §2)."""
     _, rep = mlp_run
     # chord² = (D − (r1 − r0)²)/(r0 r1) ≤ D/(r0 r1): the angular update is at most the
     # relative step
@@ -164,7 +164,13 @@ def test_quantities_are_what_they_say(mlp_run):
     late = rep.angular_update[len(rep.steps) // 2:]
     np.testing.assert_array_equal(rep.late_angular_update(),
                                   np.sqrt(np.nanmean(late * late, axis=0)))
-    assert f"median over blocks {np.nanmedian(rep.late_angular_update()):.3e}" in s
+    # equilibrium(0.5) counts every step of the same half (record_every = 1 here): the
+    # same mean square, summed in another order (cumulative sums): 1e-12 relative
+    eq = rep.equilibrium(0.5)
+    assert (eq.first_step, eq.last_step) == (200, 399)
+    np.testing.assert_allclose(eq.measured_angular_update, rep.late_angular_update(),
+                               rtol=1e-12)
+    assert f"measured {np.nanmedian(eq.measured_angular_update):.3e}" in s
 
 
 def test_plot_returns_a_figure(mlp_run):
@@ -211,11 +217,12 @@ def test_layernorm_fed_layer_is_one_block():
 def test_other_optimizers_record_without_a_law():
     X, y = _data(128, (12,), 3, 5)
     model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
     mon = NoetherMonitor(model, opt)
     _train(model, opt, X, y, 20)
     rep = mon.report()
     assert len(rep.labels) == 40
+    assert rep.rule == "other:Adagrad"
     assert np.all(np.isnan(rep.balance_residual))
     assert np.all(np.isfinite(rep.norm2))
     assert "n/a for this optimizer" in str(rep)

@@ -1,0 +1,416 @@
+"""The host side of :class:`noether_core.torch.NoetherMonitor` (NumPy only, no torch).
+
+The monitor's hooks compute, on the parameters' device, ten inner products per tracked row
+and per optimizer step (the ``STAT_*`` columns below) and move them to the host in batches.
+This module turns them, one step at a time and vectorised over rows, into everything the
+report holds: the chord, the gradient correlation, the relative residual of the exact
+per-step balance identity of the optimizer that made the step (docs/monitor.md §3:
+B.4 heavy-ball SGD, B.6 Nesterov, B.7 Adam/AdamW, B.8 RMSprop), the Eq. 17 recursions,
+the thinned records and the cumulative sums behind ``MonitorReport.equilibrium``.
+
+Everything is a deterministic function of the per-step statistics and hyper-parameters in
+the order the steps were made, so a run resumed from :meth:`_Recorder.state` gives bitwise
+the numbers of an uninterrupted one whatever the batch boundaries were.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import theory as _th
+
+# -- per-step statistics of one row (columns of the device-side batch) ----------------------
+#: a_n = |q_n|², |g_n|², ⟨g_n, q_n⟩, ⟨Δ_n, g_n⟩, D_{n+1} = |Δ_{n+1}|², a_{n+1},
+#: ⟨Δ_{n+1}, g_n⟩, ⟨g_n, g_{n−1}⟩, ⟨q_n, U_n⟩, |U_n|² (U: the adaptive rules' update),
+#: and the adaptive rules' gradient statistics (docs/monitor.md §4): |u_n|² (u = P m̂ of
+#: the gradients, or P g for RMSprop), ⟨q_n, P g_n⟩, ⟨q_n², P⟩ (P the preconditioner)
+STATS = ("a", "gg", "gq", "dg", "D", "a1", "e", "gl", "uq", "uu", "ug", "pm", "pq")
+(S_A, S_GG, S_GQ, S_DG, S_D, S_A1, S_E, S_GL, S_UQ, S_UU, S_UG, S_PM, S_PQ) = \
+    range(len(STATS))
+
+# -- hyper-parameters of one row at one step (columns of the host-side table) ---------------
+#: lr η_n, momentum β (β₁ for Adam, RMSprop's momentum), dampening τ, weight decay k
+#: (λ for AdamW), sign s (−1 with maximize), rule code, first step of SGD's buffer
+HYPER = ("lr", "momentum", "dampening", "weight_decay", "sign", "rule", "first", "beta2",
+         "eps")
+(H_LR, H_BETA, H_TAU, H_K, H_S, H_RULE, H_FIRST, H_BETA2, H_EPS) = range(len(HYPER))
+
+#: the identities the monitor knows, by code (H_RULE); "other" has none (NaN residual)
+RULES = ("other", "sgd", "nesterov", "adam", "adamw", "rmsprop")
+R_OTHER, R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS = range(len(RULES))
+#: the equation of docs/monitor.md §3 each rule's residual checks
+EQUATION = {"sgd": "B.4", "nesterov": "B.6", "adam": "B.7", "adamw": "B.7",
+            "rmsprop": "B.8", "other": "none"}
+
+PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
+#: cumulative sums kept per row (every step counted, record_every or not): chord², its
+#: count, |g|², ⟨g_n, g_{n−1}⟩, their count; the adaptive rules' |u|², ⟨q̂, P g⟩,
+#: ⟨q̂², P⟩ and their count
+CUM = ("chord2", "n_chord", "gg", "gl", "n", "update_sq", "metric", "precond", "n_ad")
+(C_CH2, C_NCH, C_GG, C_GL, C_N, C_UG, C_PM, C_PQ, C_NAD) = range(len(CUM))
+#: recorded fields (rows: recorded steps)
+FIELDS = ("a", "gg", "gq", "D", "chord", "corr", "res", "cos", "uq", "uu")
+
+
+def _zoh(rate, eta):
+    """∫_0^η e^{−rate·s} ds elementwise (theory._zoh_weight for arrays)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rate > 0.0, -np.expm1(-rate * eta) / np.where(rate > 0, rate, 1.0),
+                        eta)
+
+
+def balance_residual(st, hp, prev):
+    """Relative residual of the exact per-step identity of each row's rule (docs §3).
+
+    Parameters
+    ----------
+    st : (..., R, len(STATS)) array
+        Statistics (one row per step and tracked row).
+    hp : (..., R, len(HYPER)) array
+        Hyper-parameters of the same steps.
+    prev : dict of (..., R) arrays
+        The previous step's ``a``, ``D``, ``lr``, ``beta``, ``k``, ``s``, ``gq``, ``e``,
+        ``rule`` and ``known`` (whether that step was processed for the row).
+
+    Returns
+    -------
+    (..., R) array
+        |LHS − RHS| / (sum of the absolute values of every term), NaN where no identity
+        applies (rule "other", a buffer older than the monitor, mixed hyper-parameters).
+    """
+    a, gq, D, a1, uq, uu = (st[..., i] for i in (S_A, S_GQ, S_D, S_A1, S_UQ, S_UU))
+    lr, beta, tau, k, s, code = (hp[..., i] for i in (H_LR, H_BETA, H_TAU, H_K, H_S,
+                                                       H_RULE))
+    first = hp[..., H_FIRST] != 0
+    res = np.full(a.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # heavy ball and Nesterov (B.4, B.6): the buffer eliminated through Δ_n
+        hb = (code == R_SGD) | (code == R_NEST)
+        nest = code == R_NEST
+        cont = ~first & prev["known"] & (prev["rule"] == code)
+        ok = hb & (first | cont)
+        if ok.any():
+            c = np.where(first, 1.0, 1.0 - tau)
+            bp = np.where(first, 0.0, np.where(
+                nest, beta * beta * lr / (prev["beta"] * prev["lr"]), beta * lr / prev["lr"]))
+            Dn = np.where(first, 0.0, prev["D"])
+            ap = np.where(first, a, prev["a"])
+            qd = k * a + s * gq                                   # ⟨q_n, d_n⟩
+            lhs1, lhs2 = a1 - a, bp * (a - ap)
+            t_kin = (D, bp * Dn)
+            t_force = np.where(nest, -2.0 * lr * (1.0 + beta * c) * qd, -2.0 * lr * c * qd)
+            # Nesterov's memory term 2η β²/β_{n−1} ⟨q_n, d_{n−1}⟩ (0 on the first step)
+            qd_prev = prev["s"] * (prev["gq"] + prev["e"]) + \
+                prev["k"] * (a + prev["a"] - prev["D"]) / 2.0
+            t_mem = np.where(nest & ~first,
+                             2.0 * lr * beta * beta / prev["beta"] * qd_prev, 0.0)
+            rhs = t_kin[0] + t_kin[1] + t_force + t_mem
+            scale = np.abs(a1) + np.abs(a) + np.abs(bp) * (np.abs(a) + np.abs(ap)) \
+                + np.abs(t_kin[0]) + np.abs(t_kin[1]) + np.abs(t_force) + np.abs(t_mem)
+            r = np.abs(lhs1 - lhs2 - rhs) / scale
+            res = np.where(ok, r, res)
+        # Adam, AdamW, RMSprop (B.7, B.8): q_{n+1} = (1 − ηλ) q_n − U_n
+        ad = (code == R_ADAM) | (code == R_ADAMW) | (code == R_RMS)
+        if ad.any():
+            shrink = np.where(code == R_ADAMW, 1.0 - lr * k, 1.0)
+            t1, t2, t3 = shrink * shrink * a, -2.0 * shrink * uq, uu
+            r = np.abs(a1 - t1 - t2 - t3) / (np.abs(a1) + np.abs(t1) + np.abs(t2)
+                                              + np.abs(t3))
+            res = np.where(ad, r, res)
+    return res
+
+
+def ar1_gain(corr, beta):
+    """Buffer gain κ = (1 + βC)/((1 − βC)(1 − β²)) of a gradient autocorrelation
+    C(l) = C^l (lag-one correlation C; docs/monitor.md §4): 1/(1−β)² at C = 1,
+    1/(1−β²) at C = 0, 1/(1+β)² at C = −1 (theory.buffer_gain's three cases)."""
+    return (1.0 + beta * corr) / ((1.0 - beta * corr) * (1.0 - beta * beta))
+
+
+def regime_of(corr, beta):
+    """The named assumption nearest the AR(1) gain of lag-one correlation ``corr``; at
+    β = 0 the assumptions coincide and the nearest correlation (+1, 0, −1) names it."""
+    if not np.isfinite(corr):
+        return "undetermined"
+    c = float(np.clip(corr, -1.0, 1.0))
+    if 0.0 < beta < 1.0 and abs(c) < 1.0:
+        return _th.nearest_assumption(float(ar1_gain(c, beta)), float(beta))
+    return "coherent" if c > 0.5 else ("alternating" if c < -0.5 else "uncorrelated")
+
+
+def predict_angular_update(rule, hyper, stats, regime):
+    """The theory's steady angular update per row: the one place rules meet
+    noether_core.theory (docs/monitor.md §4).
+
+    Parameters
+    ----------
+    rule : str
+        One of :data:`RULES`.
+    hyper : dict of (B,) arrays
+        ``lr``, ``momentum`` (β, β₁), ``dampening``, ``weight_decay``, ``beta2`` (β₂, or
+        RMSprop's α), ``eps`` of the rows.
+    stats : dict of (B,) arrays
+        Window means of gradient statistics: ``grad_norm2`` (|g|²), ``grad_lag1``
+        (⟨g_n, g_{n−1}⟩), ``correlation`` (their ratio) and, for the adaptive rules,
+        ``update_sq`` (|u|², u = P m̂ of the gradients, P g for RMSprop), ``metric``
+        (⟨q̂, P g⟩) and ``precond`` (⟨q̂², P⟩) — the fields of the every-optimizer
+        theory's ``GradStats``.  Never the weights' motion.
+    regime : str
+        The assumption the measured correlation selects (:func:`regime_of`).
+
+    Returns
+    -------
+    (B,) array
+        The predicted RMS chord |q̂_{n+1} − q̂_n| (NaN where the theory has no form).
+
+    Notes
+    -----
+    Heavy ball, Nesterov and AdamW use ``theory.steady_angular_update`` (AdamW: the
+    rotational equilibrium, metric term left out).  Where ``theory.equilibrium`` and
+    ``theory.GradStats`` exist (the every-optimizer theory), Adam (L2), AdamW and
+    RMSprop use them with the measured statistics; otherwise Adam and RMSprop get NaN.
+    """
+    lr, beta, tau, k = (np.asarray(hyper[x], dtype=float) for x in
+                        ("lr", "momentum", "dampening", "weight_decay"))
+    out = np.full(lr.shape, np.nan)
+    ok = np.isfinite(lr) & (lr > 0) & (beta >= 0) & (beta < 1) & (k >= 0)
+    if not ok.any():
+        return out
+    full = getattr(_th, "equilibrium", None)
+    if rule in ("adam", "adamw", "rmsprop") and full is not None and \
+            hasattr(_th, "GradStats") and "update_sq" in stats:
+        return _predict_with_grad_stats(rule, hyper, stats, ok, out)
+    if rule == "sgd":
+        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="sgd",
+                                            dampening=np.clip(tau[ok], 0.0, 1.0))
+    elif rule == "nesterov" and regime in _th.ASSUMPTIONS:
+        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="nesterov",
+                                            assumption=regime)
+    elif rule == "adamw":
+        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="adamw")
+    return out
+
+
+def _predict_with_grad_stats(rule, hyper, stats, ok, out):
+    """Adam/AdamW/RMSprop through theory.equilibrium(rule, ..., grad_stats=GradStats(...)),
+    row by row (hyper-parameters may differ between rows); NaN where it refuses."""
+    for i in np.flatnonzero(ok):
+        h = {x: float(np.asarray(hyper[x], dtype=float)[i]) for x in
+             ("lr", "momentum", "weight_decay", "beta2", "eps")}
+        gs = _th.GradStats(rule, update_sq=float(stats["update_sq"][i]),
+                           metric=float(stats["metric"][i]),
+                           precond=(None if rule == "adamw"
+                                    else float(stats["precond"][i])))
+        kw = ({"betas": (h["momentum"], h["beta2"])} if rule != "rmsprop"
+              else {"alpha": h["beta2"], "momentum": h["momentum"]})
+        try:
+            eq = _th.equilibrium(rule, lr=h["lr"], weight_decay=h["weight_decay"],
+                                 eps=h["eps"], grad_stats=gs, **kw)
+            out[i] = float(eq.angular_update)
+        except (ValueError, TypeError):
+            pass                      # outside the theory's domain (e.g. amsgrad): NaN
+    return out
+
+
+class _Recorder:
+    """Per-step host processing of the monitor's statistics (one instance per monitor).
+
+    Parameters
+    ----------
+    n_rows : int
+        Tracked rows (all candidates, kept or not).
+    record_every : int
+        Initial record stride; doubled each time ``max_records`` is exceeded.
+    max_records : int or None
+        Bound on the recorded rows (older rows decimated: every other one dropped).
+    """
+
+    def __init__(self, n_rows, record_every, max_records):
+        R = n_rows
+        self.R, self.stride, self.max_records = R, int(record_every), max_records
+        self.step = 0
+        self.prev = {"a": np.full(R, np.nan), "D": np.zeros(R), "lr": np.full(R, np.nan),
+                     "beta": np.full(R, np.nan), "k": np.zeros(R), "s": np.ones(R),
+                     "gq": np.zeros(R), "e": np.zeros(R), "rule": np.full(R, -1.0),
+                     "known": np.zeros(R, dtype=bool)}
+        self.r4 = {a: np.full(R, np.nan) for a in _th.ASSUMPTIONS}
+        self.am = np.full(R, np.nan)
+        self.pred_after = {a: np.full(R, np.nan) for a in PREDICTIONS}
+        self.cum = np.zeros((R, len(CUM)))
+        self.last_a1 = np.full(R, np.nan)
+        self.last_hyper = np.full((R, len(HYPER)), np.nan)
+        self.rec = {f: [] for f in FIELDS}
+        self.rec_pred = {a: [] for a in PREDICTIONS}
+        self.rec_cum, self.rec_steps = [], []
+        # the callback window (log_every steps): sums of chord², counts, worst residual
+        self.win = np.zeros((R, 3))
+        self.win_res = np.full(R, np.nan)
+
+    # -- a batch of steps ----------------------------------------------------------------
+    def process(self, st, hp):
+        """Advance by one optimizer step: ``st`` (R, STATS), ``hp`` (R, HYPER)."""
+        self.process_batch(st[None], hp[None])
+
+    def process_batch(self, st, hp):
+        """Advance by T optimizer steps: ``st`` (T, R, STATS), ``hp`` (T, R, HYPER).
+
+        Vectorised over the steps where the arithmetic is elementwise; the recursions
+        (Eq. 17, the cumulative sums) run step after step, so the results are bitwise
+        those of T calls of :meth:`process`, whatever the batch boundaries."""
+        T = st.shape[0]
+        n0 = self.step
+        a, gg, gq, dg, D, a1 = (st[..., i] for i in (S_A, S_GG, S_GQ, S_DG, S_D, S_A1))
+        known = np.isfinite(a) & np.isfinite(D)
+        cur = {"a": a, "D": D, "lr": hp[..., H_LR], "beta": hp[..., H_BETA],
+               "k": hp[..., H_K], "s": hp[..., H_S], "gq": gq, "e": st[..., S_E],
+               "rule": hp[..., H_RULE], "known": known}
+        prev = {k: np.concatenate([self.prev[k][None], v[:-1]]) for k, v in cur.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r0, r1 = np.sqrt(a), np.sqrt(a1)
+            chord = np.sqrt(np.maximum(D - (r1 - r0) ** 2, 0.0) / (r0 * r1))
+            corr = dg / np.sqrt(prev["D"] * gg)
+            cos = np.abs(gq) / np.sqrt(gg * a)
+        res = balance_residual(st, hp, prev)
+        # cumulative sums, every step: the same additions, in the same order, as a loop
+        c2 = chord * chord
+        fin = np.isfinite(c2)
+        g_ok = np.isfinite(st[..., S_GL]) & np.isfinite(gg)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            metric, precond = st[..., S_PM] / r0, st[..., S_PQ] / a
+            # AdamW's u is its own update over η (the device leaves |u|² to the host)
+            ug = np.where(hp[..., H_RULE] == R_ADAMW,
+                          st[..., S_UU] / (hp[..., H_LR] * hp[..., H_LR]), st[..., S_UG])
+        ad = np.isin(hp[..., H_RULE], (R_ADAM, R_ADAMW, R_RMS)) & np.isfinite(metric) \
+            & np.isfinite(precond) & np.isfinite(ug)
+        inc = np.stack([np.where(fin, c2, 0.0), fin, np.where(g_ok, gg, 0.0),
+                        np.where(g_ok, st[..., S_GL], 0.0), g_ok,
+                        np.where(ad, ug, 0.0), np.where(ad, metric, 0.0),
+                        np.where(ad, precond, 0.0), ad], axis=-1)
+        self.win[:, 0] += inc[:, :, C_CH2].sum(0)
+        self.win[:, 1] += fin.sum(0)
+        inc[0] += self.cum
+        cums = np.cumsum(inc, axis=0)
+        cum_before = np.concatenate([self.cum[None], cums[:-1]])
+        self.cum = cums[-1].copy()
+        self.win_res = np.fmax(self.win_res, np.fmax.reduce(res, axis=0))
+        fields = (a, gg, gq, D, chord, corr, res, cos, st[..., S_UQ], st[..., S_UU])
+        # Eq. 17 recursions, step after step (the three r⁴ and the measured a stacked:
+        # Y ← Λ Y + I), and the records where a step is recorded
+        lam, incr, lam2, incr2 = self._pred_coefficients(st, hp, prev)
+        hb = (hp[..., H_RULE] == R_SGD) & (hp[..., H_BETA] < 1.0)
+        names = list(self.r4)
+        Lam = np.concatenate([np.broadcast_to(lam[:, None], (T, len(names)) + lam.shape[1:]),
+                              lam2[:, None]], axis=1)                       # (T, 4, R)
+        Inc = np.concatenate([incr.transpose(1, 0, 2), incr2[:, None]], axis=1)
+        Y = np.stack([self.r4[x] for x in names] + [self.am])              # (4, R)
+        check_new = bool((np.isnan(self.am) & hb.any(axis=0)).any())
+        fields = np.stack(fields, axis=1)                                   # (T, F, R)
+        for t in range(T):
+            if check_new:
+                new = np.isnan(Y[-1]) & hb[t]
+                if new.any():
+                    Y[:-1, new] = a[t][new] * a[t][new]
+                    Y[-1, new] = a[t][new]
+            n = n0 + t
+            if n % self.stride == 0:
+                row = fields[t].copy()
+                for i, f in enumerate(FIELDS):
+                    self.rec[f].append(row[i])
+                pred = np.concatenate([np.sqrt(Y[:-1]), Y[-1:]])
+                for i, name in enumerate(PREDICTIONS):
+                    self.rec_pred[name].append(pred[i])
+                self.rec_cum.append(cum_before[t])
+                self.rec_steps.append(n)
+                if self.max_records is not None and len(self.rec_steps) > self.max_records:
+                    self._decimate()
+            Y = Lam[t] * Y + Inc[t]
+        for i, name in enumerate(names):
+            self.r4[name] = Y[i].copy()
+        self.am = Y[-1].copy()
+        for k, v in cur.items():
+            self.prev[k] = v[-1].copy()
+        self.last_a1 = a1[-1].copy()
+        self.last_hyper = hp[-1].copy()
+        self.pred_after = {name: self._pred_state(name) for name in PREDICTIONS}
+        self.step = n0 + T
+
+    def _decimate(self):
+        """Keep the recorded rows whose step is a multiple of twice the stride."""
+        self.stride *= 2
+        keep = [i for i, s in enumerate(self.rec_steps) if s % self.stride == 0]
+        for d in (self.rec, self.rec_pred):
+            for key in d:
+                d[key] = [d[key][i] for i in keep]
+        self.rec_cum = [self.rec_cum[i] for i in keep]
+        self.rec_steps = [self.rec_steps[i] for i in keep]
+
+    def _pred_state(self, name):
+        return np.sqrt(self.r4[name]) if name in self.r4 else self.am.copy()
+
+    def _pred_coefficients(self, st, hp, prev):
+        """Per step and row: r⁴ ← λ r⁴ + incr (per assumption) and a ← λ' a + incr' of
+        Eq. 17's EMA forms (theory.norm_schedule, r2_continuous; docs/monitor.md §5);
+        NaN on rows that are not heavy-ball SGD (Eq. 17 is SGD's)."""
+        a, gg, D = st[..., S_A], st[..., S_GG], st[..., S_D]
+        lr, beta, k = hp[..., H_LR], hp[..., H_BETA], hp[..., H_K]
+        hb = (hp[..., H_RULE] == R_SGD) & (beta < 1.0)
+        Dn = np.where(hp[..., H_FIRST] != 0, 0.0, prev["D"])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            gh2 = gg * a                        # |ĝ|² = |g|²|q|² (scale invariance)
+            rate = 4.0 * k / (1.0 - beta)
+            lam = np.where(hb, np.exp(-rate * lr), np.nan)
+            w = _zoh(rate, lr)
+            incr = np.stack([np.where(hb, 2.0 * (1.0 + beta) * lr * _th._gain(beta, name)
+                                      / (1.0 - beta) * w * gh2, np.nan)
+                             for name in self.r4])
+            rate2 = 2.0 * k / (1.0 - beta)
+            lam2 = np.where(hb, np.exp(-rate2 * lr), np.nan)
+            b2 = _zoh(rate2, lr) / ((1.0 - beta) * lr)
+            incr2 = np.where(hb, b2 * (D + beta * Dn), np.nan)
+        return lam, incr, lam2, incr2
+
+    # -- the callback window -------------------------------------------------------------
+    def take_window(self):
+        """(RMS chord, worst residual) per row since the last call; resets the window."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rms = np.sqrt(self.win[:, 0] / self.win[:, 1])
+        res = self.win_res.copy()
+        self.win[:] = 0.0
+        self.win_res[:] = np.nan
+        return rms, res
+
+    # -- checkpoints ---------------------------------------------------------------------
+    _SCALARS = ("R", "stride", "max_records", "step")
+    _ARRAYS = ("am", "cum", "last_a1", "last_hyper", "win", "win_res")
+
+    def state(self):
+        """Everything needed to continue bitwise: a dict of arrays, lists and scalars
+        (copies)."""
+        return {
+            **{k: getattr(self, k) for k in self._SCALARS},
+            **{k: getattr(self, k).copy() for k in self._ARRAYS},
+            "prev": {k: v.copy() for k, v in self.prev.items()},
+            "r4": {k: v.copy() for k, v in self.r4.items()},
+            "pred_after": {k: v.copy() for k, v in self.pred_after.items()},
+            "rec": {k: np.array(v).reshape(len(v), self.R) for k, v in self.rec.items()},
+            "rec_pred": {k: np.array(v).reshape(len(v), self.R)
+                         for k, v in self.rec_pred.items()},
+            "rec_cum": np.array(self.rec_cum).reshape(len(self.rec_cum), self.R, len(CUM)),
+            "rec_steps": np.array(self.rec_steps, dtype=np.int64),
+        }
+
+    @classmethod
+    def from_state(cls, s):
+        self = cls.__new__(cls)
+        for k in cls._SCALARS:
+            setattr(self, k, s[k])
+        for k in cls._ARRAYS:
+            setattr(self, k, np.array(s[k], dtype=float))
+        self.prev = {k: np.array(v) for k, v in s["prev"].items()}
+        self.prev["known"] = self.prev["known"].astype(bool)
+        self.r4 = {k: np.array(v, dtype=float) for k, v in s["r4"].items()}
+        self.pred_after = {k: np.array(v, dtype=float) for k, v in s["pred_after"].items()}
+        self.rec = {k: list(np.array(v, dtype=float)) for k, v in s["rec"].items()}
+        self.rec_pred = {k: list(np.array(v, dtype=float)) for k, v in s["rec_pred"].items()}
+        self.rec_cum = list(np.array(s["rec_cum"], dtype=float))
+        self.rec_steps = [int(x) for x in np.asarray(s["rec_steps"])]
+        return self
