@@ -27,6 +27,7 @@ potentials module).
 """
 from libc.math cimport sqrt, exp, log, log1p
 from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy
 
 import numpy as np
 cimport numpy as cnp
@@ -53,6 +54,34 @@ cdef inline double _dot4(Py_ssize_t n, const double* x, const double* y) noexcep
 
 
 cnp.import_array()
+
+
+cdef extern from "netmm.h" nogil:
+    void nc_net_fwd(const double* In, Py_ssize_t B, Py_ssize_t n_in, const double* Wt,
+                    const double* bias, Py_ssize_t n_out, double* Z)
+    void nc_net_bwd_w(const double* dZ, const double* In, Py_ssize_t B, Py_ssize_t n_in,
+                      Py_ssize_t n_out, double* gW)
+    void nc_net_bwd_x(const double* dZ, const double* W, Py_ssize_t B, Py_ssize_t n_in,
+                      Py_ssize_t n_out, double* dIn)
+    int nc_net_set_isa(int isa)
+    int nc_net_best_isa()
+    int nc_net_isa_cur
+
+
+nc_net_set_isa(-1)
+
+
+def _net_isa(isa=None):
+    """The instruction set of the network products (pyx/netmm.h): 0 the build's
+    baseline, 2 AVX-512F.  ``isa`` given: select it (-1: the best this CPU runs) and
+    return the previous one; ValueError if this build or CPU lacks it.  For the tests,
+    which compare the versions bit for bit; not thread-safe (no gradient may run)."""
+    cdef int prev = nc_net_isa_cur
+    if isa is None:
+        return prev
+    if nc_net_set_isa(int(isa)) < 0:
+        raise ValueError(f"isa={isa!r} is not available here (best: {nc_net_best_isa()})")
+    return prev
 
 
 cdef class Potential:
@@ -467,76 +496,6 @@ cdef class BatchNormUnitKernel(Potential):
 # sd_l per layer, two (N, wmax) back-propagation buffers, the (N, out) read-out, two
 # (wmax) per-unit accumulators.
 
-cdef inline void _c_lin_fwd(const double* In, const Py_ssize_t* rows, Py_ssize_t B,
-                            Py_ssize_t n_in, const double* W, const double* bias,
-                            Py_ssize_t n_out, double* Z) noexcept nogil:
-    """Z[i, u] = sum_j In[r_i, j] W[u, j] (+ bias[u]); r_i = rows[i] or i.  # OUT: Z"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* x
-    cdef const double* w
-    cdef double* z
-    cdef double s0, s1
-    for i in range(B):
-        x = In + (rows[i] if rows != NULL else i) * n_in
-        z = Z + i * n_out
-        for u in range(n_out):
-            w = W + u * n_in
-            # two interleaved partial sums halve the add-latency chain (no fast-math needed)
-            s0 = 0.0
-            s1 = 0.0
-            j = 0
-            while j + 1 < n_in:
-                s0 = s0 + x[j] * w[j]
-                s1 = s1 + x[j + 1] * w[j + 1]
-                j = j + 2
-            if j < n_in:
-                s0 = s0 + x[j] * w[j]
-            z[u] = s0 + s1
-            if bias != NULL:
-                z[u] = z[u] + bias[u]
-
-
-cdef inline void _c_lin_bwd_w(const double* dZ, const double* In, const Py_ssize_t* rows,
-                              Py_ssize_t B, Py_ssize_t n_in, Py_ssize_t n_out,
-                              double* gW) noexcept nogil:
-    """gW[u, j] = sum_i dZ[i, u] In[r_i, j] (overwrites gW).                    # OUT: gW"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* x
-    cdef double* gw
-    cdef double c
-    for j in range(n_out * n_in):
-        gW[j] = 0.0
-    for i in range(B):
-        x = In + (rows[i] if rows != NULL else i) * n_in
-        for u in range(n_out):
-            c = dZ[i * n_out + u]
-            if c == 0.0:                    # ReLU-masked: adding 0*x (x finite) is a no-op
-                continue
-            gw = gW + u * n_in
-            for j in range(n_in):
-                gw[j] = gw[j] + c * x[j]
-
-
-cdef inline void _c_lin_bwd_x(const double* dZ, const double* W, Py_ssize_t B,
-                              Py_ssize_t n_in, Py_ssize_t n_out, double* dIn) noexcept nogil:
-    """dIn[i, j] = sum_u dZ[i, u] W[u, j] (overwrites dIn).                    # OUT: dIn"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* w
-    cdef double* dx
-    cdef double c
-    for i in range(B):
-        dx = dIn + i * n_in
-        for j in range(n_in):
-            dx[j] = 0.0
-        for u in range(n_out):
-            c = dZ[i * n_out + u]
-            if c == 0.0:
-                continue
-            w = W + u * n_in
-            for j in range(n_in):
-                dx[j] = dx[j] + c * w[j]
-
-
 cdef inline void _c_bn_fwd(double* Z, Py_ssize_t B, Py_ssize_t w, double eps,
                            double* mean, double* sd) noexcept nogil:
     """Normalise the columns of Z (B, w) in place with batch statistics.
@@ -668,6 +627,17 @@ cdef struct NetParams:
     double* bufA                # N wmax
     double* bufB                # N wmax
     double* P                   # N out
+    double* Xb                  # N D: the minibatch's rows of X, gathered once per step
+    double* Wt                  # max_l w_{l-1} w_l: the layer's weights, transposed
+
+
+cdef inline void _c_transpose(const double* W, Py_ssize_t n_out, Py_ssize_t n_in,
+                              double* Wt) noexcept nogil:
+    """Wt[j, u] = W[u, j] (W: n_out x n_in, row-major).                      # OUT: Wt"""
+    cdef Py_ssize_t u, j
+    for u in range(n_out):
+        for j in range(n_in):
+            Wt[j * n_out + u] = W[u * n_in + j]
 
 
 cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
@@ -675,23 +645,30 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     cdef NetParams* p = <NetParams*> params
     cdef const Py_ssize_t* rows = p.view.rows
     cdef Py_ssize_t B = p.view.n_rows if rows != NULL else p.N
-    cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1]
+    cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1], D = p.dims[0]
     cdef Py_ssize_t layer, i, u, w, n_in, so = 0, k
-    cdef const double* In = p.X
-    cdef const Py_ssize_t* in_rows = rows
+    cdef const double* X0 = p.X
+    cdef const double* In
     cdef const double* gam
     cdef const double* bet
     cdef double* Zh
     cdef double* A
     cdef double* tmp
     cdef double h, f
-    n_in = p.dims[0]
+    # the minibatch's rows, gathered once: every product below reads contiguous rows
+    if rows != NULL:
+        for i in range(B):
+            memcpy(p.Xb + i * D, p.X + rows[i] * D, D * sizeof(double))
+        X0 = p.Xb
+    In = X0
+    n_in = D
     # ---- forward
     for layer in range(L):
         w = p.dims[layer + 1]
         Zh = p.Zh + N * so
         A = p.A + N * so
-        _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * layer], NULL, w, Zh)
+        _c_transpose(q + p.qoff[3 * layer], w, n_in, p.Wt)
+        nc_net_fwd(In, B, n_in, p.Wt, NULL, w, Zh)
         if p.bn:
             _c_bn_fwd(Zh, B, w, p.eps, p.m1, p.sd + so)
         gam = q + p.qoff[3 * layer + 1]
@@ -702,17 +679,16 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
                 h = gam[u] * Zh[k] + bet[u] if p.affine else Zh[k]
                 A[k] = (0.0 if h <= 0.0 else h) if p.relu else h     # NaN propagates
         In = A
-        in_rows = NULL
         n_in = w
         so = so + w
-    _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * L],
-               q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
+    _c_transpose(q + p.qoff[3 * L], out, n_in, p.Wt)
+    nc_net_fwd(In, B, n_in, p.Wt, q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
     if p.xent:
         f = _c_loss_xent(p.P, p.labels, rows, B, out)
     else:
         f = _c_loss_squared(p.P, p.Y, rows, B, out)
     # ---- backward (p.P now holds dL/dP)
-    _c_lin_bwd_w(p.P, In, in_rows, B, n_in, out, g + p.qoff[3 * L])
+    nc_net_bwd_w(p.P, In, B, n_in, out, g + p.qoff[3 * L])
     if p.bias:
         tmp = g + p.qoff[3 * L + 1]
         for u in range(out):
@@ -721,7 +697,7 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
             for u in range(out):
                 tmp[u] = tmp[u] + p.P[i * out + u]
     if L > 0:
-        _c_lin_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
+        nc_net_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
     for layer in range(L - 1, -1, -1):
         w = p.dims[layer + 1]
         so = so - w
@@ -747,11 +723,11 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
             _c_bn_bwd(p.bufA, Zh, B, w, p.sd + so, p.m1, p.m2)
         # bufA holds dL/dZ_l
         if layer == 0:
-            _c_lin_bwd_w(p.bufA, p.X, rows, B, p.dims[0], w, g + p.qoff[0])
+            nc_net_bwd_w(p.bufA, X0, B, D, w, g + p.qoff[0])
         else:
-            _c_lin_bwd_w(p.bufA, p.A + N * (so - p.dims[layer]), NULL, B, p.dims[layer], w,
+            nc_net_bwd_w(p.bufA, p.A + N * (so - p.dims[layer]), B, p.dims[layer], w,
                          g + p.qoff[3 * layer])
-            _c_lin_bwd_x(p.bufA, q + p.qoff[3 * layer], B, p.dims[layer], w, p.bufB)
+            nc_net_bwd_x(p.bufA, q + p.qoff[3 * layer], B, p.dims[layer], w, p.bufB)
             tmp = p.bufA
             p.bufA = p.bufB
             p.bufB = tmp
@@ -764,7 +740,7 @@ cdef class NetKernel(Potential):
     cdef cnp.ndarray X, Y, labels, dims, qoff
     cdef bint bn, affine, relu, bias, xent
     cdef double eps
-    cdef Py_ssize_t L, n_hidden, wmax
+    cdef Py_ssize_t L, n_hidden, wmax, tmax
 
     def __cinit__(self, cnp.ndarray X not None, cnp.ndarray Y, cnp.ndarray labels,
                   cnp.ndarray dims not None, bint bn, bint affine, bint relu, bint bias,
@@ -793,8 +769,9 @@ cdef class NetKernel(Potential):
         # the workspace (new_params), in doubles, must be addressable
         n_hidden = sum(dl[1:len(dl) - 1])
         wmax = max([1] + dl[1:len(dl) - 1])
+        tmax = max([dl[i] * dl[i + 1] for i in range(len(dl) - 1)])
         total = (2 * rows * n_hidden + n_hidden + 2 * wmax + 2 * rows * wmax
-                 + rows * dl[len(dl) - 1])
+                 + rows * dl[len(dl) - 1] + rows * dl[0] + tmax)
         if 8 * total >= 2**62:
             raise ValueError(f"the workspace of this network ({total} doubles) cannot be "
                              "addressed")
@@ -809,6 +786,7 @@ cdef class NetKernel(Potential):
         qoff = np.zeros(3 * self.L + 2, dtype=np.intp)
         self.n_hidden = 0
         self.wmax = 1
+        self.tmax = tmax
         for layer in range(self.L):
             qoff[3 * layer] = off
             off += dims[layer + 1] * dims[layer]
@@ -829,8 +807,9 @@ cdef class NetKernel(Potential):
     cdef void* new_params(self) except NULL:
         cdef NetParams* p = <NetParams*> calloc(1, sizeof(NetParams))
         cdef Py_ssize_t N = self.n_data, out = self.dims[self.L + 1]
+        cdef Py_ssize_t D = self.dims[0]
         cdef Py_ssize_t total = (2 * N * self.n_hidden + self.n_hidden + 2 * self.wmax
-                                 + 2 * N * self.wmax + N * out)
+                                 + 2 * N * self.wmax + N * out + N * D + self.tmax)
         if p == NULL:
             raise MemoryError("workspace of a network potential")
         p.mem = <double*> malloc(total * sizeof(double))
@@ -856,6 +835,8 @@ cdef class NetKernel(Potential):
         p.bufA = p.m2 + self.wmax
         p.bufB = p.bufA + N * self.wmax
         p.P = p.bufB + N * self.wmax
+        p.Xb = p.P + N * out
+        p.Wt = p.Xb + N * D
         return p
 
     cdef void free_params(self, void* params) noexcept:
