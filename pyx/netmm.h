@@ -28,6 +28,7 @@
 #ifndef NOETHER_NETMM_H
 #define NOETHER_NETMM_H
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -38,6 +39,11 @@
 /* unaligned, aliasing-safe vectors of doubles (one IEEE operation per element) */
 typedef double nc_m8 __attribute__((vector_size(64), aligned(8), may_alias));
 typedef double nc_m4 __attribute__((vector_size(32), aligned(8), may_alias));
+typedef double nc_m1 __attribute__((vector_size(8), aligned(8), may_alias));
+/* their comparison masks (all-one / all-zero bits per element) */
+typedef long long nc_l8 __attribute__((vector_size(64), aligned(8), may_alias));
+typedef long long nc_l4 __attribute__((vector_size(32), aligned(8), may_alias));
+typedef long long nc_l1 __attribute__((vector_size(8), aligned(8), may_alias));
 
 #define NC_NET_ISA_BASE 0
 #define NC_NET_ISA_AVX512 2
@@ -68,10 +74,17 @@ typedef void (*nc_net_bwd_w_t)(const double*, const double*, Py_ssize_t, Py_ssiz
                                Py_ssize_t, double*);
 typedef void (*nc_net_bwd_x_t)(const double*, const double*, Py_ssize_t, Py_ssize_t,
                                Py_ssize_t, double*);
+typedef void (*nc_net_bn_fwd_t)(double*, double*, Py_ssize_t, Py_ssize_t, int, double,
+                                double*, double*, int, const double*, const double*, int);
+typedef void (*nc_net_bn_bwd_t)(double*, const double*, const double*, Py_ssize_t,
+                                Py_ssize_t, int, int, int, const double*, double*, double*,
+                                const double*, double*, double*);
 
 static nc_net_fwd_t nc_net_fwd_p = nc_net_fwd_base;
 static nc_net_bwd_w_t nc_net_bwd_w_p = nc_net_bwd_w_base;
 static nc_net_bwd_x_t nc_net_bwd_x_p = nc_net_bwd_x_base;
+static nc_net_bn_fwd_t nc_net_bn_fwd_p = nc_net_bn_act_fwd_base;
+static nc_net_bn_bwd_t nc_net_bn_bwd_p = nc_net_bn_act_bwd_base;
 static int nc_net_isa_cur = NC_NET_ISA_BASE;
 
 /* the best version this build and CPU run */
@@ -94,12 +107,16 @@ static int nc_net_set_isa(int isa)
         nc_net_fwd_p = nc_net_fwd_base;
         nc_net_bwd_w_p = nc_net_bwd_w_base;
         nc_net_bwd_x_p = nc_net_bwd_x_base;
+        nc_net_bn_fwd_p = nc_net_bn_act_fwd_base;
+        nc_net_bn_bwd_p = nc_net_bn_act_bwd_base;
     }
 #if NC_NET_X86
     else if (isa == NC_NET_ISA_AVX512 && nc_net_best_isa() == NC_NET_ISA_AVX512) {
         nc_net_fwd_p = nc_net_fwd_avx512;
         nc_net_bwd_w_p = nc_net_bwd_w_avx512;
         nc_net_bwd_x_p = nc_net_bwd_x_avx512;
+        nc_net_bn_fwd_p = nc_net_bn_act_fwd_avx512;
+        nc_net_bn_bwd_p = nc_net_bn_act_bwd_avx512;
     }
 #endif
     else return -1;
@@ -124,6 +141,23 @@ static inline void nc_net_bwd_x(const double* dZ, const double* W, Py_ssize_t B,
                                 Py_ssize_t n_in, Py_ssize_t n_out, double* dIn)
 {
     nc_net_bwd_x_p(dZ, W, B, n_in, n_out, dIn);
+}
+
+static inline void nc_net_bn_act_fwd(double* Z, double* A, Py_ssize_t B, Py_ssize_t w,
+                                     int bn, double eps, double* mean, double* sd,
+                                     int affine, const double* gam, const double* bet,
+                                     int relu)
+{
+    nc_net_bn_fwd_p(Z, A, B, w, bn, eps, mean, sd, affine, gam, bet, relu);
+}
+
+static inline void nc_net_bn_act_bwd(double* dA, const double* Zh, const double* A,
+                                     Py_ssize_t B, Py_ssize_t w, int relu, int bn,
+                                     int affine, const double* gam, double* dgam,
+                                     double* dbet, const double* sd, double* m1,
+                                     double* m2)
+{
+    nc_net_bn_bwd_p(dA, Zh, A, B, w, relu, bn, affine, gam, dgam, dbet, sd, m1, m2);
 }
 
 #endif

@@ -142,6 +142,179 @@ static void NCM(bwd_x)(const double* restrict dZ, const double* restrict W, Py_s
     }
 }
 
+
+/* ---- one hidden layer's BatchNorm, affine map and activation, forward --------------
+ * Z (B, w) in place: Z <- Zh = (Z - mean)/sd, sd = sqrt(var + eps), var biased (1/B),
+ * when bn; A = act(gam*Zh + bet) (affine) or act(Zh); act = relu (0 if h <= 0 else h:
+ * a NaN propagates, -0 becomes +0) or the identity.  Every statistic is a sum over the
+ * rows in order from +0, one per unit; a group of NV vectors of columns keeps its sums in
+ * registers while it runs down the rows (a sum kept in memory would wait for its own
+ * store at every row). */
+#define NC_BN_FWD_COLS(SUF, VT, LT, NV)                                                 \
+static inline __attribute__((always_inline)) void NCM(bn_fwd_##SUF)(                    \
+    double* restrict Z, double* restrict A, Py_ssize_t B, Py_ssize_t w, Py_ssize_t u,    \
+    int bn, double eps, double* restrict mean, double* restrict sd, int affine,          \
+    const double* restrict gam, const double* restrict bet, int relu)                    \
+{                                                                                        \
+    enum { VW = sizeof(VT) / sizeof(double) };                                           \
+    VT s[NV], m[NV], sv[NV], gv[NV], bv[NV];                                             \
+    Py_ssize_t i;                                                                        \
+    double Bd = (double) B;                                                              \
+    for (int v = 0; v < NV; v++) sv[v] = (VT){0};      /* read only if bn */            \
+    if (bn) {                                                                            \
+        for (int v = 0; v < NV; v++) s[v] = (VT){0};                                     \
+        for (i = 0; i < B; i++) {                                                        \
+            const double* z = Z + i * w + u;                                             \
+            for (int v = 0; v < NV; v++) s[v] = s[v] + *(const VT*)(z + v * VW);         \
+        }                                                                                \
+        for (int v = 0; v < NV; v++) {                                                   \
+            m[v] = s[v] / Bd;                                                            \
+            *(VT*)(mean + u + v * VW) = m[v];                                            \
+            s[v] = (VT){0};                                                              \
+        }                                                                                \
+        for (i = 0; i < B; i++) {                                                        \
+            double* z = Z + i * w + u;                                                   \
+            for (int v = 0; v < NV; v++) {                                               \
+                VT c = *(VT*)(z + v * VW) - m[v];                                        \
+                *(VT*)(z + v * VW) = c;                                                  \
+                s[v] = s[v] + c * c;                                                     \
+            }                                                                            \
+        }                                                                                \
+        for (int v = 0; v < NV; v++) *(VT*)(sd + u + v * VW) = s[v];                     \
+        for (Py_ssize_t k = u; k < u + NV * VW; k++) sd[k] = sqrt(sd[k] / Bd + eps);     \
+        for (int v = 0; v < NV; v++) sv[v] = *(const VT*)(sd + u + v * VW);              \
+    }                                                                                    \
+    if (affine)                                                                          \
+        for (int v = 0; v < NV; v++) {                                                   \
+            gv[v] = *(const VT*)(gam + u + v * VW);                                      \
+            bv[v] = *(const VT*)(bet + u + v * VW);                                      \
+        }                                                                                \
+    for (i = 0; i < B; i++) {                                                            \
+        double* z = Z + i * w + u;                                                       \
+        double* a = A + i * w + u;                                                       \
+        for (int v = 0; v < NV; v++) {                                                   \
+            VT h = *(VT*)(z + v * VW);                                                   \
+            if (bn) {                                                                    \
+                h = h / sv[v];                                                           \
+                *(VT*)(z + v * VW) = h;                                                  \
+            }                                                                            \
+            if (affine) h = gv[v] * h + bv[v];                                           \
+            if (relu) h = (VT)((LT)h & ~(LT)(h <= (VT){0}));                             \
+            *(VT*)(a + v * VW) = h;                                                      \
+        }                                                                                \
+    }                                                                                    \
+}
+
+/* ---- the same layer backward: dA (B, w) in place -> dL/dZ ---------------------------
+ * dH = dA * 1[A > 0] (relu); dgam = sum_i dH*Zh, dbet = sum_i dH, dZh = dH*gam (affine);
+ * dZ = (dZh - mean(dZh) - Zh*mean(dZh*Zh))/sd (bn, docs/potentials.md Eq. P.4).  The
+ * masking, the affine sums and BatchNorm's two means are one pass down the rows (each
+ * element sees the scalar kernel's operations, in its order), the normalisation a
+ * second.  (With bn off only the mask applies: TwoLayer.) */
+#define NC_BN_BWD_COLS(SUF, VT, LT, NV)                                                 \
+static inline __attribute__((always_inline)) void NCM(bn_bwd_##SUF)(                    \
+    double* restrict dA, const double* restrict Zh, const double* restrict A,            \
+    Py_ssize_t B, Py_ssize_t w, Py_ssize_t u, int relu, int affine,                      \
+    const double* restrict gam, double* restrict dgam, double* restrict dbet,            \
+    const double* restrict sd, double* restrict m1, double* restrict m2)                 \
+{                                                                                        \
+    enum { VW = sizeof(VT) / sizeof(double) };                                           \
+    VT s1[NV], s2[NV], dg[NV], db[NV], gv[NV], sv[NV];                                   \
+    Py_ssize_t i;                                                                        \
+    double Bd = (double) B;                                                              \
+    for (int v = 0; v < NV; v++) {                                                       \
+        s1[v] = (VT){0}; s2[v] = (VT){0}; dg[v] = (VT){0}; db[v] = (VT){0};              \
+        if (affine) gv[v] = *(const VT*)(gam + u + v * VW);                              \
+        sv[v] = *(const VT*)(sd + u + v * VW);                                           \
+    }                                                                                    \
+    for (i = 0; i < B; i++) {                                                            \
+        double* dd = dA + i * w + u;                                                     \
+        const double* zh = Zh + i * w + u;                                               \
+        const double* a = A + i * w + u;                                                 \
+        for (int v = 0; v < NV; v++) {                                                   \
+            VT d = *(VT*)(dd + v * VW);                                                  \
+            VT z = *(const VT*)(zh + v * VW);                                            \
+            if (relu) d = (VT)((LT)d & ~(LT)(*(const VT*)(a + v * VW) <= (VT){0}));      \
+            if (affine) {                                                                \
+                dg[v] = dg[v] + d * z;                                                   \
+                db[v] = db[v] + d;                                                       \
+                d = d * gv[v];                                                           \
+            }                                                                            \
+            s1[v] = s1[v] + d;                                                           \
+            s2[v] = s2[v] + d * z;                                                       \
+            *(VT*)(dd + v * VW) = d;                                                     \
+        }                                                                                \
+    }                                                                                    \
+    for (int v = 0; v < NV; v++) {                                                       \
+        s1[v] = s1[v] / Bd;                                                              \
+        s2[v] = s2[v] / Bd;                                                              \
+        *(VT*)(m1 + u + v * VW) = s1[v];                                                 \
+        *(VT*)(m2 + u + v * VW) = s2[v];                                                 \
+        if (affine) {                                                                    \
+            *(VT*)(dgam + u + v * VW) = dg[v];                                           \
+            *(VT*)(dbet + u + v * VW) = db[v];                                           \
+        }                                                                                \
+    }                                                                                    \
+    for (i = 0; i < B; i++) {                                                            \
+        double* dd = dA + i * w + u;                                                     \
+        const double* zh = Zh + i * w + u;                                               \
+        for (int v = 0; v < NV; v++) {                                                   \
+            VT d = *(VT*)(dd + v * VW);                                                  \
+            *(VT*)(dd + v * VW) = (d - s1[v] - *(const VT*)(zh + v * VW) * s2[v]) / sv[v]; \
+        }                                                                                \
+    }                                                                                    \
+}
+
+NC_BN_FWD_COLS(m8x2, nc_m8, nc_l8, 2)
+NC_BN_FWD_COLS(m8x1, nc_m8, nc_l8, 1)
+NC_BN_FWD_COLS(m4x1, nc_m4, nc_l4, 1)
+NC_BN_FWD_COLS(m1x1, nc_m1, nc_l1, 1)
+NC_BN_BWD_COLS(m8x2, nc_m8, nc_l8, 2)
+NC_BN_BWD_COLS(m8x1, nc_m8, nc_l8, 1)
+NC_BN_BWD_COLS(m4x1, nc_m4, nc_l4, 1)
+NC_BN_BWD_COLS(m1x1, nc_m1, nc_l1, 1)
+
+static void NCM(bn_act_fwd)(double* restrict Z, double* restrict A, Py_ssize_t B,
+                            Py_ssize_t w, int bn, double eps, double* restrict mean,
+                            double* restrict sd, int affine, const double* restrict gam,
+                            const double* restrict bet, int relu)
+{
+    Py_ssize_t u = 0;
+    for (; u + 16 <= w; u += 16)
+        NCM(bn_fwd_m8x2)(Z, A, B, w, u, bn, eps, mean, sd, affine, gam, bet, relu);
+    for (; u + 8 <= w; u += 8)
+        NCM(bn_fwd_m8x1)(Z, A, B, w, u, bn, eps, mean, sd, affine, gam, bet, relu);
+    for (; u + 4 <= w; u += 4)
+        NCM(bn_fwd_m4x1)(Z, A, B, w, u, bn, eps, mean, sd, affine, gam, bet, relu);
+    for (; u < w; u++)
+        NCM(bn_fwd_m1x1)(Z, A, B, w, u, bn, eps, mean, sd, affine, gam, bet, relu);
+}
+
+static void NCM(bn_act_bwd)(double* restrict dA, const double* restrict Zh,
+                            const double* restrict A, Py_ssize_t B, Py_ssize_t w, int relu,
+                            int bn, int affine, const double* restrict gam,
+                            double* restrict dgam, double* restrict dbet,
+                            const double* restrict sd, double* restrict m1,
+                            double* restrict m2)
+{
+    Py_ssize_t u = 0;
+    if (!bn) {
+        if (relu)
+            for (Py_ssize_t i = 0; i < B * w; i++) dA[i] = A[i] <= 0.0 ? 0.0 : dA[i];
+        return;
+    }
+    for (; u + 16 <= w; u += 16)
+        NCM(bn_bwd_m8x2)(dA, Zh, A, B, w, u, relu, affine, gam, dgam, dbet, sd, m1, m2);
+    for (; u + 8 <= w; u += 8)
+        NCM(bn_bwd_m8x1)(dA, Zh, A, B, w, u, relu, affine, gam, dgam, dbet, sd, m1, m2);
+    for (; u + 4 <= w; u += 4)
+        NCM(bn_bwd_m4x1)(dA, Zh, A, B, w, u, relu, affine, gam, dgam, dbet, sd, m1, m2);
+    for (; u < w; u++)
+        NCM(bn_bwd_m1x1)(dA, Zh, A, B, w, u, relu, affine, gam, dgam, dbet, sd, m1, m2);
+}
+
+#undef NC_BN_FWD_COLS
+#undef NC_BN_BWD_COLS
 #undef NC_FWD_TILE
 #undef NC_BWDW_TILE
 #undef NC_BWDX_TILE

@@ -63,6 +63,13 @@ cdef extern from "netmm.h" nogil:
                       Py_ssize_t n_out, double* gW)
     void nc_net_bwd_x(const double* dZ, const double* W, Py_ssize_t B, Py_ssize_t n_in,
                       Py_ssize_t n_out, double* dIn)
+    void nc_net_bn_act_fwd(double* Z, double* A, Py_ssize_t B, Py_ssize_t w, int bn,
+                           double eps, double* mean, double* sd, int affine,
+                           const double* gam, const double* bet, int relu)
+    void nc_net_bn_act_bwd(double* dA, const double* Zh, const double* A, Py_ssize_t B,
+                           Py_ssize_t w, int relu, int bn, int affine, const double* gam,
+                           double* dgam, double* dbet, const double* sd, double* m1,
+                           double* m2)
     int nc_net_set_isa(int isa)
     int nc_net_best_isa()
     int nc_net_isa_cur
@@ -496,68 +503,6 @@ cdef class BatchNormUnitKernel(Potential):
 # sd_l per layer, two (N, wmax) back-propagation buffers, the (N, out) read-out, two
 # (wmax) per-unit accumulators.
 
-cdef inline void _c_bn_fwd(double* Z, Py_ssize_t B, Py_ssize_t w, double eps,
-                           double* mean, double* sd) noexcept nogil:
-    """Normalise the columns of Z (B, w) in place with batch statistics.
-
-    Z <- (Z - mean)/sqrt(var + eps), var biased (1/B); sd[u] = sqrt(var_u + eps).
-    # IN/OUT: Z; OUT: sd; scratch: mean (w)
-    """
-    cdef Py_ssize_t i, u
-    cdef double* z
-    cdef double c
-    for u in range(w):
-        mean[u] = 0.0
-        sd[u] = 0.0
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            mean[u] = mean[u] + z[u]
-    for u in range(w):
-        mean[u] = mean[u] / B
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            c = z[u] - mean[u]
-            z[u] = c
-            sd[u] = sd[u] + c * c
-    for u in range(w):
-        sd[u] = sqrt(sd[u] / B + eps)
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            z[u] = z[u] / sd[u]
-
-
-cdef inline void _c_bn_bwd(double* dZh, const double* Zh, Py_ssize_t B, Py_ssize_t w,
-                           const double* sd, double* m1, double* m2) noexcept nogil:
-    """BatchNorm backward in place: dL/dZh -> dL/dZ (docs/potentials.md, Eq. P.4).
-
-    dZ = (dZh - mean(dZh) - Zh * mean(dZh * Zh)) / sd, column by column.
-    # IN/OUT: dZh; IN: Zh, sd; scratch: m1, m2 (w)
-    """
-    cdef Py_ssize_t i, u
-    cdef double* dz
-    cdef const double* zh
-    for u in range(w):
-        m1[u] = 0.0
-        m2[u] = 0.0
-    for i in range(B):
-        dz = dZh + i * w
-        zh = Zh + i * w
-        for u in range(w):
-            m1[u] = m1[u] + dz[u]
-            m2[u] = m2[u] + dz[u] * zh[u]
-    for u in range(w):
-        m1[u] = m1[u] / B
-        m2[u] = m2[u] / B
-    for i in range(B):
-        dz = dZh + i * w
-        zh = Zh + i * w
-        for u in range(w):
-            dz[u] = (dz[u] - m1[u] - zh[u] * m2[u]) / sd[u]
-
-
 cdef inline double _c_loss_squared(double* P, const double* Y, const Py_ssize_t* rows,
                                    Py_ssize_t B, Py_ssize_t out) noexcept nogil:
     """f = (1/2B) sum |P_i - Y_{r_i}|^2; P <- dL/dP = (P - Y)/B.            # IN/OUT: P"""
@@ -646,15 +591,13 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     cdef const Py_ssize_t* rows = p.view.rows
     cdef Py_ssize_t B = p.view.n_rows if rows != NULL else p.N
     cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1], D = p.dims[0]
-    cdef Py_ssize_t layer, i, u, w, n_in, so = 0, k
+    cdef Py_ssize_t layer, i, u, w, n_in, so = 0
     cdef const double* X0 = p.X
     cdef const double* In
-    cdef const double* gam
-    cdef const double* bet
     cdef double* Zh
     cdef double* A
     cdef double* tmp
-    cdef double h, f
+    cdef double f
     # the minibatch's rows, gathered once: every product below reads contiguous rows
     if rows != NULL:
         for i in range(B):
@@ -669,15 +612,8 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
         A = p.A + N * so
         _c_transpose(q + p.qoff[3 * layer], w, n_in, p.Wt)
         nc_net_fwd(In, B, n_in, p.Wt, NULL, w, Zh)
-        if p.bn:
-            _c_bn_fwd(Zh, B, w, p.eps, p.m1, p.sd + so)
-        gam = q + p.qoff[3 * layer + 1]
-        bet = q + p.qoff[3 * layer + 2]
-        for i in range(B):
-            for u in range(w):
-                k = i * w + u
-                h = gam[u] * Zh[k] + bet[u] if p.affine else Zh[k]
-                A[k] = (0.0 if h <= 0.0 else h) if p.relu else h     # NaN propagates
+        nc_net_bn_act_fwd(Zh, A, B, w, p.bn, p.eps, p.m1, p.sd + so, p.affine,
+                          q + p.qoff[3 * layer + 1], q + p.qoff[3 * layer + 2], p.relu)
         In = A
         n_in = w
         so = so + w
@@ -703,24 +639,11 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
         so = so - w
         Zh = p.Zh + N * so
         A = p.A + N * so
-        # bufA holds dL/dA_l; mask it into dL/dH_l (relu'(h) = 1 iff A > 0 iff h > 0)
-        if p.relu:
-            for k in range(B * w):
-                if A[k] <= 0.0:
-                    p.bufA[k] = 0.0
-        if p.bn:
-            if p.affine:
-                gam = q + p.qoff[3 * layer + 1]
-                tmp = g + p.qoff[3 * layer + 1]     # d gamma
-                for u in range(2 * w):
-                    tmp[u] = 0.0                    # d gamma and d beta (adjacent)
-                for i in range(B):
-                    for u in range(w):
-                        k = i * w + u
-                        tmp[u] = tmp[u] + p.bufA[k] * Zh[k]
-                        tmp[w + u] = tmp[w + u] + p.bufA[k]
-                        p.bufA[k] = p.bufA[k] * gam[u]    # dL/dZh
-            _c_bn_bwd(p.bufA, Zh, B, w, p.sd + so, p.m1, p.m2)
+        # bufA holds dL/dA_l: the activation's mask, the affine map's sums and
+        # BatchNorm backward (P.12) turn it into dL/dZ_l
+        nc_net_bn_act_bwd(p.bufA, Zh, A, B, w, p.relu, p.bn, p.affine,
+                          q + p.qoff[3 * layer + 1], g + p.qoff[3 * layer + 1],
+                          g + p.qoff[3 * layer + 2], p.sd + so, p.m1, p.m2)
         # bufA holds dL/dZ_l
         if layer == 0:
             nc_net_bwd_w(p.bufA, X0, B, D, w, g + p.qoff[0])
