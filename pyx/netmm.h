@@ -160,4 +160,18 @@ static inline void nc_net_bn_act_bwd(double* dA, const double* Zh, const double*
     nc_net_bn_bwd_p(dA, Zh, A, B, w, relu, bn, affine, gam, dgam, dbet, sd, m1, m2);
 }
 
+/* Wt[j, u] = W[u, j] (W: n_out x n_in, row-major), in blocks of eight rows of W: each
+ * store is a run of eight contiguous doubles (a store to a new cache line per element,
+ * the naive order, took half the time of the batch-32 forward pass) */
+static void nc_net_transpose(const double* restrict W, Py_ssize_t n_out, Py_ssize_t n_in,
+                             double* restrict Wt)
+{
+    Py_ssize_t u = 0, j, k;
+    for (; u + 8 <= n_out; u += 8)
+        for (j = 0; j < n_in; j++)
+            for (k = 0; k < 8; k++) Wt[j * n_out + u + k] = W[(u + k) * n_in + j];
+    for (j = 0; j < n_in; j++)
+        for (k = u; k < n_out; k++) Wt[j * n_out + k] = W[k * n_in + j];
+}
+
 #endif

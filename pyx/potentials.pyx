@@ -70,6 +70,7 @@ cdef extern from "netmm.h" nogil:
                            Py_ssize_t w, int relu, int bn, int affine, const double* gam,
                            double* dgam, double* dbet, const double* sd, double* m1,
                            double* m2)
+    void nc_net_transpose(const double* W, Py_ssize_t n_out, Py_ssize_t n_in, double* Wt)
     int nc_net_set_isa(int isa)
     int nc_net_best_isa()
     int nc_net_isa_cur
@@ -576,15 +577,6 @@ cdef struct NetParams:
     double* Wt                  # max_l w_{l-1} w_l: the layer's weights, transposed
 
 
-cdef inline void _c_transpose(const double* W, Py_ssize_t n_out, Py_ssize_t n_in,
-                              double* Wt) noexcept nogil:
-    """Wt[j, u] = W[u, j] (W: n_out x n_in, row-major).                      # OUT: Wt"""
-    cdef Py_ssize_t u, j
-    for u in range(n_out):
-        for j in range(n_in):
-            Wt[j * n_out + u] = W[u * n_in + j]
-
-
 cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
                         void* params) noexcept nogil:
     cdef NetParams* p = <NetParams*> params
@@ -610,14 +602,14 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
         w = p.dims[layer + 1]
         Zh = p.Zh + N * so
         A = p.A + N * so
-        _c_transpose(q + p.qoff[3 * layer], w, n_in, p.Wt)
+        nc_net_transpose(q + p.qoff[3 * layer], w, n_in, p.Wt)
         nc_net_fwd(In, B, n_in, p.Wt, NULL, w, Zh)
         nc_net_bn_act_fwd(Zh, A, B, w, p.bn, p.eps, p.m1, p.sd + so, p.affine,
                           q + p.qoff[3 * layer + 1], q + p.qoff[3 * layer + 2], p.relu)
         In = A
         n_in = w
         so = so + w
-    _c_transpose(q + p.qoff[3 * L], out, n_in, p.Wt)
+    nc_net_transpose(q + p.qoff[3 * L], out, n_in, p.Wt)
     nc_net_fwd(In, B, n_in, p.Wt, q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
     if p.xent:
         f = _c_loss_xent(p.P, p.labels, rows, B, out)
