@@ -649,6 +649,56 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     return f
 
 
+def _net_products(cnp.ndarray In not None, cnp.ndarray W not None,
+                  cnp.ndarray dZ not None, cnp.ndarray bias=None):
+    """The three products of one layer, as the network pass runs them (pyx/netmm.h), for
+    the tests: ``Z = In Wᵀ (+ bias)``, ``gW = dZᵀ In``, ``dIn = dZ W`` (In: B x n_in,
+    W: n_out x n_in, dZ: B x n_out; C-contiguous float64)."""
+    _check_data("In", In, (None, None))
+    _check_data("W", W, (None, In.shape[1]))
+    _check_data("dZ", dZ, (In.shape[0], W.shape[0]))
+    if bias is not None:
+        _check_data("bias", bias, (W.shape[0],))
+    cdef Py_ssize_t B = In.shape[0], n_in = In.shape[1], n_out = W.shape[0]
+    if B < 1 or n_in < 1 or n_out < 1:
+        raise ValueError("every extent must be >= 1")
+    cdef cnp.ndarray Wt = np.empty((n_in, n_out))
+    cdef cnp.ndarray Z = np.empty((B, n_out))
+    cdef cnp.ndarray gW = np.empty((n_out, n_in))
+    cdef cnp.ndarray dIn = np.empty((B, n_in))
+    cdef const double* bp = NULL
+    if bias is not None:
+        bp = _ptr(bias)
+    nc_net_transpose(_ptr(W), n_out, n_in, <double*> cnp.PyArray_DATA(Wt))
+    nc_net_fwd(_ptr(In), B, n_in, _ptr(Wt), bp, n_out, <double*> cnp.PyArray_DATA(Z))
+    nc_net_bwd_w(_ptr(dZ), _ptr(In), B, n_in, n_out, <double*> cnp.PyArray_DATA(gW))
+    nc_net_bwd_x(_ptr(dZ), _ptr(W), B, n_in, n_out, <double*> cnp.PyArray_DATA(dIn))
+    return Z, gW, dIn
+
+
+def _net_bn_layer(cnp.ndarray Z not None, cnp.ndarray dA not None, cnp.ndarray gam not None,
+                  cnp.ndarray bet not None, double eps, bint bn, bint affine, bint relu):
+    """One hidden layer's BatchNorm, affine map and activation, forward then backward
+    (pyx/netmm.h), for the tests.  Returns (Zh, A, sd, dZ, dgam, dbet); Z, dA: B x w."""
+    _check_data("Z", Z, (None, None))
+    _check_data("dA", dA, (Z.shape[0], Z.shape[1]))
+    _check_data("gam", gam, (Z.shape[1],))
+    _check_data("bet", bet, (Z.shape[1],))
+    cdef Py_ssize_t B = Z.shape[0], w = Z.shape[1]
+    if B < 1 or w < 1:
+        raise ValueError("every extent must be >= 1")
+    cdef cnp.ndarray Zh = Z.copy(), A = np.empty((B, w)), dZ = dA.copy()
+    cdef cnp.ndarray sd = np.zeros(w), m = np.zeros(2 * w), dgb = np.zeros(2 * w)
+    cdef double* mp = <double*> cnp.PyArray_DATA(m)
+    cdef double* gp = <double*> cnp.PyArray_DATA(dgb)
+    nc_net_bn_act_fwd(<double*> cnp.PyArray_DATA(Zh), <double*> cnp.PyArray_DATA(A), B, w,
+                      bn, eps, mp, <double*> cnp.PyArray_DATA(sd), affine, _ptr(gam),
+                      _ptr(bet), relu)
+    nc_net_bn_act_bwd(<double*> cnp.PyArray_DATA(dZ), _ptr(Zh), _ptr(A), B, w, relu, bn,
+                      affine, _ptr(gam), gp, gp + w, _ptr(sd), mp, mp + w)
+    return Zh, A, sd, dZ, dgb[:w].copy(), dgb[w:].copy()
+
+
 cdef class NetKernel(Potential):
     """Kernel of the network potentials (facade: BatchNormLayer, SoftmaxCrossEntropy,
     TwoLayer, BatchNormMLP).  ``dims`` = (D, w_1, ..., w_L, out)."""
