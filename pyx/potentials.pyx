@@ -16,7 +16,10 @@ Design
 * The four network potentials (BatchNormLayer, SoftmaxCrossEntropy, TwoLayer, BatchNormMLP)
   share one compiled forward/backward pass, ``_c_grad_net``, configured by flags (BN,
   affine, ReLU, read-out bias, squared or cross-entropy loss); its workspace is one
-  allocation sized for the full N rows, carved into per-layer buffers.
+  allocation sized for the full N rows, carved into per-layer buffers.  Its products and
+  BatchNorm layers are register-tiled C (pyx/netmm.h, a baseline and an AVX-512F version
+  chosen at import) that keep the scalar loops' summation order, element for element
+  (docs/potentials.md §10).
 * Data potentials read the minibatch rows from the :c:type:`BatchView` at the start of
   their workspace (set by the loop with ``set_batch``); rows == NULL means all rows.
   Means are over the rows used, so BatchNorm statistics are minibatch statistics and the
@@ -502,7 +505,9 @@ cdef class BatchNormUnitKernel(Potential):
 # row-major, gamma/beta present only if affine, bo only if bias.
 # Scratch (all sized for the full N rows, so any minibatch fits): Zh_l and A_l per layer,
 # sd_l per layer, two (N, wmax) back-propagation buffers, the (N, out) read-out, two
-# (wmax) per-unit accumulators.
+# (wmax) per-unit accumulators, the (N, D) gathered minibatch rows and one transposed
+# weight matrix.  The products and the BatchNorm layers are in pyx/netmm.h
+# (docs/potentials.md §10, Eqs. P.13-P.14 give the order of every sum).
 
 cdef inline double _c_loss_squared(double* P, const double* Y, const Py_ssize_t* rows,
                                    Py_ssize_t B, Py_ssize_t out) noexcept nogil:
