@@ -64,8 +64,9 @@ static void NCM(fwd)(const double* restrict In, Py_ssize_t B, Py_ssize_t n_in,
 #define NC_BWDW_TILE(VT, UU)                                                           \
     do {                                                                               \
         VT acc[UU];                                                                    \
-        for (int r = 0; r < UU; r++) acc[r] = (VT){0};                                 \
-        for (i = 0; i < B; i++) {                                                      \
+        for (int r = 0; r < UU; r++)                                                   \
+            acc[r] = i0 == 0 ? (VT){0} : *(const VT*)(gW + (u + r) * n_in + j);        \
+        for (i = i0; i < i1; i++) {                                                    \
             VT xv = *(const VT*)(In + i * n_in + j);                                   \
             const double* c = dZ + i * n_out + u;                                      \
             for (int r = 0; r < UU; r++) acc[r] = acc[r] + c[r] * xv;                  \
@@ -73,28 +74,38 @@ static void NCM(fwd)(const double* restrict In, Py_ssize_t B, Py_ssize_t n_in,
         for (int r = 0; r < UU; r++) *(VT*)(gW + (u + r) * n_in + j) = acc[r];         \
     } while (0)
 
+/* rows per pass: a pass reads NC_BWDW_ROWS rows of In and dZ once per tile of gW, so they
+ * stay in the L1 cache across the tiles (at full batch the rows would otherwise stream
+ * from L2/L3 once per tile); a sum carried from one pass to the next is stored in gW and
+ * read back, exactly, so every sum still runs over i in order */
+#define NC_BWDW_ROWS 64
+
 static void NCM(bwd_w)(const double* restrict dZ, const double* restrict In, Py_ssize_t B,
                        Py_ssize_t n_in, Py_ssize_t n_out, double* restrict gW)
 {
-    Py_ssize_t i, u, j, U;
-    for (u = 0; u < n_out; u += U) {
-        U = n_out - u >= 8 ? 8 : (n_out - u >= 4 ? 4 : 1);
-        j = 0;
-        if (U == 8) {
-            for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 8);
-            for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 8);
-        } else if (U == 4) {
-            for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 4);
-            for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 4);
-        } else {
-            for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 1);
-            for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 1);
-        }
-        for (; j < n_in; j++) {
-            for (Py_ssize_t r = 0; r < U; r++) {
-                double s = 0.0;
-                for (i = 0; i < B; i++) s = s + dZ[i * n_out + u + r] * In[i * n_in + j];
-                gW[(u + r) * n_in + j] = s;
+    Py_ssize_t i, u, j, U, i0, i1;
+    for (i0 = 0; i0 < B; i0 = i1) {
+        i1 = B - i0 > NC_BWDW_ROWS ? i0 + NC_BWDW_ROWS : B;
+        for (u = 0; u < n_out; u += U) {
+            U = n_out - u >= 8 ? 8 : (n_out - u >= 4 ? 4 : 1);
+            j = 0;
+            if (U == 8) {
+                for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 8);
+                for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 8);
+            } else if (U == 4) {
+                for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 4);
+                for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 4);
+            } else {
+                for (; j + 8 <= n_in; j += 8) NC_BWDW_TILE(nc_m8, 1);
+                for (; j + 4 <= n_in; j += 4) NC_BWDW_TILE(nc_m4, 1);
+            }
+            for (; j < n_in; j++) {
+                for (Py_ssize_t r = 0; r < U; r++) {
+                    double acc = i0 == 0 ? 0.0 : gW[(u + r) * n_in + j];
+                    for (i = i0; i < i1; i++)
+                        acc = acc + dZ[i * n_out + u + r] * In[i * n_in + j];
+                    gW[(u + r) * n_in + j] = acc;
+                }
             }
         }
     }
@@ -318,3 +329,4 @@ static void NCM(bn_act_bwd)(double* restrict dA, const double* restrict Zh,
 #undef NC_FWD_TILE
 #undef NC_BWDW_TILE
 #undef NC_BWDX_TILE
+#undef NC_BWDW_ROWS

@@ -131,8 +131,9 @@ def _bits_equal(a, b):
 
 # ---------------------------------------------------------------------------------------
 
+# the last two pass NC_BWDW_ROWS = 64 rows: the weight gradient's sums carry across passes
 SHAPES = [(1, 1, 1), (2, 3, 5), (4, 8, 8), (5, 16, 32), (7, 9, 4), (8, 17, 13), (13, 19, 3),
-          (9, 2, 19), (12, 32, 12)]
+          (9, 2, 19), (12, 32, 12), (65, 7, 9), (150, 16, 11)]
 
 
 @pytest.mark.parametrize("B,n_in,n_out", SHAPES)
