@@ -12,6 +12,7 @@ Everything else (metadata, packages, extras) is in pyproject.toml.  Build option
 """
 import glob
 import os
+import re
 import sys
 import tempfile
 
@@ -53,16 +54,33 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _local_headers(path, seen=None):
+    """The headers of pyx/ that ``path`` includes, directly or through another one: a
+    module is rebuilt when one of them changes (pyx/netmm.h only touches potentials)."""
+    seen = set() if seen is None else seen
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    for name in re.findall(r'(?:#include|cdef extern from)\s+"([\w.]+\.h)"', text):
+        header = os.path.join("pyx", name)
+        if header not in seen and os.path.exists(header):
+            seen.add(header)
+            _local_headers(header, seen)
+    return seen
+
+
 def extensions():
     from Cython.Build import cythonize
 
+    # the .pxd contracts' headers count for every module (any module may cimport them)
+    pxd_headers = [_local_headers(pxd) for pxd in
+                   glob.glob(os.path.join("noether_core", "_kernels", "*.pxd"))]
     exts = []
     for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
         name = os.path.splitext(os.path.basename(path))[0]
         exts.append(Extension(
             f"noether_core._kernels.{name}", [path],
             include_dirs=[np.get_include(), "pyx"],
-            depends=sorted(glob.glob(os.path.join("pyx", "*.h"))),
+            depends=sorted(_local_headers(path).union(*pxd_headers)),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ))
     directives = {

@@ -97,7 +97,9 @@ def _net_parts(N, dims, bias, affine, n_blocks) -> dict:
     n_hidden, wmax, out = sum(hidden), max([1] + hidden), dims[-1]
     dim = sum(dims[i] * dims[i + 1] for i in range(len(dims) - 1))
     dim += (2 * n_hidden if affine else 0) + (out if bias else 0)
-    work = 2 * N * n_hidden + n_hidden + 2 * wmax + 2 * N * wmax + N * out
+    tmax = max(dims[i] * dims[i + 1] for i in range(len(dims) - 1))
+    work = (2 * N * n_hidden + n_hidden + 2 * wmax + 2 * N * wmax + N * out
+            + N * dims[0] + tmax)
     return {"validated copies of the data": 8 * N * (dims[0] + out),
             "kernel workspace": 8 * work, "q and gradient": 3 * 8 * dim,
             "blocks": _blocks_bytes(dim, n_blocks)}

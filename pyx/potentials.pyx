@@ -16,7 +16,10 @@ Design
 * The four network potentials (BatchNormLayer, SoftmaxCrossEntropy, TwoLayer, BatchNormMLP)
   share one compiled forward/backward pass, ``_c_grad_net``, configured by flags (BN,
   affine, ReLU, read-out bias, squared or cross-entropy loss); its workspace is one
-  allocation sized for the full N rows, carved into per-layer buffers.
+  allocation sized for the full N rows, carved into per-layer buffers.  Its products and
+  BatchNorm layers are register-tiled C (pyx/netmm.h, a baseline and an AVX-512F version
+  chosen at import) that keep the scalar loops' summation order, element for element
+  (docs/potentials.md §10).
 * Data potentials read the minibatch rows from the :c:type:`BatchView` at the start of
   their workspace (set by the loop with ``set_batch``); rows == NULL means all rows.
   Means are over the rows used, so BatchNorm statistics are minibatch statistics and the
@@ -27,6 +30,7 @@ potentials module).
 """
 from libc.math cimport sqrt, exp, log, log1p
 from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy
 
 import numpy as np
 cimport numpy as cnp
@@ -53,6 +57,42 @@ cdef inline double _dot4(Py_ssize_t n, const double* x, const double* y) noexcep
 
 
 cnp.import_array()
+
+
+cdef extern from "netmm.h" nogil:
+    void nc_net_fwd(const double* In, Py_ssize_t B, Py_ssize_t n_in, const double* Wt,
+                    const double* bias, Py_ssize_t n_out, double* Z)
+    void nc_net_bwd_w(const double* dZ, const double* In, Py_ssize_t B, Py_ssize_t n_in,
+                      Py_ssize_t n_out, double* gW)
+    void nc_net_bwd_x(const double* dZ, const double* W, Py_ssize_t B, Py_ssize_t n_in,
+                      Py_ssize_t n_out, double* dIn)
+    void nc_net_bn_act_fwd(double* Z, double* A, Py_ssize_t B, Py_ssize_t w, int bn,
+                           double eps, double* mean, double* sd, int affine,
+                           const double* gam, const double* bet, int relu)
+    void nc_net_bn_act_bwd(double* dA, const double* Zh, const double* A, Py_ssize_t B,
+                           Py_ssize_t w, int relu, int bn, int affine, const double* gam,
+                           double* dgam, double* dbet, const double* sd, double* m1,
+                           double* m2)
+    void nc_net_transpose(const double* W, Py_ssize_t n_out, Py_ssize_t n_in, double* Wt)
+    int nc_net_set_isa(int isa)
+    int nc_net_best_isa()
+    int nc_net_isa_cur
+
+
+nc_net_set_isa(-1)
+
+
+def _net_isa(isa=None):
+    """The instruction set of the network products (pyx/netmm.h): 0 the build's
+    baseline, 2 AVX-512F.  ``isa`` given: select it (-1: the best this CPU runs) and
+    return the previous one; ValueError if this build or CPU lacks it.  For the tests,
+    which compare the versions bit for bit; not thread-safe (no gradient may run)."""
+    cdef int prev = nc_net_isa_cur
+    if isa is None:
+        return prev
+    if nc_net_set_isa(int(isa)) < 0:
+        raise ValueError(f"isa={isa!r} is not available here (best: {nc_net_best_isa()})")
+    return prev
 
 
 cdef class Potential:
@@ -465,139 +505,9 @@ cdef class BatchNormUnitKernel(Potential):
 # row-major, gamma/beta present only if affine, bo only if bias.
 # Scratch (all sized for the full N rows, so any minibatch fits): Zh_l and A_l per layer,
 # sd_l per layer, two (N, wmax) back-propagation buffers, the (N, out) read-out, two
-# (wmax) per-unit accumulators.
-
-cdef inline void _c_lin_fwd(const double* In, const Py_ssize_t* rows, Py_ssize_t B,
-                            Py_ssize_t n_in, const double* W, const double* bias,
-                            Py_ssize_t n_out, double* Z) noexcept nogil:
-    """Z[i, u] = sum_j In[r_i, j] W[u, j] (+ bias[u]); r_i = rows[i] or i.  # OUT: Z"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* x
-    cdef const double* w
-    cdef double* z
-    cdef double s0, s1
-    for i in range(B):
-        x = In + (rows[i] if rows != NULL else i) * n_in
-        z = Z + i * n_out
-        for u in range(n_out):
-            w = W + u * n_in
-            # two interleaved partial sums halve the add-latency chain (no fast-math needed)
-            s0 = 0.0
-            s1 = 0.0
-            j = 0
-            while j + 1 < n_in:
-                s0 = s0 + x[j] * w[j]
-                s1 = s1 + x[j + 1] * w[j + 1]
-                j = j + 2
-            if j < n_in:
-                s0 = s0 + x[j] * w[j]
-            z[u] = s0 + s1
-            if bias != NULL:
-                z[u] = z[u] + bias[u]
-
-
-cdef inline void _c_lin_bwd_w(const double* dZ, const double* In, const Py_ssize_t* rows,
-                              Py_ssize_t B, Py_ssize_t n_in, Py_ssize_t n_out,
-                              double* gW) noexcept nogil:
-    """gW[u, j] = sum_i dZ[i, u] In[r_i, j] (overwrites gW).                    # OUT: gW"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* x
-    cdef double* gw
-    cdef double c
-    for j in range(n_out * n_in):
-        gW[j] = 0.0
-    for i in range(B):
-        x = In + (rows[i] if rows != NULL else i) * n_in
-        for u in range(n_out):
-            c = dZ[i * n_out + u]
-            if c == 0.0:                    # ReLU-masked: adding 0*x (x finite) is a no-op
-                continue
-            gw = gW + u * n_in
-            for j in range(n_in):
-                gw[j] = gw[j] + c * x[j]
-
-
-cdef inline void _c_lin_bwd_x(const double* dZ, const double* W, Py_ssize_t B,
-                              Py_ssize_t n_in, Py_ssize_t n_out, double* dIn) noexcept nogil:
-    """dIn[i, j] = sum_u dZ[i, u] W[u, j] (overwrites dIn).                    # OUT: dIn"""
-    cdef Py_ssize_t i, u, j
-    cdef const double* w
-    cdef double* dx
-    cdef double c
-    for i in range(B):
-        dx = dIn + i * n_in
-        for j in range(n_in):
-            dx[j] = 0.0
-        for u in range(n_out):
-            c = dZ[i * n_out + u]
-            if c == 0.0:
-                continue
-            w = W + u * n_in
-            for j in range(n_in):
-                dx[j] = dx[j] + c * w[j]
-
-
-cdef inline void _c_bn_fwd(double* Z, Py_ssize_t B, Py_ssize_t w, double eps,
-                           double* mean, double* sd) noexcept nogil:
-    """Normalise the columns of Z (B, w) in place with batch statistics.
-
-    Z <- (Z - mean)/sqrt(var + eps), var biased (1/B); sd[u] = sqrt(var_u + eps).
-    # IN/OUT: Z; OUT: sd; scratch: mean (w)
-    """
-    cdef Py_ssize_t i, u
-    cdef double* z
-    cdef double c
-    for u in range(w):
-        mean[u] = 0.0
-        sd[u] = 0.0
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            mean[u] = mean[u] + z[u]
-    for u in range(w):
-        mean[u] = mean[u] / B
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            c = z[u] - mean[u]
-            z[u] = c
-            sd[u] = sd[u] + c * c
-    for u in range(w):
-        sd[u] = sqrt(sd[u] / B + eps)
-    for i in range(B):
-        z = Z + i * w
-        for u in range(w):
-            z[u] = z[u] / sd[u]
-
-
-cdef inline void _c_bn_bwd(double* dZh, const double* Zh, Py_ssize_t B, Py_ssize_t w,
-                           const double* sd, double* m1, double* m2) noexcept nogil:
-    """BatchNorm backward in place: dL/dZh -> dL/dZ (docs/potentials.md, Eq. P.4).
-
-    dZ = (dZh - mean(dZh) - Zh * mean(dZh * Zh)) / sd, column by column.
-    # IN/OUT: dZh; IN: Zh, sd; scratch: m1, m2 (w)
-    """
-    cdef Py_ssize_t i, u
-    cdef double* dz
-    cdef const double* zh
-    for u in range(w):
-        m1[u] = 0.0
-        m2[u] = 0.0
-    for i in range(B):
-        dz = dZh + i * w
-        zh = Zh + i * w
-        for u in range(w):
-            m1[u] = m1[u] + dz[u]
-            m2[u] = m2[u] + dz[u] * zh[u]
-    for u in range(w):
-        m1[u] = m1[u] / B
-        m2[u] = m2[u] / B
-    for i in range(B):
-        dz = dZh + i * w
-        zh = Zh + i * w
-        for u in range(w):
-            dz[u] = (dz[u] - m1[u] - zh[u] * m2[u]) / sd[u]
-
+# (wmax) per-unit accumulators, the (N, D) gathered minibatch rows and one transposed
+# weight matrix.  The products and the BatchNorm layers are in pyx/netmm.h
+# (docs/potentials.md §10, Eqs. P.13-P.14 give the order of every sum).
 
 cdef inline double _c_loss_squared(double* P, const double* Y, const Py_ssize_t* rows,
                                    Py_ssize_t B, Py_ssize_t out) noexcept nogil:
@@ -668,6 +578,8 @@ cdef struct NetParams:
     double* bufA                # N wmax
     double* bufB                # N wmax
     double* P                   # N out
+    double* Xb                  # N D: the minibatch's rows of X, gathered once per step
+    double* Wt                  # max_l w_{l-1} w_l: the layer's weights, transposed
 
 
 cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
@@ -675,44 +587,41 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
     cdef NetParams* p = <NetParams*> params
     cdef const Py_ssize_t* rows = p.view.rows
     cdef Py_ssize_t B = p.view.n_rows if rows != NULL else p.N
-    cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1]
-    cdef Py_ssize_t layer, i, u, w, n_in, so = 0, k
-    cdef const double* In = p.X
-    cdef const Py_ssize_t* in_rows = rows
-    cdef const double* gam
-    cdef const double* bet
+    cdef Py_ssize_t N = p.N, L = p.L, out = p.dims[L + 1], D = p.dims[0]
+    cdef Py_ssize_t layer, i, u, w, n_in, so = 0
+    cdef const double* X0 = p.X
+    cdef const double* In
     cdef double* Zh
     cdef double* A
     cdef double* tmp
-    cdef double h, f
-    n_in = p.dims[0]
+    cdef double f
+    # the minibatch's rows, gathered once: every product below reads contiguous rows
+    if rows != NULL:
+        for i in range(B):
+            memcpy(p.Xb + i * D, p.X + rows[i] * D, D * sizeof(double))
+        X0 = p.Xb
+    In = X0
+    n_in = D
     # ---- forward
     for layer in range(L):
         w = p.dims[layer + 1]
         Zh = p.Zh + N * so
         A = p.A + N * so
-        _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * layer], NULL, w, Zh)
-        if p.bn:
-            _c_bn_fwd(Zh, B, w, p.eps, p.m1, p.sd + so)
-        gam = q + p.qoff[3 * layer + 1]
-        bet = q + p.qoff[3 * layer + 2]
-        for i in range(B):
-            for u in range(w):
-                k = i * w + u
-                h = gam[u] * Zh[k] + bet[u] if p.affine else Zh[k]
-                A[k] = (0.0 if h <= 0.0 else h) if p.relu else h     # NaN propagates
+        nc_net_transpose(q + p.qoff[3 * layer], w, n_in, p.Wt)
+        nc_net_fwd(In, B, n_in, p.Wt, NULL, w, Zh)
+        nc_net_bn_act_fwd(Zh, A, B, w, p.bn, p.eps, p.m1, p.sd + so, p.affine,
+                          q + p.qoff[3 * layer + 1], q + p.qoff[3 * layer + 2], p.relu)
         In = A
-        in_rows = NULL
         n_in = w
         so = so + w
-    _c_lin_fwd(In, in_rows, B, n_in, q + p.qoff[3 * L],
-               q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
+    nc_net_transpose(q + p.qoff[3 * L], out, n_in, p.Wt)
+    nc_net_fwd(In, B, n_in, p.Wt, q + p.qoff[3 * L + 1] if p.bias else NULL, out, p.P)
     if p.xent:
         f = _c_loss_xent(p.P, p.labels, rows, B, out)
     else:
         f = _c_loss_squared(p.P, p.Y, rows, B, out)
     # ---- backward (p.P now holds dL/dP)
-    _c_lin_bwd_w(p.P, In, in_rows, B, n_in, out, g + p.qoff[3 * L])
+    nc_net_bwd_w(p.P, In, B, n_in, out, g + p.qoff[3 * L])
     if p.bias:
         tmp = g + p.qoff[3 * L + 1]
         for u in range(out):
@@ -721,41 +630,78 @@ cdef double _c_grad_net(const double* q, double* g, Py_ssize_t d,
             for u in range(out):
                 tmp[u] = tmp[u] + p.P[i * out + u]
     if L > 0:
-        _c_lin_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
+        nc_net_bwd_x(p.P, q + p.qoff[3 * L], B, n_in, out, p.bufA)
     for layer in range(L - 1, -1, -1):
         w = p.dims[layer + 1]
         so = so - w
         Zh = p.Zh + N * so
         A = p.A + N * so
-        # bufA holds dL/dA_l; mask it into dL/dH_l (relu'(h) = 1 iff A > 0 iff h > 0)
-        if p.relu:
-            for k in range(B * w):
-                if A[k] <= 0.0:
-                    p.bufA[k] = 0.0
-        if p.bn:
-            if p.affine:
-                gam = q + p.qoff[3 * layer + 1]
-                tmp = g + p.qoff[3 * layer + 1]     # d gamma
-                for u in range(2 * w):
-                    tmp[u] = 0.0                    # d gamma and d beta (adjacent)
-                for i in range(B):
-                    for u in range(w):
-                        k = i * w + u
-                        tmp[u] = tmp[u] + p.bufA[k] * Zh[k]
-                        tmp[w + u] = tmp[w + u] + p.bufA[k]
-                        p.bufA[k] = p.bufA[k] * gam[u]    # dL/dZh
-            _c_bn_bwd(p.bufA, Zh, B, w, p.sd + so, p.m1, p.m2)
+        # bufA holds dL/dA_l: the activation's mask, the affine map's sums and
+        # BatchNorm backward (P.12) turn it into dL/dZ_l
+        nc_net_bn_act_bwd(p.bufA, Zh, A, B, w, p.relu, p.bn, p.affine,
+                          q + p.qoff[3 * layer + 1], g + p.qoff[3 * layer + 1],
+                          g + p.qoff[3 * layer + 2], p.sd + so, p.m1, p.m2)
         # bufA holds dL/dZ_l
         if layer == 0:
-            _c_lin_bwd_w(p.bufA, p.X, rows, B, p.dims[0], w, g + p.qoff[0])
+            nc_net_bwd_w(p.bufA, X0, B, D, w, g + p.qoff[0])
         else:
-            _c_lin_bwd_w(p.bufA, p.A + N * (so - p.dims[layer]), NULL, B, p.dims[layer], w,
+            nc_net_bwd_w(p.bufA, p.A + N * (so - p.dims[layer]), B, p.dims[layer], w,
                          g + p.qoff[3 * layer])
-            _c_lin_bwd_x(p.bufA, q + p.qoff[3 * layer], B, p.dims[layer], w, p.bufB)
+            nc_net_bwd_x(p.bufA, q + p.qoff[3 * layer], B, p.dims[layer], w, p.bufB)
             tmp = p.bufA
             p.bufA = p.bufB
             p.bufB = tmp
     return f
+
+
+def _net_products(cnp.ndarray In not None, cnp.ndarray W not None,
+                  cnp.ndarray dZ not None, cnp.ndarray bias=None):
+    """The three products of one layer, as the network pass runs them (pyx/netmm.h), for
+    the tests: ``Z = In Wᵀ (+ bias)``, ``gW = dZᵀ In``, ``dIn = dZ W`` (In: B x n_in,
+    W: n_out x n_in, dZ: B x n_out; C-contiguous float64)."""
+    _check_data("In", In, (None, None))
+    _check_data("W", W, (None, In.shape[1]))
+    _check_data("dZ", dZ, (In.shape[0], W.shape[0]))
+    if bias is not None:
+        _check_data("bias", bias, (W.shape[0],))
+    cdef Py_ssize_t B = In.shape[0], n_in = In.shape[1], n_out = W.shape[0]
+    if B < 1 or n_in < 1 or n_out < 1:
+        raise ValueError("every extent must be >= 1")
+    cdef cnp.ndarray Wt = np.empty((n_in, n_out))
+    cdef cnp.ndarray Z = np.empty((B, n_out))
+    cdef cnp.ndarray gW = np.empty((n_out, n_in))
+    cdef cnp.ndarray dIn = np.empty((B, n_in))
+    cdef const double* bp = NULL
+    if bias is not None:
+        bp = _ptr(bias)
+    nc_net_transpose(_ptr(W), n_out, n_in, <double*> cnp.PyArray_DATA(Wt))
+    nc_net_fwd(_ptr(In), B, n_in, _ptr(Wt), bp, n_out, <double*> cnp.PyArray_DATA(Z))
+    nc_net_bwd_w(_ptr(dZ), _ptr(In), B, n_in, n_out, <double*> cnp.PyArray_DATA(gW))
+    nc_net_bwd_x(_ptr(dZ), _ptr(W), B, n_in, n_out, <double*> cnp.PyArray_DATA(dIn))
+    return Z, gW, dIn
+
+
+def _net_bn_layer(cnp.ndarray Z not None, cnp.ndarray dA not None, cnp.ndarray gam not None,
+                  cnp.ndarray bet not None, double eps, bint bn, bint affine, bint relu):
+    """One hidden layer's BatchNorm, affine map and activation, forward then backward
+    (pyx/netmm.h), for the tests.  Returns (Zh, A, sd, dZ, dgam, dbet); Z, dA: B x w."""
+    _check_data("Z", Z, (None, None))
+    _check_data("dA", dA, (Z.shape[0], Z.shape[1]))
+    _check_data("gam", gam, (Z.shape[1],))
+    _check_data("bet", bet, (Z.shape[1],))
+    cdef Py_ssize_t B = Z.shape[0], w = Z.shape[1]
+    if B < 1 or w < 1:
+        raise ValueError("every extent must be >= 1")
+    cdef cnp.ndarray Zh = Z.copy(), A = np.empty((B, w)), dZ = dA.copy()
+    cdef cnp.ndarray sd = np.zeros(w), m = np.zeros(2 * w), dgb = np.zeros(2 * w)
+    cdef double* mp = <double*> cnp.PyArray_DATA(m)
+    cdef double* gp = <double*> cnp.PyArray_DATA(dgb)
+    nc_net_bn_act_fwd(<double*> cnp.PyArray_DATA(Zh), <double*> cnp.PyArray_DATA(A), B, w,
+                      bn, eps, mp, <double*> cnp.PyArray_DATA(sd), affine, _ptr(gam),
+                      _ptr(bet), relu)
+    nc_net_bn_act_bwd(<double*> cnp.PyArray_DATA(dZ), _ptr(Zh), _ptr(A), B, w, relu, bn,
+                      affine, _ptr(gam), gp, gp + w, _ptr(sd), mp, mp + w)
+    return Zh, A, sd, dZ, dgb[:w].copy(), dgb[w:].copy()
 
 
 cdef class NetKernel(Potential):
@@ -764,7 +710,7 @@ cdef class NetKernel(Potential):
     cdef cnp.ndarray X, Y, labels, dims, qoff
     cdef bint bn, affine, relu, bias, xent
     cdef double eps
-    cdef Py_ssize_t L, n_hidden, wmax
+    cdef Py_ssize_t L, n_hidden, wmax, tmax
 
     def __cinit__(self, cnp.ndarray X not None, cnp.ndarray Y, cnp.ndarray labels,
                   cnp.ndarray dims not None, bint bn, bint affine, bint relu, bint bias,
@@ -793,8 +739,9 @@ cdef class NetKernel(Potential):
         # the workspace (new_params), in doubles, must be addressable
         n_hidden = sum(dl[1:len(dl) - 1])
         wmax = max([1] + dl[1:len(dl) - 1])
+        tmax = max([dl[i] * dl[i + 1] for i in range(len(dl) - 1)])
         total = (2 * rows * n_hidden + n_hidden + 2 * wmax + 2 * rows * wmax
-                 + rows * dl[len(dl) - 1])
+                 + rows * dl[len(dl) - 1] + rows * dl[0] + tmax)
         if 8 * total >= 2**62:
             raise ValueError(f"the workspace of this network ({total} doubles) cannot be "
                              "addressed")
@@ -809,6 +756,7 @@ cdef class NetKernel(Potential):
         qoff = np.zeros(3 * self.L + 2, dtype=np.intp)
         self.n_hidden = 0
         self.wmax = 1
+        self.tmax = tmax
         for layer in range(self.L):
             qoff[3 * layer] = off
             off += dims[layer + 1] * dims[layer]
@@ -829,8 +777,9 @@ cdef class NetKernel(Potential):
     cdef void* new_params(self) except NULL:
         cdef NetParams* p = <NetParams*> calloc(1, sizeof(NetParams))
         cdef Py_ssize_t N = self.n_data, out = self.dims[self.L + 1]
+        cdef Py_ssize_t D = self.dims[0]
         cdef Py_ssize_t total = (2 * N * self.n_hidden + self.n_hidden + 2 * self.wmax
-                                 + 2 * N * self.wmax + N * out)
+                                 + 2 * N * self.wmax + N * out + N * D + self.tmax)
         if p == NULL:
             raise MemoryError("workspace of a network potential")
         p.mem = <double*> malloc(total * sizeof(double))
@@ -856,6 +805,8 @@ cdef class NetKernel(Potential):
         p.bufA = p.m2 + self.wmax
         p.bufB = p.bufA + N * self.wmax
         p.P = p.bufB + N * self.wmax
+        p.Xb = p.P + N * out
+        p.Wt = p.Xb + N * D
         return p
 
     cdef void free_params(self, void* params) noexcept:
