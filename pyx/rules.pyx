@@ -678,9 +678,11 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
             return
         if s.cs != NULL:
             _charges_after(s, n)
-    if s.steps % s.record_every == 0:
+    if s.steps % s.record_every == 0 and not s.skip_terminal:
         # the terminal state: evaluated on the full data set, consuming no draws, so a run
-        # resumed from here sees exactly the random stream an unbroken run would
+        # resumed from here sees exactly the random stream an unbroken run would (a scan's
+        # intermediate chunk skips it: its next chunk evaluates the same q as its first
+        # in-loop state, and the row would be dropped)
         if s.n_data > 0:
             set_batch(s.params, NULL, 0)
         st = _grad_checked(s, &f, &g2)

@@ -12,8 +12,9 @@ Design
   are folded into the point's summaries (minimum loss, late-time angular update, the
   optional recorded series at every ``record_every``-th step), so memory does not grow with
   ``steps``.  The terminal row a chunk's ``run_loop`` call adds (its q evaluated on the full
-  data, consuming no draws) is used only for the last chunk; an intermediate chunk's
-  terminal row duplicates the next chunk's first state and is skipped.
+  data, consuming no draws) is needed only for the last chunk; an intermediate chunk's
+  would duplicate the next chunk's first state, so it is not evaluated
+  (``RunSpec.skip_terminal``: on a minibatched network it cost a full-data pass per chunk).
 * Memory: the facade (noether_core/_scan.py) allocates every input and output array; this
   module only reads and writes them through raw pointers.  ``ScanKernel.__cinit__`` (with
   the GIL) allocates, per thread, one potential workspace (``Potential.new_params``), one
@@ -271,6 +272,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
         kc = c.K if c.steps - done > c.K else c.steps - done
         last = done + kc == c.steps
         s.steps = kc
+        s.skip_terminal = not last                 # its row would duplicate the next chunk's
         if c.nsym > 0:
             for k in range(c.nsym):
                 w.cs.worst[k] = 0.0
@@ -287,9 +289,7 @@ cdef void _run_point(const ScanCtx* c, Scratch* w, Py_ssize_t p) noexcept nogil:
         for j in range(n_in):
             _take_state(c, w, p, done + j, j)
         w.progress += kc
-        if s.status != NC_ST_OK and not (s.stop_step == kc and not last):
-            # a non-finite value; (an intermediate chunk's terminal evaluation failing is
-            # not one: the next chunk evaluates the same q as its first in-loop state)
+        if s.status != NC_ST_OK:                   # a non-finite value, or Ctrl-C
             status = s.status
             stop = done + s.stop_step
             break
@@ -357,7 +357,8 @@ def _check_scan_entry(object rule, Potential pot, object plan, cnp.ndarray bptr,
                          f"{pot.n_data}] (or be 0: full batch)")
     for what, ptr, idx in (("recorded blocks (bptr/bidx)", bptr, bidx),
                            ("partition (RuleInputs.pptr/pidx)", rule.pptr, rule.pidx)):
-        if (ptr.ndim != 1 or ptr.shape[0] < 1 or ptr[0] != 0 or ptr[-1] != idx.shape[0]
+        if (ptr.ndim != 1 or ptr.shape[0] < 1 or ptr[0] != 0
+                or ptr[ptr.shape[0] - 1] != idx.shape[0]
                 or np.any(np.diff(ptr) < 0)):
             raise ValueError(f"ScanKernel: the {what} pointer array must rise from 0 to "
                              f"len(idx) = {idx.shape[0]}")

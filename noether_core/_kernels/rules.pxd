@@ -78,6 +78,9 @@ cdef struct RunSpec:
     double* q                   # IN/OUT: q_0 in, q_steps out
     double* g                   # scratch (d)
     Py_ssize_t steps
+    # IN: no terminal evaluation after the last step (a scan's intermediate chunk: the
+    # next chunk's first state is that same q)
+    bint skip_terminal
     Py_ssize_t record_every
     const Py_ssize_t* bptr      # IN: named blocks (CSR) whose norm^2 is recorded
     const Py_ssize_t* bidx
