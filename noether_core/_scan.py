@@ -34,6 +34,10 @@ __all__ = ["scan", "ScanResult", "openmp_enabled", "point_seed"]
 #: steps per ``run_loop`` call are bounded so one thread's chunk rows stay near this size
 _CHUNK_ROW_BYTES = 256 * 1024
 _MAX_K = 1024
+#: lane grids of at most this many point-steps x (d² + 16 d) run on the calling thread,
+#: without the progress thread: ~20 ms or less of kernel time at the measured rates
+#: (docs/scan.md §"Lanes", fixed cost per call)
+_LANE_DIRECT_UNITS = 5e7
 
 
 
@@ -287,7 +291,14 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
     kern = _bridge.lane_kernel(g.potential._lane_form(), rule, g.q0, plan, bptr, bidx, out,
                                charge_blocks, _forced_lane_isa())
     out.kernel = f"lanes[{kern.isa}]"
-    _run_kernel(kern, n * max(g.steps, 1), progress)
+    d = g.potential.dim
+    if n * max(g.steps, 1) * (d * d + 16 * d) <= _LANE_DIRECT_UNITS:
+        # a short grid runs on the calling thread: starting and joining the progress
+        # thread (~0.06-0.14 ms) would be most of its cost, and it ends long before a
+        # progress bar would appear (after 1 s) or Ctrl-C would need the thread
+        kern.run()
+    else:
+        _run_kernel(kern, n * max(g.steps, 1), progress)
     return out
 
 
