@@ -259,17 +259,17 @@ def _forced_lane_isa() -> str | None:
 def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
-    It covers full-batch SGD, Adam, AdamW and RMSprop on a potential with a lane form
-    (Quadratic, RayleighQuotient, BatchNormUnit), recorded series included, with the
-    balance laws of scale-family symmetries or none (docs/scan.md §"Lanes")."""
-    from .rules import SGD, Adam, RMSprop
+    It covers full-batch SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with
+    a lane form (Quadratic, RayleighQuotient, BatchNormUnit), recorded series included,
+    with the balance laws of scale-family symmetries or none (docs/scan.md §"Lanes")."""
+    from .rules import SGD, Adam, RMSprop, ScalarRMSProp
 
-    lane_rules = (SGD, Adam, RMSprop)
+    lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp)
     if not any(isinstance(g.rule_cls, type) and issubclass(g.rule_cls, base)
                and g.rule_cls.kind == base.kind for base in lane_rules) \
             or g.rule_cls.kind not in _bridge.LANE_RULE_KINDS:
-        return (f"the rule is {g.rule_cls.__name__}, lanes run SGD, Adam, AdamW and "
-                "RMSprop only")
+        return (f"the rule is {g.rule_cls.__name__}, lanes run SGD, Adam, AdamW, RMSprop "
+                "and ScalarRMSProp only")
     if g.potential._lane_form() is None:
         return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
                 "RayleighQuotient and BatchNormUnit have)")
@@ -406,9 +406,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         Budget of the recorded series; a larger request raises MemoryError.
     lanes : bool or None
         The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
-        (docs/scan.md §"Lanes"); it covers full-batch SGD, Adam, AdamW and RMSprop on
-        Quadratic, RayleighQuotient and BatchNormUnit, ``record_every`` included, with
-        charges off or scale-family.
+        (docs/scan.md §"Lanes"); it covers full-batch SGD, Adam, AdamW, RMSprop and
+        ScalarRMSProp on Quadratic, RayleighQuotient and BatchNormUnit, ``record_every``
+        included, with charges off or scale-family.
         None: use it when it covers the scan; True: require it (ValueError saying why
         not); False: the scalar loop.  The results are the same bits either way;
         ``result.kernel`` says which ran.

@@ -1,6 +1,7 @@
 /* Lane-vectorised scan kernel (docs/scan.md §"Lanes"): NC_NL grid points per SIMD block.
  *
- * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD, Adam/AdamW and RMSprop scans
+ * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD, Adam/AdamW, RMSprop and
+ * ScalarRMSProp scans
  * on the potentials that have a lane form (Quadratic, RayleighQuotient, BatchNormUnit),
  * with or without the scale-family balance laws.  Every lane is bitwise the scalar
  * run_loop of the same point.
@@ -34,7 +35,7 @@ typedef long long nc_vl __attribute__((vector_size(NC_NL * sizeof(long long))));
 
 enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
 /* the rules with a lane form (their step functions in lanes_impl.h) */
-enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2 };
+enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS = 3 };
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
 
 typedef struct {
@@ -53,7 +54,9 @@ typedef struct {
        of pyx/rules.pyx's table (SGD: lr, momentum, dampening, nesterov, wd | momentum
        buffer | has_buffer; ADAM: lr, beta1, beta2, eps, wd, amsgrad, decoupled | exp_avg,
        exp_avg_sq, max_exp_avg_sq | step; RMSPROP: lr, alpha, eps, wd, momentum,
-       centered | square_avg, momentum_buffer, grad_avg | step) */
+       centered | square_avg, momentum_buffer, grad_avg | step; SRMS (the paper's
+       ScalarRMSProp): lr, rho, eps, G0 (NaN: the first |d_P|^2), wd, nproj | none |
+       initialised, G per part) */
     int rule;                   /* NC_LRULE_* */
     Py_ssize_t P;
     const double* hp;           /* (P, nhp) */
@@ -67,6 +70,11 @@ typedef struct {
        rules.pyx _step_adam forms them, tabled once per distinct (beta, s0) */
     const double* powtab;
     const Py_ssize_t* pow_row;  /* (P, 2) */
+    /* ScalarRMSProp's partition of q into parts with their own G (CSR, the same for
+       every point) */
+    Py_ssize_t npart;
+    const Py_ssize_t* pptr;
+    const Py_ssize_t* pidx;
     const double* q0;           /* (d) */
     Py_ssize_t steps;
     Py_ssize_t late_start;
@@ -99,6 +107,9 @@ typedef struct {
     const double* pw1[NC_NL];   /* Adam: this lane's rows of powtab */
     const double* pw2[NC_NL];
     int lo_all, ams_any, cen_any, mom_all, mom_none;   /* block-uniform flags */
+    /* ScalarRMSProp: 1 - rho, G0 (NaN: from the first step), parts projected */
+    nc_vd omrho, G0, nproj;
+    double* G;                  /* npart: G per part */
     nc_vd f, loss_min;
     int alive[NC_NL];
     Py_ssize_t n_rows[NC_NL];   /* recorded rows so far, per lane */
@@ -145,7 +156,9 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     size_t K = (size_t) nc_lane_ang_K(c);
+    size_t np = (size_t) (c->npart > 0 ? c->npart : 1);
     return 7 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+           + nc_lane_pad(np * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
            + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
 }
@@ -163,6 +176,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
     w->v1 = (double*) p; p += nc_lane_pad(c->d * L);
     w->v2 = (double*) p; p += nc_lane_pad(c->d * L);
+    w->G = (double*) p; p += nc_lane_pad((size_t) (c->npart > 0 ? c->npart : 1) * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
     w->ang_K = nc_lane_ang_K(c);
     w->ang_q = (double*) p; p += nc_lane_pad((size_t) w->ang_K * c->d * L);

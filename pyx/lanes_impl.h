@@ -533,12 +533,103 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
     }
 }
 
+/* ---- the rule: _step_scalar_rmsprop per lane ---------------------------------------- */
+
+/* |d_P|^2 of part p, d = g + wd q where wd != 0 (rules.pyx _part_norm2: from +0, in the
+ * partition's order) */
+NC_INLINE nc_vd NCL(part_norm2)(const nc_lane_ctx* c, const nc_lane_ws* w, Py_ssize_t p)
+{
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd n2 = {0};
+    for (Py_ssize_t k = c->pptr[p]; k < c->pptr[p + 1]; ++k) {
+        const Py_ssize_t i = c->pidx[k];
+        const nc_vd gi = NCL(sel)(w->wd_on, g[i] + w->wd * q[i], g[i]);
+        n2 = n2 + gi * gi;
+    }
+    return n2;
+}
+
+/* G of the lanes that have not started (rules.pyx _init_scalar_rmsprop, run by run_loop
+ * before the step where initialised = 0): G0, or |d_P|^2 of this step where G0 is NaN */
+NC_INLINE void NCL(init_srms)(const nc_lane_ctx* c, nc_lane_ws* w)
+{
+    nc_vd* G = NCV(w->G);
+    const nc_vl nan0 = w->G0 != w->G0;
+    for (Py_ssize_t p = 0; p < c->npart; ++p)
+        G[p] = NCL(sel)(w->first, NCL(sel)(nan0, NCL(part_norm2)(c, w, p), w->G0), G[p]);
+    w->first = (nc_vl) {0};
+    w->any_first = 0;
+}
+
+/* One ScalarRMSProp step of every lane (rules.pyx _step_scalar_rmsprop): per part P,
+ * scale = lr / sqrt(G_P + eps), q_i - scale d_i over P in order with |q_P|^2 summed from
+ * +0, then q_P / |q_P| where P < nproj and |q_P|^2 > 0 (a select of the quotient), then
+ * G_P <- rho G_P + (1 - rho) |d_P|^2.  With qfree, also the free step (g = 0: d = 0 + wd q
+ * or +0) from the same state, G unchanged. */
+NC_INLINE void NCL(step_srms)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                              double* restrict qfree_, double* restrict qout_)
+{
+    const nc_vd lr = w->lr, eps = w->eps, wd = w->wd, rho = w->b2, omrho = w->omrho,
+                nproj = w->nproj;
+    const nc_vl wd_on = w->wd_on;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    nc_vd* G = NCV(w->G);
+    const nc_vd zero = {0};
+    (void) d;
+    for (Py_ssize_t p = 0; p < c->npart; ++p) {
+        const Py_ssize_t k0 = c->pptr[p], k1 = c->pptr[p + 1];
+        const nc_vd n2 = NCL(part_norm2)(c, w, p);
+        const nc_vd scale = lr / NCL(vsqrt)(G[p] + eps);
+        nc_vd norm2 = {0}, norm2f = {0};
+        for (Py_ssize_t k = k0; k < k1; ++k) {
+            const Py_ssize_t i = c->pidx[k];
+            const nc_vd qi = q[i], wq = wd * qi;
+            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd qn = qi - scale * gi;
+            qout[i] = qn;
+            norm2 = norm2 + qn * qn;
+            if (qfree_ != NULL) {
+                const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+                const nc_vd qfi = qi - scale * gf;
+                qf[i] = qfi;
+                norm2f = norm2f + qfi * qfi;
+            }
+        }
+        const nc_vd pv = zero + (double) p;
+        const nc_vl proj = (pv < nproj) & (norm2 > 0.0);
+        if (NCL(any)(proj)) {
+            const nc_vd nrm = NCL(vsqrt)(norm2);
+            for (Py_ssize_t k = k0; k < k1; ++k) {
+                const Py_ssize_t i = c->pidx[k];
+                qout[i] = NCL(sel)(proj, qout[i] / nrm, qout[i]);
+            }
+        }
+        if (qfree_ != NULL) {
+            const nc_vl projf = (pv < nproj) & (norm2f > 0.0);
+            if (NCL(any)(projf)) {
+                const nc_vd nrm = NCL(vsqrt)(norm2f);
+                for (Py_ssize_t k = k0; k < k1; ++k) {
+                    const Py_ssize_t i = c->pidx[k];
+                    qf[i] = NCL(sel)(projf, qf[i] / nrm, qf[i]);
+                }
+            }
+        }
+        G[p] = rho * G[p] + omrho * n2;
+    }
+}
+
 /* the rule's step of every lane (rule: NC_LRULE_*, a constant where inlined) */
 NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                          Py_ssize_t n, const int rule, double* qfree, double* qout)
 {
     if (rule == NC_LRULE_ADAM)
         NCL(step_adam)(c, d, w, n, qfree, qout);
+    else if (rule == NC_LRULE_SRMS)
+        NCL(step_srms)(c, d, w, qfree, qout);
     else if (rule == NC_LRULE_RMSPROP)
         NCL(step_rmsprop)(c, d, w, qfree, qout);
     else
@@ -709,7 +800,10 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
     w->lr[l] = 0.0;                    /* Adam: step_size 0 */
     w->decay[l] = 1.0;
     w->b2[l] = 1.0;                    /* Adam's beta2, RMSprop's alpha: the averages */
-    w->omb2[l] = 0.0;                  /* of squares stay at 1 */
+    w->omb2[l] = 0.0;                  /* of squares stay at 1; ScalarRMSProp's rho: */
+    w->omrho[l] = 0.0;                 /* G stays at 1 */
+    w->first[l] = 0;
+    for (Py_ssize_t k = 0; k < c->npart; ++k) w->G[k * NC_NL + l] = 1.0;
 }
 
 /* Loss and gradient of state n, their finiteness checked per lane (rules.pyx
@@ -748,6 +842,7 @@ NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
     w->lr[l] = 0.0; w->w1[l] = 0.0; w->omw1[l] = 1.0; w->b2[l] = 0.0; w->omb2[l] = 1.0;
     w->eps[l] = 0.0; w->decay[l] = 1.0;
     w->coup[l] = 0; w->decp[l] = 0; w->lo[l] = -1; w->ams[l] = 0; w->cen[l] = 0;
+    w->omrho[l] = 1.0; w->G0[l] = 0.0; w->nproj[l] = 0.0;
     if (c->rule == NC_LRULE_ADAM) {        /* lr, beta1, beta2, eps, wd, amsgrad, decoupled */
         w->lr[l] = hp[0];
         w->nlr[l] = -hp[0];
@@ -766,6 +861,19 @@ NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
         w->decay[l] = 1.0 - hp[0] * hp[4];
         w->pw1[l] = c->powtab + c->pow_row[2 * p] * c->steps;
         w->pw2[l] = c->powtab + c->pow_row[2 * p + 1] * c->steps;
+    } else if (c->rule == NC_LRULE_SRMS) {     /* lr, rho, eps, G0, wd, nproj */
+        w->lr[l] = hp[0];
+        w->nlr[l] = -hp[0];
+        w->b2[l] = hp[1];                  /* rho */
+        w->omrho[l] = 1.0 - hp[1];
+        w->eps[l] = hp[2];
+        w->G0[l] = hp[3];
+        w->wd[l] = hp[4];
+        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
+        w->nproj[l] = hp[5];
+        w->first[l] = c->sca0[p * c->nsca] == 0.0 ? -1 : 0;
+        for (Py_ssize_t k = 0; k < c->npart; ++k)
+            w->G[k * NC_NL + l] = c->sca0[p * c->nsca + 1 + k];
     } else if (c->rule == NC_LRULE_RMSPROP) {   /* lr, alpha, eps, wd, momentum, centered */
         w->nlr[l] = -hp[0];
         w->b2[l] = hp[1];                  /* alpha */
@@ -807,9 +915,9 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         const double* v0 = c->vec0 + p * c->nvecd;
         for (Py_ssize_t i = 0; i < d; ++i) {
             w->q[i * NC_NL + l] = c->q0[i];
-            w->buf[i * NC_NL + l] = v0[i];
-            w->v1[i * NC_NL + l] = c->rule != NC_LRULE_SGD ? v0[d + i] : 0.0;
-            w->v2[i * NC_NL + l] = c->rule != NC_LRULE_SGD ? v0[2 * d + i] : 0.0;
+            w->buf[i * NC_NL + l] = c->nvecd >= d ? v0[i] : 0.0;
+            w->v1[i * NC_NL + l] = c->nvecd >= 2 * d ? v0[d + i] : 0.0;
+            w->v2[i * NC_NL + l] = c->nvecd >= 3 * d ? v0[2 * d + i] : 0.0;
         }
         w->loss_min[l] = INFINITY;
         w->alive[l] = 1;
@@ -1016,6 +1124,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             if (NCL(n_alive)(w) == 0) break;
         }
         NCL(take_angle)(c, d, w, n);
+        if (rule == NC_LRULE_SRMS && w->any_first) NCL(init_srms)(c, w);
         if (c->nsym > 0)
             NCL(step_with_free)(c, w, d, n, rule);
         else
@@ -1036,31 +1145,35 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }
 
-/* The block's run, compiled once per rule for each d <= 16 with d a constant and once
- * for any d.  With d known, every loop over coordinates has a known trip count and is
+/* The block's run for any d (and ScalarRMSProp's for every d: its loops go through the
+ * partition's index list, which a constant d would not unroll) */
+static __attribute__((noinline)) void NCL(run_block_any)(const nc_lane_ctx* c,
+                                                         nc_lane_ws* w, Py_ssize_t p0)
+{
+    if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_ADAM);
+    else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_RMSPROP);
+    else if (c->rule == NC_LRULE_SRMS) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SRMS);
+    else NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SGD);
+}
+
+/* The block's run, compiled once per rule (SGD, Adam, RMSprop) for each d <= 16 with d a
+ * constant.  With d known, every loop over coordinates has a known trip count and is
  * unrolled, and the potential's and the rule's passes keep the block's vectors in
- * registers: ~8% of a d = 8 step (docs/scan.md).  The code, and so every operation and
- * its order, is the same: the versions agree bitwise. */
+ * registers: ~8% of an SGD d = 8 step (docs/scan.md).  The code, and so every operation
+ * and its order, is the same: the versions agree bitwise. */
 #define NC_FIXED_D(D)                                                                     \
 static __attribute__((noinline)) void NCL(run_block_##D)(const nc_lane_ctx* c,            \
                                                          nc_lane_ws* w, Py_ssize_t p0)     \
 {                                                                                         \
     if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, D, NC_LRULE_ADAM);           \
     else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, D, NC_LRULE_RMSPROP); \
+    else if (c->rule == NC_LRULE_SRMS) NCL(run_block_any)(c, w, p0);                      \
     else NCL(run_block_d)(c, w, p0, D, NC_LRULE_SGD);                                     \
 }
 NC_FIXED_D(1) NC_FIXED_D(2) NC_FIXED_D(3) NC_FIXED_D(4) NC_FIXED_D(5) NC_FIXED_D(6)
 NC_FIXED_D(7) NC_FIXED_D(8) NC_FIXED_D(9) NC_FIXED_D(10) NC_FIXED_D(11) NC_FIXED_D(12)
 NC_FIXED_D(13) NC_FIXED_D(14) NC_FIXED_D(15) NC_FIXED_D(16)
 #undef NC_FIXED_D
-
-static __attribute__((noinline)) void NCL(run_block_any)(const nc_lane_ctx* c,
-                                                         nc_lane_ws* w, Py_ssize_t p0)
-{
-    if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_ADAM);
-    else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_RMSPROP);
-    else NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SGD);
-}
 
 static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
 {

@@ -46,7 +46,7 @@ from numpy.random cimport bitgen_t
 from noether_core._kernels.potentials cimport Potential, grad_fn
 from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, NC_ST_OK,
                                           NC_ST_INTERRUPTED, RULE_SGD, RULE_ADAM,
-                                          RULE_RMSPROP)
+                                          RULE_RMSPROP, RULE_SCALAR_RMSPROP)
 
 cnp.import_array()
 
@@ -637,6 +637,7 @@ cdef extern from "lanes.h" nogil:
         NC_LRULE_SGD
         NC_LRULE_ADAM
         NC_LRULE_RMSPROP
+        NC_LRULE_SRMS
     ctypedef struct nc_lane_ctx:
         int pot
         Py_ssize_t d
@@ -659,6 +660,9 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t nsca
         const double* powtab
         const Py_ssize_t* pow_row
+        Py_ssize_t npart
+        const Py_ssize_t* pptr
+        const Py_ssize_t* pidx
         const double* q0
         Py_ssize_t steps
         Py_ssize_t late_start
@@ -707,7 +711,8 @@ _LANE_POTS = {"quadratic": NC_LPOT_QUADRATIC, "rayleigh": NC_LPOT_RAYLEIGH,
 # rule kinds (noether_core/_kernels/rules.pxd) with a lane form -> the lane rule, the
 # length of its hp row and its number of state buffers
 _LANE_RULES = {RULE_SGD: (NC_LRULE_SGD, 5, 1), RULE_ADAM: (NC_LRULE_ADAM, 7, 3),
-               RULE_RMSPROP: (NC_LRULE_RMSPROP, 6, 3)}
+               RULE_RMSPROP: (NC_LRULE_RMSPROP, 6, 3),
+               RULE_SCALAR_RMSPROP: (NC_LRULE_SRMS, 6, 0)}
 LANE_RULE_KINDS = tuple(_LANE_RULES)
 
 
@@ -735,7 +740,8 @@ def lane_isas():
 
 
 cdef class LaneScanKernel:
-    """A full-batch grid of SGD, Adam/AdamW or RMSprop (``LANE_RULE_KINDS``) run NC_NL
+    """A full-batch grid of SGD, Adam/AdamW, RMSprop or ScalarRMSProp (``LANE_RULE_KINDS``)
+    run NC_NL
     points per SIMD block (built by noether_core/_scan.py).
 
     ``run()``, ``steps_done()`` and ``cancel()`` behave as ScanKernel's.
@@ -815,6 +821,17 @@ cdef class LaneScanKernel:
                 or out.status.shape[0] != P):
             raise ValueError("LaneScanKernel: inconsistent shapes")
         c.rule = lrule
+        if lrule == NC_LRULE_SRMS:
+            pptr, pidx = rule.pptr, rule.pidx
+            _check_intp(pptr, pidx)
+            if (pptr.ndim != 1 or pptr.shape[0] < 2 or sca0.shape[1] < pptr.shape[0]
+                    or pidx.shape[0] != pptr[pptr.shape[0] - 1] or pptr[0] != 0
+                    or np.any(np.diff(pptr) < 0) or np.any(pidx < 0) or np.any(pidx >= d)):
+                raise ValueError("LaneScanKernel: inconsistent partition")
+            self.keep += [pptr, pidx]
+            c.npart = pptr.shape[0] - 1
+            c.pptr = <const Py_ssize_t*> _data(pptr)
+            c.pidx = <const Py_ssize_t*> _data(pidx)
         if lrule == NC_LRULE_ADAM and P > 0 and plan.steps > 0:
             # one row of pow(beta, step) per distinct (beta, initial step), shared by
             # every block and thread (a pow per lane and step would cost more than the

@@ -239,7 +239,7 @@ def test_lanes_selection_and_errors():
     assert _scan(pot, q0, False, steps=10, lr=[0.1]).kernel == "scalar"
     assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel.startswith("lanes[")
     cases = [
-        (dict(rule_cls=nc.rules.ScalarRMSProp), "SGD, Adam, AdamW and RMSprop only"),
+        (dict(rule_cls=nc.rules.MirrorDescent), "and ScalarRMSProp only"),
         (dict(potential="radial"), "no lane form"),
         (dict(potential="bn", batch_size=4), "minibatch"),
         (dict(charges=[nc.symmetry.Symmetry("scale", ("q",)),
@@ -538,17 +538,18 @@ def test_adaptive_lanes_record_series_and_stops(rule, isa):
     assert ref.diverged.any()
 
 
-def _kernel_pair(kind, hp, vec, sca, pot, q0, steps, isa, charges):
+def _kernel_pair(kind, hp, vec, sca, pot, q0, steps, isa, charges, parts=None):
     """The lane kernel and the scalar grid kernel on the same hand-made rows (every lane
     its own hyper-parameters and initial state, which no Cartesian grid of one rule class
-    gives: betas per lane, resumed states), outputs of both."""
+    gives: betas per lane, resumed states; ``parts``: a partition of q, default one part),
+    outputs of both."""
     P, d = hp.shape[0], pot.dim
     bptr, bidx = _bridge.csr([pot.blocks[k] for k in pot.blocks])
     chosen = nc.charges.select(pot, charges, None)[0]
     outs = []
     for lanes in (True, False):
         rule = _bridge.RuleInputs(kind, hp.copy(), vec.copy(), sca.copy(),
-                                  *_bridge.csr([np.arange(d)]))
+                                  *_bridge.csr(parts or [np.arange(d)]))
         out = _bridge.ScanOutputs.empty(P, d, len(pot.blocks), 0, len(chosen))
         plan = _bridge.ScanPlan(steps=steps, K=16, late_start=steps - -(-steps // 10),
                                 record_every=0, R=0, n_threads=1)
@@ -624,3 +625,74 @@ def test_adam_bias_correction_table():
     for k in range(3):
         expect = [float(beta[k]) ** float(s0[k] + n + 1) for n in range(300)]
         np.testing.assert_array_equal(tab[k], expect)
+
+
+# ScalarRMSProp (the paper's rule, rules.pyx _step_scalar_rmsprop): one G per part
+
+SRMS_GRIDS = [
+    dict(lr=np.array([1e-3, 0.03, 0.3, 1e200]), rho=[0.5, 0.99], weight_decay=[0.0, 1e-2]),
+    dict(lr=np.array([1e-3, 0.05, 0.5]), G0=1.0, eps=[0.0, 1e-3], project=[False, True]),
+    dict(lr=np.array([0.01, 0.2]), per_block=[False, True], project=False,
+         weight_decay=[0.0, 0.1]),
+]
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+@pytest.mark.parametrize("charges", [True, False])
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("grid", range(len(SRMS_GRIDS)))
+def test_scalar_rmsprop_lanes_equal_scalar_loop_bitwise(grid, name, charges, isa):
+    """ScalarRMSProp in lanes (G from the first step's |d|² or G0, eps = 0, weight decay,
+    projection onto the unit sphere of the scale block, one G or one per block, divergent
+    points) bitwise the scalar loop, charges on and off."""
+    pot, q0 = PROBLEMS[name]
+    kw = dict(steps=300, charges=charges, rule_cls=nc.rules.ScalarRMSProp,
+              **SRMS_GRIDS[grid])
+    ref = _scan(pot, q0, False, **kw)
+    got = _scan(pot, q0, True, isa=isa, **kw)
+    assert ref.kernel == "scalar" and got.kernel == f"lanes[{isa}]"
+    _assert_identical(ref, got)
+    if grid == 0 and name == "quadratic":
+        assert ref.diverged.any() and not ref.diverged.all()
+
+
+def test_scalar_rmsprop_lanes_equal_train_per_point():
+    pot, q0 = PROBLEMS["bn"]
+    res = _scan(pot, q0, True, steps=300, rule_cls=nc.rules.ScalarRMSProp,
+                lr=[0.01, 0.1, 0.5], project=[False, True], weight_decay=[0.0, 1e-2])
+    assert res.kernel.startswith("lanes")
+    for idx in np.ndindex(*res.shape):
+        tr = nc.train(res.rule_at(*idx), pot, q0, 300, record_every=300)
+        assert np.array_equal(_bits(res.q[idx]), _bits(tr.q_final)), idx
+        assert _bits(res.loss[idx]) == _bits(tr.loss[-1]), idx
+        assert res.charge_worst["scale:w"][idx] == tr.charge("scale", "w").worst
+
+
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.sampled_from([1, 9, 40, 257]))
+def test_scalar_rmsprop_lanes_on_random_rows_and_partitions(seed, charges, steps):
+    """Rows drawn per lane (rho, eps, G0 given or NaN, weight decay, the number of
+    projected parts, resumed states with G set) on a partition of q into 1-3 parts whose
+    coordinates are out of order: the lane kernel's bits are the scalar grid kernel's."""
+    rng = np.random.default_rng(seed)
+    name = ["rayleigh8", "quadratic", "bn"][int(rng.integers(0, 3))]
+    pot, q0 = PROBLEMS[name]
+    d, P = pot.dim, int(rng.integers(1, 19))
+    perm = rng.permutation(d)
+    cuts = np.sort(rng.choice(np.arange(1, d), size=int(rng.integers(0, 3)), replace=False))
+    parts = [np.array(x, dtype=np.intp) for x in np.split(perm, cuts)]
+    npart = len(parts)
+    eps = rng.choice([0.0, 1e-8, 1e-3], P)
+    G0 = np.where(rng.random(P) < 0.5, np.nan, rng.choice([0.5, 2.0], P))
+    hp = np.stack([10.0 ** rng.uniform(-4, 0, P), rng.choice([0.0, 0.5, 0.99], P), eps, G0,
+                   rng.choice([0.0, 1e-3, 0.3], P),
+                   rng.integers(0, npart + 1, P).astype(float)], axis=1)
+    resumed = rng.random(P) < 0.3
+    sca = np.zeros((P, 1 + npart))
+    sca[resumed, 0] = 1.0
+    sca[resumed, 1:] = rng.uniform(0.1, 2.0, (int(resumed.sum()), npart))
+    for isa in ks.lane_isas():
+        lane, ref = _kernel_pair(nc.rules.ScalarRMSProp.kind, hp, np.zeros((P, 0)), sca, pot,
+                                 q0, steps, isa, charges, parts=parts)
+        for k in ("q", "loss", "loss_min", "norm2", "angular_update", "status",
+                  "stop_step", "charge_worst", "charge_worst_step"):
+            _same(getattr(lane, k), getattr(ref, k), k)
