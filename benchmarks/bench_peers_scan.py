@@ -26,7 +26,9 @@ noether_core[bench]`` installs them).  Usage::
     ... --threads 1    # ours and numba on one thread (JAX: XLA_FLAGS, see below)
 
 For one-thread JAX set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1"`` in the environment.
+intra_op_parallelism_threads=1"`` in the environment.  On a machine shared with other
+jobs, ``OMP_WAIT_POLICY=passive`` keeps OpenMP's idle threads from spinning, which
+otherwise dominates the small grids of the d-scaling table (docs/scan.md §"Lanes").
 """
 from __future__ import annotations
 
