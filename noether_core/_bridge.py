@@ -49,12 +49,15 @@ from ._kernels import scan as _ks
 
 __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "ScanPlan",
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
+           "LANE_RULE_KINDS",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
            "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
            "EventSpec", "Trajectory", "run_integrate", "eval_rhs"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
+#: the rule kinds (``Rule.kind``) the lane kernel runs
+LANE_RULE_KINDS: tuple = tuple(_ks.LANE_RULE_KINDS)
 
 
 def csr(parts) -> tuple[np.ndarray, np.ndarray]:
@@ -327,8 +330,9 @@ def scan_kernel(rule: RuleInputs, potential_kernel, q0: np.ndarray, plan: ScanPl
 def lane_kernel(lane_form: tuple, rule: RuleInputs, q0: np.ndarray, plan: ScanPlan,
                 record_bptr: np.ndarray, record_bidx: np.ndarray, out: ScanOutputs,
                 charge_blocks: tuple[np.ndarray, np.ndarray] | None, isa: str | None):
-    """The SIMD lane kernel (``LANES`` full-batch SGD points per vector), ready to
-    ``run()``; ``charge_blocks``: CSR of the scale blocks whose laws are tracked."""
+    """The SIMD lane kernel (``LANES`` full-batch points per vector; the rule kinds in
+    ``LANE_RULE_KINDS``), ready to ``run()``; ``charge_blocks``: CSR of the scale blocks
+    whose laws are tracked."""
     kind, data = lane_form
     data = {k: (_f64(v) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
     return _ks.LaneScanKernel(kind, data, rule, _f64(q0), plan, record_bptr, record_bidx,

@@ -35,6 +35,10 @@ __all__ = ["scan", "ScanResult", "openmp_enabled", "point_seed"]
 #: steps per ``run_loop`` call are bounded so one thread's chunk rows stay near this size
 _CHUNK_ROW_BYTES = 256 * 1024
 _MAX_K = 1024
+#: lane grids of at most this many point-steps x (d² + 16 d) run on the calling thread,
+#: without the progress thread: ~20 ms or less of kernel time at the measured rates
+#: (docs/scan.md §"Lanes", fixed cost per call)
+_LANE_DIRECT_UNITS = 5e7
 
 #: bytes charged per grid point for a rule object (classes without a column form,
 #: Rule._grid_hp) and per run for a minibatch run's numpy Generator: upper estimates
@@ -268,14 +272,17 @@ def _forced_lane_isa() -> str | None:
 def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
-    It covers full-batch SGD on a potential with a lane form (Quadratic,
-    RayleighQuotient, BatchNormUnit), recorded series included, with the balance laws of
-    scale-family symmetries or none (docs/scan.md §"Lanes")."""
-    from .rules import SGD
+    It covers full-batch SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with
+    a lane form (Quadratic, RayleighQuotient, BatchNormUnit), recorded series included,
+    with the balance laws of scale-family symmetries or none (docs/scan.md §"Lanes")."""
+    from .rules import SGD, Adam, RMSprop, ScalarRMSProp
 
-    if not (isinstance(g.rule_cls, type) and issubclass(g.rule_cls, SGD)
-            and g.rule_cls.kind == SGD.kind):
-        return f"the rule is {g.rule_cls.__name__}, lanes run SGD only"
+    lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp)
+    if not any(isinstance(g.rule_cls, type) and issubclass(g.rule_cls, base)
+               and g.rule_cls.kind == base.kind for base in lane_rules) \
+            or g.rule_cls.kind not in _bridge.LANE_RULE_KINDS:
+        return (f"the rule is {g.rule_cls.__name__}, lanes run SGD, Adam, AdamW, RMSprop "
+                "and ScalarRMSProp only")
     if g.potential._lane_form() is None:
         return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
                 "RayleighQuotient and BatchNormUnit have)")
@@ -297,7 +304,14 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
     kern = _bridge.lane_kernel(g.potential._lane_form(), rule, g.q0, plan, bptr, bidx, out,
                                charge_blocks, _forced_lane_isa())
     out.kernel = f"lanes[{kern.isa}]"
-    _run_kernel(kern, n * max(g.steps, 1), progress)
+    d = g.potential.dim
+    if n * max(g.steps, 1) * (d * d + 16 * d) <= _LANE_DIRECT_UNITS:
+        # a short grid runs on the calling thread: starting and joining the progress
+        # thread (~0.06-0.14 ms) would be most of its cost, and it ends long before a
+        # progress bar would appear (after 1 s) or Ctrl-C would need the thread
+        kern.run()
+    else:
+        _run_kernel(kern, n * max(g.steps, 1), progress)
     return out
 
 
@@ -458,8 +472,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         :class:`~noether_core.errors.BudgetError` naming the bytes.
     lanes : bool or None
         The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
-        (docs/scan.md §"Lanes"); it covers full-batch SGD on Quadratic, RayleighQuotient
-        and BatchNormUnit, ``record_every`` included, with charges off or scale-family.
+        (docs/scan.md §"Lanes"); it covers full-batch SGD, Adam, AdamW, RMSprop and
+        ScalarRMSProp on Quadratic, RayleighQuotient and BatchNormUnit, ``record_every``
+        included, with charges off or scale-family.
         None: use it when it covers the scan; True: require it (ValueError saying why
         not); False: the scalar loop.  The results are the same bits either way;
         ``result.kernel`` says which ran.

@@ -1,8 +1,10 @@
 /* Lane-vectorised scan kernel (docs/scan.md §"Lanes"): NC_NL grid points per SIMD block.
  *
- * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD scans on the potentials that
- * have a lane form (Quadratic, RayleighQuotient, BatchNormUnit), with or without the
- * scale-family balance laws.  Every lane is bitwise the scalar run_loop of the same point.
+ * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD, Adam/AdamW, RMSprop and
+ * ScalarRMSProp scans
+ * on the potentials that have a lane form (Quadratic, RayleighQuotient, BatchNormUnit),
+ * with or without the scale-family balance laws.  Every lane is bitwise the scalar
+ * run_loop of the same point.
  *
  * The body (lanes_impl.h) is compiled once per instruction set (and within it, the block's
  * run once per d <= 16 with d a constant, and once for any d) -- the build's baseline
@@ -32,6 +34,8 @@ typedef double nc_vd __attribute__((vector_size(NC_NL * sizeof(double))));
 typedef long long nc_vl __attribute__((vector_size(NC_NL * sizeof(long long))));
 
 enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
+/* the rules with a lane form (their step functions in lanes_impl.h) */
+enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS = 3 };
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
 
 typedef struct {
@@ -46,14 +50,31 @@ typedef struct {
     const double* R;            /* (d, d) full-batch projection (docs/potentials.md 4a) */
     const double* t;            /* (d) */
     double rho2;                /*     or R = NULL: the row form */
-    /* the grid: SGD hyper-parameters and initial rule state per point */
+    /* the grid: the rule's hyper-parameters and initial state per point, in the layout
+       of pyx/rules.pyx's table (SGD: lr, momentum, dampening, nesterov, wd | momentum
+       buffer | has_buffer; ADAM: lr, beta1, beta2, eps, wd, amsgrad, decoupled | exp_avg,
+       exp_avg_sq, max_exp_avg_sq | step; RMSPROP: lr, alpha, eps, wd, momentum,
+       centered | square_avg, momentum_buffer, grad_avg | step; SRMS (the paper's
+       ScalarRMSProp): lr, rho, eps, G0 (NaN: the first |d_P|^2), wd, nproj | none |
+       initialised, G per part) */
+    int rule;                   /* NC_LRULE_* */
     Py_ssize_t P;
-    const double* hp;           /* (P, nhp): lr, momentum, dampening, nesterov, wd */
+    const double* hp;           /* (P, nhp) */
     Py_ssize_t nhp;
-    const double* vec0;         /* (P, nvecd): momentum buffer */
+    const double* vec0;         /* (P, nvecd): the rule's buffers, d values each */
     Py_ssize_t nvecd;
-    const double* sca0;         /* (P, nsca): has_buffer */
+    const double* sca0;         /* (P, nsca) */
     Py_ssize_t nsca;
+    /* Adam's bias corrections: powtab[pow_row[2p + k] * steps + n] = pow(beta_{k+1},
+       s0 + n + 1) of point p (s0: its initial step count), by libm's pow as
+       rules.pyx _step_adam forms them, tabled once per distinct (beta, s0) */
+    const double* powtab;
+    const Py_ssize_t* pow_row;  /* (P, 2) */
+    /* ScalarRMSProp's partition of q into parts with their own G (CSR, the same for
+       every point) */
+    Py_ssize_t npart;
+    const Py_ssize_t* pptr;
+    const Py_ssize_t* pidx;
     const double* q0;           /* (d) */
     Py_ssize_t steps;
     Py_ssize_t late_start;
@@ -79,6 +100,16 @@ typedef struct {
     /* per-lane hyper-parameters (nlr = -lr) and flags (masks: all ones = true) */
     nc_vd nlr, mom, damp1, wd;
     nc_vl wd_on, mom_on, nest, first;
+    /* Adam (lr, 1 - beta1 = the lerp weight w1 and 1 - w1, beta2, 1 - beta2, eps,
+       1 - lr wd) and RMSprop (alpha, 1 - alpha, its lerp weight and 1 - that, eps) */
+    nc_vd lr, w1, omw1, b2, omb2, eps, decay;
+    nc_vl coup, decp, lo, ams, cen;
+    const double* pw1[NC_NL];   /* Adam: this lane's rows of powtab */
+    const double* pw2[NC_NL];
+    int lo_all, ams_any, cen_any, mom_all, mom_none;   /* block-uniform flags */
+    /* ScalarRMSProp: 1 - rho, G0 (NaN: from the first step), parts projected */
+    nc_vd omrho, G0, nproj;
+    double* G;                  /* npart: G per part */
     nc_vd f, loss_min;
     int alive[NC_NL];
     Py_ssize_t n_rows[NC_NL];   /* recorded rows so far, per lane */
@@ -88,6 +119,7 @@ typedef struct {
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
+    double *v1, *v2;            /* the rule's second and third buffers (buf: the first) */
     double *ang_sum;                                               /* nb */
     /* late-window squared chords, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
        wait in ang_q; their transitions are evaluated together, then added in step order */
@@ -124,7 +156,9 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t L = NC_NL * sizeof(double), na = (size_t) (c->N > 2 * c->d ? c->N : 2 * c->d);
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     size_t K = (size_t) nc_lane_ang_K(c);
-    return 5 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+    size_t np = (size_t) (c->npart > 0 ? c->npart : 1);
+    return 7 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+           + nc_lane_pad(np * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
            + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
 }
@@ -140,6 +174,9 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->g = (double*) p; p += nc_lane_pad(c->d * L);
     w->qn = (double*) p; p += nc_lane_pad(c->d * L);
     w->q_free = (double*) p; p += nc_lane_pad(c->d * L);
+    w->v1 = (double*) p; p += nc_lane_pad(c->d * L);
+    w->v2 = (double*) p; p += nc_lane_pad(c->d * L);
+    w->G = (double*) p; p += nc_lane_pad((size_t) (c->npart > 0 ? c->npart : 1) * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
     w->ang_K = nc_lane_ang_K(c);
     w->ang_q = (double*) p; p += nc_lane_pad((size_t) w->ang_K * c->d * L);
@@ -152,6 +189,10 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->a_prev = (double*) p; p += nc_lane_pad(ns * L);
     w->wstep = (Py_ssize_t*) p;
 }
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>             /* vector square roots (lanes_impl.h NCL(vsqrt)) */
+#endif
 
 #if defined(__GNUC__)
 /* the helpers take and return vectors: inlined, they stay in registers (a call would pass

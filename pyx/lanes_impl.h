@@ -365,6 +365,277 @@ NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_w
     w->any_first = NCL(any)(w->first);
 }
 
+/* sqrt of every lane: correctly rounded (IEEE), as the scalar code's sqrt */
+NC_INLINE nc_vd NCL(vsqrt)(nc_vd x)
+{
+#if defined(__AVX512F__) && NC_NL == 8
+    return (nc_vd) _mm512_sqrt_pd((__m512d) x);
+#elif defined(__SSE2__) && (NC_NL % 2) == 0
+    nc_vd r;
+    for (int l = 0; l < NC_NL; l += 2) {
+        const __m128d v = _mm_set_pd(x[l + 1], x[l]);
+        const __m128d s = _mm_sqrt_pd(v);
+        r[l] = _mm_cvtsd_f64(s);
+        r[l + 1] = _mm_cvtsd_f64(_mm_unpackhi_pd(s, s));
+    }
+    return r;
+#else
+    nc_vd r;
+    for (int l = 0; l < NC_NL; ++l) r[l] = sqrt(x[l]);
+    return r;
+#endif
+}
+
+/* torch.lerp(a, b, w) per lane (rules.pyx _lerp): a + w (b - a) where w < 0.5 (mask lo),
+ * else b - (b - a)(1 - w), omw = 1 - w; lo_all: every lane has w < 0.5 */
+NC_INLINE nc_vd NCL(lerp)(nc_vd a, nc_vd b, nc_vd wv, nc_vd omw, nc_vl lo, int lo_all)
+{
+    const nc_vd ba = b - a;
+    if (lo_all) return a + wv * ba;
+    return NCL(sel)(lo, a + wv * ba, b - ba * omw);
+}
+
+/* ---- the rule: _step_adam per lane ------------------------------------------------- */
+
+/* One Adam/AdamW step of every lane (rules.pyx _step_adam, operation for operation) from
+ * q_n = w->q with the gradient w->g into qout; buffers buf = exp_avg, v1 = exp_avg_sq,
+ * v2 = max_exp_avg_sq updated.  The step's scalars: step = s0 + n + 1,
+ * bc1 = 1 - pow(beta1, step) and bc2 = 1 - pow(beta2, step) from the table (the same
+ * libm pow of the same numbers), step_size = lr / bc1, bc2_sqrt = sqrt(bc2).  Per-lane
+ * branches are selects of operands (the coupled/decoupled decay, amsgrad's maximum and
+ * the argument of the square root, the two forms of lerp), so one sqrt and two divisions
+ * per coordinate, as in the scalar code.  With qfree, also the free step (g = 0, the
+ * same state; rules.pyx _charges_before) into qfree, sharing the products both form
+ * (wd q_i, exp_avg_sq beta2): a product depends only on its operands. */
+NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                              Py_ssize_t n, double* restrict qfree_, double* restrict qout_)
+{
+    nc_vd p1, p2;
+    for (int l = 0; l < NC_NL; ++l) {
+        p1[l] = w->pw1[l][n];
+        p2[l] = w->pw2[l][n];
+    }
+    const nc_vd bc1 = 1.0 - p1, bc2 = 1.0 - p2;
+    const nc_vd nss = -(w->lr / bc1);                    /* (-step_size) */
+    const nc_vd bc2s = NCL(vsqrt)(bc2);
+    const nc_vd wd = w->wd, decay = w->decay, w1 = w->w1, omw1 = w->omw1, b2 = w->b2,
+                omb2 = w->omb2, eps = w->eps;
+    const nc_vl coup = w->coup, decp = w->decp, lo = w->lo, ams = w->ams;
+    const int lo_all = w->lo_all, ams_any = w->ams_any;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict m1 = NCV(w->buf);
+    nc_vd* restrict m2 = NCV(w->v1);
+    nc_vd* restrict mx = NCV(w->v2);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0};
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2b = m2[i] * b2;
+        const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
+        const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
+        const nc_vd m1n = NCL(lerp)(m1i, gi, w1, omw1, lo, lo_all);
+        const nc_vd m2n = m2b + (omb2 * gi) * gi;
+        nc_vd s = m2n;
+        if (ams_any) {
+            const nc_vd mxi = mx[i];
+            const nc_vd mxn = NCL(sel)((m2n > mxi) | (mxi != mxi), m2n, mxi);
+            s = NCL(sel)(ams, mxn, m2n);
+            mx[i] = NCL(sel)(ams, mxn, mxi);
+            if (qfree_ != NULL) {
+                const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
+                const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
+                const nc_vd m2f = m2b + (omb2 * gf) * gf;
+                const nc_vd mxf = NCL(sel)((m2f > mxi) | (mxi != mxi), m2f, mxi);
+                const nc_vd den = NCL(vsqrt)(NCL(sel)(ams, mxf, m2f)) / bc2s + eps;
+                qf[i] = qd + (nss * m1f) / den;
+            }
+        } else if (qfree_ != NULL) {
+            const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
+            const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
+            const nc_vd m2f = m2b + (omb2 * gf) * gf;
+            const nc_vd den = NCL(vsqrt)(m2f) / bc2s + eps;
+            qf[i] = qd + (nss * m1f) / den;
+        }
+        const nc_vd den = NCL(vsqrt)(s) / bc2s + eps;
+        m1[i] = m1n;
+        m2[i] = m2n;
+        qout[i] = qd + (nss * m1n) / den;
+    }
+}
+
+/* ---- the rule: _step_rmsprop per lane ---------------------------------------------- */
+
+/* One RMSprop step of every lane (rules.pyx _step_rmsprop) from q_n = w->q into qout;
+ * buffers buf = square_avg, v1 = momentum_buffer, v2 = grad_avg.  The per-lane branches
+ * (centered, momentum > 0) select operands: the argument of the square root
+ * (sq - ga^2 or sq) and the numerator of the one division (g, with momentum, or -lr g),
+ * then the new q of either form; so one sqrt and one division per coordinate.  With
+ * qfree, also the free step (g = 0) into qfree, sharing the products square_avg alpha,
+ * momentum_buffer momentum and wd q_i. */
+NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                                 double* restrict qfree_, double* restrict qout_)
+{
+    const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, wl = w->w1,
+                omwl = w->omw1, eps = w->eps, mom = w->mom;
+    const nc_vl wd_on = w->wd_on, lo = w->lo, cen = w->cen, mom_on = w->mom_on;
+    const int lo_all = w->lo_all, cen_any = w->cen_any, mom_all = w->mom_all,
+              mom_none = w->mom_none;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict sq = NCV(w->buf);
+    nc_vd* restrict mb = NCV(w->v1);
+    nc_vd* restrict ga = NCV(w->v2);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0};
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i], wq = wd * qi, sqa = sq[i] * alpha;
+        const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+        const nc_vd sqn = sqa + (oma * gi) * gi;
+        nc_vd arg = sqn;
+        nc_vd gai = zero;
+        if (cen_any) {
+            gai = ga[i];
+            const nc_vd gan = NCL(lerp)(gai, gi, wl, omwl, lo, lo_all);
+            arg = NCL(sel)(cen, sqn + (-1.0 * gan) * gan, sqn);
+            ga[i] = NCL(sel)(cen, gan, gai);
+        }
+        const nc_vd avg = NCL(vsqrt)(arg) + eps;
+        const nc_vd bm = mb[i] * mom;
+        nc_vd qn;
+        if (mom_all) {
+            const nc_vd bn = bm + gi / avg;
+            mb[i] = bn;
+            qn = qi + nlr * bn;
+        } else if (mom_none) {
+            qn = qi + (nlr * gi) / avg;
+        } else {
+            const nc_vd r = NCL(sel)(mom_on, gi, nlr * gi) / avg;
+            const nc_vd bn = bm + r;
+            mb[i] = NCL(sel)(mom_on, bn, mb[i]);
+            qn = NCL(sel)(mom_on, qi + nlr * bn, qi + r);
+        }
+        if (qfree_ != NULL) {
+            const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+            const nc_vd sqf = sqa + (oma * gf) * gf;
+            nc_vd argf = sqf;
+            if (cen_any) {
+                const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
+                argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
+            }
+            const nc_vd avgf = NCL(vsqrt)(argf) + eps;
+            const nc_vd r = NCL(sel)(mom_on, gf, nlr * gf) / avgf;
+            qf[i] = NCL(sel)(mom_on, qi + nlr * (bm + r), qi + r);
+        }
+        sq[i] = sqn;
+        qout[i] = qn;
+    }
+}
+
+/* ---- the rule: _step_scalar_rmsprop per lane ---------------------------------------- */
+
+/* |d_P|^2 of part p, d = g + wd q where wd != 0 (rules.pyx _part_norm2: from +0, in the
+ * partition's order) */
+NC_INLINE nc_vd NCL(part_norm2)(const nc_lane_ctx* c, const nc_lane_ws* w, Py_ssize_t p)
+{
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd n2 = {0};
+    for (Py_ssize_t k = c->pptr[p]; k < c->pptr[p + 1]; ++k) {
+        const Py_ssize_t i = c->pidx[k];
+        const nc_vd gi = NCL(sel)(w->wd_on, g[i] + w->wd * q[i], g[i]);
+        n2 = n2 + gi * gi;
+    }
+    return n2;
+}
+
+/* G of the lanes that have not started (rules.pyx _init_scalar_rmsprop, run by run_loop
+ * before the step where initialised = 0): G0, or |d_P|^2 of this step where G0 is NaN */
+NC_INLINE void NCL(init_srms)(const nc_lane_ctx* c, nc_lane_ws* w)
+{
+    nc_vd* G = NCV(w->G);
+    const nc_vl nan0 = w->G0 != w->G0;
+    for (Py_ssize_t p = 0; p < c->npart; ++p)
+        G[p] = NCL(sel)(w->first, NCL(sel)(nan0, NCL(part_norm2)(c, w, p), w->G0), G[p]);
+    w->first = (nc_vl) {0};
+    w->any_first = 0;
+}
+
+/* One ScalarRMSProp step of every lane (rules.pyx _step_scalar_rmsprop): per part P,
+ * scale = lr / sqrt(G_P + eps), q_i - scale d_i over P in order with |q_P|^2 summed from
+ * +0, then q_P / |q_P| where P < nproj and |q_P|^2 > 0 (a select of the quotient), then
+ * G_P <- rho G_P + (1 - rho) |d_P|^2.  With qfree, also the free step (g = 0: d = 0 + wd q
+ * or +0) from the same state, G unchanged. */
+NC_INLINE void NCL(step_srms)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                              double* restrict qfree_, double* restrict qout_)
+{
+    const nc_vd lr = w->lr, eps = w->eps, wd = w->wd, rho = w->b2, omrho = w->omrho,
+                nproj = w->nproj;
+    const nc_vl wd_on = w->wd_on;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    nc_vd* G = NCV(w->G);
+    const nc_vd zero = {0};
+    (void) d;
+    for (Py_ssize_t p = 0; p < c->npart; ++p) {
+        const Py_ssize_t k0 = c->pptr[p], k1 = c->pptr[p + 1];
+        const nc_vd n2 = NCL(part_norm2)(c, w, p);
+        const nc_vd scale = lr / NCL(vsqrt)(G[p] + eps);
+        nc_vd norm2 = {0}, norm2f = {0};
+        for (Py_ssize_t k = k0; k < k1; ++k) {
+            const Py_ssize_t i = c->pidx[k];
+            const nc_vd qi = q[i], wq = wd * qi;
+            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd qn = qi - scale * gi;
+            qout[i] = qn;
+            norm2 = norm2 + qn * qn;
+            if (qfree_ != NULL) {
+                const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+                const nc_vd qfi = qi - scale * gf;
+                qf[i] = qfi;
+                norm2f = norm2f + qfi * qfi;
+            }
+        }
+        const nc_vd pv = zero + (double) p;
+        const nc_vl proj = (pv < nproj) & (norm2 > 0.0);
+        if (NCL(any)(proj)) {
+            const nc_vd nrm = NCL(vsqrt)(norm2);
+            for (Py_ssize_t k = k0; k < k1; ++k) {
+                const Py_ssize_t i = c->pidx[k];
+                qout[i] = NCL(sel)(proj, qout[i] / nrm, qout[i]);
+            }
+        }
+        if (qfree_ != NULL) {
+            const nc_vl projf = (pv < nproj) & (norm2f > 0.0);
+            if (NCL(any)(projf)) {
+                const nc_vd nrm = NCL(vsqrt)(norm2f);
+                for (Py_ssize_t k = k0; k < k1; ++k) {
+                    const Py_ssize_t i = c->pidx[k];
+                    qf[i] = NCL(sel)(projf, qf[i] / nrm, qf[i]);
+                }
+            }
+        }
+        G[p] = rho * G[p] + omrho * n2;
+    }
+}
+
+/* the rule's step of every lane (rule: NC_LRULE_*, a constant where inlined) */
+NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                         Py_ssize_t n, const int rule, double* qfree, double* qout)
+{
+    if (rule == NC_LRULE_ADAM)
+        NCL(step_adam)(c, d, w, n, qfree, qout);
+    else if (rule == NC_LRULE_SRMS)
+        NCL(step_srms)(c, d, w, qfree, qout);
+    else if (rule == NC_LRULE_RMSPROP)
+        NCL(step_rmsprop)(c, d, w, qfree, qout);
+    else
+        NCL(step_sgd)(c, d, w, qfree, qout);
+}
+
 static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
     NCL(grad_d)(c, w, c->d);
@@ -519,8 +790,20 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
         w->qn[i * NC_NL + l] = c->q0[i];
         w->buf[i * NC_NL + l] = 0.0;
         w->g[i * NC_NL + l] = 0.0;
+        /* Adam: exp_avg_sq = max = 1 (a finite, non-zero denominator whatever eps);
+           RMSprop: square_avg = 1, momentum buffer and grad_avg 0 */
+        w->v1[i * NC_NL + l] = c->rule == NC_LRULE_ADAM ? 1.0 : 0.0;
+        w->v2[i * NC_NL + l] = c->rule == NC_LRULE_ADAM ? 1.0 : 0.0;
+        if (c->rule == NC_LRULE_RMSPROP) w->buf[i * NC_NL + l] = 1.0;
     }
     w->nlr[l] = 0.0;
+    w->lr[l] = 0.0;                    /* Adam: step_size 0 */
+    w->decay[l] = 1.0;
+    w->b2[l] = 1.0;                    /* Adam's beta2, RMSprop's alpha: the averages */
+    w->omb2[l] = 0.0;                  /* of squares stay at 1; ScalarRMSProp's rho: */
+    w->omrho[l] = 0.0;                 /* G stays at 1 */
+    w->first[l] = 0;
+    for (Py_ssize_t k = 0; k < c->npart; ++k) w->G[k * NC_NL + l] = 1.0;
 }
 
 /* Loss and gradient of state n, their finiteness checked per lane (rules.pyx
@@ -549,6 +832,74 @@ NC_INLINE int NCL(eval_checked)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
 
 /* ---- the block ----------------------------------------------------------------------- */
 
+/* Lane l's hyper-parameters (point p, row hp of the rules.pyx table) in the forms the
+ * step uses, each formed as the scalar step forms it (1 - beta, 1 - lr wd, ...). */
+NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize_t p,
+                            const double* hp)
+{
+    double wl;
+    w->mom[l] = 0.0; w->damp1[l] = 1.0; w->nest[l] = 0; w->first[l] = 0; w->mom_on[l] = 0;
+    w->lr[l] = 0.0; w->w1[l] = 0.0; w->omw1[l] = 1.0; w->b2[l] = 0.0; w->omb2[l] = 1.0;
+    w->eps[l] = 0.0; w->decay[l] = 1.0;
+    w->coup[l] = 0; w->decp[l] = 0; w->lo[l] = -1; w->ams[l] = 0; w->cen[l] = 0;
+    w->omrho[l] = 1.0; w->G0[l] = 0.0; w->nproj[l] = 0.0;
+    if (c->rule == NC_LRULE_ADAM) {        /* lr, beta1, beta2, eps, wd, amsgrad, decoupled */
+        w->lr[l] = hp[0];
+        w->nlr[l] = -hp[0];
+        wl = 1.0 - hp[1];                  /* _lerp(m1, g, 1 - beta1) */
+        w->w1[l] = wl;
+        w->omw1[l] = 1.0 - wl;
+        w->lo[l] = wl < 0.5 ? -1 : 0;
+        w->b2[l] = hp[2];
+        w->omb2[l] = 1.0 - hp[2];
+        w->eps[l] = hp[3];
+        w->wd[l] = hp[4];
+        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
+        w->ams[l] = hp[5] != 0.0 ? -1 : 0;
+        w->coup[l] = hp[4] != 0.0 && hp[6] == 0.0 ? -1 : 0;
+        w->decp[l] = hp[4] != 0.0 && hp[6] != 0.0 ? -1 : 0;
+        w->decay[l] = 1.0 - hp[0] * hp[4];
+        w->pw1[l] = c->powtab + c->pow_row[2 * p] * c->steps;
+        w->pw2[l] = c->powtab + c->pow_row[2 * p + 1] * c->steps;
+    } else if (c->rule == NC_LRULE_SRMS) {     /* lr, rho, eps, G0, wd, nproj */
+        w->lr[l] = hp[0];
+        w->nlr[l] = -hp[0];
+        w->b2[l] = hp[1];                  /* rho */
+        w->omrho[l] = 1.0 - hp[1];
+        w->eps[l] = hp[2];
+        w->G0[l] = hp[3];
+        w->wd[l] = hp[4];
+        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
+        w->nproj[l] = hp[5];
+        w->first[l] = c->sca0[p * c->nsca] == 0.0 ? -1 : 0;
+        for (Py_ssize_t k = 0; k < c->npart; ++k)
+            w->G[k * NC_NL + l] = c->sca0[p * c->nsca + 1 + k];
+    } else if (c->rule == NC_LRULE_RMSPROP) {   /* lr, alpha, eps, wd, momentum, centered */
+        w->nlr[l] = -hp[0];
+        w->b2[l] = hp[1];                  /* alpha */
+        w->omb2[l] = 1.0 - hp[1];
+        wl = 1.0 - hp[1];                  /* _lerp(grad_avg, g, 1 - alpha) */
+        w->w1[l] = wl;
+        w->omw1[l] = 1.0 - wl;
+        w->lo[l] = wl < 0.5 ? -1 : 0;
+        w->eps[l] = hp[2];
+        w->wd[l] = hp[3];
+        w->wd_on[l] = hp[3] != 0.0 ? -1 : 0;
+        w->mom[l] = hp[4];
+        w->mom_on[l] = hp[4] > 0.0 ? -1 : 0;
+        w->cen[l] = hp[5] != 0.0 ? -1 : 0;
+    } else {                               /* lr, momentum, dampening, nesterov, wd */
+        w->nlr[l] = -hp[0];
+        w->mom[l] = hp[1];
+        w->damp1[l] = 1.0 - hp[2];
+        w->nest[l] = hp[3] != 0.0 ? -1 : 0;
+        w->wd[l] = hp[4];
+        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
+        w->mom_on[l] = hp[1] != 0.0 ? -1 : 0;
+        w->first[l] = c->sca0[p * c->nsca] == 0.0 ? -1 : 0;
+    }
+}
+
 /* Load the block's lanes: point p0 + l's hyper-parameters, q_0 and momentum buffer into
  * lane l (points >= P are padding copies of point p0), empty summaries, A_0 of each
  * tracked scale law, and the block-wide flags the step's fast paths test. */
@@ -559,18 +910,14 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     int l;
     for (l = 0; l < NC_NL; ++l) {
         const Py_ssize_t p = p0 + l < c->P ? p0 + l : p0;
-        const double* hp = c->hp + p * c->nhp;        /* lr, momentum, dampening, nesterov, wd */
-        w->nlr[l] = -hp[0];
-        w->mom[l] = hp[1];
-        w->damp1[l] = 1.0 - hp[2];
-        w->nest[l] = hp[3] != 0.0 ? -1 : 0;
-        w->wd[l] = hp[4];
-        w->wd_on[l] = hp[4] != 0.0 ? -1 : 0;
-        w->mom_on[l] = hp[1] != 0.0 ? -1 : 0;
-        w->first[l] = c->sca0[p * c->nsca] == 0.0 ? -1 : 0;
+        const double* hp = c->hp + p * c->nhp;
+        NCL(lane_hp)(c, w, l, p, hp);
+        const double* v0 = c->vec0 + p * c->nvecd;
         for (Py_ssize_t i = 0; i < d; ++i) {
             w->q[i * NC_NL + l] = c->q0[i];
-            w->buf[i * NC_NL + l] = c->vec0[p * c->nvecd + i];
+            w->buf[i * NC_NL + l] = c->nvecd >= d ? v0[i] : 0.0;
+            w->v1[i * NC_NL + l] = c->nvecd >= 2 * d ? v0[d + i] : 0.0;
+            w->v2[i * NC_NL + l] = c->nvecd >= 3 * d ? v0[2 * d + i] : 0.0;
         }
         w->loss_min[l] = INFINITY;
         w->alive[l] = 1;
@@ -596,10 +943,18 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     w->any_first = NCL(any)(w->first);
     w->heavy_ball = 1;                 /* every lane: momentum, no nesterov, no dampening */
     w->all_wd = 1;                     /* every lane: weight decay */
+    w->lo_all = 1;                     /* every lane: lerp weight < 0.5 */
+    w->mom_all = 1;                    /* every lane: momentum (RMSprop) */
+    w->mom_none = 1;                   /* no lane: momentum (RMSprop) */
     for (l = 0; l < NC_NL; ++l) {
         w->heavy_ball &= w->mom_on[l] != 0 && w->nest[l] == 0 && w->damp1[l] == 1.0;
         w->all_wd &= w->wd_on[l] != 0;
+        w->lo_all &= w->lo[l] != 0;
+        w->mom_all &= w->mom_on[l] != 0;
+        w->mom_none &= w->mom_on[l] == 0;
     }
+    w->ams_any = NCL(any)(w->ams);
+    w->cen_any = NCL(any)(w->cen);
 }
 
 NC_INLINE int NCL(n_alive)(const nc_lane_ws* w)
@@ -612,11 +967,12 @@ NC_INLINE int NCL(n_alive)(const nc_lane_ws* w)
 /* The step n -> n+1 with the tracked laws: the free step (no current gradient) into
  * q_free and q_{n+1} into qn, q keeping q_n; then T_j = <q_free - q_n, q_n>_B (scale
  * family, rules.pyx _xi_dot). */
-NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
+                                   Py_ssize_t n, const int rule)
 {
     const nc_vd* qp = NCCV(w->q);
     const nc_vd* qf = NCCV(w->q_free);
-    NCL(step_sgd)(c, d, w, w->q_free, w->qn);
+    NCL(step)(c, d, w, n, rule, w->q_free, w->qn);
     for (Py_ssize_t j = 0; j < c->nsym; ++j) {
         nc_vd T = {0};
         for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
@@ -738,7 +1094,7 @@ NC_INLINE void NCL(block_end)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
 /* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
  * results are discarded) from start to finish and write their output rows. */
 NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
-                                const Py_ssize_t d)
+                                const Py_ssize_t d, const int rule)
 {
     Py_ssize_t n;
     NCL(block_start)(c, w, p0, d);
@@ -768,10 +1124,11 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             if (NCL(n_alive)(w) == 0) break;
         }
         NCL(take_angle)(c, d, w, n);
+        if (rule == NC_LRULE_SRMS && w->any_first) NCL(init_srms)(c, w);
         if (c->nsym > 0)
-            NCL(step_with_free)(c, w, d);
+            NCL(step_with_free)(c, w, d, n, rule);
         else
-            NCL(step_sgd)(c, d, w, NULL, w->qn);         /* q_{n+1} into qn; q keeps q_n */
+            NCL(step)(c, d, w, n, rule, NULL, w->qn);    /* q_{n+1} into qn; q keeps q_n */
         if (NCL(probe_next)(c, w, p0, n, f, d) == 0) break;
         if (c->rec_every > 0 && n % c->rec_every == 0)
             for (int l = 0; l < NC_NL; ++l)
@@ -788,16 +1145,30 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }
 
-/* The block's run, compiled once for each d <= 16 with d a constant and once for any
- * d.  With d known, every loop over coordinates has a known trip count and is unrolled,
- * and the potential's and the rule's passes keep the block's vectors in registers: ~8%
- * of a d = 8 step (docs/scan.md).  The code, and so every operation and its order, is
- * the same: the versions agree bitwise. */
+/* The block's run for any d (and ScalarRMSProp's for every d: its loops go through the
+ * partition's index list, which a constant d would not unroll) */
+static __attribute__((noinline)) void NCL(run_block_any)(const nc_lane_ctx* c,
+                                                         nc_lane_ws* w, Py_ssize_t p0)
+{
+    if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_ADAM);
+    else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_RMSPROP);
+    else if (c->rule == NC_LRULE_SRMS) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SRMS);
+    else NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SGD);
+}
+
+/* The block's run, compiled once per rule (SGD, Adam, RMSprop) for each d <= 16 with d a
+ * constant.  With d known, every loop over coordinates has a known trip count and is
+ * unrolled, and the potential's and the rule's passes keep the block's vectors in
+ * registers: ~8% of an SGD d = 8 step (docs/scan.md).  The code, and so every operation
+ * and its order, is the same: the versions agree bitwise. */
 #define NC_FIXED_D(D)                                                                     \
 static __attribute__((noinline)) void NCL(run_block_##D)(const nc_lane_ctx* c,            \
                                                          nc_lane_ws* w, Py_ssize_t p0)     \
 {                                                                                         \
-    NCL(run_block_d)(c, w, p0, D);                                                        \
+    if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, D, NC_LRULE_ADAM);           \
+    else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, D, NC_LRULE_RMSPROP); \
+    else if (c->rule == NC_LRULE_SRMS) NCL(run_block_any)(c, w, p0);                      \
+    else NCL(run_block_d)(c, w, p0, D, NC_LRULE_SGD);                                     \
 }
 NC_FIXED_D(1) NC_FIXED_D(2) NC_FIXED_D(3) NC_FIXED_D(4) NC_FIXED_D(5) NC_FIXED_D(6)
 NC_FIXED_D(7) NC_FIXED_D(8) NC_FIXED_D(9) NC_FIXED_D(10) NC_FIXED_D(11) NC_FIXED_D(12)
@@ -812,7 +1183,7 @@ static void NCL(run_block)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
     NC_CASE(9) NC_CASE(10) NC_CASE(11) NC_CASE(12) NC_CASE(13) NC_CASE(14) NC_CASE(15)
     NC_CASE(16)
 #undef NC_CASE
-    default: NCL(run_block_d)(c, w, p0, c->d);
+    default: NCL(run_block_any)(c, w, p0);
     }
 }
 

@@ -34,7 +34,7 @@ Design
   hyper-parameters in their ranges, ``steps >= 0``, ``record_every >= 0`` (0: no series),
   ``1 <= K``, a generator per point when ``batch_size > 0``.
 """
-from libc.math cimport sqrt, NAN, INFINITY
+from libc.math cimport sqrt, pow, NAN, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -46,7 +46,8 @@ from numpy.random cimport bitgen_t
 
 from noether_core._kernels.potentials cimport Potential, grad_fn
 from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, NC_ST_OK,
-                                          NC_ST_INTERRUPTED)
+                                          NC_ST_INTERRUPTED, RULE_SGD, RULE_ADAM,
+                                          RULE_RMSPROP, RULE_SCALAR_RMSPROP)
 
 cnp.import_array()
 
@@ -670,6 +671,10 @@ cdef extern from "lanes.h" nogil:
         NC_LPOT_BN_UNIT
         NC_ISA_BASE
         NC_ISA_AVX512
+        NC_LRULE_SGD
+        NC_LRULE_ADAM
+        NC_LRULE_RMSPROP
+        NC_LRULE_SRMS
     ctypedef struct nc_lane_ctx:
         int pot
         Py_ssize_t d
@@ -682,6 +687,7 @@ cdef extern from "lanes.h" nogil:
         const double* R
         const double* t
         double rho2
+        int rule
         Py_ssize_t P
         const double* hp
         Py_ssize_t nhp
@@ -689,6 +695,11 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t nvecd
         const double* sca0
         Py_ssize_t nsca
+        const double* powtab
+        const Py_ssize_t* pow_row
+        Py_ssize_t npart
+        const Py_ssize_t* pptr
+        const Py_ssize_t* pidx
         const double* q0
         Py_ssize_t steps
         Py_ssize_t late_start
@@ -734,6 +745,30 @@ LANES = NC_NL
 _ISA_NAMES = {NC_ISA_BASE: "baseline", NC_ISA_AVX512: "avx512f"}
 _LANE_POTS = {"quadratic": NC_LPOT_QUADRATIC, "rayleigh": NC_LPOT_RAYLEIGH,
               "bn_unit": NC_LPOT_BN_UNIT}
+# rule kinds (noether_core/_kernels/rules.pxd) with a lane form -> the lane rule, the
+# length of its hp row and its number of state buffers
+_LANE_RULES = {RULE_SGD: (NC_LRULE_SGD, 5, 1), RULE_ADAM: (NC_LRULE_ADAM, 7, 3),
+               RULE_RMSPROP: (NC_LRULE_RMSPROP, 6, 3),
+               RULE_SCALAR_RMSPROP: (NC_LRULE_SRMS, 6, 0)}
+LANE_RULE_KINDS = tuple(_LANE_RULES)
+
+
+def _pow_table(double[::1] beta, double[::1] s0, Py_ssize_t steps):
+    """(len(beta), steps) array of pow(beta_k, s0_k + n + 1), n < steps: Adam's bias
+    corrections by libm's pow, the function rules.pyx _step_adam calls, on the same
+    numbers (the step count is a double incremented by 1 per step there: exact below
+    2^53)."""
+    cdef Py_ssize_t k, n, K = beta.shape[0]
+    out = np.empty((K, steps))
+    cdef double[:, ::1] o = out
+    cdef double st
+    with nogil:
+        for k in range(K):
+            st = s0[k]
+            for n in range(steps):
+                st = st + 1.0
+                o[k, n] = pow(beta[k], st)
+    return out
 
 
 def lane_isas():
@@ -742,7 +777,9 @@ def lane_isas():
 
 
 cdef class LaneScanKernel:
-    """A full-batch SGD grid run NC_NL points per SIMD block (built by noether_core/_scan.py).
+    """A full-batch grid of SGD, Adam/AdamW, RMSprop or ScalarRMSProp (``LANE_RULE_KINDS``)
+    run NC_NL
+    points per SIMD block (built by noether_core/_scan.py).
 
     ``run()``, ``steps_done()`` and ``cancel()`` behave as ScanKernel's.
     """
@@ -753,7 +790,7 @@ cdef class LaneScanKernel:
     cdef list keep
 
     def __cinit__(self, str pot_kind, dict pot_data,
-                  object rule,             # IN _bridge.RuleInputs (SGD rows, P points)
+                  object rule,             # IN _bridge.RuleInputs (P points)
                   cnp.ndarray q0,          # IN (d,)
                   object plan,             # IN _bridge.ScanPlan
                   cnp.ndarray bptr,        # IN recorded blocks (CSR)
@@ -809,14 +846,42 @@ cdef class LaneScanKernel:
         cdef nc_lane_ctx* c = &self.c
         hp, vec0, sca0 = rule.hp, rule.vec, rule.sca
         cdef Py_ssize_t P = hp.shape[0], d = q0.shape[0]
+        if rule.kind not in _LANE_RULES:
+            raise ValueError(f"LaneScanKernel: rule kind {rule.kind} has no lane form")
+        lrule, nhp, nvec = _LANE_RULES[rule.kind]
         _check_f64(hp, vec0, sca0, q0, out.q, out.loss, out.loss_min, out.norm2,
                    out.angular_update)
         _check_intp(bptr, bidx, out.status, out.stop_step)
-        if (hp.ndim != 2 or hp.shape[1] < 5 or vec0.shape[0] != P or sca0.shape[0] != P
-                or sca0.shape[1] < 1 or vec0.shape[1] < d or out.q.shape[0] != P
+        if (hp.ndim != 2 or hp.shape[1] != nhp or vec0.shape[0] != P or sca0.shape[0] != P
+                or sca0.shape[1] < 1 or vec0.shape[1] != nvec * d or out.q.shape[0] != P
                 or out.loss.shape[0] != P or out.angular_update.shape[0] != P
                 or out.status.shape[0] != P):
             raise ValueError("LaneScanKernel: inconsistent shapes")
+        c.rule = lrule
+        if lrule == NC_LRULE_SRMS:
+            pptr, pidx = rule.pptr, rule.pidx
+            _check_intp(pptr, pidx)
+            if (pptr.ndim != 1 or pptr.shape[0] < 2 or sca0.shape[1] < pptr.shape[0]
+                    or pidx.shape[0] != pptr[pptr.shape[0] - 1] or pptr[0] != 0
+                    or np.any(np.diff(pptr) < 0) or np.any(pidx < 0) or np.any(pidx >= d)):
+                raise ValueError("LaneScanKernel: inconsistent partition")
+            self.keep += [pptr, pidx]
+            c.npart = pptr.shape[0] - 1
+            c.pptr = <const Py_ssize_t*> _data(pptr)
+            c.pidx = <const Py_ssize_t*> _data(pidx)
+        if lrule == NC_LRULE_ADAM and P > 0 and plan.steps > 0:
+            # one row of pow(beta, step) per distinct (beta, initial step), shared by
+            # every block and thread (a pow per lane and step would cost more than the
+            # step's arithmetic)
+            keys = np.concatenate([np.stack([hp[:, 1], sca0[:, 0]], axis=1),
+                                   np.stack([hp[:, 2], sca0[:, 0]], axis=1)])
+            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+            table = _pow_table(np.ascontiguousarray(uniq[:, 0]),
+                               np.ascontiguousarray(uniq[:, 1]), plan.steps)
+            rows = np.ascontiguousarray(inv.reshape(2, P).T, dtype=np.intp)
+            self.keep += [table, rows]
+            c.powtab = <const double*> _data(table)
+            c.pow_row = <const Py_ssize_t*> _data(rows)
         c.P = P
         c.hp = <const double*> _data(hp)
         c.nhp = hp.shape[1]

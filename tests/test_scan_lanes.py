@@ -41,9 +41,10 @@ def _problems():
 PROBLEMS = _problems()
 
 
-def _scan(pot, q0, lanes, isa=None, **kw):
-    """nc.scan with the lane kernel's version forced by the debug variable NOETHER_LANE_ISA
-    (docs/scan.md); isa=None leaves the choice to the CPU."""
+def _scan(pot, q0, lanes, isa=None, rule_cls=None, **kw):
+    """nc.scan (of SGD unless rule_cls is given) with the lane kernel's version forced by
+    the debug variable NOETHER_LANE_ISA (docs/scan.md); isa=None leaves the choice to the
+    CPU."""
     with pytest.MonkeyPatch.context() as mp:
         if isa is None:
             mp.delenv("NOETHER_LANE_ISA", raising=False)
@@ -51,7 +52,8 @@ def _scan(pot, q0, lanes, isa=None, **kw):
             mp.setenv("NOETHER_LANE_ISA", isa)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DivergenceWarning)
-            return nc.scan(nc.rules.SGD, pot, q0, lanes=lanes, progress=False, **kw)
+            return nc.scan(rule_cls or nc.rules.SGD, pot, q0, lanes=lanes, progress=False,
+                           **kw)
 
 
 def _bits(x):
@@ -237,7 +239,7 @@ def test_lanes_selection_and_errors():
     assert _scan(pot, q0, False, steps=10, lr=[0.1]).kernel == "scalar"
     assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel.startswith("lanes[")
     cases = [
-        (dict(rule_cls=nc.rules.Adam), "SGD only"),
+        (dict(rule_cls=nc.rules.MirrorDescent), "and ScalarRMSProp only"),
         (dict(potential="radial"), "no lane form"),
         (dict(potential="bn", batch_size=4), "minibatch"),
         (dict(charges=[nc.symmetry.Symmetry("scale", ("q",)),
@@ -457,3 +459,240 @@ def test_rebinding_public_attributes_changes_neither_path():
         _assert_identical(before, _scan(pot, q0, False, steps=100, lr=[0.01, 0.1]))
         copy = pickle.loads(pickle.dumps(pot))
         _assert_identical(before, _scan(copy, q0, True, steps=100, lr=[0.01, 0.1]))
+
+
+# ---------------------------------------------------------------------------------------
+# the adaptive rules in lanes: Adam, AdamW (pyx/rules.pyx _step_adam) and RMSprop
+# (_step_rmsprop), each lane bitwise the scalar loop (docs/scan.md §"Lanes", "The adaptive
+# rules")
+
+ADAPTIVE = {
+    # rule class, grid: the per-lane selects (weight decay on/off, amsgrad/centered,
+    # momentum) mixed within blocks; lr up to divergence on the quadratic (an adaptive
+    # step is ~lr whatever the gradient: lr = 1e200 overflows the loss)
+    "adam": (nc.rules.Adam, dict(lr=np.array([1e-3, 0.03, 0.3, 3.0, 1e200]),
+                                 weight_decay=[0.0, 1e-2], amsgrad=[False, True])),
+    "adam_b1_low": (nc.rules.Adam, dict(lr=np.array([1e-3, 0.05, 0.5]), betas=(0.3, 0.6),
+                                        weight_decay=[0.0, 0.1], amsgrad=[False, True])),
+    "adamw": (nc.rules.AdamW, dict(lr=np.array([1e-3, 0.03, 0.3, 3.0, 1e200]),
+                                   weight_decay=[0.0, 1e-2, 0.5], amsgrad=[False, True])),
+    "rmsprop": (nc.rules.RMSprop, dict(lr=np.array([1e-3, 0.01, 0.1, 2.0, 1e200]),
+                                       momentum=[0.0, 0.9], centered=[False, True],
+                                       weight_decay=[0.0, 1e-2])),
+    "rmsprop_alpha": (nc.rules.RMSprop, dict(lr=np.array([1e-3, 0.05]),
+                                             alpha=[0.3, 0.6, 0.99], eps=[0.0, 1e-8],
+                                             centered=[False, True], momentum=0.5)),
+}
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+@pytest.mark.parametrize("charges", [True, False])
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("rule", sorted(ADAPTIVE))
+def test_adaptive_lanes_equal_scalar_loop_bitwise(rule, name, charges, isa):
+    """Every rule variant (coupled and decoupled decay, amsgrad, both forms of torch's
+    lerp (1 − β₁ and 1 − α below and above 1/2), centered, momentum, eps = 0) on every
+    lane potential, charges on and off, 300 steps (past the 256-step boundary, angle
+    window of 30 steps): every output bitwise the scalar loop's, which tests/test_scan.py
+    holds to `train`."""
+    rule_cls, grid = ADAPTIVE[rule]
+    pot, q0 = PROBLEMS[name]
+    kw = dict(steps=300, charges=charges, rule_cls=rule_cls, **grid)
+    ref = _scan(pot, q0, False, **kw)
+    got = _scan(pot, q0, True, isa=isa, **kw)
+    assert ref.kernel == "scalar" and got.kernel == f"lanes[{isa}]"
+    _assert_identical(ref, got)
+    if name == "quadratic" and rule in ("adam", "adamw", "rmsprop"):
+        assert ref.diverged.any() and not ref.diverged.all()
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw", "rmsprop"])
+def test_adaptive_lanes_equal_train_per_point(rule):
+    """The oracle itself: each lane point is a separate `train` call, bitwise (final q,
+    final loss, block norm, the scale law's worst residual)."""
+    rule_cls, grid = ADAPTIVE[rule]
+    pot, q0 = PROBLEMS["bn"]
+    grid = {k: (v[:3] if isinstance(v, np.ndarray) else v) for k, v in grid.items()}
+    res = _scan(pot, q0, True, steps=400, rule_cls=rule_cls, **grid)
+    assert res.kernel.startswith("lanes")
+    for idx in np.ndindex(*res.shape):
+        tr = nc.train(res.rule_at(*idx), pot, q0, 400, record_every=400)
+        assert np.array_equal(_bits(res.q[idx]), _bits(tr.q_final)), idx
+        assert _bits(res.loss[idx]) == _bits(tr.loss[-1]), idx
+        assert res.norm2[idx + (0,)] == tr.block_norm2["w"][-1]
+        assert res.charge_worst["scale:w"][idx] == tr.charge("scale", "w").worst
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+@pytest.mark.parametrize("rule", ["adam", "adamw", "rmsprop"])
+def test_adaptive_lanes_record_series_and_stops(rule, isa):
+    """Recorded series and every stop reason (non-finite loss on the quadratic at large
+    lr; parameters at lr = 1.7e308) with the adaptive rules: the scalar loop's bits."""
+    rule_cls, _ = ADAPTIVE[rule]
+    pot, q0 = PROBLEMS["quadratic"]
+    kw = dict(steps=260, rule_cls=rule_cls, lr=np.array([0.01, 30.0, 1.7e308]),
+              weight_decay=[0.0, 0.01], record_every=7)
+    ref = _scan(pot, q0, False, **kw)
+    got = _scan(pot, q0, True, isa=isa, **kw)
+    _assert_identical(ref, got)
+    assert ref.diverged.any()
+
+
+def _kernel_pair(kind, hp, vec, sca, pot, q0, steps, isa, charges, parts=None):
+    """The lane kernel and the scalar grid kernel on the same hand-made rows (every lane
+    its own hyper-parameters and initial state, which no Cartesian grid of one rule class
+    gives: betas per lane, resumed states; ``parts``: a partition of q, default one part),
+    outputs of both."""
+    P, d = hp.shape[0], pot.dim
+    bptr, bidx = _bridge.csr([pot.blocks[k] for k in pot.blocks])
+    chosen = nc.charges.select(pot, charges, None)[0]
+    outs = []
+    for lanes in (True, False):
+        rule = _bridge.RuleInputs(kind, hp.copy(), vec.copy(), sca.copy(),
+                                  *_bridge.csr(parts or [np.arange(d)]))
+        out = _bridge.ScanOutputs.empty(P, d, len(pot.blocks), 0, len(chosen))
+        plan = _bridge.ScanPlan(steps=steps, K=16, late_start=steps - -(-steps // 10),
+                                record_every=0, R=0, n_threads=1)
+        if lanes:
+            cb = (_bridge.csr([pot.blocks[s.blocks[0]] for s, _ in chosen]) if chosen
+                  else None)
+            kern = _bridge.lane_kernel(pot._lane_form(), rule, q0, plan, bptr, bidx, out,
+                                       cb, isa)
+        else:
+            layout = nc.charges.layout(pot, chosen) if chosen else None
+            kern = _bridge.scan_kernel(rule, pot._kernel, q0, plan, bptr, bidx,
+                                       _bridge.Batch(0), out, layout)
+        kern.run()
+        outs.append(out)
+    return outs
+
+
+@st.composite
+def adaptive_rows(draw):
+    """Random Adam/AdamW or RMSprop rows, one per lane, every flag and constant drawn per
+    lane (betas/alpha on both sides of the lerp's 1/2, eps 0 or not, amsgrad, centered,
+    coupled or decoupled decay, momentum), some from a resumed state (step count > 0,
+    non-zero buffers)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["adam", "rmsprop"]))
+    P = draw(st.integers(1, 19))
+    lr = 10.0 ** rng.uniform(-4, 0.5, P)
+    wd = rng.choice([0.0, 1e-3, 0.3], P)
+    eps = rng.choice([0.0, 1e-8, 1e-3], P)
+    if kind == "adam":
+        b1 = rng.choice([0.0, 0.3, 0.5, 0.9, 0.99], P)
+        b2 = rng.choice([0.0, 0.4, 0.9, 0.999], P)
+        hp = np.stack([lr, b1, b2, eps, wd, rng.integers(0, 2, P).astype(float),
+                       rng.integers(0, 2, P).astype(float)], axis=1)
+    else:
+        alpha = rng.choice([0.0, 0.3, 0.5, 0.9, 0.99], P)
+        hp = np.stack([lr, alpha, eps, wd, rng.choice([0.0, 0.5, 0.9], P),
+                       rng.integers(0, 2, P).astype(float)], axis=1)
+    return kind, hp, rng, draw(st.booleans()), draw(st.sampled_from([1, 9, 40, 257]))
+
+
+@given(adaptive_rows())
+def test_adaptive_lanes_on_random_rows(case):
+    """Any rows the kernels take, mixed per lane within a block (flags, betas, the step
+    counts of resumed states: the bias-correction table has a row per (β, s₀)), agree bit
+    for bit with the scalar grid kernel, on both potentials' families, charges on/off."""
+    kind, hp, rng, charges, steps = case
+    P = hp.shape[0]
+    name = ["rayleigh8", "rayleigh5", "quadratic", "bn"][int(rng.integers(0, 4))]
+    pot, q0 = PROBLEMS[name]
+    d = pot.dim
+    resumed = rng.random(P) < 0.5
+    vec = np.where(resumed[:, None], rng.random((P, 3 * d)) * 0.1, 0.0)
+    if kind == "adam":
+        vec[:, 2 * d:] = np.maximum(vec[:, 2 * d:], vec[:, d:2 * d] * rng.random((P, d)))
+    else:
+        vec[:, 2 * d:] *= 0.1            # grad_avg small beside square_avg: sq - ga² > 0
+    sca = np.where(resumed, rng.integers(1, 50, P), 0).astype(float)[:, None]
+    kind_code = nc.rules.Adam.kind if kind == "adam" else nc.rules.RMSprop.kind
+    for isa in ks.lane_isas():
+        lane, ref = _kernel_pair(kind_code, hp, vec, sca, pot, q0, steps, isa, charges)
+        for k in ("q", "loss", "loss_min", "norm2", "angular_update", "status",
+                  "stop_step", "charge_worst", "charge_worst_step"):
+            _same(getattr(lane, k), getattr(ref, k), k)
+
+
+def test_adam_bias_correction_table():
+    """The table holds libm's pow(β, s₀ + n + 1), the numbers rules.pyx _step_adam forms:
+    checked against Python's float power (CPython calls the same C pow)."""
+    beta = np.array([0.9, 0.999, 0.5])
+    s0 = np.array([0.0, 0.0, 7.0])
+    tab = ks._pow_table(beta, s0, 300)
+    for k in range(3):
+        expect = [float(beta[k]) ** float(s0[k] + n + 1) for n in range(300)]
+        np.testing.assert_array_equal(tab[k], expect)
+
+
+# ScalarRMSProp (the paper's rule, rules.pyx _step_scalar_rmsprop): one G per part
+
+SRMS_GRIDS = [
+    dict(lr=np.array([1e-3, 0.03, 0.3, 1e200]), rho=[0.5, 0.99], weight_decay=[0.0, 1e-2]),
+    dict(lr=np.array([1e-3, 0.05, 0.5]), G0=1.0, eps=[0.0, 1e-3], project=[False, True]),
+    dict(lr=np.array([0.01, 0.2]), per_block=[False, True], project=False,
+         weight_decay=[0.0, 0.1]),
+]
+
+
+@pytest.mark.parametrize("isa", ks.lane_isas())
+@pytest.mark.parametrize("charges", [True, False])
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("grid", range(len(SRMS_GRIDS)))
+def test_scalar_rmsprop_lanes_equal_scalar_loop_bitwise(grid, name, charges, isa):
+    """ScalarRMSProp in lanes (G from the first step's |d|² or G0, eps = 0, weight decay,
+    projection onto the unit sphere of the scale block, one G or one per block, divergent
+    points) bitwise the scalar loop, charges on and off."""
+    pot, q0 = PROBLEMS[name]
+    kw = dict(steps=300, charges=charges, rule_cls=nc.rules.ScalarRMSProp,
+              **SRMS_GRIDS[grid])
+    ref = _scan(pot, q0, False, **kw)
+    got = _scan(pot, q0, True, isa=isa, **kw)
+    assert ref.kernel == "scalar" and got.kernel == f"lanes[{isa}]"
+    _assert_identical(ref, got)
+    if grid == 0 and name == "quadratic":
+        assert ref.diverged.any() and not ref.diverged.all()
+
+
+def test_scalar_rmsprop_lanes_equal_train_per_point():
+    pot, q0 = PROBLEMS["bn"]
+    res = _scan(pot, q0, True, steps=300, rule_cls=nc.rules.ScalarRMSProp,
+                lr=[0.01, 0.1, 0.5], project=[False, True], weight_decay=[0.0, 1e-2])
+    assert res.kernel.startswith("lanes")
+    for idx in np.ndindex(*res.shape):
+        tr = nc.train(res.rule_at(*idx), pot, q0, 300, record_every=300)
+        assert np.array_equal(_bits(res.q[idx]), _bits(tr.q_final)), idx
+        assert _bits(res.loss[idx]) == _bits(tr.loss[-1]), idx
+        assert res.charge_worst["scale:w"][idx] == tr.charge("scale", "w").worst
+
+
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.sampled_from([1, 9, 40, 257]))
+def test_scalar_rmsprop_lanes_on_random_rows_and_partitions(seed, charges, steps):
+    """Rows drawn per lane (rho, eps, G0 given or NaN, weight decay, the number of
+    projected parts, resumed states with G set) on a partition of q into 1-3 parts whose
+    coordinates are out of order: the lane kernel's bits are the scalar grid kernel's."""
+    rng = np.random.default_rng(seed)
+    name = ["rayleigh8", "quadratic", "bn"][int(rng.integers(0, 3))]
+    pot, q0 = PROBLEMS[name]
+    d, P = pot.dim, int(rng.integers(1, 19))
+    perm = rng.permutation(d)
+    cuts = np.sort(rng.choice(np.arange(1, d), size=int(rng.integers(0, 3)), replace=False))
+    parts = [np.array(x, dtype=np.intp) for x in np.split(perm, cuts)]
+    npart = len(parts)
+    eps = rng.choice([0.0, 1e-8, 1e-3], P)
+    G0 = np.where(rng.random(P) < 0.5, np.nan, rng.choice([0.5, 2.0], P))
+    hp = np.stack([10.0 ** rng.uniform(-4, 0, P), rng.choice([0.0, 0.5, 0.99], P), eps, G0,
+                   rng.choice([0.0, 1e-3, 0.3], P),
+                   rng.integers(0, npart + 1, P).astype(float)], axis=1)
+    resumed = rng.random(P) < 0.3
+    sca = np.zeros((P, 1 + npart))
+    sca[resumed, 0] = 1.0
+    sca[resumed, 1:] = rng.uniform(0.1, 2.0, (int(resumed.sum()), npart))
+    for isa in ks.lane_isas():
+        lane, ref = _kernel_pair(nc.rules.ScalarRMSProp.kind, hp, np.zeros((P, 0)), sca, pot,
+                                 q0, steps, isa, charges, parts=parts)
+        for k in ("q", "loss", "loss_min", "norm2", "angular_update", "status",
+                  "stop_step", "charge_worst", "charge_worst_step"):
+            _same(getattr(lane, k), getattr(ref, k), k)
