@@ -392,6 +392,32 @@ def _unit(name, v):
     return V.as_scalar(name, v, lo=0.0, hi=1.0, hi_open=True)
 
 
+def _column_rows(cls, fixed: dict, axes: dict, convert: dict) -> np.ndarray | None:
+    """The ``_hp`` rows of a Cartesian grid, one column per parameter in ``convert``'s
+    order (the order of ``_hp``), each axis value passed once through the converter
+    ``__post_init__`` applies (so a value is accepted here exactly when the constructor
+    accepts it); the other parameters from ``fixed`` or the class defaults.  None when a
+    value is refused (scan's per-point path then raises the constructor's error, naming
+    the point).  Flat C order over ``axes``.
+    """
+    names = list(axes)
+    shape = tuple(len(axes[k]) for k in names)
+    cols = []
+    try:
+        for k, c in convert.items():
+            if k in axes:
+                vals = np.array([c(v) for v in axes[k].tolist()], dtype=np.float64)
+                view = [1] * len(names)
+                view[names.index(k)] = len(vals)
+                cols.append(np.broadcast_to(vals.reshape(view), shape))
+            else:
+                v = fixed[k] if k in fixed else getattr(cls, k)
+                cols.append(np.full(shape, c(v), np.float64))
+    except (TypeError, ValueError):
+        return None
+    return np.ascontiguousarray(np.stack(cols, axis=-1).reshape(-1, len(convert)))
+
+
 @dataclass(frozen=True)
 class SGD(Rule):
     """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
@@ -448,29 +474,14 @@ class SGD(Rule):
         # a few methods would catch, so its grids take the per-point path
         if cls is not SGD:
             return None
-        conv = (_lr, lambda v: _unit("momentum", v),
-                lambda v: V.as_scalar("dampening", v, lo=0.0, hi=1.0),
-                lambda v: float(V.as_bool("nesterov", v)),
-                lambda v: V.as_scalar("weight_decay", v, lo=0.0))
-        names = list(axes)
-        shape = tuple(len(axes[k]) for k in names)
-        cols = []
-        try:
-            # each value through __post_init__'s own converter, once per axis value
-            for k, c in zip(cls.param_names(), conv, strict=True):
-                if k in axes:
-                    vals = np.array([c(v) for v in axes[k].tolist()], dtype=np.float64)
-                    view = [1] * len(names)
-                    view[names.index(k)] = len(vals)
-                    cols.append(np.broadcast_to(vals.reshape(view), shape))
-                else:
-                    cols.append(np.full(shape, c(fixed.get(k, getattr(cls, k))), np.float64))
-        except (TypeError, ValueError):
-            return None
-        hp = np.stack(cols, axis=-1).reshape(-1, 5)
-        if np.any((hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0))):
+        hp = _column_rows(cls, fixed, axes, {
+            "lr": _lr, "momentum": lambda v: _unit("momentum", v),
+            "dampening": lambda v: V.as_scalar("dampening", v, lo=0.0, hi=1.0),
+            "nesterov": lambda v: float(V.as_bool("nesterov", v)),
+            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0)})
+        if hp is None or np.any((hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0))):
             return None                     # nesterov without momentum or with dampening
-        return np.ascontiguousarray(hp)
+        return hp
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:
         return True
@@ -527,6 +538,19 @@ class RMSprop(Rule):
         return np.array([self.lr, self.alpha, self.eps, self.weight_decay, self.momentum,
                          float(self.centered)])
 
+    @classmethod
+    def _grid_hp(cls, fixed, axes):
+        # RMSprop itself only (see SGD._grid_hp); its state starts at zeros, and it is
+        # kinetically symmetric for no parameter value
+        if cls is not RMSprop:
+            return None
+        return _column_rows(cls, fixed, axes, {
+            "lr": _lr, "alpha": lambda v: _unit("alpha", v),
+            "eps": lambda v: V.as_scalar("eps", v, lo=0.0),
+            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0),
+            "momentum": lambda v: _unit("momentum", v),
+            "centered": lambda v: float(V.as_bool("centered", v))})
+
 
 @dataclass(frozen=True)
 class Adam(Rule):
@@ -561,6 +585,24 @@ class Adam(Rule):
     def _hp(self, potential):
         return np.array([self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
                          float(self.amsgrad), float(self._decoupled)])
+
+    @classmethod
+    def _grid_hp(cls, fixed, axes):
+        # Adam and AdamW themselves only (see SGD._grid_hp); a grid over the pair
+        # ``betas`` takes the per-point path
+        if cls not in (Adam, AdamW) or "betas" in axes:
+            return None
+        betas = fixed.get("betas", cls.betas)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            return None
+        fixed = {**fixed, "beta1": betas[0], "beta2": betas[1], "decoupled": cls._decoupled}
+        return _column_rows(cls, fixed, axes, {
+            "lr": _lr, "beta1": lambda v: _unit("betas[0]", v),
+            "beta2": lambda v: _unit("betas[1]", v),
+            "eps": lambda v: V.as_scalar("eps", v, lo=0.0),
+            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0),
+            "amsgrad": lambda v: float(V.as_bool("amsgrad", v)),
+            "decoupled": lambda v: float(v)})
 
 
 @dataclass(frozen=True)

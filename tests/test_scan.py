@@ -382,6 +382,60 @@ def test_sgd_column_form_equals_per_point_rules(grid):
         assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
 
 
+_ADAPTIVE_VALUES = {
+    "lr": st.sampled_from([1e-3, 0.1, 0.0, -0.5, 1]),
+    "eps": st.sampled_from([1e-8, 0.0, -1e-8, 1]),
+    "weight_decay": st.sampled_from([0.0, 1e-2, -1e-3, 0]),
+    "alpha": st.sampled_from([0.99, 0.0, 1.0, -0.1]),           # RMSprop
+    "momentum": st.sampled_from([0.0, 0.9, 1.0, -0.1]),         # RMSprop
+    "centered": st.sampled_from([False, True, 0, 1, 2]),         # RMSprop
+    "amsgrad": st.sampled_from([False, True, 0, 1, 2]),          # Adam, AdamW
+    "betas": st.sampled_from([(0.9, 0.999), (0.0, 0.5), (1.0, 0.9), (0.9,), [0.5, 0.5]]),
+}
+
+
+@st.composite
+def _adaptive_grids(draw, cls):
+    params = [k for k in cls.param_names() if k in _ADAPTIVE_VALUES]
+    names = draw(st.lists(st.sampled_from([k for k in params if k != "betas"]), unique=True,
+                          max_size=4))
+    axes, fixed = {}, {}
+    for k in names:
+        vals = draw(st.lists(_ADAPTIVE_VALUES[k], min_size=1, max_size=3,
+                             unique_by=lambda v: (type(v) is bool, float(v))))
+        if k in ("centered", "amsgrad") and all(v in (0, 1) for v in vals):
+            axes[k] = np.unique(np.array([bool(v) for v in vals]))
+        else:
+            axes[k] = np.unique(np.array([float(v) for v in vals]))
+    for k in sorted(set(params) - set(names)):
+        if draw(st.booleans()):
+            fixed[k] = draw(_ADAPTIVE_VALUES[k])
+    return fixed, axes
+
+
+@settings(max_examples=150)
+@given(data=st.data(), cls=st.sampled_from([nc.rules.Adam, nc.rules.AdamW, nc.rules.RMSprop]))
+def test_adaptive_column_forms_equal_per_point_rules(data, cls):
+    """Adam/AdamW/RMSprop._grid_hp, as SGD's above: the grids whose every point constructs
+    are accepted, with bitwise the rows ``_hp`` gives (AdamW's default weight decay, its
+    decoupled flag); any refused value gives None (scan's per-point path then names it)."""
+    import itertools
+    fixed, axes = data.draw(_adaptive_grids(cls))
+    names = list(axes)
+    rules, ok = [], True
+    for combo in itertools.product(*[axes[k].tolist() for k in names]):
+        try:
+            rules.append(cls(**{**fixed, **dict(zip(names, combo, strict=True))}))
+        except (TypeError, ValueError):
+            ok = False
+            break
+    hp = cls._grid_hp(fixed, axes)
+    assert (hp is not None) == ok
+    if ok:
+        want = np.array([r._hp(None) for r in rules])
+        assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
+
+
 def test_column_form_only_for_sgd_itself():
     """Subclasses of SGD and rules without a column form take the per-point path: a
     subclass's own validation (in __post_init__ or __init__) raises its error naming the
@@ -405,8 +459,16 @@ def test_column_form_only_for_sgd_itself():
         momentum = 0.9
 
     axes = {"lr": np.array([0.1, 0.9])}
-    for cls in (Picky, PickyInit, SGD9, nc.rules.RMSprop):
+    @dataclass(frozen=True)
+    class PickyAdam(nc.rules.Adam):
+        def __post_init__(self):
+            super().__post_init__()
+            if self.lr > 0.5:
+                raise ValueError("PickyAdam: lr must be at most 0.5")
+
+    for cls in (Picky, PickyInit, SGD9, PickyAdam, nc.rules.ScalarRMSProp):
         assert cls._grid_hp({}, axes) is None
+    assert nc.rules.Adam._grid_hp({}, {"betas": np.array([0.1, 0.2])}) is None
     pot, q0 = _rayleigh()
     for cls in (Picky, PickyInit):
         with pytest.raises(ValueError, match=r"rejects grid point \{'lr': 0.9\}: Picky"):
