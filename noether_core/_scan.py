@@ -291,7 +291,37 @@ def _lane_reason(g: _Grid) -> str | None:
     fams = sorted({sym.family for sym, _ in g.chosen} - {"scale"})
     if fams:
         return f"balance laws of the {', '.join(fams)} family use the scalar loop"
+    if issubclass(g.rule_cls, Adam):
+        need = _adam_table_bytes(g)
+        if need > _ADAM_TABLE_MAX_BYTES:
+            return (f"the lanes' table of Adam's bias corrections would need "
+                    f"{need / 2**20:.0f} MiB (betas this close to 1 over {g.steps} steps); "
+                    "the scalar loop calls pow at each step instead")
     return None
+
+
+#: the largest table of Adam's bias corrections pow(beta, step) the lane kernel builds
+_ADAM_TABLE_MAX_BYTES = 256 * 2**20
+
+
+def _adam_table_bytes(g: _Grid) -> int:
+    """An upper bound on the bytes of the lane kernel's pow(beta, step) table: 2 rows per
+    beta pair, each until beta^step underflows to 0 (step > 1075 ln 2 / -ln beta, after
+    which pow is exactly 0 and the table stops; pyx/scan.pyx _pow_table) or ``steps``."""
+    pairs = g.axes["betas"].tolist() if "betas" in g.axes else \
+        [g.fixed.get("betas", g.rule_cls.betas)]
+    try:
+        betas = np.asarray(pairs, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return 0                           # invalid betas: the rules' validation names them
+    b = float(np.max(betas, initial=0.0))
+    if b <= 0.0:
+        cols = 2                           # pow(0, step) = 0 from the first step
+    elif b < 1.0:
+        cols = min(g.steps, int(math.ceil(746.0 / -math.log(b))) + 2)
+    else:
+        cols = g.steps
+    return 2 * len(pairs) * max(cols, 1) * 8
 
 
 def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,

@@ -65,11 +65,14 @@ typedef struct {
     Py_ssize_t nvecd;
     const double* sca0;         /* (P, nsca) */
     Py_ssize_t nsca;
-    /* Adam's bias corrections: powtab[pow_row[2p + k] * steps + n] = pow(beta_{k+1},
+    /* Adam's bias corrections: powtab[pow_row[2p + k] * pow_len + n] = pow(beta_{k+1},
        s0 + n + 1) of point p (s0: its initial step count), by libm's pow as
-       rules.pyx _step_adam forms them, tabled once per distinct (beta, s0) */
+       rules.pyx _step_adam forms them, tabled once per distinct (beta, s0), for
+       n < pow_len; from pow_len on every row's pow is exactly 0 (beta^step underflowed;
+       pow is monotone in the step), so the table stops there */
     const double* powtab;
     const Py_ssize_t* pow_row;  /* (P, 2) */
+    Py_ssize_t pow_len;
     /* ScalarRMSProp's partition of q into parts with their own G (CSR, the same for
        every point) */
     Py_ssize_t npart;

@@ -412,8 +412,8 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
 {
     nc_vd p1, p2;
     for (int l = 0; l < NC_NL; ++l) {
-        p1[l] = w->pw1[l][n];
-        p2[l] = w->pw2[l][n];
+        p1[l] = n < c->pow_len ? w->pw1[l][n] : 0.0;    /* libm's pow is 0 from there */
+        p2[l] = n < c->pow_len ? w->pw2[l][n] : 0.0;
     }
     const nc_vd bc1 = 1.0 - p1, bc2 = 1.0 - p2;
     const nc_vd nss = -(w->lr / bc1);                    /* (-step_size) */
@@ -859,8 +859,8 @@ NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
         w->coup[l] = hp[4] != 0.0 && hp[6] == 0.0 ? -1 : 0;
         w->decp[l] = hp[4] != 0.0 && hp[6] != 0.0 ? -1 : 0;
         w->decay[l] = 1.0 - hp[0] * hp[4];
-        w->pw1[l] = c->powtab + c->pow_row[2 * p] * c->steps;
-        w->pw2[l] = c->powtab + c->pow_row[2 * p + 1] * c->steps;
+        w->pw1[l] = c->powtab + c->pow_row[2 * p] * c->pow_len;
+        w->pw2[l] = c->powtab + c->pow_row[2 * p + 1] * c->pow_len;
     } else if (c->rule == NC_LRULE_SRMS) {     /* lr, rho, eps, G0, wd, nproj */
         w->lr[l] = hp[0];
         w->nlr[l] = -hp[0];

@@ -697,6 +697,7 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t nsca
         const double* powtab
         const Py_ssize_t* pow_row
+        Py_ssize_t pow_len
         Py_ssize_t npart
         const Py_ssize_t* pptr
         const Py_ssize_t* pidx
@@ -754,18 +755,31 @@ LANE_RULE_KINDS = tuple(_LANE_RULES)
 
 
 def _pow_table(double[::1] beta, double[::1] s0, Py_ssize_t steps):
-    """(len(beta), steps) array of pow(beta_k, s0_k + n + 1), n < steps: Adam's bias
-    corrections by libm's pow, the function rules.pyx _step_adam calls, on the same
-    numbers (the step count is a double incremented by 1 per step there: exact below
-    2^53)."""
-    cdef Py_ssize_t k, n, K = beta.shape[0]
-    out = np.empty((K, steps))
-    cdef double[:, ::1] o = out
+    """(len(beta), L) array of pow(beta_k, s0_k + n + 1), n < L: Adam's bias corrections by
+    libm's pow, the function rules.pyx _step_adam calls, on the same numbers (the step
+    count is a double incremented by 1 per step there: exact below 2^53).  L <= steps is
+    one past the last n where some row is non-zero: beta^step decreases with the step and
+    pow rounds faithfully, so once a row's pow is 0 it stays 0 (at most ~745/(-ln beta)
+    columns: 0.74 M for beta = 0.999, whatever ``steps``)."""
+    cdef Py_ssize_t k, n, L = 0, K = beta.shape[0]
     cdef double st
+    with nogil:
+        for k in range(K):                 # the columns needed: each row until its first 0
+            st = s0[k]
+            for n in range(steps):
+                st = st + 1.0
+                if pow(beta[k], st) == 0.0:
+                    break
+                if n + 1 > L:
+                    L = n + 1
+    if L < steps:
+        L += 1                             # one zero column: harmless, keeps L >= 1
+    out = np.empty((K, L))
+    cdef double[:, ::1] o = out
     with nogil:
         for k in range(K):
             st = s0[k]
-            for n in range(steps):
+            for n in range(L):
                 st = st + 1.0
                 o[k, n] = pow(beta[k], st)
     return out
@@ -882,6 +896,7 @@ cdef class LaneScanKernel:
             self.keep += [table, rows]
             c.powtab = <const double*> _data(table)
             c.pow_row = <const Py_ssize_t*> _data(rows)
+            c.pow_len = table.shape[1]
         c.P = P
         c.hp = <const double*> _data(hp)
         c.nhp = hp.shape[1]

@@ -696,3 +696,32 @@ def test_scalar_rmsprop_lanes_on_random_rows_and_partitions(seed, charges, steps
         for k in ("q", "loss", "loss_min", "norm2", "angular_update", "status",
                   "stop_step", "charge_worst", "charge_worst_step"):
             _same(getattr(lane, k), getattr(ref, k), k)
+
+
+def test_adam_lanes_past_the_bias_correction_underflow():
+    """Adam's lanes read pow(beta, step) from a table that stops where every row's pow is
+    exactly 0 (pyx/scan.pyx _pow_table: beta^step decreases and pow rounds faithfully, so
+    it stays 0).  betas (0.5, 0.6) underflow at steps ~1075 and ~1460: a 2000-step scan
+    crosses both, and must still be bitwise the scalar loop."""
+    pot, q0 = PROBLEMS["rayleigh8"]
+    for cls in (nc.rules.Adam, nc.rules.AdamW):
+        kw = dict(rule_cls=cls, steps=2000, lr=[1e-3, 3e-3, 1e-2], betas=(0.5, 0.6),
+                  weight_decay=[0.0, 1e-2], charges=False)
+        lanes, scalar = _scan(pot, q0, True, **kw), _scan(pot, q0, False, **kw)
+        assert lanes.kernel.startswith("lanes") and not scalar.kernel.startswith("lanes")
+        _assert_identical(lanes, scalar)
+
+
+def test_adam_lanes_refuse_a_table_beyond_its_bound():
+    """betas this close to 1 over many steps would need a table above the lanes' bound
+    (_scan._ADAM_TABLE_MAX_BYTES): lanes=True is refused naming the MiB, lanes=None takes
+    the scalar loop (checked on the reason alone: the run itself would be 10⁹ steps)."""
+    from noether_core import _scan
+    pot, q0 = PROBLEMS["rayleigh8"]
+    with pytest.raises(ValueError, match=r"bias corrections would need \d+ MiB"):
+        nc.scan(nc.rules.Adam, pot, q0, steps=10**9, lr=[1e-3, 2e-3],
+                betas=(0.9, 1.0 - 1e-9), lanes=True, progress=False)
+    # betas = (0.9, 0.999): ~0.75 M columns whatever the steps, within the bound
+    g = _scan._make_grid(nc.rules.Adam, pot, q0, 10**9, None, (0,), None, {"lr": [1e-3, 2e-3]})
+    assert _scan._lane_reason(g) is None
+    assert _scan._adam_table_bytes(g) < 16 * 2**20
