@@ -34,8 +34,13 @@ What it does (docs/monitor.md):
    from its class and each param group's hyper-parameters: heavy-ball SGD with
    dampening and any lr schedule (B.4), Nesterov (B.6), Adam with L2 decay and AdamW
    (B.7), RMSprop (B.8); ``MonitorReport.rule`` names it.
-4. **Compares the steady angular update with the theory** (§4,
-   :meth:`MonitorReport.equilibrium`), and |q|² with Eq. 17 online (§5, heavy ball).
+4. **Measures the gradient statistics of theory.GradStats** per block and step (§4:
+   SGD's and Nesterov's buffers of the gradients alone with the lag cross term, Adam's
+   moment of the gradients over the optimizer's own preconditioner, the metric and
+   radial-preconditioner terms) and **compares the theory with the run**
+   (:meth:`MonitorReport.equilibrium`): the steady chord and |q|² of
+   ``theory.equilibrium``, and ``theory.rule_norm_schedule`` run online (§5), besides
+   Eq. 17 online for heavy ball.
 
 Nothing raises into ``optimizer.step``: a failure inside a hook is stored, recording
 stops, and the next public call (:meth:`NoetherMonitor.report`, ``state_dict``, ``plot``)
