@@ -650,7 +650,10 @@ class NoetherMonitor:
                 torch.mul(w_old, b, out=P[9])      # ⟨w_{n−1}, b_n⟩, before b moves on
             else:
                 P[9].zero_()
-            b.mul_(beta).add_(g * c)
+            if torch.is_tensor(c):
+                b.mul_(beta).addcmul_(g, c)
+            else:
+                b.mul_(beta).add_(g, alpha=c)
         if not torch.is_tensor(nest) and not nest:
             torch.mul(b, b, out=P[8])
             self._wprev = None

@@ -581,6 +581,44 @@ def test_window_statistics_are_the_theorys_gradient_stats(name):
             np.sqrt(np.mean(sc.angular_update[eq.first_step:] ** 2)), rtol=1e-10)
 
 
+def test_window_statistics_with_param_groups_of_different_sgd_rules():
+    """The same as above when the param groups differ (the monitor's buffer then runs
+    with per-element β, 1 − τ and a Nesterov mask): BatchNorm rows under heavy ball with
+    dampening, the LayerNorm block under Nesterov with another β (1e-10 relative)."""
+    X, y = _data()
+    model = _mlp()
+    first = [model[0].weight, model[1].weight, model[1].bias]
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    h0 = {"momentum": 0.8, "dampening": 0.3, "weight_decay": 5e-3}
+    h1 = {"momentum": 0.6, "nesterov": True, "weight_decay": 1e-3}
+    opt = torch.optim.SGD([{"params": first, **h0}, {"params": rest, **h1}], lr=0.1)
+    mon = NoetherMonitor(model, opt, log_every=5)
+    w, lw, lb = model[0].weight, model[3].weight, model[3].bias
+    G, Gb = [], []
+    for idx in _batches(30):
+        opt.zero_grad()
+        F.cross_entropy(model(X[idx]), y[idx]).backward()
+        G.append(w.grad.numpy().copy())
+        Gb.append(torch.cat([lw.grad.reshape(-1), lb.grad]).numpy().copy())
+        opt.step()
+    rep = mon.report()
+    assert rep.rule == "sgd+nesterov"
+    eq = rep.equilibrium(1.0)
+    G = np.array(G)
+    for j in range(16):
+        gs = theory.gradient_stats("sgd", G[:, j], momentum=0.8, dampening=0.3).mean()
+        np.testing.assert_allclose(eq.grad_stats["update_sq"][j], gs.update_sq, rtol=1e-10)
+        assert eq.grad_stats["cross"][j] == 0.0
+    gs = theory.gradient_stats("nesterov", np.array(Gb), momentum=0.6).mean()
+    j = rep.labels.index("3.weight+bias")
+    np.testing.assert_allclose(eq.grad_stats["update_sq"][j], gs.update_sq, rtol=1e-10)
+    np.testing.assert_allclose(eq.grad_stats["cross"][j], gs.cross, rtol=1e-10)
+    ref = theory.equilibrium("nesterov", lr=0.1, momentum=0.6, weight_decay=1e-3,
+                             grad_stats=gs)
+    np.testing.assert_allclose(eq.predicted_angular_update[j], ref.angular_update,
+                               rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", sorted(EQ_RULES))
 def test_equilibrium_prediction_meets_the_measured_chord(name):
     """docs/monitor.md §4, issue 18's goal: over the last 30% of 1500 steps of a
