@@ -368,63 +368,34 @@ class _Recorder:
         T = st.shape[0]
         out_a, out_c2 = np.full((T, self.R), np.nan), np.full((T, self.R), np.nan)
         S = self.sch
-        for t in range(T):
-            code, eta, beta, tau, k = (hp[t, :, i] for i in (H_RULE, H_LR, H_BETA, H_TAU,
-                                                             H_K))
-            U, C, M, p = ug[t], st[t, :, S_CR], metric[t], precond[t]
-            live = np.isin(code, (R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS)) & \
-                np.isfinite(U) & np.isfinite(C) & np.isfinite(M) & np.isfinite(p)
-            new = live & np.isnan(S["a"])
-            if new.any():
-                S["a"][new] = st[t, new, S_A]
-                for key in ("x", "y", "s", "V", "U", "p", "n"):
-                    S[key][new] = 0.0
-            a, x, y, s, Vp, Up, pp, n = (S[key] for key in self._SCH)
-            first = n == 0
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                # SGD (9.2, 9.3)
-                s_new = np.where(first, 1.0, beta * s + (1.0 - tau))
-                x_sgd = np.where(first, 1.0, 1.0 - tau) * k * a + \
-                    np.where(first, 0.0, beta * (x - eta * Vp))
-                V = U + 2.0 * k * s_new * x_sgd - (k * s_new) ** 2 * a
-                # Nesterov (9.5)
-                y_new = k * a + np.where(first, 0.0, beta * (y - eta * C))
-                x_nes = k * a + beta * y_new
-                # Adam/AdamW (9.8, 9.10) with S_n = U_{n−1}; RMSprop (9.11)
-                b1 = np.where(beta > 0.0, beta, 0.5)
-                bc = np.where(beta > 0.0, -np.expm1((n + 1.0) * np.log(b1)), 1.0)
-                bcp = np.where(beta > 0.0, -np.expm1(n * np.log(b1)), 1.0)
-                c = (1.0 - beta) / bc
-                shrink = np.where(code == R_ADAMW, 1.0 - eta * k, 1.0 - eta * k * pp)
-                x_ad = np.where(first, 0.0, beta * (bcp / bc) * (shrink * x - eta * Up)) \
-                    + c * np.sqrt(a) * M
-                x_rms = np.sqrt(a) * M
-                lam = np.where(code == R_ADAMW, k, k * p)       # the decay's radial rate
-                xs = np.select([code == R_SGD, code == R_NEST, code == R_RMS],
-                               [x_sgd, x_nes, x_rms], x_ad)
-                a_new = np.select(
-                    [code == R_SGD, code == R_NEST, code == R_ADAMW],
-                    [a - 2.0 * eta * x_sgd + eta * eta * V,
-                     a - 2.0 * eta * x_nes + eta * eta * U,
-                     (1.0 - eta * k) ** 2 * a - 2.0 * eta * (1.0 - eta * k) * x_ad
-                     + eta * eta * U],
-                    (1.0 - eta * k * p) ** 2 * a - 2.0 * eta * xs + eta * eta * U)
-                Dn = np.select([code == R_SGD, code == R_NEST],
-                               [eta * eta * V, eta * eta * U],
-                               eta * eta * (lam * lam * a + 2.0 * lam * xs + U))
-                ok = live & (a_new > 0.0)
-                r0, r1 = np.sqrt(a), np.sqrt(a_new)
-                c2 = np.maximum((Dn - (r1 - r0) ** 2) / (r0 * r1), 0.0)
-            out_a[t] = np.where(live, a, np.nan)
-            out_c2[t] = np.where(ok, c2, np.nan)
-            S["a"] = np.where(ok, a_new, np.where(live, np.nan, a))
-            S["x"] = np.where(ok, xs, x)
-            S["y"] = np.where(ok, y_new, y)
-            S["s"] = np.where(ok, s_new, s)
-            S["V"] = np.where(ok, V, Vp)
-            S["U"] = np.where(ok, U, Up)
-            S["p"] = np.where(ok, p, pp)
-            S["n"] = np.where(ok, n + 1.0, n)
+        code, eta, beta, tau, k = (hp[..., i] for i in (H_RULE, H_LR, H_BETA, H_TAU, H_K))
+        Us, Cs = ug, st[..., S_CR]
+        live_all = np.isin(code, (R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS)) & \
+            np.isfinite(Us) & np.isfinite(Cs) & np.isfinite(metric) & np.isfinite(precond)
+        present = [int(c) for c in np.unique(code[live_all])]
+        if not present:
+            return out_a, out_c2
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for t in range(T):
+                live = live_all[t]
+                new = live & np.isnan(S["a"])
+                if new.any():
+                    S["a"][new] = st[t, new, S_A]
+                    for key in self._SCH[1:]:
+                        S[key][new] = 0.0
+                st_t = self._schedule_step(present, S, code[t], eta[t], beta[t], tau[t],
+                                           k[t], Us[t], Cs[t], metric[t], precond[t])
+                c2 = st_t.pop("c2")
+                ok = live & (st_t["a"] > 0.0)
+                out_a[t] = np.where(live, S["a"], np.nan)
+                out_c2[t] = np.where(ok, c2, np.nan)
+                if ok.all():
+                    S.update(st_t)
+                else:
+                    a_old = S["a"]
+                    for key, v in st_t.items():
+                        S[key] = np.where(ok, v, S[key])
+                    S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
         return out_a, out_c2
 
     def _pred_coefficients(self, st, hp, prev):
@@ -448,6 +419,62 @@ class _Recorder:
             b2 = _zoh(rate2, lr) / ((1.0 - beta) * lr)
             incr2 = np.where(hb, b2 * (D + beta * Dn), np.nan)
         return lam, incr, lam2, incr2
+
+    @staticmethod
+    def _schedule_step(present, S, code, eta, beta, tau, k, U, C, M, p):
+        """One step of every rule in ``present`` (rule codes) for all rows; each row's
+        own rule picked with np.select only when several rules are present.  The first
+        step of a row (n = 0: the buffers start empty) enters through 0/1 factors."""
+        a, x, y, s, Vp, Up, pp, n = (S[key] for key in _Recorder._SCH)
+        f = (n == 0.0).astype(float)
+        nf = 1.0 - f
+        e2 = eta * eta
+        res = {}
+        for c in present:
+            if c == R_SGD:                                   # (9.2), (9.3)
+                s_new = f + nf * (beta * s + (1.0 - tau))
+                xs = (1.0 - tau * nf) * k * a + nf * beta * (x - eta * Vp)
+                V = U + 2.0 * k * s_new * xs - (k * s_new) ** 2 * a
+                res[c] = dict(x=xs, s=s_new, V=V, a=a - 2.0 * eta * xs + e2 * V, D=e2 * V)
+            elif c == R_NEST:                                # (9.5)
+                y_new = k * a + nf * beta * (y - eta * C)
+                xs = k * a + beta * y_new
+                res[c] = dict(x=xs, y=y_new, a=a - 2.0 * eta * xs + e2 * U, D=e2 * U)
+            elif c == R_RMS:                                 # (9.11)
+                xs = np.sqrt(a) * M
+                lam = k * p
+                res[c] = dict(x=xs, a=(1.0 - eta * lam) ** 2 * a - 2.0 * eta * xs + e2 * U,
+                              D=e2 * (lam * lam * a + 2.0 * lam * xs + U))
+            else:                                            # (9.8), (9.10)
+                b1 = np.where(beta > 0.0, beta, 0.5)
+                lb = np.log(b1)
+                bc = np.where(beta > 0.0, -np.expm1((n + 1.0) * lb), 1.0)
+                bcp = np.where(beta > 0.0, -np.expm1(n * lb), 1.0)
+                if c == R_ADAMW:
+                    shrink, lam = 1.0 - eta * k, k
+                else:
+                    shrink, lam = 1.0 - eta * k * pp, k * p
+                xs = nf * beta * (bcp / bc) * (shrink * x - eta * Up) + \
+                    (1.0 - beta) / bc * np.sqrt(a) * M
+                if c == R_ADAMW:
+                    a_new = shrink * shrink * a - 2.0 * eta * shrink * xs + e2 * U
+                else:
+                    a_new = (1.0 - eta * lam) ** 2 * a - 2.0 * eta * xs + e2 * U
+                res[c] = dict(x=xs, a=a_new, D=e2 * (lam * lam * a + 2.0 * lam * xs + U))
+        if len(present) == 1:
+            r = res[present[0]]
+        else:
+            conds = {c: code == c for c in present}
+            r = {}
+            for key, keep in (("x", x), ("y", y), ("s", s), ("V", Vp), ("a", a),
+                              ("D", np.nan)):
+                cs = [c for c in present if key in res[c]]
+                r[key] = np.select([conds[c] for c in cs], [res[c][key] for c in cs], keep)
+        out = {"x": r["x"], "y": r.get("y", y), "s": r.get("s", s), "V": r.get("V", Vp),
+               "U": U, "p": p, "n": n + 1.0, "a": r["a"]}
+        r0, r1 = np.sqrt(a), np.sqrt(r["a"])
+        out["c2"] = np.maximum((r["D"] - (r1 - r0) ** 2) / (r0 * r1), 0.0)
+        return out
 
     # -- the callback window -------------------------------------------------------------
     def take_window(self):
