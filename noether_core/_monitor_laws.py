@@ -239,7 +239,7 @@ class _Recorder:
         self.rec_pred = {a: [] for a in PREDICTIONS}
         self.rec_cum, self.rec_steps = [], []
         # the callback window (log_every steps): sums of chord², counts, worst residual
-        self.win = np.zeros((R, 3))
+        self.win = np.zeros((R, 4))
         self.win_res = np.full(R, np.nan)
 
     # -- a batch of steps ----------------------------------------------------------------
@@ -291,6 +291,8 @@ class _Recorder:
                         np.where(s_ok, sch_c2, 0.0), s_ok], axis=-1)
         self.win[:, 0] += inc[:, :, C_CH2].sum(0)
         self.win[:, 1] += fin.sum(0)
+        self.win[:, 2] += inc[:, :, C_SC2].sum(0)
+        self.win[:, 3] += s_ok.sum(0)
         inc[0] += self.cum
         cums = np.cumsum(inc, axis=0)
         cum_before = np.concatenate([self.cum[None], cums[:-1]])
@@ -481,6 +483,7 @@ class _Recorder:
         """(RMS chord, worst residual) per row since the last call; resets the window."""
         with np.errstate(divide="ignore", invalid="ignore"):
             rms = np.sqrt(self.win[:, 0] / self.win[:, 1])
+            self.win_sched = np.sqrt(self.win[:, 2] / self.win[:, 3])
         res = self.win_res.copy()
         self.win[:] = 0.0
         self.win_res[:] = np.nan

@@ -69,7 +69,7 @@ PREDICTIONS = L.PREDICTIONS
 _DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "ug", "cr", "uq", "uu", "pm", "pq")
 _DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
 PARAMS = ("normalised", "all")
-_STATE_VERSION = 1
+_STATE_VERSION = 2            # 2: GradStats columns, the online schedule (issue 18)
 
 if torch is not None:
     _PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,
@@ -158,7 +158,9 @@ class NoetherMonitor:
         ``callback(dict[str, float])`` every ``log_every`` steps with per-layer
         summaries over those steps (median over the layer's rows): ``"<layer>/
         angular_update"`` (RMS chord), ``"<layer>/predicted_angular_update"``,
-        ``"<layer>/norm2"``, ``"<layer>/balance_residual"`` (worst); e.g.
+        ``"<layer>/scheduled_angular_update"`` (the online rule_norm_schedule's RMS
+        chord over those steps), ``"<layer>/norm2"``, ``"<layer>/balance_residual"``
+        (worst); e.g.
         ``callback=lambda d: writer.add_scalars("noether", d, mon.step)`` or
         ``callback=wandb.log``.
     log_every : int ≥ 1
@@ -827,6 +829,8 @@ class NoetherMonitor:
                 out[f"{b.label}/angular_update"] = float(np.nanmedian(rms[ridx]))
                 out[f"{b.label}/predicted_angular_update"] = float(
                     np.nanmedian(np.asarray(eq_pred)[sel]))
+                out[f"{b.label}/scheduled_angular_update"] = float(
+                    np.nanmedian(self._rec.win_sched[ridx]))
                 out[f"{b.label}/norm2"] = float(np.nanmedian(self._rec.last_a1[ridx]))
                 out[f"{b.label}/balance_residual"] = float(np.nanmax(res[ridx])) \
                     if np.isfinite(res[ridx]).any() else float("nan")

@@ -360,8 +360,8 @@ def test_callback_gets_per_layer_summaries():
     assert len(seen) == 2
     d = seen[1]
     assert set(d) == {f"{lay}/{q}" for lay in ("0.weight", "3.weight+bias")
-                      for q in ("angular_update", "predicted_angular_update", "norm2",
-                                "balance_residual")}
+                      for q in ("angular_update", "predicted_angular_update",
+                                "scheduled_angular_update", "norm2", "balance_residual")}
     assert all(isinstance(v, float) for v in d.values())
     rep = mon.report()
     ch = rep.angular_update[10:20, :16]
@@ -370,6 +370,14 @@ def test_callback_gets_per_layer_summaries():
     np.testing.assert_allclose(d["0.weight/predicted_angular_update"],
                                theory.steady_angular_update(0.1, 0.9, 1e-3), rtol=1e-14)
     assert d["3.weight+bias/balance_residual"] <= BOUND
+    # the schedule's chord over the same ten steps (cumulative sums of the report)
+    cum = rep.cumulative
+    c10, c20 = cum[10], rep.final_cumulative
+    from noether_core import _monitor_laws as L
+    sched = np.sqrt((c20[:16, L.C_SC2] - c10[:16, L.C_SC2])
+                    / (c20[:16, L.C_NSC] - c10[:16, L.C_NSC]))
+    np.testing.assert_allclose(d["0.weight/scheduled_angular_update"], np.median(sched),
+                               rtol=1e-12)
 
 
 def test_max_records_decimates_older_rows():
