@@ -13,6 +13,7 @@ block discovery), one intra-op thread, and reports
   the load noise: see the spread over trials).
 
     PYTHONPATH=.:python python benchmarks/bench_monitor.py [--trials 5] [--steps 200]
+        [--cases digits,transformer]
 
 Prints a Markdown table; it does not write benchmarks/RESULTS.md.
 """
@@ -110,7 +111,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--cases", default="digits,transformer",
+                    help="comma-separated subset of digits, transformer")
     args = ap.parse_args(argv)
+    cases = {"digits": _digits, "transformer": _transformer}
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in cases]
+    if bad or not chosen:
+        ap.error(f"--cases must name some of {sorted(cases)}, got {args.cases!r}")
     try:
         import torch
     except ImportError:
@@ -119,7 +127,7 @@ def main(argv=None):
     from _common import machine, table
     torch.set_num_threads(1)
     rows = [measure(torch, c(torch), args.trials, args.steps)
-            for c in (_digits, _transformer)]
+            for c in (cases[name] for name in chosen)]
     print(f"`benchmarks/bench_monitor.py` on {machine()}; torch {torch.__version__}, one "
           f"intra-op thread; {args.trials} interleaved trials × {args.steps} steps "
           f"(after 10 warm-up steps), log_every = 100.\n")

@@ -17,7 +17,13 @@ predicted chord (time-resolved form); the earlier closed form where one existed
 (Nesterov "uncorrelated", AdamW rotational equilibrium); and the largest median |q|²
 schedule error over steps ≥ 100.  Median and 10–90 % over live blocks.
 
-Usage: python benchmarks/theory_check.py [--steps N] [--no-torch]      (~2–4 min)
+C. (if torch is installed) the same torch runs watched by ``NoetherMonitor``:
+   ``MonitorReport.equilibrium`` (window the last ``--window`` steps): measured RMS chord
+   over predicted (steady ``theory.equilibrium`` from the monitor's window statistics, and
+   the online ``rule_norm_schedule``), and the schedule's final |q|² over the measured.
+
+Usage: python benchmarks/theory_check.py [--steps N] [--no-torch] [--parts abc]
+(A+B ~2–4 min; C ~1 min per rule at 12000 steps)
 """
 import argparse
 import sys
@@ -194,15 +200,70 @@ def part_b(steps, window):
         sys.stdout.flush()
 
 
+def part_c(steps, window):
+    """The monitor's own prediction (MonitorReport.equilibrium) on part B's torch runs."""
+    try:
+        import torch
+
+        from noether_core.torch import NoetherMonitor
+    except ImportError:
+        print("C. skipped: torch is not installed")
+        return
+    torch.set_num_threads(1)
+    X, y = gaussian_mixture(2048, 16, classes=4, seed=0, separation=1.5)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    print(f"C. NoetherMonitor on B's runs (float64), {steps} steps, "
+          f"equilibrium(window={window}/{steps}); median [10-90%] over live rows")
+    print("  rule            blk  chord    measured/steady (10-90%)   measured/schedule "
+          "(10-90%)   |q|2 sched/meas  regime")
+    for label, name, h in RULES:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        layers, d_in = [], 16
+        for w in WIDTHS:
+            layers += [torch.nn.Linear(d_in, w, bias=False), torch.nn.BatchNorm1d(w),
+                       torch.nn.ReLU()]
+            d_in = w
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(d_in, 4)).double()
+        if name in ("sgd", "nesterov"):
+            opt = torch.optim.SGD(model.parameters(), nesterov=name == "nesterov", **h)
+        else:
+            opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
+                   "rmsprop": torch.optim.RMSprop}[name](model.parameters(), **h)
+        mon = NoetherMonitor(model, opt, record_every=50, log_every=200)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            idx = torch.randperm(len(Xt), generator=gen)[:BATCH]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+        eq = mon.report().equilibrium(window / steps)
+        live = eq.grad_stats["grad_norm2"] > 0
+        m = eq.measured_angular_update[live]
+        st, sc = m / eq.predicted_angular_update[live], m / eq.scheduled_angular_update[live]
+        na = eq.scheduled_norm_sq[live] / eq.measured_norm_sq[live]
+
+        def q(x):
+            return (f"{np.median(x):.4f} [{np.percentile(x, 10):.3f},"
+                    f"{np.percentile(x, 90):.3f}]")
+        print(f"  {label:<15} {live.sum():3d} {np.median(m):.5f}  {q(st)}  {q(sc)}  "
+              f"{np.median(na):.4f}  {eq.regime}  ({time.perf_counter() - t0:.1f} s)")
+        sys.stdout.flush()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--window", type=int, default=4000)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--parts", default="abc", help="which parts to run (default abc)")
     a = p.parse_args(argv)
-    part_a(a.steps, a.window)
-    if not a.no_torch:
+    if "a" in a.parts:
+        part_a(a.steps, a.window)
+    if not a.no_torch and "b" in a.parts:
         part_b(a.steps, a.window)
+    if not a.no_torch and "c" in a.parts:
+        part_c(a.steps, a.window)
 
 
 if __name__ == "__main__":

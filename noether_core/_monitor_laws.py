@@ -21,10 +21,12 @@ from . import theory as _th
 # -- per-step statistics of one row (columns of the device-side batch) ----------------------
 #: a_n = |q_n|², |g_n|², ⟨g_n, q_n⟩, ⟨Δ_n, g_n⟩, D_{n+1} = |Δ_{n+1}|², a_{n+1},
 #: ⟨Δ_{n+1}, g_n⟩, ⟨g_n, g_{n−1}⟩, ⟨q_n, U_n⟩, |U_n|² (U: the adaptive rules' update),
-#: and the adaptive rules' gradient statistics (docs/monitor.md §4): |u_n|² (u = P m̂ of
-#: the gradients, or P g for RMSprop), ⟨q_n, P g_n⟩, ⟨q_n², P⟩ (P the preconditioner)
-STATS = ("a", "gg", "gq", "dg", "D", "a1", "e", "gl", "uq", "uu", "ug", "pm", "pq")
-(S_A, S_GG, S_GQ, S_DG, S_D, S_A1, S_E, S_GL, S_UQ, S_UU, S_UG, S_PM, S_PQ) = \
+#: and the gradient statistics of theory.GradStats (docs/monitor.md §4): update_sq |u_n|²
+#: (SGD |b_{n+1}|², Nesterov |w_n|², Adam/AdamW |P m̂|², RMSprop |P g|², all of the
+#: gradients alone), ⟨q_n, P g_n⟩, ⟨q_n², P⟩ (P the preconditioner), Nesterov's cross
+#: term ⟨w_{n−1}, b_n⟩
+STATS = ("a", "gg", "gq", "dg", "D", "a1", "e", "gl", "uq", "uu", "ug", "pm", "pq", "cr")
+(S_A, S_GG, S_GQ, S_DG, S_D, S_A1, S_E, S_GL, S_UQ, S_UU, S_UG, S_PM, S_PQ, S_CR) = \
     range(len(STATS))
 
 # -- hyper-parameters of one row at one step (columns of the host-side table) ---------------
@@ -41,12 +43,16 @@ R_OTHER, R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS = range(len(RULES))
 EQUATION = {"sgd": "B.4", "nesterov": "B.6", "adam": "B.7", "adamw": "B.7",
             "rmsprop": "B.8", "other": "none"}
 
-PREDICTIONS = _th.ASSUMPTIONS + ("measured",)
+#: |q|² predictions: Eq. 17 per assumption and its measured form (heavy ball), and
+#: "schedule", theory.rule_norm_schedule's recursion run online (every rule)
+PREDICTIONS = _th.ASSUMPTIONS + ("measured", "schedule")
 #: cumulative sums kept per row (every step counted, record_every or not): chord², its
-#: count, |g|², ⟨g_n, g_{n−1}⟩, their count; the adaptive rules' |u|², ⟨q̂, P g⟩,
-#: ⟨q̂², P⟩ and their count
-CUM = ("chord2", "n_chord", "gg", "gl", "n", "update_sq", "metric", "precond", "n_ad")
-(C_CH2, C_NCH, C_GG, C_GL, C_N, C_UG, C_PM, C_PQ, C_NAD) = range(len(CUM))
+#: count, |g|², ⟨g_n, g_{n−1}⟩, their count; theory.GradStats' update_sq, metric,
+#: precond and their count, Nesterov's cross; the schedule's predicted chord², its count
+CUM = ("chord2", "n_chord", "gg", "gl", "n", "update_sq", "metric", "precond", "n_ad",
+       "cross", "sched2", "n_sched")
+(C_CH2, C_NCH, C_GG, C_GL, C_N, C_UG, C_PM, C_PQ, C_NAD, C_CR, C_SC2, C_NSC) = \
+    range(len(CUM))
 #: recorded fields (rows: recorded steps)
 FIELDS = ("a", "gg", "gq", "D", "chord", "corr", "res", "cos", "uq", "uu")
 
@@ -137,78 +143,68 @@ def regime_of(corr, beta):
     return "coherent" if c > 0.5 else ("alternating" if c < -0.5 else "uncorrelated")
 
 
-def predict_angular_update(rule, hyper, stats, regime):
-    """The theory's steady angular update per row: the one place rules meet
-    noether_core.theory (docs/monitor.md §4).
+def predict_equilibrium(rule, hyper, stats):
+    """The theory's steady state per row: the one place rules meet noether_core.theory
+    (docs/monitor.md §4).
 
     Parameters
     ----------
     rule : str
         One of :data:`RULES`.
     hyper : dict of (B,) arrays
-        ``lr``, ``momentum`` (β, β₁), ``dampening``, ``weight_decay``, ``beta2`` (β₂, or
-        RMSprop's α), ``eps`` of the rows.
+        ``lr``, ``momentum`` (β, β₁, RMSprop's momentum), ``dampening``,
+        ``weight_decay``, ``beta2`` (β₂, or RMSprop's α), ``eps`` of the rows.
     stats : dict of (B,) arrays
-        Window means of gradient statistics: ``grad_norm2`` (|g|²), ``grad_lag1``
-        (⟨g_n, g_{n−1}⟩), ``correlation`` (their ratio) and, for the adaptive rules,
-        ``update_sq`` (|u|², u = P m̂ of the gradients, P g for RMSprop), ``metric``
-        (⟨q̂, P g⟩) and ``precond`` (⟨q̂², P⟩) — the fields of the every-optimizer
-        theory's ``GradStats``.  Never the weights' motion.
-    regime : str
-        The assumption the measured correlation selects (:func:`regime_of`).
+        Window means of the fields of ``theory.GradStats``: ``update_sq``, ``cross``
+        (Nesterov), ``metric``, ``precond`` (adaptive rules).  Never the weights' motion.
 
     Returns
     -------
-    (B,) array
-        The predicted RMS chord |q̂_{n+1} − q̂_n| (NaN where the theory has no form).
-
-    Notes
-    -----
-    Heavy ball, Nesterov and AdamW use ``theory.steady_angular_update`` (AdamW: the
-    rotational equilibrium, metric term left out).  Where ``theory.equilibrium`` and
-    ``theory.GradStats`` exist (the every-optimizer theory), Adam (L2), AdamW and
-    RMSprop use them with the measured statistics; otherwise Adam and RMSprop get NaN.
+    angular_update, norm_sq : (B,) arrays
+        ``theory.equilibrium(rule, ..., grad_stats=GradStats(...))``'s steady chord and
+        |q|²; NaN where the theory has no form (rule "other", hyper-parameters it
+        refuses, rows without statistics).
+    regimes : list of str
+        The regime of each call (one per group of rows with equal hyper-parameters).
     """
-    lr, beta, tau, k = (np.asarray(hyper[x], dtype=float) for x in
-                        ("lr", "momentum", "dampening", "weight_decay"))
-    out = np.full(lr.shape, np.nan)
-    ok = np.isfinite(lr) & (lr > 0) & (beta >= 0) & (beta < 1) & (k >= 0)
-    if not ok.any():
-        return out
-    full = getattr(_th, "equilibrium", None)
-    if rule in ("adam", "adamw", "rmsprop") and full is not None and \
-            hasattr(_th, "GradStats") and "update_sq" in stats:
-        return _predict_with_grad_stats(rule, hyper, stats, ok, out)
-    if rule == "sgd":
-        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="sgd",
-                                            dampening=np.clip(tau[ok], 0.0, 1.0))
-    elif rule == "nesterov" and regime in _th.ASSUMPTIONS:
-        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="nesterov",
-                                            assumption=regime)
-    elif rule == "adamw":
-        out[ok] = _th.steady_angular_update(lr[ok], beta[ok], k[ok], rule="adamw")
-    return out
-
-
-def _predict_with_grad_stats(rule, hyper, stats, ok, out):
-    """Adam/AdamW/RMSprop through theory.equilibrium(rule, ..., grad_stats=GradStats(...)),
-    row by row (hyper-parameters may differ between rows); NaN where it refuses."""
-    for i in np.flatnonzero(ok):
-        h = {x: float(np.asarray(hyper[x], dtype=float)[i]) for x in
-             ("lr", "momentum", "weight_decay", "beta2", "eps")}
-        gs = _th.GradStats(rule, update_sq=float(stats["update_sq"][i]),
-                           metric=float(stats["metric"][i]),
-                           precond=(None if rule == "adamw"
-                                    else float(stats["precond"][i])))
-        kw = ({"betas": (h["momentum"], h["beta2"])} if rule != "rmsprop"
-              else {"alpha": h["beta2"], "momentum": h["momentum"]})
+    B = len(np.asarray(hyper["lr"]))
+    chord, norm, regimes = np.full(B, np.nan), np.full(B, np.nan), []
+    if rule not in _th.RULES:
+        return chord, norm, regimes
+    H = np.stack([np.asarray(hyper[x], dtype=float) for x in
+                  ("lr", "momentum", "dampening", "weight_decay", "beta2", "eps")], axis=1)
+    need = {"update_sq": True, "cross": rule == "nesterov",
+            "metric": rule in ("adam", "adamw", "rmsprop"),
+            "precond": rule in ("adam", "rmsprop")}
+    ok = np.all(np.isfinite(H[:, :4]), axis=1)
+    for f, used in need.items():
+        if used:
+            ok &= np.isfinite(np.asarray(stats[f], dtype=float))
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        return chord, norm, regimes
+    # rows of one param group share every hyper-parameter (NaN, unused ones too)
+    _, group = np.unique(np.nan_to_num(H[rows], nan=-1.0), axis=0, return_inverse=True)
+    for gi in np.unique(group):
+        idx = rows[group.reshape(-1) == gi]
+        lr, beta, tau, k, b2, eps = (float(v) for v in H[idx[0]])
+        gs = _th.GradStats(rule, **{f: (np.asarray(stats[f], dtype=float)[idx] if used
+                                        else None) for f, used in need.items()})
+        kw = {"lr": lr, "weight_decay": k}
+        if rule in ("sgd", "nesterov"):
+            kw.update(momentum=beta, dampening=tau)
+        elif rule == "rmsprop":
+            kw.update(alpha=b2, momentum=beta, eps=eps)
+        else:
+            kw.update(betas=(beta, b2), eps=eps)
         try:
-            eq = _th.equilibrium(rule, lr=h["lr"], weight_decay=h["weight_decay"],
-                                 eps=h["eps"], grad_stats=gs, **kw)
-            out[i] = float(eq.angular_update)
+            eq = _th.equilibrium(rule, grad_stats=gs, **kw)
         except (ValueError, TypeError):
-            pass                      # outside the theory's domain (e.g. amsgrad): NaN
-    return out
+            continue                  # outside the theory's domain: NaN
+        chord[idx] = eq.angular_update
+        norm[idx] = np.nan if eq.norm_sq is None else eq.norm_sq
+        regimes.append(eq.regime)
+    return chord, norm, regimes
 
 
 class _Recorder:
@@ -237,12 +233,13 @@ class _Recorder:
         self.pred_after = {a: np.full(R, np.nan) for a in PREDICTIONS}
         self.cum = np.zeros((R, len(CUM)))
         self.last_a1 = np.full(R, np.nan)
+        self.sch = {key: np.full(R, np.nan) for key in self._SCH}
         self.last_hyper = np.full((R, len(HYPER)), np.nan)
         self.rec = {f: [] for f in FIELDS}
         self.rec_pred = {a: [] for a in PREDICTIONS}
         self.rec_cum, self.rec_steps = [], []
         # the callback window (log_every steps): sums of chord², counts, worst residual
-        self.win = np.zeros((R, 3))
+        self.win = np.zeros((R, 4))
         self.win_res = np.full(R, np.nan)
 
     # -- a batch of steps ----------------------------------------------------------------
@@ -279,14 +276,23 @@ class _Recorder:
             # AdamW's u is its own update over η (the device leaves |u|² to the host)
             ug = np.where(hp[..., H_RULE] == R_ADAMW,
                           st[..., S_UU] / (hp[..., H_LR] * hp[..., H_LR]), st[..., S_UG])
-        ad = np.isin(hp[..., H_RULE], (R_ADAM, R_ADAMW, R_RMS)) & np.isfinite(metric) \
-            & np.isfinite(precond) & np.isfinite(ug)
+            metric = np.where(hp[..., H_RULE] >= R_ADAM, metric, 0.0)    # SGD: ⟨q, g⟩ = 0
+            precond = np.where(hp[..., H_RULE] >= R_ADAM, precond, 0.0)
+        ad = np.isin(hp[..., H_RULE], (R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS)) \
+            & np.isfinite(metric) & np.isfinite(precond) & np.isfinite(ug) \
+            & np.isfinite(st[..., S_CR])
+        # theory.rule_norm_schedule's recursion, step after step (docs/monitor.md §5)
+        sch_a, sch_c2 = self._schedule(st, hp, ug, metric, precond)
+        s_ok = np.isfinite(sch_c2)
         inc = np.stack([np.where(fin, c2, 0.0), fin, np.where(g_ok, gg, 0.0),
                         np.where(g_ok, st[..., S_GL], 0.0), g_ok,
                         np.where(ad, ug, 0.0), np.where(ad, metric, 0.0),
-                        np.where(ad, precond, 0.0), ad], axis=-1)
+                        np.where(ad, precond, 0.0), ad, np.where(ad, st[..., S_CR], 0.0),
+                        np.where(s_ok, sch_c2, 0.0), s_ok], axis=-1)
         self.win[:, 0] += inc[:, :, C_CH2].sum(0)
         self.win[:, 1] += fin.sum(0)
+        self.win[:, 2] += inc[:, :, C_SC2].sum(0)
+        self.win[:, 3] += s_ok.sum(0)
         inc[0] += self.cum
         cums = np.cumsum(inc, axis=0)
         cum_before = np.concatenate([self.cum[None], cums[:-1]])
@@ -315,7 +321,7 @@ class _Recorder:
                 row = fields[t].copy()
                 for i, f in enumerate(FIELDS):
                     self.rec[f].append(row[i])
-                pred = np.concatenate([np.sqrt(Y[:-1]), Y[-1:]])
+                pred = np.concatenate([np.sqrt(Y[:-1]), Y[-1:], sch_a[t][None]])
                 for i, name in enumerate(PREDICTIONS):
                     self.rec_pred[name].append(pred[i])
                 self.rec_cum.append(cum_before[t])
@@ -344,7 +350,55 @@ class _Recorder:
         self.rec_steps = [self.rec_steps[i] for i in keep]
 
     def _pred_state(self, name):
+        if name == "schedule":
+            return self.sch["a"].copy()
         return np.sqrt(self.r4[name]) if name in self.r4 else self.am.copy()
+
+    #: per-row state of the online rule_norm_schedule: predicted a, cross terms x, y,
+    #: SGD's buffer gain s and |v|², the previous U and p, steps since the start
+    _SCH = ("a", "x", "y", "s", "V", "U", "p", "n")
+
+    def _schedule(self, st, hp, ug, metric, precond):
+        """theory.rule_norm_schedule (docs/theory.md §9, (9.2)–(9.11)) advanced one step
+        at a time per row, driven by the gradient statistics only and started from the
+        measured |q|² of the first step the monitor sees (its r0); the hyper-parameters
+        of each step (schedules allowed).  Returns the predicted a_n *before* each step
+        (T, R) and the predicted chord² of each step (T, R); NaN for rows without a
+        theory (rule "other", amsgrad-free details aside) or once the recursion leaves
+        a > 0.  Adam/AdamW: P taken constant in the cross term (GradStats.shift not
+        measured)."""
+        T = st.shape[0]
+        out_a, out_c2 = np.full((T, self.R), np.nan), np.full((T, self.R), np.nan)
+        S = self.sch
+        code, eta, beta, tau, k = (hp[..., i] for i in (H_RULE, H_LR, H_BETA, H_TAU, H_K))
+        Us, Cs = ug, st[..., S_CR]
+        live_all = np.isin(code, (R_SGD, R_NEST, R_ADAM, R_ADAMW, R_RMS)) & \
+            np.isfinite(Us) & np.isfinite(Cs) & np.isfinite(metric) & np.isfinite(precond)
+        present = [int(c) for c in np.unique(code[live_all])]
+        if not present:
+            return out_a, out_c2
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for t in range(T):
+                live = live_all[t]
+                new = live & np.isnan(S["a"])
+                if new.any():
+                    S["a"][new] = st[t, new, S_A]
+                    for key in self._SCH[1:]:
+                        S[key][new] = 0.0
+                st_t = self._schedule_step(present, S, code[t], eta[t], beta[t], tau[t],
+                                           k[t], Us[t], Cs[t], metric[t], precond[t])
+                c2 = st_t.pop("c2")
+                ok = live & (st_t["a"] > 0.0)
+                out_a[t] = np.where(live, S["a"], np.nan)
+                out_c2[t] = np.where(ok, c2, np.nan)
+                if ok.all():
+                    S.update(st_t)
+                else:
+                    a_old = S["a"]
+                    for key, v in st_t.items():
+                        S[key] = np.where(ok, v, S[key])
+                    S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
+        return out_a, out_c2
 
     def _pred_coefficients(self, st, hp, prev):
         """Per step and row: r⁴ ← λ r⁴ + incr (per assumption) and a ← λ' a + incr' of
@@ -368,11 +422,68 @@ class _Recorder:
             incr2 = np.where(hb, b2 * (D + beta * Dn), np.nan)
         return lam, incr, lam2, incr2
 
+    @staticmethod
+    def _schedule_step(present, S, code, eta, beta, tau, k, U, C, M, p):
+        """One step of every rule in ``present`` (rule codes) for all rows; each row's
+        own rule picked with np.select only when several rules are present.  The first
+        step of a row (n = 0: the buffers start empty) enters through 0/1 factors."""
+        a, x, y, s, Vp, Up, pp, n = (S[key] for key in _Recorder._SCH)
+        f = (n == 0.0).astype(float)
+        nf = 1.0 - f
+        e2 = eta * eta
+        res = {}
+        for c in present:
+            if c == R_SGD:                                   # (9.2), (9.3)
+                s_new = f + nf * (beta * s + (1.0 - tau))
+                xs = (1.0 - tau * nf) * k * a + nf * beta * (x - eta * Vp)
+                V = U + 2.0 * k * s_new * xs - (k * s_new) ** 2 * a
+                res[c] = dict(x=xs, s=s_new, V=V, a=a - 2.0 * eta * xs + e2 * V, D=e2 * V)
+            elif c == R_NEST:                                # (9.5)
+                y_new = k * a + nf * beta * (y - eta * C)
+                xs = k * a + beta * y_new
+                res[c] = dict(x=xs, y=y_new, a=a - 2.0 * eta * xs + e2 * U, D=e2 * U)
+            elif c == R_RMS:                                 # (9.11)
+                xs = np.sqrt(a) * M
+                lam = k * p
+                res[c] = dict(x=xs, a=(1.0 - eta * lam) ** 2 * a - 2.0 * eta * xs + e2 * U,
+                              D=e2 * (lam * lam * a + 2.0 * lam * xs + U))
+            else:                                            # (9.8), (9.10)
+                b1 = np.where(beta > 0.0, beta, 0.5)
+                lb = np.log(b1)
+                bc = np.where(beta > 0.0, -np.expm1((n + 1.0) * lb), 1.0)
+                bcp = np.where(beta > 0.0, -np.expm1(n * lb), 1.0)
+                if c == R_ADAMW:
+                    shrink, lam = 1.0 - eta * k, k
+                else:
+                    shrink, lam = 1.0 - eta * k * pp, k * p
+                xs = nf * beta * (bcp / bc) * (shrink * x - eta * Up) + \
+                    (1.0 - beta) / bc * np.sqrt(a) * M
+                if c == R_ADAMW:
+                    a_new = shrink * shrink * a - 2.0 * eta * shrink * xs + e2 * U
+                else:
+                    a_new = (1.0 - eta * lam) ** 2 * a - 2.0 * eta * xs + e2 * U
+                res[c] = dict(x=xs, a=a_new, D=e2 * (lam * lam * a + 2.0 * lam * xs + U))
+        if len(present) == 1:
+            r = res[present[0]]
+        else:
+            conds = {c: code == c for c in present}
+            r = {}
+            for key, keep in (("x", x), ("y", y), ("s", s), ("V", Vp), ("a", a),
+                              ("D", np.nan)):
+                cs = [c for c in present if key in res[c]]
+                r[key] = np.select([conds[c] for c in cs], [res[c][key] for c in cs], keep)
+        out = {"x": r["x"], "y": r.get("y", y), "s": r.get("s", s), "V": r.get("V", Vp),
+               "U": U, "p": p, "n": n + 1.0, "a": r["a"]}
+        r0, r1 = np.sqrt(a), np.sqrt(r["a"])
+        out["c2"] = np.maximum((r["D"] - (r1 - r0) ** 2) / (r0 * r1), 0.0)
+        return out
+
     # -- the callback window -------------------------------------------------------------
     def take_window(self):
         """(RMS chord, worst residual) per row since the last call; resets the window."""
         with np.errstate(divide="ignore", invalid="ignore"):
             rms = np.sqrt(self.win[:, 0] / self.win[:, 1])
+            self.win_sched = np.sqrt(self.win[:, 2] / self.win[:, 3])
         res = self.win_res.copy()
         self.win[:] = 0.0
         self.win_res[:] = np.nan
@@ -390,6 +501,7 @@ class _Recorder:
             **{k: getattr(self, k).copy() for k in self._ARRAYS},
             "prev": {k: v.copy() for k, v in self.prev.items()},
             "r4": {k: v.copy() for k, v in self.r4.items()},
+            "sch": {k: v.copy() for k, v in self.sch.items()},
             "pred_after": {k: v.copy() for k, v in self.pred_after.items()},
             "rec": {k: np.array(v).reshape(len(v), self.R) for k, v in self.rec.items()},
             "rec_pred": {k: np.array(v).reshape(len(v), self.R)
@@ -408,6 +520,7 @@ class _Recorder:
         self.prev = {k: np.array(v) for k, v in s["prev"].items()}
         self.prev["known"] = self.prev["known"].astype(bool)
         self.r4 = {k: np.array(v, dtype=float) for k, v in s["r4"].items()}
+        self.sch = {k: np.array(v, dtype=float) for k, v in s["sch"].items()}
         self.pred_after = {k: np.array(v, dtype=float) for k, v in s["pred_after"].items()}
         self.rec = {k: list(np.array(v, dtype=float)) for k, v in s["rec"].items()}
         self.rec_pred = {k: list(np.array(v, dtype=float)) for k, v in s["rec_pred"].items()}

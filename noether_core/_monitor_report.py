@@ -18,20 +18,28 @@ PREDICTIONS = L.PREDICTIONS
 
 @dataclass(frozen=True)
 class Equilibrium:
-    """Result of :meth:`MonitorReport.equilibrium`: the steady angular update per block.
+    """Result of :meth:`MonitorReport.equilibrium`: the steady state per block.
+
+    Every prediction comes from the hyper-parameters and the gradient statistics of
+    ``theory.GradStats`` the monitor measured (docs/monitor.md §4), never from |Δ|, |q|
+    or the chord (the schedule starts from the measured |q|² of the first step the
+    monitor saw, its initial condition r0).
 
     Attributes
     ----------
     predicted_angular_update : (B,) array
-        The theory's steady chord |q̂_{n+1} − q̂_n| for each block's rule, from its
-        hyper-parameters (those of the window's last step) and the gradient statistics
-        measured in the window (docs/monitor.md §4).  NaN where the theory has no form
-        for the rule yet.
+        ``theory.equilibrium(rule, ..., grad_stats=<window means>).angular_update``:
+        the steady chord |q̂_{n+1} − q̂_n| (docs/theory.md (9.4), (9.6), (9.9)–(9.11)),
+        from the hyper-parameters of the window's last step.  It assumes the statistics
+        are stationary over the norm's relaxation time (theory.md §9.6).  NaN where the
+        theory has no form (rule "other", RMSprop with momentum or centered, …).
     measured_angular_update : (B,) array
         RMS of the chord over every step of the window (record_every notwithstanding).
     regime : str
-        The correlation assumption the measured lag-one gradient correlation selects
-        (median over blocks), or "undetermined".
+        theory.equilibrium's regime ("exact" for SGD, "uncorrelated"/"coherent"/
+        "alternating"/"correlated" for Nesterov, "rotational"/"metric-coupled" for the
+        adaptive rules); several joined by "+" when groups differ; "undetermined"
+        without a prediction.
     correlation : (B,) array
         Σ⟨g_n, g_{n−1}⟩ / Σ|g_n|² over the window: +1 coherent, 0 uncorrelated,
         −1 alternating.
@@ -40,10 +48,22 @@ class Equilibrium:
     first_step, last_step : int
         The steps n (of n → n+1) the window covers, inclusive.
     grad_stats : dict of (B,) arrays
-        The window means the prediction used (gradient statistics only, docs/monitor.md
-        §4): ``grad_norm2``, ``grad_lag1``, ``correlation``; for the adaptive rules
-        ``update_sq`` |u|², ``metric`` ⟨q̂, P g⟩, ``precond`` ⟨q̂², P⟩ (NaN otherwise) —
-        the fields of the theory's ``GradStats``.
+        The window means: ``grad_norm2``, ``grad_lag1``, ``correlation`` and the fields
+        of ``theory.GradStats`` — ``update_sq``, ``cross`` (Nesterov; 0 otherwise),
+        ``metric``, ``precond`` (adaptive rules; 0 for SGD).
+    scheduled_angular_update : (B,) array
+        RMS over the window of the chord predicted by ``theory.rule_norm_schedule``'s
+        recursion run online from the monitor's first step (time-resolved: follows the
+        statistics while they drift; theory.md §9.6).
+    predicted_norm_sq : (B,) array
+        The steady |q|² of ``theory.equilibrium`` (units of q²).
+    scheduled_norm_sq : (B,) array
+        |q|² after the last step by the online ``rule_norm_schedule``.
+    measured_norm_sq : (B,) array
+        |q|² after the last step, measured.
+    correlation_regime : str
+        The named assumption the lag-one gradient correlation selects through the AR(1)
+        buffer gain (B.9) (median over blocks), or "undetermined".
     """
 
     predicted_angular_update: np.ndarray
@@ -54,11 +74,21 @@ class Equilibrium:
     first_step: int
     last_step: int
     grad_stats: dict = field(default_factory=dict)
+    scheduled_angular_update: np.ndarray | None = None
+    predicted_norm_sq: np.ndarray | None = None
+    scheduled_norm_sq: np.ndarray | None = None
+    measured_norm_sq: np.ndarray | None = None
+    correlation_regime: str = "undetermined"
 
-    def relative_error(self) -> np.ndarray:
-        """(predicted − measured)/measured per block."""
+    def relative_error(self, which="steady") -> np.ndarray:
+        """(predicted − measured)/measured per block; ``which`` = "steady" (the
+        equilibrium's chord) or "schedule" (the time-resolved one)."""
+        pred = {"steady": self.predicted_angular_update,
+                "schedule": self.scheduled_angular_update}.get(which)
+        if which not in ("steady", "schedule"):
+            raise ValueError(f"which must be 'steady' or 'schedule', got {which!r}")
         with np.errstate(divide="ignore", invalid="ignore"):
-            return self.predicted_angular_update / self.measured_angular_update - 1.0
+            return pred / self.measured_angular_update - 1.0
 
 
 @dataclass
@@ -96,8 +126,11 @@ class MonitorReport:
         Relative residual of the exact identity of the rule (NaN where none applies).
     update_dot_q, update_norm2 : (R, B) arrays
         ⟨q_n, U_n⟩ and |U_n|² of the adaptive rules' update U (0 for SGD).
-    predicted_norm2 : dict assumption -> (R+1, B) array
-        Eq. 17 prediction of |q_n|² (heavy-ball SGD rows; NaN for other rules).
+    predicted_norm2 : dict name -> (R+1, B) array
+        |q_n|² predicted at the recorded steps and after the last one: Eq. 17 per
+        assumption and its "measured" form (heavy-ball SGD rows; NaN for other rules),
+        and "schedule", theory.rule_norm_schedule run online (every rule the theory
+        covers; docs/monitor.md §5).
     final_norm2 : (B,) array
         |q|² after the last step.
     audit_score : (B,) array
@@ -107,11 +140,12 @@ class MonitorReport:
     hyper : dict
         lr, momentum (β, β₁), dampening, weight_decay, beta2 (β₂, RMSprop's α), eps of
         the last step, per block.
-    cumulative : (R, B, 9) array
+    cumulative : (R, B, 12) array
         Sums over the steps before each recorded step n (0..n−1, every step counted) of
-        chord², its count, |g|², ⟨g_n, g_{n−1}⟩, their count, and the adaptive rules'
-        |u|², ⟨q̂, P g⟩, ⟨q̂², P⟩ and their count (docs/monitor.md §4).
-    final_cumulative : (B, 9) array
+        chord², its count, |g|², ⟨g_n, g_{n−1}⟩, their count, theory.GradStats'
+        update_sq, metric ⟨q̂, P g⟩, precond ⟨q̂², P⟩, their count, Nesterov's cross, the
+        schedule's chord² and its count (``_monitor_laws.CUM``; docs/monitor.md §4).
+    final_cumulative : (B, 12) array
         The same after the last step.
     last_step : int
         The last step n processed (−1 before any).
@@ -222,7 +256,8 @@ class MonitorReport:
         N = self.last_step + 1
         nan = np.full(B, np.nan)
         if N <= 0 or B == 0:
-            return Equilibrium(nan, nan, "undetermined", nan, self.rule, 0, -1)
+            return Equilibrium(nan, nan, "undetermined", nan, self.rule, 0, -1, {}, nan, nan,
+                               nan, nan)
         n0 = int(np.ceil((1.0 - w) * N))
         j = min(int(np.searchsorted(self.steps, n0)), len(self.steps) - 1)
         base, first = self.cumulative[j], int(self.steps[j])
@@ -234,21 +269,29 @@ class MonitorReport:
             gl = tot[:, L.C_GL] / tot[:, L.C_N]
             ad = {name: tot[:, c] / tot[:, L.C_NAD] for name, c in
                   (("update_sq", L.C_UG), ("metric", L.C_PM), ("precond", L.C_PQ))}
+            cross = tot[:, L.C_CR] / tot[:, L.C_NAD]
+            sched = np.sqrt(tot[:, L.C_SC2] / tot[:, L.C_NSC])
         beta = np.asarray(self.hyper["momentum"], dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             c_med = float(np.nanmedian(corr)) if np.isfinite(corr).any() else np.nan
             b_med = float(np.nanmedian(beta)) if np.isfinite(beta).any() else np.nan
-        regime = L.regime_of(c_med, b_med)
-        pred = np.full(B, np.nan)
-        stats = {"grad_norm2": gg, "grad_lag1": gl, "correlation": corr, **ad}
+        stats = {"grad_norm2": gg, "grad_lag1": gl, "correlation": corr, "cross": cross,
+                 **ad}
+        pred, norm, regimes = np.full(B, np.nan), np.full(B, np.nan), []
         for rule in dict.fromkeys(self.rules):
             sel = np.array([r == rule for r in self.rules])
-            hyp = {k: np.asarray(v, dtype=float)[sel] for k, v in self.hyper.items()
-                   if k != "rule"}
-            pred[sel] = L.predict_angular_update(
-                rule, hyp, {k: v[sel] for k, v in stats.items()}, regime)
-        return Equilibrium(pred, measured, regime, corr, self.rule, first, N - 1, stats)
+            hyp = {k: np.asarray(v, dtype=float)[sel] for k, v in self.hyper.items()}
+            p, n, reg = L.predict_equilibrium(rule, hyp, {k: v[sel] for k, v in
+                                                           stats.items()})
+            pred[sel], norm[sel] = p, n
+            regimes += reg
+        regime = "+".join(dict.fromkeys(regimes)) if regimes else "undetermined"
+        sched_a = self.predicted_norm2["schedule"][-1] if len(self.steps) else nan
+        return Equilibrium(pred, measured, regime, corr, self.rule, first, N - 1, stats,
+                           sched, norm, np.asarray(sched_a, dtype=float).copy(),
+                           np.asarray(self.final_norm2, dtype=float).copy(),
+                           L.regime_of(c_med, b_med))
 
     # -- text -------------------------------------------------------------------------------
     def summary(self) -> str:
@@ -296,15 +339,22 @@ class MonitorReport:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 m, p = np.nanmedian(eq.measured_angular_update), \
                     np.nanmedian(eq.predicted_angular_update)
+                ps = np.nanmedian(eq.scheduled_angular_update)
             lines.append(f"  angular update per step (chord |q̂_(n+1) − q̂_n|), RMS over "
                          f"steps {eq.first_step}-{eq.last_step}, median over blocks: "
-                         f"measured {m:.3e}, predicted {p:.3e} ({self.rule}, gradient "
-                         f"correlation regime {eq.regime})")
+                         f"measured {m:.3e}, predicted {p:.3e} steady / {ps:.3e} "
+                         f"schedule ({self.rule}, regime {eq.regime}; gradient "
+                         f"correlation {eq.correlation_regime})")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                es = np.nanmedian(np.abs(eq.scheduled_norm_sq / eq.measured_norm_sq - 1.0))
+            lines.append(f"  |q|² after the last step by the rule's schedule (theory §9), "
+                         f"median relative error {es:.3f}")
             if "sgd" in self.rules:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     errs = ", ".join(f"{a} {np.nanmedian(self.prediction_error(a)):.3f}"
-                                     for a in PREDICTIONS)
+                                     for a in PREDICTIONS[:-1])
                 lines.append("  Eq. 17 |q|² after the last step, median relative error "
                              "per assumption: " + errs)
         lines.append(f"  monitor overhead: {self.overhead_seconds:.3f} s in hooks")

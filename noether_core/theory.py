@@ -1438,8 +1438,8 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
             Dn[n] = eta * eta * ((k * p[n]) ** 2 * a + 2.0 * k * p[n] * x + U[n])
         if not np.all(a_new > 0.0):
             raise ValueError(f"the {name!r} norm recursion left |q|^2 > 0 at step {n + 1} "
-                             f"(lr={eta}, weight_decay={k}): far outside the small-step "
-                             "regime the model assumes")
+                             f"(r0={_out(r0)}, lr={eta}, weight_decay={k}): far outside "
+                             "the small-step regime the model assumes (finite |q|^2 > 0)")
         a = a_new
         out[n + 1] = a
     r = np.sqrt(out)

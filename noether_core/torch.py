@@ -34,8 +34,13 @@ What it does (docs/monitor.md):
    from its class and each param group's hyper-parameters: heavy-ball SGD with
    dampening and any lr schedule (B.4), Nesterov (B.6), Adam with L2 decay and AdamW
    (B.7), RMSprop (B.8); ``MonitorReport.rule`` names it.
-4. **Compares the steady angular update with the theory** (§4,
-   :meth:`MonitorReport.equilibrium`), and |q|² with Eq. 17 online (§5, heavy ball).
+4. **Measures the gradient statistics of theory.GradStats** per block and step (§4:
+   SGD's and Nesterov's buffers of the gradients alone with the lag cross term, Adam's
+   moment of the gradients over the optimizer's own preconditioner, the metric and
+   radial-preconditioner terms) and **compares the theory with the run**
+   (:meth:`MonitorReport.equilibrium`): the steady chord and |q|² of
+   ``theory.equilibrium``, and ``theory.rule_norm_schedule`` run online (§5), besides
+   Eq. 17 online for heavy ball.
 
 Nothing raises into ``optimizer.step``: a failure inside a hook is stored, recording
 stops, and the next public call (:meth:`NoetherMonitor.report`, ``state_dict``, ``plot``)
@@ -61,10 +66,10 @@ __all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
 
 PREDICTIONS = L.PREDICTIONS
 #: the order in which the device writes the STATS columns (grouped products, _post)
-_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "uq", "uu", "ug", "pm", "pq")
+_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "ug", "cr", "uq", "uu", "pm", "pq")
 _DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
 PARAMS = ("normalised", "all")
-_STATE_VERSION = 1
+_STATE_VERSION = 2            # 2: GradStats columns, the online schedule (issue 18)
 
 if torch is not None:
     _PER_CHANNEL = (torch.nn.modules.batchnorm._BatchNorm,
@@ -153,7 +158,9 @@ class NoetherMonitor:
         ``callback(dict[str, float])`` every ``log_every`` steps with per-layer
         summaries over those steps (median over the layer's rows): ``"<layer>/
         angular_update"`` (RMS chord), ``"<layer>/predicted_angular_update"``,
-        ``"<layer>/norm2"``, ``"<layer>/balance_residual"`` (worst); e.g.
+        ``"<layer>/scheduled_angular_update"`` (the online rule_norm_schedule's RMS
+        chord over those steps), ``"<layer>/norm2"``, ``"<layer>/balance_residual"``
+        (worst); e.g.
         ``callback=lambda d: writer.add_scalars("noether", d, mon.step)`` or
         ``callback=wandb.log``.
     log_every : int ≥ 1
@@ -347,7 +354,9 @@ class NoetherMonitor:
                    for _ in range(2)]
         self._cur = 0
         self._mg = None                # Adam (L2)'s moment of the gradients alone
-        self._P = torch.empty((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        self._bg = None                # SGD's momentum buffer of the gradients alone
+        self._wprev = None             # Nesterov's previous w = g + βb (gradients alone)
+        self._P = torch.zeros((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
         # the device batch: one (STATS, R) row per step until the next move to the host
         self._batch = torch.zeros((min(self.log_every, 128), len(L.STATS), lay.R),
                                   dtype=self._acc, device=dev)
@@ -560,16 +569,19 @@ class NoetherMonitor:
                 self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
             if self._adaptive():
                 u, pre, ug = self._update(q0, g)
-                torch.mul(q0, u, out=P[8])
-                torch.mul(u, u, out=P[9])
+                torch.mul(q0, u, out=P[10])
+                torch.mul(u, u, out=P[11])
                 if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
-                    P[10].zero_()
+                    P[8].zero_()
                 else:
-                    torch.mul(ug, ug, out=P[10])
-                torch.mul(q0, pre * g, out=P[11])
-                torch.mul(P[3], pre, out=P[12])
+                    torch.mul(ug, ug, out=P[8])
+                torch.mul(q0, pre * g, out=P[12])
+                torch.mul(P[3], pre, out=P[13])
                 lay.reduce(P, out=self._batch[i])
-            else:                             # the adaptive columns stay 0
+            elif self._sgd_family():          # GradStats of SGD/Nesterov (cr: Nesterov)
+                self._sgd_stats(g, P)
+                lay.reduce(P[:10], out=self._batch[i, :10])
+            else:                             # the statistics columns stay 0
                 lay.reduce(P[:8], out=self._batch[i, :8])
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
@@ -596,6 +608,65 @@ class NoetherMonitor:
 
     def _adaptive(self):
         return isinstance(self.optimizer, (torch.optim.Adam, torch.optim.RMSprop))
+
+    def _sgd_family(self):
+        return isinstance(self.optimizer, torch.optim.SGD)
+
+    def _sgd_coefs(self):
+        """β, 1 − τ and the Nesterov flag of the tracked rows' groups: floats when every
+        group agrees, else flat tensors (rebuilt when a hyper-parameter changes)."""
+        key = self._table_key
+        if getattr(self, "_sgd_key", None) == key:
+            return self._sgd_cache
+        grps = self.optimizer.param_groups
+        vals = {p: (float(grps[self._group[p]].get("momentum", 0.0)),
+                    float(grps[self._group[p]].get("dampening", 0.0)),
+                    bool(grps[self._group[p]].get("nesterov", False)))
+                for p in self._tracked}
+        vals = {p: (b, 1.0 - (t if b != 0.0 else 0.0), n) for p, (b, t, n) in vals.items()}
+        if len(set(vals.values())) <= 1:
+            beta, c, nest = next(iter(vals.values()), (0.0, 1.0, False))
+        else:
+            lay, dt = self._layout, self._dtype
+            beta = lay.flat(lambda p: torch.full_like(p, vals[p][0], dtype=dt), dt)
+            c = lay.flat(lambda p: torch.full_like(p, vals[p][1], dtype=dt), dt)
+            nest = lay.flat(lambda p: torch.full_like(p, float(vals[p][2]), dtype=dt), dt)
+        self._sgd_key, self._sgd_cache = key, (beta, c, nest)
+        return self._sgd_cache
+
+    def _sgd_stats(self, g, P):
+        """theory.GradStats of SGD and Nesterov (docs/theory.md §9.2–9.3) from the
+        gradients alone, in the flat layout: the buffer b_{n+1} = βb_n + (1−τ)g_n
+        (b_1 = g_0, undamped, at the first step the monitor sees), U_n = |b_{n+1}|²
+        (SGD) or |w_n|², w_n = g_n + βb_{n+1} (Nesterov), and Nesterov's lag cross term
+        C_n = ⟨w_{n−1}, b_n⟩ (0 at the first step) into P[8], P[9]."""
+        beta, c, nest = self._sgd_coefs()
+        b = self._bg
+        if b is None:
+            self._bg = b = g.clone()
+            P[9].zero_()
+            w_old = None
+        else:
+            w_old = self._wprev
+            if w_old is not None:
+                torch.mul(w_old, b, out=P[9])      # ⟨w_{n−1}, b_n⟩, before b moves on
+            else:
+                P[9].zero_()
+            if torch.is_tensor(c):
+                b.mul_(beta).addcmul_(g, c)
+            else:
+                b.mul_(beta).add_(g, alpha=c)
+        if not torch.is_tensor(nest) and not nest:
+            torch.mul(b, b, out=P[8])
+            self._wprev = None
+            return
+        w = torch.addcmul(g, b, beta) if torch.is_tensor(beta) else torch.add(g, b,
+                                                                             alpha=beta)
+        if torch.is_tensor(nest):              # mixed groups: b where not Nesterov
+            w = torch.where(nest != 0, w, b)
+            P[9].mul_(nest)
+        torch.mul(w, w, out=P[8])
+        self._wprev = w
 
     def _update(self, q0, g):
         """Adam/AdamW/RMSprop, recomputed in the flat layout from the optimizer's state
@@ -758,6 +829,8 @@ class NoetherMonitor:
                 out[f"{b.label}/angular_update"] = float(np.nanmedian(rms[ridx]))
                 out[f"{b.label}/predicted_angular_update"] = float(
                     np.nanmedian(np.asarray(eq_pred)[sel]))
+                out[f"{b.label}/scheduled_angular_update"] = float(
+                    np.nanmedian(self._rec.win_sched[ridx]))
                 out[f"{b.label}/norm2"] = float(np.nanmedian(self._rec.last_a1[ridx]))
                 out[f"{b.label}/balance_residual"] = float(np.nanmax(res[ridx])) \
                     if np.isfinite(res[ridx]).any() else float("nan")
@@ -885,6 +958,8 @@ class NoetherMonitor:
             "recorder": _to_torch(self._rec.state()),
             "dprev": self._host_copy(self._X[1 - self._cur][2]),
             "mg": None if self._mg is None else self._host_copy(self._mg),
+            "bg": None if self._bg is None else self._host_copy(self._bg),
+            "wprev": None if self._wprev is None else self._host_copy(self._wprev),
             "gprev": self._host_copy(self._X[1 - self._cur][0]),
             "audit": {"done": self._audit_done,
                       "cos_c": [torch.from_numpy(c.copy()) for c, _ in self._cos_hist],
@@ -946,6 +1021,8 @@ class NoetherMonitor:
         Xp[2].copy_(s["dprev"].to(dev, self._dtype))
         Xp[0].copy_(s["gprev"].to(dev, self._dtype))
         self._mg = None if s.get("mg") is None else s["mg"].to(dev, self._dtype)
+        self._bg = None if s.get("bg") is None else s["bg"].to(dev, self._dtype)
+        self._wprev = None if s.get("wprev") is None else s["wprev"].to(dev, self._dtype)
         a = s["audit"]
         self._audit_done = bool(a["done"])
         self._cos_hist = [(c.numpy().copy(), o.numpy().copy())
@@ -973,11 +1050,15 @@ class NoetherMonitor:
         ax = axs[0, 0]
         ax.plot(rep.steps, rep.norm2[:, sel], "k-", lw=1)
         if "sgd" in rep.rules:
-            for a, st in zip(PREDICTIONS, ("--", ":", "-.", "-"), strict=True):
+            for a, st in zip(PREDICTIONS[:-1], ("--", ":", "-.", "-"), strict=True):
                 ax.plot(rep.steps, rep.predicted_norm2[a][:-1, sel], st, lw=1, label=a)
+        if len(rep.steps):
+            ax.plot(rep.steps, rep.predicted_norm2["schedule"][:-1, sel], "--", lw=1.5,
+                    color="tab:gray", label="schedule (theory §9)")
             ax.legend(fontsize=7)
         ax.set(title="|q|²: measured (black)" + (" vs Eq. 17" if "sgd" in rep.rules
-                                                  else ""), xlabel="step", yscale="log")
+                                                  else "") + " and the rule's schedule",
+               xlabel="step", yscale="log")
         ax = axs[0, 1]
         ax.plot(rep.steps, rep.angular_update[:, sel], lw=1)
         if len(rep.steps):

@@ -511,6 +511,51 @@ def build_entries():
         theory.buffer_gain(momentum, assumption),
         lambda s: dict(momentum=0.9, assumption="uncorrelated"),
         dict(momentum=A("float"), assumption=A("choice")))
+    # the every-optimizer theory (docs/theory.md §9), one row per family of rules with
+    # the hyper-parameters that family reads (the others are ignored, not validated)
+    t_grads = np.random.default_rng(3).standard_normal((12, 4))
+    t_params = np.random.default_rng(4).standard_normal((12, 4)) + 1.0
+    t_fam = {"sgd": (("sgd", "nesterov"), dict(momentum=0.9), dict(momentum=A("float"))),
+             "adam": (("adam", "adamw"), dict(betas=(0.9, 0.999), eps=1e-8),
+                      dict(betas=A("obj"), eps=A("float"))),
+             "rmsprop": (("rmsprop",), dict(alpha=0.99, eps=1e-8),
+                         dict(alpha=A("float"), eps=A("float")))}
+
+    def t_stats(rule, h):
+        kw = {} if rule in ("sgd", "nesterov") else {"params": t_params}
+        return theory.gradient_stats(rule, t_grads, **kw, **h)
+
+    for fam, (rules_f, hyp, hyp_args) in t_fam.items():
+        nb = len(rules_f)
+        add(f"theory.equilibrium({fam})",
+            lambda rule, lr, weight_decay, grad_stats, assumption, **h: theory.equilibrium(
+                rule, lr=lr, weight_decay=weight_decay, grad_stats=grad_stats,
+                assumption=assumption, **h),
+            lambda s, r=rules_f, h=hyp: dict(
+                rule=r[s % len(r)], lr=0.01, weight_decay=0.05,
+                grad_stats=t_stats(r[s % len(r)], h).mean(4), assumption="uncorrelated",
+                **h),
+            dict(rule=A("choice"), lr=pos, weight_decay=A("float"),
+                 grad_stats=A("obj", nullable=True), assumption=A("choice"), **hyp_args),
+            bases=nb)
+        add(f"theory.gradient_stats({fam})",
+            lambda rule, grads, params, weight_decay, **h: theory.gradient_stats(
+                rule, grads, params, weight_decay=weight_decay, **h),
+            lambda s, r=rules_f, h=hyp, f=fam: dict(
+                rule=r[s % len(r)], grads=t_grads,
+                params=None if f == "sgd" else t_params, weight_decay=0.05, **h),
+            dict(rule=A("choice"), grads=A("farray", fixed_shape=False),
+                 weight_decay=A("float"), **hyp_args,
+                 **({} if fam == "sgd" else {"params": A("farray", nullable=True)})),
+            bases=nb)
+        add(f"theory.rule_norm_schedule({fam})",
+            lambda rule, grad_stats, r0, lr, weight_decay, **h: theory.rule_norm_schedule(
+                rule, grad_stats, r0, lr=lr, weight_decay=weight_decay, **h),
+            lambda s, r=rules_f, h=hyp: dict(
+                rule=r[s % len(r)], grad_stats=t_stats(r[s % len(r)], h), r0=1.0, lr=0.01,
+                weight_decay=0.05, **h),
+            dict(rule=A("choice"), grad_stats=A("obj"), r0=pos, lr=pos,
+                 weight_decay=A("float"), **hyp_args), bases=nb)
     add("symmetry.generator/transform", lambda q, s, omega: (
         symmetry.generator(symmetry.Symmetry("rotation", ("q",)), q, {"q": np.arange(3)},
                            omega),
@@ -588,9 +633,12 @@ def build_entries():
     if torch is not None:
         from noether_core.torch import NoetherMonitor
 
-        def monitor(model, optimizer, audit_steps=5, approx_tol=1e-3, record_every=1):
+        def monitor(model, optimizer, audit_steps=5, approx_tol=1e-3, record_every=1,
+                    max_records=None, callback=None, log_every=100, params="normalised"):
             mon = NoetherMonitor(model, optimizer, audit_steps=audit_steps,
-                                 approx_tol=approx_tol, record_every=record_every)
+                                 approx_tol=approx_tol, record_every=record_every,
+                                 max_records=max_records, callback=callback,
+                                 log_every=log_every, params=params)
             for h in mon._hooks + mon._fwd_hooks:     # leave the shared model clean
                 h.remove()
             return type(mon).__name__
@@ -599,9 +647,14 @@ def build_entries():
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         add("torch.NoetherMonitor", monitor,
             lambda s: dict(model=net, optimizer=opt, audit_steps=5, approx_tol=1e-3,
-                           record_every=1),
+                           record_every=1, max_records=[None, 50][s % 2],
+                           callback=[None, print][s % 2], log_every=1 + 49 * (s % 2),
+                           params=["normalised", "all"][s % 2]),
             dict(model=A("obj"), optimizer=A("obj"), audit_steps=A("int", lo=1),
-                 approx_tol=pos, record_every=A("int", lo=1)))
+                 approx_tol=pos, record_every=A("int", lo=1),
+                 max_records=A("int", nullable=True, lo=2),
+                 callback=A("obj", nullable=True), log_every=A("int", lo=1),
+                 params=A("choice")), bases=2)
     # ---- noether_core.scan, scan_integrate ----------------------------------------------
     add("scan", lambda rule_cls, potential, q0, lr, steps, threads, record_every,
         max_record_bytes: nc.scan(rule_cls, potential, q0, lr=lr, steps=steps,

@@ -28,7 +28,7 @@ def _stats(q0, g, dprev, gprev, q1, u):
     z = np.zeros(len(q0))          # the adaptive rules' gradient statistics: not used
     return np.stack([dot(q0, q0), dot(g, g), dot(g, q0), dot(dprev, g), dot(d, d),
                      dot(q1, q1), dot(d, g), dot(gprev, g), dot(q0, u), dot(u, u),
-                     z, z, z], axis=1)
+                     z, z, z, z], axis=1)
 
 
 def _run(rule, hp, steps=25, R=3, m=40, seed=0, lrs=None):

@@ -360,8 +360,8 @@ def test_callback_gets_per_layer_summaries():
     assert len(seen) == 2
     d = seen[1]
     assert set(d) == {f"{lay}/{q}" for lay in ("0.weight", "3.weight+bias")
-                      for q in ("angular_update", "predicted_angular_update", "norm2",
-                                "balance_residual")}
+                      for q in ("angular_update", "predicted_angular_update",
+                                "scheduled_angular_update", "norm2", "balance_residual")}
     assert all(isinstance(v, float) for v in d.values())
     rep = mon.report()
     ch = rep.angular_update[10:20, :16]
@@ -370,6 +370,14 @@ def test_callback_gets_per_layer_summaries():
     np.testing.assert_allclose(d["0.weight/predicted_angular_update"],
                                theory.steady_angular_update(0.1, 0.9, 1e-3), rtol=1e-14)
     assert d["3.weight+bias/balance_residual"] <= BOUND
+    # the schedule's chord over the same ten steps (cumulative sums of the report)
+    cum = rep.cumulative
+    c10, c20 = cum[10], rep.final_cumulative
+    from noether_core import _monitor_laws as L
+    sched = np.sqrt((c20[:16, L.C_SC2] - c10[:16, L.C_SC2])
+                    / (c20[:16, L.C_NSC] - c10[:16, L.C_NSC]))
+    np.testing.assert_allclose(d["0.weight/scheduled_angular_update"], np.median(sched),
+                               rtol=1e-12)
 
 
 def test_max_records_decimates_older_rows():
@@ -499,21 +507,137 @@ def test_bad_new_arguments():
         NoetherMonitor(model, opt, callback=3)
 
 
-@pytest.mark.parametrize("name, make, tol", [
-    ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-3), 0.03),
-    ("nesterov", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True,
-                                           weight_decay=5e-3), 0.08),
-    ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.5), 0.08),
-])
-def test_equilibrium_prediction_meets_the_measured_chord(name, make, tol):
-    """docs/monitor.md §4: over the last 30% of 1500 steps (≥ 4 relaxation times
-    (1−β)/(2ηk) = 100 steps of SGD, 1/(ηλ) = 200 of AdamW), on minibatch noise, the
-    theory's steady chord — sqrt(2ηk/(1+β)) for SGD (exact at a fixed point, up to the
-    radial share O(ηk)), Nesterov's with the measured regime, AdamW's rotational
-    equilibrium sqrt(2ηλ(1−β₁)/(1+β₁)) — meets the measured RMS chord, median over the 32
-    BatchNorm rows.  Measured: −0.9%, −2.5%, +3.2%; the tolerances leave the
-    window-to-window scatter of the measurement (±2–3%, the issue) on top of Nesterov's
-    and AdamW's leading-order forms."""
+#: (rule, optimizer, theory hyper-parameters): the five rules of docs/theory.md §9, with
+#: decay strong enough that 1500 steps hold ≥ 5 of the norm's relaxation times
+EQ_RULES = {
+    "sgd": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-3),
+            {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-3}),
+    "sgd-dampening": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.8, dampening=0.3,
+                                                weight_decay=5e-3),
+                      {"lr": 0.1, "momentum": 0.8, "dampening": 0.3, "weight_decay": 5e-3}),
+    "nesterov": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True,
+                                           weight_decay=5e-3),
+                 {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-3}),
+    "adamw": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.5),
+              {"lr": 1e-2, "weight_decay": 0.5}),
+    "adam": (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=5e-3),
+             {"lr": 1e-2, "weight_decay": 5e-3}),
+    "rmsprop": (lambda p: torch.optim.RMSprop(p, lr=2e-3, weight_decay=0.1),
+                {"lr": 2e-3, "weight_decay": 0.1}),
+}
+
+
+def _theory_rule(name):
+    return "sgd" if name == "sgd-dampening" else name
+
+
+@pytest.mark.parametrize("name", sorted(EQ_RULES))
+def test_window_statistics_are_the_theorys_gradient_stats(name):
+    """Item 1 of the monitor's part of issue 18: the monitor's window means equal
+    ``theory.gradient_stats`` fed the same gradients (and, for the adaptive rules, the
+    same weights) and averaged over the same steps — update_sq (SGD |b|² with dampening,
+    Nesterov |w|², Adam/AdamW |P m̂|², RMSprop |P g|²), Nesterov's cross ⟨w_{n−1}, b_n⟩,
+    metric ⟨q̂, P g⟩ and precond ⟨q̂², P⟩ (docs/theory.md §9, docs/monitor.md §4).  Both
+    sides are float64 sums of the same products in a different order: 1e-10 relative.
+    The steady state is then theory.equilibrium of those means, and the online schedule
+    is theory.rule_norm_schedule of the per-step series from the first |q| (1e-10)."""
+    make, h = EQ_RULES[name]
+    rule = _theory_rule(name)
+    X, y = _data()
+    model = _mlp()
+    opt = make(model.parameters())
+    mon = NoetherMonitor(model, opt, log_every=7, record_every=3)
+    w, lw, lb = model[0].weight, model[3].weight, model[3].bias
+    Q, G, Qb, Gb = [], [], [], []
+    steps = 40
+    for idx in _batches(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(X[idx]), y[idx]).backward()
+        Q.append(w.detach().numpy().copy())
+        G.append(w.grad.numpy().copy())
+        Qb.append(torch.cat([lw.detach().reshape(-1), lb.detach()]).numpy().copy())
+        Gb.append(torch.cat([lw.grad.reshape(-1), lb.grad]).numpy().copy())
+        opt.step()
+    rep = mon.report()
+    eq = rep.equilibrium(0.5)
+    assert eq.first_step == 21                       # recorded steps 0, 3, …: ⌈20⌉ → 21
+    blocks = [(f"0.weight[{j}]", np.array(Q)[:, j], np.array(G)[:, j]) for j in range(16)]
+    blocks.append(("3.weight+bias", np.array(Qb), np.array(Gb)))
+    fields = {"sgd": ("update_sq",), "nesterov": ("update_sq", "cross"),
+              "adamw": ("update_sq", "metric"),
+              "adam": ("update_sq", "metric", "precond"),
+              "rmsprop": ("update_sq", "metric", "precond")}[rule]
+    for label, q, g in blocks:
+        j = rep.labels.index(label)
+        kw = {} if rule in ("sgd", "nesterov") else {"params": q}
+        gs = theory.gradient_stats(rule, g, **kw, **h)
+        gm = gs.mean(eq.first_step)
+        for f in fields:
+            np.testing.assert_allclose(eq.grad_stats[f][j], getattr(gm, f), rtol=1e-10,
+                                       atol=0, err_msg=f"{name} {label} {f}")
+        ref = theory.equilibrium(rule, grad_stats=gm, **h)
+        np.testing.assert_allclose(eq.predicted_angular_update[j], ref.angular_update,
+                                   rtol=1e-10)
+        np.testing.assert_allclose(eq.predicted_norm_sq[j], ref.norm_sq, rtol=1e-10)
+        series = theory.GradStats(rule, gs.update_sq, gs.cross, gs.metric, gs.precond,
+                                  gs.steps)               # shift: not measured (§5)
+        sc = theory.rule_norm_schedule(rule, series, np.linalg.norm(q[0]), **h)
+        np.testing.assert_allclose(rep.predicted_norm2["schedule"][:, j],
+                                   sc.norm_sq[np.append(rep.steps, steps)], rtol=1e-10)
+        np.testing.assert_allclose(
+            eq.scheduled_angular_update[j],
+            np.sqrt(np.mean(sc.angular_update[eq.first_step:] ** 2)), rtol=1e-10)
+
+
+def test_window_statistics_with_param_groups_of_different_sgd_rules():
+    """The same as above when the param groups differ (the monitor's buffer then runs
+    with per-element β, 1 − τ and a Nesterov mask): BatchNorm rows under heavy ball with
+    dampening, the LayerNorm block under Nesterov with another β (1e-10 relative)."""
+    X, y = _data()
+    model = _mlp()
+    first = [model[0].weight, model[1].weight, model[1].bias]
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    h0 = {"momentum": 0.8, "dampening": 0.3, "weight_decay": 5e-3}
+    h1 = {"momentum": 0.6, "nesterov": True, "weight_decay": 1e-3}
+    opt = torch.optim.SGD([{"params": first, **h0}, {"params": rest, **h1}], lr=0.1)
+    mon = NoetherMonitor(model, opt, log_every=5)
+    w, lw, lb = model[0].weight, model[3].weight, model[3].bias
+    G, Gb = [], []
+    for idx in _batches(30):
+        opt.zero_grad()
+        F.cross_entropy(model(X[idx]), y[idx]).backward()
+        G.append(w.grad.numpy().copy())
+        Gb.append(torch.cat([lw.grad.reshape(-1), lb.grad]).numpy().copy())
+        opt.step()
+    rep = mon.report()
+    assert rep.rule == "sgd+nesterov"
+    eq = rep.equilibrium(1.0)
+    G = np.array(G)
+    for j in range(16):
+        gs = theory.gradient_stats("sgd", G[:, j], momentum=0.8, dampening=0.3).mean()
+        np.testing.assert_allclose(eq.grad_stats["update_sq"][j], gs.update_sq, rtol=1e-10)
+        assert eq.grad_stats["cross"][j] == 0.0
+    gs = theory.gradient_stats("nesterov", np.array(Gb), momentum=0.6).mean()
+    j = rep.labels.index("3.weight+bias")
+    np.testing.assert_allclose(eq.grad_stats["update_sq"][j], gs.update_sq, rtol=1e-10)
+    np.testing.assert_allclose(eq.grad_stats["cross"][j], gs.cross, rtol=1e-10)
+    ref = theory.equilibrium("nesterov", lr=0.1, momentum=0.6, weight_decay=1e-3,
+                             grad_stats=gs)
+    np.testing.assert_allclose(eq.predicted_angular_update[j], ref.angular_update,
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(EQ_RULES))
+def test_equilibrium_prediction_meets_the_measured_chord(name):
+    """docs/monitor.md §4, issue 18's goal: over the last 30% of 1500 steps of a
+    BatchNorm MLP (32 rows, batches of 32) the steady chord of theory.equilibrium from
+    the window's gradient statistics meets the measured RMS chord within 4% (median over
+    rows) for every rule, and the online rule_norm_schedule's chord within 2%; its |q|²
+    after the last step within 3%.  Measured (this run): steady −0.9 … +2.7%, schedule
+    ≤ 0.6%, |q|² schedule ≤ 2.2% (figures in docs/monitor.md §4); the steady form is
+    the looser one because it assumes the statistics stationary over the relaxation
+    time (theory.md §9.6)."""
+    make, h = EQ_RULES[name]
     X, y = _data(512, seed=7)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 32, bias=False),
@@ -523,66 +647,28 @@ def test_equilibrium_prediction_meets_the_measured_chord(name, make, tol):
     mon = NoetherMonitor(model, opt, record_every=10)
     _train(model, opt, X, y, _batches(1500, n=512))
     eq = mon.report().equilibrium(0.3)
-    assert eq.rule == name and (eq.first_step, eq.last_step) == (1050, 1499)
-    assert eq.regime == "uncorrelated" and abs(np.median(eq.correlation)) < 0.2
-    assert abs(np.median(eq.relative_error())) < tol
+    rule = _theory_rule(name)
+    assert eq.rule == rule and (eq.first_step, eq.last_step) == (1050, 1499)
+    assert abs(np.nanmedian(eq.correlation)) < 0.2          # dead rows: NaN
+    assert eq.correlation_regime == "uncorrelated"
+    assert eq.regime in {"sgd": ("exact",), "nesterov": ("uncorrelated", "correlated"),
+                         "adamw": ("rotational", "metric-coupled"),
+                         "adam": ("rotational", "metric-coupled"),
+                         "rmsprop": ("rotational", "metric-coupled")}[rule]
+    live = eq.grad_stats["grad_norm2"] > 0           # dead units: the theory says 0
+    assert live.sum() >= 24
+    err = {"steady": np.median(eq.relative_error()[live]),
+           "schedule": np.median(eq.relative_error("schedule")[live]),
+           "norm": np.median(eq.scheduled_norm_sq[live] / eq.measured_norm_sq[live]) - 1,
+           "steady norm": np.median(eq.predicted_norm_sq[live]
+                                    / eq.measured_norm_sq[live]) - 1}
+    print(name, {k: round(float(v), 4) for k, v in err.items()}, eq.regime)
+    assert abs(err["steady"]) < 0.04
+    assert abs(err["schedule"]) < 0.02
+    assert abs(err["norm"]) < 0.03
     if name == "sgd":
         np.testing.assert_allclose(eq.predicted_angular_update,
                                    theory.steady_angular_update(0.1, 0.9, 5e-3), rtol=1e-14)
-
-
-@pytest.mark.parametrize("kind", ["adamw", "adam-l2", "rmsprop"])
-def test_adaptive_gradient_statistics(kind):
-    """docs/monitor.md §4: the window means the adaptive rules' prediction takes —
-    |u|² (u = P m̂ of the gradients alone; P g for RMSprop), ⟨q̂, P g⟩, ⟨q̂², P⟩ with
-    P = 1/(sqrt(v̂)+ε) the optimizer's preconditioner — equal a NumPy recomputation from
-    the gradients, the weights before each step and the optimizer's second moment
-    (float64 round-off: 1e-10 relative)."""
-    X, y = _data()
-    model = _mlp()
-    if kind == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.95),
-                                weight_decay=0.1)
-    elif kind == "adam-l2":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.8, 0.95),
-                               weight_decay=1e-2)
-    else:
-        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9,
-                                  weight_decay=1e-2)
-    mon = NoetherMonitor(model, opt, log_every=7)
-    w = model[3].weight                           # the LayerNorm-fed block with its bias
-    b = model[3].bias
-    rows = []
-    for idx in _batches(25):
-        opt.zero_grad()
-        F.cross_entropy(model(X[idx]), y[idx]).backward()
-        q = torch.cat([w.detach().reshape(-1), b.detach()]).numpy().copy()
-        g = torch.cat([w.grad.reshape(-1), b.grad]).numpy().copy()
-        opt.step()
-        key = "exp_avg_sq" if kind != "rmsprop" else "square_avg"
-        v = torch.cat([opt.state[w][key].reshape(-1), opt.state[b][key]]).numpy().copy()
-        rows.append((q, g, v))
-    eq = mon.report().equilibrium(1.0)
-    j = mon.report().labels.index("3.weight+bias")
-    b1, b2 = (0.8, 0.95) if kind != "rmsprop" else (0.0, 0.9)
-    m = np.zeros_like(rows[0][0])
-    us, ms, ps = [], [], []
-    for n, (q, g, v) in enumerate(rows):
-        if kind == "rmsprop":
-            P = 1.0 / (np.sqrt(v) + 1e-8)
-            u = P * g
-        else:
-            m = b1 * m + (1 - b1) * g
-            P = 1.0 / (np.sqrt(v / (1 - b2 ** (n + 1))) + 1e-8)
-            u = P * m / (1 - b1 ** (n + 1))
-        qh = q / np.linalg.norm(q)
-        us.append(u @ u)
-        ms.append(qh @ (P * g))
-        ps.append(qh @ (qh * P))
-    st = eq.grad_stats
-    np.testing.assert_allclose(st["update_sq"][j], np.mean(us), rtol=1e-10)
-    np.testing.assert_allclose(st["metric"][j], np.mean(ms), rtol=1e-9)
-    np.testing.assert_allclose(st["precond"][j], np.mean(ps), rtol=1e-10)
 
 
 def test_batch_boundaries_do_not_change_the_numbers():
