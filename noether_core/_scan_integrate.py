@@ -1,11 +1,16 @@
 """``scan_integrate``: a grid of integrator runs (model parameters × step size).
 
 Where :func:`noether_core.scan` runs a grid of *training* runs inside one OpenMP kernel
-call, this runs a grid of continuous-model trajectories: each point is one compiled
-:func:`noether_core.integrate` call, which releases the GIL for its whole trajectory, so a
-thread pool of ``threads`` workers runs points truly in parallel; ``executor=`` sends
-chunks of the grid to any ``concurrent.futures.Executor`` (a process pool, Dask) instead.
-Every point is deterministic, so results do not depend on ``threads`` or the chunking.
+call, this runs a grid of continuous-model trajectories.  The points (M1 Damped, M2
+RadialAngular, M4 GradientFlow) are validated and turned into one table of kernel rows
+up front; a compiled grid kernel (pyx/integrators.pyx ``GridKernel``) then integrates many
+points per call with the GIL released once, each point exactly the
+:func:`noether_core.integrate` call with the same parameters (the same compiled loops;
+docs/integrators.md §9).  A pool of ``threads`` daemon threads runs slices of the grid in
+parallel; ``executor=`` sends chunks of the grid to any ``concurrent.futures.Executor``
+(a process pool, Dask) instead.  Every point is deterministic, so results do not depend
+on ``threads`` or the chunking.  Bregman models (mirror maps, user schedules) run one
+:func:`integrate` call per point.
 """
 from __future__ import annotations
 
@@ -18,12 +23,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _grid
+from . import _bridge, _grid, _status
 from . import _validation as V
-from ._integrate import IntegrationError, integrate
+from ._integrate import (
+    _METHOD_CODE,
+    ADAPTIVE,
+    IntegrationError,
+    _adaptive_plan,
+    _check_inputs,
+    _check_state,
+    _fixed_plan,
+    _status_text,
+    integrate,
+)
 from ._parallel import STOPS, Cancelled, map_threads
 from .errors import DivergenceWarning
-from .models import Model
+from .models import Bregman, Model
 
 __all__ = ["scan_integrate", "IntegrateScanResult"]
 
@@ -95,6 +110,7 @@ def _quiet_divergence():
 
 
 def _point(model_cls, potential, y0, t_end, method, params, run_kw):
+    """One point by its own integrate call (Bregman models)."""
     model_kw = {k: v for k, v in params.items() if k not in _RUN_KEYS}
     kw = dict(run_kw)
     kw.update({k: v for k, v in params.items() if k in _RUN_KEYS})
@@ -104,29 +120,95 @@ def _point(model_cls, potential, y0, t_end, method, params, run_kw):
             r = integrate(model, y0, t_end=t_end, method=method, record_every=10**9, **kw)
         except IntegrationError as exc:
             r = exc.result
-            _callback_failure(potential, r, params)
+            _callback_failure(potential, r.n_steps, params)
             return (r.y_final, r.t_final, r.nfev, r.n_steps, True, str(exc))
-    _callback_failure(potential, r, params)
+    _callback_failure(potential, r.n_steps, params)
     return (r.y_final, r.t_final, r.nfev, r.n_steps, bool(r.diverged), r.message)
 
 
-def _callback_failure(potential, r, params):
-    """A Python potential's fn failed in the integrate call this thread just made: raise
-    it (CallbackError from it, naming the point; KeyboardInterrupt and SystemExit as
+def _callback_failure(potential, n_steps, params):
+    """A Python potential's fn failed in the run this thread just made: raise it
+    (CallbackError from it, naming the point; KeyboardInterrupt and SystemExit as
     themselves), never report it as a divergence.  (integrate itself may already raise
     it; then nothing is left here to collect.)"""
     raise_cb = getattr(potential, "_raise_callback_error", None)
     if raise_cb is not None:
-        raise_cb(int(r.n_steps), f"in scan_integrate at grid point {params} ")
+        raise_cb(int(n_steps), f"in scan_integrate at grid point {params} ")
 
 
-def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, token, lo,
-           hi):
+@dataclass(eq=False)
+class _GridJob:
+    """Everything a chunk of a compiled grid needs (picklable: executors' chunks)."""
+
+    plan: _bridge.GridPlan
+    potential: object
+    y0: np.ndarray
+    points: list              # the points' parameters (for error messages)
+    method: str
+    python_fn: bool           # a Python potential: one point per kernel call, collected
+
+
+def _grid_rows(job, threads, token, lo, hi):
+    """Points lo..hi-1 of a compiled grid on ``threads`` daemon threads, each running
+    slices of the grid through its own GridKernel (registered on STOPS under ``token``,
+    so Ctrl-C or an error anywhere in the job stops the running points at their next
+    poll, every 64 steps).  Returns the rows of the points, as _point's."""
+    P = hi - lo
+    pl = job.plan
+    plan = _bridge.GridPlan(pl.kind, pl.method, pl.hp[lo:hi], pl.t0, pl.t_end, pl.h[lo:hi],
+                            pl.n_steps[lo:hi], pl.rtol[lo:hi], pl.atol[lo:hi],
+                            pl.max_steps)
+    out = _bridge.GridOutputs.start(job.y0, P)
+    kern_arg = job.potential._kernel
+    # slices: one point each for a Python fn (its failure is collected after the call);
+    # else ~4 per thread, so threads stay busy when the points' costs differ (adaptive)
+    size = 1 if job.python_fn else max(1, -(-P // (4 * threads)))
+    slices = [(a, min(a + size, P)) for a in range(0, P, size)]
+
+    def one(i):
+        a, b = slices[i]
+        kern = _bridge.grid_kernel(plan, kern_arg, out)
+        with STOPS.running(token, kern):
+            done = kern.run(a, b)
+        if job.python_fn:
+            _callback_failure(job.potential, out.counts[a, 2], job.points[lo + a])
+        if done < b - a:
+            raise Cancelled("scan_integrate cancelled while its points ran")
+        return None
+
+    try:
+        map_threads(one, len(slices), threads, cancelled=lambda: STOPS.cancelled(token))
+    except BaseException:
+        STOPS.cancel(token)                 # the running slices stop at their next poll
+        raise
+    return _grid_results(job, out, lo)
+
+
+def _grid_results(job, out, lo):
+    """The kernel's per-point outputs as _point's rows (message as integrate words it)."""
+    pl = job.plan
+    rows = []
+    for p in range(len(out.t_final)):
+        st, nfev, n_acc = (int(c) for c in out.counts[p, :3])
+        tf = float(out.t_final[p])
+        msg, error = _status_text(job.method, st, tf,
+                                  rtol=float(pl.rtol[lo + p]), atol=float(pl.atol[lo + p]),
+                                  max_steps=pl.max_steps, t_end=pl.t_end)
+        rows.append((out.y[p], tf, nfev, n_acc, st != _status.OK,
+                     error if error is not None else msg))
+    return rows
+
+
+def _chunk(job, threads, token, lo, hi):
     """Run points lo..hi-1 of the grid (on a worker, or locally) on ``threads`` threads.
 
     No point starts once the job is cancelled (``STOPS.cancel(token)``: Ctrl-C, or an
-    error of another chunk) or once a point of this chunk has raised.
+    error of another chunk) or once a point of this chunk has raised; compiled points
+    already running stop at their next poll.
     """
+    if isinstance(job, _GridJob):
+        return _grid_rows(job, threads, token, lo, hi)
+    model_cls, potential, y0, t_end, method, points, run_kw = job
     points = points[lo:hi]
 
     def one(i):
@@ -143,6 +225,38 @@ def _chunk(model_cls, potential, y0, t_end, method, points, run_kw, threads, tok
             rows.append(one(i))
         return rows
     return map_threads(one, len(points), threads, cancelled=cancelled)
+
+
+def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
+    """Validate the run parameters of every point as :func:`integrate` does (y0 and the
+    times once: they do not depend on the point) and build the grid kernel's table."""
+    y, t0, t_end = _check_inputs(models[0], y0, method, t0, t_end)
+    _check_state(models[0], y, t0, False)
+    P = len(points)
+    h = np.zeros(P)
+    n_steps = np.zeros(P, dtype=np.intp)
+    rtol = np.zeros(P)
+    atol = np.zeros(P)
+    max_steps = 100_000                       # integrate's default
+    seen = {}
+    for i, p in enumerate(points):
+        key = (p.get("h"), p.get("rtol", 1e-6), p.get("atol", 1e-9))
+        got = seen.get(key)
+        if got is None:
+            if method in ADAPTIVE:
+                hh, _, _, rt, at, max_steps = _adaptive_plan(t0, t_end, key[0], None, key[1],
+                                                             key[2], max_steps, 1)
+                got = (hh, 0, rt, at)
+            else:
+                hh, ns, _ = _fixed_plan(method, t0, t_end, key[0], None, 1)
+                got = (hh, ns, 0.0, 0.0)
+            seen[key] = got
+        h[i], n_steps[i], rtol[i], atol[i] = got
+    hp = np.array([m.kernel_inputs().hp for m in models])
+    plan = _bridge.GridPlan(models[0].kind, _METHOD_CODE[method], hp, t0, t_end, h, n_steps,
+                            rtol, atol, max_steps if method in ADAPTIVE else 0)
+    return _GridJob(plan, potential, y, points, hasattr(potential, "_raise_callback_error"),
+                    method)
 
 
 def _model_keywords(model_cls) -> list[str]:
@@ -230,25 +344,34 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
               for idx in itertools.product(*(range(n) for n in shape))]
     run_kw = {"t0": t0}
     # validate every point before any work: construct each model once
+    models = []
     for p in points:
         try:
-            model_cls(potential, **{k: v for k, v in p.items() if k not in _RUN_KEYS})
+            models.append(model_cls(potential, **{k: v for k, v in p.items()
+                                                  if k not in _RUN_KEYS}))
         except TypeError as exc:
             raise TypeError(f"{model_cls.__name__} rejects grid point {p}: {exc}") from None
         except ValueError as exc:
             raise ValueError(f"grid point {p}: {exc}") from None
     n = len(points)
     token = STOPS.new_token()
-    args = (model_cls, potential, y0, t_end, method, points, run_kw)
-    if executor is None:
-        rows = _chunk(*args, _grid.threads_for(threads, n), token, 0, n)
+    if issubclass(model_cls, Bregman):
+        job = (model_cls, potential, y0, t_end, method, points, run_kw)
     else:
-        if threads is not None:
-            threads = V.as_int("threads", threads, lo=1)
-        parts = _grid.run_chunks(executor, _chunk, args + (threads or 1, token), n,
-                                 16 if n_chunks is None else n_chunks, False,
-                                 cancel=lambda: STOPS.cancel(token))
-        rows = [r for part in parts for r in part]
+        job = _grid_job(models, potential, y0, t0, t_end, method, points)
+    try:
+        if executor is None:
+            rows = _chunk(job, _grid.threads_for(threads, n), token, 0, n)
+        else:
+            if threads is not None:
+                threads = V.as_int("threads", threads, lo=1)
+            parts = _grid.run_chunks(executor, _chunk, (job, threads or 1, token), n,
+                                     16 if n_chunks is None else n_chunks, False,
+                                     cancel=lambda: STOPS.cancel(token))
+            rows = [r for part in parts for r in part]
+    except BaseException:
+        STOPS.cancel(token)
+        raise
     y = np.array([r[0] for r in rows]).reshape(shape + (-1,))
     msg = np.empty(len(rows), dtype=object)
     msg[:] = [r[5] for r in rows]

@@ -50,6 +50,13 @@ from noether_core._kernels.status cimport *
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    /* a flag another thread may set: read it from memory at every poll */
+    static inline int nc_integ_load_flag(const int* p) { return *(const volatile int*) p; }
+    """
+    int _load_flag "nc_integ_load_flag"(const int* p) noexcept nogil
+
 # model kinds
 cdef enum:
     MODEL_DAMPED = 0
@@ -113,6 +120,7 @@ cdef struct Model:
     double* g                   # scratch (d): gradient
     long nfev                   # gradient evaluations
     bint check_signals          # poll Python signals every 64 steps (main thread use)
+    const int* cancel           # poll every 64 steps beside the signals: non-zero = stop
     double next_poll            # monotonic time of the next poll (rules.pxd poll_signals)
     PyObject* sched_obj         # M3 SCHED_USER: the schedule callable (borrowed reference)
     PyObject* cb_error          # the exception it raised (owned reference), or NULL
@@ -745,6 +753,17 @@ cdef double _initial_step(Model* M, double t, const double* y, double* f0, doubl
     return h1
 
 
+cdef inline bint _cancelled(Model* M) noexcept nogil:
+    """Whether another thread set the run's cancel flag (GridKernel.cancel)."""
+    return M.cancel != NULL and _load_flag(M.cancel) != 0
+
+
+cdef inline bint _stop_now(Model* M) noexcept nogil:
+    """The poll every 64 steps: the cancel flag, then (main thread use) Python's signal
+    handlers (rules.pxd poll_signals: at most every ~50 ms)."""
+    return _cancelled(M) or (M.check_signals and poll_signals(&M.next_poll))
+
+
 cdef inline bint _finite(const double* y, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
@@ -776,7 +795,7 @@ cdef int _fixed_loop(Model* M, int method, double* y, double t0, double h,
     if n_steps > 0 and method != METHOD_RK4:
         _split_init(M, y)
     for s in range(1, n_steps + 1):
-        if M.check_signals and (s & 63) == 0 and poll_signals(&M.next_poll):
+        if (s & 63) == 0 and _stop_now(M):
             n_rec[0] = row
             return NC_ST_INTERRUPTED
         t = t0 + (s - 1) * h
@@ -1060,7 +1079,7 @@ cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end
         if attempts >= max_steps:
             t_out[0] = t
             return NC_ST_MAX_STEPS
-        if M.check_signals and (attempts & 63) == 63 and poll_signals(&M.next_poll):
+        if (attempts & 63) == 63 and _stop_now(M):
             t_out[0] = t
             n_rec[0] = row
             return NC_ST_INTERRUPTED
@@ -1178,6 +1197,7 @@ cdef int _model_init(Model* M, int kind, const double[::1] hp, Potential pot,
     M.next_poll = 0.0
     M.cb_error = NULL
     M.sched_obj = NULL
+    M.cancel = NULL
     if kind == MODEL_BREGMAN and M.sched == SCHED_USER:
         if schedule is None or not callable(schedule):
             raise TypeError("a user schedule (sched = SCHED_USER) needs schedule= callable")
@@ -1411,3 +1431,185 @@ def rhs_kernel(object model,            # IN _bridge.ModelInputs
         if err is not None:
             raise err[0]
     return M.nfev
+
+
+# -------------------------------------------------------------------------------------
+# grids of trajectories (scan_integrate): many points per call, the GIL released once
+
+cdef void _model_row(Model* M, int kind, const double* hp, Potential pot) noexcept nogil:
+    """Fill M from one grid point's hyper-parameter row (as _model_init; no mirror array,
+    no user schedule: the grid kernel runs M1, M2 and M4)."""
+    M.kind = kind
+    M.d = pot.d
+    M.fn = pot.fn
+    M.m = hp[0]
+    M.mu = hp[1]
+    M.k = hp[2]
+    M.reduced = <int> hp[3]
+    M.sched = <int> hp[4]
+    M.s1 = hp[5]
+    M.s2 = hp[6]
+    M.mirror = <int> hp[7]
+    M.p = hp[8]
+    M.D = NULL
+    M.nfev = 0
+    M.check_signals = False
+    M.next_poll = 0.0
+    M.cb_error = NULL
+    M.sched_obj = NULL
+
+
+cdef class GridKernel:
+    """Points ``lo .. hi-1`` of a grid of trajectories of one model class, method and
+    potential in one compiled call (``run``), with the GIL released once around all of
+    them.  Each point is exactly what :func:`integrate_kernel` computes for the same
+    hyper-parameter row, step, tolerances (the same functions, the same operations), with
+    nothing recorded but the final state.  ``cancel()`` (from any thread) sets the flag the
+    loops poll every 64 steps: the running point stops (status NC_ST_INTERRUPTED) and no
+    further point starts.
+
+    Arguments (validated by noether_core.scan_integrate):
+    ``kind`` (MODEL_*: M1, M2 or M4), ``method`` (METHOD_*), ``potential_kernel``,
+    ``hp`` (P, 9) rows as ModelInputs.hp, ``t0``, ``t_end``; per point ``h`` (P,) (fixed
+    step; adaptive: first trial step, <= 0 automatic), ``n_steps`` (P,) (fixed-step
+    methods), ``rtol``, ``atol`` (P,), and ``max_steps`` (adaptive).  Outputs (P rows,
+    written for the points run): ``y`` (P, n) IN initial / OUT final state, ``t_final``
+    (P,), ``counts`` (P, 4) intp: status, nfev, accepted steps, rejected steps.
+    """
+    cdef int cancel_flag
+    cdef Potential pot
+    cdef int kind, method
+    cdef double t0, t_end
+    cdef Py_ssize_t max_steps, P, n
+    cdef const double[:, ::1] hp
+    cdef const double[::1] h, rtol, atol
+    cdef const Py_ssize_t[::1] n_steps
+    cdef double[:, ::1] y
+    cdef double[::1] t_final
+    cdef Py_ssize_t[:, ::1] counts
+    cdef readonly Py_ssize_t points_done
+
+    def __init__(self, int kind, int method, Potential potential_kernel, hp, double t0,
+                 double t_end, h, n_steps, rtol, atol, Py_ssize_t max_steps, y, t_final,
+                 counts):
+        if kind == MODEL_BREGMAN or not (0 <= kind <= MODEL_GFLOW):
+            raise ValueError(f"GridKernel: model kind {kind} is not run on grids (M1, M2, "
+                             "M4 only)")
+        if not (METHOD_EULER <= method <= METHOD_DOP853):
+            raise ValueError(f"GridKernel: unknown method code {method}")
+        self.cancel_flag = 0
+        self.pot = potential_kernel
+        self.kind = kind
+        self.method = method
+        self.t0 = t0
+        self.t_end = t_end
+        self.max_steps = max_steps
+        self.hp = hp
+        self.h = h
+        self.n_steps = n_steps
+        self.rtol = rtol
+        self.atol = atol
+        self.y = y
+        self.t_final = t_final
+        self.counts = counts
+        self.P = self.hp.shape[0]
+        self.n = self.y.shape[1]
+        self.points_done = 0
+        if (self.hp.shape[1] != 9 or self.h.shape[0] != self.P
+                or self.n_steps.shape[0] != self.P or self.rtol.shape[0] != self.P
+                or self.atol.shape[0] != self.P or self.y.shape[0] != self.P
+                or self.t_final.shape[0] != self.P or self.counts.shape[0] != self.P
+                or self.counts.shape[1] != 4):
+            raise ValueError("GridKernel: the per-point arrays must have the grid's "
+                             f"{self.P} rows (hp (P, 9), counts (P, 4))")
+        if self.n != (2 + 2 * self.pot.d if kind == MODEL_RADANG else
+                      self.pot.d if kind == MODEL_GFLOW else 2 * self.pot.d):
+            raise ValueError(f"GridKernel: state length {self.n} does not fit the model "
+                             f"kind {kind} with d = {self.pot.d}")
+        if max_steps < 1 and method >= METHOD_DOPRI5:
+            raise ValueError("GridKernel: max_steps must be >= 1")
+
+    def cancel(self):
+        """Stop the running point at its next poll and start no other (any thread)."""
+        self.cancel_flag = 1
+
+    @property
+    def cancelled(self):
+        return self.cancel_flag != 0
+
+    def run(self, Py_ssize_t lo, Py_ssize_t hi):
+        """Integrate points lo .. hi-1 (GIL released); returns the points done."""
+        cdef Model M
+        cdef Dense D
+        cdef CEvents E
+        cdef double* K[16]
+        cdef double* work
+        cdef double rec_t[2]
+        cdef double* rec_y
+        cdef Py_ssize_t n = self.n, d = self.pot.d, p, i, n_rec = 0, n_done = 0
+        cdef Py_ssize_t n_acc = 0, n_rej = 0
+        cdef double tf = 0.0
+        cdef int status
+        cdef void* params
+        cdef bint adaptive = self.method >= METHOD_DOPRI5
+        cdef int n_k = 16 if self.method == METHOD_DOP853 else 7
+        if not (0 <= lo <= hi <= self.P):
+            raise ValueError(f"GridKernel.run: need 0 <= lo <= hi <= {self.P}, got "
+                             f"lo={lo}, hi={hi}")
+        E.m = 0
+        E.buf = NULL
+        D.ncoef = 8 if self.method == METHOD_DOP853 else 5
+        D.on = False
+        D.store = False
+        D.stride = 3 + D.ncoef * n
+        D.rows = 0
+        D.cap = 1
+        D.max_rows = 1
+        D.hook = NULL
+        D.buf = NULL
+        work = <double*> malloc(((n_k + 4) * n + d) * sizeof(double))
+        if work == NULL:
+            raise MemoryError("integrator grid workspace")
+        for i in range(n_k):
+            K[i] = work + i * n
+        rec_y = work + (n_k + 2) * n                 # 2 rows: t0 and the final state
+        params = self.pot.new_params()
+        self.points_done = 0
+        try:
+            with nogil:
+                for p in range(lo, hi):
+                    if _load_flag(&self.cancel_flag) != 0:
+                        break
+                    _model_row(&M, self.kind, &self.hp[p, 0], self.pot)
+                    M.n = n
+                    M.g = work + (n_k + 4) * n
+                    M.params = params
+                    M.cancel = &self.cancel_flag
+                    n_acc = 0
+                    n_rej = 0
+                    if adaptive:
+                        status = _adaptive_loop(
+                            &M, self.method, &self.y[p, 0], self.t0, self.t_end,
+                            self.h[p], self.rtol[p], self.atol[p], self.max_steps, NULL, 0,
+                            self.max_steps + 1, rec_t, rec_y, &n_rec, &n_acc, &n_rej, &tf,
+                            K, work + n_k * n, work + (n_k + 1) * n, &D, &E)
+                    else:
+                        K[4] = work + 7 * n
+                        status = _fixed_loop(&M, self.method, &self.y[p, 0], self.t0,
+                                             self.h[p], self.n_steps[p],
+                                             self.n_steps[p] + 1, rec_t, rec_y, &n_rec,
+                                             &n_done, K)
+                        tf = self.t0 + n_done * self.h[p]
+                        n_acc = n_done
+                    self.t_final[p] = tf
+                    self.counts[p, 0] = status
+                    self.counts[p, 1] = M.nfev
+                    self.counts[p, 2] = n_acc
+                    self.counts[p, 3] = n_rej
+                    if status == NC_ST_INTERRUPTED:
+                        break
+                    self.points_done += 1
+        finally:
+            self.pot.free_params(params)
+            free(work)
+        return self.points_done
