@@ -191,6 +191,16 @@ def test_grid_kernel_cancel_and_entry_checks():
     took = time.perf_counter() - t0
     assert took < 1.5, took
     assert out.counts[0, 0] == _status.INTERRUPTED
+    # the adaptive loop polls the same flag (dop853, a run of ~10⁹ steps)
+    plan8 = _bridge.GridPlan(model.kind, 5, plan.hp, 0.0, 1e9, np.zeros(P),
+                             np.zeros(P, dtype=np.intp), np.full(P, 1e-12),
+                             np.full(P, 1e-14), 10**12)
+    kern = _bridge.grid_kernel(plan8, pot._kernel, out)
+    threading.Timer(0.2, kern.cancel).start()
+    t0 = time.perf_counter()
+    assert kern.run(0, P) == 0
+    assert time.perf_counter() - t0 < 1.5
+    assert out.counts[0, 0] == _status.INTERRUPTED
     with pytest.raises(ValueError, match="lo <= hi"):
         kern.run(1, 0)
     with pytest.raises(ValueError, match="rows"):
