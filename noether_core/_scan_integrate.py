@@ -185,18 +185,30 @@ def _grid_rows(job, threads, token, lo, hi):
 
 
 def _grid_results(job, out, lo):
-    """The kernel's per-point outputs as _point's rows (message as integrate words it)."""
+    """The kernel's per-point outputs as a block of arrays (y, t_final, nfev, n_steps,
+    diverged, message), messages worded as integrate words them."""
     pl = job.plan
-    rows = []
-    for p in range(len(out.t_final)):
-        st, nfev, n_acc = (int(c) for c in out.counts[p, :3])
-        tf = float(out.t_final[p])
-        msg, error = _status_text(job.method, st, tf,
-                                  rtol=float(pl.rtol[lo + p]), atol=float(pl.atol[lo + p]),
-                                  max_steps=pl.max_steps, t_end=pl.t_end)
-        rows.append((out.y[p], tf, nfev, n_acc, st != _status.OK,
-                     error if error is not None else msg))
-    return rows
+    st = out.counts[:, 0]
+    msg = np.empty(len(st), dtype=object)
+    msg[:] = _status_text(job.method, _status.OK, 0.0, rtol=0.0, atol=0.0, max_steps=0,
+                          t_end=0.0)[0]
+    for p in np.flatnonzero(st != _status.OK):
+        text, error = _status_text(job.method, int(st[p]), float(out.t_final[p]),
+                                   rtol=float(pl.rtol[lo + p]), atol=float(pl.atol[lo + p]),
+                                   max_steps=pl.max_steps, t_end=pl.t_end)
+        msg[p] = text if error is None else error
+    return (out.y, out.t_final, out.counts[:, 1].copy(), out.counts[:, 2].copy(),
+            st != _status.OK, msg)
+
+
+def _rows_block(rows):
+    """_point's rows as the block _grid_results returns."""
+    msg = np.empty(len(rows), dtype=object)
+    msg[:] = [r[5] for r in rows]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=float),
+            np.array([r[2] for r in rows], dtype=np.intp),
+            np.array([r[3] for r in rows], dtype=np.intp),
+            np.array([r[4] for r in rows], dtype=bool), msg)
 
 
 def _chunk(job, threads, token, lo, hi):
@@ -223,8 +235,8 @@ def _chunk(job, threads, token, lo, hi):
             if cancelled():
                 raise Cancelled("scan_integrate cancelled before every point ran")
             rows.append(one(i))
-        return rows
-    return map_threads(one, len(points), threads, cancelled=cancelled)
+        return _rows_block(rows)
+    return _rows_block(map_threads(one, len(points), threads, cancelled=cancelled))
 
 
 def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
@@ -252,7 +264,7 @@ def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
                 got = (hh, ns, 0.0, 0.0)
             seen[key] = got
         h[i], n_steps[i], rtol[i], atol[i] = got
-    hp = np.array([m.kernel_inputs().hp for m in models])
+    hp = np.array([m._hp() for m in models], dtype=float)
     plan = _bridge.GridPlan(models[0].kind, _METHOD_CODE[method], hp, t0, t_end, h, n_steps,
                             rtol, atol, max_steps if method in ADAPTIVE else 0)
     return _GridJob(plan, potential, y, points, hasattr(potential, "_raise_callback_error"),
@@ -361,27 +373,22 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
         job = _grid_job(models, potential, y0, t0, t_end, method, points)
     try:
         if executor is None:
-            rows = _chunk(job, _grid.threads_for(threads, n), token, 0, n)
+            parts = [_chunk(job, _grid.threads_for(threads, n), token, 0, n)]
         else:
             if threads is not None:
                 threads = V.as_int("threads", threads, lo=1)
             parts = _grid.run_chunks(executor, _chunk, (job, threads or 1, token), n,
                                      16 if n_chunks is None else n_chunks, False,
                                      cancel=lambda: STOPS.cancel(token))
-            rows = [r for part in parts for r in part]
     except BaseException:
         STOPS.cancel(token)
         raise
-    y = np.array([r[0] for r in rows]).reshape(shape + (-1,))
-    msg = np.empty(len(rows), dtype=object)
-    msg[:] = [r[5] for r in rows]
+    y, t_final, nfev, n_steps, diverged, msg = (
+        np.concatenate([part[i] for part in parts]) for i in range(6))
     res = IntegrateScanResult(
-        model_cls, axes, fixed, y,
-        np.array([r[1] for r in rows], dtype=float).reshape(shape),
-        np.array([r[2] for r in rows], dtype=np.intp).reshape(shape),
-        np.array([r[3] for r in rows], dtype=np.intp).reshape(shape),
-        np.array([r[4] for r in rows], dtype=bool).reshape(shape), msg.reshape(shape),
-        time.perf_counter() - t_start)
+        model_cls, axes, fixed, y.reshape(shape + (-1,)), t_final.reshape(shape),
+        nfev.reshape(shape), n_steps.reshape(shape), diverged.reshape(shape),
+        msg.reshape(shape), time.perf_counter() - t_start)
     nd = int(res.diverged.sum())
     if nd:
         warnings.warn(f"{nd} of {res.diverged.size} points of scan_integrate stopped early; "
