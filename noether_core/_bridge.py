@@ -322,6 +322,11 @@ class GridPlan:
     rtol: np.ndarray          # IN (P,)
     atol: np.ndarray          # IN (P,)
     max_steps: int = 0
+    # the potential's lane form (Potential._lane_form()) or None: M1 grids of the
+    # conformal splittings on Quadratic / RayleighQuotient then run in SIMD lanes; isa
+    # None = the best version this CPU runs ("base" or "avx512": the tests compare them)
+    lane: tuple | None = None
+    isa: str | None = None
 
     def __post_init__(self):
         self.hp, self.h = _f64(self.hp), _f64(self.h)
@@ -348,10 +353,13 @@ class GridOutputs:
 def grid_kernel(plan: GridPlan, potential_kernel, out: GridOutputs):
     """A compiled grid kernel (pyx/integrators.pyx ``GridKernel``) over ``plan``'s points:
     ``run(lo, hi)`` integrates points lo..hi-1 with the GIL released once (each point
-    exactly ``run_integrate`` of the same row), ``cancel()`` stops it from any thread."""
+    exactly ``run_integrate`` of the same row; M1 conformal splittings on a potential
+    with a lane form in blocks of ``integrator_kernels.INTEGRATOR_LANES`` SIMD lanes),
+    ``cancel()`` stops it from any thread."""
     return integrator_kernels.GridKernel(
         plan.kind, plan.method, potential_kernel, plan.hp, plan.t0, plan.t_end, plan.h,
-        plan.n_steps, plan.rtol, plan.atol, plan.max_steps, out.y, out.t_final, out.counts)
+        plan.n_steps, plan.rtol, plan.atol, plan.max_steps, out.y, out.t_final, out.counts,
+        plan.lane, plan.isa)
 
 
 def eval_rhs(model: ModelInputs, t: np.ndarray, y: np.ndarray, dy: np.ndarray) -> int:

@@ -44,6 +44,10 @@ __all__ = ["scan_integrate", "IntegrateScanResult"]
 
 _RUN_KEYS = ("h", "rtol", "atol")
 
+#: which lane version the grid kernel runs (None: the best this CPU runs; the tests set
+#: "base" / "avx512" to compare them)
+_LANE_ISA = {"isa": None}
+
 
 @dataclass(eq=False)
 class IntegrateScanResult:
@@ -157,7 +161,7 @@ def _grid_rows(job, threads, token, lo, hi):
     pl = job.plan
     plan = _bridge.GridPlan(pl.kind, pl.method, pl.hp[lo:hi], pl.t0, pl.t_end, pl.h[lo:hi],
                             pl.n_steps[lo:hi], pl.rtol[lo:hi], pl.atol[lo:hi],
-                            pl.max_steps)
+                            pl.max_steps, pl.lane, pl.isa)
     out = _bridge.GridOutputs.start(job.y0, P)
     kern_arg = job.potential._kernel
     # slices: one point each for a Python fn (its failure is collected after the call);
@@ -266,9 +270,11 @@ def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
         h[i], n_steps[i], rtol[i], atol[i] = got
     hp = np.array([m._hp() for m in models], dtype=float)
     plan = _bridge.GridPlan(models[0].kind, _METHOD_CODE[method], hp, t0, t_end, h, n_steps,
-                            rtol, atol, max_steps if method in ADAPTIVE else 0)
-    return _GridJob(plan, potential, y, points, hasattr(potential, "_raise_callback_error"),
-                    method)
+                            rtol, atol, max_steps if method in ADAPTIVE else 0,
+                            potential._lane_form(), _LANE_ISA["isa"])
+    return _GridJob(plan=plan, potential=potential, y0=y, points=points, method=method,
+                    python_fn=isinstance(potential._kernel,
+                                         _bridge.callback_kernels.PythonKernel))
 
 
 def _model_keywords(model_cls) -> list[str]:

@@ -1436,6 +1436,76 @@ def rhs_kernel(object model,            # IN _bridge.ModelInputs
 # -------------------------------------------------------------------------------------
 # grids of trajectories (scan_integrate): many points per call, the GIL released once
 
+cdef extern from "integ_lanes.h" nogil:
+    enum: NCI_NL
+    enum: NCI_POT_QUADRATIC, NCI_POT_RAYLEIGH
+    enum: NCI_LIE, NCI_STRANG, NCI_YOSHIDA
+    enum: NCI_ISA_BASE, NCI_ISA_AVX512
+    ctypedef struct nci_ctx:
+        int pot
+        int scheme
+        Py_ssize_t d
+        const double* A
+        const double* b
+        Py_ssize_t steps
+        const int* cancel
+        int isa
+    ctypedef struct nci_block:
+        double c[3][NCI_NL]
+        double a[3][NCI_NL]
+        double tau[3][NCI_NL]
+        double k[NCI_NL]
+        double* y[NCI_NL]
+        int status[NCI_NL]
+        Py_ssize_t done[NCI_NL]
+        void* work
+    int nci_best_isa()
+    void nci_run_block(const nci_ctx* c, nci_block* B)
+
+cdef extern from "stdlib.h" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
+
+#: grid points per SIMD block of the integrator lanes; the instruction sets this build and
+#: CPU can run them with (names)
+INTEGRATOR_LANES = NCI_NL
+_LANE_ISAS = {"base": NCI_ISA_BASE, "avx512": NCI_ISA_AVX512}
+
+
+def lane_isas():
+    """The lane versions this build and CPU run (best last)."""
+    return ["base", "avx512"] if nci_best_isa() == NCI_ISA_AVX512 else ["base"]
+
+
+cdef void _lane_consts(nci_block* B, int l, int method, double h, double m,
+                       double mu) noexcept nogil:
+    """Lane l's substep constants, by the scalar code's own expressions (_m1_lie,
+    _m1_strang with the step _split_step passes it)."""
+    cdef double cbrt2, w1, w0, tau
+    cdef double taus[3]
+    cdef int s, ns
+    if method == METHOD_EULER:
+        B.c[0][l] = exp(-h * mu / m)
+        B.a[0][l] = h / m
+        B.tau[0][l] = h
+        return
+    if method == METHOD_VERLET:
+        taus[0] = h
+        ns = 1
+    else:
+        cbrt2 = pow(2.0, 1.0 / 3.0)
+        w1 = 1.0 / (2.0 - cbrt2)
+        w0 = -cbrt2 / (2.0 - cbrt2)
+        taus[0] = w1 * h
+        taus[1] = w0 * h
+        taus[2] = w1 * h
+        ns = 3
+    for s in range(ns):
+        tau = taus[s]
+        B.c[s][l] = exp(-0.5 * tau * mu / m)
+        B.a[s][l] = 0.5 * tau / m
+        B.tau[s][l] = tau
+
+
 cdef void _model_row(Model* M, int kind, const double* hp, Potential pot) noexcept nogil:
     """Fill M from one grid point's hyper-parameter row (as _model_init; no mirror array,
     no user schedule: the grid kernel runs M1, M2 and M4)."""
@@ -1488,10 +1558,13 @@ cdef class GridKernel:
     cdef double[::1] t_final
     cdef Py_ssize_t[:, ::1] counts
     cdef readonly Py_ssize_t points_done
+    cdef readonly int lane_pot          # NCI_POT_* when the grid runs in lanes, else -1
+    cdef readonly int isa
+    cdef object lane_A, lane_b
 
     def __init__(self, int kind, int method, Potential potential_kernel, hp, double t0,
                  double t_end, h, n_steps, rtol, atol, Py_ssize_t max_steps, y, t_final,
-                 counts):
+                 counts, lane=None, isa=None):
         if kind == MODEL_BREGMAN or not (0 <= kind <= MODEL_GFLOW):
             raise ValueError(f"GridKernel: model kind {kind} is not run on grids (M1, M2, "
                              "M4 only)")
@@ -1528,6 +1601,25 @@ cdef class GridKernel:
                              f"kind {kind} with d = {self.pot.d}")
         if max_steps < 1 and method >= METHOD_DOPRI5:
             raise ValueError("GridKernel: max_steps must be >= 1")
+        # lanes: M1 with a conformal splitting on a potential with a usable lane form
+        self.lane_pot = -1
+        self.isa = nci_best_isa() if isa is None else _LANE_ISAS[isa]
+        if self.isa == NCI_ISA_AVX512 and nci_best_isa() != NCI_ISA_AVX512:
+            raise ValueError("GridKernel: this build or CPU cannot run the avx512 lanes")
+        if (lane is not None and kind == MODEL_DAMPED
+                and method in (METHOD_EULER, METHOD_VERLET, METHOD_YOSHIDA4)
+                and lane[0] in ("quadratic", "rayleigh")):
+            self.lane_A = np.ascontiguousarray(lane[1]["A"], dtype=np.float64)
+            if self.lane_A.shape != (self.pot.d, self.pot.d):
+                raise ValueError("GridKernel: the lane form's A must be (d, d)")
+            if lane[0] == "quadratic":
+                self.lane_b = np.ascontiguousarray(lane[1]["b"], dtype=np.float64)
+                if self.lane_b.shape != (self.pot.d,):
+                    raise ValueError("GridKernel: the lane form's b must be (d,)")
+                self.lane_pot = NCI_POT_QUADRATIC
+            else:
+                self.lane_b = self.lane_A
+                self.lane_pot = NCI_POT_RAYLEIGH
 
     def cancel(self):
         """Stop the running point at its next poll and start no other (any thread)."""
@@ -1536,6 +1628,77 @@ cdef class GridKernel:
     @property
     def cancelled(self):
         return self.cancel_flag != 0
+
+    def _run_lanes(self, Py_ssize_t lo, Py_ssize_t hi):
+        """Points lo .. hi-1 in blocks of NCI_NL lanes sharing a step count (the points
+        sorted by it; a short block's spare lanes repeat its last point into scratch)."""
+        cdef cnp.ndarray order = np.argsort(np.asarray(self.n_steps[lo:hi]),
+                                            kind="stable").astype(np.intp) + lo
+        cdef const Py_ssize_t[::1] idx = order
+        cdef Py_ssize_t n = self.n, d = self.pot.d, P = hi - lo, j, e, p, i
+        cdef int l, per = 3 if self.method == METHOD_YOSHIDA4 else 1
+        cdef nci_ctx C
+        cdef nci_block B
+        cdef double* spare
+        cdef double hh
+        cdef bint stop = False
+        cdef const double[:, ::1] A = self.lane_A
+        cdef const double[::1] b = self.lane_b.reshape(-1)
+        C.pot = self.lane_pot
+        C.scheme = (NCI_LIE if self.method == METHOD_EULER else
+                    NCI_STRANG if self.method == METHOD_VERLET else NCI_YOSHIDA)
+        C.d = d
+        C.A = &A[0, 0]
+        C.b = &b[0]
+        C.cancel = &self.cancel_flag
+        C.isa = self.isa
+        B.work = aligned_alloc(64, 4 * d * NCI_NL * sizeof(double))
+        spare = <double*> malloc(NCI_NL * n * sizeof(double))
+        if B.work == NULL or spare == NULL:
+            free(B.work)
+            free(spare)
+            raise MemoryError("integrator lane workspace")
+        self.points_done = 0
+        try:
+            with nogil:
+                j = 0
+                while j < P and not stop:
+                    if _load_flag(&self.cancel_flag) != 0:
+                        break
+                    e = j + 1               # the block: up to NCI_NL points, equal steps
+                    while e < P and e - j < NCI_NL and \
+                            self.n_steps[idx[e]] == self.n_steps[idx[j]]:
+                        e += 1
+                    C.steps = self.n_steps[idx[j]]
+                    for l in range(NCI_NL):
+                        p = idx[j + l] if j + l < e else idx[e - 1]
+                        _lane_consts(&B, l, self.method, self.h[p], self.hp[p, 0],
+                                     self.hp[p, 1])
+                        B.k[l] = self.hp[p, 2]
+                        if j + l < e:
+                            B.y[l] = &self.y[p, 0]
+                        else:
+                            B.y[l] = spare + l * n
+                            for i in range(n):
+                                B.y[l][i] = self.y[p, i]
+                    nci_run_block(&C, &B)
+                    for l in range(e - j):
+                        p = idx[j + l]
+                        hh = self.h[p]
+                        self.t_final[p] = self.t0 + B.done[l] * hh
+                        self.counts[p, 0] = B.status[l]
+                        self.counts[p, 1] = (1 + per * B.done[l]) if C.steps > 0 else 0
+                        self.counts[p, 2] = B.done[l]
+                        self.counts[p, 3] = 0
+                        if B.status[l] == NC_ST_INTERRUPTED:
+                            stop = True
+                        else:
+                            self.points_done += 1
+                    j = e
+        finally:
+            free(B.work)
+            free(spare)
+        return self.points_done
 
     def run(self, Py_ssize_t lo, Py_ssize_t hi):
         """Integrate points lo .. hi-1 (GIL released); returns the points done."""
@@ -1556,6 +1719,8 @@ cdef class GridKernel:
         if not (0 <= lo <= hi <= self.P):
             raise ValueError(f"GridKernel.run: need 0 <= lo <= hi <= {self.P}, got "
                              f"lo={lo}, hi={hi}")
+        if self.lane_pot >= 0:
+            return self._run_lanes(lo, hi)
         E.m = 0
         E.buf = NULL
         D.ncoef = 8 if self.method == METHOD_DOP853 else 5

@@ -10,6 +10,7 @@ and tolerances as grid axes, any thread count and chunking, and points that fail
 calls the same compiled loops (``_fixed_loop``, ``_adaptive_loop``) on the same inputs,
 so any difference at all would be a bug in how the grid's table is built.
 """
+import contextlib
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -207,3 +208,83 @@ def test_grid_kernel_cancel_and_entry_checks():
         _bridge.grid_kernel(plan, pot._kernel, _bridge.GridOutputs.start(np.ones(32), 3))
     with pytest.raises(ValueError, match="state length"):
         _bridge.grid_kernel(plan, pot._kernel, _bridge.GridOutputs.start(np.ones(5), P))
+
+
+# -- SIMD lanes (pyx/integ_lanes.h): M1 conformal splittings on Quadratic / Rayleigh -------
+ISAS = _bridge.integrator_kernels.lane_isas()
+
+
+@contextlib.contextmanager
+def _isa(name):
+    """Run the grids with one lane version (base, and avx512 where the CPU has it)."""
+    from noether_core import _scan_integrate
+    saved = _scan_integrate._LANE_ISA["isa"]
+    _scan_integrate._LANE_ISA["isa"] = name
+    try:
+        yield
+    finally:
+        _scan_integrate._LANE_ISA["isa"] = saved
+
+
+def _quadratic(seed):
+    rng = np.random.default_rng(seed)
+    B = rng.standard_normal((D, D))
+    return nc.potentials.Quadratic(B @ B.T / D + 0.1 * np.eye(D), rng.standard_normal(D))
+
+
+@pytest.mark.parametrize("lane_isa", ISAS)
+@settings(max_examples=15, deadline=None)
+@given(split=st.sampled_from(["conformal-euler", "conformal-verlet", "conformal-yoshida4"]),
+       quad=st.booleans(), seed=st.integers(0, 100),
+       m=st.lists(st.floats(0.05, 3.0), min_size=1, max_size=5, unique=True),
+       mu=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=4, unique=True),
+       k=st.sampled_from([0.0, 0.05]),
+       h=st.lists(st.sampled_from([0.01, 0.02, 0.05, 0.3]), min_size=1, max_size=3,
+                  unique=True),
+       t_end=st.floats(0.0, 3.0), threads=st.integers(1, 2))
+def test_lanes_equal_integrate(lane_isa, split, quad, seed, m, mu, k, h, t_end, threads):
+    """M1 grids of the conformal splittings run in blocks of 8 SIMD lanes (points grouped
+    by step count; spare lanes of a short block; k = 0 lanes beside k > 0): every point
+    bitwise its integrate call, with either lane version (integ_lanes.h: the same IEEE
+    operations per lane as the scalar loop)."""
+    pot = _quadratic(seed) if quad else _pot(seed)
+    y0 = _y0(Damped, seed)
+    with _isa(lane_isa):
+        res = _scan(Damped, pot, y0, t_end, split, m=m, mu=mu, k=k, h=h, threads=threads)
+    _assert_points_equal(res, Damped, pot, y0, t_end, split)
+
+
+@pytest.mark.parametrize("lane_isa", ISAS)
+def test_lanes_stop_diverging_points_alone(lane_isa):
+    """Lanes whose state turns non-finite (a stiff quadratic, h far beyond the stability
+    bound for small m) stop at that step with integrate's state, step count and message;
+    the other lanes of the block go on to t_end."""
+    stiff = nc.potentials.Quadratic(np.diag([1.0, 1e6, 2.0, 3.0]))
+    y0 = np.array([1.0, 1.0, -1.0, 0.5, 0.0, 0.0, 0.0, 0.0])
+    with _isa(lane_isa):
+        res = _scan(Damped, stiff, y0, 20.0, "conformal-verlet", m=[1e-3, 10.0, 1e4],
+                    mu=0.0, h=0.01)
+    assert res.diverged.any() and not res.diverged.all()
+    _assert_points_equal(res, Damped, stiff, y0, 20.0, "conformal-verlet")
+
+
+def test_lanes_cancel():
+    """The lane blocks poll the cancel flag every 64 steps as the scalar loop does."""
+    import threading
+    import time
+
+    pot = nc.potentials.RayleighQuotient(np.diag(np.linspace(1.0, 2.0, 16)))
+    model = Damped(pot, m=1.0, mu=0.1)
+    P = 8
+    plan = _bridge.GridPlan(model.kind, 1, np.tile(model.kernel_inputs().hp, (P, 1)), 0.0,
+                            1e9, np.full(P, 0.01), np.full(P, 10**11, dtype=np.intp),
+                            np.zeros(P), np.zeros(P), 0, pot._lane_form())
+    out = _bridge.GridOutputs.start(np.ones(32), P)
+    kern = _bridge.grid_kernel(plan, pot._kernel, out)
+    assert kern.lane_pot >= 0
+    threading.Timer(0.2, kern.cancel).start()
+    t0 = time.perf_counter()
+    assert kern.run(0, P) == 0
+    assert time.perf_counter() - t0 < 1.5
+    assert (out.counts[:, 0] == _status.INTERRUPTED).all()
+    assert (out.counts[:, 2] % 64 == 63).all()          # stopped at a poll

@@ -1,0 +1,128 @@
+/* Body of the integrator lane kernel (included by integ_lanes.h once per instruction set
+ * with NCIL(name) naming its functions).  See integ_lanes.h. */
+
+/* g = grad f(q) + k q (_grad_V): the potential's scalar gradient, lane-wise, then k q
+ * added only in the lanes with k != 0 (the scalar code skips the addition there, which
+ * keeps a -0.0 gradient entry -0.0). */
+NCI_INLINE void NCIL(grad)(const nci_ctx* c, const nci_vd* restrict q, nci_vd* restrict g,
+                          nci_vd* restrict Aq, const nci_vd k, const nci_vl k_on)
+{
+    const Py_ssize_t d = c->d;
+    const double* restrict A = c->A;
+    if (c->pot == NCI_POT_QUADRATIC) {
+        /* _c_grad_quadratic: s = A[i, 0] q0 + A[i, 1] q1 + ...; g_i = s - b_i */
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            nci_vd s = A[i * d] * q[0];
+            for (Py_ssize_t j = 1; j < d; ++j) s = s + A[i * d + j] * q[j];
+            g[i] = s - c->b[i];
+        }
+    } else {
+        /* _c_grad_rayleigh: iqq = 1/qq; s_i = (Aq)_i; qAq = q0 s0 + q1 s1 + ...;
+           Aq_i = s_i iqq; t = qAq iqq; ti = t iqq; g_i = Aq_i - q_i ti */
+        nci_vd qq = q[0] * q[0], qAq = {0};
+        for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
+        const nci_vd iqq = 1.0 / qq;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            nci_vd s = A[i * d] * q[0];
+            for (Py_ssize_t j = 1; j < d; ++j) s = s + A[i * d + j] * q[j];
+            qAq = i > 0 ? qAq + q[i] * s : q[0] * s;
+            Aq[i] = s * iqq;
+        }
+        const nci_vd ti = (qAq * iqq) * iqq;
+        for (Py_ssize_t i = 0; i < d; ++i) g[i] = Aq[i] - q[i] * ti;
+    }
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nci_vd gk = g[i] + k * q[i];
+        g[i] = (nci_vd) (((nci_vl) gk & k_on) | ((nci_vl) g[i] & ~k_on));
+    }
+}
+
+static inline nci_vd NCIL(load)(const double* x)
+{
+    nci_vd v;
+    memcpy(&v, x, sizeof v);
+    return v;
+}
+
+/* Strang (_m1_strang): v = c v - a g; q += τ v; g = ∇V(q); v = c (v - a g) */
+NCI_INLINE void NCIL(strang)(const nci_ctx* c, nci_vd* q, nci_vd* v, nci_vd* g, nci_vd* Aq,
+                            const nci_vd cc, const nci_vd aa, const nci_vd tau,
+                            const nci_vd k, const nci_vl k_on)
+{
+    const Py_ssize_t d = c->d;
+    for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * v[i] - aa * g[i];
+    for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tau * v[i];
+    NCIL(grad)(c, q, g, Aq, k, k_on);
+    for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * (v[i] - aa * g[i]);
+}
+
+static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
+{
+    const Py_ssize_t d = c->d;
+    nci_vd* q = B->work;
+    nci_vd* v = q + d;
+    nci_vd* g = v + d;
+    nci_vd* Aq = g + d;
+    const nci_vd k = NCIL(load)(B->k);
+    const nci_vl k_on = k != 0.0;
+    nci_vd cc[3], aa[3], tt[3];
+    int alive[NCI_NL], n_alive = NCI_NL;
+    for (int s = 0; s < 3; ++s) {
+        cc[s] = NCIL(load)(B->c[s]);
+        aa[s] = NCIL(load)(B->a[s]);
+        tt[s] = NCIL(load)(B->tau[s]);
+    }
+    for (int l = 0; l < NCI_NL; ++l) {
+        alive[l] = 1;
+        B->status[l] = NC_ST_OK;
+        B->done[l] = 0;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            q[i][l] = B->y[l][i];
+            v[i][l] = B->y[l][d + i];
+        }
+    }
+    if (c->steps > 0) NCIL(grad)(c, q, g, Aq, k, k_on);          /* _split_init */
+    for (Py_ssize_t s = 1; s <= c->steps; ++s) {
+        if ((s & 63) == 0 && c->cancel != NULL && *(const volatile int*) c->cancel) {
+            for (int l = 0; l < NCI_NL; ++l)
+                if (alive[l]) B->status[l] = NC_ST_INTERRUPTED;
+            break;
+        }
+        if (c->scheme == NCI_LIE) {             /* _m1_lie: v = c v - a g; q += h v; ∇V */
+            for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc[0] * v[i] - aa[0] * g[i];
+            for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tt[0] * v[i];
+            NCIL(grad)(c, q, g, Aq, k, k_on);
+        } else if (c->scheme == NCI_STRANG) {
+            NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+        } else {                                /* Yoshida: Strang at w1 h, w0 h, w1 h */
+            NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+            NCIL(strang)(c, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
+            NCIL(strang)(c, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on);
+        }
+        /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN */
+        nci_vl bad = (q[0] * 0.0) != 0.0;
+        for (Py_ssize_t i = 1; i < d; ++i) bad = bad | ((q[i] * 0.0) != 0.0);
+        for (Py_ssize_t i = 0; i < d; ++i) bad = bad | ((v[i] * 0.0) != 0.0);
+        for (int l = 0; l < NCI_NL; ++l) {
+            if (!alive[l]) continue;
+            B->done[l] = s;
+            if (bad[l]) {                       /* stop this lane here, as the scalar loop */
+                alive[l] = 0;
+                --n_alive;
+                B->status[l] = NC_ST_NONFINITE_STATE;
+                for (Py_ssize_t i = 0; i < d; ++i) {
+                    B->y[l][i] = q[i][l];
+                    B->y[l][d + i] = v[i][l];
+                }
+            }
+        }
+        if (n_alive == 0) break;
+    }
+    for (int l = 0; l < NCI_NL; ++l) {
+        if (!alive[l]) continue;
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            B->y[l][i] = q[i][l];
+            B->y[l][d + i] = v[i][l];
+        }
+    }
+}
