@@ -358,15 +358,17 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     # the grid keywords as scan parses them (numbers are axes' defaults: a tuple is an axis)
     axes, fixed = _grid.split_grid(grid, dict.fromkeys(grid, 0.0))
     shape = tuple(len(v) for v in axes.values())
-    points = [dict(fixed, **{k: v[i].item() for (k, v), i in zip(axes.items(), idx, strict=True)})
-              for idx in itertools.product(*(range(n) for n in shape))]
+    keys = list(axes)
+    combos = list(itertools.product(*(v.tolist() for v in axes.values())))
+    points = [dict(fixed, **dict(zip(keys, c, strict=True))) for c in combos]
     run_kw = {"t0": t0}
     # validate every point before any work: construct each model once
+    mfixed = {k: v for k, v in fixed.items() if k not in _RUN_KEYS}
+    mcols = [(j, k) for j, k in enumerate(keys) if k not in _RUN_KEYS]
     models = []
-    for p in points:
+    for c, p in zip(combos, points, strict=True):
         try:
-            models.append(model_cls(potential, **{k: v for k, v in p.items()
-                                                  if k not in _RUN_KEYS}))
+            models.append(model_cls(potential, **mfixed, **{k: c[j] for j, k in mcols}))
         except TypeError as exc:
             raise TypeError(f"{model_cls.__name__} rejects grid point {p}: {exc}") from None
         except ValueError as exc:

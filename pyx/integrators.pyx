@@ -1636,7 +1636,7 @@ cdef class GridKernel:
                                             kind="stable").astype(np.intp) + lo
         cdef const Py_ssize_t[::1] idx = order
         cdef Py_ssize_t n = self.n, d = self.pot.d, P = hi - lo, j, e, p, i
-        cdef int l, per = 3 if self.method == METHOD_YOSHIDA4 else 1
+        cdef int ln, per = 3 if self.method == METHOD_YOSHIDA4 else 1
         cdef nci_ctx C
         cdef nci_block B
         cdef double* spare
@@ -1670,27 +1670,27 @@ cdef class GridKernel:
                             self.n_steps[idx[e]] == self.n_steps[idx[j]]:
                         e += 1
                     C.steps = self.n_steps[idx[j]]
-                    for l in range(NCI_NL):
-                        p = idx[j + l] if j + l < e else idx[e - 1]
-                        _lane_consts(&B, l, self.method, self.h[p], self.hp[p, 0],
+                    for ln in range(NCI_NL):
+                        p = idx[j + ln] if j + ln < e else idx[e - 1]
+                        _lane_consts(&B, ln, self.method, self.h[p], self.hp[p, 0],
                                      self.hp[p, 1])
-                        B.k[l] = self.hp[p, 2]
-                        if j + l < e:
-                            B.y[l] = &self.y[p, 0]
+                        B.k[ln] = self.hp[p, 2]
+                        if j + ln < e:
+                            B.y[ln] = &self.y[p, 0]
                         else:
-                            B.y[l] = spare + l * n
+                            B.y[ln] = spare + ln * n
                             for i in range(n):
-                                B.y[l][i] = self.y[p, i]
+                                B.y[ln][i] = self.y[p, i]
                     nci_run_block(&C, &B)
-                    for l in range(e - j):
-                        p = idx[j + l]
+                    for ln in range(e - j):
+                        p = idx[j + ln]
                         hh = self.h[p]
-                        self.t_final[p] = self.t0 + B.done[l] * hh
-                        self.counts[p, 0] = B.status[l]
-                        self.counts[p, 1] = (1 + per * B.done[l]) if C.steps > 0 else 0
-                        self.counts[p, 2] = B.done[l]
+                        self.t_final[p] = self.t0 + B.done[ln] * hh
+                        self.counts[p, 0] = B.status[ln]
+                        self.counts[p, 1] = (1 + per * B.done[ln]) if C.steps > 0 else 0
+                        self.counts[p, 2] = B.done[ln]
                         self.counts[p, 3] = 0
-                        if B.status[l] == NC_ST_INTERRUPTED:
+                        if B.status[ln] == NC_ST_INTERRUPTED:
                             stop = True
                         else:
                             self.points_done += 1
