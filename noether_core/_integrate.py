@@ -650,12 +650,16 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                           f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
                           "raise record_every (or pass t_eval)")
     stride = 3 + (8 if method == "dop853" else 5) * n
-    max_dense_rows = (max_record_bytes - need) // (8 * stride) if dense_output else 0
+    # rows the budget leaves (capped where a C count could not hold them: a budget of
+    # 10**30 bytes is "unlimited", not an OverflowError)
+    row_cap = sys.maxsize // 64
+    max_dense_rows = min(row_cap, (max_record_bytes - need) // (8 * stride)) \
+        if dense_output else 0
     if dense_output and adaptive and max_dense_rows < 1:
         raise MemoryError(f"dense output needs {8 * stride} bytes per step; "
                           f"max_record_bytes={max_record_bytes} leaves none after the "
                           f"{need} bytes of records")
-    spec = _event_spec(events, model, (max_record_bytes - need) // (8 * (2 + n))) \
+    spec = _event_spec(events, model, min(row_cap, (max_record_bytes - need) // (8 * (2 + n)))) \
         if compiled else None
     rec_t = np.empty(n_rec)
     rec_y = np.empty((n_rec, n))

@@ -256,15 +256,18 @@ def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
     max_steps = 100_000                       # integrate's default
     seen = {}
     for i, p in enumerate(points):
-        key = (p.get("h"), p.get("rtol", 1e-6), p.get("atol", 1e-9))
-        got = seen.get(key)
+        run = (p.get("h"), p.get("rtol", 1e-6), p.get("atol", 1e-9))
+        try:
+            key, got = run, seen.get(run)
+        except TypeError:                   # unhashable: _*_plan below names it
+            key, got = None, None
         if got is None:
             if method in ADAPTIVE:
-                hh, _, _, rt, at, max_steps = _adaptive_plan(t0, t_end, key[0], None, key[1],
-                                                             key[2], max_steps, 1)
+                hh, _, _, rt, at, max_steps = _adaptive_plan(t0, t_end, run[0], None, run[1],
+                                                             run[2], max_steps, 1)
                 got = (hh, 0, rt, at)
             else:
-                hh, ns, _ = _fixed_plan(method, t0, t_end, key[0], None, 1)
+                hh, ns, _ = _fixed_plan(method, t0, t_end, run[0], None, 1)
                 got = (hh, ns, 0.0, 0.0)
             seen[key] = got
         h[i], n_steps[i], rtol[i], atol[i] = got
@@ -325,11 +328,15 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
 
     Notes
     -----
-    Points run on daemon threads.  On Ctrl-C (or the first error) no further point
-    starts and the exception reaches the caller at once; a point already running in
-    another thread finishes its own trajectory in the background (the compiled
-    integrator polls signals on the main thread only), and never keeps the process from
-    exiting.
+    M1, M2 and M4 grids run through a compiled grid kernel, many points per call with the
+    GIL released once; M1 grids of the conformal splittings on Quadratic or
+    RayleighQuotient run 8 points per SIMD block.  Every point is bitwise the separate
+    :func:`integrate` call (docs/integrators.md §9).  Slices of the grid run on daemon
+    threads.  On Ctrl-C (or the first error) the exception reaches the caller at once, no
+    further point starts and the running points stop at their next poll of the kernel's
+    cancel flag (every 64 steps); daemon threads never keep the process from exiting.
+    Bregman models run one :func:`integrate` call per point (a running one then finishes
+    its trajectory in the background).
 
     Examples
     --------
