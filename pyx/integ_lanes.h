@@ -29,12 +29,15 @@ typedef double nci_vd __attribute__((vector_size(NCI_NL * sizeof(double))));
 typedef long long nci_vl __attribute__((vector_size(NCI_NL * sizeof(long long))));
 
 enum { NCI_POT_QUADRATIC = 0, NCI_POT_RAYLEIGH = 1 };
-enum { NCI_LIE = 0, NCI_STRANG = 1, NCI_YOSHIDA = 2 };
+enum { NCI_LIE = 0, NCI_STRANG = 1, NCI_YOSHIDA = 2, NCI_GD = 3, NCI_RK4 = 4 };
+enum { NCI_M1 = 0, NCI_M4 = 1 };
 enum { NCI_ISA_BASE = 0, NCI_ISA_AVX512 = 2 };
 
 typedef struct {
     int pot;                    /* NCI_POT_* */
-    int scheme;                 /* NCI_LIE, NCI_STRANG, NCI_YOSHIDA */
+    int model;                  /* NCI_M1 (y = (q, v)) or NCI_M4 (y = q) */
+    int scheme;                 /* NCI_LIE, NCI_STRANG, NCI_YOSHIDA (M1), NCI_GD (M4's
+                                   explicit Euler), NCI_RK4 (M1, M4) */
     Py_ssize_t d;
     const double* A;            /* (d, d) */
     const double* b;            /* (d) quadratic */
@@ -45,10 +48,12 @@ typedef struct {
 
 /* one block: per lane (index l) the constants of its substeps (Lie/Strang: 1, Yoshida:
  * 3, in the order taken): c[s][l] = e^{-γτ_s} (Strang: half step), a[s][l] = τ_s/m (Strang:
- * half), tau[s][l] = the drift's τ_s; k[l]; the state y[l] (2d, IN/OUT), status, steps
- * done.  Scratch: 4 d vectors (q, v, g, Aq), 64-byte aligned. */
+ * half; GD: h/μ), tau[s][l] = the drift's τ_s (RK4: h); m, mu, k per lane (RK4's right-hand
+ * side); the state y[l] (n, IN/OUT), status, steps done.  Scratch: NCI_WORK(d) vectors,
+ * 64-byte aligned. */
+#define NCI_WORK(d) (16 * (d))
 typedef struct {
-    double c[3][NCI_NL], a[3][NCI_NL], tau[3][NCI_NL], k[NCI_NL];
+    double c[3][NCI_NL], a[3][NCI_NL], tau[3][NCI_NL], k[NCI_NL], m[NCI_NL], mu[NCI_NL];
     double* y[NCI_NL];
     int status[NCI_NL];
     Py_ssize_t done[NCI_NL];

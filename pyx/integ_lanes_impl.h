@@ -56,13 +56,51 @@ NCI_INLINE void NCIL(strang)(const nci_ctx* c, nci_vd* q, nci_vd* v, nci_vd* g, 
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * (v[i] - aa * g[i]);
 }
 
-static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
+/* _rhs for M1 (dy = (v, -(μ v + ∇V)/m)) and M4 (dy = -∇V/μ) at the state yv */
+NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const nci_vd* yv, nci_vd* dy, nci_vd* g,
+                         nci_vd* Aq, const nci_vd m, const nci_vd mu, const nci_vd k,
+                         const nci_vl k_on)
 {
     const Py_ssize_t d = c->d;
-    nci_vd* q = B->work;
+    NCIL(grad)(c, yv, g, Aq, k, k_on);
+    if (c->model == NCI_M1) {
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            dy[i] = yv[d + i];
+            dy[d + i] = -(mu * yv[d + i] + g[i]) / m;
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < d; ++i) dy[i] = -g[i] / mu;
+    }
+}
+
+/* _rk4_step: k1..k4 at y, y + (h/2) k1, y + (h/2) k2, y + h k3; y += (h/6)(k1 + 2k2 + 2k3
+   + k4), every product and sum in the scalar code's order */
+NCI_INLINE void NCIL(rk4)(const nci_ctx* c, Py_ssize_t n, nci_vd* y, nci_vd* K, nci_vd* yt,
+                         nci_vd* g, nci_vd* Aq, const nci_vd h, const nci_vd m,
+                         const nci_vd mu, const nci_vd k, const nci_vl k_on)
+{
+    nci_vd *k1 = K, *k2 = K + n, *k3 = K + 2 * n, *k4 = K + 3 * n;
+    NCIL(rhs)(c, y, k1, g, Aq, m, mu, k, k_on);
+    for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + 0.5 * h * k1[i];
+    NCIL(rhs)(c, yt, k2, g, Aq, m, mu, k, k_on);
+    for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + 0.5 * h * k2[i];
+    NCIL(rhs)(c, yt, k3, g, Aq, m, mu, k, k_on);
+    for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + h * k3[i];
+    NCIL(rhs)(c, yt, k4, g, Aq, m, mu, k, k_on);
+    for (Py_ssize_t i = 0; i < n; ++i)
+        y[i] = y[i] + (h / 6.0) * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+}
+
+static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
+{
+    const Py_ssize_t d = c->d, n = c->model == NCI_M1 ? 2 * d : d;
+    nci_vd* q = B->work;                        /* the state y = (q, v) or q */
     nci_vd* v = q + d;
-    nci_vd* g = v + d;
+    nci_vd* g = q + 2 * d;
     nci_vd* Aq = g + d;
+    nci_vd* yt = Aq + d;                        /* RK4: yt (2d), K (8d) */
+    nci_vd* K = yt + 2 * d;
+    const nci_vd m = NCIL(load)(B->m), mu = NCIL(load)(B->mu);
     const nci_vd k = NCIL(load)(B->k);
     const nci_vl k_on = k != 0.0;
     nci_vd cc[3], aa[3], tt[3];
@@ -76,12 +114,9 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
         alive[l] = 1;
         B->status[l] = NC_ST_OK;
         B->done[l] = 0;
-        for (Py_ssize_t i = 0; i < d; ++i) {
-            q[i][l] = B->y[l][i];
-            v[i][l] = B->y[l][d + i];
-        }
+        for (Py_ssize_t i = 0; i < n; ++i) q[i][l] = B->y[l][i];
     }
-    if (c->steps > 0) NCIL(grad)(c, q, g, Aq, k, k_on);          /* _split_init */
+    if (c->steps > 0 && c->scheme != NCI_RK4) NCIL(grad)(c, q, g, Aq, k, k_on); /* _split_init */
     for (Py_ssize_t s = 1; s <= c->steps; ++s) {
         if ((s & 63) == 0 && c->cancel != NULL && *(const volatile int*) c->cancel) {
             for (int l = 0; l < NCI_NL; ++l)
@@ -94,6 +129,11 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
             NCIL(grad)(c, q, g, Aq, k, k_on);
         } else if (c->scheme == NCI_STRANG) {
             NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+        } else if (c->scheme == NCI_GD) {       /* M4 explicit Euler: q -= (h/μ) g; ∇V */
+            for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] - aa[0] * g[i];
+            NCIL(grad)(c, q, g, Aq, k, k_on);
+        } else if (c->scheme == NCI_RK4) {
+            NCIL(rk4)(c, n, q, K, yt, g, Aq, tt[0], m, mu, k, k_on);
         } else {                                /* Yoshida: Strang at w1 h, w0 h, w1 h */
             NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
             NCIL(strang)(c, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
@@ -101,8 +141,7 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
         }
         /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN */
         nci_vl bad = (q[0] * 0.0) != 0.0;
-        for (Py_ssize_t i = 1; i < d; ++i) bad = bad | ((q[i] * 0.0) != 0.0);
-        for (Py_ssize_t i = 0; i < d; ++i) bad = bad | ((v[i] * 0.0) != 0.0);
+        for (Py_ssize_t i = 1; i < n; ++i) bad = bad | ((q[i] * 0.0) != 0.0);
         for (int l = 0; l < NCI_NL; ++l) {
             if (!alive[l]) continue;
             B->done[l] = s;
@@ -110,19 +149,13 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
                 alive[l] = 0;
                 --n_alive;
                 B->status[l] = NC_ST_NONFINITE_STATE;
-                for (Py_ssize_t i = 0; i < d; ++i) {
-                    B->y[l][i] = q[i][l];
-                    B->y[l][d + i] = v[i][l];
-                }
+                for (Py_ssize_t i = 0; i < n; ++i) B->y[l][i] = q[i][l];
             }
         }
         if (n_alive == 0) break;
     }
     for (int l = 0; l < NCI_NL; ++l) {
         if (!alive[l]) continue;
-        for (Py_ssize_t i = 0; i < d; ++i) {
-            B->y[l][i] = q[i][l];
-            B->y[l][d + i] = v[i][l];
-        }
+        for (Py_ssize_t i = 0; i < n; ++i) B->y[l][i] = q[i][l];
     }
 }

@@ -1439,10 +1439,12 @@ def rhs_kernel(object model,            # IN _bridge.ModelInputs
 cdef extern from "integ_lanes.h" nogil:
     enum: NCI_NL
     enum: NCI_POT_QUADRATIC, NCI_POT_RAYLEIGH
-    enum: NCI_LIE, NCI_STRANG, NCI_YOSHIDA
+    enum: NCI_LIE, NCI_STRANG, NCI_YOSHIDA, NCI_GD, NCI_RK4
+    enum: NCI_M1, NCI_M4
     enum: NCI_ISA_BASE, NCI_ISA_AVX512
     ctypedef struct nci_ctx:
         int pot
+        int model
         int scheme
         Py_ssize_t d
         const double* A
@@ -1455,10 +1457,13 @@ cdef extern from "integ_lanes.h" nogil:
         double a[3][NCI_NL]
         double tau[3][NCI_NL]
         double k[NCI_NL]
+        double m[NCI_NL]
+        double mu[NCI_NL]
         double* y[NCI_NL]
         int status[NCI_NL]
         Py_ssize_t done[NCI_NL]
         void* work
+    Py_ssize_t NCI_WORK(Py_ssize_t d)
     int nci_best_isa()
     void nci_run_block(const nci_ctx* c, nci_block* B)
 
@@ -1476,13 +1481,22 @@ def lane_isas():
     return ["base", "avx512"] if nci_best_isa() == NCI_ISA_AVX512 else ["base"]
 
 
-cdef void _lane_consts(nci_block* B, int l, int method, double h, double m,
+cdef void _lane_consts(nci_block* B, int l, int kind, int method, double h, double m,
                        double mu) noexcept nogil:
     """Lane l's substep constants, by the scalar code's own expressions (_m1_lie,
-    _m1_strang with the step _split_step passes it)."""
+    _m1_strang with the step _split_step passes it, M4's explicit Euler h / mu; RK4 takes
+    h itself)."""
     cdef double cbrt2, w1, w0, tau
     cdef double taus[3]
     cdef int s, ns
+    B.m[l] = m
+    B.mu[l] = mu
+    if method == METHOD_RK4:
+        B.tau[0][l] = h
+        return
+    if kind == MODEL_GFLOW:
+        B.a[0][l] = h / mu
+        return
     if method == METHOD_EULER:
         B.c[0][l] = exp(-h * mu / m)
         B.a[0][l] = h / m
@@ -1606,9 +1620,9 @@ cdef class GridKernel:
         self.isa = nci_best_isa() if isa is None else _LANE_ISAS[isa]
         if self.isa == NCI_ISA_AVX512 and nci_best_isa() != NCI_ISA_AVX512:
             raise ValueError("GridKernel: this build or CPU cannot run the avx512 lanes")
-        if (lane is not None and kind == MODEL_DAMPED
-                and method in (METHOD_EULER, METHOD_VERLET, METHOD_YOSHIDA4)
-                and lane[0] in ("quadratic", "rayleigh")):
+        if (lane is not None and lane[0] in ("quadratic", "rayleigh") and (
+                (kind == MODEL_DAMPED and method <= METHOD_RK4)
+                or (kind == MODEL_GFLOW and method in (METHOD_EULER, METHOD_RK4)))):
             self.lane_A = np.ascontiguousarray(lane[1]["A"], dtype=np.float64)
             if self.lane_A.shape != (self.pot.d, self.pot.d):
                 raise ValueError("GridKernel: the lane form's A must be (d, d)")
@@ -1637,6 +1651,7 @@ cdef class GridKernel:
         cdef const Py_ssize_t[::1] idx = order
         cdef Py_ssize_t n = self.n, d = self.pot.d, P = hi - lo, j, e, p, i
         cdef int ln, per = 3 if self.method == METHOD_YOSHIDA4 else 1
+        cdef bint rk4 = self.method == METHOD_RK4
         cdef nci_ctx C
         cdef nci_block B
         cdef double* spare
@@ -1645,14 +1660,16 @@ cdef class GridKernel:
         cdef const double[:, ::1] A = self.lane_A
         cdef const double[::1] b = self.lane_b.reshape(-1)
         C.pot = self.lane_pot
-        C.scheme = (NCI_LIE if self.method == METHOD_EULER else
+        C.model = NCI_M1 if self.kind == MODEL_DAMPED else NCI_M4
+        C.scheme = (NCI_RK4 if rk4 else NCI_GD if self.kind == MODEL_GFLOW else
+                    NCI_LIE if self.method == METHOD_EULER else
                     NCI_STRANG if self.method == METHOD_VERLET else NCI_YOSHIDA)
         C.d = d
         C.A = &A[0, 0]
         C.b = &b[0]
         C.cancel = &self.cancel_flag
         C.isa = self.isa
-        B.work = aligned_alloc(64, 4 * d * NCI_NL * sizeof(double))
+        B.work = aligned_alloc(64, NCI_WORK(d) * NCI_NL * sizeof(double))
         spare = <double*> malloc(NCI_NL * n * sizeof(double))
         if B.work == NULL or spare == NULL:
             free(B.work)
@@ -1672,8 +1689,8 @@ cdef class GridKernel:
                     C.steps = self.n_steps[idx[j]]
                     for ln in range(NCI_NL):
                         p = idx[j + ln] if j + ln < e else idx[e - 1]
-                        _lane_consts(&B, ln, self.method, self.h[p], self.hp[p, 0],
-                                     self.hp[p, 1])
+                        _lane_consts(&B, ln, self.kind, self.method, self.h[p],
+                                     self.hp[p, 0], self.hp[p, 1])
                         B.k[ln] = self.hp[p, 2]
                         if j + ln < e:
                             B.y[ln] = &self.y[p, 0]
@@ -1687,7 +1704,8 @@ cdef class GridKernel:
                         hh = self.h[p]
                         self.t_final[p] = self.t0 + B.done[ln] * hh
                         self.counts[p, 0] = B.status[ln]
-                        self.counts[p, 1] = (1 + per * B.done[ln]) if C.steps > 0 else 0
+                        self.counts[p, 1] = (4 * B.done[ln] if rk4 else
+                                             (1 + per * B.done[ln]) if C.steps > 0 else 0)
                         self.counts[p, 2] = B.done[ln]
                         self.counts[p, 3] = 0
                         if B.status[ln] == NC_ST_INTERRUPTED:

@@ -233,8 +233,9 @@ def _quadratic(seed):
 
 
 @pytest.mark.parametrize("lane_isa", ISAS)
-@settings(max_examples=15, deadline=None)
-@given(split=st.sampled_from(["conformal-euler", "conformal-verlet", "conformal-yoshida4"]),
+@settings(max_examples=25, deadline=None)
+@given(split=st.sampled_from(["conformal-euler", "conformal-verlet", "conformal-yoshida4",
+                              "rk4", "M4 euler", "M4 rk4"]),
        quad=st.booleans(), seed=st.integers(0, 100),
        m=st.lists(st.floats(0.05, 3.0), min_size=1, max_size=5, unique=True),
        mu=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=4, unique=True),
@@ -243,15 +244,19 @@ def _quadratic(seed):
                   unique=True),
        t_end=st.floats(0.0, 3.0), threads=st.integers(1, 2))
 def test_lanes_equal_integrate(lane_isa, split, quad, seed, m, mu, k, h, t_end, threads):
-    """M1 grids of the conformal splittings run in blocks of 8 SIMD lanes (points grouped
-    by step count; spare lanes of a short block; k = 0 lanes beside k > 0): every point
-    bitwise its integrate call, with either lane version (integ_lanes.h: the same IEEE
-    operations per lane as the scalar loop)."""
+    """M1 grids of the conformal splittings and RK4, M4 grids of explicit Euler and RK4,
+    run in blocks of 8 SIMD lanes (points grouped by step count; spare lanes of a short
+    block; k = 0 lanes beside k > 0): every point bitwise its integrate call, with either
+    lane version (integ_lanes.h: the same IEEE operations per lane as the scalar loop)."""
     pot = _quadratic(seed) if quad else _pot(seed)
-    y0 = _y0(Damped, seed)
+    if split.startswith("M4"):
+        model_cls, method, grid = GradientFlow, split[3:], dict(mu=sorted({0.05 + x for x in mu}))
+    else:
+        model_cls, method, grid = Damped, split, dict(m=m, mu=mu)
+    y0 = _y0(model_cls, seed)
     with _isa(lane_isa):
-        res = _scan(Damped, pot, y0, t_end, split, m=m, mu=mu, k=k, h=h, threads=threads)
-    _assert_points_equal(res, Damped, pot, y0, t_end, split)
+        res = _scan(model_cls, pot, y0, t_end, method, k=k, h=h, threads=threads, **grid)
+    _assert_points_equal(res, model_cls, pot, y0, t_end, method)
 
 
 @pytest.mark.parametrize("lane_isa", ISAS)
@@ -266,6 +271,11 @@ def test_lanes_stop_diverging_points_alone(lane_isa):
                     mu=0.0, h=0.01)
     assert res.diverged.any() and not res.diverged.all()
     _assert_points_equal(res, Damped, stiff, y0, 20.0, "conformal-verlet")
+    q0 = y0[:4]
+    with _isa(lane_isa):
+        res = _scan(GradientFlow, stiff, q0, 5.0, "rk4", mu=[1e-3, 1e4], h=0.01)
+    assert res.diverged.tolist() == [True, False]
+    _assert_points_equal(res, GradientFlow, stiff, q0, 5.0, "rk4")
 
 
 def test_lanes_cancel():
