@@ -4,30 +4,50 @@
 /* g = grad f(q) + k q (_grad_V): the potential's scalar gradient, lane-wise, then k q
  * added only in the lanes with k != 0 (the scalar code skips the addition there, which
  * keeps a -0.0 gradient entry -0.0). */
+/* s = A q, row i summed from its first term in column order (the scalar kernels'
+   order); four rows at a time so their independent sums overlap in the pipeline */
+NCI_INLINE void NCIL(matvec)(const double* restrict A, const Py_ssize_t d,
+                            const nci_vd* restrict q, nci_vd* restrict s)
+{
+    Py_ssize_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+        const double* a = A + i * d;
+        nci_vd s0 = a[0] * q[0], s1 = a[d] * q[0], s2 = a[2 * d] * q[0],
+               s3 = a[3 * d] * q[0];
+        for (Py_ssize_t j = 1; j < d; ++j) {
+            const nci_vd qj = q[j];
+            s0 = s0 + a[j] * qj;
+            s1 = s1 + a[d + j] * qj;
+            s2 = s2 + a[2 * d + j] * qj;
+            s3 = s3 + a[3 * d + j] * qj;
+        }
+        s[i] = s0; s[i + 1] = s1; s[i + 2] = s2; s[i + 3] = s3;
+    }
+    for (; i < d; ++i) {
+        nci_vd si = A[i * d] * q[0];
+        for (Py_ssize_t j = 1; j < d; ++j) si = si + A[i * d + j] * q[j];
+        s[i] = si;
+    }
+}
+
 NCI_INLINE void NCIL(grad)(const nci_ctx* c, const nci_vd* restrict q, nci_vd* restrict g,
                           nci_vd* restrict Aq, const nci_vd k, const nci_vl k_on)
 {
     const Py_ssize_t d = c->d;
-    const double* restrict A = c->A;
     if (c->pot == NCI_POT_QUADRATIC) {
         /* _c_grad_quadratic: s = A[i, 0] q0 + A[i, 1] q1 + ...; g_i = s - b_i */
-        for (Py_ssize_t i = 0; i < d; ++i) {
-            nci_vd s = A[i * d] * q[0];
-            for (Py_ssize_t j = 1; j < d; ++j) s = s + A[i * d + j] * q[j];
-            g[i] = s - c->b[i];
-        }
+        NCIL(matvec)(c->A, d, q, g);
+        for (Py_ssize_t i = 0; i < d; ++i) g[i] = g[i] - c->b[i];
     } else {
         /* _c_grad_rayleigh: iqq = 1/qq; s_i = (Aq)_i; qAq = q0 s0 + q1 s1 + ...;
            Aq_i = s_i iqq; t = qAq iqq; ti = t iqq; g_i = Aq_i - q_i ti */
-        nci_vd qq = q[0] * q[0], qAq = {0};
+        nci_vd qq = q[0] * q[0], qAq;
         for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
         const nci_vd iqq = 1.0 / qq;
-        for (Py_ssize_t i = 0; i < d; ++i) {
-            nci_vd s = A[i * d] * q[0];
-            for (Py_ssize_t j = 1; j < d; ++j) s = s + A[i * d + j] * q[j];
-            qAq = i > 0 ? qAq + q[i] * s : q[0] * s;
-            Aq[i] = s * iqq;
-        }
+        NCIL(matvec)(c->A, d, q, Aq);
+        qAq = q[0] * Aq[0];
+        for (Py_ssize_t i = 1; i < d; ++i) qAq = qAq + q[i] * Aq[i];
+        for (Py_ssize_t i = 0; i < d; ++i) Aq[i] = Aq[i] * iqq;
         const nci_vd ti = (qAq * iqq) * iqq;
         for (Py_ssize_t i = 0; i < d; ++i) g[i] = Aq[i] - q[i] * ti;
     }
@@ -104,14 +124,16 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
     const nci_vd k = NCIL(load)(B->k);
     const nci_vl k_on = k != 0.0;
     nci_vd cc[3], aa[3], tt[3];
-    int alive[NCI_NL], n_alive = NCI_NL;
+    nci_vl live;                                /* all ones: the lane still runs */
+    int n_alive = NCI_NL;
+    Py_ssize_t last = 0;                        /* steps done by the running lanes */
     for (int s = 0; s < 3; ++s) {
         cc[s] = NCIL(load)(B->c[s]);
         aa[s] = NCIL(load)(B->a[s]);
         tt[s] = NCIL(load)(B->tau[s]);
     }
     for (int l = 0; l < NCI_NL; ++l) {
-        alive[l] = 1;
+        live[l] = -1;
         B->status[l] = NC_ST_OK;
         B->done[l] = 0;
         for (Py_ssize_t i = 0; i < n; ++i) q[i][l] = B->y[l][i];
@@ -120,7 +142,7 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
     for (Py_ssize_t s = 1; s <= c->steps; ++s) {
         if ((s & 63) == 0 && c->cancel != NULL && *(const volatile int*) c->cancel) {
             for (int l = 0; l < NCI_NL; ++l)
-                if (alive[l]) B->status[l] = NC_ST_INTERRUPTED;
+                if (live[l]) B->status[l] = NC_ST_INTERRUPTED;
             break;
         }
         if (c->scheme == NCI_LIE) {             /* _m1_lie: v = c v - a g; q += h v; ∇V */
@@ -139,23 +161,29 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
             NCIL(strang)(c, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
             NCIL(strang)(c, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on);
         }
-        /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN */
-        nci_vl bad = (q[0] * 0.0) != 0.0;
-        for (Py_ssize_t i = 1; i < n; ++i) bad = bad | ((q[i] * 0.0) != 0.0);
-        for (int l = 0; l < NCI_NL; ++l) {
-            if (!alive[l]) continue;
-            B->done[l] = s;
-            if (bad[l]) {                       /* stop this lane here, as the scalar loop */
-                alive[l] = 0;
+        /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN; z is 0 in a lane
+           exactly when its whole state is finite (a NaN term makes the sum NaN) */
+        nci_vd z = q[0] * 0.0;
+        for (Py_ssize_t i = 1; i < n; ++i) z = z + q[i] * 0.0;
+        const nci_vl bad = (z != 0.0) & live;
+        long long any = 0;
+        for (int l = 0; l < NCI_NL; ++l) any |= bad[l];
+        last = s;
+        if (any) {
+            for (int l = 0; l < NCI_NL; ++l) {
+                if (!bad[l]) continue;          /* stop this lane here, as the scalar loop */
+                live[l] = 0;
                 --n_alive;
+                B->done[l] = s;
                 B->status[l] = NC_ST_NONFINITE_STATE;
                 for (Py_ssize_t i = 0; i < n; ++i) B->y[l][i] = q[i][l];
             }
+            if (n_alive == 0) break;
         }
-        if (n_alive == 0) break;
     }
     for (int l = 0; l < NCI_NL; ++l) {
-        if (!alive[l]) continue;
+        if (!live[l]) continue;
+        B->done[l] = last;
         for (Py_ssize_t i = 0; i < n; ++i) B->y[l][i] = q[i][l];
     }
 }
