@@ -38,7 +38,7 @@ from ._integrate import (
 )
 from ._parallel import STOPS, Cancelled, map_threads
 from .errors import DivergenceWarning
-from .models import Bregman, Model
+from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
 __all__ = ["scan_integrate", "IntegrateScanResult"]
 
@@ -243,7 +243,7 @@ def _chunk(job, threads, token, lo, hi):
     return _rows_block(map_threads(one, len(points), threads, cancelled=cancelled))
 
 
-def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
+def _grid_job(models, potential, y0, t0, t_end, method, points, hp=None) -> _GridJob:
     """Validate the run parameters of every point as :func:`integrate` does (y0 and the
     times once: they do not depend on the point) and build the grid kernel's table."""
     y, t0, t_end = _check_inputs(models[0], y0, method, t0, t_end)
@@ -271,13 +271,56 @@ def _grid_job(models, potential, y0, t0, t_end, method, points) -> _GridJob:
                 got = (hh, ns, 0.0, 0.0)
             seen[key] = got
         h[i], n_steps[i], rtol[i], atol[i] = got
-    hp = np.array([m._hp() for m in models], dtype=float)
+    if hp is None:
+        hp = np.array([m._hp() for m in models], dtype=float)
     plan = _bridge.GridPlan(models[0].kind, _METHOD_CODE[method], hp, t0, t_end, h, n_steps,
                             rtol, atol, max_steps if method in ADAPTIVE else 0,
                             potential._lane_form(), _LANE_ISA["isa"])
     return _GridJob(plan=plan, potential=potential, y0=y, points=points, method=method,
                     python_fn=isinstance(potential._kernel,
                                          _bridge.callback_kernels.PythonKernel))
+
+
+#: models whose constructor validates each keyword on its own and whose kernel row
+#: (``_hp``) places each validated value in its own column
+_COLUMN_MODELS = (Damped, GradientFlow, RadialAngular)
+
+
+def _column_table(model_cls, potential, axes, mfixed, shape):
+    """``(first point's model, hp (P, 9))`` built a column at a time, or None.
+
+    For the models of _COLUMN_MODELS a point is valid exactly when each of its values is
+    (their constructors check each keyword alone), and its kernel row is the base row
+    with each axis's columns set from that axis's value.  So one model per axis value
+    validates the grid (sum of the axis lengths, not their product), and the rows are
+    assembled by broadcasting.  Any failure (or an axis whose columns overlap another's)
+    returns None: the caller then constructs every point's model, which raises the usual
+    error naming the first bad point in grid order.
+    """
+    if type(model_cls) is not type or model_cls not in _COLUMN_MODELS:
+        return None
+    names = [k for k in axes if k not in _RUN_KEYS]
+    base = dict(mfixed, **{k: axes[k][0].item() for k in names})
+    try:
+        first = model_cls(potential, **base)
+        row0 = first._hp()
+        hp = np.broadcast_to(row0, shape + (len(row0),)).copy()
+        used = np.zeros(len(row0), dtype=bool)
+        axis_of = {k: i for i, k in enumerate(axes)}
+        for k in names:
+            rows = np.array([model_cls(potential, **dict(base, **{k: v}))._hp()
+                             for v in axes[k].tolist()])
+            cols = np.flatnonzero((rows != row0).any(axis=0))
+            if used[cols].any():
+                return None
+            used[cols] = True
+            view = [None] * len(shape)
+            view[axis_of[k]] = slice(None)
+            for c in cols:
+                hp[..., c] = rows[:, c][tuple(view)]
+    except (TypeError, ValueError):
+        return None
+    return first, hp.reshape(-1, len(row0))
 
 
 def _model_keywords(model_cls) -> list[str]:
@@ -369,11 +412,15 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     combos = list(itertools.product(*(v.tolist() for v in axes.values())))
     points = [dict(fixed, **dict(zip(keys, c, strict=True))) for c in combos]
     run_kw = {"t0": t0}
-    # validate every point before any work: construct each model once
+    # validate every point before any work: by columns where the model allows it, else
+    # by constructing each point's model once
     mfixed = {k: v for k, v in fixed.items() if k not in _RUN_KEYS}
     mcols = [(j, k) for j, k in enumerate(keys) if k not in _RUN_KEYS]
-    models = []
+    columns = _column_table(model_cls, potential, axes, mfixed, shape)
+    models = [] if columns is None else [columns[0]]
     for c, p in zip(combos, points, strict=True):
+        if columns is not None:
+            break
         try:
             models.append(model_cls(potential, **mfixed, **{k: c[j] for j, k in mcols}))
         except TypeError as exc:
@@ -385,7 +432,8 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     if issubclass(model_cls, Bregman):
         job = (model_cls, potential, y0, t_end, method, points, run_kw)
     else:
-        job = _grid_job(models, potential, y0, t0, t_end, method, points)
+        job = _grid_job(models, potential, y0, t0, t_end, method, points,
+                        None if columns is None else columns[1])
     try:
         if executor is None:
             parts = [_chunk(job, _grid.threads_for(threads, n), token, 0, n)]

@@ -298,3 +298,33 @@ def test_lanes_cancel():
     assert time.perf_counter() - t0 < 1.5
     assert (out.counts[:, 0] == _status.INTERRUPTED).all()
     assert (out.counts[:, 2] % 64 == 63).all()          # stopped at a poll
+
+
+@pytest.mark.parametrize("model_cls,grid", [
+    (Damped, dict(m=[0.3, 1.0, 2.0], mu=[0.0, 0.5], k=[0.0, 0.1, 0.2, 0.3])),
+    (RadialAngular, dict(m=0.5, mu=[0.1, 0.2], k=0.01, reduced=(False, True))),
+    (GradientFlow, dict(k=[0.0, 0.5], mu=[0.5, 1.0, 1.5]))])
+def test_column_table_equals_per_point_rows(model_cls, grid):
+    """scan_integrate validates these models a column at a time and assembles the kernel
+    rows by broadcasting (_column_table): the rows equal each point's Model._hp(), in
+    grid order; a bad value anywhere falls back to the per-point loop and its error."""
+    from itertools import product
+
+    from noether_core import _grid
+    from noether_core._scan_integrate import _column_table
+
+    pot = _pot(1)
+    axes, fixed = _grid.split_grid(grid, dict.fromkeys(grid, 0.0))
+    shape = tuple(len(v) for v in axes.values())
+    first, hp = _column_table(model_cls, pot, axes, fixed, shape)
+    want = [model_cls(pot, **fixed, **dict(zip(axes, c, strict=True)))._hp()
+            for c in product(*(v.tolist() for v in axes.values()))]
+    np.testing.assert_array_equal(hp, np.array(want))
+    np.testing.assert_array_equal(first._hp(), want[0])
+    bad = dict(grid, mu=[0.5, -1.0] if model_cls is not GradientFlow else [0.5, 0.0])
+    axes, fixed = _grid.split_grid(bad, dict.fromkeys(bad, 0.0))
+    assert _column_table(model_cls, pot, axes, fixed,
+                         tuple(len(v) for v in axes.values())) is None
+    y0 = _y0(model_cls, 1)
+    with pytest.raises(ValueError, match="grid point .*mu"):
+        nc.scan_integrate(model_cls, pot, y0, t_end=1.0, method="rk4", h=0.1, **bad)
