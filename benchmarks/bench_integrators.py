@@ -239,6 +239,7 @@ GRID_K = 0.02
 GRID_H = 1e-2
 GRID_RTOLS = (1e-6, 1e-8)
 GRID_THREADS = 2
+GRID_ROUNDS = 2                 # best of 2 × REPEAT calls (the machine is shared)
 
 
 def _jax_grid_runners(A, y0):
@@ -329,7 +330,12 @@ def grids(pot, A, y0, spec):
                                          mu=GRID_MU, k=GRID_K, threads=GRID_THREADS,
                                          **kw).y_final.reshape(P, -1)
 
-    calls = {f"ours conformal-verlet h={GRID_H:g}": ours("conformal-verlet", h=GRID_H)}
+    calls = {f"ours conformal-verlet h={GRID_H:g}": ours("conformal-verlet", h=GRID_H),
+             f"ours conformal-verlet h={GRID_H:g}, 1 thread": (
+                 lambda: nc.scan_integrate(Damped, pot, y0, t_end=T,
+                                           method="conformal-verlet", m=GRID_M, mu=GRID_MU,
+                                           k=GRID_K, threads=1,
+                                           h=GRID_H).y_final.reshape(P, -1))}
     for rtol in GRID_RTOLS:
         for method in ("dopri5", "dop853"):
             calls[f"ours {method} {rtol:.0e}"] = ours(method, rtol=rtol, atol=rtol * 1e-2)
@@ -337,7 +343,7 @@ def grids(pot, A, y0, spec):
     rows = {}
     N = int(round(T / GRID_H))
     for name, run in list(peers_.items()) + list(calls.items()):
-        t, Y = _best(run)
+        t, Y = min((_best(run) for _ in range(GRID_ROUNDS)), key=lambda r: r[0])
         steps = N if "verlet" in name or "leapfrog" in name else None
         rows[name] = (t, err(Y), t / P * 1e6, None if steps is None else t / (P * steps) * 1e9,
                       Y)
@@ -347,9 +353,10 @@ def grids(pot, A, y0, spec):
 def print_grids(rows, note):
     print(f"### Grids: scan_integrate, 32 m × 32 μ, M1 Damped, RayleighQuotient d=8, T={T:g}"
           f", {GRID_THREADS} threads\n")
-    print("Best of 5 per call (the whole grid); error = largest max-abs final error over 16 "
-          "sampled points against scipy DOP853 at rtol 1e-13; JAX under jit(vmap) over the "
-          "1024 points, compiled beforehand, x64, its default threads.\n")
+    print(f"Best of {GRID_ROUNDS * REPEAT} calls (the whole grid each); error = largest "
+          "max-abs final error over 16 sampled points against scipy DOP853 at rtol 1e-13; "
+          "JAX under jit(vmap) over the 1024 points, compiled beforehand, x64, its default "
+          "threads.\n")
     if note:
         print(f"*{note}*\n")
     print("| call | time (grid) | per point | per point-step | max error (16 points) |")

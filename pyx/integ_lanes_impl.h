@@ -30,10 +30,10 @@ NCI_INLINE void NCIL(matvec)(const double* restrict A, const Py_ssize_t d,
     }
 }
 
-NCI_INLINE void NCIL(grad)(const nci_ctx* c, const nci_vd* restrict q, nci_vd* restrict g,
-                          nci_vd* restrict Aq, const nci_vd k, const nci_vl k_on)
+NCI_INLINE void NCIL(grad)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* restrict q,
+                          nci_vd* restrict g, nci_vd* restrict Aq, const nci_vd k,
+                          const nci_vl k_on)
 {
-    const Py_ssize_t d = c->d;
     if (c->pot == NCI_POT_QUADRATIC) {
         /* _c_grad_quadratic: s = A[i, 0] q0 + A[i, 1] q1 + ...; g_i = s - b_i */
         NCIL(matvec)(c->A, d, q, g);
@@ -65,24 +65,22 @@ static inline nci_vd NCIL(load)(const double* x)
 }
 
 /* Strang (_m1_strang): v = c v - a g; q += τ v; g = ∇V(q); v = c (v - a g) */
-NCI_INLINE void NCIL(strang)(const nci_ctx* c, nci_vd* q, nci_vd* v, nci_vd* g, nci_vd* Aq,
-                            const nci_vd cc, const nci_vd aa, const nci_vd tau,
-                            const nci_vd k, const nci_vl k_on)
+NCI_INLINE void NCIL(strang)(const nci_ctx* c, const Py_ssize_t d, nci_vd* q, nci_vd* v,
+                            nci_vd* g, nci_vd* Aq, const nci_vd cc, const nci_vd aa,
+                            const nci_vd tau, const nci_vd k, const nci_vl k_on)
 {
-    const Py_ssize_t d = c->d;
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * v[i] - aa * g[i];
     for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tau * v[i];
-    NCIL(grad)(c, q, g, Aq, k, k_on);
+    NCIL(grad)(c, d, q, g, Aq, k, k_on);
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * (v[i] - aa * g[i]);
 }
 
 /* _rhs for M1 (dy = (v, -(μ v + ∇V)/m)) and M4 (dy = -∇V/μ) at the state yv */
-NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const nci_vd* yv, nci_vd* dy, nci_vd* g,
-                         nci_vd* Aq, const nci_vd m, const nci_vd mu, const nci_vd k,
-                         const nci_vl k_on)
+NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* yv, nci_vd* dy,
+                         nci_vd* g, nci_vd* Aq, const nci_vd m, const nci_vd mu,
+                         const nci_vd k, const nci_vl k_on)
 {
-    const Py_ssize_t d = c->d;
-    NCIL(grad)(c, yv, g, Aq, k, k_on);
+    NCIL(grad)(c, d, yv, g, Aq, k, k_on);
     if (c->model == NCI_M1) {
         for (Py_ssize_t i = 0; i < d; ++i) {
             dy[i] = yv[d + i];
@@ -95,25 +93,29 @@ NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const nci_vd* yv, nci_vd* dy, nci_vd
 
 /* _rk4_step: k1..k4 at y, y + (h/2) k1, y + (h/2) k2, y + h k3; y += (h/6)(k1 + 2k2 + 2k3
    + k4), every product and sum in the scalar code's order */
-NCI_INLINE void NCIL(rk4)(const nci_ctx* c, Py_ssize_t n, nci_vd* y, nci_vd* K, nci_vd* yt,
+NCI_INLINE void NCIL(rk4)(const nci_ctx* c, const Py_ssize_t d, Py_ssize_t n, nci_vd* y,
+                         nci_vd* K, nci_vd* yt,
                          nci_vd* g, nci_vd* Aq, const nci_vd h, const nci_vd m,
                          const nci_vd mu, const nci_vd k, const nci_vl k_on)
 {
     nci_vd *k1 = K, *k2 = K + n, *k3 = K + 2 * n, *k4 = K + 3 * n;
-    NCIL(rhs)(c, y, k1, g, Aq, m, mu, k, k_on);
+    NCIL(rhs)(c, d, y, k1, g, Aq, m, mu, k, k_on);
     for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + 0.5 * h * k1[i];
-    NCIL(rhs)(c, yt, k2, g, Aq, m, mu, k, k_on);
+    NCIL(rhs)(c, d, yt, k2, g, Aq, m, mu, k, k_on);
     for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + 0.5 * h * k2[i];
-    NCIL(rhs)(c, yt, k3, g, Aq, m, mu, k, k_on);
+    NCIL(rhs)(c, d, yt, k3, g, Aq, m, mu, k, k_on);
     for (Py_ssize_t i = 0; i < n; ++i) yt[i] = y[i] + h * k3[i];
-    NCIL(rhs)(c, yt, k4, g, Aq, m, mu, k, k_on);
+    NCIL(rhs)(c, d, yt, k4, g, Aq, m, mu, k, k_on);
     for (Py_ssize_t i = 0; i < n; ++i)
         y[i] = y[i] + (h / 6.0) * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
 }
 
-static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
+/* the block's run for dimension d: called with d a constant for d = 2, 4, 8, 16 (the
+   loops over the state unroll; the arithmetic, hence every lane's result, is the same;
+   every d <= 16 was measured to build in ~7 min, so only these) */
+NCI_INLINE void NCIL(run_block_d)(const nci_ctx* c, nci_block* B, const Py_ssize_t d)
 {
-    const Py_ssize_t d = c->d, n = c->model == NCI_M1 ? 2 * d : d;
+    const Py_ssize_t n = c->model == NCI_M1 ? 2 * d : d;
     nci_vd* q = B->work;                        /* the state y = (q, v) or q */
     nci_vd* v = q + d;
     nci_vd* g = q + 2 * d;
@@ -138,7 +140,7 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
         B->done[l] = 0;
         for (Py_ssize_t i = 0; i < n; ++i) q[i][l] = B->y[l][i];
     }
-    if (c->steps > 0 && c->scheme != NCI_RK4) NCIL(grad)(c, q, g, Aq, k, k_on); /* _split_init */
+    if (c->steps > 0 && c->scheme != NCI_RK4) NCIL(grad)(c, d, q, g, Aq, k, k_on); /* _split_init */
     for (Py_ssize_t s = 1; s <= c->steps; ++s) {
         if ((s & 63) == 0 && c->cancel != NULL && *(const volatile int*) c->cancel) {
             for (int l = 0; l < NCI_NL; ++l)
@@ -148,18 +150,18 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
         if (c->scheme == NCI_LIE) {             /* _m1_lie: v = c v - a g; q += h v; ∇V */
             for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc[0] * v[i] - aa[0] * g[i];
             for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tt[0] * v[i];
-            NCIL(grad)(c, q, g, Aq, k, k_on);
+            NCIL(grad)(c, d, q, g, Aq, k, k_on);
         } else if (c->scheme == NCI_STRANG) {
-            NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
         } else if (c->scheme == NCI_GD) {       /* M4 explicit Euler: q -= (h/μ) g; ∇V */
             for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] - aa[0] * g[i];
-            NCIL(grad)(c, q, g, Aq, k, k_on);
+            NCIL(grad)(c, d, q, g, Aq, k, k_on);
         } else if (c->scheme == NCI_RK4) {
-            NCIL(rk4)(c, n, q, K, yt, g, Aq, tt[0], m, mu, k, k_on);
+            NCIL(rk4)(c, d, n, q, K, yt, g, Aq, tt[0], m, mu, k, k_on);
         } else {                                /* Yoshida: Strang at w1 h, w0 h, w1 h */
-            NCIL(strang)(c, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
-            NCIL(strang)(c, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
-            NCIL(strang)(c, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on);
         }
         /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN; z is 0 in a lane
            exactly when its whole state is finite (a NaN term makes the sum NaN) */
@@ -185,5 +187,15 @@ static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
         if (!live[l]) continue;
         B->done[l] = last;
         for (Py_ssize_t i = 0; i < n; ++i) B->y[l][i] = q[i][l];
+    }
+}
+
+static void NCIL(run_block)(const nci_ctx* c, nci_block* B)
+{
+    switch (c->d) {
+#define NCI_CASE(D) case D: NCIL(run_block_d)(c, B, D); return;
+    NCI_CASE(2) NCI_CASE(4) NCI_CASE(8) NCI_CASE(16)
+#undef NCI_CASE
+    default: NCIL(run_block_d)(c, B, c->d);
     }
 }

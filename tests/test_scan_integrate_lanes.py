@@ -328,3 +328,22 @@ def test_column_table_equals_per_point_rows(model_cls, grid):
     y0 = _y0(model_cls, 1)
     with pytest.raises(ValueError, match="grid point .*mu"):
         nc.scan_integrate(model_cls, pot, y0, t_end=1.0, method="rk4", h=0.1, **bad)
+
+
+@pytest.mark.parametrize("lane_isa", ISAS)
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 16, 17])
+def test_lanes_every_dimension(lane_isa, d):
+    """The lane block is compiled with d a constant for d = 2, 4, 8, 16 and for any d
+    otherwise: both forms bitwise integrate (verlet and rk4, Rayleigh and Quadratic)."""
+    rng = np.random.default_rng(d)
+    B = rng.standard_normal((d, d))
+    pots = [nc.potentials.Quadratic(B @ B.T / d + np.eye(d), rng.standard_normal(d))]
+    if d > 1:
+        pots.append(nc.potentials.RayleighQuotient(B + B.T))
+    y0 = np.concatenate([rng.standard_normal(d), 0.2 * rng.standard_normal(d)])
+    for pot in pots:
+        for method in ("conformal-verlet", "rk4"):
+            with _isa(lane_isa):
+                res = _scan(Damped, pot, y0, 1.0, method, m=[0.5, 1.5], mu=[0.1, 0.4, 0.7],
+                            k=[0.0, 0.05], h=0.02)
+            _assert_points_equal(res, Damped, pot, y0, 1.0, method)
