@@ -1,6 +1,6 @@
 """Compiled integrators vs scipy.integrate.solve_ivp (and diffrax) at matched final error.
 
-    PYTHONPATH=.:python python benchmarks/bench_integrators.py [--peers-only]
+    PYTHONPATH=.:python python benchmarks/bench_integrators.py [--peers-only | --grids]
 
 Problems: M1 Damped on RayleighQuotient (d = 8, T = 20) and M2 RadialAngular (exact) on
 the same potential.  For each solver a parameter sweep (h for conformal-verlet, rtol for
@@ -17,6 +17,14 @@ timing, float64 via ``jax_enable_x64``, time with ``block_until_ready``).  Again
 peer run we take the cheapest of our calls (dopri5 and dop853 over an rtol sweep) whose
 final error is at most the peer's, and print both times and the ratio.  Missing peers are
 skipped with a message.
+
+Third part, "grids" (issue 17 item 5; ``--grids`` runs only it): ``scan_integrate`` over
+32 m × 32 μ (M1 on the same potential, T = 20, 2 threads) against JAX under
+``jit(vmap)`` over the same 1024 points: a leapfrog with exact damping (the conformal
+Strang splitting, the same arithmetic as our conformal-verlet) at h = 1e-2, and diffrax
+Dopri5 (PID controller) against our dopri5 and dop853 at the same rtol (atol = rtol/100).
+Errors are the largest over 16 sampled points against scipy's DOP853 at rtol 1e-13.
+The peers are optional (skipped with a message when jax/diffrax are missing).
 
 Prints Markdown for benchmarks/RESULTS.md (it writes nothing).
 """
@@ -224,8 +232,166 @@ def print_peers(rows, note):
     print()
 
 
+# -- grids (issue 17 item 5) -----------------------------------------------------------------
+GRID_M = np.linspace(0.2, 2.0, 32)
+GRID_MU = np.linspace(0.05, 1.5, 32)
+GRID_K = 0.02
+GRID_H = 1e-2
+GRID_RTOLS = (1e-6, 1e-8)
+GRID_THREADS = 2
+GRID_ROUNDS = 2                 # best of 2 × REPEAT calls (the machine is shared)
+
+
+def _jax_grid_runners(A, y0):
+    """{name: callable -> (1024, 2d) final states} for the JAX leapfrog and, per rtol,
+    diffrax Dopri5, all under jit(vmap) over the grid (compiled outside the timing); or a
+    message when jax is missing."""
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except Exception as exc:                       # optional peers
+        return {}, f"JAX peers skipped ({type(exc).__name__}: {exc})"
+    Aj = jnp.asarray(A)
+    d = A.shape[0]
+    k = GRID_K
+    ms, mus = np.meshgrid(GRID_M, GRID_MU, indexing="ij")
+    mj, muj = jnp.asarray(ms.ravel()), jnp.asarray(mus.ravel())
+    yj = jnp.asarray(y0)
+    N = int(round(T / GRID_H))
+
+    def grad(q):
+        Aq = Aj @ q
+        iqq = 1.0 / (q @ q)
+        return Aq * iqq - q * ((q @ Aq) * iqq * iqq) + k * q
+
+    def leapfrog(m, mu):
+        h = GRID_H
+        c, a = jnp.exp(-0.5 * h * mu / m), 0.5 * h / m
+
+        def body(_, s):
+            q, v, g = s
+            v = c * v - a * g
+            q = q + h * v
+            g = grad(q)
+            return q, c * (v - a * g), g
+
+        q, v, _ = lax.fori_loop(0, N, body, (yj[:d], yj[d:], grad(yj[:d])))
+        return jnp.concatenate([q, v])
+
+    out = {}
+    lf = jax.jit(jax.vmap(leapfrog))
+    lf(mj, muj).block_until_ready()
+    out["JAX leapfrog (exact damping)"] = lambda: np.asarray(lf(mj, muj).block_until_ready())
+    try:
+        import diffrax
+    except Exception as exc:
+        return out, f"diffrax skipped ({type(exc).__name__}: {exc})"
+
+    def vf(t, y, args):
+        m, mu = args
+        return jnp.concatenate([y[d:], -(mu * y[d:] + grad(y[:d])) / m])
+
+    term = diffrax.ODETerm(vf)
+    for rtol in GRID_RTOLS:
+        ctrl = diffrax.PIDController(rtol=rtol, atol=rtol * 1e-2)
+
+        def one(m, mu, ctrl=ctrl):
+            sol = diffrax.diffeqsolve(term, diffrax.Dopri5(), 0.0, T, None, yj, args=(m, mu),
+                                      stepsize_controller=ctrl,
+                                      saveat=diffrax.SaveAt(t1=True), max_steps=10**5)
+            return sol.ys[-1]
+
+        run = jax.jit(jax.vmap(one))
+        run(mj, muj).block_until_ready()
+        out[f"diffrax Dopri5 {rtol:.0e}"] = (
+            lambda run=run: np.asarray(run(mj, muj).block_until_ready()))
+    return out, None
+
+
+def grids(pot, A, y0, spec):
+    """Rows (name, time, error, per point µs, per point-step ns or None)."""
+    P = GRID_M.size * GRID_MU.size
+    rng = np.random.default_rng(5)
+    sample = rng.choice(P, 16, replace=False)
+    ms, mus = np.meshgrid(GRID_M, GRID_MU, indexing="ij")
+    ref = {}
+    for p in sample:
+        sp = dict(spec, m=ms.ravel()[p], mu=mus.ravel()[p])
+        ref[p] = solve_ivp(lambda t, y, sp=sp: ri.rhs(sp, t, y), (0, T), y0, method="DOP853",
+                           rtol=1e-13, atol=1e-15).y[:, -1]
+
+    def err(Y):
+        return max(float(np.abs(Y[p] - ref[p]).max()) for p in sample)
+
+    def ours(method, **kw):
+        return lambda: nc.scan_integrate(Damped, pot, y0, t_end=T, method=method, m=GRID_M,
+                                         mu=GRID_MU, k=GRID_K, threads=GRID_THREADS,
+                                         **kw).y_final.reshape(P, -1)
+
+    calls = {f"ours conformal-verlet h={GRID_H:g}": ours("conformal-verlet", h=GRID_H),
+             f"ours conformal-verlet h={GRID_H:g}, 1 thread": (
+                 lambda: nc.scan_integrate(Damped, pot, y0, t_end=T,
+                                           method="conformal-verlet", m=GRID_M, mu=GRID_MU,
+                                           k=GRID_K, threads=1,
+                                           h=GRID_H).y_final.reshape(P, -1))}
+    for rtol in GRID_RTOLS:
+        for method in ("dopri5", "dop853"):
+            calls[f"ours {method} {rtol:.0e}"] = ours(method, rtol=rtol, atol=rtol * 1e-2)
+    peers_, note = _jax_grid_runners(A, y0)
+    rows = {}
+    N = int(round(T / GRID_H))
+    for name, run in list(peers_.items()) + list(calls.items()):
+        t, Y = min((_best(run) for _ in range(GRID_ROUNDS)), key=lambda r: r[0])
+        steps = N if "verlet" in name or "leapfrog" in name else None
+        rows[name] = (t, err(Y), t / P * 1e6, None if steps is None else t / (P * steps) * 1e9,
+                      Y)
+    return rows, note
+
+
+def print_grids(rows, note):
+    print(f"### Grids: scan_integrate, 32 m × 32 μ, M1 Damped, RayleighQuotient d=8, T={T:g}"
+          f", {GRID_THREADS} threads\n")
+    print(f"Best of {GRID_ROUNDS * REPEAT} calls (the whole grid each); error = largest "
+          "max-abs final error over 16 sampled points against scipy DOP853 at rtol 1e-13; "
+          "JAX under jit(vmap) over the 1024 points, compiled beforehand, x64, its default "
+          "threads.\n")
+    if note:
+        print(f"*{note}*\n")
+    print("| call | time (grid) | per point | per point-step | max error (16 points) |")
+    print("|---|---|---|---|---|")
+    for name, (t, e, pp, ps, _) in rows.items():
+        print(f"| {name} | {_fmt(t)} | {pp:.1f} µs | "
+              f"{'—' if ps is None else f'{ps:.1f} ns'} | {e:.1e} |")
+    print()
+
+    def ratio(a, b):
+        return f"{rows[a][0] / rows[b][0]:.1f}×" if a in rows and b in rows else "—"
+
+    lf = "JAX leapfrog (exact damping)"
+    cv = f"ours conformal-verlet h={GRID_H:g}"
+    print("| comparison | peer / ours |")
+    print("|---|---|")
+    print(f"| {lf} / {cv} | {ratio(lf, cv)} |")
+    if lf in rows and cv in rows:
+        print(f"| (same scheme: largest |ours − JAX| {np.abs(rows[lf][4] - rows[cv][4]).max():.1e})"
+              " | |")
+    for rtol in GRID_RTOLS:
+        for method in ("dopri5", "dop853"):
+            a, b = f"diffrax Dopri5 {rtol:.0e}", f"ours {method} {rtol:.0e}"
+            print(f"| {a} / {b} | {ratio(a, b)} |")
+    print()
+
+
 def main():
     pot, A, q0, v0 = _problem()
+    if "--grids" in sys.argv:
+        grad = lambda q: rp.rayleigh(q, A)[1]                      # noqa: E731
+        s1 = {"kind": "damped", "m": 0.5, "mu": 0.3, "k": GRID_K, "grad": grad}
+        grows, gnote = grids(pot, A, np.concatenate([q0, v0]), s1)
+        print_grids(grows, gnote)
+        return
     grad = lambda q: rp.rayleigh(q, A)[1]                          # noqa: E731
     m1 = Damped(pot, 0.5, 0.3, 0.02)
     m2 = RadialAngular(pot, 0.5, 0.3, 0.02)
@@ -267,6 +433,8 @@ def main():
                   f"{_ratio(r45, dp)} | {_ratio(r853, dp)} | {_ratio(r853, y4)} |")
         print()
     print_peers(prows, pnote)
+    grows, gnote = grids(pot, A, y1, s1)
+    print_grids(grows, gnote)
     print("Machine:\n\n```\n" + lscpu.rstrip() + "\n```\n")
     print(f"Python {platform.python_version()}, NumPy {numpy.__version__}, "
           f"SciPy {scipy.__version__}, noether_core {nc.__version__}.\n")

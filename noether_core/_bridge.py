@@ -10,6 +10,9 @@ group               fields                                     built by
 ``ModelInputs``     kind, hp, potential_kernel, D, schedule    ``Model.kernel_inputs``
 ``IntegratePlan``   method, t0, t_end, h, n_steps, ...         ``_integrate``
 ``Trajectory``      t, y (recorded rows)                       ``_integrate``
+``GridPlan``        kind, method, hp (P, 9), t0, t_end, h,     ``_scan_integrate``
+                    n_steps, rtol, atol, max_steps
+``GridOutputs``     y (P, n), t_final, counts (P, 4)           ``_scan_integrate``
 ``Recording``       every, bptr, bidx, q, loss, g2, bn2        ``_train``
                     (+ bg2, bd2, d_last)
 ``Batch``           size, bit_generator / generators           ``_train``, ``_scan``
@@ -52,7 +55,8 @@ __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "
            "LANE_RULE_KINDS",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
            "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
-           "EventSpec", "Trajectory", "run_integrate", "eval_rhs"]
+           "EventSpec", "Trajectory", "run_integrate", "eval_rhs", "GridPlan", "GridOutputs",
+           "grid_kernel"]
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
@@ -302,6 +306,63 @@ def run_integrate(model: ModelInputs, y: np.ndarray, plan: IntegratePlan,
     ``y`` goes in as the initial and comes out as the final state.  Returns
     ``(status, n_rec, steps_done, t_final, nfev, n_accepted, n_rejected)``."""
     return integrator_kernels.integrate_kernel(model, y, plan, record)
+
+
+@dataclass(eq=False)
+class GridPlan:
+    """A grid of trajectories of one model kind and method (``scan_integrate``): one row
+    of ``ModelInputs.hp`` per point, from ``t0`` to ``t_end``; per point the step ``h``
+    (fixed-step methods, with ``n_steps`` steps; adaptive: first trial step, <= 0
+    automatic) and ``rtol``/``atol``; ``max_steps`` bounds every adaptive point."""
+
+    kind: int
+    method: int
+    hp: np.ndarray            # IN (P, 9)
+    t0: float
+    t_end: float
+    h: np.ndarray             # IN (P,)
+    n_steps: np.ndarray       # IN (P,) intp
+    rtol: np.ndarray          # IN (P,)
+    atol: np.ndarray          # IN (P,)
+    max_steps: int = 0
+    # the potential's lane form (Potential._lane_form()) or None: M1 grids of the
+    # conformal splittings on Quadratic / RayleighQuotient then run in SIMD lanes; isa
+    # None = the best version this CPU runs ("base" or "avx512": the tests compare them)
+    lane: tuple | None = None
+    isa: str | None = None
+
+    def __post_init__(self):
+        self.hp, self.h = _f64(self.hp), _f64(self.h)
+        self.rtol, self.atol = _f64(self.rtol), _f64(self.atol)
+        self.n_steps = np.ascontiguousarray(self.n_steps, dtype=np.intp)
+
+
+@dataclass(eq=False)
+class GridOutputs:
+    """What a grid kernel writes per point: ``y`` (P, n) the initial state in, the final
+    (or stopping) state out; ``t_final``; ``counts`` (P, 4) intp: kernel status, gradient
+    evaluations, accepted steps, rejected steps."""
+
+    y: np.ndarray             # IN/OUT (P, n)
+    t_final: np.ndarray       # OUT (P,)
+    counts: np.ndarray        # OUT (P, 4) intp
+
+    @classmethod
+    def start(cls, y0: np.ndarray, P: int) -> GridOutputs:
+        return cls(np.tile(_f64(y0), (P, 1)), np.full(P, np.nan),
+                   np.full((P, 4), -1, dtype=np.intp))
+
+
+def grid_kernel(plan: GridPlan, potential_kernel, out: GridOutputs):
+    """A compiled grid kernel (pyx/integrators.pyx ``GridKernel``) over ``plan``'s points:
+    ``run(lo, hi)`` integrates points lo..hi-1 with the GIL released once (each point
+    exactly ``run_integrate`` of the same row; M1 conformal splittings on a potential
+    with a lane form in blocks of ``integrator_kernels.INTEGRATOR_LANES`` SIMD lanes),
+    ``cancel()`` stops it from any thread."""
+    return integrator_kernels.GridKernel(
+        plan.kind, plan.method, potential_kernel, plan.hp, plan.t0, plan.t_end, plan.h,
+        plan.n_steps, plan.rtol, plan.atol, plan.max_steps, out.y, out.t_final, out.counts,
+        plan.lane, plan.isa)
 
 
 def eval_rhs(model: ModelInputs, t: np.ndarray, y: np.ndarray, dy: np.ndarray) -> int:

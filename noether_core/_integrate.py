@@ -650,12 +650,16 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                           f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
                           "raise record_every (or pass t_eval)")
     stride = 3 + (8 if method == "dop853" else 5) * n
-    max_dense_rows = (max_record_bytes - need) // (8 * stride) if dense_output else 0
+    # rows the budget leaves (capped where a C count could not hold them: a budget of
+    # 10**30 bytes is "unlimited", not an OverflowError)
+    row_cap = sys.maxsize // 64
+    max_dense_rows = min(row_cap, (max_record_bytes - need) // (8 * stride)) \
+        if dense_output else 0
     if dense_output and adaptive and max_dense_rows < 1:
         raise MemoryError(f"dense output needs {8 * stride} bytes per step; "
                           f"max_record_bytes={max_record_bytes} leaves none after the "
                           f"{need} bytes of records")
-    spec = _event_spec(events, model, (max_record_bytes - need) // (8 * (2 + n))) \
+    spec = _event_spec(events, model, min(row_cap, (max_record_bytes - need) // (8 * (2 + n)))) \
         if compiled else None
     rec_t = np.empty(n_rec)
     rec_y = np.empty((n_rec, n))
@@ -864,26 +868,38 @@ def _fixed_plan(method, t0, t_end, h, t_eval, record_every):
     return h, n_steps, n_steps // record_every + 1
 
 
+def _status_text(method, status, t_final, *, rtol, atol, max_steps, t_end):
+    """What a kernel status means: ``(message, error)``; ``error`` is the text of the
+    IntegrationError an adaptive failure raises (else None).  ``integrate`` and
+    ``scan_integrate`` both word their points' outcomes with it."""
+    if status == _status.NONFINITE_STATE:
+        return "non-finite state", None
+    if status == _status.RADIUS:
+        return "the radius r reached 0 (the polar coordinates break down)", None
+    if status == _status.STEP_UNDERFLOW:
+        return "step size underflow", (
+            f"{method}: the step size underflowed at t={t_final!r} (rtol={rtol}, "
+            f"atol={atol}): the problem is too stiff or singular there")
+    if status == _status.MAX_STEPS:
+        return "max_steps reached", (
+            f"{method}: max_steps={max_steps} attempted steps reached at t={t_final!r} "
+            f"before t_end={t_end}; raise max_steps or loosen rtol/atol")
+    return STATUS_MESSAGES[0], None
+
+
 def _settle(res, status, *, rtol, atol, max_steps, t_end):
     """Turn the kernel's status into the result's flags, a warning or an exception."""
     if status != _status.OK:
         res.status = -1
-    if status in (_status.NONFINITE_STATE, _status.RADIUS):
+    if status in (_status.NONFINITE_STATE, _status.RADIUS, _status.STEP_UNDERFLOW,
+                  _status.MAX_STEPS):
+        res.message, error = _status_text(res.method, status, res.t_final, rtol=rtol,
+                                          atol=atol, max_steps=max_steps, t_end=t_end)
+        if error is not None:
+            raise IntegrationError(error, res)
         res.diverged = True
-        res.message = ("non-finite state" if status == _status.NONFINITE_STATE else
-                       "the radius r reached 0 (the polar coordinates break down)")
         warnings.warn(f"{res.method} on {type(res.model).__name__} stopped at "
                       f"t={res.t_final:g}: {res.message}", DivergenceWarning, stacklevel=3)
-    elif status == _status.STEP_UNDERFLOW:
-        res.message = "step size underflow"
-        raise IntegrationError(
-            f"{res.method}: the step size underflowed at t={res.t_final!r} (rtol={rtol}, "
-            f"atol={atol}): the problem is too stiff or singular there", res)
-    elif status == _status.MAX_STEPS:
-        res.message = "max_steps reached"
-        raise IntegrationError(
-            f"{res.method}: max_steps={max_steps} attempted steps reached at t={res.t_final!r} "
-            f"before t_end={t_end}; raise max_steps or loosen rtol/atol", res)
     return res
 
 

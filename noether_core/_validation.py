@@ -32,6 +32,9 @@ def _first(mask: np.ndarray):
     return where if len(where) != 1 else where[0]
 
 
+_F64 = np.dtype(np.float64)
+
+
 def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
                    allow_empty: bool = False, finite: bool = True,
                    copy: bool = True) -> np.ndarray:
@@ -42,6 +45,16 @@ def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
     ``numpy.ma.MaskedArray`` with masked entries (its mask would otherwise be dropped
     silently; one without masked entries is an ordinary array).
     """
+    if type(x) is np.ndarray and x.dtype is _F64 and x.flags.c_contiguous:
+        # fast path: already a plain C-contiguous float64 array (the common case); the
+        # same checks, in fewer calls; any failure goes down the general path below,
+        # which raises the same message as ever
+        if ((ndim is None or x.ndim == ndim)
+                and (shape is None or (x.ndim == len(shape) and all(
+                    s is None or s == a for s, a in zip(shape, x.shape, strict=True))))
+                and (x.size > 0 or allow_empty)
+                and (not finite or np.isfinite(x).all())):
+            return x.copy() if copy else x
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"{name} must be an array of real numbers, got {_describe(x)}")
     if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
@@ -66,7 +79,9 @@ def as_float_array(name: str, x, *, ndim: int | None = None, shape=None,
             raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    out = np.array(arr, dtype=np.float64, order="C", copy=copy)
+    # copy=False means "no copy unless needed" (NumPy 2's copy=False refuses any copy:
+    # a strided or float32 input raised "Unable to avoid copy")
+    out = np.array(arr, dtype=np.float64, order="C", copy=True if copy else None)
     if finite and not np.all(np.isfinite(out)):
         bad = np.argwhere(~np.isfinite(out))[0]
         where = tuple(int(i) for i in bad)

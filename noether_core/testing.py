@@ -56,6 +56,7 @@ from . import datasets
 from . import potentials as P
 from . import rules as R
 from ._integrate import _ORDER
+from ._integrate import ADAPTIVE as _ADAPTIVE
 from ._integrate import integrate as _integrate
 from .charges import ChargeSeries, symmetry_label
 from .symmetry import FAMILIES, Symmetry, generator, random_skew, transform
@@ -514,8 +515,18 @@ def _final_state(method, model, y0, t_end, h, t0):
     if callable(method):
         return np.asarray(method(model, np.array(y0, dtype=float), t_end, h), dtype=float)
     n = max(1, round((t_end - t0) / h))
-    r = _integrate(model, y0, t0=t0, t_end=t_end, h=(t_end - t0) / n,
-                                 method=method, record_every=n)
+    if method in _ADAPTIVE:
+        # the Runge-Kutta formula's order needs equal steps: land on every t0 + i h (the
+        # step is never stretched past an output time), first step h, and tolerances so
+        # loose that the controller never rejects or shortens a step (checked)
+        r = _integrate(model, y0, t0=t0, t_end=t_end, h=(t_end - t0) / n, method=method,
+                       t_eval=np.linspace(t0, t_end, n + 1), rtol=1e3, atol=1e3)
+        if r.n_steps != n or r.n_rejected != 0:
+            raise AssertionError(f"{method} did not take {n} equal steps at h={h} "
+                                 f"({r.n_steps} accepted, {r.n_rejected} rejected)")
+    else:
+        r = _integrate(model, y0, t0=t0, t_end=t_end, h=(t_end - t0) / n, method=method,
+                       record_every=n)
     if r.diverged:
         raise AssertionError(f"{method} diverged at h={h}: {r.message}")
     return r.y_final
@@ -535,8 +546,10 @@ def assert_order(method, model, y0, *, t_end, hs, order=None, t0=0.0, reference=
     y0 : (n,) array
     t_end : float
     hs : sequence of float
-        Step sizes, at least 3 (fixed-step methods land on t_end exactly: h is rounded to
-        (t_end − t0)/N).
+        Step sizes, at least 3 (h is rounded to (t_end − t0)/N so the steps land on t_end).
+        The adaptive methods (dopri5, dop853) are forced onto N equal steps (output times
+        every h, tolerances too loose for the controller to reject or shorten a step), so
+        the slope is their Runge–Kutta formula's order, not the controller's behaviour.
     order : int, optional
         Expected p (default: the advertised order of a named method).
     reference : (n,) array, optional

@@ -50,6 +50,13 @@ from noether_core._kernels.status cimport *
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    /* a flag another thread may set: read it from memory at every poll */
+    static inline int nc_integ_load_flag(const int* p) { return *(const volatile int*) p; }
+    """
+    int _load_flag "nc_integ_load_flag"(const int* p) noexcept nogil
+
 # model kinds
 cdef enum:
     MODEL_DAMPED = 0
@@ -113,6 +120,7 @@ cdef struct Model:
     double* g                   # scratch (d): gradient
     long nfev                   # gradient evaluations
     bint check_signals          # poll Python signals every 64 steps (main thread use)
+    const int* cancel           # poll every 64 steps beside the signals: non-zero = stop
     double next_poll            # monotonic time of the next poll (rules.pxd poll_signals)
     PyObject* sched_obj         # M3 SCHED_USER: the schedule callable (borrowed reference)
     PyObject* cb_error          # the exception it raised (owned reference), or NULL
@@ -745,6 +753,17 @@ cdef double _initial_step(Model* M, double t, const double* y, double* f0, doubl
     return h1
 
 
+cdef inline bint _cancelled(Model* M) noexcept nogil:
+    """Whether another thread set the run's cancel flag (GridKernel.cancel)."""
+    return M.cancel != NULL and _load_flag(M.cancel) != 0
+
+
+cdef inline bint _stop_now(Model* M) noexcept nogil:
+    """The poll every 64 steps: the cancel flag, then (main thread use) Python's signal
+    handlers (rules.pxd poll_signals: at most every ~50 ms)."""
+    return _cancelled(M) or (M.check_signals and poll_signals(&M.next_poll))
+
+
 cdef inline bint _finite(const double* y, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
@@ -776,7 +795,7 @@ cdef int _fixed_loop(Model* M, int method, double* y, double t0, double h,
     if n_steps > 0 and method != METHOD_RK4:
         _split_init(M, y)
     for s in range(1, n_steps + 1):
-        if M.check_signals and (s & 63) == 0 and poll_signals(&M.next_poll):
+        if (s & 63) == 0 and _stop_now(M):
             n_rec[0] = row
             return NC_ST_INTERRUPTED
         t = t0 + (s - 1) * h
@@ -1060,7 +1079,7 @@ cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end
         if attempts >= max_steps:
             t_out[0] = t
             return NC_ST_MAX_STEPS
-        if M.check_signals and (attempts & 63) == 63 and poll_signals(&M.next_poll):
+        if (attempts & 63) == 63 and _stop_now(M):
             t_out[0] = t
             n_rec[0] = row
             return NC_ST_INTERRUPTED
@@ -1178,6 +1197,7 @@ cdef int _model_init(Model* M, int kind, const double[::1] hp, Potential pot,
     M.next_poll = 0.0
     M.cb_error = NULL
     M.sched_obj = NULL
+    M.cancel = NULL
     if kind == MODEL_BREGMAN and M.sched == SCHED_USER:
         if schedule is None or not callable(schedule):
             raise TypeError("a user schedule (sched = SCHED_USER) needs schedule= callable")
@@ -1411,3 +1431,368 @@ def rhs_kernel(object model,            # IN _bridge.ModelInputs
         if err is not None:
             raise err[0]
     return M.nfev
+
+
+# -------------------------------------------------------------------------------------
+# grids of trajectories (scan_integrate): many points per call, the GIL released once
+
+cdef extern from "integ_lanes.h" nogil:
+    enum: NCI_NL
+    enum: NCI_POT_QUADRATIC, NCI_POT_RAYLEIGH
+    enum: NCI_LIE, NCI_STRANG, NCI_YOSHIDA, NCI_GD, NCI_RK4
+    enum: NCI_M1, NCI_M4
+    enum: NCI_ISA_BASE, NCI_ISA_AVX512
+    ctypedef struct nci_ctx:
+        int pot
+        int model
+        int scheme
+        Py_ssize_t d
+        const double* A
+        const double* b
+        Py_ssize_t steps
+        const int* cancel
+        int isa
+    ctypedef struct nci_block:
+        double c[3][NCI_NL]
+        double a[3][NCI_NL]
+        double tau[3][NCI_NL]
+        double k[NCI_NL]
+        double m[NCI_NL]
+        double mu[NCI_NL]
+        double* y[NCI_NL]
+        int status[NCI_NL]
+        Py_ssize_t done[NCI_NL]
+        void* work
+    Py_ssize_t NCI_WORK(Py_ssize_t d)
+    int nci_best_isa()
+    void nci_run_block(const nci_ctx* c, nci_block* B)
+
+cdef extern from "stdlib.h" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
+
+#: grid points per SIMD block of the integrator lanes; the instruction sets this build and
+#: CPU can run them with (names)
+INTEGRATOR_LANES = NCI_NL
+_LANE_ISAS = {"base": NCI_ISA_BASE, "avx512": NCI_ISA_AVX512}
+
+
+def lane_isas():
+    """The lane versions this build and CPU run (best last)."""
+    return ["base", "avx512"] if nci_best_isa() == NCI_ISA_AVX512 else ["base"]
+
+
+cdef void _lane_consts(nci_block* B, int l, int kind, int method, double h, double m,
+                       double mu) noexcept nogil:
+    """Lane l's substep constants, by the scalar code's own expressions (_m1_lie,
+    _m1_strang with the step _split_step passes it, M4's explicit Euler h / mu; RK4 takes
+    h itself)."""
+    cdef double cbrt2, w1, w0, tau
+    cdef double taus[3]
+    cdef int s, ns
+    B.m[l] = m
+    B.mu[l] = mu
+    if method == METHOD_RK4:
+        B.tau[0][l] = h
+        return
+    if kind == MODEL_GFLOW:
+        B.a[0][l] = h / mu
+        return
+    if method == METHOD_EULER:
+        B.c[0][l] = exp(-h * mu / m)
+        B.a[0][l] = h / m
+        B.tau[0][l] = h
+        return
+    if method == METHOD_VERLET:
+        taus[0] = h
+        ns = 1
+    else:
+        cbrt2 = pow(2.0, 1.0 / 3.0)
+        w1 = 1.0 / (2.0 - cbrt2)
+        w0 = -cbrt2 / (2.0 - cbrt2)
+        taus[0] = w1 * h
+        taus[1] = w0 * h
+        taus[2] = w1 * h
+        ns = 3
+    for s in range(ns):
+        tau = taus[s]
+        B.c[s][l] = exp(-0.5 * tau * mu / m)
+        B.a[s][l] = 0.5 * tau / m
+        B.tau[s][l] = tau
+
+
+cdef void _model_row(Model* M, int kind, const double* hp, Potential pot) noexcept nogil:
+    """Fill M from one grid point's hyper-parameter row (as _model_init; no mirror array,
+    no user schedule: the grid kernel runs M1, M2 and M4)."""
+    M.kind = kind
+    M.d = pot.d
+    M.fn = pot.fn
+    M.m = hp[0]
+    M.mu = hp[1]
+    M.k = hp[2]
+    M.reduced = <int> hp[3]
+    M.sched = <int> hp[4]
+    M.s1 = hp[5]
+    M.s2 = hp[6]
+    M.mirror = <int> hp[7]
+    M.p = hp[8]
+    M.D = NULL
+    M.nfev = 0
+    M.check_signals = False
+    M.next_poll = 0.0
+    M.cb_error = NULL
+    M.sched_obj = NULL
+
+
+cdef class GridKernel:
+    """Points ``lo .. hi-1`` of a grid of trajectories of one model class, method and
+    potential in one compiled call (``run``), with the GIL released once around all of
+    them.  Each point is exactly what :func:`integrate_kernel` computes for the same
+    hyper-parameter row, step, tolerances (the same functions, the same operations), with
+    nothing recorded but the final state.  ``cancel()`` (from any thread) sets the flag the
+    loops poll every 64 steps: the running point stops (status NC_ST_INTERRUPTED) and no
+    further point starts.
+
+    Arguments (validated by noether_core.scan_integrate):
+    ``kind`` (MODEL_*: M1, M2 or M4), ``method`` (METHOD_*), ``potential_kernel``,
+    ``hp`` (P, 9) rows as ModelInputs.hp, ``t0``, ``t_end``; per point ``h`` (P,) (fixed
+    step; adaptive: first trial step, <= 0 automatic), ``n_steps`` (P,) (fixed-step
+    methods), ``rtol``, ``atol`` (P,), and ``max_steps`` (adaptive).  Outputs (P rows,
+    written for the points run): ``y`` (P, n) IN initial / OUT final state, ``t_final``
+    (P,), ``counts`` (P, 4) intp: status, nfev, accepted steps, rejected steps.
+    """
+    cdef int cancel_flag
+    cdef Potential pot
+    cdef int kind, method
+    cdef double t0, t_end
+    cdef Py_ssize_t max_steps, P, n
+    cdef const double[:, ::1] hp
+    cdef const double[::1] h, rtol, atol
+    cdef const Py_ssize_t[::1] n_steps
+    cdef double[:, ::1] y
+    cdef double[::1] t_final
+    cdef Py_ssize_t[:, ::1] counts
+    cdef readonly Py_ssize_t points_done
+    cdef readonly int lane_pot          # NCI_POT_* when the grid runs in lanes, else -1
+    cdef readonly int isa
+    cdef object lane_A, lane_b
+
+    def __init__(self, int kind, int method, Potential potential_kernel, hp, double t0,
+                 double t_end, h, n_steps, rtol, atol, Py_ssize_t max_steps, y, t_final,
+                 counts, lane=None, isa=None):
+        if kind == MODEL_BREGMAN or not (0 <= kind <= MODEL_GFLOW):
+            raise ValueError(f"GridKernel: model kind {kind} is not run on grids (M1, M2, "
+                             "M4 only)")
+        if not (METHOD_EULER <= method <= METHOD_DOP853):
+            raise ValueError(f"GridKernel: unknown method code {method}")
+        self.cancel_flag = 0
+        self.pot = potential_kernel
+        self.kind = kind
+        self.method = method
+        self.t0 = t0
+        self.t_end = t_end
+        self.max_steps = max_steps
+        self.hp = hp
+        self.h = h
+        self.n_steps = n_steps
+        self.rtol = rtol
+        self.atol = atol
+        self.y = y
+        self.t_final = t_final
+        self.counts = counts
+        self.P = self.hp.shape[0]
+        self.n = self.y.shape[1]
+        self.points_done = 0
+        if (self.hp.shape[1] != 9 or self.h.shape[0] != self.P
+                or self.n_steps.shape[0] != self.P or self.rtol.shape[0] != self.P
+                or self.atol.shape[0] != self.P or self.y.shape[0] != self.P
+                or self.t_final.shape[0] != self.P or self.counts.shape[0] != self.P
+                or self.counts.shape[1] != 4):
+            raise ValueError("GridKernel: the per-point arrays must have the grid's "
+                             f"{self.P} rows (hp (P, 9), counts (P, 4))")
+        if self.n != (2 + 2 * self.pot.d if kind == MODEL_RADANG else
+                      self.pot.d if kind == MODEL_GFLOW else 2 * self.pot.d):
+            raise ValueError(f"GridKernel: state length {self.n} does not fit the model "
+                             f"kind {kind} with d = {self.pot.d}")
+        if max_steps < 1 and method >= METHOD_DOPRI5:
+            raise ValueError("GridKernel: max_steps must be >= 1")
+        # lanes: M1 with a conformal splitting on a potential with a usable lane form
+        self.lane_pot = -1
+        self.isa = nci_best_isa() if isa is None else _LANE_ISAS[isa]
+        if self.isa == NCI_ISA_AVX512 and nci_best_isa() != NCI_ISA_AVX512:
+            raise ValueError("GridKernel: this build or CPU cannot run the avx512 lanes")
+        if (lane is not None and lane[0] in ("quadratic", "rayleigh") and (
+                (kind == MODEL_DAMPED and method <= METHOD_RK4)
+                or (kind == MODEL_GFLOW and method in (METHOD_EULER, METHOD_RK4)))):
+            self.lane_A = np.ascontiguousarray(lane[1]["A"], dtype=np.float64)
+            if self.lane_A.shape != (self.pot.d, self.pot.d):
+                raise ValueError("GridKernel: the lane form's A must be (d, d)")
+            if lane[0] == "quadratic":
+                self.lane_b = np.ascontiguousarray(lane[1]["b"], dtype=np.float64)
+                if self.lane_b.shape != (self.pot.d,):
+                    raise ValueError("GridKernel: the lane form's b must be (d,)")
+                self.lane_pot = NCI_POT_QUADRATIC
+            else:
+                self.lane_b = self.lane_A
+                self.lane_pot = NCI_POT_RAYLEIGH
+
+    def cancel(self):
+        """Stop the running point at its next poll and start no other (any thread)."""
+        self.cancel_flag = 1
+
+    @property
+    def cancelled(self):
+        return self.cancel_flag != 0
+
+    def _run_lanes(self, Py_ssize_t lo, Py_ssize_t hi):
+        """Points lo .. hi-1 in blocks of NCI_NL lanes sharing a step count (the points
+        sorted by it; a short block's spare lanes repeat its last point into scratch)."""
+        cdef cnp.ndarray order = np.argsort(np.asarray(self.n_steps[lo:hi]),
+                                            kind="stable").astype(np.intp) + lo
+        cdef const Py_ssize_t[::1] idx = order
+        cdef Py_ssize_t n = self.n, d = self.pot.d, P = hi - lo, j, e, p, i
+        cdef int ln, per = 3 if self.method == METHOD_YOSHIDA4 else 1
+        cdef bint rk4 = self.method == METHOD_RK4
+        cdef nci_ctx C
+        cdef nci_block B
+        cdef double* spare
+        cdef double hh
+        cdef bint stop = False
+        cdef const double[:, ::1] A = self.lane_A
+        cdef const double[::1] b = self.lane_b.reshape(-1)
+        C.pot = self.lane_pot
+        C.model = NCI_M1 if self.kind == MODEL_DAMPED else NCI_M4
+        C.scheme = (NCI_RK4 if rk4 else NCI_GD if self.kind == MODEL_GFLOW else
+                    NCI_LIE if self.method == METHOD_EULER else
+                    NCI_STRANG if self.method == METHOD_VERLET else NCI_YOSHIDA)
+        C.d = d
+        C.A = &A[0, 0]
+        C.b = &b[0]
+        C.cancel = &self.cancel_flag
+        C.isa = self.isa
+        B.work = aligned_alloc(64, NCI_WORK(d) * NCI_NL * sizeof(double))
+        spare = <double*> malloc(NCI_NL * n * sizeof(double))
+        if B.work == NULL or spare == NULL:
+            free(B.work)
+            free(spare)
+            raise MemoryError("integrator lane workspace")
+        self.points_done = 0
+        try:
+            with nogil:
+                j = 0
+                while j < P and not stop:
+                    if _load_flag(&self.cancel_flag) != 0:
+                        break
+                    e = j + 1               # the block: up to NCI_NL points, equal steps
+                    while e < P and e - j < NCI_NL and \
+                            self.n_steps[idx[e]] == self.n_steps[idx[j]]:
+                        e += 1
+                    C.steps = self.n_steps[idx[j]]
+                    for ln in range(NCI_NL):
+                        p = idx[j + ln] if j + ln < e else idx[e - 1]
+                        _lane_consts(&B, ln, self.kind, self.method, self.h[p],
+                                     self.hp[p, 0], self.hp[p, 1])
+                        B.k[ln] = self.hp[p, 2]
+                        if j + ln < e:
+                            B.y[ln] = &self.y[p, 0]
+                        else:
+                            B.y[ln] = spare + ln * n
+                            for i in range(n):
+                                B.y[ln][i] = self.y[p, i]
+                    nci_run_block(&C, &B)
+                    for ln in range(e - j):
+                        p = idx[j + ln]
+                        hh = self.h[p]
+                        self.t_final[p] = self.t0 + B.done[ln] * hh
+                        self.counts[p, 0] = B.status[ln]
+                        self.counts[p, 1] = (4 * B.done[ln] if rk4 else
+                                             (1 + per * B.done[ln]) if C.steps > 0 else 0)
+                        self.counts[p, 2] = B.done[ln]
+                        self.counts[p, 3] = 0
+                        if B.status[ln] == NC_ST_INTERRUPTED:
+                            stop = True
+                        else:
+                            self.points_done += 1
+                    j = e
+        finally:
+            free(B.work)
+            free(spare)
+        return self.points_done
+
+    def run(self, Py_ssize_t lo, Py_ssize_t hi):
+        """Integrate points lo .. hi-1 (GIL released); returns the points done."""
+        cdef Model M
+        cdef Dense D
+        cdef CEvents E
+        cdef double* K[16]
+        cdef double* work
+        cdef double rec_t[2]
+        cdef double* rec_y
+        cdef Py_ssize_t n = self.n, d = self.pot.d, p, i, n_rec = 0, n_done = 0
+        cdef Py_ssize_t n_acc = 0, n_rej = 0
+        cdef double tf = 0.0
+        cdef int status
+        cdef void* params
+        cdef bint adaptive = self.method >= METHOD_DOPRI5
+        cdef int n_k = 16 if self.method == METHOD_DOP853 else 7
+        if not (0 <= lo <= hi <= self.P):
+            raise ValueError(f"GridKernel.run: need 0 <= lo <= hi <= {self.P}, got "
+                             f"lo={lo}, hi={hi}")
+        if self.lane_pot >= 0:
+            return self._run_lanes(lo, hi)
+        E.m = 0
+        E.buf = NULL
+        D.ncoef = 8 if self.method == METHOD_DOP853 else 5
+        D.on = False
+        D.store = False
+        D.stride = 3 + D.ncoef * n
+        D.rows = 0
+        D.cap = 1
+        D.max_rows = 1
+        D.hook = NULL
+        D.buf = NULL
+        work = <double*> malloc(((n_k + 4) * n + d) * sizeof(double))
+        if work == NULL:
+            raise MemoryError("integrator grid workspace")
+        for i in range(n_k):
+            K[i] = work + i * n
+        rec_y = work + (n_k + 2) * n                 # 2 rows: t0 and the final state
+        params = self.pot.new_params()
+        self.points_done = 0
+        try:
+            with nogil:
+                for p in range(lo, hi):
+                    if _load_flag(&self.cancel_flag) != 0:
+                        break
+                    _model_row(&M, self.kind, &self.hp[p, 0], self.pot)
+                    M.n = n
+                    M.g = work + (n_k + 4) * n
+                    M.params = params
+                    M.cancel = &self.cancel_flag
+                    n_acc = 0
+                    n_rej = 0
+                    if adaptive:
+                        status = _adaptive_loop(
+                            &M, self.method, &self.y[p, 0], self.t0, self.t_end,
+                            self.h[p], self.rtol[p], self.atol[p], self.max_steps, NULL, 0,
+                            self.max_steps + 1, rec_t, rec_y, &n_rec, &n_acc, &n_rej, &tf,
+                            K, work + n_k * n, work + (n_k + 1) * n, &D, &E)
+                    else:
+                        K[4] = work + 7 * n
+                        status = _fixed_loop(&M, self.method, &self.y[p, 0], self.t0,
+                                             self.h[p], self.n_steps[p],
+                                             self.n_steps[p] + 1, rec_t, rec_y, &n_rec,
+                                             &n_done, K)
+                        tf = self.t0 + n_done * self.h[p]
+                        n_acc = n_done
+                    self.t_final[p] = tf
+                    self.counts[p, 0] = status
+                    self.counts[p, 1] = M.nfev
+                    self.counts[p, 2] = n_acc
+                    self.counts[p, 3] = n_rej
+                    if status == NC_ST_INTERRUPTED:
+                        break
+                    self.points_done += 1
+        finally:
+            self.pot.free_params(params)
+            free(work)
+        return self.points_done

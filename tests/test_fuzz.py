@@ -310,6 +310,7 @@ def build_entries():
         symmetry,
         theory,
     )
+    from noether_core._integrate import LevelEvent as _LevelEvent
     P, R = nc.potentials, nc.rules
 
     def rq(seed=0):
@@ -469,6 +470,38 @@ def build_entries():
         dict(y0=FA, t_end=A("float"), rtol=pos, atol=pos, max_steps=A("int", lo=1),
              t_eval=A("farray", nullable=True, fixed_shape=False), h=A("float", nullable=True),
              t0=A("float")), bases=2)
+
+    add("integrate(dop853)", nc.integrate,
+        lambda s: dict(model=[models.Damped(rq(s), 1.0, 0.5),
+                              models.RadialAngular(rq(s), 1.0, 0.5, 0.1)][s % 2],
+                       y0=[np.concatenate([q3, [0.1, 0.0, -0.2]]), ys][s % 2], t0=0.0,
+                       t_end=2.0, method="dop853", rtol=1e-9, atol=1e-11, max_steps=10_000,
+                       t_eval=None, h=None, dense_output=bool(s % 2)),
+        dict(y0=FA, t_end=A("float"), rtol=pos, atol=pos, max_steps=A("int", lo=1),
+             t_eval=A("farray", nullable=True, fixed_shape=False), h=A("float", nullable=True),
+             t0=A("float"), dense_output=A("bool")), bases=2)
+    add("integrate(dense_output)", nc.integrate,
+        lambda s: dict(model=models.Damped(rq(s), 1.0, 0.5, 0.1),
+                       y0=np.concatenate([q3, [0.1, 0.0, -0.2]]), t_end=1.5,
+                       method=("dopri5", "dop853", "conformal-verlet")[s % 3],
+                       h=(None, None, 0.05)[s % 3], dense_output=True,
+                       record_every=1 + s % 2, max_record_bytes=2**30),
+        dict(y0=FA, t_end=A("float"), h=A("float", nullable=True), dense_output=A("bool"),
+             record_every=A("int", lo=1), max_record_bytes=A("int", lo=0)), bases=3)
+
+    def crossing(t, y):
+        return y[0] - 0.5
+
+    crossing.terminal = True
+    crossing.direction = -1.0
+    add("integrate(events)", nc.integrate,
+        lambda s: dict(model=models.Damped(rq(s), 1.0, 0.5, 0.1),
+                       y0=np.concatenate([q3, [0.1, 0.0, -0.2]]), t_end=3.0,
+                       method=("dop853", "dopri5", "rk4")[s % 3], h=(None, None, 0.05)[s % 3],
+                       events=[crossing, _LevelEvent("q_norm2", 0.5)][:1 + s % 2],
+                       dense_output=bool(s % 2)),
+        dict(y0=FA, t_end=A("float"), events=A("obj", nullable=True),
+             dense_output=A("bool")), bases=3)
 
     # ---- charges, theory, conventions, symmetry, mirror, datasets -------------------------
     run0 = nc.train(R.SGD(lr=0.05, momentum=0.9), bn(0), q3, 12)
@@ -673,6 +706,13 @@ def build_entries():
         m=m, mu=mu, h=h, threads=1),
         lambda s: dict(m=[0.5, 1.0], mu=0.3, h=0.05, t_end=1.0),
         dict(m=A("farray", fixed_shape=False), mu=pos, h=pos, t_end=pos))
+    add("scan_integrate(dop853)", lambda mu, rtol, atol, t_end, threads: nc.scan_integrate(
+        models.Damped, rq(0), np.r_[q3, 0.1, 0.0, 0.0], t_end=t_end, method="dop853",
+        m=0.7, mu=mu, rtol=rtol, atol=atol, threads=threads),
+        lambda s: dict(mu=[0.1, 0.5, 0.9], rtol=[1e-6, 1e-9], atol=1e-12, t_end=2.0,
+                       threads=1 + s % 2),
+        dict(mu=A("farray", fixed_shape=False), rtol=A("farray", fixed_shape=False),
+             atol=pos, t_end=pos, threads=A("int", nullable=True, lo=1)), bases=2)
     return E
 
 

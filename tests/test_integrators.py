@@ -606,3 +606,28 @@ def test_dop853_tableau_conditions():
         assert abs(b @ C[:12] ** (kk - 1) - 1.0 / kk) < 1e-13, kk
     assert abs(sum(ri._D8_E5.values())) < 1e-13
     assert abs(sum(ri._D8_BHH.values()) - 1.0) < 1e-13
+
+
+@pytest.mark.parametrize("method,order,Ns", [("dopri5", 5, [16, 22, 32, 45, 64]),
+                                             ("dop853", 8, [8, 11, 16, 22, 32])])
+def test_assert_order_forces_equal_steps_for_adaptive_methods(method, order, Ns):
+    """noether_core.testing.assert_order on dopri5 / dop853 measures the formula's order
+    (the damped oscillator, against its closed form, T = 8): it forces N equal steps as
+    _fixed_steps does, so the slope is p ± 0.3 (5 and 8), and the errors it fits are the
+    equal-step ones (the same slope as _fixed_steps' errors above its 1e-11 floor).
+    Before, h was only the first trial step and the controller at the default rtol chose
+    the steps: the fitted "slope" was 0.02 (dopri5) and 0.05 (dop853)."""
+    from noether_core.testing import assert_order
+
+    model, y0, exact = _oscillator()
+    T = 8.0
+    hs = T / np.array(Ns)
+    slope = assert_order(method, model, y0, t_end=T, hs=hs, reference=exact(T))
+    assert abs(slope - order) < 0.3
+    errs = np.array([np.abs(_fixed_steps(model, y0, T, N, method) - exact(T)).max()
+                     for N in Ns])
+    keep = errs > 1e-11                     # assert_order's floor (|y(T)| <= 1: scale 1)
+    assert abs(_slope(T / np.array(Ns)[keep], errs[keep]) - slope) < 1e-9
+    with pytest.raises(AssertionError, match="slope"):
+        assert_order(method, model, y0, t_end=T, hs=hs, reference=exact(T),
+                     order=order - 2)

@@ -11,7 +11,7 @@ timer thread while a long grid runs and reports, as JSON on its last line:
 * ``settled``: seconds from ``os.kill`` until nothing of the job runs any more in this
   process (the executor's ``with`` block has exited: its ``shutdown(wait=True)`` waited
   for the running chunks, so they were told to stop; or, for scan_integrate's own daemon
-  pool, until no worker thread is left);
+  pool, until no worker thread is left: its running points were told to stop);
 * what the KeyboardInterrupt was (type and args) — it must arrive as itself.
 
 The whole subprocess must also *exit* within its timeout: a running chunk that ignored the
@@ -69,10 +69,21 @@ _SCAN_INTEGRATE = _PRELUDE + textwrap.dedent("""
     except BaseException as exc:
         out["latency"] = time.perf_counter() - sent["t"]
         report(out, exc)
-    # the points that were running finish in the background (daemon threads); nothing new
-    # starts: count the pool's threads a moment later
-    time.sleep(0.3)
-    out["pool_threads"] = sum(t.name.startswith("noether-pool") for t in threading.enumerate())
+    # the running points are told to stop (the grid kernel's cancel flag, polled every 64
+    # steps): wait until no pool thread is left, at most 10 s
+    def pool():
+        return sum(t.name.startswith("noether-pool") for t in threading.enumerate())
+    while pool() and time.perf_counter() - sent["t"] < 10.0:
+        time.sleep(0.001)
+    out["settled"] = time.perf_counter() - sent["t"]
+    out["pool_threads"] = pool()
+    out["running_kernels"] = _parallel.STOPS.n_running()
+    # the library still works afterwards
+    r = nc.scan_integrate(nc.models.GradientFlow, pot, y0, t_end=1.0, method="euler",
+                          h=0.01, mu=[1.0, 2.0], threads=2)
+    one = nc.integrate(nc.models.GradientFlow(pot, mu=2.0), y0, t_end=1.0, h=0.01,
+                       method="euler")
+    out["same_after"] = bool(np.array_equal(r.y_final[1], one.y_final))
     print(json.dumps(out), flush=True)
 """)
 
@@ -192,17 +203,23 @@ def _summary(request, line):
 
 def test_ctrl_c_in_scan_integrate_with_threads(request):
     """SIGINT 0.5 s into an 8-point scan_integrate on 2 threads (each point ~20 s): the
-    caller gets KeyboardInterrupt itself within LATENCY_BOUND; no further point starts
-    (the two running ones finish in the background on daemon threads, which do not keep
-    the process from exiting: the subprocess exits long before the points would end)."""
+    caller gets KeyboardInterrupt itself within LATENCY_BOUND; no further point starts and
+    the two running points stop at their next poll of the grid kernel's cancel flag
+    (every 64 steps), so the pool's threads are gone within LATENCY_BOUND too (before the
+    cancel flag they ran their ~20 s to the end in the background), no kernel stays
+    registered, and a following scan_integrate gives integrate's numbers."""
     proc, out = _run(_SCAN_INTEGRATE, timeout=60)
     assert proc.returncode == 0, proc.stderr_text[-3000:]
     assert "not_interrupted" not in out, out
     assert out["type"] == "KeyboardInterrupt", out
     assert out["latency"] <= LATENCY_BOUND, out
-    assert out["pool_threads"] <= 2, out            # the two running points at most
+    assert out["settled"] <= LATENCY_BOUND, out
+    assert out["pool_threads"] == 0, out
+    assert out["running_kernels"] == 0, out
+    assert out["same_after"], out
     _summary(request, f"interrupt: scan_integrate(threads=2) KeyboardInterrupt after "
-                      f"{1e3 * out['latency']:.1f} ms")
+                      f"{1e3 * out['latency']:.1f} ms, running points stopped after "
+                      f"{1e3 * out['settled']:.1f} ms")
 
 
 def test_ctrl_c_in_scan_with_a_thread_pool_stops_the_running_chunks(request):
