@@ -154,8 +154,7 @@ def ours_jobs(pot, q0, sb, sf, ss, lrs, wds):
 
     def pair_of_trains():
         """The 8 x 8 points as train calls, two at a time on two threads (train releases
-        the GIL for its whole loop): the scan's arithmetic without its per-chunk
-        full-data evaluations (see the printed note)."""
+        the GIL for its whole loop): the scan's arithmetic without its chunking."""
         from concurrent.futures import ThreadPoolExecutor
         pts = [(lr, wd) for lr in lrs for wd in wds]
 
@@ -364,8 +363,8 @@ def main(argv=None):
           + (f" ({g(('jax', 'scan2')) / pr:.2f}× JAX jit(vmap))" if ("jax", "scan2") in best
              else ""))
     print("  (the scan runs each point in chunks of K steps, K = 256 KiB / (8·(d + 2 + "
-          "blocks)) = 17 here, and ends every chunk with a full-data evaluation whose row "
-          "it then drops: at batch 32 of 2048 rows that is 64 steps' work per 17)")
+          "blocks)) = 17 here; only the last chunk evaluates its terminal state on the "
+          "full data, RunSpec.skip_terminal)")
     print(f"load average (1 min) during the timings: {min(loads):.2f} to {max(loads):.2f}")
     print(f"full-batch loss after {sf} steps: ours "
           f"{ours_final_loss(pot, q0, sf):.15g}"
