@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _bridge, _status
 from . import _validation as V
-from .errors import CallbackError, DivergenceWarning, IntegrationError
+from .errors import BudgetError, CallbackError, DivergenceWarning, IntegrationError
 from .models import Bregman, Damped, GradientFlow, Model, RadialAngular
 
 __all__ = ["integrate", "IntegrateResult", "IntegrationError", "METHODS", "noether_terms",
@@ -555,7 +555,9 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     project : bool
         M2 only: project y0 onto |q̂| = 1, ⟨q̂, q̂̇⟩ = 0 instead of refusing it.
     max_record_bytes : int
-        Budget of the recorded rows (and of the dense output); above it MemoryError.
+        Budget of the recorded rows (and of the dense output); above it ``errors.BudgetError``
+        (a ValueError and a MemoryError), raised before the records are allocated, or
+        when an adaptive run's dense output or events outgrow it.
     dense_output : bool
         Return the continuous solution as ``result.sol`` (:class:`DenseOutput`, called
         like SciPy's ``OdeSolution``): dopri5's 4th-order and dop853's 7th-order
@@ -646,7 +648,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                 + (" (dense output and events record every step)"
                    if run_every != record_every else "") if not adaptive else
                 f"max_steps={max_steps} // record_every={record_every} + 2")
-        raise MemoryError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
+        raise BudgetError(f"recording {n_rec} rows of {n} numbers ({what}) needs "
                           f"{need / 2**20:.1f} MiB > max_record_bytes={max_record_bytes}; "
                           "raise record_every (or pass t_eval)")
     stride = 3 + (8 if method == "dop853" else 5) * n
@@ -656,7 +658,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     max_dense_rows = min(row_cap, (max_record_bytes - need) // (8 * stride)) \
         if dense_output else 0
     if dense_output and adaptive and max_dense_rows < 1:
-        raise MemoryError(f"dense output needs {8 * stride} bytes per step; "
+        raise BudgetError(f"dense output needs {8 * stride} bytes per step; "
                           f"max_record_bytes={max_record_bytes} leaves none after the "
                           f"{need} bytes of records")
     spec = _event_spec(events, model, min(row_cap, (max_record_bytes - need) // (8 * (2 + n)))) \
@@ -685,7 +687,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
                           n_steps=int(n_acc), n_rejected=int(n_rej),
                           h=None if adaptive else h)
     if status == _bridge.integrator_kernels.STATUS_DENSE_MEMORY:
-        raise MemoryError(f"the dense output or the events of {method} outgrew "
+        raise BudgetError(f"the dense output or the events of {method} outgrew "
                           f"max_record_bytes={max_record_bytes} at t={res.t_final!r}; "
                           "raise max_record_bytes")
     if compiled:

@@ -190,6 +190,17 @@ def test_dense_budget_and_no_step():
                      max_steps=100, max_record_bytes=100 * 3 * 8 + 2000)
     r = nc.integrate(model, y0, t_end=0.0, method="dopri5", dense_output=True)
     assert r.sol is None and r.status == 0
+
+
+def test_record_budget_is_the_one_budget_error():
+    """Issue 19 (one memory budget): integrate's refusal before allocating is the same
+    class as scan's and train's, errors.BudgetError (a ValueError and a MemoryError),
+    naming the bytes and the keyword that raises the budget."""
+    model, y0, _ = _oscillator()
+    with pytest.raises(nc.BudgetError, match="max_record_bytes=1000") as exc:
+        nc.integrate(model, y0, t_end=50.0, h=0.01, method="rk4", max_record_bytes=1000)
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, MemoryError)
+    assert "MiB" in str(exc.value)
     r = nc.integrate(model, y0, t_end=1.0, method="dopri5")
     assert r.sol is None
     with pytest.raises(TypeError, match="dense_output must be True or False"):
