@@ -130,10 +130,13 @@ class _Layout:
     def reduce(self, P, out=None):
         """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc`` (written
         into ``out`` if given)."""
-        K = P.shape[0]
-        if P.dtype != self.acc:
-            P = P.to(self.acc)                 # one conversion, then the row sums
-        parts = [P[:, s:e].reshape(K, r, m).sum(-1) for s, e, r, m in self.segments]
+        K, acc = P.shape[0], self.acc
+        if len(self.segments) == 1:            # one block: one reduction, straight in
+            s, e, r, m = self.segments[0]
+            return torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc, out=out)
+        # the row sums accumulate in ``acc`` without a converted copy of P
+        parts = [torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc)
+                 for s, e, r, m in self.segments]
         return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
 
 
@@ -519,8 +522,13 @@ class NoetherMonitor:
             return
         self._q0 = lay.flat_into(get, self._X[self._cur][1])
         table, first = hyper
+        if table is getattr(self, "_hp_table", None) and \
+                first is getattr(self, "_hp_first", None):
+            self._hp = self._hp_cached           # the same objects: nothing changed
+            return
         f = tuple(first[b.pieces[0][0]] for b in lay.blocks)
         key = (table.tobytes(), f)
+        self._hp_table, self._hp_first = table, first
         if key != getattr(self, "_hp_key", None):    # unchanged hyper-parameters: the
             hp = table[self._row_group]               # same (read-only) table again
             hp[self._mixed, L.H_RULE] = L.R_OTHER
