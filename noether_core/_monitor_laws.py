@@ -413,15 +413,17 @@ class _Recorder:
                                            k[t], Us[t], Cs[t], metric[t], precond[t])
                 c2 = st_t.pop("c2")
                 ok = live & (st_t["a"] > 0.0)
+                if ok.all():                    # every row live and a > 0: no masking
+                    out_a[t] = S["a"]
+                    out_c2[t] = c2
+                    S.update(st_t)
+                    continue
                 out_a[t] = np.where(live, S["a"], np.nan)
                 out_c2[t] = np.where(ok, c2, np.nan)
-                if ok.all():
-                    S.update(st_t)
-                else:
-                    a_old = S["a"]
-                    for key, v in st_t.items():
-                        S[key] = np.where(ok, v, S[key])
-                    S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
+                a_old = S["a"]
+                for key, v in st_t.items():
+                    S[key] = np.where(ok, v, S[key])
+                S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
         return out_a, out_c2
 
     def _pred_coefficients(self, st, hp, prev):

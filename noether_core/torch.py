@@ -66,7 +66,7 @@ __all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
 
 PREDICTIONS = L.PREDICTIONS
 #: the order in which the device writes the STATS columns (grouped products, _post)
-_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "ug", "cr", "uq", "uu", "pm", "pq")
+_DEV = ("gg", "gq", "e", "a", "D", "a1", "gl", "dg", "ug", "cr", "uq", "uu", "pm", "pq")
 _DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
 PARAMS = ("normalised", "all")
 _STATE_VERSION = 2            # 2: GradStats columns, the online schedule (issue 18)
@@ -360,6 +360,7 @@ class NoetherMonitor:
         self._bg = None                # SGD's momentum buffer of the gradients alone
         self._wprev = None             # Nesterov's previous w = g + βb (gradients alone)
         self._P = torch.zeros((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        self._p9_zero = False          # SGD: P[9] known to hold zeros (skip re-zeroing)
         # the device batch: one (STATS, R) row per step until the next move to the host
         self._batch = torch.zeros((min(self.log_every, 128), len(L.STATS), lay.R),
                                   dtype=self._acc, device=dev)
@@ -570,8 +571,7 @@ class NoetherMonitor:
             P = self._P
             torch.mul(X[0:3], g, out=P[0:3])
             torch.mul(X[1:4], X[1:4], out=P[3:6])
-            torch.mul(Xp[2], g, out=P[6])
-            torch.mul(Xp[0], g, out=P[7])
+            torch.mul(Xp[0:3:2], g, out=P[6:8])     # g_{n−1}·g_n, Δ_n·g_n in one
             i = len(self._pending)            # this step's row of the device batch
             if i == self._batch.shape[0]:
                 self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
@@ -653,13 +653,16 @@ class NoetherMonitor:
         if b is None:
             self._bg = b = g.clone()
             P[9].zero_()
+            self._p9_zero = True
             w_old = None
         else:
             w_old = self._wprev
             if w_old is not None:
                 torch.mul(w_old, b, out=P[9])      # ⟨w_{n−1}, b_n⟩, before b moves on
-            else:
+                self._p9_zero = False
+            elif not self._p9_zero:              # (plain SGD: zeroed once, stays 0)
                 P[9].zero_()
+                self._p9_zero = True
             if torch.is_tensor(c):
                 b.mul_(beta).addcmul_(g, c)
             else:
@@ -673,6 +676,7 @@ class NoetherMonitor:
         if torch.is_tensor(nest):              # mixed groups: b where not Nesterov
             w = torch.where(nest != 0, w, b)
             P[9].mul_(nest)
+            self._p9_zero = False
         torch.mul(w, w, out=P[8])
         self._wprev = w
 
