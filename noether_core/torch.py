@@ -115,10 +115,8 @@ class _Layout:
 
     def flat_into(self, get, out):
         """:meth:`flat` written into ``out`` (a preallocated row)."""
-        parts = []
-        for p, sl in self.pieces:
-            t = get(p)
-            parts.append((t if sl is None else t[sl]).reshape(-1))
+        parts = [(get(p) if sl is None else get(p)[sl]).reshape(-1)
+                 for p, sl in self.pieces]
         if all(t.dtype == out.dtype for t in parts):
             torch.cat(parts, out=out)
         else:
@@ -405,7 +403,7 @@ class NoetherMonitor:
         """(G, len(HYPER)) hyper-parameters of every param group at this step (the
         previous table again when no value changed)."""
         opt = self.optimizer
-        key = tuple(tuple(g.get(k) for k in self._KEYS) for g in opt.param_groups)
+        key = tuple(tuple(map(g.get, self._KEYS)) for g in opt.param_groups)
         if key == getattr(self, "_table_key", None):
             return self._table
         self._table_key = key
