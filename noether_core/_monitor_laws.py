@@ -310,7 +310,31 @@ class _Recorder:
         Y = np.stack([self.r4[x] for x in names] + [self.am])              # (4, R)
         check_new = bool((np.isnan(self.am) & hb.any(axis=0)).any())
         fields = np.stack(fields, axis=1)                                   # (T, F, R)
-        for t in range(T):
+        if self.max_records is None:
+            # no decimation within the batch (the stride stays): only the recursion runs
+            # step after step; the records are taken afterwards, vectorised (the same
+            # values: elementwise sqrt is correctly rounded)
+            Ys = np.empty((T,) + Y.shape)
+            for t in range(T):
+                if check_new:
+                    new = np.isnan(Y[-1]) & hb[t]
+                    if new.any():
+                        Y[:-1, new] = a[t][new] * a[t][new]
+                        Y[-1, new] = a[t][new]
+                Ys[t] = Y
+                Y = Lam[t] * Y + Inc[t]
+            ts = np.flatnonzero((n0 + np.arange(T)) % self.stride == 0)
+            if ts.size:
+                rows = fields[ts]                                           # a copy
+                for i, f in enumerate(FIELDS):
+                    self.rec[f].extend(rows[:, i])
+                pred = np.concatenate([np.sqrt(Ys[ts, :-1]), Ys[ts, -1:],
+                                       sch_a[ts][:, None]], axis=1)
+                for i, name in enumerate(PREDICTIONS):
+                    self.rec_pred[name].extend(pred[:, i])
+                self.rec_cum.extend(cum_before[ts])
+                self.rec_steps.extend(int(n0 + t) for t in ts)
+        for t in range(T if self.max_records is not None else 0):
             if check_new:
                 new = np.isnan(Y[-1]) & hb[t]
                 if new.any():
@@ -389,15 +413,17 @@ class _Recorder:
                                            k[t], Us[t], Cs[t], metric[t], precond[t])
                 c2 = st_t.pop("c2")
                 ok = live & (st_t["a"] > 0.0)
+                if ok.all():                    # every row live and a > 0: no masking
+                    out_a[t] = S["a"]
+                    out_c2[t] = c2
+                    S.update(st_t)
+                    continue
                 out_a[t] = np.where(live, S["a"], np.nan)
                 out_c2[t] = np.where(ok, c2, np.nan)
-                if ok.all():
-                    S.update(st_t)
-                else:
-                    a_old = S["a"]
-                    for key, v in st_t.items():
-                        S[key] = np.where(ok, v, S[key])
-                    S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
+                a_old = S["a"]
+                for key, v in st_t.items():
+                    S[key] = np.where(ok, v, S[key])
+                S["a"] = np.where(ok, st_t["a"], np.where(live, np.nan, a_old))
         return out_a, out_c2
 
     def _pred_coefficients(self, st, hp, prev):

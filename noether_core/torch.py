@@ -66,7 +66,7 @@ __all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
 
 PREDICTIONS = L.PREDICTIONS
 #: the order in which the device writes the STATS columns (grouped products, _post)
-_DEV = ("gg", "gq", "e", "a", "D", "a1", "dg", "gl", "ug", "cr", "uq", "uu", "pm", "pq")
+_DEV = ("gg", "gq", "e", "a", "D", "a1", "gl", "dg", "ug", "cr", "uq", "uu", "pm", "pq")
 _DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
 PARAMS = ("normalised", "all")
 _STATE_VERSION = 2            # 2: GradStats columns, the online schedule (issue 18)
@@ -115,10 +115,8 @@ class _Layout:
 
     def flat_into(self, get, out):
         """:meth:`flat` written into ``out`` (a preallocated row)."""
-        parts = []
-        for p, sl in self.pieces:
-            t = get(p)
-            parts.append((t if sl is None else t[sl]).reshape(-1))
+        parts = [(get(p) if sl is None else get(p)[sl]).reshape(-1)
+                 for p, sl in self.pieces]
         if all(t.dtype == out.dtype for t in parts):
             torch.cat(parts, out=out)
         else:
@@ -130,10 +128,13 @@ class _Layout:
     def reduce(self, P, out=None):
         """Per-row sums of the (K, N) products: (K, R), accumulated in ``acc`` (written
         into ``out`` if given)."""
-        K = P.shape[0]
-        if P.dtype != self.acc:
-            P = P.to(self.acc)                 # one conversion, then the row sums
-        parts = [P[:, s:e].reshape(K, r, m).sum(-1) for s, e, r, m in self.segments]
+        K, acc = P.shape[0], self.acc
+        if len(self.segments) == 1:            # one block: one reduction, straight in
+            s, e, r, m = self.segments[0]
+            return torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc, out=out)
+        # the row sums accumulate in ``acc`` without a converted copy of P
+        parts = [torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc)
+                 for s, e, r, m in self.segments]
         return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
 
 
@@ -357,6 +358,7 @@ class NoetherMonitor:
         self._bg = None                # SGD's momentum buffer of the gradients alone
         self._wprev = None             # Nesterov's previous w = g + βb (gradients alone)
         self._P = torch.zeros((len(L.STATS), lay.N), dtype=self._dtype, device=dev)
+        self._p9_zero = False          # SGD: P[9] known to hold zeros (skip re-zeroing)
         # the device batch: one (STATS, R) row per step until the next move to the host
         self._batch = torch.zeros((min(self.log_every, 128), len(L.STATS), lay.R),
                                   dtype=self._acc, device=dev)
@@ -401,7 +403,7 @@ class NoetherMonitor:
         """(G, len(HYPER)) hyper-parameters of every param group at this step (the
         previous table again when no value changed)."""
         opt = self.optimizer
-        key = tuple(tuple(g.get(k) for k in self._KEYS) for g in opt.param_groups)
+        key = tuple(tuple(map(g.get, self._KEYS)) for g in opt.param_groups)
         if key == getattr(self, "_table_key", None):
             return self._table
         self._table_key = key
@@ -519,8 +521,13 @@ class NoetherMonitor:
             return
         self._q0 = lay.flat_into(get, self._X[self._cur][1])
         table, first = hyper
+        if table is getattr(self, "_hp_table", None) and \
+                first is getattr(self, "_hp_first", None):
+            self._hp = self._hp_cached           # the same objects: nothing changed
+            return
         f = tuple(first[b.pieces[0][0]] for b in lay.blocks)
         key = (table.tobytes(), f)
+        self._hp_table, self._hp_first = table, first
         if key != getattr(self, "_hp_key", None):    # unchanged hyper-parameters: the
             hp = table[self._row_group]               # same (read-only) table again
             hp[self._mixed, L.H_RULE] = L.R_OTHER
@@ -562,8 +569,7 @@ class NoetherMonitor:
             P = self._P
             torch.mul(X[0:3], g, out=P[0:3])
             torch.mul(X[1:4], X[1:4], out=P[3:6])
-            torch.mul(Xp[2], g, out=P[6])
-            torch.mul(Xp[0], g, out=P[7])
+            torch.mul(Xp[0:3:2], g, out=P[6:8])     # g_{n−1}·g_n, Δ_n·g_n in one
             i = len(self._pending)            # this step's row of the device batch
             if i == self._batch.shape[0]:
                 self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
@@ -645,13 +651,16 @@ class NoetherMonitor:
         if b is None:
             self._bg = b = g.clone()
             P[9].zero_()
+            self._p9_zero = True
             w_old = None
         else:
             w_old = self._wprev
             if w_old is not None:
                 torch.mul(w_old, b, out=P[9])      # ⟨w_{n−1}, b_n⟩, before b moves on
-            else:
+                self._p9_zero = False
+            elif not self._p9_zero:              # (plain SGD: zeroed once, stays 0)
                 P[9].zero_()
+                self._p9_zero = True
             if torch.is_tensor(c):
                 b.mul_(beta).addcmul_(g, c)
             else:
@@ -665,6 +674,7 @@ class NoetherMonitor:
         if torch.is_tensor(nest):              # mixed groups: b where not Nesterov
             w = torch.where(nest != 0, w, b)
             P[9].mul_(nest)
+            self._p9_zero = False
         torch.mul(w, w, out=P[8])
         self._wprev = w
 
