@@ -1012,17 +1012,7 @@ def _run_rule_demo(cfg, rule, out, progress, stream):
             f"{np.mean(rec.loss[:10]):.3f} -> {rec.loss[-1]:.3f} (full data)",
             "  predictions use hyper-parameters and gradient statistics only "
             "(docs/theory.md §9), never the run's steps or norms"]
-    body = [ln for c in checks for ln in c.lines]
-    verdict = ("all checks within tolerance" if all(c.passed for c in checks) else
-               "CHECK FAILED: " + ", ".join(c.name for c in checks if not c.passed))
-    tail = []
-    if out is not None:
-        tail.append(f"  figure: {figure}" if figure else
-                    "  figure: not written (matplotlib is not installed)")
-    tail.append(f"  wall time {wall:.1f} s;  {verdict}")
-    text = "\n".join(head + body + tail)
-    if stream is not None:
-        print(text, file=stream)
+    text = _report(head, checks, out, figure, wall, stream)
     return DemoResult(cfg, checks, series["equilibrium"].regime, text, figure, wall,
                       {rule: rec, "theory": series})
 
@@ -1096,6 +1086,22 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
             f"batch {cfg.batch_size}, {cfg.steps} steps, seed {cfg.seed}: "
             f"{rec.seconds:.1f} s; loss {np.mean(rec.loss[:10]):.3f} -> "
             f"{rec.loss[-1]:.3f} (full data)"]
+    text = _report(head, checks, out, figure, wall, stream)
+    return DemoResult(cfg, checks, assumption, text, figure, wall,
+                      {"sgd": rec, "norm": nseries, "rmsprop": rseries})
+
+
+def reduced(**over):
+    """A small configuration that runs in a few seconds (used by the tests)."""
+    base = dict(steps=6000, n=256, dim=8, widths=(16, 16), weight_decay=2e-3, r0=3.0,
+                chunk=500)
+    base.update(over)
+    return replace(DemoConfig(), **base)
+
+
+def _report(head, checks, out, figure, wall, stream) -> str:
+    """The demo's printed report: the header lines, every check's lines, the figure's path
+    (when an output folder was given) and the verdict; printed to ``stream`` if given."""
     body = [ln for c in checks for ln in c.lines]
     verdict = ("all checks within tolerance" if all(c.passed for c in checks) else
                "CHECK FAILED: " + ", ".join(c.name for c in checks if not c.passed))
@@ -1107,13 +1113,4 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
     text = "\n".join(head + body + tail)
     if stream is not None:
         print(text, file=stream)
-    return DemoResult(cfg, checks, assumption, text, figure, wall,
-                      {"sgd": rec, "norm": nseries, "rmsprop": rseries})
-
-
-def reduced(**over):
-    """A small configuration that runs in a few seconds (used by the tests)."""
-    base = dict(steps=6000, n=256, dim=8, widths=(16, 16), weight_decay=2e-3, r0=3.0,
-                chunk=500)
-    base.update(over)
-    return replace(DemoConfig(), **base)
+    return text
