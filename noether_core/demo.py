@@ -185,8 +185,9 @@ class DemoConfig:
         Fraction of the run (at its end) over which the angular update (the chord
         |q̂ₙ₊₁ − q̂ₙ|) is averaged: its RMS over the last ``int(late * steps)`` steps.
     chunk : int
-        Steps per compiled call; q is snapshot between calls for the direction
-        comparison (one Python call per chunk, none per step).
+        Spacing of the grid of direction snapshots: the SGD demo snapshots q at the
+        log-spaced grid points it prints (:func:`snapshot_steps`), its compiled calls
+        ending there; the ``rule=`` demos make one compiled call per ``chunk`` steps.
     """
 
     steps: int = 20_000
