@@ -295,7 +295,7 @@ def snapshot_steps(cfg: DemoConfig):
     Examples
     --------
     >>> snapshot_steps(DemoConfig())
-    [0, 250, 500, 1000, 2500, 5000, 10000, 20000]
+    [0, 250, 500, 1000, 2250, 4750, 9750, 20000]
     """
     grid = list(range(0, cfg.steps, cfg.chunk)) + [cfg.steps]
     S = len(grid) - 1
