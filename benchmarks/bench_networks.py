@@ -23,6 +23,14 @@ Usage::
 
     PYTHONPATH=.:python python benchmarks/bench_networks.py           # the full table
     PYTHONPATH=.:python python benchmarks/bench_networks.py --quick   # fewer steps
+    python benchmarks/bench_networks.py --demo [--before TREE] [--rounds 4]
+
+``--demo`` times the whole ``python -m noether_core demo`` (default settings, figure
+written to a temporary folder) in fresh processes: wall time and the CPU time of the
+process (user + sys, all its threads), this tree and, with ``--before``, another source tree
+with built kernels (e.g. ``git archive d5efc8f`` unpacked, the .so files copied in), the
+rounds interleaved so that both meet the machine's load alike; it checks that both print
+the same report apart from timings and paths.
 
 JAX and torch are optional (a missing one prints "—").  Nothing is written to RESULTS.md.
 """
@@ -313,12 +321,62 @@ def nominal_peak():
     return 16 * mhz / 1e3
 
 
+def _demo_once(tree, out):
+    """(wall s, CPU s of the child, its stdout) of one ``python -m noether_core demo``."""
+    import re
+    import resource
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{os.path.join(tree, 'python')}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "noether_core", "demo", "--out", out],
+                          capture_output=True, text=True, env=env, cwd=tree, check=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    text = re.sub(r"\d+\.\d s", "<t>", proc.stdout).replace(out, "<out>")
+    return wall, cpu, text
+
+
+def demo_timings(before, rounds):
+    """Table of the demo's wall and CPU time, this tree vs ``before`` (or alone)."""
+    import tempfile
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this tree": here} | ({"before": os.path.abspath(before)} if before else {})
+    got = {k: [] for k in trees}
+    texts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for label, tree in trees.items():
+                load = _load()
+                wall, cpu, texts[label] = _demo_once(tree, os.path.join(tmp, "out"))
+                got[label].append((wall, cpu, load))
+    print("| tree | wall s (each round) | best wall s | CPU s (user+sys, best) | load (1 min) |")
+    print("|---|---|---|---|---|")
+    for label, rows in got.items():
+        walls = [w for w, _, _ in rows]
+        print(f"| {label} | {', '.join(f'{w:.1f}' for w in walls)} | {min(walls):.1f} "
+              f"| {min(c for _, c, _ in rows):.1f} | {min(x for *_, x in rows):.2f}–"
+              f"{max(x for *_, x in rows):.2f} |")
+    if before:
+        same = texts["this tree"] == texts["before"]
+        best = {k: min(w for w, _, _ in v) for k, v in got.items()}
+        print(f"speed-up (best wall): {best['before'] / best['this tree']:.2f}x; same report "
+              f"apart from timings and paths: {same}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke test)")
     ap.add_argument("--skip", default="", help="comma list of jax,torch to leave out")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (best is kept)")
+    ap.add_argument("--demo", action="store_true",
+                    help="time `python -m noether_core demo` instead (see the docstring)")
+    ap.add_argument("--before", default=None,
+                    help="with --demo: another source tree to time in the same rounds")
     args = ap.parse_args(argv)
+    if args.demo:
+        demo_timings(args.before, args.rounds)
+        return
     skip = set(filter(None, args.skip.split(",")))
     k = 10 if args.quick else 1
     sb, sf, ss, st_b, st_f = 20000 // k, 300 // k, 1000 // k, 2000 // k, 100 // k

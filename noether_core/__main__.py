@@ -74,7 +74,8 @@ _DEMO_OPTIONS = [
      "wrong-rho controls: 1-rho times and divided by this"),
     ("--late", "late", "fraction of the run, at its end, over which the angular update "
      "(the chord |q^_{n+1} - q^_n|) is averaged (RMS)"),
-    ("--chunk", "chunk", "steps per compiled call (direction snapshots between calls)"),
+    ("--chunk", "chunk", "spacing of the grid of direction snapshots (the SGD demo's "
+     "compiled calls end at the log-spaced ones it prints; --rule: steps per call)"),
 ]
 
 

@@ -26,11 +26,12 @@ the command line.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from scipy.signal import lfilter
 
 from . import _validation as V
 from . import theory as th
@@ -40,8 +41,10 @@ from .potentials import BatchNormMLP
 from .rules import SGD, Adam, AdamW, RMSprop, ScalarRMSProp
 
 __all__ = ["DemoConfig", "Bound", "BOUNDS", "WIDTH_BOUND", "check_widths", "Check",
-           "DemoResult", "build_problem", "run_chunked", "angle_check", "norm_check",
-           "balance_check", "rmsprop_comparison", "run_demo", "approximation_bound",
+           "DemoResult", "build_problem", "snapshot_steps", "run_chunked", "baseline_jobs",
+           "angle_check", "norm_check", "balance_check", "run_assumption", "rmsprop_jobs",
+           "rmsprop_comparison", "run_demo",
+           "approximation_bound", "write_figure", "FIGURE_POINTS",
            "runs_total_steps", "reduced", "DEMO_RULES", "RULE_DEFAULTS", "make_rule",
            "run_rule_chunked", "rule_checks", "reduced_rule"]
 
@@ -182,8 +185,9 @@ class DemoConfig:
         Fraction of the run (at its end) over which the angular update (the chord
         |q̂ₙ₊₁ − q̂ₙ|) is averaged: its RMS over the last ``int(late * steps)`` steps.
     chunk : int
-        Steps per compiled call; q is snapshot between calls for the direction
-        comparison (one Python call per chunk, none per step).
+        Spacing of the grid of direction snapshots: the SGD demo snapshots q at the
+        log-spaced grid points it prints (:func:`snapshot_steps`), its compiled calls
+        ending there; the ``rule=`` demos make one compiled call per ``chunk`` steps.
     """
 
     steps: int = 20_000
@@ -269,10 +273,11 @@ class RunRecord:
     """Per-block series of one chunked run (rows n = 0..N)."""
 
     a: np.ndarray           # (N+1, B) |q_B|²
-    g2: np.ndarray          # (N+1, B) |∇_B f(q_n)|² on step n's minibatch
-    D: np.ndarray           # (N+1, B) |Δ_n|²_B, 0 at n = 0
+    g2: np.ndarray          # (N+1, B) |∇_B f(q_n)|² on step n's minibatch (*)
+    D: np.ndarray           # (N+1, B) |Δ_n|²_B, 0 at n = 0 (*)
     loss: np.ndarray        # (N+1,) minibatch loss of step n; last row full data
-    g2_rest: np.ndarray     # (N+1,) |∇f|² over the coordinates outside the scale blocks
+    g2_rest: np.ndarray     # (N+1,) |∇f|² outside the scale blocks (*)
+    # (*) None for a run_chunked(..., block_stats=False)
     snap_steps: np.ndarray  # (S,) steps of the direction snapshots
     dirs: list              # per block (S, |B|) unit directions at the snapshots
     worst_residual: float   # worst exact balance residual (nan without charges)
@@ -280,39 +285,74 @@ class RunRecord:
     diverged: bool
 
 
-def run_chunked(rule, pot, q0, names, cfg: DemoConfig, *, charges=False, progress=None):
-    """Train ``rule`` for ``cfg.steps`` steps in compiled chunks of ``cfg.chunk`` steps.
+def snapshot_steps(cfg: DemoConfig):
+    """The steps at which the demo compares directions (its printed table, docs/demo.md §4).
+
+    The candidate grid is every ``cfg.chunk`` steps (0, chunk, 2·chunk, …, steps); of its
+    S + 1 points the demo keeps index 0 and the indices ``round(geomspace(1, S, 7))``:
+    log-spaced, so the early separation is resolved and the table stays short.
+
+    Examples
+    --------
+    >>> snapshot_steps(DemoConfig())
+    [0, 250, 500, 1000, 2250, 4750, 9750, 20000]
+    """
+    grid = list(range(0, cfg.steps, cfg.chunk)) + [cfg.steps]
+    S = len(grid) - 1
+    sel = sorted({0, *(int(round(x)) for x in np.geomspace(1, S, 7))}) if S else [0]
+    return [grid[i] for i in sel]
+
+
+def run_chunked(rule, pot, q0, names, cfg: DemoConfig, *, charges=False, progress=None,
+                stops=None, block_stats=True):
+    """Train ``rule`` for ``cfg.steps`` steps in compiled chunks, q snapshot between them.
 
     Chunks are chained with ``state=`` (bit-identical to one run, minibatch draws
     included) so q can be snapshot between them; within a chunk every step records the
     per-block series (``record_q=False, block_stats=True``).  ``progress`` is called with
     the number of steps done after each chunk.
+
+    Parameters
+    ----------
+    stops : sequence of int, optional
+        The steps at which to snapshot q (a compiled call ends at each; 0 and
+        ``cfg.steps`` are always snapshots).  Default: every ``cfg.chunk`` steps.  The demo
+        passes :func:`snapshot_steps`, so a 20 000-step run is 7 compiled calls, not 80:
+        the series are the same bit for bit, only the snapshots differ.
+    block_stats : bool
+        Record ``g2``, ``D`` and ``g2_rest`` (default).  False: those fields are None
+        (``a``, ``loss`` and the snapshots are kept); the demo's two SGD baselines need
+        only their directions and losses, and the loop is ~25 % cheaper without.
     """
     t0 = time.perf_counter()
+    if stops is None:
+        stops = range(cfg.chunk, cfg.steps, cfg.chunk)
+    ends = sorted({int(s) for s in stops if 0 < s < cfg.steps} | {cfg.steps})
     q, state = np.array(q0, dtype=float), None
     a, g2, D, loss, g2r, snaps, steps_at = [], [], [], [], [], [q0.copy()], [0]
     rest = [b for b in pot.blocks if b not in set(names)]      # blocks partition q
     worst, done, diverged = 0.0 if charges else math.nan, 0, False
     stack = lambda d: np.stack([d[nm] for nm in names], axis=1)  # noqa: E731
-    while done < cfg.steps:
-        m = min(cfg.chunk, cfg.steps - done)
+    for end in ends:
+        m = end - done
         res = train(rule, pot, q, m, batch_size=cfg.batch_size,
                     seed=cfg.seed if state is None else None, state=state,
-                    charges=charges, record_q=False, block_stats=True)
+                    charges=charges, record_q=False, block_stats=block_stats)
         # the terminal row of a chunk is evaluated on the full data set; the next chunk's
         # first row is the same q_n with step n's minibatch: keep that one
-        last = done + m >= cfg.steps
+        last = end >= cfg.steps
         sl = slice(0, None) if last else slice(0, -1)
         a.append(stack(res.block_norm2)[sl])
-        g2.append(stack(res.block_grad_norm2)[sl])
-        D.append(stack(res.block_step_norm2)[sl])
         loss.append(res.loss[sl])
-        g2r.append(sum((res.block_grad_norm2[b] for b in rest),
-                       np.zeros(len(res.loss)))[sl])
+        if block_stats:
+            g2.append(stack(res.block_grad_norm2)[sl])
+            D.append(stack(res.block_step_norm2)[sl])
+            g2r.append(sum((res.block_grad_norm2[b] for b in rest),
+                           np.zeros(len(res.loss)))[sl])
         if charges:
             worst = max(worst, res.balance_residual("exact"))
         state, q = res.state, res.q_final
-        done += m
+        done = end
         if res.diverged:
             diverged = True
             break
@@ -325,9 +365,9 @@ def run_chunked(rule, pot, q0, names, cfg: DemoConfig, *, charges=False, progres
     for nm in names:
         qb = Q[:, pot.blocks[nm]]
         dirs.append(qb / np.linalg.norm(qb, axis=1, keepdims=True))
-    return RunRecord(np.concatenate(a), np.concatenate(g2), np.concatenate(D),
-                     np.concatenate(loss), np.concatenate(g2r), np.array(steps_at), dirs,
-                     worst, time.perf_counter() - t0, diverged)
+    cat = lambda x: np.concatenate(x) if block_stats else None  # noqa: E731
+    return RunRecord(np.concatenate(a), cat(g2), cat(D), np.concatenate(loss), cat(g2r),
+                     np.array(steps_at), dirs, worst, time.perf_counter() - t0, diverged)
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -428,6 +468,8 @@ def angle_check(rec: RunRecord, cfg: DemoConfig) -> Check:
 
 def _ema0(x, lam):
     """Weighted sums y_n = Σ_{j<n} λ^{n−1−j} x_j, n = 0..N (y_0 = 0), along axis 0."""
+    from scipy.signal import lfilter  # lazily: scipy.signal takes ~1 s to import
+
     y = lfilter([1.0], [1.0, -lam], x, axis=0)
     return np.concatenate([np.zeros((1,) + x.shape[1:]), y], axis=0)
 
@@ -496,6 +538,15 @@ def approximation_bound(a, D, lr, momentum, weight_decay):
     return bound
 
 
+def run_assumption(rec: RunRecord, cfg: DemoConfig, kappa=None) -> str:
+    """The named correlation assumption the run follows: ``theory.nearest_assumption`` of
+    the median over blocks of the whole-run κ_eff (:func:`effective_gain`; docs/demo.md
+    §3).  The RMSProp runs of §4 need only this, so :func:`run_demo` starts them before
+    the rest of the SGD run's analysis."""
+    kap = effective_gain(rec, cfg) if kappa is None else kappa
+    return th.nearest_assumption(float(np.median(kap[-1])), cfg.momentum)
+
+
 def norm_check(rec: RunRecord, cfg: DemoConfig, times=None):
     """r²_n vs Eq. 17 from the measured |ĝ|² series, under the run's nearest assumption.
 
@@ -518,7 +569,7 @@ def norm_check(rec: RunRecord, cfg: DemoConfig, times=None):
     r0 = np.sqrt(a[0])
     kap = effective_gain(rec, cfg)
     warm = min(N, max(1, int(round(5.0 / (1.0 - beta)))))   # buffer warm-up, ~5/(1−β)
-    assumption = th.nearest_assumption(float(np.median(kap[-1])), beta)
+    assumption = run_assumption(rec, cfg, kap)
     kA = th.buffer_gain(beta, assumption)
     ns = th.norm_schedule((g2 * a)[:-1], eta, beta, k, r0, assumption=assumption)
     true_drive = D[1:] * a[:-1] / (eta * eta * kA)
@@ -586,41 +637,105 @@ def _dir_distance(r1: RunRecord, r2: RunRecord):
                      for d1, d2 in zip(r1.dirs, r2.dirs, strict=True)], axis=1)
 
 
+def baseline_jobs(pot, q0, names, cfg: DemoConfig, *, stops=None, progress=None):
+    """The two SGD baselines of the direction comparison, as zero-argument callables.
+
+    ``"SGD q0*(1+1e-9)"``: SGD from q0 perturbed by 1e-9 (relative), same minibatches
+    (sensitivity to the start); ``"SGD other batches"``: SGD from q0 with the minibatch
+    seed ``cfg.seed + 1000`` (independent noise).  Each callable returns the
+    :class:`RunRecord` of :func:`run_chunked` (snapshots at ``stops``; no block statistics:
+    the comparison reads their directions and losses only).  They depend on
+    nothing the SGD run computes, so :func:`run_demo` starts them beside it.
+    """
+    sgd = SGD(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + 2)
+    qp = q0 * (1.0 + 1e-9 * rng.standard_normal(q0.shape))
+    other = replace(cfg, seed=cfg.seed + 1000)
+    return {"SGD q0*(1+1e-9)": lambda: run_chunked(sgd, pot, qp, names, cfg, stops=stops,
+                                                   progress=progress, block_stats=False),
+            "SGD other batches": lambda: run_chunked(sgd, pot, q0, names, other, stops=stops,
+                                                     progress=progress, block_stats=False)}
+
+
+def _start(jobs, executor):
+    """Run ``jobs`` (label -> callable) now, or submit them to ``executor``."""
+    if executor is None:
+        return {lb: fn() for lb, fn in jobs.items()}
+    return {lb: executor.submit(fn) for lb, fn in jobs.items()}
+
+
+def _finish(started):
+    """The results of :func:`_start`, in the jobs' order (waits for submitted ones)."""
+    return {lb: (v.result() if isinstance(v, Future) else v) for lb, v in started.items()}
+
+
+def _rmsprop_setup(assumption, cfg: DemoConfig):
+    """(equivalent_rmsprop, {label: ρ}) of the matched run and the two wrong-ρ controls."""
+    eq = th.equivalent_rmsprop(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.r0,
+                               assumption=assumption)
+    f = cfg.wrong_rho_factor
+    return eq, {"matched": eq.rho, f"1-rho x{f:g}": 1.0 - f * (1.0 - eq.rho),
+                f"1-rho /{f:g}": 1.0 - (1.0 - eq.rho) / f}
+
+
+def rmsprop_jobs(pot, q0, names, assumption, cfg: DemoConfig, *, stops=None,
+                 progress=None):
+    """The three RMSProp runs of :func:`rmsprop_comparison` as zero-argument callables
+    (label -> callable returning a :class:`RunRecord`): ``ScalarRMSProp(project=True)``
+    from q0 with every scale block normalised, at the matched ρ of
+    ``theory.equivalent_rmsprop(assumption=...)`` and at the two wrong-ρ controls."""
+    eq, rhos = _rmsprop_setup(assumption, cfg)
+    qu = np.array(q0, dtype=float)
+    for nm in names:
+        qu[pot.blocks[nm]] /= np.linalg.norm(qu[pot.blocks[nm]])
+
+    def job(rho):
+        rule = ScalarRMSProp(lr=eq.lr, rho=rho, eps=0.0, G0=eq.G0, project=True)
+        return lambda: run_chunked(rule, pot, qu, names, cfg, stops=stops, progress=progress)
+    return {lb: job(rho) for lb, rho in rhos.items()}
+
+
 def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: DemoConfig,
-                       progress=None):
+                       progress=None, *, executor=None, baselines=None, runs=None):
     """Scalar RMSProp on unit-norm rows (matched ρ and two wrong ρ) vs the SGD run.
 
     Returns (Check, series dict).  The check: over the transient window
     n ≤ 3/(1−ρ*) (three memory times of G and of r⁴ — where ρ matters, docs/demo.md §4),
     the time-averaged median-over-blocks |log| effective-learning-rate mismatch of the
     matched run must be below both wrong-ρ runs'.
+
+    Parameters
+    ----------
+    executor : concurrent.futures.Executor, optional
+        Runs the three RMSProp runs (and the baselines, if not given) concurrently; each
+        run is independent and its compiled loop releases the GIL, so the results are the
+        same as one after the other.  None: one after the other, on this thread.
+    baselines : dict, optional
+        label -> :class:`RunRecord` or a Future of one, the runs of :func:`baseline_jobs`
+        already started; None: started here.  Every run snapshots q at the SGD run's
+        ``snap_steps``.
+    runs : dict, optional
+        Likewise for the three RMSProp runs of :func:`rmsprop_jobs` (same ``assumption``).
     """
-    eta, beta, k = cfg.lr, cfg.momentum, cfg.weight_decay
-    eq = th.equivalent_rmsprop(eta, beta, k, cfg.r0, assumption=assumption)
-    f = cfg.wrong_rho_factor
-    rhos = {"matched": eq.rho, f"1-rho x{f:g}": 1.0 - f * (1.0 - eq.rho),
-            f"1-rho /{f:g}": 1.0 - (1.0 - eq.rho) / f}
-    qu = np.array(q0, dtype=float)
-    for nm in names:
-        qu[pot.blocks[nm]] /= np.linalg.norm(qu[pot.blocks[nm]])
+    eta, beta = cfg.lr, cfg.momentum
+    eq, rhos = _rmsprop_setup(assumption, cfg)
     N = rec_sgd.a.shape[0] - 1
     T = min(N, int(math.ceil(3.0 / (1.0 - eq.rho))))
-    recs, errs, effs = {}, {}, {}
+    stops = [int(x) for x in rec_sgd.snap_steps]
+    if baselines is None:
+        baselines = _start(baseline_jobs(pot, q0, names, cfg, stops=stops,
+                                         progress=progress), executor)
+    if runs is None:
+        runs = _start(rmsprop_jobs(pot, q0, names, assumption, cfg, stops=stops,
+                                   progress=progress), executor)
+    recs = _finish(runs)
+    errs, effs = {}, {}
     for label, rho in rhos.items():
-        rule = ScalarRMSProp(lr=eq.lr, rho=rho, eps=0.0, G0=eq.G0, project=True)
-        recs[label] = rec = run_chunked(rule, pot, qu, names, cfg, progress=progress)
-        if rec.diverged:
+        if recs[label].diverged:
             raise RuntimeError(f"the RMSProp run ({label}, rho={rho}) diverged")
-        errs[label], effs[label], eff_sgd = _eff_lr_error(rec_sgd, rec, eq, rho, cfg)
-    # baselines: SGD from q0 perturbed by 1e-9 (relative), same minibatches (sensitivity
-    # to the start); SGD with other minibatches (independent noise)
-    sgd = SGD(lr=eta, momentum=beta, weight_decay=k)
-    rng = np.random.default_rng(cfg.seed + 2)
-    qp = q0 * (1.0 + 1e-9 * rng.standard_normal(q0.shape))
-    recs["SGD q0*(1+1e-9)"] = run_chunked(sgd, pot, qp, names, cfg, progress=progress)
-    recs["SGD other batches"] = run_chunked(sgd, pot, q0, names,
-                                            replace(cfg, seed=cfg.seed + 1000),
-                                            progress=progress)
+        errs[label], effs[label], eff_sgd = _eff_lr_error(rec_sgd, recs[label], eq, rho,
+                                                          cfg)
+    recs.update(_finish(baselines))
     trans = {lb: float(np.mean(np.median(e[1:T + 1], axis=1))) for lb, e in errs.items()}
     late = {lb: float(np.mean(np.median(e[N - int(cfg.late * N):], axis=1)))
             for lb, e in errs.items()}
@@ -637,8 +752,8 @@ def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: Demo
              f"      {'run':<16} transient (n <= {T})   late window"]
     for lb in rhos:
         lines.append(f"      {lb:<16} {trans[lb]:18.4f}   {late[lb]:11.4f}")
-    ns_ = len(rec_sgd.snap_steps) - 1
-    sel = sorted({0, *(int(round(x)) for x in np.geomspace(1, ns_, 7))}) if ns_ else [0]
+    printed = set(snapshot_steps(cfg))
+    sel = [i for i, n in enumerate(rec_sgd.snap_steps) if n in printed]
     dist = {lb: _dir_distance(rec_sgd, r) for lb, r in recs.items()}
     lines.append("    direction distance |q̂_SGD - q̂_other| per block, median (random unit "
                  "vectors: ~1.41):")
@@ -680,24 +795,41 @@ def rmsprop_comparison(pot, q0, names, rec_sgd: RunRecord, assumption, cfg: Demo
 
 
 # -- figure -------------------------------------------------------------------------------------
+#: the figures draw at most about this many points per curve (every k-th step): the
+#: panels are ~1000 pixels wide, so more points only cost drawing time
+FIGURE_POINTS = 1500
+
+
+def _moving_mean(x, w, rows):
+    """Mean of ``x[n-w:n]`` along axis 0 at the window ends ``n`` in ``rows`` (each
+    ≥ w), from one cumulative sum."""
+    cs = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
+    return (cs[rows] - cs[rows - w]) / w
+
+
 def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     """Four panels: r² vs Eq. 17; angular update vs theory; effective learning rates;
     SGD vs RMSProp loss.  Returns the path, or None without matplotlib.
 
     Draws on a :class:`matplotlib.figure.Figure` of its own and saves it with
     ``Figure.savefig``: pyplot is not imported and the process's backend is left as it
-    was (a library must not switch it).
+    was (a library must not switch it).  Every curve is drawn at every k-th step
+    (:data:`FIGURE_POINTS` points at most); the moving averages are computed exactly at
+    those steps (cumulative sums), so thinning only drops points, it smooths nothing.
     """
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return None
     N = rec_sgd.a.shape[0] - 1
-    n = np.arange(N + 1)
+    k = max(1, -(-(N + 1) // FIGURE_POINTS))
+    n = np.arange(0, N + 1, k)
     fig = Figure(figsize=(11, 8))
+    fig.subplots_adjust(left=0.085, right=0.985, bottom=0.065, top=0.91, wspace=0.25,
+                        hspace=0.3)
     ax = fig.subplots(2, 2)
-    a = norm_series["r2_measured"]
-    eq = norm_series["r2_eq17"]
+    a = norm_series["r2_measured"][n]
+    eq = norm_series["r2_eq17"][n]
     for j in range(min(4, a.shape[1])):
         ax[0, 0].plot(n, a[:, j], color=f"C{j}", lw=0.8)
         ax[0, 0].plot(n, eq[:, j], color=f"C{j}", lw=1.2, ls="--")
@@ -708,38 +840,36 @@ def write_figure(path, cfg, rec_sgd, norm_series, rms_series, P):
     ax[0, 0].legend(fontsize=8)
     c = chords(rec_sgd.a, rec_sgd.D)
     win = max(1, min(N // 20, 500))
-    kern = np.ones(win) / win
-    rms = np.sqrt(np.apply_along_axis(lambda x: np.convolve(x, kern, "valid"), 0, c ** 2))
-    nn = np.arange(rms.shape[0]) + win
-    ax[0, 1].plot(nn, np.median(rms, 1), "k", label=f"RMS chord over {win} steps (median)")
-    ax[0, 1].fill_between(nn, np.percentile(rms, 10, 1), np.percentile(rms, 90, 1),
-                          color="0.8", label="10-90% of blocks")
+    nn = np.arange(win, N + 1, k)                   # window ends: chords n-win .. n-1
+    rms = np.sqrt(_moving_mean(c * c, win, nn))
+    lo, med, hi = np.percentile(rms, [10, 50, 90], axis=1)
+    ax[0, 1].plot(nn, med, "k", label=f"RMS chord over {win} steps (median)")
+    ax[0, 1].fill_between(nn, lo, hi, color="0.8", label="10-90% of blocks")
     ax[0, 1].axhline(P, color="C3", ls="--", label="sqrt(2ηk/(1+β))")
     ax[0, 1].set(xlabel="step n", ylabel="chord |q̂ₙ₊₁ − q̂ₙ|", yscale="log",
                  title="angular update per step (chord)")
     ax[0, 1].legend(fontsize=8)
-    ax[1, 0].plot(n, np.median(rms_series["eff_lr_sgd"], 1), "k", lw=1.5,
+    ax[1, 0].plot(n, np.median(rms_series["eff_lr_sgd"][n], 1), "k", lw=1.5,
                   label="SGD η/((1−β)r²)")
     for i, (lb, e) in enumerate(rms_series["eff_lr"].items()):
-        ax[1, 0].plot(n, np.median(e, 1), color=f"C{i}", lw=1,
+        ax[1, 0].plot(n, np.median(e[n], 1), color=f"C{i}", lw=1,
                       label=f"RMSProp η'/√G, {lb}")
     ax[1, 0].set(xlabel="step n", ylabel="effective lr (median over blocks)", yscale="log",
                  title="effective learning rate on the sphere")
     ax[1, 0].legend(fontsize=8)
     lw = max(1, min(N // 20, 500))
-    kern = np.ones(lw) / lw
-    sm = lambda x: np.convolve(x[:-1], kern, "valid")  # noqa: E731
-    ax[1, 1].plot(np.arange(lw, N + 1), sm(rec_sgd.loss), "k", lw=1.5, label="SGD")
+    nl = np.arange(lw, N + 1, k)                    # mean of the minibatch losses nl-lw..nl-1
+    ax[1, 1].plot(nl, _moving_mean(rec_sgd.loss, lw, nl), "k", lw=1.5, label="SGD")
     for i, (lb, r) in enumerate(rms_series["recs"].items()):
-        ax[1, 1].plot(np.arange(lw, N + 1), sm(r.loss), color=f"C{i}", lw=1,
+        ax[1, 1].plot(nl, _moving_mean(r.loss, lw, nl), color=f"C{i}", lw=1,
                       label=lb if lb.startswith("SGD") else f"RMSProp, {lb}")
     ax[1, 1].set(xlabel="step n", ylabel=f"minibatch loss ({lw}-step mean)",
                  title="SGD vs RMSProp on unit-norm rows")
     ax[1, 1].legend(fontsize=8)
     fig.suptitle(f"BatchNormMLP {cfg.widths}, SGD(lr={cfg.lr}, momentum={cfg.momentum}, "
                  f"weight_decay={cfg.weight_decay}), batch {cfg.batch_size}, seed {cfg.seed}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # zlib level 1: a quarter of the default's encoding time, a somewhat larger file
+    fig.savefig(path, dpi=110, pil_kwargs={"compress_level": 1})
     return str(path)
 
 
@@ -1027,8 +1157,45 @@ def runs_total_steps(cfg: DemoConfig, rule="sgd") -> int:
     return (N_RUNS if _rule_name(rule) == "sgd" else 1) * cfg.steps
 
 
+class _Shared:
+    """The progress callback shared by concurrent runs: serialised by a lock, and the way
+    to stop them (after :meth:`stop`, the next chunk boundary of every run raises)."""
+
+    def __init__(self, progress):
+        self.progress, self.lock, self.stopped = progress, threading.Lock(), threading.Event()
+
+    def __call__(self, n):
+        if self.stopped.is_set():
+            raise RuntimeError("the demo was stopped")
+        if self.progress is not None:
+            with self.lock:
+                self.progress(n)
+
+    def stop(self):
+        self.stopped.set()
+
+
+def _prefetch(figure):
+    """Import what the analysis (scipy.signal, through theory) and the figure (matplotlib's
+    Figure and Agg canvas) need on a daemon thread, while the compiled runs, which release
+    the GIL, train: ~1–2 s of imports off the wall time.  Imports are thread-safe (the
+    import lock); a missing module is left for the code that needs it to report."""
+    def work():
+        import importlib
+        mods = ["scipy.signal"] + (["matplotlib.figure", "matplotlib.backends.backend_agg"]
+                                   if figure else [])
+        for mod in mods:
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                pass
+    t = threading.Thread(target=work, name="noether-demo-imports", daemon=True)
+    t.start()
+    return t
+
+
 def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=None,
-             rule="sgd"):
+             rule="sgd", threads=None):
     """Run the demo; print to ``stream`` (None: print nothing) and return a DemoResult.
 
     Parameters
@@ -1047,6 +1214,11 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
         correspondence).  Any other: the rule trained with cfg's lr, momentum (β, β₁ or
         RMSprop's α) and weight_decay, checked against ``theory.equilibrium`` and
         ``theory.rule_norm_schedule`` (docs/demo.md §5); the figure is ``demo_<rule>.png``.
+    threads : int, optional
+        Threads for the SGD demo's six independent runs (SGD and its two baselines, then
+        the three RMSProp runs; docs/demo.md §0).  Default: the CPUs this process may use
+        (``_parallel.usable_cpus``).  The results do not depend on it: every run is its
+        own compiled loop with its own seed.
 
     Raises
     ------
@@ -1059,18 +1231,40 @@ def run_demo(cfg: DemoConfig | None = None, out=None, *, progress=None, stream=N
     cfg = DemoConfig() if cfg is None else cfg
     if _rule_name(rule) != "sgd":
         return _run_rule_demo(cfg, rule, out, progress, stream)
+    if threads is None:
+        from ._parallel import usable_cpus
+        threads = usable_cpus()
+    threads = V.as_int("threads", threads, lo=1)
     t0 = time.perf_counter()
+    _prefetch(out is not None)
     pot, q0, names = build_problem(cfg)
-    rule = SGD(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    rec = run_chunked(rule, pot, q0, names, cfg, charges=True, progress=progress)
-    if rec.diverged:
-        raise RuntimeError(f"the SGD run diverged (lr={cfg.lr}); lower lr")
-    checks = [balance_check(rec), angle_check(rec, cfg)]
-    c_norm, assumption, nseries = norm_check(rec, cfg)
-    checks.append(c_norm)
-    c_rms, rseries = rmsprop_comparison(pot, q0, names, rec, assumption, cfg,
-                                        progress=progress)
-    checks.append(c_rms)
+    stops = snapshot_steps(cfg)
+    shared = _Shared(progress)
+    sgd = SGD(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ex = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="noether-demo")
+    try:
+        f_sgd = ex.submit(run_chunked, sgd, pot, q0, names, cfg, charges=True,
+                          progress=shared, stops=stops)
+        baselines = _start(baseline_jobs(pot, q0, names, cfg, stops=stops, progress=shared),
+                           ex)
+        rec = f_sgd.result()
+        if rec.diverged:
+            raise RuntimeError(f"the SGD run diverged (lr={cfg.lr}); lower lr")
+        # the RMSProp runs need only the assumption: they train while the checks run
+        runs = _start(rmsprop_jobs(pot, q0, names, run_assumption(rec, cfg), cfg,
+                                   stops=stops, progress=shared), ex)
+        checks = [balance_check(rec), angle_check(rec, cfg)]
+        c_norm, assumption, nseries = norm_check(rec, cfg)
+        checks.append(c_norm)
+        c_rms, rseries = rmsprop_comparison(pot, q0, names, rec, assumption, cfg,
+                                            progress=shared, executor=ex,
+                                            baselines=baselines, runs=runs)
+        checks.append(c_rms)
+    except BaseException:
+        shared.stop()                 # running chunks end, pending runs never start
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     figure = None
     if out is not None:
         os.makedirs(out, exist_ok=True)

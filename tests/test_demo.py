@@ -47,7 +47,7 @@ def _has_matplotlib():
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return demo.run_demo(demo.reduced(), out=str(out))
+    return demo.run_demo(demo.reduced(), out=str(out), threads=2)
 
 
 def test_reduced_args_are_the_reduced_config():
@@ -210,6 +210,59 @@ def test_chunked_run_equals_one_run():
         np.testing.assert_array_equal(getattr(one, name), getattr(many, name))
     np.testing.assert_array_equal(one.dirs[0][-1], many.dirs[0][-1])
     assert one.worst_residual <= demo.BALANCE_TOL and many.worst_residual <= demo.BALANCE_TOL
+    # calls ending only at chosen snapshots (the demo's snapshot_steps): same series, the
+    # same directions at the steps both runs snapshot
+    few = demo.run_chunked(rule, pot, q0, names, replace(cfg, chunk=70), charges=True,
+                           stops=[140, 350])
+    assert list(few.snap_steps) == [0, 140, 350, 600]
+    for name in ("a", "g2", "D", "loss", "g2_rest"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(few, name))
+    for i, n in enumerate(few.snap_steps):
+        j = list(many.snap_steps).index(n)
+        for d_few, d_many in zip(few.dirs, many.dirs, strict=True):
+            np.testing.assert_array_equal(d_few[i], d_many[j])
+    # without block statistics (the baselines): the same trajectory, a, losses, directions
+    bare = demo.run_chunked(rule, pot, q0, names, cfg, stops=[140, 350], block_stats=False)
+    assert bare.g2 is None and bare.D is None and bare.g2_rest is None
+    np.testing.assert_array_equal(bare.a, one.a)
+    np.testing.assert_array_equal(bare.loss, one.loss)
+    for d_bare, d_few in zip(bare.dirs, few.dirs, strict=True):
+        np.testing.assert_array_equal(d_bare, d_few)
+
+
+def test_snapshot_steps_are_the_printed_ones(result):
+    """The direction table prints exactly the steps of demo.snapshot_steps, and every run
+    snapshots there (log-spaced indices of the every-``chunk`` grid, 0 and the end)."""
+    cfg = result.config
+    want = demo.snapshot_steps(cfg)
+    assert want[0] == 0 and want[-1] == cfg.steps and want == sorted(set(want))
+    assert all(n % cfg.chunk == 0 or n == cfg.steps for n in want)
+    assert list(result.series["sgd"].snap_steps) == want
+    for rec in result.series["rmsprop"]["recs"].values():
+        assert list(rec.snap_steps) == want
+    text = result.text
+    table = text[text.index("direction distance"):text.index("loss (minibatch")]
+    printed = [int(ln.split()[0]) for ln in table.splitlines()[2:] if ln.strip()]
+    assert printed == want
+
+
+def _no_timing(text):
+    return re.sub(r"\d+\.\d s", "<t>", text)
+
+
+def test_threads_do_not_change_the_result(result):
+    """The six runs are independent compiled loops: on one thread or on two (the fixture),
+    every printed number and every recorded series is the same, bit for bit."""
+    one = demo.run_demo(result.config, threads=1)
+    assert _no_timing(one.text) == _no_timing(result.text.replace(
+        "\n  figure: " + str(result.figure), ""))
+    for key in ("a", "g2", "D", "loss", "g2_rest"):
+        np.testing.assert_array_equal(getattr(one.series["sgd"], key),
+                                      getattr(result.series["sgd"], key))
+    for lb, rec in result.series["rmsprop"]["recs"].items():
+        np.testing.assert_array_equal(one.series["rmsprop"]["recs"][lb].loss, rec.loss)
+    with pytest.raises(ValueError, match="threads"):
+        demo.run_demo(result.config, threads=0)
 
 
 def test_config_validation():
