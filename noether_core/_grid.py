@@ -49,7 +49,7 @@ def as_axis(name: str, value, default=None) -> tuple[bool, object]:
                              f"{arr.shape}")
         if arr.size == 0:
             raise ValueError(f"grid axis {name} is empty: give at least one value")
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        if arr.dtype.kind == "f" and not _finite(arr):
             bad = arr[~np.isfinite(arr)][0]
             raise ValueError(f"grid axis {name} must be finite, found {bad} at index "
                              f"{int(np.flatnonzero(~np.isfinite(arr))[0])}")
@@ -66,6 +66,13 @@ def as_axis(name: str, value, default=None) -> tuple[bool, object]:
 #: axes up to this length are checked for repeats with a Python set (~1 µs for 16
 #: values), longer ones with np.unique (a sort): the same answer (finite values, equality)
 _SET_CHECK_MAX = 512
+
+
+def _finite(arr: np.ndarray) -> bool:
+    """Whether every value of the float array ``arr`` is finite: its smallest and its
+    largest are (min and max propagate NaN; an infinity is the min or the max)."""
+    return (math.isfinite(np.minimum.reduce(arr, axis=None))
+            and math.isfinite(np.maximum.reduce(arr, axis=None)))
 
 
 def _distinct(arr: np.ndarray) -> bool:

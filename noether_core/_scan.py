@@ -8,6 +8,7 @@ over OpenMP threads (GIL released) or, with ``executor=``, over the workers of a
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -89,15 +90,17 @@ class _Grid:
     lanes: bool | None = None                     # the lane kernel: None = when eligible
     token: str | None = None                      # the job's token on _parallel.STOPS
 
-    @property
+    # computed once per grid (the axes are fixed once the grid is made); cached_property
+    # writes the instance __dict__ directly, which a frozen dataclass allows
+    @functools.cached_property
     def grid_shape(self):
         return tuple(len(v) for v in self.axes.values())
 
-    @property
+    @functools.cached_property
     def n_points(self):
         return math.prod(self.grid_shape)
 
-    @property
+    @functools.cached_property
     def n_tasks(self):
         return self.n_points * len(self.seeds)
 

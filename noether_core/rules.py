@@ -405,14 +405,18 @@ class _Col:
                            hi_open=self.hi_open)
 
     def array(self, a: np.ndarray) -> np.ndarray | None:
-        if a.dtype != np.float64:
+        if a.dtype != np.float64 or a.size == 0:
             return None                    # ints, bools: one value at a time
-        ok = np.isfinite(a)
-        if self.lo is not None:
-            ok &= (a > self.lo) if self.lo_open else (a >= self.lo)
-        if self.hi is not None:
-            ok &= (a < self.hi) if self.hi_open else (a <= self.hi)
-        return a if ok.all() else None
+        # every value finite and in range <=> the smallest and the largest are (min and
+        # max propagate NaN, and an infinity is the min or the max)
+        lo, hi = float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        if self.lo is not None and (lo <= self.lo if self.lo_open else lo < self.lo):
+            return None
+        if self.hi is not None and (hi >= self.hi if self.hi_open else hi > self.hi):
+            return None
+        return a
 
 
 class _BoolCol:

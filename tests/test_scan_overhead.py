@@ -161,9 +161,9 @@ def test_column_vector_check_is_the_constructors(col, value):
 
 
 def test_column_rows_vector_and_per_value_paths_agree():
-    """SGD's rows with float64 axes (vector check) equal those with the same values as
-    values passed one at a time through the converters (no vector form), and an invalid value anywhere
-    refuses the grid on both paths."""
+    """SGD's rows with float64 axes (vector check) equal those with the same values
+    passed one at a time through the converters (no vector form) and the rule objects'
+    own ``_hp`` rows, bit for bit; an invalid value anywhere refuses the grid."""
     lr = np.array([1e-3, 1e-2, 0.1])
     mom = np.array([0.0, 0.9])
     a = rules.SGD._grid_hp({"weight_decay": 1e-4}, {"lr": lr, "momentum": mom})
