@@ -174,9 +174,7 @@ def overhead(rule, calls, threads):
         parts["_run_lanes"] = _median_us(np.array(log["_run_lanes"])
                                          - np.array(log["kernel build"])
                                          - np.array(log["kernel run"]))
-    top = [k for k in parts if k not in ("_grid_hp",) or "_grid_args" not in parts]
-    # _grid_hp may be called inside _pack_rules (older versions): listed, not summed twice
-    listed = sum(v for k, v in parts.items() if k in top)
+    listed = sum(parts.values())            # each phase is called by scan itself
     parts["rest (scan's own lines, outputs, result checks)"] = (
         _median_us(wall2) - _median_us(log["kernel build"]) - _median_us(log["kernel run"])
         - listed)

@@ -69,10 +69,15 @@ _SET_CHECK_MAX = 512
 
 
 def _finite(arr: np.ndarray) -> bool:
-    """Whether every value of the float array ``arr`` is finite: its smallest and its
-    largest are (min and max propagate NaN; an infinity is the min or the max)."""
-    return (math.isfinite(np.minimum.reduce(arr, axis=None))
-            and math.isfinite(np.maximum.reduce(arr, axis=None)))
+    """Whether every value of the 1-D float array ``arr`` is finite.
+
+    A short axis is summed in Python first: a NaN or an infinity makes the sum
+    non-finite, so a finite sum proves every value finite (a sum that overflows with
+    finite values falls through to the exact element-wise test)."""
+    if arr.size <= _SET_CHECK_MAX and arr.dtype.itemsize <= 8 \
+            and math.isfinite(sum(arr.tolist())):
+        return True
+    return bool(np.isfinite(arr).all())
 
 
 def _distinct(arr: np.ndarray) -> bool:

@@ -340,11 +340,23 @@ def _adam_table_bytes(g: _Grid) -> int:
     which pow is exactly 0 and the table stops; pyx/scan.pyx _pow_table) or ``steps``."""
     pairs = g.axes["betas"].tolist() if "betas" in g.axes else \
         [g.fixed.get("betas", g.rule_cls.betas)]
-    try:
-        betas = np.asarray(pairs, dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        return 0                           # invalid betas: the rules' validation names them
-    b = float(np.max(betas, initial=0.0))
+    vals = None
+    if all(type(p) in (tuple, list) and len(p) == 2 and type(p[0]) in (float, int)
+           and type(p[1]) in (float, int) for p in pairs):
+        # the usual pairs of Python numbers: the same float64 values np.asarray gives
+        # (int -> float rounds to nearest in both); without NaN, whose place in max()
+        # would matter, the largest beta (or 0) is np.max's
+        vals = [float(x) for p in pairs for x in p]
+        if any(v != v for v in vals):
+            vals = None
+    if vals is not None:
+        b = max(0.0, *vals)
+    else:
+        try:
+            betas = np.asarray(pairs, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            return 0                       # invalid betas: the rules' validation names them
+        b = float(np.max(betas, initial=0.0))
     if b <= 0.0:
         cols = 2                           # pow(0, step) = 0 from the first step
     elif b < 1.0:

@@ -384,6 +384,10 @@ def _partition_csr(rule, potential):
     return cached
 
 
+#: axes up to this length are range-checked in Python (cheaper than two reductions)
+_SHORT_AXIS = 512
+
+
 class _Col:
     """A column converter of ``_column_rows``: ``col(v)`` is the converter
     ``__post_init__`` applies to one value (``V.as_scalar(name, v, lo=..., hi=...)``), and
@@ -408,10 +412,16 @@ class _Col:
         if a.dtype != np.float64 or a.size == 0:
             return None                    # ints, bools: one value at a time
         # every value finite and in range <=> the smallest and the largest are (min and
-        # max propagate NaN, and an infinity is the min or the max)
-        lo, hi = float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            return None
+        # max propagate NaN, and an infinity is the min or the max).  A short axis in
+        # Python: a finite sum proves every value finite (a NaN or an infinity makes it
+        # non-finite), and then the built-in min and max are the float minimum/maximum
+        lst = a.tolist() if a.size <= _SHORT_AXIS else None
+        if lst is not None and math.isfinite(sum(lst)):
+            lo, hi = min(lst), max(lst)
+        else:
+            lo, hi = float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                return None
         if self.lo is not None and (lo <= self.lo if self.lo_open else lo < self.lo):
             return None
         if self.hi is not None and (hi >= self.hi if self.hi_open else hi > self.hi):
@@ -582,7 +592,8 @@ class SGD(Rule):
         if cls is not SGD:
             return None
         hp = _column_rows(cls, fixed, axes, _SGD_COLUMNS)
-        if hp is None or (hp[:, 3].any() and np.any(
+        # nesterov's column is constant (its first row) unless it is an axis
+        if hp is None or (("nesterov" in axes or (len(hp) and hp[0, 3] != 0.0)) and np.any(
                 (hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0)))):
             return None                     # nesterov without momentum or with dampening
         return hp

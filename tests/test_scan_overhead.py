@@ -135,7 +135,7 @@ def test_grid_template_is_one_rules_kernel_inputs(cls):
 
 
 _EDGES = [0.0, -0.0, 5e-324, 1e-300, 0.5, 1.0 - 2**-53, 1.0, 1.0 + 2**-52, 2.0, 1e300,
-          -5e-324, -1.0]
+          1.7e308, -5e-324, -1.0, np.nan, np.inf, -np.inf]
 
 
 @pytest.mark.parametrize("col", [rules._LR, rules._unit_col("momentum"),
@@ -148,6 +148,8 @@ def test_column_vector_check_is_the_constructors(col, value):
     every value, and returns the very values as_scalar returns (bit for bit, -0.0
     included)."""
     axis = np.array([0.25, value])
+    if value == 1.7e308:
+        axis = np.array([1.7e308, 1.6e308])    # a sum that overflows: the exact path
     try:
         want = np.array([as_scalar(col.name, v, lo=col.lo, hi=col.hi, lo_open=col.lo_open,
                                    hi_open=col.hi_open) for v in axis.tolist()])
@@ -229,13 +231,21 @@ def test_blocks_csr_is_cached_and_follows_the_blocks():
     np.testing.assert_array_equal(idx2, np.arange(6))
 
 
-def test_distinct_values_short_and_long_axes():
+def test_finite_and_distinct_values_short_and_long_axes():
     for n in (8, 2000):                      # the set check and the np.unique check
         v = np.linspace(1e-3, 0.1, n)
         assert nc._grid.as_axis("lr", v)[0]
+        for bad in (np.nan, np.inf, -np.inf):  # the Python sum and the element-wise test
+            w = v.copy()
+            w[n // 2] = bad
+            with pytest.raises(ValueError, match=f"must be finite, found {bad} at index "
+                                                 f"{n // 2}"):
+                nc._grid.as_axis("lr", w)
         v[-1] = v[0]
         with pytest.raises(ValueError, match="repeated values"):
             nc._grid.as_axis("lr", v)
+    big = np.array([1.7e308, 1.6e308])       # finite values whose sum overflows
+    assert np.array_equal(nc._grid.as_axis("weight_decay", big)[1], big)
     with pytest.raises(ValueError, match="repeated values"):
         nc._grid.as_axis("weight_decay", np.array([0.0, -0.0]))
 
@@ -278,3 +288,30 @@ def test_seed_axis_and_threads_default_unchanged():
     for s in range(2):
         assert np.array_equal(_bits(many.q[:, s]), _bits(one.q))
         assert np.array_equal(_bits(many.loss_min[:, s]), _bits(one.loss_min))
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.6), (0.0, -0.0), (1, 0),
+                                   (0.9, 1.0), (0.9, np.nan), (0.9, np.inf), (0.9, -1.0),
+                                   (0.9,), "x", (np.float32(0.9), 0.99)])
+def test_adam_table_bytes_fast_path_is_numpys(betas):
+    """_scan._adam_table_bytes reads a fixed ``betas`` pair of Python numbers without
+    NumPy: the bytes equal those of the NumPy reading (np.asarray, np.max) it replaces,
+    invalid pairs included (their error is the rule's, raised later)."""
+    import math
+
+    pot, q0 = _rayleigh(4)
+    g = scan_mod._make_grid(rules.Adam, pot, q0, 10**6, None, (0,), None,
+                            {"lr": [1e-3, 2e-3], "betas": betas})
+    try:
+        b = float(np.max(np.asarray([betas], dtype=np.float64).ravel(), initial=0.0))
+    except (TypeError, ValueError):
+        want = 0
+    else:
+        if b <= 0.0:
+            cols = 2
+        elif b < 1.0:
+            cols = min(g.steps, int(math.ceil(746.0 / -math.log(b))) + 2)
+        else:
+            cols = g.steps
+        want = 2 * max(cols, 1) * 8
+    assert scan_mod._adam_table_bytes(g) == want
