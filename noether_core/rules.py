@@ -477,6 +477,11 @@ def _column_rows(cls, fixed: dict, axes: dict, convert: dict) -> np.ndarray | No
     shape = tuple(len(axes[k]) for k in names)
     hp = np.empty(shape + (len(convert),), dtype=np.float64)
     try:
+        # the fixed values first, as one row written to every point at once (the axis
+        # columns' entries of the row are overwritten below)
+        row = [0.0 if k in axes else c(fixed[k] if k in fixed else getattr(cls, k))
+               for k, c in convert.items()]
+        hp[...] = row
         for j, (k, c) in enumerate(convert.items()):
             if k in axes:
                 a = axes[k]
@@ -488,9 +493,6 @@ def _column_rows(cls, fixed: dict, axes: dict, convert: dict) -> np.ndarray | No
                 view = [1] * len(names)
                 view[names.index(k)] = len(vals)
                 hp[..., j] = vals.reshape(view)
-            else:
-                v = fixed[k] if k in fixed else getattr(cls, k)
-                hp[..., j] = c(v)
     except (TypeError, ValueError):
         return None
     return hp.reshape(-1, len(convert))
