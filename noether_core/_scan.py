@@ -8,7 +8,7 @@ over OpenMP threads (GIL released) or, with ``executor=``, over the workers of a
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from . import _bridge, _grid, _status
 from . import _validation as V
 from . import charges as _charges
+from . import rules as _rules_mod
 from ._parallel import STOPS, Cancelled, ProgressBar, run_with_progress, want_progress
 from ._scan_result import ScanResult, point_seed
 from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _check_q0_norm
@@ -58,6 +60,10 @@ def openmp_enabled() -> bool:
     return _bridge.openmp_enabled()
 
 
+#: openmp_enabled(), a property of the build: asked once
+_OPENMP = _bridge.openmp_enabled()
+
+
 # ---------------------------------------------------------------------------------------
 # the result
 
@@ -84,15 +90,17 @@ class _Grid:
     lanes: bool | None = None                     # the lane kernel: None = when eligible
     token: str | None = None                      # the job's token on _parallel.STOPS
 
-    @property
+    # computed once per grid (the axes are fixed once the grid is made); cached_property
+    # writes the instance __dict__ directly, which a frozen dataclass allows
+    @functools.cached_property
     def grid_shape(self):
         return tuple(len(v) for v in self.axes.values())
 
-    @property
+    @functools.cached_property
     def n_points(self):
         return math.prod(self.grid_shape)
 
-    @property
+    @functools.cached_property
     def n_tasks(self):
         return self.n_points * len(self.seeds)
 
@@ -108,6 +116,23 @@ class _Grid:
 
 
 def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid):
+    return _Grid(*_grid_args(rule_cls, potential, q0, steps, record_every, seeds,
+                             batch_size, grid))
+
+
+#: rule class -> its parameter names (dataclass fields, fixed once the class exists)
+_PARAM_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _param_names(rule_cls) -> tuple:
+    names = _PARAM_NAMES.get(rule_cls)
+    if names is None:
+        names = _PARAM_NAMES[rule_cls] = tuple(rule_cls.param_names())
+    return names
+
+
+def _grid_args(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid):
+    """The validated fields of a ``_Grid`` (without chosen, lanes, token), in order."""
     if isinstance(rule_cls, Rule):
         raise TypeError(f"rule_cls must be a rule class such as noether_core.rules.SGD, got "
                         f"the instance {rule_cls!r}; pass type(rule) and its parameters as "
@@ -118,12 +143,12 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
     if not isinstance(potential, Potential):
         raise TypeError("potential must be a noether_core.potentials.Potential, got "
                         f"{type(potential).__name__}")
-    names = list(rule_cls.param_names())
+    names = _param_names(rule_cls)
     unknown = [k for k in grid if k not in names]
     if unknown:
         raise TypeError(f"{rule_cls.__name__} has no parameter(s) {unknown}; valid grid "
-                        f"keywords: {names}")
-    axes, fixed = _grid.split_grid(grid, {n: getattr(rule_cls, n, None) for n in names})
+                        f"keywords: {list(names)}")
+    axes, fixed = _grid.split_grid(grid, {n: getattr(rule_cls, n, None) for n in grid})
     d = potential.dim
     q0 = V.as_float_array("q0", q0, shape=(d,))
     _check_q0_norm(q0)                          # as train: the run records |q_B|²
@@ -139,8 +164,8 @@ def _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, 
         record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
     batch_size = _check_batch_size(potential, batch_size)
     seed_axis, seed_list = _check_seeds(seeds)
-    return _Grid(rule_cls, fixed, axes, seed_list, seed_axis, potential, q0, steps,
-                 record_every, batch_size)
+    return (rule_cls, fixed, axes, seed_list, seed_axis, potential, q0, steps, record_every,
+            batch_size)
 
 
 _SEEDS_ALLOWED = ("seeds must be an int >= 0 (of any size: what numpy.random.SeedSequence "
@@ -215,8 +240,7 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
         if hp_all is None:
             hp_all = _grid_hp(g)
         if hp_all is not None:
-            first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
-            return _stack_zero_states(first, hp_all[lo:hi])
+            return _stack_zero_states(_template(g), hp_all[lo:hi])
         rules = _rules(g, lo, hi)
     if not rules:
         first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
@@ -246,6 +270,12 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
         np.array([x.vec.ravel() for x in inputs]).reshape(n, first.vec.size),
         np.array([x.sca for x in inputs]).reshape(n, first.sca.size),
         first.pptr, first.pidx)
+
+
+def _template(g: _Grid) -> _bridge.RuleInputs:
+    """One point's kernel inputs (hp zeros) shared by every point of a column-form grid
+    (``rules._grid_template``: cached per rule class and d)."""
+    return _rules_mod._grid_template(g.rule_cls, g.potential, lambda: g.rule_at(0))
 
 
 def _stack_zero_states(first: _bridge.RuleInputs, hp: np.ndarray) -> _bridge.RuleInputs:
@@ -310,11 +340,23 @@ def _adam_table_bytes(g: _Grid) -> int:
     which pow is exactly 0 and the table stops; pyx/scan.pyx _pow_table) or ``steps``."""
     pairs = g.axes["betas"].tolist() if "betas" in g.axes else \
         [g.fixed.get("betas", g.rule_cls.betas)]
-    try:
-        betas = np.asarray(pairs, dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        return 0                           # invalid betas: the rules' validation names them
-    b = float(np.max(betas, initial=0.0))
+    vals = None
+    if all(type(p) in (tuple, list) and len(p) == 2 and type(p[0]) in (float, int)
+           and type(p[1]) in (float, int) for p in pairs):
+        # the usual pairs of Python numbers: the same float64 values np.asarray gives
+        # (int -> float rounds to nearest in both); without NaN, whose place in max()
+        # would matter, the largest beta (or 0) is np.max's
+        vals = [float(x) for p in pairs for x in p]
+        if any(v != v for v in vals):
+            vals = None
+    if vals is not None:
+        b = max(0.0, *vals)
+    else:
+        try:
+            betas = np.asarray(pairs, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            return 0                       # invalid betas: the rules' validation names them
+        b = float(np.max(betas, initial=0.0))
     if b <= 0.0:
         cols = 2                           # pow(0, step) = 0 from the first step
     elif b < 1.0:
@@ -359,18 +401,23 @@ def _run_kernel(kern, total, progress):
             run_with_progress(kern, total, progress)
 
 
+#: "not yet decided" for a grid's lane verdict (_lane_reason's answer, None meaning yes)
+_UNDECIDED = object()
+
+
 def _run_tasks(g: _Grid, lo: int, hi: int, threads: int | None, progress=None,
-               rules: list | None = None, hp_all: np.ndarray | None = None):
+               rules: list | None = None, hp_all: np.ndarray | None = None,
+               lane_why=_UNDECIDED):
     """Run flat tasks lo..hi-1 (grid point × seed, seed fastest) in one kernel call.
 
     Returns the :class:`_bridge.ScanOutputs` (leading length hi − lo).  Runs on workers
     too (the grid is picklable); ``progress`` is a callable(done, total) or None;
     ``rules``: the validated rules of every grid point, or ``hp_all``: their kernel rows,
-    when the caller has them.
+    when the caller has them; ``lane_why``: ``_lane_reason(g)`` when the caller has it.
     """
     _job.token = g.token
     try:
-        out = _run_tasks_in(g, lo, hi, threads, progress, rules, hp_all)
+        out = _run_tasks_in(g, lo, hi, threads, progress, rules, hp_all, lane_why)
     finally:
         _job.token = None
     _raise_callback_error(g, lo, out)
@@ -395,28 +442,49 @@ def _raise_callback_error(g: _Grid, lo: int, out: _bridge.ScanOutputs) -> None:
     raise_cb(step, where)
 
 
+def _blocks_csr(pot: Potential):
+    """CSR of the potential's blocks (the recorded |q_B|²), cached on the potential: its
+    ``blocks`` is a read-only mapping of read-only index arrays fixed at construction;
+    the cache is keyed by that mapping's identity, so a potential whose blocks were
+    replaced is read again."""
+    blocks = pot.blocks
+    hit = pot.__dict__.get("_scan_blocks_csr")
+    if hit is None or hit[0] is not blocks:
+        bptr, bidx = _bridge.csr([blocks[k] for k in blocks])
+        bptr.flags.writeable = False
+        bidx.flags.writeable = False
+        hit = (blocks, bptr, bidx)
+        pot.__dict__["_scan_blocks_csr"] = hit
+    return hit[1], hit[2]
+
+
 def _run_tasks_in(g: _Grid, lo: int, hi: int, threads: int | None, progress, rules,
-                  hp_all):
+                  hp_all, lane_why=_UNDECIDED):
     pot = g.potential
     d, nb = pot.dim, len(pot.blocks)
     S = len(g.seeds)
     i_lo, i_hi = lo // S, (hi - 1) // S + 1
     packed = _pack_rules(g, i_lo, i_hi, None if rules is None else rules[i_lo:i_hi], hp_all)
-    # task t -> its grid point's row in hp/vec/sca
-    rows = np.arange(lo, hi) // S - i_lo
-    rule = _bridge.RuleInputs(packed.kind, packed.hp[rows], packed.vec[rows],
-                              packed.sca[rows], packed.pptr, packed.pidx)
+    if S == 1:
+        rule = packed                   # task t is grid point t: the rows as packed
+    else:
+        # task t -> its grid point's row in hp/vec/sca
+        rows = np.arange(lo, hi) // S - i_lo
+        rule = _bridge.RuleInputs(packed.kind, packed.hp[rows], packed.vec[rows],
+                                  packed.sca[rows], packed.pptr, packed.pidx)
     n = hi - lo
-    bptr, bidx = _bridge.csr([pot.blocks[k] for k in pot.blocks])
+    bptr, bidx = _blocks_csr(pot)
     R = _series_rows(g)
-    out = _bridge.ScanOutputs.empty(n, d, nb, R, len(g.chosen))
+    out = _bridge.ScanOutputs.empty_fast(n, d, nb, R, len(g.chosen))
     row_bytes = (d + 2 + nb) * 8
     plan = _bridge.ScanPlan(
         steps=g.steps, K=int(min(_MAX_K, max(2, _CHUNK_ROW_BYTES // row_bytes))),
         late_start=g.steps - -(-g.steps // 10),
         record_every=0 if g.record_every is None else g.record_every, R=R,
         n_threads=_grid.threads_for(threads, n))
-    if g.lanes is not False and _lane_reason(g) is None:
+    if lane_why is _UNDECIDED and g.lanes is not False:
+        lane_why = _lane_reason(g)
+    if g.lanes is not False and lane_why is None:
         return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress)
     out.kernel = "scalar"
     batch = _bridge.Batch(0 if g.batch_size is None else g.batch_size)
@@ -556,33 +624,32 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     (2, 2)
     """
     t0 = time.perf_counter()
-    g = _make_grid(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
+    args = _grid_args(rule_cls, potential, q0, steps, record_every, seeds, batch_size, grid)
     max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
     chosen, untracked = _charges.select(potential, charges, omega)
     if lanes is not None:
         lanes = V.as_bool("lanes", lanes)
-    g = dataclasses.replace(g, chosen=chosen, lanes=lanes, token=STOPS.new_token())
-    if lanes:
-        why = _lane_reason(g)
-        if why is not None:
-            raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {why}")
+    g = _Grid(*args, chosen=chosen, lanes=lanes, token=STOPS.new_token())
+    lane_why = _lane_reason(g) if lanes is not False else _UNDECIDED
+    if lanes and lane_why is not None:
+        raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {lane_why}")
     if threads is not None:
         threads = V.as_int("threads", threads, lo=1)
-        if threads > 1 and not openmp_enabled():
+        if threads > 1 and not _OPENMP:
             warnings.warn("noether_core was built without OpenMP: the scan runs on one "
                           "thread", RuntimeWarning, stacklevel=2)
     show = want_progress(progress)
-    _check_budget(g, max_record_bytes, threads, executor is not None)
-
     # every point valid before any work is done: a column at a time where the rule class
-    # has a column form (Rule._grid_hp), else one rule object per point
+    # has a column form (Rule._grid_hp), else one rule object per point (after the
+    # budget: a grid too large to run is refused before its points are built)
     hp_all = _grid_hp(g)
+    _check_budget(g, max_record_bytes, threads, executor is not None, hp_all)
     rules = _rules(g, 0, g.n_points) if hp_all is None else None
     if executor is None:
         bar = ProgressBar(g.n_tasks * max(g.steps, 1), show)
         try:
             out = _run_tasks(g, 0, g.n_tasks, threads, progress=bar, rules=rules,
-                             hp_all=hp_all)
+                             hp_all=hp_all, lane_why=lane_why)
         finally:
             bar.close()
     else:
@@ -595,6 +662,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
 
     res = _result(g, out, rules, t0)
     res.untracked = untracked
+    if not out.status.any():            # every point finished (status OK is 0)
+        return res
     if np.any(res.status == _status.INTERRUPTED):
         raise KeyboardInterrupt("scan interrupted")
     nd = int(res.diverged.sum())
@@ -608,7 +677,7 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     return res
 
 
-def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
+def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> dict:
     """Bytes a scan will allocate, by what (Python ints: no overflow), estimated from the
     grid's sizes before anything is allocated (docs/architecture.md §"How errors cross
     the GIL", Budgets).
@@ -620,17 +689,24 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
     copy), a Generator per minibatch run; with an executor, the chunks' outputs and the
     joined copy (twice the outputs).  Per grid point: a rule object where the class has
     no column form.  Per thread: the kernel's scratch (not seen by tracemalloc).  Once:
-    the fixed Python objects."""
+    the fixed Python objects.  ``hp_all``: the grid's column-form rows when the caller
+    has them (``_grid_hp``), which spares building a rule to size its inputs."""
     pot = g.potential
     d, nb, nsym = pot.dim, len(pot.blocks), len(g.chosen)
     n, R = g.n_tasks, _series_rows(g)
-    try:
-        first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
-        per_input = 8 * (first.hp.size + first.vec.size + first.sca.size)
-        columns = g.rule_cls._grid_hp(dict(g.fixed), {}) is not None
-    except (TypeError, ValueError):
-        per_input = 8 * (16 + 3 * d)      # (the point's own error is raised later)
-        columns = False
+    if hp_all is not None:
+        # every point valid, with the column form: one point's inputs are the template's
+        first = _template(g)
+        per_input = 8 * (hp_all.shape[1] + first.vec.size + first.sca.size)
+        columns = True
+    else:
+        try:
+            first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
+            per_input = 8 * (first.hp.size + first.vec.size + first.sca.size)
+            columns = g.rule_cls._grid_hp(dict(g.fixed), {}) is not None
+        except (TypeError, ValueError):
+            per_input = 8 * (16 + 3 * d)      # (the point's own error is raised later)
+            columns = False
     outputs = 8 * (d + 2 + 2 * nb + 3 + 2 * nsym)
     series = 8 * R * (d + 2 + nb)
     copies = 2 if chunked else 1
@@ -646,10 +722,11 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool) -> dict:
     return parts
 
 
-def _check_budget(g: _Grid, max_record_bytes: int, threads, chunked: bool) -> None:
+def _check_budget(g: _Grid, max_record_bytes: int, threads, chunked: bool,
+                  hp_all=None) -> None:
     """Refuse (BudgetError: a ValueError and a MemoryError) a scan whose estimated
     allocations exceed ``max_record_bytes``, before any of it is allocated."""
-    parts = _budget_parts(g, threads, chunked)
+    parts = _budget_parts(g, threads, chunked, hp_all)
     need = sum(parts.values())
     if need <= max_record_bytes:
         return

@@ -384,38 +384,157 @@ def _partition_csr(rule, potential):
     return cached
 
 
+#: axes up to this length are range-checked in Python (cheaper than two reductions)
+_SHORT_AXIS = 512
+
+
+class _Col:
+    """A column converter of ``_column_rows``: ``col(v)`` is the converter
+    ``__post_init__`` applies to one value (``V.as_scalar(name, v, lo=..., hi=...)``), and
+    ``col.array(a)`` its vector form for a float64 axis: the column itself when every value
+    passes that converter (the same float64 values: as_scalar returns ``float(v)``, which
+    is ``v`` for a float64), None when one does not (the caller then refuses the grid, and
+    the per-point path raises the constructor's error naming the point).  For finite
+    float64 values ``lo <= v`` (``lo < v`` when open) and ``v <= hi`` (``v < hi``) are the
+    same comparisons as_scalar makes, so the two forms accept the same values."""
+
+    __slots__ = ("name", "lo", "hi", "lo_open", "hi_open")
+
+    def __init__(self, name, lo=None, hi=None, lo_open=False, hi_open=False):
+        self.name, self.lo, self.hi = name, lo, hi
+        self.lo_open, self.hi_open = lo_open, hi_open
+
+    def __call__(self, v):
+        return V.as_scalar(self.name, v, lo=self.lo, hi=self.hi, lo_open=self.lo_open,
+                           hi_open=self.hi_open)
+
+    def array(self, a: np.ndarray) -> np.ndarray | None:
+        if a.dtype != np.float64 or a.size == 0:
+            return None                    # ints, bools: one value at a time
+        # every value finite and in range <=> the smallest and the largest are (min and
+        # max propagate NaN, and an infinity is the min or the max).  A short axis in
+        # Python: a finite sum proves every value finite (a NaN or an infinity makes it
+        # non-finite), and then the built-in min and max are the float minimum/maximum
+        lst = a.tolist() if a.size <= _SHORT_AXIS else None
+        if lst is not None and math.isfinite(sum(lst)):
+            lo, hi = min(lst), max(lst)
+        else:
+            lo, hi = float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                return None
+        if self.lo is not None and (lo <= self.lo if self.lo_open else lo < self.lo):
+            return None
+        if self.hi is not None and (hi >= self.hi if self.hi_open else hi > self.hi):
+            return None
+        return a
+
+
+class _BoolCol:
+    """``float(V.as_bool(name, v))`` as a column converter (see :class:`_Col`): a bool
+    axis is its 0/1 column, any other dtype goes one value at a time (and is refused)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, v):
+        return float(V.as_bool(self.name, v))
+
+    def array(self, a: np.ndarray) -> np.ndarray | None:
+        return a.astype(np.float64) if a.dtype == np.bool_ else None
+
+
+_LR = _Col("lr", lo=0.0, lo_open=True)
+
+
 def _lr(v):
-    return V.as_scalar("lr", v, lo=0.0, lo_open=True)
+    return _LR(v)
 
 
 def _unit(name, v):
     return V.as_scalar(name, v, lo=0.0, hi=1.0, hi_open=True)
 
 
+def _unit_col(name):
+    return _Col(name, lo=0.0, hi=1.0, hi_open=True)
+
+
+def _nonneg_col(name):
+    return _Col(name, lo=0.0)
+
+
 def _column_rows(cls, fixed: dict, axes: dict, convert: dict) -> np.ndarray | None:
     """The ``_hp`` rows of a Cartesian grid, one column per parameter in ``convert``'s
     order (the order of ``_hp``), each axis value passed once through the converter
     ``__post_init__`` applies (so a value is accepted here exactly when the constructor
-    accepts it); the other parameters from ``fixed`` or the class defaults.  None when a
-    value is refused (scan's per-point path then raises the constructor's error, naming
-    the point).  Flat C order over ``axes``.
+    accepts it; a converter with a vector form, :class:`_Col`, checks a float64 axis in
+    a few array operations); the other parameters from ``fixed`` or the class defaults.
+    None when a value is refused (scan's per-point path then raises the constructor's
+    error, naming the point).  Flat C order over ``axes``.
     """
     names = list(axes)
     shape = tuple(len(axes[k]) for k in names)
-    cols = []
+    hp = np.empty(shape + (len(convert),), dtype=np.float64)
     try:
-        for k, c in convert.items():
+        # the fixed values first, as one row written to every point at once (the axis
+        # columns' entries of the row are overwritten below)
+        row = [0.0 if k in axes else c(fixed[k] if k in fixed else getattr(cls, k))
+               for k, c in convert.items()]
+        hp[...] = row
+        for j, (k, c) in enumerate(convert.items()):
             if k in axes:
-                vals = np.array([c(v) for v in axes[k].tolist()], dtype=np.float64)
+                a = axes[k]
+                vals = None
+                if isinstance(a, np.ndarray) and hasattr(c, "array"):
+                    vals = c.array(a)
+                if vals is None:
+                    vals = np.array([c(v) for v in a.tolist()], dtype=np.float64)
                 view = [1] * len(names)
                 view[names.index(k)] = len(vals)
-                cols.append(np.broadcast_to(vals.reshape(view), shape))
-            else:
-                v = fixed[k] if k in fixed else getattr(cls, k)
-                cols.append(np.full(shape, c(v), np.float64))
+                hp[..., j] = vals.reshape(view)
     except (TypeError, ValueError):
         return None
-    return np.ascontiguousarray(np.stack(cols, axis=-1).reshape(-1, len(convert)))
+    return hp.reshape(-1, len(convert))
+
+
+#: the column converters of the built-in column forms, in the order of their ``_hp``
+_SGD_COLUMNS = {"lr": _LR, "momentum": _unit_col("momentum"),
+                "dampening": _Col("dampening", lo=0.0, hi=1.0),
+                "nesterov": _BoolCol("nesterov"), "weight_decay": _nonneg_col("weight_decay")}
+_RMSPROP_COLUMNS = {"lr": _LR, "alpha": _unit_col("alpha"), "eps": _nonneg_col("eps"),
+                    "weight_decay": _nonneg_col("weight_decay"),
+                    "momentum": _unit_col("momentum"), "centered": _BoolCol("centered")}
+_ADAM_COLUMNS = {"lr": _LR, "beta1": _unit_col("betas[0]"), "beta2": _unit_col("betas[1]"),
+                 "eps": _nonneg_col("eps"), "weight_decay": _nonneg_col("weight_decay"),
+                 "amsgrad": _BoolCol("amsgrad"), "decoupled": float}
+
+#: (rule class, d) -> the kernel inputs every point of a column-form grid shares
+_TEMPLATES: dict = {}
+
+
+def _grid_template(cls, potential, make_rule) -> RuleInputs:
+    """What every point of a column-form grid (``Rule._grid_hp``) packs besides its hp
+    row, as one point's ``RuleInputs`` (its hp a row of zeros): the kind, the zero state
+    (``vec`` (nvec, d), ``sca`` (nsca,)) and the partition of q (CSR).
+
+    Cached per (class, d): a column-form class is one of the built-in classes themselves
+    (never a subclass, ``Rule._grid_hp``), whose state starts at zeros of widths fixed by
+    its ``vec_names``/``sca_names`` and whose partition is the whole of q, whatever the
+    parameters.  ``make_rule()`` builds one valid rule of the grid, called on a miss only
+    (the template is that rule's ``kernel_inputs`` at its initial state).  Callers copy
+    nothing out of it: its arrays are read-only."""
+    key = (cls, potential.dim)
+    hit = _TEMPLATES.get(key)
+    if hit is None:
+        rule = make_rule()
+        first = rule.kernel_inputs(potential, rule.init_state(potential))
+        hit = RuleInputs(first.kind, np.zeros_like(first.hp), first.vec, first.sca,
+                         first.pptr.copy(), first.pidx.copy())
+        for a in (hit.hp, hit.vec, hit.sca, hit.pptr, hit.pidx):
+            a.flags.writeable = False
+        _TEMPLATES[key] = hit
+    return hit
 
 
 @dataclass(frozen=True)
@@ -474,12 +593,10 @@ class SGD(Rule):
         # a few methods would catch, so its grids take the per-point path
         if cls is not SGD:
             return None
-        hp = _column_rows(cls, fixed, axes, {
-            "lr": _lr, "momentum": lambda v: _unit("momentum", v),
-            "dampening": lambda v: V.as_scalar("dampening", v, lo=0.0, hi=1.0),
-            "nesterov": lambda v: float(V.as_bool("nesterov", v)),
-            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0)})
-        if hp is None or np.any((hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0))):
+        hp = _column_rows(cls, fixed, axes, _SGD_COLUMNS)
+        # nesterov's column is constant (its first row) unless it is an axis
+        if hp is None or (("nesterov" in axes or (len(hp) and hp[0, 3] != 0.0)) and np.any(
+                (hp[:, 3] != 0.0) & ((hp[:, 1] <= 0.0) | (hp[:, 2] != 0.0)))):
             return None                     # nesterov without momentum or with dampening
         return hp
 
@@ -544,12 +661,7 @@ class RMSprop(Rule):
         # kinetically symmetric for no parameter value
         if cls is not RMSprop:
             return None
-        return _column_rows(cls, fixed, axes, {
-            "lr": _lr, "alpha": lambda v: _unit("alpha", v),
-            "eps": lambda v: V.as_scalar("eps", v, lo=0.0),
-            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0),
-            "momentum": lambda v: _unit("momentum", v),
-            "centered": lambda v: float(V.as_bool("centered", v))})
+        return _column_rows(cls, fixed, axes, _RMSPROP_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -596,13 +708,7 @@ class Adam(Rule):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             return None
         fixed = {**fixed, "beta1": betas[0], "beta2": betas[1], "decoupled": cls._decoupled}
-        return _column_rows(cls, fixed, axes, {
-            "lr": _lr, "beta1": lambda v: _unit("betas[0]", v),
-            "beta2": lambda v: _unit("betas[1]", v),
-            "eps": lambda v: V.as_scalar("eps", v, lo=0.0),
-            "weight_decay": lambda v: V.as_scalar("weight_decay", v, lo=0.0),
-            "amsgrad": lambda v: float(V.as_bool("amsgrad", v)),
-            "decoupled": lambda v: float(v)})
+        return _column_rows(cls, fixed, axes, _ADAM_COLUMNS)
 
 
 @dataclass(frozen=True)
