@@ -11,7 +11,9 @@
  *
  * For P = 1, 4, 8 points with their own weights and the same minibatch rows, times per
  * point-step (ns), best of TRIALS:
- *   sep      P x (gather the rows, transpose W_p, nc_net_fwd, nc_net_bwd_w): today's work
+ *   sep      P x (gather the rows, transpose W_p, nc_net_fwd, nc_net_bwd_w), each point
+ *            in its own buffers (the P points' activations alive at once, as fusing needs)
+ *   sep(1 ws) the same with one workspace for every point, as a scan thread runs today
  *   wide     gather once, W_p^T side by side as one (n_in x P n_out) matrix, ONE
  *            nc_net_fwd and ONE nc_net_bwd_w over P n_out columns (dZ given side by side)
  *   wide+cp  wide, plus the copies between the side-by-side layout and the per-point
@@ -122,6 +124,18 @@ static void run_sep(int P)
     }
 }
 
+/* sep as the scan runs it: one thread's workspace (Wt, Z, dZ) serves every point in turn
+ * (only W_p and gW_p are the point's own) */
+static void run_sep_ws(int P)
+{
+    for (int p = 0; p < P; p++) {
+        gather();
+        nc_net_transpose(W1[p], H1, D, Wt1[0]);
+        nc_net_fwd(Xb, B, D, Wt1[0], NULL, H1, Z[0]);
+        nc_net_bwd_w(dZ[0], Xb, B, D, H1, gW[p]);
+    }
+}
+
 static void transpose_wide(int P)
 {
     Py_ssize_t ld = (Py_ssize_t)P * H1;
@@ -197,6 +211,7 @@ static double best_ns(void (*fn)(int, int), int a, int b2, long reps, int P)
     return best;
 }
 static void w_sep(int P, int k) { (void)k; run_sep(P); }
+static void w_sepws(int P, int k) { (void)k; run_sep_ws(P); }
 static void w_wide(int P, int c) { run_wide(P, c); }
 static void w_fused(int P, int k) { run_fused(P, k); }
 static void w_whole(int p, int k) { (void)k; whole_pass(p); }
@@ -306,9 +321,11 @@ int main(int argc, char** argv)
         run_wide(P, 0);
         bad |= check("wide", P, 1);
         double t_sep = best_ns(w_sep, P, 0, reps, P);
+        double t_sepws = best_ns(w_sepws, P, 0, reps, P);
         double t_wide = best_ns(w_wide, P, 0, reps, P);
         double t_widec = best_ns(w_wide, P, 1, reps, P);
-        printf("P=%d  sep %8.1f  wide %8.1f  wide+cp %8.1f", P, t_sep, t_wide, t_widec);
+        printf("P=%d  sep %8.1f  sep(1 ws) %8.1f  wide %8.1f  wide+cp %8.1f", P, t_sep, t_sepws,
+               t_wide, t_widec);
         const char* names[3] = {"fused(r4,p1)", "fused(r4,p2 / p2)", "fused(r2,p4 / p4)"};
         int PPs[3] = {1, 2, 4};
         for (int k = 0; k < 3; k++) {
