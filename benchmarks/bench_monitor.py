@@ -13,15 +13,26 @@ block discovery), one intra-op thread, and reports
   the load noise: see the spread over trials).
 
     PYTHONPATH=.:python python benchmarks/bench_monitor.py [--trials 5] [--steps 200]
-        [--cases digits,transformer]
+        [--cases digits,transformer] [--against DIR]
+
+``--against DIR`` compares two versions of the monitor in one run: DIR is another
+checkout of the repository (its kernels built, e.g. ``git worktree add /tmp/before
+<commit>`` or ``git archive <commit>`` plus the compiled ``noether_core/_kernels/*.so``).
+Each trial then runs, for every case, one fresh worker process per version, the two
+versions alternating (before, after, before, after, …), so both see the same machine
+load; a worker makes the warm-up runs and then one plain and one monitored run of
+``--steps`` steps, and the table gives per version the medians over the trials of the
+plain step, the time in hooks per step and their ratio, with the ratio's range.
 
 Prints a Markdown table; it does not write benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -68,43 +79,89 @@ def _transformer(torch):
             "batch 32×32, float32, AdamW)", setup, step)
 
 
-def measure(torch, case, trials, steps, warmup=10):
+def _run(torch, case, monitored, steps, warmup=10):
+    """One run of ``steps`` timed steps after ``warmup``: (median step, seconds in the
+    monitor's hooks per step, rows tracked)."""
     from noether_core.torch import NoetherMonitor
-    name, setup, step = case
+    _, setup, step = case
+    model, opt = setup()
+    mon = NoetherMonitor(model, opt) if monitored else None
+    gen = torch.Generator().manual_seed(1)
+    ts = []
+    h0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            h0 = mon._overhead if mon else 0.0
+        t0 = time.perf_counter()
+        step(model, opt, gen)
+        if i >= warmup:
+            ts.append(time.perf_counter() - t0)
+    if mon is None:
+        return statistics.median(ts), 0.0, 0
+    mon.report()                               # the last batch moves to the host too
+    return statistics.median(ts), (mon._overhead - h0) / steps, len(mon.report().labels)
 
-    def run(monitored):
-        model, opt = setup()
-        mon = NoetherMonitor(model, opt) if monitored else None
-        gen = torch.Generator().manual_seed(1)
-        ts = []
-        h0 = 0.0
-        for i in range(warmup + steps):
-            if i == warmup:
-                h0 = mon._overhead if mon else 0.0
-            t0 = time.perf_counter()
-            step(model, opt, gen)
-            if i >= warmup:
-                ts.append(time.perf_counter() - t0)
-        if mon is not None:
-            mon.report()                       # the last batch moves to the host too
-            hook = (mon._overhead - h0) / steps
-            rows = len(mon.report().labels)
-        else:
-            hook, rows = 0.0, 0
-        return statistics.median(ts), hook, rows
-    run(False)
-    run(True)
-    plain, monit, hooks = [], [], []
-    for _ in range(trials):
-        plain.append(run(False)[0])
-        m, h, rows = run(True)
-        monit.append(m)
-        hooks.append(h)
+
+def _trial(torch, case, steps):
+    """Warm-up runs, then one plain and one monitored run: (plain, monitored, hooks,
+    rows)."""
+    _run(torch, case, False, steps // 4)
+    _run(torch, case, True, steps // 4)
+    plain = _run(torch, case, False, steps)[0]
+    monit, hook, rows = _run(torch, case, True, steps)
+    return plain, monit, hook, rows
+
+
+def _summary(name, res):
+    plain, monit, hooks, rows = (list(x) for x in zip(*res, strict=True))
     p, m, h = (statistics.median(x) for x in (plain, monit, hooks))
     ratios = sorted(hh / pp for hh, pp in zip(hooks, plain, strict=True))
-    return (name, f"{rows}", f"{p * 1e3:.2f} ms", f"{m * 1e3:.2f} ms",
-            f"{(m / p - 1) * 100:+.1f}%", f"{h * 1e3:.3f} ms", f"{h / p * 100:.1f}%",
+    return (name, f"{rows[0]}", f"{p * 1e3:.2f} ms", f"{m * 1e3:.2f} ms",
+            f"{(m / p - 1) * 100:+.1f}%", f"{h * 1e3:.3f} ms",
+            f"{statistics.median(ratios) * 100:.1f}%",
             f"{ratios[0] * 100:.1f}–{ratios[-1] * 100:.1f}%")
+
+
+def measure(torch, case, trials, steps):
+    """In-process trials of this tree's monitor (warm-up runs first)."""
+    _run(torch, case, False, steps // 4)
+    _run(torch, case, True, steps // 4)
+    res = []
+    for _ in range(trials):
+        plain = _run(torch, case, False, steps)[0]
+        res.append((plain,) + _run(torch, case, True, steps))
+    return _summary(case[0], res)
+
+
+def _worker(version_root, case_name, steps):
+    """One trial of ``case_name`` in a fresh process importing noether_core from
+    ``version_root``: the parsed JSON line it prints."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([version_root, os.path.join(version_root, "python")])
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", case_name,
+                          "--steps", str(steps)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(cases, chosen, trials, steps, against):
+    """Alternating worker processes of two versions (``against``, then this tree)."""
+    here = os.path.abspath(os.path.join(HERE, ".."))
+    versions = (("before", os.path.abspath(against)), ("after", here))
+    res = {(c, v): [] for c in chosen for v, _ in versions}
+    names = {}
+    for _ in range(trials):
+        for c in chosen:
+            for v, root in versions:
+                r = _worker(root, c, steps)
+                names[c] = r["name"]
+                res[(c, v)].append((r["plain"], r["monit"], r["hook"], r["rows"]))
+    rows = []
+    for c in chosen:
+        for v, root in versions:
+            rows.append((f"{names[c]}: {v} ({root})",)
+                        + _summary("", res[(c, v)])[1:])
+    return rows
 
 
 def main(argv=None):
@@ -113,27 +170,49 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--cases", default="digits,transformer",
                     help="comma-separated subset of digits, transformer")
+    ap.add_argument("--against", default=None, metavar="DIR",
+                    help="another checkout of the repository: compare its monitor "
+                         "(before) with this tree's (after), alternating processes")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cases = {"digits": _digits, "transformer": _transformer}
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in chosen if c not in cases]
     if bad or not chosen:
         ap.error(f"--cases must name some of {sorted(cases)}, got {args.cases!r}")
+    if args.trials < 1 or args.steps < 4:
+        ap.error(f"--trials must be ≥ 1 and --steps ≥ 4, got {args.trials}, {args.steps}")
+    if args.against is not None and not os.path.isdir(os.path.join(args.against,
+                                                                    "noether_core")):
+        ap.error(f"--against must be a checkout holding noether_core/, got "
+                 f"{args.against!r}")
     try:
         import torch
     except ImportError:
         print("bench_monitor: torch is not installed; nothing to measure")
         return 0
-    from _common import machine, table
     torch.set_num_threads(1)
-    rows = [measure(torch, c(torch), args.trials, args.steps)
-            for c in (cases[name] for name in chosen)]
+    if args.worker is not None:                 # one trial, in a process of its own
+        case = cases[args.worker](torch)
+        plain, monit, hook, rows = _trial(torch, case, args.steps)
+        print(json.dumps({"name": case[0], "plain": plain, "monit": monit, "hook": hook,
+                          "rows": rows}))
+        return 0
+    from _common import machine, table
+    head = ["example", "rows tracked", "step, plain (median)", "step, monitored (median)",
+            "end-to-end", "time in hooks / step", "hooks / plain step (median)",
+            "hooks / plain, range over trials"]
+    if args.against is None:
+        rows = [measure(torch, c(torch), args.trials, args.steps)
+                for c in (cases[name] for name in chosen)]
+        how = f"{args.trials} interleaved trials × {args.steps} steps in one process"
+    else:
+        rows = compare(cases, chosen, args.trials, args.steps, args.against)
+        how = (f"{args.trials} trials × {args.steps} steps, one process per trial and "
+               f"version, versions alternating")
     print(f"`benchmarks/bench_monitor.py` on {machine()}; torch {torch.__version__}, one "
-          f"intra-op thread; {args.trials} interleaved trials × {args.steps} steps "
-          f"(after 10 warm-up steps), log_every = 100.\n")
-    print(table(rows, ["example", "rows tracked", "step, plain (median)",
-                       "step, monitored (median)", "end-to-end", "time in hooks / step",
-                       "hooks / plain step", "hooks / plain, range over trials"]))
+          f"intra-op thread; {how} (after warm-up runs), log_every = 100.\n")
+    print(table(rows, head))
     return 0
 
 

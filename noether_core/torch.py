@@ -117,10 +117,7 @@ class _Layout:
         """:meth:`flat` written into ``out`` (a preallocated row)."""
         parts = [(get(p) if sl is None else get(p)[sl]).reshape(-1)
                  for p, sl in self.pieces]
-        if all(t.dtype == out.dtype for t in parts):
-            torch.cat(parts, out=out)
-        else:
-            out.copy_(torch.cat(parts))
+        torch.cat(parts, out=out)              # converts to out's dtype as it copies
         return out
 
     acc = None                                 # the accumulation dtype (set at build)
@@ -132,10 +129,13 @@ class _Layout:
         if len(self.segments) == 1:            # one block: one reduction, straight in
             s, e, r, m = self.segments[0]
             return torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc, out=out)
-        # the row sums accumulate in ``acc`` without a converted copy of P
-        parts = [torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc)
-                 for s, e, r, m in self.segments]
-        return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
+        if out is None:
+            out = torch.empty((K, self.R), dtype=acc, device=P.device)
+        r0 = 0
+        for s, e, r, m in self.segments:       # each layer's sums straight into its rows
+            torch.sum(P[:, s:e].reshape(K, r, m), -1, dtype=acc, out=out[:, r0:r0 + r])
+            r0 += r
+        return out
 
 
 class NoetherMonitor:

@@ -185,3 +185,83 @@ def test_ar1_gain_reproduces_the_named_assumptions():
     assert L.regime_of(0.02, 0.9) == "uncorrelated"
     assert L.regime_of(0.97, 0.9) == "coherent" and L.regime_of(-0.9, 0.9) == "alternating"
     assert L.regime_of(np.nan, 0.9) == "undetermined"
+
+
+def _schedule_run(rule, fast, batches, seed=0, lr=1e-3, R=7, metric=0.05):
+    """A _Recorder fed random (but GradStats-shaped) statistics of one rule in batches of
+    the given sizes, a changing lr and per-row hyper-parameters; returns its state."""
+    rng = np.random.default_rng(seed)
+    rec = L._Recorder(R, 2, None)
+    rec.fast_schedule = fast
+    n = 0
+    for T in batches:
+        st_ = np.abs(rng.standard_normal((T, R, len(L.STATS)))) + 0.5
+        st_[..., L.S_A] = 10.0 + rng.random((T, R))
+        st_[..., L.S_PM] *= metric
+        hp = np.zeros((T, R, len(L.HYPER)))
+        hp[..., L.H_LR] = lr * np.exp(-0.01 * (n + np.arange(T)))[:, None] \
+            * (1.0 + rng.random(R))
+        hp[..., L.H_BETA] = rng.uniform(0.0, 0.95, R)
+        hp[..., L.H_TAU] = 0.1 if rule in ("sgd", "nesterov") else 0.0
+        hp[..., L.H_K] = rng.uniform(1e-3, 0.1, R)
+        hp[..., L.H_S] = 1.0
+        hp[..., L.H_RULE] = L.RULES.index(rule)
+        hp[..., L.H_BETA2], hp[..., L.H_EPS] = 0.999, 1e-8
+        rec.process_batch(st_, hp)
+        n += T
+    return rec.state()
+
+
+def _assert_same_state(x, y, path=""):
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), path
+        for key in x:
+            _assert_same_state(x[key], y[key], f"{path}/{key}")
+    elif isinstance(x, np.ndarray):
+        assert x.shape == y.shape and np.array_equal(x, y, equal_nan=True), path
+    else:
+        assert x == y, path
+
+
+@pytest.mark.parametrize("rule", ["sgd", "nesterov", "adam", "adamw", "rmsprop"])
+def test_fast_schedule_is_the_general_loop_bitwise(rule, monkeypatch):
+    """docs/monitor.md §5–6: the batched form of the online rule_norm_schedule (state-free
+    factors computed for all steps at once, the chord after the loop) performs the same
+    operations per element as the step-by-step loop: every recorded and carried value is
+    bitwise equal, whatever the batch boundaries (rows started in the first batch, a
+    batch of one step, an lr that changes every step, per-row hyper-parameters)."""
+    taken = []
+    fast_fn = L._Recorder._schedule_fast
+
+    def spy(self, *args):
+        out = fast_fn(self, *args)
+        taken.append(out is not None)
+        return out
+    monkeypatch.setattr(L._Recorder, "_schedule_fast", spy)
+    batches = (5, 1, 23, 11)
+    fast = _schedule_run(rule, True, batches)
+    assert taken == [True] * len(batches)           # the fast path ran every batch
+    _assert_same_state(fast, _schedule_run(rule, False, batches))
+    sched = np.array(fast["rec_pred"]["schedule"])
+    assert np.isfinite(sched).all() and (sched > 0).all()
+
+
+def test_fast_schedule_falls_back_when_the_recursion_leaves_a_positive(monkeypatch):
+    """A step so large that the predicted a turns negative (RMSprop's (9.11) with
+    a − 2η√a M + η²U < 0: a ≈ 10, √a M ≈ 20, U ≈ 1, η ≈ 1): the batched form gives up
+    (returns None, nothing changed) and the general loop drops that step's predicted
+    chord (NaN, not counted) and restarts the row — the same state as the general loop
+    alone."""
+    taken = []
+    fast_fn = L._Recorder._schedule_fast
+
+    def spy(self, *args):
+        out = fast_fn(self, *args)
+        taken.append(out is not None)
+        return out
+    monkeypatch.setattr(L._Recorder, "_schedule_fast", spy)
+    fast = _schedule_run("rmsprop", True, (4, 30), lr=1.0, metric=20.0)
+    assert False in taken
+    _assert_same_state(fast, _schedule_run("rmsprop", False, (4, 30), lr=1.0,
+                                           metric=20.0))
+    assert fast["cum"][:, L.C_NSC].min() < 34          # some steps were not counted
