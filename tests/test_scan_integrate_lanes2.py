@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_scan_integrate_lanes import ISAS, _assert_points_equal, _isa, _scan
 
 import noether_core as nc
 from noether_core import _bridge, _status
 from noether_core.errors import DivergenceWarning
 from noether_core.models import RadialAngular
-
-from test_scan_integrate_lanes import ISAS, _assert_points_equal, _isa, _scan
 
 SPLITS = ("conformal-euler", "conformal-verlet", "conformal-yoshida4", "rk4")
 
