@@ -167,6 +167,9 @@ def _grid_rows(job, threads, token, lo, hi):
     # slices: one point each for a Python fn (its failure is collected after the call);
     # else ~4 per thread, so threads stay busy when the points' costs differ (adaptive)
     size = 1 if job.python_fn else max(1, -(-P // (4 * threads)))
+    if pl.lane is not None and not job.python_fn and job.method not in ADAPTIVE:
+        lanes = _bridge.integrator_kernels.INTEGRATOR_LANES
+        size = -(-size // lanes) * lanes    # whole lane blocks per slice (fixed steps)
     slices = [(a, min(a + size, P)) for a in range(0, P, size)]
 
     def one(i):
@@ -393,8 +396,9 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     Notes
     -----
     M1, M2 and M4 grids run through a compiled grid kernel, many points per call with the
-    GIL released once; M1 grids of the conformal splittings on Quadratic or
-    RayleighQuotient run 8 points per SIMD block.  Every point is bitwise the separate
+    GIL released once; fixed-step grids on Quadratic or RayleighQuotient (M1: the
+    conformal splittings and rk4; M2: the same on RayleighQuotient; M4: euler and rk4)
+    run 8 points per SIMD block.  Every point is bitwise the separate
     :func:`integrate` call (docs/integrators.md §9).  Slices of the grid run on daemon
     threads.  On Ctrl-C (or the first error) the exception reaches the caller at once, no
     further point starts and the running points stop at their next poll of the kernel's

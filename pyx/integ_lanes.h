@@ -32,6 +32,7 @@ enum { NCI_POT_QUADRATIC = 0, NCI_POT_RAYLEIGH = 1 };
 enum { NCI_LIE = 0, NCI_STRANG = 1, NCI_YOSHIDA = 2, NCI_GD = 3, NCI_RK4 = 4 };
 enum { NCI_M1 = 0, NCI_M4 = 1, NCI_M2 = 2 };
 enum { NCI_ISA_BASE = 0, NCI_ISA_AVX512 = 2 };
+enum { NCI_K_NONE = 0, NCI_K_ALL = 1, NCI_K_MIXED = 2 };   /* which lanes add k q */
 
 typedef struct {
     int pot;                    /* NCI_POT_* */

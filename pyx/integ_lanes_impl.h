@@ -32,7 +32,7 @@ NCI_INLINE void NCIL(matvec)(const double* restrict A, const Py_ssize_t d,
 
 NCI_INLINE void NCIL(grad)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* restrict q,
                           nci_vd* restrict g, nci_vd* restrict Aq, const nci_vd k,
-                          const nci_vl k_on)
+                          const nci_vl k_on, const int kmode)
 {
     if (c->pot == NCI_POT_QUADRATIC) {
         /* _c_grad_quadratic: s = A[i, 0] q0 + A[i, 1] q1 + ...; g_i = s - b_i */
@@ -51,9 +51,15 @@ NCI_INLINE void NCIL(grad)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* r
         const nci_vd ti = (qAq * iqq) * iqq;
         for (Py_ssize_t i = 0; i < d; ++i) g[i] = Aq[i] - q[i] * ti;
     }
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nci_vd gk = g[i] + k * q[i];
-        g[i] = (nci_vd) (((nci_vl) gk & k_on) | ((nci_vl) g[i] & ~k_on));
+    /* kmode (constant over a block): NCI_K_NONE no lane adds k q, NCI_K_ALL every lane
+       does (the select would pick g + k q everywhere), NCI_K_MIXED the bit select */
+    if (kmode == NCI_K_ALL) {
+        for (Py_ssize_t i = 0; i < d; ++i) g[i] = g[i] + k * q[i];
+    } else if (kmode == NCI_K_MIXED) {
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            const nci_vd gk = g[i] + k * q[i];
+            g[i] = (nci_vd) (((nci_vl) gk & k_on) | ((nci_vl) g[i] & ~k_on));
+        }
     }
 }
 
@@ -67,11 +73,12 @@ static inline nci_vd NCIL(load)(const double* x)
 /* Strang (_m1_strang): v = c v - a g; q += τ v; g = ∇V(q); v = c (v - a g) */
 NCI_INLINE void NCIL(strang)(const nci_ctx* c, const Py_ssize_t d, nci_vd* q, nci_vd* v,
                             nci_vd* g, nci_vd* Aq, const nci_vd cc, const nci_vd aa,
-                            const nci_vd tau, const nci_vd k, const nci_vl k_on)
+                            const nci_vd tau, const nci_vd k, const nci_vl k_on,
+                            const int kmode)
 {
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * v[i] - aa * g[i];
     for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tau * v[i];
-    NCIL(grad)(c, d, q, g, Aq, k, k_on);
+    NCIL(grad)(c, d, q, g, Aq, k, k_on, kmode);
     for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc * (v[i] - aa * g[i]);
 }
 
@@ -88,7 +95,7 @@ NCI_INLINE void NCIL(rhs2)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* y
     const nci_vd r = yv[0], rd = yv[1];
     const nci_vd* u = yv + 2;
     const nci_vd* w = yv + 2 + d;
-    NCIL(grad)(c, d, u, g, Aq, zero, off);
+    NCIL(grad)(c, d, u, g, Aq, zero, off, NCI_K_NONE);
     nci_vd ww = zero;
     for (Py_ssize_t i = 0; i < d; ++i) ww = ww + w[i] * w[i];
     const nci_vd cp = 2.0 * rd / r;
@@ -105,9 +112,9 @@ NCI_INLINE void NCIL(rhs2)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* y
 /* _rhs for M1 (dy = (v, -(μ v + ∇V)/m)) and M4 (dy = -∇V/μ) at the state yv */
 NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* yv, nci_vd* dy,
                          nci_vd* g, nci_vd* Aq, const nci_vd m, const nci_vd mu,
-                         const nci_vd k, const nci_vl k_on)
+                         const nci_vd k, const nci_vl k_on, const int kmode)
 {
-    NCIL(grad)(c, d, yv, g, Aq, k, k_on);
+    NCIL(grad)(c, d, yv, g, Aq, k, k_on, kmode);
     if (c->model == NCI_M1) {
         for (Py_ssize_t i = 0; i < d; ++i) {
             dy[i] = yv[d + i];
@@ -122,12 +129,13 @@ NCI_INLINE void NCIL(rhs)(const nci_ctx* c, const Py_ssize_t d, const nci_vd* yv
    + k4), every product and sum in the scalar code's order */
 #define NCI_RHS(Y, DY) do { \
         if (c->model == NCI_M2) NCIL(rhs2)(c, d, Y, DY, g, Aq, m, gam, km, red); \
-        else NCIL(rhs)(c, d, Y, DY, g, Aq, m, mu, k, k_on); } while (0)
+        else NCIL(rhs)(c, d, Y, DY, g, Aq, m, mu, k, k_on, kmode); } while (0)
 NCI_INLINE void NCIL(rk4)(const nci_ctx* c, const Py_ssize_t d, Py_ssize_t n, nci_vd* y,
                          nci_vd* K, nci_vd* yt,
                          nci_vd* g, nci_vd* Aq, const nci_vd h, const nci_vd m,
                          const nci_vd mu, const nci_vd k, const nci_vl k_on,
-                         const nci_vd gam, const nci_vd km, const nci_vl red)
+                         const nci_vd gam, const nci_vd km, const nci_vl red,
+                         const int kmode)
 {
     nci_vd *k1 = K, *k2 = K + n, *k3 = K + 2 * n, *k4 = K + 3 * n;
     NCI_RHS(y, k1);
@@ -220,7 +228,7 @@ NCI_INLINE void NCIL(m2_C)(const nci_ctx* c, const Py_ssize_t d, nci_vd* y, nci_
     for (Py_ssize_t i = 0; i < d; ++i) u[i] = u[i] / nu;
     for (Py_ssize_t i = 0; i < d; ++i) uw = uw + u[i] * w[i];
     for (Py_ssize_t i = 0; i < d; ++i) w[i] = w[i] - uw * u[i];
-    NCIL(grad)(c, d, u, g, Aq, zero, rot & 0);
+    NCIL(grad)(c, d, u, g, Aq, zero, rot & 0, NCI_K_NONE);
 }
 
 /* _m2_lie (s = 0, every flow at h) and _m2_strang's stage s (D B A at half its step, C at
@@ -257,6 +265,9 @@ NCI_INLINE void NCIL(run_block_d)(const nci_ctx* c, nci_block* B, const Py_ssize
     const nci_vd m = NCIL(load)(B->m), mu = NCIL(load)(B->mu);
     const nci_vd k = NCIL(load)(B->k);
     const nci_vl k_on = k != 0.0;
+    int n_on = 0;
+    for (int l = 0; l < NCI_NL; ++l) n_on += k_on[l] != 0;
+    const int kmode = n_on == 0 ? NCI_K_NONE : n_on == NCI_NL ? NCI_K_ALL : NCI_K_MIXED;
     const nci_vd gam = NCIL(load)(B->gam), km = NCIL(load)(B->km), om = NCIL(load)(B->om);
     const nci_vl kpos = k > 0.0, red = NCIL(load)(B->red) != 0.0;
     const int m2 = c->model == NCI_M2;
@@ -278,8 +289,8 @@ NCI_INLINE void NCIL(run_block_d)(const nci_ctx* c, nci_block* B, const Py_ssize
         for (Py_ssize_t i = 0; i < n; ++i) q[i][l] = B->y[l][i];
     }
     if (c->steps > 0 && c->scheme != NCI_RK4) {  /* _split_init (M2: ∇f(u), no k u) */
-        if (m2) NCIL(grad)(c, d, q + 2, g, Aq, k, k_on & 0);
-        else NCIL(grad)(c, d, q, g, Aq, k, k_on);
+        if (m2) NCIL(grad)(c, d, q + 2, g, Aq, k, k_on & 0, NCI_K_NONE);
+        else NCIL(grad)(c, d, q, g, Aq, k, k_on, kmode);
     }
     for (Py_ssize_t s = 1; s <= c->steps; ++s) {
         if ((s & 63) == 0 && c->cancel != NULL && *(const volatile int*) c->cancel) {
@@ -295,24 +306,34 @@ NCI_INLINE void NCIL(run_block_d)(const nci_ctx* c, nci_block* B, const Py_ssize
         } else if (c->scheme == NCI_LIE) {      /* _m1_lie: v = c v - a g; q += h v; ∇V */
             for (Py_ssize_t i = 0; i < d; ++i) v[i] = cc[0] * v[i] - aa[0] * g[i];
             for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] + tt[0] * v[i];
-            NCIL(grad)(c, d, q, g, Aq, k, k_on);
+            NCIL(grad)(c, d, q, g, Aq, k, k_on, kmode);
         } else if (c->scheme == NCI_STRANG) {
-            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on, kmode);
         } else if (c->scheme == NCI_GD) {       /* M4 explicit Euler: q -= (h/μ) g; ∇V */
             for (Py_ssize_t i = 0; i < d; ++i) q[i] = q[i] - aa[0] * g[i];
-            NCIL(grad)(c, d, q, g, Aq, k, k_on);
+            NCIL(grad)(c, d, q, g, Aq, k, k_on, kmode);
         } else if (c->scheme == NCI_RK4) {
-            NCIL(rk4)(c, d, n, q, K, yt, g, Aq, tt[0], m, mu, k, k_on, gam, km, red);
+            NCIL(rk4)(c, d, n, q, K, yt, g, Aq, tt[0], m, mu, k, k_on, gam, km, red, kmode);
         } else {                                /* Yoshida: Strang at w1 h, w0 h, w1 h */
-            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on);
-            NCIL(strang)(c, d, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on);
-            NCIL(strang)(c, d, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[0], aa[0], tt[0], k, k_on, kmode);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[1], aa[1], tt[1], k, k_on, kmode);
+            NCIL(strang)(c, d, q, v, g, Aq, cc[2], aa[2], tt[2], k, k_on, kmode);
         }
         /* _finite: x * 0 is 0 for a finite x, NaN for inf and NaN; z is 0 in a lane
            exactly when its whole state is finite (a NaN term makes the sum NaN) */
-        nci_vd z = q[0] * 0.0;
-        for (Py_ssize_t i = 1; i < n; ++i) z = z + q[i] * 0.0;
-        const nci_vl nonfinite = (z != 0.0) & live;
+        /* the sum of the state is non-finite in every lane whose state is (an inf or a
+           NaN term makes it inf or NaN); it may also overflow with a finite state, so a
+           flagged lane is then checked exactly: x * 0 summed is 0 exactly when finite */
+        nci_vd z = q[0];
+        for (Py_ssize_t i = 1; i < n; ++i) z = z + q[i];
+        nci_vl nonfinite = ((z * 0.0) != 0.0) & live;
+        long long maybe = 0;
+        for (int l = 0; l < NCI_NL; ++l) maybe |= nonfinite[l];
+        if (maybe) {
+            z = q[0] * 0.0;
+            for (Py_ssize_t i = 1; i < n; ++i) z = z + q[i] * 0.0;
+            nonfinite = (z != 0.0) & live;
+        }
         /* M2: then r <= 0 (NC_ST_RADIUS), as _fixed_loop checks after _finite */
         const nci_vl bad = m2 ? nonfinite | ((q[0] <= 0.0) & live) : nonfinite;
         long long any = 0;

@@ -156,3 +156,21 @@ def test_m2_lanes_keep_the_constraint():
     w = res.y_final[..., 10:]
     assert np.abs(np.linalg.norm(u, axis=-1) - 1.0).max() < 1e-14
     assert np.abs((u * w).sum(-1)).max() < 1e-14 * max(1.0, np.abs(w).max())
+
+
+@pytest.mark.parametrize("lane_isa", ISAS)
+@pytest.mark.parametrize("method", ["conformal-verlet", "rk4"])
+def test_lanes_finite_state_whose_sum_overflows(lane_isa, method):
+    """The lanes' finiteness test first sums the state (non-finite whenever a term is);
+    a finite state whose sum overflows (entries near 1e308) is then tested exactly and
+    runs on, as integrate's does (docs/integrators.md §9.1)."""
+    d = 4
+    pot = nc.potentials.Quadratic(1e-10 * np.eye(d), np.zeros(d))
+    y0 = np.concatenate([np.full(d, 1e308), np.zeros(d)])
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(y0.sum())
+    with _isa(lane_isa):
+        res = _scan(nc.models.Damped, pot, y0, 0.5, method, m=[0.5, 1.0], mu=[0.1, 0.3],
+                    k=[0.0, 1e-12], h=0.01)
+    assert not res.diverged.any()
+    _assert_points_equal(res, nc.models.Damped, pot, y0, 0.5, method)
