@@ -167,6 +167,9 @@ def _grid_rows(job, threads, token, lo, hi):
     # slices: one point each for a Python fn (its failure is collected after the call);
     # else ~4 per thread, so threads stay busy when the points' costs differ (adaptive)
     size = 1 if job.python_fn else max(1, -(-P // (4 * threads)))
+    if pl.lane is not None and not job.python_fn and job.method not in ADAPTIVE:
+        lanes = _bridge.integrator_kernels.INTEGRATOR_LANES
+        size = -(-size // lanes) * lanes    # whole lane blocks per slice (fixed steps)
     slices = [(a, min(a + size, P)) for a in range(0, P, size)]
 
     def one(i):
@@ -243,34 +246,55 @@ def _chunk(job, threads, token, lo, hi):
     return _rows_block(map_threads(one, len(points), threads, cancelled=cancelled))
 
 
+class _Points:
+    """The grid points' parameter dicts (fixed values and one value per axis), in grid
+    order, each built when asked for: a compiled grid needs them only for messages."""
+
+    def __init__(self, axes, fixed):
+        self.axes, self.fixed = axes, fixed
+        self.shape = tuple(len(v) for v in axes.values())
+
+    def __len__(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        idx = np.unravel_index(i, self.shape)
+        return dict(self.fixed, **{k: v[j].item()
+                                   for (k, v), j in zip(self.axes.items(), idx, strict=True)})
+
+
 def _grid_job(models, potential, y0, t0, t_end, method, points, hp=None) -> _GridJob:
     """Validate the run parameters of every point as :func:`integrate` does (y0 and the
     times once: they do not depend on the point) and build the grid kernel's table."""
     y, t0, t_end = _check_inputs(models[0], y0, method, t0, t_end)
     _check_state(models[0], y, t0, False)
-    P = len(points)
-    h = np.zeros(P)
-    n_steps = np.zeros(P, dtype=np.intp)
-    rtol = np.zeros(P)
-    atol = np.zeros(P)
+    shape = points.shape
+    h = np.zeros(shape)
+    n_steps = np.zeros(shape, dtype=np.intp)
+    rtol = np.zeros(shape)
+    atol = np.zeros(shape)
     max_steps = 100_000                       # integrate's default
-    seen = {}
-    for i, p in enumerate(points):
+    # the run parameters depend only on the run axes: plan each of their combinations
+    # once, in grid order (so the first bad one is the first bad point's), and write it
+    # into every point that has it
+    names = list(points.axes)
+    run_axes = [k for k in names if k in _RUN_KEYS]
+    for combo in np.ndindex(*(len(points.axes[k]) for k in run_axes)):
+        at_ = dict(zip(run_axes, combo, strict=True))
+        p = dict(points.fixed, **{k: points.axes[k][j].item() for k, j in at_.items()})
         run = (p.get("h"), p.get("rtol", 1e-6), p.get("atol", 1e-9))
-        try:
-            key, got = run, seen.get(run)
-        except TypeError:                   # unhashable: _*_plan below names it
-            key, got = None, None
-        if got is None:
-            if method in ADAPTIVE:
-                hh, _, _, rt, at, max_steps = _adaptive_plan(t0, t_end, run[0], None, run[1],
-                                                             run[2], max_steps, 1)
-                got = (hh, 0, rt, at)
-            else:
-                hh, ns, _ = _fixed_plan(method, t0, t_end, run[0], None, 1)
-                got = (hh, ns, 0.0, 0.0)
-            seen[key] = got
-        h[i], n_steps[i], rtol[i], atol[i] = got
+        if method in ADAPTIVE:
+            hh, _, _, rt, at, max_steps = _adaptive_plan(t0, t_end, run[0], None, run[1],
+                                                         run[2], max_steps, 1)
+            got = (hh, 0, rt, at)
+        else:
+            hh, ns, _ = _fixed_plan(method, t0, t_end, run[0], None, 1)
+            got = (hh, ns, 0.0, 0.0)
+        where = tuple(at_.get(k, slice(None)) for k in names)
+        h[where], n_steps[where], rtol[where], atol[where] = got
+    h, n_steps, rtol, atol = (a.reshape(-1) for a in (h, n_steps, rtol, atol))
     if hp is None:
         hp = np.array([m._hp() for m in models], dtype=float)
     plan = _bridge.GridPlan(models[0].kind, _METHOD_CODE[method], hp, t0, t_end, h, n_steps,
@@ -372,8 +396,9 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     Notes
     -----
     M1, M2 and M4 grids run through a compiled grid kernel, many points per call with the
-    GIL released once; M1 grids of the conformal splittings on Quadratic or
-    RayleighQuotient run 8 points per SIMD block.  Every point is bitwise the separate
+    GIL released once; fixed-step grids on Quadratic or RayleighQuotient (M1: the
+    conformal splittings and rk4; M2: the same on RayleighQuotient; M4: euler and rk4)
+    run 8 points per SIMD block.  Every point is bitwise the separate
     :func:`integrate` call (docs/integrators.md §9).  Slices of the grid run on daemon
     threads.  On Ctrl-C (or the first error) the exception reaches the caller at once, no
     further point starts and the running points stop at their next poll of the kernel's
@@ -409,8 +434,7 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     axes, fixed = _grid.split_grid(grid, dict.fromkeys(grid, 0.0))
     shape = tuple(len(v) for v in axes.values())
     keys = list(axes)
-    combos = list(itertools.product(*(v.tolist() for v in axes.values())))
-    points = [dict(fixed, **dict(zip(keys, c, strict=True))) for c in combos]
+    points = _Points(axes, fixed)
     run_kw = {"t0": t0}
     # validate every point before any work: by columns where the model allows it, else
     # by constructing each point's model once
@@ -418,9 +442,9 @@ def scan_integrate(model_cls, potential, y0, *, t_end, method, threads=None, exe
     mcols = [(j, k) for j, k in enumerate(keys) if k not in _RUN_KEYS]
     columns = _column_table(model_cls, potential, axes, mfixed, shape)
     models = [] if columns is None else [columns[0]]
-    for c, p in zip(combos, points, strict=True):
-        if columns is not None:
-            break
+    for i, c in enumerate(() if columns is not None else
+                          itertools.product(*(v.tolist() for v in axes.values()))):
+        p = points[i]
         try:
             models.append(model_cls(potential, **mfixed, **{k: c[j] for j, k in mcols}))
         except TypeError as exc:

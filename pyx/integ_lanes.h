@@ -30,14 +30,16 @@ typedef long long nci_vl __attribute__((vector_size(NCI_NL * sizeof(long long)))
 
 enum { NCI_POT_QUADRATIC = 0, NCI_POT_RAYLEIGH = 1 };
 enum { NCI_LIE = 0, NCI_STRANG = 1, NCI_YOSHIDA = 2, NCI_GD = 3, NCI_RK4 = 4 };
-enum { NCI_M1 = 0, NCI_M4 = 1 };
+enum { NCI_M1 = 0, NCI_M4 = 1, NCI_M2 = 2 };
 enum { NCI_ISA_BASE = 0, NCI_ISA_AVX512 = 2 };
+enum { NCI_K_NONE = 0, NCI_K_ALL = 1, NCI_K_MIXED = 2 };   /* which lanes add k q */
 
 typedef struct {
     int pot;                    /* NCI_POT_* */
-    int model;                  /* NCI_M1 (y = (q, v)) or NCI_M4 (y = q) */
-    int scheme;                 /* NCI_LIE, NCI_STRANG, NCI_YOSHIDA (M1), NCI_GD (M4's
-                                   explicit Euler), NCI_RK4 (M1, M4) */
+    int model;                  /* NCI_M1 (y = (q, v)), NCI_M4 (y = q) or NCI_M2
+                                   (y = (r, r', u, w), Eq. 13) */
+    int scheme;                 /* NCI_LIE, NCI_STRANG, NCI_YOSHIDA (M1, M2), NCI_GD (M4's
+                                   explicit Euler), NCI_RK4 (M1, M2, M4) */
     Py_ssize_t d;
     const double* A;            /* (d, d) */
     const double* b;            /* (d) quadratic */
@@ -50,10 +52,16 @@ typedef struct {
  * 3, in the order taken): c[s][l] = e^{-γτ_s} (Strang: half step), a[s][l] = τ_s/m (Strang:
  * half; GD: h/μ), tau[s][l] = the drift's τ_s (RK4: h); m, mu, k per lane (RK4's right-hand
  * side); the state y[l] (n, IN/OUT), status, steps done.  Scratch: NCI_WORK(d) vectors,
- * 64-byte aligned. */
-#define NCI_WORK(d) (16 * (d))
+ * 64-byte aligned.
+ * M2 (_m2_lie / _m2_strang): c[s] = e^{-γτ} of D at the flows' step τ (Lie: h; Strang:
+ * half the stage's step), a[s] = that τ itself (B's and A's step), tau[s] = C's step (the
+ * stage's full step); A's radial oscillator per lane: om = sqrt(k/m), cs[s] = cos(om τ),
+ * sn[s] = sin(om τ) (used in the lanes with k > 0); red = 1 for the reduced model; RK4's
+ * right-hand side: gam = μ/m, km = k/m. */
+#define NCI_WORK(d) (16 * (d) + 32)
 typedef struct {
     double c[3][NCI_NL], a[3][NCI_NL], tau[3][NCI_NL], k[NCI_NL], m[NCI_NL], mu[NCI_NL];
+    double cs[3][NCI_NL], sn[3][NCI_NL], om[NCI_NL], red[NCI_NL], gam[NCI_NL], km[NCI_NL];
     double* y[NCI_NL];
     int status[NCI_NL];
     Py_ssize_t done[NCI_NL];

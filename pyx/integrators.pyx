@@ -1440,7 +1440,7 @@ cdef extern from "integ_lanes.h" nogil:
     enum: NCI_NL
     enum: NCI_POT_QUADRATIC, NCI_POT_RAYLEIGH
     enum: NCI_LIE, NCI_STRANG, NCI_YOSHIDA, NCI_GD, NCI_RK4
-    enum: NCI_M1, NCI_M4
+    enum: NCI_M1, NCI_M4, NCI_M2
     enum: NCI_ISA_BASE, NCI_ISA_AVX512
     ctypedef struct nci_ctx:
         int pot
@@ -1459,6 +1459,12 @@ cdef extern from "integ_lanes.h" nogil:
         double k[NCI_NL]
         double m[NCI_NL]
         double mu[NCI_NL]
+        double cs[3][NCI_NL]
+        double sn[3][NCI_NL]
+        double om[NCI_NL]
+        double red[NCI_NL]
+        double gam[NCI_NL]
+        double km[NCI_NL]
         double* y[NCI_NL]
         int status[NCI_NL]
         Py_ssize_t done[NCI_NL]
@@ -1482,15 +1488,25 @@ def lane_isas():
 
 
 cdef void _lane_consts(nci_block* B, int l, int kind, int method, double h, double m,
-                       double mu) noexcept nogil:
+                       double mu, double k, double reduced) noexcept nogil:
     """Lane l's substep constants, by the scalar code's own expressions (_m1_lie,
     _m1_strang with the step _split_step passes it, M4's explicit Euler h / mu; RK4 takes
-    h itself)."""
-    cdef double cbrt2, w1, w0, tau
+    h itself; M2: _m2_D's e^{-tau mu / m}, _m2_A's sqrt(k / m), cos, sin at the flows'
+    step tau (Lie: h; Strang: half the stage's step), _rhs's mu / m and k / m)."""
+    cdef double cbrt2, w1, w0, tau, ta, om
     cdef double taus[3]
     cdef int s, ns
     B.m[l] = m
     B.mu[l] = mu
+    B.k[l] = k
+    B.red[l] = reduced
+    B.gam[l] = mu / m
+    B.km[l] = k / m
+    om = sqrt(k / m) if k > 0.0 else 1.0
+    B.om[l] = om
+    for s in range(3):
+        B.cs[s][l] = 1.0
+        B.sn[s][l] = 0.0
     if method == METHOD_RK4:
         B.tau[0][l] = h
         return
@@ -1498,6 +1514,14 @@ cdef void _lane_consts(nci_block* B, int l, int kind, int method, double h, doub
         B.a[0][l] = h / mu
         return
     if method == METHOD_EULER:
+        if kind == MODEL_RADANG:                # _m2_lie: D, B, A, C all at h
+            B.c[0][l] = exp(-h * mu / m)
+            B.a[0][l] = h
+            B.tau[0][l] = h
+            if k > 0.0:
+                B.cs[0][l] = cos(om * h)
+                B.sn[0][l] = sin(om * h)
+            return
         B.c[0][l] = exp(-h * mu / m)
         B.a[0][l] = h / m
         B.tau[0][l] = h
@@ -1515,6 +1539,15 @@ cdef void _lane_consts(nci_block* B, int l, int kind, int method, double h, doub
         ns = 3
     for s in range(ns):
         tau = taus[s]
+        if kind == MODEL_RADANG:                # _m2_strang(tau): D B A at tau/2, C at tau
+            ta = 0.5 * tau
+            B.c[s][l] = exp(-ta * mu / m)
+            B.a[s][l] = ta
+            B.tau[s][l] = tau
+            if k > 0.0:
+                B.cs[s][l] = cos(om * ta)
+                B.sn[s][l] = sin(om * ta)
+            continue
         B.c[s][l] = exp(-0.5 * tau * mu / m)
         B.a[s][l] = 0.5 * tau / m
         B.tau[s][l] = tau
@@ -1621,7 +1654,7 @@ cdef class GridKernel:
         if self.isa == NCI_ISA_AVX512 and nci_best_isa() != NCI_ISA_AVX512:
             raise ValueError("GridKernel: this build or CPU cannot run the avx512 lanes")
         if (lane is not None and lane[0] in ("quadratic", "rayleigh") and (
-                (kind == MODEL_DAMPED and method <= METHOD_RK4)
+                (kind in (MODEL_DAMPED, MODEL_RADANG) and method <= METHOD_RK4)
                 or (kind == MODEL_GFLOW and method in (METHOD_EULER, METHOD_RK4)))):
             self.lane_A = np.ascontiguousarray(lane[1]["A"], dtype=np.float64)
             if self.lane_A.shape != (self.pot.d, self.pot.d):
@@ -1660,7 +1693,8 @@ cdef class GridKernel:
         cdef const double[:, ::1] A = self.lane_A
         cdef const double[::1] b = self.lane_b.reshape(-1)
         C.pot = self.lane_pot
-        C.model = NCI_M1 if self.kind == MODEL_DAMPED else NCI_M4
+        C.model = (NCI_M1 if self.kind == MODEL_DAMPED else
+                   NCI_M2 if self.kind == MODEL_RADANG else NCI_M4)
         C.scheme = (NCI_RK4 if rk4 else NCI_GD if self.kind == MODEL_GFLOW else
                     NCI_LIE if self.method == METHOD_EULER else
                     NCI_STRANG if self.method == METHOD_VERLET else NCI_YOSHIDA)
@@ -1690,8 +1724,8 @@ cdef class GridKernel:
                     for ln in range(NCI_NL):
                         p = idx[j + ln] if j + ln < e else idx[e - 1]
                         _lane_consts(&B, ln, self.kind, self.method, self.h[p],
-                                     self.hp[p, 0], self.hp[p, 1])
-                        B.k[ln] = self.hp[p, 2]
+                                     self.hp[p, 0], self.hp[p, 1], self.hp[p, 2],
+                                     self.hp[p, 3])
                         if j + ln < e:
                             B.y[ln] = &self.y[p, 0]
                         else:
