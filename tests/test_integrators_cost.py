@@ -244,3 +244,4 @@ def test_records_are_the_results_own_arrays():
     assert len(r.t) == r.n_steps + 1 and r.y.shape == (len(r.t), 8)
     r = nc.integrate(model, y0, t_end=1.0, h=0.01, method="rk4", record_every=7)
     assert r.t.base is None and len(r.t) == 100 // 7 + 1
+
