@@ -1,6 +1,6 @@
 """Compiled integrators vs scipy.integrate.solve_ivp (and diffrax) at matched final error.
 
-    PYTHONPATH=.:python python benchmarks/bench_integrators.py [--peers-only | --grids]
+    PYTHONPATH=.:python python benchmarks/bench_integrators.py [--peers-only | --grids | --cost]
 
 Problems: M1 Damped on RayleighQuotient (d = 8, T = 20) and M2 RadialAngular (exact) on
 the same potential.  For each solver a parameter sweep (h for conformal-verlet, rtol for
@@ -25,6 +25,12 @@ Strang splitting, the same arithmetic as our conformal-verlet) at h = 1e-2, and 
 Dopri5 (PID controller) against our dopri5 and dop853 at the same rtol (atol = rtol/100).
 Errors are the largest over 16 sampled points against scipy's DOP853 at rtol 1e-13.
 The peers are optional (skipped with a message when jax/diffrax are missing).
+
+Fourth part, "cost of a call" (``--cost`` runs only it; docs/integrators.md §10): one
+``integrate(method="dop853")`` call on the M1 problem split into the compiled kernel
+alone (``_bridge.run_integrate`` on inputs built beforehand) and the Python facade
+around it (the rest), at three rtols, plus the facade's fixed cost (t_end = t0) and the
+default call without ``t_eval``.
 
 Prints Markdown for benchmarks/RESULTS.md (it writes nothing).
 """
@@ -394,8 +400,70 @@ def print_grids(rows, note):
     print()
 
 
+# -- cost of a call (docs/integrators.md §10) ----------------------------------------------
+COST_RTOLS = (1e-6, 1e-8, 1e-10)
+COST_CALLS = 3000
+
+
+def _min_us(fn, n=COST_CALLS):
+    """Smallest of n timings of fn(), in µs (perf_counter_ns; the minimum, because the
+    machine is shared and every disturbance only adds)."""
+    best = np.inf
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        best = min(best, time.perf_counter_ns() - t0)
+    return best / 1e3
+
+
+def cost(model, y0):
+    """Rows (label, nfev, whole call µs, kernel alone µs)."""
+    from noether_core import _bridge
+
+    rows = []
+    for tol in COST_RTOLS:
+        kw = dict(t_end=T, method="dop853", rtol=tol, atol=tol * 1e-2)
+        r = nc.integrate(model, y0, t_eval=[0.0, T], **kw)
+        whole = _min_us(lambda kw=kw: nc.integrate(model, y0, t_eval=[0.0, T], **kw))
+        inputs = model.kernel_inputs()
+        plan = _bridge.IntegratePlan(method=5, t0=0.0, t_end=T, h=0.0,
+                                     t_eval=np.array([0.0, T]), rtol=tol, atol=tol * 1e-2,
+                                     max_steps=100_000)
+        rec = _bridge.Trajectory(np.empty(2), np.empty((2, y0.size)))
+        kernel = _min_us(lambda plan=plan, rec=rec, inputs=inputs: _bridge.run_integrate(
+            inputs, y0.copy(), plan, rec))
+        rows.append((f"rtol {tol:.0e}, t_eval=[0, T]", r.nfev, whole, kernel))
+        if tol == COST_RTOLS[0]:
+            r = nc.integrate(model, y0, **kw)
+            rows.append((f"rtol {tol:.0e}, no t_eval (every step recorded)", r.nfev,
+                         _min_us(lambda kw=kw: nc.integrate(model, y0, **kw)), None))
+    zero = _min_us(lambda: nc.integrate(model, y0, t_end=0.0, method="dop853",
+                                        t_eval=[0.0, 0.0]))
+    rows.append(("t_end = t0 (no step: the fixed cost)", 0, zero, None))
+    return rows
+
+
+def print_cost(rows):
+    print("### Cost of one `integrate(method=\"dop853\")` call: M1 Damped, RayleighQuotient "
+          "d=8, T=20\n")
+    print(f"Smallest of {COST_CALLS} calls each (perf_counter_ns); kernel alone = "
+          "`_bridge.run_integrate` on inputs built beforehand; facade = whole − kernel.\n")
+    print("| call | nfev | whole call | kernel alone | facade | kernel per RHS |")
+    print("|---|---|---|---|---|---|")
+    for label, nfev, whole, kernel in rows:
+        if kernel is None:
+            print(f"| {label} | {nfev} | {whole:.1f} µs | — | — | — |")
+        else:
+            print(f"| {label} | {nfev} | {whole:.1f} µs | {kernel:.1f} µs | "
+                  f"{whole - kernel:.1f} µs | {kernel / nfev * 1e3:.0f} ns |")
+    print()
+
+
 def main():
     pot, A, q0, v0 = _problem()
+    if "--cost" in sys.argv:
+        print_cost(cost(Damped(pot, 0.5, 0.3, 0.02), np.concatenate([q0, v0])))
+        return
     if "--grids" in sys.argv:
         grad = lambda q: rp.rayleigh(q, A)[1]                      # noqa: E731
         s1 = {"kind": "damped", "m": 0.5, "mu": 0.3, "k": GRID_K, "grad": grad}

@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import weakref
 from dataclasses import dataclass, field
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -54,6 +56,9 @@ _HERMITE_ORDER = 3
 #: ``status`` → ``message``, SciPy's ``solve_ivp`` wording
 STATUS_MESSAGES = {0: "The solver successfully reached the end of the integration interval.",
                    1: "A termination event occurred."}
+
+_INF, _NINF = math.inf, -math.inf
+_ST_OK = _status.OK
 
 #: tolerance of the M2 constraint check on y0 (|q̂0| = 1, ⟨q̂0, q̂̇0⟩ = 0)
 CONSTRAINT_TOL = 1e-10
@@ -613,10 +618,14 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
     >>> bool(abs(r.sol(np.pi / 4)[0] - np.cos(np.pi / 4)) < 1e-9)
     True
     """
-    y, t0, t_end = _check_inputs(model, y0, method, t0, t_end)
-    record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
-    max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
-    dense_output = V.as_bool("dense_output", dense_output)
+    prep = _prepared(model)
+    y, t0, t_end = _check_inputs(model, y0, method, t0, t_end, prep)
+    if not (type(record_every) is int and 1 <= record_every <= sys.maxsize):
+        record_every = V.as_int("record_every", record_every, lo=1, hi=sys.maxsize)
+    if not (type(max_record_bytes) is int and max_record_bytes >= 0):
+        max_record_bytes = V.as_int("max_record_bytes", max_record_bytes, lo=0)
+    if dense_output is not False and dense_output is not True:
+        dense_output = V.as_bool("dense_output", dense_output)
     _check_state(model, y, t0, project)
     adaptive = method in ADAPTIVE
     if events is not None and (callable(events) or isinstance(events, LevelEvent)):
@@ -640,7 +649,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         # record_every-th row afterwards
         run_every = 1 if (dense_output or tracker is not None) else record_every
         n_rec = n_steps // run_every + 1
-    n = model.state_size
+    n = prep.n
     need = n_rec * (n + 1) * 8
     if need > max_record_bytes:
         what = (f"(t_end - t0)/h = {n_steps} steps (t_end={t_end}, t0={t0}, h={h}) "
@@ -665,7 +674,7 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         if compiled else None
     rec_t = np.empty(n_rec)
     rec_y = np.empty((n_rec, n))
-    inputs = model.kernel_inputs()
+    inputs = prep.inputs
     plan = _bridge.IntegratePlan(
         method=_METHOD_CODE[method], t0=t0, t_end=t_end, h=h, n_steps=n_steps,
         record_every=run_every, t_eval=t_eval,
@@ -682,7 +691,10 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
         _take_callback_error(inputs.potential_kernel)        # forget it: we are raising
         raise
     _raise_callback_error(inputs.potential_kernel, float(t_final))
-    res = IntegrateResult(model=model, method=method, t=rec_t[:rows], y=rec_y[:rows],
+    # the records are the result's own arrays when the run filled them (no copy)
+    res = IntegrateResult(model=model, method=method,
+                          t=rec_t if rows == n_rec else rec_t[:rows],
+                          y=rec_y if rows == n_rec else rec_y[:rows],
                           y_final=y, t_final=float(t_final), nfev=int(nfev),
                           n_steps=int(n_acc), n_rejected=int(n_rej),
                           h=None if adaptive else h)
@@ -707,7 +719,12 @@ def integrate(model, y0, *, t_end, h=None, method, record_every=1, t0=0.0, t_eva
             status = _status.OK
             res.status = 1
             res.message = STATUS_MESSAGES[1]
-    res.t, res.y = res.t.copy(), res.y.copy()
+    if res.t is not rec_t:                  # a view of the records: keep only its rows
+        res.t = res.t.copy()
+    if res.y is not rec_y:
+        res.y = res.y.copy()
+    if status == _ST_OK:
+        return res
     return _settle(res, status, rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end)
 
 
@@ -796,9 +813,64 @@ def _stop_at_event(res, tracker, with_t_eval):
                               sol._c[:last], te, sol.order)
 
 
-def _check_inputs(model, y0, method, t0, t_end):
-    """Validate the model, the method, y0's shape and the times; returns (y, t0, t_end)."""
-    if not isinstance(model, Model):
+class _Prepared:
+    """What ``integrate`` needs of a model besides y0 and the times: its kernel inputs
+    (``Model.kernel_inputs()``), its state size and whether it is RadialAngular (the
+    y0 checks).  Built once per model and kept while the model's constants stay the same
+    objects (:func:`_prepared`)."""
+
+    __slots__ = ("ref", "key", "inputs", "n", "radang")
+
+    def __init__(self, model, key):
+        self.ref = None if key is None else weakref.ref(model)
+        self.key = key
+        self.inputs = model.kernel_inputs()
+        self.n = model.state_size
+        self.radang = isinstance(model, RadialAngular)
+
+
+#: what a cached preparation depends on, per model class (exact classes only: a subclass
+#: may compute its kernel inputs from anything, so it is prepared afresh at every call,
+#: as is Bregman, whose schedule and mirror map may hold callables and arrays)
+_PREP_KEYS = {Damped: attrgetter("potential", "m", "mu", "k"),
+              GradientFlow: attrgetter("potential", "mu", "k"),
+              RadialAngular: attrgetter("potential", "m", "mu", "k", "reduced")}
+#: id(model) -> _Prepared (each entry holds a weak reference to its model, so a new model
+#: at a recycled address is never served another's preparation); cleared when it grows
+#: past _PREP_MAX entries
+_PREP_CACHE: dict = {}
+_PREP_MAX = 256
+
+
+def _prepared(model) -> _Prepared:
+    """``model``'s preparation, from the cache when the model is the same object and its
+    constants (the potential, its kernel, m, μ, k, reduced) are the *same objects* as
+    when it was built.  Identity, not equality: a new value is a new object, so a
+    changed constant is never served stale (and 0.0 / -0.0 or NaN are never confused);
+    the cached key holds the old objects, so their ids cannot be recycled meanwhile."""
+    get_key = _PREP_KEYS.get(type(model))
+    if get_key is None:
+        if not isinstance(model, Model):
+            raise TypeError("model must be a noether_core.models model (Damped, "
+                            "RadialAngular, Bregman, GradientFlow), got "
+                            f"{type(model).__name__}")
+        return _Prepared(model, None)
+    key = get_key(model) + (model.potential._kernel,)
+    prep = _PREP_CACHE.get(id(model))
+    if (prep is not None and prep.ref() is model and len(prep.key) == len(key)
+            and all(map(is_, prep.key, key))):
+        return prep
+    prep = _Prepared(model, key)
+    if len(_PREP_CACHE) >= _PREP_MAX:
+        _PREP_CACHE.clear()
+    _PREP_CACHE[id(model)] = prep
+    return prep
+
+
+def _check_inputs(model, y0, method, t0, t_end, prep=None):
+    """Validate the model, the method, y0's shape and the times; returns (y, t0, t_end).
+    ``prep``: the model's :class:`_Prepared` when the caller has it (its state size)."""
+    if prep is None and not isinstance(model, Model):
         raise TypeError("model must be a noether_core.models model (Damped, RadialAngular,"
                         f" Bregman, GradientFlow), got {type(model).__name__}")
     if method not in METHODS:
@@ -806,9 +878,11 @@ def _check_inputs(model, y0, method, t0, t_end):
     if method not in model.methods:
         raise ValueError(f"method {method!r} is not valid for {type(model).__name__}; "
                          f"valid methods: {model.methods}")
-    y = V.as_float_array("y0", y0, shape=(model.state_size,))
-    t0 = V.as_scalar("t0", t0)
-    t_end = V.as_scalar("t_end", t_end)
+    y = V.as_float_vector("y0", y0, model.state_size if prep is None else prep.n)
+    # (a finite Python float is what as_scalar returns for it: skip the call)
+    t0 = t0 if type(t0) is float and _NINF < t0 < _INF else V.as_scalar("t0", t0)
+    t_end = (t_end if type(t_end) is float and _NINF < t_end < _INF
+             else V.as_scalar("t_end", t_end))
     if t_end < t0:
         raise ValueError(f"t_end must be >= t0 = {t0}, got {t_end}")
     return y, t0, t_end
@@ -816,7 +890,8 @@ def _check_inputs(model, y0, method, t0, t_end):
 
 def _check_state(model, y, t0, project):
     """Model-specific checks of y0 (M2 constraint, Bregman schedule and mirror domain)."""
-    project = V.as_bool("project", project)
+    if project is not False and project is not True:
+        project = V.as_bool("project", project)
     if isinstance(model, RadialAngular):
         _check_radang_y0(model, y, project)
     elif project:
@@ -832,22 +907,48 @@ def _check_state(model, y, t0, project):
 def _adaptive_plan(t0, t_end, h, t_eval, rtol, atol, max_steps, record_every):
     """The adaptive methods' validated settings: (h, t_eval, rows to allocate, rtol,
     atol, max_steps)."""
-    rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
-    atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
-    max_steps = V.as_int("max_steps", max_steps, lo=1, hi=sys.maxsize - 2)
+    # the common case (Python floats and ints in range) is what the V.as_* calls return
+    # for it: skip the calls
+    if not (type(rtol) is float and 0.0 < rtol < _INF):
+        rtol = V.as_scalar("rtol", rtol, lo=0.0, lo_open=True)
+    if not (type(atol) is float and 0.0 < atol < _INF):
+        atol = V.as_scalar("atol", atol, lo=0.0, lo_open=True)
+    if not (type(max_steps) is int and 1 <= max_steps <= sys.maxsize - 2):
+        max_steps = V.as_int("max_steps", max_steps, lo=1, hi=sys.maxsize - 2)
     h = 0.0 if h is None else V.as_scalar("h", h, lo=0.0, lo_open=True)
     if t_eval is not None:
-        t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
-        if (t_eval[1:] < t_eval[:-1]).any():
-            raise ValueError("t_eval must be sorted in increasing order")
-        if t_eval[0] < t0 or t_eval[-1] > t_end:
-            raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
-                             f"[{t_eval[0]}, {t_eval[-1]}]")
+        fast = _short_times(t_eval, t0, t_end)
+        t_eval = _check_times(t_eval, t0, t_end) if fast is None else fast
         n_rec = len(t_eval)
     else:
         t_eval = np.zeros(0)
         n_rec = max_steps // record_every + 2
     return h, t_eval, n_rec, rtol, atol, max_steps
+
+
+def _short_times(t_eval, t0, t_end):
+    """A short list or tuple of finite Python floats, sorted, within [t0, t_end], as an
+    array (what _check_times returns for it); None for anything else, which then goes
+    through _check_times and its messages.  Python comparisons beat NumPy's calls on a
+    handful of numbers."""
+    if (type(t_eval) not in (list, tuple) or not 0 < len(t_eval) <= 64
+            or not all(type(v) is float for v in t_eval)
+            or not all(map(math.isfinite, t_eval))
+            or t_eval[0] < t0 or t_eval[-1] > t_end
+            or not all(map(float.__le__, t_eval[:-1], t_eval[1:]))):
+        return None
+    return np.array(t_eval, dtype=np.float64)
+
+
+def _check_times(t_eval, t0, t_end):
+    """t_eval validated: a finite, sorted 1-D array within [t0, t_end]."""
+    t_eval = V.as_float_array("t_eval", t_eval, ndim=1)
+    if (t_eval[1:] < t_eval[:-1]).any():
+        raise ValueError("t_eval must be sorted in increasing order")
+    if t_eval[0] < t0 or t_eval[-1] > t_end:
+        raise ValueError(f"t_eval must lie in [t0, t_end] = [{t0}, {t_end}], got "
+                         f"[{t_eval[0]}, {t_eval[-1]}]")
+    return t_eval
 
 
 def _fixed_plan(method, t0, t_end, h, t_eval, record_every):

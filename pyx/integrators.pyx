@@ -549,6 +549,11 @@ cdef double D8A[16][16]
 cdef double D8E3[12]
 cdef double D8E5[12]
 cdef double D8D[4][16]
+# the non-zero a_sj of each row s of A, in increasing j: D8AV[s][k] = a_{s, D8J[s][k]},
+# k < D8NZ[s] (the sums of _d8_stage skip the zeros without a test per coefficient)
+cdef int D8NZ[16]
+cdef int D8J[16][16]
+cdef double D8AV[16][16]
 
 
 def _fill_dop853():
@@ -563,6 +568,15 @@ def _fill_dop853():
     for j in range(12):
         D8E5[j] = _D8_E5.get(j, 0.0)
         D8E3[j] = D8A[12][j] - _D8_BHH.get(j, 0.0)
+    for i in range(16):
+        D8NZ[i] = 0
+        for j in range(i):
+            if D8A[i][j] != 0.0:
+                D8J[i][D8NZ[i]] = j
+                D8AV[i][D8NZ[i]] = D8A[i][j]
+                D8NZ[i] += 1
+        if i > 0 and D8NZ[i] == 0:
+            raise AssertionError(f"DOP853 tableau: row {i} of A has no non-zero entry")
 
 
 _fill_dop853()
@@ -570,19 +584,33 @@ _fill_dop853()
 
 cdef void _d8_stage(Model* M, double t, const double* y, double h, double** K,
                     int s, double* yt) noexcept nogil:
-    """K[s] = F(t + c_s h, y + h sum_{j<s} a_sj K_j) (zero a_sj skipped)."""
+    """K[s] = F(t + c_s h, y + h sum_{j<s} a_sj K_j) (s >= 1; zero a_sj skipped).
+
+    Each sum is ((0.0 + a_sj1 K_j1) + a_sj2 K_j2) + ... over the non-zero a_sj in
+    increasing j, then y + h (sum): the same operations in the same order as the loop
+    over the whole row with a zeroed accumulator, in fewer passes over yt (the first
+    term and the last, with y + h (.), are fused into their passes)."""
     cdef Py_ssize_t i, n = M.n
-    cdef int j
+    cdef int k, nz = D8NZ[s]
     cdef double a
-    for i in range(n):
-        yt[i] = 0.0
-    for j in range(s):
-        a = D8A[s][j]
-        if a != 0.0:
+    cdef const double* Kj
+    a = D8AV[s][0]
+    Kj = K[D8J[s][0]]
+    if nz == 1:
+        for i in range(n):
+            yt[i] = y[i] + h * (0.0 + a * Kj[i])
+    else:
+        for i in range(n):
+            yt[i] = 0.0 + a * Kj[i]
+        for k in range(1, nz - 1):
+            a = D8AV[s][k]
+            Kj = K[D8J[s][k]]
             for i in range(n):
-                yt[i] = yt[i] + a * K[j][i]
-    for i in range(n):
-        yt[i] = y[i] + h * yt[i]
+                yt[i] = yt[i] + a * Kj[i]
+        a = D8AV[s][nz - 1]
+        Kj = K[D8J[s][nz - 1]]
+        for i in range(n):
+            yt[i] = y[i] + h * (yt[i] + a * Kj[i])
     _rhs(M, t + D8C[s] * h, yt, K[s])
 
 
@@ -601,19 +629,34 @@ cdef double _dop853_err(Model* M, const double* y, const double* yn, double h, d
                         double rtol, double atol) noexcept nogil:
     """Hairer's combined error norm |h| E5² / sqrt(n (E5² + 0.01 E3²)), with
     Ek² = sum_i (ek_i / sc_i)², ek_i = sum_j Ek_j K_ji (no factor h), sc_i = atol + rtol
-    max(|y_i|, |yn_i|); docs/integrators.md §5.2."""
+    max(|y_i|, |yn_i|); docs/integrators.md §5.2.
+
+    e3 and e5 are accumulated a stage at a time in K[13], K[14] (free until the dense
+    output's extra stages fill them, after this call): per i the same sums in the same
+    order (0.0 + E_0 K_0i) + E_1 K_1i + ... as a loop over j for each i, in loops over i
+    the compiler vectorises."""
     cdef Py_ssize_t i, n = M.n
     cdef int j
-    cdef double e3, e5, sc, a3 = 0.0, a5 = 0.0, deno
+    cdef double c3, c5, sc, a3 = 0.0, a5 = 0.0, deno
+    cdef double* e3 = K[13]
+    cdef double* e5 = K[14]
+    cdef const double* Kj = K[0]
+    c3 = D8E3[0]
+    c5 = D8E5[0]
     for i in range(n):
-        e3 = 0.0
-        e5 = 0.0
-        for j in range(12):
-            e3 = e3 + D8E3[j] * K[j][i]
-            e5 = e5 + D8E5[j] * K[j][i]
+        e3[i] = 0.0 + c3 * Kj[i]
+        e5[i] = 0.0 + c5 * Kj[i]
+    for j in range(1, 12):
+        c3 = D8E3[j]
+        c5 = D8E5[j]
+        Kj = K[j]
+        for i in range(n):
+            e3[i] = e3[i] + c3 * Kj[i]
+            e5[i] = e5[i] + c5 * Kj[i]
+    for i in range(n):
         sc = atol + rtol * (fabs(y[i]) if fabs(y[i]) > fabs(yn[i]) else fabs(yn[i]))
-        a3 = a3 + (e3 / sc) * (e3 / sc)
-        a5 = a5 + (e5 / sc) * (e5 / sc)
+        a3 = a3 + (e3[i] / sc) * (e3[i] / sc)
+        a5 = a5 + (e5[i] / sc) * (e5[i] / sc)
     if a5 == 0.0 and a3 == 0.0:
         return 0.0
     deno = a5 + 0.01 * a3
@@ -1179,24 +1222,12 @@ cdef int _adaptive_loop(Model* M, int method, double* y, double t0, double t_end
 cdef int _model_init(Model* M, int kind, const double[::1] hp, Potential pot,
                      const double[::1] D, object schedule, bint check_signals) except -1:
     """Fill M from the facade's arrays (M.g, M.params are set by the caller)."""
-    M.kind = kind
-    M.d = pot.d
-    M.fn = pot.fn
-    M.m = hp[0]
-    M.mu = hp[1]
-    M.k = hp[2]
-    M.reduced = <int> hp[3]
-    M.sched = <int> hp[4]
-    M.s1 = hp[5]
-    M.s2 = hp[6]
-    M.mirror = <int> hp[7]
-    M.p = hp[8]
+    if hp.shape[0] < 9:
+        raise ValueError(f"the model's hyper-parameter row must have 9 entries [m, mu, k, "
+                         f"reduced, sched, s1, s2, mirror, p], got {hp.shape[0]}")
+    _model_row(M, kind, &hp[0], pot)
     M.D = &D[0] if D.shape[0] > 0 else NULL
-    M.nfev = 0
     M.check_signals = check_signals
-    M.next_poll = 0.0
-    M.cb_error = NULL
-    M.sched_obj = NULL
     M.cancel = NULL
     if kind == MODEL_BREGMAN and M.sched == SCHED_USER:
         if schedule is None or not callable(schedule):
