@@ -174,6 +174,148 @@ cdef inline void _step_adam(RunSpec* s) noexcept nogil:
         s.q[i] = s.q[i] + ((-step_size) * m1[i]) / den
 
 
+# ---------------------------------------------------------------------------------------
+# fused free steps (docs/balance_laws.md §8): the rule's step and, in the same pass, the
+# free step of the balance laws (g_n = 0, the same state) written to qf, with q_n saved in
+# qp.  Each value is formed by the operations _charges_before's copy-and-step would form,
+# on the same operands, so q_{n+1}, the state and qf are bitwise those of the two separate
+# passes; what the free step shares with the real one (wd q_i, buf_i mom, exp_avg_sq_i
+# beta2, the step's scalars) is formed once.  No copy of q, of the state or of the zero
+# gradient is made.
+
+cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
+    """_step_sgd with its free step (g = 0) into qf and q_n into qp."""
+    cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
+    cdef bint nesterov = s.hp[3] != 0.0
+    cdef bint first = s.sca[0] == 0.0
+    cdef double* buf = s.vec
+    cdef Py_ssize_t i
+    cdef double qi, di, df, wq, bm, bn, bf
+    for i in range(s.d):
+        qi = s.q[i]
+        qp[i] = qi
+        di = s.g[i]
+        df = 0.0
+        if wd != 0.0:
+            wq = wd * qi
+            di = di + wq
+            df = df + wq                  # 0 + wd q_i: the zero gradient's d_i
+        if mom != 0.0:
+            if first:
+                bn = di
+                bf = df
+            else:
+                bm = buf[i] * mom
+                bn = bm + damp1 * di
+                bf = bm + damp1 * df
+            buf[i] = bn
+            if nesterov:
+                di = di + mom * bn
+                df = df + mom * bf
+            else:
+                di = bn
+                df = bf
+        s.q[i] = qi + (-lr) * di
+        qf[i] = qi + (-lr) * df
+    if mom != 0.0:
+        s.sca[0] = 1.0
+
+
+cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
+    """_step_rmsprop with its free step (g = 0) into qf and q_n into qp."""
+    cdef double lr = s.hp[0], alpha = s.hp[1], eps = s.hp[2], wd = s.hp[3]
+    cdef double mom = s.hp[4], oma = 1.0 - s.hp[1]
+    cdef bint centered = s.hp[5] != 0.0
+    cdef double* sq = s.vec
+    cdef double* buf = s.vec + s.d
+    cdef double* ga = s.vec + 2 * s.d
+    cdef Py_ssize_t i
+    cdef double qi, gi, gf, wq, sqa, sqf, avg, avgf, gai, gaf, bm
+    s.sca[0] += 1.0
+    for i in range(s.d):
+        qi = s.q[i]
+        qp[i] = qi
+        gi = s.g[i]
+        gf = 0.0
+        if wd != 0.0:
+            wq = wd * qi
+            gi = gi + wq
+            gf = gf + wq
+        sqa = sq[i] * alpha
+        sq[i] = sqa + (oma * gi) * gi
+        sqf = sqa + (oma * gf) * gf
+        if centered:
+            gai = ga[i]
+            ga[i] = _lerp(gai, gi, oma)
+            gaf = _lerp(gai, gf, oma)
+            avg = sqrt(sq[i] + (-1.0 * ga[i]) * ga[i])
+            avgf = sqrt(sqf + (-1.0 * gaf) * gaf)
+        else:
+            avg = sqrt(sq[i])
+            avgf = sqrt(sqf)
+        avg = avg + eps
+        avgf = avgf + eps
+        if mom > 0.0:
+            bm = buf[i] * mom
+            buf[i] = bm + gi / avg
+            s.q[i] = qi + (-lr) * buf[i]
+            qf[i] = qi + (-lr) * (bm + gf / avgf)
+        else:
+            s.q[i] = qi + ((-lr) * gi) / avg
+            qf[i] = qi + ((-lr) * gf) / avgf
+
+
+cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
+    """_step_adam with its free step (g = 0) into qf and q_n into qp."""
+    cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
+    cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
+    cdef double* m1 = s.vec
+    cdef double* m2 = s.vec + s.d
+    cdef double* mx = s.vec + 2 * s.d
+    cdef Py_ssize_t i
+    cdef double qi, qd, gi, gf, wq, m1i, m1f, m2b, m2f, mxi, mxf, den, denf
+    cdef double step, bc1, bc2, step_size, bc2_sqrt, decay, w1 = 1.0 - s.hp[1]
+    cdef double omb2 = 1.0 - s.hp[2]
+    s.sca[0] += 1.0
+    step = s.sca[0]
+    bc1 = 1.0 - pow(b1, step)
+    bc2 = 1.0 - pow(b2, step)
+    step_size = lr / bc1
+    bc2_sqrt = sqrt(bc2)
+    decay = 1.0 - lr * wd
+    for i in range(s.d):
+        qi = s.q[i]
+        qp[i] = qi
+        qd = qi
+        gi = s.g[i]
+        gf = 0.0
+        if wd != 0.0:
+            if decoupled:
+                qd = qi * decay
+            else:
+                wq = wd * qi
+                gi = gi + wq
+                gf = gf + wq
+        m1i = m1[i]
+        m1[i] = _lerp(m1i, gi, w1)
+        m1f = _lerp(m1i, gf, w1)
+        m2b = m2[i] * b2
+        m2[i] = m2b + (omb2 * gi) * gi
+        m2f = m2b + (omb2 * gf) * gf
+        if amsgrad:
+            mxi = mx[i]
+            mxf = m2f if (m2f > mxi or mxi != mxi) else mxi
+            if m2[i] > mxi or mxi != mxi:
+                mx[i] = m2[i]
+            den = sqrt(mx[i]) / bc2_sqrt + eps
+            denf = sqrt(mxf) / bc2_sqrt + eps
+        else:
+            den = sqrt(m2[i]) / bc2_sqrt + eps
+            denf = sqrt(m2f) / bc2_sqrt + eps
+        s.q[i] = qd + ((-step_size) * m1[i]) / den
+        qf[i] = qd + ((-step_size) * m1f) / denf
+
+
 cdef inline double _part_norm2(RunSpec* s, Py_ssize_t p, double wd) noexcept nogil:
     cdef Py_ssize_t k, i
     cdef double gi, n2 = 0.0
@@ -360,6 +502,22 @@ cdef inline void _charges_before(RunSpec* s) noexcept nogil:
     t.vec = cs.vec_free
     t.sca = cs.sca_free
     _apply_step(&t)
+    for j in range(cs.nsym):
+        cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
+
+
+cdef inline void _apply_step_free(RunSpec* s) noexcept nogil:
+    """The step with its free step fused (SGD, RMSprop, Adam; docs/balance_laws.md §8):
+    cs.q_prev = q_n, cs.q_free = the free step, then T_j = <q_free - q_n, xi_j(q_n)> as
+    _charges_before computes it."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t j
+    if s.kind == RULE_SGD:
+        _step_sgd_free(s, cs.q_prev, cs.q_free)
+    elif s.kind == RULE_RMSPROP:
+        _step_rmsprop_free(s, cs.q_prev, cs.q_free)
+    else:
+        _step_adam_free(s, cs.q_prev, cs.q_free)
     for j in range(cs.nsym):
         cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
 
@@ -633,6 +791,8 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef double f, g2, probe
     cdef int st
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
+    cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
+                       or s.kind == RULE_ADAM)
     s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
@@ -661,13 +821,17 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
                 _charges_record(s)
             _record(s, f, g2)
         until_record -= 1
-        if s.cs != NULL:
-            _charges_before(s)
         # q_n, for Δ_n = q_{n+1} − q_n: at every step for the per-block |Δ_n|² rows,
         # else only before the last step (the state carries the last Δ; one copy per run)
         if s.rec_bd2 != NULL or (s.d_last != NULL and n == s.steps - 1):
             memcpy(s.q_old, s.q, s.d * sizeof(double))
-        _apply_step(s)
+        if s.cs == NULL:
+            _apply_step(s)
+        elif fused:
+            _apply_step_free(s)           # the step and its free step in one pass
+        else:
+            _charges_before(s)
+            _apply_step(s)
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
