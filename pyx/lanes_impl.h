@@ -397,6 +397,23 @@ NC_INLINE nc_vd NCL(lerp)(nc_vd a, nc_vd b, nc_vd wv, nc_vd omw, nc_vl lo, int l
 
 /* ---- the rule: _step_adam per lane ------------------------------------------------- */
 
+/* qf_i = qd + num / den for coordinates i, i + 1 of every lane with one division
+ * (rules.pyx _free_pair, docs/balance_laws.md (8.3)): 1/den0 = den1 (1/(den0 den1)) and
+ * vice versa in the lanes where 2^-1022 <= den0 den1 <= 2^1022, num / den elsewhere. */
+NC_INLINE void NCL(free_pair)(nc_vd* restrict qf, Py_ssize_t i, nc_vd qd0, nc_vd num0,
+                              nc_vd den0, nc_vd qd1, nc_vd num1, nc_vd den1)
+{
+    const nc_vd p = den0 * den1, ip = 1.0 / p;
+    nc_vd f0 = num0 * (den1 * ip), f1 = num1 * (den0 * ip);
+    const nc_vl ok = (p >= 0x1p-1022) & (p <= 0x1p1022);
+    if (NCL(any)(~ok)) {
+        f0 = NCL(sel)(ok, f0, num0 / den0);
+        f1 = NCL(sel)(ok, f1, num1 / den1);
+    }
+    qf[i] = qd0 + f0;
+    qf[i + 1] = qd1 + f1;
+}
+
 /* One Adam/AdamW step of every lane (rules.pyx _step_adam, operation for operation) from
  * q_n = w->q with the gradient w->g into qout; buffers buf = exp_avg, v1 = exp_avg_sq,
  * v2 = max_exp_avg_sq updated.  The step's scalars: step = s0 + n + 1,
@@ -405,8 +422,13 @@ NC_INLINE nc_vd NCL(lerp)(nc_vd a, nc_vd b, nc_vd wv, nc_vd omw, nc_vl lo, int l
  * branches are selects of operands (the coupled/decoupled decay, amsgrad's maximum and
  * the argument of the square root, the two forms of lerp), so one sqrt and two divisions
  * per coordinate, as in the scalar code.  With qfree, also the free step (g = 0, the
- * same state; rules.pyx _charges_before) into qfree, sharing the products both form
- * (wd q_i, exp_avg_sq beta2): a product depends only on its operands. */
+ * same state) into qfree as rules.pyx _step_adam_free forms it (docs/balance_laws.md
+ * §8): numerator (-step_size) m1f, denominator root_f (1/bc2_sqrt) + eps with
+ * root_f = sqrt(beta2) sqrt(exp_avg_sq) in the lanes without amsgrad or L2 decay (the
+ * scalar code carries that root from its previous step; here it is the same sqrt of the
+ * same number), else the sqrt of the free (max) exp_avg_sq; the quotients in pairs
+ * (NCL(free_pair)).  Coordinates are taken two at a time for the pairs; each
+ * coordinate's real step is unchanged. */
 NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                               Py_ssize_t n, double* restrict qfree_, double* restrict qout_)
 {
@@ -430,37 +452,60 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
     const nc_vd zero = {0};
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2b = m2[i] * b2;
-        const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
-        const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
-        const nc_vd m1n = NCL(lerp)(m1i, gi, w1, omw1, lo, lo_all);
-        const nc_vd m2n = m2b + (omb2 * gi) * gi;
-        nc_vd s = m2n;
-        if (ams_any) {
-            const nc_vd mxi = mx[i];
-            const nc_vd mxn = NCL(sel)((m2n > mxi) | (mxi != mxi), m2n, mxi);
-            s = NCL(sel)(ams, mxn, m2n);
-            mx[i] = NCL(sel)(ams, mxn, mxi);
+    nc_vd ibc2s = zero, sb2 = zero;
+    nc_vl direct = coup | ams;             /* lanes whose free root is taken directly */
+    int any_direct = 0;
+    if (qfree_ != NULL) {
+        ibc2s = 1.0 / bc2s;
+        sb2 = NCL(vsqrt)(b2);
+        any_direct = NCL(any)(direct);
+    }
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
+        nc_vd qdk[2], numk[2], denk[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        for (int k = 0; k < K; ++k) {
+            const Py_ssize_t i = i0 + k;
+            const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2i = m2[i], m2b = m2i * b2;
+            const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
+            const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
+            const nc_vd m1n = NCL(lerp)(m1i, gi, w1, omw1, lo, lo_all);
+            const nc_vd m2n = m2b + (omb2 * gi) * gi;
+            nc_vd s = m2n;
             if (qfree_ != NULL) {
                 const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
                 const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
-                const nc_vd m2f = m2b + (omb2 * gf) * gf;
-                const nc_vd mxf = NCL(sel)((m2f > mxi) | (mxi != mxi), m2f, mxi);
-                const nc_vd den = NCL(vsqrt)(NCL(sel)(ams, mxf, m2f)) / bc2s + eps;
-                qf[i] = qd + (nss * m1f) / den;
+                nc_vd rootf = sb2 * NCL(vsqrt)(m2i);
+                if (any_direct) {
+                    const nc_vd m2f = m2b + (omb2 * gf) * gf;
+                    nc_vd sf = m2f;
+                    if (ams_any) {
+                        const nc_vd mxi = mx[i];
+                        sf = NCL(sel)(ams, NCL(sel)((m2f > mxi) | (mxi != mxi), m2f, mxi),
+                                      m2f);
+                    }
+                    rootf = NCL(sel)(direct, NCL(vsqrt)(sf), rootf);
+                }
+                qdk[k] = qd;
+                numk[k] = nss * m1f;
+                denk[k] = rootf * ibc2s + eps;
             }
-        } else if (qfree_ != NULL) {
-            const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
-            const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
-            const nc_vd m2f = m2b + (omb2 * gf) * gf;
-            const nc_vd den = NCL(vsqrt)(m2f) / bc2s + eps;
-            qf[i] = qd + (nss * m1f) / den;
+            if (ams_any) {
+                const nc_vd mxi = mx[i];
+                const nc_vd mxn = NCL(sel)((m2n > mxi) | (mxi != mxi), m2n, mxi);
+                s = NCL(sel)(ams, mxn, m2n);
+                mx[i] = NCL(sel)(ams, mxn, mxi);
+            }
+            const nc_vd den = NCL(vsqrt)(s) / bc2s + eps;
+            m1[i] = m1n;
+            m2[i] = m2n;
+            qout[i] = qd + (nss * m1n) / den;
         }
-        const nc_vd den = NCL(vsqrt)(s) / bc2s + eps;
-        m1[i] = m1n;
-        m2[i] = m2n;
-        qout[i] = qd + (nss * m1n) / den;
+        if (qfree_ != NULL) {
+            if (K == 2)
+                NCL(free_pair)(qf, i0, qdk[0], numk[0], denk[0], qdk[1], numk[1], denk[1]);
+            else
+                qf[i0] = qdk[0] + numk[0] / denk[0];
+        }
     }
 }
 

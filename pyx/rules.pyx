@@ -265,55 +265,118 @@ cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf) noexcept
             qf[i] = qi + ((-lr) * gf) / avgf
 
 
-cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
-    """_step_adam with its free step (g = 0) into qf and q_n into qp."""
-    cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
+cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
+                             double nss, double bc2_sqrt, double ibc2s, double sb2,
+                             bint carried, double* qd_out, double* num,
+                             double* denf) noexcept nogil:
+    """Coordinate i of _step_adam (the real step, operation for operation) and the pieces
+    of its free step (docs/balance_laws.md (8.2)): qd_out = q_i after decoupled decay,
+    num = (-step_size) m1f, denf = root_f / sqrt(bc2) + eps formed as
+    root_f * (1 / sqrt(bc2)) + eps, root_f = sqrt(beta2) sqrt(v_i) where the free
+    exp_avg_sq is beta2 v_i exactly (no L2 term, no amsgrad: ``carried``; sqrt(v_i) is
+    root[i], the real step's root of the step before), else sqrt of the free
+    exp_avg_sq (or of its amsgrad maximum)."""
+    cdef double lr = s.hp[0], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
     cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
     cdef double* m1 = s.vec
     cdef double* m2 = s.vec + s.d
     cdef double* mx = s.vec + 2 * s.d
+    cdef double qi, qd, gi, gf, wq, m1i, m1f, m2b, m2f, mxi, sf, rootf, den
+    cdef double w1 = 1.0 - s.hp[1], omb2 = 1.0 - s.hp[2]
+    qi = s.q[i]
+    qp[i] = qi
+    qd = qi
+    gi = s.g[i]
+    gf = 0.0
+    if wd != 0.0:
+        if decoupled:
+            qd = qi * (1.0 - lr * wd)
+        else:
+            wq = wd * qi
+            gi = gi + wq
+            gf = gf + wq
+    m1i = m1[i]
+    m1[i] = _lerp(m1i, gi, w1)
+    m1f = _lerp(m1i, gf, w1)
+    if carried:
+        rootf = sb2 * root[i]
+    m2b = m2[i] * b2
+    m2[i] = m2b + (omb2 * gi) * gi
+    if amsgrad:
+        mxi = mx[i]
+        if not carried:
+            m2f = m2b + (omb2 * gf) * gf
+            sf = m2f if (m2f > mxi or mxi != mxi) else mxi
+            rootf = sqrt(sf)
+        if m2[i] > mxi or mxi != mxi:
+            mx[i] = m2[i]
+        den = sqrt(mx[i]) / bc2_sqrt + eps
+    else:
+        if not carried:
+            m2f = m2b + (omb2 * gf) * gf
+            rootf = sqrt(m2f)
+        sf = sqrt(m2[i])
+        root[i] = sf                      # sqrt(v_{n+1}): the next step's carried root
+        den = sf / bc2_sqrt + eps
+    s.q[i] = qd + (nss * m1[i]) / den
+    qd_out[0] = qd
+    num[0] = nss * m1f
+    denf[0] = rootf * ibc2s + eps
+
+
+cdef extern from *:
+    """
+    #define NC_PAIR_LO 0x1p-1022
+    #define NC_PAIR_HI 0x1p1022
+    """
+    const double _PAIR_LO "NC_PAIR_LO"    # 2^-1022: the smallest normal double
+    const double _PAIR_HI "NC_PAIR_HI"    # 2^1022: its reciprocal is normal
+
+
+cdef inline void _free_pair(double* qf, Py_ssize_t i, double qd0, double num0, double den0,
+                            double qd1, double num1, double den1) noexcept nogil:
+    """qf_i = qd + num / den for coordinates i, i + 1 with one division
+    (docs/balance_laws.md (8.3)): 1/den0 = den1 (1/(den0 den1)) and vice versa where
+    2^-1022 <= den0 den1 <= 2^1022 (so the product and its reciprocal are normal: a few
+    ulps), else num / den directly."""
+    cdef double p = den0 * den1, ip
+    if p >= _PAIR_LO and p <= _PAIR_HI:
+        ip = 1.0 / p
+        qf[i] = qd0 + num0 * (den1 * ip)
+        qf[i + 1] = qd1 + num1 * (den0 * ip)
+    else:
+        qf[i] = qd0 + num0 / den0
+        qf[i + 1] = qd1 + num1 / den1
+
+
+cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
+                                 double* root) noexcept nogil:
+    """_step_adam with its free step (g = 0) into qf and q_n into qp (docs/balance_laws.md
+    §8: the free denominators from the carried root, inverted in pairs); root (d) holds
+    sqrt(exp_avg_sq) of the current state on entry and of the new one on exit."""
+    cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], wd = s.hp[4]
+    cdef bint carried = s.hp[5] == 0.0 and not (wd != 0.0 and s.hp[6] == 0.0)
     cdef Py_ssize_t i
-    cdef double qi, qd, gi, gf, wq, m1i, m1f, m2b, m2f, mxi, mxf, den, denf
-    cdef double step, bc1, bc2, step_size, bc2_sqrt, decay, w1 = 1.0 - s.hp[1]
-    cdef double omb2 = 1.0 - s.hp[2]
+    cdef double step, bc1, bc2, bc2_sqrt, nss, ibc2s, sb2
+    cdef double qd0, num0, den0, qd1, num1, den1
     s.sca[0] += 1.0
     step = s.sca[0]
     bc1 = 1.0 - pow(b1, step)
     bc2 = 1.0 - pow(b2, step)
-    step_size = lr / bc1
+    nss = -(lr / bc1)
     bc2_sqrt = sqrt(bc2)
-    decay = 1.0 - lr * wd
-    for i in range(s.d):
-        qi = s.q[i]
-        qp[i] = qi
-        qd = qi
-        gi = s.g[i]
-        gf = 0.0
-        if wd != 0.0:
-            if decoupled:
-                qd = qi * decay
-            else:
-                wq = wd * qi
-                gi = gi + wq
-                gf = gf + wq
-        m1i = m1[i]
-        m1[i] = _lerp(m1i, gi, w1)
-        m1f = _lerp(m1i, gf, w1)
-        m2b = m2[i] * b2
-        m2[i] = m2b + (omb2 * gi) * gi
-        m2f = m2b + (omb2 * gf) * gf
-        if amsgrad:
-            mxi = mx[i]
-            mxf = m2f if (m2f > mxi or mxi != mxi) else mxi
-            if m2[i] > mxi or mxi != mxi:
-                mx[i] = m2[i]
-            den = sqrt(mx[i]) / bc2_sqrt + eps
-            denf = sqrt(mxf) / bc2_sqrt + eps
-        else:
-            den = sqrt(m2[i]) / bc2_sqrt + eps
-            denf = sqrt(m2f) / bc2_sqrt + eps
-        s.q[i] = qd + ((-step_size) * m1[i]) / den
-        qf[i] = qd + ((-step_size) * m1f) / denf
+    ibc2s = 1.0 / bc2_sqrt
+    sb2 = sqrt(b2)
+    i = 0
+    while i + 1 < s.d:
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
+        _adam_coord(s, i + 1, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd1, &num1,
+                    &den1)
+        _free_pair(qf, i, qd0, num0, den0, qd1, num1, den1)
+        i += 2
+    if i < s.d:
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
+        qf[i] = qd0 + num0 / den0
 
 
 cdef inline double _part_norm2(RunSpec* s, Py_ssize_t p, double wd) noexcept nogil:
@@ -517,7 +580,7 @@ cdef inline void _apply_step_free(RunSpec* s) noexcept nogil:
     elif s.kind == RULE_RMSPROP:
         _step_rmsprop_free(s, cs.q_prev, cs.q_free)
     else:
-        _step_adam_free(s, cs.q_prev, cs.q_free)
+        _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     for j in range(cs.nsym):
         cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
 
@@ -798,6 +861,9 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     s.n_rec = 0
     if s.check_signals:
         s.next_poll = _now() + 0.05
+    if s.cs != NULL and s.kind == RULE_ADAM:
+        for i in range(s.d):               # the carried root sqrt(exp_avg_sq) (§8)
+            s.cs.vec_free[i] = sqrt(s.vec[s.d + i])
     for n in range(s.steps):
         if s.check_signals and (n & 63) == 63 and _interrupted(s):
             s.status = NC_ST_INTERRUPTED
