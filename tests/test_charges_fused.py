@@ -79,7 +79,7 @@ def test_fused_adam_residual_equals_unfused_free_step(rule, d):
     run = nc.train(rule, pot, q0, steps)
     resid = run.charge("scale").residual[1:]
     q, st, expected = q0.copy(), None, []
-    for n in range(steps):
+    for _ in range(steps):
         one = nc.train(rule, pot, q, 1, state=st)
         state0 = st if st is not None else nc.train(rule, pot, q, 0).state
         expected.append(_scale_residual(q, one.q_final, _free_adam(hp, q, state0)))
