@@ -221,48 +221,81 @@ cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nog
         s.sca[0] = 1.0
 
 
-cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
-    """_step_rmsprop with its free step (g = 0) into qf and q_n into qp."""
+cdef inline void _rms_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
+                            double salpha, bint carried, double* qi_out, double* bm_out,
+                            double* num, double* denf) noexcept nogil:
+    """Coordinate i of _step_rmsprop (the real step, operation for operation) and the
+    pieces of its free step (docs/balance_laws.md (8.4)): q_i, buffer x momentum,
+    num = g^free (momentum) or -lr g^free, denf = root_f + eps with
+    root_f = sqrt(alpha) sqrt(square_avg_i) where the free square average is
+    alpha square_avg_i exactly (k = 0, not centered: ``carried``; the root is root[i],
+    the real step's root of the step before), else its own sqrt as before."""
     cdef double lr = s.hp[0], alpha = s.hp[1], eps = s.hp[2], wd = s.hp[3]
     cdef double mom = s.hp[4], oma = 1.0 - s.hp[1]
     cdef bint centered = s.hp[5] != 0.0
     cdef double* sq = s.vec
     cdef double* buf = s.vec + s.d
     cdef double* ga = s.vec + 2 * s.d
-    cdef Py_ssize_t i
-    cdef double qi, gi, gf, wq, sqa, sqf, avg, avgf, gai, gaf, bm
-    s.sca[0] += 1.0
-    for i in range(s.d):
-        qi = s.q[i]
-        qp[i] = qi
-        gi = s.g[i]
-        gf = 0.0
-        if wd != 0.0:
-            wq = wd * qi
-            gi = gi + wq
-            gf = gf + wq
-        sqa = sq[i] * alpha
-        sq[i] = sqa + (oma * gi) * gi
+    cdef double qi, gi, gf, wq, sqa, sqf, avg, rootf, gai, gaf, bm = 0.0
+    qi = s.q[i]
+    qp[i] = qi
+    gi = s.g[i]
+    gf = 0.0
+    if wd != 0.0:
+        wq = wd * qi
+        gi = gi + wq
+        gf = gf + wq
+    if carried:
+        rootf = salpha * root[i]
+    sqa = sq[i] * alpha
+    sq[i] = sqa + (oma * gi) * gi
+    if centered:
         sqf = sqa + (oma * gf) * gf
-        if centered:
-            gai = ga[i]
-            ga[i] = _lerp(gai, gi, oma)
-            gaf = _lerp(gai, gf, oma)
-            avg = sqrt(sq[i] + (-1.0 * ga[i]) * ga[i])
-            avgf = sqrt(sqf + (-1.0 * gaf) * gaf)
+        gai = ga[i]
+        ga[i] = _lerp(gai, gi, oma)
+        gaf = _lerp(gai, gf, oma)
+        avg = sqrt(sq[i] + (-1.0 * ga[i]) * ga[i])
+        rootf = sqrt(sqf + (-1.0 * gaf) * gaf)
+    else:
+        if not carried:
+            sqf = sqa + (oma * gf) * gf
+            rootf = sqrt(sqf)
+        avg = sqrt(sq[i])
+        root[i] = avg                     # sqrt(square_avg_{n+1}): the next step's root
+    avg = avg + eps
+    if mom > 0.0:
+        bm = buf[i] * mom
+        buf[i] = bm + gi / avg
+        s.q[i] = qi + (-lr) * buf[i]
+        num[0] = gf
+    else:
+        s.q[i] = qi + ((-lr) * gi) / avg
+        num[0] = (-lr) * gf
+    qi_out[0] = qi
+    bm_out[0] = bm
+    denf[0] = rootf + eps
+
+
+cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf,
+                                    double* root) noexcept nogil:
+    """_step_rmsprop with its free step (g = 0) into qf and q_n into qp
+    (docs/balance_laws.md §8: the carried root, quotients in pairs); root (d) holds
+    sqrt(square_avg) of the current state on entry and of the new one on exit."""
+    cdef double lr = s.hp[0], mom = s.hp[4], salpha = sqrt(s.hp[1])
+    cdef bint carried = s.hp[3] == 0.0 and s.hp[5] == 0.0
+    cdef Py_ssize_t i = 0
+    cdef double q0, bm0, num0, den0, q1, bm1, num1, den1, f0, f1
+    s.sca[0] += 1.0
+    while i < s.d:
+        _rms_coord(s, i, qp, root, salpha, carried, &q0, &bm0, &num0, &den0)
+        if i + 1 < s.d:
+            _rms_coord(s, i + 1, qp, root, salpha, carried, &q1, &bm1, &num1, &den1)
+            _pair_quot(num0, den0, num1, den1, &f0, &f1)
+            qf[i + 1] = q1 + (-lr) * (bm1 + f1) if mom > 0.0 else q1 + f1
         else:
-            avg = sqrt(sq[i])
-            avgf = sqrt(sqf)
-        avg = avg + eps
-        avgf = avgf + eps
-        if mom > 0.0:
-            bm = buf[i] * mom
-            buf[i] = bm + gi / avg
-            s.q[i] = qi + (-lr) * buf[i]
-            qf[i] = qi + (-lr) * (bm + gf / avgf)
-        else:
-            s.q[i] = qi + ((-lr) * gi) / avg
-            qf[i] = qi + ((-lr) * gf) / avgf
+            f0 = num0 / den0
+        qf[i] = q0 + (-lr) * (bm0 + f0) if mom > 0.0 else q0 + f0
+        i += 2
 
 
 cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
@@ -333,20 +366,19 @@ cdef extern from *:
     const double _PAIR_HI "NC_PAIR_HI"    # 2^1022: its reciprocal is normal
 
 
-cdef inline void _free_pair(double* qf, Py_ssize_t i, double qd0, double num0, double den0,
-                            double qd1, double num1, double den1) noexcept nogil:
-    """qf_i = qd + num / den for coordinates i, i + 1 with one division
-    (docs/balance_laws.md (8.3)): 1/den0 = den1 (1/(den0 den1)) and vice versa where
-    2^-1022 <= den0 den1 <= 2^1022 (so the product and its reciprocal are normal: a few
-    ulps), else num / den directly."""
+cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
+                            double* f0, double* f1) noexcept nogil:
+    """num0/den0 and num1/den1 with one division (docs/balance_laws.md (8.3)):
+    1/den0 = den1 (1/(den0 den1)) and vice versa where 2^-1022 <= den0 den1 <= 2^1022
+    (the product and its reciprocal are normal: a few ulps), else divided directly."""
     cdef double p = den0 * den1, ip
     if p >= _PAIR_LO and p <= _PAIR_HI:
         ip = 1.0 / p
-        qf[i] = qd0 + num0 * (den1 * ip)
-        qf[i + 1] = qd1 + num1 * (den0 * ip)
+        f0[0] = num0 * (den1 * ip)
+        f1[0] = num1 * (den0 * ip)
     else:
-        qf[i] = qd0 + num0 / den0
-        qf[i + 1] = qd1 + num1 / den1
+        f0[0] = num0 / den0
+        f1[0] = num1 / den1
 
 
 cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
@@ -358,7 +390,7 @@ cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
     cdef bint carried = s.hp[5] == 0.0 and not (wd != 0.0 and s.hp[6] == 0.0)
     cdef Py_ssize_t i
     cdef double step, bc1, bc2, bc2_sqrt, nss, ibc2s, sb2
-    cdef double qd0, num0, den0, qd1, num1, den1
+    cdef double qd0, num0, den0, qd1, num1, den1, f0, f1
     s.sca[0] += 1.0
     step = s.sca[0]
     bc1 = 1.0 - pow(b1, step)
@@ -372,7 +404,9 @@ cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
         _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
         _adam_coord(s, i + 1, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd1, &num1,
                     &den1)
-        _free_pair(qf, i, qd0, num0, den0, qd1, num1, den1)
+        _pair_quot(num0, den0, num1, den1, &f0, &f1)
+        qf[i] = qd0 + f0
+        qf[i + 1] = qd1 + f1
         i += 2
     if i < s.d:
         _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
@@ -578,7 +612,7 @@ cdef inline void _apply_step_free(RunSpec* s) noexcept nogil:
     if s.kind == RULE_SGD:
         _step_sgd_free(s, cs.q_prev, cs.q_free)
     elif s.kind == RULE_RMSPROP:
-        _step_rmsprop_free(s, cs.q_prev, cs.q_free)
+        _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     else:
         _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     for j in range(cs.nsym):
@@ -864,6 +898,9 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     if s.cs != NULL and s.kind == RULE_ADAM:
         for i in range(s.d):               # the carried root sqrt(exp_avg_sq) (§8)
             s.cs.vec_free[i] = sqrt(s.vec[s.d + i])
+    elif s.cs != NULL and s.kind == RULE_RMSPROP:
+        for i in range(s.d):               # the carried root sqrt(square_avg) (§8)
+            s.cs.vec_free[i] = sqrt(s.vec[i])
     for n in range(s.steps):
         if s.check_signals and (n & 63) == 63 and _interrupted(s):
             s.status = NC_ST_INTERRUPTED

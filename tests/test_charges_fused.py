@@ -1,11 +1,12 @@
 """The fused free steps of the balance laws (docs/balance_laws.md §8).
 
 The kernel takes each rule's free step (g_n = 0, the same state) in the same pass as the
-step; for Adam it forms the free denominator from the carried root, (8.1)–(8.2), and the
-free quotients two at a time, (8.3).  Checked here against the *unfused* free step written
-out in NumPy with torch.optim's operations (a square root and two divisions per
-coordinate), evaluated at the kernel's own states (a run chained one step at a time is
-bitwise the unbroken run, so its states are the unbroken run's):
+step; for Adam and RMSprop it forms the free denominator from the carried root,
+(8.1)–(8.2) and (8.4), and the free quotients two at a time, (8.3).  Checked here
+against the *unfused* free step written out in NumPy with torch.optim's operations (a
+square root and a division or two per coordinate), evaluated at the kernel's own states
+(a run chained one step at a time is bitwise the unbroken run, so its states are the
+unbroken run's):
 
 * the relative residual of every step agrees to 1e-13 absolute.  §8 bounds the change of
   the residual by ~20u|Δ^free|_B/|q_n|_B < 1e-15; NumPy's sums in another order add
@@ -52,6 +53,26 @@ def _free_adam(hp, q, st):
     return out
 
 
+def _free_rmsprop(hp, q, st):
+    """torch.optim.RMSprop's step with zero gradient from (q, state), unfused."""
+    lr, alpha, eps, wd, mom, centered = hp
+    sq, buf, ga = (st.arrays[k] for k in ("square_avg", "momentum_buffer", "grad_avg"))
+    out = q.copy()
+    for i in range(len(q)):
+        g = 0.0 + wd * q[i] if wd != 0.0 else 0.0
+        sqf = sq[i] * alpha + ((1.0 - alpha) * g) * g
+        if centered:
+            gaf = _lerp(ga[i], g, 1.0 - alpha)
+            avg = np.sqrt(sqf + (-1.0 * gaf) * gaf) + eps
+        else:
+            avg = np.sqrt(sqf) + eps
+        if mom > 0.0:
+            out[i] = q[i] + (-lr) * (buf[i] * mom + g / avg)
+        else:
+            out[i] = q[i] + ((-lr) * g) / avg
+    return out
+
+
 def _scale_residual(q0, q1, qf):
     """(A_{n+1} - A_n - |Δ|²) - 2T_n relative to its terms (docs/balance_laws.md §1)."""
     T = np.dot(qf - q0, q0)
@@ -67,22 +88,28 @@ CASES = [  # (rule, d): carried root (8.2) or direct; odd d exercises the unpair
     (nc.rules.Adam(lr=3e-2, weight_decay=1e-2), 3),
     (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2, amsgrad=True), 6),
     (nc.rules.Adam(lr=3e-2, amsgrad=True, betas=(0.5, 0.9)), 7),
+    (nc.rules.RMSprop(lr=1e-2), 8),                                  # carried (8.4)
+    (nc.rules.RMSprop(lr=1e-2, momentum=0.5), 7),
+    (nc.rules.RMSprop(lr=1e-2, weight_decay=1e-2), 6),
+    (nc.rules.RMSprop(lr=1e-2, weight_decay=1e-2, momentum=0.5, centered=True), 5),
 ]
 
 
 @pytest.mark.parametrize("rule,d", CASES)
-def test_fused_adam_residual_equals_unfused_free_step(rule, d):
-    """(8.1)–(8.3): every step's residual equals the unfused free step's to 1e-13."""
+def test_fused_residual_equals_unfused_free_step(rule, d):
+    """(8.1)–(8.4): every step's residual equals the unfused free step's to 1e-13."""
     pot, q0 = _problem(d)
     steps = 40
-    hp = tuple(float(x) for x in rule._hp(pot)[:7])       # the kernel's row (rules.pyx)
+    adam = isinstance(rule, nc.rules.Adam)      # (AdamW is an Adam)
+    hp = tuple(float(x) for x in rule._hp(pot)[:7 if adam else 6])   # the kernel's row
+    free = _free_adam if adam else _free_rmsprop
     run = nc.train(rule, pot, q0, steps)
     resid = run.charge("scale").residual[1:]
     q, st, expected = q0.copy(), None, []
     for _ in range(steps):
         one = nc.train(rule, pot, q, 1, state=st)
         state0 = st if st is not None else nc.train(rule, pot, q, 0).state
-        expected.append(_scale_residual(q, one.q_final, _free_adam(hp, q, state0)))
+        expected.append(_scale_residual(q, one.q_final, free(hp, q, state0)))
         q, st = one.q_final, one.state
     np.testing.assert_array_equal(q, run.q_final)      # chaining is the unbroken run
     np.testing.assert_allclose(resid, expected, rtol=0, atol=1e-13)
