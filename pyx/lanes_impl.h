@@ -397,6 +397,23 @@ NC_INLINE nc_vd NCL(lerp)(nc_vd a, nc_vd b, nc_vd wv, nc_vd omw, nc_vl lo, int l
 
 /* ---- the rule: _step_adam per lane ------------------------------------------------- */
 
+/* num0/den0 and num1/den1 of every lane with one division (rules.pyx _pair_quot,
+ * docs/balance_laws.md (8.3)): 1/den0 = den1 (1/(den0 den1)) and vice versa in the
+ * lanes where 2^-1022 <= den0 den1 <= 2^1022, divided directly elsewhere. */
+NC_INLINE void NCL(pair_quot)(nc_vd num0, nc_vd den0, nc_vd num1, nc_vd den1,
+                              nc_vd* restrict f0, nc_vd* restrict f1)
+{
+    const nc_vd p = den0 * den1, ip = 1.0 / p;
+    nc_vd a = num0 * (den1 * ip), b = num1 * (den0 * ip);
+    const nc_vl ok = (p >= 0x1p-1022) & (p <= 0x1p1022);
+    if (NCL(any)(~ok)) {
+        a = NCL(sel)(ok, a, num0 / den0);
+        b = NCL(sel)(ok, b, num1 / den1);
+    }
+    *f0 = a;
+    *f1 = b;
+}
+
 /* One Adam/AdamW step of every lane (rules.pyx _step_adam, operation for operation) from
  * q_n = w->q with the gradient w->g into qout; buffers buf = exp_avg, v1 = exp_avg_sq,
  * v2 = max_exp_avg_sq updated.  The step's scalars: step = s0 + n + 1,
@@ -405,8 +422,13 @@ NC_INLINE nc_vd NCL(lerp)(nc_vd a, nc_vd b, nc_vd wv, nc_vd omw, nc_vl lo, int l
  * branches are selects of operands (the coupled/decoupled decay, amsgrad's maximum and
  * the argument of the square root, the two forms of lerp), so one sqrt and two divisions
  * per coordinate, as in the scalar code.  With qfree, also the free step (g = 0, the
- * same state; rules.pyx _charges_before) into qfree, sharing the products both form
- * (wd q_i, exp_avg_sq beta2): a product depends only on its operands. */
+ * same state) into qfree as rules.pyx _step_adam_free forms it (docs/balance_laws.md
+ * §8): numerator (-step_size) m1f, denominator root_f (1/bc2_sqrt) + eps with
+ * root_f = sqrt(beta2) sqrt(exp_avg_sq) in the lanes without amsgrad or L2 decay (the
+ * scalar code carries that root from its previous step, and so do the lanes, in v2, when
+ * no lane of the block has amsgrad; else it is the same sqrt of the same number), else the sqrt of the free (max) exp_avg_sq; the quotients in pairs
+ * (NCL(pair_quot)).  Coordinates are taken two at a time for the pairs; each
+ * coordinate's real step is unchanged. */
 NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                               Py_ssize_t n, double* restrict qfree_, double* restrict qout_)
 {
@@ -430,37 +452,74 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
     const nc_vd zero = {0};
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2b = m2[i] * b2;
-        const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
-        const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
-        const nc_vd m1n = NCL(lerp)(m1i, gi, w1, omw1, lo, lo_all);
-        const nc_vd m2n = m2b + (omb2 * gi) * gi;
-        nc_vd s = m2n;
-        if (ams_any) {
-            const nc_vd mxi = mx[i];
-            const nc_vd mxn = NCL(sel)((m2n > mxi) | (mxi != mxi), m2n, mxi);
-            s = NCL(sel)(ams, mxn, m2n);
-            mx[i] = NCL(sel)(ams, mxn, mxi);
+    nc_vd ibc2s = zero, sb2 = zero;
+    const nc_vl direct = coup | ams;       /* lanes whose free root is taken directly */
+    int any_direct = 0, all_direct = 0;
+    /* without amsgrad in the block, v2 (max_exp_avg_sq) is free: it carries
+       sqrt(exp_avg_sq) from one step to the next (filled at the block's first step) */
+    const int carry = qfree_ != NULL && !ams_any;
+    nc_vd* restrict root = NCV(w->v2);
+    if (qfree_ != NULL) {
+        ibc2s = 1.0 / bc2s;
+        sb2 = NCL(vsqrt)(b2);
+        any_direct = NCL(any)(direct);
+        all_direct = !NCL(any)(~direct);
+        if (carry && n == 0)
+            for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(m2[i]);
+    }
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
+        nc_vd qdk[2], numk[2], denk[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        for (int k = 0; k < K; ++k) {
+            const Py_ssize_t i = i0 + k;
+            const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2i = m2[i], m2b = m2i * b2;
+            const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
+            const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
+            const nc_vd m1n = NCL(lerp)(m1i, gi, w1, omw1, lo, lo_all);
+            const nc_vd m2n = m2b + (omb2 * gi) * gi;
+            nc_vd s = m2n;
             if (qfree_ != NULL) {
                 const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
                 const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
-                const nc_vd m2f = m2b + (omb2 * gf) * gf;
-                const nc_vd mxf = NCL(sel)((m2f > mxi) | (mxi != mxi), m2f, mxi);
-                const nc_vd den = NCL(vsqrt)(NCL(sel)(ams, mxf, m2f)) / bc2s + eps;
-                qf[i] = qd + (nss * m1f) / den;
+                nc_vd rootf = zero;
+                if (!all_direct) rootf = sb2 * (carry ? root[i] : NCL(vsqrt)(m2i));
+                if (any_direct) {
+                    const nc_vd m2f = m2b + (omb2 * gf) * gf;
+                    nc_vd sf = m2f;
+                    if (ams_any) {
+                        const nc_vd mxi = mx[i];
+                        sf = NCL(sel)(ams, NCL(sel)((m2f > mxi) | (mxi != mxi), m2f, mxi),
+                                      m2f);
+                    }
+                    rootf = all_direct ? NCL(vsqrt)(sf) : NCL(sel)(direct, NCL(vsqrt)(sf), rootf);
+                }
+                qdk[k] = qd;
+                numk[k] = nss * m1f;
+                denk[k] = rootf * ibc2s + eps;
             }
-        } else if (qfree_ != NULL) {
-            const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
-            const nc_vd m1f = NCL(lerp)(m1i, gf, w1, omw1, lo, lo_all);
-            const nc_vd m2f = m2b + (omb2 * gf) * gf;
-            const nc_vd den = NCL(vsqrt)(m2f) / bc2s + eps;
-            qf[i] = qd + (nss * m1f) / den;
+            if (ams_any) {
+                const nc_vd mxi = mx[i];
+                const nc_vd mxn = NCL(sel)((m2n > mxi) | (mxi != mxi), m2n, mxi);
+                s = NCL(sel)(ams, mxn, m2n);
+                mx[i] = NCL(sel)(ams, mxn, mxi);
+            }
+            const nc_vd rs = NCL(vsqrt)(s);
+            if (carry) root[i] = rs;       /* (s = exp_avg_sq_{n+1}: no amsgrad) */
+            const nc_vd den = rs / bc2s + eps;
+            m1[i] = m1n;
+            m2[i] = m2n;
+            qout[i] = qd + (nss * m1n) / den;
         }
-        const nc_vd den = NCL(vsqrt)(s) / bc2s + eps;
-        m1[i] = m1n;
-        m2[i] = m2n;
-        qout[i] = qd + (nss * m1n) / den;
+        if (qfree_ != NULL) {
+            if (K == 2) {
+                nc_vd f0, f1;
+                NCL(pair_quot)(numk[0], denk[0], numk[1], denk[1], &f0, &f1);
+                qf[i0] = qdk[0] + f0;
+                qf[i0 + 1] = qdk[1] + f1;
+            } else {
+                qf[i0] = qdk[0] + numk[0] / denk[0];
+            }
+        }
     }
 }
 
@@ -471,10 +530,15 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * (centered, momentum > 0) select operands: the argument of the square root
  * (sq - ga^2 or sq) and the numerator of the one division (g, with momentum, or -lr g),
  * then the new q of either form; so one sqrt and one division per coordinate.  With
- * qfree, also the free step (g = 0) into qfree, sharing the products square_avg alpha,
- * momentum_buffer momentum and wd q_i. */
+ * qfree, also the free step (g = 0) into qfree as rules.pyx _step_rmsprop_free forms it
+ * (docs/balance_laws.md §8): the free root sqrt(alpha) sqrt(square_avg) in the lanes
+ * without weight decay or centering (carried in v2 when no lane of the block is
+ * centered, else the same sqrt of the same number), else the sqrt of the free average;
+ * the quotients in pairs (NCL(pair_quot)); the products square_avg alpha,
+ * momentum_buffer momentum and wd q_i shared with the step. */
 NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
-                                 double* restrict qfree_, double* restrict qout_)
+                                 Py_ssize_t n, double* restrict qfree_,
+                                 double* restrict qout_)
 {
     const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, wl = w->w1,
                 omwl = w->omw1, eps = w->eps, mom = w->mom;
@@ -489,47 +553,80 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
     const nc_vd zero = {0};
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        const nc_vd qi = q[i], wq = wd * qi, sqa = sq[i] * alpha;
-        const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
-        const nc_vd sqn = sqa + (oma * gi) * gi;
-        nc_vd arg = sqn;
-        nc_vd gai = zero;
-        if (cen_any) {
-            gai = ga[i];
-            const nc_vd gan = NCL(lerp)(gai, gi, wl, omwl, lo, lo_all);
-            arg = NCL(sel)(cen, sqn + (-1.0 * gan) * gan, sqn);
-            ga[i] = NCL(sel)(cen, gan, gai);
-        }
-        const nc_vd avg = NCL(vsqrt)(arg) + eps;
-        const nc_vd bm = mb[i] * mom;
-        nc_vd qn;
-        if (mom_all) {
-            const nc_vd bn = bm + gi / avg;
-            mb[i] = bn;
-            qn = qi + nlr * bn;
-        } else if (mom_none) {
-            qn = qi + (nlr * gi) / avg;
-        } else {
-            const nc_vd r = NCL(sel)(mom_on, gi, nlr * gi) / avg;
-            const nc_vd bn = bm + r;
-            mb[i] = NCL(sel)(mom_on, bn, mb[i]);
-            qn = NCL(sel)(mom_on, qi + nlr * bn, qi + r);
+    const nc_vl direct = wd_on | cen;      /* lanes whose free root is taken directly */
+    int any_direct = 0, all_direct = 0;
+    const int carry = qfree_ != NULL && !cen_any;    /* v2 (grad_avg) unused: the root */
+    nc_vd* restrict root = NCV(w->v2);
+    nc_vd salpha = zero;
+    if (qfree_ != NULL) {
+        salpha = NCL(vsqrt)(alpha);
+        any_direct = NCL(any)(direct);
+        all_direct = !NCL(any)(~direct);
+        if (carry && n == 0)
+            for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
+    }
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
+        nc_vd qk[2], bmk[2], numk[2], denk[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        for (int k = 0; k < K; ++k) {
+            const Py_ssize_t i = i0 + k;
+            const nc_vd qi = q[i], wq = wd * qi, sqi = sq[i], sqa = sqi * alpha;
+            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd sqn = sqa + (oma * gi) * gi;
+            nc_vd arg = sqn;
+            nc_vd gai = zero;
+            if (cen_any) {
+                gai = ga[i];
+                const nc_vd gan = NCL(lerp)(gai, gi, wl, omwl, lo, lo_all);
+                arg = NCL(sel)(cen, sqn + (-1.0 * gan) * gan, sqn);
+                ga[i] = NCL(sel)(cen, gan, gai);
+            }
+            const nc_vd rt = NCL(vsqrt)(arg);
+            const nc_vd avg = rt + eps;
+            const nc_vd bm = mb[i] * mom;
+            nc_vd qn;
+            if (mom_all) {
+                const nc_vd bn = bm + gi / avg;
+                mb[i] = bn;
+                qn = qi + nlr * bn;
+            } else if (mom_none) {
+                qn = qi + (nlr * gi) / avg;
+            } else {
+                const nc_vd r = NCL(sel)(mom_on, gi, nlr * gi) / avg;
+                const nc_vd bn = bm + r;
+                mb[i] = NCL(sel)(mom_on, bn, mb[i]);
+                qn = NCL(sel)(mom_on, qi + nlr * bn, qi + r);
+            }
+            if (qfree_ != NULL) {
+                const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+                nc_vd rootf = zero;
+                if (!all_direct) rootf = salpha * (carry ? root[i] : NCL(vsqrt)(sqi));
+                if (any_direct) {
+                    const nc_vd sqf = sqa + (oma * gf) * gf;
+                    nc_vd argf = sqf;
+                    if (cen_any) {
+                        const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
+                        argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
+                    }
+                    rootf = all_direct ? NCL(vsqrt)(argf)
+                                       : NCL(sel)(direct, NCL(vsqrt)(argf), rootf);
+                }
+                qk[k] = qi;
+                bmk[k] = bm;
+                numk[k] = NCL(sel)(mom_on, gf, nlr * gf);
+                denk[k] = rootf + eps;
+                if (carry) root[i] = rt;   /* (arg = square_avg_{n+1}: not centered) */
+            }
+            sq[i] = sqn;
+            qout[i] = qn;
         }
         if (qfree_ != NULL) {
-            const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
-            const nc_vd sqf = sqa + (oma * gf) * gf;
-            nc_vd argf = sqf;
-            if (cen_any) {
-                const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
-                argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
-            }
-            const nc_vd avgf = NCL(vsqrt)(argf) + eps;
-            const nc_vd r = NCL(sel)(mom_on, gf, nlr * gf) / avgf;
-            qf[i] = NCL(sel)(mom_on, qi + nlr * (bm + r), qi + r);
+            nc_vd f[2];
+            if (K == 2) NCL(pair_quot)(numk[0], denk[0], numk[1], denk[1], &f[0], &f[1]);
+            else f[0] = numk[0] / denk[0];
+            for (int k = 0; k < K; ++k)
+                qf[i0 + k] = NCL(sel)(mom_on, qk[k] + nlr * (bmk[k] + f[k]), qk[k] + f[k]);
         }
-        sq[i] = sqn;
-        qout[i] = qn;
     }
 }
 
@@ -631,7 +728,7 @@ NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w
     else if (rule == NC_LRULE_SRMS)
         NCL(step_srms)(c, d, w, qfree, qout);
     else if (rule == NC_LRULE_RMSPROP)
-        NCL(step_rmsprop)(c, d, w, qfree, qout);
+        NCL(step_rmsprop)(c, d, w, n, qfree, qout);
     else
         NCL(step_sgd)(c, d, w, qfree, qout);
 }

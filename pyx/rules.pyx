@@ -174,6 +174,245 @@ cdef inline void _step_adam(RunSpec* s) noexcept nogil:
         s.q[i] = s.q[i] + ((-step_size) * m1[i]) / den
 
 
+# ---------------------------------------------------------------------------------------
+# fused free steps (docs/balance_laws.md §8): the rule's step and, in the same pass, the
+# free step of the balance laws (g_n = 0, the same state) written to qf, with q_n saved in
+# qp.  Each value is formed by the operations _charges_before's copy-and-step would form,
+# on the same operands, so q_{n+1}, the state and qf are bitwise those of the two separate
+# passes; what the free step shares with the real one (wd q_i, buf_i mom, exp_avg_sq_i
+# beta2, the step's scalars) is formed once.  No copy of q, of the state or of the zero
+# gradient is made.
+
+cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
+    """_step_sgd with its free step (g = 0) into qf and q_n into qp."""
+    cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
+    cdef bint nesterov = s.hp[3] != 0.0
+    cdef bint first = s.sca[0] == 0.0
+    cdef double* buf = s.vec
+    cdef Py_ssize_t i
+    cdef double qi, di, df, wq, bm, bn, bf
+    for i in range(s.d):
+        qi = s.q[i]
+        qp[i] = qi
+        di = s.g[i]
+        df = 0.0
+        if wd != 0.0:
+            wq = wd * qi
+            di = di + wq
+            df = df + wq                  # 0 + wd q_i: the zero gradient's d_i
+        if mom != 0.0:
+            if first:
+                bn = di
+                bf = df
+            else:
+                bm = buf[i] * mom
+                bn = bm + damp1 * di
+                bf = bm + damp1 * df
+            buf[i] = bn
+            if nesterov:
+                di = di + mom * bn
+                df = df + mom * bf
+            else:
+                di = bn
+                df = bf
+        s.q[i] = qi + (-lr) * di
+        qf[i] = qi + (-lr) * df
+    if mom != 0.0:
+        s.sca[0] = 1.0
+
+
+cdef inline void _rms_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
+                            double salpha, bint carried, double* qi_out, double* bm_out,
+                            double* num, double* denf) noexcept nogil:
+    """Coordinate i of _step_rmsprop (the real step, operation for operation) and the
+    pieces of its free step (docs/balance_laws.md (8.4)): q_i, buffer x momentum,
+    num = g^free (momentum) or -lr g^free, denf = root_f + eps with
+    root_f = sqrt(alpha) sqrt(square_avg_i) where the free square average is
+    alpha square_avg_i exactly (k = 0, not centered: ``carried``; the root is root[i],
+    the real step's root of the step before), else its own sqrt as before."""
+    cdef double lr = s.hp[0], alpha = s.hp[1], eps = s.hp[2], wd = s.hp[3]
+    cdef double mom = s.hp[4], oma = 1.0 - s.hp[1]
+    cdef bint centered = s.hp[5] != 0.0
+    cdef double* sq = s.vec
+    cdef double* buf = s.vec + s.d
+    cdef double* ga = s.vec + 2 * s.d
+    cdef double qi, gi, gf, wq, sqa, sqf, avg, rootf, gai, gaf, bm = 0.0
+    qi = s.q[i]
+    qp[i] = qi
+    gi = s.g[i]
+    gf = 0.0
+    if wd != 0.0:
+        wq = wd * qi
+        gi = gi + wq
+        gf = gf + wq
+    if carried:
+        rootf = salpha * root[i]
+    sqa = sq[i] * alpha
+    sq[i] = sqa + (oma * gi) * gi
+    if centered:
+        sqf = sqa + (oma * gf) * gf
+        gai = ga[i]
+        ga[i] = _lerp(gai, gi, oma)
+        gaf = _lerp(gai, gf, oma)
+        avg = sqrt(sq[i] + (-1.0 * ga[i]) * ga[i])
+        rootf = sqrt(sqf + (-1.0 * gaf) * gaf)
+    else:
+        if not carried:
+            sqf = sqa + (oma * gf) * gf
+            rootf = sqrt(sqf)
+        avg = sqrt(sq[i])
+        root[i] = avg                     # sqrt(square_avg_{n+1}): the next step's root
+    avg = avg + eps
+    if mom > 0.0:
+        bm = buf[i] * mom
+        buf[i] = bm + gi / avg
+        s.q[i] = qi + (-lr) * buf[i]
+        num[0] = gf
+    else:
+        s.q[i] = qi + ((-lr) * gi) / avg
+        num[0] = (-lr) * gf
+    qi_out[0] = qi
+    bm_out[0] = bm
+    denf[0] = rootf + eps
+
+
+cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf,
+                                    double* root) noexcept nogil:
+    """_step_rmsprop with its free step (g = 0) into qf and q_n into qp
+    (docs/balance_laws.md §8: the carried root, quotients in pairs); root (d) holds
+    sqrt(square_avg) of the current state on entry and of the new one on exit."""
+    cdef double lr = s.hp[0], mom = s.hp[4], salpha = sqrt(s.hp[1])
+    cdef bint carried = s.hp[3] == 0.0 and s.hp[5] == 0.0
+    cdef Py_ssize_t i = 0
+    cdef double q0, bm0, num0, den0, q1, bm1, num1, den1, f0, f1
+    s.sca[0] += 1.0
+    while i < s.d:
+        _rms_coord(s, i, qp, root, salpha, carried, &q0, &bm0, &num0, &den0)
+        if i + 1 < s.d:
+            _rms_coord(s, i + 1, qp, root, salpha, carried, &q1, &bm1, &num1, &den1)
+            _pair_quot(num0, den0, num1, den1, &f0, &f1)
+            qf[i + 1] = q1 + (-lr) * (bm1 + f1) if mom > 0.0 else q1 + f1
+        else:
+            f0 = num0 / den0
+        qf[i] = q0 + (-lr) * (bm0 + f0) if mom > 0.0 else q0 + f0
+        i += 2
+
+
+cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
+                             double nss, double bc2_sqrt, double ibc2s, double sb2,
+                             bint carried, double* qd_out, double* num,
+                             double* denf) noexcept nogil:
+    """Coordinate i of _step_adam (the real step, operation for operation) and the pieces
+    of its free step (docs/balance_laws.md (8.2)): qd_out = q_i after decoupled decay,
+    num = (-step_size) m1f, denf = root_f / sqrt(bc2) + eps formed as
+    root_f * (1 / sqrt(bc2)) + eps, root_f = sqrt(beta2) sqrt(v_i) where the free
+    exp_avg_sq is beta2 v_i exactly (no L2 term, no amsgrad: ``carried``; sqrt(v_i) is
+    root[i], the real step's root of the step before), else sqrt of the free
+    exp_avg_sq (or of its amsgrad maximum)."""
+    cdef double lr = s.hp[0], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
+    cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
+    cdef double* m1 = s.vec
+    cdef double* m2 = s.vec + s.d
+    cdef double* mx = s.vec + 2 * s.d
+    cdef double qi, qd, gi, gf, wq, m1i, m1f, m2b, m2f, mxi, sf, rootf, den
+    cdef double w1 = 1.0 - s.hp[1], omb2 = 1.0 - s.hp[2]
+    qi = s.q[i]
+    qp[i] = qi
+    qd = qi
+    gi = s.g[i]
+    gf = 0.0
+    if wd != 0.0:
+        if decoupled:
+            qd = qi * (1.0 - lr * wd)
+        else:
+            wq = wd * qi
+            gi = gi + wq
+            gf = gf + wq
+    m1i = m1[i]
+    m1[i] = _lerp(m1i, gi, w1)
+    m1f = _lerp(m1i, gf, w1)
+    if carried:
+        rootf = sb2 * root[i]
+    m2b = m2[i] * b2
+    m2[i] = m2b + (omb2 * gi) * gi
+    if amsgrad:
+        mxi = mx[i]
+        if not carried:
+            m2f = m2b + (omb2 * gf) * gf
+            sf = m2f if (m2f > mxi or mxi != mxi) else mxi
+            rootf = sqrt(sf)
+        if m2[i] > mxi or mxi != mxi:
+            mx[i] = m2[i]
+        den = sqrt(mx[i]) / bc2_sqrt + eps
+    else:
+        if not carried:
+            m2f = m2b + (omb2 * gf) * gf
+            rootf = sqrt(m2f)
+        sf = sqrt(m2[i])
+        root[i] = sf                      # sqrt(v_{n+1}): the next step's carried root
+        den = sf / bc2_sqrt + eps
+    s.q[i] = qd + (nss * m1[i]) / den
+    qd_out[0] = qd
+    num[0] = nss * m1f
+    denf[0] = rootf * ibc2s + eps
+
+
+cdef extern from *:
+    """
+    #define NC_PAIR_LO 0x1p-1022
+    #define NC_PAIR_HI 0x1p1022
+    """
+    const double _PAIR_LO "NC_PAIR_LO"    # 2^-1022: the smallest normal double
+    const double _PAIR_HI "NC_PAIR_HI"    # 2^1022: its reciprocal is normal
+
+
+cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
+                            double* f0, double* f1) noexcept nogil:
+    """num0/den0 and num1/den1 with one division (docs/balance_laws.md (8.3)):
+    1/den0 = den1 (1/(den0 den1)) and vice versa where 2^-1022 <= den0 den1 <= 2^1022
+    (the product and its reciprocal are normal: a few ulps), else divided directly."""
+    cdef double p = den0 * den1, ip
+    if p >= _PAIR_LO and p <= _PAIR_HI:
+        ip = 1.0 / p
+        f0[0] = num0 * (den1 * ip)
+        f1[0] = num1 * (den0 * ip)
+    else:
+        f0[0] = num0 / den0
+        f1[0] = num1 / den1
+
+
+cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
+                                 double* root) noexcept nogil:
+    """_step_adam with its free step (g = 0) into qf and q_n into qp (docs/balance_laws.md
+    §8: the free denominators from the carried root, inverted in pairs); root (d) holds
+    sqrt(exp_avg_sq) of the current state on entry and of the new one on exit."""
+    cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], wd = s.hp[4]
+    cdef bint carried = s.hp[5] == 0.0 and not (wd != 0.0 and s.hp[6] == 0.0)
+    cdef Py_ssize_t i
+    cdef double step, bc1, bc2, bc2_sqrt, nss, ibc2s, sb2
+    cdef double qd0, num0, den0, qd1, num1, den1, f0, f1
+    s.sca[0] += 1.0
+    step = s.sca[0]
+    bc1 = 1.0 - pow(b1, step)
+    bc2 = 1.0 - pow(b2, step)
+    nss = -(lr / bc1)
+    bc2_sqrt = sqrt(bc2)
+    ibc2s = 1.0 / bc2_sqrt
+    sb2 = sqrt(b2)
+    i = 0
+    while i + 1 < s.d:
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
+        _adam_coord(s, i + 1, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd1, &num1,
+                    &den1)
+        _pair_quot(num0, den0, num1, den1, &f0, &f1)
+        qf[i] = qd0 + f0
+        qf[i + 1] = qd1 + f1
+        i += 2
+    if i < s.d:
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
+        qf[i] = qd0 + num0 / den0
+
+
 cdef inline double _part_norm2(RunSpec* s, Py_ssize_t p, double wd) noexcept nogil:
     cdef Py_ssize_t k, i
     cdef double gi, n2 = 0.0
@@ -360,6 +599,22 @@ cdef inline void _charges_before(RunSpec* s) noexcept nogil:
     t.vec = cs.vec_free
     t.sca = cs.sca_free
     _apply_step(&t)
+    for j in range(cs.nsym):
+        cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
+
+
+cdef inline void _apply_step_free(RunSpec* s) noexcept nogil:
+    """The step with its free step fused (SGD, RMSprop, Adam; docs/balance_laws.md §8):
+    cs.q_prev = q_n, cs.q_free = the free step, then T_j = <q_free - q_n, xi_j(q_n)> as
+    _charges_before computes it."""
+    cdef ChargeSpec* cs = s.cs
+    cdef Py_ssize_t j
+    if s.kind == RULE_SGD:
+        _step_sgd_free(s, cs.q_prev, cs.q_free)
+    elif s.kind == RULE_RMSPROP:
+        _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free)
+    else:
+        _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     for j in range(cs.nsym):
         cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
 
@@ -633,11 +888,19 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef double f, g2, probe
     cdef int st
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
+    cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
+                       or s.kind == RULE_ADAM)
     s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
     if s.check_signals:
         s.next_poll = _now() + 0.05
+    if s.cs != NULL and s.kind == RULE_ADAM:
+        for i in range(s.d):               # the carried root sqrt(exp_avg_sq) (§8)
+            s.cs.vec_free[i] = sqrt(s.vec[s.d + i])
+    elif s.cs != NULL and s.kind == RULE_RMSPROP:
+        for i in range(s.d):               # the carried root sqrt(square_avg) (§8)
+            s.cs.vec_free[i] = sqrt(s.vec[i])
     for n in range(s.steps):
         if s.check_signals and (n & 63) == 63 and _interrupted(s):
             s.status = NC_ST_INTERRUPTED
@@ -661,13 +924,17 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
                 _charges_record(s)
             _record(s, f, g2)
         until_record -= 1
-        if s.cs != NULL:
-            _charges_before(s)
         # q_n, for Δ_n = q_{n+1} − q_n: at every step for the per-block |Δ_n|² rows,
         # else only before the last step (the state carries the last Δ; one copy per run)
         if s.rec_bd2 != NULL or (s.d_last != NULL and n == s.steps - 1):
             memcpy(s.q_old, s.q, s.d * sizeof(double))
-        _apply_step(s)
+        if s.cs == NULL:
+            _apply_step(s)
+        elif fused:
+            _apply_step_free(s)           # the step and its free step in one pass
+        else:
+            _charges_before(s)
+            _apply_step(s)
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
