@@ -468,7 +468,7 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
             for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(m2[i]);
     }
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
-        nc_vd qdk[2], numk[2], denk[2];
+        nc_vd qdk[2] = {0}, numk[2] = {0}, denk[2] = {0};   /* set and read only when qfree_ != NULL */
         const int K = i0 + 1 < d ? 2 : 1;
         for (int k = 0; k < K; ++k) {
             const Py_ssize_t i = i0 + k;
@@ -566,7 +566,7 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
             for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
     }
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
-        nc_vd qk[2], bmk[2], numk[2], denk[2];
+        nc_vd qk[2] = {0}, bmk[2] = {0}, numk[2] = {0}, denk[2] = {0};   /* set and read only when qfree_ != NULL */
         const int K = i0 + 1 < d ? 2 : 1;
         for (int k = 0; k < K; ++k) {
             const Py_ssize_t i = i0 + k;
