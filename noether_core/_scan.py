@@ -272,9 +272,10 @@ def _forced_lane_isa() -> str | None:
 def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
-    It covers full-batch SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with
-    a lane form (Quadratic, RayleighQuotient, BatchNormUnit), recorded series included,
-    with the balance laws of scale-family symmetries or none (docs/scan.md §"Lanes")."""
+    It covers SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with a lane
+    form (Quadratic, RayleighQuotient, BatchNormUnit), full batch, or minibatch on
+    BatchNormUnit, recorded series included, with the balance laws of scale-family
+    symmetries or none (docs/scan.md §"Lanes", §"Minibatch lanes")."""
     from .rules import SGD, Adam, RMSprop, ScalarRMSProp
 
     lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp)
@@ -286,8 +287,10 @@ def _lane_reason(g: _Grid) -> str | None:
     if g.potential._lane_form() is None:
         return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
                 "RayleighQuotient and BatchNormUnit have)")
-    if g.batch_size is not None:
-        return "minibatch runs use the scalar loop"
+    form = g.potential._lane_form()
+    if g.batch_size is not None and (form[0] != "bn_unit" or g.potential.n_data >= 2**32):
+        return (f"minibatch runs of {type(g.potential).__name__} use the scalar loop "
+                "(minibatch lanes: BatchNormUnit with fewer than 2**32 rows)")
     fams = sorted({sym.family for sym, _ in g.chosen} - {"scale"})
     if fams:
         return f"balance laws of the {', '.join(fams)} family use the scalar loop"
@@ -325,17 +328,26 @@ def _adam_table_bytes(g: _Grid) -> int:
 
 
 def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,
-               bidx, out: _bridge.ScanOutputs, progress):
-    """The lane kernel over the packed tasks (same outputs as the scalar kernel)."""
+               bidx, out: _bridge.ScanOutputs, progress, lo: int = 0):
+    """The lane kernel over the packed tasks lo .. lo + n - 1 (same outputs as the scalar
+    kernel).  A minibatch grid gives task t the PCG64 stream of ``point_seed(seed, point)``
+    (docs/scan.md §"Minibatch streams"), as its starting state: the kernel draws from it
+    itself (§"Minibatch lanes")."""
     charge_blocks = None
     if g.chosen:
         charge_blocks = _bridge.csr([g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen])
     plan.n_threads = max(1, min(plan.n_threads, -(-n // _bridge.LANES)))
+    batch = None
+    if g.batch_size is not None:
+        S = len(g.seeds)
+        batch = (g.batch_size, _bridge.pcg64_lane_states(
+            point_seed(g.seeds[f % S], f // S) for f in range(lo, lo + n)))
     kern = _bridge.lane_kernel(g.potential._lane_form(), rule, g.q0, plan, bptr, bidx, out,
-                               charge_blocks, _forced_lane_isa())
+                               charge_blocks, _forced_lane_isa(), batch)
     out.kernel = f"lanes[{kern.isa}]"
     d = g.potential.dim
-    if n * max(g.steps, 1) * (d * d + 16 * d) <= _LANE_DIRECT_UNITS:
+    per_step = d * d + 16 * d + (0 if batch is None else g.batch_size * (4 * d + 16))
+    if n * max(g.steps, 1) * per_step <= _LANE_DIRECT_UNITS:
         # a short grid runs on the calling thread: starting and joining the progress
         # thread (~0.06-0.14 ms) would be most of its cost, and it ends long before a
         # progress bar would appear (after 1 s) or Ctrl-C would need the thread
@@ -417,7 +429,7 @@ def _run_tasks_in(g: _Grid, lo: int, hi: int, threads: int | None, progress, rul
         record_every=0 if g.record_every is None else g.record_every, R=R,
         n_threads=_grid.threads_for(threads, n))
     if g.lanes is not False and _lane_reason(g) is None:
-        return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress)
+        return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress, lo)
     out.kernel = "scalar"
     batch = _bridge.Batch(0 if g.batch_size is None else g.batch_size)
     if g.batch_size is not None:
