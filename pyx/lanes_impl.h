@@ -295,52 +295,60 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const Py_ssize_t d,
 
 /* ---- minibatch lanes (docs/scan.md "Minibatch lanes") ------------------------------ */
 
-/* Every live lane draws its step's `batch` rows as rules.pyx _draw_batch does, from its
- * own stream: a partial Fisher-Yates shuffle of the identity, j = i + (int)(u (N - i))
+/* Every lane draws its step's `batch` rows as rules.pyx _draw_batch does, from its own
+ * stream: a partial Fisher-Yates shuffle of the identity, j = i + (int)(u (N - i))
  * (clamped to N - 1) with u = next_double, for i = 0 .. B - 1; the rows are perm[0 .. B).
- * The lanes' streams are independent, so the loop runs i outer and lanes inner: eight
- * LCG chains interleave.  The drawn rows (and y) are gathered once, lane-fastest, into
- * xb/yb, and the swaps are undone in reverse order, which leaves each permutation the
- * identity again: O(B) per lane and step instead of the scalar loop's O(N) reset, the
- * same rows.  A retired lane draws nothing (its stream is never read again). */
+ * The lanes' streams are independent, so the loop runs i outer and lanes inner, without
+ * a branch: eight LCG chains interleave (a retired or padding lane draws too; its stream
+ * is never read again and its results are discarded).  The drawn rows (and y) are then
+ * gathered once into xb/yb, row k of every lane at a time, so that each 64-byte vector
+ * of xb is written once, from eight rows read in order; last, the swaps are undone in
+ * reverse order, which leaves each permutation the identity again: O(B) per lane and
+ * step instead of the scalar loop's O(N) reset, and the same rows. */
 NC_INLINE void NCL(draw_batch)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {
     const Py_ssize_t B = c->batch, N = c->N;
     const double* restrict X = c->X;
     const double* restrict y = c->y;
     unsigned int* restrict swp = w->swp;
+    unsigned int* restrict perm = w->perm;
     double* restrict xb = w->xb;
     double* restrict yb = w->yb;
-    int live[NC_NL];
-    for (int l = 0; l < NC_NL; ++l) live[l] = w->alive[l];
+    unsigned __int128 s[NC_NL], inc[NC_NL];
+    for (int l = 0; l < NC_NL; ++l) {
+        s[l] = w->rng_s[l];
+        inc[l] = w->rng_inc[l];
+    }
     for (Py_ssize_t i = 0; i < B; ++i) {
         const double span = (double) (N - i);
         for (int l = 0; l < NC_NL; ++l) {
-            if (!live[l]) continue;
-            unsigned int* restrict perm = w->perm + (size_t) l * (size_t) N;
-            Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&w->rng_s[l],
-                                                                  w->rng_inc[l]) * span);
+            unsigned int* restrict pl = perm + (size_t) l * (size_t) N;
+            Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s[l], inc[l]) * span);
             if (j >= N) j = N - 1;
-            const unsigned int t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
+            const unsigned int t = pl[i];
+            pl[i] = pl[j];
+            pl[j] = t;
             swp[i * NC_NL + l] = (unsigned int) j;
         }
     }
-    for (int l = 0; l < NC_NL; ++l) {
-        if (!live[l]) continue;
-        unsigned int* restrict perm = w->perm + (size_t) l * (size_t) N;
-        for (Py_ssize_t k = 0; k < B; ++k) {
-            const Py_ssize_t r = perm[k];
-            const double* restrict x = X + r * d;
-            double* restrict o = xb + k * d * NC_NL + l;
-            for (Py_ssize_t j = 0; j < d; ++j) o[j * NC_NL] = x[j];
+    for (int l = 0; l < NC_NL; ++l) w->rng_s[l] = s[l];
+    for (Py_ssize_t k = 0; k < B; ++k) {
+        const double* restrict x[NC_NL];
+        for (int l = 0; l < NC_NL; ++l) {
+            const Py_ssize_t r = perm[(size_t) l * (size_t) N + k];
+            x[l] = X + r * d;
             yb[k * NC_NL + l] = y[r];
         }
+        double* restrict o = xb + k * d * NC_NL;
+        for (Py_ssize_t j = 0; j < d; ++j)
+            for (int l = 0; l < NC_NL; ++l) o[j * NC_NL + l] = x[l][j];
+    }
+    for (int l = 0; l < NC_NL; ++l) {
+        unsigned int* restrict pl = perm + (size_t) l * (size_t) N;
         for (Py_ssize_t i = B - 1; i >= 0; --i) {          /* back to the identity */
-            const unsigned int j = swp[i * NC_NL + l], t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
+            const unsigned int j = swp[i * NC_NL + l], t = pl[i];
+            pl[i] = pl[j];
+            pl[j] = t;
         }
     }
 }
