@@ -112,8 +112,9 @@ def test_minibatch_lanes_equal_scalar_loop_bitwise(rule, charges, isa):
 @pytest.mark.parametrize("N,d,B", [(32, 8, 2), (50, 3, 7), (256, 8, 32), (33, 17, 33),
                                    (20, 5, 19)])
 def test_minibatch_lanes_sizes(N, d, B, isa):
-    """Batch sizes from 2 (the smallest BatchNormUnit allows) to N (B = N draws a full permutation: the same rows in another
-    order, so the row form's sums are not the full batch's), d with and without a
+    """Batch sizes from 2 (the smallest BatchNormUnit allows) to N (B = N draws a full
+    permutation: the same rows in another order, so the row form's sums are not the full
+    batch's), d with and without a
     _dot4 tail, d > 16 (the generic block run), and grids that are not a multiple of 8
     (padding lanes)."""
     pot, q0 = _bn(N, d, seed=N + d)
