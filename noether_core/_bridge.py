@@ -52,6 +52,7 @@ from ._kernels import scan as _ks
 
 __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "ScanPlan",
            "ScanOutputs", "csr", "run_train", "scan_kernel", "lane_kernel", "LANES",
+           "pcg64_lane_states",
            "LANE_RULE_KINDS",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
            "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
@@ -415,14 +416,32 @@ def scan_kernel(rule: RuleInputs, potential_kernel, q0: np.ndarray, plan: ScanPl
 
 def lane_kernel(lane_form: tuple, rule: RuleInputs, q0: np.ndarray, plan: ScanPlan,
                 record_bptr: np.ndarray, record_bidx: np.ndarray, out: ScanOutputs,
-                charge_blocks: tuple[np.ndarray, np.ndarray] | None, isa: str | None):
-    """The SIMD lane kernel (``LANES`` full-batch points per vector; the rule kinds in
+                charge_blocks: tuple[np.ndarray, np.ndarray] | None, isa: str | None,
+                batch: tuple[int, np.ndarray] | None = None):
+    """The SIMD lane kernel (``LANES`` points per vector; the rule kinds in
     ``LANE_RULE_KINDS``), ready to ``run()``; ``charge_blocks``: CSR of the scale blocks
-    whose laws are tracked."""
+    whose laws are tracked; ``batch``: None (full batch) or ``(B, rng)``, minibatch lanes
+    with each point's PCG64 starting state in a (P, 4) uint64 array
+    (:func:`pcg64_lane_states`; docs/scan.md §"Minibatch lanes")."""
     kind, data = lane_form
     data = {k: (_f64(v) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
     return _ks.LaneScanKernel(kind, data, rule, _f64(q0), plan, record_bptr, record_bidx,
-                              out, charge_blocks, isa)
+                              out, charge_blocks, isa, batch)
+
+
+def pcg64_lane_states(seed_sequences) -> np.ndarray:
+    """The (P, 4) uint64 starting states of minibatch lanes: row p holds NumPy's PCG64
+    state of ``np.random.PCG64(seed_sequences[p])`` as (state >> 64, state mod 2**64,
+    inc >> 64, inc mod 2**64), the numbers the lane kernel's own PCG64 steps from
+    (pyx/lanes.h ``nc_pcg64_next64``)."""
+    seqs = list(seed_sequences)
+    out = np.empty((len(seqs), 4), dtype=np.uint64)
+    mask = (1 << 64) - 1
+    for p, ss in enumerate(seqs):
+        st = np.random.PCG64(ss).state["state"]
+        s, inc = int(st["state"]), int(st["inc"])
+        out[p] = (s >> 64, s & mask, inc >> 64, inc & mask)
+    return out
 
 
 def lane_isas() -> list:

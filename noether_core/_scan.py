@@ -302,9 +302,10 @@ def _forced_lane_isa() -> str | None:
 def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
-    It covers full-batch SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with
-    a lane form (Quadratic, RayleighQuotient, BatchNormUnit), recorded series included,
-    with the balance laws of scale-family symmetries or none (docs/scan.md §"Lanes")."""
+    It covers SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with a lane
+    form (Quadratic, RayleighQuotient, BatchNormUnit), full batch, or minibatch on
+    BatchNormUnit, recorded series included, with the balance laws of scale-family
+    symmetries or none (docs/scan.md §"Lanes", §"Minibatch lanes")."""
     from .rules import SGD, Adam, RMSprop, ScalarRMSProp
 
     lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp)
@@ -316,8 +317,10 @@ def _lane_reason(g: _Grid) -> str | None:
     if g.potential._lane_form() is None:
         return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
                 "RayleighQuotient and BatchNormUnit have)")
-    if g.batch_size is not None:
-        return "minibatch runs use the scalar loop"
+    form = g.potential._lane_form()
+    if g.batch_size is not None and (form[0] != "bn_unit" or g.potential.n_data >= 2**32):
+        return (f"minibatch runs of {type(g.potential).__name__} use the scalar loop "
+                "(minibatch lanes: BatchNormUnit with fewer than 2**32 rows)")
     fams = sorted({sym.family for sym, _ in g.chosen} - {"scale"})
     if fams:
         return f"balance laws of the {', '.join(fams)} family use the scalar loop"
@@ -367,17 +370,26 @@ def _adam_table_bytes(g: _Grid) -> int:
 
 
 def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,
-               bidx, out: _bridge.ScanOutputs, progress):
-    """The lane kernel over the packed tasks (same outputs as the scalar kernel)."""
+               bidx, out: _bridge.ScanOutputs, progress, lo: int = 0):
+    """The lane kernel over the packed tasks lo .. lo + n - 1 (same outputs as the scalar
+    kernel).  A minibatch grid gives task t the PCG64 stream of ``point_seed(seed, point)``
+    (docs/scan.md §"Minibatch streams"), as its starting state: the kernel draws from it
+    itself (§"Minibatch lanes")."""
     charge_blocks = None
     if g.chosen:
         charge_blocks = _bridge.csr([g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen])
     plan.n_threads = max(1, min(plan.n_threads, -(-n // _bridge.LANES)))
+    batch = None
+    if g.batch_size is not None:
+        S = len(g.seeds)
+        batch = (g.batch_size, _bridge.pcg64_lane_states(
+            point_seed(g.seeds[f % S], f // S) for f in range(lo, lo + n)))
     kern = _bridge.lane_kernel(g.potential._lane_form(), rule, g.q0, plan, bptr, bidx, out,
-                               charge_blocks, _forced_lane_isa())
+                               charge_blocks, _forced_lane_isa(), batch)
     out.kernel = f"lanes[{kern.isa}]"
     d = g.potential.dim
-    if n * max(g.steps, 1) * (d * d + 16 * d) <= _LANE_DIRECT_UNITS:
+    per_step = d * d + 16 * d + (0 if batch is None else g.batch_size * (4 * d + 16))
+    if n * max(g.steps, 1) * per_step <= _LANE_DIRECT_UNITS:
         # a short grid runs on the calling thread: starting and joining the progress
         # thread (~0.06-0.14 ms) would be most of its cost, and it ends long before a
         # progress bar would appear (after 1 s) or Ctrl-C would need the thread
@@ -485,7 +497,7 @@ def _run_tasks_in(g: _Grid, lo: int, hi: int, threads: int | None, progress, rul
     if lane_why is _UNDECIDED and g.lanes is not False:
         lane_why = _lane_reason(g)
     if g.lanes is not False and lane_why is None:
-        return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress)
+        return _run_lanes(g, n, rule, plan, bptr, bidx, out, progress, lo)
     out.kernel = "scalar"
     batch = _bridge.Batch(0 if g.batch_size is None else g.batch_size)
     if g.batch_size is not None:
@@ -570,8 +582,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         :class:`~noether_core.errors.BudgetError` naming the bytes.
     lanes : bool or None
         The lane kernel runs ``noether_core._kernels.scan.LANES`` points per SIMD block
-        (docs/scan.md §"Lanes"); it covers full-batch SGD, Adam, AdamW, RMSprop and
-        ScalarRMSProp on Quadratic, RayleighQuotient and BatchNormUnit, ``record_every``
+        (docs/scan.md §"Lanes"); it covers SGD, Adam, AdamW, RMSprop and
+        ScalarRMSProp on Quadratic, RayleighQuotient and BatchNormUnit at full batch, and
+        on BatchNormUnit with ``batch_size`` too (§"Minibatch lanes"), ``record_every``
         included, with charges off or scale-family.
         None: use it when it covers the scan; True: require it (ValueError saying why
         not); False: the scalar loop.  The results are the same bits either way;
@@ -718,8 +731,23 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
              "rule objects": 0 if columns else g.n_points * _RULE_OBJECT_BYTES,
              "minibatch generators": n * _GENERATOR_BYTES if g.batch_size else 0,
              "kernel scratch": n_threads * (_THREAD_SCRATCH_BYTES
-                                            + 8 * (pot.n_data + 6 * d + 4 * nb))}
+                                            + 8 * (pot.n_data + 6 * d + 4 * nb)
+                                            + _lane_scratch_bytes(g))}
     return parts
+
+
+def _lane_scratch_bytes(g: _Grid) -> int:
+    """Upper bound on the lane kernel's per-thread scratch beyond the scalar kernel's
+    (pyx/lanes.h, the size function): eight lanes' rows of max(n_data, 2d) doubles, and for
+    a minibatch grid each lane's permutation and swap list (32 n_data + 32 B bytes) and its
+    gathered batch rows with their targets (64 B (d + 1) bytes).  Counted for every grid
+    (an estimate that is never low, whichever kernel runs)."""
+    d, N = g.potential.dim, g.potential.n_data
+    extra = 64 * max(N, 2 * d)
+    if g.batch_size:
+        B = g.batch_size
+        extra += 32 * N + 32 * B + 64 * B * (d + 1)
+    return extra
 
 
 def _check_budget(g: _Grid, max_record_bytes: int, threads, chunked: bool,

@@ -97,6 +97,13 @@ typedef struct {
     double* s_q; double* s_loss; double* s_g2; double* s_bn2; Py_ssize_t* n_rows;
     const int* cancel;
     int isa;                    /* NC_ISA_*: which compiled version runs */
+    /* minibatch lanes (docs/scan.md "Minibatch lanes"; batch = 0: full batch): each point
+       draws `batch` distinct rows of the N per step from its own PCG64 stream, whose
+       starting state is rng0[4p .. 4p + 3] = (state >> 64, state mod 2^64, inc >> 64,
+       inc mod 2^64), NumPy's PCG64 state of the point's generator (_scan.py _run_lanes) */
+    Py_ssize_t batch;
+    const unsigned long long* rng0;
+    Py_ssize_t poll_mask;       /* the cancel flag is read when (n & poll_mask) == 0 */
 } nc_lane_ctx;
 
 typedef struct {
@@ -133,6 +140,14 @@ typedef struct {
     double *ang_inv, *ang_m;                                       /* ang_K * nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
     Py_ssize_t* wstep;                                             /* nsym */
+    /* minibatch lanes: each lane's PCG64 state and increment, its permutation of the
+       rows (the identity between draws: lanes_impl.h NCL(draw_batch) undoes its swaps),
+       the swap partners of the current draw, and the drawn rows gathered lane-fastest:
+       xb[(k d + j) NC_NL + l] = X[row_k of lane l, j], yb[k NC_NL + l] = y[row_k] */
+    unsigned __int128 rng_s[NC_NL], rng_inc[NC_NL];
+    unsigned int* perm;                                            /* NC_NL * N */
+    unsigned int* swp;                                             /* batch * NC_NL */
+    double *xb, *yb;                                               /* batch * d, batch */
     void* block;
 } nc_lane_ws;
 
@@ -160,7 +175,11 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t nb = (size_t) (c->nb > 0 ? c->nb : 1), ns = (size_t) (c->nsym > 0 ? c->nsym : 1);
     size_t K = (size_t) nc_lane_ang_K(c);
     size_t np = (size_t) (c->npart > 0 ? c->npart : 1);
-    return 7 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+    size_t Bm = (size_t) (c->batch > 0 ? c->batch : 0);
+    size_t mb = c->batch > 0 ? nc_lane_pad((size_t) c->N * NC_NL * sizeof(unsigned int))
+                               + nc_lane_pad(Bm * NC_NL * sizeof(unsigned int))
+                               + nc_lane_pad(Bm * c->d * L) + nc_lane_pad(Bm * L) : 0;
+    return mb + 7 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
            + nc_lane_pad(np * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
            + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
@@ -190,7 +209,42 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
     w->a_prev = (double*) p; p += nc_lane_pad(ns * L);
-    w->wstep = (Py_ssize_t*) p;
+    w->wstep = (Py_ssize_t*) p; p += nc_lane_pad(ns * sizeof(Py_ssize_t) * NC_NL);
+    w->perm = NULL; w->swp = NULL; w->xb = NULL; w->yb = NULL;
+    if (c->batch > 0) {             /* minibatch lanes: every lane's permutation starts as
+                                       the identity (and stays it between draws) */
+        const size_t Bm = (size_t) c->batch;
+        w->perm = (unsigned int*) p;
+        p += nc_lane_pad((size_t) c->N * NC_NL * sizeof(unsigned int));
+        w->swp = (unsigned int*) p; p += nc_lane_pad(Bm * NC_NL * sizeof(unsigned int));
+        w->xb = (double*) p; p += nc_lane_pad(Bm * c->d * L);
+        w->yb = (double*) p;
+        for (int l = 0; l < NC_NL; ++l)
+            for (Py_ssize_t i = 0; i < c->N; ++i) w->perm[l * c->N + i] = (unsigned int) i;
+    }
+}
+
+/* NumPy's PCG64 (PCG XSL-RR 128/64, numpy/random/src/pcg64/pcg64.h): the state
+ * advances by one LCG step, s <- s M + inc (mod 2^128), and the output is the new state's
+ * two halves xor-ed and rotated right by its top 6 bits.  next_double is NumPy's
+ * (next64 >> 11) * 2^-53.  Integer arithmetic only, so the same draws on every build; the
+ * tests compare whole minibatch runs with train(), which draws through NumPy's own
+ * bit generator. */
+static inline unsigned long long nc_pcg64_next64(unsigned __int128* s, unsigned __int128 inc)
+{
+    const unsigned __int128 M = ((unsigned __int128) 0x2360ED051FC65DA4ULL << 64)
+                                | (unsigned __int128) 0x4385DF649FCCF645ULL;
+    const unsigned __int128 x = *s * M + inc;
+    *s = x;
+    const unsigned long long hi = (unsigned long long) (x >> 64);
+    const unsigned long long v = hi ^ (unsigned long long) x;
+    const unsigned rot = (unsigned) (hi >> 58);
+    return (v >> rot) | (v << ((-rot) & 63u));
+}
+
+static inline double nc_pcg64_next_double(unsigned __int128* s, unsigned __int128 inc)
+{
+    return (double) (nc_pcg64_next64(s, inc) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))

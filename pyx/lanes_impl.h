@@ -293,6 +293,120 @@ NC_INLINE nc_vd NCL(grad_bn_unit_full)(const nc_lane_ctx* c, const Py_ssize_t d,
     return f;
 }
 
+/* ---- minibatch lanes (docs/scan.md "Minibatch lanes") ------------------------------ */
+
+/* Every lane draws its step's `batch` rows as rules.pyx _draw_batch does, from its own
+ * stream: a partial Fisher-Yates shuffle of the identity, j = i + (int)(u (N - i))
+ * (clamped to N - 1) with u = next_double, for i = 0 .. B - 1; the rows are perm[0 .. B).
+ * The lanes' streams are independent, so the loop runs i outer and lanes inner, without
+ * a branch: eight LCG chains interleave (a retired or padding lane draws too; its stream
+ * is never read again and its results are discarded).  The drawn rows (and y) are then
+ * gathered once into xb/yb, row k of every lane at a time, so that each 64-byte vector
+ * of xb is written once, from eight rows read in order; last, the swaps are undone in
+ * reverse order, which leaves each permutation the identity again: O(B) per lane and
+ * step instead of the scalar loop's O(N) reset, and the same rows. */
+NC_INLINE void NCL(draw_batch)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+{
+    const Py_ssize_t B = c->batch, N = c->N;
+    const double* restrict X = c->X;
+    const double* restrict y = c->y;
+    unsigned int* restrict swp = w->swp;
+    unsigned int* restrict perm = w->perm;
+    double* restrict xb = w->xb;
+    double* restrict yb = w->yb;
+    unsigned __int128 s[NC_NL], inc[NC_NL];
+    for (int l = 0; l < NC_NL; ++l) {
+        s[l] = w->rng_s[l];
+        inc[l] = w->rng_inc[l];
+    }
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const double span = (double) (N - i);
+        for (int l = 0; l < NC_NL; ++l) {
+            unsigned int* restrict pl = perm + (size_t) l * (size_t) N;
+            Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s[l], inc[l]) * span);
+            if (j >= N) j = N - 1;
+            const unsigned int t = pl[i];
+            pl[i] = pl[j];
+            pl[j] = t;
+            swp[i * NC_NL + l] = (unsigned int) j;
+        }
+    }
+    for (int l = 0; l < NC_NL; ++l) w->rng_s[l] = s[l];
+    for (Py_ssize_t k = 0; k < B; ++k) {
+        const double* restrict x[NC_NL];
+        for (int l = 0; l < NC_NL; ++l) {
+            const Py_ssize_t r = perm[(size_t) l * (size_t) N + k];
+            x[l] = X + r * d;
+            yb[k * NC_NL + l] = y[r];
+        }
+        double* restrict o = xb + k * d * NC_NL;
+        for (Py_ssize_t j = 0; j < d; ++j)
+            for (int l = 0; l < NC_NL; ++l) o[j * NC_NL + l] = x[l][j];
+    }
+    for (int l = 0; l < NC_NL; ++l) {
+        unsigned int* restrict pl = perm + (size_t) l * (size_t) N;
+        for (Py_ssize_t i = B - 1; i >= 0; --i) {          /* back to the identity */
+            const unsigned int j = swp[i * NC_NL + l], t = pl[i];
+            pl[i] = pl[j];
+            pl[j] = t;
+        }
+    }
+}
+
+/* _c_grad_bn_unit on the drawn rows (p.view.rows set): grad_bn_unit's operations in its
+ * order, with row k of lane l read from the gathered xb/yb instead of a shared row */
+NC_INLINE nc_vd NCL(grad_bn_unit_mb)(const nc_lane_ctx* c, const Py_ssize_t d,
+                                     const nc_vd* restrict q, nc_vd* restrict g,
+                                     nc_vd* restrict z, const nc_vd* restrict xv,
+                                     const nc_vd* restrict yv)
+{
+    const Py_ssize_t B = c->batch, m4 = d - d % 4;
+    const double Bd = (double) B, invB = 1.0 / (double) B;
+    nc_vd mean = {0}, var = {0}, fa = {0}, md = {0}, mdz = {0};
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd* restrict x = xv + i * d;
+        nc_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        Py_ssize_t j = 0;
+        for (; j < m4; j += 4) {
+            a0 = a0 + x[j] * q[j];
+            a1 = a1 + x[j + 1] * q[j + 1];
+            a2 = a2 + x[j + 2] * q[j + 2];
+            a3 = a3 + x[j + 3] * q[j + 3];
+        }
+        for (; j < d; ++j) a0 = a0 + x[j] * q[j];
+        const nc_vd s = (a0 + a1) + (a2 + a3);
+        z[i] = s;
+        mean = mean + s;
+    }
+    mean = mean / Bd;
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd zc = z[i] - mean;
+        z[i] = zc;
+        var = var + zc * zc;
+    }
+    var = var / Bd;
+    nc_vd isd;
+    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(var[l] + c->eps);
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd zh = z[i] * isd;
+        const nc_vd e = zh - yv[i];
+        z[i] = zh;
+        fa = fa + e * e;
+        md = md + e;
+        mdz = mdz + e * zh;
+    }
+    const nc_vd f = 0.5 * fa / Bd + (var - var);   /* NaN where var overflowed, else + 0 */
+    md = md / Bd / Bd;
+    mdz = mdz / Bd / Bd;
+    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const nc_vd* restrict x = xv + i * d;
+        const nc_vd dz = ((z[i] - yv[i]) * invB - md - z[i] * mdz) * isd;
+        for (Py_ssize_t j = 0; j < d; ++j) g[j] = g[j] + dz * x[j];
+    }
+    return f;
+}
+
 NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {
     if (c->pot == NC_LPOT_RAYLEIGH)
@@ -738,6 +852,20 @@ static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
     NCL(grad_d)(c, w, c->d);
 }
 
+/* the loss and gradient of state n at a step of the loop: on the step's drawn rows in a
+ * minibatch scan, else on the full data (the terminal state always uses the full data,
+ * NCL(grad), as run_loop's terminal row does) */
+NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+{
+    if (c->batch > 0) {
+        NCL(draw_batch)(c, w, d);
+        w->f = NCL(grad_bn_unit_mb)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux),
+                                    NCCV(w->xb), NCCV(w->yb));
+    } else {
+        NCL(grad_d)(c, w, d);
+    }
+}
+
 /* ---- summaries --------------------------------------------------------------------- */
 
 /* out[b] = |x_B|^2 of every block, summed in block order (rules.pyx _block_sq) */
@@ -1016,6 +1144,11 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->v1[i * NC_NL + l] = c->nvecd >= 2 * d ? v0[d + i] : 0.0;
             w->v2[i * NC_NL + l] = c->nvecd >= 3 * d ? v0[2 * d + i] : 0.0;
         }
+        if (c->batch > 0) {              /* the point's stream (padding: point p0's) */
+            const unsigned long long* r = c->rng0 + 4 * p;
+            w->rng_s[l] = ((unsigned __int128) r[0] << 64) | (unsigned __int128) r[1];
+            w->rng_inc[l] = ((unsigned __int128) r[2] << 64) | (unsigned __int128) r[3];
+        }
         w->loss_min[l] = INFINITY;
         w->alive[l] = 1;
         w->n_rows[l] = 0;
@@ -1200,7 +1333,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     int cancelled = 0;
 
     for (n = 0; n < c->steps; ++n) {
-        if ((n & 255) == 0) {
+        if ((n & c->poll_mask) == 0) {
             if (*c->cancel) {
                 NCL(cancel_lanes)(c, w, p0, n);
                 cancelled = 1;
@@ -1212,7 +1345,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
            gradient always makes q_{n+1} non-finite (it enters the update multiplied by
            -lr, and 0 * inf is NaN too), so the probe of q_{n+1} catches it. */
-        NCL(grad_d)(c, w, d);
+        NCL(grad_step)(c, w, d);
         const nc_vd f = w->f;
         if (NCL(any_nan)(f - f)) {                  /* NaN exactly where f is inf or NaN */
             for (int l = 0; l < NC_NL; ++l)

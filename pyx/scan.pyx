@@ -728,6 +728,9 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t* n_rows
         const int* cancel
         int isa
+        Py_ssize_t batch
+        const unsigned long long* rng0
+        Py_ssize_t poll_mask
     ctypedef struct nc_lane_ws:
         Py_ssize_t progress
         double* q
@@ -810,16 +813,19 @@ cdef class LaneScanKernel:
                   cnp.ndarray bptr,        # IN recorded blocks (CSR)
                   cnp.ndarray bidx,
                   object out,              # OUT _bridge.ScanOutputs
-                  tuple charge_blocks=None, str isa=None):
+                  tuple charge_blocks=None, str isa=None, tuple batch=None):
         """``pot_data``: the potential's arrays (``A``, ``b``, ``X``, ``y``) and ``eps``;
         ``charge_blocks``: None or ``(sptr, sidx)``, the scale blocks whose laws are
         tracked (outputs in ``out.charge_worst``/``charge_worst_step``); ``isa``: None
         (best available) or one of :func:`lane_isas`.  Series rows (``plan.record_every``
-        > 0) go to ``out.s_*``, filled with NaN by the caller."""
+        > 0) go to ``out.s_*``, filled with NaN by the caller.  ``batch``: None (full
+        batch) or ``(B, rng)``, minibatch lanes (docs/scan.md §"Minibatch lanes"): B rows
+        per step, point p's PCG64 stream starting at ``rng[p] = (state >> 64, state mod
+        2**64, inc >> 64, inc mod 2**64)`` (uint64, shape (P, 4))."""
         cdef nc_lane_ctx* c = &self.c
         if pot_kind not in _LANE_POTS:
             raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
-        self.keep = [pot_data, rule, q0, plan, bptr, bidx, out, charge_blocks]
+        self.keep = [pot_data, rule, q0, plan, bptr, bidx, out, charge_blocks, batch]
         self.cancel_flag = 0
         self.n_threads = plan.n_threads
         if self.n_threads < 1 or plan.steps < 0:
@@ -827,6 +833,9 @@ cdef class LaneScanKernel:
         memset(c, 0, sizeof(nc_lane_ctx))
         self._set_potential(pot_kind, pot_data, q0.shape[0])
         self._set_rule_and_outputs(rule, q0, plan, bptr, bidx, out)
+        c.poll_mask = 255
+        if batch is not None:
+            self._set_batch(batch)
         if charge_blocks is not None:
             self._set_charges(charge_blocks, out)
         if plan.record_every > 0:
@@ -918,6 +927,29 @@ cdef class LaneScanKernel:
         c.status = <Py_ssize_t*> _data(out.status)
         c.stop = <Py_ssize_t*> _data(out.stop_step)
         c.cancel = &self.cancel_flag
+
+    cdef _set_batch(self, tuple batch):
+        """Minibatch lanes: B rows per step of the potential's N, each point's stream."""
+        cdef nc_lane_ctx* c = &self.c
+        cdef Py_ssize_t B, interval = 256
+        B, rng = batch
+        if c.pot != NC_LPOT_BN_UNIT or c.X == NULL:
+            raise ValueError("LaneScanKernel: minibatch lanes need a potential with data "
+                             "rows (BatchNormUnit)")
+        if B < 1 or B > c.N or c.N >= 2**32:
+            raise ValueError(f"LaneScanKernel: batch size {B} must lie in [1, n_data="
+                             f"{c.N}] (and n_data < 2**32)")
+        if (not isinstance(rng, np.ndarray) or rng.dtype != np.uint64 or rng.ndim != 2
+                or rng.shape[0] != c.P or rng.shape[1] != 4
+                or not rng.flags.c_contiguous):
+            raise ValueError(f"LaneScanKernel: the streams must be a C-contiguous uint64 "
+                             f"array of shape ({c.P}, 4)")
+        c.batch = B
+        c.rng0 = <const unsigned long long*> _data(rng)
+        # read the cancel flag at least every ~4 M multiply-adds of a block's gradients
+        while interval > 1 and interval * B * (c.d + 4) > 2**22:
+            interval //= 2
+        c.poll_mask = interval - 1
 
     cdef _set_charges(self, tuple charge_blocks, object out):
         cdef nc_lane_ctx* c = &self.c
