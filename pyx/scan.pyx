@@ -898,9 +898,13 @@ cdef class LaneScanKernel:
             # step's arithmetic)
             keys = np.concatenate([np.stack([hp[:, 1], sca0[:, 0]], axis=1),
                                    np.stack([hp[:, 2], sca0[:, 0]], axis=1)])
-            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            table = _pow_table(np.ascontiguousarray(uniq[:, 0]),
-                               np.ascontiguousarray(uniq[:, 1]), plan.steps)
+            # each (beta, s0) row read as one complex number: np.unique sorts complex
+            # values by (real, imag), the rows' lexicographic order, and is ~8x faster
+            # than np.unique(axis=0) (the bulk of an Adam scan's fixed cost)
+            ukeys, inv = np.unique(np.ascontiguousarray(keys).view(np.complex128).ravel(),
+                                   return_inverse=True)
+            table = _pow_table(np.ascontiguousarray(ukeys.real),
+                               np.ascontiguousarray(ukeys.imag), plan.steps)
             rows = np.ascontiguousarray(inv.reshape(2, P).T, dtype=np.intp)
             self.keep += [table, rows]
             c.powtab = <const double*> _data(table)

@@ -239,7 +239,8 @@ def test_lanes_selection_and_errors():
     assert _scan(pot, q0, False, steps=10, lr=[0.1]).kernel == "scalar"
     assert _scan(pot, q0, None, steps=10, lr=[0.1], record_every=5).kernel.startswith("lanes[")
     # minibatch BatchNormUnit grids run in lanes too (docs/scan.md "Minibatch lanes")
-    assert _scan(*PROBLEMS["bn"], None, steps=10, lr=[0.1], batch_size=4).kernel.startswith("lanes[")
+    mb = _scan(*PROBLEMS["bn"], None, steps=10, lr=[0.1], batch_size=4)
+    assert mb.kernel.startswith("lanes[")
     cases = [
         (dict(rule_cls=nc.rules.MirrorDescent), "and ScalarRMSProp only"),
         (dict(potential="radial"), "no lane form"),
