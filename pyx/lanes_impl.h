@@ -141,59 +141,70 @@ NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const Py_ssize_t d,
     return 0.5 * t;
 }
 
-/* _c_grad_bn_unit on the full batch (all N rows), the scalar code's order: the row
- * products with four interleaved accumulators (_dot4), then row by row. */
+/* _c_grad_bn_unit's body, the scalar code's order: the row products with four interleaved
+ * accumulators (_dot4), then row by row.  One text for the two readings of the rows below
+ * (XT: the type of a row pointer, XROW(i): row i, YAT(i): its target): a shared row of
+ * doubles broadcast to every lane (full batch) or each lane's own gathered row (minibatch);
+ * either way every lane performs the same IEEE operations in the same order. */
+#define NC_BN_UNIT_GRAD_BODY(BATCH, XT, XROW, YAT)                                        \
+    const Py_ssize_t B = (BATCH), m4 = d - d % 4;                                         \
+    const double Bd = (double) B, invB = 1.0 / (double) B;                                \
+    nc_vd mean = {0}, var = {0}, fa = {0}, md = {0}, mdz = {0};                           \
+    for (Py_ssize_t i = 0; i < B; ++i) {                                                  \
+        XT restrict x = XROW(i);                                                          \
+        nc_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
+        Py_ssize_t j = 0;                                                                 \
+        for (; j < m4; j += 4) {                                                          \
+            a0 = a0 + x[j] * q[j];                                                        \
+            a1 = a1 + x[j + 1] * q[j + 1];                                                \
+            a2 = a2 + x[j + 2] * q[j + 2];                                                \
+            a3 = a3 + x[j + 3] * q[j + 3];                                                \
+        }                                                                                 \
+        for (; j < d; ++j) a0 = a0 + x[j] * q[j];                                         \
+        const nc_vd s = (a0 + a1) + (a2 + a3);                                            \
+        z[i] = s;                                                                         \
+        mean = mean + s;                                                                  \
+    }                                                                                     \
+    mean = mean / Bd;                                                                     \
+    for (Py_ssize_t i = 0; i < B; ++i) {                                                  \
+        const nc_vd zc = z[i] - mean;                                                     \
+        z[i] = zc;                                                                        \
+        var = var + zc * zc;                                                              \
+    }                                                                                     \
+    var = var / Bd;                                                                       \
+    nc_vd isd;                                                                            \
+    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(var[l] + c->eps);                 \
+    for (Py_ssize_t i = 0; i < B; ++i) {                                                  \
+        const nc_vd zh = z[i] * isd;                                                      \
+        const nc_vd e = zh - YAT(i);                                                      \
+        z[i] = zh;                                                                        \
+        fa = fa + e * e;                                                                  \
+        md = md + e;                                                                      \
+        mdz = mdz + e * zh;                                                               \
+    }                                                                                     \
+    const nc_vd f = 0.5 * fa / Bd + (var - var);   /* NaN where var overflowed, else + 0 */ \
+    md = md / Bd / Bd;                                                                    \
+    mdz = mdz / Bd / Bd;                                                                  \
+    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};                                \
+    for (Py_ssize_t i = 0; i < B; ++i) {                                                  \
+        XT restrict x = XROW(i);                                                          \
+        const nc_vd dz = ((z[i] - YAT(i)) * invB - md - z[i] * mdz) * isd;                \
+        for (Py_ssize_t j = 0; j < d; ++j) g[j] = g[j] + dz * x[j];                       \
+    }                                                                                     \
+    return f;
+
+/* _c_grad_bn_unit on the full batch (all N rows): row i shared by the lanes */
 NC_INLINE nc_vd NCL(grad_bn_unit)(const nc_lane_ctx* c, const Py_ssize_t d,
                                   const nc_vd* restrict q, nc_vd* restrict g,
                                   nc_vd* restrict z)
 {
-    const Py_ssize_t B = c->N, m4 = d - d % 4;
     const double* restrict X = c->X;
     const double* restrict y = c->y;
-    const double Bd = (double) B, invB = 1.0 / (double) B;
-    nc_vd mean = {0}, var = {0}, fa = {0}, md = {0}, mdz = {0};
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const double* restrict x = X + i * d;
-        nc_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        Py_ssize_t j = 0;
-        for (; j < m4; j += 4) {
-            a0 = a0 + x[j] * q[j];
-            a1 = a1 + x[j + 1] * q[j + 1];
-            a2 = a2 + x[j + 2] * q[j + 2];
-            a3 = a3 + x[j + 3] * q[j + 3];
-        }
-        for (; j < d; ++j) a0 = a0 + x[j] * q[j];
-        const nc_vd s = (a0 + a1) + (a2 + a3);
-        z[i] = s;
-        mean = mean + s;
-    }
-    mean = mean / Bd;
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd zc = z[i] - mean;
-        z[i] = zc;
-        var = var + zc * zc;
-    }
-    var = var / Bd;
-    nc_vd isd;
-    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(var[l] + c->eps);
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd zh = z[i] * isd;
-        const nc_vd e = zh - y[i];
-        z[i] = zh;
-        fa = fa + e * e;
-        md = md + e;
-        mdz = mdz + e * zh;
-    }
-    const nc_vd f = 0.5 * fa / Bd + (var - var);   /* NaN where var overflowed, else + 0 */
-    md = md / Bd / Bd;
-    mdz = mdz / Bd / Bd;
-    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const double* restrict x = X + i * d;
-        const nc_vd dz = ((z[i] - y[i]) * invB - md - z[i] * mdz) * isd;
-        for (Py_ssize_t j = 0; j < d; ++j) g[j] = g[j] + dz * x[j];
-    }
-    return f;
+#define NC_ROW(i) (X + (i) * d)
+#define NC_Y(i) (y[i])
+    NC_BN_UNIT_GRAD_BODY(c->N, const double*, NC_ROW, NC_Y)
+#undef NC_ROW
+#undef NC_Y
 }
 
 /* _bn_unit_full (pyx/potentials.pyx): the full batch in O(d^2), docs/potentials.md 4a;
@@ -353,59 +364,20 @@ NC_INLINE void NCL(draw_batch)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssi
     }
 }
 
-/* _c_grad_bn_unit on the drawn rows (p.view.rows set): grad_bn_unit's operations in its
- * order, with row k of lane l read from the gathered xb/yb instead of a shared row */
+/* _c_grad_bn_unit on the drawn rows (p.view.rows set): the same body, with row k of
+ * lane l read from the gathered xb/yb instead of a shared row */
 NC_INLINE nc_vd NCL(grad_bn_unit_mb)(const nc_lane_ctx* c, const Py_ssize_t d,
                                      const nc_vd* restrict q, nc_vd* restrict g,
                                      nc_vd* restrict z, const nc_vd* restrict xv,
                                      const nc_vd* restrict yv)
 {
-    const Py_ssize_t B = c->batch, m4 = d - d % 4;
-    const double Bd = (double) B, invB = 1.0 / (double) B;
-    nc_vd mean = {0}, var = {0}, fa = {0}, md = {0}, mdz = {0};
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd* restrict x = xv + i * d;
-        nc_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        Py_ssize_t j = 0;
-        for (; j < m4; j += 4) {
-            a0 = a0 + x[j] * q[j];
-            a1 = a1 + x[j + 1] * q[j + 1];
-            a2 = a2 + x[j + 2] * q[j + 2];
-            a3 = a3 + x[j + 3] * q[j + 3];
-        }
-        for (; j < d; ++j) a0 = a0 + x[j] * q[j];
-        const nc_vd s = (a0 + a1) + (a2 + a3);
-        z[i] = s;
-        mean = mean + s;
-    }
-    mean = mean / Bd;
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd zc = z[i] - mean;
-        z[i] = zc;
-        var = var + zc * zc;
-    }
-    var = var / Bd;
-    nc_vd isd;
-    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(var[l] + c->eps);
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd zh = z[i] * isd;
-        const nc_vd e = zh - yv[i];
-        z[i] = zh;
-        fa = fa + e * e;
-        md = md + e;
-        mdz = mdz + e * zh;
-    }
-    const nc_vd f = 0.5 * fa / Bd + (var - var);   /* NaN where var overflowed, else + 0 */
-    md = md / Bd / Bd;
-    mdz = mdz / Bd / Bd;
-    for (Py_ssize_t j = 0; j < d; ++j) g[j] = (nc_vd) {0};
-    for (Py_ssize_t i = 0; i < B; ++i) {
-        const nc_vd* restrict x = xv + i * d;
-        const nc_vd dz = ((z[i] - yv[i]) * invB - md - z[i] * mdz) * isd;
-        for (Py_ssize_t j = 0; j < d; ++j) g[j] = g[j] + dz * x[j];
-    }
-    return f;
+#define NC_ROW(i) (xv + (i) * d)
+#define NC_Y(i) (yv[i])
+    NC_BN_UNIT_GRAD_BODY(c->batch, const nc_vd*, NC_ROW, NC_Y)
+#undef NC_ROW
+#undef NC_Y
 }
+#undef NC_BN_UNIT_GRAD_BODY
 
 NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {

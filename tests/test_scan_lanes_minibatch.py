@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_scan_lanes import _assert_identical, _bits  # tests/ is on sys.path
 
 import noether_core as nc
 from noether_core import _bridge
 from noether_core._kernels import scan as ks
 from noether_core.errors import BudgetError, DivergenceWarning
 
-KEYS = ("q", "loss", "loss_min", "norm2", "angular_update", "status", "stop_step")
 ISAS = ks.lane_isas()
 
 
@@ -45,31 +45,6 @@ def _scan(pot, q0, lanes, isa=None, rule_cls=nc.rules.SGD, **kw):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DivergenceWarning)
             return nc.scan(rule_cls, pot, q0, lanes=lanes, progress=False, **kw)
-
-
-def _bits(x):
-    x = np.asarray(x)
-    return x.view(np.int64) if x.dtype == np.float64 else x
-
-
-def _same(x, y, what):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape, what
-    np.testing.assert_array_equal(_bits(x), _bits(y), err_msg=what)
-
-
-def _assert_identical(a, b):
-    for k in KEYS:
-        _same(getattr(a, k), getattr(b, k), k)
-    assert (a.series is None) == (b.series is None)
-    if a.series is not None:
-        assert a.series.keys() == b.series.keys()
-        for k in a.series:
-            _same(a.series[k], b.series[k], f"series {k}")
-    assert a.charge_worst.keys() == b.charge_worst.keys()
-    for lab in a.charge_worst:
-        _same(a.charge_worst[lab], b.charge_worst[lab], lab)
-        _same(a.charge_worst_step[lab], b.charge_worst_step[lab], lab)
 
 
 # rule class and grid: per-lane selects mixed within blocks (as tests/test_scan_lanes.py)
