@@ -46,6 +46,7 @@ import numpy as np
 
 from ._kernels import callbacks as callback_kernels
 from ._kernels import integrators as integrator_kernels
+from ._kernels import monitor as monitor_kernels
 from ._kernels import potentials as potential_kernels
 from ._kernels import rules as _kr
 from ._kernels import scan as _ks
@@ -55,7 +56,8 @@ __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "
            "pcg64_lane_states",
            "LANE_RULE_KINDS",
            "lane_isas", "openmp_enabled", "status_codes", "potential_kernels",
-           "callback_kernels", "integrator_kernels", "ModelInputs", "IntegratePlan",
+           "callback_kernels", "integrator_kernels", "monitor_kernels", "ModelInputs",
+           "IntegratePlan",
            "EventSpec", "Trajectory", "run_integrate", "eval_rhs", "GridPlan", "GridOutputs",
            "grid_kernel"]
 

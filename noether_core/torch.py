@@ -24,10 +24,12 @@ What it does (docs/monitor.md):
    direction ``v`` of every ``torch.nn.utils.parametrizations.weight_norm`` (each output
    row).  ``params="all"`` tracks every parameter with ndim ≥ 2 per output row instead.
    The gradients of the first ``audit_steps`` steps confirm the candidates.
-2. **Records, per block and per optimizer step** n → n+1 (§2), with torch on the
-   parameters' device, ten inner products (|q_n|², |g_n|², ⟨g_n, q_n⟩, |Δ_{n+1}|², …),
-   moved to the host in batches, at most once per ``log_every`` steps (no per-step
-   synchronisation; ``.numpy()`` is never called on a device tensor).  The gradient is
+2. **Records, per block and per optimizer step** n → n+1 (§2), ten inner products
+   (|q_n|², |g_n|², ⟨g_n, q_n⟩, |Δ_{n+1}|², …): on an accelerator with torch on the
+   parameters' device, moved to the host in batches, at most once per ``log_every``
+   steps (no per-step synchronisation; ``.numpy()`` is never called on a device
+   tensor); on the CPU with one compiled call per step on NumPy views of the tensors
+   (pyx/monitor.pyx, §6; ``NoetherMonitor.cpu_kernel = False`` uses torch there too).  The gradient is
    read after the step, so an ``optimizer.step(closure)`` (LBFGS, Lightning) is seen
    with the gradient its closure computed; one record per optimizer step.
 3. **Checks the exact per-step identity of the optimizer actually used** (§3), chosen
@@ -53,6 +55,7 @@ import warnings
 
 import numpy as np
 
+from . import _bridge
 from . import _monitor_laws as L
 from . import _validation as V
 from ._monitor_report import Equilibrium, MonitorReport
@@ -65,6 +68,7 @@ except ImportError:                # the optional extra is not installed (see __
 __all__ = ["NoetherMonitor", "MonitorReport", "Equilibrium"]
 
 PREDICTIONS = L.PREDICTIONS
+_mk = _bridge.monitor_kernels             # pyx/monitor.pyx: the CPU path (docs/monitor.md §6)
 #: the order in which the device writes the STATS columns (grouped products, _post)
 _DEV = ("gg", "gq", "e", "a", "D", "a1", "gl", "dg", "ug", "cr", "uq", "uu", "pm", "pq")
 _DEV_TO_STATS = np.array([_DEV.index(name) for name in L.STATS])
@@ -178,10 +182,14 @@ class NoetherMonitor:
     Notes
     -----
     Per step: one flat copy of the tracked weights before the step, ten products into a
-    preallocated buffer after it and one float64-accumulated reduction per layer;
-    vectorised host work when a batch arrives.  docs/monitor.md §6 gives the measured
+    preallocated buffer after it and one float64-accumulated reduction per layer (on the
+    CPU all of it in one compiled pass); vectorised host work when a batch arrives.  docs/monitor.md §6 gives the measured
     overhead.
     """
+
+    #: use the compiled CPU kernel for parameters on the CPU (False: torch kernels, as on
+    #: an accelerator; the two agree to the rounding of a float64 sum)
+    cpu_kernel = True
 
     def __init__(self, model, optimizer, *, record_every=1, max_records=None,
                  callback=None, log_every=100, params="normalised", audit_steps=5,
@@ -365,6 +373,17 @@ class NoetherMonitor:
         lay.acc = self._acc
         if self._others is not None:
             self._others.acc = self._acc
+        # on the CPU, the compiled kernel of pyx/monitor.pyx does the per-step gathers,
+        # products and row sums in one call (docs/monitor.md §6); torch kernels elsewhere
+        self._fast = (self.cpu_kernel and dev.type == "cpu" and lay.N > 0
+                      and self._acc == torch.float64
+                      and self._dtype in (torch.float32, torch.float64)
+                      and all(p.dtype == self._dtype for p in self._tracked))
+        self._qv, self._qptr, self._wbuf = None, None, None
+        if self._fast:
+            self._Xn = [x.numpy() for x in self._X]
+            self._batch_np = self._batch.numpy()
+            self._seg = np.array([(b.rows, b.m) for b in lay.blocks], dtype=np.intp)
         self._rec = L._Recorder(lay.R, self.record_every, self.max_records)
         if self._load is not None:
             load, self._load = self._load, None
@@ -461,7 +480,7 @@ class NoetherMonitor:
             else:
                 if self._layout is None:
                     self._build()
-                self._capture(optimizer, lambda p: p.detach(), self._hyper_now(optimizer))
+                self._capture(optimizer, None, self._hyper_now(optimizer))
             return self._wrap_closure(args, kwargs)
         except Exception as exc:           # noqa: BLE001 (stored, reported at report())
             self._fail(exc)
@@ -515,11 +534,20 @@ class NoetherMonitor:
         return table, first
 
     def _capture(self, optimizer, get, hyper):
-        """q_n (flat) and this step's hyper-parameters per row."""
+        """q_n (flat; ``get`` None: the parameters themselves) and this step's
+        hyper-parameters per row."""
         lay = self._layout
         if lay.R == 0:
             return
-        self._q0 = lay.flat_into(get, self._X[self._cur][1])
+        views = None
+        if self._fast:
+            views = self._param_views() if get is None else self._piece_views(get)
+        if views is not None:
+            _mk.gather(views, self._Xn[self._cur][1])
+            self._q0 = self._X[self._cur][1]
+        else:
+            self._q0 = lay.flat_into(_detached if get is None else get,
+                                     self._X[self._cur][1])
         table, first = hyper
         if table is getattr(self, "_hp_table", None) and \
                 first is getattr(self, "_hp_first", None):
@@ -555,40 +583,16 @@ class NoetherMonitor:
             q0, dt = self._q0, self._dtype
             self._q0 = None
             X, Xp = self._X[self._cur], self._X[1 - self._cur]
-            q1 = lay.flat_into(lambda p: p.detach(), X[3])
             gf, self._g_first = getattr(self, "_g_first", None), None
-            if gf is None:
-                g = lay.flat_into(self._grad, X[0])
-            elif isinstance(gf, dict):
-                g = lay.flat_into(lambda p: gf[p], X[0])
-            else:
-                g = X[0].copy_(gf)
-            torch.sub(q1, q0, out=X[2])
-            # the products in the device order DEV (docs/monitor.md §2), grouped:
-            # g·[g, q_n, Δ_{n+1}] and [q_n, Δ_{n+1}, q_{n+1}]² in one operation each
-            P = self._P
-            torch.mul(X[0:3], g, out=P[0:3])
-            torch.mul(X[1:4], X[1:4], out=P[3:6])
-            torch.mul(Xp[0:3:2], g, out=P[6:8])     # g_{n−1}·g_n, Δ_n·g_n in one
             i = len(self._pending)            # this step's row of the device batch
             if i == self._batch.shape[0]:
                 self._batch = torch.cat([self._batch, torch.zeros_like(self._batch)])
-            if self._adaptive():
-                u, pre, ug = self._update(q0, g)
-                torch.mul(q0, u, out=P[10])
-                torch.mul(u, u, out=P[11])
-                if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
-                    P[8].zero_()
-                else:
-                    torch.mul(ug, ug, out=P[8])
-                torch.mul(q0, pre * g, out=P[12])
-                torch.mul(P[3], pre, out=P[13])
-                lay.reduce(P, out=self._batch[i])
-            elif self._sgd_family():          # GradStats of SGD/Nesterov (cr: Nesterov)
-                self._sgd_stats(g, P)
-                lay.reduce(P[:10], out=self._batch[i, :10])
-            else:                             # the statistics columns stay 0
-                lay.reduce(P[:8], out=self._batch[i, :8])
+                if self._fast:
+                    self._batch_np = self._batch.numpy()
+            if self._fast:
+                self._post_cpu(X, gf, i)
+            else:
+                self._post_torch(X, Xp, q0, gf, i)
             So = None
             if self._others is not None and self._n_steps < self.audit_steps:
                 o = self._others
@@ -604,6 +608,122 @@ class NoetherMonitor:
             self._fail(exc)
         finally:
             self._overhead += time.perf_counter() - t0
+
+    def _post_torch(self, X, Xp, q0, gf, i):
+        """The step's statistics with torch kernels on the parameters' device: the
+        products in the device order DEV (docs/monitor.md §2), grouped, and their row
+        sums into row i of the device batch."""
+        lay, P = self._layout, self._P
+        q1 = lay.flat_into(_detached, X[3])
+        if gf is None:
+            g = lay.flat_into(self._grad, X[0])
+        elif isinstance(gf, dict):
+            g = lay.flat_into(lambda p: gf[p], X[0])
+        else:
+            g = X[0].copy_(gf)
+        torch.sub(q1, q0, out=X[2])
+        # g·[g, q_n, Δ_{n+1}] and [q_n, Δ_{n+1}, q_{n+1}]² in one operation each
+        torch.mul(X[0:3], g, out=P[0:3])
+        torch.mul(X[1:4], X[1:4], out=P[3:6])
+        torch.mul(Xp[0:3:2], g, out=P[6:8])     # g_{n−1}·g_n, Δ_n·g_n in one
+        if self._adaptive():
+            self._adaptive_products(q0, g, P)
+            lay.reduce(P, out=self._batch[i])
+        elif self._sgd_family():          # GradStats of SGD/Nesterov (cr: Nesterov)
+            self._sgd_stats(g, P)
+            lay.reduce(P[:10], out=self._batch[i, :10])
+        else:                             # the statistics columns stay 0
+            lay.reduce(P[:8], out=self._batch[i, :8])
+
+    def _adaptive_products(self, q0, g, P):
+        """Adam/AdamW/RMSprop's columns 8 and 10–13 (§4) into the product buffer."""
+        u, pre, ug = self._update(q0, g)
+        torch.mul(q0, u, out=P[10])
+        torch.mul(u, u, out=P[11])
+        if ug is None:                # AdamW: |u|² = |U|²/η², set on the host
+            P[8].zero_()
+        else:
+            torch.mul(ug, ug, out=P[8])
+        torch.mul(q0, pre * g, out=P[12])
+        torch.mul(P[3], pre, out=P[13])
+
+    def _post_cpu(self, X, gf, i):
+        """The same statistics on the CPU: the gathers, Δ, the eight base columns and
+        (uniform heavy ball or Nesterov coefficients) the buffer of the gradients alone
+        in one compiled call (pyx/monitor.pyx); the adaptive rules' columns with torch
+        on the same buffers (docs/monitor.md §6)."""
+        lay, P = self._layout, self._P
+        out = self._batch_np[i]
+        qv = self._param_views()
+        if qv is None:
+            lay.flat_into(_detached, X[3])
+        gv = None
+        if gf is None:
+            gv = self._grad_views()
+            if gv is None:
+                lay.flat_into(self._grad, X[0])
+        elif isinstance(gf, dict):
+            gv = self._piece_views(lambda p: gf[p])
+            if gv is None:
+                lay.flat_into(lambda p: gf[p], X[0])
+        else:
+            X[0].copy_(gf)
+        stats, kw = _mk.STATS_NONE, {}
+        sgd = self._sgd_family()
+        if sgd:
+            beta, c, nest = self._sgd_coefs()
+            if not torch.is_tensor(beta):      # one (β, τ, nesterov) for every row
+                first = self._bg is None
+                if first:
+                    self._bg = torch.empty(lay.N, dtype=self._dtype)
+                stats = _mk.STATS_NESTEROV if nest else _mk.STATS_SGD
+                kw = {"first": first, "beta": beta, "c": c, "b": self._bg.numpy()}
+                if nest:
+                    have_w = self._wprev is not None and not first
+                    if self._wbuf is None:
+                        self._wbuf = torch.empty(lay.N, dtype=self._dtype)
+                    if have_w and self._wprev is not self._wbuf:
+                        self._wbuf.copy_(self._wprev)
+                    kw.update(w=self._wbuf.numpy(), have_w=have_w)
+        _mk.rows_step(qv, gv, self._Xn[self._cur], self._Xn[1 - self._cur], out,
+                      self._seg, stats, **kw)
+        if stats == _mk.STATS_NESTEROV:
+            self._wprev = self._wbuf
+        elif stats == _mk.STATS_SGD:
+            self._wprev = None
+        if self._adaptive():
+            torch.mul(X[1], X[1], out=P[3])           # q_n², read by column 13
+            self._adaptive_products(X[1], X[0], P)
+            lay.reduce(P[8:14], out=self._batch[i, 8:14])
+        elif sgd and stats == _mk.STATS_NONE:          # mixed groups: torch
+            self._sgd_stats(X[0], P)
+            lay.reduce(P[8:10], out=self._batch[i, 8:10])
+
+    def _piece_views(self, get):
+        """NumPy views of the layout's pieces of ``get(p)`` (CPU, C-contiguous, the
+        buffers' dtype), or None when one is not such a tensor (then torch gathers)."""
+        out, dt = [], self._dtype
+        for p, sl in self._layout.pieces:
+            t = get(p)
+            if t is None or t.layout != torch.strided or t.dtype != dt or \
+                    t.device.type != "cpu":
+                return None
+            if sl is not None:
+                t = t[sl]
+            if not t.is_contiguous():
+                return None
+            out.append((t.detach() if t.requires_grad else t).numpy())
+        return out
+
+    def _param_views(self):
+        """The parameters' pieces as NumPy views, kept while their storage stays."""
+        ptrs = [p.data_ptr() for p in self._tracked]
+        if ptrs != self._qptr:
+            self._qv, self._qptr = self._piece_views(_detached), ptrs
+        return self._qv
+
+    def _grad_views(self):
+        return self._piece_views(_grad_or_none)
 
     @staticmethod
     def _grad(p):
@@ -1031,7 +1151,9 @@ class NoetherMonitor:
         Xp[2].copy_(s["dprev"].to(dev, self._dtype))
         Xp[0].copy_(s["gprev"].to(dev, self._dtype))
         self._mg = None if s.get("mg") is None else s["mg"].to(dev, self._dtype)
-        self._bg = None if s.get("bg") is None else s["bg"].to(dev, self._dtype)
+        # copies: the buffer is updated in place, and the checkpoint stays as loaded
+        self._bg = None if s.get("bg") is None else s["bg"].to(dev, self._dtype,
+                                                                copy=True)
         self._wprev = None if s.get("wprev") is None else s["wprev"].to(dev, self._dtype)
         a = s["audit"]
         self._audit_done = bool(a["done"])
@@ -1097,6 +1219,14 @@ class NoetherMonitor:
         for h in self._hooks + self._fwd_hooks:
             h.remove()
         self._hooks, self._fwd_hooks = [], []
+
+
+def _detached(p):
+    return p.detach()
+
+
+def _grad_or_none(p):
+    return p.grad
 
 
 def _to_torch(x):

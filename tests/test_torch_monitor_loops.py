@@ -282,23 +282,23 @@ def test_meta_device_runs_and_says_values_are_unavailable():
 
 def test_a_failing_hook_never_raises_into_step():
     """Issue 19 item 5: an exception inside the monitor's hook (here injected in its
-    per-row reduction at step 3) is caught; optimizer.step goes on; the next public call
-    warns once, naming the step and the exception; the report keeps steps 0–2; state_dict
-    refuses with the original as __cause__."""
+    per-step statistics at step 3: the compiled CPU path and the torch path alike) is
+    caught; optimizer.step goes on; the next public call warns once, naming the step and
+    the exception; the report keeps steps 0–2; state_dict refuses with the original as
+    __cause__."""
     X, y = _data()
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     mon = NoetherMonitor(model, opt, log_every=1)
     _train(model, opt, X, y, _batches(3))
-    real = mon._layout.reduce
 
     def broken(*args, **kwargs):
         raise FloatingPointError("injected")
-    mon._layout.reduce = broken
+    mon._post_cpu = mon._post_torch = broken
     w_before = model[0].weight.detach().clone()
     _train(model, opt, X, y, _batches(4, seed=5))         # does not raise
     assert not torch.equal(model[0].weight, w_before)     # the optimizer still stepped
-    mon._layout.reduce = real
+    del mon._post_cpu, mon._post_torch
     with pytest.warns(RuntimeWarning, match=r"stopped recording at step 3: "
                                             r"FloatingPointError: injected"):
         rep = mon.report()
@@ -456,11 +456,14 @@ def _resumable(steps_a, steps_b, split, model_fn, opt_fn, **kw):
     return full, mon.report()
 
 
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["compiled", "torch"])
 @pytest.mark.parametrize("opt_name", ["sgd", "nesterov", "adamw", "adam-l2"])
-def test_resumed_run_gives_the_same_report_bitwise(opt_name):
+def test_resumed_run_gives_the_same_report_bitwise(opt_name, cpu_kernel, monkeypatch):
     """state_dict()/load_state_dict(): a run checkpointed at step 23 (mid audit window
     passed, mid log_every batch, mid record stride, after a decimation) and resumed in a
-    fresh process state gives bitwise the report of the uninterrupted run (CPU)."""
+    fresh process state gives bitwise the report of the uninterrupted run (CPU), with the
+    compiled CPU path and with the torch kernels an accelerator uses."""
+    monkeypatch.setattr(NoetherMonitor, "cpu_kernel", cpu_kernel)
     make = OPTIMIZERS[opt_name][0]
     full, resumed = _resumable(30, 20, 23, _mlp, make, record_every=2, max_records=10,
                                log_every=6, audit_steps=3)
