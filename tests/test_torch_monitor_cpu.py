@@ -196,3 +196,34 @@ def test_cpu_kernel_with_closures_mixed_groups_and_float32():
         for f in ("norm2", "grad_norm2", "step_norm2", "angular_update"):
             np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-9,
                                        err_msg=f)
+
+
+def _conv_run(cpu_kernel, channels_last, steps=12):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 25, 3)).double()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    mon = NoetherMonitor(model, opt, log_every=5)
+    mon.cpu_kernel = cpu_kernel
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 2, 5, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    return mon, mon.report()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernel_on_conv_weights_in_either_memory_format(channels_last):
+    """A channels_last conv weight is not C-contiguous: its pieces fall back to torch's
+    gathers step by step (the kernel still does the rest); the report is the torch
+    path's either way."""
+    mon, a = _conv_run(True, channels_last)
+    assert mon._fast and (mon._qv is None) == channels_last
+    _, b = _conv_run(False, channels_last)
+    _same_report(a, b, rtol=1e-11)
