@@ -17,6 +17,13 @@ shared).  Usage::
     PYTHONPATH=.:python python benchmarks/bench_scan.py            # the full benchmark
     PYTHONPATH=.:python python benchmarks/bench_scan.py --quick    # 16 × 16, 10^3 steps
     ... --write        # also replace the section "## Scans" of benchmarks/RESULTS.md
+    ... --mirror       # only the MirrorDescent table (issue 16): lanes vs the scalar loop
+
+``--mirror`` prints (never writes) MirrorDescent scans of every mirror map, lanes against
+the scalar loop (``lanes=False``, the same bits), on RayleighQuotient d = 8 and d = 128:
+a 16 × 16 grid (lr × weight_decay; p = 3 for pnorm, D_i = 0.5 + i/d for diagonal, entropy
+from |q0| + 0.1), 2000 steps (500 at d = 128), charges off and on, ``--threads``
+threads, in ns per point-step; every pair is checked bitwise equal.
 """
 import os
 
@@ -86,7 +93,12 @@ def main(argv=None):
                     help="run one of the two problems")
     ap.add_argument("--write", action="store_true",
                     help="write the figures into benchmarks/RESULTS.md, section Scans")
+    ap.add_argument("--mirror", action="store_true",
+                    help="only the MirrorDescent table: lanes vs scalar loop (printed)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the --mirror table")
     args = ap.parse_args(argv)
+    if args.mirror:
+        return mirror_table(args)
     n_axis, steps = (16, 1000) if args.quick else (64, 10_000)
     lrs = np.logspace(-3, -1, n_axis)
     wds = np.concatenate([[0.0], np.logspace(-5, -2, n_axis - 1)])
@@ -226,6 +238,52 @@ def main(argv=None):
     if args.write:
         update_results("Scans", body + "\n" + NOTES,
                        "PYTHONPATH=.:python python benchmarks/bench_scan.py --write")
+    return rows
+
+
+def mirror_table(args):
+    """MirrorDescent, every map, lanes vs the scalar loop (docs/scan.md §"MirrorDescent
+    lanes"), ns per point-step, one process run; each pair checked bitwise equal."""
+    n_axis = 8 if args.quick else 16
+    lrs = np.logspace(-3, -1, n_axis)
+    wds = np.concatenate([[0.0], np.logspace(-5, -2, n_axis - 1)])
+    print(f"# MirrorDescent scans: {n_axis}x{n_axis} (lr x weight_decay), RayleighQuotient, "
+          f"threads={args.threads}, best of {args.repeat}")
+    print(f"# machine: {machine()}; lane kernel versions: {lane_isas()}")
+    rows = []
+    for d, steps in ((8, 2000), (128, 500)):
+        if args.quick:
+            steps //= 4
+        rng = np.random.default_rng(2026 + d)
+        M = rng.normal(size=(d, d))
+        pot = nc.potentials.RayleighQuotient((M + M.T) / 2)
+        q0 = rng.normal(size=d)
+        maps = [("euclidean", {}, q0), ("diagonal", {"D": tuple(0.5 + np.arange(d) / d)}, q0),
+                ("pnorm", {"p": 3.0}, q0), ("entropy", {}, np.abs(q0) + 0.1)]
+        for mirror, kw, q in maps:
+            for charges in (False, True):
+                def run(lanes, pot=pot, q=q, kw=kw, mirror=mirror, charges=charges,
+                        steps=steps):
+                    return nc.scan(nc.rules.MirrorDescent, pot, q, steps=steps, lr=lrs,
+                                   weight_decay=wds, mirror=mirror, threads=args.threads,
+                                   progress=False, charges=charges, lanes=lanes, **kw)
+                tl, rl, ldl = _timed(lambda: run(None), args.repeat)
+                ts, rs, lds = _timed(lambda: run(False), args.repeat)
+                assert rl.kernel.startswith("lanes[") and rs.kernel == "scalar"
+                for k in ("q", "loss", "loss_min", "angular_update", "stop_step"):
+                    a, b = getattr(rl, k), getattr(rs, k)
+                    assert np.array_equal(a.view(np.int64) if a.dtype == np.float64 else a,
+                                          b.view(np.int64) if b.dtype == np.float64 else b)
+                ns = 1e9 / (lrs.size * wds.size * steps)
+                load = f"{min(ldl + lds):.1f}-{max(ldl + lds):.1f}"
+                rows.append([f"d={d}", mirror, "on" if charges else "off",
+                             f"{tl * ns:.1f}", f"{ts * ns:.1f}", f"{ts / tl:.2f}x", load])
+                print(f"d={d:<4} {mirror:<10} charges {'on ' if charges else 'off'}  lanes "
+                      f"{tl * ns:8.1f} ns  scalar {ts * ns:8.1f} ns per point-step  "
+                      f"x{ts / tl:5.2f}  (load {load}; {int(rl.diverged.sum())} diverged)")
+    header = ["d", "mirror", "charges", "lanes ns/pt-step", "scalar ns/pt-step",
+              "scalar/lanes", "load"]
+    print("\n" + table(rows, header))
     return rows
 
 

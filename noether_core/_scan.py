@@ -302,18 +302,19 @@ def _forced_lane_isa() -> str | None:
 def _lane_reason(g: _Grid) -> str | None:
     """Why the lane kernel cannot run this grid (None: it can).
 
-    It covers SGD, Adam, AdamW, RMSprop and ScalarRMSProp on a potential with a lane
-    form (Quadratic, RayleighQuotient, BatchNormUnit), full batch, or minibatch on
+    It covers SGD, Adam, AdamW, RMSprop, ScalarRMSProp and MirrorDescent (every mirror
+    map; docs/scan.md §"MirrorDescent lanes") on a potential with a lane form
+    (Quadratic, RayleighQuotient, BatchNormUnit), full batch, or minibatch on
     BatchNormUnit, recorded series included, with the balance laws of scale-family
     symmetries or none (docs/scan.md §"Lanes", §"Minibatch lanes")."""
-    from .rules import SGD, Adam, RMSprop, ScalarRMSProp
+    from .rules import SGD, Adam, MirrorDescent, RMSprop, ScalarRMSProp
 
-    lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp)
+    lane_rules = (SGD, Adam, RMSprop, ScalarRMSProp, MirrorDescent)
     if not any(isinstance(g.rule_cls, type) and issubclass(g.rule_cls, base)
                and g.rule_cls.kind == base.kind for base in lane_rules) \
             or g.rule_cls.kind not in _bridge.LANE_RULE_KINDS:
-        return (f"the rule is {g.rule_cls.__name__}, lanes run SGD, Adam, AdamW, RMSprop "
-                "and ScalarRMSProp only")
+        return (f"the rule is {g.rule_cls.__name__}, lanes run SGD, Adam, AdamW, RMSprop, "
+                "ScalarRMSProp and MirrorDescent only")
     if g.potential._lane_form() is None:
         return (f"{type(g.potential).__name__} has no lane form (Quadratic, "
                 "RayleighQuotient and BatchNormUnit have)")

@@ -1,7 +1,7 @@
 /* Lane-vectorised scan kernel (docs/scan.md §"Lanes"): NC_NL grid points per SIMD block.
  *
- * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD, Adam/AdamW, RMSprop and
- * ScalarRMSProp scans
+ * Used by pyx/scan.pyx (LaneScanKernel) for full-batch SGD, Adam/AdamW, RMSprop,
+ * ScalarRMSProp and MirrorDescent scans
  * on the potentials that have a lane form (Quadratic, RayleighQuotient, BatchNormUnit),
  * with or without the scale-family balance laws.  Every lane is bitwise the scalar
  * run_loop of the same point.
@@ -35,7 +35,8 @@ typedef long long nc_vl __attribute__((vector_size(NC_NL * sizeof(long long))));
 
 enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
 /* the rules with a lane form (their step functions in lanes_impl.h) */
-enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS = 3 };
+enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS = 3,
+       NC_LRULE_MIRROR = 4 };
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
 
 typedef struct {
@@ -56,7 +57,8 @@ typedef struct {
        exp_avg_sq, max_exp_avg_sq | step; RMSPROP: lr, alpha, eps, wd, momentum,
        centered | square_avg, momentum_buffer, grad_avg | step; SRMS (the paper's
        ScalarRMSProp): lr, rho, eps, G0 (NaN: the first |d_P|^2), wd, nproj | none |
-       initialised, G per part) */
+       initialised, G per part; MIRROR: lr, wd, map (0 euclidean, 1 diagonal, 2 pnorm,
+       3 entropy; per point), p | D (map 1 only) | none) */
     int rule;                   /* NC_LRULE_* */
     Py_ssize_t P;
     const double* hp;           /* (P, nhp) */
@@ -120,6 +122,12 @@ typedef struct {
     /* ScalarRMSProp: 1 - rho, G0 (NaN: from the first step), parts projected */
     nc_vd omrho, G0, nproj;
     double* G;                  /* npart: G per part */
+    /* MirrorDescent (buf: D, v1/v2: the step's d and free d): map per lane, p - 1 and
+       1/(p - 1) as the scalar step forms them, lanes with map 1, block-uniform flags */
+    nc_vd mpm1, mipm1;
+    nc_vl mdiag;
+    int mkind[NC_NL];
+    int m_diag_any, m_nl_any;   /* some lane: diagonal; some lane: pnorm or entropy */
     nc_vd f, loss_min;
     int alive[NC_NL];
     Py_ssize_t n_rows[NC_NL];   /* recorded rows so far, per lane */

@@ -805,6 +805,131 @@ NC_INLINE void NCL(step_srms)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     }
 }
 
+/* ---- the rule: _step_mirror per lane ----------------------------------------------- */
+
+/* q_{n+1} of one lane and coordinate under a nonlinear map (rules.pyx _step_mirror,
+ * statement for statement, with the same libm pow / exp): pnorm (kind 2) maps q to
+ * y = sign(q) |q|^(p-1), steps y - lr d and maps back; entropy (kind 3) is q exp(-lr d) */
+static inline double NCL(mirror_nl)(int kind, double qi, double di, double lr, double pm1,
+                                    double ipm1)
+{
+    if (kind == 2) {
+        double a = fabs(qi), y = pow(a, pm1);
+        if (qi < 0.0) y = -y;
+        y = y - lr * di;
+        a = pow(fabs(y), ipm1);
+        return y < 0.0 ? -a : a;
+    }
+    return qi * exp((-lr) * di);
+}
+
+/* One MirrorDescent step of every lane (rules.pyx _step_mirror) from q_n = w->q with the
+ * gradient w->g into qout: d = g + wd q (a select on wd != 0), then per map
+ * q - lr d (euclidean), q - (lr d)/D (diagonal, D in buf; selected per lane), and for the
+ * lanes with pnorm or entropy maps the scalar statements of NCL(mirror_nl) per lane and
+ * coordinate (d kept in v1).  With qfree, the free step (g = 0: d = 0 + wd q or +0) from
+ * the same state into qfree, as _charges_before's copy-and-step forms it (d in v2).
+ * Mirror descent keeps no state, so the step and its free step share only wd q. */
+NC_INLINE void NCL(step_mirror)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
+                                double* restrict qfree_, double* restrict qout_)
+{
+    const nc_vd lr = w->lr, wd = w->wd;
+    const nc_vl wd_on = w->wd_on, diag = w->mdiag;
+    const int diag_any = w->m_diag_any, nl_any = w->m_nl_any;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    const nc_vd* restrict D = NCCV(w->buf);
+    nc_vd* restrict dv = NCV(w->v1);
+    nc_vd* restrict dfv = NCV(w->v2);
+    nc_vd* restrict qf = NCV(qfree_);
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0};
+    (void) c;
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i], wq = wd * qi;
+        const nc_vd di = NCL(sel)(wd_on, g[i] + wq, g[i]);
+        const nc_vd ld = lr * di;
+        nc_vd qn = qi - ld;
+        if (diag_any) qn = NCL(sel)(diag, qi - ld / D[i], qn);
+        qout[i] = qn;
+        if (nl_any) dv[i] = di;
+        if (qfree_ != NULL) {
+            const nc_vd df = NCL(sel)(wd_on, zero + wq, zero);
+            const nc_vd lf = lr * df;
+            nc_vd qfi = qi - lf;
+            if (diag_any) qfi = NCL(sel)(diag, qi - lf / D[i], qfi);
+            qf[i] = qfi;
+            if (nl_any) dfv[i] = df;
+        }
+    }
+    if (!nl_any) return;
+    /* the lanes with a nonlinear map, one scalar at a time (every access through the
+       pointers above, so that restrict holds) */
+    const double* restrict qs = (const double*) q;
+    const double* restrict ds = (const double*) dv;
+    const double* restrict dfs = (const double*) dfv;
+    for (int l = 0; l < NC_NL; ++l) {
+        const int kind = w->mkind[l];
+        if (kind < 2) continue;
+        const double lrl = w->lr[l], pm1 = w->mpm1[l], ipm1 = w->mipm1[l];
+        for (Py_ssize_t i = 0; i < d; ++i) {
+            const Py_ssize_t k = i * NC_NL + l;
+            qout_[k] = NCL(mirror_nl)(kind, qs[k], ds[k], lrl, pm1, ipm1);
+            if (qfree_ != NULL)
+                qfree_[k] = NCL(mirror_nl)(kind, qs[k], dfs[k], lrl, pm1, ipm1);
+        }
+    }
+}
+
+/* grad h(x) of lane l's map at coordinate i (rules.pyx _mirror_grad): x, D_i x,
+ * sign(x) |x|^(p-1), 1 + log x */
+static inline double NCL(mirror_grad)(const nc_lane_ws* w, int l, Py_ssize_t i, double x)
+{
+    const int kind = w->mkind[l];
+    if (kind == 0) return x;
+    if (kind == 1) return w->buf[i * NC_NL + l] * x;
+    if (kind == 2) {
+        const double a = pow(fabs(x), w->mpm1[l]);
+        return x < 0.0 ? -a : a;
+    }
+    return 1.0 + log(x);
+}
+
+/* After the swap (q = q_{n+1}, qn = q_n, q_free the free step): each tracked scale law
+ * of mirror descent (rules.pyx _mirror_law, docs/balance_laws.md (4.1)):
+ * R = sum_B (grad h(q_{n+1}) - grad h(q_free))_i xi_i and its scale
+ * sc = sum_B (|.| + |.|) |xi_i|, xi = q_n on the block, summed in block order from +0;
+ * rel = |R|/sc (0 or 1 where sc = 0, 1 where NaN) folded into the lanes' worst values.
+ * grad h per lane and coordinate, scalar (libm pow / log as the scalar code calls them);
+ * the metric term the scalar loop also forms is not an output of a scan. */
+static void NCL(mirror_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
+{
+    const double* q1 = w->q;
+    const double* q0 = w->qn;
+    const double* qf = w->q_free;
+    for (Py_ssize_t j = 0; j < c->nsym; ++j) {
+        for (int l = 0; l < NC_NL; ++l) {
+            if (!w->alive[l]) continue;
+            double R = 0.0, sc = 0.0, rel;
+            for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                const Py_ssize_t i = c->sidx[k];
+                const double xi = q0[i * NC_NL + l];
+                const double a1 = NCL(mirror_grad)(w, l, i, q1[i * NC_NL + l]);
+                const double af = NCL(mirror_grad)(w, l, i, qf[i * NC_NL + l]);
+                R = R + (a1 - af) * xi;
+                sc = sc + (fabs(a1) + fabs(af)) * fabs(xi);
+            }
+            if (sc > 0.0) rel = fabs(R) / sc;
+            else rel = R == 0.0 ? 0.0 : 1.0;
+            if (rel != rel) rel = 1.0;
+            if (rel > w->worst[j * NC_NL + l]) {
+                w->worst[j * NC_NL + l] = rel;
+                w->wstep[j * NC_NL + l] = n;
+            }
+        }
+    }
+}
+
 /* the rule's step of every lane (rule: NC_LRULE_*, a constant where inlined) */
 NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                          Py_ssize_t n, const int rule, double* qfree, double* qout)
@@ -815,6 +940,8 @@ NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w
         NCL(step_srms)(c, d, w, qfree, qout);
     else if (rule == NC_LRULE_RMSPROP)
         NCL(step_rmsprop)(c, d, w, n, qfree, qout);
+    else if (rule == NC_LRULE_MIRROR)
+        NCL(step_mirror)(c, d, w, qfree, qout);
     else
         NCL(step_sgd)(c, d, w, qfree, qout);
 }
@@ -992,6 +1119,8 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
         w->v1[i * NC_NL + l] = c->rule == NC_LRULE_ADAM ? 1.0 : 0.0;
         w->v2[i * NC_NL + l] = c->rule == NC_LRULE_ADAM ? 1.0 : 0.0;
         if (c->rule == NC_LRULE_RMSPROP) w->buf[i * NC_NL + l] = 1.0;
+        if (c->rule == NC_LRULE_MIRROR)    /* MirrorDescent's D: 1 (no 0/0 when idle) */
+            w->buf[i * NC_NL + l] = 1.0;
     }
     w->nlr[l] = 0.0;
     w->lr[l] = 0.0;                    /* Adam: step_size 0 */
@@ -1058,6 +1187,16 @@ NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
         w->decay[l] = 1.0 - hp[0] * hp[4];
         w->pw1[l] = c->powtab + c->pow_row[2 * p] * c->pow_len;
         w->pw2[l] = c->powtab + c->pow_row[2 * p + 1] * c->pow_len;
+    } else if (c->rule == NC_LRULE_MIRROR) {   /* lr, wd, map, p (docs/scan.md
+                                                  "MirrorDescent lanes") */
+        w->lr[l] = hp[0];
+        w->nlr[l] = -hp[0];
+        w->wd[l] = hp[1];
+        w->wd_on[l] = hp[1] != 0.0 ? -1 : 0;
+        w->mkind[l] = (int) hp[2];
+        w->mdiag[l] = w->mkind[l] == 1 ? -1 : 0;
+        w->mpm1[l] = hp[3] - 1.0;          /* pow(|q|, p - 1) */
+        w->mipm1[l] = 1.0 / (hp[3] - 1.0); /* pow(|y|, 1 / (p - 1)) */
     } else if (c->rule == NC_LRULE_SRMS) {     /* lr, rho, eps, G0, wd, nproj */
         w->lr[l] = hp[0];
         w->nlr[l] = -hp[0];
@@ -1157,6 +1296,13 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     }
     w->ams_any = NCL(any)(w->ams);
     w->cen_any = NCL(any)(w->cen);
+    w->m_diag_any = 0;                 /* MirrorDescent: some lane's map is diagonal; */
+    w->m_nl_any = 0;                   /* some lane's is pnorm or entropy */
+    if (c->rule == NC_LRULE_MIRROR)
+        for (l = 0; l < NC_NL; ++l) {
+            w->m_diag_any |= w->mkind[l] == 1;
+            w->m_nl_any |= w->mkind[l] >= 2;
+        }
 }
 
 NC_INLINE int NCL(n_alive)(const nc_lane_ws* w)
@@ -1201,7 +1347,10 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
         s1 = s1 + qn[k + 1];
     }
     for (; k < d; ++k) s0 = s0 + qn[k];
-    const nc_vd s = s0 + s1;
+    nc_vd s = s0 + s1;
+    /* MirrorDescent's entropy map takes a gradient of +inf to q exp(-inf) = 0, finite:
+       its gradient is probed too (NaN exactly where some g_i is not finite) */
+    if (c->rule == NC_LRULE_MIRROR) s = s + NCL(probe)(NCCV(w->g), d, (nc_vd) {0});
     if (!NCL(any_nan)(s - s)) return NC_NL;          /* (every lane's count is irrelevant) */
     for (int l = 0; l < NC_NL; ++l) {
         if (!w->alive[l]) continue;
@@ -1341,20 +1490,26 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->q = w->qn;
             w->qn = t;
         }
-        if (c->nsym > 0) NCL(scale_laws)(c, w, n);
+        if (c->nsym > 0) {
+            if (rule == NC_LRULE_MIRROR) NCL(mirror_laws)(c, w, n);
+            else NCL(scale_laws)(c, w, n);
+        }
     }
     if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
     w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }
 
 /* The block's run for any d (and ScalarRMSProp's for every d: its loops go through the
- * partition's index list, which a constant d would not unroll) */
+ * partition's index list, which a constant d would not unroll; and MirrorDescent's: its
+ * nonlinear maps' cost is the per-lane libm calls, and 2 x 16 more copies of the block's
+ * run would lengthen the build by minutes) */
 static __attribute__((noinline)) void NCL(run_block_any)(const nc_lane_ctx* c,
                                                          nc_lane_ws* w, Py_ssize_t p0)
 {
     if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_ADAM);
     else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_RMSPROP);
     else if (c->rule == NC_LRULE_SRMS) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SRMS);
+    else if (c->rule == NC_LRULE_MIRROR) NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_MIRROR);
     else NCL(run_block_d)(c, w, p0, c->d, NC_LRULE_SGD);
 }
 
@@ -1369,7 +1524,8 @@ static __attribute__((noinline)) void NCL(run_block_##D)(const nc_lane_ctx* c,  
 {                                                                                         \
     if (c->rule == NC_LRULE_ADAM) NCL(run_block_d)(c, w, p0, D, NC_LRULE_ADAM);           \
     else if (c->rule == NC_LRULE_RMSPROP) NCL(run_block_d)(c, w, p0, D, NC_LRULE_RMSPROP); \
-    else if (c->rule == NC_LRULE_SRMS) NCL(run_block_any)(c, w, p0);                      \
+    else if (c->rule == NC_LRULE_SRMS || c->rule == NC_LRULE_MIRROR)                      \
+        NCL(run_block_any)(c, w, p0);                                                     \
     else NCL(run_block_d)(c, w, p0, D, NC_LRULE_SGD);                                     \
 }
 NC_FIXED_D(1) NC_FIXED_D(2) NC_FIXED_D(3) NC_FIXED_D(4) NC_FIXED_D(5) NC_FIXED_D(6)

@@ -47,7 +47,7 @@ from numpy.random cimport bitgen_t
 from noether_core._kernels.potentials cimport Potential, grad_fn
 from noether_core._kernels.rules cimport (RunSpec, ChargeSpec, run_loop, NC_ST_OK,
                                           NC_ST_INTERRUPTED, RULE_SGD, RULE_ADAM,
-                                          RULE_RMSPROP, RULE_SCALAR_RMSPROP)
+                                          RULE_RMSPROP, RULE_SCALAR_RMSPROP, RULE_MIRROR)
 
 cnp.import_array()
 
@@ -675,6 +675,7 @@ cdef extern from "lanes.h" nogil:
         NC_LRULE_ADAM
         NC_LRULE_RMSPROP
         NC_LRULE_SRMS
+        NC_LRULE_MIRROR
     ctypedef struct nc_lane_ctx:
         int pot
         Py_ssize_t d
@@ -753,7 +754,8 @@ _LANE_POTS = {"quadratic": NC_LPOT_QUADRATIC, "rayleigh": NC_LPOT_RAYLEIGH,
 # length of its hp row and its number of state buffers
 _LANE_RULES = {RULE_SGD: (NC_LRULE_SGD, 5, 1), RULE_ADAM: (NC_LRULE_ADAM, 7, 3),
                RULE_RMSPROP: (NC_LRULE_RMSPROP, 6, 3),
-               RULE_SCALAR_RMSPROP: (NC_LRULE_SRMS, 6, 0)}
+               RULE_SCALAR_RMSPROP: (NC_LRULE_SRMS, 6, 0),
+               RULE_MIRROR: (NC_LRULE_MIRROR, 4, 0)}   # (D: 1 buffer, mirror="diagonal")
 LANE_RULE_KINDS = tuple(_LANE_RULES)
 
 
@@ -794,9 +796,9 @@ def lane_isas():
 
 
 cdef class LaneScanKernel:
-    """A full-batch grid of SGD, Adam/AdamW, RMSprop or ScalarRMSProp (``LANE_RULE_KINDS``)
-    run NC_NL
-    points per SIMD block (built by noether_core/_scan.py).
+    """A grid of SGD, Adam/AdamW, RMSprop, ScalarRMSProp or MirrorDescent
+    (``LANE_RULE_KINDS``) run NC_NL points per SIMD block (built by
+    noether_core/_scan.py).
 
     ``run()``, ``steps_done()`` and ``cancel()`` behave as ScanKernel's.
     """
@@ -875,8 +877,12 @@ cdef class LaneScanKernel:
         _check_f64(hp, vec0, sca0, q0, out.q, out.loss, out.loss_min, out.norm2,
                    out.angular_update)
         _check_intp(bptr, bidx, out.status, out.stop_step)
+        if lrule == NC_LRULE_MIRROR:
+            self._check_mirror(hp, vec0, d)
+            nvec = 1 if vec0.shape[1] == d and d > 0 else 0
         if (hp.ndim != 2 or hp.shape[1] != nhp or vec0.shape[0] != P or sca0.shape[0] != P
-                or sca0.shape[1] < 1 or vec0.shape[1] != nvec * d or out.q.shape[0] != P
+                or (sca0.shape[1] < 1 and lrule != NC_LRULE_MIRROR)
+                or vec0.shape[1] != nvec * d or out.q.shape[0] != P
                 or out.loss.shape[0] != P or out.angular_update.shape[0] != P
                 or out.status.shape[0] != P):
             raise ValueError("LaneScanKernel: inconsistent shapes")
@@ -931,6 +937,21 @@ cdef class LaneScanKernel:
         c.status = <Py_ssize_t*> _data(out.status)
         c.stop = <Py_ssize_t*> _data(out.stop_step)
         c.cancel = &self.cancel_flag
+
+    cdef _check_mirror(self, cnp.ndarray hp, cnp.ndarray vec0, Py_ssize_t d):
+        """MirrorDescent rows (lr, wd, map, p; D in vec0 where the map is diagonal): the
+        map a code 0-3, p > 1 where it is pnorm, D (one row of d) present and positive
+        where it is diagonal -- what the rule's constructor guarantees."""
+        if hp.ndim != 2 or hp.shape[1] != 4:
+            raise ValueError("LaneScanKernel: MirrorDescent rows must have 4 columns")
+        kind = hp[:, 2]
+        if np.any((kind != 0) & (kind != 1) & (kind != 2) & (kind != 3)):
+            raise ValueError("LaneScanKernel: MirrorDescent map codes must be 0, 1, 2 or 3")
+        if np.any((kind == 2) & ~(hp[:, 3] > 1.0)):
+            raise ValueError("LaneScanKernel: MirrorDescent pnorm needs p > 1")
+        if np.any(kind == 1) and (vec0.shape[1] != d or np.any(~(vec0[kind == 1] > 0.0))):
+            raise ValueError("LaneScanKernel: MirrorDescent diagonal needs D > 0 (d values "
+                             "per point)")
 
     cdef _set_batch(self, tuple batch):
         """Minibatch lanes: B rows per step of the potential's N, each point's stream."""
