@@ -231,6 +231,11 @@ def test_lanes_threads_and_chunks_identical():
     assert chunked.kernel == one.kernel
 
 
+class _OtherKind(nc.rules.SGD):
+    """SGD's fields with MirrorDescent's kernel kind: not a rule the lanes know."""
+    kind = nc.rules.MirrorDescent.kind
+
+
 def test_lanes_selection_and_errors():
     """``lanes=None`` picks the lane kernel exactly when it covers the scan; ``lanes=True``
     says why it cannot; ``result.kernel`` says which ran."""
@@ -242,7 +247,8 @@ def test_lanes_selection_and_errors():
     mb = _scan(*PROBLEMS["bn"], None, steps=10, lr=[0.1], batch_size=4)
     assert mb.kernel.startswith("lanes[")
     cases = [
-        (dict(rule_cls=nc.rules.MirrorDescent), "and ScalarRMSProp only"),
+        # every built-in rule has lanes; a subclass that changes its kernel kind does not
+        (dict(rule_cls=_OtherKind), "ScalarRMSProp and MirrorDescent only"),
         (dict(potential="radial"), "no lane form"),
         (dict(charges=[nc.symmetry.Symmetry("scale", ("q",)),
                        nc.symmetry.Symmetry("translation", ("q",), direction=np.ones(8))]),
