@@ -330,7 +330,18 @@ def _check_objects(rule, potential):
                         f"{type(potential).__name__}")
 
 
+#: |q0|² cannot overflow when q0 has at most this many values, none above _Q0_SAFE_MAX
+_Q0_SAFE_LEN, _Q0_SAFE_MAX = 10**7, 1e150
+
+
 def _check_q0_norm(q):
+    """Refuse a q0 whose |q0|² overflows (q0 is finite, validated).  Every partial sum of
+    |q|² in any order is at most d·max|q_i|²·(1 + 2⁻⁵³)^d ≤ 1.000001e307 < 1.8e308 for
+    d ≤ 10⁷ and max|q_i| ≤ 1e150, so such a q0 needs no dot product (nor the errstate
+    around it, which costs more than the maximum)."""
+    if q.size <= _Q0_SAFE_LEN and \
+            float(np.maximum.reduce(np.abs(q), initial=0.0)) <= _Q0_SAFE_MAX:
+        return
     with np.errstate(over="ignore"):
         q_norm2 = np.dot(q, q)
     if not np.isfinite(q_norm2):

@@ -215,20 +215,27 @@ def _build_layout(blocks, chosen) -> ChargeLayout:
 
 def record(potential, chosen, n_rec, state) -> ChargeRecord:
     """A single run's charge outputs (``n_rec`` rows) and the balance-law state it starts
-    from: the last step Δ and residuals carried by ``state`` (a resumed run)."""
+    from: the last step Δ and residuals carried by ``state`` (a resumed run).  The four
+    recorded (n_rec, nsym) series are the rows of one zeroed block (each C-contiguous)."""
     nsym = len(chosen)
     d = potential.dim
     last_delta = (np.zeros(d) if state.last_delta is None
                   else np.array(state.last_delta, dtype=float))
     prev = state.last_residual or {}
     prevm = state.last_metric or {}
+    if prev or prevm:
+        labels = [symmetry_label(s) for s, _ in chosen]
+        last_res = np.array([float(prev.get(k, 0.0)) for k in labels], dtype=np.float64)
+        last_metric = np.array([float(prevm.get(k, 0.0)) for k in labels], dtype=np.float64)
+    else:                                   # a fresh run: nothing carried
+        last_res, last_metric = np.zeros(nsym), np.zeros(nsym)
+    series = np.zeros((4, n_rec, nsym))
+    worst_step = np.empty(nsym, dtype=np.intp)
+    worst_step.fill(-1)
     return ChargeRecord(
-        last_delta=last_delta,
-        last_res=np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
-        last_metric=np.array([float(prevm.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
-        rec_moment=np.zeros((n_rec, nsym)), rec_charge=np.zeros((n_rec, nsym)),
-        rec_resid=np.zeros((n_rec, nsym)), rec_metric=np.zeros((n_rec, nsym)),
-        worst=np.zeros(nsym), worst_step=np.full(nsym, -1, dtype=np.intp),
+        last_delta=last_delta, last_res=last_res, last_metric=last_metric,
+        rec_moment=series[0], rec_charge=series[1], rec_resid=series[2],
+        rec_metric=series[3], worst=np.zeros(nsym), worst_step=worst_step,
         worst_metric=np.zeros(nsym))
 
 
