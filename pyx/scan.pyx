@@ -857,11 +857,11 @@ def _pow_cache_info():
         return len(_POW_CACHE), sum(t.nbytes for t in _POW_CACHE.values())
 
 
-def _cached_pow_table(cnp.ndarray keys, Py_ssize_t steps):
-    """_pow_table of the (K, 2) float64 rows ``keys`` = (beta, s0), through the cache."""
-    key = (keys.tobytes(), steps)
-    with _POW_LOCK:
-        table = _POW_CACHE.get(key)
+def _cached_pow_table(cnp.ndarray keys, Py_ssize_t steps, bytes kb=None):
+    """_pow_table of the (K, 2) float64 rows ``keys`` = (beta, s0), through the cache;
+    ``kb``: ``keys.tobytes()`` when the caller has it already."""
+    key = (keys.tobytes() if kb is None else kb, steps)
+    table = _POW_CACHE.get(key)          # one dict read: atomic, no lock needed
     if table is not None:
         return table
     table = _pow_table(np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1]),
@@ -878,34 +878,44 @@ def _cached_pow_table(cnp.ndarray keys, Py_ssize_t steps):
 def _adam_pow_rows(cnp.ndarray hp, cnp.ndarray sca0, Py_ssize_t steps):
     """Adam's bias-correction table and each point's two rows of it: ``(table, rows)``,
     ``table[rows[p, j]]`` being pow(beta_{j+1}, s0_p + n + 1) for point p (hp columns 1
-    and 2 are beta1, beta2; sca0 column 0 the step count s0).
+    and 2 are beta1, beta2; sca0 column 0 the step count s0; both C-contiguous float64
+    with P >= 1 rows).
 
     The usual grid (betas and s0 the same at every point) is found by one pass over the
-    rows and needs one or two table rows; otherwise the distinct (beta, s0) pairs are
-    found by np.unique.  Which row a pair gets changes nothing but the table's row order;
-    pairs equal as floats share a row (as np.unique merges them): only +0 and -0 can be
-    equal and differ, and 1 - pow(+-0, n) = 1 exactly, so no bias correction changes."""
-    cdef const double[:, ::1] h = hp
-    cdef const double[:, ::1] s = sca0
-    cdef Py_ssize_t p, P = h.shape[0]
-    cdef double b1 = h[0, 1], b2 = h[0, 2], st = s[0, 0]
+    rows and needs one or two table rows, looked up in the cache by their bytes without
+    building an array; otherwise the distinct (beta, s0) pairs are found by np.unique.
+    Which row a pair gets changes nothing but the table's row order; pairs equal as
+    floats share a row (as np.unique merges them): only +0 and -0 can be equal and
+    differ, and 1 - pow(+-0, n) = 1 exactly, so no bias correction changes."""
+    _check_f64(hp, sca0)
+    if (hp.ndim != 2 or sca0.ndim != 2 or hp.shape[1] < 3 or sca0.shape[1] < 1
+            or hp.shape[0] < 1 or sca0.shape[0] != hp.shape[0]):
+        raise ValueError("_adam_pow_rows: hp must be (P, >= 3) and sca0 (P, >= 1), P >= 1")
+    cdef const double* h = <const double*> _data(hp)
+    cdef const double* s = <const double*> _data(sca0)
+    cdef Py_ssize_t p, P = hp.shape[0], nh = hp.shape[1], ns = sca0.shape[1], nk
+    cdef double kv[4]
+    cdef double b1 = h[1], b2 = h[2], st = s[0]
     cdef bint same = True
-    cdef Py_ssize_t[:, ::1] r
+    cdef Py_ssize_t* r
     for p in range(1, P):
-        if h[p, 1] != b1 or h[p, 2] != b2 or s[p, 0] != st:
+        if h[p * nh + 1] != b1 or h[p * nh + 2] != b2 or s[p * ns] != st:
             same = False
             break
     if same and b1 == b1 and b2 == b2 and st == st:        # no NaN
-        if b1 == b2:
-            keys = np.array([[b1, st]])
-        else:
-            keys = np.array([[b1, st], [b2, st]])
+        kv[0], kv[1], kv[2], kv[3] = b1, st, b2, st
+        nk = 1 if b1 == b2 else 2
+        kb = (<char*> kv)[:nk * 2 * sizeof(double)]      # the bytes of the (nk, 2) keys
+        table = _POW_CACHE.get((kb, steps))
+        if table is None:
+            keys = np.array([[b1, st], [b2, st]][:nk])
+            table = _cached_pow_table(keys, steps, kb)
         rows = np.empty((P, 2), dtype=np.intp)
-        r = rows
+        r = <Py_ssize_t*> _data(rows)
         for p in range(P):
-            r[p, 0] = 0
-            r[p, 1] = 0 if b1 == b2 else 1
-        return _cached_pow_table(keys, steps), rows
+            r[2 * p] = 0
+            r[2 * p + 1] = nk - 1
+        return table, rows
     keys = np.concatenate([np.stack([hp[:, 1], sca0[:, 0]], axis=1),
                            np.stack([hp[:, 2], sca0[:, 0]], axis=1)])
     # each (beta, s0) row read as one complex number: np.unique sorts complex
