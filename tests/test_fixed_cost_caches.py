@@ -393,3 +393,20 @@ def test_q0_norm_check_is_the_dot_products(scale, d):
             train_mod._check_q0_norm(q)
     else:
         train_mod._check_q0_norm(q)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), [0.5, 0.6], (0.0, -0.0), (1, True),
+                                   (np.float64(0.8), 0.99), np.array([0.9, 0.99]),
+                                   (0.9, 1.0 - 1e-9)])
+def test_adam_table_bytes_cache_is_never_stale(betas):
+    """The bound kept per (steps, betas) equals the one computed without the cache, for
+    each step count in turn (a changed step count is another key)."""
+    scan_mod = importlib.import_module("noether_core._scan")
+    pot, q0 = _rayleigh(d=4)
+    for steps in (1, 500, 10**6, 500):
+        g = scan_mod._make_grid(nc.rules.Adam, pot, q0, steps, None, (0,), None,
+                                {"lr": [1e-3, 2e-3], "betas": betas})
+        pairs = (g.axes["betas"].tolist() if "betas" in g.axes
+                 else [g.fixed.get("betas", nc.rules.Adam.betas)])
+        want = scan_mod._adam_table_bytes_of(steps, pairs)
+        assert scan_mod._adam_table_bytes(g) == want == scan_mod._adam_table_bytes(g)
