@@ -59,6 +59,41 @@ def dptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
 
 
+_NUMBA_GRAD = {}
+
+
+def numba_rayleigh_grad():
+    """The peers' Rayleigh quotient as a numba ``@njit`` function ``grad(A, q, g, Aq)``:
+    f = qAq / (2 qq) returned, g = (Aq − (qAq/qq) q) / qq written to ``g`` (``Aq`` is
+    scratch), loops in plain order, no fastmath (benchmarks/bench_peers_scan.py and
+    bench_train_peers.py call it from their kernels).  Compiled on first use; raises
+    ImportError without numba."""
+    if "grad" in _NUMBA_GRAD:
+        return _NUMBA_GRAD["grad"]
+    from numba import njit
+
+    @njit(cache=False)
+    def grad(A, q, g, Aq):
+        d = q.shape[0]
+        qq = 0.0
+        for i in range(d):
+            qq += q[i] * q[i]
+        qAq = 0.0
+        for i in range(d):
+            s = 0.0
+            for j in range(d):
+                s += A[i, j] * q[j]
+            Aq[i] = s
+            qAq += q[i] * s
+        t = qAq / qq
+        for i in range(d):
+            g[i] = (Aq[i] - t * q[i]) / qq
+        return 0.5 * t
+
+    _NUMBA_GRAD["grad"] = grad
+    return grad
+
+
 def table(rows, header) -> str:
     """A Markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, table  # noqa: E402
+from _common import machine, numba_rayleigh_grad, table  # noqa: E402
 
 import noether_core as nc  # noqa: E402
 
@@ -157,23 +157,7 @@ def _numba_kernels():
     import numba
     from numba import njit, prange
 
-    @njit(cache=False)
-    def grad(A, q, g, Aq):
-        d = q.shape[0]
-        qq = 0.0
-        for i in range(d):
-            qq += q[i] * q[i]
-        qAq = 0.0
-        for i in range(d):
-            s = 0.0
-            for j in range(d):
-                s += A[i, j] * q[j]
-            Aq[i] = s
-            qAq += q[i] * s
-        t = qAq / qq
-        for i in range(d):
-            g[i] = (Aq[i] - t * q[i]) / qq
-        return 0.5 * t
+    grad = numba_rayleigh_grad()
 
     @njit(parallel=True)
     def run(kind, A, q0, lr, wd, steps, out_q, out_fmin):

@@ -3,7 +3,8 @@ small-scan comparison with JAX + optax, in one process run.
 
 The fixed cost is the wall time of a tiny lane scan minus its kernel time: a 16 × 16
 (lr × weight decay) grid on RayleighQuotient d = 8, 1 step, charges off, of
-SGD(momentum 0.9) and of AdamW.  The kernel's two parts are timed inside the same calls,
+SGD(momentum 0.9), AdamW, Adam and RMSprop (``--rules``; Adam and RMSprop with L2 weight
+decay).  The kernel's two parts are timed inside the same calls,
 by wrapping the object ``noether_core._bridge.lane_kernel`` returns: *build* (the
 compiled ``LaneScanKernel.__cinit__``: scratch, pointers, Adam's pow table) and *run*
 (``kern.run()``).  Printed per rule, as medians over ``--calls`` calls:
@@ -25,6 +26,9 @@ Usage::
     ... --threads 1           # the tiny scans on one thread (default: 1; see below)
     ... --calls 3000          # calls per median
     ... --no-peer             # skip JAX
+    ... --rules SGD,AdamW     # the rules of the fixed-cost table (default: all four)
+    ... --cold                # Adam's pow-table cache emptied before every call
+    ... --no-small            # skip the 16 x 16 x 500 table
 
 The tiny scans run with ``threads=1`` by default: with 2 threads the kernel's OpenMP
 start-up and barrier (part of *run*, not of the facade) dominate and vary by
@@ -125,12 +129,23 @@ def _median_us(v):
     return float(np.median(v)) / 1e3 if len(v) else float("nan")
 
 
-def overhead(rule, calls, threads):
+#: the rules timed: class name -> fixed parameters (Adam and RMSprop: L2 weight decay)
+RULES = {"SGD": {"momentum": 0.9}, "AdamW": {}, "Adam": {}, "RMSprop": {}}
+
+
+def _clear_pow_cache():
+    """Empty Adam's cache of pow tables (pyx/scan.pyx; absent in older versions)."""
+    clear = getattr(sys.modules["noether_core._kernels.scan"], "_pow_cache_clear", None)
+    if clear is not None:
+        clear()
+
+
+def overhead(rule, calls, threads, cold=False):
     A, q0 = _problem()
     pot = nc.potentials.RayleighQuotient(A)
     lr, wd = _grid()
-    cls = {"SGD": nc.rules.SGD, "AdamW": nc.rules.AdamW}[rule]
-    extra = {"momentum": 0.9} if rule == "SGD" else {}
+    cls = getattr(nc.rules, rule)
+    extra = RULES[rule]
 
     def run():
         return nc.scan(cls, pot, q0, steps=1, lr=lr, weight_decay=wd, charges=False,
@@ -143,6 +158,8 @@ def overhead(rule, calls, threads):
     wall = []
     try:
         for _ in range(calls):
+            if cold:
+                _clear_pow_cache()                      # every call builds its table
             t = time.perf_counter_ns()
             run()
             wall.append(time.perf_counter_ns() - t)
@@ -161,6 +178,8 @@ def overhead(rule, calls, threads):
     wall2 = []
     try:
         for _ in range(calls):
+            if cold:
+                _clear_pow_cache()
             t = time.perf_counter_ns()
             run()
             wall2.append(time.perf_counter_ns() - t)
@@ -209,15 +228,24 @@ def main(argv=None):
                     help="threads of ours in the 16 x 16 x 500 table")
     ap.add_argument("--repeat", type=int, default=7, help="best of, small-scan table")
     ap.add_argument("--no-peer", action="store_true", help="skip JAX + optax")
+    ap.add_argument("--rules", default=",".join(RULES),
+                    help=f"comma-separated rules of the fixed-cost table ({', '.join(RULES)})")
+    ap.add_argument("--cold", action="store_true",
+                    help="empty Adam's cache of pow tables before every call (the first "
+                         "call with new betas or step count)")
+    ap.add_argument("--no-small", action="store_true", help="skip the 16 x 16 x 500 table")
     args = ap.parse_args(argv)
     print(machine())
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(f"noether_core from {os.path.dirname(nc.__file__)}")
     print(f"\n### fixed cost per scan call: 16 x 16 grid, 1 step, RayleighQuotient d = 8, "
-          f"charges off, threads={args.threads}, median of {args.calls} calls (µs)\n")
+          f"charges off, threads={args.threads}, median of {args.calls} calls (µs)"
+          f"{'; pow cache emptied before every call' if args.cold else ''}\n")
     rows, breakdowns = [], {}
-    for rule in ("SGD", "AdamW"):
-        fig, parts = overhead(rule, args.calls, args.threads)
+    for rule in args.rules.split(","):
+        if rule not in RULES:
+            ap.error(f"--rules: {rule!r} is not one of {', '.join(RULES)}")
+        fig, parts = overhead(rule, args.calls, args.threads, args.cold)
         rows.append([rule, f"{fig['wall']:.1f}", f"{fig['build']:.1f}", f"{fig['run']:.1f}",
                      f"{fig['facade']:.1f}", f"{fig['wall - run']:.1f}"])
         breakdowns[rule] = parts
@@ -227,6 +255,8 @@ def main(argv=None):
     print("\n### breakdown of the facade (median µs inside each phase, instrumented calls)\n")
     print(table([[k] + [f"{breakdowns[r].get(k, float('nan')):.1f}" for r in breakdowns]
                  for k in names], ["phase"] + list(breakdowns)))
+    if args.no_small:
+        return
     have_jax = False
     if not args.no_peer:
         try:

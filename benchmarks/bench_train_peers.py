@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, table  # noqa: E402
+from _common import machine, numba_rayleigh_grad, table  # noqa: E402
 
 import noether_core as nc  # noqa: E402
 
@@ -90,24 +90,7 @@ def numba_kernels():
     import numba
     from numba import njit
 
-    @njit(cache=False)
-    def grad(A, q, g, Aq):
-        """f = qAq / (2 qq), g = (Aq - (qAq/qq) q) / qq: the Rayleigh quotient."""
-        d = q.shape[0]
-        qq = 0.0
-        for i in range(d):
-            qq += q[i] * q[i]
-        qAq = 0.0
-        for i in range(d):
-            s = 0.0
-            for j in range(d):
-                s += A[i, j] * q[j]
-            Aq[i] = s
-            qAq += q[i] * s
-        t = qAq / qq
-        for i in range(d):
-            g[i] = (Aq[i] - t * q[i]) / qq
-        return 0.5 * t
+    grad = numba_rayleigh_grad()        # f = qAq / (2 qq) and its gradient
 
     @njit(cache=False)
     def law(q1, q0, a0, T):

@@ -338,12 +338,37 @@ def _lane_reason(g: _Grid) -> str | None:
 _ADAM_TABLE_MAX_BYTES = 256 * 2**20
 
 
+#: _adam_table_bytes by (steps, betas pairs), at most _ADAM_BYTES_CACHE_MAX entries
+_ADAM_BYTES_CACHE: dict = {}
+_ADAM_BYTES_CACHE_MAX = 256
+
+
 def _adam_table_bytes(g: _Grid) -> int:
     """An upper bound on the bytes of the lane kernel's pow(beta, step) table: 2 rows per
     beta pair, each until beta^step underflows to 0 (step > 1075 ln 2 / -ln beta, after
-    which pow is exactly 0 and the table stops; pyx/scan.pyx _pow_table) or ``steps``."""
+    which pow is exactly 0 and the table stops; pyx/scan.pyx _pow_table) or ``steps``.
+
+    Kept per (steps, pairs) when the pairs are hashable: the bound is a function of the
+    step count and of the pairs' float values, and pairs that compare equal have equal
+    float values (+0 and -0 give the same bound; NaN never compares equal, so it is never
+    served from the cache)."""
     pairs = g.axes["betas"].tolist() if "betas" in g.axes else \
         [g.fixed.get("betas", g.rule_cls.betas)]
+    try:
+        key = (g.steps, tuple(tuple(p) if type(p) is list else p for p in pairs))
+        hit = _ADAM_BYTES_CACHE.get(key)
+    except TypeError:                      # unhashable values: computed every time
+        key = hit = None
+    if hit is not None:
+        return hit
+    need = _adam_table_bytes_of(g.steps, pairs)
+    if key is not None and len(_ADAM_BYTES_CACHE) < _ADAM_BYTES_CACHE_MAX:
+        _ADAM_BYTES_CACHE[key] = need
+    return need
+
+
+def _adam_table_bytes_of(steps: int, pairs: list) -> int:
+    """_adam_table_bytes of ``steps`` and the betas ``pairs`` (no cache)."""
     vals = None
     if all(type(p) in (tuple, list) and len(p) == 2 and type(p[0]) in (float, int)
            and type(p[1]) in (float, int) for p in pairs):
@@ -364,9 +389,9 @@ def _adam_table_bytes(g: _Grid) -> int:
     if b <= 0.0:
         cols = 2                           # pow(0, step) = 0 from the first step
     elif b < 1.0:
-        cols = min(g.steps, int(math.ceil(746.0 / -math.log(b))) + 2)
+        cols = min(steps, int(math.ceil(746.0 / -math.log(b))) + 2)
     else:
-        cols = g.steps
+        cols = steps
     return 2 * len(pairs) * max(cols, 1) * 8
 
 

@@ -169,9 +169,28 @@ def _block_csr(potential):
     return cached
 
 
-def _flag_overflowed_records(res, names):
+#: up to this many values in all, the recorded buffers are joined for one finiteness test
+_JOIN_FINITE_MAX = 4096
+
+
+def _all_finite(arrays) -> bool:
+    """True when every value of every array is finite: small buffers joined into one
+    array and tested in one ``isfinite``/``all`` pass (a call per buffer costs more than
+    the copy), larger ones tested one by one (no copy of a long record)."""
+    if sum(a.size for a in arrays) <= _JOIN_FINITE_MAX:
+        return bool(np.isfinite(np.concatenate([a.ravel() for a in arrays])).all())
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def _flag_overflowed_records(res, names, raw=()):
     """A run whose parameters stayed finite can still overflow a recorded statistic
-    (|q_B|² or |g|² beyond 1.8e308): flag it like a divergence rather than return inf."""
+    (|q_B|² or |g|² beyond 1.8e308): flag it like a divergence rather than return inf.
+
+    ``raw``: the recording buffers (cut to the rows written), whose values are exactly
+    those of the series checked here; when they are all finite nothing overflowed and the
+    series are not looked at one by one."""
+    if raw and _all_finite(raw):
+        return
     series = [("loss", res.loss), ("|g|²", res.grad_norm2)]
     series += [(f"|q_B|² of block {n!r}", res.block_norm2[n]) for n in names]
     series += [(f"|g_B|² of block {n!r}", v) for n, v in res.block_grad_norm2.items()]
@@ -292,7 +311,12 @@ def train(rule, potential, q0, steps, *, record_every=1, batch_size=None, seed=N
     if status != _status.OK and hasattr(potential, "_raise_callback_error"):
         potential._raise_callback_error(int(state.step + stop))   # a user fn raised
     if status == _status.OK:
-        _flag_overflowed_records(res, list(potential.blocks))
+        raw = [record.loss[:n_done], record.g2[:n_done], record.bn2[:n_done]]
+        raw += [b[:n_done] for b in (record.bg2, record.bd2) if b is not None]
+        if crec is not None:
+            raw += [crec.rec_moment[:n_done], crec.rec_charge[:n_done],
+                    crec.rec_resid[:n_done]]
+        _flag_overflowed_records(res, list(potential.blocks), raw)
     else:
         _flag_divergence(res, status, int(state.step + stop), q)
     return res
@@ -306,7 +330,18 @@ def _check_objects(rule, potential):
                         f"{type(potential).__name__}")
 
 
+#: |q0|² cannot overflow when q0 has at most this many values, none above _Q0_SAFE_MAX
+_Q0_SAFE_LEN, _Q0_SAFE_MAX = 10**7, 1e150
+
+
 def _check_q0_norm(q):
+    """Refuse a q0 whose |q0|² overflows (q0 is finite, validated).  Every partial sum of
+    |q|² in any order is at most d·max|q_i|²·(1 + 2⁻⁵³)^d ≤ 1.000001e307 < 1.8e308 for
+    d ≤ 10⁷ and max|q_i| ≤ 1e150, so such a q0 needs no dot product (nor the errstate
+    around it, which costs more than the maximum)."""
+    if q.size <= _Q0_SAFE_LEN and \
+            float(np.maximum.reduce(np.abs(q), initial=0.0)) <= _Q0_SAFE_MAX:
+        return
     with np.errstate(over="ignore"):
         q_norm2 = np.dot(q, q)
     if not np.isfinite(q_norm2):

@@ -144,14 +144,61 @@ def select(potential, charges, omega):
     return chosen, untracked
 
 
+#: layouts kept per potential (one per distinct choice of tracked symmetries), at most
+_LAYOUT_CACHE_MAX = 8
+
+
+def _array_key(a):
+    """An array's exact content as a hashable key: dtype, shape and bytes (None: None)."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return (a.dtype.str, a.shape, a.tobytes())
+
+
+def _layout_key(chosen) -> tuple:
+    """Everything :func:`layout` reads from the chosen symmetries, by value: the family,
+    the block names, a translation's direction and the Ω of a rotation (exact bytes)."""
+    return tuple((s.family, s.blocks,
+                  _array_key(s.direction) if s.family == "translation" else None,
+                  _array_key(om)) for s, om in chosen)
+
+
 def layout(potential, chosen) -> ChargeLayout:
     """What the compiled loop tracks, as its ChargeSpec reads it
-    (noether_core/_kernels/rules.pxd): families, blocks, directions and Ω's."""
+    (noether_core/_kernels/rules.pxd): families, blocks, directions and Ω's.
+
+    The layout is a function of the potential's blocks and of the chosen symmetries'
+    families, block names, directions and Ω's, nothing else; it is kept on the potential
+    (at most ``_LAYOUT_CACHE_MAX`` choices) under a key holding those values exactly
+    (:func:`_layout_key`), together with the blocks mapping it was built from, and used
+    again only while ``potential.blocks`` is that very mapping (a potential's blocks are
+    a read-only mapping of read-only arrays, fixed at construction).  Its arrays are
+    read-only: every run shares them (the kernel only reads them)."""
+    key = _layout_key(chosen)
+    blocks = potential.blocks
+    cache = potential.__dict__.get("_layout_cache")
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None and hit[0] is blocks:
+            return hit[1]
+    out = _build_layout(blocks, chosen)
+    for name in ("fam", "ptr1", "idx1", "ptr2", "idx2", "dirn", "optr", "omega"):
+        getattr(out, name).setflags(write=False)
+    if cache is None or len(cache) >= _LAYOUT_CACHE_MAX:
+        cache = {}
+    cache[key] = (blocks, out)
+    potential._layout_cache = cache
+    return out
+
+
+def _build_layout(blocks, chosen) -> ChargeLayout:
+    """The ChargeLayout of ``chosen`` on a potential's ``blocks`` (no cache)."""
     fam, b1, b2, dirs, oms = [], [], [], [], []
     for s, om in chosen:
         fam.append(FAMILIES.index(s.family))
-        b1.append(potential.blocks[s.blocks[0]])
-        b2.append(potential.blocks[s.blocks[1]] if s.family == "rescale" else
+        b1.append(blocks[s.blocks[0]])
+        b2.append(blocks[s.blocks[1]] if s.family == "rescale" else
                   np.zeros(0, np.intp))
         dirs.append(np.asarray(s.direction, dtype=float) if s.family == "translation"
                     else np.zeros(len(b1[-1])))
@@ -168,20 +215,27 @@ def layout(potential, chosen) -> ChargeLayout:
 
 def record(potential, chosen, n_rec, state) -> ChargeRecord:
     """A single run's charge outputs (``n_rec`` rows) and the balance-law state it starts
-    from: the last step Δ and residuals carried by ``state`` (a resumed run)."""
+    from: the last step Δ and residuals carried by ``state`` (a resumed run).  The four
+    recorded (n_rec, nsym) series are the rows of one zeroed block (each C-contiguous)."""
     nsym = len(chosen)
     d = potential.dim
     last_delta = (np.zeros(d) if state.last_delta is None
                   else np.array(state.last_delta, dtype=float))
     prev = state.last_residual or {}
     prevm = state.last_metric or {}
+    if prev or prevm:
+        labels = [symmetry_label(s) for s, _ in chosen]
+        last_res = np.array([float(prev.get(k, 0.0)) for k in labels], dtype=np.float64)
+        last_metric = np.array([float(prevm.get(k, 0.0)) for k in labels], dtype=np.float64)
+    else:                                   # a fresh run: nothing carried
+        last_res, last_metric = np.zeros(nsym), np.zeros(nsym)
+    series = np.zeros((4, n_rec, nsym))
+    worst_step = np.empty(nsym, dtype=np.intp)
+    worst_step.fill(-1)
     return ChargeRecord(
-        last_delta=last_delta,
-        last_res=np.array([float(prev.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
-        last_metric=np.array([float(prevm.get(symmetry_label(s), 0.0)) for s, _ in chosen]),
-        rec_moment=np.zeros((n_rec, nsym)), rec_charge=np.zeros((n_rec, nsym)),
-        rec_resid=np.zeros((n_rec, nsym)), rec_metric=np.zeros((n_rec, nsym)),
-        worst=np.zeros(nsym), worst_step=np.full(nsym, -1, dtype=np.intp),
+        last_delta=last_delta, last_res=last_res, last_metric=last_metric,
+        rec_moment=series[0], rec_charge=series[1], rec_resid=series[2],
+        rec_metric=series[3], worst=np.zeros(nsym), worst_step=worst_step,
         worst_metric=np.zeros(nsym))
 
 

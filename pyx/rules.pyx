@@ -183,6 +183,23 @@ cdef inline void _step_adam(RunSpec* s) noexcept nogil:
 # beta2, the step's scalars) is formed once.  No copy of q, of the state or of the zero
 # gradient is made.
 
+cdef inline double _l2_pair(RunSpec* s, Py_ssize_t i, double wd, double* qp,
+                            double* g_out, double* gf_out) noexcept nogil:
+    """Coordinate i's gradient with the L2 term, for the real step and the free one
+    (g = 0): g_out = g_i + wd q_i and gf_out = 0 + wd q_i (wd q_i formed once), or g_i
+    and 0 without weight decay; q_i saved in qp[i] and returned.  Shared by the fused
+    free steps of SGD and RMSprop (inlined: the same operations as written out)."""
+    cdef double qi = s.q[i], gi = s.g[i], gf = 0.0, wq
+    qp[i] = qi
+    if wd != 0.0:
+        wq = wd * qi
+        gi = gi + wq
+        gf = gf + wq                      # 0 + wd q_i: the zero gradient's term
+    g_out[0] = gi
+    gf_out[0] = gf
+    return qi
+
+
 cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
     """_step_sgd with its free step (g = 0) into qf and q_n into qp."""
     cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
@@ -190,16 +207,9 @@ cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nog
     cdef bint first = s.sca[0] == 0.0
     cdef double* buf = s.vec
     cdef Py_ssize_t i
-    cdef double qi, di, df, wq, bm, bn, bf
+    cdef double qi, di, df, bm, bn, bf
     for i in range(s.d):
-        qi = s.q[i]
-        qp[i] = qi
-        di = s.g[i]
-        df = 0.0
-        if wd != 0.0:
-            wq = wd * qi
-            di = di + wq
-            df = df + wq                  # 0 + wd q_i: the zero gradient's d_i
+        qi = _l2_pair(s, i, wd, qp, &di, &df)
         if mom != 0.0:
             if first:
                 bn = di
@@ -236,15 +246,8 @@ cdef inline void _rms_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
     cdef double* sq = s.vec
     cdef double* buf = s.vec + s.d
     cdef double* ga = s.vec + 2 * s.d
-    cdef double qi, gi, gf, wq, sqa, sqf, avg, rootf, gai, gaf, bm = 0.0
-    qi = s.q[i]
-    qp[i] = qi
-    gi = s.g[i]
-    gf = 0.0
-    if wd != 0.0:
-        wq = wd * qi
-        gi = gi + wq
-        gf = gf + wq
+    cdef double qi, gi, gf, sqa, sqf, avg, rootf, gai, gaf, bm = 0.0
+    qi = _l2_pair(s, i, wd, qp, &gi, &gf)
     if carried:
         rootf = salpha * root[i]
     sqa = sq[i] * alpha

@@ -35,10 +35,12 @@ Design
   ``1 <= K``, a generator per point when ``batch_size > 0``.
 """
 from libc.math cimport sqrt, pow, NAN, INFINITY
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memset, memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython.parallel cimport prange, threadid
+
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -765,29 +767,167 @@ def _pow_table(double[::1] beta, double[::1] s0, Py_ssize_t steps):
     count is a double incremented by 1 per step there: exact below 2^53).  L <= steps is
     one past the last n where some row is non-zero: beta^step decreases with the step and
     pow rounds faithfully, so once a row's pow is 0 it stays 0 (at most ~745/(-ln beta)
-    columns: 0.74 M for beta = 0.999, whatever ``steps``)."""
-    cdef Py_ssize_t k, n, L = 0, K = beta.shape[0]
-    cdef double st
-    with nogil:
-        for k in range(K):                 # the columns needed: each row until its first 0
-            st = s0[k]
-            for n in range(steps):
-                st = st + 1.0
-                if pow(beta[k], st) == 0.0:
+    columns: 0.74 M for beta = 0.999, whatever ``steps``).
+
+    One pow per entry: each row's values up to its first 0 are kept from the pass that
+    finds L (a buffer grown by doubling, never past that bound), and only the columns a
+    row has past its first 0 (rows that underflow before the longest one) call pow again,
+    with the same step count, so every entry is the pow the two-pass version computed."""
+    cdef Py_ssize_t k, n, _n, m, cap, L = 0, K = beta.shape[0]
+    cdef double st, v
+    cdef double** vals = <double**> calloc(K if K > 0 else 1, sizeof(double*))
+    cdef Py_ssize_t* nz = <Py_ssize_t*> calloc(K if K > 0 else 1, sizeof(Py_ssize_t))
+    cdef double* grown
+    cdef double[:, ::1] o
+    cdef bint failed = False
+    if vals == NULL or nz == NULL:
+        free(vals)
+        free(nz)
+        raise MemoryError("table of Adam's bias corrections")
+    try:
+        with nogil:
+            for k in range(K):             # each row until its first 0, kept
+                cap = steps if steps < 256 else 256
+                vals[k] = <double*> malloc((cap if cap > 0 else 1) * sizeof(double))
+                if vals[k] == NULL:
+                    failed = True
                     break
-                if n + 1 > L:
-                    L = n + 1
-    if L < steps:
-        L += 1                             # one zero column: harmless, keeps L >= 1
-    out = np.empty((K, L))
-    cdef double[:, ::1] o = out
-    with nogil:
+                st = s0[k]
+                m = 0
+                for _n in range(steps):
+                    st = st + 1.0
+                    v = pow(beta[k], st)
+                    if v == 0.0:
+                        break
+                    if m == cap:
+                        cap = 2 * cap if 2 * cap < steps else steps
+                        grown = <double*> realloc(vals[k], cap * sizeof(double))
+                        if grown == NULL:
+                            failed = True
+                            break
+                        vals[k] = grown
+                    vals[k][m] = v
+                    m += 1
+                nz[k] = m
+                if failed:
+                    break
+                if m > L:
+                    L = m
+        if failed:
+            raise MemoryError("table of Adam's bias corrections")
+        if L < steps:
+            L += 1                         # one zero column: harmless, keeps L >= 1
+        out = np.empty((K, L))
+        o = out
+        with nogil:
+            for k in range(K):             # the kept values, then pow past the first 0
+                if nz[k] > 0:
+                    memcpy(&o[k, 0], vals[k], nz[k] * sizeof(double))
+                st = s0[k]
+                for n in range(L):
+                    st = st + 1.0
+                    if n >= nz[k]:
+                        o[k, n] = pow(beta[k], st)
+        return out
+    finally:
         for k in range(K):
-            st = s0[k]
-            for n in range(L):
-                st = st + 1.0
-                o[k, n] = pow(beta[k], st)
-    return out
+            free(vals[k])
+        free(vals)
+        free(nz)
+
+
+# Adam's pow tables, shared across calls: key = the exact bytes of the distinct
+# (beta, s0) rows and the step count, so an entry is the very table _pow_table would make
+# for that key (never stale: nothing but those numbers enters it).  Bounded: at most
+# _POW_CACHE_MAX tables of at most _POW_CACHE_ENTRY_BYTES each (oldest dropped first);
+# larger tables are made per call.  Cached tables are read-only.
+_POW_CACHE = {}
+_POW_CACHE_MAX = 16
+_POW_CACHE_ENTRY_BYTES = 1 << 19
+_POW_LOCK = threading.Lock()
+
+
+def _pow_cache_clear():
+    """Empty the cache of Adam's pow tables (for tests and benchmarks)."""
+    with _POW_LOCK:
+        _POW_CACHE.clear()
+
+
+def _pow_cache_info():
+    """(entries, bytes) of the cache of Adam's pow tables."""
+    with _POW_LOCK:
+        return len(_POW_CACHE), sum(t.nbytes for t in _POW_CACHE.values())
+
+
+def _cached_pow_table(cnp.ndarray keys, Py_ssize_t steps, bytes kb=None):
+    """_pow_table of the (K, 2) float64 rows ``keys`` = (beta, s0), through the cache;
+    ``kb``: ``keys.tobytes()`` when the caller has it already."""
+    key = (keys.tobytes() if kb is None else kb, steps)
+    table = _POW_CACHE.get(key)          # one dict read: atomic, no lock needed
+    if table is not None:
+        return table
+    table = _pow_table(np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1]),
+                       steps)
+    table.flags.writeable = False
+    if table.nbytes <= _POW_CACHE_ENTRY_BYTES:
+        with _POW_LOCK:
+            _POW_CACHE[key] = table
+            while len(_POW_CACHE) > _POW_CACHE_MAX:
+                del _POW_CACHE[next(iter(_POW_CACHE))]
+    return table
+
+
+def _adam_pow_rows(cnp.ndarray hp, cnp.ndarray sca0, Py_ssize_t steps):
+    """Adam's bias-correction table and each point's two rows of it: ``(table, rows)``,
+    ``table[rows[p, j]]`` being pow(beta_{j+1}, s0_p + n + 1) for point p (hp columns 1
+    and 2 are beta1, beta2; sca0 column 0 the step count s0; both C-contiguous float64
+    with P >= 1 rows).
+
+    The usual grid (betas and s0 the same at every point) is found by one pass over the
+    rows and needs one or two table rows, looked up in the cache by their bytes without
+    building an array; otherwise the distinct (beta, s0) pairs are found by np.unique.
+    Which row a pair gets changes nothing but the table's row order; pairs equal as
+    floats share a row (as np.unique merges them): only +0 and -0 can be equal and
+    differ, and 1 - pow(+-0, n) = 1 exactly, so no bias correction changes."""
+    _check_f64(hp, sca0)
+    if (hp.ndim != 2 or sca0.ndim != 2 or hp.shape[1] < 3 or sca0.shape[1] < 1
+            or hp.shape[0] < 1 or sca0.shape[0] != hp.shape[0]):
+        raise ValueError("_adam_pow_rows: hp must be (P, >= 3) and sca0 (P, >= 1), P >= 1")
+    cdef const double* h = <const double*> _data(hp)
+    cdef const double* s = <const double*> _data(sca0)
+    cdef Py_ssize_t p, P = hp.shape[0], nh = hp.shape[1], ns = sca0.shape[1], nk
+    cdef double kv[4]
+    cdef double b1 = h[1], b2 = h[2], st = s[0]
+    cdef bint same = True
+    cdef Py_ssize_t* r
+    for p in range(1, P):
+        if h[p * nh + 1] != b1 or h[p * nh + 2] != b2 or s[p * ns] != st:
+            same = False
+            break
+    if same and b1 == b1 and b2 == b2 and st == st:        # no NaN
+        kv[0], kv[1], kv[2], kv[3] = b1, st, b2, st
+        nk = 1 if b1 == b2 else 2
+        kb = (<char*> kv)[:nk * 2 * sizeof(double)]      # the bytes of the (nk, 2) keys
+        table = _POW_CACHE.get((kb, steps))
+        if table is None:
+            keys = np.array([[b1, st], [b2, st]][:nk])
+            table = _cached_pow_table(keys, steps, kb)
+        rows = np.empty((P, 2), dtype=np.intp)
+        r = <Py_ssize_t*> _data(rows)
+        for p in range(P):
+            r[2 * p] = 0
+            r[2 * p + 1] = nk - 1
+        return table, rows
+    keys = np.concatenate([np.stack([hp[:, 1], sca0[:, 0]], axis=1),
+                           np.stack([hp[:, 2], sca0[:, 0]], axis=1)])
+    # each (beta, s0) row read as one complex number: np.unique sorts complex
+    # values by (real, imag), the rows' lexicographic order, and is ~8x faster
+    # than np.unique(axis=0)
+    ukeys, inv = np.unique(np.ascontiguousarray(keys).view(np.complex128).ravel(),
+                           return_inverse=True)
+    ukeys = np.ascontiguousarray(ukeys).view(np.float64).reshape(-1, 2)
+    rows = np.ascontiguousarray(inv.reshape(2, P).T, dtype=np.intp)
+    return _cached_pow_table(ukeys, steps), rows
 
 
 def lane_isas():
@@ -901,17 +1041,8 @@ cdef class LaneScanKernel:
         if lrule == NC_LRULE_ADAM and P > 0 and plan.steps > 0:
             # one row of pow(beta, step) per distinct (beta, initial step), shared by
             # every block and thread (a pow per lane and step would cost more than the
-            # step's arithmetic)
-            keys = np.concatenate([np.stack([hp[:, 1], sca0[:, 0]], axis=1),
-                                   np.stack([hp[:, 2], sca0[:, 0]], axis=1)])
-            # each (beta, s0) row read as one complex number: np.unique sorts complex
-            # values by (real, imag), the rows' lexicographic order, and is ~8x faster
-            # than np.unique(axis=0) (the bulk of an Adam scan's fixed cost)
-            ukeys, inv = np.unique(np.ascontiguousarray(keys).view(np.complex128).ravel(),
-                                   return_inverse=True)
-            table = _pow_table(np.ascontiguousarray(ukeys.real),
-                               np.ascontiguousarray(ukeys.imag), plan.steps)
-            rows = np.ascontiguousarray(inv.reshape(2, P).T, dtype=np.intp)
+            # step's arithmetic), and across calls (_cached_pow_table)
+            table, rows = _adam_pow_rows(hp, sca0, plan.steps)
             self.keep += [table, rows]
             c.powtab = <const double*> _data(table)
             c.pow_row = <const Py_ssize_t*> _data(rows)
