@@ -810,13 +810,17 @@ cdef inline double _nan_probe(const double* x, Py_ssize_t n) noexcept nogil:
     return (a0 + a1) + (a2 + a3)
 
 
-cdef inline int _grad_checked(RunSpec* s, double* f, double* g2) noexcept nogil:
-    """Evaluate the potential; 0 if loss and gradient are finite, else a status code."""
+cdef inline int _grad_checked(RunSpec* s, double* f, double* g2,
+                              bint want_g2) noexcept nogil:
+    """Evaluate the potential; 0 if loss and gradient are finite, else a status code.
+    |g|² (a d-long chain of dependent adds) is formed only for a recorded row
+    (``want_g2``); the finiteness check does not need it."""
     cdef Py_ssize_t i
     cdef double acc = 0.0, nan_probe
     f[0] = s.fn(s.q, s.g, s.d, s.params)
-    for i in range(s.d):
-        acc = acc + s.g[i] * s.g[i]
+    if want_g2:
+        for i in range(s.d):
+            acc = acc + s.g[i] * s.g[i]
     nan_probe = _nan_probe(s.g, s.d)            # NaN iff some g_i is NaN or inf
     g2[0] = acc
     if not isfinite(f[0]):
@@ -912,7 +916,7 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         if mini:
             _draw_batch(s.rng, s.perm, s.n_data, s.batch_size)
             set_batch(s.params, s.perm, s.batch_size)
-        st = _grad_checked(s, &f, &g2)
+        st = _grad_checked(s, &f, &g2, until_record == 0)
         if st != NC_ST_OK:
             s.status = st
             s.stop_step = n
@@ -955,7 +959,7 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         # in-loop state, and the row would be dropped)
         if s.n_data > 0:
             set_batch(s.params, NULL, 0)
-        st = _grad_checked(s, &f, &g2)
+        st = _grad_checked(s, &f, &g2, True)
         if st != NC_ST_OK:
             s.status = st
             s.stop_step = s.steps
