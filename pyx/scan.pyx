@@ -666,6 +666,7 @@ cdef class ScanKernel:
 cdef extern from "lanes.h" nogil:
     enum:
         NC_NL
+        NC_TAB_C
         NC_LPOT_QUADRATIC
         NC_LPOT_RAYLEIGH
         NC_LPOT_BN_UNIT
@@ -731,6 +732,9 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t batch
         const unsigned long long* rng0
         Py_ssize_t poll_mask
+        const Py_ssize_t* slot_task
+        Py_ssize_t nslots
+        Py_ssize_t tab_T
     ctypedef struct nc_lane_ws:
         Py_ssize_t progress
         double* q
@@ -819,9 +823,13 @@ cdef class LaneScanKernel:
         tracked (outputs in ``out.charge_worst``/``charge_worst_step``); ``isa``: None
         (best available) or one of :func:`lane_isas`.  Series rows (``plan.record_every``
         > 0) go to ``out.s_*``, filled with NaN by the caller.  ``batch``: None (full
-        batch) or ``(B, rng)``, minibatch lanes (docs/scan.md §"Minibatch lanes"): B rows
-        per step, point p's PCG64 stream starting at ``rng[p] = (state >> 64, state mod
-        2**64, inc >> 64, inc mod 2**64)`` (uint64, shape (P, 4))."""
+        batch) or ``(B, rng)`` or ``(B, rng, slots)``, minibatch lanes (docs/scan.md
+        §"Minibatch lanes"): B rows per step, point p's PCG64 stream starting at
+        ``rng[p] = (state >> 64, state mod 2**64, inc >> 64, inc mod 2**64)`` (uint64,
+        shape (P, 4)); ``slots`` (intp, length a multiple of NC_NL): the task of each
+        lane slot of the blocks (-1: padding; each block's first slot a task; every task
+        once), so that the tasks sharing a stream share blocks (their draws are made once
+        per block)."""
         cdef nc_lane_ctx* c = &self.c
         if pot_kind not in _LANE_POTS:
             raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
@@ -933,10 +941,15 @@ cdef class LaneScanKernel:
         c.cancel = &self.cancel_flag
 
     cdef _set_batch(self, tuple batch):
-        """Minibatch lanes: B rows per step of the potential's N, each point's stream."""
+        """Minibatch lanes: B rows per step of the potential's N, each point's stream,
+        optionally the tasks' order in blocks."""
         cdef nc_lane_ctx* c = &self.c
         cdef Py_ssize_t B, interval = 256
-        B, rng = batch
+        if len(batch) == 3:
+            B, rng, slots = batch
+            self._set_slots(slots)
+        else:
+            B, rng = batch
         if c.pot != NC_LPOT_BN_UNIT or c.X == NULL:
             raise ValueError("LaneScanKernel: minibatch lanes need a potential with data "
                              "rows (BatchNormUnit)")
@@ -950,10 +963,29 @@ cdef class LaneScanKernel:
                              f"array of shape ({c.P}, 4)")
         c.batch = B
         c.rng0 = <const unsigned long long*> _data(rng)
+        # shared draws: a table of T steps (a multiple of NC_TAB_C, at most 64 steps and
+        # ~64 KiB of partners: T B <= 2**14)
+        c.tab_T = max(NC_TAB_C, min(64, 2**14 // B) // NC_TAB_C * NC_TAB_C)
         # read the cancel flag at least every ~4 M multiply-adds of a block's gradients
         while interval > 1 and interval * B * (c.d + 4) > 2**22:
             interval //= 2
         c.poll_mask = interval - 1
+
+    cdef _set_slots(self, object slots):
+        cdef nc_lane_ctx* c = &self.c
+        if (not isinstance(slots, np.ndarray) or slots.dtype != np.intp or slots.ndim != 1
+                or not slots.flags.c_contiguous or slots.shape[0] % NC_NL != 0):
+            raise ValueError(f"LaneScanKernel: the slots must be a C-contiguous intp "
+                             f"array whose length is a multiple of {NC_NL}")
+        tasks = slots[slots >= 0]
+        if (np.any(slots < -1) or tasks.shape[0] != c.P
+                or not np.array_equal(np.sort(tasks), np.arange(c.P))
+                or np.any(slots[::NC_NL] < 0)):
+            raise ValueError(f"LaneScanKernel: the slots must hold every task 0..{c.P - 1} "
+                             f"once, -1 for padding, a task first in every block")
+        self.keep.append(slots)
+        c.slot_task = <const Py_ssize_t*> _data(slots)
+        c.nslots = slots.shape[0]
 
     cdef _set_charges(self, tuple charge_blocks, object out):
         cdef nc_lane_ctx* c = &self.c
@@ -1040,7 +1072,8 @@ cdef class LaneScanKernel:
         """Run every block of NC_NL points (GIL released for the whole grid)."""
         cdef nc_lane_ctx* c = &self.c
         cdef nc_lane_ws** ws = self.ws
-        cdef Py_ssize_t k, nblk = (self.c.P + NC_NL - 1) // NC_NL
+        cdef Py_ssize_t k, nblk = ((self.c.nslots if self.c.slot_task != NULL else self.c.P)
+                                   + NC_NL - 1) // NC_NL
         cdef int nt = self.n_threads
         with nogil:
             if nt == 1:
