@@ -382,13 +382,17 @@ def _seed_stream_batch(g: _Grid, lo: int, n: int) -> tuple:
     puts the tasks of one seed into the same blocks, seed by seed (points ascending), so
     that the kernel draws each step's batch once per block (docs/scan.md §"Minibatch
     lanes").  Each seed's tasks are padded to whole blocks unless packing them (blocks
-    that straddle two seeds fall back to per-lane draws) costs less."""
+    that straddle two seeds fall back to per-lane draws) costs less.  The fourth entry
+    numbers each task's stream (its seed among the chunk's), so that the kernel can draw
+    each stream's rows once for all its blocks."""
     S, L = len(g.seeds), _bridge.LANES
     sidx = np.arange(lo, lo + n) % S
     states = _bridge.pcg64_lane_states(task_seed(s, 0, "seed") for s in g.seeds)
     rng = np.ascontiguousarray(states[sidx])
+    stream = np.ascontiguousarray(np.unique(sidx, return_inverse=True)[1].ravel(),
+                                  dtype=np.intp)
     if S == 1:
-        return (g.batch_size, rng)           # tasks in order: every block one stream
+        return (g.batch_size, rng, None, stream)    # tasks in order: blocks of one stream
     order = np.argsort(sidx, kind="stable").astype(np.intp)
     counts = np.bincount(sidx, minlength=S)
     counts = counts[counts > 0]
@@ -406,7 +410,7 @@ def _seed_stream_batch(g: _Grid, lo: int, n: int) -> tuple:
     else:
         slots = np.full(-(-n // L) * L, -1, dtype=np.intp)
         slots[:n] = order
-    return (g.batch_size, rng, slots)
+    return (g.batch_size, rng, slots, stream)
 
 
 def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,
@@ -802,6 +806,12 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
              "kernel scratch": n_threads * (_THREAD_SCRATCH_BYTES
                                             + 8 * (pot.n_data + 6 * d + 4 * nb)
                                             + _lane_scratch_bytes(g))}
+    if g.batch_size and g.batch_streams == "seed":
+        # the lane kernel's rows of each seed's stream, drawn once per call when they fit
+        # (pyx/scan.pyx ROWS_TABLE_MAX entries of 4 bytes), and the per-task stream ids
+        parts["shared batch rows"] = (
+            4 * min(len(g.seeds) * g.steps * g.batch_size, _bridge.ROWS_TABLE_MAX)
+            + 16 * n)
     return parts
 
 

@@ -115,6 +115,11 @@ typedef struct {
        each step's batch once, tab_T steps at a time (a multiple of NC_TAB_C: that many
        interleaved chains, each tab_T / NC_TAB_C steps of the stream) */
     Py_ssize_t tab_T;
+    /* or, when the whole run's draws are small enough, drawn once per stream for every
+       block before the blocks run (nc_lane_draw_rows): the rows of step n of stream k at
+       rows_tab[(k steps + n) batch ..], task p on stream task_stream[p] (NULL: none) */
+    const unsigned int* rows_tab;
+    const Py_ssize_t* task_stream;
 } nc_lane_ctx;
 
 typedef struct {
@@ -165,6 +170,7 @@ typedef struct {
     int shared;
     unsigned __int128 sh_s, sh_inc, jmp_m, jmp_c;
     unsigned int* jtab;                                            /* tab_T * batch */
+    const unsigned int* rows_cur;  /* or this block's stream's rows (ctx.rows_tab) */
     Py_ssize_t tab_pos, tab_len, drawn;    /* next row, rows filled, steps drawn */
     void* block;
 } nc_lane_ws;
@@ -287,6 +293,34 @@ static inline void nc_pcg64_jump(unsigned long long k, unsigned __int128 inc,
     }
     *m = am;
     *c = ap;
+}
+
+/* The rows of `steps` steps of one stream, as rules.pyx _draw_batch draws them (perm: N
+ * entries, the identity, left the identity; jbuf: B entries): out[n B + k] = row k of
+ * step n.  Integer work only (about 6 ns per row on the machine of docs/scan.md). */
+static inline void nc_lane_draw_rows(Py_ssize_t N, Py_ssize_t B, Py_ssize_t steps,
+                                     const unsigned long long* st, unsigned int* perm,
+                                     unsigned int* jbuf, unsigned int* out)
+{
+    /* st: the stream as ctx.rng0 holds it (state >> 64, state mod 2^64, inc >> 64, ...) */
+    unsigned __int128 s = ((unsigned __int128) st[0] << 64) | (unsigned __int128) st[1];
+    const unsigned __int128 inc = ((unsigned __int128) st[2] << 64) | (unsigned __int128) st[3];
+    for (Py_ssize_t n = 0; n < steps; ++n) {
+        for (Py_ssize_t i = 0; i < B; ++i) {
+            Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s, inc) * (double) (N - i));
+            if (j >= N) j = N - 1;
+            const unsigned int t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+            jbuf[i] = (unsigned int) j;
+        }
+        for (Py_ssize_t k = 0; k < B; ++k) out[n * B + k] = perm[k];
+        for (Py_ssize_t i = B - 1; i >= 0; --i) {
+            const unsigned int j = jbuf[i], t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+    }
 }
 
 /* the task of slot k (ctx.slot_task), -1 for a padding lane */

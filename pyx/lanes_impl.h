@@ -447,6 +447,7 @@ static void NCL(fill_shared)(const nc_lane_ctx* c, nc_lane_ws* w)
 NC_INLINE const unsigned int* NCL(draw_shared)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
     const Py_ssize_t B = c->batch;
+    if (w->rows_cur != NULL) return w->rows_cur + (w->tab_pos++) * B;   /* drawn already */
     if (w->tab_pos == w->tab_len) NCL(fill_shared)(c, w);
     const unsigned int* restrict jr = w->jtab + w->tab_pos * B;
     unsigned int* restrict perm = w->perm;
@@ -1234,6 +1235,11 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         nc_pcg64_jump((unsigned long long) (c->tab_T / NC_TAB_C * c->batch), w->sh_inc,
                       &w->jmp_m, &w->jmp_c);
         w->tab_pos = w->tab_len = w->drawn = 0;
+        w->rows_cur = NULL;
+        if (same && c->rows_tab != NULL)      /* the stream's rows, drawn before the run */
+            w->rows_cur = c->rows_tab
+                          + (size_t) c->task_stream[nc_lane_task(c, p0)] * (size_t) c->steps
+                            * (size_t) c->batch;
     }
     w->ang_cnt = c->steps > c->late_start ? c->steps - c->late_start : 0;
     w->ang_np = 0;

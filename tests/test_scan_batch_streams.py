@@ -34,6 +34,17 @@ def _seed_scan(pot, q0, lanes, isa=None, **kw):
     return _scan(pot, q0, lanes, isa=isa, batch_streams="seed", **kw)
 
 
+@pytest.fixture(params=["rows table", "per block"])
+def draws(request, monkeypatch):
+    """Both ways a seed's lanes get their rows (docs/scan.md §"Minibatch lanes"): drawn
+    once per stream for the whole run before the blocks run (the default while the table
+    holds at most ``ROWS_TABLE_MAX`` rows), or by each block from the stream, 64 steps
+    ahead in four jumped chains (what larger runs do: forced by a zero limit)."""
+    if request.param == "per block":
+        monkeypatch.setattr(ks, "ROWS_TABLE_MAX", 0)
+    return request.param
+
+
 def _train_point(res, idx, pot, q0, steps, B, record_every=1):
     """``train`` at grid point ``idx`` with the int seed of its scan seed (the "seed"
     mode's contract: ``default_rng(s)``)."""
@@ -51,7 +62,7 @@ def _train_point(res, idx, pot, q0, steps, B, record_every=1):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("charges", [True, False])
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_seed_streams_lanes_equal_scalar_loop_bitwise(rule, charges, isa):
+def test_seed_streams_lanes_equal_scalar_loop_bitwise(rule, charges, isa, draws):
     """Every lane rule (SGD incl. Nesterov, Adam, AdamW, RMSprop, ScalarRMSProp), charges on
     and off, S = 2 seeds over grids of 8-24 points (seed-grouped blocks with padding),
     300 steps (past the 256-step cancel boundary; four 64-step draw tables of B = 9 and a
@@ -72,7 +83,7 @@ def test_seed_streams_lanes_equal_scalar_loop_bitwise(rule, charges, isa):
 @pytest.mark.parametrize("seeds", [(3,), (0, 1), (4, 9, 2)])
 @pytest.mark.parametrize("N,d,B", [(32, 8, 2), (50, 3, 7), (256, 8, 32), (33, 17, 33),
                                    (20, 5, 19)])
-def test_seed_streams_sizes_and_seed_counts(N, d, B, seeds, isa):
+def test_seed_streams_sizes_and_seed_counts(N, d, B, seeds, isa, draws):
     """S = 1, 2, 3 seeds over a 5 x 2 grid (10 points: not a multiple of 8, so every
     seed's last block has padding lanes), B from 2 to N, d with and without a _dot4 tail
     and d > 16 (the generic block run); 140 steps (two full draw tables and a partial one
@@ -175,7 +186,7 @@ def test_equal_hyper_parameters_give_equal_trajectories():
 
 # ---- the block layout: seed-grouped with padding, or packed with mixed blocks ----------
 
-def test_slot_layouts_both_give_the_same_bits(monkeypatch):
+def test_slot_layouts_both_give_the_same_bits(monkeypatch, draws):
     """The seed-grouped layout (each seed's tasks padded to whole blocks) and the packed
     one (blocks straddling two seeds draw per lane) give the same bits: the layout is a
     choice of speed only.  3 points x 5 seeds makes the layouts differ (5 padded blocks
@@ -185,6 +196,7 @@ def test_slot_layouts_both_give_the_same_bits(monkeypatch):
               record_every=4)
     g = _scan_grid(pot, q0, kw)
     padded = scan_mod._seed_stream_batch(g, 0, g.n_tasks)[2]
+    assert padded is not None
     assert padded.size == 5 * 8 and np.all(padded[::8] >= 0)
     ref = _seed_scan(pot, q0, False, **kw)
     _assert_identical(ref, _seed_scan(pot, q0, True, **kw))
@@ -207,8 +219,12 @@ def test_slot_map_is_seed_major():
     pot, q0 = _bn(30, 5)
     g = _scan_grid(pot, q0, dict(steps=5, lr=np.linspace(0.01, 0.1, 11), batch_size=4,
                                  seeds=(5, 6, 7), record_every=None))
-    B, rng, slots = scan_mod._seed_stream_batch(g, 0, g.n_tasks)
+    B, rng, slots, stream = scan_mod._seed_stream_batch(g, 0, g.n_tasks)
     assert B == 4 and rng.shape == (33, 4)
+    assert np.array_equal(stream, np.arange(33) % 3)
+    B, rng, slots1, stream = scan_mod._seed_stream_batch(g, 7, 2)   # a chunk: seeds 1, 2
+    assert np.array_equal(stream, [0, 1]) and np.array_equal(rng, want_rows([6, 7]))
+    B, rng, slots, stream = scan_mod._seed_stream_batch(g, 0, g.n_tasks)
     assert np.array_equal(np.sort(slots[slots >= 0]), np.arange(33))
     for blk in slots.reshape(-1, 8):
         t = blk[blk >= 0]
@@ -219,7 +235,20 @@ def test_slot_map_is_seed_major():
 
 # ---- threads, chunks, executors ---------------------------------------------------------
 
-def test_seed_streams_threads_and_chunks_identical():
+def want_rows(seeds):
+    return _bridge.pcg64_lane_states([np.random.SeedSequence(s) for s in seeds])
+
+
+def test_budget_counts_the_rows_table():
+    """The one budget covers the shared rows (4 bytes each, at most ROWS_TABLE_MAX)."""
+    pot, q0 = _bn(30, 5)
+    g = _scan_grid(pot, q0, dict(steps=1000, lr=[0.1], batch_size=20, seeds=(1, 2),
+                                 record_every=None))
+    parts = scan_mod._budget_parts(g, 1, False)
+    assert parts["shared batch rows"] >= 4 * 2 * 1000 * 20
+
+
+def test_seed_streams_threads_and_chunks_identical(draws):
     """Threads and chunking change nothing: 1 and 2 threads, a thread pool with 5 chunks
     (chunks that start mid-seed and mid-point), a process pool."""
     pot, q0 = _bn(64, 8)
@@ -308,10 +337,18 @@ def test_kernel_refuses_bad_slot_maps():
     _bridge.lane_kernel(*args, (3, rng, ok)).run()
     assert np.all(out.status == 0)
     bads = [(ok[:15], "multiple of 8"), (ok.astype(np.int64).astype(np.int32), "intp"),
-            (np.where(ok == 3, 4, ok), "every task"), (np.r_[ok[:8], -1, 8, ok[10:]], "first in every")]
+            (np.where(ok == 3, 4, ok), "every task"),
+            (np.r_[ok[:8], -1, 8, ok[10:]], "first in every")]
     for slots, match in bads:
         with pytest.raises(ValueError, match=match):
             _bridge.lane_kernel(*args, (3, rng, slots))
+    two = np.r_[np.zeros(4, np.intp), np.ones(5, np.intp)]
+    _bridge.lane_kernel(*args, (3, rng, ok, two)).run()        # equal states: fine
+    rng2 = rng.copy()
+    rng2[5, 1] = 1
+    for stream, r in [(two * 2, rng), (two[:8], rng), (two, rng2)]:
+        with pytest.raises(ValueError, match="task_stream"):
+            _bridge.lane_kernel(*args, (3, r, ok, stream))
 
 
 # ---- any grid ---------------------------------------------------------------------------
