@@ -63,6 +63,9 @@ __all__ = ["RuleInputs", "Recording", "Batch", "ChargeLayout", "ChargeRecord", "
 
 #: grid points per SIMD block of the lane kernel
 LANES: int = _ks.LANES
+#: rows of shared minibatch streams the lane kernel draws ahead per call, at most
+#: (pcg64 stream helpers; docs/scan.md §"Minibatch lanes")
+ROWS_TABLE_MAX: int = _ks.ROWS_TABLE_MAX
 #: the rule kinds (``Rule.kind``) the lane kernel runs
 LANE_RULE_KINDS: tuple = tuple(_ks.LANE_RULE_KINDS)
 

@@ -26,7 +26,7 @@ from . import _validation as V
 from . import charges as _charges
 from . import rules as _rules_mod
 from ._parallel import STOPS, Cancelled, ProgressBar, run_with_progress, want_progress
-from ._scan_result import ScanResult, point_seed
+from ._scan_result import BATCH_STREAMS, ScanResult, point_seed, task_seed
 from ._train import DEFAULT_MAX_RECORD_BYTES, _check_batch_size, _check_q0_norm
 from .errors import BudgetError, DivergenceWarning
 from .potentials import Potential
@@ -89,6 +89,7 @@ class _Grid:
     chosen: list = field(default_factory=list)   # tracked symmetries [(Symmetry, omega)]
     lanes: bool | None = None                     # the lane kernel: None = when eligible
     token: str | None = None                      # the job's token on _parallel.STOPS
+    batch_streams: str = "point"                  # whose minibatch stream: point / seed
 
     # computed once per grid (the axes are fixed once the grid is made); cached_property
     # writes the instance __dict__ directly, which a frozen dataclass allows
@@ -395,6 +396,49 @@ def _adam_table_bytes_of(steps: int, pairs: list) -> int:
     return 2 * len(pairs) * max(cols, 1) * 8
 
 
+#: a lane block whose tasks draw from several streams costs about this many blocks on one
+#: shared stream (minibatch lanes, docs/scan.md §"Minibatch lanes": 3.5-5.8x measured)
+_MIXED_BLOCK_COST = 4
+
+
+def _seed_stream_batch(g: _Grid, lo: int, n: int) -> tuple:
+    """The lane kernel's minibatch input for tasks lo .. lo + n - 1 under
+    ``batch_streams="seed"``: every task of seed s starts from the PCG64 state of
+    ``SeedSequence(s)`` (``default_rng(s)``), and, with several seeds, the slot map that
+    puts the tasks of one seed into the same blocks, seed by seed (points ascending), so
+    that the kernel draws each step's batch once per block (docs/scan.md §"Minibatch
+    lanes").  Each seed's tasks are padded to whole blocks unless packing them (blocks
+    that straddle two seeds fall back to per-lane draws) costs less.  The fourth entry
+    numbers each task's stream (its seed among the chunk's), so that the kernel can draw
+    each stream's rows once for all its blocks."""
+    S, L = len(g.seeds), _bridge.LANES
+    sidx = np.arange(lo, lo + n) % S
+    states = _bridge.pcg64_lane_states(task_seed(s, 0, "seed") for s in g.seeds)
+    rng = np.ascontiguousarray(states[sidx])
+    stream = np.ascontiguousarray(np.unique(sidx, return_inverse=True)[1].ravel(),
+                                  dtype=np.intp)
+    if S == 1:
+        return (g.batch_size, rng, None, stream)    # tasks in order: blocks of one stream
+    order = np.argsort(sidx, kind="stable").astype(np.intp)
+    counts = np.bincount(sidx, minlength=S)
+    counts = counts[counts > 0]
+    padded = int(np.sum(-(-counts // L)))
+    first = sidx[order[::L]]
+    last = sidx[order[np.minimum(np.arange(0, n, L) + L - 1, n - 1)]]
+    mixed = int(np.sum(first != last))
+    packed = -(-n // L) + (_MIXED_BLOCK_COST - 1) * mixed
+    if padded <= packed:
+        slots = np.full(padded * L, -1, dtype=np.intp)
+        starts = np.concatenate([[0], np.cumsum(-(-counts // L) * L)[:-1]])
+        ends = np.concatenate([[0], np.cumsum(counts)])
+        for k, c in enumerate(counts):
+            slots[starts[k]:starts[k] + c] = order[ends[k]:ends[k + 1]]
+    else:
+        slots = np.full(-(-n // L) * L, -1, dtype=np.intp)
+        slots[:n] = order
+    return (g.batch_size, rng, slots, stream)
+
+
 def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPlan, bptr,
                bidx, out: _bridge.ScanOutputs, progress, lo: int = 0):
     """The lane kernel over the packed tasks lo .. lo + n - 1 (same outputs as the scalar
@@ -406,7 +450,9 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
         charge_blocks = _bridge.csr([g.potential.blocks[sym.blocks[0]] for sym, _ in g.chosen])
     plan.n_threads = max(1, min(plan.n_threads, -(-n // _bridge.LANES)))
     batch = None
-    if g.batch_size is not None:
+    if g.batch_size is not None and g.batch_streams == "seed":
+        batch = _seed_stream_batch(g, lo, n)
+    elif g.batch_size is not None:
         S = len(g.seeds)
         batch = (g.batch_size, _bridge.pcg64_lane_states(
             point_seed(g.seeds[f % S], f // S) for f in range(lo, lo + n)))
@@ -527,8 +573,9 @@ def _run_tasks_in(g: _Grid, lo: int, hi: int, threads: int | None, progress, rul
     out.kernel = "scalar"
     batch = _bridge.Batch(0 if g.batch_size is None else g.batch_size)
     if g.batch_size is not None:
-        batch.generators = [np.random.default_rng(point_seed(g.seeds[f % S], f // S))
-                            for f in range(lo, hi)]
+        batch.generators = [
+            np.random.default_rng(task_seed(g.seeds[f % S], f // S, g.batch_streams))
+            for f in range(lo, hi)]
     layout = _charges.layout(pot, g.chosen) if g.chosen else None
     kern = _bridge.scan_kernel(rule, pot._kernel, g.q0, plan, bptr, bidx, batch, out, layout)
     _run_kernel(kern, n * max(g.steps, 1), progress)
@@ -560,7 +607,7 @@ def _chunk_worker(g: _Grid, threads: int, lo: int, hi: int) -> _bridge.ScanOutpu
 def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), executor=None,
          threads=None, progress=None, batch_size=None, n_chunks=None, charges=True,
          omega=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, lanes=None,
-         **grid) -> ScanResult:
+         batch_streams="point", **grid) -> ScanResult:
     """Train ``rule_cls`` at every point of a hyper-parameter grid, in one compiled call.
 
     Parameters
@@ -582,7 +629,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         adds a trailing ``seed`` axis; an int adds none.
         Point ``i`` (flat C-order index over the grid axes) under seed ``s`` draws from
         ``numpy.random.default_rng(SeedSequence(s).spawn(n_points)[i])`` (see
-        :func:`point_seed`).  Full-batch runs draw nothing, so seeds do not change them.
+        :func:`point_seed`), or from ``numpy.random.default_rng(s)`` with
+        ``batch_streams="seed"``.  Full-batch runs draw nothing, so seeds do not change
+        them.
     executor : concurrent.futures.Executor or None
         Cut the grid into ``n_chunks`` chunks, each one compiled call on a worker
         (``ProcessPoolExecutor``, ``dask.distributed.Client.get_executor()``, …), and
@@ -597,6 +646,19 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         none).  None: only when tqdm is installed and stderr is a terminal.
     batch_size : int or None
         Minibatch size for a data potential (None: full batch), as in ``train``.
+    batch_streams : {"point", "seed"}
+        Whose minibatch stream a run draws from (docs/scan.md §"Minibatch streams").
+        ``"point"`` (default): each grid point its own, independent stream
+        (:func:`point_seed`), so point ``i`` under seed ``s`` is bitwise ``train(...,
+        seed=point_seed(s, i))``.  ``"seed"``: every point under seed ``s`` draws from
+        ``numpy.random.default_rng(s)``, so point ``i`` is bitwise ``train(rule_at(i),
+        ..., batch_size=B, seed=s)`` and all points of one seed see the same batch at
+        every step — common random numbers: the difference between two grid points is
+        then the hyper-parameters' effect alone, not also a different sequence of
+        batches, which makes grid points directly comparable (and it is the reason to opt
+        in).  It is also faster in the lane kernel, whose eight lanes of a block then
+        share one draw per step (§"Minibatch lanes").  Ignored by full-batch scans, which
+        draw nothing.  ``result.seed_at`` returns the stream for either mode.
     n_chunks : int or None
         Chunks for ``executor`` (default: 4 per executor worker when that can be told,
         else 16; never more than the number of runs).
@@ -632,7 +694,7 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         Empty, 2-D, non-finite or repeated axis values; a grid point the rule rejects
         (the message names the point); ``q0`` of the wrong length or with |q0|²
         overflowing; ``steps`` 0; a negative ``max_record_bytes``; a seed that is not an
-        int ≥ 0.
+        int ≥ 0; ``batch_streams`` not one of ``"point"``, ``"seed"``.
     BudgetError
         (a ValueError and a MemoryError) The scan would allocate more than
         ``max_record_bytes`` (message: the bytes needed, by part).
@@ -649,7 +711,8 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     -----
     Each point runs the loop of ``train`` (pyx/rules.pyx) and is bitwise equal to
     ``train(rule_cls(**point), potential, q0, steps, record_every=..., batch_size=...,
-    seed=point_seed(s, i))``, for any ``threads`` and any chunking.  A point meeting a
+    seed=result.seed_at(...))`` (``point_seed(s, i)``, or ``s`` with
+    ``batch_streams="seed"``), for any ``threads`` and any chunking.  A point meeting a
     non-finite loss, gradient or parameter stops there (``diverged``, ``stop_step``); the
     others finish; one :class:`~noether_core.errors.DivergenceWarning` summarises.
 
@@ -668,7 +731,9 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     chosen, untracked = _charges.select(potential, charges, omega)
     if lanes is not None:
         lanes = V.as_bool("lanes", lanes)
-    g = _Grid(*args, chosen=chosen, lanes=lanes, token=STOPS.new_token())
+    batch_streams = _check_batch_streams(batch_streams)
+    g = _Grid(*args, chosen=chosen, lanes=lanes, token=STOPS.new_token(),
+              batch_streams=batch_streams)
     lane_why = _lane_reason(g) if lanes is not False else _UNDECIDED
     if lanes and lane_why is not None:
         raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {lane_why}")
@@ -716,6 +781,14 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     return res
 
 
+def _check_batch_streams(batch_streams) -> str:
+    """``batch_streams`` validated: one of BATCH_STREAMS (the strings themselves)."""
+    if not isinstance(batch_streams, str) or batch_streams not in BATCH_STREAMS:
+        raise ValueError(f"batch_streams must be one of {', '.join(map(repr, BATCH_STREAMS))}"
+                         f", got {batch_streams!r}")
+    return batch_streams
+
+
 def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> dict:
     """Bytes a scan will allocate, by what (Python ints: no overflow), estimated from the
     grid's sizes before anything is allocated (docs/architecture.md §"How errors cross
@@ -759,20 +832,28 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
              "kernel scratch": n_threads * (_THREAD_SCRATCH_BYTES
                                             + 8 * (pot.n_data + 6 * d + 4 * nb)
                                             + _lane_scratch_bytes(g))}
+    if g.batch_size and g.batch_streams == "seed":
+        # the lane kernel's rows of each seed's stream, drawn once per call when they fit
+        # (pyx/scan.pyx ROWS_TABLE_MAX entries of 4 bytes), and the per-task stream ids
+        parts["shared batch rows"] = (
+            4 * min(len(g.seeds) * g.steps * g.batch_size, _bridge.ROWS_TABLE_MAX)
+            + 16 * n)
     return parts
 
 
 def _lane_scratch_bytes(g: _Grid) -> int:
     """Upper bound on the lane kernel's per-thread scratch beyond the scalar kernel's
     (pyx/lanes.h, the size function): eight lanes' rows of max(n_data, 2d) doubles, and for
-    a minibatch grid each lane's permutation and swap list (32 n_data + 32 B bytes) and its
-    gathered batch rows with their targets (64 B (d + 1) bytes).  Counted for every grid
-    (an estimate that is never low, whichever kernel runs)."""
+    a minibatch grid each lane's permutation and swap list (32 n_data + 32 B bytes), its
+    gathered batch rows with their targets (64 B (d + 1) bytes) and the shared draws'
+    table of T steps' swap partners (4 T B bytes, T B <= max(2**14, 4 B): pyx/scan.pyx
+    ``_set_batch``).  Counted for every grid (an estimate that is never low, whichever
+    kernel runs)."""
     d, N = g.potential.dim, g.potential.n_data
     extra = 64 * max(N, 2 * d)
     if g.batch_size:
         B = g.batch_size
-        extra += 32 * N + 32 * B + 64 * B * (d + 1)
+        extra += 32 * N + 32 * B + 64 * B * (d + 1) + 4 * max(2**14, 4 * B) + 64
     return extra
 
 
@@ -820,7 +901,7 @@ def _result(g: _Grid, out: _bridge.ScanOutputs, rules: list | None, t0: float) -
                      g.steps, g.record_every, g.batch_size, shaped(out.q), shaped(out.loss),
                      shaped(out.loss_min), shaped(out.norm2), shaped(out.angular_update),
                      shaped(out.status), shaped(out.stop_step), series,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, batch_streams=g.batch_streams)
     res.kernel = out.kernel
     if g.chosen:
         _charge_summaries(g, res, shaped(out.charge_worst), shaped(out.charge_worst_step),

@@ -78,6 +78,12 @@ def point_seed(seed: int, index: int) -> np.random.SeedSequence:
     seed=point_seed(seed, index))`` reproduces the scan's point bit for bit, minibatches
     included.
 
+    That is the stream of ``scan(..., batch_streams="point")`` (the default).  Under
+    ``batch_streams="seed"`` every point of scan seed ``seed`` draws from
+    ``numpy.random.default_rng(seed)`` instead (the same batches at every grid point);
+    :meth:`ScanResult.seed_at` returns the right sequence for either mode
+    (:func:`task_seed`).
+
     Examples
     --------
     >>> import numpy as np
@@ -91,6 +97,32 @@ def point_seed(seed: int, index: int) -> np.random.SeedSequence:
     'PCG64'
     """
     return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+#: the values of ``scan(..., batch_streams=...)``
+BATCH_STREAMS = ("point", "seed")
+
+
+def task_seed(seed: int, index: int, batch_streams: str = "point") -> np.random.SeedSequence:
+    """The seed sequence whose PCG64 stream grid point ``index`` under scan seed ``seed``
+    draws its minibatches from: :func:`point_seed` ``(seed, index)`` under
+    ``batch_streams="point"``, ``SeedSequence(seed)`` (the stream of
+    ``numpy.random.default_rng(seed)``, whatever the point) under ``"seed"``.
+
+    >>> import numpy as np
+    >>> task_seed(7, 3, "seed").spawn_key
+    ()
+    >>> a = np.random.default_rng(task_seed(7, 3, "seed")).random(3)
+    >>> bool(np.array_equal(a, np.random.default_rng(7).random(3)))
+    True
+    >>> task_seed(7, 3).spawn_key
+    (3,)
+    """
+    if batch_streams == "seed":
+        return np.random.SeedSequence(seed)
+    if batch_streams == "point":
+        return point_seed(seed, index)
+    raise ValueError(f"batch_streams must be one of {BATCH_STREAMS}, got {batch_streams!r}")
 
 
 @dataclass(eq=False)
@@ -146,6 +178,10 @@ class ScanResult:
         Whether that symmetry's law is exact for the point's rule (else the residual is a
         measured breaking: kinetic, potential, or an undeclared symmetry).
     untracked : list of (label, reason)
+    batch_streams : str
+        Whose minibatch stream each point drew from: ``"point"`` (its own,
+        :func:`point_seed`) or ``"seed"`` (one per scan seed, shared by its points); see
+        :meth:`seed_at`.
     kernel : str
         Which compiled loop ran: ``"lanes[<isa>]"`` (NC_NL points per SIMD block, e.g.
         ``"lanes[avx512f]"``) or ``"scalar"`` (one point at a time); both give the same
@@ -176,6 +212,7 @@ class ScanResult:
     charge_exact: dict = field(default_factory=dict)
     untracked: list = field(default_factory=list)
     kernel: str = ""
+    batch_streams: str = "point"
 
     @property
     def shape(self) -> tuple:
@@ -215,17 +252,22 @@ class ScanResult:
 
     def seed_at(self, *index) -> np.random.SeedSequence:
         """The minibatch stream of the point at ``index`` (``train(..., seed=this)``
-        reproduces the point).  Only for a result not narrowed by ``sel`` over grid axes."""
+        reproduces the point): ``point_seed(s, flat index)`` under
+        ``batch_streams="point"``, ``SeedSequence(s)`` under ``"seed"`` (s: the point's
+        scan seed).  Under ``"point"`` only for a result not narrowed by ``sel`` over grid
+        axes (the flat index needs the full grid)."""
         if len(index) != len(self.axes):
             raise IndexError(f"give one index per axis {list(self.axes)}, got {index}")
         names = list(self.axes)
+        seed = (self.axes["seed"][index[names.index("seed")]] if "seed" in self.axes
+                else self.fixed["seed"])
+        if self.batch_streams == "seed":
+            return task_seed(int(seed), 0, "seed")
         grid_idx = tuple(i for n, i in zip(names, index, strict=True) if n != "seed")
         if len(grid_idx) != len(self.grid_shape):
             raise ValueError("seed_at needs the full grid (this result was narrowed by sel)")
         flat = int(np.ravel_multi_index(grid_idx, self.grid_shape)) if grid_idx else 0
-        seed = (self.axes["seed"][index[names.index("seed")]] if "seed" in self.axes
-                else self.fixed["seed"])
-        return point_seed(int(seed), flat)
+        return task_seed(int(seed), flat, self.batch_streams)
 
     # -- selection ------------------------------------------------------------------------
     def sel(self, **coords) -> ScanResult:
@@ -266,7 +308,7 @@ class ScanResult:
                           {k: take(v) for k, v in self.charge_worst.items()},
                           {k: take(v) for k, v in self.charge_worst_step.items()},
                           {k: take(v) for k, v in self.charge_exact.items()},
-                          list(self.untracked), self.kernel)
+                          list(self.untracked), self.kernel, self.batch_streams)
 
     # -- xarray and pandas -----------------------------------------------------------------
     def _cf_attrs(self, name: str) -> dict:
@@ -306,8 +348,8 @@ class ScanResult:
         throughout (``norm2`` is |q_B|², in the units of q squared; ``angular_update`` is a
         chord between unit vectors); ``status`` also carries ``flag_values`` and
         ``flag_meanings``.  Dataset attributes: ``Conventions = "CF-1.10"``, ``rule``,
-        ``steps``, ``batch_size`` (-1: full batch) and ``fixed_<name>`` per fixed
-        hyper-parameter.
+        ``steps``, ``batch_size`` (-1: full batch), ``batch_streams`` and
+        ``fixed_<name>`` per fixed hyper-parameter.
 
         Examples
         --------
@@ -361,7 +403,8 @@ class ScanResult:
         coords = {k: (k, v, self._cf_attrs(k)) for k, v in coords.items()}
         attrs = {"Conventions": "CF-1.10", "rule": self.rule_cls.__name__,
                  "steps": self.steps,
-                 "batch_size": -1 if self.batch_size is None else self.batch_size}
+                 "batch_size": -1 if self.batch_size is None else self.batch_size,
+                 "batch_streams": self.batch_streams}
         attrs.update({f"fixed_{k}": (v if isinstance(v, (int, float, str)) else repr(v))
                       for k, v in self.fixed.items()})
         return xr.Dataset(data, coords=coords, attrs=attrs)

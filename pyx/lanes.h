@@ -25,6 +25,7 @@
 #include "nc_status.h"
 
 #define NC_NL 8                 /* lanes (grid points) per block */
+#define NC_TAB_C 4              /* chains of a shared draw table (NCL(fill_shared)) */
 
 /* The NC_NL lanes as one GCC/Clang vector value: arithmetic on it is element-wise (one
  * IEEE operation per lane; the compiler maps it onto zmm, 2 ymm or 4 xmm registers as the
@@ -106,6 +107,21 @@ typedef struct {
     Py_ssize_t batch;
     const unsigned long long* rng0;
     Py_ssize_t poll_mask;       /* the cancel flag is read when (n & poll_mask) == 0 */
+    /* the order of the tasks in blocks (docs/scan.md "Minibatch lanes", seed streams):
+       slot k of the grid's blocks (block b: slots 8b .. 8b + 7) runs task slot_task[k]
+       (-1: a padding lane, a copy of its block's first slot, which is a task), over
+       nslots slots; slot_task = NULL: slot k is task k (k < P), nslots = P */
+    const Py_ssize_t* slot_task;
+    Py_ssize_t nslots;
+    /* a block whose lanes all start from one PCG64 stream (batch_streams="seed") draws
+       each step's batch once, tab_T steps at a time (a multiple of NC_TAB_C: that many
+       interleaved chains, each tab_T / NC_TAB_C steps of the stream) */
+    Py_ssize_t tab_T;
+    /* or, when the whole run's draws are small enough, drawn once per stream for every
+       block before the blocks run (nc_lane_draw_rows): the rows of step n of stream k at
+       rows_tab[(k steps + n) batch ..], task p on stream task_stream[p] (NULL: none) */
+    const unsigned int* rows_tab;
+    const Py_ssize_t* task_stream;
 } nc_lane_ctx;
 
 typedef struct {
@@ -156,6 +172,14 @@ typedef struct {
     unsigned int* perm;                                            /* NC_NL * N */
     unsigned int* swp;                                             /* batch * NC_NL */
     double *xb, *yb;                                               /* batch * d, batch */
+    /* shared draws (every lane on one stream: NCL(draw_shared)): the stream, its jump
+       by tab_T / tab_C steps' draws, the drawn swap partners of tab_T steps (row t:
+       step t of the table) and the rows of the current step */
+    int shared;
+    unsigned __int128 sh_s, sh_inc, jmp_m, jmp_c;
+    unsigned int* jtab;                                            /* tab_T * batch */
+    const unsigned int* rows_cur;  /* or this block's stream's rows (ctx.rows_tab) */
+    Py_ssize_t tab_pos, tab_len, drawn;    /* next row, rows filled, steps drawn */
     void* block;
 } nc_lane_ws;
 
@@ -186,7 +210,9 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     size_t Bm = (size_t) (c->batch > 0 ? c->batch : 0);
     size_t mb = c->batch > 0 ? nc_lane_pad((size_t) c->N * NC_NL * sizeof(unsigned int))
                                + nc_lane_pad(Bm * NC_NL * sizeof(unsigned int))
-                               + nc_lane_pad(Bm * c->d * L) + nc_lane_pad(Bm * L) : 0;
+                               + nc_lane_pad(Bm * c->d * L) + nc_lane_pad(Bm * L)
+                               + nc_lane_pad((size_t) c->tab_T * Bm * sizeof(unsigned int))
+                             : 0;
     return mb + 7 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
            + nc_lane_pad(np * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
@@ -218,7 +244,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
     w->a_prev = (double*) p; p += nc_lane_pad(ns * L);
     w->wstep = (Py_ssize_t*) p; p += nc_lane_pad(ns * sizeof(Py_ssize_t) * NC_NL);
-    w->perm = NULL; w->swp = NULL; w->xb = NULL; w->yb = NULL;
+    w->perm = NULL; w->swp = NULL; w->xb = NULL; w->yb = NULL; w->jtab = NULL;
     if (c->batch > 0) {             /* minibatch lanes: every lane's permutation starts as
                                        the identity (and stays it between draws) */
         const size_t Bm = (size_t) c->batch;
@@ -226,7 +252,8 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
         p += nc_lane_pad((size_t) c->N * NC_NL * sizeof(unsigned int));
         w->swp = (unsigned int*) p; p += nc_lane_pad(Bm * NC_NL * sizeof(unsigned int));
         w->xb = (double*) p; p += nc_lane_pad(Bm * c->d * L);
-        w->yb = (double*) p;
+        w->yb = (double*) p; p += nc_lane_pad(Bm * L);
+        w->jtab = (unsigned int*) p;
         for (int l = 0; l < NC_NL; ++l)
             for (Py_ssize_t i = 0; i < c->N; ++i) w->perm[l * c->N + i] = (unsigned int) i;
     }
@@ -253,6 +280,62 @@ static inline unsigned long long nc_pcg64_next64(unsigned __int128* s, unsigned 
 static inline double nc_pcg64_next_double(unsigned __int128* s, unsigned __int128 inc)
 {
     return (double) (nc_pcg64_next64(s, inc) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* The LCG's jump by k steps: s_k = m s + c with (m, c) from square-and-multiply
+ * (PCG's pcg_advance_lcg_128), so that chains starting k draws apart run side by side. */
+static inline void nc_pcg64_jump(unsigned long long k, unsigned __int128 inc,
+                                 unsigned __int128* m, unsigned __int128* c)
+{
+    unsigned __int128 cm = ((unsigned __int128) 0x2360ED051FC65DA4ULL << 64)
+                           | (unsigned __int128) 0x4385DF649FCCF645ULL;
+    unsigned __int128 cp = inc, am = 1, ap = 0;
+    while (k > 0) {
+        if (k & 1) {
+            am = am * cm;
+            ap = ap * cm + cp;
+        }
+        cp = (cm + 1) * cp;
+        cm = cm * cm;
+        k >>= 1;
+    }
+    *m = am;
+    *c = ap;
+}
+
+/* The rows of `steps` steps of one stream, as rules.pyx _draw_batch draws them (perm: N
+ * entries, the identity, left the identity; jbuf: B entries): out[n B + k] = row k of
+ * step n.  Integer work only (about 6 ns per row on the machine of docs/scan.md). */
+static inline void nc_lane_draw_rows(Py_ssize_t N, Py_ssize_t B, Py_ssize_t steps,
+                                     const unsigned long long* st, unsigned int* perm,
+                                     unsigned int* jbuf, unsigned int* out)
+{
+    /* st: the stream as ctx.rng0 holds it (state >> 64, state mod 2^64, inc >> 64, ...) */
+    unsigned __int128 s = ((unsigned __int128) st[0] << 64) | (unsigned __int128) st[1];
+    const unsigned __int128 inc = ((unsigned __int128) st[2] << 64) | (unsigned __int128) st[3];
+    for (Py_ssize_t n = 0; n < steps; ++n) {
+        for (Py_ssize_t i = 0; i < B; ++i) {
+            Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s, inc) * (double) (N - i));
+            if (j >= N) j = N - 1;
+            const unsigned int t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+            jbuf[i] = (unsigned int) j;
+        }
+        for (Py_ssize_t k = 0; k < B; ++k) out[n * B + k] = perm[k];
+        for (Py_ssize_t i = B - 1; i >= 0; --i) {
+            const unsigned int j = jbuf[i], t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+    }
+}
+
+/* the task of slot k (ctx.slot_task), -1 for a padding lane */
+static inline Py_ssize_t nc_lane_task(const nc_lane_ctx* c, Py_ssize_t k)
+{
+    if (c->slot_task != NULL) return k < c->nslots ? c->slot_task[k] : -1;
+    return k < c->P ? k : -1;
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))

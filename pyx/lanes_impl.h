@@ -377,7 +377,95 @@ NC_INLINE nc_vd NCL(grad_bn_unit_mb)(const nc_lane_ctx* c, const Py_ssize_t d,
 #undef NC_ROW
 #undef NC_Y
 }
+
+/* _c_grad_bn_unit on the drawn rows of a block whose lanes share one stream: the same
+ * body, row k read from the data and broadcast to every lane, as the full batch reads
+ * its rows (no gather) */
+NC_INLINE nc_vd NCL(grad_bn_unit_sh)(const nc_lane_ctx* c, const Py_ssize_t d,
+                                     const nc_vd* restrict q, nc_vd* restrict g,
+                                     nc_vd* restrict z, const unsigned int* restrict rows)
+{
+    const double* restrict X = c->X;
+    const double* restrict y = c->y;
+#define NC_ROW(i) (X + (Py_ssize_t) rows[i] * d)
+#define NC_Y(i) (y[rows[i]])
+    NC_BN_UNIT_GRAD_BODY(c->batch, const double*, NC_ROW, NC_Y)
+#undef NC_ROW
+#undef NC_Y
+}
 #undef NC_BN_UNIT_GRAD_BODY
+
+/* Shared draws (every lane of the block on one stream, docs/scan.md "Minibatch lanes"):
+ * the swap partners j_i = i + (int)(u (N - i)) (clamped to N - 1) of the next
+ * min(tab_T, steps left) steps, drawn into jtab in one pass.  They depend on the stream
+ * only (not on the permutation), so they can be drawn ahead; a full table runs as
+ * NC_TAB_C chains side by side, chain k starting k tab_T / NC_TAB_C steps' draws
+ * further along the stream (the LCG's jump, nc_pcg64_jump), so that the 128-bit
+ * multiplies of four chains overlap instead of waiting on one another.  The draws, and
+ * their order within the stream, are those of the serial loop. */
+static void NCL(fill_shared)(const nc_lane_ctx* c, nc_lane_ws* w)
+{
+    const Py_ssize_t B = c->batch, N = c->N, T = c->tab_T;
+    Py_ssize_t rows = c->steps - w->drawn;
+    if (rows > T) rows = T;
+    unsigned int* restrict jt = w->jtab;
+    const unsigned __int128 inc = w->sh_inc;
+    if (rows == T) {
+        const Py_ssize_t Tc = T / NC_TAB_C;
+        unsigned __int128 s[NC_TAB_C];
+        s[0] = w->sh_s;
+        for (int k = 1; k < NC_TAB_C; ++k) s[k] = w->jmp_m * s[k - 1] + w->jmp_c;
+        for (Py_ssize_t t = 0; t < Tc; ++t)
+            for (Py_ssize_t i = 0; i < B; ++i) {
+                const double span = (double) (N - i);
+                for (int k = 0; k < NC_TAB_C; ++k) {
+                    Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s[k], inc) * span);
+                    if (j >= N) j = N - 1;
+                    jt[(k * Tc + t) * B + i] = (unsigned int) j;
+                }
+            }
+        w->sh_s = s[NC_TAB_C - 1];
+    } else {
+        unsigned __int128 s = w->sh_s;
+        for (Py_ssize_t t = 0; t < rows; ++t)
+            for (Py_ssize_t i = 0; i < B; ++i) {
+                Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s, inc)
+                                                 * (double) (N - i));
+                if (j >= N) j = N - 1;
+                jt[t * B + i] = (unsigned int) j;
+            }
+        w->sh_s = s;
+    }
+    w->drawn += rows;
+    w->tab_len = rows;
+    w->tab_pos = 0;
+}
+
+/* This step's rows of a shared-stream block: its swaps applied to the permutation
+ * (lane 0's, the identity between draws), rows = perm[0 .. B) (into swp), the swaps
+ * undone in reverse order: rules.pyx _draw_batch's rows, once for the eight lanes. */
+NC_INLINE const unsigned int* NCL(draw_shared)(const nc_lane_ctx* c, nc_lane_ws* w)
+{
+    const Py_ssize_t B = c->batch;
+    if (w->rows_cur != NULL) return w->rows_cur + (w->tab_pos++) * B;   /* drawn already */
+    if (w->tab_pos == w->tab_len) NCL(fill_shared)(c, w);
+    const unsigned int* restrict jr = w->jtab + w->tab_pos * B;
+    unsigned int* restrict perm = w->perm;
+    unsigned int* restrict rows = w->swp;
+    ++w->tab_pos;
+    for (Py_ssize_t i = 0; i < B; ++i) {
+        const unsigned int j = jr[i], t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (Py_ssize_t k = 0; k < B; ++k) rows[k] = perm[k];
+    for (Py_ssize_t i = B - 1; i >= 0; --i) {              /* back to the identity */
+        const unsigned int j = jr[i], t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    return rows;
+}
 
 NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {
@@ -956,7 +1044,10 @@ static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
  * NCL(grad), as run_loop's terminal row does) */
 NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {
-    if (c->batch > 0) {
+    if (c->batch > 0 && w->shared) {
+        const unsigned int* rows = NCL(draw_shared)(c, w);
+        w->f = NCL(grad_bn_unit_sh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), rows);
+    } else if (c->batch > 0) {
         NCL(draw_batch)(c, w, d);
         w->f = NCL(grad_bn_unit_mb)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux),
                                     NCCV(w->xb), NCCV(w->yb));
@@ -1053,7 +1144,8 @@ static void NCL(record_row)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
                             Py_ssize_t n, double f, const double* qsrc)
 {
     const Py_ssize_t d = c->d, r = n / c->rec_every, R = c->rec_rows;
-    if (p >= c->P || r >= R) return;                    /* (a padding lane) */
+    p = nc_lane_task(c, p);                             /* slot -> task */
+    if (p < 0 || r >= R) return;                        /* (a padding lane) */
     double g2 = 0.0;
     for (Py_ssize_t i = 0; i < d; ++i) {
         const double gi = w->g[i * NC_NL + l];
@@ -1083,7 +1175,8 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
     const Py_ssize_t d = c->d;
     NCL(angle_flush)(c, w);                     /* ang_sum complete up to this state */
     w->alive[l] = 0;
-    if (p < c->P) {                                     /* (not a padding lane) */
+    p = nc_lane_task(c, p);                             /* slot -> task */
+    if (p >= 0) {                                       /* (not a padding lane) */
         for (Py_ssize_t i = 0; i < d; ++i) c->q_final[p * d + i] = qsrc[i * NC_NL + l];
         for (Py_ssize_t b = 0; b < c->nb; ++b) {
             double acc = 0.0;
@@ -1236,8 +1329,8 @@ NC_INLINE void NCL(lane_hp)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssize
     }
 }
 
-/* Load the block's lanes: point p0 + l's hyper-parameters, q_0 and momentum buffer into
- * lane l (points >= P are padding copies of point p0), empty summaries, A_0 of each
+/* Load the block's lanes: the hyper-parameters, q_0 and momentum buffer of slot p0 + l's
+ * task into lane l (padding slots: copies of slot p0's), empty summaries, A_0 of each
  * tracked scale law, and the block-wide flags the step's fast paths test. */
 NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
                                 const Py_ssize_t d)
@@ -1245,7 +1338,8 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     const Py_ssize_t nsym = c->nsym;
     int l;
     for (l = 0; l < NC_NL; ++l) {
-        const Py_ssize_t p = p0 + l < c->P ? p0 + l : p0;
+        Py_ssize_t p = nc_lane_task(c, p0 + l);        /* slot p0 + l's task */
+        if (p < 0) p = nc_lane_task(c, p0);
         const double* hp = c->hp + p * c->nhp;
         NCL(lane_hp)(c, w, l, p, hp);
         const double* v0 = c->vec0 + p * c->nvecd;
@@ -1268,6 +1362,23 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->worst[j * NC_NL + l] = 0.0;
             w->wstep[j * NC_NL + l] = -1;
         }
+    }
+    w->shared = 0;
+    if (c->batch > 0) {          /* one stream for every lane (seed streams): shared draws */
+        int same = 1;
+        for (l = 1; l < NC_NL; ++l)
+            same &= w->rng_s[l] == w->rng_s[0] && w->rng_inc[l] == w->rng_inc[0];
+        w->shared = same;
+        w->sh_s = w->rng_s[0];
+        w->sh_inc = w->rng_inc[0];
+        nc_pcg64_jump((unsigned long long) (c->tab_T / NC_TAB_C * c->batch), w->sh_inc,
+                      &w->jmp_m, &w->jmp_c);
+        w->tab_pos = w->tab_len = w->drawn = 0;
+        w->rows_cur = NULL;
+        if (same && c->rows_tab != NULL)      /* the stream's rows, drawn before the run */
+            w->rows_cur = c->rows_tab
+                          + (size_t) c->task_stream[nc_lane_task(c, p0)] * (size_t) c->steps
+                            * (size_t) c->batch;
     }
     w->ang_cnt = c->steps > c->late_start ? c->steps - c->late_start : 0;
     w->ang_np = 0;
@@ -1442,14 +1553,16 @@ NC_INLINE void NCL(block_end)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
         }
 }
 
-/* Run grid points p0 .. p0 + NC_NL - 1 (those >= P are padding copies of point p0, whose
- * results are discarded) from start to finish and write their output rows. */
+/* Run the tasks of slots p0 .. p0 + NC_NL - 1 (nc_lane_task: slot k is task k without a
+ * slot map; padding slots copy slot p0's task, their results discarded) from start to
+ * finish and write their output rows. */
 NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
                                 const Py_ssize_t d, const int rule)
 {
     Py_ssize_t n;
     NCL(block_start)(c, w, p0, d);
-    const int real = (int) (c->P - p0 < NC_NL ? c->P - p0 : NC_NL);
+    int real = 0;                                   /* lanes that are tasks */
+    for (int l = 0; l < NC_NL; ++l) real += nc_lane_task(c, p0 + l) >= 0;
     Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
     int cancelled = 0;
 

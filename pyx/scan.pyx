@@ -668,6 +668,7 @@ cdef class ScanKernel:
 cdef extern from "lanes.h" nogil:
     enum:
         NC_NL
+        NC_TAB_C
         NC_LPOT_QUADRATIC
         NC_LPOT_RAYLEIGH
         NC_LPOT_BN_UNIT
@@ -734,6 +735,11 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t batch
         const unsigned long long* rng0
         Py_ssize_t poll_mask
+        const Py_ssize_t* slot_task
+        Py_ssize_t nslots
+        Py_ssize_t tab_T
+        const unsigned int* rows_tab
+        const Py_ssize_t* task_stream
     ctypedef struct nc_lane_ws:
         Py_ssize_t progress
         double* q
@@ -741,6 +747,9 @@ cdef extern from "lanes.h" nogil:
         double* buf
         double* g
         void* block
+    void nc_lane_draw_rows(Py_ssize_t N, Py_ssize_t B, Py_ssize_t steps,
+                           const unsigned long long* st, unsigned int* perm,
+                           unsigned int* jbuf, unsigned int* out)
     size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
     void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* block)
     int nc_lane_best_isa()
@@ -749,6 +758,9 @@ cdef extern from "lanes.h" nogil:
 
 
 LANES = NC_NL
+#: at most this many rows (uint32) of shared streams drawn ahead per kernel call (32 MiB,
+#: ~50 ms of draws before the blocks run; docs/scan.md "Minibatch lanes")
+ROWS_TABLE_MAX = 2**23
 _ISA_NAMES = {NC_ISA_BASE: "baseline", NC_ISA_AVX512: "avx512f"}
 _LANE_POTS = {"quadratic": NC_LPOT_QUADRATIC, "rayleigh": NC_LPOT_RAYLEIGH,
               "bn_unit": NC_LPOT_BN_UNIT}
@@ -947,6 +959,7 @@ cdef class LaneScanKernel:
     cdef int n_threads
     cdef int cancel_flag
     cdef list keep
+    cdef object rows_first                 # shared streams drawn in run(): a task of each
 
     def __cinit__(self, str pot_kind, dict pot_data,
                   object rule,             # IN _bridge.RuleInputs (P points)
@@ -961,9 +974,13 @@ cdef class LaneScanKernel:
         tracked (outputs in ``out.charge_worst``/``charge_worst_step``); ``isa``: None
         (best available) or one of :func:`lane_isas`.  Series rows (``plan.record_every``
         > 0) go to ``out.s_*``, filled with NaN by the caller.  ``batch``: None (full
-        batch) or ``(B, rng)``, minibatch lanes (docs/scan.md §"Minibatch lanes"): B rows
-        per step, point p's PCG64 stream starting at ``rng[p] = (state >> 64, state mod
-        2**64, inc >> 64, inc mod 2**64)`` (uint64, shape (P, 4))."""
+        batch) or ``(B, rng)`` or ``(B, rng, slots)``, minibatch lanes (docs/scan.md
+        §"Minibatch lanes"): B rows per step, point p's PCG64 stream starting at
+        ``rng[p] = (state >> 64, state mod 2**64, inc >> 64, inc mod 2**64)`` (uint64,
+        shape (P, 4)); ``slots`` (intp, length a multiple of NC_NL): the task of each
+        lane slot of the blocks (-1: padding; each block's first slot a task; every task
+        once), so that the tasks sharing a stream share blocks (their draws are made once
+        per block)."""
         cdef nc_lane_ctx* c = &self.c
         if pot_kind not in _LANE_POTS:
             raise ValueError(f"LaneScanKernel: no lane form of potential {pot_kind!r}")
@@ -1085,10 +1102,19 @@ cdef class LaneScanKernel:
                              "per point)")
 
     cdef _set_batch(self, tuple batch):
-        """Minibatch lanes: B rows per step of the potential's N, each point's stream."""
+        """Minibatch lanes: B rows per step of the potential's N, each point's stream,
+        optionally the tasks' order in blocks."""
         cdef nc_lane_ctx* c = &self.c
         cdef Py_ssize_t B, interval = 256
-        B, rng = batch
+        slots = task_stream = None
+        if len(batch) == 4:
+            B, rng, slots, task_stream = batch
+        elif len(batch) == 3:
+            B, rng, slots = batch
+        else:
+            B, rng = batch
+        if slots is not None:
+            self._set_slots(slots)
         if c.pot != NC_LPOT_BN_UNIT or c.X == NULL:
             raise ValueError("LaneScanKernel: minibatch lanes need a potential with data "
                              "rows (BatchNormUnit)")
@@ -1102,10 +1128,57 @@ cdef class LaneScanKernel:
                              f"array of shape ({c.P}, 4)")
         c.batch = B
         c.rng0 = <const unsigned long long*> _data(rng)
+        # shared draws: a table of T steps (a multiple of NC_TAB_C, at most 64 steps and
+        # ~64 KiB of partners: T B <= 2**14)
+        c.tab_T = max(NC_TAB_C, min(64, 2**14 // B) // NC_TAB_C * NC_TAB_C)
+        if task_stream is not None:
+            self._set_rows_table(task_stream, rng, B)
         # read the cancel flag at least every ~4 M multiply-adds of a block's gradients
         while interval > 1 and interval * B * (c.d + 4) > 2**22:
             interval //= 2
         c.poll_mask = interval - 1
+
+    cdef _set_rows_table(self, object task_stream, object rng, Py_ssize_t B):
+        """Streams shared by several tasks (task p on stream task_stream[p], every task of
+        a stream with the same starting state): their rows for the whole run drawn once
+        per stream in run(), before the blocks, when the table holds at most
+        ROWS_TABLE_MAX entries (else each block draws its own)."""
+        cdef nc_lane_ctx* c = &self.c
+        if (not isinstance(task_stream, np.ndarray) or task_stream.dtype != np.intp
+                or task_stream.shape != (c.P,) or not task_stream.flags.c_contiguous):
+            raise ValueError(f"LaneScanKernel: task_stream must be a C-contiguous intp "
+                             f"array of shape ({c.P},)")
+        if c.P == 0:
+            return
+        K = int(task_stream.max()) + 1
+        ids, first = np.unique(task_stream, return_index=True)
+        if (task_stream.min() < 0 or ids.shape[0] != K
+                or not np.array_equal(rng[first[task_stream]], rng)):
+            raise ValueError("LaneScanKernel: task_stream must number the distinct streams "
+                             "0, 1, ... with equal starting states within a stream")
+        if K * c.steps * B > ROWS_TABLE_MAX:
+            return
+        table = np.empty((K, c.steps * B), dtype=np.uint32)
+        self.keep += [task_stream, table]
+        self.rows_first = np.ascontiguousarray(first, dtype=np.intp)
+        c.task_stream = <const Py_ssize_t*> _data(task_stream)
+        c.rows_tab = <const unsigned int*> _data(table)
+
+    cdef _set_slots(self, object slots):
+        cdef nc_lane_ctx* c = &self.c
+        if (not isinstance(slots, np.ndarray) or slots.dtype != np.intp or slots.ndim != 1
+                or not slots.flags.c_contiguous or slots.shape[0] % NC_NL != 0):
+            raise ValueError(f"LaneScanKernel: the slots must be a C-contiguous intp "
+                             f"array whose length is a multiple of {NC_NL}")
+        tasks = slots[slots >= 0]
+        if (np.any(slots < -1) or tasks.shape[0] != c.P
+                or not np.array_equal(np.sort(tasks), np.arange(c.P))
+                or np.any(slots[::NC_NL] < 0)):
+            raise ValueError(f"LaneScanKernel: the slots must hold every task 0..{c.P - 1} "
+                             f"once, -1 for padding, a task first in every block")
+        self.keep.append(slots)
+        c.slot_task = <const Py_ssize_t*> _data(slots)
+        c.nslots = slots.shape[0]
 
     cdef _set_charges(self, tuple charge_blocks, object out):
         cdef nc_lane_ctx* c = &self.c
@@ -1192,9 +1265,28 @@ cdef class LaneScanKernel:
         """Run every block of NC_NL points (GIL released for the whole grid)."""
         cdef nc_lane_ctx* c = &self.c
         cdef nc_lane_ws** ws = self.ws
-        cdef Py_ssize_t k, nblk = (self.c.P + NC_NL - 1) // NC_NL
+        cdef Py_ssize_t k, nblk = ((self.c.nslots if self.c.slot_task != NULL else self.c.P)
+                                   + NC_NL - 1) // NC_NL
         cdef int nt = self.n_threads
+        cdef Py_ssize_t K = 0, ks
+        cdef const Py_ssize_t* first = NULL
+        cdef unsigned int* perm = NULL
+        cdef unsigned int* jbuf = NULL
+        if self.rows_first is not None and c.steps > 0:
+            K = self.rows_first.shape[0]
+            first = <const Py_ssize_t*> _data(self.rows_first)
+            perm = <unsigned int*> malloc(c.N * sizeof(unsigned int))
+            jbuf = <unsigned int*> malloc(c.batch * sizeof(unsigned int))
+            if perm == NULL or jbuf == NULL:
+                free(perm)
+                free(jbuf)
+                raise MemoryError("scan: shared rows scratch")
+            for ks in range(c.N):
+                perm[ks] = <unsigned int> ks
         with nogil:
+            for ks in range(K):                  # each shared stream's rows, once
+                nc_lane_draw_rows(c.N, c.batch, c.steps, c.rng0 + 4 * first[ks], perm, jbuf,
+                                  <unsigned int*> c.rows_tab + ks * c.steps * c.batch)
             if nt == 1:
                 for k in range(nblk):
                     nc_lane_run_block(c, ws[0], k * NC_NL)

@@ -118,10 +118,11 @@ def test_minibatch_lanes_equal_train_per_point():
 
 
 def test_seed_points_do_not_share_streams():
-    """The stream is per (seed, grid point), not per seed (docs/scan.md §"Minibatch
-    streams"): two points with the same hyper-parameters and seed but different grid
-    indices draw different batches, hence different trajectories -- the reason the lanes
-    cannot share one draw per seed."""
+    """Under the default ``batch_streams="point"`` the stream is per (seed, grid point),
+    not per seed (docs/scan.md §"Minibatch streams"): two points with the same
+    hyper-parameters and seed but different grid indices draw different batches, hence
+    different trajectories -- why the lanes share one draw per block only under
+    ``batch_streams="seed"`` (tests/test_scan_batch_streams.py)."""
     pot, q0 = _bn(40, 4)
     res = _scan(pot, q0, True, steps=20, lr=[0.1, 0.2], batch_size=5, seeds=(0,))
     assert res.kernel.startswith("lanes")
