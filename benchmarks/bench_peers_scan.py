@@ -307,6 +307,9 @@ def main(argv=None):
     ap.add_argument("--cpu-time", action="store_true",
                     help="time CPU seconds of the process (all threads), not wall seconds")
     ap.add_argument("--threads", type=int, default=2, help="threads of ours and numba")
+    ap.add_argument("--scaling-rules", default="SGD,AdamW",
+                    help="rules of the d-scaling table, comma-separated (of SGD, AdamW, "
+                         "Adam, RMSprop)")
     args = ap.parse_args(argv)
     _CPU["on"] = args.cpu_time
     _THREADS["n"] = args.threads
@@ -321,7 +324,8 @@ def main(argv=None):
     if not args.no_scaling:
         dims = (8, 32, 128) if args.quick else (8, 32, 128, 512)
         print(f"\n### 16 x 16 grid x 500 steps by dimension, {what} per point-step\n")
-        print(scaling_table(16, 500, dims, args.repeat, have))
+        print(scaling_table(16, 500, dims, args.repeat, have,
+                            rules=tuple(args.scaling_rules.split(","))))
     print("\n### fixed cost per scan call\n")
     print(fixed_cost())
 
