@@ -29,8 +29,8 @@ What it does (docs/monitor.md):
    parameters' device, moved to the host in batches, at most once per ``log_every``
    steps (no per-step synchronisation; ``.numpy()`` is never called on a device
    tensor); on the CPU with one compiled call per step on NumPy views of the tensors
-   (pyx/monitor.pyx, §6; ``NoetherMonitor.cpu_kernel = False`` uses torch there too).  The gradient is
-   read after the step, so an ``optimizer.step(closure)`` (LBFGS, Lightning) is seen
+   (pyx/monitor.pyx, §6; ``NoetherMonitor.cpu_kernel = False`` uses torch there too).
+   The gradient is read after the step, so an ``optimizer.step(closure)`` (LBFGS, Lightning) is seen
    with the gradient its closure computed; one record per optimizer step.
 3. **Checks the exact per-step identity of the optimizer actually used** (§3), chosen
    from its class and each param group's hyper-parameters: heavy-ball SGD with
@@ -183,8 +183,8 @@ class NoetherMonitor:
     -----
     Per step: one flat copy of the tracked weights before the step, ten products into a
     preallocated buffer after it and one float64-accumulated reduction per layer (on the
-    CPU all of it in one compiled pass); vectorised host work when a batch arrives.  docs/monitor.md §6 gives the measured
-    overhead.
+    CPU all of it in one compiled pass); vectorised host work when a batch arrives.
+    docs/monitor.md §6 gives the measured overhead.
     """
 
     #: use the compiled CPU kernel for parameters on the CPU (False: torch kernels, as on

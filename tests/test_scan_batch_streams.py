@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_scan_lanes import _assert_identical, _bits  # tests/ is on sys.path
-from test_scan_lanes_minibatch import RULES, _bn, _scan, minibatch_cases
+from test_scan_lanes_minibatch import RULES, _bn, _scan, minibatch_cases, raw_lane_args
 
 import noether_core as nc
 from noether_core import _bridge
@@ -320,17 +320,8 @@ def test_seed_at_and_xarray_after_sel():
 
 
 def test_kernel_refuses_bad_slot_maps():
-    pot, q0 = _bn(20, 3)
-    kind, data = pot._lane_form()
-    P, d = 9, 3
-    hp = np.zeros((P, 5))
-    hp[:, 0] = 0.1
-    out = _bridge.ScanOutputs.empty(P, d, 1, 0, 0)
-    rule = _bridge.RuleInputs(0, hp, np.zeros((P, d)), np.zeros((P, 1)),
-                              *_bridge.csr([np.arange(d)]))
-    plan = _bridge.ScanPlan(steps=5, K=1, late_start=4, record_every=0, R=0, n_threads=1)
-    args = ((kind, data), rule, q0, plan, np.array([0, d], np.intp),
-            np.arange(d, dtype=np.intp), out, None, None)
+    P = 9
+    args, out = raw_lane_args(P)
     rng = np.zeros((P, 4), np.uint64)
     ok = np.full(16, -1, np.intp)
     ok[:9] = np.arange(9)

@@ -394,8 +394,9 @@ def test_lane_kernel_progress_and_cancel():
 # property: random grids, dimensions, data and step counts
 
 
-@st.composite
-def lane_cases(draw):
+def lane_problem(draw):
+    """A random lane potential (Rayleigh, Quadratic, BatchNormUnit in either form) of a
+    random d in 1..20, with its generator: (pot, d, rng)."""
     kind = draw(st.sampled_from(["rayleigh", "quadratic", "bn", "bn_rows"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     d = draw(st.integers(1, 20))
@@ -411,6 +412,12 @@ def lane_cases(draw):
         pot = nc.potentials.BatchNormUnit(X, rng.normal(size=N),
                                           draw(st.sampled_from([0.0, 1e-2])),
                                           projection=kind == "bn")
+    return pot, d, rng
+
+
+@st.composite
+def lane_cases(draw):
+    pot, d, rng = lane_problem(draw)
     q0 = rng.normal(size=d)
     n_lr = draw(st.integers(1, 11))
     lr = np.unique(10.0 ** rng.uniform(-3, 1.5, n_lr))

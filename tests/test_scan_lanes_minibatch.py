@@ -183,18 +183,24 @@ def test_budget_still_refuses_minibatch_lanes():
                 seeds=range(20), record_every=1, max_record_bytes=10**5, progress=False)
 
 
-def test_kernel_refuses_inconsistent_batches():
-    pot, q0 = _bn(20, 3)
+def raw_lane_args(P, N=20, d=3):
+    """Inputs of the bridge's lane kernel for P plain-SGD points (lr 0.1) on a
+    BatchNormUnit of N rows, d = 3, up to its batch argument: (args, out)."""
+    pot, q0 = _bn(N, d)
     kind, data = pot._lane_form()
-    P, d = 8, 3
     hp = np.zeros((P, 5))
     hp[:, 0] = 0.1
     out = _bridge.ScanOutputs.empty(P, d, 1, 0, 0)
     rule = _bridge.RuleInputs(0, hp, np.zeros((P, d)), np.zeros((P, 1)),
                               *_bridge.csr([np.arange(d)]))
     plan = _bridge.ScanPlan(steps=5, K=1, late_start=4, record_every=0, R=0, n_threads=1)
-    args = ((kind, data), rule, q0, plan, np.array([0, d], np.intp),
-            np.arange(d, dtype=np.intp), out, None, None)
+    return ((kind, data), rule, q0, plan, np.array([0, d], np.intp),
+            np.arange(d, dtype=np.intp), out, None, None), out
+
+
+def test_kernel_refuses_inconsistent_batches():
+    P = 8
+    args, out = raw_lane_args(P)
     good = np.zeros((P, 4), np.uint64)
     for batch, match in [((0, good), "batch size 0"), ((21, good), "batch size 21"),
                          ((3, good[:4]), r"shape \(8, 4\)"),

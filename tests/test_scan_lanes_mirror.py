@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_scan_lanes import PROBLEMS, _assert_identical, _bits, _scan
+from test_scan_lanes import PROBLEMS, _assert_identical, _bits, _scan, lane_problem
 
 import noether_core as nc
 from noether_core import _bridge
@@ -203,21 +203,7 @@ def test_mirror_lane_kernel_checks_its_rows():
 
 @st.composite
 def mirror_cases(draw):
-    kind = draw(st.sampled_from(["rayleigh", "quadratic", "bn", "bn_rows"]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    d = draw(st.integers(1, 20))
-    if kind == "rayleigh":
-        M = rng.normal(size=(d, d))
-        pot = nc.potentials.RayleighQuotient(M + M.T)
-    elif kind == "quadratic":
-        M = rng.normal(size=(d, d))
-        pot = nc.potentials.Quadratic(M @ M.T / d + 0.1 * np.eye(d), rng.normal(size=d))
-    else:
-        N = draw(st.integers(2, 3 * d + 3))
-        X = rng.normal(size=(N, d))
-        pot = nc.potentials.BatchNormUnit(X, rng.normal(size=N),
-                                          draw(st.sampled_from([0.0, 1e-2])),
-                                          projection=kind == "bn")
+    pot, d, rng = lane_problem(draw)
     mirror = draw(st.sampled_from(sorted(MAPS)))
     q0 = rng.normal(size=d)
     grid = {"mirror": mirror}
