@@ -13,7 +13,7 @@ block discovery), one intra-op thread, and reports
   the load noise: see the spread over trials).
 
     PYTHONPATH=.:python python benchmarks/bench_monitor.py [--trials 5] [--steps 200]
-        [--cases digits,transformer] [--against DIR]
+        [--cases digits,transformer] [--against DIR] [--alternate]
 
 ``--against DIR`` compares two versions of the monitor in one run: DIR is another
 checkout of the repository (its kernels built, e.g. ``git worktree add /tmp/before
@@ -23,6 +23,10 @@ versions alternating (before, after, before, after, …), so both see the same m
 load; a worker makes the warm-up runs and then one plain and one monitored run of
 ``--steps`` steps, and the table gives per version the medians over the trials of the
 plain step, the time in hooks per step and their ratio, with the ratio's range.
+
+``--alternate`` trains a plain and a monitored copy in one process with their steps
+alternating, so the end-to-end difference (means over the pairs) is free of the drift
+between consecutive runs that the trial design's end-to-end column carries.
 
 Prints a Markdown table; it does not write benchmarks/RESULTS.md.
 """
@@ -133,6 +137,35 @@ def measure(torch, case, trials, steps):
     return _summary(case[0], res)
 
 
+def step_by_step(torch, case, steps, warmup=30):
+    """A plain and a monitored training in the same process, their steps alternating
+    (plain, monitored, plain, …) so that both see the same machine state: the end-to-end
+    cost without the drift between consecutive runs.  Returns a table row."""
+    from noether_core.torch import NoetherMonitor
+    name, setup, step = case
+    (ma, oa), (mb, ob) = setup(), setup()
+    mon = NoetherMonitor(mb, ob)
+    ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(warmup):
+        step(ma, oa, ga)
+        step(mb, ob, gb)
+    h0 = mon._overhead
+    ta, tb = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(ma, oa, ga)
+        t1 = time.perf_counter()
+        step(mb, ob, gb)
+        ta.append(t1 - t0)
+        tb.append(time.perf_counter() - t1)
+    mon.report()
+    hook = (mon._overhead - h0) / steps
+    pa, pb = statistics.mean(ta), statistics.mean(tb)
+    return (name, f"{len(mon.report().labels)}", f"{pa * 1e3:.2f} ms", f"{pb * 1e3:.2f} ms",
+            f"{(pb / pa - 1) * 100:+.1f}%", f"{hook * 1e3:.3f} ms",
+            f"{hook / pa * 100:.1f}%")
+
+
 def _worker(version_root, case_name, steps):
     """One trial of ``case_name`` in a fresh process importing noether_core from
     ``version_root``: the parsed JSON line it prints."""
@@ -173,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--against", default=None, metavar="DIR",
                     help="another checkout of the repository: compare its monitor "
                          "(before) with this tree's (after), alternating processes")
+    ap.add_argument("--alternate", action="store_true",
+                    help="one plain and one monitored training whose steps alternate in "
+                         "one process (means over --steps pairs): the end-to-end cost")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cases = {"digits": _digits, "transformer": _transformer}
@@ -199,6 +235,16 @@ def main(argv=None):
                           "rows": rows}))
         return 0
     from _common import machine, table
+    if args.alternate:
+        rows = [step_by_step(torch, cases[name](torch), args.steps) for name in chosen]
+        print(f"`benchmarks/bench_monitor.py --alternate` on {machine()}; torch "
+              f"{torch.__version__}, one intra-op thread; plain and monitored steps "
+              f"alternating, means over {args.steps} pairs after 30 warm-up pairs, "
+              f"log_every = 100.\n")
+        print(table(rows, ["example", "rows tracked", "step, plain (mean)",
+                           "step, monitored (mean)", "end-to-end", "time in hooks / step",
+                           "hooks / plain step"]))
+        return 0
     head = ["example", "rows tracked", "step, plain (median)", "step, monitored (median)",
             "end-to-end", "time in hooks / step", "hooks / plain step (median)",
             "hooks / plain, range over trials"]
