@@ -207,6 +207,14 @@ def predict_equilibrium(rule, hyper, stats):
     return chord, norm, regimes
 
 
+def _bias_corrections(beta, n):
+    """Adam's first-moment bias corrections 1 − β^(n+1) and 1 − β^n (docs/theory.md
+    (9.8)), as −expm1(m log β); 1 where β = 0 (no moment)."""
+    lb = np.log(np.where(beta > 0.0, beta, 0.5))
+    return (np.where(beta > 0.0, -np.expm1((n + 1.0) * lb), 1.0),
+            np.where(beta > 0.0, -np.expm1(n * lb), 1.0))
+
+
 class _Recorder:
     """Per-step host processing of the monitor's statistics (one instance per monitor).
 
@@ -503,10 +511,7 @@ class _Recorder:
                         xs_t[t] = x
                         a = a_coef[t] * a - eta2[t] * x + e2[t] * U[t]
                 else:                                        # (9.8), (9.10)
-                    b1 = np.where(beta > 0.0, beta, 0.5)
-                    lb = np.log(b1)
-                    bc = np.where(beta > 0.0, -np.expm1((n + 1.0) * lb), 1.0)
-                    bcp = np.where(beta > 0.0, -np.expm1(n * lb), 1.0)
+                    bc, bcp = _bias_corrections(beta, n)
                     if c == R_ADAMW:
                         shrink, lam = 1.0 - eta * k, k
                         a_coef = shrink * shrink
@@ -583,10 +588,7 @@ class _Recorder:
                 res[c] = dict(x=xs, a=(1.0 - eta * lam) ** 2 * a - 2.0 * eta * xs + e2 * U,
                               D=e2 * (lam * lam * a + 2.0 * lam * xs + U))
             else:                                            # (9.8), (9.10)
-                b1 = np.where(beta > 0.0, beta, 0.5)
-                lb = np.log(b1)
-                bc = np.where(beta > 0.0, -np.expm1((n + 1.0) * lb), 1.0)
-                bcp = np.where(beta > 0.0, -np.expm1(n * lb), 1.0)
+                bc, bcp = _bias_corrections(beta, n)
                 if c == R_ADAMW:
                     shrink, lam = 1.0 - eta * k, k
                 else:

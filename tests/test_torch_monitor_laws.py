@@ -223,13 +223,8 @@ def _assert_same_state(x, y, path=""):
         assert x == y, path
 
 
-@pytest.mark.parametrize("rule", ["sgd", "nesterov", "adam", "adamw", "rmsprop"])
-def test_fast_schedule_is_the_general_loop_bitwise(rule, monkeypatch):
-    """docs/monitor.md §5–6: the batched form of the online rule_norm_schedule (state-free
-    factors computed for all steps at once, the chord after the loop) performs the same
-    operations per element as the step-by-step loop: every recorded and carried value is
-    bitwise equal, whatever the batch boundaries (rows started in the first batch, a
-    batch of one step, an lr that changes every step, per-row hyper-parameters)."""
+def _spy_fast_schedule(monkeypatch):
+    """A list that gets, per batch, whether the batched schedule ran (True) or gave up."""
     taken = []
     fast_fn = L._Recorder._schedule_fast
 
@@ -238,6 +233,17 @@ def test_fast_schedule_is_the_general_loop_bitwise(rule, monkeypatch):
         taken.append(out is not None)
         return out
     monkeypatch.setattr(L._Recorder, "_schedule_fast", spy)
+    return taken
+
+
+@pytest.mark.parametrize("rule", ["sgd", "nesterov", "adam", "adamw", "rmsprop"])
+def test_fast_schedule_is_the_general_loop_bitwise(rule, monkeypatch):
+    """docs/monitor.md §5–6: the batched form of the online rule_norm_schedule (state-free
+    factors computed for all steps at once, the chord after the loop) performs the same
+    operations per element as the step-by-step loop: every recorded and carried value is
+    bitwise equal, whatever the batch boundaries (rows started in the first batch, a
+    batch of one step, an lr that changes every step, per-row hyper-parameters)."""
+    taken = _spy_fast_schedule(monkeypatch)
     batches = (5, 1, 23, 11)
     fast = _schedule_run(rule, True, batches)
     assert taken == [True] * len(batches)           # the fast path ran every batch
@@ -252,14 +258,7 @@ def test_fast_schedule_falls_back_when_the_recursion_leaves_a_positive(monkeypat
     (returns None, nothing changed) and the general loop drops that step's predicted
     chord (NaN, not counted) and restarts the row — the same state as the general loop
     alone."""
-    taken = []
-    fast_fn = L._Recorder._schedule_fast
-
-    def spy(self, *args):
-        out = fast_fn(self, *args)
-        taken.append(out is not None)
-        return out
-    monkeypatch.setattr(L._Recorder, "_schedule_fast", spy)
+    taken = _spy_fast_schedule(monkeypatch)
     fast = _schedule_run("rmsprop", True, (4, 30), lr=1.0, metric=20.0)
     assert False in taken
     _assert_same_state(fast, _schedule_run("rmsprop", False, (4, 30), lr=1.0,
