@@ -218,17 +218,24 @@ def test_lanes_equal_train_per_point():
         assert res.charge_worst["scale:w"][idx] == tr.charge("scale", "w").worst
 
 
-def test_lanes_threads_and_chunks_identical():
-    pot, q0 = PROBLEMS["rayleigh8"]
-    kw = dict(steps=500, lr=np.linspace(0.01, 0.5, 13), momentum=[0.5, 0.9])
-    one = _scan(pot, q0, True, threads=1, **kw)
-    two = _scan(pot, q0, True, threads=2, **kw)
+def assert_threads_and_chunks_identical(scan, pot, q0, **kw):
+    """``scan(pot, q0, True, ...)`` on one thread, on two, and in five chunks on an
+    executor of three: the same bits and the same kernel (shared with
+    test_scan_lanes_minibatch)."""
+    one = scan(pot, q0, True, threads=1, **kw)
+    two = scan(pot, q0, True, threads=2, **kw)
     _assert_identical(one, two)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(3) as ex:
-        chunked = _scan(pot, q0, True, executor=ex, n_chunks=5, **kw)
+        chunked = scan(pot, q0, True, executor=ex, n_chunks=5, **kw)
     _assert_identical(one, chunked)
     assert chunked.kernel == one.kernel
+
+
+def test_lanes_threads_and_chunks_identical():
+    pot, q0 = PROBLEMS["rayleigh8"]
+    assert_threads_and_chunks_identical(_scan, pot, q0, steps=500,
+                                        lr=np.linspace(0.01, 0.5, 13), momentum=[0.5, 0.9])
 
 
 class _OtherKind(nc.rules.SGD):

@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_scan_lanes import _assert_identical, _bits  # tests/ is on sys.path
+from test_scan_lanes import (  # tests/ is on sys.path
+    _assert_identical,
+    _bits,
+    assert_threads_and_chunks_identical,
+)
 
 import noether_core as nc
 from noether_core import _bridge
@@ -153,16 +157,9 @@ def test_minibatch_lanes_stops(isa):
 
 def test_minibatch_lanes_threads_and_chunks_identical():
     pot, q0 = _bn(64, 8)
-    kw = dict(steps=200, lr=np.linspace(0.01, 0.5, 7), momentum=[0.5, 0.9], batch_size=8,
-              seeds=(0, 1, 2))
-    one = _scan(pot, q0, True, threads=1, **kw)
-    two = _scan(pot, q0, True, threads=2, **kw)
-    _assert_identical(one, two)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(3) as ex:
-        chunked = _scan(pot, q0, True, executor=ex, n_chunks=5, **kw)
-    _assert_identical(one, chunked)
-    assert chunked.kernel == one.kernel
+    assert_threads_and_chunks_identical(_scan, pot, q0, steps=200,
+                                        lr=np.linspace(0.01, 0.5, 7), momentum=[0.5, 0.9],
+                                        batch_size=8, seeds=(0, 1, 2))
 
 
 def test_pcg64_lane_states_are_numpys():
