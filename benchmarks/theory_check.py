@@ -34,6 +34,7 @@ import numpy as np
 import noether_core as nc
 from noether_core import theory as T
 from noether_core.datasets import gaussian_mixture
+from noether_core.demo import _draw_rows as draw_rows  # the loop's rows, vectorised
 
 WIDTHS = (32, 32)
 BATCH = 128
@@ -59,23 +60,6 @@ def nc_rule(name, h):
     if name == "adam":
         return nc.rules.Adam(lr=h["lr"], betas=h["betas"], weight_decay=h["weight_decay"])
     return nc.rules.RMSprop(lr=h["lr"], alpha=h["alpha"], weight_decay=h["weight_decay"])
-
-
-def draw_batches(rng, n_data, batch_size, steps, chunk=500):
-    """The loop's rows of every step (docs/rules.md §2: a partial Fisher-Yates shuffle
-    of the identity per step, batch_size doubles per step), vectorised over steps."""
-    out = np.empty((steps, batch_size), dtype=np.intp)
-    for s0 in range(0, steps, chunk):
-        m = min(chunk, steps - s0)
-        u = rng.random((m, batch_size))          # the same doubles, in the same order
-        perm = np.tile(np.arange(n_data), (m, 1))
-        r = np.arange(m)
-        for i in range(batch_size):
-            j = np.minimum(i + (u[:, i] * (n_data - i)).astype(np.intp), n_data - 1)
-            pi, pj = perm[r, i].copy(), perm[r, j].copy()
-            perm[r, i], perm[r, j] = pj, pi
-        out[s0:s0 + m] = perm[:, :batch_size]
-    return out
 
 
 def old_form(name, h):
@@ -143,7 +127,7 @@ def part_a(steps, window):
         t0 = time.perf_counter()
         res = nc.train(nc_rule(name, h), pot, q0, steps, batch_size=BATCH, seed=0,
                        charges=False)
-        rows = draw_batches(np.random.default_rng(0), pot.n_data, BATCH, steps)
+        rows = draw_rows(np.random.default_rng(0), pot.n_data, BATCH, steps)
         G = np.array([pot.grad(res.q[n], rows[n]) for n in range(steps)])
         blocks = [(res.q[:, pot.blocks[nm]], G[:, pot.blocks[nm]]) for nm in names]
         r = evaluate(name, h, blocks, window)
