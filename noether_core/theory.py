@@ -118,6 +118,17 @@ def _out(x):
     return float(x) if x.ndim == 0 else x
 
 
+def _check_grad_stats(grad_stats, name):
+    """TypeError unless ``grad_stats`` is a GradStats; ValueError unless it was measured
+    for the rule ``name``."""
+    if not isinstance(grad_stats, GradStats):
+        raise TypeError(f"grad_stats must be a theory.GradStats, got "
+                        f"{type(grad_stats).__name__}")
+    if grad_stats.rule != name:
+        raise ValueError(f"grad_stats were measured for rule={grad_stats.rule!r}, not "
+                         f"{name!r}")
+
+
 def _check_assumption(assumption, allowed=ASSUMPTIONS):
     if not isinstance(assumption, str) or assumption not in allowed:
         raise ValueError(f"assumption must be one of {allowed}, got {assumption!r}")
@@ -1072,12 +1083,7 @@ def equilibrium(rule, *, lr, weight_decay=0.0, momentum=0.0, dampening=0.0, nest
                           alpha, eps, amsgrad, centered)
     _check_assumption(assumption)
     if grad_stats is not None:
-        if not isinstance(grad_stats, GradStats):
-            raise TypeError(f"grad_stats must be a theory.GradStats, got "
-                            f"{type(grad_stats).__name__}")
-        if grad_stats.rule != name:
-            raise ValueError(f"grad_stats were measured for rule={grad_stats.rule!r}, not "
-                             f"{name!r}")
+        _check_grad_stats(grad_stats, name)
     eta, k = h["lr"], h["weight_decay"]
     st = grad_stats
     if k == 0.0:
@@ -1351,12 +1357,7 @@ def rule_norm_schedule(rule, grad_stats, r0, *, lr, weight_decay=0.0, momentum=0
     """
     name, h = _rule_hyper(rule, lr, weight_decay, momentum, dampening, nesterov, betas,
                           alpha, eps, amsgrad, centered)
-    if not isinstance(grad_stats, GradStats):
-        raise TypeError(f"grad_stats must be a theory.GradStats, got "
-                        f"{type(grad_stats).__name__}")
-    if grad_stats.rule != name:
-        raise ValueError(f"grad_stats were measured for rule={grad_stats.rule!r}, not "
-                         f"{name!r}")
+    _check_grad_stats(grad_stats, name)
     U = V.as_float_array("grad_stats.update_sq", grad_stats.update_sq)
     if U.ndim not in (1, 2) or U.shape[0] < 1:
         raise ValueError(f"grad_stats.update_sq must be a per-step (N,) or (N, B) series, "
