@@ -7,6 +7,7 @@ References are independent of the code under test: closed-form solutions, and sc
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
+from test_integrators import _oscillator  # tests/ is on sys.path
 
 import noether_core as nc
 from noether_core.models import Bregman, Damped, GradientFlow, RadialAngular, nesterov
@@ -15,20 +16,6 @@ from noether_ref import potentials as rp
 
 ADAPTIVE = ("dopri5", "dop853")
 FIXED = ("conformal-euler", "conformal-verlet", "conformal-yoshida4", "rk4")
-
-
-def _oscillator():
-    """q̈ + 0.2 q̇ + q = 0 from (1, 0): q = e^{−t/10}(cos ωt + sin(ωt)/(10ω)), ω² = 0.99."""
-    w = np.sqrt(0.99)
-
-    def exact(t):
-        t = np.asarray(t, dtype=float)
-        e = np.exp(-0.1 * t)
-        return np.array([e * (np.cos(w * t) + np.sin(w * t) / (10 * w)),
-                         -e * np.sin(w * t) * (0.01 + w * w) / w])
-
-    return Damped(nc.potentials.Quadratic(np.eye(1)), m=1.0, mu=0.2), np.array([1.0, 0.0]), \
-        exact
 
 
 def _rayleigh(d=5, seed=0):
