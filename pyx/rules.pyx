@@ -143,9 +143,10 @@ cdef inline void _step_rmsprop(RunSpec* s) noexcept nogil:
 cdef struct _Carry:
     # what one run_loop call learns at one step and keeps for the later ones
     # (docs/balance_laws.md §9): Adam's bias corrections 1 - beta^step once they are
-    # exactly 1.0 (they stay 1.0, so pow is no longer called)
+    # exactly 1.0 (they stay 1.0, so pow is no longer called), and sqrt(beta2)
     bint bc1_one
     bint bc2_one
+    double sb2
 
 
 cdef extern from *:
@@ -212,8 +213,8 @@ cdef inline void _step_adam(RunSpec* s, _Carry* c) noexcept nogil:
     step = s.sca[0]
     bc1 = _bias_corr(b1, step, &c.bc1_one)
     bc2 = _bias_corr(b2, step, &c.bc2_one)
-    step_size = lr / bc1
-    bc2_sqrt = sqrt(bc2)
+    step_size = lr / bc1 if bc1 != 1.0 else lr          # x/1.0 = x exactly
+    bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
     decay = 1.0 - lr * wd
     if not amsgrad and (decoupled or wd == 0.0) and 1.0 - b1 < 0.5:
         _adam_plain(s.q, s.g, m1, m2, s.d, decay if wd != 0.0 else 1.0, 1.0 - b1, b2,
@@ -461,7 +462,7 @@ cdef extern from *:
     ctypedef const double* _crdp "const double * __restrict"
 
 
-cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, double* qf, _rdp root, _rdp num,
+cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp num,
                                   _rdp denf, double decay, double nss, double bc2_sqrt,
                                   double ibc2s, double sb2, bint one) noexcept nogil:
     """_step_adam_free's coordinates in _adam_plain's case (carried root, no branch per
@@ -475,8 +476,8 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, double* qf, _rdp root, _r
     cdef _crdp g = s.g
     cdef _rdp m1 = s.vec
     cdef _rdp m2 = s.vec + s.d
-    cdef Py_ssize_t i, d = s.d
-    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, f0, f1
+    cdef Py_ssize_t i, k, d = s.d
+    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, ip, p
     if one:
         for i in range(d):
             qi = q[i]
@@ -509,14 +510,21 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, double* qf, _rdp root, _r
             root[i] = sf
             q[i] = qi * decay + (nss * m1n) / (sf / bc2_sqrt + eps)
             denf[i] = rootf * ibc2s + eps
-    i = 0
-    while i + 1 < d:
-        _pair_quot(num[i], denf[i], num[i + 1], denf[i + 1], &f0, &f1)
-        qf[i] = qp[i] * decay + f0
-        qf[i + 1] = qp[i + 1] * decay + f1
-        i += 2
-    if i < d:
-        qf[i] = qp[i] * decay + num[i] / denf[i]
+    # (8.3) for every pair without a branch (vectorized: two pairs per division), then
+    # the rare pair whose product is not normal divided directly, as _pair_quot does
+    for k in range(d // 2):
+        i = 2 * k
+        ip = 1.0 / (denf[i] * denf[i + 1])
+        qf[i] = qp[i] * decay + num[i] * (denf[i + 1] * ip)
+        qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (denf[i] * ip)
+    for k in range(d // 2):
+        i = 2 * k
+        p = denf[i] * denf[i + 1]
+        if not (p >= _PAIR_LO and p <= _PAIR_HI):
+            qf[i] = qp[i] * decay + num[i] / denf[i]
+            qf[i + 1] = qp[i + 1] * decay + num[i + 1] / denf[i + 1]
+    if d % 2 == 1:
+        qf[d - 1] = qp[d - 1] * decay + num[d - 1] / denf[d - 1]
 
 
 cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* root,
@@ -535,11 +543,11 @@ cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* roo
     step = s.sca[0]
     bc1 = _bias_corr(b1, step, &c.bc1_one)
     bc2 = _bias_corr(b2, step, &c.bc2_one)
-    nss = -(lr / bc1)
-    bc2_sqrt = sqrt(bc2)
-    ibc2s = 1.0 / bc2_sqrt
-    sb2 = sqrt(b2)
+    nss = -(lr / bc1) if bc1 != 1.0 else -lr            # x/1.0 = x exactly (§9)
+    bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
     one = bc2_sqrt == 1.0
+    ibc2s = 1.0 / bc2_sqrt if not one else 1.0
+    sb2 = c.sb2                           # sqrt(beta2), once per run
     if carried and 1.0 - b1 < 0.5:
         _adam_plain_free(s, qp, qf, root, scratch, scratch + s.d,
                          1.0 - lr * wd if wd != 0.0 else 1.0, nss, bc2_sqrt, ibc2s, sb2,
@@ -1063,6 +1071,7 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef _Carry carry
     carry.bc1_one = False
     carry.bc2_one = False
+    carry.sb2 = sqrt(s.hp[2]) if s.kind == RULE_ADAM else 0.0
     s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
