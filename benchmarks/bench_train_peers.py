@@ -13,10 +13,14 @@ One process runs, side by side, in ns per step (wall time / steps), one thread:
 
 Rules: SGD(lr=0.05, momentum=0.9, weight_decay=5e-4) and AdamW(lr=1e-3,
 weight_decay=1e-2) on RayleighQuotient d = 8; a long run (``--steps``, 2·10^5 by default)
-where the per-step cost dominates and a short one (1000 steps) that shows the per-call
-cost.  Every figure is the best of ``--repeat`` (5) timings; ratios are taken within the
-run.  numba missing: the peer is skipped with a message (``pip install
-noether_core[bench]``).
+where the per-step cost dominates, 30 000 steps (AdamW's second bias correction
+1 − 0.999^n is not yet exactly 1, so every step divides by its square root:
+docs/balance_laws.md (9.1); in the long run it is 1 from step ~37 400 on) and a short one
+(1000 steps) that shows the per-call cost.  Every figure is the best of ``--repeat`` (5)
+timings, taken in rounds: each round times every variant of a (steps, rule) row once
+(ours and numba, charges off and on, in turn), so a slow spell of a shared machine hits
+all of them alike; ratios are taken within the run.  numba missing: the peer is skipped
+with a message (``pip install noether_core[bench]``).
 
 Targets (issue 16): ours ≤ 1.2× numba with charges off, ≤ 1.5× with charges on; ours with
 charges on ≤ 1.3× ours with charges off.
@@ -53,15 +57,18 @@ def problem(d=8, seed=0):
 _CPU = {"on": False}
 
 
-def best(fn, repeat):
-    """Best of ``repeat`` timings: wall seconds, or with --cpu-time the CPU seconds of
-    the process (one thread here), which other jobs on a shared machine inflate less."""
+def best(fns, repeat):
+    """Best of ``repeat`` timings of each of ``fns`` (a dict of callables), in rounds
+    (each round times every one once, in turn): wall seconds, or with --cpu-time the CPU
+    seconds of the process (one thread here), which other jobs on a shared machine
+    inflate less."""
     clock = time.process_time if _CPU["on"] else time.perf_counter
-    t_best = np.inf
+    t_best = dict.fromkeys(fns, np.inf)
     for _ in range(repeat):
-        t = clock()
-        fn()
-        t_best = min(t_best, clock() - t)
+        for key, fn in fns.items():
+            t = clock()
+            fn()
+            t_best[key] = min(t_best[key], clock() - t)
     return t_best
 
 
@@ -219,14 +226,14 @@ def main(argv=None):
         check_agreement(A, q0)
     print(f"# {'CPU' if args.cpu_time else 'wall'} time, best of {args.repeat}")
     rows = []
-    for steps in (args.steps, 1000):
+    for steps in (args.steps, 30_000, 1000):
         for rule in ("SGD", "AdamW"):
-            t = {}
+            fns = {}
             for ch in (False, True):
-                t["ours", ch] = best(ours(rule, A, q0, steps, ch), args.repeat) / steps
+                fns["ours", ch] = ours(rule, A, q0, steps, ch)
                 if have_numba:
-                    t["numba", ch] = best(numba_runner(rule, A, q0, steps, ch),
-                                          args.repeat) / steps
+                    fns["numba", ch] = numba_runner(rule, A, q0, steps, ch)
+            t = {k: v / steps for k, v in best(fns, args.repeat).items()}
             for ch in (False, True):
                 o = t["ours", ch] * 1e9
                 nb = t.get(("numba", ch), np.nan) * 1e9

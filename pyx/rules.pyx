@@ -140,7 +140,68 @@ cdef inline void _step_rmsprop(RunSpec* s) noexcept nogil:
             s.q[i] = s.q[i] + ((-lr) * gi) / avg
 
 
-cdef inline void _step_adam(RunSpec* s) noexcept nogil:
+cdef struct _Carry:
+    # what one run_loop call learns at one step and keeps for the later ones
+    # (docs/balance_laws.md §9): Adam's bias corrections 1 - beta^step once they are
+    # exactly 1.0 (they stay 1.0, so pow is no longer called), and sqrt(beta2)
+    bint bc1_one
+    bint bc2_one
+    double sb2
+
+
+cdef extern from *:
+    """
+    #define NC_BC_BMAX (1.0 - 0x1p-50)
+    """
+    const double _BC_BMAX "NC_BC_BMAX"    # 1 - 2^-50: the largest beta the carry trusts
+
+
+cdef inline double _bias_corr(double b, double step, bint* one) noexcept nogil:
+    """torch's bias correction 1 - b^step, pow as before until it is exactly 1.0 (then
+    ``one`` is set: for 0 <= b <= 1 - 2^-50 every later step's is 1.0 too, because
+    pow(b, step) <= 2^-54 stays so, docs/balance_laws.md (9.1))."""
+    cdef double bc
+    if one[0]:
+        return 1.0
+    bc = 1.0 - pow(b, step)
+    if bc == 1.0 and b >= 0.0 and b <= _BC_BMAX:
+        one[0] = True
+    return bc
+
+
+cdef inline void _adam_plain(double* q, const double* g, double* m1, double* m2,
+                             Py_ssize_t d, double decay, double w1, double b2, double omb2,
+                             double bc2_sqrt, double eps, double nss,
+                             bint bc2_one) noexcept nogil:
+    """_step_adam's coordinates without amsgrad, without an L2 term and with
+    1 - beta1 < 0.5 (AdamW; Adam without weight decay), operation for operation:
+    q_i decay (decay = 1.0 without weight decay: q_i 1.0 = q_i exactly), the lerp's
+    first branch, the real denominator sqrt(v_i)/sqrt(bc2) + eps (sqrt(v_i) + eps when
+    sqrt(bc2) = 1.0: x/1.0 = x exactly).  No branch in the loop, so the compiler
+    vectorizes it (the operations are IEEE ones, per coordinate: the same bits)."""
+    cdef Py_ssize_t i
+    cdef double gi, m1n, m2n, den
+    if bc2_one:
+        for i in range(d):
+            gi = g[i]
+            m1n = m1[i] + w1 * (gi - m1[i])
+            m1[i] = m1n
+            m2n = m2[i] * b2 + (omb2 * gi) * gi
+            m2[i] = m2n
+            den = sqrt(m2n) + eps
+            q[i] = q[i] * decay + (nss * m1n) / den
+    else:
+        for i in range(d):
+            gi = g[i]
+            m1n = m1[i] + w1 * (gi - m1[i])
+            m1[i] = m1n
+            m2n = m2[i] * b2 + (omb2 * gi) * gi
+            m2[i] = m2n
+            den = sqrt(m2n) / bc2_sqrt + eps
+            q[i] = q[i] * decay + (nss * m1n) / den
+
+
+cdef inline void _step_adam(RunSpec* s, _Carry* c) noexcept nogil:
     cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
     cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
     cdef double* m1 = s.vec
@@ -150,11 +211,15 @@ cdef inline void _step_adam(RunSpec* s) noexcept nogil:
     cdef double gi, step, bc1, bc2, step_size, bc2_sqrt, den, decay
     s.sca[0] += 1.0
     step = s.sca[0]
-    bc1 = 1.0 - pow(b1, step)
-    bc2 = 1.0 - pow(b2, step)
-    step_size = lr / bc1
-    bc2_sqrt = sqrt(bc2)
+    bc1 = _bias_corr(b1, step, &c.bc1_one)
+    bc2 = _bias_corr(b2, step, &c.bc2_one)
+    step_size = lr / bc1 if bc1 != 1.0 else lr          # x/1.0 = x exactly
+    bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
     decay = 1.0 - lr * wd
+    if not amsgrad and (decoupled or wd == 0.0) and 1.0 - b1 < 0.5:
+        _adam_plain(s.q, s.g, m1, m2, s.d, decay if wd != 0.0 else 1.0, 1.0 - b1, b2,
+                    1.0 - b2, bc2_sqrt, eps, -step_size, bc2_sqrt == 1.0)
+        return
     for i in range(s.d):
         gi = s.g[i]
         if wd != 0.0:
@@ -303,7 +368,7 @@ cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf,
 
 cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
                              double nss, double bc2_sqrt, double ibc2s, double sb2,
-                             bint carried, double* qd_out, double* num,
+                             bint carried, bint one, double* qd_out, double* num,
                              double* denf) noexcept nogil:
     """Coordinate i of _step_adam (the real step, operation for operation) and the pieces
     of its free step (docs/balance_laws.md (8.2)): qd_out = q_i after decoupled decay,
@@ -311,7 +376,8 @@ cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
     root_f * (1 / sqrt(bc2)) + eps, root_f = sqrt(beta2) sqrt(v_i) where the free
     exp_avg_sq is beta2 v_i exactly (no L2 term, no amsgrad: ``carried``; sqrt(v_i) is
     root[i], the real step's root of the step before), else sqrt of the free
-    exp_avg_sq (or of its amsgrad maximum)."""
+    exp_avg_sq (or of its amsgrad maximum).  ``one``: sqrt(bc2) = 1.0, whose division
+    and product are exact and left out (docs/balance_laws.md §9)."""
     cdef double lr = s.hp[0], b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4]
     cdef bint amsgrad = s.hp[5] != 0.0, decoupled = s.hp[6] != 0.0
     cdef double* m1 = s.vec
@@ -346,18 +412,22 @@ cdef inline void _adam_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
             rootf = sqrt(sf)
         if m2[i] > mxi or mxi != mxi:
             mx[i] = m2[i]
-        den = sqrt(mx[i]) / bc2_sqrt + eps
+        sf = sqrt(mx[i])
     else:
         if not carried:
             m2f = m2b + (omb2 * gf) * gf
             rootf = sqrt(m2f)
         sf = sqrt(m2[i])
         root[i] = sf                      # sqrt(v_{n+1}): the next step's carried root
+    if one:
+        den = sf + eps
+        denf[0] = rootf + eps
+    else:
         den = sf / bc2_sqrt + eps
+        denf[0] = rootf * ibc2s + eps
     s.q[i] = qd + (nss * m1[i]) / den
     qd_out[0] = qd
     num[0] = nss * m1f
-    denf[0] = rootf * ibc2s + eps
 
 
 cdef extern from *:
@@ -384,35 +454,118 @@ cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
         f1[0] = num1 / den1
 
 
-cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf,
-                                 double* root) noexcept nogil:
+cdef extern from *:
+    # a pointer to doubles no other pointer of the function reaches (C99 restrict): lets
+    # the compiler vectorize a loop over many arrays without a run-time overlap check
+    # per pair of them (it gives up past ten)
+    ctypedef double* _rdp "double * __restrict"
+    ctypedef const double* _crdp "const double * __restrict"
+
+
+cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp num,
+                                  _rdp denf, double decay, double nss, double bc2_sqrt,
+                                  double ibc2s, double sb2, bint one) noexcept nogil:
+    """_step_adam_free's coordinates in _adam_plain's case (carried root, no branch per
+    coordinate), in two passes: the real step and the free numerators num (d) and
+    denominators denf (d) per coordinate (vectorized by the compiler), then the free
+    quotients in pairs, q^free_i = q_i decay + num_i/denf_i.  Every value is formed by
+    _adam_coord's operations on the same operands (q_i decay is formed twice, the same
+    product): the same bits."""
+    cdef double b2 = s.hp[2], eps = s.hp[3], w1 = 1.0 - s.hp[1], omb2 = 1.0 - s.hp[2]
+    cdef _rdp q = s.q
+    cdef _crdp g = s.g
+    cdef _rdp m1 = s.vec
+    cdef _rdp m2 = s.vec + s.d
+    cdef Py_ssize_t i, k, d = s.d
+    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, ip, p
+    if one:
+        for i in range(d):
+            qi = q[i]
+            qp[i] = qi
+            gi = g[i]
+            m1i = m1[i]
+            m1n = m1i + w1 * (gi - m1i)
+            m1[i] = m1n
+            num[i] = nss * (m1i + w1 * (0.0 - m1i))
+            rootf = sb2 * root[i]
+            m2n = m2[i] * b2 + (omb2 * gi) * gi
+            m2[i] = m2n
+            sf = sqrt(m2n)
+            root[i] = sf
+            q[i] = qi * decay + (nss * m1n) / (sf + eps)
+            denf[i] = rootf + eps
+    else:
+        for i in range(d):
+            qi = q[i]
+            qp[i] = qi
+            gi = g[i]
+            m1i = m1[i]
+            m1n = m1i + w1 * (gi - m1i)
+            m1[i] = m1n
+            num[i] = nss * (m1i + w1 * (0.0 - m1i))
+            rootf = sb2 * root[i]
+            m2n = m2[i] * b2 + (omb2 * gi) * gi
+            m2[i] = m2n
+            sf = sqrt(m2n)
+            root[i] = sf
+            q[i] = qi * decay + (nss * m1n) / (sf / bc2_sqrt + eps)
+            denf[i] = rootf * ibc2s + eps
+    # (8.3) for every pair without a branch (vectorized: two pairs per division), then
+    # the rare pair whose product is not normal divided directly, as _pair_quot does
+    for k in range(d // 2):
+        i = 2 * k
+        ip = 1.0 / (denf[i] * denf[i + 1])
+        qf[i] = qp[i] * decay + num[i] * (denf[i + 1] * ip)
+        qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (denf[i] * ip)
+    for k in range(d // 2):
+        i = 2 * k
+        p = denf[i] * denf[i + 1]
+        if not (p >= _PAIR_LO and p <= _PAIR_HI):
+            qf[i] = qp[i] * decay + num[i] / denf[i]
+            qf[i + 1] = qp[i + 1] * decay + num[i + 1] / denf[i + 1]
+    if d % 2 == 1:
+        qf[d - 1] = qp[d - 1] * decay + num[d - 1] / denf[d - 1]
+
+
+cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* root,
+                                 double* scratch, _Carry* c) noexcept nogil:
     """_step_adam with its free step (g = 0) into qf and q_n into qp (docs/balance_laws.md
     §8: the free denominators from the carried root, inverted in pairs); root (d) holds
-    sqrt(exp_avg_sq) of the current state on entry and of the new one on exit."""
+    sqrt(exp_avg_sq) of the current state on entry and of the new one on exit; scratch
+    (2d) for _adam_plain_free."""
     cdef double lr = s.hp[0], b1 = s.hp[1], b2 = s.hp[2], wd = s.hp[4]
     cdef bint carried = s.hp[5] == 0.0 and not (wd != 0.0 and s.hp[6] == 0.0)
     cdef Py_ssize_t i
+    cdef bint one
     cdef double step, bc1, bc2, bc2_sqrt, nss, ibc2s, sb2
     cdef double qd0, num0, den0, qd1, num1, den1, f0, f1
     s.sca[0] += 1.0
     step = s.sca[0]
-    bc1 = 1.0 - pow(b1, step)
-    bc2 = 1.0 - pow(b2, step)
-    nss = -(lr / bc1)
-    bc2_sqrt = sqrt(bc2)
-    ibc2s = 1.0 / bc2_sqrt
-    sb2 = sqrt(b2)
+    bc1 = _bias_corr(b1, step, &c.bc1_one)
+    bc2 = _bias_corr(b2, step, &c.bc2_one)
+    nss = -(lr / bc1) if bc1 != 1.0 else -lr            # x/1.0 = x exactly (§9)
+    bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
+    one = bc2_sqrt == 1.0
+    ibc2s = 1.0 / bc2_sqrt if not one else 1.0
+    sb2 = c.sb2                           # sqrt(beta2), once per run
+    if carried and 1.0 - b1 < 0.5:
+        _adam_plain_free(s, qp, qf, root, scratch, scratch + s.d,
+                         1.0 - lr * wd if wd != 0.0 else 1.0, nss, bc2_sqrt, ibc2s, sb2,
+                         one)
+        return
     i = 0
     while i + 1 < s.d:
-        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
-        _adam_coord(s, i + 1, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd1, &num1,
-                    &den1)
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, one, &qd0, &num0,
+                    &den0)
+        _adam_coord(s, i + 1, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, one, &qd1,
+                    &num1, &den1)
         _pair_quot(num0, den0, num1, den1, &f0, &f1)
         qf[i] = qd0 + f0
         qf[i + 1] = qd1 + f1
         i += 2
     if i < s.d:
-        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, &qd0, &num0, &den0)
+        _adam_coord(s, i, qp, root, nss, bc2_sqrt, ibc2s, sb2, carried, one, &qd0, &num0,
+                    &den0)
         qf[i] = qd0 + num0 / den0
 
 
@@ -495,13 +648,13 @@ cdef inline void _step_mirror(RunSpec* s) noexcept nogil:
             s.q[i] = s.q[i] * exp(-lr * di)
 
 
-cdef inline void _apply_step(RunSpec* s) noexcept nogil:
+cdef inline void _apply_step(RunSpec* s, _Carry* c) noexcept nogil:
     if s.kind == RULE_SGD:
         _step_sgd(s)
     elif s.kind == RULE_RMSPROP:
         _step_rmsprop(s)
     elif s.kind == RULE_ADAM:
-        _step_adam(s)
+        _step_adam(s, c)
     elif s.kind == RULE_SCALAR_RMSPROP:
         _step_scalar_rmsprop(s)
     else:
@@ -586,11 +739,12 @@ cdef inline void _charges_record(RunSpec* s) noexcept nogil:
         cs.rec_metric[row + j] = cs.last_metric[j]
 
 
-cdef inline void _charges_before(RunSpec* s) noexcept nogil:
-    """Save q_n and run the free step (g_n = 0) on copies of q and the rule state."""
+cdef inline void _charges_before(RunSpec* s, _Carry* c) noexcept nogil:
+    """Save q_n and run the free step (g_n = 0) on copies of q and the rule state (the
+    rules without a fused free step: ScalarRMSProp, MirrorDescent; T_j is formed by
+    _charges_after)."""
     cdef ChargeSpec* cs = s.cs
     cdef RunSpec t = s[0]
-    cdef Py_ssize_t j
     memcpy(cs.q_prev, s.q, s.d * sizeof(double))
     memcpy(cs.q_free, s.q, s.d * sizeof(double))
     if cs.nvec > 0:
@@ -601,42 +755,21 @@ cdef inline void _charges_before(RunSpec* s) noexcept nogil:
     t.g = cs.zeros
     t.vec = cs.vec_free
     t.sca = cs.sca_free
-    _apply_step(&t)
-    for j in range(cs.nsym):
-        cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
+    _apply_step(&t, c)
 
 
-cdef inline void _apply_step_free(RunSpec* s) noexcept nogil:
+cdef inline void _apply_step_free(RunSpec* s, _Carry* c) noexcept nogil:
     """The step with its free step fused (SGD, RMSprop, Adam; docs/balance_laws.md §8):
-    cs.q_prev = q_n, cs.q_free = the free step, then T_j = <q_free - q_n, xi_j(q_n)> as
-    _charges_before computes it."""
+    cs.q_prev = q_n, cs.q_free = the free step (T_j is formed by _charges_after).
+    Adam's vec_free holds nvec = 3 rows of d: the carried root, then _adam_plain_free's
+    scratch."""
     cdef ChargeSpec* cs = s.cs
-    cdef Py_ssize_t j
     if s.kind == RULE_SGD:
         _step_sgd_free(s, cs.q_prev, cs.q_free)
     elif s.kind == RULE_RMSPROP:
         _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     else:
-        _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free)
-    for j in range(cs.nsym):
-        cs.free_transfer[j] = _xi_dot(cs, j, cs.q_free, cs.q_prev, cs.q_prev)
-
-
-cdef inline void _block_sums(ChargeSpec* cs, const Py_ssize_t* ptr, const Py_ssize_t* idx,
-                             Py_ssize_t j, const double* q1, const double* q0,
-                             double* a1, double* a0, double* dd) noexcept nogil:
-    """|q1|^2, |q0|^2 and |q1 - q0|^2 over block j of the CSR (ptr, idx)."""
-    cdef Py_ssize_t k, i
-    cdef double x
-    a1[0] = 0.0
-    a0[0] = 0.0
-    dd[0] = 0.0
-    for k in range(ptr[j], ptr[j + 1]):
-        i = idx[k]
-        a1[0] += q1[i] * q1[i]
-        a0[0] += q0[i] * q0[i]
-        x = q1[i] - q0[i]
-        dd[0] += x * x
+        _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free, cs.vec_free + s.d, c)
 
 
 cdef inline double _mirror_grad(RunSpec* s, Py_ssize_t i, double x) noexcept nogil:
@@ -706,25 +839,58 @@ cdef inline void _mirror_law(RunSpec* s, Py_ssize_t j, double* R, double* sc,
                           * (s.q[i] - cs.q_prev[i])) * xi
 
 
+cdef inline void _scale_sums(const Py_ssize_t* ptr, const Py_ssize_t* idx, Py_ssize_t j,
+                             const double* q1, const double* q0, const double* qf,
+                             bint second, double* T, double* a1, double* a0,
+                             double* dd) noexcept nogil:
+    """Over block j of the CSR (ptr, idx), in one pass: T +/-= <q^free - q0, q0> (minus
+    for the rescale's second block), |q1|^2, |q0|^2, |q1 - q0|^2 (the last three from
+    0).  Each sum takes its terms in the block's order, as the separate passes did
+    (_xi_dot, then three sums): the same bits, four independent chains in one loop
+    (docs/balance_laws.md §9)."""
+    cdef Py_ssize_t k, i
+    cdef double x, t = T[0], s1 = 0.0, s0 = 0.0, sd = 0.0
+    for k in range(ptr[j], ptr[j + 1]):
+        i = idx[k]
+        x = qf[i] - q0[i]
+        if second:
+            t = t - x * q0[i]
+        else:
+            t = t + x * q0[i]
+        s1 = s1 + q1[i] * q1[i]
+        s0 = s0 + q0[i] * q0[i]
+        x = q1[i] - q0[i]
+        sd = sd + x * x
+    T[0] = t
+    a1[0] = s1
+    a0[0] = s0
+    dd[0] = sd
+
+
 cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
-    """Residual of each balance law for the step n -> n+1 just taken."""
+    """Residual of each balance law for the step n -> n+1 just taken: the free transfer
+    T_j = <q^free - q_n, xi_j(q_n)> and the law's sums in one pass per block
+    (docs/balance_laws.md §9)."""
     cdef ChargeSpec* cs = s.cs
+    cdef const double* q1 = s.q
+    cdef const double* q0 = cs.q_prev
+    cdef const double* qf = cs.q_free
     cdef Py_ssize_t j, k, i
-    cdef double R, sc, a1, a0, dd, b1, b0, de, T, c1, c0, m1, m0, qq, oo, ff, rel
+    cdef double R, sc, a1, a0, dd, b1, b0, de, T, c1, c0, m1, m0, qq, oo, ff, rel, x
     for i in range(s.d):
-        cs.last_delta[i] = s.q[i] - cs.q_prev[i]
+        cs.last_delta[i] = q1[i] - q0[i]
     for j in range(cs.nsym):
-        T = cs.free_transfer[j]
         if s.kind == RULE_MIRROR:
             _mirror_law(s, j, &R, &sc, &ff)
             cs.last_metric[j] = ff
             if fabs(ff) > cs.worst_metric[j]:
                 cs.worst_metric[j] = fabs(ff)
         elif cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
-            _block_sums(cs, cs.ptr1, cs.idx1, j, s.q, cs.q_prev, &a1, &a0, &dd)
+            T = 0.0
+            _scale_sums(cs.ptr1, cs.idx1, j, q1, q0, qf, False, &T, &a1, &a0, &dd)
             sc = a1 + a0 + dd
             if cs.fam[j] == FAM_RESCALE:
-                _block_sums(cs, cs.ptr2, cs.idx2, j, s.q, cs.q_prev, &b1, &b0, &de)
+                _scale_sums(cs.ptr2, cs.idx2, j, q1, q0, qf, True, &T, &b1, &b0, &de)
                 sc = sc + b1 + b0 + de
                 a1 = a1 - b1
                 a0 = a0 - b0
@@ -732,29 +898,34 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
             R = (a1 - a0 - dd) - 2.0 * T
             sc = sc + 2.0 * fabs(T)
         elif cs.fam[j] == FAM_TRANSLATION:
+            T = 0.0
             c1 = 0.0
             c0 = 0.0
             m1 = 0.0
             m0 = 0.0
             for k in range(cs.ptr1[j], cs.ptr1[j + 1]):
                 i = cs.idx1[k]
-                c1 = c1 + s.q[i] * cs.dirn[k]
-                c0 = c0 + cs.q_prev[i] * cs.dirn[k]
-                m1 = m1 + fabs(s.q[i] * cs.dirn[k])
-                m0 = m0 + fabs(cs.q_prev[i] * cs.dirn[k])
+                T = T + (qf[i] - q0[i]) * cs.dirn[k]
+                c1 = c1 + q1[i] * cs.dirn[k]
+                c0 = c0 + q0[i] * cs.dirn[k]
+                m1 = m1 + fabs(q1[i] * cs.dirn[k])
+                m0 = m0 + fabs(q0[i] * cs.dirn[k])
             R = (c1 - c0) - T
             sc = m1 + m0 + fabs(T)
         else:
+            T = 0.0
             c1 = 0.0
             qq = 0.0
             oo = 0.0
             ff = 0.0
             for k in range(cs.ptr1[j], cs.ptr1[j + 1]):
                 i = cs.idx1[k]
-                c1 = c1 + s.q[i] * cs.om_q[k]
-                qq = qq + s.q[i] * s.q[i]
+                x = qf[i] - q0[i]
+                T = T + x * cs.om_q[k]
+                c1 = c1 + q1[i] * cs.om_q[k]
+                qq = qq + q1[i] * q1[i]
                 oo = oo + cs.om_q[k] * cs.om_q[k]
-                ff = ff + (cs.q_free[i] - cs.q_prev[i]) * (cs.q_free[i] - cs.q_prev[i])
+                ff = ff + x * x
             R = c1 - T
             sc = (sqrt(qq) + sqrt(ff)) * sqrt(oo)
         if sc > 0.0:
@@ -897,6 +1068,10 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
     cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
                        or s.kind == RULE_ADAM)
+    cdef _Carry carry
+    carry.bc1_one = False
+    carry.bc2_one = False
+    carry.sb2 = sqrt(s.hp[2]) if s.kind == RULE_ADAM else 0.0
     s.status = NC_ST_OK
     s.stop_step = -1
     s.n_rec = 0
@@ -936,12 +1111,12 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         if s.rec_bd2 != NULL or (s.d_last != NULL and n == s.steps - 1):
             memcpy(s.q_old, s.q, s.d * sizeof(double))
         if s.cs == NULL:
-            _apply_step(s)
+            _apply_step(s, &carry)
         elif fused:
-            _apply_step_free(s)           # the step and its free step in one pass
+            _apply_step_free(s, &carry)   # the step and its free step in one pass
         else:
-            _charges_before(s)
-            _apply_step(s)
+            _charges_before(s, &carry)
+            _apply_step(s, &carry)
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
