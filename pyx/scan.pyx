@@ -763,28 +763,32 @@ cdef extern from *:
     """
     /* batch_form="moments" (docs/potentials.md 4b, docs/scan.md "Batch moments"): the
      * centred moments of every step's batch of one stream, steps x (d d + d + 1) doubles
-     * at out: C (d x d, row by row, both triangles), c (d), m.  The rows are those of
-     * rules.pyx _draw_batch (the swaps of nc_lane_draw_rows, undone after each step, so
-     * perm is the identity before and after).  Per step, rows k = 0 .. B-1 in batch order:
+     * at out: C (d x d, row by row), c (d), m.  The rows are those of rules.pyx
+     * _draw_batch (the swaps of nc_lane_draw_rows, undone after each step, so perm is the
+     * identity before and after).  Per step, rows k = 0 .. B-1 in batch order:
      *     xbar_j = (sum_k x_kj) / B,   ybar = (sum_k y_k) / B,
-     *     C_ij = (sum_k (x_ki - xbar_i)(x_kj - xbar_j)) / B   (i <= j; C_ji = C_ij),
+     *     C_ij = (sum_k (x_ki - xbar_i)(x_kj - xbar_j)) / B,
      *     c_i = (sum_k (x_ki - xbar_i)(y_k - ybar)) / B,   m = (sum_k y_k^2) / B,
      * each sum from +0 over k in order (a fixed order: the same bits in every process,
-     * thread and chunk).  xt: scratch of B d + d doubles.  Polls *cancel once per step
-     * and returns 1 if it was set (the table is then incomplete: the blocks that follow
-     * see the flag at their first step and stop), else 0. */
-    static int nc_mom_table(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,
-                            const double* X, const double* y,
-                            const unsigned long long* st, unsigned int* perm,
-                            unsigned int* jbuf, double* xt, double* out,
-                            const int* cancel)
+     * thread, chunk and compiled version).  C_ji is the same sum of the same products as
+     * C_ij (a product commutes), so C is exactly symmetric.  The sums run eight entries
+     * of a row of C (or of c) at a time in one vector register, k innermost: the centred
+     * rows are kept with a row stride dp = d rounded up to 8, zero-padded.  xt: scratch
+     * of B dp + dp + B doubles.  Polls *cancel once per step and returns 1 if it was set
+     * (the table is then incomplete: the blocks that follow see the flag at their first
+     * step and stop), else 0. */
+    static inline __attribute__((always_inline)) int nc_mom_impl(
+        Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps, const double* X,
+        const double* y, const unsigned long long* st, unsigned int* perm,
+        unsigned int* jbuf, double* xt, double* out, const int* cancel)
     {
         unsigned __int128 s = ((unsigned __int128) st[0] << 64) | (unsigned __int128) st[1];
         const unsigned __int128 inc = ((unsigned __int128) st[2] << 64)
                                       | (unsigned __int128) st[3];
-        const Py_ssize_t L = d * d + d + 1;
+        const Py_ssize_t L = d * d + d + 1, dp = (d + 7) / 8 * 8;
         const double Bd = (double) B;
-        double* xbar = xt + B * d;
+        double* xbar = xt + B * dp;
+        double* yc = xbar + dp;
         for (Py_ssize_t n = 0; n < steps; ++n) {
             if (*(volatile const int*) cancel) return 1;
             for (Py_ssize_t i = 0; i < B; ++i) {
@@ -799,7 +803,7 @@ cdef extern from *:
             double* C = out + n * L;
             double* cv = C + d * d;
             double ybar = 0.0, m = 0.0;
-            for (Py_ssize_t j = 0; j < d; ++j) xbar[j] = 0.0;
+            for (Py_ssize_t j = 0; j < dp; ++j) xbar[j] = 0.0;
             for (Py_ssize_t k = 0; k < B; ++k) {
                 const double* x = X + (Py_ssize_t) perm[k] * d;
                 for (Py_ssize_t j = 0; j < d; ++j) xbar[j] = xbar[j] + x[j];
@@ -809,27 +813,27 @@ cdef extern from *:
             ybar = ybar / Bd;
             for (Py_ssize_t k = 0; k < B; ++k) {
                 const double* x = X + (Py_ssize_t) perm[k] * d;
-                for (Py_ssize_t j = 0; j < d; ++j) xt[k * d + j] = x[j] - xbar[j];
-            }
-            for (Py_ssize_t i = 0; i < d * d + d; ++i) C[i] = 0.0;
-            for (Py_ssize_t k = 0; k < B; ++k) {
-                const double* x = xt + k * d;
-                const double yk = y[perm[k]], yc = yk - ybar;
-                for (Py_ssize_t i = 0; i < d; ++i) {
-                    const double xi = x[i];
-                    double* Ci = C + i * d;
-                    for (Py_ssize_t j = i; j < d; ++j) Ci[j] = Ci[j] + xi * x[j];
-                    cv[i] = cv[i] + xi * yc;
-                }
+                double* o = xt + k * dp;
+                for (Py_ssize_t j = 0; j < d; ++j) o[j] = x[j] - xbar[j];
+                for (Py_ssize_t j = d; j < dp; ++j) o[j] = 0.0;
+                const double yk = y[perm[k]];
+                yc[k] = yk - ybar;
                 m = m + yk * yk;
             }
-            for (Py_ssize_t i = 0; i < d; ++i) {
-                for (Py_ssize_t j = i; j < d; ++j) {
-                    const double v = C[i * d + j] / Bd;
-                    C[i * d + j] = v;
-                    C[j * d + i] = v;
+            for (Py_ssize_t j0 = 0; j0 < d; j0 += 8) {
+                const Py_ssize_t nj = d - j0 < 8 ? d - j0 : 8;
+                for (Py_ssize_t i = 0; i <= d; ++i) {      /* rows of C, then c (i = d) */
+                    const double* a = i < d ? xt + i : yc;  /* x~_ki (or y~_k): a[k as] */
+                    const Py_ssize_t as = i < d ? dp : 1;
+                    nc_vd acc = {0}, v;
+                    for (Py_ssize_t k = 0; k < B; ++k) {
+                        memcpy(&v, xt + k * dp + j0, sizeof v);
+                        acc = acc + a[k * as] * v;
+                    }
+                    acc = acc / Bd;
+                    double* row = i < d ? C + i * d : cv;
+                    for (Py_ssize_t jj = 0; jj < nj; ++jj) row[j0 + jj] = acc[jj];
                 }
-                cv[i] = cv[i] / Bd;
             }
             cv[d] = m / Bd;
             for (Py_ssize_t i = B - 1; i >= 0; --i) {          /* back to the identity */
@@ -840,11 +844,50 @@ cdef extern from *:
         }
         return 0;
     }
+
+    static int nc_mom_table_base(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
+                                 Py_ssize_t steps, const double* X, const double* y,
+                                 const unsigned long long* st, unsigned int* perm,
+                                 unsigned int* jbuf, double* xt, double* out,
+                                 const int* cancel)
+    {
+        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
+
+    #if NC_LANES_X86
+    #pragma GCC push_options
+    #pragma GCC target("avx512f")
+    static int nc_mom_table_avx512(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
+                                   Py_ssize_t steps, const double* X, const double* y,
+                                   const unsigned long long* st, unsigned int* perm,
+                                   unsigned int* jbuf, double* xt, double* out,
+                                   const int* cancel)
+    {
+        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
+    #pragma GCC pop_options
+    #endif
+
+    /* the version of the lane kernel's isa (the same bits: element-wise IEEE operations
+       in the same order, no contraction) */
+    static int nc_mom_table(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,
+                            const double* X, const double* y,
+                            const unsigned long long* st, unsigned int* perm,
+                            unsigned int* jbuf, double* xt, double* out,
+                            const int* cancel, int isa)
+    {
+    #if NC_LANES_X86
+        if (isa == NC_ISA_AVX512)
+            return nc_mom_table_avx512(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    #endif
+        (void) isa;
+        return nc_mom_table_base(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
     """
     int nc_mom_table(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,
                      const double* X, const double* y, const unsigned long long* st,
                      unsigned int* perm, unsigned int* jbuf, double* xt, double* out,
-                     const int* cancel) nogil
+                     const int* cancel, int isa) nogil
 
 
 LANES = NC_NL
@@ -1421,7 +1464,8 @@ cdef class LaneScanKernel:
             perm = <unsigned int*> malloc(c.N * sizeof(unsigned int))
             jbuf = <unsigned int*> malloc(c.batch * sizeof(unsigned int))
             if moments:
-                xt = <double*> malloc((c.batch + 1) * c.d * sizeof(double) + 8)
+                xt = <double*> malloc((c.batch * ((c.d + 7) // 8 * 8) + (c.d + 7) // 8 * 8
+                                       + c.batch + 1) * sizeof(double))
             if perm == NULL or jbuf == NULL or (moments and xt == NULL):
                 free(perm)
                 free(jbuf)
@@ -1436,7 +1480,7 @@ cdef class LaneScanKernel:
                         if nc_mom_table(c.N, c.d, c.batch, c.steps, c.X, c.y,
                                         c.rng0 + 4 * first[ks], perm, jbuf, xt,
                                         <double*> c.mom_tab + ks * c.steps * c.mom_len,
-                                        c.cancel):
+                                        c.cancel, c.isa):
                             break                # cancelled: every block stops at step 0
                     else:
                         nc_lane_draw_rows(c.N, c.batch, c.steps, c.rng0 + 4 * first[ks],

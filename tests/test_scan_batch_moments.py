@@ -296,9 +296,8 @@ def test_refusals_other_potentials_and_uncovered_scans():
                                          r"allowed: batch_form='rows'"):
         _scan(sm, np.zeros(sm.dim), steps=3, batch_size=8, seeds=0, lr=0.1)
     pot, X, y, q0 = _bn(64, 4, seed=1)
-    # a scan the lane kernel does not cover (here: Adam's pow table beyond its limit is
-    # awkward to reach; a rotation law is not tracked by BatchNormUnit) -- use the scalar
-    # loop's only rule path: a rule class without a lane form
+    # a scan the lane kernel does not cover: a rule class without a lane form (a subclass
+    # of SGD with another kind runs in the scalar loop only)
     from noether_core.rules import SGD
 
     class NotALaneRule(SGD):
