@@ -10,7 +10,10 @@ like-for-like count), and the scalar loop's minibatch step beside them.  The min
 lanes are timed under both stream mappings (``scan(..., batch_streams=...)``): "point"
 (each grid point its own PCG64 stream: eight draws and a gather per block and step) and
 "seed" (the points of a seed share ``default_rng(seed)``: one draw per block and step,
-the rows read by every lane).
+the rows read by every lane); and under seed streams with ``batch_form="moments"`` (each
+step's batch read through its centred moments, formed once per seed and step and shared
+by every lane: O(d^2) per point-step like the projection form; docs/scan.md §"Batch
+moments"; round-off, not train's bits).
 
 Every figure is ns per point-step, CPU time of one thread (``threads=1``,
 ``time.process_time``: the machine is shared, wall time is not the kernel's), the best of
@@ -18,6 +21,8 @@ Every figure is ns per point-step, CPU time of one thread (``threads=1``,
 by side.  Prints a table; writes nothing.
 
     python benchmarks/bench_scan_minibatch.py [--repeat 5] [--steps 400] [--grid 16]
+
+Target (issue 16): the moments column <= 3x the projection column (SGD, d = 8).
 """
 import argparse
 import os
@@ -47,10 +52,11 @@ RULES = {
 }
 
 
-def _time(rule_cls, pot, q0, steps, grid, lanes, batch_size, streams="point"):
+def _time(rule_cls, pot, q0, steps, grid, lanes, batch_size, streams="point", form="rows"):
     t0 = time.process_time()
     res = nc.scan(rule_cls, pot, q0, steps=steps, threads=1, progress=False, lanes=lanes,
-                  batch_size=batch_size, charges=False, batch_streams=streams, **grid)
+                  batch_size=batch_size, charges=False, batch_streams=streams,
+                  batch_form=form, **grid)
     dt = time.process_time() - t0
     return dt / (res.q.size // pot.dim * steps) * 1e9, res.kernel
 
@@ -68,22 +74,25 @@ def main(argv=None):
           f"best of {a.repeat}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, lane ISA {nc._bridge.lane_isas()[-1]}")
     print("| d | rule | minibatch lanes, point streams | minibatch lanes, seed streams "
-          "| full 32 rows, projection | full 32 rows, row form | point vs projection "
-          "| seed vs projection | seed vs row form | minibatch scalar loop |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| seed streams, moments | full 32 rows, projection | full 32 rows, row form "
+          "| point vs projection | seed vs projection | moments vs projection "
+          "| seed vs row form | moments vs row form | minibatch scalar loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in (8, 32):
         mb, _ = _problem(N, d)
         full_p, q0 = _problem(B, d)
         full_r, _ = _problem(B, d, projection=False)
         for name, (rule_cls, mk) in RULES.items():
             grid = mk(a.grid)
-            best = {k: np.inf for k in ("mb", "ms", "fp", "fr", "sc")}
+            best = {k: np.inf for k in ("mb", "ms", "mm", "fp", "fr", "sc")}
             for _ in range(a.repeat):
                 t, k = _time(rule_cls, mb, q0, a.steps, grid, True, B)
                 assert k.startswith("lanes"), k
                 best["mb"] = min(best["mb"], t)
                 best["ms"] = min(best["ms"], _time(rule_cls, mb, q0, a.steps, grid, True, B,
                                                    "seed")[0])
+                best["mm"] = min(best["mm"], _time(rule_cls, mb, q0, a.steps, grid, True, B,
+                                                   "seed", "moments")[0])
                 best["fp"] = min(best["fp"], _time(rule_cls, full_p, q0, a.steps, grid, True,
                                                    None)[0])
                 best["fr"] = min(best["fr"], _time(rule_cls, full_r, q0, a.steps, grid, True,
@@ -92,9 +101,10 @@ def main(argv=None):
             for _ in range(max(1, a.repeat // 2)):
                 best["sc"] = min(best["sc"], _time(rule_cls, mb, q0, a.scalar_steps, sub,
                                                    False, B)[0])
-            print(f"| {d} | {name} | {best['mb']:.1f} | {best['ms']:.1f} | {best['fp']:.1f} "
-                  f"| {best['fr']:.1f} | {best['mb'] / best['fp']:.2f}x "
-                  f"| {best['ms'] / best['fp']:.2f}x | {best['ms'] / best['fr']:.2f}x "
+            print(f"| {d} | {name} | {best['mb']:.1f} | {best['ms']:.1f} | {best['mm']:.1f} "
+                  f"| {best['fp']:.1f} | {best['fr']:.1f} | {best['mb'] / best['fp']:.2f}x "
+                  f"| {best['ms'] / best['fp']:.2f}x | {best['mm'] / best['fp']:.2f}x "
+                  f"| {best['ms'] / best['fr']:.2f}x | {best['mm'] / best['fr']:.2f}x "
                   f"| {best['sc']:.1f} |", flush=True)
 
 

@@ -90,6 +90,7 @@ class _Grid:
     lanes: bool | None = None                     # the lane kernel: None = when eligible
     token: str | None = None                      # the job's token on _parallel.STOPS
     batch_streams: str = "point"                  # whose minibatch stream: point / seed
+    batch_form: str = "rows"                      # a minibatch's rows, or its moments
 
     # computed once per grid (the axes are fixed once the grid is made); cached_property
     # writes the instance __dict__ directly, which a frozen dataclass allows
@@ -427,7 +428,9 @@ def _seed_stream_batch(g: _Grid, lo: int, n: int) -> tuple:
     last = sidx[order[np.minimum(np.arange(0, n, L) + L - 1, n - 1)]]
     mixed = int(np.sum(first != last))
     packed = -(-n // L) + (_MIXED_BLOCK_COST - 1) * mixed
-    if padded <= packed:
+    # batch_form="moments" reads a block's moments once for its eight lanes: every block
+    # holds one seed's tasks (padded), none straddles two
+    if padded <= packed or g.batch_form == "moments":
         slots = np.full(padded * L, -1, dtype=np.intp)
         starts = np.concatenate([[0], np.cumsum(-(-counts // L) * L)[:-1]])
         ends = np.concatenate([[0], np.cumsum(counts)])
@@ -452,6 +455,8 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
     batch = None
     if g.batch_size is not None and g.batch_streams == "seed":
         batch = _seed_stream_batch(g, lo, n)
+        if g.batch_form == "moments":
+            batch = batch + ("moments",)
     elif g.batch_size is not None:
         S = len(g.seeds)
         batch = (g.batch_size, _bridge.pcg64_lane_states(
@@ -461,6 +466,8 @@ def _run_lanes(g: _Grid, n: int, rule: _bridge.RuleInputs, plan: _bridge.ScanPla
     out.kernel = f"lanes[{kern.isa}]"
     d = g.potential.dim
     per_step = d * d + 16 * d + (0 if batch is None else g.batch_size * (4 * d + 16))
+    if g.batch_form == "moments":
+        per_step = 2 * d * d + 16 * d
     if n * max(g.steps, 1) * per_step <= _LANE_DIRECT_UNITS:
         # a short grid runs on the calling thread: starting and joining the progress
         # thread (~0.06-0.14 ms) would be most of its cost, and it ends long before a
@@ -607,7 +614,7 @@ def _chunk_worker(g: _Grid, threads: int, lo: int, hi: int) -> _bridge.ScanOutpu
 def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), executor=None,
          threads=None, progress=None, batch_size=None, n_chunks=None, charges=True,
          omega=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, lanes=None,
-         batch_streams="point", **grid) -> ScanResult:
+         batch_streams="point", batch_form="rows", **grid) -> ScanResult:
     """Train ``rule_cls`` at every point of a hyper-parameter grid, in one compiled call.
 
     Parameters
@@ -659,6 +666,19 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         in).  It is also faster in the lane kernel, whose eight lanes of a block then
         share one draw per step (§"Minibatch lanes").  Ignored by full-batch scans, which
         draw nothing.  ``result.seed_at`` returns the stream for either mode.
+    batch_form : {"rows", "moments"}
+        How a minibatch step evaluates the loss on its batch (docs/scan.md §"Batch
+        moments").  ``"rows"`` (default): row by row, the operations of ``train``, so
+        every point is bitwise its ``train`` run.  ``"moments"`` (opt-in; needs
+        ``batch_streams="seed"``, a ``batch_size``, a BatchNormUnit and the lane kernel):
+        each step's batch is read through its centred moments (the d × d covariance of
+        its rows, their covariance with the targets, the targets' mean square;
+        docs/potentials.md §4b), formed once per seed and step and shared by every point
+        of that seed, so that a step costs O(d²) per point, like the full batch's
+        projection form, instead of O(B·d).  The same loss and gradient, rounded
+        differently: a point then agrees with ``train(..., seed=s)`` to round-off, not
+        bitwise.  The moments take 8·steps·(d² + d + 1) bytes per seed, counted in
+        ``max_record_bytes``.
     n_chunks : int or None
         Chunks for ``executor`` (default: 4 per executor worker when that can be told,
         else 16; never more than the number of runs).
@@ -694,7 +714,10 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
         Empty, 2-D, non-finite or repeated axis values; a grid point the rule rejects
         (the message names the point); ``q0`` of the wrong length or with |q0|²
         overflowing; ``steps`` 0; a negative ``max_record_bytes``; a seed that is not an
-        int ≥ 0; ``batch_streams`` not one of ``"point"``, ``"seed"``.
+        int ≥ 0; ``batch_streams`` not one of ``"point"``, ``"seed"``; ``batch_form``
+        not one of ``"rows"``, ``"moments"``, or ``"moments"`` for a scan it cannot run
+        (full batch, ``batch_streams="point"``, a potential other than BatchNormUnit, or
+        a scan the lane kernel does not cover, ``lanes=False`` included).
     BudgetError
         (a ValueError and a MemoryError) The scan would allocate more than
         ``max_record_bytes`` (message: the bytes needed, by part).
@@ -732,11 +755,15 @@ def scan(rule_cls, potential, q0, *, steps, record_every=None, seeds=(0,), execu
     if lanes is not None:
         lanes = V.as_bool("lanes", lanes)
     batch_streams = _check_batch_streams(batch_streams)
+    batch_form = _check_batch_form(batch_form, potential, args[9], batch_streams, lanes)
     g = _Grid(*args, chosen=chosen, lanes=lanes, token=STOPS.new_token(),
-              batch_streams=batch_streams)
+              batch_streams=batch_streams, batch_form=batch_form)
     lane_why = _lane_reason(g) if lanes is not False else _UNDECIDED
     if lanes and lane_why is not None:
         raise ValueError(f"lanes=True, but the lane kernel cannot run this scan: {lane_why}")
+    if batch_form == "moments" and lane_why is not None:
+        raise ValueError(f"batch_form='moments' runs in the lane kernel only, which cannot "
+                         f"run this scan: {lane_why}; use batch_form='rows'")
     if threads is not None:
         threads = V.as_int("threads", threads, lo=1)
         if threads > 1 and not _OPENMP:
@@ -789,6 +816,38 @@ def _check_batch_streams(batch_streams) -> str:
     return batch_streams
 
 
+#: the batch forms of a minibatch step (pyx/scan.pyx BATCH_FORMS; docs/scan.md "Batch
+#: moments")
+BATCH_FORMS = ("rows", "moments")
+
+
+def _check_batch_form(batch_form, potential, batch_size, batch_streams, lanes) -> str:
+    """``batch_form`` validated: one of BATCH_FORMS; ``"moments"`` only where it is
+    defined (a minibatch of a BatchNormUnit under seed streams, in the lane kernel)."""
+    if not isinstance(batch_form, str) or batch_form not in BATCH_FORMS:
+        raise ValueError(f"batch_form must be one of {', '.join(map(repr, BATCH_FORMS))}, "
+                         f"got {batch_form!r}")
+    if batch_form == "rows":
+        return batch_form
+    why = None
+    if batch_size is None:
+        why = ("a full-batch scan has no minibatch (pass batch_size=; the full batch "
+               "already runs in O(d^2) per step, docs/potentials.md §4a)")
+    elif batch_streams != "seed":
+        why = (f"batch_streams={batch_streams!r}: the moments of a batch are shared by "
+               "the points of a seed, so they need batch_streams='seed'")
+    elif (potential._lane_form() or ("",))[0] != "bn_unit":
+        why = (f"{type(potential).__name__} has no moment form (BatchNormUnit has: "
+               "docs/potentials.md §4b)")
+    elif lanes is False:
+        why = "lanes=False: the scalar loop evaluates a batch row by row only"
+    if why is not None:
+        raise ValueError(f"batch_form='moments' is not available here: {why}; allowed: "
+                         "batch_form='rows' (or 'moments' for a BatchNormUnit minibatch "
+                         "scan with batch_streams='seed' in the lane kernel)")
+    return batch_form
+
+
 def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> dict:
     """Bytes a scan will allocate, by what (Python ints: no overflow), estimated from the
     grid's sizes before anything is allocated (docs/architecture.md §"How errors cross
@@ -832,7 +891,11 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
              "kernel scratch": n_threads * (_THREAD_SCRATCH_BYTES
                                             + 8 * (pot.n_data + 6 * d + 4 * nb)
                                             + _lane_scratch_bytes(g))}
-    if g.batch_size and g.batch_streams == "seed":
+    if g.batch_size and g.batch_form == "moments":
+        # the moments of every step's batch of each seed (pyx/scan.pyx _set_moments:
+        # steps x (d d + d + 1) doubles per seed), the per-task stream ids and slot map
+        parts["batch moments"] = 8 * len(g.seeds) * g.steps * (d * d + d + 1) + 32 * n
+    elif g.batch_size and g.batch_streams == "seed":
         # the lane kernel's rows of each seed's stream, drawn once per call when they fit
         # (pyx/scan.pyx ROWS_TABLE_MAX entries of 4 bytes), and the per-task stream ids
         parts["shared batch rows"] = (

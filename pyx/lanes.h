@@ -122,6 +122,11 @@ typedef struct {
        rows_tab[(k steps + n) batch ..], task p on stream task_stream[p] (NULL: none) */
     const unsigned int* rows_tab;
     const Py_ssize_t* task_stream;
+    /* batch_form="moments" (docs/scan.md "Batch moments"; NULL: the row form): step n of
+       stream k reads its batch's centred moments, mom_len = d d + d + 1 doubles (C row by
+       row, c, m; docs/potentials.md 4b), at mom_tab[(k steps + n) mom_len ..] */
+    const double* mom_tab;
+    Py_ssize_t mom_len;
 } nc_lane_ctx;
 
 typedef struct {
@@ -179,6 +184,7 @@ typedef struct {
     unsigned __int128 sh_s, sh_inc, jmp_m, jmp_c;
     unsigned int* jtab;                                            /* tab_T * batch */
     const unsigned int* rows_cur;  /* or this block's stream's rows (ctx.rows_tab) */
+    const double* mom_cur;         /* or this step's moments (ctx.mom_tab) */
     Py_ssize_t tab_pos, tab_len, drawn;    /* next row, rows filled, steps drawn */
     void* block;
 } nc_lane_ws;

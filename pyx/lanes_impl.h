@@ -395,6 +395,42 @@ NC_INLINE nc_vd NCL(grad_bn_unit_sh)(const nc_lane_ctx* c, const Py_ssize_t d,
 }
 #undef NC_BN_UNIT_GRAD_BODY
 
+/* batch_form="moments" (docs/potentials.md 4b, docs/scan.md "Batch moments"): the loss
+ * and gradient on a batch read through its centred moments M = [C (d x d, row by row,
+ * symmetric), c (d), m], which the lanes of a seed share (formed once per stream and
+ * step: pyx/scan.pyx nc_mom_table).  With u = C w (rows in groups of four, each summed
+ * over j in order), s2 = w.u = sigma^2, k = c.w, isd = 1/sqrt(s2 + eps), h = k isd and
+ * e2 = eps isd^2:
+ *     f = ((1 - e2) - 2 h + m)/2,    g_i = (u_i isd (h + e2) - c_i) isd      (4b.2, 4b.3)
+ * O(d^2) per lane and step, like the full batch's projection form; not the row form's
+ * bits (the same function, rounded differently).  u goes to the scratch z. */
+NC_INLINE nc_vd NCL(grad_bn_unit_mom)(const nc_lane_ctx* c, const Py_ssize_t d,
+                                      const nc_vd* restrict w, nc_vd* restrict g,
+                                      nc_vd* restrict u, const double* restrict M)
+{
+    const double* restrict cv = M + d * d;
+    const double m = M[d * d + d];
+    nc_vd s2 = {0}, k = {0}, s[4];
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
+        const int Rn = d - i0 < 4 ? (int) (d - i0) : 4;
+        NCL(rows4)(M, d, i0, Rn, w, s);
+        for (int r = 0; r < Rn; ++r) {
+            const Py_ssize_t i = i0 + r;
+            u[i] = s[r];
+            s2 = s2 + w[i] * s[r];
+            k = k + cv[i] * w[i];
+        }
+    }
+    nc_vd isd = s2 + c->eps;
+    for (int l = 0; l < NC_NL; ++l) isd[l] = 1.0 / sqrt(isd[l]);
+    const nc_vd h = k * isd, e2 = (c->eps * isd) * isd;
+    /* s2 - s2: NaN where sigma^2 overflowed (as the row form's var - var), else +0 */
+    const nc_vd f = 0.5 * (((1.0 - e2) - 2.0 * h) + m) + (s2 - s2);
+    const nc_vd beta = isd * (h + e2);
+    for (Py_ssize_t i = 0; i < d; ++i) g[i] = (u[i] * beta - cv[i]) * isd;
+    return f;
+}
+
 /* Shared draws (every lane of the block on one stream, docs/scan.md "Minibatch lanes"):
  * the swap partners j_i = i + (int)(u (N - i)) (clamped to N - 1) of the next
  * min(tab_T, steps left) steps, drawn into jtab in one pass.  They depend on the stream
@@ -1044,7 +1080,11 @@ static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
  * NCL(grad), as run_loop's terminal row does) */
 NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
 {
-    if (c->batch > 0 && w->shared) {
+    if (c->batch > 0 && w->mom_cur != NULL) {       /* batch_form="moments" */
+        const double* M = w->mom_cur;
+        w->mom_cur += c->mom_len;
+        w->f = NCL(grad_bn_unit_mom)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), M);
+    } else if (c->batch > 0 && w->shared) {
         const unsigned int* rows = NCL(draw_shared)(c, w);
         w->f = NCL(grad_bn_unit_sh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), rows);
     } else if (c->batch > 0) {
@@ -1379,6 +1419,13 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->rows_cur = c->rows_tab
                           + (size_t) c->task_stream[nc_lane_task(c, p0)] * (size_t) c->steps
                             * (size_t) c->batch;
+        w->mom_cur = NULL;
+        if (same && c->mom_tab != NULL)       /* or the moments of its batches */
+            w->mom_cur = c->mom_tab
+                         + (size_t) c->task_stream[nc_lane_task(c, p0)] * (size_t) c->steps
+                           * (size_t) c->mom_len;
+    } else {
+        w->mom_cur = NULL;
     }
     w->ang_cnt = c->steps > c->late_start ? c->steps - c->late_start : 0;
     w->ang_np = 0;

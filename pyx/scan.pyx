@@ -740,6 +740,8 @@ cdef extern from "lanes.h" nogil:
         Py_ssize_t tab_T
         const unsigned int* rows_tab
         const Py_ssize_t* task_stream
+        const double* mom_tab
+        Py_ssize_t mom_len
     ctypedef struct nc_lane_ws:
         Py_ssize_t progress
         double* q
@@ -757,7 +759,141 @@ cdef extern from "lanes.h" nogil:
     void nc_lane_run_block(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0)
 
 
+cdef extern from *:
+    """
+    /* batch_form="moments" (docs/potentials.md 4b, docs/scan.md "Batch moments"): the
+     * centred moments of every step's batch of one stream, steps x (d d + d + 1) doubles
+     * at out: C (d x d, row by row), c (d), m.  The rows are those of rules.pyx
+     * _draw_batch (the swaps of nc_lane_draw_rows, undone after each step, so perm is the
+     * identity before and after).  Per step, rows k = 0 .. B-1 in batch order:
+     *     xbar_j = (sum_k x_kj) / B,   ybar = (sum_k y_k) / B,
+     *     C_ij = (sum_k (x_ki - xbar_i)(x_kj - xbar_j)) / B,
+     *     c_i = (sum_k (x_ki - xbar_i)(y_k - ybar)) / B,   m = (sum_k y_k^2) / B,
+     * each sum from +0 over k in order (a fixed order: the same bits in every process,
+     * thread, chunk and compiled version).  C_ji is the same sum of the same products as
+     * C_ij (a product commutes), so C is exactly symmetric.  The sums run eight entries
+     * of a row of C (or of c) at a time in one vector register, k innermost: the centred
+     * rows are kept with a row stride dp = d rounded up to 8, zero-padded.  xt: scratch
+     * of B dp + dp + B doubles.  Polls *cancel once per step and returns 1 if it was set
+     * (the table is then incomplete: the blocks that follow see the flag at their first
+     * step and stop), else 0. */
+    static inline __attribute__((always_inline)) int nc_mom_impl(
+        Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps, const double* X,
+        const double* y, const unsigned long long* st, unsigned int* perm,
+        unsigned int* jbuf, double* xt, double* out, const int* cancel)
+    {
+        unsigned __int128 s = ((unsigned __int128) st[0] << 64) | (unsigned __int128) st[1];
+        const unsigned __int128 inc = ((unsigned __int128) st[2] << 64)
+                                      | (unsigned __int128) st[3];
+        const Py_ssize_t L = d * d + d + 1, dp = (d + 7) / 8 * 8;
+        const double Bd = (double) B;
+        double* xbar = xt + B * dp;
+        double* yc = xbar + dp;
+        for (Py_ssize_t n = 0; n < steps; ++n) {
+            if (*(volatile const int*) cancel) return 1;
+            for (Py_ssize_t i = 0; i < B; ++i) {
+                Py_ssize_t j = i + (Py_ssize_t) (nc_pcg64_next_double(&s, inc)
+                                                 * (double) (N - i));
+                if (j >= N) j = N - 1;
+                const unsigned int t = perm[i];
+                perm[i] = perm[j];
+                perm[j] = t;
+                jbuf[i] = (unsigned int) j;
+            }
+            double* C = out + n * L;
+            double* cv = C + d * d;
+            double ybar = 0.0, m = 0.0;
+            for (Py_ssize_t j = 0; j < dp; ++j) xbar[j] = 0.0;
+            for (Py_ssize_t k = 0; k < B; ++k) {
+                const double* x = X + (Py_ssize_t) perm[k] * d;
+                for (Py_ssize_t j = 0; j < d; ++j) xbar[j] = xbar[j] + x[j];
+                ybar = ybar + y[perm[k]];
+            }
+            for (Py_ssize_t j = 0; j < d; ++j) xbar[j] = xbar[j] / Bd;
+            ybar = ybar / Bd;
+            for (Py_ssize_t k = 0; k < B; ++k) {
+                const double* x = X + (Py_ssize_t) perm[k] * d;
+                double* o = xt + k * dp;
+                for (Py_ssize_t j = 0; j < d; ++j) o[j] = x[j] - xbar[j];
+                for (Py_ssize_t j = d; j < dp; ++j) o[j] = 0.0;
+                const double yk = y[perm[k]];
+                yc[k] = yk - ybar;
+                m = m + yk * yk;
+            }
+            for (Py_ssize_t j0 = 0; j0 < d; j0 += 8) {
+                const Py_ssize_t nj = d - j0 < 8 ? d - j0 : 8;
+                for (Py_ssize_t i = 0; i <= d; ++i) {      /* rows of C, then c (i = d) */
+                    const double* a = i < d ? xt + i : yc;  /* x~_ki (or y~_k): a[k as] */
+                    const Py_ssize_t as = i < d ? dp : 1;
+                    nc_vd acc = {0}, v;
+                    for (Py_ssize_t k = 0; k < B; ++k) {
+                        memcpy(&v, xt + k * dp + j0, sizeof v);
+                        acc = acc + a[k * as] * v;
+                    }
+                    acc = acc / Bd;
+                    double* row = i < d ? C + i * d : cv;
+                    for (Py_ssize_t jj = 0; jj < nj; ++jj) row[j0 + jj] = acc[jj];
+                }
+            }
+            cv[d] = m / Bd;
+            for (Py_ssize_t i = B - 1; i >= 0; --i) {          /* back to the identity */
+                const unsigned int j = jbuf[i], t = perm[i];
+                perm[i] = perm[j];
+                perm[j] = t;
+            }
+        }
+        return 0;
+    }
+
+    static int nc_mom_table_base(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
+                                 Py_ssize_t steps, const double* X, const double* y,
+                                 const unsigned long long* st, unsigned int* perm,
+                                 unsigned int* jbuf, double* xt, double* out,
+                                 const int* cancel)
+    {
+        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
+
+    #if NC_LANES_X86
+    #pragma GCC push_options
+    #pragma GCC target("avx512f")
+    static int nc_mom_table_avx512(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
+                                   Py_ssize_t steps, const double* X, const double* y,
+                                   const unsigned long long* st, unsigned int* perm,
+                                   unsigned int* jbuf, double* xt, double* out,
+                                   const int* cancel)
+    {
+        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
+    #pragma GCC pop_options
+    #endif
+
+    /* the version of the lane kernel's isa (the same bits: element-wise IEEE operations
+       in the same order, no contraction) */
+    static int nc_mom_table(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,
+                            const double* X, const double* y,
+                            const unsigned long long* st, unsigned int* perm,
+                            unsigned int* jbuf, double* xt, double* out,
+                            const int* cancel, int isa)
+    {
+    #if NC_LANES_X86
+        if (isa == NC_ISA_AVX512)
+            return nc_mom_table_avx512(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    #endif
+        (void) isa;
+        return nc_mom_table_base(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    }
+    """
+    int nc_mom_table(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,
+                     const double* X, const double* y, const unsigned long long* st,
+                     unsigned int* perm, unsigned int* jbuf, double* xt, double* out,
+                     const int* cancel, int isa) nogil
+
+
 LANES = NC_NL
+#: the batch forms of minibatch lanes (docs/scan.md "Batch moments"): the rows, as train;
+#: or, under shared (seed) streams, each step's batch through its moments
+BATCH_FORMS = ("rows", "moments")
 #: at most this many rows (uint32) of shared streams drawn ahead per kernel call (32 MiB,
 #: ~50 ms of draws before the blocks run; docs/scan.md "Minibatch lanes")
 ROWS_TABLE_MAX = 2**23
@@ -960,6 +1096,7 @@ cdef class LaneScanKernel:
     cdef int cancel_flag
     cdef list keep
     cdef object rows_first                 # shared streams drawn in run(): a task of each
+    cdef bint moments                      # batch_form="moments": run() forms mom_tab
 
     def __cinit__(self, str pot_kind, dict pot_data,
                   object rule,             # IN _bridge.RuleInputs (P points)
@@ -1107,7 +1244,10 @@ cdef class LaneScanKernel:
         cdef nc_lane_ctx* c = &self.c
         cdef Py_ssize_t B, interval = 256
         slots = task_stream = None
-        if len(batch) == 4:
+        form = "rows"
+        if len(batch) == 5:
+            B, rng, slots, task_stream, form = batch
+        elif len(batch) == 4:
             B, rng, slots, task_stream = batch
         elif len(batch) == 3:
             B, rng, slots = batch
@@ -1131,7 +1271,12 @@ cdef class LaneScanKernel:
         # shared draws: a table of T steps (a multiple of NC_TAB_C, at most 64 steps and
         # ~64 KiB of partners: T B <= 2**14)
         c.tab_T = max(NC_TAB_C, min(64, 2**14 // B) // NC_TAB_C * NC_TAB_C)
-        if task_stream is not None:
+        if form not in BATCH_FORMS:
+            raise ValueError(f"LaneScanKernel: batch form {form!r} is not one of "
+                             f"{BATCH_FORMS}")
+        if form == "moments":
+            self._set_moments(task_stream, rng, slots)
+        elif task_stream is not None:
             self._set_rows_table(task_stream, rng, B)
         # read the cancel flag at least every ~4 M multiply-adds of a block's gradients
         while interval > 1 and interval * B * (c.d + 4) > 2**22:
@@ -1144,18 +1289,10 @@ cdef class LaneScanKernel:
         per stream in run(), before the blocks, when the table holds at most
         ROWS_TABLE_MAX entries (else each block draws its own)."""
         cdef nc_lane_ctx* c = &self.c
-        if (not isinstance(task_stream, np.ndarray) or task_stream.dtype != np.intp
-                or task_stream.shape != (c.P,) or not task_stream.flags.c_contiguous):
-            raise ValueError(f"LaneScanKernel: task_stream must be a C-contiguous intp "
-                             f"array of shape ({c.P},)")
-        if c.P == 0:
+        first = self._check_streams(task_stream, rng)
+        if first is None:
             return
-        K = int(task_stream.max()) + 1
-        ids, first = np.unique(task_stream, return_index=True)
-        if (task_stream.min() < 0 or ids.shape[0] != K
-                or not np.array_equal(rng[first[task_stream]], rng)):
-            raise ValueError("LaneScanKernel: task_stream must number the distinct streams "
-                             "0, 1, ... with equal starting states within a stream")
+        K = first.shape[0]
         if K * c.steps * B > ROWS_TABLE_MAX:
             return
         table = np.empty((K, c.steps * B), dtype=np.uint32)
@@ -1163,6 +1300,53 @@ cdef class LaneScanKernel:
         self.rows_first = np.ascontiguousarray(first, dtype=np.intp)
         c.task_stream = <const Py_ssize_t*> _data(task_stream)
         c.rows_tab = <const unsigned int*> _data(table)
+
+    cdef _check_streams(self, object task_stream, object rng):
+        """task_stream validated (task p on stream task_stream[p]; the streams numbered
+        0, 1, ... with equal starting states within a stream); the first task of each."""
+        cdef nc_lane_ctx* c = &self.c
+        if (not isinstance(task_stream, np.ndarray) or task_stream.dtype != np.intp
+                or task_stream.shape != (c.P,) or not task_stream.flags.c_contiguous):
+            raise ValueError(f"LaneScanKernel: task_stream must be a C-contiguous intp "
+                             f"array of shape ({c.P},)")
+        if c.P == 0:
+            return None
+        K = int(task_stream.max()) + 1
+        ids, first = np.unique(task_stream, return_index=True)
+        if (task_stream.min() < 0 or ids.shape[0] != K
+                or not np.array_equal(rng[first[task_stream]], rng)):
+            raise ValueError("LaneScanKernel: task_stream must number the distinct streams "
+                             "0, 1, ... with equal starting states within a stream")
+        return first
+
+    cdef _set_moments(self, object task_stream, object rng, object slots):
+        """batch_form="moments": every block on one stream (checked), each stream's
+        batch moments for the whole run formed once in run(), before the blocks
+        (nc_mom_table; K streams x steps x (d d + d + 1) doubles, counted in the scan's
+        budget by the facade)."""
+        cdef nc_lane_ctx* c = &self.c
+        if task_stream is None:
+            raise ValueError("LaneScanKernel: the moments form needs the tasks' streams")
+        first = self._check_streams(task_stream, rng)
+        if first is None:
+            return
+        if slots is None:
+            slots = np.arange(c.P, dtype=np.intp)
+        pad = -(-slots.shape[0] // NC_NL) * NC_NL - slots.shape[0]
+        blocks = np.concatenate([slots, np.full(pad, -1, dtype=np.intp)]).reshape(-1, NC_NL)
+        lead = np.repeat(blocks[:, :1], NC_NL, axis=1)
+        tasks = np.where(blocks >= 0, blocks, lead)
+        if np.any(task_stream[tasks] != task_stream[lead]):
+            raise ValueError("LaneScanKernel: the moments form needs every block's tasks on "
+                             "one stream (batch_streams='seed', one seed per block)")
+        L = c.d * c.d + c.d + 1
+        table = np.empty((first.shape[0], c.steps * L))
+        self.keep += [task_stream, table]
+        self.rows_first = np.ascontiguousarray(first, dtype=np.intp)
+        self.moments = True
+        c.task_stream = <const Py_ssize_t*> _data(task_stream)
+        c.mom_tab = <const double*> _data(table)
+        c.mom_len = L
 
     cdef _set_slots(self, object slots):
         cdef nc_lane_ctx* c = &self.c
@@ -1272,27 +1456,46 @@ cdef class LaneScanKernel:
         cdef const Py_ssize_t* first = NULL
         cdef unsigned int* perm = NULL
         cdef unsigned int* jbuf = NULL
+        cdef double* xt = NULL
+        cdef bint moments = self.moments
         if self.rows_first is not None and c.steps > 0:
             K = self.rows_first.shape[0]
             first = <const Py_ssize_t*> _data(self.rows_first)
             perm = <unsigned int*> malloc(c.N * sizeof(unsigned int))
             jbuf = <unsigned int*> malloc(c.batch * sizeof(unsigned int))
-            if perm == NULL or jbuf == NULL:
+            if moments:
+                xt = <double*> malloc((c.batch * ((c.d + 7) // 8 * 8) + (c.d + 7) // 8 * 8
+                                       + c.batch + 1) * sizeof(double))
+            if perm == NULL or jbuf == NULL or (moments and xt == NULL):
                 free(perm)
                 free(jbuf)
+                free(xt)
                 raise MemoryError("scan: shared rows scratch")
             for ks in range(c.N):
                 perm[ks] = <unsigned int> ks
-        with nogil:
-            for ks in range(K):                  # each shared stream's rows, once
-                nc_lane_draw_rows(c.N, c.batch, c.steps, c.rng0 + 4 * first[ks], perm, jbuf,
-                                  <unsigned int*> c.rows_tab + ks * c.steps * c.batch)
-            if nt == 1:
-                for k in range(nblk):
-                    nc_lane_run_block(c, ws[0], k * NC_NL)
-            else:
-                for k in prange(nblk, num_threads=nt, schedule="dynamic", chunksize=1):
-                    nc_lane_run_block(c, ws[threadid()], k * NC_NL)
+        try:
+            with nogil:
+                for ks in range(K):              # each shared stream's rows, once
+                    if moments:                  # (or its batches' moments)
+                        if nc_mom_table(c.N, c.d, c.batch, c.steps, c.X, c.y,
+                                        c.rng0 + 4 * first[ks], perm, jbuf, xt,
+                                        <double*> c.mom_tab + ks * c.steps * c.mom_len,
+                                        c.cancel, c.isa):
+                            break                # cancelled: every block stops at step 0
+                    else:
+                        nc_lane_draw_rows(c.N, c.batch, c.steps, c.rng0 + 4 * first[ks],
+                                          perm, jbuf,
+                                          <unsigned int*> c.rows_tab + ks * c.steps * c.batch)
+                if nt == 1:
+                    for k in range(nblk):
+                        nc_lane_run_block(c, ws[0], k * NC_NL)
+                else:
+                    for k in prange(nblk, num_threads=nt, schedule="dynamic", chunksize=1):
+                        nc_lane_run_block(c, ws[threadid()], k * NC_NL)
+        finally:
+            free(perm)
+            free(jbuf)
+            free(xt)
 
     def steps_done(self):
         cdef Py_ssize_t t, total = 0
