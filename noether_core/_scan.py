@@ -964,7 +964,8 @@ def _result(g: _Grid, out: _bridge.ScanOutputs, rules: list | None, t0: float) -
                      g.steps, g.record_every, g.batch_size, shaped(out.q), shaped(out.loss),
                      shaped(out.loss_min), shaped(out.norm2), shaped(out.angular_update),
                      shaped(out.status), shaped(out.stop_step), series,
-                     time.perf_counter() - t0, batch_streams=g.batch_streams)
+                     time.perf_counter() - t0, batch_streams=g.batch_streams,
+                     batch_form=g.batch_form)
     res.kernel = out.kernel
     if g.chosen:
         _charge_summaries(g, res, shaped(out.charge_worst), shaped(out.charge_worst_step),

@@ -182,6 +182,10 @@ class ScanResult:
         Whose minibatch stream each point drew from: ``"point"`` (its own,
         :func:`point_seed`) or ``"seed"`` (one per scan seed, shared by its points); see
         :meth:`seed_at`.
+    batch_form : str
+        How a minibatch step read its batch: ``"rows"`` (row by row, bitwise ``train``) or
+        ``"moments"`` (through the batch's centred moments, equal to ``train`` to
+        round-off; docs/scan.md §"Batch moments").
     kernel : str
         Which compiled loop ran: ``"lanes[<isa>]"`` (NC_NL points per SIMD block, e.g.
         ``"lanes[avx512f]"``) or ``"scalar"`` (one point at a time); both give the same
@@ -213,6 +217,7 @@ class ScanResult:
     untracked: list = field(default_factory=list)
     kernel: str = ""
     batch_streams: str = "point"
+    batch_form: str = "rows"
 
     @property
     def shape(self) -> tuple:
@@ -308,7 +313,8 @@ class ScanResult:
                           {k: take(v) for k, v in self.charge_worst.items()},
                           {k: take(v) for k, v in self.charge_worst_step.items()},
                           {k: take(v) for k, v in self.charge_exact.items()},
-                          list(self.untracked), self.kernel, self.batch_streams)
+                          list(self.untracked), self.kernel, self.batch_streams,
+                          self.batch_form)
 
     # -- xarray and pandas -----------------------------------------------------------------
     def _cf_attrs(self, name: str) -> dict:
@@ -348,8 +354,8 @@ class ScanResult:
         throughout (``norm2`` is |q_B|², in the units of q squared; ``angular_update`` is a
         chord between unit vectors); ``status`` also carries ``flag_values`` and
         ``flag_meanings``.  Dataset attributes: ``Conventions = "CF-1.10"``, ``rule``,
-        ``steps``, ``batch_size`` (-1: full batch), ``batch_streams`` and
-        ``fixed_<name>`` per fixed hyper-parameter.
+        ``steps``, ``batch_size`` (-1: full batch), ``batch_streams``,
+        ``batch_form`` and ``fixed_<name>`` per fixed hyper-parameter.
 
         Examples
         --------
@@ -404,7 +410,7 @@ class ScanResult:
         attrs = {"Conventions": "CF-1.10", "rule": self.rule_cls.__name__,
                  "steps": self.steps,
                  "batch_size": -1 if self.batch_size is None else self.batch_size,
-                 "batch_streams": self.batch_streams}
+                 "batch_streams": self.batch_streams, "batch_form": self.batch_form}
         attrs.update({f"fixed_{k}": (v if isinstance(v, (int, float, str)) else repr(v))
                       for k, v in self.fixed.items()})
         return xr.Dataset(data, coords=coords, attrs=attrs)

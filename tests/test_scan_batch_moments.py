@@ -235,6 +235,21 @@ def test_threads_chunks_executors_and_isas_agree_bitwise():
             assert np.array_equal(getattr(o, name), getattr(base, name)), name
         assert np.array_equal(o.series["q"], base.series["q"], equal_nan=True)
         assert np.array_equal(o.series["loss"], base.series["loss"], equal_nan=True)
+        assert o.batch_form == "moments"
+
+
+def test_result_names_the_form_after_sel_and_in_xarray():
+    """A result says how its batches were read (rows: bitwise train; moments: to
+    round-off), also when narrowed by ``sel`` and in the xarray Dataset's attributes."""
+    pot, X, y, q0 = _bn(40, 4)
+    kw = dict(steps=20, batch_size=6, seeds=[0, 1], lr=[0.05, 0.1])
+    mom = _scan(pot, q0, **kw)
+    rows = nc.scan(nc.rules.SGD, pot, q0, batch_streams="seed", **kw)
+    assert (mom.batch_form, rows.batch_form) == ("moments", "rows")
+    assert mom.sel(lr=0.1).batch_form == "moments"
+    pytest.importorskip("xarray")
+    assert mom.to_xarray().attrs["batch_form"] == "moments"
+    assert rows.to_xarray().attrs["batch_form"] == "rows"
 
 
 def test_cancelled_before_the_moments_stops_every_point():
