@@ -149,6 +149,7 @@ typedef struct {
     Py_ssize_t n_rows[NC_NL];   /* recorded rows so far, per lane */
     int heavy_ball, all_wd;     /* block-uniform flags (step_sgd's fast form) */
     int any_first;              /* some lane has not taken its first momentum step */
+    int sym_all;                /* one tracked law, on coordinates 0 .. d - 1 in order */
     Py_ssize_t ang_cnt;
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */

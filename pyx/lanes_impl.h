@@ -1417,6 +1417,8 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         NCV(w->a_prev)[j] = a;
     }
+    w->sym_all = nsym == 1 && c->sptr[0] == 0 && c->sptr[1] == d;
+    for (Py_ssize_t k = 0; w->sym_all && k < d; ++k) w->sym_all = c->sidx[k] == k;
     w->any_first = NCL(any)(w->first);
     w->heavy_ball = 1;                 /* every lane: momentum, no nesterov, no dampening */
     w->all_wd = 1;                     /* every lane: weight decay */
@@ -1459,6 +1461,14 @@ NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py
     const nc_vd* qp = NCCV(w->q);
     const nc_vd* qf = NCCV(w->q_free);
     NCL(step)(c, d, w, n, rule, w->q_free, w->qn);
+    if (w->sym_all) {                  /* one law on coordinates 0 .. d - 1 in order: the
+                                          same sum, its indices known (unrolled for a
+                                          fixed d) */
+        nc_vd T = {0};
+        for (Py_ssize_t i = 0; i < d; ++i) T = T + (qf[i] - qp[i]) * qp[i];
+        NCV(w->free_T)[0] = T;
+        return;
+    }
     for (Py_ssize_t j = 0; j < c->nsym; ++j) {
         nc_vd T = {0};
         for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
@@ -1512,7 +1522,8 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
 /* After the swap (q = q_{n+1}, qn = q_n): each tracked scale law's residual
  * (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after), relative to its
  * terms, folded into the lanes' worst values. */
-NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
+NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n,
+                               const Py_ssize_t d)
 {
     const nc_vd* q1v = NCCV(w->q);
     const nc_vd* q0v = NCCV(w->qn);
@@ -1524,11 +1535,19 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
            retired lane's is stale, but its row is written already) */
         nc_vd a1 = {0}, dd = {0};
         const nc_vd a0 = a_prev[j];
-        for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-            const Py_ssize_t i = c->sidx[k];
-            const nc_vd q1 = q1v[i], x = q1 - q0v[i];
-            a1 = a1 + q1 * q1;
-            dd = dd + x * x;
+        if (w->sym_all) {              /* (coordinates 0 .. d - 1 in order: the same sums) */
+            for (Py_ssize_t i = 0; i < d; ++i) {
+                const nc_vd q1 = q1v[i], x = q1 - q0v[i];
+                a1 = a1 + q1 * q1;
+                dd = dd + x * x;
+            }
+        } else {
+            for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                const Py_ssize_t i = c->sidx[k];
+                const nc_vd q1 = q1v[i], x = q1 - q0v[i];
+                a1 = a1 + q1 * q1;
+                dd = dd + x * x;
+            }
         }
         a_prev[j] = a1;
         const nc_vd T = NCCV(w->free_T)[j];
@@ -1632,7 +1651,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         if (c->nsym > 0) {
             if (rule == NC_LRULE_MIRROR) NCL(mirror_laws)(c, w, n);
-            else NCL(scale_laws)(c, w, n);
+            else NCL(scale_laws)(c, w, n, d);
         }
     }
     if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
