@@ -25,11 +25,17 @@ NC_INLINE nc_vd NCL(fabs)(nc_vd x)                    /* exact: clears the sign 
     return (nc_vd) ((nc_vl) x & ((nc_vl) {0} + 0x7fffffffffffffffLL));
 }
 
+/* 1 if some lane's mask is set (on AVX-512 one test into a mask register; the generic
+   form extracts the lanes one by one, ~20 instructions) */
 NC_INLINE int NCL(any)(nc_vl m)
 {
+#if defined(__AVX512F__) && NC_NL == 8
+    return _mm512_test_epi64_mask((__m512i) m, (__m512i) m) != 0;
+#else
     int r = 0;
     for (int l = 0; l < NC_NL; ++l) r |= m[l] != 0;
     return r;
+#endif
 }
 
 /* Finiteness probes (rules.pyx _nan_probe): x * 0 is NaN exactly when x is NaN or inf,
@@ -636,9 +642,12 @@ NC_INLINE void NCL(pair_quot)(nc_vd num0, nc_vd den0, nc_vd num1, nc_vd den1,
  * §8): numerator (-step_size) m1f, denominator root_f (1/bc2_sqrt) + eps with
  * root_f = sqrt(beta2) sqrt(exp_avg_sq) in the lanes without amsgrad or L2 decay (the
  * scalar code carries that root from its previous step, and so do the lanes, in v2, when
- * no lane of the block has amsgrad; else it is the same sqrt of the same number), else the sqrt of the free (max) exp_avg_sq; the quotients in pairs
- * (NCL(pair_quot)).  Coordinates are taken two at a time for the pairs; each
- * coordinate's real step is unchanged. */
+ * no lane of the block has amsgrad; else it is the same sqrt of the same number), else
+ * the sqrt of the free (max) exp_avg_sq; sqrt(beta2) taken once per block (w->sroot);
+ * the quotients in pairs (NCL(pair_quot)).  Coordinates are taken two at a time for the
+ * pairs, the free quotients interleaved with the real step (measured faster here than
+ * RMSprop's second pass: docs/balance_laws.md §8, "In the lanes"); each coordinate's
+ * real step is unchanged. */
 NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                               Py_ssize_t n, double* restrict qfree_, double* restrict qout_)
 {
@@ -671,7 +680,7 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     nc_vd* restrict root = NCV(w->v2);
     if (qfree_ != NULL) {
         ibc2s = 1.0 / bc2s;
-        sb2 = NCL(vsqrt)(b2);
+        sb2 = w->sroot;
         any_direct = NCL(any)(direct);
         all_direct = !NCL(any)(~direct);
         if (carry && n == 0)
@@ -745,7 +754,11 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * without weight decay or centering (carried in v2 when no lane of the block is
  * centered, else the same sqrt of the same number), else the sqrt of the free average;
  * the quotients in pairs (NCL(pair_quot)); the products square_avg alpha,
- * momentum_buffer momentum and wd q_i shared with the step. */
+ * momentum_buffer momentum and wd q_i shared with the step; sqrt(alpha) taken once per
+ * block (w->sroot).  Two passes: the real step with the free step's pieces that need no
+ * root or division (kept in qf and w->f_num, f_den, f_arg), then the free roots and the
+ * pair quotients, after every real sqrt and division of the step, which the next
+ * gradient waits for (docs/balance_laws.md §8, "In the lanes"). */
 NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                                  Py_ssize_t n, double* restrict qfree_,
                                  double* restrict qout_)
@@ -762,80 +775,91 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
     nc_vd* restrict ga = NCV(w->v2);
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
+    nc_vd* restrict fnum = NCV(w->f_num);
+    nc_vd* restrict fden = NCV(w->f_den);
+    nc_vd* restrict farg = NCV(w->f_arg);
     const nc_vd zero = {0};
     const nc_vl direct = wd_on | cen;      /* lanes whose free root is taken directly */
     int any_direct = 0, all_direct = 0;
     const int carry = qfree_ != NULL && !cen_any;    /* v2 (grad_avg) unused: the root */
     nc_vd* restrict root = NCV(w->v2);
-    nc_vd salpha = zero;
+    (void) c;
     if (qfree_ != NULL) {
-        salpha = NCL(vsqrt)(alpha);
         any_direct = NCL(any)(direct);
         all_direct = !NCL(any)(~direct);
         if (carry && n == 0)
             for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
     }
-    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
-        nc_vd qk[2] = {0}, bmk[2] = {0}, numk[2] = {0}, denk[2] = {0};   /* set and read only when qfree_ != NULL */
-        const int K = i0 + 1 < d ? 2 : 1;
-        for (int k = 0; k < K; ++k) {
-            const Py_ssize_t i = i0 + k;
-            const nc_vd qi = q[i], wq = wd * qi, sqi = sq[i], sqa = sqi * alpha;
-            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
-            const nc_vd sqn = sqa + (oma * gi) * gi;
-            nc_vd arg = sqn;
-            nc_vd gai = zero;
-            if (cen_any) {
-                gai = ga[i];
-                const nc_vd gan = NCL(lerp)(gai, gi, wl, omwl, lo, lo_all);
-                arg = NCL(sel)(cen, sqn + (-1.0 * gan) * gan, sqn);
-                ga[i] = NCL(sel)(cen, gan, gai);
-            }
-            const nc_vd rt = NCL(vsqrt)(arg);
-            const nc_vd avg = rt + eps;
-            const nc_vd bm = mb[i] * mom;
-            nc_vd qn;
-            if (mom_all) {
-                const nc_vd bn = bm + gi / avg;
-                mb[i] = bn;
-                qn = qi + nlr * bn;
-            } else if (mom_none) {
-                qn = qi + (nlr * gi) / avg;
-            } else {
-                const nc_vd r = NCL(sel)(mom_on, gi, nlr * gi) / avg;
-                const nc_vd bn = bm + r;
-                mb[i] = NCL(sel)(mom_on, bn, mb[i]);
-                qn = NCL(sel)(mom_on, qi + nlr * bn, qi + r);
-            }
-            if (qfree_ != NULL) {
-                const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
-                nc_vd rootf = zero;
-                if (!all_direct) rootf = salpha * (carry ? root[i] : NCL(vsqrt)(sqi));
-                if (any_direct) {
-                    const nc_vd sqf = sqa + (oma * gf) * gf;
-                    nc_vd argf = sqf;
-                    if (cen_any) {
-                        const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
-                        argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
-                    }
-                    rootf = all_direct ? NCL(vsqrt)(argf)
-                                       : NCL(sel)(direct, NCL(vsqrt)(argf), rootf);
-                }
-                qk[k] = qi;
-                bmk[k] = bm;
-                numk[k] = NCL(sel)(mom_on, gf, nlr * gf);
-                denk[k] = rootf + eps;
-                if (carry) root[i] = rt;   /* (arg = square_avg_{n+1}: not centered) */
-            }
-            sq[i] = sqn;
-            qout[i] = qn;
+    /* the real step; the free step's pieces without a root or division kept for the
+       second pass (buffer x momentum in qf, the numerator, the carried root
+       sqrt(alpha) sqrt(square_avg_i), the argument of a direct root) */
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd qi = q[i], wq = wd * qi, sqi = sq[i], sqa = sqi * alpha;
+        const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+        const nc_vd sqn = sqa + (oma * gi) * gi;
+        nc_vd arg = sqn;
+        nc_vd gai = zero;
+        if (cen_any) {
+            gai = ga[i];
+            const nc_vd gan = NCL(lerp)(gai, gi, wl, omwl, lo, lo_all);
+            arg = NCL(sel)(cen, sqn + (-1.0 * gan) * gan, sqn);
+            ga[i] = NCL(sel)(cen, gan, gai);
+        }
+        const nc_vd rt = NCL(vsqrt)(arg);
+        const nc_vd avg = rt + eps;
+        const nc_vd bm = mb[i] * mom;
+        nc_vd qn;
+        if (mom_all) {
+            const nc_vd bn = bm + gi / avg;
+            mb[i] = bn;
+            qn = qi + nlr * bn;
+        } else if (mom_none) {
+            qn = qi + (nlr * gi) / avg;
+        } else {
+            const nc_vd r = NCL(sel)(mom_on, gi, nlr * gi) / avg;
+            const nc_vd bn = bm + r;
+            mb[i] = NCL(sel)(mom_on, bn, mb[i]);
+            qn = NCL(sel)(mom_on, qi + nlr * bn, qi + r);
         }
         if (qfree_ != NULL) {
-            nc_vd f[2];
-            if (K == 2) NCL(pair_quot)(numk[0], denk[0], numk[1], denk[1], &f[0], &f[1]);
-            else f[0] = numk[0] / denk[0];
-            for (int k = 0; k < K; ++k)
-                qf[i0 + k] = NCL(sel)(mom_on, qk[k] + nlr * (bmk[k] + f[k]), qk[k] + f[k]);
+            const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+            if (!all_direct) fden[i] = carry ? root[i] : sqi;
+            if (any_direct) {
+                const nc_vd sqf = sqa + (oma * gf) * gf;
+                nc_vd argf = sqf;
+                if (cen_any) {
+                    const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
+                    argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
+                }
+                farg[i] = argf;
+            }
+            qf[i] = bm;
+            fnum[i] = NCL(sel)(mom_on, gf, nlr * gf);
+            if (carry) root[i] = rt;       /* (arg = square_avg_{n+1}: not centered) */
+        }
+        sq[i] = sqn;
+        qout[i] = qn;
+    }
+    if (qfree_ == NULL) return;
+    const nc_vd sroot = w->sroot;
+    /* the free step's roots and divisions after the real step's (see NCL(step_adam)) */
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        nc_vd rootf = zero;
+        if (!all_direct) rootf = sroot * (carry ? fden[i] : NCL(vsqrt)(fden[i]));
+        if (any_direct)
+            rootf = all_direct ? NCL(vsqrt)(farg[i])
+                               : NCL(sel)(direct, NCL(vsqrt)(farg[i]), rootf);
+        fden[i] = rootf + eps;
+    }
+    Py_ssize_t i0 = 0;
+    for (; i0 < d; i0 += 2) {
+        nc_vd f[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        if (K == 2) NCL(pair_quot)(fnum[i0], fden[i0], fnum[i0 + 1], fden[i0 + 1], &f[0], &f[1]);
+        else f[0] = fnum[i0] / fden[i0];
+        for (int k = 0; k < K; ++k) {
+            const nc_vd qk = q[i0 + k];
+            qf[i0 + k] = NCL(sel)(mom_on, qk + nlr * (qf[i0 + k] + f[k]), qk + f[k]);
         }
     }
 }
@@ -1261,6 +1285,7 @@ static void NCL(finish_lane)(const nc_lane_ctx* c, nc_lane_ws* w, int l, Py_ssiz
     w->b2[l] = 1.0;                    /* Adam's beta2, RMSprop's alpha: the averages */
     w->omb2[l] = 0.0;                  /* of squares stay at 1; ScalarRMSProp's rho: */
     w->omrho[l] = 0.0;                 /* G stays at 1 */
+    w->sroot[l] = 1.0;                 /* sqrt(b2) of the idle lane */
     w->first[l] = 0;
     for (Py_ssize_t k = 0; k < c->npart; ++k) w->G[k * NC_NL + l] = 1.0;
 }
@@ -1439,6 +1464,8 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         NCV(w->a_prev)[j] = a;
     }
+    w->sym_all = nsym == 1 && c->sptr[0] == 0 && c->sptr[1] == d;
+    for (Py_ssize_t k = 0; w->sym_all && k < d; ++k) w->sym_all = c->sidx[k] == k;
     w->any_first = NCL(any)(w->first);
     w->heavy_ball = 1;                 /* every lane: momentum, no nesterov, no dampening */
     w->all_wd = 1;                     /* every lane: weight decay */
@@ -1452,6 +1479,8 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         w->mom_all &= w->mom_on[l] != 0;
         w->mom_none &= w->mom_on[l] == 0;
     }
+    w->sroot = NCL(vsqrt)(w->b2);      /* the free roots' factor (as the scalar step's
+                                          sqrt(beta2), sqrt(alpha): the same sqrt) */
     w->ams_any = NCL(any)(w->ams);
     w->cen_any = NCL(any)(w->cen);
     w->m_diag_any = 0;                 /* MirrorDescent: some lane's map is diagonal; */
@@ -1479,6 +1508,14 @@ NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py
     const nc_vd* qp = NCCV(w->q);
     const nc_vd* qf = NCCV(w->q_free);
     NCL(step)(c, d, w, n, rule, w->q_free, w->qn);
+    if (w->sym_all) {                  /* one law on coordinates 0 .. d - 1 in order: the
+                                          same sum, its indices known (unrolled for a
+                                          fixed d) */
+        nc_vd T = {0};
+        for (Py_ssize_t i = 0; i < d; ++i) T = T + (qf[i] - qp[i]) * qp[i];
+        NCV(w->free_T)[0] = T;
+        return;
+    }
     for (Py_ssize_t j = 0; j < c->nsym; ++j) {
         nc_vd T = {0};
         for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
@@ -1532,7 +1569,8 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
 /* After the swap (q = q_{n+1}, qn = q_n): each tracked scale law's residual
  * (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after), relative to its
  * terms, folded into the lanes' worst values. */
-NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
+NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n,
+                               const Py_ssize_t d)
 {
     const nc_vd* q1v = NCCV(w->q);
     const nc_vd* q0v = NCCV(w->qn);
@@ -1544,11 +1582,19 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
            retired lane's is stale, but its row is written already) */
         nc_vd a1 = {0}, dd = {0};
         const nc_vd a0 = a_prev[j];
-        for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
-            const Py_ssize_t i = c->sidx[k];
-            const nc_vd q1 = q1v[i], x = q1 - q0v[i];
-            a1 = a1 + q1 * q1;
-            dd = dd + x * x;
+        if (w->sym_all) {              /* (coordinates 0 .. d - 1 in order: the same sums) */
+            for (Py_ssize_t i = 0; i < d; ++i) {
+                const nc_vd q1 = q1v[i], x = q1 - q0v[i];
+                a1 = a1 + q1 * q1;
+                dd = dd + x * x;
+            }
+        } else {
+            for (Py_ssize_t k = c->sptr[j]; k < c->sptr[j + 1]; ++k) {
+                const Py_ssize_t i = c->sidx[k];
+                const nc_vd q1 = q1v[i], x = q1 - q0v[i];
+                a1 = a1 + q1 * q1;
+                dd = dd + x * x;
+            }
         }
         a_prev[j] = a1;
         const nc_vd T = NCCV(w->free_T)[j];
@@ -1652,7 +1698,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         if (c->nsym > 0) {
             if (rule == NC_LRULE_MIRROR) NCL(mirror_laws)(c, w, n);
-            else NCL(scale_laws)(c, w, n);
+            else NCL(scale_laws)(c, w, n, d);
         }
     }
     if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
