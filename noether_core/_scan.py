@@ -905,18 +905,27 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
 
 
 def _lane_scratch_bytes(g: _Grid) -> int:
-    """Upper bound on the lane kernel's per-thread scratch beyond the scalar kernel's
-    (pyx/lanes.h, the size function): eight lanes' rows of max(n_data, 2d) doubles, and for
+    """Upper bound on one thread's lane workspace (pyx/lanes.h ``nc_lane_ws_bytes``), in
+    bytes, vectors of eight lanes' doubles (64 B per entry): the ten d-length arrays (q,
+    q_{n+1}, the gradient, the rule's three buffers, the free step and RMSprop's three
+    free-step pieces), the rows of max(n_data, 2d), the named blocks, the partition's
+    parts (at most d), four per tracked law, the late-window angle queue (K states, K =
+    min(8, max(1, 256 // d)), and K + 1 rows of the blocks' entries, 2K per block); for
     a minibatch grid each lane's permutation and swap list (32 n_data + 32 B bytes), its
     gathered batch rows with their targets (64 B (d + 1) bytes) and the shared draws'
     table of T steps' swap partners (4 T B bytes, T B <= max(2**14, 4 B): pyx/scan.pyx
-    ``_set_batch``).  Counted for every grid (an estimate that is never low, whichever
-    kernel runs)."""
-    d, N = g.potential.dim, g.potential.n_data
-    extra = 64 * max(N, 2 * d)
+    ``_set_batch``); 64 B of alignment per array.  Counted for every grid (an estimate
+    that is never low, whichever kernel runs)."""
+    pot = g.potential
+    d, N, nb = pot.dim, pot.n_data, len(pot.blocks)
+    nnz = sum(int(b.size) for b in pot.blocks.values())
+    K = min(8, max(1, 256 // max(d, 1)))
+    ns = max(len(g.chosen), 1)
+    extra = 64 * (10 * d + max(N, 2 * d) + max(nb, 1) + max(d, 1) + 4 * ns + K * d
+                  + (K + 1) * nnz + 2 * K * max(nb, 1)) + 64 * 24
     if g.batch_size:
         B = g.batch_size
-        extra += 32 * N + 32 * B + 64 * B * (d + 1) + 4 * max(2**14, 4 * B) + 64
+        extra += 32 * N + 32 * B + 64 * B * (d + 1) + 4 * max(2**14, 4 * B) + 64 * 5
     return extra
 
 
