@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from test_scan_lanes import _scan as lanes_scan  # tests/ is on sys.path
 
 import noether_core as nc
 from noether_core._kernels import scan as ks
@@ -41,16 +42,11 @@ def _bn(N, d, seed=3, eps=0.0, mean=0.0):
 
 
 def _scan(pot, q0, rule_cls=nc.rules.SGD, isa=None, **kw):
+    """test_scan_lanes' scan (ISA forced by isa, DivergenceWarning silenced) with seed
+    streams and batch moments unless told otherwise."""
     kw.setdefault("batch_streams", "seed")
     kw.setdefault("batch_form", "moments")
-    with pytest.MonkeyPatch.context() as mp:
-        if isa is None:
-            mp.delenv("NOETHER_LANE_ISA", raising=False)
-        else:
-            mp.setenv("NOETHER_LANE_ISA", isa)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DivergenceWarning)
-            return nc.scan(rule_cls, pot, q0, progress=False, **kw)
+    return lanes_scan(pot, q0, kw.pop("lanes", None), isa=isa, rule_cls=rule_cls, **kw)
 
 
 def _reference(Xb, yb, w, eps):
