@@ -242,6 +242,10 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
         if hp_all is None:
             hp_all = _grid_hp(g)
         if hp_all is not None:
+            if cls.check_start is not Rule.check_start:
+                # the column form's promise (Rule._grid_hp): check_start does not depend
+                # on the grid's axes, so the first point's answers for every point
+                g.rule_at(0).check_start(g.q0)
             return _stack_zero_states(_template(g), hp_all[lo:hi])
         rules = _rules(g, lo, hi)
     if not rules:

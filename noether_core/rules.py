@@ -302,8 +302,9 @@ class Rule:
         the point).  A class that provides it promises three things, checked for the
         built-in ones by tests/test_scan.py: it accepts exactly the grids whose every point
         constructs; its rows are ``_hp``'s; its state starts at zeros and its
-        ``kinetic_symmetric`` does not depend on the parameters.  It answers for its own
-        class only (None for subclasses, which may change any of this).
+        ``kinetic_symmetric`` and ``check_start`` do not depend on the parameters that
+        vary over the grid (scan asks the grid's first point's ``check_start`` only).  It
+        answers for its own class only (None for subclasses, which may change any of this).
         """
         return None
 
@@ -864,6 +865,15 @@ class ScalarRMSProp(Rule):
 
 
 _MAPS = ("euclidean", "diagonal", "pnorm", "entropy")
+#: MirrorDescent's column form: lr, weight_decay, the map's index (fixed over the grid,
+#: passed as its float), p (set per map by ``_grid_hp``)
+_MIRROR_COLUMNS = {"lr": _LR, "weight_decay": _nonneg_col("weight_decay"), "mirror": float,
+                   "p": None}
+
+
+def _NO_P(v):
+    """p of a map other than pnorm: None (any other value is refused before), row 1.0."""
+    return 1.0
 
 
 @dataclass(frozen=True)
@@ -923,6 +933,29 @@ class MirrorDescent(Rule):
         ⟨∇h(q_{n+1}) − ∇h(q_n), ξ⟩ = −ηk⟨q_n, ξ⟩ is exact for every h (docs §4); the
         non-Euclidean breaking is reported separately as the metric term."""
         return True
+
+    @classmethod
+    def _grid_hp(cls, fixed, axes):
+        # MirrorDescent itself only (see SGD._grid_hp), with one map for the whole grid:
+        # the map decides which of D and p are allowed (a grid over it takes the per-point
+        # path), and the diagonal map's D is a kernel input per point, not a column
+        if cls is not MirrorDescent or "mirror" in axes or "D" in axes:
+            return None
+        mirror = fixed.get("mirror", cls.mirror)
+        if (not isinstance(mirror, str) or mirror not in _MAPS or mirror == "diagonal"
+                or fixed.get("D") is not None):
+            return None
+        p = fixed.get("p")
+        if mirror == "pnorm":
+            if "p" not in axes and p is None:
+                return None
+            p_col = _Col("p", lo=1.0, lo_open=True)
+        else:
+            if "p" in axes or p is not None:
+                return None
+            p_col = _NO_P
+        fixed = {**fixed, "mirror": float(_MAPS.index(mirror)), "p": p}
+        return _column_rows(cls, fixed, axes, {**_MIRROR_COLUMNS, "p": p_col})
 
     def check_start(self, q0):
         if self.mirror == "entropy" and np.any(np.asarray(q0) <= 0):

@@ -359,27 +359,35 @@ def _sgd_grids(draw):
     return fixed, axes
 
 
+def _check_column_form(cls, fixed, axes):
+    """``cls._grid_hp(fixed, axes)`` against the per-point constructor: a grid is accepted
+    exactly when every point constructs, and then with bitwise the rows ``_hp`` gives; a
+    refused grid returns None (scan then builds each point's rule, and the first bad one
+    raises its own error).  Returns the rows (or None)."""
+    import itertools
+    names = list(axes)
+    rules, ok = [], True
+    for combo in itertools.product(*[axes[k].tolist() for k in names]):
+        try:
+            rules.append(cls(**{**fixed, **dict(zip(names, combo, strict=True))}))
+        except (TypeError, ValueError):
+            ok = False
+            break
+    hp = cls._grid_hp(fixed, axes)
+    assert (hp is not None) == ok
+    if ok:
+        want = np.array([r._hp(None) for r in rules])
+        assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
+    return hp
+
+
 @settings(max_examples=300)
 @given(_sgd_grids())
 def test_sgd_column_form_equals_per_point_rules(grid):
     """SGD._grid_hp (docs/scan.md §Performance) against the per-point constructor: the
     same grids accepted, and bitwise the rows SGD._hp gives; a rejected grid returns None,
     so that scan builds each point's rule and the first bad one raises its own error."""
-    import itertools
-    fixed, axes = grid
-    names = list(axes)
-    rules, ok = [], True
-    for combo in itertools.product(*[axes[k].tolist() for k in names]):
-        try:
-            rules.append(nc.rules.SGD(**{**fixed, **dict(zip(names, combo, strict=True))}))
-        except (TypeError, ValueError):
-            ok = False
-            break
-    hp = nc.rules.SGD._grid_hp(fixed, axes)
-    assert (hp is not None) == ok
-    if ok:
-        want = np.array([r._hp(None) for r in rules])
-        assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
+    _check_column_form(nc.rules.SGD, *grid)
 
 
 _ADAPTIVE_VALUES = {
@@ -419,21 +427,69 @@ def test_adaptive_column_forms_equal_per_point_rules(data, cls):
     """Adam/AdamW/RMSprop._grid_hp, as SGD's above: the grids whose every point constructs
     are accepted, with bitwise the rows ``_hp`` gives (AdamW's default weight decay, its
     decoupled flag); any refused value gives None (scan's per-point path then names it)."""
-    import itertools
-    fixed, axes = data.draw(_adaptive_grids(cls))
-    names = list(axes)
-    rules, ok = [], True
-    for combo in itertools.product(*[axes[k].tolist() for k in names]):
-        try:
-            rules.append(cls(**{**fixed, **dict(zip(names, combo, strict=True))}))
-        except (TypeError, ValueError):
-            ok = False
-            break
-    hp = cls._grid_hp(fixed, axes)
-    assert (hp is not None) == ok
-    if ok:
-        want = np.array([r._hp(None) for r in rules])
-        assert hp.shape == want.shape and hp.tobytes() == want.tobytes()
+    _check_column_form(cls, *data.draw(_adaptive_grids(cls)))
+
+
+_MIRROR_VALUES = {
+    "lr": st.sampled_from([1e-3, 0.1, 0.0, -0.5, 1]),
+    "weight_decay": st.sampled_from([0.0, 1e-2, -1e-3, 0]),
+    "p": st.sampled_from([None, 3.0, 1.5, 1.0, 0.5, 2]),
+    "mirror": st.sampled_from(["euclidean", "pnorm", "entropy", "diagonal", "cosh", 3]),
+    "D": st.sampled_from([None, (1.0, 2.0)]),
+}
+
+
+@st.composite
+def _mirror_grids(draw):
+    names = draw(st.lists(st.sampled_from(["lr", "weight_decay", "p"]), unique=True,
+                          max_size=3))
+    axes, fixed = {}, {}
+    for k in names:
+        vals = draw(st.lists(_MIRROR_VALUES[k].filter(lambda v: v is not None), min_size=1,
+                             max_size=3, unique_by=float))
+        axes[k] = np.unique(np.array([float(v) for v in vals]))
+    for k in sorted(set(_MIRROR_VALUES) - set(names)):
+        if draw(st.booleans()):
+            fixed[k] = draw(_MIRROR_VALUES[k])
+    return fixed, axes
+
+
+@settings(max_examples=200)
+@given(_mirror_grids())
+def test_mirror_column_form_equals_per_point_rules(grid):
+    """MirrorDescent._grid_hp, as SGD's above, for one non-diagonal map per grid: the
+    grids whose every point constructs are accepted, with bitwise ``_hp``'s rows (p's row
+    1.0 for the maps without p); any refused value (a bad p, p without pnorm, D, an unknown
+    map) gives None.  The diagonal map always takes the per-point path (D is a kernel
+    input per point), as does a grid over the map."""
+    fixed, axes = grid
+    if fixed.get("mirror") == "diagonal":
+        assert nc.rules.MirrorDescent._grid_hp(fixed, axes) is None
+        return
+    _check_column_form(nc.rules.MirrorDescent, fixed, axes)
+    assert nc.rules.MirrorDescent._grid_hp(
+        fixed, {**axes, "mirror": np.array(["euclidean", "entropy"])}) is None
+
+
+def test_mirror_column_form_scans_as_train_and_checks_the_start():
+    """A MirrorDescent grid on the column form runs as ``train`` does point by point
+    (entropy and pnorm maps, lr × weight_decay), and still refuses a start the map cannot
+    take (entropy needs q0 > 0: ``check_start`` of the grid's first point, docs/scan.md
+    §Performance), with the constructor's message."""
+    pot, q0 = _rayleigh()
+    q0 = np.abs(q0) + 0.1
+    for extra in ({"mirror": "entropy"}, {"mirror": "pnorm", "p": 3.0}):
+        assert nc.rules.MirrorDescent._grid_hp(extra, {"lr": np.array([0.01])}) is not None
+        res = nc.scan(nc.rules.MirrorDescent, pot, q0, steps=40, lr=[0.01, 0.03],
+                      weight_decay=[0.0, 1e-3], seeds=0, charges=True, **extra)
+        for i, lr in enumerate((0.01, 0.03)):
+            for j, wd in enumerate((0.0, 1e-3)):
+                run = nc.train(nc.rules.MirrorDescent(lr=lr, weight_decay=wd, **extra), pot,
+                               q0, 40)
+                np.testing.assert_array_equal(res.q[i, j], run.q_final)
+    with pytest.raises(ValueError, match="q0 must be positive"):
+        nc.scan(nc.rules.MirrorDescent, pot, -q0, steps=5, lr=[0.01, 0.02],
+                mirror="entropy")
 
 
 def test_column_form_only_for_sgd_itself():
