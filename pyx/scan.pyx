@@ -845,26 +845,20 @@ cdef extern from *:
         return 0;
     }
 
-    static int nc_mom_table_base(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
-                                 Py_ssize_t steps, const double* X, const double* y,
-                                 const unsigned long long* st, unsigned int* perm,
-                                 unsigned int* jbuf, double* xt, double* out,
-                                 const int* cancel)
-    {
-        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
+    /* one copy of the table's fill per instruction set (nc_mom_impl inlined into each) */
+    #define NC_MOM_TABLE_FN(NAME)                                                          \
+    static int NAME(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B, Py_ssize_t steps,            \
+                    const double* X, const double* y, const unsigned long long* st,        \
+                    unsigned int* perm, unsigned int* jbuf, double* xt, double* out,       \
+                    const int* cancel)                                                     \
+    {                                                                                      \
+        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);         \
     }
-
+    NC_MOM_TABLE_FN(nc_mom_table_base)
     #if NC_LANES_X86
     #pragma GCC push_options
     #pragma GCC target("avx512f")
-    static int nc_mom_table_avx512(Py_ssize_t N, Py_ssize_t d, Py_ssize_t B,
-                                   Py_ssize_t steps, const double* X, const double* y,
-                                   const unsigned long long* st, unsigned int* perm,
-                                   unsigned int* jbuf, double* xt, double* out,
-                                   const int* cancel)
-    {
-        return nc_mom_impl(N, d, B, steps, X, y, st, perm, jbuf, xt, out, cancel);
-    }
+    NC_MOM_TABLE_FN(nc_mom_table_avx512)
     #pragma GCC pop_options
     #endif
 
