@@ -135,6 +135,24 @@ def part_a(steps, window):
         sys.stdout.flush()
 
 
+def _torch_net(torch, name, h):
+    """Parts B and C's network in torch (float64; the seed 0 initialisation) and its
+    torch.optim optimizer ``name`` with hyper-parameters ``h``."""
+    torch.manual_seed(0)
+    layers, d_in = [], 16
+    for w in WIDTHS:
+        layers += [torch.nn.Linear(d_in, w, bias=False), torch.nn.BatchNorm1d(w),
+                   torch.nn.ReLU()]
+        d_in = w
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(d_in, 4)).double()
+    if name in ("sgd", "nesterov"):
+        opt = torch.optim.SGD(model.parameters(), nesterov=name == "nesterov", **h)
+    else:
+        opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
+               "rmsprop": torch.optim.RMSprop}[name](model.parameters(), **h)
+    return model, opt
+
+
 def part_b(steps, window):
     try:
         import torch
@@ -149,20 +167,8 @@ def part_b(steps, window):
     print(HEAD)
     for label, name, h in RULES:
         t0 = time.perf_counter()
-        torch.manual_seed(0)
-        layers, d_in = [], 16
-        for w in WIDTHS:
-            layers += [torch.nn.Linear(d_in, w, bias=False), torch.nn.BatchNorm1d(w),
-                       torch.nn.ReLU()]
-            d_in = w
-        model = torch.nn.Sequential(*layers, torch.nn.Linear(d_in, 4)).double()
+        model, opt = _torch_net(torch, name, h)
         hidden = [m.weight for m in model if isinstance(m, torch.nn.Linear)][:-1]
-        kw = dict(h)
-        if name in ("sgd", "nesterov"):
-            opt = torch.optim.SGD(model.parameters(), nesterov=name == "nesterov", **kw)
-        else:
-            opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
-                   "rmsprop": torch.optim.RMSprop}[name](model.parameters(), **kw)
         Ws = [np.empty((steps + 1,) + tuple(w.shape)) for w in hidden]
         Gs = [np.empty((steps,) + tuple(w.shape)) for w in hidden]
         gen = torch.Generator().manual_seed(0)
@@ -202,18 +208,7 @@ def part_c(steps, window):
           "(10-90%)   |q|2 sched/meas  regime")
     for label, name, h in RULES:
         t0 = time.perf_counter()
-        torch.manual_seed(0)
-        layers, d_in = [], 16
-        for w in WIDTHS:
-            layers += [torch.nn.Linear(d_in, w, bias=False), torch.nn.BatchNorm1d(w),
-                       torch.nn.ReLU()]
-            d_in = w
-        model = torch.nn.Sequential(*layers, torch.nn.Linear(d_in, 4)).double()
-        if name in ("sgd", "nesterov"):
-            opt = torch.optim.SGD(model.parameters(), nesterov=name == "nesterov", **h)
-        else:
-            opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
-                   "rmsprop": torch.optim.RMSprop}[name](model.parameters(), **h)
+        model, opt = _torch_net(torch, name, h)
         mon = NoetherMonitor(model, opt, record_every=50, log_every=200)
         gen = torch.Generator().manual_seed(0)
         for _ in range(steps):
