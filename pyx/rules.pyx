@@ -5,7 +5,9 @@ Design
 ------
 * ``run_loop(RunSpec*)`` is the one training loop: draw a minibatch (if any), evaluate the
   potential through the ABI, check the loss and gradient are finite, record every
-  ``record_every``-th state into preallocated rows, apply the rule's step.  It is
+  ``record_every``-th state into preallocated rows, apply the rule's step.  (SGD checks
+  the gradient of an unrecorded step after the step, from q_{n+1}, and undoes the step
+  exactly if the gradient was the culprit: docs/balance_laws.md (9.4).)  It is
   ``noexcept nogil`` and allocates nothing, so ``train`` and every grid point of a scan run
   the same code.  Errors cross back as ``RunSpec.status`` codes.
 * Rules follow ``torch.optim`` (single-tensor CPU path) operation by operation, including
