@@ -22,8 +22,10 @@ timings, taken in rounds: each round times every variant of a (steps, rule) row 
 all of them alike; ratios are taken within the run.  numba missing: the peer is skipped
 with a message (``pip install noether_core[bench]``).
 
-Targets (issue 16): ours ≤ 1.2× numba with charges off, ≤ 1.5× with charges on; ours with
-charges on ≤ 1.3× ours with charges off.
+Targets (issue 16): ours ≤ 1.2× numba with charges off (SGD: ≤ 1.1×), ≤ 1.5× with charges
+on; ours with charges on ≤ 1.3× ours with charges off (AdamW: ≤ 1.2×).  On a shared machine
+compare ratios over several runs of this script (each ratio is taken within one run), or
+with ``--cpu-time``; the numba figure itself moves by tens of percent between runs.
 
 Usage::
 

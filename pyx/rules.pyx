@@ -5,7 +5,9 @@ Design
 ------
 * ``run_loop(RunSpec*)`` is the one training loop: draw a minibatch (if any), evaluate the
   potential through the ABI, check the loss and gradient are finite, record every
-  ``record_every``-th state into preallocated rows, apply the rule's step.  It is
+  ``record_every``-th state into preallocated rows, apply the rule's step.  (SGD checks
+  the gradient of an unrecorded step after the step, from q_{n+1}, and undoes the step
+  exactly if the gradient was the culprit: docs/balance_laws.md (9.4).)  It is
   ``noexcept nogil`` and allocates nothing, so ``train`` and every grid point of a scan run
   the same code.  Errors cross back as ``RunSpec.status`` codes.
 * Rules follow ``torch.optim`` (single-tensor CPU path) operation by operation, including
@@ -86,29 +88,125 @@ cdef inline void _draw_batch(bitgen_t* rng, Py_ssize_t* perm, Py_ssize_t N,
 # ---------------------------------------------------------------------------------------
 # one step of each rule; q updated in place, g is the loss gradient (no weight decay)
 
-cdef inline void _step_sgd(RunSpec* s) noexcept nogil:
-    cdef double lr = s.hp[0], mom = s.hp[1], damp = s.hp[2], wd = s.hp[4]
+cdef extern from *:
+    # a pointer to doubles no other pointer of the function reaches (C99 restrict): lets
+    # the compiler vectorize a loop over many arrays without a run-time overlap check
+    # per pair of them (it gives up past ten)
+    ctypedef double* _rdp "double * __restrict"
+    ctypedef const double* _crdp "const double * __restrict"
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* bit 63 set iff x is NaN or +-inf (exponent field all ones: (e + 1) << 52 reaches
+       2^63 only for e = 2047); OR-ed over a loop, it vectorizes with the loop */
+    static inline uint64_t nc_nonfinite_bit(double x) {
+        uint64_t u;
+        memcpy(&u, &x, sizeof u);
+        return (u & 0x7ff0000000000000ULL) + 0x0010000000000000ULL;
+    }
+    """
+    unsigned long long _nf_bit "nc_nonfinite_bit"(double x) nogil
+
+
+cdef inline unsigned long long _sgd_coords(
+        _rdp q, _crdp g, _rdp buf, _rdp qs, _rdp bs, Py_ssize_t d, double nlr, double mom,
+        double damp1, double wd, bint save, bint use_wd, bint use_mom, bint use_damp,
+        bint first, bint nesterov) noexcept nogil:
+    """_step_sgd's coordinates, operation for operation, for one configuration: called
+    with constant flags (``_step_sgd``), each call is compiled into its own loop without
+    a test per coordinate, which the compiler vectorizes (docs/balance_laws.md §9, "SGD
+    without a branch").  ``use_wd``: the L2 term g_i + wd q_i (without it d_i = g_i
+    itself: g_i + 0 q_i would turn g_i = -0.0 into +0.0); ``use_damp``: the product
+    (1 - dampening) d_i (without it d_i: (9.3), 1.0 x = x exactly); ``save``: q_i and
+    buf_i are also stored, negated, into qs and bs (the late gradient check, (9.4)).
+    Returns the finiteness flag of q_{n+1}: bit 63 set iff some q_{n+1,i} is NaN or
+    +-inf (formed in the loop, no second pass over q)."""
+    cdef Py_ssize_t i
+    cdef double di, bn, qn
+    cdef unsigned long long nf = 0
+    for i in range(d):
+        if save:                  # negated: exact, and no copy loop the compiler would
+            qs[i] = -q[i]         # split off into a library call per step (9.4)
+            if use_mom:
+                bs[i] = -buf[i]
+        di = g[i]
+        if use_wd:
+            di = di + wd * q[i]
+        if use_mom:
+            if first:
+                bn = di
+            elif use_damp:
+                bn = buf[i] * mom + damp1 * di
+            else:
+                bn = buf[i] * mom + di
+            buf[i] = bn
+            if nesterov:
+                di = di + mom * bn
+            else:
+                di = bn
+        qn = q[i] + nlr * di
+        q[i] = qn
+        nf = nf | _nf_bit(qn)
+    return nf
+
+
+cdef inline unsigned long long _sgd_dispatch(RunSpec* s, _rdp qs, _rdp bs,
+                                             bint save) noexcept nogil:
+    """_step_sgd's configuration chosen once per step among _sgd_coords' unswitched
+    loops (inlined with ``save`` constant: its two callers get loops of their own)."""
+    cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
     cdef bint nesterov = s.hp[3] != 0.0
     cdef bint first = s.sca[0] == 0.0
-    cdef double* buf = s.vec
-    cdef Py_ssize_t i
-    cdef double di
-    for i in range(s.d):
-        di = s.g[i]
-        if wd != 0.0:
-            di = di + wd * s.q[i]
-        if mom != 0.0:
-            if first:
-                buf[i] = di
-            else:
-                buf[i] = buf[i] * mom + (1.0 - damp) * di
-            if nesterov:
-                di = di + mom * buf[i]
-            else:
-                di = buf[i]
-        s.q[i] = s.q[i] + (-lr) * di
-    if mom != 0.0:
-        s.sca[0] = 1.0
+    cdef bint use_wd = wd != 0.0
+    cdef _rdp q = s.q
+    cdef _crdp g = s.g
+    cdef _rdp buf = s.vec
+    cdef Py_ssize_t d = s.d
+    cdef unsigned long long nf
+    if mom == 0.0:
+        if use_wd:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, True, False, False, False, False)
+        else:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, False, False, False, False, False)
+        return nf
+    if first:              # once per run: the general loop
+        nf = _sgd_coords(
+            q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, use_wd, True, True, True, nesterov)
+    elif nesterov:         # (torch: dampening 0)
+        nf = _sgd_coords(
+            q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, use_wd, True, damp1 != 1.0, False,
+            True)
+    elif damp1 != 1.0:
+        if use_wd:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, True, True, True, False, False)
+        else:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, False, True, True, False, False)
+    else:                  # heavy ball without dampening: the benchmark's SGD
+        if use_wd:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, True, True, False, False, False)
+        else:
+            nf = _sgd_coords(
+                q, g, buf, qs, bs, d, -lr, mom, damp1, wd, save, False, True, False, False, False)
+    s.sca[0] = 1.0
+    return nf
+
+
+cdef inline unsigned long long _step_sgd(RunSpec* s, _rdp qs, _rdp bs) noexcept nogil:
+    """torch's SGD step, d = g + wd q, buf = mom buf + (1 - dampening) d (d at the first
+    step), q = q - lr (d + mom buf if nesterov else buf) (q - lr d without momentum);
+    qs, bs not NULL: q_n and buf_n are saved into them on the way (9.4).  Returns
+    q_{n+1}'s finiteness flag (_sgd_coords)."""
+    if qs != NULL:
+        return _sgd_dispatch(s, qs, bs, True)
+    return _sgd_dispatch(s, NULL, NULL, False)
 
 
 cdef inline void _step_rmsprop(RunSpec* s) noexcept nogil:
@@ -253,7 +351,8 @@ cdef inline double _l2_pair(RunSpec* s, Py_ssize_t i, double wd, double* qp,
     """Coordinate i's gradient with the L2 term, for the real step and the free one
     (g = 0): g_out = g_i + wd q_i and gf_out = 0 + wd q_i (wd q_i formed once), or g_i
     and 0 without weight decay; q_i saved in qp[i] and returned.  Shared by the fused
-    free steps of SGD and RMSprop (inlined: the same operations as written out)."""
+    free step of RMSprop (inlined: the same operations as written out; SGD's
+    _sgd_free_coords writes them out)."""
     cdef double qi = s.q[i], gi = s.g[i], gf = 0.0, wq
     qp[i] = qi
     if wd != 0.0:
@@ -265,24 +364,41 @@ cdef inline double _l2_pair(RunSpec* s, Py_ssize_t i, double wd, double* qp,
     return qi
 
 
-cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nogil:
-    """_step_sgd with its free step (g = 0) into qf and q_n into qp."""
-    cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
-    cdef bint nesterov = s.hp[3] != 0.0
-    cdef bint first = s.sca[0] == 0.0
-    cdef double* buf = s.vec
+cdef inline unsigned long long _sgd_free_coords(
+        _rdp q, _crdp g, _rdp buf, double* qp, _rdp qf, _rdp bs, Py_ssize_t d, double nlr,
+        double mom, double damp1, double wd, bint save, bint use_wd, bint use_mom,
+        bint use_damp, bint first, bint nesterov) noexcept nogil:
+    """_sgd_coords with the free step (g = 0) into qf and q_n into qp, operation for
+    operation as _l2_pair and the loop of _step_sgd_free formed them (wd q_i once, then
+    g_i + wd q_i and 0 + wd q_i; buf_i mom once), for one configuration (constant
+    flags: no test per coordinate); ``save``: -buf_i also stored into bs (9.4).  Returns
+    q_{n+1}'s finiteness flag, as _sgd_coords does."""
     cdef Py_ssize_t i
-    cdef double qi, di, df, bm, bn, bf
-    for i in range(s.d):
-        qi = _l2_pair(s, i, wd, qp, &di, &df)
-        if mom != 0.0:
+    cdef double qi, di, df, wq, bm, bn, bf, qn
+    cdef unsigned long long nf = 0
+    for i in range(d):
+        qi = q[i]
+        qp[i] = qi
+        if save and use_mom:
+            bs[i] = -buf[i]        # negated, as in _sgd_coords (9.4)
+        di = g[i]
+        df = 0.0
+        if use_wd:
+            wq = wd * qi
+            di = di + wq
+            df = df + wq
+        if use_mom:
             if first:
                 bn = di
                 bf = df
             else:
                 bm = buf[i] * mom
-                bn = bm + damp1 * di
-                bf = bm + damp1 * df
+                if use_damp:
+                    bn = bm + damp1 * di
+                    bf = bm + damp1 * df
+                else:
+                    bn = bm + di
+                    bf = bm + df
             buf[i] = bn
             if nesterov:
                 di = di + mom * bn
@@ -290,10 +406,62 @@ cdef inline void _step_sgd_free(RunSpec* s, double* qp, double* qf) noexcept nog
             else:
                 di = bn
                 df = bf
-        s.q[i] = qi + (-lr) * di
-        qf[i] = qi + (-lr) * df
-    if mom != 0.0:
-        s.sca[0] = 1.0
+        qn = qi + nlr * di
+        q[i] = qn
+        nf = nf | _nf_bit(qn)
+        qf[i] = qi + nlr * df
+    return nf
+
+
+cdef inline unsigned long long _sgd_free_dispatch(RunSpec* s, _rdp qp, _rdp qf, _rdp bs,
+                                                  bint save) noexcept nogil:
+    """_step_sgd_free's configuration, chosen as _sgd_dispatch chooses it."""
+    cdef double lr = s.hp[0], mom = s.hp[1], damp1 = 1.0 - s.hp[2], wd = s.hp[4]
+    cdef bint nesterov = s.hp[3] != 0.0
+    cdef bint first = s.sca[0] == 0.0
+    cdef bint use_wd = wd != 0.0
+    cdef _rdp q = s.q
+    cdef _crdp g = s.g
+    cdef _rdp buf = s.vec
+    cdef Py_ssize_t d = s.d
+    cdef unsigned long long nf
+    if mom == 0.0:
+        if use_wd:
+            nf = _sgd_free_coords(
+                q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, True, False, False, False,
+                False)
+        else:
+            nf = _sgd_free_coords(
+                q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, False, False, False, False,
+                False)
+        return nf
+    if first:
+        nf = _sgd_free_coords(
+            q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, use_wd, True, True, True, nesterov)
+    elif nesterov:
+        nf = _sgd_free_coords(
+            q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, use_wd, True, damp1 != 1.0, False,
+            True)
+    elif damp1 != 1.0:
+        nf = _sgd_free_coords(
+            q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, use_wd, True, True, False, False)
+    elif use_wd:
+        nf = _sgd_free_coords(
+            q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, True, True, False, False, False)
+    else:
+        nf = _sgd_free_coords(
+            q, g, buf, qp, qf, bs, d, -lr, mom, damp1, wd, save, False, True, False, False, False)
+    s.sca[0] = 1.0
+    return nf
+
+
+cdef inline unsigned long long _step_sgd_free(RunSpec* s, double* qp, double* qf,
+                                              double* bs) noexcept nogil:
+    """_step_sgd with its free step (g = 0) into qf and q_n into qp; bs not NULL: -buf_n
+    saved into it (9.4).  Returns q_{n+1}'s finiteness flag (_sgd_coords)."""
+    if bs != NULL:
+        return _sgd_free_dispatch(s, qp, qf, bs, True)
+    return _sgd_free_dispatch(s, qp, qf, NULL, False)
 
 
 cdef inline void _rms_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
@@ -452,14 +620,6 @@ cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
     else:
         f0[0] = num0 / den0
         f1[0] = num1 / den1
-
-
-cdef extern from *:
-    # a pointer to doubles no other pointer of the function reaches (C99 restrict): lets
-    # the compiler vectorize a loop over many arrays without a run-time overlap check
-    # per pair of them (it gives up past ten)
-    ctypedef double* _rdp "double * __restrict"
-    ctypedef const double* _crdp "const double * __restrict"
 
 
 cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp num,
@@ -650,7 +810,7 @@ cdef inline void _step_mirror(RunSpec* s) noexcept nogil:
 
 cdef inline void _apply_step(RunSpec* s, _Carry* c) noexcept nogil:
     if s.kind == RULE_SGD:
-        _step_sgd(s)
+        _step_sgd(s, NULL, NULL)
     elif s.kind == RULE_RMSPROP:
         _step_rmsprop(s)
     elif s.kind == RULE_ADAM:
@@ -762,10 +922,10 @@ cdef inline void _apply_step_free(RunSpec* s, _Carry* c) noexcept nogil:
     """The step with its free step fused (SGD, RMSprop, Adam; docs/balance_laws.md §8):
     cs.q_prev = q_n, cs.q_free = the free step (T_j is formed by _charges_after).
     Adam's vec_free holds nvec = 3 rows of d: the carried root, then _adam_plain_free's
-    scratch."""
+    scratch (SGD's, nvec = 1, receives -buf_n on _run_steps' late path, (9.4))."""
     cdef ChargeSpec* cs = s.cs
     if s.kind == RULE_SGD:
-        _step_sgd_free(s, cs.q_prev, cs.q_free)
+        _step_sgd_free(s, cs.q_prev, cs.q_free, NULL)
     elif s.kind == RULE_RMSPROP:
         _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free)
     else:
@@ -841,36 +1001,51 @@ cdef inline void _mirror_law(RunSpec* s, Py_ssize_t j, double* R, double* sc,
 
 cdef inline void _scale_sums(const Py_ssize_t* ptr, const Py_ssize_t* idx, Py_ssize_t j,
                              const double* q1, const double* q0, const double* qf,
-                             bint second, double* T, double* a1, double* a0,
+                             bint second, bint need0, double* T, double* a1, double* a0,
                              double* dd) noexcept nogil:
     """Over block j of the CSR (ptr, idx), in one pass: T +/-= <q^free - q0, q0> (minus
     for the rescale's second block), |q1|^2, |q0|^2, |q1 - q0|^2 (the last three from
     0).  Each sum takes its terms in the block's order, as the separate passes did
     (_xi_dot, then three sums): the same bits, four independent chains in one loop
-    (docs/balance_laws.md §9)."""
+    (docs/balance_laws.md §9).  ``need0`` false: |q0|^2 is not summed (a0 untouched; the
+    caller has it from the step before, (9.5))."""
     cdef Py_ssize_t k, i
     cdef double x, t = T[0], s1 = 0.0, s0 = 0.0, sd = 0.0
-    for k in range(ptr[j], ptr[j + 1]):
-        i = idx[k]
-        x = qf[i] - q0[i]
-        if second:
-            t = t - x * q0[i]
-        else:
-            t = t + x * q0[i]
-        s1 = s1 + q1[i] * q1[i]
-        s0 = s0 + q0[i] * q0[i]
-        x = q1[i] - q0[i]
-        sd = sd + x * x
+    if need0:
+        for k in range(ptr[j], ptr[j + 1]):
+            i = idx[k]
+            x = qf[i] - q0[i]
+            if second:
+                t = t - x * q0[i]
+            else:
+                t = t + x * q0[i]
+            s1 = s1 + q1[i] * q1[i]
+            s0 = s0 + q0[i] * q0[i]
+            x = q1[i] - q0[i]
+            sd = sd + x * x
+        a0[0] = s0
+    else:
+        for k in range(ptr[j], ptr[j + 1]):
+            i = idx[k]
+            x = qf[i] - q0[i]
+            if second:
+                t = t - x * q0[i]
+            else:
+                t = t + x * q0[i]
+            s1 = s1 + q1[i] * q1[i]
+            x = q1[i] - q0[i]
+            sd = sd + x * x
     T[0] = t
     a1[0] = s1
-    a0[0] = s0
     dd[0] = sd
 
 
-cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
+cdef inline void _charges_after(RunSpec* s, Py_ssize_t n, bint carried) noexcept nogil:
     """Residual of each balance law for the step n -> n+1 just taken: the free transfer
     T_j = <q^free - q_n, xi_j(q_n)> and the law's sums in one pass per block
-    (docs/balance_laws.md §9)."""
+    (docs/balance_laws.md §9).  A scale symmetry's A_{n+1} is kept in
+    cs.free_transfer[j]; ``carried``: it holds A_n, the step before's A_{n+1} in this
+    run_loop call, which is used instead of summing |q_n|^2 again (9.5)."""
     cdef ChargeSpec* cs = s.cs
     cdef const double* q1 = s.q
     cdef const double* q0 = cs.q_prev
@@ -887,10 +1062,15 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n) noexcept nogil:
                 cs.worst_metric[j] = fabs(ff)
         elif cs.fam[j] == FAM_SCALE or cs.fam[j] == FAM_RESCALE:
             T = 0.0
-            _scale_sums(cs.ptr1, cs.idx1, j, q1, q0, qf, False, &T, &a1, &a0, &dd)
+            if cs.fam[j] == FAM_SCALE and carried:
+                a0 = cs.free_transfer[j]
+                _scale_sums(cs.ptr1, cs.idx1, j, q1, q0, qf, False, False, &T, &a1, &a0, &dd)
+            else:
+                _scale_sums(cs.ptr1, cs.idx1, j, q1, q0, qf, False, True, &T, &a1, &a0, &dd)
+            cs.free_transfer[j] = a1
             sc = a1 + a0 + dd
             if cs.fam[j] == FAM_RESCALE:
-                _scale_sums(cs.ptr2, cs.idx2, j, q1, q0, qf, True, &T, &b1, &b0, &de)
+                _scale_sums(cs.ptr2, cs.idx2, j, q1, q0, qf, True, True, &T, &b1, &b0, &de)
                 sc = sc + b1 + b0 + de
                 a1 = a1 - b1
                 a0 = a0 - b0
@@ -981,18 +1161,21 @@ cdef inline double _nan_probe(const double* x, Py_ssize_t n) noexcept nogil:
     return (a0 + a1) + (a2 + a3)
 
 
-cdef inline int _grad_checked(RunSpec* s, double* f, double* g2,
-                              bint want_g2) noexcept nogil:
+cdef inline int _grad_checked(RunSpec* s, double* f, double* g2, bint want_g2,
+                              bint check_g) noexcept nogil:
     """Evaluate the potential; 0 if loss and gradient are finite, else a status code.
     |g|² (a d-long chain of dependent adds) is formed only for a recorded row
-    (``want_g2``); the finiteness check does not need it."""
+    (``want_g2``); the finiteness check does not need it.  ``check_g`` false: the
+    gradient is not checked here (_run_steps checks it after an SGD step that met a
+    non-finite q_{n+1}, docs/balance_laws.md (9.4)); the loss is."""
     cdef Py_ssize_t i
-    cdef double acc = 0.0, nan_probe
+    cdef double acc = 0.0, nan_probe = 0.0
     f[0] = s.fn(s.q, s.g, s.d, s.params)
     if want_g2:
         for i in range(s.d):
             acc = acc + s.g[i] * s.g[i]
-    nan_probe = _nan_probe(s.g, s.d)            # NaN iff some g_i is NaN or inf
+    if check_g:
+        nan_probe = _nan_probe(s.g, s.d)        # NaN iff some g_i is NaN or inf
     g2[0] = acc
     if not isfinite(f[0]):
         return NC_ST_NONFINITE_LOSS
@@ -1061,10 +1244,47 @@ cdef void run_loop(RunSpec* s) noexcept nogil:
             s.d_last[i] = s.q[i] - s.q_old[i] if taken == s.steps else NAN
 
 
+cdef enum:
+    _LATE_MAX = 64                        # the largest d whose SGD state is saved on the stack
+
+
+cdef inline bint _late_grad_undo(RunSpec* s, const double* save_q, const double* save_b,
+                                 double sca0) noexcept nogil:
+    """After an SGD step that met a non-finite q_{n+1}: was g_n non-finite?  Then the
+    step is undone (q_n, buf_n and has_buffer restored from what the step saved, -q_n
+    and -buf_n: the same bits) and True returned, the state being what the early check
+    would have left (docs/balance_laws.md (9.4)); else False (non-finite parameters
+    after the update)."""
+    cdef double probe = _nan_probe(s.g, s.d)
+    cdef Py_ssize_t i
+    if probe == 0.0:
+        return False
+    if s.cs != NULL:                       # the fused step keeps q_n in cs.q_prev and
+        memcpy(s.q, s.cs.q_prev, s.d * sizeof(double))
+        save_b = s.cs.vec_free             # -buf_n in the charge scratch
+    else:
+        for i in range(s.d):
+            s.q[i] = -save_q[i]            # -(-x) = x bitwise: negation flips the sign bit
+    if s.hp[1] != 0.0:                     # momentum: the buffer was read and rewritten
+        for i in range(s.d):
+            s.vec[i] = -save_b[i]
+    s.sca[0] = sca0
+    return True
+
+
 cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef Py_ssize_t n, i, until_record = 0     # countdown to the next recorded row
-    cdef double f, g2, probe
+    cdef double f, g2, probe, sca0
     cdef int st
+    # the late gradient check of SGD (docs/balance_laws.md (9.4)): q_n and buf_n saved
+    # by the step (on the stack without charges, d <= _LATE_MAX; in the charge scratch
+    # with them), so a non-finite g_n found after the step is undone exactly
+    cdef double save_q[_LATE_MAX]
+    cdef double save_b[_LATE_MAX]
+    cdef bint late = (s.kind == RULE_SGD and s.rec_bd2 == NULL
+                      and (s.cs != NULL or s.d <= _LATE_MAX))
+    cdef bint late_n, bad
+    cdef unsigned long long nf
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
     cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
                        or s.kind == RULE_ADAM)
@@ -1091,7 +1311,9 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         if mini:
             _draw_batch(s.rng, s.perm, s.n_data, s.batch_size)
             set_batch(s.params, s.perm, s.batch_size)
-        st = _grad_checked(s, &f, &g2, until_record == 0)
+        # a recorded row is written before the step: its gradient is checked first
+        late_n = late and until_record != 0
+        st = _grad_checked(s, &f, &g2, until_record == 0, not late_n)
         if st != NC_ST_OK:
             s.status = st
             s.stop_step = n
@@ -1110,7 +1332,14 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         # else only before the last step (the state carries the last Δ; one copy per run)
         if s.rec_bd2 != NULL or (s.d_last != NULL and n == s.steps - 1):
             memcpy(s.q_old, s.q, s.d * sizeof(double))
-        if s.cs == NULL:
+        sca0 = s.sca[0] if late_n else 0.0
+        nf = 0
+        if late_n:                       # SGD: q_{n+1}'s finiteness formed by the step
+            if s.cs == NULL:
+                nf = _step_sgd(s, save_q, save_b)
+            else:
+                nf = _step_sgd_free(s, s.cs.q_prev, s.cs.q_free, s.cs.vec_free)
+        elif s.cs == NULL:
             _apply_step(s, &carry)
         elif fused:
             _apply_step_free(s, &carry)   # the step and its free step in one pass
@@ -1120,13 +1349,21 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         if s.rec_bd2 != NULL:
             for i in range(s.d):
                 s.d_last[i] = s.q[i] - s.q_old[i]
-        probe = _nan_probe(s.q, s.d)
-        if probe != 0.0 or probe != probe:
+        if late_n:
+            bad = (nf >> 63) != 0
+        else:
+            probe = _nan_probe(s.q, s.d)
+            bad = probe != 0.0 or probe != probe
+        if bad:
+            if late_n and _late_grad_undo(s, save_q, save_b, sca0):
+                s.status = NC_ST_NONFINITE_GRAD
+                s.stop_step = n
+                return
             s.status = NC_ST_NONFINITE_PARAMS
             s.stop_step = n
             return
         if s.cs != NULL:
-            _charges_after(s, n)
+            _charges_after(s, n, n > 0)     # A_n carried from the step before (9.5)
     if s.steps % s.record_every == 0 and not s.skip_terminal:
         # the terminal state: evaluated on the full data set, consuming no draws, so a run
         # resumed from here sees exactly the random stream an unbroken run would (a scan's
@@ -1134,7 +1371,7 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
         # in-loop state, and the row would be dropped)
         if s.n_data > 0:
             set_batch(s.params, NULL, 0)
-        st = _grad_checked(s, &f, &g2, True)
+        st = _grad_checked(s, &f, &g2, True, True)
         if st != NC_ST_OK:
             s.status = st
             s.stop_step = s.steps
