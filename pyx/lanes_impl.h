@@ -123,13 +123,19 @@ NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const Py_ssize_t d,
 /* _c_grad_rayleigh: iqq = 1/qq first, then per row i: (Aq)_i, the term q_i (Aq)_i of qAq
  * (summed over i in order) and (Aq)_i * iqq; t = qAq * iqq, f = t/2, and
  * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g; every sum starts
- * from its first term (docs/potentials.md §2). */
+ * from its first term (docs/potentials.md §2).  qqp (or NULL): |q|^2 summed already, the
+ * previous fused step's A_{n+1} (docs/balance_laws.md (8.6)). */
 NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const Py_ssize_t d,
                                    const nc_vd* restrict q, nc_vd* restrict g,
-                                   nc_vd* restrict Aq)
+                                   nc_vd* restrict Aq, const nc_vd* qqp)
 {
-    nc_vd qAq = {0}, qq = q[0] * q[0];
-    for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
+    nc_vd qAq = {0}, qq;
+    if (qqp != NULL) {
+        qq = *qqp;
+    } else {
+        qq = q[0] * q[0];
+        for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
+    }
     const nc_vd iqq = 1.0 / qq;
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
         const int R = d - i0 < 4 ? (int) (d - i0) : 4;
@@ -509,10 +515,11 @@ NC_INLINE const unsigned int* NCL(draw_shared)(const nc_lane_ctx* c, nc_lane_ws*
     return rows;
 }
 
-NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
+                           const nc_vd* qqp)
 {
     if (c->pot == NC_LPOT_RAYLEIGH)
-        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux));
+        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), qqp);
     else if (c->pot == NC_LPOT_BN_UNIT && c->R != NULL)
         w->f = NCL(grad_bn_unit_full)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux));
     else if (c->pot == NC_LPOT_BN_UNIT)
@@ -1183,13 +1190,14 @@ NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w
 
 static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
-    NCL(grad_d)(c, w, c->d);
+    NCL(grad_d)(c, w, c->d, NULL);
 }
 
 /* the loss and gradient of state n at a step of the loop: on the step's drawn rows in a
  * minibatch scan, else on the full data (the terminal state always uses the full data,
  * NCL(grad), as run_loop's terminal row does) */
-NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
+                              const int have_a1)
 {
     if (c->batch > 0 && w->mom_cur != NULL) {       /* batch_form="moments" */
         const double* M = w->mom_cur;
@@ -1203,7 +1211,9 @@ NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssiz
         w->f = NCL(grad_bn_unit_mb)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux),
                                     NCCV(w->xb), NCCV(w->yb));
     } else {
-        NCL(grad_d)(c, w, d);
+        /* have_a1: w->fz_a1 is |q_n|^2 summed from +0 in order by the fused step n - 1,
+           bitwise the Rayleigh gradient's |q|^2 (8.6) */
+        NCL(grad_d)(c, w, d, have_a1 ? &w->fz_a1 : NULL);
     }
 }
 
@@ -1776,6 +1786,8 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     for (int l = 0; l < NC_NL; ++l) real += nc_lane_task(c, p0 + l) >= 0;
     Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
     int cancelled = 0;
+    /* the fused path (NCL(step_with_free)) carries A_{n+1} = |q_{n+1}|^2 into step n + 1 */
+    const int fused = c->nsym > 0 && NCL(fusable)(rule) && w->sym_all;
 
     for (n = 0; n < c->steps; ++n) {
         if ((n & c->poll_mask) == 0) {
@@ -1790,7 +1802,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
            gradient always makes q_{n+1} non-finite (it enters the update multiplied by
            -lr, and 0 * inf is NaN too), so the probe of q_{n+1} catches it. */
-        NCL(grad_step)(c, w, d);
+        NCL(grad_step)(c, w, d, fused && n > 0);
         const nc_vd f = w->f;
         if (NCL(any_nan)(f - f)) {                  /* NaN exactly where f is inf or NaN */
             for (int l = 0; l < NC_NL; ++l)

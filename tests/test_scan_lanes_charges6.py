@@ -6,6 +6,8 @@ T_n = Σ_i (q^free_i − q_{n,i}) q_{n,i}, A_{n+1} = Σ_i q_{n+1,i}² and
 |Δ|² = Σ_i (q_{n+1,i} − q_{n,i})² in their own loop over i (q^free is not stored), and
 the probe of q_{n+1} first screens A_{n+1}.  (8.5): each sum starts from +0 and adds the
 same terms in the order i = 0, 1, …, d − 1, so it is bitwise the separate passes' sum.
+(8.6): the next RayleighQuotient gradient takes its |q|² from the carried A_{n+1}
+(+0 + q₀² = q₀² exactly), which the general path sums again.
 
 Checked here, every compiled version this CPU runs (the baseline SSE2 one is forced by
 NOETHER_LANE_ISA / the isa argument):
@@ -66,9 +68,10 @@ def _rows(rule, P, d, lr):
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 9, 17])
 @pytest.mark.parametrize("rule", RULES)
 def test_fused_sums_are_the_general_sums(rule, d, isa):
-    """(8.5): one law on coordinates 0 … d − 1 (the fused sums in the step's loop) and two
-    copies of it (the general path: q^free stored, T_n, A_{n+1}, |Δ|² in separate passes
-    through the index list) give bitwise the same worst residual and step for every
+    """(8.5), (8.6): one law on coordinates 0 … d − 1 (the fused sums in the step's loop,
+    the gradient's |q|² from the carried A_{n+1}) and two copies of it (the general path:
+    q^free stored, T_n, A_{n+1}, |Δ|² in separate passes through the index list, |q|²
+    summed by the gradient) give bitwise the same worst residual and step for every
     point, and the same trajectory, status and stop step, with overflowing lanes (lr up to
     1e308) among the others."""
     pot, q0 = _rayleigh(d, scale=10.0)
