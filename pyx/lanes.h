@@ -155,6 +155,10 @@ typedef struct {
     int heavy_ball, all_wd;     /* block-uniform flags (step_sgd's fast form) */
     int any_first;              /* some lane has not taken its first momentum step */
     int sym_all;                /* one tracked law, on coordinates 0 .. d - 1 in order */
+    /* the fused charge sums of the step just taken (sym_all, SGD / Adam / RMSprop:
+       lanes_impl.h NCL(step_with_free)): A_{n+1} = |q_{n+1}|^2 and |Delta|^2, summed in
+       the step's loop (T_n goes to free_T[0]) */
+    nc_vd fz_a1, fz_dd;
     Py_ssize_t ang_cnt;
     Py_ssize_t progress;        /* point-steps done (read by the progress bar) */
     /* lane-fastest arrays carved from one aligned block (nc_lane_ws_carve) */

@@ -123,13 +123,19 @@ NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const Py_ssize_t d,
 /* _c_grad_rayleigh: iqq = 1/qq first, then per row i: (Aq)_i, the term q_i (Aq)_i of qAq
  * (summed over i in order) and (Aq)_i * iqq; t = qAq * iqq, f = t/2, and
  * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g; every sum starts
- * from its first term (docs/potentials.md §2). */
+ * from its first term (docs/potentials.md §2).  qqp (or NULL): |q|^2 summed already, the
+ * previous fused step's A_{n+1} (docs/balance_laws.md (8.6)). */
 NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const Py_ssize_t d,
                                    const nc_vd* restrict q, nc_vd* restrict g,
-                                   nc_vd* restrict Aq)
+                                   nc_vd* restrict Aq, const nc_vd* qqp)
 {
-    nc_vd qAq = {0}, qq = q[0] * q[0];
-    for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
+    nc_vd qAq = {0}, qq;
+    if (qqp != NULL) {
+        qq = *qqp;
+    } else {
+        qq = q[0] * q[0];
+        for (Py_ssize_t i = 1; i < d; ++i) qq = qq + q[i] * q[i];
+    }
     const nc_vd iqq = 1.0 / qq;
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 4) {
         const int R = d - i0 < 4 ? (int) (d - i0) : 4;
@@ -509,10 +515,11 @@ NC_INLINE const unsigned int* NCL(draw_shared)(const nc_lane_ctx* c, nc_lane_ws*
     return rows;
 }
 
-NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
+                           const nc_vd* qqp)
 {
     if (c->pot == NC_LPOT_RAYLEIGH)
-        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux));
+        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), qqp);
     else if (c->pot == NC_LPOT_BN_UNIT && c->R != NULL)
         w->f = NCL(grad_bn_unit_full)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux));
     else if (c->pot == NC_LPOT_BN_UNIT)
@@ -536,9 +543,16 @@ NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t
  * block's flags agree (the usual case: momentum, nesterov, dampening fixed, no first
  * step) the heavy-ball form below computes the same values directly: a select returns
  * one of its operands unchanged, and (1 - 0) * x is x exactly, so both are bitwise
- * equal. */
+ * equal.
+ *
+ * fuse (with qfree; a constant where inlined): the law's sums of one law on coordinates
+ * 0 .. d - 1 in order (w->sym_all) are formed in this loop instead of in passes after it
+ * -- T_n = sum_i (q^free_i - q_i) q_i into free_T[0], A_{n+1} = sum_i q_{n+1,i}^2 and
+ * |Delta|^2 = sum_i (q_{n+1,i} - q_i)^2 into fz_a1, fz_dd -- each from +0, adding its
+ * terms for i = 0, 1, ..., d - 1, the terms formed from the same values as the separate
+ * passes form them (docs/balance_laws.md §8, (8.5)); q^free is then not stored. */
 NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
-                             double* restrict qfree_, double* restrict qout_)
+                             double* restrict qfree_, double* restrict qout_, const int fuse)
 {
     const nc_vd nlr = w->nlr, mom = w->mom, damp1 = w->damp1, wd = w->wd;
     const nc_vl wd_on = w->wd_on, mom_on = w->mom_on, nest = w->nest, first = w->first;
@@ -548,18 +562,33 @@ NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_w
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
     const nc_vd zero = {0};
+    nc_vd T = zero, a1 = zero, dd = zero;          /* (fuse) */
     if (w->heavy_ball && !w->any_first) {
         const int all_wd = w->all_wd;
         for (Py_ssize_t i = 0; i < d; ++i) {
             const nc_vd qi = q[i], wq = wd * qi, bm = buf[i] * mom;
             const nc_vd di = all_wd ? g[i] + wq : NCL(sel)(wd_on, g[i] + wq, g[i]);
             const nc_vd bn = bm + di;
+            const nc_vd qo = qi + nlr * bn;
             if (qfree_ != NULL) {
                 const nc_vd df = all_wd ? zero + wq : NCL(sel)(wd_on, zero + wq, zero);
-                qf[i] = qi + nlr * (bm + df);
+                const nc_vd qfi = qi + nlr * (bm + df);
+                if (fuse) {
+                    const nc_vd x = qo - qi;
+                    T = T + (qfi - qi) * qi;
+                    a1 = a1 + qo * qo;
+                    dd = dd + x * x;
+                } else {
+                    qf[i] = qfi;
+                }
             }
             buf[i] = bn;
-            qout[i] = qi + nlr * bn;
+            qout[i] = qo;
+        }
+        if (fuse) {
+            NCV(w->free_T)[0] = T;
+            w->fz_a1 = a1;
+            w->fz_dd = dd;
         }
         return;
     }
@@ -568,14 +597,28 @@ NC_INLINE void NCL(step_sgd)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_w
         nc_vd di = NCL(sel)(wd_on, g[i] + wq, g[i]);
         const nc_vd bn = NCL(sel)(first, di, bm + damp1 * di);
         di = NCL(sel)(mom_on, NCL(sel)(nest, di + mom * bn, bn), di);
+        const nc_vd qo = qi + nlr * di;
         if (qfree_ != NULL) {
             nc_vd df = NCL(sel)(wd_on, zero + wq, zero);
             const nc_vd bnf = NCL(sel)(first, df, bm + damp1 * df);
             df = NCL(sel)(mom_on, NCL(sel)(nest, df + mom * bnf, bnf), df);
-            qf[i] = qi + nlr * df;
+            const nc_vd qfi = qi + nlr * df;
+            if (fuse) {
+                const nc_vd x = qo - qi;
+                T = T + (qfi - qi) * qi;
+                a1 = a1 + qo * qo;
+                dd = dd + x * x;
+            } else {
+                qf[i] = qfi;
+            }
         }
         buf[i] = NCL(sel)(mom_on, bn, buf[i]);
-        qout[i] = qi + nlr * di;
+        qout[i] = qo;
+    }
+    if (fuse) {
+        NCV(w->free_T)[0] = T;
+        w->fz_a1 = a1;
+        w->fz_dd = dd;
     }
     w->first = first & ~mom_on;
     w->any_first = NCL(any)(w->first);
@@ -647,9 +690,11 @@ NC_INLINE void NCL(pair_quot)(nc_vd num0, nc_vd den0, nc_vd num1, nc_vd den1,
  * the quotients in pairs (NCL(pair_quot)).  Coordinates are taken two at a time for the
  * pairs, the free quotients interleaved with the real step (measured faster here than
  * RMSprop's second pass: docs/balance_laws.md §8, "In the lanes"); each coordinate's
- * real step is unchanged. */
+ * real step is unchanged.  fuse: the law's sums in this loop as in NCL(step_sgd), T_n's
+ * terms added once a pair's quotients are formed, in the order i0, i0 + 1 (8.5). */
 NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
-                              Py_ssize_t n, double* restrict qfree_, double* restrict qout_)
+                              Py_ssize_t n, double* restrict qfree_, double* restrict qout_,
+                              const int fuse)
 {
     nc_vd p1, p2;
     for (int l = 0; l < NC_NL; ++l) {
@@ -671,6 +716,7 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     nc_vd* restrict qf = NCV(qfree_);
     nc_vd* restrict qout = NCV(qout_);
     const nc_vd zero = {0};
+    nc_vd T = zero, a1 = zero, dd = zero;          /* (fuse) */
     nc_vd ibc2s = zero, sb2 = zero;
     const nc_vl direct = coup | ams;       /* lanes whose free root is taken directly */
     int any_direct = 0, all_direct = 0;
@@ -727,18 +773,41 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
             const nc_vd den = rs / bc2s + eps;
             m1[i] = m1n;
             m2[i] = m2n;
-            qout[i] = qd + (nss * m1n) / den;
+            const nc_vd qo = qd + (nss * m1n) / den;
+            qout[i] = qo;
+            if (fuse) {
+                const nc_vd x = qo - qi;
+                a1 = a1 + qo * qo;
+                dd = dd + x * x;
+            }
         }
         if (qfree_ != NULL) {
+            nc_vd qf0, qf1 = zero;
             if (K == 2) {
                 nc_vd f0, f1;
                 NCL(pair_quot)(numk[0], denk[0], numk[1], denk[1], &f0, &f1);
-                qf[i0] = qdk[0] + f0;
-                qf[i0 + 1] = qdk[1] + f1;
+                qf0 = qdk[0] + f0;
+                qf1 = qdk[1] + f1;
             } else {
-                qf[i0] = qdk[0] + numk[0] / denk[0];
+                qf0 = qdk[0] + numk[0] / denk[0];
+            }
+            if (fuse) {
+                const nc_vd q0i = q[i0];
+                T = T + (qf0 - q0i) * q0i;
+                if (K == 2) {
+                    const nc_vd q1i = q[i0 + 1];
+                    T = T + (qf1 - q1i) * q1i;
+                }
+            } else {
+                qf[i0] = qf0;
+                if (K == 2) qf[i0 + 1] = qf1;
             }
         }
+    }
+    if (fuse) {
+        NCV(w->free_T)[0] = T;
+        w->fz_a1 = a1;
+        w->fz_dd = dd;
     }
 }
 
@@ -758,10 +827,12 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * block (w->sroot).  Two passes: the real step with the free step's pieces that need no
  * root or division (kept in qf and w->f_num, f_den, f_arg), then the free roots and the
  * pair quotients, after every real sqrt and division of the step, which the next
- * gradient waits for (docs/balance_laws.md §8, "In the lanes"). */
+ * gradient waits for (docs/balance_laws.md §8, "In the lanes").  fuse: the law's sums as
+ * in NCL(step_sgd), A_{n+1} and |Delta|^2 in the first pass, T_n in the second, in the
+ * order i = 0, 1, ... (8.5). */
 NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                                  Py_ssize_t n, double* restrict qfree_,
-                                 double* restrict qout_)
+                                 double* restrict qout_, const int fuse)
 {
     const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, wl = w->w1,
                 omwl = w->omw1, eps = w->eps, mom = w->mom;
@@ -779,6 +850,7 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
     nc_vd* restrict fden = NCV(w->f_den);
     nc_vd* restrict farg = NCV(w->f_arg);
     const nc_vd zero = {0};
+    nc_vd T = zero, a1 = zero, dd = zero;          /* (fuse) */
     const nc_vl direct = wd_on | cen;      /* lanes whose free root is taken directly */
     int any_direct = 0, all_direct = 0;
     const int carry = qfree_ != NULL && !cen_any;    /* v2 (grad_avg) unused: the root */
@@ -839,6 +911,11 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
         }
         sq[i] = sqn;
         qout[i] = qn;
+        if (fuse) {
+            const nc_vd x = qn - qi;
+            a1 = a1 + qn * qn;
+            dd = dd + x * x;
+        }
     }
     if (qfree_ == NULL) return;
     const nc_vd sroot = w->sroot;
@@ -859,8 +936,15 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
         else f[0] = fnum[i0] / fden[i0];
         for (int k = 0; k < K; ++k) {
             const nc_vd qk = q[i0 + k];
-            qf[i0 + k] = NCL(sel)(mom_on, qk + nlr * (qf[i0 + k] + f[k]), qk + f[k]);
+            const nc_vd qfk = NCL(sel)(mom_on, qk + nlr * (qf[i0 + k] + f[k]), qk + f[k]);
+            if (fuse) T = T + (qfk - qk) * qk;
+            else qf[i0 + k] = qfk;
         }
+    }
+    if (fuse) {
+        NCV(w->free_T)[0] = T;
+        w->fz_a1 = a1;
+        w->fz_dd = dd;
     }
 }
 
@@ -1078,31 +1162,42 @@ static void NCL(mirror_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n)
     }
 }
 
-/* the rule's step of every lane (rule: NC_LRULE_*, a constant where inlined) */
+/* 1 if the rule's step can form the law's sums in its own loop (the fused path of
+   NCL(step_with_free); ScalarRMSProp projects q_{n+1} after its loop, and MirrorDescent's
+   laws are not the scale sums) */
+NC_INLINE int NCL(fusable)(const int rule)
+{
+    return rule == NC_LRULE_SGD || rule == NC_LRULE_ADAM || rule == NC_LRULE_RMSPROP;
+}
+
+/* the rule's step of every lane (rule: NC_LRULE_*, a constant where inlined; fuse: a
+   constant, only for a fusable rule with qfree) */
 NC_INLINE void NCL(step)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
-                         Py_ssize_t n, const int rule, double* qfree, double* qout)
+                         Py_ssize_t n, const int rule, double* qfree, double* qout,
+                         const int fuse)
 {
     if (rule == NC_LRULE_ADAM)
-        NCL(step_adam)(c, d, w, n, qfree, qout);
+        NCL(step_adam)(c, d, w, n, qfree, qout, fuse);
     else if (rule == NC_LRULE_SRMS)
         NCL(step_srms)(c, d, w, qfree, qout);
     else if (rule == NC_LRULE_RMSPROP)
-        NCL(step_rmsprop)(c, d, w, n, qfree, qout);
+        NCL(step_rmsprop)(c, d, w, n, qfree, qout, fuse);
     else if (rule == NC_LRULE_MIRROR)
         NCL(step_mirror)(c, d, w, qfree, qout);
     else
-        NCL(step_sgd)(c, d, w, qfree, qout);
+        NCL(step_sgd)(c, d, w, qfree, qout, fuse);
 }
 
 static void NCL(grad)(const nc_lane_ctx* c, nc_lane_ws* w)
 {
-    NCL(grad_d)(c, w, c->d);
+    NCL(grad_d)(c, w, c->d, NULL);
 }
 
 /* the loss and gradient of state n at a step of the loop: on the step's drawn rows in a
  * minibatch scan, else on the full data (the terminal state always uses the full data,
  * NCL(grad), as run_loop's terminal row does) */
-NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d)
+NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
+                              const int have_a1)
 {
     if (c->batch > 0 && w->mom_cur != NULL) {       /* batch_form="moments" */
         const double* M = w->mom_cur;
@@ -1116,7 +1211,9 @@ NC_INLINE void NCL(grad_step)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssiz
         w->f = NCL(grad_bn_unit_mb)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux),
                                     NCCV(w->xb), NCCV(w->yb));
     } else {
-        NCL(grad_d)(c, w, d);
+        /* have_a1: w->fz_a1 is |q_n|^2 summed from +0 in order by the fused step n - 1,
+           bitwise the Rayleigh gradient's |q|^2 (8.6) */
+        NCL(grad_d)(c, w, d, have_a1 ? &w->fz_a1 : NULL);
     }
 }
 
@@ -1501,13 +1598,19 @@ NC_INLINE int NCL(n_alive)(const nc_lane_ws* w)
 
 /* The step n -> n+1 with the tracked laws: the free step (no current gradient) into
  * q_free and q_{n+1} into qn, q keeping q_n; then T_j = <q_free - q_n, q_n>_B (scale
- * family, rules.pyx _xi_dot). */
+ * family, rules.pyx _xi_dot).  With one law on coordinates 0 .. d - 1 in order and SGD,
+ * Adam or RMSprop, the step's own loop forms T_n, A_{n+1} and |Delta|^2 (the fused path,
+ * docs/balance_laws.md (8.5)) and q_free is not written. */
 NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t d,
                                    Py_ssize_t n, const int rule)
 {
     const nc_vd* qp = NCCV(w->q);
     const nc_vd* qf = NCCV(w->q_free);
-    NCL(step)(c, d, w, n, rule, w->q_free, w->qn);
+    if (NCL(fusable)(rule) && w->sym_all) {
+        NCL(step)(c, d, w, n, rule, w->q_free, w->qn, 1);
+        return;
+    }
+    NCL(step)(c, d, w, n, rule, w->q_free, w->qn, 0);
     if (w->sym_all) {                  /* one law on coordinates 0 .. d - 1 in order: the
                                           same sum, its indices known (unrolled for a
                                           fixed d) */
@@ -1532,8 +1635,17 @@ NC_INLINE void NCL(step_with_free)(const nc_lane_ctx* c, nc_lane_ws* w, const Py
  * GRAD at step n (state q_n, f_n not taken) or PARAMS at step n (state q_{n+1}, f_n
  * taken).  Returns the lanes still alive. */
 NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0,
-                              Py_ssize_t n, const nc_vd f, const Py_ssize_t d)
+                              Py_ssize_t n, const nc_vd f, const Py_ssize_t d,
+                              const int rule)
 {
+    /* The fused path's A_{n+1} = sum_i q_{n+1,i}^2 is a cheaper first screen: it is
+       finite only if every q_{n+1,i} is (a square of inf is inf, of NaN NaN, and a sum
+       with an inf or NaN term is not finite), and then every |q_{n+1,i}| <= sqrt(DBL_MAX)
+       = 2^512, so the probe's sum below (d terms) is finite too and would have passed.
+       Where A_{n+1} is not finite the probe runs as before; so every lane is classified
+       exactly as before (docs/balance_laws.md §8, (8.5)). */
+    const int fused = c->nsym > 0 && NCL(fusable)(rule) && w->sym_all;
+    if (fused && !NCL(any_nan)(w->fz_a1 - w->fz_a1)) return NC_NL;
     const nc_vd* qn = NCCV(w->qn);
     nc_vd s0 = {0}, s1 = {0};
     Py_ssize_t k = 0;
@@ -1561,6 +1673,18 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
             if (c->rec_every > 0 && n % c->rec_every == 0)   /* state n taken */
                 NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
             NCL(finish_lane)(c, w, l, p0 + l, NC_ST_NONFINITE_PARAMS, n, NAN, w->qn);
+        } else {
+            continue;
+        }
+        if (fused) {
+            /* the retired lane now idles at q0 (q = qn = q0): the sums NCL(scale_laws)
+               formed from it after the swap (A_{n+1} = |q0|^2 in order from +0,
+               |Delta|^2 = +0), so that its stale A_n stays finite and the law's screen
+               stays calm (its row is written; these values only keep the block fast) */
+            double a = 0.0;
+            for (Py_ssize_t i = 0; i < d; ++i) a = a + c->q0[i] * c->q0[i];
+            w->fz_a1[l] = a;
+            w->fz_dd[l] = 0.0;
         }
     }
     return NCL(n_alive)(w);
@@ -1570,8 +1694,9 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
  * (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after), relative to its
  * terms, folded into the lanes' worst values. */
 NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n,
-                               const Py_ssize_t d)
+                               const Py_ssize_t d, const int rule)
 {
+    const int fused = NCL(fusable)(rule) && w->sym_all;
     const nc_vd* q1v = NCCV(w->q);
     const nc_vd* q0v = NCCV(w->qn);
     nc_vd* worst = NCV(w->worst);
@@ -1582,7 +1707,10 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
            retired lane's is stale, but its row is written already) */
         nc_vd a1 = {0}, dd = {0};
         const nc_vd a0 = a_prev[j];
-        if (w->sym_all) {              /* (coordinates 0 .. d - 1 in order: the same sums) */
+        if (fused) {                   /* (formed by the step's loop, (8.5)) */
+            a1 = w->fz_a1;
+            dd = w->fz_dd;
+        } else if (w->sym_all) {              /* (coordinates 0 .. d - 1 in order: the same sums) */
             for (Py_ssize_t i = 0; i < d; ++i) {
                 const nc_vd q1 = q1v[i], x = q1 - q0v[i];
                 a1 = a1 + q1 * q1;
@@ -1658,6 +1786,8 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
     for (int l = 0; l < NC_NL; ++l) real += nc_lane_task(c, p0 + l) >= 0;
     Py_ssize_t reported = 0;                        /* point-steps added to w->progress */
     int cancelled = 0;
+    /* the fused path (NCL(step_with_free)) carries A_{n+1} = |q_{n+1}|^2 into step n + 1 */
+    const int fused = c->nsym > 0 && NCL(fusable)(rule) && w->sym_all;
 
     for (n = 0; n < c->steps; ++n) {
         if ((n & c->poll_mask) == 0) {
@@ -1672,7 +1802,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
            gradient always makes q_{n+1} non-finite (it enters the update multiplied by
            -lr, and 0 * inf is NaN too), so the probe of q_{n+1} catches it. */
-        NCL(grad_step)(c, w, d);
+        NCL(grad_step)(c, w, d, fused && n > 0);
         const nc_vd f = w->f;
         if (NCL(any_nan)(f - f)) {                  /* NaN exactly where f is inf or NaN */
             for (int l = 0; l < NC_NL; ++l)
@@ -1685,8 +1815,8 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         if (c->nsym > 0)
             NCL(step_with_free)(c, w, d, n, rule);
         else
-            NCL(step)(c, d, w, n, rule, NULL, w->qn);    /* q_{n+1} into qn; q keeps q_n */
-        if (NCL(probe_next)(c, w, p0, n, f, d) == 0) break;
+            NCL(step)(c, d, w, n, rule, NULL, w->qn, 0);  /* q_{n+1} into qn; q keeps q_n */
+        if (NCL(probe_next)(c, w, p0, n, f, d, rule) == 0) break;
         if (c->rec_every > 0 && n % c->rec_every == 0)
             for (int l = 0; l < NC_NL; ++l)
                 if (w->alive[l]) NCL(record_row)(c, w, l, p0 + l, n, f[l], w->q);
@@ -1698,7 +1828,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         }
         if (c->nsym > 0) {
             if (rule == NC_LRULE_MIRROR) NCL(mirror_laws)(c, w, n);
-            else NCL(scale_laws)(c, w, n, d);
+            else NCL(scale_laws)(c, w, n, d, rule);
         }
     }
     if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
