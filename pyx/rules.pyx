@@ -1040,6 +1040,60 @@ cdef inline void _scale_sums(const Py_ssize_t* ptr, const Py_ssize_t* idx, Py_ss
     dd[0] = sd
 
 
+cdef inline void _law_commit(ChargeSpec* cs, Py_ssize_t j, Py_ssize_t n, double R,
+                             double sc) noexcept nogil:
+    """Law j's relative residual |R|/sc for the step n -> n+1 (1.0 for a non-finite one):
+    the last and the worst."""
+    cdef double rel
+    if sc > 0.0:
+        rel = fabs(R) / sc
+    else:
+        rel = 0.0 if R == 0.0 else 1.0
+    if rel != rel:
+        rel = 1.0
+    cs.last_res[j] = rel
+    if rel > cs.worst[j]:
+        cs.worst[j] = rel
+        cs.worst_step[j] = n
+
+
+cdef inline void _law_all(RunSpec* s, Py_ssize_t n, bint carried) noexcept nogil:
+    """_charges_after for one scale law on coordinates 0 .. d-1 in order (the layout
+    _run_steps tests once per run): the same sums in the same order as _scale_sums over
+    the block, indexed directly, with Delta_{n+1} = q_{n+1} - q_n stored as it is formed
+    (the value _charges_after's own pass stores): the same bits in one loop
+    (docs/balance_laws.md (9.6))."""
+    cdef ChargeSpec* cs = s.cs
+    cdef _crdp q1 = s.q
+    cdef _crdp q0 = cs.q_prev
+    cdef _crdp qf = cs.q_free
+    cdef _rdp dl = cs.last_delta
+    cdef Py_ssize_t i, d = s.d
+    cdef double x, t = 0.0, s1 = 0.0, s0 = 0.0, sd = 0.0, R, sc
+    if carried:
+        s0 = cs.free_transfer[0]
+        for i in range(d):
+            x = qf[i] - q0[i]
+            t = t + x * q0[i]
+            s1 = s1 + q1[i] * q1[i]
+            x = q1[i] - q0[i]
+            dl[i] = x
+            sd = sd + x * x
+    else:
+        for i in range(d):
+            x = qf[i] - q0[i]
+            t = t + x * q0[i]
+            s1 = s1 + q1[i] * q1[i]
+            s0 = s0 + q0[i] * q0[i]
+            x = q1[i] - q0[i]
+            dl[i] = x
+            sd = sd + x * x
+    cs.free_transfer[0] = s1
+    sc = s1 + s0 + sd
+    R = (s1 - s0 - sd) - 2.0 * t
+    _law_commit(cs, 0, n, R, sc + 2.0 * fabs(t))
+
+
 cdef inline void _charges_after(RunSpec* s, Py_ssize_t n, bint carried) noexcept nogil:
     """Residual of each balance law for the step n -> n+1 just taken: the free transfer
     T_j = <q^free - q_n, xi_j(q_n)> and the law's sums in one pass per block
@@ -1051,7 +1105,7 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n, bint carried) noexcept
     cdef const double* q0 = cs.q_prev
     cdef const double* qf = cs.q_free
     cdef Py_ssize_t j, k, i
-    cdef double R, sc, a1, a0, dd, b1, b0, de, T, c1, c0, m1, m0, qq, oo, ff, rel, x
+    cdef double R, sc, a1, a0, dd, b1, b0, de, T, c1, c0, m1, m0, qq, oo, ff, x
     for i in range(s.d):
         cs.last_delta[i] = q1[i] - q0[i]
     for j in range(cs.nsym):
@@ -1108,16 +1162,7 @@ cdef inline void _charges_after(RunSpec* s, Py_ssize_t n, bint carried) noexcept
                 ff = ff + x * x
             R = c1 - T
             sc = (sqrt(qq) + sqrt(ff)) * sqrt(oo)
-        if sc > 0.0:
-            rel = fabs(R) / sc
-        else:
-            rel = 0.0 if R == 0.0 else 1.0
-        if rel != rel:
-            rel = 1.0
-        cs.last_res[j] = rel
-        if rel > cs.worst[j]:
-            cs.worst[j] = rel
-            cs.worst_step[j] = n
+        _law_commit(cs, j, n, R, sc)
 
 
 cdef inline void _block_sq(RunSpec* s, const double* x, double* out) noexcept nogil:
@@ -1288,7 +1333,15 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
     cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
                        or s.kind == RULE_ADAM)
+    cdef bint law_all = False, rot = False  # one scale law on q_0 .. q_{d-1} in order
     cdef _Carry carry
+    if s.cs != NULL:
+        for i in range(s.cs.nsym):
+            rot = rot or s.cs.fam[i] == FAM_ROTATION
+        law_all = (s.cs.nsym == 1 and s.cs.fam[0] == FAM_SCALE and s.kind != RULE_MIRROR
+                   and s.cs.ptr1[0] == 0 and s.cs.ptr1[1] == s.d)
+        for i in range(s.d):
+            law_all = law_all and s.cs.idx1[i] == i
     carry.bc1_one = False
     carry.bc2_one = False
     carry.sb2 = sqrt(s.hp[2]) if s.kind == RULE_ADAM else 0.0
@@ -1320,7 +1373,7 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
             return
         if s.kind == RULE_SCALAR_RMSPROP and s.sca[0] == 0.0:
             _init_scalar_rmsprop(s)
-        if s.cs != NULL:
+        if rot:
             _charges_prepare(s)
         if until_record == 0:                    # n % record_every == 0, no division
             until_record = s.record_every
@@ -1362,7 +1415,9 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
             s.status = NC_ST_NONFINITE_PARAMS
             s.stop_step = n
             return
-        if s.cs != NULL:
+        if law_all:
+            _law_all(s, n, n > 0)
+        elif s.cs != NULL:
             _charges_after(s, n, n > 0)     # A_n carried from the step before (9.5)
     if s.steps % s.record_every == 0 and not s.skip_terminal:
         # the terminal state: evaluated on the full data set, consuming no draws, so a run
