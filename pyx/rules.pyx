@@ -602,9 +602,37 @@ cdef extern from *:
     """
     #define NC_PAIR_LO 0x1p-1022
     #define NC_PAIR_HI 0x1p1022
+    /* (8.3) for the pairs (0, 1), (2, 3), ... of den, two pairs per vector division:
+       qf_i = qp_i decay + num_i (den_j (1/(den_i den_j))), j the other of i's pair, the
+       operations of _pair_quot on the same operands, element by element (correctly
+       rounded whatever the vector width: the same bits); the pairs whose product is not
+       normal are left to the caller. */
+    typedef double nc_v2d __attribute__((vector_size(16)));
+    static inline void nc_pair_quads(const double * __restrict den,
+                                     const double * __restrict num,
+                                     const double * __restrict qp, double decay,
+                                     double * __restrict qf, Py_ssize_t d) {
+        Py_ssize_t i;
+        for (i = 0; i + 4 <= d; i += 4) {
+            nc_v2d a = {den[i], den[i + 2]}, b = {den[i + 1], den[i + 3]};
+            nc_v2d ip = 1.0 / (a * b);
+            nc_v2d ne = {num[i], num[i + 2]}, no = {num[i + 1], num[i + 3]};
+            nc_v2d qe = {qp[i], qp[i + 2]}, qo = {qp[i + 1], qp[i + 3]};
+            nc_v2d fe = qe * decay + ne * (b * ip);
+            nc_v2d fo = qo * decay + no * (a * ip);
+            qf[i] = fe[0]; qf[i + 1] = fo[0]; qf[i + 2] = fe[1]; qf[i + 3] = fo[1];
+        }
+        if (i + 2 <= d) {
+            double ip1 = 1.0 / (den[i] * den[i + 1]);
+            qf[i] = qp[i] * decay + num[i] * (den[i + 1] * ip1);
+            qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (den[i] * ip1);
+        }
+    }
     """
     const double _PAIR_LO "NC_PAIR_LO"    # 2^-1022: the smallest normal double
     const double _PAIR_HI "NC_PAIR_HI"    # 2^1022: its reciprocal is normal
+    void _pair_quads "nc_pair_quads"(const double* den, const double* num, const double* qp,
+                                     double decay, double* qf, Py_ssize_t d) nogil
 
 
 cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
@@ -637,7 +665,7 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp 
     cdef _rdp m1 = s.vec
     cdef _rdp m2 = s.vec + s.d
     cdef Py_ssize_t i, k, d = s.d
-    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, ip, p
+    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, p
     if one:
         for i in range(d):
             qi = q[i]
@@ -670,13 +698,9 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp 
             root[i] = sf
             q[i] = qi * decay + (nss * m1n) / (sf / bc2_sqrt + eps)
             denf[i] = rootf * ibc2s + eps
-    # (8.3) for every pair without a branch (vectorized: two pairs per division), then
-    # the rare pair whose product is not normal divided directly, as _pair_quot does
-    for k in range(d // 2):
-        i = 2 * k
-        ip = 1.0 / (denf[i] * denf[i + 1])
-        qf[i] = qp[i] * decay + num[i] * (denf[i + 1] * ip)
-        qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (denf[i] * ip)
+    # (8.3) for every pair without a branch (two pairs per vector division), then the
+    # rare pair whose product is not normal divided directly, as _pair_quot does
+    _pair_quads(denf, num, qp, decay, qf, d)
     for k in range(d // 2):
         i = 2 * k
         p = denf[i] * denf[i + 1]

@@ -1,5 +1,5 @@
 """The training loop's direct pass for one scale law on all of q (docs/balance_laws.md
-(9.6)).
+(9.6)), and AdamW's free quotients two pairs per division (9.7).
 
 When the only tracked law is a scale symmetry whose block is coordinates 0 .. d-1 in
 order (RayleighQuotient's, BatchNormUnit's), ``_run_steps`` forms T_n, A_{n+1}, A_n,
@@ -11,7 +11,17 @@ pass, and comparing every recorded residual, charge, moment, the worst and its s
 the state's last Δ bit for bit; for every rule that takes the pass (the fused free steps of
 SGD, Adam/AdamW and RMSprop, and ScalarRMSProp's copied one), d = 1 .. 17, every row
 recorded or few, and a run resumed in chunks (its first step sums A_n afresh, (9.5)).
+
+(9.7) is checked against AdamW's free step written out in Python floats with the
+operations of (8.1)–(8.3) (the carried root, the free numerator and denominator, the
+pair quotients, the direct quotient for a pair whose product is not normal and for the
+odd last coordinate), at the kernel's own states, and the law summed in order: every
+step's residual bit for bit, for d = 1 … 11 (four coordinates per vector division, a
+lone last pair, an odd last coordinate), before and after the bias corrections
+saturate (9.1), and with pairs whose product is subnormal.
 """
+import math
+
 import numpy as np
 import pytest
 
@@ -118,3 +128,100 @@ def test_direct_pass_keeps_delta_at_a_stop():
     assert "parameters" in one.stop_reason and one.stop_reason == two.stop_reason
     assert np.all(np.isfinite(one.state.last_delta))
     assert np.array_equal(_bits(one.state.last_delta), _bits(two.state.last_delta))
+
+
+def _adamw_free_pairs(hp, q, st):
+    """AdamW's free step (g = 0) with the operations of docs/balance_laws.md (8.1)–(8.3),
+    in Python floats (IEEE doubles, each operation rounded once, as the kernel's)."""
+    lr, b1, b2, eps, wd = hp[:5]
+    m1, m2 = st.arrays["exp_avg"], st.arrays["exp_avg_sq"]
+    step = st.scalars["step"] + 1.0
+    bc1, bc2 = 1.0 - b1 ** step, 1.0 - b2 ** step
+    nss = -(lr / bc1) if bc1 != 1.0 else -lr
+    bc2s = math.sqrt(bc2) if bc2 != 1.0 else 1.0
+    decay = 1.0 - lr * wd if wd != 0.0 else 1.0
+    sb2, w1 = math.sqrt(b2), 1.0 - b1
+    d = len(q)
+    num = [nss * (float(m1[i]) + w1 * (0.0 - float(m1[i]))) for i in range(d)]
+    root = [math.sqrt(float(m2[i])) for i in range(d)]
+    den = [(sb2 * root[i] + eps) if bc2s == 1.0 else ((sb2 * root[i]) * (1.0 / bc2s) + eps)
+           for i in range(d)]
+    qf = [0.0] * d
+    for i in range(0, d - 1, 2):
+        p = den[i] * den[i + 1]
+        if 2.0 ** -1022 <= p <= 2.0 ** 1022:
+            ip = 1.0 / p
+            qf[i] = float(q[i]) * decay + num[i] * (den[i + 1] * ip)
+            qf[i + 1] = float(q[i + 1]) * decay + num[i + 1] * (den[i] * ip)
+        else:
+            qf[i] = float(q[i]) * decay + num[i] / den[i]
+            qf[i + 1] = float(q[i + 1]) * decay + num[i + 1] / den[i + 1]
+    if d % 2 == 1:
+        qf[d - 1] = float(q[d - 1]) * decay + num[d - 1] / den[d - 1]
+    return qf
+
+
+def _law(q0, q1, qf):
+    """The scale law's relative residual, each sum from 0.0 in coordinate order (9.6)."""
+    t = a1 = a0 = dd = 0.0
+    for i in range(len(q0)):
+        x = qf[i] - float(q0[i])
+        t = t + x * float(q0[i])
+        a1 = a1 + float(q1[i]) * float(q1[i])
+        a0 = a0 + float(q0[i]) * float(q0[i])
+        x = float(q1[i]) - float(q0[i])
+        dd = dd + x * x
+    R = (a1 - a0 - dd) - 2.0 * t
+    sc = (a1 + a0 + dd) + 2.0 * abs(t)
+    return abs(R) / sc if sc > 0.0 else (0.0 if R == 0.0 else 1.0)
+
+
+@pytest.mark.parametrize("d", list(range(1, 12)))
+@pytest.mark.parametrize("rule,warm", [
+    (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2), 0),                 # not saturated
+    (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2, betas=(0.5, 0.6)), 200),   # saturated
+    (nc.rules.Adam(lr=3e-2), 0),                                     # no decay
+])
+def test_free_pairs_bitwise(rule, warm, d):
+    """(9.7): the fused free step's residual is, bit for bit, the law of the free step
+    formed with (8.1)–(8.3)'s operations in Python floats."""
+    pot, q0 = _rq(d, seed=d)
+    if warm:
+        pre = nc.train(rule, pot, q0, warm, charges=False)
+        q0, st = pre.q_final, pre.state
+    else:
+        st = nc.train(rule, pot, q0, 0).state
+    steps = 15
+    run = nc.train(rule, pot, q0, steps, state=st, record_every=1, charges=[SCALE_Q])
+    hp = tuple(float(x) for x in rule._hp(pot)[:5])
+    q, expected = q0.copy(), []
+    for _ in range(steps):
+        one = nc.train(rule, pot, q, 1, state=st, charges=False)
+        expected.append(_law(q, one.q_final, _adamw_free_pairs(hp, q, st)))
+        q, st = one.q_final, one.state
+    assert np.array_equal(_bits(run.q_final), _bits(q))
+    assert np.array_equal(_bits(run.charges["scale:q"].residual[1:]), _bits(expected))
+    if d >= 3:
+        assert max(expected) > 1e-9          # a breaking law: a wrong quotient shows
+
+
+def test_free_pairs_not_normal():
+    """(8.3)'s fallback inside the vector pass: with exp_avg_sq ~ 1e-320 and eps = 1e-170
+    every free denominator is ~1e-170 and every pair's product ~1e-340 is not normal, so
+    each quotient is divided directly; the residual is still bit for bit the written-out
+    law's (a reciprocal of a subnormal product would overflow to inf and show)."""
+    d = 9
+    pot, q0 = _rq(d, seed=5)
+    rule = nc.rules.AdamW(lr=1e-3, weight_decay=1e-2, eps=1e-170)
+    st = nc.train(rule, pot, q0, 0).state
+    arrays = dict(st.arrays)
+    arrays["exp_avg"] = np.full(d, 1e-300)
+    arrays["exp_avg_sq"] = np.full(d, 1e-320)
+    st = nc.rules.RuleState(rule=st.rule, arrays=arrays, scalars=dict(st.scalars),
+                            step=st.step)
+    hp = tuple(float(x) for x in rule._hp(pot)[:5])
+    run = nc.train(rule, pot, q0, 1, state=st, record_every=1, charges=[SCALE_Q])
+    one = nc.train(rule, pot, q0, 1, state=st, charges=False)
+    qf = _adamw_free_pairs(hp, q0, st)
+    assert all(math.isfinite(x) for x in qf)
+    assert _bits(run.charges["scale:q"].residual[1]) == _bits(_law(q0, one.q_final, qf))
