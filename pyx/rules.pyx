@@ -605,34 +605,91 @@ cdef extern from *:
     /* (8.3) for the pairs (0, 1), (2, 3), ... of den, two pairs per vector division:
        qf_i = qp_i decay + num_i (den_j (1/(den_i den_j))), j the other of i's pair, the
        operations of _pair_quot on the same operands, element by element (correctly
-       rounded whatever the vector width: the same bits); the pairs whose product is not
-       normal are left to the caller. */
+       rounded whatever the vector width: the same bits).  Returns nonzero when some
+       pair's product is not normal (or NaN): the caller redoes those pairs directly. */
     typedef double nc_v2d __attribute__((vector_size(16)));
-    static inline void nc_pair_quads(const double * __restrict den,
-                                     const double * __restrict num,
-                                     const double * __restrict qp, double decay,
-                                     double * __restrict qf, Py_ssize_t d) {
+    typedef long long nc_v2l __attribute__((vector_size(16)));
+    static inline int nc_pair_quads(const double * __restrict den,
+                                    const double * __restrict num,
+                                    const double * __restrict qp, double decay,
+                                    double * __restrict qf, Py_ssize_t d) {
         Py_ssize_t i;
+        nc_v2l ok = {-1, -1};
+        int lone_ok = 1;
         for (i = 0; i + 4 <= d; i += 4) {
             nc_v2d a = {den[i], den[i + 2]}, b = {den[i + 1], den[i + 3]};
-            nc_v2d ip = 1.0 / (a * b);
+            nc_v2d p = a * b;
+            nc_v2d ip = 1.0 / p;
             nc_v2d ne = {num[i], num[i + 2]}, no = {num[i + 1], num[i + 3]};
             nc_v2d qe = {qp[i], qp[i + 2]}, qo = {qp[i + 1], qp[i + 3]};
             nc_v2d fe = qe * decay + ne * (b * ip);
             nc_v2d fo = qo * decay + no * (a * ip);
+            ok &= (p >= NC_PAIR_LO) & (p <= NC_PAIR_HI);
             qf[i] = fe[0]; qf[i + 1] = fo[0]; qf[i + 2] = fe[1]; qf[i + 3] = fo[1];
         }
         if (i + 2 <= d) {
-            double ip1 = 1.0 / (den[i] * den[i + 1]);
+            double p1 = den[i] * den[i + 1];
+            double ip1 = 1.0 / p1;
             qf[i] = qp[i] * decay + num[i] * (den[i + 1] * ip1);
             qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (den[i] * ip1);
+            lone_ok = p1 >= NC_PAIR_LO && p1 <= NC_PAIR_HI;
         }
+        return !(ok[0] && ok[1] && lone_ok);
+    }
+    /* (9.6): one scale law on coordinates 0 .. d-1, two coordinates per vector for the
+       element-wise differences and products (each correctly rounded: the bits of the
+       scalar loop), each sum taking its terms one by one in coordinate order (the same
+       sequence of additions); Delta_i = q1_i - q0_i stored.  out = (T, A_{n+1}, A_n,
+       |Delta|^2); A_n only with need0 (else out[2] is left as it is). */
+    static inline void nc_law_all(const double * __restrict q1,
+                                  const double * __restrict q0,
+                                  const double * __restrict qf, double * __restrict dl,
+                                  Py_ssize_t d, int need0, double * __restrict out) {
+        double t = 0.0, s1 = 0.0, s0 = 0.0, sd = 0.0;
+        Py_ssize_t i;
+        for (i = 0; i + 2 <= d; i += 2) {
+            nc_v2d a = {q0[i], q0[i + 1]}, b = {q1[i], q1[i + 1]}, f = {qf[i], qf[i + 1]};
+            nc_v2d x = f - a;
+            nc_v2d tx = x * a;
+            nc_v2d bb = b * b;
+            nc_v2d y = b - a;
+            nc_v2d yy = y * y;
+            dl[i] = y[0];
+            dl[i + 1] = y[1];
+            t = t + tx[0];
+            t = t + tx[1];
+            s1 = s1 + bb[0];
+            s1 = s1 + bb[1];
+            sd = sd + yy[0];
+            sd = sd + yy[1];
+            if (need0) {
+                nc_v2d aa = a * a;
+                s0 = s0 + aa[0];
+                s0 = s0 + aa[1];
+            }
+        }
+        if (i < d) {
+            double x = qf[i] - q0[i], y = q1[i] - q0[i];
+            t = t + x * q0[i];
+            s1 = s1 + q1[i] * q1[i];
+            s0 = s0 + q0[i] * q0[i];
+            dl[i] = y;
+            sd = sd + y * y;
+        }
+        out[0] = t;
+        out[1] = s1;
+        if (need0)
+            out[2] = s0;
+        out[3] = sd;
     }
     """
     const double _PAIR_LO "NC_PAIR_LO"    # 2^-1022: the smallest normal double
     const double _PAIR_HI "NC_PAIR_HI"    # 2^1022: its reciprocal is normal
-    void _pair_quads "nc_pair_quads"(const double* den, const double* num, const double* qp,
-                                     double decay, double* qf, Py_ssize_t d) nogil
+    int _pair_quads "nc_pair_quads"(const double* den, const double* num, const double* qp,
+                                    double decay, double* qf, Py_ssize_t d) nogil
+    void _law_all_sums_c "nc_law_all"(const double* q1, const double* q0, const double* qf,
+                                      double* dl, Py_ssize_t d, int need0,
+                                      double* out) nogil
 
 
 cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
@@ -700,13 +757,13 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp 
             denf[i] = rootf * ibc2s + eps
     # (8.3) for every pair without a branch (two pairs per vector division), then the
     # rare pair whose product is not normal divided directly, as _pair_quot does
-    _pair_quads(denf, num, qp, decay, qf, d)
-    for k in range(d // 2):
-        i = 2 * k
-        p = denf[i] * denf[i + 1]
-        if not (p >= _PAIR_LO and p <= _PAIR_HI):
-            qf[i] = qp[i] * decay + num[i] / denf[i]
-            qf[i + 1] = qp[i + 1] * decay + num[i + 1] / denf[i + 1]
+    if _pair_quads(denf, num, qp, decay, qf, d):
+        for k in range(d // 2):
+            i = 2 * k
+            p = denf[i] * denf[i + 1]
+            if not (p >= _PAIR_LO and p <= _PAIR_HI):
+                qf[i] = qp[i] * decay + num[i] / denf[i]
+                qf[i + 1] = qp[i + 1] * decay + num[i + 1] / denf[i + 1]
     if d % 2 == 1:
         qf[d - 1] = qp[d - 1] * decay + num[d - 1] / denf[d - 1]
 
@@ -1081,37 +1138,22 @@ cdef inline void _law_commit(ChargeSpec* cs, Py_ssize_t j, Py_ssize_t n, double 
         cs.worst_step[j] = n
 
 
-cdef inline void _law_all(RunSpec* s, Py_ssize_t n, bint carried) noexcept nogil:
-    """_charges_after for one scale law on coordinates 0 .. d-1 in order (the layout
-    _run_steps tests once per run): the same sums in the same order as _scale_sums over
-    the block, indexed directly, with Delta_{n+1} = q_{n+1} - q_n stored as it is formed
-    (the value _charges_after's own pass stores): the same bits in one loop
-    (docs/balance_laws.md (9.6))."""
-    cdef ChargeSpec* cs = s.cs
-    cdef _crdp q1 = s.q
-    cdef _crdp q0 = cs.q_prev
-    cdef _crdp qf = cs.q_free
-    cdef _rdp dl = cs.last_delta
-    cdef Py_ssize_t i, d = s.d
-    cdef double x, t = 0.0, s1 = 0.0, s0 = 0.0, sd = 0.0, R, sc
-    if carried:
-        s0 = cs.free_transfer[0]
-        for i in range(d):
-            x = qf[i] - q0[i]
-            t = t + x * q0[i]
-            s1 = s1 + q1[i] * q1[i]
-            x = q1[i] - q0[i]
-            dl[i] = x
-            sd = sd + x * x
-    else:
-        for i in range(d):
-            x = qf[i] - q0[i]
-            t = t + x * q0[i]
-            s1 = s1 + q1[i] * q1[i]
-            s0 = s0 + q0[i] * q0[i]
-            x = q1[i] - q0[i]
-            dl[i] = x
-            sd = sd + x * x
+cdef inline void _law_all_sums(RunSpec* s, bint carried, double* dl,
+                               double* sums) noexcept nogil:
+    """The sums of _charges_after for one scale law on coordinates 0 .. d-1 in order (the
+    layout _run_steps tests once per run), into sums = (T_n, A_{n+1}, A_n, |Delta|^2):
+    the same sums in the same order as _scale_sums over the block, indexed directly, with
+    Delta_{n+1} = q_{n+1} - q_n stored into dl as it is formed (the value _charges_after's
+    own pass stores): the same bits in one loop (nc_law_all, docs/balance_laws.md (9.6)).
+    ``carried``: A_n is the step before's A_{n+1} (9.5)."""
+    sums[2] = s.cs.free_transfer[0]
+    _law_all_sums_c(s.q, s.cs.q_prev, s.cs.q_free, dl, s.d, not carried, sums)
+
+
+cdef inline void _law_all_commit(ChargeSpec* cs, Py_ssize_t n,
+                                 const double* sums) noexcept nogil:
+    """The residual of _law_all_sums' law, as _charges_after forms it (9.6)."""
+    cdef double t = sums[0], s1 = sums[1], s0 = sums[2], sd = sums[3], R, sc
     cs.free_transfer[0] = s1
     sc = s1 + s0 + sd
     R = (s1 - s0 - sd) - 2.0 * t
@@ -1342,6 +1384,22 @@ cdef inline bint _late_grad_undo(RunSpec* s, const double* save_q, const double*
 
 
 cdef void _run_steps(RunSpec* s) noexcept nogil:
+    """_run_body, then the ChargeSpec's Δ buffer put back where the caller keeps it: the
+    direct law pass (9.8) writes each step's Δ into a spare buffer (``om_q``, unused
+    without a rotation law) and swaps the two once the step is known finite."""
+    cdef double* dl = NULL
+    cdef double* spare = NULL
+    if s.cs != NULL:
+        dl = s.cs.last_delta
+        spare = s.cs.om_q
+    _run_body(s)
+    if s.cs != NULL and s.cs.last_delta != dl:
+        memcpy(dl, s.cs.last_delta, s.d * sizeof(double))
+        s.cs.last_delta = dl
+        s.cs.om_q = spare
+
+
+cdef void _run_body(RunSpec* s) noexcept nogil:
     cdef Py_ssize_t n, i, until_record = 0     # countdown to the next recorded row
     cdef double f, g2, probe, sca0
     cdef int st
@@ -1353,6 +1411,8 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
     cdef bint late = (s.kind == RULE_SGD and s.rec_bd2 == NULL
                       and (s.cs != NULL or s.d <= _LATE_MAX))
     cdef bint late_n, bad
+    cdef double sums[4]
+    cdef double* swap
     cdef unsigned long long nf
     cdef bint mini = s.batch_size > 0 and s.rng != NULL
     cdef bint fused = (s.kind == RULE_SGD or s.kind == RULE_RMSPROP
@@ -1428,6 +1488,14 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
                 s.d_last[i] = s.q[i] - s.q_old[i]
         if late_n:
             bad = (nf >> 63) != 0
+        elif law_all:
+            # (9.8): the law's sums first, Δ into the spare buffer; a finite A_{n+1} =
+            # |q_{n+1}|² proves every q_{n+1,i} finite, else the probe decides
+            _law_all_sums(s, n > 0, s.cs.om_q, sums)
+            bad = False
+            if not isfinite(sums[1]):
+                probe = _nan_probe(s.q, s.d)
+                bad = probe != 0.0 or probe != probe
         else:
             probe = _nan_probe(s.q, s.d)
             bad = probe != 0.0 or probe != probe
@@ -1440,7 +1508,13 @@ cdef void _run_steps(RunSpec* s) noexcept nogil:
             s.stop_step = n
             return
         if law_all:
-            _law_all(s, n, n > 0)
+            if late_n:
+                _law_all_sums(s, n > 0, s.cs.last_delta, sums)
+            else:                        # Δ_{n+1} is in the spare buffer: swap them
+                swap = s.cs.last_delta
+                s.cs.last_delta = s.cs.om_q
+                s.cs.om_q = swap
+            _law_all_commit(s.cs, n, sums)
         elif s.cs != NULL:
             _charges_after(s, n, n > 0)     # A_n carried from the step before (9.5)
     if s.steps % s.record_every == 0 and not s.skip_terminal:

@@ -3,7 +3,7 @@
 
 When the only tracked law is a scale symmetry whose block is coordinates 0 .. d-1 in
 order (RayleighQuotient's, BatchNormUnit's), ``_run_steps`` forms T_n, A_{n+1}, A_n,
-|Δ_{n+1}|² and the last Δ in one directly indexed loop (``_law_all``) instead of the
+|Δ_{n+1}|² and the last Δ in one directly indexed loop (``_law_all_sums``) instead of the
 general pass (``_charges_after``: Δ in a pass of its own, the sums through the block's
 index list).  (9.6) says the two give the same bits.  Checked here by tracking a second
 law (a translation) next to the scale law, which sends the same run through the general
@@ -19,8 +19,13 @@ odd last coordinate), at the kernel's own states, and the law summed in order: e
 step's residual bit for bit, for d = 1 … 11 (four coordinates per vector division, a
 lone last pair, an odd last coordinate), before and after the bias corrections
 saturate (9.1), and with pairs whose product is subnormal.
+
+(9.8) is checked at a stop (q_{n+1} overflows under the adaptive rules, whose direct pass
+sums the law before the finiteness test) and with finite coordinates whose |q|²
+overflows, which must not stop the run.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -225,3 +230,94 @@ def test_free_pairs_not_normal():
     qf = _adamw_free_pairs(hp, q0, st)
     assert all(math.isfinite(x) for x in qf)
     assert _bits(run.charges["scale:q"].residual[1]) == _bits(_law(q0, one.q_final, qf))
+
+
+# (9.8): the direct pass's A_{n+1} = |q_{n+1}|² as the step's finiteness test.  Rules
+# other than SGD (whose late-gradient path keeps its own test) form the law's sums before
+# deciding whether the step stops; Δ_{n+1} goes to a spare buffer until the step is known
+# finite.  Each run is compared with the same run through the general pass (a translation
+# tracked next to the scale law), which tests every step with the probe after the step.
+STOPPING = [
+    nc.rules.Adam(lr=1e307),
+    nc.rules.AdamW(lr=1e307, weight_decay=0.0),
+    nc.rules.RMSprop(lr=1e306),
+    nc.rules.ScalarRMSProp(lr=1e307),
+]
+
+
+def _constant_gradient(d):
+    """A potential whose gradient is 1 everywhere, whatever q: with lr ~ 10³⁰⁶–10³⁰⁷
+    the adaptive steps (each ~lr) carry q past -1.8·10³⁰⁸ after some steps."""
+    return nc.potentials.Python(lambda q: (0.0, np.ones(d)), d)
+
+
+@pytest.mark.parametrize("rule", STOPPING, ids=lambda r: repr(r)[:40])
+@pytest.mark.parametrize("every", [1, 3])
+def test_probe_skip_stop_keeps_delta(rule, every):
+    """A step whose q_{n+1} is infinite stops the run where the general pass stops it,
+    with the same last Δ (the step before's, finite), residuals, worst, charges and q (the
+    stopping step's, kept for inspection): the Δ written into the spare buffer at the
+    stopping step is not made the state's."""
+    d = 6
+    q0 = np.linspace(-1.0, 1.0, d)
+    with pytest.warns(nc.errors.DivergenceWarning):
+        one = nc.train(rule, _constant_gradient(d), q0, 400, record_every=every,
+                       charges=[SCALE_Q])
+    with pytest.warns(nc.errors.DivergenceWarning):
+        two = nc.train(rule, _constant_gradient(d), q0, 400, record_every=every,
+                       charges=[SCALE_Q, _translation(d)])
+    assert one.diverged and two.diverged
+    assert one.stop_step == two.stop_step and one.stop_step >= 2
+    assert "parameters" in one.stop_reason and one.stop_reason == two.stop_reason
+    assert not np.all(np.isfinite(one.q_final)) and np.all(np.isfinite(one.state.last_delta))
+    assert np.any(one.state.last_delta != 0.0)
+    _same(one, two)
+
+
+def test_overflowing_norm_does_not_stop():
+    """(9.8)'s converse: finite coordinates whose |q|² overflows (q0_i = ±6·10¹⁵³, |q0|² =
+    1.44·10³⁰⁸, carried outward by steps of ~10¹⁵³) give a non-finite A_{n+1}, and the
+    probe, not A_{n+1}, decides: the kernel runs every step, with the parameters of the run
+    without charges and the general pass's law, bit for bit.  (The recorded |q_B|² that
+    overflowed is reported as such, the parameters staying finite.)"""
+    d = 4
+    sign = np.array([1.0, -1.0, 1.0, -1.0])
+    pot = nc.potentials.Python(lambda q: (0.0, -sign), d)
+    q0 = 6e153 * sign
+    rule = nc.rules.AdamW(lr=1e153, weight_decay=1e-158)   # lr · weight_decay = 1e-5
+    runs = []
+    for charges in ([SCALE_Q], [SCALE_Q, _translation(d)], False):
+        with pytest.warns(nc.errors.DivergenceWarning, match="parameters stayed finite"):
+            runs.append(nc.train(rule, pot, q0, 12, record_every=1, charges=charges))
+    one, two, off = runs
+    assert one.steps[-1] == 12 and len(one.steps) == 13
+    assert np.all(np.isfinite(one.q_final)) and np.all(np.abs(one.q_final) > 1e154)
+    assert not np.isfinite(one.charges["scale:q"].moment[-1])
+    assert np.array_equal(_bits(one.q_final), _bits(off.q_final))
+    _same(one, two)
+
+
+@pytest.mark.parametrize("rule_cls", [nc.rules.Adam, nc.rules.RMSprop])
+def test_probe_skip_in_scan(rule_cls):
+    """The scan's scalar kernel (a Python potential has no lanes) takes the same pass with
+    its own charge buffers: every point, finishing or stopped at a non-finite q_{n+1},
+    ends with train's q, stop step and the law's worst and its step, bit for bit."""
+    d = 6
+    q0 = np.linspace(-1.0, 1.0, d)
+    lrs = [1e-2, 1e306, 1e307]
+    with pytest.warns(nc.errors.DivergenceWarning, match="parameters after the update"):
+        res = nc.scan(rule_cls, _constant_gradient(d), q0, steps=100, lr=lrs, seeds=0,
+                      charges=[SCALE_Q])
+    stopped = 0
+    for i, lr in enumerate(lrs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", nc.errors.DivergenceWarning)
+            tr = nc.train(rule_cls(lr=lr), _constant_gradient(d), q0, 100, record_every=101,
+                          charges=[SCALE_Q])
+        assert np.array_equal(_bits(res.q[i]), _bits(tr.q_final))
+        assert res.stop_step[i] == (-1 if tr.stop_step is None else tr.stop_step)
+        stopped += tr.stop_step is not None
+        law = tr.charges["scale:q"]
+        assert _bits(res.charge_worst["scale:q"][i]) == _bits(law.worst)
+        assert res.charge_worst_step["scale:q"][i] == law.worst_step
+    assert stopped >= 1
