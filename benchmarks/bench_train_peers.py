@@ -19,8 +19,10 @@ docs/balance_laws.md (9.1); in the long run it is 1 from step ~37 400 on) and a 
 (1000 steps) that shows the per-call cost.  Every figure is the best of ``--repeat`` (5)
 timings, taken in rounds: each round times every variant of a (steps, rule) row once
 (ours and numba, charges off and on, in turn), so a slow spell of a shared machine hits
-all of them alike; ratios are taken within the run.  numba missing: the peer is skipped
-with a message (``pip install noether_core[bench]``).
+all of them alike; ratios are taken within the run.  The last column is the median over
+the rounds of on / off timed in the same round (for ours and, in brackets, for the numba
+loop's own charges), which a speed change between rounds does not bias.  numba missing:
+the peer is skipped with a message (``pip install noether_core[bench]``).
 
 Targets (issue 16): ours ≤ 1.2× numba with charges off (SGD: ≤ 1.1×), ≤ 1.5× with charges
 on; ours with charges on ≤ 1.3× ours with charges off (AdamW: ≤ 1.2×).  On a shared machine
@@ -66,12 +68,24 @@ def best(fns, repeat):
     inflate less."""
     clock = time.process_time if _CPU["on"] else time.perf_counter
     t_best = dict.fromkeys(fns, np.inf)
+    rounds = []
     for _ in range(repeat):
+        t_round = {}
         for key, fn in fns.items():
             t = clock()
             fn()
-            t_best[key] = min(t_best[key], clock() - t)
-    return t_best
+            t_round[key] = clock() - t
+            t_best[key] = min(t_best[key], t_round[key])
+        rounds.append(t_round)
+    return t_best, rounds
+
+
+def paired_ratio(rounds, on, off):
+    """Median over the rounds of the ratio of two variants timed in the same round: a
+    shared machine that changes speed for seconds at a time (this one moves by ~1.5×)
+    can hand the best of ``off`` and the best of ``on`` to different spells, which the
+    ratio of the bests then mistakes for a cost; the paired ratio sees one spell."""
+    return float(np.median([r[on] / r[off] for r in rounds]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,15 +249,24 @@ def main(argv=None):
                 fns["ours", ch] = ours(rule, A, q0, steps, ch)
                 if have_numba:
                     fns["numba", ch] = numba_runner(rule, A, q0, steps, ch)
-            t = {k: v / steps for k, v in best(fns, args.repeat).items()}
+            t_best, rounds = best(fns, args.repeat)
+            t = {k: v / steps for k, v in t_best.items()}
             for ch in (False, True):
                 o = t["ours", ch] * 1e9
                 nb = t.get(("numba", ch), np.nan) * 1e9
+                pair = ""
+                if ch:
+                    pair = f"{paired_ratio(rounds, ('ours', True), ('ours', False)):.2f}×"
+                    if have_numba:
+                        nb_pair = paired_ratio(rounds, ("numba", True), ("numba", False))
+                        pair += f" ({nb_pair:.2f}×)"
                 rows.append([f"{steps}", rule, "on" if ch else "off", f"{o:.1f}",
                              f"{nb:.1f}", f"{o / nb:.2f}×",
-                             f"{t['ours', True] / t['ours', False]:.2f}×" if ch else ""])
+                             f"{t['ours', True] / t['ours', False]:.2f}×" if ch else "",
+                             pair])
     print(table(rows, ["steps", "rule", "charges", "ours ns/step", "numba ns/step",
-                       "ours / numba", "ours on / off"]))
+                       "ours / numba", "ours on / off",
+                       "on / off, median of rounds: ours (numba)"]))
 
 
 if __name__ == "__main__":

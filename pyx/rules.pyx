@@ -606,15 +606,21 @@ cdef extern from *:
        qf_i = qp_i decay + num_i (den_j (1/(den_i den_j))), j the other of i's pair, the
        operations of _pair_quot on the same operands, element by element (correctly
        rounded whatever the vector width: the same bits).  Returns nonzero when some
-       pair's product is not normal (or NaN): the caller redoes those pairs directly. */
+       pair's product may be out of [2^-1022, 2^1022] (or NaN): the caller redoes the pairs
+       that are, directly.  The test is on the product's biased exponent e (sign bit
+       included): t = e - 1 and 2043 - t are both >= 0 exactly for e in 1 .. 2044, i.e. a
+       positive p in [2^-1022, 2^1022); every other p (and p = 2^1022, which the caller
+       then keeps) sets a sign bit of the OR.  Integer operations only: GCC turns an OR of
+       vector comparisons into conditional moves. */
     typedef double nc_v2d __attribute__((vector_size(16)));
     typedef long long nc_v2l __attribute__((vector_size(16)));
+    typedef unsigned long long nc_v2u __attribute__((vector_size(16)));
     static inline int nc_pair_quads(const double * __restrict den,
                                     const double * __restrict num,
                                     const double * __restrict qp, double decay,
                                     double * __restrict qf, Py_ssize_t d) {
         Py_ssize_t i;
-        nc_v2l ok = {-1, -1};
+        nc_v2l acc = {0, 0};
         int lone_ok = 1;
         for (i = 0; i + 4 <= d; i += 4) {
             nc_v2d a = {den[i], den[i + 2]}, b = {den[i + 1], den[i + 3]};
@@ -624,7 +630,8 @@ cdef extern from *:
             nc_v2d qe = {qp[i], qp[i + 2]}, qo = {qp[i + 1], qp[i + 3]};
             nc_v2d fe = qe * decay + ne * (b * ip);
             nc_v2d fo = qo * decay + no * (a * ip);
-            ok &= (p >= NC_PAIR_LO) & (p <= NC_PAIR_HI);
+            nc_v2l t = (nc_v2l)((nc_v2u)p >> 52) - 1;
+            acc |= t | (2043 - t);
             qf[i] = fe[0]; qf[i + 1] = fo[0]; qf[i + 2] = fe[1]; qf[i + 3] = fo[1];
         }
         if (i + 2 <= d) {
@@ -634,7 +641,7 @@ cdef extern from *:
             qf[i + 1] = qp[i + 1] * decay + num[i + 1] * (den[i] * ip1);
             lone_ok = p1 >= NC_PAIR_LO && p1 <= NC_PAIR_HI;
         }
-        return !(ok[0] && ok[1] && lone_ok);
+        return (acc[0] | acc[1]) < 0 || !lone_ok;
     }
     /* (9.6): one scale law on coordinates 0 .. d-1, two coordinates per vector for the
        element-wise differences and products (each correctly rounded: the bits of the
