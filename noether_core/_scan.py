@@ -99,6 +99,13 @@ class _Grid:
         return tuple(len(v) for v in self.axes.values())
 
     @functools.cached_property
+    def column_template(self):
+        """``rules._grid_template`` of this grid, asked once (the memory budget and the
+        packing both need it; ScalarRMSProp's is built per grid, not cached by class)."""
+        return _rules_mod._grid_template(self.rule_cls, self.potential,
+                                         lambda: self.rule_at(0))
+
+    @functools.cached_property
     def n_points(self):
         return math.prod(self.grid_shape)
 
@@ -226,7 +233,7 @@ def _rules(g: _Grid, lo: int, hi: int) -> list:
 def _grid_hp(g: _Grid):
     """The kernel rows of every grid point from the rule class's column form
     (Rule._grid_hp: validated a column at a time, no rule object per point), or None."""
-    return g.rule_cls._grid_hp(dict(g.fixed), dict(g.axes))
+    return g.rule_cls._grid_hp(dict(g.fixed), dict(g.axes), g.potential)
 
 
 def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
@@ -280,8 +287,8 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
 
 def _template(g: _Grid) -> _bridge.RuleInputs:
     """One point's kernel inputs (hp zeros) shared by every point of a column-form grid
-    (``rules._grid_template``: cached per rule class and d)."""
-    return _rules_mod._grid_template(g.rule_cls, g.potential, lambda: g.rule_at(0))
+    (``rules._grid_template``: cached per rule class and d; ScalarRMSProp's per grid)."""
+    return g.column_template
 
 
 def _stack_zero_states(first: _bridge.RuleInputs, hp: np.ndarray) -> _bridge.RuleInputs:
@@ -878,7 +885,7 @@ def _budget_parts(g: _Grid, threads: int | None, chunked: bool, hp_all=None) -> 
         try:
             first = g.rule_at(0).kernel_inputs(pot, g.rule_at(0).init_state(pot))
             per_input = 8 * (first.hp.size + first.vec.size + first.sca.size)
-            columns = g.rule_cls._grid_hp(dict(g.fixed), {}) is not None
+            columns = g.rule_cls._grid_hp(dict(g.fixed), {}, pot) is not None
         except (TypeError, ValueError):
             per_input = 8 * (16 + 3 * d)      # (the point's own error is raised later)
             columns = False

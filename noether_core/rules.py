@@ -292,10 +292,12 @@ class Rule:
         raise NotImplementedError
 
     @classmethod
-    def _grid_hp(cls, fixed: dict, axes: dict) -> np.ndarray | None:
+    def _grid_hp(cls, fixed: dict, axes: dict, potential=None) -> np.ndarray | None:
         """The kernel rows ``_hp`` of every point of a Cartesian grid (flat C order over
         ``axes``, the other parameters from ``fixed`` or the defaults), validated a column
-        at a time: scan's fast path, which builds no rule object per point.
+        at a time: scan's fast path, which builds no rule object per point.  ``potential``
+        is the grid's, for a row that depends on it (ScalarRMSProp's projected blocks);
+        None where the caller has none (a form that needs it then answers None).
 
         None where the class has no column form, or where some point is invalid (scan
         then builds every point's rule, and the first invalid one raises its error naming
@@ -449,6 +451,21 @@ class _BoolCol:
 _LR = _Col("lr", lo=0.0, lo_open=True)
 
 
+class _G0Col:
+    """ScalarRMSProp's ``G0`` as a column converter (see :class:`_Col`): None is NaN in
+    the kernel's row (the first step's |d_B|²), a number is checked as the constructor
+    checks it (≥ 0); a float64 axis of such numbers is its own column."""
+
+    __slots__ = ()
+    _num = _Col("G0", lo=0.0)
+
+    def __call__(self, v):
+        return math.nan if v is None else self._num(v)
+
+    def array(self, a: np.ndarray) -> np.ndarray | None:
+        return self._num.array(a)
+
+
 def _lr(v):
     return _LR(v)
 
@@ -506,6 +523,9 @@ _SGD_COLUMNS = {"lr": _LR, "momentum": _unit_col("momentum"),
 _RMSPROP_COLUMNS = {"lr": _LR, "alpha": _unit_col("alpha"), "eps": _nonneg_col("eps"),
                     "weight_decay": _nonneg_col("weight_decay"),
                     "momentum": _unit_col("momentum"), "centered": _BoolCol("centered")}
+_SCALAR_RMSPROP_COLUMNS = {"lr": _LR, "rho": _unit_col("rho"), "eps": _nonneg_col("eps"),
+                           "G0": _G0Col(), "weight_decay": _nonneg_col("weight_decay"),
+                           "n_projected": float}
 _ADAM_COLUMNS = {"lr": _LR, "beta1": _unit_col("betas[0]"), "beta2": _unit_col("betas[1]"),
                  "eps": _nonneg_col("eps"), "weight_decay": _nonneg_col("weight_decay"),
                  "amsgrad": _BoolCol("amsgrad"), "decoupled": float}
@@ -522,11 +542,13 @@ def _grid_template(cls, potential, make_rule) -> RuleInputs:
     Cached per (class, d): a column-form class is one of the built-in classes themselves
     (never a subclass, ``Rule._grid_hp``), whose state starts at zeros of widths fixed by
     its ``vec_names``/``sca_names`` and whose partition is the whole of q, whatever the
-    parameters.  ``make_rule()`` builds one valid rule of the grid, called on a miss only
+    parameters — except ScalarRMSProp, whose partition and number of G's follow
+    ``per_block`` and the potential's scale blocks: its template is built per grid, not
+    cached.  ``make_rule()`` builds one valid rule of the grid, called on a miss only
     (the template is that rule's ``kernel_inputs`` at its initial state).  Callers copy
     nothing out of it: its arrays are read-only."""
     key = (cls, potential.dim)
-    hit = _TEMPLATES.get(key)
+    hit = _TEMPLATES.get(key) if cls is not ScalarRMSProp else None
     if hit is None:
         rule = make_rule()
         first = rule.kernel_inputs(potential, rule.init_state(potential))
@@ -534,7 +556,8 @@ def _grid_template(cls, potential, make_rule) -> RuleInputs:
                          first.pptr.copy(), first.pidx.copy())
         for a in (hit.hp, hit.vec, hit.sca, hit.pptr, hit.pidx):
             a.flags.writeable = False
-        _TEMPLATES[key] = hit
+        if cls is not ScalarRMSProp:
+            _TEMPLATES[key] = hit
     return hit
 
 
@@ -588,7 +611,7 @@ class SGD(Rule):
                          self.weight_decay])
 
     @classmethod
-    def _grid_hp(cls, fixed, axes):
+    def _grid_hp(cls, fixed, axes, potential=None):
         # SGD itself only: a subclass can change defaults (a plain class attribute),
         # validation (__init__ or __post_init__), rows, laws or state in ways no check of
         # a few methods would catch, so its grids take the per-point path
@@ -657,7 +680,7 @@ class RMSprop(Rule):
                          float(self.centered)])
 
     @classmethod
-    def _grid_hp(cls, fixed, axes):
+    def _grid_hp(cls, fixed, axes, potential=None):
         # RMSprop itself only (see SGD._grid_hp); its state starts at zeros, and it is
         # kinetically symmetric for no parameter value
         if cls is not RMSprop:
@@ -700,7 +723,7 @@ class Adam(Rule):
                          float(self.amsgrad), float(self._decoupled)])
 
     @classmethod
-    def _grid_hp(cls, fixed, axes):
+    def _grid_hp(cls, fixed, axes, potential=None):
         # Adam and AdamW themselves only (see SGD._grid_hp); a grid over the pair
         # ``betas`` takes the per-point path
         if cls not in (Adam, AdamW) or "betas" in axes:
@@ -791,6 +814,34 @@ class ScalarRMSProp(Rule):
         return np.array([self.lr, self.rho, self.eps,
                          math.nan if self.G0 is None else self.G0, self.weight_decay,
                          float(self._n_projected(potential))])
+
+    @classmethod
+    def _grid_hp(cls, fixed, axes, potential=None):
+        # ScalarRMSProp itself only (see SGD._grid_hp), over lr, rho, eps, G0 and weight
+        # decay: per_block and project decide the partition, the number of G's, the
+        # projected blocks and the kinetic symmetry, so a grid over either takes the
+        # per-point path (which then refuses a grid that changes the partition)
+        if cls is not ScalarRMSProp or "per_block" in axes or "project" in axes:
+            return None
+        try:
+            per_block = V.as_bool("per_block", fixed.get("per_block", cls.per_block))
+            project = V.as_bool("project", fixed.get("project", cls.project))
+        except TypeError:
+            return None
+        if project and not per_block:
+            return None
+        if project:
+            if potential is None:
+                return None                 # the projected blocks are the potential's
+            n_proj = float(sum(1 for n in cls(per_block=True, project=True).part_names(
+                potential) if n != "rest"))
+        else:
+            n_proj = 0.0
+        hp = _column_rows(cls, {**fixed, "n_projected": n_proj}, axes,
+                          _SCALAR_RMSPROP_COLUMNS)
+        if hp is not None and np.any((hp[:, 3] == 0.0) & (hp[:, 2] == 0.0)):
+            return None                     # G0 = 0 with eps = 0 (the constructor's error)
+        return hp
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:
         """Exact when all blocks of the symmetry share one G (one step size) and none of
@@ -935,7 +986,7 @@ class MirrorDescent(Rule):
         return True
 
     @classmethod
-    def _grid_hp(cls, fixed, axes):
+    def _grid_hp(cls, fixed, axes, potential=None):
         # MirrorDescent itself only (see SGD._grid_hp), with one map for the whole grid:
         # the map decides which of D and p are allowed (a grid over it takes the per-point
         # path), and the diagonal map's D is a kernel input per point, not a column

@@ -430,6 +430,92 @@ def test_adaptive_column_forms_equal_per_point_rules(data, cls):
     _check_column_form(cls, *data.draw(_adaptive_grids(cls)))
 
 
+_SRMS_VALUES = {
+    "lr": st.sampled_from([1e-3, 0.1, 0.0, -0.5, 1]),
+    "rho": st.sampled_from([0.99, 0.0, 1.0, -0.1]),
+    "eps": st.sampled_from([1e-8, 0.0, -1e-8, 1]),
+    "G0": st.sampled_from([None, 0.0, 0.5, -1.0, 2]),
+    "weight_decay": st.sampled_from([0.0, 1e-2, -1e-3, 0]),
+    "per_block": st.sampled_from([True, False, 1]),
+    "project": st.sampled_from([False, 0]),
+}
+
+
+@st.composite
+def _srms_grids(draw):
+    names = draw(st.lists(st.sampled_from(["lr", "rho", "eps", "G0", "weight_decay"]),
+                          unique=True, max_size=4))
+    axes, fixed = {}, {}
+    for k in names:
+        vals = draw(st.lists(_SRMS_VALUES[k].filter(lambda v: v is not None), min_size=1,
+                             max_size=3, unique_by=float))
+        axes[k] = np.unique(np.array([float(v) for v in vals]))
+    for k in sorted(set(_SRMS_VALUES) - set(names)):
+        if draw(st.booleans()):
+            fixed[k] = draw(_SRMS_VALUES[k])
+    return fixed, axes
+
+
+@settings(max_examples=200)
+@given(_srms_grids())
+def test_scalar_rmsprop_column_form_equals_per_point_rules(grid):
+    """ScalarRMSProp._grid_hp, as SGD's above (project=False, whose rows do not depend on
+    the potential): the grids whose every point constructs are accepted — G0 None as the
+    kernel's NaN, G0 = 0 together with eps = 0 refused as the constructor refuses it —
+    with bitwise the rows ``_hp`` gives."""
+    _check_column_form(nc.rules.ScalarRMSProp, *grid)
+
+
+def _bn_layer(width=3, seed=4):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(20, 3))
+    pot = nc.potentials.BatchNormLayer(X, np.tanh(X[:, 0]), width=width)
+    return pot, rng.normal(size=pot.dim)
+
+
+def test_scalar_rmsprop_column_form_declines_what_it_cannot_see():
+    """per_block and project decide the partition and the law: a grid over either takes
+    the per-point path; project=True needs the potential (its rows count the projected
+    blocks), and with it gives ``_hp(potential)``'s rows bitwise."""
+    cls = nc.rules.ScalarRMSProp
+    lr = {"lr": np.array([0.01, 0.02])}
+    assert cls._grid_hp({}, {**lr, "per_block": np.array([True, False])}) is None
+    assert cls._grid_hp({}, {**lr, "project": np.array([True, False])}) is None
+    assert cls._grid_hp({"project": True}, lr) is None
+    assert cls._grid_hp({"project": True, "per_block": False}, lr, _bn_layer()[0]) is None
+    assert cls._grid_hp({"per_block": "yes"}, lr) is None
+    pot, _ = _bn_layer(width=3)
+    hp = cls._grid_hp({"project": True, "rho": 0.9}, lr, pot)
+    want = np.array([cls(lr=v, rho=0.9, project=True)._hp(pot) for v in (0.01, 0.02)])
+    assert hp.tobytes() == want.tobytes() and np.all(hp[:, 5] == 3.0)
+
+
+@pytest.mark.parametrize("fixed", [dict(), dict(per_block=False, G0=0.5),
+                                   dict(project=True, eps=0.0)])
+def test_scalar_rmsprop_column_form_scans_as_train(fixed):
+    """A ScalarRMSProp grid on the column form (one G per scale block and one for the
+    rest, one G for all of q, the projected rule) runs every point as ``train`` does, bit
+    for bit (the template's partition and G's are the grid's own, not a cached class's),
+    with the per-point laws' exactness."""
+    pot, q0 = _bn_layer()
+    for sym in pot.symmetry_blocks("scale"):
+        idx = pot.blocks[sym.blocks[0]]
+        q0[idx] /= np.linalg.norm(q0[idx])
+    grid = dict(lr=[0.01, 0.03], weight_decay=[0.0, 1e-3])
+    assert nc.rules.ScalarRMSProp._grid_hp(
+        fixed, {k: np.array(v) for k, v in grid.items()}, pot) is not None
+    res = nc.scan(nc.rules.ScalarRMSProp, pot, q0, steps=60, record_every=20, seeds=0,
+                  charges=True, **grid, **fixed)
+    for i, lr in enumerate(grid["lr"]):
+        for j, wd in enumerate(grid["weight_decay"]):
+            rule = nc.rules.ScalarRMSProp(lr=lr, weight_decay=wd, **fixed)
+            _assert_same_as_train(res, (i, j), pot, q0, 60, record_every=20)
+            run = nc.train(rule, pot, q0, 60)
+            for lab, law in run.charges.items():
+                assert _bits_equal(res.charge_worst[lab][i, j], law.worst)
+                assert bool(res.charge_exact[lab][i, j]) == (law.law == "exact")
+
+
 _MIRROR_VALUES = {
     "lr": st.sampled_from([1e-3, 0.1, 0.0, -0.5, 1]),
     "weight_decay": st.sampled_from([0.0, 1e-2, -1e-3, 0]),
@@ -522,7 +608,11 @@ def test_column_form_only_for_sgd_itself():
             if self.lr > 0.5:
                 raise ValueError("PickyAdam: lr must be at most 0.5")
 
-    for cls in (Picky, PickyInit, SGD9, PickyAdam, nc.rules.ScalarRMSProp):
+    @dataclass(frozen=True)
+    class PickySRMS(nc.rules.ScalarRMSProp):
+        pass
+
+    for cls in (Picky, PickyInit, SGD9, PickyAdam, PickySRMS):
         assert cls._grid_hp({}, axes) is None
     assert nc.rules.Adam._grid_hp({}, {"betas": np.array([0.1, 0.2])}) is None
     pot, q0 = _rayleigh()
