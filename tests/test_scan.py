@@ -442,22 +442,24 @@ _SRMS_VALUES = {
 
 
 @st.composite
-def _srms_grids(draw):
-    names = draw(st.lists(st.sampled_from(["lr", "rho", "eps", "G0", "weight_decay"]),
-                          unique=True, max_size=4))
+def _float_grids(draw, values, axis_names, max_axes):
+    """(fixed, axes): up to ``max_axes`` of ``axis_names`` as float axes of 1–3 distinct
+    values drawn from ``values`` (None left out), each other parameter of ``values``
+    fixed or left to its default."""
+    names = draw(st.lists(st.sampled_from(axis_names), unique=True, max_size=max_axes))
     axes, fixed = {}, {}
     for k in names:
-        vals = draw(st.lists(_SRMS_VALUES[k].filter(lambda v: v is not None), min_size=1,
+        vals = draw(st.lists(values[k].filter(lambda v: v is not None), min_size=1,
                              max_size=3, unique_by=float))
         axes[k] = np.unique(np.array([float(v) for v in vals]))
-    for k in sorted(set(_SRMS_VALUES) - set(names)):
+    for k in sorted(set(values) - set(names)):
         if draw(st.booleans()):
-            fixed[k] = draw(_SRMS_VALUES[k])
+            fixed[k] = draw(values[k])
     return fixed, axes
 
 
 @settings(max_examples=200)
-@given(_srms_grids())
+@given(_float_grids(_SRMS_VALUES, ["lr", "rho", "eps", "G0", "weight_decay"], 4))
 def test_scalar_rmsprop_column_form_equals_per_point_rules(grid):
     """ScalarRMSProp._grid_hp, as SGD's above (project=False, whose rows do not depend on
     the potential): the grids whose every point constructs are accepted — G0 None as the
@@ -525,23 +527,8 @@ _MIRROR_VALUES = {
 }
 
 
-@st.composite
-def _mirror_grids(draw):
-    names = draw(st.lists(st.sampled_from(["lr", "weight_decay", "p"]), unique=True,
-                          max_size=3))
-    axes, fixed = {}, {}
-    for k in names:
-        vals = draw(st.lists(_MIRROR_VALUES[k].filter(lambda v: v is not None), min_size=1,
-                             max_size=3, unique_by=float))
-        axes[k] = np.unique(np.array([float(v) for v in vals]))
-    for k in sorted(set(_MIRROR_VALUES) - set(names)):
-        if draw(st.booleans()):
-            fixed[k] = draw(_MIRROR_VALUES[k])
-    return fixed, axes
-
-
 @settings(max_examples=200)
-@given(_mirror_grids())
+@given(_float_grids(_MIRROR_VALUES, ["lr", "weight_decay", "p"], 3))
 def test_mirror_column_form_equals_per_point_rules(grid):
     """MirrorDescent._grid_hp, as SGD's above, for one non-diagonal map per grid: the
     grids whose every point constructs are accepted, with bitwise ``_hp``'s rows (p's row
