@@ -3,11 +3,11 @@ small-scan comparison with JAX + optax, in one process run.
 
 The fixed cost is the wall time of a tiny lane scan minus its kernel time: a 16 × 16
 (lr × weight decay) grid on RayleighQuotient d = 8, 1 step, charges off, of
-SGD(momentum 0.9), AdamW, Adam and RMSprop (``--rules``; Adam and RMSprop with L2 weight
-decay).  The kernel's two parts are timed inside the same calls,
-by wrapping the object ``noether_core._bridge.lane_kernel`` returns: *build* (the
-compiled ``LaneScanKernel.__cinit__``: scratch, pointers, Adam's pow table) and *run*
-(``kern.run()``).  Printed per rule, as medians over ``--calls`` calls:
+SGD(momentum 0.9), AdamW, Adam, RMSprop and the paper's ScalarRMSProp (``--rules``; Adam,
+RMSprop and ScalarRMSProp with L2 weight decay).  The kernel's two parts are timed inside
+the same calls, by wrapping the object ``noether_core._bridge.lane_kernel`` returns:
+*build* (the compiled ``LaneScanKernel.__cinit__``: scratch, pointers, Adam's pow table)
+and *run* (``kern.run()``).  Printed per rule, as medians over ``--calls`` calls:
 
 * wall: the whole ``nc.scan`` call (not instrumented);
 * facade = wall − build − run (the Python around the kernel: what issue 16 bounds by
@@ -26,7 +26,7 @@ Usage::
     ... --threads 1           # the tiny scans on one thread (default: 1; see below)
     ... --calls 3000          # calls per median
     ... --no-peer             # skip JAX
-    ... --rules SGD,AdamW     # the rules of the fixed-cost table (default: all four)
+    ... --rules SGD,AdamW     # the rules of the fixed-cost table (default: all five)
     ... --cold                # Adam's pow-table cache emptied before every call
     ... --no-small            # skip the 16 x 16 x 500 table
 
@@ -130,7 +130,8 @@ def _median_us(v):
 
 
 #: the rules timed: class name -> fixed parameters (Adam and RMSprop: L2 weight decay)
-RULES = {"SGD": {"momentum": 0.9}, "AdamW": {}, "Adam": {}, "RMSprop": {}}
+RULES = {"SGD": {"momentum": 0.9}, "AdamW": {}, "Adam": {}, "RMSprop": {},
+         "ScalarRMSProp": {}}
 
 
 def _clear_pow_cache():
