@@ -111,8 +111,10 @@ def test_direct_pass_resumed_in_chunks(rule):
 
 def test_direct_pass_keeps_delta_at_a_stop():
     """A step that overflows q (a finite gradient of 1e300 at the fourth call) stops the
-    run as "non-finite parameters" before the law's pass, so the state's last Δ stays the
-    step before's, as on the general pass."""
+    run as "non-finite parameters".  Recording every step, SGD takes the direct pass's
+    (9.8) order: the stopping step's sums and Δ are formed (Δ into the spare buffer) but
+    not committed, so the state's last Δ stays the step before's, as on the general
+    pass, which stops before its law's pass."""
     d = 5
 
     def make():
@@ -184,12 +186,17 @@ def _law(q0, q1, qf):
 @pytest.mark.parametrize("d", list(range(1, 12)))
 @pytest.mark.parametrize("rule,warm", [
     (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2), 0),                 # not saturated
-    (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2, betas=(0.5, 0.6)), 200),   # saturated
+    (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2, betas=(0.6, 0.6)), 200),   # saturated
     (nc.rules.Adam(lr=3e-2), 0),                                     # no decay
 ])
 def test_free_pairs_bitwise(rule, warm, d):
     """(9.7): the fused free step's residual is, bit for bit, the law of the free step
-    formed with (8.1)–(8.3)'s operations in Python floats."""
+    formed with (8.1)–(8.3)'s operations in Python floats.  Every case takes the pair
+    pass (1 − β₁ < 0.5); the saturated one's corrections are exactly 1 after 200 steps
+    (0.6²⁰⁰ < 2⁻⁵⁴), so its free denominators take the branch without 1/sqrt(bc₂)."""
+    assert 1.0 - rule.betas[0] < 0.5
+    if warm:
+        assert 1.0 - rule.betas[1] ** warm == 1.0 and 1.0 - rule.betas[0] ** warm == 1.0
     pot, q0 = _rq(d, seed=d)
     if warm:
         pre = nc.train(rule, pot, q0, warm, charges=False)
@@ -210,18 +217,24 @@ def test_free_pairs_bitwise(rule, warm, d):
         assert max(expected) > 1e-9          # a breaking law: a wrong quotient shows
 
 
-def test_free_pairs_not_normal():
-    """(8.3)'s fallback inside the vector pass: with exp_avg_sq ~ 1e-320 and eps = 1e-170
-    every free denominator is ~1e-170 and every pair's product ~1e-340 is not normal, so
-    each quotient is divided directly; the residual is still bit for bit the written-out
-    law's (a reciprocal of a subnormal product would overflow to inf and show)."""
-    d = 9
+@pytest.mark.parametrize("d,tiny", [(9, slice(None)), (10, slice(8, 10)),
+                                    (6, slice(4, 6)), (8, slice(4, 8))])
+def test_free_pairs_not_normal(d, tiny):
+    """(8.3)'s fallback inside the vector pass: where exp_avg_sq ~ 1e-320 (its root
+    ~1e-160) and eps = 1e-170 the free denominators are ~3e-159 and a pair's product
+    ~1e-317 is subnormal, so that pair's quotients are divided directly; the residual is
+    still bit for bit the written-out law's (a reciprocal of a subnormal product overflows
+    to inf and would show).  The subnormal pairs: every one (d = 9: two vector blocks and
+    the odd last coordinate), only a lone last pair after normal vector blocks (d = 10,
+    d = 6: the flag of the lone pair alone), only the second vector block (d = 8)."""
     pot, q0 = _rq(d, seed=5)
     rule = nc.rules.AdamW(lr=1e-3, weight_decay=1e-2, eps=1e-170)
     st = nc.train(rule, pot, q0, 0).state
     arrays = dict(st.arrays)
-    arrays["exp_avg"] = np.full(d, 1e-300)
-    arrays["exp_avg_sq"] = np.full(d, 1e-320)
+    arrays["exp_avg"] = np.full(d, 1e-3)
+    arrays["exp_avg_sq"] = np.full(d, 1e-4)
+    arrays["exp_avg"][tiny] = 1e-300
+    arrays["exp_avg_sq"][tiny] = 1e-320
     st = nc.rules.RuleState(rule=st.rule, arrays=arrays, scalars=dict(st.scalars),
                             step=st.step)
     hp = tuple(float(x) for x in rule._hp(pot)[:5])
@@ -299,9 +312,10 @@ def test_overflowing_norm_does_not_stop():
 
 @pytest.mark.parametrize("rule_cls", [nc.rules.Adam, nc.rules.RMSprop])
 def test_probe_skip_in_scan(rule_cls):
-    """The scan's scalar kernel (a Python potential has no lanes) takes the same pass with
-    its own charge buffers: every point, finishing or stopped at a non-finite q_{n+1},
-    ends with train's q, stop step and the law's worst and its step, bit for bit."""
+    """The scan's scalar kernel (a Python potential has no lanes) takes the direct pass
+    with its own charge buffers: every point, finishing or stopped at a non-finite
+    q_{n+1}, ends with the q, stop step and the law's worst and its step of ``train``
+    through the general pass (the law tracked next to a translation), bit for bit."""
     d = 6
     q0 = np.linspace(-1.0, 1.0, d)
     lrs = [1e-2, 1e306, 1e307]
@@ -313,7 +327,7 @@ def test_probe_skip_in_scan(rule_cls):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nc.errors.DivergenceWarning)
             tr = nc.train(rule_cls(lr=lr), _constant_gradient(d), q0, 100, record_every=101,
-                          charges=[SCALE_Q])
+                          charges=[SCALE_Q, _translation(d)])
         assert np.array_equal(_bits(res.q[i]), _bits(tr.q_final))
         assert res.stop_step[i] == (-1 if tr.stop_step is None else tr.stop_step)
         stopped += tr.stop_step is not None
