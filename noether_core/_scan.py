@@ -101,9 +101,9 @@ class _Grid:
     @functools.cached_property
     def column_template(self):
         """``rules._grid_template`` of this grid, asked once (the memory budget and the
-        packing both need it; ScalarRMSProp's is built per grid, not cached by class)."""
+        packing both need it)."""
         return _rules_mod._grid_template(self.rule_cls, self.potential,
-                                         lambda: self.rule_at(0))
+                                         lambda: self.rule_at(0), self.fixed)
 
     @functools.cached_property
     def n_points(self):
@@ -287,7 +287,8 @@ def _pack_rules(g: _Grid, lo: int, hi: int, rules: list | None = None,
 
 def _template(g: _Grid) -> _bridge.RuleInputs:
     """One point's kernel inputs (hp zeros) shared by every point of a column-form grid
-    (``rules._grid_template``: cached per rule class and d; ScalarRMSProp's per grid)."""
+    (``rules._grid_template``: cached per rule class and d; ScalarRMSProp's per potential
+    and ``per_block``)."""
     return g.column_template
 
 

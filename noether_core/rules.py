@@ -19,6 +19,7 @@ MirrorDescent             ∇h(q_{n+1}) = ∇h(q_n) − η d for separable h (SP
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -532,9 +533,12 @@ _ADAM_COLUMNS = {"lr": _LR, "beta1": _unit_col("betas[0]"), "beta2": _unit_col("
 
 #: (rule class, d) -> the kernel inputs every point of a column-form grid shares
 _TEMPLATES: dict = {}
+#: ScalarRMSProp's: potential (held weakly; a potential's blocks and symmetries are
+#: read-only) -> {per_block: the kernel inputs}
+_SRMS_TEMPLATES = weakref.WeakKeyDictionary()
 
 
-def _grid_template(cls, potential, make_rule) -> RuleInputs:
+def _grid_template(cls, potential, make_rule, fixed=None) -> RuleInputs:
     """What every point of a column-form grid (``Rule._grid_hp``) packs besides its hp
     row, as one point's ``RuleInputs`` (its hp a row of zeros): the kind, the zero state
     (``vec`` (nvec, d), ``sca`` (nsca,)) and the partition of q (CSR).
@@ -543,12 +547,18 @@ def _grid_template(cls, potential, make_rule) -> RuleInputs:
     (never a subclass, ``Rule._grid_hp``), whose state starts at zeros of widths fixed by
     its ``vec_names``/``sca_names`` and whose partition is the whole of q, whatever the
     parameters — except ScalarRMSProp, whose partition and number of G's follow
-    ``per_block`` and the potential's scale blocks: its template is built per grid, not
-    cached.  ``make_rule()`` builds one valid rule of the grid, called on a miss only
-    (the template is that rule's ``kernel_inputs`` at its initial state).  Callers copy
-    nothing out of it: its arrays are read-only."""
-    key = (cls, potential.dim)
-    hit = _TEMPLATES.get(key) if cls is not ScalarRMSProp else None
+    ``per_block`` (from ``fixed``, the grid's fixed parameters; its column form refuses
+    a grid over it or a value other than a bool) and the potential's scale blocks: its
+    templates are cached per potential object and ``per_block``.  ``make_rule()`` builds
+    one valid rule of the grid, called on a miss only (the template is that rule's
+    ``kernel_inputs`` at its initial state).  Callers copy nothing out of it: its arrays
+    are read-only."""
+    if cls is ScalarRMSProp:
+        store = _SRMS_TEMPLATES.setdefault(potential, {})
+        key = bool((fixed or {}).get("per_block", cls.per_block))
+    else:
+        store, key = _TEMPLATES, (cls, potential.dim)
+    hit = store.get(key)
     if hit is None:
         rule = make_rule()
         first = rule.kernel_inputs(potential, rule.init_state(potential))
@@ -556,8 +566,7 @@ def _grid_template(cls, potential, make_rule) -> RuleInputs:
                          first.pptr.copy(), first.pidx.copy())
         for a in (hit.hp, hit.vec, hit.sca, hit.pptr, hit.pidx):
             a.flags.writeable = False
-        if cls is not ScalarRMSProp:
-            _TEMPLATES[key] = hit
+        store[key] = hit
     return hit
 
 

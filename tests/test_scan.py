@@ -497,8 +497,8 @@ def test_scalar_rmsprop_column_form_declines_what_it_cannot_see():
 def test_scalar_rmsprop_column_form_scans_as_train(fixed):
     """A ScalarRMSProp grid on the column form (one G per scale block and one for the
     rest, one G for all of q, the projected rule) runs every point as ``train`` does, bit
-    for bit (the template's partition and G's are the grid's own, not a cached class's),
-    with the per-point laws' exactness."""
+    for bit (the template's partition and G's are the grid's own, not those of another
+    ``per_block`` cached for the class and d), with the per-point laws' exactness."""
     pot, q0 = _bn_layer()
     for sym in pot.symmetry_blocks("scale"):
         idx = pot.blocks[sym.blocks[0]]
@@ -516,6 +516,33 @@ def test_scalar_rmsprop_column_form_scans_as_train(fixed):
             for lab, law in run.charges.items():
                 assert _bits_equal(res.charge_worst[lab][i, j], law.worst)
                 assert bool(res.charge_exact[lab][i, j]) == (law.law == "exact")
+
+
+def test_scalar_rmsprop_templates_per_potential():
+    """ScalarRMSProp's column-form template is cached per potential object and per_block
+    (rules._SRMS_TEMPLATES, held weakly): two potentials of the same d with different
+    scale blocks (one block of all of q; three blocks and a rest) each scan as ``train``
+    runs, in either order, and a potential that is gone leaves no entry behind."""
+    import gc
+    import weakref
+
+    from noether_core import rules as rules_mod
+    layer, q0 = _bn_layer()
+    rng = np.random.default_rng(2)
+    M = rng.normal(size=(layer.dim, layer.dim))
+    rq = nc.potentials.RayleighQuotient(M + M.T)
+    for pot in (layer, rq, layer):
+        res = nc.scan(nc.rules.ScalarRMSProp, pot, q0, steps=30, seeds=0, lr=[0.01, 0.02],
+                      charges=False)
+        for i in range(2):
+            _assert_same_as_train(res, (i,), pot, q0, 30)
+    assert rules_mod._SRMS_TEMPLATES[layer][True].sca.shape == (1 + 4,)     # 3 blocks, rest
+    assert rules_mod._SRMS_TEMPLATES[rq][True].sca.shape == (1 + 1,)
+    gone, n = weakref.ref(rq), len(rules_mod._SRMS_TEMPLATES)
+    del rq, pot, res
+    gc.collect()
+    assert gone() is None                       # the cache did not keep it alive
+    assert len(rules_mod._SRMS_TEMPLATES) == n - 1
 
 
 _MIRROR_VALUES = {
