@@ -848,8 +848,12 @@ class ScalarRMSProp(Rule):
             n_proj = 0.0
         hp = _column_rows(cls, {**fixed, "n_projected": n_proj}, axes,
                           _SCALAR_RMSPROP_COLUMNS)
-        if hp is not None and np.any((hp[:, 3] == 0.0) & (hp[:, 2] == 0.0)):
-            return None                     # G0 = 0 with eps = 0 (the constructor's error)
+        # G0 = 0 with eps = 0 is the constructor's error; both columns are constant (their
+        # first row) unless an axis
+        if hp is not None and len(hp) and (
+                (hp[0, 3] == 0.0 and hp[0, 2] == 0.0) if "eps" not in axes and "G0" not in axes
+                else np.any((hp[:, 3] == 0.0) & (hp[:, 2] == 0.0))):
+            return None
         return hp
 
     def kinetic_symmetric(self, symmetry, potential) -> bool:

@@ -404,3 +404,50 @@ def test_scan_kernel_checks_what_it_trusts():
         _bridge.scan_kernel(*_scan_args(quad, out_shape_bad=True))
     kern = _bridge.scan_kernel(*_scan_args(quad))      # the valid call runs
     kern.run()
+
+
+def _lane_args(rule_cls=R.SGD, bptr=None, bidx=None, pptr=None, pidx=None, d=3, P_=8):
+    """A valid full-batch lane-kernel call on Rayleigh(diag(1..d)), any CSR replaced."""
+    pot = P.RayleighQuotient(np.diag(np.arange(1.0, d + 1)))
+    rule = rule_cls(lr=0.1)
+    first = rule.kernel_inputs(pot, rule.init_state(pot))
+    inputs = _bridge.RuleInputs(
+        first.kind, np.tile(first.hp, (P_, 1)), np.zeros((P_, first.vec.size)),
+        np.zeros((P_, first.sca.size)),
+        first.pptr if pptr is None else np.asarray(pptr, dtype=np.intp),
+        first.pidx if pidx is None else np.asarray(pidx, dtype=np.intp))
+    plan = _bridge.ScanPlan(steps=10, K=4, late_start=9, record_every=0, R=0, n_threads=1)
+    out = _bridge.ScanOutputs.empty(P_, d, 1, 0, 0)
+    bptr = np.array([0, d], dtype=np.intp) if bptr is None else np.asarray(bptr, np.intp)
+    bidx = np.arange(d, dtype=np.intp) if bidx is None else np.asarray(bidx, dtype=np.intp)
+    return [pot._lane_form(), inputs, np.ones(d), plan, bptr, bidx, out, None, None]
+
+
+def test_lane_kernel_checks_its_index_arrays():
+    """The lane kernel reads q through three CSR index sets (the recorded blocks,
+    ScalarRMSProp's partition, the tracked scale blocks): each is checked, pointers
+    rising from 0 to len(idx) and indices in [0, d), before any is read (a direct
+    caller gets a ValueError naming the set, not a read past q)."""
+    kern = _bridge.lane_kernel(*_lane_args())                  # the valid calls run
+    kern.run()
+    _bridge.lane_kernel(*_lane_args(R.ScalarRMSProp)).run()
+    for bad in (-1, 3, 2**40):
+        with pytest.raises(ValueError, match=r"recorded blocks .*indices must lie in \[0, 3\)"):
+            _bridge.lane_kernel(*_lane_args(bidx=[0, 1, bad]))
+        with pytest.raises(ValueError, match=r"partition .*indices must lie in \[0, 3\)"):
+            _bridge.lane_kernel(*_lane_args(R.ScalarRMSProp, pidx=[0, 1, bad]))
+        args = _lane_args()
+        args[7] = (np.array([0, 3], np.intp), np.array([0, bad, 2], np.intp))
+        with pytest.raises(ValueError, match=r"charge_blocks.*indices must lie in \[0, 3\)"):
+            _bridge.lane_kernel(*args)
+    for ptr in ([0, 2], [1, 3], [0, 2, 1, 3], [3]):
+        with pytest.raises(ValueError, match=r"recorded blocks .*must rise from 0 to "
+                                             r"len\(idx\) = 3"):
+            _bridge.lane_kernel(*_lane_args(bptr=ptr))
+        args = _lane_args()
+        args[7] = (np.array(ptr, np.intp), np.arange(3, dtype=np.intp))
+        with pytest.raises(ValueError, match=r"charge_blocks.*must rise from 0"):
+            _bridge.lane_kernel(*args)
+    for ptr in ([0, 2], [1, 3]):                     # one part (its width: 2 G's)
+        with pytest.raises(ValueError, match="partition .*must rise from 0"):
+            _bridge.lane_kernel(*_lane_args(R.ScalarRMSProp, pptr=ptr))
