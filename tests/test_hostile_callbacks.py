@@ -448,6 +448,8 @@ def test_lane_kernel_checks_its_index_arrays():
         args[7] = (np.array(ptr, np.intp), np.arange(3, dtype=np.intp))
         with pytest.raises(ValueError, match=r"charge_blocks.*must rise from 0"):
             _bridge.lane_kernel(*args)
+    with pytest.raises(ValueError, match=r"recorded blocks .*must be 1-D, got 1-D and 2-D"):
+        _bridge.lane_kernel(*_lane_args(bidx=[[0, 1, 2]]))
     for ptr in ([0, 2], [1, 3]):                     # one part (its width: 2 G's)
         with pytest.raises(ValueError, match="partition .*must rise from 0"):
             _bridge.lane_kernel(*_lane_args(R.ScalarRMSProp, pptr=ptr))
