@@ -13,10 +13,11 @@ Tests that measure something for the record (the fuzz counts, RSS growth, interr
 latency) append a line to ``config._noether_summary``; it is printed in pytest's terminal
 summary, so it is visible without ``-s``.
 """
+import importlib.util
 import os
 
 import pytest
-from _pytest.doctest import DoctestModule
+from _pytest.doctest import DoctestItem, DoctestModule
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -45,6 +46,24 @@ def pytest_collect_file(file_path, parent):
     modules (which would count an optional extra's module-level skip twice)."""
     outcome = yield
     outcome.force_result([c for c in outcome.get_result() if not isinstance(c, DoctestModule)])
+
+
+#: the package's docstring examples that need an optional extra, by the example's name:
+#: (the module it imports, the extra that installs it).  Without the module the example is
+#: skipped with that reason, as the tests of the same extra are; README's command installs
+#: every extra the suite uses, so CI runs them
+_DOCTEST_EXTRAS = {
+    "noether_core._scan_result.ScanResult.to_xarray": ("xarray", "scan"),
+    "noether_core._scan_result.ScanResult.to_dataframe": ("pandas", "scan"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        need = _DOCTEST_EXTRAS.get(item.name) if isinstance(item, DoctestItem) else None
+        if need is not None and importlib.util.find_spec(need[0]) is None:
+            item.add_marker(pytest.mark.skip(
+                reason=f"the example needs {need[0]}, the optional extra '{need[1]}'"))
 
 
 def pytest_report_header(config):
