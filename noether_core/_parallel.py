@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
 import sys
 import threading
 import time
@@ -203,29 +204,84 @@ def default_threads() -> int:
 # progress
 
 
+class _KernelThreads:
+    """Long-lived daemon threads that run compiled kernels for :func:`run_with_progress`.
+
+    A kernel's OpenMP team belongs to the thread that starts its parallel region: libgomp
+    keeps one pool of worker threads per such *master* thread.  A new helper thread per
+    call therefore meant a new pool per call, while the previous call's workers still
+    spun on the cores (libgomp's default wait policy) — measured on the 2-core machine, a
+    2-thread 32 × 32 × 2000-step SGD scan took 2.2–2.5 ns per point-step when the kernel
+    ran on one thread for every call and 2.4–11.7 ns with a new thread per call
+    (docs/scan.md §"Threads, memory, progress").  Here a finished kernel's thread goes
+    back to an idle list and runs the next kernel, so consecutive calls reuse one team.
+    Concurrent calls (a thread pool of scans) each take their own thread; at most
+    :attr:`MAX_IDLE` idle threads are kept, the others end.  A forked child starts with
+    no thread (the parent's do not exist there)."""
+
+    #: idle threads kept for later calls (each holds its OpenMP pool)
+    MAX_IDLE = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list = []
+
+    def _after_fork(self):
+        self._lock = threading.Lock()
+        self._idle = []
+
+    def start(self, fn, done: threading.Event, err: list) -> None:
+        """Run ``fn()`` on an idle thread (or a new one); ``done`` is set when it returns,
+        after the thread is idle again; an exception it raises is appended to ``err``."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="noether-kernel",
+                             daemon=True).start()
+        inbox.put((fn, done, err))
+
+    def _serve(self, inbox):
+        while True:
+            fn, done, err = inbox.get()
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+                err.append(exc)
+            with self._lock:
+                keep = len(self._idle) < self.MAX_IDLE
+                if keep:
+                    # idle before done is set: the caller's next kernel finds this thread
+                    self._idle.append(inbox)
+            done.set()
+            if not keep:
+                return
+
+
+_KERNEL_THREADS = _KernelThreads()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_KERNEL_THREADS._after_fork)
+
+
 def run_with_progress(kern, total, progress):
     """Run ``kern.run()`` on a helper thread, calling ``progress(kern.steps_done(), total)``
-    every 0.1 s; Ctrl-C calls ``kern.cancel()``, waits for the thread and re-raises.
+    every 0.1 s; Ctrl-C calls ``kern.cancel()``, waits for the kernel and re-raises.
 
+    The helper threads are long-lived (:class:`_KernelThreads`): consecutive calls run on
+    the same thread, so the kernel's OpenMP team is reused, not started anew per call.
     An exception raised by the kernel is re-raised in the caller.
     """
-    err = []
-
-    def target():
-        try:
-            kern.run()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            err.append(exc)
-
-    th = threading.Thread(target=target, name="noether-scan", daemon=True)
-    th.start()
+    done, err = threading.Event(), []
+    _KERNEL_THREADS.start(kern.run, done, err)
     try:
-        while th.is_alive():
-            th.join(0.1)
+        while True:
+            finished = done.wait(0.1)
             progress(kern.steps_done(), total)
+            if finished:
+                break
     except KeyboardInterrupt:
         kern.cancel()
-        th.join()
+        done.wait()
         raise
     if err:
         raise err[0]

@@ -506,6 +506,92 @@ def test_run_with_progress_ctrl_c_cancels_the_kernel():
     assert kern.cancelled.is_set()
 
 
+class _WhereKernel:
+    """A kernel that records the thread it runs on, optionally meeting others at a
+    barrier (which only kernels running at the same time can pass)."""
+
+    def __init__(self, barrier=None):
+        self.barrier, self.thread = barrier, None
+
+    def run(self):
+        self.thread = threading.get_ident()
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)
+
+    def steps_done(self):
+        return 0
+
+    def cancel(self):
+        pass
+
+
+def test_run_with_progress_reuses_its_kernel_thread():
+    """Consecutive kernels run on one long-lived thread (so an OpenMP team is reused,
+    _parallel._KernelThreads), never on the caller's."""
+    kernels = [_WhereKernel() for _ in range(5)]
+    for k in kernels:
+        parallel_mod.run_with_progress(k, 0, lambda done, total: None)
+    assert len({k.thread for k in kernels}) == 1
+    assert kernels[0].thread != threading.get_ident()
+    # an exception does not lose the thread either
+    with pytest.raises(RuntimeError, match="boom"):
+        parallel_mod.run_with_progress(_Kernel(RuntimeError("boom")), 50, lambda d, t: None)
+    again = _WhereKernel()
+    parallel_mod.run_with_progress(again, 0, lambda done, total: None)
+    assert again.thread == kernels[0].thread
+
+
+def test_run_with_progress_runs_concurrent_calls_on_their_own_threads():
+    """Calls from several threads at once each get a thread (the kernels meet at a
+    barrier, which a shared thread would never let them pass: BrokenBarrierError), and
+    at most MAX_IDLE threads stay idle afterwards."""
+    n = parallel_mod._KernelThreads.MAX_IDLE + 2
+    barrier = threading.Barrier(n)
+    kernels = [_WhereKernel(barrier) for _ in range(n)]
+    errors = []
+
+    def call(k):
+        try:
+            parallel_mod.run_with_progress(k, 0, lambda done, total: None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    callers = [threading.Thread(target=call, args=(k,)) for k in kernels]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(30)
+    assert not errors
+    assert len({k.thread for k in kernels}) == n
+    assert len(parallel_mod._KERNEL_THREADS._idle) <= parallel_mod._KernelThreads.MAX_IDLE
+
+
+def _child_runs_a_kernel(out):
+    k = _WhereKernel()
+    parallel_mod.run_with_progress(k, 0, lambda done, total: None)
+    out.put(k.thread is not None)
+
+
+def test_run_with_progress_in_a_forked_child():
+    """A forked child has none of the parent's threads: it starts its own kernel thread
+    (the idle list is emptied at fork) instead of waiting on a thread that is not there."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    parallel_mod.run_with_progress(_WhereKernel(), 0, lambda done, total: None)
+    assert parallel_mod._KERNEL_THREADS._idle            # the parent has an idle thread
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_runs_a_kernel, args=(out,))
+    child.start()
+    try:
+        assert out.get(timeout=30) is True
+    finally:
+        child.join(30)
+    assert child.exitcode == 0
+
+
 # ---------------------------------------------------------------------------------------
 # point_seed
 
