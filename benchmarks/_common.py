@@ -26,15 +26,26 @@ def best_time(fn, repeat=5, number=1):
 
 
 def machine() -> str:
+    """The machine line of every benchmark's output: the CPU with its family and model
+    (a virtual machine's "model name" can be the same on different generations: AMD
+    family 25 is Zen 3/4, family 26 Zen 5), the cores, the versions, the load."""
     cpu = platform.processor() or "unknown CPU"
+    info = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in info:
+                    info[key] = value.strip()
+                if not line.strip() and info:
+                    break                    # the first processor's block is enough
     except OSError:
         pass
+    if "model name" in info:
+        cpu = info["model name"]
+        if "cpu family" in info:
+            cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
     try:
         load = os.getloadavg()[0]
     except OSError:
