@@ -238,12 +238,21 @@ cdef inline void _step_rmsprop(RunSpec* s) noexcept nogil:
             s.q[i] = s.q[i] + ((-lr) * gi) / avg
 
 
+cdef struct _BiasCorr:
+    # one of Adam's bias corrections 1 - beta^step within a run_loop call
+    # (docs/balance_laws.md §9): ``one`` once it is exactly 1.0 (it stays 1.0, so pow is
+    # no longer called, (9.1)); else ``next`` = 1 - beta^(step + 1), formed one step
+    # ahead (9.9) for the step ``at`` (NaN: none formed yet)
+    bint one
+    double at
+    double next
+
+
 cdef struct _Carry:
     # what one run_loop call learns at one step and keeps for the later ones
-    # (docs/balance_laws.md §9): Adam's bias corrections 1 - beta^step once they are
-    # exactly 1.0 (they stay 1.0, so pow is no longer called), and sqrt(beta2)
-    bint bc1_one
-    bint bc2_one
+    # (docs/balance_laws.md §9): Adam's two bias corrections and sqrt(beta2)
+    _BiasCorr bc1
+    _BiasCorr bc2
     double sb2
 
 
@@ -254,16 +263,25 @@ cdef extern from *:
     const double _BC_BMAX "NC_BC_BMAX"    # 1 - 2^-50: the largest beta the carry trusts
 
 
-cdef inline double _bias_corr(double b, double step, bint* one) noexcept nogil:
-    """torch's bias correction 1 - b^step, pow as before until it is exactly 1.0 (then
-    ``one`` is set: for 0 <= b <= 1 - 2^-50 every later step's is 1.0 too, because
-    pow(b, step) <= 2^-54 stays so, docs/balance_laws.md (9.1))."""
+cdef inline double _bias_corr(double b, double step, _BiasCorr* k) noexcept nogil:
+    """torch's bias correction 1 - b^step (pow, as torch), formed one step ahead: the
+    value for this step was formed at the step before when there was one (the same
+    call of pow on the same operands, so the same bits), and the next step's is formed
+    now, so that pow's latency overlaps this step's work (docs/balance_laws.md (9.9)).
+    Once it is exactly 1.0, ``one`` is set and pow is no longer called: for
+    0 <= b <= 1 - 2^-50 every later step's is 1.0 too, (9.1)."""
     cdef double bc
-    if one[0]:
+    if k.one:
         return 1.0
-    bc = 1.0 - pow(b, step)
+    if k.at == step:
+        bc = k.next
+    else:
+        bc = 1.0 - pow(b, step)
     if bc == 1.0 and b >= 0.0 and b <= _BC_BMAX:
-        one[0] = True
+        k.one = True
+        return bc
+    k.at = step + 1.0
+    k.next = 1.0 - pow(b, step + 1.0)
     return bc
 
 
@@ -309,8 +327,8 @@ cdef inline void _step_adam(RunSpec* s, _Carry* c) noexcept nogil:
     cdef double gi, step, bc1, bc2, step_size, bc2_sqrt, den, decay
     s.sca[0] += 1.0
     step = s.sca[0]
-    bc1 = _bias_corr(b1, step, &c.bc1_one)
-    bc2 = _bias_corr(b2, step, &c.bc2_one)
+    bc1 = _bias_corr(b1, step, &c.bc1)
+    bc2 = _bias_corr(b2, step, &c.bc2)
     step_size = lr / bc1 if bc1 != 1.0 else lr          # x/1.0 = x exactly
     bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
     decay = 1.0 - lr * wd
@@ -789,8 +807,8 @@ cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* roo
     cdef double qd0, num0, den0, qd1, num1, den1, f0, f1
     s.sca[0] += 1.0
     step = s.sca[0]
-    bc1 = _bias_corr(b1, step, &c.bc1_one)
-    bc2 = _bias_corr(b2, step, &c.bc2_one)
+    bc1 = _bias_corr(b1, step, &c.bc1)
+    bc2 = _bias_corr(b2, step, &c.bc2)
     nss = -(lr / bc1) if bc1 != 1.0 else -lr            # x/1.0 = x exactly (§9)
     bc2_sqrt = sqrt(bc2) if bc2 != 1.0 else 1.0         # sqrt(1.0) = 1.0 exactly
     one = bc2_sqrt == 1.0
@@ -1433,8 +1451,10 @@ cdef void _run_body(RunSpec* s) noexcept nogil:
                    and s.cs.ptr1[0] == 0 and s.cs.ptr1[1] == s.d)
         for i in range(s.d):
             law_all = law_all and s.cs.idx1[i] == i
-    carry.bc1_one = False
-    carry.bc2_one = False
+    carry.bc1.one = False
+    carry.bc1.at = NAN                     # no step equals it: the first step calls pow
+    carry.bc2.one = False
+    carry.bc2.at = NAN
     carry.sb2 = sqrt(s.hp[2]) if s.kind == RULE_ADAM else 0.0
     s.status = NC_ST_OK
     s.stop_step = -1

@@ -7,6 +7,9 @@
   at a time (every call starts afresh, so it calls ``pow`` at its one step and never
   skips it) is bitwise the unbroken run, across the step where the corrections saturate,
   for the branch-free AdamW path and the general one, charges on and off.
+* (9.9): the unbroken run forms each correction one step ahead (``pow(β, n + 1)`` at
+  step n); the chained run never uses a value formed ahead (each call's first step
+  calls ``pow`` for itself).  The same comparison checks that both give the same bits.
 * (9.2): the free transfer T_n and the law's three sums are taken in one pass per block,
   each accumulator adding its terms in the block's order as the separate passes did.
   Checked bitwise against the law recomputed term by term in that order from the
