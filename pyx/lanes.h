@@ -165,9 +165,8 @@ typedef struct {
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
     double *v1, *v2;            /* the rule's second and third buffers (buf: the first) */
     /* the free step's pieces, kept by RMSprop's step pass for its second pass
-       (lanes_impl.h NCL(step_rmsprop)): numerators, denominators (or the carried roots,
-       or square_avg), the free roots' arguments */
-    double *f_num, *f_den, *f_arg;                                 /* d */
+       (lanes_impl.h NCL(step_rmsprop)): numerators and denominators */
+    double *f_num, *f_den;                                         /* d */
     nc_vd sroot;                /* sqrt(beta2) (Adam), sqrt(alpha) (RMSprop) per lane */
     double *ang_sum;                                               /* nb */
     /* late-window squared chords, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states
@@ -229,7 +228,7 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
                                + nc_lane_pad(Bm * c->d * L) + nc_lane_pad(Bm * L)
                                + nc_lane_pad((size_t) c->tab_T * Bm * sizeof(unsigned int))
                              : 0;
-    return mb + 10 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
+    return mb + 9 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
            + nc_lane_pad(np * L)
            + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
            + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
@@ -250,7 +249,6 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->v2 = (double*) p; p += nc_lane_pad(c->d * L);
     w->f_num = (double*) p; p += nc_lane_pad(c->d * L);
     w->f_den = (double*) p; p += nc_lane_pad(c->d * L);
-    w->f_arg = (double*) p; p += nc_lane_pad(c->d * L);
     w->G = (double*) p; p += nc_lane_pad((size_t) (c->npart > 0 ? c->npart : 1) * L);
     w->aux = (double*) p; p += nc_lane_pad(na * L);
     w->ang_K = nc_lane_ang_K(c);

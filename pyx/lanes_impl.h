@@ -824,12 +824,12 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * centered, else the same sqrt of the same number), else the sqrt of the free average;
  * the quotients in pairs (NCL(pair_quot)); the products square_avg alpha,
  * momentum_buffer momentum and wd q_i shared with the step; sqrt(alpha) taken once per
- * block (w->sroot).  Two passes: the real step with the free step's pieces that need no
- * root or division (kept in qf and w->f_num, f_den, f_arg), then the free roots and the
- * pair quotients, after every real sqrt and division of the step, which the next
- * gradient waits for (docs/balance_laws.md §8, "In the lanes").  fuse: the law's sums as
- * in NCL(step_sgd), A_{n+1} and |Delta|^2 in the first pass, T_n in the second, in the
- * order i = 0, 1, ... (8.5). */
+ * block (w->sroot).  Two passes: the real step with the free step's root beside each real
+ * one and its other pieces but the division (kept in qf and w->f_num, f_den), then the
+ * pair quotients (docs/balance_laws.md §8, "In the lanes", and "The L2 cases on Zen 5":
+ * the free roots beside the real ones measured faster than after them).  fuse: the law's
+ * sums as in NCL(step_sgd), A_{n+1} and |Delta|^2 in the first pass, T_n in the second,
+ * in the order i = 0, 1, ... (8.5). */
 NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                                  Py_ssize_t n, double* restrict qfree_,
                                  double* restrict qout_, const int fuse)
@@ -848,8 +848,7 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
     nc_vd* restrict qout = NCV(qout_);
     nc_vd* restrict fnum = NCV(w->f_num);
     nc_vd* restrict fden = NCV(w->f_den);
-    nc_vd* restrict farg = NCV(w->f_arg);
-    const nc_vd zero = {0};
+    const nc_vd zero = {0}, sroot = w->sroot;
     nc_vd T = zero, a1 = zero, dd = zero;          /* (fuse) */
     const nc_vl direct = wd_on | cen;      /* lanes whose free root is taken directly */
     int any_direct = 0, all_direct = 0;
@@ -862,9 +861,10 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
         if (carry && n == 0)
             for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
     }
-    /* the real step; the free step's pieces without a root or division kept for the
-       second pass (buffer x momentum in qf, the numerator, the carried root
-       sqrt(alpha) sqrt(square_avg_i), the argument of a direct root) */
+    /* the real step; the free step's pieces but its division kept for the second pass
+       (buffer x momentum in qf, the numerator, the denominator: the carried root
+       sqrt(alpha) sqrt(square_avg_i), or the direct root taken right after the real
+       one, + eps) */
     for (Py_ssize_t i = 0; i < d; ++i) {
         const nc_vd qi = q[i], wq = wd * qi, sqi = sq[i], sqa = sqi * alpha;
         const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
@@ -895,7 +895,8 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
         }
         if (qfree_ != NULL) {
             const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
-            if (!all_direct) fden[i] = carry ? root[i] : sqi;
+            nc_vd rootf = zero;
+            if (!all_direct) rootf = sroot * (carry ? root[i] : NCL(vsqrt)(sqi));
             if (any_direct) {
                 const nc_vd sqf = sqa + (oma * gf) * gf;
                 nc_vd argf = sqf;
@@ -903,8 +904,10 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
                     const nc_vd gaf = NCL(lerp)(gai, gf, wl, omwl, lo, lo_all);
                     argf = NCL(sel)(cen, sqf + (-1.0 * gaf) * gaf, sqf);
                 }
-                farg[i] = argf;
+                rootf = all_direct ? NCL(vsqrt)(argf)
+                                   : NCL(sel)(direct, NCL(vsqrt)(argf), rootf);
             }
+            fden[i] = rootf + eps;
             qf[i] = bm;
             fnum[i] = NCL(sel)(mom_on, gf, nlr * gf);
             if (carry) root[i] = rt;       /* (arg = square_avg_{n+1}: not centered) */
@@ -918,16 +921,6 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
         }
     }
     if (qfree_ == NULL) return;
-    const nc_vd sroot = w->sroot;
-    /* the free step's roots and divisions after the real step's (see NCL(step_adam)) */
-    for (Py_ssize_t i = 0; i < d; ++i) {
-        nc_vd rootf = zero;
-        if (!all_direct) rootf = sroot * (carry ? fden[i] : NCL(vsqrt)(fden[i]));
-        if (any_direct)
-            rootf = all_direct ? NCL(vsqrt)(farg[i])
-                               : NCL(sel)(direct, NCL(vsqrt)(farg[i]), rootf);
-        fden[i] = rootf + eps;
-    }
     Py_ssize_t i0 = 0;
     for (; i0 < d; i0 += 2) {
         nc_vd f[2];
