@@ -39,6 +39,8 @@ enum { NC_LPOT_QUADRATIC = 0, NC_LPOT_RAYLEIGH = 1, NC_LPOT_BN_UNIT = 2 };
 enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS = 3,
        NC_LRULE_MIRROR = 4 };
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
+/* the free step's root in a block (lanes_impl.h NCL(free_root)) */
+enum { NC_FREE_CARRIED = 0, NC_FREE_DIRECT = 1, NC_FREE_MIXED = 2 };
 
 typedef struct {
     int pot;                    /* NC_LPOT_* */

@@ -673,6 +673,107 @@ NC_INLINE void NCL(pair_quot)(nc_vd num0, nc_vd den0, nc_vd num1, nc_vd den1,
     *f1 = b;
 }
 
+/* q^free of the pair i0, i0 + 1 (K = 2) or of the last coordinate alone (K = 1):
+ * qd_k + num_k/den_k, the quotients in a pair (NCL(pair_quot), (8.3)) */
+NC_INLINE void NCL(free_pair)(const int K, const nc_vd* qd, const nc_vd* num,
+                              const nc_vd* den, nc_vd* restrict qf)
+{
+    if (K == 2) {
+        nc_vd f0, f1;
+        NCL(pair_quot)(num[0], den[0], num[1], den[1], &f0, &f1);
+        qf[0] = qd[0] + f0;
+        qf[1] = qd[1] + f1;
+    } else {
+        qf[0] = qd[0] + num[0] / den[0];
+    }
+}
+
+/* T_n's terms of those K coordinates, q = q_n from the first, added in order (8.5) */
+NC_INLINE nc_vd NCL(pair_T)(nc_vd T, const int K, const nc_vd* restrict q,
+                            const nc_vd* qf)
+{
+    for (int k = 0; k < K; ++k) T = T + (qf[k] - q[k]) * q[k];
+    return T;
+}
+
+/* The free step's root, per block (docs/balance_laws.md §8, "One loop per form"): every
+ * lane carried (NC_FREE_CARRIED: sqrt(beta2) or sqrt(alpha) times the carried root),
+ * every lane direct (NC_FREE_DIRECT: the root of the free average) or some of each
+ * (NC_FREE_MIXED: both, a select per lane); a constant where inlined. */
+NC_INLINE nc_vd NCL(free_root)(const int form, const nc_vl direct, const nc_vd arg,
+                               const nc_vd sroot, const nc_vd carried)
+{
+    if (form == NC_FREE_DIRECT) return NCL(vsqrt)(arg);
+    if (form == NC_FREE_CARRIED) return sroot * carried;
+    return NCL(sel)(direct, NCL(vsqrt)(arg), sroot * carried);
+}
+
+NC_INLINE int NCL(free_form)(const nc_vl direct)
+{
+    if (!NCL(any)(~direct)) return NC_FREE_DIRECT;
+    return NCL(any)(direct) ? NC_FREE_MIXED : NC_FREE_CARRIED;
+}
+
+/* NCL(step_adam)'s charged, fused step for the usual block -- no lane with amsgrad, every
+ * lane's lerp weight 1 - beta1 < 0.5 -- with the free step's root in one form
+ * (NCL(free_root)) for the whole loop.  The operations, their operands and their order
+ * are NCL(step_adam)'s for such a block, so every lane's bits are the same; the loop
+ * body has no per-step branches, which NCL(step_adam)'s general loop keeps for the rare
+ * flags (docs/balance_laws.md §8, "One loop per form"). */
+NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_t n,
+                                    double* restrict qout_, const nc_vd nss,
+                                    const nc_vd bc2s, const int form)
+{
+    const nc_vd wd = w->wd, decay = w->decay, w1 = w->w1, b2 = w->b2, omb2 = w->omb2,
+                eps = w->eps, sb2 = w->sroot;
+    const nc_vl coup = w->coup, decp = w->decp;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict m1 = NCV(w->buf);
+    nc_vd* restrict m2 = NCV(w->v1);
+    nc_vd* restrict root = NCV(w->v2);         /* sqrt(exp_avg_sq), carried */
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0}, ibc2s = 1.0 / bc2s;
+    nc_vd T = zero, a1 = zero, dd = zero;
+    if (n == 0)
+        for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(m2[i]);
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
+        nc_vd qdk[2], numk[2], denk[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        for (int k = 0; k < K; ++k) {
+            const Py_ssize_t i = i0 + k;
+            const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2i = m2[i], m2b = m2i * b2;
+            const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
+            const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
+            const nc_vd m1n = m1i + w1 * (gi - m1i);            /* lerp, weight < 0.5 */
+            const nc_vd m2n = m2b + (omb2 * gi) * gi;
+            const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
+            const nc_vd m1f = m1i + w1 * (gf - m1i);
+            const nc_vd rootf = NCL(free_root)(form, coup, m2b + (omb2 * gf) * gf, sb2,
+                                               root[i]);
+            qdk[k] = qd;
+            numk[k] = nss * m1f;
+            denk[k] = rootf * ibc2s + eps;
+            const nc_vd rs = NCL(vsqrt)(m2n);
+            root[i] = rs;
+            const nc_vd den = rs / bc2s + eps;
+            m1[i] = m1n;
+            m2[i] = m2n;
+            const nc_vd qo = qd + (nss * m1n) / den;
+            qout[i] = qo;
+            const nc_vd x = qo - qi;
+            a1 = a1 + qo * qo;
+            dd = dd + x * x;
+        }
+        nc_vd qfp[2];
+        NCL(free_pair)(K, qdk, numk, denk, qfp);
+        T = NCL(pair_T)(T, K, q + i0, qfp);
+    }
+    NCV(w->free_T)[0] = T;
+    w->fz_a1 = a1;
+    w->fz_dd = dd;
+}
+
 /* One Adam/AdamW step of every lane (rules.pyx _step_adam, operation for operation) from
  * q_n = w->q with the gradient w->g into qout; buffers buf = exp_avg, v1 = exp_avg_sq,
  * v2 = max_exp_avg_sq updated.  The step's scalars: step = s0 + n + 1,
@@ -691,7 +792,9 @@ NC_INLINE void NCL(pair_quot)(nc_vd num0, nc_vd den0, nc_vd num1, nc_vd den1,
  * pairs, the free quotients interleaved with the real step (measured faster here than
  * RMSprop's second pass: docs/balance_laws.md §8, "In the lanes"); each coordinate's
  * real step is unchanged.  fuse: the law's sums in this loop as in NCL(step_sgd), T_n's
- * terms added once a pair's quotients are formed, in the order i0, i0 + 1 (8.5). */
+ * terms added once a pair's quotients are formed, in the order i0, i0 + 1 (8.5).  A
+ * fused step of a block with no amsgrad and every lerp weight < 0.5 runs
+ * NCL(step_adam_plain) instead (the same operations). */
 NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                               Py_ssize_t n, double* restrict qfree_, double* restrict qout_,
                               const int fuse)
@@ -704,6 +807,17 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
     const nc_vd bc1 = 1.0 - p1, bc2 = 1.0 - p2;
     const nc_vd nss = -(w->lr / bc1);                    /* (-step_size) */
     const nc_vd bc2s = NCL(vsqrt)(bc2);
+    if (qfree_ != NULL && fuse && !w->ams_any && w->lo_all) {
+        const int form = NCL(free_form)(w->coup);         /* (amsgrad: none) */
+        /* (each call with a constant form: three loops without branches) */
+        if (form == NC_FREE_DIRECT)
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_DIRECT);
+        else if (form == NC_FREE_MIXED)
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_MIXED);
+        else
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_CARRIED);
+        return;
+    }
     const nc_vd wd = w->wd, decay = w->decay, w1 = w->w1, omw1 = w->omw1, b2 = w->b2,
                 omb2 = w->omb2, eps = w->eps;
     const nc_vl coup = w->coup, decp = w->decp, lo = w->lo, ams = w->ams;
@@ -782,25 +896,13 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
             }
         }
         if (qfree_ != NULL) {
-            nc_vd qf0, qf1 = zero;
-            if (K == 2) {
-                nc_vd f0, f1;
-                NCL(pair_quot)(numk[0], denk[0], numk[1], denk[1], &f0, &f1);
-                qf0 = qdk[0] + f0;
-                qf1 = qdk[1] + f1;
-            } else {
-                qf0 = qdk[0] + numk[0] / denk[0];
-            }
+            nc_vd qfp[2];
+            NCL(free_pair)(K, qdk, numk, denk, qfp);
             if (fuse) {
-                const nc_vd q0i = q[i0];
-                T = T + (qf0 - q0i) * q0i;
-                if (K == 2) {
-                    const nc_vd q1i = q[i0 + 1];
-                    T = T + (qf1 - q1i) * q1i;
-                }
+                T = NCL(pair_T)(T, K, q + i0, qfp);
             } else {
-                qf[i0] = qf0;
-                if (K == 2) qf[i0 + 1] = qf1;
+                qf[i0] = qfp[0];
+                if (K == 2) qf[i0 + 1] = qfp[1];
             }
         }
     }
@@ -812,6 +914,58 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
 }
 
 /* ---- the rule: _step_rmsprop per lane ---------------------------------------------- */
+
+/* NCL(step_rmsprop)'s charged, fused step for the usual block -- no lane centered, no
+ * lane with momentum -- with the free step's root in one form (NCL(free_root)) for the
+ * whole loop, and the pair quotients right after each pair's real steps instead of in a
+ * second pass.  The operations, their operands and their order (T_n's terms in the
+ * order i = 0, 1, ...) are NCL(step_rmsprop)'s for such a block, so every lane's bits
+ * are the same; the loop body has no per-step branches and keeps the free step's pieces
+ * in registers (docs/balance_laws.md §8, "One loop per form"). */
+NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_t n,
+                                       double* restrict qout_, const int form)
+{
+    const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, eps = w->eps,
+                sroot = w->sroot;
+    const nc_vl wd_on = w->wd_on;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict g = NCCV(w->g);
+    nc_vd* restrict sq = NCV(w->buf);
+    nc_vd* restrict root = NCV(w->v2);         /* sqrt(square_avg), carried */
+    nc_vd* restrict qout = NCV(qout_);
+    const nc_vd zero = {0};
+    nc_vd T = zero, a1 = zero, dd = zero;
+    if (n == 0)
+        for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
+    for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
+        nc_vd num[2], den[2];
+        const int K = i0 + 1 < d ? 2 : 1;
+        for (int k = 0; k < K; ++k) {
+            const Py_ssize_t i = i0 + k;
+            const nc_vd qi = q[i], wq = wd * qi, sqa = sq[i] * alpha;
+            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd sqn = sqa + (oma * gi) * gi;
+            const nc_vd rt = NCL(vsqrt)(sqn);
+            const nc_vd qn = qi + (nlr * gi) / (rt + eps);
+            const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
+            den[k] = NCL(free_root)(form, wd_on, sqa + (oma * gf) * gf, sroot, root[i])
+                     + eps;
+            num[k] = nlr * gf;
+            root[i] = rt;
+            sq[i] = sqn;
+            qout[i] = qn;
+            const nc_vd x = qn - qi;
+            a1 = a1 + qn * qn;
+            dd = dd + x * x;
+        }
+        nc_vd qfp[2];
+        NCL(free_pair)(K, q + i0, num, den, qfp);        /* q^free = q_n + quotient */
+        T = NCL(pair_T)(T, K, q + i0, qfp);
+    }
+    NCV(w->free_T)[0] = T;
+    w->fz_a1 = a1;
+    w->fz_dd = dd;
+}
 
 /* One RMSprop step of every lane (rules.pyx _step_rmsprop) from q_n = w->q into qout;
  * buffers buf = square_avg, v1 = momentum_buffer, v2 = grad_avg.  The per-lane branches
@@ -829,11 +983,23 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * pair quotients (docs/balance_laws.md §8, "In the lanes", and "The L2 cases on Zen 5":
  * the free roots beside the real ones measured faster than after them).  fuse: the law's
  * sums as in NCL(step_sgd), A_{n+1} and |Delta|^2 in the first pass, T_n in the second,
- * in the order i = 0, 1, ... (8.5). */
+ * in the order i = 0, 1, ... (8.5).  A fused step of a block with no lane centered and
+ * none with momentum runs NCL(step_rmsprop_plain) instead (the same operations). */
 NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_ws* w,
                                  Py_ssize_t n, double* restrict qfree_,
                                  double* restrict qout_, const int fuse)
 {
+    if (qfree_ != NULL && fuse && !w->cen_any && w->mom_none) {
+        const int form = NCL(free_form)(w->wd_on);        /* (centered: none) */
+        /* (each call with a constant form: three loops without branches) */
+        if (form == NC_FREE_DIRECT)
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_DIRECT);
+        else if (form == NC_FREE_MIXED)
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_MIXED);
+        else
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_CARRIED);
+        return;
+    }
     const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, wl = w->w1,
                 omwl = w->omw1, eps = w->eps, mom = w->mom;
     const nc_vl wd_on = w->wd_on, lo = w->lo, cen = w->cen, mom_on = w->mom_on;

@@ -1,12 +1,15 @@
 """The fused charges of the adaptive rules in the lane kernel, block by block.
 
-pyx/lanes_impl.h ``step_rmsprop`` takes the free step's square roots and divisions in a
-second pass after the real step's (docs/balance_laws.md §8, "Where the free step's
-divisions go"), and both it and ``step_adam`` take sqrt(β₂) / sqrt(α) once per block
-(the same correctly rounded root of the same number as the scalar step's, (8.1), (8.4)).
-The second pass has three forms, chosen per block: every lane carried (no L2 decay, not
-centered, no amsgrad: the carried root of (8.2)/(8.4)), every lane direct (L2 decay,
-centered or amsgrad: the root of the free average), and mixed (a select per lane).
+pyx/lanes_impl.h ``step_rmsprop`` takes the free step's pair quotients in a second pass
+after the real step's (docs/balance_laws.md §8, "Where the free step's divisions go"),
+and both it and ``step_adam`` take sqrt(β₂) / sqrt(α) once per block (the same correctly
+rounded root of the same number as the scalar step's, (8.1), (8.4)).  The free root has
+three forms, chosen per block: every lane carried (no L2 decay, not centered, no
+amsgrad: the carried root of (8.2)/(8.4)), every lane direct (L2 decay, centered or
+amsgrad: the root of the free average), and mixed (a select per lane).  Blocks without
+centering or momentum (RMSprop), or without amsgrad and with 1 − β₁ < ½ (Adam), run
+each form as a loop of its own, ``step_rmsprop_plain`` / ``step_adam_plain`` (§8, "One
+loop per form"); the centered, momentum and amsgrad cases below run the general loops.
 tests/test_scan_lanes.py mixes those flags inside every block; here each block is
 uniform, so that each form runs alone, on an even (d = 8) and an odd (d = 5: the last
 coordinate divided directly, (8.3)) dimension, charges on, every compiled version.

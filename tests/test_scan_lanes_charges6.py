@@ -31,7 +31,11 @@ from test_scan_lanes_charges5 import _lane_run
 import noether_core as nc
 from noether_core._kernels import scan as ks
 
-RULES = ["sgd", "sgd_general", "adam", "adamw", "rmsprop", "rmsprop_l2"]
+# "adam", "adamw", "adam_l2", "rmsprop_plain", "rmsprop_plain_l2": the one-loop forms of
+# step_adam_plain / step_rmsprop_plain (mixed, carried, direct free roots); "rmsprop",
+# "rmsprop_l2": momentum in some lanes, the general loop of step_rmsprop
+RULES = ["sgd", "sgd_general", "adam", "adamw", "adam_l2", "rmsprop", "rmsprop_l2",
+         "rmsprop_plain", "rmsprop_plain_l2"]
 
 
 def _rayleigh(d, scale=1.0, seed=11):
@@ -53,14 +57,15 @@ def _rows(rule, P, d, lr):
         has = one if rule == "sgd" else z
         vec = np.full((P, d), 0.01) * has[:, None]
         return nc.rules.SGD.kind, hp, vec, has[:, None].copy()
+    if rule.endswith("_l2"):
+        wd = np.full(P, 1e-2)
     if rule.startswith("adam"):
         dec = one if rule == "adamw" else z
         hp = np.stack([lr, np.full(P, 0.9), np.full(P, 0.999), np.full(P, 1e-8), wd,
                        z, dec], axis=1)
         return nc.rules.Adam.kind, hp, np.zeros((P, 3 * d)), np.zeros((P, 1))
-    wd = np.full(P, 1e-2) if rule == "rmsprop_l2" else wd
-    hp = np.stack([lr, np.full(P, 0.99), np.full(P, 1e-8), wd,
-                   np.where(np.arange(P) % 2 == 0, 0.0, 0.5), z], axis=1)
+    mom = z if rule.startswith("rmsprop_plain") else np.where(np.arange(P) % 2 == 0, 0.0, 0.5)
+    hp = np.stack([lr, np.full(P, 0.99), np.full(P, 1e-8), wd, mom, z], axis=1)
     return nc.rules.RMSprop.kind, hp, np.zeros((P, 3 * d)), np.zeros((P, 1))
 
 
@@ -101,6 +106,10 @@ CLASSES = {
     "adamw": (nc.rules.AdamW, dict()),
     "rmsprop": (nc.rules.RMSprop, dict(momentum=[0.0, 0.5])),
     "rmsprop_l2": (nc.rules.RMSprop, dict(centered=[False, True])),
+    # the one-loop forms (no momentum, not centered; no amsgrad): mixed and direct roots
+    "rmsprop_plain": (nc.rules.RMSprop, dict()),
+    "rmsprop_plain_l2": (nc.rules.RMSprop, dict()),
+    "adam_l2": (nc.rules.Adam, dict()),
 }
 
 
@@ -122,7 +131,7 @@ def test_fused_lanes_equal_scalar_loop_with_charges(rule, prob, isa):
     pot, q0 = _bn(int(prob[2:])) if prob.startswith("bn") else _rayleigh(int(prob[8:]), 10.0)
     rule_cls, kw = CLASSES[rule]
     kw = dict(kw, lr=np.array([1e-3, 0.03, 0.3, 1e308]),
-              weight_decay=[0.0, 1e-2] if rule != "rmsprop_l2" else 1e-2)
+              weight_decay=1e-2 if rule.endswith("_l2") else [0.0, 1e-2])
     ref = _scan(pot, q0, False, rule_cls=rule_cls, steps=300, charges=True, **kw)
     got = _scan(pot, q0, True, isa=isa, rule_cls=rule_cls, steps=300, charges=True, **kw)
     assert ref.kernel == "scalar" and got.kernel == f"lanes[{isa}]"
