@@ -364,22 +364,28 @@ cdef inline void _step_adam(RunSpec* s, _Carry* c) noexcept nogil:
 # beta2, the step's scalars) is formed once.  No copy of q, of the state or of the zero
 # gradient is made.
 
-cdef inline double _l2_pair(RunSpec* s, Py_ssize_t i, double wd, double* qp,
-                            double* g_out, double* gf_out) noexcept nogil:
+cdef inline double _l2_terms(RunSpec* s, Py_ssize_t i, double wd, bint on, double* qp,
+                             double* g_out, double* gf_out) noexcept nogil:
     """Coordinate i's gradient with the L2 term, for the real step and the free one
-    (g = 0): g_out = g_i + wd q_i and gf_out = 0 + wd q_i (wd q_i formed once), or g_i
-    and 0 without weight decay; q_i saved in qp[i] and returned.  Shared by the fused
-    free step of RMSprop (inlined: the same operations as written out; SGD's
+    (g = 0): g_out = g_i + wd q_i and gf_out = 0 + wd q_i (wd q_i formed once) where
+    ``on``, else g_i and 0; q_i saved in qp[i] and returned.  Shared by the fused free
+    steps of RMSprop and Adam (inlined: the same operations as written out; SGD's
     _sgd_free_coords writes them out)."""
     cdef double qi = s.q[i], gi = s.g[i], gf = 0.0, wq
     qp[i] = qi
-    if wd != 0.0:
+    if on:
         wq = wd * qi
         gi = gi + wq
         gf = gf + wq                      # 0 + wd q_i: the zero gradient's term
     g_out[0] = gi
     gf_out[0] = gf
     return qi
+
+
+cdef inline double _l2_pair(RunSpec* s, Py_ssize_t i, double wd, double* qp,
+                            double* g_out, double* gf_out) noexcept nogil:
+    """_l2_terms with the L2 term wherever wd != 0 (RMSprop, SGD's coupled decay)."""
+    return _l2_terms(s, i, wd, wd != 0.0, qp, g_out, gf_out)
 
 
 cdef inline unsigned long long _sgd_free_coords(
@@ -530,16 +536,54 @@ cdef inline void _rms_coord(RunSpec* s, Py_ssize_t i, double* qp, double* root,
     denf[0] = rootf + eps
 
 
-cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf,
-                                    double* root) noexcept nogil:
+cdef inline void _rms_plain_pass(RunSpec* s, _rdp qp, _rdp root, _rdp num, _rdp denf,
+                                 double salpha, bint direct) noexcept nogil:
+    """The first pass of _step_rmsprop_free's plain case (not centered, no momentum): the
+    real step and the free numerators num and denominators denf per coordinate, by
+    _rms_coord's operations on the same operands.  ``direct`` (L2 decay): the free root
+    is the root of the free square average, else the carried one.  Called with a
+    constant flag: two loops without branches."""
+    cdef double lr = s.hp[0], alpha = s.hp[1], eps = s.hp[2], wd = s.hp[3]
+    cdef double oma = 1.0 - s.hp[1]
+    cdef _rdp q = s.q
+    cdef _rdp sq = s.vec
+    cdef Py_ssize_t i
+    cdef double qi, gi, gf, sqa, sqn, avg, rootf
+    for i in range(s.d):
+        qi = _l2_terms(s, i, wd, direct, qp, &gi, &gf)
+        sqa = sq[i] * alpha
+        sqn = sqa + (oma * gi) * gi
+        sq[i] = sqn
+        if direct:
+            rootf = sqrt(sqa + (oma * gf) * gf)
+        else:
+            rootf = salpha * root[i]
+        avg = sqrt(sqn)
+        root[i] = avg
+        q[i] = qi + ((-lr) * gi) / (avg + eps)
+        num[i] = (-lr) * gf
+        denf[i] = rootf + eps
+
+
+cdef inline void _step_rmsprop_free(RunSpec* s, double* qp, double* qf, double* root,
+                                    double* scratch) noexcept nogil:
     """_step_rmsprop with its free step (g = 0) into qf and q_n into qp
     (docs/balance_laws.md §8: the carried root, quotients in pairs); root (d) holds
-    sqrt(square_avg) of the current state on entry and of the new one on exit."""
+    sqrt(square_avg) of the current state on entry and of the new one on exit.  Not
+    centered and without momentum, in two passes (_rms_plain_pass, then
+    _free_quotients; scratch: 2d), the same bits (§8, "One loop per form")."""
     cdef double lr = s.hp[0], mom = s.hp[4], salpha = sqrt(s.hp[1])
     cdef bint carried = s.hp[3] == 0.0 and s.hp[5] == 0.0
     cdef Py_ssize_t i = 0
     cdef double q0, bm0, num0, den0, q1, bm1, num1, den1, f0, f1
     s.sca[0] += 1.0
+    if s.hp[5] == 0.0 and not mom > 0.0:
+        if carried:
+            _rms_plain_pass(s, qp, root, scratch, scratch + s.d, salpha, False)
+        else:
+            _rms_plain_pass(s, qp, root, scratch, scratch + s.d, salpha, True)
+        _free_quotients(qp, qf, scratch, scratch + s.d, 1.0, s.d)   # q_n 1.0 = q_n
+        return
     while i < s.d:
         _rms_coord(s, i, qp, root, salpha, carried, &q0, &bm0, &num0, &den0)
         if i + 1 < s.d:
@@ -732,56 +776,14 @@ cdef inline void _pair_quot(double num0, double den0, double num1, double den1,
         f1[0] = num1 / den1
 
 
-cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp num,
-                                  _rdp denf, double decay, double nss, double bc2_sqrt,
-                                  double ibc2s, double sb2, bint one) noexcept nogil:
-    """_step_adam_free's coordinates in _adam_plain's case (carried root, no branch per
-    coordinate), in two passes: the real step and the free numerators num (d) and
-    denominators denf (d) per coordinate (vectorized by the compiler), then the free
-    quotients in pairs, q^free_i = q_i decay + num_i/denf_i.  Every value is formed by
-    _adam_coord's operations on the same operands (q_i decay is formed twice, the same
-    product): the same bits."""
-    cdef double b2 = s.hp[2], eps = s.hp[3], w1 = 1.0 - s.hp[1], omb2 = 1.0 - s.hp[2]
-    cdef _rdp q = s.q
-    cdef _crdp g = s.g
-    cdef _rdp m1 = s.vec
-    cdef _rdp m2 = s.vec + s.d
-    cdef Py_ssize_t i, k, d = s.d
-    cdef double qi, gi, m1i, m1n, m2n, sf, rootf, p
-    if one:
-        for i in range(d):
-            qi = q[i]
-            qp[i] = qi
-            gi = g[i]
-            m1i = m1[i]
-            m1n = m1i + w1 * (gi - m1i)
-            m1[i] = m1n
-            num[i] = nss * (m1i + w1 * (0.0 - m1i))
-            rootf = sb2 * root[i]
-            m2n = m2[i] * b2 + (omb2 * gi) * gi
-            m2[i] = m2n
-            sf = sqrt(m2n)
-            root[i] = sf
-            q[i] = qi * decay + (nss * m1n) / (sf + eps)
-            denf[i] = rootf + eps
-    else:
-        for i in range(d):
-            qi = q[i]
-            qp[i] = qi
-            gi = g[i]
-            m1i = m1[i]
-            m1n = m1i + w1 * (gi - m1i)
-            m1[i] = m1n
-            num[i] = nss * (m1i + w1 * (0.0 - m1i))
-            rootf = sb2 * root[i]
-            m2n = m2[i] * b2 + (omb2 * gi) * gi
-            m2[i] = m2n
-            sf = sqrt(m2n)
-            root[i] = sf
-            q[i] = qi * decay + (nss * m1n) / (sf / bc2_sqrt + eps)
-            denf[i] = rootf * ibc2s + eps
-    # (8.3) for every pair without a branch (two pairs per vector division), then the
-    # rare pair whose product is not normal divided directly, as _pair_quot does
+cdef inline void _free_quotients(_crdp qp, _rdp qf, _crdp num, _crdp denf, double decay,
+                                 Py_ssize_t d) noexcept nogil:
+    """q^free_i = q_i decay + num_i/denf_i with the quotients of the pairs (0, 1), (2, 3),
+    ... formed as _pair_quot forms them (docs/balance_laws.md (8.3)): every pair without
+    a branch (two pairs per vector division), then the rare pair whose product is not
+    normal divided directly, and an odd last coordinate divided directly."""
+    cdef Py_ssize_t i, k
+    cdef double p
     if _pair_quads(denf, num, qp, decay, qf, d):
         for k in range(d // 2):
             i = 2 * k
@@ -791,6 +793,68 @@ cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp 
                 qf[i + 1] = qp[i + 1] * decay + num[i + 1] / denf[i + 1]
     if d % 2 == 1:
         qf[d - 1] = qp[d - 1] * decay + num[d - 1] / denf[d - 1]
+
+
+cdef inline void _adam_plain_pass(RunSpec* s, _rdp qp, _rdp root, _rdp num, _rdp denf,
+                                  double decay, double nss, double bc2_sqrt, double ibc2s,
+                                  double sb2, bint one, bint direct) noexcept nogil:
+    """The first pass of _adam_plain_free: the real step and the free numerators num and
+    denominators denf per coordinate, by _adam_coord's operations on the same operands
+    (q_i decay is the decoupled decay's product, or q_i times 1.0 = q_i).  ``direct``
+    (coupled L2 decay): the free root is the root of the free exp_avg_sq, else the
+    carried one.  Called with constant flags: four loops without branches."""
+    cdef double b2 = s.hp[2], eps = s.hp[3], wd = s.hp[4], w1 = 1.0 - s.hp[1]
+    cdef double omb2 = 1.0 - s.hp[2]
+    cdef _rdp q = s.q
+    cdef _rdp m1 = s.vec
+    cdef _rdp m2 = s.vec + s.d
+    cdef Py_ssize_t i
+    cdef double qi, gi, gf, m1i, m1n, m2b, m2n, sf, rootf
+    for i in range(s.d):
+        qi = _l2_terms(s, i, wd, direct, qp, &gi, &gf)
+        m1i = m1[i]
+        m1n = m1i + w1 * (gi - m1i)
+        m1[i] = m1n
+        num[i] = nss * (m1i + w1 * (gf - m1i))
+        m2b = m2[i] * b2
+        if direct:
+            rootf = sqrt(m2b + (omb2 * gf) * gf)
+        else:
+            rootf = sb2 * root[i]
+        m2n = m2b + (omb2 * gi) * gi
+        m2[i] = m2n
+        sf = sqrt(m2n)
+        root[i] = sf
+        if one:
+            q[i] = qi * decay + (nss * m1n) / (sf + eps)
+            denf[i] = rootf + eps
+        else:
+            q[i] = qi * decay + (nss * m1n) / (sf / bc2_sqrt + eps)
+            denf[i] = rootf * ibc2s + eps
+
+
+cdef inline void _adam_plain_free(RunSpec* s, _rdp qp, _rdp qf, _rdp root, _rdp num,
+                                  _rdp denf, double decay, double nss, double bc2_sqrt,
+                                  double ibc2s, double sb2, bint one,
+                                  bint direct) noexcept nogil:
+    """_step_adam_free's coordinates without amsgrad and with 1 - beta1 < 0.5 (no branch
+    per coordinate), in two passes: _adam_plain_pass (vectorized by the compiler), then
+    the free quotients in pairs, q^free_i = q_i decay + num_i/denf_i (_free_quotients).
+    The same bits as _adam_coord's path (docs/balance_laws.md §8, "One loop per form")."""
+    if direct:
+        if one:
+            _adam_plain_pass(s, qp, root, num, denf, decay, nss, bc2_sqrt, ibc2s, sb2, True,
+                             True)
+        else:
+            _adam_plain_pass(s, qp, root, num, denf, decay, nss, bc2_sqrt, ibc2s, sb2, False,
+                             True)
+    elif one:
+        _adam_plain_pass(s, qp, root, num, denf, decay, nss, bc2_sqrt, ibc2s, sb2, True,
+                         False)
+    else:
+        _adam_plain_pass(s, qp, root, num, denf, decay, nss, bc2_sqrt, ibc2s, sb2, False,
+                         False)
+    _free_quotients(qp, qf, num, denf, decay, s.d)
 
 
 cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* root,
@@ -814,10 +878,10 @@ cdef inline void _step_adam_free(RunSpec* s, double* qp, double* qf, double* roo
     one = bc2_sqrt == 1.0
     ibc2s = 1.0 / bc2_sqrt if not one else 1.0
     sb2 = c.sb2                           # sqrt(beta2), once per run
-    if carried and 1.0 - b1 < 0.5:
+    if s.hp[5] == 0.0 and 1.0 - b1 < 0.5:          # no amsgrad, the first lerp form
         _adam_plain_free(s, qp, qf, root, scratch, scratch + s.d,
-                         1.0 - lr * wd if wd != 0.0 else 1.0, nss, bc2_sqrt, ibc2s, sb2,
-                         one)
+                         1.0 - lr * wd if (wd != 0.0 and s.hp[6] != 0.0) else 1.0, nss,
+                         bc2_sqrt, ibc2s, sb2, one, not carried)
         return
     i = 0
     while i + 1 < s.d:
@@ -1027,13 +1091,14 @@ cdef inline void _charges_before(RunSpec* s, _Carry* c) noexcept nogil:
 cdef inline void _apply_step_free(RunSpec* s, _Carry* c) noexcept nogil:
     """The step with its free step fused (SGD, RMSprop, Adam; docs/balance_laws.md §8):
     cs.q_prev = q_n, cs.q_free = the free step (T_j is formed by _charges_after).
-    Adam's vec_free holds nvec = 3 rows of d: the carried root, then _adam_plain_free's
-    scratch (SGD's, nvec = 1, receives -buf_n on _run_steps' late path, (9.4))."""
+    Adam's and RMSprop's vec_free hold nvec = 3 rows of d: the carried root, then the
+    plain forms' scratch (SGD's, nvec = 1, receives -buf_n on _run_steps' late path,
+    (9.4))."""
     cdef ChargeSpec* cs = s.cs
     if s.kind == RULE_SGD:
         _step_sgd_free(s, cs.q_prev, cs.q_free, NULL)
     elif s.kind == RULE_RMSPROP:
-        _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free)
+        _step_rmsprop_free(s, cs.q_prev, cs.q_free, cs.vec_free, cs.vec_free + s.d)
     else:
         _step_adam_free(s, cs.q_prev, cs.q_free, cs.vec_free, cs.vec_free + s.d, c)
 

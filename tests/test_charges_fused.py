@@ -89,8 +89,10 @@ CASES = [  # (rule, d): carried root (8.2) or direct; odd d exercises the unpair
     (nc.rules.AdamW(lr=3e-2, weight_decay=1e-2, amsgrad=True), 6),
     (nc.rules.Adam(lr=3e-2, amsgrad=True, betas=(0.5, 0.9)), 7),
     (nc.rules.RMSprop(lr=1e-2), 8),                                  # carried (8.4)
+    (nc.rules.RMSprop(lr=1e-2), 5),                  # the plain form's odd last coordinate
     (nc.rules.RMSprop(lr=1e-2, momentum=0.5), 7),
     (nc.rules.RMSprop(lr=1e-2, weight_decay=1e-2), 6),
+    (nc.rules.RMSprop(lr=1e-2, weight_decay=1e-2), 7),
     (nc.rules.RMSprop(lr=1e-2, weight_decay=1e-2, momentum=0.5, centered=True), 5),
 ]
 
