@@ -135,3 +135,18 @@ def update_results(section: str, body: str, command: str | None = None) -> None:
     with open(path, "w") as fh:
         fh.write("\n".join(lines).rstrip() + "\n")
     print(f"wrote section {section!r} of {path}", file=sys.stderr)
+
+
+def alternate_best(runs: dict, rounds: int) -> dict:
+    """{key: the best CPU seconds (``time.process_time``) of ``rounds`` rounds} of the
+    callables ``runs``, each warmed once; every round times each once, in turn, so a slow
+    spell of a shared machine hits them alike."""
+    for run in runs.values():                       # warm: build caches, first touch
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, run in runs.items():
+            t = time.process_time()
+            run()
+            best[key] = min(best[key], time.process_time() - t)
+    return best

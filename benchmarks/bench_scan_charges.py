@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, table  # noqa: E402
+from _common import alternate_best, machine, table  # noqa: E402
 from bench_peers_scan import RULES, _grid, _problem, ours  # noqa: E402
 
 #: docs/balance_laws.md §8, "the divider floor" of each rule's charges on Zen 4 (None: no
@@ -43,14 +43,7 @@ def measure(n=32, steps=2000, rounds=7, threads=2, rules=RULES):
     lr, wd = _grid(n)
     runs = {(r, ch): ours(r, A, q0, lr, wd, steps, charges=ch, threads=threads)
             for r in rules for ch in (False, True)}
-    for run in runs.values():                       # warm: build caches, first touch
-        run()
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for key, run in runs.items():
-            t = time.process_time()
-            run()
-            best[key] = min(best[key], time.process_time() - t)
+    best = alternate_best(runs, rounds)
     scale = 1e9 / (n * n * steps)
     return {r: (best[r, False] * scale, best[r, True] * scale) for r in rules}
 
