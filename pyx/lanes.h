@@ -41,6 +41,8 @@ enum { NC_LRULE_SGD = 0, NC_LRULE_ADAM = 1, NC_LRULE_RMSPROP = 2, NC_LRULE_SRMS 
 enum { NC_ISA_BASE = 0, NC_ISA_AVX512 = 2 };
 /* the free step's root in a block (lanes_impl.h NCL(free_root)) */
 enum { NC_FREE_CARRIED = 0, NC_FREE_DIRECT = 1, NC_FREE_MIXED = 2 };
+/* whose free denominators the gradient forms (nc_lane_ws.free_pre) */
+enum { NC_PRE_NONE = 0, NC_PRE_RMSPROP = 1, NC_PRE_ADAM = 2 };
 
 typedef struct {
     int pot;                    /* NC_LPOT_* */
@@ -167,8 +169,15 @@ typedef struct {
     double *q, *qn, *buf, *g, *aux, *q_free;                  /* d (aux: max(2d, N)) */
     double *v1, *v2;            /* the rule's second and third buffers (buf: the first) */
     /* the free step's pieces, kept by RMSprop's step pass for its second pass
-       (lanes_impl.h NCL(step_rmsprop)): numerators and denominators */
+       (lanes_impl.h NCL(step_rmsprop)): numerators and denominators; f_den also holds
+       the denominators that NCL(free_dens) forms during the gradient */
     double *f_num, *f_den;                                         /* d */
+    /* the step's free denominators formed during its gradient (lanes_impl.h
+       NCL(free_dens), docs/balance_laws.md §8, "During the gradient"): NC_PRE_RMSPROP
+       or NC_PRE_ADAM for that step, else NC_PRE_NONE; Adam's -step_size, sqrt(bc2) and
+       its reciprocal of that step, formed before that gradient */
+    int free_pre;
+    nc_vd pre_nss, pre_bc2s, pre_ibc2s;
     nc_vd sroot;                /* sqrt(beta2) (Adam), sqrt(alpha) (RMSprop) per lane */
     double *ang_sum;                                               /* nb */
     /* late-window squared chords, batched (lanes_impl.h NCL(angle_flush)): up to ang_K states

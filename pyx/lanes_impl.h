@@ -120,14 +120,19 @@ NC_INLINE nc_vd NCL(grad_quadratic)(const nc_lane_ctx* c, const Py_ssize_t d,
     return f;
 }
 
+NC_INLINE void NCL(free_dens)(const Py_ssize_t d, nc_lane_ws* w);
+
 /* _c_grad_rayleigh: iqq = 1/qq first, then per row i: (Aq)_i, the term q_i (Aq)_i of qAq
  * (summed over i in order) and (Aq)_i * iqq; t = qAq * iqq, f = t/2, and
  * g_i = (Aq)_i iqq - q_i (t iqq).  No division on the path from Aq to g; every sum starts
  * from its first term (docs/potentials.md §2).  qqp (or NULL): |q|^2 summed already, the
- * previous fused step's A_{n+1} (docs/balance_laws.md (8.6)). */
+ * previous fused step's A_{n+1} (docs/balance_laws.md (8.6)).  side (or NULL): the
+ * workspace whose step's free denominators (NCL(free_dens)) are formed after the first
+ * block of rows, where the divider is idle (docs/balance_laws.md §8, "During the
+ * gradient"); they read q_n and the rule's state, which the gradient does not touch. */
 NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const Py_ssize_t d,
                                    const nc_vd* restrict q, nc_vd* restrict g,
-                                   nc_vd* restrict Aq, const nc_vd* qqp)
+                                   nc_vd* restrict Aq, const nc_vd* qqp, nc_lane_ws* side)
 {
     nc_vd qAq = {0}, qq;
     if (qqp != NULL) {
@@ -146,6 +151,7 @@ NC_INLINE nc_vd NCL(grad_rayleigh)(const nc_lane_ctx* c, const Py_ssize_t d,
             qAq = i == 0 ? q[0] * s[0] : qAq + q[i] * s[r];
             Aq[i] = s[r] * iqq;
         }
+        if (side != NULL && i0 == 0) NCL(free_dens)(d, side);
     }
     const nc_vd t = qAq * iqq;
     const nc_vd ti = t * iqq;
@@ -519,7 +525,8 @@ NC_INLINE void NCL(grad_d)(const nc_lane_ctx* c, nc_lane_ws* w, const Py_ssize_t
                            const nc_vd* qqp)
 {
     if (c->pot == NC_LPOT_RAYLEIGH)
-        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), qqp);
+        w->f = NCL(grad_rayleigh)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux), qqp,
+                                  w->free_pre != NC_PRE_NONE ? w : NULL);
     else if (c->pot == NC_LPOT_BN_UNIT && c->R != NULL)
         w->f = NCL(grad_bn_unit_full)(c, d, NCCV(w->q), NCV(w->g), NCV(w->aux));
     else if (c->pot == NC_LPOT_BN_UNIT)
@@ -708,10 +715,92 @@ NC_INLINE nc_vd NCL(free_root)(const int form, const nc_vl direct, const nc_vd a
     return NCL(sel)(direct, NCL(vsqrt)(arg), sroot * carried);
 }
 
+/* NCL(sel)(direct, a, b) in a loop of that form: a where every lane is direct (every lane
+ * has the coupled decay that makes its root direct), so the select is left out */
+NC_INLINE nc_vd NCL(sel_form)(const int form, const nc_vl direct, const nc_vd a,
+                              const nc_vd b)
+{
+    return form == NC_FREE_DIRECT ? a : NCL(sel)(direct, a, b);
+}
+
 NC_INLINE int NCL(free_form)(const nc_vl direct)
 {
     if (!NCL(any)(~direct)) return NC_FREE_DIRECT;
     return NCL(any)(direct) ? NC_FREE_MIXED : NC_FREE_CARRIED;
+}
+
+/* Adam's scalars of step n (rules.pyx _step_adam): step = s0 + n + 1, bc1 = 1 -
+ * pow(beta1, step) and bc2 = 1 - pow(beta2, step) from the table (the same libm pow of
+ * the same numbers), -step_size = -(lr / bc1) and bc2_sqrt = sqrt(bc2). */
+NC_INLINE void NCL(adam_scalars)(const nc_lane_ctx* c, const nc_lane_ws* w, Py_ssize_t n,
+                                 nc_vd* nss, nc_vd* bc2s)
+{
+    nc_vd p1, p2;
+    for (int l = 0; l < NC_NL; ++l) {
+        p1[l] = n < c->pow_len ? w->pw1[l][n] : 0.0;    /* libm's pow is 0 from there */
+        p2[l] = n < c->pow_len ? w->pw2[l][n] : 0.0;
+    }
+    const nc_vd bc1 = 1.0 - p1, bc2 = 1.0 - p2;
+    *nss = -(w->lr / bc1);                               /* (-step_size) */
+    *bc2s = NCL(vsqrt)(bc2);
+}
+
+/* ---- the free denominators, formed during the gradient ------------------------------ */
+
+/* The denominators of step n's free step -- NCL(step_rmsprop_plain)'s root_f + eps,
+ * NCL(step_adam_plain)'s root_f (1/bc2_sqrt) + eps -- into w->f_den: the same operations
+ * on the same operands (q_n and the state of step n, which the gradient leaves alone), so
+ * the same bits, formed where the Rayleigh gradient calls this (after its first block of
+ * rows) so that their square roots take the divider while it would idle
+ * (docs/balance_laws.md §8, "During the gradient"). */
+NC_INLINE void NCL(rms_free_dens)(const Py_ssize_t d, nc_lane_ws* w, const int form)
+{
+    const nc_vd wd = w->wd, alpha = w->b2, oma = w->omb2, eps = w->eps, sroot = w->sroot;
+    const nc_vl wd_on = w->wd_on;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict sq = NCCV(w->buf);
+    const nc_vd* restrict root = NCCV(w->v2);
+    nc_vd* restrict den = NCV(w->f_den);
+    const nc_vd zero = {0};
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd wq = wd * q[i], sqa = sq[i] * alpha;
+        const nc_vd gf = NCL(sel_form)(form, wd_on, zero + wq, zero);
+        den[i] = NCL(free_root)(form, wd_on, sqa + (oma * gf) * gf, sroot, root[i]) + eps;
+    }
+}
+
+NC_INLINE void NCL(adam_free_dens)(const Py_ssize_t d, nc_lane_ws* w, const int form)
+{
+    const nc_vd wd = w->wd, b2 = w->b2, omb2 = w->omb2, eps = w->eps, sb2 = w->sroot,
+                ibc2s = w->pre_ibc2s;
+    const nc_vl coup = w->coup;
+    const nc_vd* restrict q = NCCV(w->q);
+    const nc_vd* restrict m2 = NCCV(w->v1);
+    const nc_vd* restrict root = NCCV(w->v2);
+    nc_vd* restrict den = NCV(w->f_den);
+    const nc_vd zero = {0};
+    for (Py_ssize_t i = 0; i < d; ++i) {
+        const nc_vd wq = wd * q[i], m2b = m2[i] * b2;
+        const nc_vd gf = NCL(sel_form)(form, coup, zero + wq, zero);
+        const nc_vd rootf = NCL(free_root)(form, coup, m2b + (omb2 * gf) * gf, sb2, root[i]);
+        den[i] = rootf * ibc2s + eps;
+    }
+}
+
+NC_INLINE void NCL(free_dens)(const Py_ssize_t d, nc_lane_ws* w)
+{
+    /* (each call with a constant form: loops without branches) */
+    if (w->free_pre == NC_PRE_RMSPROP) {
+        const int form = NCL(free_form)(w->wd_on);
+        if (form == NC_FREE_DIRECT) NCL(rms_free_dens)(d, w, NC_FREE_DIRECT);
+        else if (form == NC_FREE_MIXED) NCL(rms_free_dens)(d, w, NC_FREE_MIXED);
+        else NCL(rms_free_dens)(d, w, NC_FREE_CARRIED);
+    } else {
+        const int form = NCL(free_form)(w->coup);
+        if (form == NC_FREE_DIRECT) NCL(adam_free_dens)(d, w, NC_FREE_DIRECT);
+        else if (form == NC_FREE_MIXED) NCL(adam_free_dens)(d, w, NC_FREE_MIXED);
+        else NCL(adam_free_dens)(d, w, NC_FREE_CARRIED);
+    }
 }
 
 /* NCL(step_adam)'s charged, fused step for the usual block -- no lane with amsgrad, every
@@ -719,10 +808,12 @@ NC_INLINE int NCL(free_form)(const nc_vl direct)
  * (NCL(free_root)) for the whole loop.  The operations, their operands and their order
  * are NCL(step_adam)'s for such a block, so every lane's bits are the same; the loop
  * body has no per-step branches, which NCL(step_adam)'s general loop keeps for the rare
- * flags (docs/balance_laws.md §8, "One loop per form"). */
+ * flags (docs/balance_laws.md §8, "One loop per form").  pre: the free denominators are
+ * in w->f_den already (NCL(free_dens)), and form only says whether every lane is direct
+ * (NCL(sel_form)). */
 NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_t n,
                                     double* restrict qout_, const nc_vd nss,
-                                    const nc_vd bc2s, const int form)
+                                    const nc_vd bc2s, const int form, const int pre)
 {
     const nc_vd wd = w->wd, decay = w->decay, w1 = w->w1, b2 = w->b2, omb2 = w->omb2,
                 eps = w->eps, sb2 = w->sroot;
@@ -733,6 +824,7 @@ NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_
     nc_vd* restrict m2 = NCV(w->v1);
     nc_vd* restrict root = NCV(w->v2);         /* sqrt(exp_avg_sq), carried */
     nc_vd* restrict qout = NCV(qout_);
+    const nc_vd* restrict fden = NCCV(w->f_den);
     const nc_vd zero = {0}, ibc2s = 1.0 / bc2s;
     nc_vd T = zero, a1 = zero, dd = zero;
     if (n == 0)
@@ -743,17 +835,19 @@ NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_
         for (int k = 0; k < K; ++k) {
             const Py_ssize_t i = i0 + k;
             const nc_vd qi = q[i], wq = wd * qi, m1i = m1[i], m2i = m2[i], m2b = m2i * b2;
-            const nc_vd gi = NCL(sel)(coup, g[i] + wq, g[i]);
+            const nc_vd gi = NCL(sel_form)(form, coup, g[i] + wq, g[i]);
             const nc_vd qd = NCL(sel)(decp, qi * decay, qi);
             const nc_vd m1n = m1i + w1 * (gi - m1i);            /* lerp, weight < 0.5 */
             const nc_vd m2n = m2b + (omb2 * gi) * gi;
-            const nc_vd gf = NCL(sel)(coup, zero + wq, zero);
+            const nc_vd gf = NCL(sel_form)(form, coup, zero + wq, zero);
             const nc_vd m1f = m1i + w1 * (gf - m1i);
-            const nc_vd rootf = NCL(free_root)(form, coup, m2b + (omb2 * gf) * gf, sb2,
-                                               root[i]);
             qdk[k] = qd;
             numk[k] = nss * m1f;
-            denk[k] = rootf * ibc2s + eps;
+            if (pre)
+                denk[k] = fden[i];
+            else
+                denk[k] = NCL(free_root)(form, coup, m2b + (omb2 * gf) * gf, sb2, root[i])
+                          * ibc2s + eps;
             const nc_vd rs = NCL(vsqrt)(m2n);
             root[i] = rs;
             const nc_vd den = rs / bc2s + eps;
@@ -799,23 +893,27 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
                               Py_ssize_t n, double* restrict qfree_, double* restrict qout_,
                               const int fuse)
 {
-    nc_vd p1, p2;
-    for (int l = 0; l < NC_NL; ++l) {
-        p1[l] = n < c->pow_len ? w->pw1[l][n] : 0.0;    /* libm's pow is 0 from there */
-        p2[l] = n < c->pow_len ? w->pw2[l][n] : 0.0;
+    nc_vd nss, bc2s;
+    if (w->free_pre == NC_PRE_ADAM) {          /* (formed before the gradient) */
+        nss = w->pre_nss;
+        bc2s = w->pre_bc2s;
+    } else {
+        NCL(adam_scalars)(c, w, n, &nss, &bc2s);
     }
-    const nc_vd bc1 = 1.0 - p1, bc2 = 1.0 - p2;
-    const nc_vd nss = -(w->lr / bc1);                    /* (-step_size) */
-    const nc_vd bc2s = NCL(vsqrt)(bc2);
     if (qfree_ != NULL && fuse && !w->ams_any && w->lo_all) {
         const int form = NCL(free_form)(w->coup);         /* (amsgrad: none) */
-        /* (each call with a constant form: three loops without branches) */
-        if (form == NC_FREE_DIRECT)
-            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_DIRECT);
+        /* (each call with constant form and pre: five loops without branches) */
+        const int pre = w->free_pre == NC_PRE_ADAM;
+        if (pre && form == NC_FREE_DIRECT)
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_DIRECT, 1);
+        else if (pre)                                   /* (some lanes carried) */
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_MIXED, 1);
+        else if (form == NC_FREE_DIRECT)
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_DIRECT, 0);
         else if (form == NC_FREE_MIXED)
-            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_MIXED);
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_MIXED, 0);
         else
-            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_CARRIED);
+            NCL(step_adam_plain)(d, w, n, qout_, nss, bc2s, NC_FREE_CARRIED, 0);
         return;
     }
     const nc_vd wd = w->wd, decay = w->decay, w1 = w->w1, omw1 = w->omw1, b2 = w->b2,
@@ -921,9 +1019,11 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
  * second pass.  The operations, their operands and their order (T_n's terms in the
  * order i = 0, 1, ...) are NCL(step_rmsprop)'s for such a block, so every lane's bits
  * are the same; the loop body has no per-step branches and keeps the free step's pieces
- * in registers (docs/balance_laws.md §8, "One loop per form"). */
+ * in registers (docs/balance_laws.md §8, "One loop per form").  pre: the free
+ * denominators are in w->f_den already (NCL(free_dens)), and form only says whether
+ * every lane is direct (NCL(sel_form)). */
 NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_t n,
-                                       double* restrict qout_, const int form)
+                                       double* restrict qout_, const int form, const int pre)
 {
     const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, eps = w->eps,
                 sroot = w->sroot;
@@ -933,6 +1033,7 @@ NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssi
     nc_vd* restrict sq = NCV(w->buf);
     nc_vd* restrict root = NCV(w->v2);         /* sqrt(square_avg), carried */
     nc_vd* restrict qout = NCV(qout_);
+    const nc_vd* restrict fden = NCCV(w->f_den);
     const nc_vd zero = {0};
     nc_vd T = zero, a1 = zero, dd = zero;
     if (n == 0)
@@ -943,13 +1044,16 @@ NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssi
         for (int k = 0; k < K; ++k) {
             const Py_ssize_t i = i0 + k;
             const nc_vd qi = q[i], wq = wd * qi, sqa = sq[i] * alpha;
-            const nc_vd gi = NCL(sel)(wd_on, g[i] + wq, g[i]);
+            const nc_vd gi = NCL(sel_form)(form, wd_on, g[i] + wq, g[i]);
             const nc_vd sqn = sqa + (oma * gi) * gi;
             const nc_vd rt = NCL(vsqrt)(sqn);
             const nc_vd qn = qi + (nlr * gi) / (rt + eps);
-            const nc_vd gf = NCL(sel)(wd_on, zero + wq, zero);
-            den[k] = NCL(free_root)(form, wd_on, sqa + (oma * gf) * gf, sroot, root[i])
-                     + eps;
+            const nc_vd gf = NCL(sel_form)(form, wd_on, zero + wq, zero);
+            if (pre)
+                den[k] = fden[i];
+            else
+                den[k] = NCL(free_root)(form, wd_on, sqa + (oma * gf) * gf, sroot, root[i])
+                         + eps;
             num[k] = nlr * gf;
             root[i] = rt;
             sq[i] = sqn;
@@ -991,13 +1095,18 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
 {
     if (qfree_ != NULL && fuse && !w->cen_any && w->mom_none) {
         const int form = NCL(free_form)(w->wd_on);        /* (centered: none) */
-        /* (each call with a constant form: three loops without branches) */
-        if (form == NC_FREE_DIRECT)
-            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_DIRECT);
+        /* (each call with constant form and pre: five loops without branches) */
+        const int pre = w->free_pre == NC_PRE_RMSPROP;
+        if (pre && form == NC_FREE_DIRECT)
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_DIRECT, 1);
+        else if (pre)                                   /* (some lanes carried) */
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_MIXED, 1);
+        else if (form == NC_FREE_DIRECT)
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_DIRECT, 0);
         else if (form == NC_FREE_MIXED)
-            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_MIXED);
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_MIXED, 0);
         else
-            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_CARRIED);
+            NCL(step_rmsprop_plain)(d, w, n, qout_, NC_FREE_CARRIED, 0);
         return;
     }
     const nc_vd nlr = w->nlr, wd = w->wd, alpha = w->b2, oma = w->omb2, wl = w->w1,
@@ -1940,6 +2049,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
                                 const Py_ssize_t d, const int rule)
 {
     Py_ssize_t n;
+    w->free_pre = NC_PRE_NONE;
     NCL(block_start)(c, w, p0, d);
     int real = 0;                                   /* lanes that are tasks */
     for (int l = 0; l < NC_NL; ++l) real += nc_lane_task(c, p0 + l) >= 0;
@@ -1958,6 +2068,21 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             w->progress += n * real - reported;
             reported = n * real;
         }
+        /* a full-batch Rayleigh gradient of a fused block whose rule runs a plain loop
+           with some direct lane forms the step's free denominators (NCL(free_dens); from
+           step 1 on, when the carried roots exist) */
+        w->free_pre = NC_PRE_NONE;
+        if (fused && n > 0 && c->pot == NC_LPOT_RAYLEIGH && c->batch == 0) {
+            if (rule == NC_LRULE_RMSPROP && !w->cen_any && w->mom_none
+                && NCL(any)(w->wd_on)) {
+                w->free_pre = NC_PRE_RMSPROP;
+            } else if (rule == NC_LRULE_ADAM && !w->ams_any && w->lo_all
+                       && NCL(any)(w->coup)) {
+                NCL(adam_scalars)(c, w, n, &w->pre_nss, &w->pre_bc2s);
+                w->pre_ibc2s = 1.0 / w->pre_bc2s;
+                w->free_pre = NC_PRE_ADAM;
+            }
+        }
         /* the loss and gradient of state n.  Only the loss is probed here: a non-finite
            gradient always makes q_{n+1} non-finite (it enters the update multiplied by
            -lr, and 0 * inf is NaN too), so the probe of q_{n+1} catches it. */
@@ -1975,6 +2100,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             NCL(step_with_free)(c, w, d, n, rule);
         else
             NCL(step)(c, d, w, n, rule, NULL, w->qn, 0);  /* q_{n+1} into qn; q keeps q_n */
+        w->free_pre = NC_PRE_NONE;
         if (NCL(probe_next)(c, w, p0, n, f, d, rule) == 0) break;
         if (c->rec_every > 0 && n % c->rec_every == 0)
             for (int l = 0; l < NC_NL; ++l)
@@ -1990,6 +2116,7 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
             else NCL(scale_laws)(c, w, n, d, rule);
         }
     }
+    w->free_pre = NC_PRE_NONE;                      /* (a loop left before its step) */
     if (n == c->steps && !cancelled) NCL(block_end)(c, w, p0, d);
     w->progress += c->steps * real - reported;      /* retired lanes count as done */
 }

@@ -69,6 +69,19 @@ def _rows(rule, P, d, lr):
     return nc.rules.RMSprop.kind, hp, np.zeros((P, 3 * d)), np.zeros((P, 1))
 
 
+def assert_fused_is_general(one, two):
+    """Lane-kernel outputs of one law on every coordinate (``one``: the fused path) and of
+    two copies of it (``two``: the general path) are bitwise the same: trajectory,
+    summaries, status, and each copy's worst residual and its step."""
+    for k in ("q", "loss", "loss_min", "norm2", "status", "stop_step"):
+        np.testing.assert_array_equal(_bits(getattr(one, k)), _bits(getattr(two, k)), k)
+    for j in range(2):
+        np.testing.assert_array_equal(_bits(two.charge_worst[:, j]),
+                                      _bits(one.charge_worst[:, 0]))
+        np.testing.assert_array_equal(two.charge_worst_step[:, j],
+                                      one.charge_worst_step[:, 0])
+
+
 @pytest.mark.parametrize("isa", ks.lane_isas())
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 9, 17])
 @pytest.mark.parametrize("rule", RULES)
@@ -87,13 +100,7 @@ def test_fused_sums_are_the_general_sums(rule, d, isa):
     full = np.arange(d)
     one = _lane_run(kind, hp, vec, sca, pot, q0, 120, isa, [full])
     two = _lane_run(kind, hp, vec, sca, pot, q0, 120, isa, [full, full])
-    for k in ("q", "loss", "loss_min", "norm2", "status", "stop_step"):
-        np.testing.assert_array_equal(_bits(getattr(one, k)), _bits(getattr(two, k)), k)
-    for j in range(2):
-        np.testing.assert_array_equal(_bits(two.charge_worst[:, j]),
-                                      _bits(one.charge_worst[:, 0]))
-        np.testing.assert_array_equal(two.charge_worst_step[:, j],
-                                      one.charge_worst_step[:, 0])
+    assert_fused_is_general(one, two)
     assert np.any(one.status != 0) and np.any(one.status == 0)
     if d > 1:                                               # the law was evaluated
         assert np.any(one.charge_worst[one.status == 0, 0] > 0)
