@@ -137,16 +137,24 @@ def update_results(section: str, body: str, command: str | None = None) -> None:
     print(f"wrote section {section!r} of {path}", file=sys.stderr)
 
 
-def alternate_best(runs: dict, rounds: int) -> dict:
-    """{key: the best CPU seconds (``time.process_time``) of ``rounds`` rounds} of the
-    callables ``runs``, each warmed once; every round times each once, in turn, so a slow
-    spell of a shared machine hits them alike."""
+def alternate_best(runs: dict, rounds: int, clock=time.process_time) -> dict:
+    """{key: the best seconds of ``clock`` of ``rounds`` rounds} of the callables ``runs``,
+    each warmed once; every round times each once, in turn, so a slow spell of a shared
+    machine hits them alike.
+
+    The default clock is the CPU time of the process (``time.process_time``), right for
+    runs on the calling thread alone.  Runs that start worker threads should pass
+    ``time.perf_counter``: an OpenMP worker keeps spinning after its parallel region, and
+    the kernel adds a running thread's time to the process's CPU time only at a scheduler
+    tick (every 4 ms on the machine of RESULTS.md), so the CPU time read when a 10 ms
+    multi-threaded run returns is off by up to a tick plus the spin (RESULTS.md, "CPU time
+    of a multi-threaded run")."""
     for run in runs.values():                       # warm: build caches, first touch
         run()
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(rounds):
         for key, run in runs.items():
-            t = time.process_time()
+            t = clock()
             run()
-            best[key] = min(best[key], time.process_time() - t)
+            best[key] = min(best[key], clock() - t)
     return best

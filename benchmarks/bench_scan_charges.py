@@ -4,9 +4,13 @@ The problem and grid of bench_peers_scan.py (RayleighQuotient d = 8, 32 × 32 gr
 lr × weight decay, 2000 steps, 2 threads; SGD with momentum 0.9, AdamW, Adam and RMSprop,
 the last two with coupled L2 decay), run with ``scan(..., charges=False)`` and
 ``scan(..., charges=True)`` alternating: every round times each rule off and on once, in
-turn, so a slow spell of a shared machine hits both alike.  CPU seconds of the process
-(all threads, ``time.process_time``) per point-step, the best of ``--rounds`` rounds; the
-ratio on / off is taken from those bests.
+turn, so a slow spell of a shared machine hits both alike.  With one thread the CPU
+seconds of the process (``time.process_time``), with more the wall seconds
+(``time.perf_counter``), per point-step, the best of ``--rounds`` rounds; the ratio on /
+off is taken from those bests.  (The CPU time of a multi-threaded run is not the
+kernel's: the OpenMP worker spins after the scan returns, and its time reaches the
+process's CPU time only at scheduler ticks, 4 ms apart, against runs of 5–10 ms;
+_common.alternate_best, benchmarks/RESULTS.md.)
 
 The divider floors (docs/balance_laws.md §8) are what the square roots and divisions of
 the free step add where the divider bounds the step: the charges cannot cost less than
@@ -37,13 +41,14 @@ FLOORS = {"SGD": None, "AdamW": 1.15, "Adam": 1.57, "RMSprop": 1.79}
 
 
 def measure(n=32, steps=2000, rounds=7, threads=2, rules=RULES):
-    """{rule: (off, on)} in CPU ns per point-step, the best of ``rounds`` alternating
-    rounds."""
+    """{rule: (off, on)} in ns per point-step (CPU time with one thread, wall time with
+    more), the best of ``rounds`` alternating rounds."""
     A, q0 = _problem(8)
     lr, wd = _grid(n)
     runs = {(r, ch): ours(r, A, q0, lr, wd, steps, charges=ch, threads=threads)
             for r in rules for ch in (False, True)}
-    best = alternate_best(runs, rounds)
+    best = alternate_best(runs, rounds,
+                          clock=time.process_time if threads == 1 else time.perf_counter)
     scale = 1e9 / (n * n * steps)
     return {r: (best[r, False] * scale, best[r, True] * scale) for r in rules}
 
@@ -57,7 +62,8 @@ def main(argv=None):
     print(machine())
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(f"\n### 32 x 32 grid x {args.steps} steps, RayleighQuotient d = 8, {args.threads} "
-          f"threads, CPU ns per point-step, best of {args.rounds} alternating rounds\n")
+          f"threads, {'CPU' if args.threads == 1 else 'wall'} ns per point-step, best of "
+          f"{args.rounds} alternating rounds\n")
     res = measure(steps=args.steps, rounds=args.rounds, threads=args.threads)
     rows = []
     for r, (off, on) in res.items():
