@@ -22,7 +22,9 @@ noether_core[bench]`` installs them).  Usage::
 
     PYTHONPATH=.:python python benchmarks/bench_peers_scan.py            # everything
     PYTHONPATH=.:python python benchmarks/bench_peers_scan.py --quick    # smaller grids
-    ... --cpu-time     # CPU seconds of the process instead of wall seconds (shared machines)
+    ... --cpu-time     # CPU seconds of the process instead of wall seconds (one thread:
+                       # with more, a worker's time is counted at scheduler ticks only,
+                       # _common.alternate_best)
     ... --threads 1    # ours and numba on one thread (JAX: XLA_FLAGS, see below)
 
 For one-thread JAX set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
@@ -305,7 +307,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-scaling", action="store_true", help="skip the d-scaling table")
     ap.add_argument("--cpu-time", action="store_true",
-                    help="time CPU seconds of the process (all threads), not wall seconds")
+                    help="time CPU seconds of the process (all threads), not wall seconds; "
+                         "exact for one thread only (a running worker's time is counted at "
+                         "scheduler ticks)")
     ap.add_argument("--threads", type=int, default=2, help="threads of ours and numba")
     ap.add_argument("--scaling-rules", default="SGD,AdamW",
                     help="rules of the d-scaling table, comma-separated (of SGD, AdamW, "
