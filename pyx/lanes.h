@@ -144,6 +144,7 @@ typedef struct {
     const double* pw1[NC_NL];   /* Adam: this lane's rows of powtab */
     const double* pw2[NC_NL];
     int lo_all, ams_any, cen_any, mom_all, mom_none;   /* block-uniform flags */
+    int form_coup, form_wd;     /* NCL(free_form) of coup (Adam) and wd_on (RMSprop) */
     /* ScalarRMSProp: 1 - rho, G0 (NaN: from the first step), parts projected */
     nc_vd omrho, G0, nproj;
     double* G;                  /* npart: G per part */
@@ -188,6 +189,8 @@ typedef struct {
     double *ang_v;              /* (ang_K + 1) * nnz: q_B/|q_B| per block entry */
     double *ang_inv, *ang_m;                                       /* ang_K * nb */
     double *free_T, *worst, *a_prev;                               /* nsym */
+    double *worstp;             /* nsym: the scale laws' screen factor of worst
+                                   (lanes_impl.h NCL(worstp), docs/scan.md (S.1)) */
     Py_ssize_t* wstep;                                             /* nsym */
     /* minibatch lanes: each lane's PCG64 state and increment, its permutation of the
        rows (the identity between draws: lanes_impl.h NCL(draw_batch) undoes its swaps),
@@ -241,7 +244,7 @@ static inline size_t nc_lane_ws_bytes(const nc_lane_ctx* c)
                              : 0;
     return mb + 9 * nc_lane_pad(c->d * L) + nc_lane_pad(na * L) + nc_lane_pad(nb * L)
            + nc_lane_pad(np * L)
-           + 4 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
+           + 5 * nc_lane_pad(ns * L) + nc_lane_pad(K * c->d * L)
            + nc_lane_pad((K + 1) * nc_lane_nnz(c) * L) + 2 * nc_lane_pad(K * nb * L);
 }
 
@@ -271,6 +274,7 @@ static inline void nc_lane_ws_carve(const nc_lane_ctx* c, nc_lane_ws* w, void* b
     w->free_T = (double*) p; p += nc_lane_pad(ns * L);
     w->worst = (double*) p; p += nc_lane_pad(ns * L);
     w->a_prev = (double*) p; p += nc_lane_pad(ns * L);
+    w->worstp = (double*) p; p += nc_lane_pad(ns * L);
     w->wstep = (Py_ssize_t*) p; p += nc_lane_pad(ns * sizeof(Py_ssize_t) * NC_NL);
     w->perm = NULL; w->swp = NULL; w->xb = NULL; w->yb = NULL; w->jtab = NULL;
     if (c->batch > 0) {             /* minibatch lanes: every lane's permutation starts as

@@ -791,12 +791,12 @@ NC_INLINE void NCL(free_dens)(const Py_ssize_t d, nc_lane_ws* w)
 {
     /* (each call with a constant form: loops without branches) */
     if (w->free_pre == NC_PRE_RMSPROP) {
-        const int form = NCL(free_form)(w->wd_on);
+        const int form = w->form_wd;
         if (form == NC_FREE_DIRECT) NCL(rms_free_dens)(d, w, NC_FREE_DIRECT);
         else if (form == NC_FREE_MIXED) NCL(rms_free_dens)(d, w, NC_FREE_MIXED);
         else NCL(rms_free_dens)(d, w, NC_FREE_CARRIED);
     } else {
-        const int form = NCL(free_form)(w->coup);
+        const int form = w->form_coup;
         if (form == NC_FREE_DIRECT) NCL(adam_free_dens)(d, w, NC_FREE_DIRECT);
         else if (form == NC_FREE_MIXED) NCL(adam_free_dens)(d, w, NC_FREE_MIXED);
         else NCL(adam_free_dens)(d, w, NC_FREE_CARRIED);
@@ -827,7 +827,8 @@ NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_
     const nc_vd* restrict fden = NCCV(w->f_den);
     const nc_vd zero = {0}, ibc2s = 1.0 / bc2s;
     nc_vd T = zero, a1 = zero, dd = zero;
-    if (n == 0)
+    if (n == 0 && form != NC_FREE_DIRECT)       /* (the carried roots: read by no direct
+                                                   lane, and a block keeps its form) */
         for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(m2[i]);
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
         nc_vd qdk[2], numk[2], denk[2];
@@ -849,7 +850,7 @@ NC_INLINE void NCL(step_adam_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssize_
                 denk[k] = NCL(free_root)(form, coup, m2b + (omb2 * gf) * gf, sb2, root[i])
                           * ibc2s + eps;
             const nc_vd rs = NCL(vsqrt)(m2n);
-            root[i] = rs;
+            if (form != NC_FREE_DIRECT) root[i] = rs;
             const nc_vd den = rs / bc2s + eps;
             m1[i] = m1n;
             m2[i] = m2n;
@@ -901,7 +902,7 @@ NC_INLINE void NCL(step_adam)(const nc_lane_ctx* c, const Py_ssize_t d, nc_lane_
         NCL(adam_scalars)(c, w, n, &nss, &bc2s);
     }
     if (qfree_ != NULL && fuse && !w->ams_any && w->lo_all) {
-        const int form = NCL(free_form)(w->coup);         /* (amsgrad: none) */
+        const int form = w->form_coup;                   /* (amsgrad: none) */
         /* (each call with constant form and pre: five loops without branches) */
         const int pre = w->free_pre == NC_PRE_ADAM;
         if (pre && form == NC_FREE_DIRECT)
@@ -1036,7 +1037,7 @@ NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssi
     const nc_vd* restrict fden = NCCV(w->f_den);
     const nc_vd zero = {0};
     nc_vd T = zero, a1 = zero, dd = zero;
-    if (n == 0)
+    if (n == 0 && form != NC_FREE_DIRECT)       /* (as in NCL(step_adam_plain)) */
         for (Py_ssize_t i = 0; i < d; ++i) root[i] = NCL(vsqrt)(sq[i]);
     for (Py_ssize_t i0 = 0; i0 < d; i0 += 2) {
         nc_vd num[2], den[2];
@@ -1055,7 +1056,7 @@ NC_INLINE void NCL(step_rmsprop_plain)(const Py_ssize_t d, nc_lane_ws* w, Py_ssi
                 den[k] = NCL(free_root)(form, wd_on, sqa + (oma * gf) * gf, sroot, root[i])
                          + eps;
             num[k] = nlr * gf;
-            root[i] = rt;
+            if (form != NC_FREE_DIRECT) root[i] = rt;
             sq[i] = sqn;
             qout[i] = qn;
             const nc_vd x = qn - qi;
@@ -1094,7 +1095,7 @@ NC_INLINE void NCL(step_rmsprop)(const nc_lane_ctx* c, const Py_ssize_t d, nc_la
                                  double* restrict qout_, const int fuse)
 {
     if (qfree_ != NULL && fuse && !w->cen_any && w->mom_none) {
-        const int form = NCL(free_form)(w->wd_on);        /* (centered: none) */
+        const int form = w->form_wd;                     /* (centered: none) */
         /* (each call with constant form and pre: five loops without branches) */
         const int pre = w->free_pre == NC_PRE_RMSPROP;
         if (pre && form == NC_FREE_DIRECT)
@@ -1790,6 +1791,7 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         for (Py_ssize_t b = 0; b < c->nb; ++b) w->ang_sum[b * NC_NL + l] = 0.0;
         for (Py_ssize_t j = 0; j < nsym; ++j) {
             w->worst[j * NC_NL + l] = 0.0;
+            w->worstp[j * NC_NL + l] = 0.0;
             w->wstep[j * NC_NL + l] = -1;
         }
     }
@@ -1848,6 +1850,8 @@ NC_INLINE void NCL(block_start)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
                                           sqrt(beta2), sqrt(alpha): the same sqrt) */
     w->ams_any = NCL(any)(w->ams);
     w->cen_any = NCL(any)(w->cen);
+    w->form_coup = NCL(free_form)(w->coup);      /* (the lanes' flags are the block's) */
+    w->form_wd = NCL(free_form)(w->wd_on);
     w->m_diag_any = 0;                 /* MirrorDescent: some lane's map is diagonal; */
     w->m_nl_any = 0;                   /* some lane's is pnorm or entropy */
     if (c->rule == NC_LRULE_MIRROR)
@@ -1958,6 +1962,14 @@ NC_INLINE int NCL(probe_next)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t p0
     return NCL(n_alive)(w);
 }
 
+/* The screen's factor of a worst value (docs/scan.md, (S.1)): fl(worst (1 - 2^-40)),
+ * a normal number, where worst >= 2^-1000, else 0 (which fails the screen) */
+NC_INLINE nc_vd NCL(worstp)(const nc_vd worst)
+{
+    const nc_vd zero = {0};
+    return NCL(sel)(worst >= 0x1p-1000, worst * (1.0 - 0x1p-40), zero);
+}
+
 /* After the swap (q = q_{n+1}, qn = q_n): each tracked scale law's residual
  * (A_{n+1} - A_n - |Delta|^2) - 2 T_n = 0 (rules.pyx _charges_after), relative to its
  * terms, folded into the lanes' worst values. */
@@ -1968,6 +1980,7 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
     const nc_vd* q1v = NCCV(w->q);
     const nc_vd* q0v = NCCV(w->qn);
     nc_vd* worst = NCV(w->worst);
+    nc_vd* wp = NCV(w->worstp);
     nc_vd* a_prev = NCV(w->a_prev);
     for (Py_ssize_t j = 0; j < c->nsym; ++j) {
         /* A_n = |q_n,B|^2 is the previous step's A_{n+1}: the same sum of the same
@@ -1997,14 +2010,12 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
         const nc_vd R = (a1 - a0 - dd) - 2.0 * T;
         const nc_vd sc = (a1 + a0 + dd) + 2.0 * NCL(fabs)(T);
         const nc_vd aR = NCL(fabs)(R);
-        /* Screen, exact: where 0 < sc < inf, p = fl(fl(worst sc)(1 - 2^-40)) is a normal
-           number (so both roundings were relative, < 2^-53 each; a subnormal product can
-           round up by more than 2^-40 of itself) and |R| <= p < worst sc, |R|/sc <
-           worst, so the rounded quotient is <= worst and the lane's worst cannot rise:
-           no division is needed unless some lane fails the screen (docs/scan.md). */
-        const nc_vd p = (worst[j] * sc) * (1.0 - 0x1p-40);
-        const nc_vl calm = (sc > 0.0) & (sc < INFINITY) & (p >= 0x1p-1022)
-                           & (p < INFINITY) & (aR <= p);
+        /* Screen, exact (docs/scan.md, (S.1)): where p = fl(sc wp) with the lane's
+           factor wp = fl(worst (1 - 2^-40)) > 0 is a normal number and |R| <= p, then
+           0 < sc < inf and |R|/sc < worst, so the rounded quotient is <= worst and the
+           lane's worst cannot rise: no division is needed unless some lane fails. */
+        const nc_vd p = sc * wp[j];
+        const nc_vl calm = (p >= 0x1p-1022) & (p < INFINITY) & (aR <= p);
         if (!NCL(any)(~calm)) continue;
         const nc_vd zero = {0}, one = zero + 1.0;
         /* rel = |R|/sc if sc > 0, else (R == 0 ? 0 : 1); NaN -> 1 */
@@ -2013,6 +2024,7 @@ NC_INLINE void NCL(scale_laws)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t n
         const nc_vl up = rel > worst[j];
         if (NCL(any)(up)) {
             worst[j] = NCL(sel)(up, rel, worst[j]);
+            wp[j] = NCL(worstp)(worst[j]);
             for (int l = 0; l < NC_NL; ++l)
                 if (up[l]) w->wstep[j * NC_NL + l] = n;
         }
@@ -2074,10 +2086,10 @@ NC_INLINE void NCL(run_block_d)(const nc_lane_ctx* c, nc_lane_ws* w, Py_ssize_t 
         w->free_pre = NC_PRE_NONE;
         if (fused && n > 0 && c->pot == NC_LPOT_RAYLEIGH && c->batch == 0) {
             if (rule == NC_LRULE_RMSPROP && !w->cen_any && w->mom_none
-                && NCL(any)(w->wd_on)) {
+                && w->form_wd != NC_FREE_CARRIED) {
                 w->free_pre = NC_PRE_RMSPROP;
             } else if (rule == NC_LRULE_ADAM && !w->ams_any && w->lo_all
-                       && NCL(any)(w->coup)) {
+                       && w->form_coup != NC_FREE_CARRIED) {
                 NCL(adam_scalars)(c, w, n, &w->pre_nss, &w->pre_bc2s);
                 w->pre_ibc2s = 1.0 / w->pre_bc2s;
                 w->free_pre = NC_PRE_ADAM;

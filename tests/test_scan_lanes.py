@@ -339,6 +339,34 @@ def test_charge_screen_with_subnormal_norms():
     assert ref.charge_worst["scale:q"][0, 0] == 1.0
 
 
+def _screen_factor(w):
+    """The lanes' screen factor of a worst value w (pyx/lanes_impl.h worstp, docs/scan.md
+    (S.1)): fl(w (1 - 2^-40)) where w >= 2^-1000, else 0."""
+    return w * (1.0 - 2.0 ** -40) if w >= 2.0 ** -1000 else 0.0
+
+
+_any_double = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True)
+
+
+@given(w=st.one_of(st.floats(0.0, 1.0, allow_subnormal=True),
+                   st.sampled_from([0.0, 2.0 ** -1000, 2.0 ** -1022, 5e-324, 1.0])),
+       sc=_any_double, a=st.floats(0.0, allow_infinity=True, allow_subnormal=True),
+       edge=st.sampled_from(["free", "at p", "below p"]))
+def test_screen_s1_passes_no_step_that_raises_worst(w, sc, a, edge):
+    """(S.1): a step passes the screen (2^-1022 <= p < inf and |R| <= p, p = fl(sc w'))
+    only if 0 < sc < inf and fl(|R|/sc) <= w, so that skipping its fold changes nothing.
+    |R| is drawn freely or put on the screen's edge (|R| = p, the largest value that
+    passes, and the double below it)."""
+    with np.errstate(all="ignore"):
+        w, sc = np.float64(w), np.float64(sc)
+        p = sc * np.float64(_screen_factor(w))
+        aR = {"free": np.float64(a), "at p": p, "below p": np.nextafter(p, 0.0)}[edge]
+        passes = bool(p >= 2.0 ** -1022 and p < np.inf and aR <= p)
+        if passes:
+            assert 0.0 < sc < np.inf
+            assert aR / sc <= w
+
+
 def test_unknown_isa_is_refused():
     pot, q0 = PROBLEMS["rayleigh8"]
     with pytest.raises(ValueError, match="available"):
